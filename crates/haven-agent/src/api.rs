@@ -1,0 +1,164 @@
+//! Wire types of the agent's HTTP API: what the CLI sends, what agents send
+//! each other (join, heartbeat), and what comes back. JSON over HTTP.
+
+use haven_core::liveness::Liveness;
+use haven_core::model::{
+    Capacity, Generation, InstanceState, NodeId, Observed, Role, WorkloadSpec,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Header set on a request one agent forwards to the leader on behalf of a
+/// client, so that a request is forwarded at most once.
+pub const FORWARDED_HEADER: &str = "x-haven-forwarded";
+
+/// Every error response body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub name: String,
+    pub address: String,
+    pub token: String,
+    pub role: Role,
+    pub capacity: Capacity,
+    pub labels: BTreeMap<String, String>,
+    pub instance_id: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    /// Addresses of the managers (Raft voters), for the joiner to reach the
+    /// cluster through later.
+    pub managers: Vec<String>,
+}
+
+/// Second step of a manager's join: its Raft node is up at `address`; make it
+/// a voter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    pub name: String,
+    pub node_id: NodeId,
+    pub address: String,
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub host: String,
+    pub instance_id: String,
+    /// Current address/capacity/labels: the coordinator records changes
+    /// (e.g. after a restart with new flags).
+    pub address: String,
+    pub capacity: Capacity,
+    pub labels: BTreeMap<String, String>,
+    /// Agent monotonic time at send; echoed back so the agent can run its
+    /// lease from the send time.
+    pub sent_ms: u64,
+    pub observed: Vec<Observed>,
+}
+
+/// What the coordinator wants running on the heartbeating host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    pub spec: WorkloadSpec,
+    pub generation: Generation,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub sent_ms: u64,
+    pub leader: String,
+    pub term: u64,
+    pub managers: Vec<String>,
+    pub desired: Vec<Desired>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// File name, for messages and events.
+    pub source: String,
+    pub specs: Vec<WorkloadSpec>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub name: String,
+    pub address: String,
+    pub role: Role,
+    /// `online`, `suspect`, `failed`, or `unknown` (not heard from yet by
+    /// this coordinator).
+    pub state: String,
+    pub capacity: Capacity,
+    pub allocated: Capacity,
+    pub node_id: NodeId,
+    pub labels: BTreeMap<String, String>,
+    pub voter: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    pub name: String,
+    pub kind: String,
+    pub host: Option<String>,
+    /// Observed state on its host (`running`, `starting`, `restarting`,
+    /// `failed`, `stopping`), or `pending` / `assigned` (not yet reported).
+    pub state: String,
+    pub generation: Generation,
+    pub priority: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub restarts: u32,
+    pub pid: Option<u32>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub cluster_id: String,
+    pub leader: String,
+    pub term: u64,
+    pub hosts: Vec<HostStatus>,
+    pub workloads: Vec<WorkloadStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventView {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventsResponse {
+    pub events: Vec<EventView>,
+}
+
+pub fn liveness_str(l: Liveness) -> &'static str {
+    match l {
+        Liveness::Online => "online",
+        Liveness::Suspect => "suspect",
+        Liveness::Failed => "failed",
+    }
+}
+
+pub fn instance_state_str(s: InstanceState) -> String {
+    s.to_string()
+}

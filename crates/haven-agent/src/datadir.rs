@@ -1,0 +1,244 @@
+//! The host's data directory: identity (`node.json`), the join token, the
+//! Raft store (`raft.redb`, owned by haven-consensus) and workload logs.
+//!
+//! A lock file keeps two agents off one directory. Files are replaced
+//! atomically (write, fsync, rename), and a corrupt file is reported, never
+//! rewritten, so nothing already stored is lost.
+
+use haven_core::model::{NodeId, Role};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const IDENTITY_FILE: &str = "node.json";
+pub const TOKEN_FILE: &str = "join-token";
+const LOCK_FILE: &str = "lock";
+const IDENTITY_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("data dir {path}: {source}; check --data-dir and its permissions")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data dir {0} is in use by another haven agent (its lock file is held); stop that agent or choose another --data-dir")]
+    Locked(PathBuf),
+    #[error("{path} is corrupt ({detail}); it was left untouched: restore it from a backup, or start this host with an empty --data-dir and join it again")]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+/// Who this host is in which cluster; written once the host is a member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub format: u32,
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub name: String,
+    pub instance_id: String,
+    pub role: Role,
+    /// Managers' addresses as last known: where a restarted worker finds
+    /// the cluster.
+    pub managers: Vec<String>,
+}
+
+impl Identity {
+    pub fn new(
+        cluster_id: String,
+        node_id: NodeId,
+        name: String,
+        instance_id: String,
+        role: Role,
+        managers: Vec<String>,
+    ) -> Identity {
+        Identity {
+            format: IDENTITY_FORMAT,
+            cluster_id,
+            node_id,
+            name,
+            instance_id,
+            role,
+            managers,
+        }
+    }
+}
+
+pub struct DataDir {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl DataDir {
+    /// Create the directory if needed and take its lock.
+    pub fn open(path: &Path) -> Result<DataDir, DataDirError> {
+        let io = |source| DataDirError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        fs::create_dir_all(path).map_err(io)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join(LOCK_FILE))
+            .map_err(io)?;
+        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| DataDirError::Locked(path.to_owned()))?;
+        Ok(DataDir {
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.path.join("logs")
+    }
+
+    pub fn identity(&self) -> Result<Option<Identity>, DataDirError> {
+        let path = self.path.join(IDENTITY_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(DataDirError::Io { path, source }),
+        };
+        let id: Identity = serde_json::from_str(&text).map_err(|e| DataDirError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        if id.format != IDENTITY_FORMAT {
+            return Err(DataDirError::Corrupt {
+                path,
+                detail: format!(
+                    "format {} is not the supported format {IDENTITY_FORMAT}",
+                    id.format
+                ),
+            });
+        }
+        Ok(Some(id))
+    }
+
+    /// Does the directory hold state of some cluster (identity or Raft store)?
+    pub fn has_state(&self) -> bool {
+        self.path.join(IDENTITY_FILE).exists() || self.path.join("raft.redb").exists()
+    }
+
+    pub fn write_identity(&self, id: &Identity) -> Result<(), DataDirError> {
+        let text = serde_json::to_string_pretty(id).expect("identity serializes");
+        self.write_atomic(IDENTITY_FILE, text.as_bytes(), 0o644)
+    }
+
+    pub fn write_token(&self, token: &str) -> Result<(), DataDirError> {
+        self.write_atomic(TOKEN_FILE, format!("{token}\n").as_bytes(), 0o600)
+    }
+
+    pub fn read_token(&self) -> Option<String> {
+        fs::read_to_string(self.path.join(TOKEN_FILE))
+            .ok()
+            .map(|t| t.trim().to_owned())
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), DataDirError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path.join(name);
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        let io = |source| DataDirError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        fs::rename(&tmp, &path).map_err(io)?;
+        File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(())
+    }
+}
+
+/// A join token: `HVN1-<cluster id>-<secret>`. The cluster id lets a host
+/// refuse a token for another cluster before it touches anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinToken {
+    pub cluster_id: String,
+    pub secret: String,
+}
+
+impl JoinToken {
+    pub fn generate(cluster_id: &str) -> JoinToken {
+        JoinToken {
+            cluster_id: cluster_id.to_owned(),
+            secret: random_hex(16),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<JoinToken, String> {
+        let parts: Vec<&str> = text.trim().split('-').collect();
+        let hex = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit());
+        match parts.as_slice() {
+            ["HVN1", id, secret] if hex(id) && hex(secret) => Ok(JoinToken {
+                cluster_id: id.to_string(),
+                secret: secret.to_string(),
+            }),
+            _ => Err(
+                "malformed join token: expected HVN1-<cluster>-<secret> as printed by `haven agent --bootstrap` (also in <data-dir>/join-token on the bootstrap host)"
+                    .into(),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HVN1-{}-{}", self.cluster_id, self.secret)
+    }
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trips_and_rejects_garbage() {
+        let t = JoinToken::generate("abcd");
+        assert_eq!(JoinToken::parse(&t.to_string()).unwrap(), t);
+        assert!(JoinToken::parse("nope").is_err());
+        assert!(JoinToken::parse("HVN1-xyz-12").is_err());
+    }
+
+    #[test]
+    fn second_open_is_refused_and_corrupt_identity_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::open(dir.path()).unwrap();
+        assert!(matches!(
+            DataDir::open(dir.path()),
+            Err(DataDirError::Locked(_))
+        ));
+        fs::write(dir.path().join(IDENTITY_FILE), "{not json").unwrap();
+        let e = d.identity().unwrap_err().to_string();
+        assert!(e.contains("corrupt") && e.contains("node.json"), "{e}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join(IDENTITY_FILE)).unwrap(),
+            "{not json"
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! haven-agent: the daemon that runs on every host.
+//!
+//! It serves cluster RPC and the operator API over HTTP (axum), keeps the
+//! Raft state on managers (haven-consensus), heartbeats the coordinator to
+//! hold its lease, supervises its workloads (haven-drivers), and, on the Raft
+//! leader, runs the coordinator. Every decision is made by haven-core; this
+//! crate performs them.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod coordinator;
+pub mod datadir;
+pub mod heartbeat;
+pub mod node;
+pub mod rpc;
+pub mod server;
+pub mod supervisor;
+
+pub use config::{AgentConfig, StartMode};
+pub use node::run;

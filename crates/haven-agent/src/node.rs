@@ -1,0 +1,372 @@
+//! One host's agent: identity, startup (bootstrap, join, resume), and the
+//! tasks it runs: HTTP server, heartbeats, supervisor, coordinator.
+
+use anyhow::{anyhow, bail, Context, Result};
+use haven_consensus::{Consensus, ConsensusConfig};
+use haven_core::model::{HostRecord, Role};
+use haven_core::spec::check_name;
+use haven_core::state::{Command, CommandResult};
+use haven_drivers::process::ProcessDriver;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+use crate::api::{JoinRequest, JoinResponse, PromoteRequest};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{detect_capacity, AgentConfig, StartMode};
+use crate::coordinator::Office;
+use crate::datadir::{random_hex, DataDir, Identity, JoinToken};
+use crate::heartbeat::LeaseState;
+use crate::rpc;
+use crate::supervisor::Supervisor;
+
+/// How long a joining manager keeps asking to be made a voter.
+const PROMOTE_DEADLINE_MS: u64 = 60_000;
+/// How long the bootstrap host waits for its own single-node election.
+const BOOTSTRAP_LEADER_WAIT_MS: u64 = 10_000;
+
+pub struct Peers {
+    pub leader_hint: Option<String>,
+    pub managers: Vec<String>,
+    pub next: usize,
+}
+
+pub struct Node {
+    pub cfg: AgentConfig,
+    pub identity: Identity,
+    pub address: String,
+    pub capacity: haven_core::model::Capacity,
+    pub consensus: Option<Consensus>,
+    pub http: reqwest::Client,
+    pub clock: Arc<dyn Clock>,
+    pub office: Mutex<Option<Office>>,
+    pub peers: Mutex<Peers>,
+    pub lease: Mutex<LeaseState>,
+    pub supervisor: Supervisor,
+    pub datadir: DataDir,
+}
+
+impl Node {
+    pub fn is_leader(&self) -> bool {
+        self.consensus.as_ref().is_some_and(|c| c.is_leader())
+    }
+
+    /// Best guess of the leader's address.
+    pub fn leader_address(&self) -> Option<String> {
+        if let Some(c) = &self.consensus {
+            if let Some((_, addr)) = c.leader() {
+                return Some(addr);
+            }
+        }
+        self.peers.lock().unwrap().leader_hint.clone()
+    }
+
+    pub fn host_record(&self) -> HostRecord {
+        HostRecord {
+            name: self.identity.name.clone(),
+            node_id: self.identity.node_id,
+            address: self.address.clone(),
+            role: self.identity.role,
+            capacity: self.capacity,
+            labels: self.cfg.labels.clone(),
+            instance_id: self.identity.instance_id.clone(),
+        }
+    }
+}
+
+fn consensus_config(cfg: &AgentConfig) -> ConsensusConfig {
+    let _ = cfg;
+    ConsensusConfig {
+        heartbeat_interval_ms: 50,
+        election_timeout_min_ms: 200,
+        election_timeout_max_ms: 400,
+    }
+}
+
+/// Pick the address other hosts reach us at.
+fn advertise_address(cfg: &AgentConfig, bound: SocketAddr) -> SocketAddr {
+    if let Some(a) = cfg.advertise {
+        return a;
+    }
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    // Joining: the local address that routes to the cluster.
+    if let StartMode::Join { address, .. } = &cfg.mode {
+        if let Ok(target) = address.parse::<SocketAddr>() {
+            if let Ok(sock) = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) {
+                if sock.connect(target).is_ok() {
+                    if let Ok(local) = sock.local_addr() {
+                        return SocketAddr::new(local.ip(), bound.port());
+                    }
+                }
+            }
+        }
+    }
+    let ip = nix::ifaddrs::getifaddrs()
+        .ok()
+        .and_then(|mut ifs| {
+            ifs.find_map(|i| {
+                let a = i.address?.as_sockaddr_in()?.ip();
+                (!a.is_loopback()).then_some(IpAddr::V4(a))
+            })
+        })
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    SocketAddr::new(ip, bound.port())
+}
+
+/// Start the agent and run until `shutdown` resolves.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    check_name(&cfg.name).map_err(|e| anyhow!("--name: {e}"))?;
+    let datadir = DataDir::open(&cfg.data_dir)?;
+    let existing = datadir.identity()?;
+    let listener = TcpListener::bind(cfg.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}: choose a free address with --listen",
+            cfg.listen
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    let address = advertise_address(&cfg, bound).to_string();
+    let http = rpc::client(cfg.rpc_timeout_ms);
+    let capacity = cfg.capacity.unwrap_or_else(detect_capacity);
+
+    // Decide who we are, refusing anything that does not match the data dir
+    // before touching it.
+    let (identity, fresh) = match (&existing, &cfg.mode) {
+        (Some(id), mode) => {
+            if id.name != cfg.name {
+                bail!(
+                    "data dir {} belongs to host {:?} of cluster {}, but --name is {:?}: use --name {} or another --data-dir",
+                    cfg.data_dir.display(), id.name, id.cluster_id, cfg.name, id.name
+                );
+            }
+            if let StartMode::Join { token, .. } = mode {
+                let t = JoinToken::parse(token).map_err(|e| anyhow!("--token: {e}"))?;
+                if t.cluster_id != id.cluster_id {
+                    bail!(
+                        "data dir {} belongs to cluster {}, but the token is for cluster {}: use an empty --data-dir to join another cluster",
+                        cfg.data_dir.display(), id.cluster_id, t.cluster_id
+                    );
+                }
+            }
+            if cfg.manager && id.role == Role::Worker {
+                bail!(
+                    "data dir {} belongs to worker {:?}; a worker cannot become a manager by restarting with --manager (join a new host as manager instead)",
+                    cfg.data_dir.display(), id.name
+                );
+            }
+            (id.clone(), false)
+        }
+        (None, _) if datadir.has_state() => bail!(
+            "data dir {} holds a Raft store but no node.json (an interrupted bootstrap or join?); nothing was changed: move it away and start again with an empty --data-dir",
+            cfg.data_dir.display()
+        ),
+        (None, StartMode::Resume) => bail!(
+            "data dir {} holds no cluster membership: start with --bootstrap to create a cluster, or --join ADDR --token TOKEN to join one",
+            cfg.data_dir.display()
+        ),
+        (None, StartMode::Bootstrap) => (
+            Identity::new(random_hex(8), 1, cfg.name.clone(), random_hex(16), Role::Manager, vec![address.clone()]),
+            true,
+        ),
+        (None, StartMode::Join { address: target, token }) => {
+            let t = JoinToken::parse(token).map_err(|e| anyhow!("--token: {e}"))?;
+            let role = if cfg.manager { Role::Manager } else { Role::Worker };
+            let req = JoinRequest {
+                name: cfg.name.clone(),
+                address: address.clone(),
+                token: t.to_string(),
+                role,
+                capacity,
+                labels: cfg.labels.clone(),
+                instance_id: random_hex(16),
+            };
+            let resp: JoinResponse = rpc::post(&http, target, "/v1/join", &req, false, Some(Duration::from_secs(15)))
+                .await
+                .map_err(|e| anyhow!("join {target}: {e}"))?;
+            if resp.cluster_id != t.cluster_id {
+                bail!("join {target}: that host belongs to cluster {}, not {} named by the token", resp.cluster_id, t.cluster_id);
+            }
+            let id = Identity::new(resp.cluster_id, resp.node_id, cfg.name.clone(), req.instance_id, role, resp.managers);
+            if role == Role::Manager {
+                datadir.write_token(&t.to_string())?;
+            }
+            datadir.write_identity(&id)?;
+            (id, true)
+        }
+    };
+
+    let consensus = if identity.role == Role::Manager {
+        Some(
+            Consensus::open(datadir.path(), identity.node_id, consensus_config(&cfg))
+                .await
+                .with_context(|| format!("opening the Raft store in {}", cfg.data_dir.display()))?,
+        )
+    } else {
+        None
+    };
+
+    let cgroup_root = match &cfg.cgroup_root {
+        Some(p) => p.clone(),
+        None => haven_drivers::cgroup::default_root()?,
+    };
+    let driver = ProcessDriver::new(cgroup_root.clone(), datadir.logs_dir())
+        .with_context(|| format!("workload cgroups under {}", cgroup_root.display()))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let supervisor = Supervisor::new(driver, cfg.stop_grace_ms);
+    let adopted = supervisor.adopt()?;
+    let lease = LeaseState::load(&datadir, clock.now_ms());
+
+    let node = Arc::new(Node {
+        address: address.clone(),
+        capacity,
+        consensus: consensus.clone(),
+        http,
+        clock,
+        office: Mutex::new(None),
+        peers: Mutex::new(Peers {
+            leader_hint: None,
+            managers: identity.managers.clone(),
+            next: 0,
+        }),
+        lease: Mutex::new(lease),
+        supervisor,
+        datadir,
+        identity,
+        cfg,
+    });
+
+    let app = crate::server::router(node.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+
+    if let Some(c) = &consensus {
+        if fresh && existing.is_none() && matches!(node.cfg.mode, StartMode::Bootstrap) {
+            bootstrap(&node, c).await?;
+        } else if !c.is_initialized() {
+            promote(&node).await?;
+        }
+    }
+    if adopted > 0 {
+        tracing::info!("re-adopted {adopted} running workload instance(s)");
+    }
+    eprintln!(
+        "haven agent {} ({}, node {}) of cluster {} listening on {} (advertised {})",
+        node.identity.name,
+        node.identity.role,
+        node.identity.node_id,
+        node.identity.cluster_id,
+        bound,
+        node.address
+    );
+
+    let tasks = vec![
+        tokio::spawn(crate::heartbeat::run(node.clone())),
+        tokio::spawn(crate::supervisor::run(node.clone())),
+        tokio::spawn(crate::coordinator::run(node.clone())),
+    ];
+    shutdown.await;
+    tracing::info!("shutting down; workloads keep running (they are re-adopted at the next start)");
+    for t in &tasks {
+        t.abort();
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    if let Some(c) = &consensus {
+        c.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn bootstrap(node: &Arc<Node>, c: &Consensus) -> Result<()> {
+    c.initialize(&node.address).await?;
+    c.wait_for_leader(Duration::from_millis(BOOTSTRAP_LEADER_WAIT_MS))
+        .await
+        .ok_or_else(|| anyhow!("the new single-host cluster elected no leader within {BOOTSTRAP_LEADER_WAIT_MS} ms"))?;
+    let at_ms = node.clock.wall_ms();
+    let token = JoinToken::generate(&node.identity.cluster_id);
+    let cmds = [
+        Command::InitCluster {
+            cluster_id: node.identity.cluster_id.clone(),
+            at_ms,
+        },
+        Command::SetJoinSecret {
+            secret: token.secret.clone(),
+        },
+        Command::RegisterHost {
+            host: node.host_record(),
+            at_ms,
+        },
+    ];
+    for cmd in cmds {
+        match c
+            .propose(cmd)
+            .await
+            .map_err(|e| anyhow!("bootstrap: {e}"))?
+        {
+            CommandResult::Rejected(m) => bail!("bootstrap: {m}"),
+            _ => {}
+        }
+    }
+    node.datadir.write_token(&token.to_string())?;
+    node.datadir.write_identity(&node.identity)?;
+    println!(
+        "cluster {} created; join token (also in {}):",
+        node.identity.cluster_id,
+        node.datadir
+            .path()
+            .join(crate::datadir::TOKEN_FILE)
+            .display()
+    );
+    println!("{token}");
+    Ok(())
+}
+
+/// Second step of a manager's join: ask the leader to make us a voter now
+/// that our Raft node serves.
+async fn promote(node: &Arc<Node>) -> Result<()> {
+    let token = node.datadir.read_token().ok_or_else(|| {
+        anyhow!("manager {} has no join token in its data dir to finish joining; start it again with --join ADDR --token TOKEN", node.identity.name)
+    })?;
+    let req = PromoteRequest {
+        name: node.identity.name.clone(),
+        node_id: node.identity.node_id,
+        address: node.address.clone(),
+        token,
+    };
+    let deadline = node.clock.now_ms() + PROMOTE_DEADLINE_MS;
+    let mut last_err = String::new();
+    while node.clock.now_ms() < deadline {
+        let managers = node.peers.lock().unwrap().managers.clone();
+        for m in managers.iter().filter(|m| **m != node.address) {
+            match rpc::post::<_, serde_json::Value>(
+                &node.http,
+                m,
+                "/v1/promote",
+                &req,
+                false,
+                Some(Duration::from_secs(20)),
+            )
+            .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.status() == Some(403) => bail!("{e}"),
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    bail!("could not become a manager within {PROMOTE_DEADLINE_MS} ms: {last_err}")
+}

@@ -1,0 +1,134 @@
+//! Calls from one host to another (and from the CLI to a host): JSON over
+//! HTTP with bounded timeouts, errors that say which address failed and why.
+
+use crate::api::{ErrorBody, FORWARDED_HEADER};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error(
+        "cannot reach {address}: {detail}; check the address and that a haven agent runs there"
+    )]
+    Unreachable { address: String, detail: String },
+    #[error("{address} answered {status}: {message}")]
+    Refused {
+        address: String,
+        status: u16,
+        message: String,
+        /// Leader hint in a 421 answer.
+        leader: Option<String>,
+    },
+    #[error("{address} sent an answer that could not be read: {detail}")]
+    BadAnswer { address: String, detail: String },
+}
+
+impl RpcError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RpcError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A not-leader answer carries the leader's address when known.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct NotLeaderBody {
+    pub error: String,
+    pub leader: Option<String>,
+}
+
+pub fn client(timeout_ms: u64) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(timeout_ms.min(1_000)))
+        .timeout(Duration::from_millis(timeout_ms))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .no_proxy()
+        .build()
+        .expect("reqwest client builds")
+}
+
+pub async fn post<Req: Serialize, Resp: DeserializeOwned>(
+    http: &reqwest::Client,
+    address: &str,
+    path: &str,
+    body: &Req,
+    forwarded: bool,
+    timeout: Option<Duration>,
+) -> Result<Resp, RpcError> {
+    let mut req = http.post(format!("http://{address}{path}")).json(body);
+    if forwarded {
+        req = req.header(FORWARDED_HEADER, "1");
+    }
+    if let Some(t) = timeout {
+        req = req.timeout(t);
+    }
+    finish(address, req.send().await).await
+}
+
+pub async fn get<Resp: DeserializeOwned>(
+    http: &reqwest::Client,
+    address: &str,
+    path: &str,
+    forwarded: bool,
+) -> Result<Resp, RpcError> {
+    let mut req = http.get(format!("http://{address}{path}"));
+    if forwarded {
+        req = req.header(FORWARDED_HEADER, "1");
+    }
+    finish(address, req.send().await).await
+}
+
+async fn finish<Resp: DeserializeOwned>(
+    address: &str,
+    sent: Result<reqwest::Response, reqwest::Error>,
+) -> Result<Resp, RpcError> {
+    let resp = sent.map_err(|e| RpcError::Unreachable {
+        address: address.to_owned(),
+        detail: describe(&e),
+    })?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| RpcError::Unreachable {
+        address: address.to_owned(),
+        detail: describe(&e),
+    })?;
+    if !status.is_success() {
+        let (message, leader) = match serde_json::from_slice::<NotLeaderBody>(&bytes) {
+            Ok(b) => (b.error, b.leader),
+            Err(_) => match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(b) => (b.error, None),
+                Err(_) => (String::from_utf8_lossy(&bytes).into_owned(), None),
+            },
+        };
+        return Err(RpcError::Refused {
+            address: address.to_owned(),
+            status: status.as_u16(),
+            message,
+            leader,
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| RpcError::BadAnswer {
+        address: address.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut s = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        e.to_string()
+    };
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

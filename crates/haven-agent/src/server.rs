@@ -1,0 +1,600 @@
+//! The agent's HTTP surface: cluster RPC (join, promote, heartbeat, Raft)
+//! and the operator API (status, apply, delete, events). Requests that only
+//! the leader can answer are forwarded to it, at most once.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use haven_core::model::{Generation, Role};
+use haven_core::spec::{check_fits_cluster, check_name};
+use haven_core::state::{Command, CommandResult};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::*;
+use crate::coordinator::office_for;
+use crate::node::Node;
+use crate::rpc::NotLeaderBody;
+
+/// Most managers (Raft voters) a cluster can have.
+pub const MANAGERS_MAX: usize = 5;
+
+pub fn router(node: Arc<Node>) -> Router {
+    let mut r = Router::new()
+        .route("/v1/join", post(join))
+        .route("/v1/promote", post(promote))
+        .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/status", get(status))
+        .route("/v1/apply", post(apply))
+        .route("/v1/delete", post(delete))
+        .route("/v1/events", get(events))
+        .route("/v1/health", get(health))
+        .with_state(node.clone());
+    if let Some(c) = &node.consensus {
+        r = r.merge(c.router());
+    }
+    r
+}
+
+type Reply = Response;
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Reply {
+    (status, Json(ErrorBody { error: msg.into() })).into_response()
+}
+
+fn not_leader(node: &Node) -> Reply {
+    let leader = node.leader_address();
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        Json(NotLeaderBody {
+            error: format!(
+                "{} is not the coordinator; leader: {}",
+                node.identity.name,
+                leader
+                    .as_deref()
+                    .unwrap_or("unknown (election in progress?)")
+            ),
+            leader,
+        }),
+    )
+        .into_response()
+}
+
+/// Answer here if this host leads; otherwise pass the request to the leader
+/// once, and return its answer as is.
+async fn forward<B: Serialize>(
+    node: &Node,
+    headers: &HeaderMap,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<&B>,
+) -> Reply {
+    if headers.contains_key(FORWARDED_HEADER) {
+        return not_leader(node);
+    }
+    let Some(leader) = node.leader_address().filter(|l| *l != node.address) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no coordinator is known right now (election in progress, or no majority of managers); retry shortly",
+        );
+    };
+    let mut req = node
+        .http
+        .request(method, format!("http://{leader}{path_and_query}"))
+        .header(FORWARDED_HEADER, "1")
+        .timeout(Duration::from_secs(30));
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status =
+                StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let bytes = resp.bytes().await.unwrap_or_default();
+            (status, [("content-type", "application/json")], bytes).into_response()
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("forwarding to the coordinator at {leader} failed: {e}"),
+        ),
+    }
+}
+
+async fn propose(node: &Node, cmd: Command) -> Result<CommandResult, Reply> {
+    let Some(c) = &node.consensus else {
+        return Err(not_leader(node));
+    };
+    c.propose(cmd).await.map_err(|e| match e {
+        haven_consensus::ProposeError::NotLeader { .. } => not_leader(node),
+        other => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("could not commit the change: {other}"),
+        ),
+    })
+}
+
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+}
+
+async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::body::Bytes) -> Reply {
+    let req: JoinRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if !node.is_leader() {
+        return forward(
+            &node,
+            &headers,
+            reqwest::Method::POST,
+            "/v1/join",
+            Some(&req),
+        )
+        .await;
+    }
+    let c = node.consensus.as_ref().expect("leader has consensus");
+    let (cluster_id, secret, voters, known) = c.read(|s| {
+        (
+            s.cluster_id.clone(),
+            s.join_secret.clone(),
+            s.hosts.values().filter(|h| h.role == Role::Manager).count(),
+            s.hosts.get(&req.name).cloned(),
+        )
+    });
+    if let Err(r) = check_token(&cluster_id, &secret, &req.token) {
+        return r;
+    }
+    if let Err(m) = check_name(&req.name) {
+        return error(StatusCode::BAD_REQUEST, format!("--name: {m}"));
+    }
+    if let Some(k) = &known {
+        if k.instance_id != req.instance_id {
+            return error(
+                StatusCode::CONFLICT,
+                format!("host name {:?} is already in use in cluster {cluster_id} (node {} at {}); choose another --name", req.name, k.node_id, k.address),
+            );
+        }
+    }
+    if req.role == Role::Manager && known.is_none() && voters >= MANAGERS_MAX {
+        return error(
+            StatusCode::CONFLICT,
+            format!("the cluster already has {voters} managers (at most {MANAGERS_MAX}); join this host as a worker (without --manager)"),
+        );
+    }
+    let record = haven_core::model::HostRecord {
+        name: req.name.clone(),
+        node_id: 0,
+        address: req.address.clone(),
+        role: req.role,
+        capacity: req.capacity,
+        labels: req.labels.clone(),
+        instance_id: req.instance_id.clone(),
+    };
+    match propose(
+        &node,
+        Command::RegisterHost {
+            host: record,
+            at_ms: node.clock.wall_ms(),
+        },
+    )
+    .await
+    {
+        Ok(CommandResult::HostRegistered { node_id }) => Json(JoinResponse {
+            cluster_id,
+            node_id,
+            managers: managers(&node),
+        })
+        .into_response(),
+        Ok(CommandResult::Rejected(m)) => error(StatusCode::CONFLICT, m),
+        Ok(other) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected result {other:?}"),
+        ),
+        Err(r) => r,
+    }
+}
+
+fn check_token(cluster_id: &str, secret: &str, token: &str) -> Result<(), Reply> {
+    let t = crate::datadir::JoinToken::parse(token).map_err(|e| error(StatusCode::FORBIDDEN, e))?;
+    if t.cluster_id != cluster_id {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the token is for cluster {}, but this is cluster {cluster_id}",
+                t.cluster_id
+            ),
+        ));
+    }
+    if secret.is_empty() || !constant_time_eq(t.secret.as_bytes(), secret.as_bytes()) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "wrong join token: use the token printed by `haven agent --bootstrap` (also in <data-dir>/join-token on the bootstrap host)",
+        ));
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn managers(node: &Node) -> Vec<String> {
+    node.consensus
+        .as_ref()
+        .map(|c| c.voters().into_iter().map(|(_, a)| a).collect())
+        .unwrap_or_default()
+}
+
+async fn promote(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Reply {
+    let req: PromoteRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if !node.is_leader() {
+        return forward(
+            &node,
+            &headers,
+            reqwest::Method::POST,
+            "/v1/promote",
+            Some(&req),
+        )
+        .await;
+    }
+    let c = node.consensus.as_ref().expect("leader has consensus");
+    let (cluster_id, secret, host) = c.read(|s| {
+        (
+            s.cluster_id.clone(),
+            s.join_secret.clone(),
+            s.hosts.get(&req.name).cloned(),
+        )
+    });
+    if let Err(r) = check_token(&cluster_id, &secret, &req.token) {
+        return r;
+    }
+    match host {
+        Some(h) if h.node_id == req.node_id && h.role == Role::Manager => {}
+        _ => {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{:?} (node {}) is not a registered manager of this cluster",
+                    req.name, req.node_id
+                ),
+            )
+        }
+    }
+    match c.add_voter(req.node_id, &req.address).await {
+        Ok(()) => Json(serde_json::json!({"ok": true})).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("adding {} as a voter: {e}", req.name),
+        ),
+    }
+}
+
+async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatRequest>) -> Reply {
+    let Some(c) = node.consensus.as_ref() else {
+        return not_leader(&node);
+    };
+    let Some(term) = c.leader_term() else {
+        return not_leader(&node);
+    };
+    let now = node.clock.now_ms();
+    let (known, desired) = c.read(|s| {
+        let known = s.hosts.get(&req.host).cloned();
+        let desired: Vec<Desired> = s
+            .assigned_to(&req.host)
+            .map(|(w, a)| Desired {
+                spec: w.spec.clone(),
+                generation: a.generation,
+            })
+            .collect();
+        (known, desired)
+    });
+    let Some(known) = known.filter(|k| k.instance_id == req.instance_id) else {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "host {:?} with this data dir is not a member of this cluster",
+                req.host
+            ),
+        );
+    };
+    {
+        let mut slot = node.office.lock().unwrap();
+        let office = office_for(&mut slot, term, now);
+        office.detector.on_ack(&req.host, now);
+        office
+            .observed
+            .insert(req.host.clone(), (now, req.observed));
+    }
+    if known.address != req.address || known.capacity != req.capacity || known.labels != req.labels
+    {
+        let mut record = known.clone();
+        record.address = req.address.clone();
+        record.capacity = req.capacity;
+        record.labels = req.labels.clone();
+        let node2 = node.clone();
+        tokio::spawn(async move {
+            let _ = propose(
+                &node2,
+                Command::RegisterHost {
+                    host: record,
+                    at_ms: node2.clock.wall_ms(),
+                },
+            )
+            .await;
+        });
+    }
+    Json(HeartbeatResponse {
+        sent_ms: req.sent_ms,
+        leader: node.address.clone(),
+        term,
+        managers: managers(&node),
+        desired,
+    })
+    .into_response()
+}
+
+async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
+    let Some(c) = node.consensus.as_ref().filter(|c| c.is_leader()) else {
+        return forward::<()>(&node, &headers, reqwest::Method::GET, "/v1/status", None).await;
+    };
+    let term = c.leader_term().unwrap_or(0);
+    let now = node.clock.now_ms();
+    let timing = node.cfg.timing;
+    let voters: Vec<u64> = c.voters().into_iter().map(|(id, _)| id).collect();
+    let office = node.office.lock().unwrap();
+    let office = office.as_ref().filter(|o| o.term == term);
+    let resp = c.read(|s| {
+        let hosts = s
+            .hosts
+            .values()
+            .map(|h| HostStatus {
+                name: h.name.clone(),
+                address: h.address.clone(),
+                role: h.role,
+                state: match office {
+                    Some(o)
+                        if o.detector.heard_from(&h.name)
+                            || o.detector.liveness(&h.name, now, &timing)
+                                != haven_core::liveness::Liveness::Online =>
+                    {
+                        liveness_str(o.detector.liveness(&h.name, now, &timing)).to_string()
+                    }
+                    _ => "unknown".to_string(),
+                },
+                capacity: h.capacity,
+                allocated: s.allocated(&h.name),
+                node_id: h.node_id,
+                labels: h.labels.clone(),
+                voter: voters.contains(&h.node_id),
+            })
+            .collect();
+        let workloads = s
+            .workloads
+            .values()
+            .map(|w| {
+                let observed = w.assignment.as_ref().and_then(|a| {
+                    office
+                        .and_then(|o| o.observed.get(&a.host))
+                        .and_then(|(_, obs)| {
+                            obs.iter()
+                                .find(|x| x.workload == w.spec.name && x.generation == a.generation)
+                        })
+                });
+                let state = match (&w.assignment, observed) {
+                    (None, _) => "pending".to_string(),
+                    (Some(_), Some(o)) => o.state.to_string(),
+                    (Some(_), None) => "assigned".to_string(),
+                };
+                WorkloadStatus {
+                    name: w.spec.name.clone(),
+                    kind: w.spec.kind.name().to_string(),
+                    host: w.assignment.as_ref().map(|a| a.host.clone()),
+                    state,
+                    generation: w
+                        .assignment
+                        .as_ref()
+                        .map(|a| a.generation)
+                        .unwrap_or(Generation(0))
+                        .max(w.generation),
+                    priority: w.spec.priority.as_str().to_string(),
+                    vcpus: w.spec.vcpus,
+                    memory_mib: w.spec.memory_mib,
+                    restarts: observed.map(|o| o.restarts).unwrap_or(0),
+                    pid: observed.and_then(|o| o.pid),
+                    reason: observed
+                        .and_then(|o| o.detail.clone())
+                        .or_else(|| w.pending_reason.clone()),
+                }
+            })
+            .collect();
+        StatusResponse {
+            cluster_id: s.cluster_id.clone(),
+            leader: node.identity.name.clone(),
+            term,
+            hosts,
+            workloads,
+        }
+    });
+    Json(resp).into_response()
+}
+
+async fn apply(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Reply {
+    let req: ApplyRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if !node.is_leader() {
+        return forward(
+            &node,
+            &headers,
+            reqwest::Method::POST,
+            "/v1/apply",
+            Some(&req),
+        )
+        .await;
+    }
+    // Re-validate: the API is reachable without the CLI.
+    let mut problems = vec![];
+    let mut names = std::collections::BTreeSet::new();
+    for s in &req.specs {
+        if let Err(m) = check_name(&s.name) {
+            problems.push(format!(
+                "{}: workload {:?}: field \"name\": {m}",
+                req.source, s.name
+            ));
+        }
+        if !names.insert(&s.name) {
+            problems.push(format!(
+                "{}: workload {:?}: duplicate name",
+                req.source, s.name
+            ));
+        }
+        let haven_core::model::WorkloadKind::Process { command, .. } = &s.kind;
+        if command.is_empty() || !command[0].starts_with('/') {
+            problems.push(format!("{}: workload {:?}: field \"command\": must be a non-empty argv with an absolute program path", req.source, s.name));
+        }
+        if s.vcpus == 0 || s.memory_mib == 0 {
+            problems.push(format!(
+                "{}: workload {:?}: \"vcpus\" and \"memory_mib\" must be at least 1",
+                req.source, s.name
+            ));
+        }
+    }
+    if req.specs.is_empty() {
+        problems.push(format!("{}: no workloads to apply", req.source));
+    }
+    let c = node.consensus.as_ref().expect("leader has consensus");
+    if let Err(e) = c.read(|s| check_fits_cluster(&req.source, &req.specs, s.hosts.values())) {
+        problems.extend(e.0);
+    }
+    if !problems.is_empty() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("nothing was applied:\n{}", problems.join("\n")),
+        );
+    }
+    match propose(
+        &node,
+        Command::ApplyWorkloads {
+            specs: req.specs,
+            source: req.source,
+            at_ms: node.clock.wall_ms(),
+        },
+    )
+    .await
+    {
+        Ok(CommandResult::Applied {
+            created,
+            updated,
+            unchanged,
+        }) => Json(ApplyResponse {
+            created,
+            updated,
+            unchanged,
+        })
+        .into_response(),
+        Ok(other) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected result {other:?}"),
+        ),
+        Err(r) => r,
+    }
+}
+
+async fn delete(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Reply {
+    let req: DeleteRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if !node.is_leader() {
+        return forward(
+            &node,
+            &headers,
+            reqwest::Method::POST,
+            "/v1/delete",
+            Some(&req),
+        )
+        .await;
+    }
+    match propose(
+        &node,
+        Command::DeleteWorkload {
+            name: req.name.clone(),
+            at_ms: node.clock.wall_ms(),
+        },
+    )
+    .await
+    {
+        Ok(CommandResult::Rejected(m)) => error(
+            StatusCode::NOT_FOUND,
+            format!("{m}; `haven status` lists the workloads"),
+        ),
+        Ok(_) => Json(serde_json::json!({"deleted": req.name})).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<u64>,
+}
+
+async fn events(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Reply {
+    let Some(c) = node.consensus.as_ref() else {
+        let path = match q.after {
+            Some(a) => format!("/v1/events?after={a}"),
+            None => "/v1/events".into(),
+        };
+        return forward::<()>(&node, &headers, reqwest::Method::GET, &path, None).await;
+    };
+    let events = c.read(|s| {
+        s.events
+            .iter()
+            .filter(|e| q.after.is_none_or(|a| e.seq > a))
+            .map(|e| EventView {
+                seq: e.seq,
+                at_ms: e.at_ms,
+                message: e.message.clone(),
+            })
+            .collect()
+    });
+    Json(EventsResponse { events }).into_response()
+}
+
+async fn health(State(node): State<Arc<Node>>) -> Reply {
+    let now = node.clock.now_ms();
+    let lease_held = node.lease.lock().unwrap().is_held(now, &node.cfg.timing);
+    Json(serde_json::json!({
+        "name": node.identity.name,
+        "cluster_id": node.identity.cluster_id,
+        "role": node.identity.role,
+        "leader": node.leader_address(),
+        "lease_held": lease_held,
+        "instances": node.supervisor.observed(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,530 @@
+//! `Consensus`: the agent's handle on this host's Raft node.
+//!
+//! It owns the openraft instance over the redb store and the HTTP network,
+//! and exposes what the agent needs: bootstrap, propose, read the applied
+//! state, leadership, membership (add/remove voters), compaction, shutdown.
+//! Every call that waits on the cluster is bounded.
+
+use crate::error::{ConsensusError, ProposeError};
+use crate::network::{self, HttpNetwork, SNAPSHOT_CHUNK_BYTES};
+use crate::store::{DbClosed, SharedState, Store};
+use crate::Raft;
+use haven_core::model::NodeId;
+use haven_core::state::{ClusterState, Command, CommandResult};
+use openraft::error::{
+    ChangeMembershipError, ClientWriteError, Fatal, ForwardToLeader, InitializeError, RaftError,
+};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy, Vote};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Bound on `propose`: how long to wait for a command to commit and apply.
+pub const PROPOSE_TIMEOUT_MS: u64 = 5_000;
+
+/// Bound on a whole `add_voter` / `remove_voter`, including the new node
+/// catching up with the log (or receiving a snapshot).
+pub const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = 10_000;
+
+/// Deadline of one snapshot chunk: sending it and, for the last one,
+/// installing it on the receiver (openraft's default, 200 ms, is too short
+/// for a state machine of a few MiB over a real network).
+const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
+
+/// Build a snapshot after this many applied entries; the log is then
+/// purged, keeping `LOGS_KEPT_AFTER_SNAPSHOT` entries so that a briefly
+/// lagging follower still catches up from the log rather than a snapshot.
+const SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
+const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
+
+/// How long `shutdown` waits for openraft's tasks to drop their storage
+/// handles, i.e. for the redb file lock to be released.
+const SHUTDOWN_RELEASE_TIMEOUT_MS: u64 = 5_000;
+
+/// Pause before retrying a membership change refused because another one
+/// is still being committed.
+const MEMBERSHIP_RETRY_MS: u64 = 100;
+
+/// Raft timing. Election timeouts must exceed the heartbeat interval by a
+/// wide margin (openraft requires `heartbeat < min < max`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsensusConfig {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for ConsensusConfig {
+    fn default() -> Self {
+        ConsensusConfig {
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+        }
+    }
+}
+
+impl ConsensusConfig {
+    fn to_raft_config(self) -> Result<openraft::Config, ConsensusError> {
+        let config = openraft::Config {
+            cluster_name: "haven".into(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+            max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
+            ..Default::default()
+        };
+        config.validate().map_err(|e| {
+            ConsensusError::Config(format!(
+                "{e} (heartbeat_interval_ms {}, election_timeout_min_ms {}, \
+                 election_timeout_max_ms {}; need heartbeat < min < max)",
+                self.heartbeat_interval_ms, self.election_timeout_min_ms, self.election_timeout_max_ms
+            ))
+        })
+    }
+}
+
+/// This host's Raft node. Cheap to clone; all clones share the node.
+#[derive(Clone)]
+pub struct Consensus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: NodeId,
+    data_dir: PathBuf,
+    raft: Raft,
+    state: SharedState,
+    /// Set when the store held a vote or log at open, or after `initialize`;
+    /// lets `is_initialized` stay synchronous.
+    initialized: AtomicBool,
+    /// Fires once openraft's tasks dropped the database and the file lock
+    /// is released.
+    closed: DbClosed,
+}
+
+fn stopped(node_id: NodeId, fatal: &Fatal<NodeId>) -> ConsensusError {
+    ConsensusError::Stopped {
+        node_id,
+        detail: fatal.to_string(),
+    }
+}
+
+/// Leader id and address as known from `metrics`.
+fn leader_of(m: &RaftMetrics<NodeId, BasicNode>) -> Option<(NodeId, String)> {
+    let id = m.current_leader?;
+    // The leader is always in the membership this node knows, except for a
+    // moment on a brand-new learner that has not applied it yet.
+    let node = m.membership_config.membership().get_node(&id)?;
+    Some((id, node.addr.clone()))
+}
+
+impl Consensus {
+    /// Open this host's Raft node on `<data_dir>/raft.redb` (created if
+    /// missing) and start it. A restarted node resumes from what is on disk:
+    /// the applied state machine is loaded as it was last persisted and the
+    /// log above it is re-applied as it commits.
+    pub async fn open(
+        data_dir: &Path,
+        node_id: NodeId,
+        config: ConsensusConfig,
+    ) -> Result<Consensus, ConsensusError> {
+        if node_id == 0 {
+            // haven_core's RegisterHost reads node id 0 as "allocate one".
+            return Err(ConsensusError::Config(
+                "node id 0 is reserved; Raft node ids start at 1".into(),
+            ));
+        }
+        let raft_config = config.to_raft_config()?;
+        let dir = data_dir.to_path_buf();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| ConsensusError::Io {
+                path: data_dir.to_path_buf(),
+                source: std::io::Error::other(format!("opening the raft database failed: {e}")),
+            })??;
+        let closed = store.closed.clone();
+        let state = store.state_machine.shared_state();
+        let network = HttpNetwork::new().map_err(|e| {
+            ConsensusError::Config(format!("cannot build the Raft HTTP client: {e}"))
+        })?;
+        let raft = Raft::new(
+            node_id,
+            Arc::new(raft_config),
+            network,
+            store.log,
+            store.state_machine,
+        )
+        .await
+        .map_err(|e| stopped(node_id, &e))?;
+        // Answered by the core task, so its first metrics report (which it
+        // publishes before serving requests) is visible once this returns.
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| stopped(node_id, &e))?;
+        tracing::info!(node_id, data_dir = %data_dir.display(), initialized, "raft node opened");
+        Ok(Consensus {
+            inner: Arc::new(Inner {
+                node_id,
+                data_dir: data_dir.to_path_buf(),
+                raft,
+                state,
+                initialized: AtomicBool::new(initialized),
+                closed,
+            }),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// Bootstrap a single-voter cluster with this node at `addr`. No-op if
+    /// already initialized (restart, or this node already joined a cluster).
+    pub async fn initialize(&self, addr: &str) -> Result<(), ConsensusError> {
+        let raft = &self.inner.raft;
+        let node_id = self.inner.node_id;
+        if raft.is_initialized().await.map_err(|e| stopped(node_id, &e))? {
+            self.inner.initialized.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let members = BTreeMap::from([(
+            node_id,
+            BasicNode {
+                addr: addr.to_string(),
+            },
+        )]);
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(node_id, addr, "bootstrapped a new single-voter cluster"),
+            // A leader reached us between the check and the call: we are
+            // part of a cluster already, which is what the caller wants.
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                tracing::info!(node_id, "not bootstrapping: {e}");
+            }
+            Err(RaftError::APIError(e @ InitializeError::NotInMembers(_))) => {
+                return Err(ConsensusError::Membership(e.to_string()));
+            }
+            Err(RaftError::Fatal(e)) => return Err(stopped(node_id, &e)),
+        }
+        self.inner.initialized.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether this node has a vote, a log or a membership on disk, i.e.
+    /// bootstrapped or joined a cluster at some point.
+    pub fn is_initialized(&self) -> bool {
+        if self.inner.initialized.load(Ordering::Acquire) {
+            return true;
+        }
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.vote != Vote::default() || m.last_log_index.is_some()
+    }
+
+    /// Propose `cmd` through Raft on this node and wait (at most
+    /// `PROPOSE_TIMEOUT_MS`) until it is committed and applied here.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
+        let node_id = self.inner.node_id;
+        let write = self.inner.raft.client_write(cmd);
+        match tokio::time::timeout(Duration::from_millis(PROPOSE_TIMEOUT_MS), write).await {
+            Err(_) => Err(ProposeError::Timeout {
+                timeout_ms: PROPOSE_TIMEOUT_MS,
+            }),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader {
+                    leader: self.forward_target(&f),
+                })
+            }
+            // Only membership changes can fail this way; a command is not one.
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(ProposeError::Stopped {
+                    node_id,
+                    detail: format!("unexpected membership error for a command: {e}"),
+                })
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(ProposeError::Stopped {
+                node_id,
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Read the applied state (local, no Raft round trip; may lag the
+    /// leader by the replication delay). Keep `f` short: it runs under the
+    /// state lock, which the apply path also takes.
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(&self.inner.state.read().state)
+    }
+
+    /// The current Raft metrics (term, leader, log and applied indexes,
+    /// membership), for status pages and diagnostics.
+    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// Current leader id and address, if this node knows one.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        leader_of(&self.inner.raft.metrics().borrow())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader_term().is_some()
+    }
+
+    /// `Some(term)` while this node is leader. The term changes each time
+    /// this node takes office, so the agent can tell a new tenure.
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.inner.node_id))
+            .then_some(m.current_term)
+    }
+
+    /// Voters of the membership this node knows (both halves during a
+    /// membership change), with their addresses, by node id.
+    pub fn voters(&self) -> Vec<(NodeId, String)> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        membership
+            .voter_ids()
+            .map(|id| {
+                let addr = membership
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_default();
+                (id, addr)
+            })
+            .collect()
+    }
+
+    /// Make `node_id` at `addr` a voter: add it as a learner, wait until it
+    /// caught up, then change the membership to include it. Idempotent for
+    /// an existing voter; updates its address if it changed. Must run on the
+    /// leader. Bounded by `MEMBERSHIP_CHANGE_TIMEOUT_MS`.
+    pub async fn add_voter(&self, node_id: NodeId, addr: &str) -> Result<(), ConsensusError> {
+        let timeout_ms = MEMBERSHIP_CHANGE_TIMEOUT_MS;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        if !self.is_leader() {
+            return Err(ConsensusError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        let node = BasicNode {
+            addr: addr.to_string(),
+        };
+        let (known, is_voter) = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            (
+                membership.get_node(&node_id).cloned(),
+                membership.voter_ids().any(|id| id == node_id),
+            )
+        };
+        if known.as_ref().is_some_and(|n| n.addr != addr) {
+            // `add_learner` never replaces a known node's address.
+            tracing::info!(node_id, addr, "updating the address of a Raft member");
+            let change = ChangeMembers::SetNodes(BTreeMap::from([(node_id, node.clone())]));
+            self.change_membership(change, deadline, timeout_ms).await?;
+        }
+        if is_voter {
+            return Ok(());
+        }
+        tracing::info!(node_id, addr, "adding a learner and waiting for it to catch up");
+        let add = self.inner.raft.add_learner(node_id, node, true);
+        match tokio::time::timeout_at(deadline, add).await {
+            Err(_) => {
+                return Err(ConsensusError::CatchUpTimeout {
+                    node_id,
+                    addr: addr.to_string(),
+                    timeout_ms,
+                })
+            }
+            Ok(res) => {
+                res.map_err(|e| self.write_error(e))?;
+            }
+        }
+        tracing::info!(node_id, addr, "promoting the learner to voter");
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([node_id]));
+        self.change_membership(change, deadline, timeout_ms).await
+    }
+
+    /// Remove `node_id` from the voters (and from the membership). Must run
+    /// on the leader; a leader removing itself steps down once the change
+    /// commits. Bounded by `MEMBERSHIP_CHANGE_TIMEOUT_MS`.
+    pub async fn remove_voter(&self, node_id: NodeId) -> Result<(), ConsensusError> {
+        let timeout_ms = MEMBERSHIP_CHANGE_TIMEOUT_MS;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let is_member = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().get_node(&node_id).is_some()
+        };
+        if !is_member {
+            return Ok(());
+        }
+        let change = ChangeMembers::RemoveVoters(BTreeSet::from([node_id]));
+        self.change_membership(change, deadline, timeout_ms).await
+    }
+
+    /// Commit a membership change, retrying while another change is still
+    /// in flight, until `deadline`.
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, BasicNode>,
+        deadline: Instant,
+        timeout_ms: u64,
+    ) -> Result<(), ConsensusError> {
+        let timeout = || ConsensusError::Timeout {
+            what: format!("committing the membership change {change:?}"),
+            timeout_ms,
+        };
+        loop {
+            let res = tokio::time::timeout_at(
+                deadline,
+                self.inner.raft.change_membership(change.clone(), false),
+            )
+            .await
+            .map_err(|_| timeout())?;
+            match res {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(e),
+                ))) => {
+                    tracing::debug!("membership change waits for the previous one: {e}");
+                    let retry_at = Instant::now() + Duration::from_millis(MEMBERSHIP_RETRY_MS);
+                    if retry_at >= deadline {
+                        return Err(timeout());
+                    }
+                    tokio::time::sleep_until(retry_at).await;
+                }
+                Err(e) => return Err(self.write_error(e)),
+            }
+        }
+    }
+
+    fn write_error(
+        &self,
+        e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    ) -> ConsensusError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ConsensusError::NotLeader {
+                leader: self.forward_target(&f),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ConsensusError::Membership(e.to_string())
+            }
+            RaftError::Fatal(e) => stopped(self.inner.node_id, &e),
+        }
+    }
+
+    fn forward_target(&self, f: &ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)> {
+        match (f.leader_id, &f.leader_node) {
+            (Some(id), Some(node)) => Some((id, node.addr.clone())),
+            (Some(id), None) => self.leader().filter(|(leader, _)| *leader == id),
+            (None, _) => None,
+        }
+    }
+
+    /// Wait (at most `timeout`) until this node knows a leader; for startup.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(NodeId, String)> {
+        let mut rx = self.inner.raft.metrics();
+        let wait = async {
+            loop {
+                let leader = leader_of(&rx.borrow_and_update());
+                if leader.is_some() {
+                    return leader;
+                }
+                if rx.changed().await.is_err() {
+                    return None; // Raft stopped.
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
+    /// Build a snapshot of the applied state now and purge the log up to it
+    /// (bounded by `timeout`). Returns the log index the snapshot covers, or
+    /// `None` if nothing was applied yet. Openraft also does this on its own
+    /// every few thousand entries; this is for operators and tests.
+    pub async fn compact(&self, timeout: Duration) -> Result<Option<u64>, ConsensusError> {
+        let raft = &self.inner.raft;
+        let node_id = self.inner.node_id;
+        let Some(applied) = raft.metrics().borrow().last_applied.map(|l| l.index) else {
+            return Ok(None);
+        };
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let timed_out = |what: &str| ConsensusError::Timeout {
+            what: what.to_string(),
+            timeout_ms,
+        };
+        let deadline = Instant::now() + timeout;
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(|e| stopped(node_id, &e))?;
+        let m = raft
+            .wait(Some(deadline.saturating_duration_since(Instant::now())))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot built",
+            )
+            .await
+            .map_err(|_| timed_out("building a snapshot"))?;
+        let Some(snapshot) = m.snapshot.map(|s| s.index) else {
+            return Err(timed_out("building a snapshot"));
+        };
+        raft.trigger()
+            .purge_log(snapshot)
+            .await
+            .map_err(|e| stopped(node_id, &e))?;
+        raft.wait(Some(deadline.saturating_duration_since(Instant::now())))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= snapshot),
+                "log purged",
+            )
+            .await
+            .map_err(|_| timed_out("purging the log up to the snapshot"))?;
+        Ok(Some(snapshot))
+    }
+
+    /// The HTTP routes peers send Raft RPCs to (`POST /raft/append`,
+    /// `/raft/vote`, `/raft/snapshot`); serve them on this node's `addr`.
+    pub fn router(&self) -> axum::Router {
+        network::router(self.inner.raft.clone())
+    }
+
+    /// Stop the Raft node and wait (bounded) until the database is closed,
+    /// so the data dir can be opened again. Calls on any clone fail with
+    /// `Stopped` afterwards; the routes answer peers with an error.
+    pub async fn shutdown(&self) {
+        let node_id = self.inner.node_id;
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(node_id, "raft core task ended abnormally: {e}");
+        }
+        // openraft's state machine and replication tasks end just after the
+        // core and drop their storage handles then.
+        let release = Duration::from_millis(SHUTDOWN_RELEASE_TIMEOUT_MS);
+        if !self.inner.closed.wait(release).await {
+            tracing::warn!(
+                node_id,
+                data_dir = %self.inner.data_dir.display(),
+                "raft database still open {SHUTDOWN_RELEASE_TIMEOUT_MS} ms after shutdown"
+            );
+        }
+        tracing::info!(node_id, "raft node stopped");
+    }
+}

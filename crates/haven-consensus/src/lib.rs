@@ -1,0 +1,45 @@
+//! haven-consensus: the managers' Raft group that replicates `ClusterState`.
+//!
+//! Built on openraft 0.9 (storage v2). The log, the vote and the state
+//! machine live in one redb file per host (`<data_dir>/raft.redb`, see
+//! [`store`]); peers talk JSON over HTTP (an axum router served by the agent,
+//! a reqwest client, see [`network`]). [`Consensus`] is the small interface the
+//! agent uses: open, bootstrap, propose, read, membership and leadership.
+
+// openraft's storage and network traits fix their error types
+// (`StorageError`, `RPCError`, ~200 bytes); boxing ours would not help.
+#![allow(clippy::result_large_err)]
+
+pub mod consensus;
+pub mod error;
+pub mod network;
+pub mod store;
+
+pub use consensus::{
+    Consensus, ConsensusConfig, MEMBERSHIP_CHANGE_TIMEOUT_MS, PROPOSE_TIMEOUT_MS,
+};
+pub use error::{ConsensusError, ProposeError};
+
+use haven_core::model::NodeId;
+use haven_core::state::{Command, CommandResult};
+use std::io::Cursor;
+
+/// File name of the Raft database inside a host's data dir.
+pub const RAFT_DB_FILE: &str = "raft.redb";
+
+openraft::declare_raft_types!(
+    /// Openraft type configuration of Haven: log entries carry
+    /// `haven_core::state::Command`, applying one yields a `CommandResult`;
+    /// a node is addressed by the `ip:port` of its host's HTTP server.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The openraft handle type used by this crate.
+pub type Raft = openraft::Raft<TypeConfig>;

@@ -1,0 +1,203 @@
+//! Raft RPCs over HTTP: the reqwest client openraft sends with, and the axum
+//! routes that receive (`POST /raft/{append,vote,snapshot}`, JSON bodies).
+//!
+//! A handler answers with the JSON of the `Result` the local `Raft` returned,
+//! so a refusal (e.g. a higher term, or this node shutting down) reaches the
+//! sender as `RPCError::RemoteError` with openraft's own error inside.
+
+use crate::{Raft, TypeConfig};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use haven_core::model::NodeId;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+    InstallSnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, BasicNode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Bound on establishing a TCP connection to a peer. Peers are on the
+/// cluster network; a longer wait only delays noticing that one is down.
+pub const CONNECT_TIMEOUT_MS: u64 = 500;
+
+/// Upper bound on an append-entries or vote request. Openraft passes its
+/// own (shorter) deadline in `RPCOption`, which is used when smaller.
+pub const RPC_TIMEOUT_MAX_MS: u64 = 2_000;
+
+/// Largest request body the routes accept. Snapshot chunks are at most
+/// `SNAPSHOT_CHUNK_BYTES` of raw data, which JSON (an array of numbers)
+/// inflates by up to 4x; append batches are bounded by openraft's
+/// `max_payload_entries`.
+pub const RAFT_BODY_LIMIT_BYTES: usize = 32 * 1024 * 1024;
+
+/// Raw bytes of state machine per snapshot chunk (openraft's
+/// `snapshot_max_chunk_size`).
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// Idle keep-alive connections to peers are closed after this, so a
+/// restarted peer is not reached through a stale connection for long.
+const POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
+
+/// The factory openraft asks for a client per peer; all share one reqwest
+/// connection pool.
+#[derive(Clone)]
+pub struct HttpNetwork {
+    client: reqwest::Client,
+}
+
+impl HttpNetwork {
+    pub fn new() -> Result<HttpNetwork, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
+            // Heartbeats are small and latency-bound.
+            .tcp_nodelay(true)
+            // Raft traffic goes straight to peers, never through a proxy
+            // taken from the environment.
+            .no_proxy()
+            .build()?;
+        Ok(HttpNetwork { client })
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = HttpPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpPeer {
+        HttpPeer {
+            client: self.client.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+/// The connection to one peer, at the address its membership entry records.
+pub struct HttpPeer {
+    client: reqwest::Client,
+    target: NodeId,
+    addr: String,
+}
+
+impl HttpPeer {
+    async fn post<Req, Resp, E>(
+        &self,
+        route: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let url = format!("http://{}/raft/{route}", self.addr);
+        let resp = self
+            .client
+            .post(&url)
+            .timeout(timeout)
+            .json(req)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    // Nobody listening (or no route): openraft backs off
+                    // instead of retrying at once.
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            let msg = format!(
+                "POST {url} to node {} answered {status}: {}",
+                self.target,
+                body.chars().take(200).collect::<String>()
+            );
+            return Err(RPCError::Network(NetworkError::new(&AnyError::error(msg))));
+        }
+        let result: Result<Resp, RaftError<NodeId, E>> = resp
+            .json()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn rpc_timeout(option: &RPCOption) -> Duration {
+    option
+        .hard_ttl()
+        .min(Duration::from_millis(RPC_TIMEOUT_MAX_MS))
+}
+
+impl RaftNetwork<TypeConfig> for HttpPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>>
+    {
+        self.post("append", &rpc, rpc_timeout(&option)).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        // A chunk carries up to SNAPSHOT_CHUNK_BYTES and the last one is
+        // installed before the reply: openraft's snapshot deadline applies.
+        self.post("snapshot", &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.post("vote", &rpc, rpc_timeout(&option)).await
+    }
+}
+
+/// The routes peers call; merged into the host's HTTP server by the agent.
+pub fn router(raft: Raft) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT_BYTES))
+        .with_state(raft)
+}
+
+async fn append(
+    State(raft): State<Raft>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    Json(raft.append_entries(req).await)
+}
+
+async fn vote(
+    State(raft): State<Raft>,
+    Json(req): Json<VoteRequest<NodeId>>,
+) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    Json(raft.vote(req).await)
+}
+
+async fn snapshot(
+    State(raft): State<Raft>,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+    Json(raft.install_snapshot(req).await)
+}

@@ -1,0 +1,699 @@
+//! Raft log, vote and state machine, persisted together in one redb file.
+//!
+//! Layout of `<data_dir>/raft.redb`:
+//! - table `raft_log`: log index (u64) → JSON of `openraft::Entry`;
+//! - table `raft_meta`: small records, all JSON: the format version, the vote,
+//!   the committed log id, the last purged log id, the state machine
+//!   ([`StateMachineData`]: `ClusterState` + last applied log id + last
+//!   membership) and the current snapshot (meta and data under two keys).
+//!
+//! Durability: everything openraft must find on disk after a crash is
+//! committed with redb's `Durability::Immediate` (fsync) before the call
+//! returns or, for `append`, before the flush callback fires: vote, log
+//! appends, truncation, purge, the applied state machine and snapshots. Only
+//! the committed log id uses `Durability::Eventual`: it is an optimisation
+//! (committed entries get re-applied at startup without waiting for the
+//! leader) and losing its latest value is harmless. redb persists commits in
+//! order, so a durable commit also makes every earlier eventual one durable.
+//!
+//! All redb calls run on tokio's blocking pool because a commit waits for
+//! fsync and must not stall the async workers that carry heartbeats.
+
+use crate::error::ConsensusError;
+use crate::{TypeConfig, RAFT_DB_FILE};
+use haven_core::model::NodeId;
+use haven_core::state::{ClusterState, CommandResult};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
+    RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership, Vote,
+};
+use redb::{Database, Durability, ReadableTable, TableDefinition, TableError, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::Deref;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+const KEY_FORMAT_VERSION: &str = "format_version";
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_LAST_PURGED: &str = "last_purged_log_id";
+const KEY_STATE_MACHINE: &str = "state_machine";
+const KEY_SNAPSHOT_META: &str = "snapshot_meta";
+const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
+
+/// Version of the layout above; bump on incompatible changes so that an old
+/// binary refuses a newer file instead of misreading it.
+const FORMAT_VERSION: u64 = 1;
+
+/// redb's page cache. The default (1 GiB) is sized for big databases; ours
+/// holds a bounded log and a few records.
+const DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// The replicated state machine as persisted (and as shipped in snapshots).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateMachineData {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub last_membership: StoredMembership<NodeId, BasicNode>,
+    pub state: ClusterState,
+}
+
+/// The applied state, shared between the state machine task (writer) and
+/// readers such as `Consensus::read`. A std lock: it is never held across
+/// an await point.
+#[derive(Clone, Debug, Default)]
+pub struct SharedState(Arc<RwLock<StateMachineData>>);
+
+impl SharedState {
+    pub fn read(&self) -> RwLockReadGuard<'_, StateMachineData> {
+        // A panic while holding the lock cannot leave the data half-written
+        // (apply never panics; replacement is a single assignment), so a
+        // poisoned lock is still safe to use.
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, StateMachineData> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An opened `raft.redb`: the two halves openraft drives, and a way to learn
+/// when the file is closed again.
+pub struct Store {
+    pub log: LogStore,
+    pub state_machine: StateMachineStore,
+    pub closed: DbClosed,
+}
+
+/// The database and a signal that fires once it is closed.
+struct DbHandle {
+    // Fields drop in order: the database (final commit, file unlocked)
+    // strictly before the sender, whose drop is the "closed" signal.
+    // Watching the `Arc`'s strong count instead would race with the drop.
+    db: Database,
+    _closed: watch::Sender<()>,
+}
+
+impl Deref for DbHandle {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+/// Resolves once every handle on the database is gone and the file is
+/// closed (and unlocked), e.g. after openraft's tasks ended.
+#[derive(Clone)]
+pub struct DbClosed(watch::Receiver<()>);
+
+impl DbClosed {
+    /// Wait at most `timeout`; returns whether the database is closed.
+    pub async fn wait(&self, timeout: Duration) -> bool {
+        let mut rx = self.0.clone();
+        // `changed` fails once the sender is dropped; nothing is ever sent.
+        tokio::time::timeout(timeout, async { while rx.changed().await.is_ok() {} })
+            .await
+            .is_ok()
+    }
+}
+
+impl Store {
+    /// Open (or create) `<data_dir>/raft.redb` and load the state machine.
+    ///
+    /// Fails with [`ConsensusError::DataDirInUse`] if another process (or
+    /// another `Store` in this one) holds the file, and with
+    /// [`ConsensusError::Corrupt`] if the file is not a readable database of
+    /// ours; in that case nothing has been written to it.
+    pub fn open(data_dir: &Path) -> Result<Store, ConsensusError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| ConsensusError::Io {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let file = data_dir.join(RAFT_DB_FILE);
+        let corrupt = |detail: String| ConsensusError::Corrupt {
+            file: file.clone(),
+            detail,
+        };
+        let db = Database::builder()
+            .set_cache_size(DB_CACHE_BYTES)
+            .create(&file)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => ConsensusError::DataDirInUse {
+                    data_dir: data_dir.to_path_buf(),
+                },
+                redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                    if io.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    corrupt("not a redb database (bad file header)".into())
+                }
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+                    corrupt(detail)
+                }
+                redb::DatabaseError::UpgradeRequired(version) => corrupt(format!(
+                    "redb file format version {version} is not supported by this build"
+                )),
+                other => ConsensusError::Database {
+                    file: file.clone(),
+                    source: other.into(),
+                },
+            })?;
+        let db_err = |source: redb::Error| ConsensusError::Database {
+            file: file.clone(),
+            source,
+        };
+
+        // Validate every record before writing anything, so that a file we
+        // cannot understand is reported and left as it was.
+        let txn = db.begin_read().map_err(|e| db_err(e.into()))?;
+        let meta = match txn.open_table(META) {
+            Ok(table) => Some(table),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(db_err(e.into())),
+        };
+        let mut state = StateMachineData::default();
+        if let Some(meta) = &meta {
+            let version: Option<u64> =
+                get_json(meta, KEY_FORMAT_VERSION).map_err(|e| corrupt(e.to_string()))?;
+            if version != Some(FORMAT_VERSION) {
+                return Err(corrupt(format!(
+                    "layout version {version:?}, this build reads version {FORMAT_VERSION}"
+                )));
+            }
+            get_json::<Vote<NodeId>>(meta, KEY_VOTE).map_err(|e| corrupt(e.to_string()))?;
+            get_json::<LogId<NodeId>>(meta, KEY_COMMITTED).map_err(|e| corrupt(e.to_string()))?;
+            get_json::<LogId<NodeId>>(meta, KEY_LAST_PURGED)
+                .map_err(|e| corrupt(e.to_string()))?;
+            get_json::<SnapshotMeta<NodeId, BasicNode>>(meta, KEY_SNAPSHOT_META)
+                .map_err(|e| corrupt(e.to_string()))?;
+            if let Some(sm) = get_json(meta, KEY_STATE_MACHINE).map_err(|e| corrupt(e.to_string()))?
+            {
+                state = sm;
+            }
+        }
+        match txn.open_table(LOG) {
+            Ok(log) => {
+                if let Some((index, value)) = log.last().map_err(|e| db_err(e.into()))? {
+                    serde_json::from_slice::<Entry<TypeConfig>>(value.value()).map_err(|e| {
+                        corrupt(format!("log entry {} is unreadable: {e}", index.value()))
+                    })?;
+                }
+            }
+            Err(TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(db_err(e.into())),
+        }
+        let fresh = meta.is_none();
+        drop(meta);
+        drop(txn);
+
+        if fresh {
+            let version = serde_json::to_vec(&FORMAT_VERSION).expect("u64 serializes");
+            write_txn(&db, Durability::Immediate, |txn| {
+                txn.open_table(LOG)?;
+                txn.open_table(META)?
+                    .insert(KEY_FORMAT_VERSION, version.as_slice())?;
+                Ok(())
+            })
+            .map_err(db_err)?;
+        }
+
+        let (closed_tx, closed_rx) = watch::channel(());
+        let db = Arc::new(DbHandle {
+            db,
+            _closed: closed_tx,
+        });
+        Ok(Store {
+            closed: DbClosed(closed_rx),
+            log: LogStore {
+                db: db.clone(),
+                file: Arc::new(file.clone()),
+            },
+            state_machine: StateMachineStore {
+                db,
+                file: Arc::new(file),
+                state: SharedState(Arc::new(RwLock::new(state))),
+            },
+        })
+    }
+}
+
+/// Decode the JSON record under `key`, if any.
+fn get_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, String> {
+    let Some(value) = table.get(key).map_err(|e| format!("reading {key}: {e}"))? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(value.value())
+        .map(Some)
+        .map_err(|e| format!("record {key} is unreadable: {e}"))
+}
+
+/// Run `f` in one write transaction committed with `durability`.
+fn write_txn(
+    db: &Database,
+    durability: Durability,
+    f: impl FnOnce(&WriteTransaction) -> Result<(), redb::Error>,
+) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability);
+    f(&txn)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Run blocking redb work off the async workers.
+async fn blocking<T, F>(f: F) -> StorageResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> StorageResult<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        StorageError::from(StorageIOError::new(
+            ErrorSubject::Store,
+            ErrorVerb::Write,
+            AnyError::error(format!("storage task failed: {e}")),
+        ))
+    })?
+}
+
+/// Wrap an error with the file it concerns, for openraft's error reports.
+fn in_file(file: &Path, e: impl std::fmt::Display) -> AnyError {
+    AnyError::error(format!("{}: {e}", file.display()))
+}
+
+/// Inclusive bounds of a log index range; `None` if it is empty.
+fn inclusive_bounds(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
+    let lo = match range.start_bound() {
+        Bound::Included(&x) => x,
+        Bound::Excluded(&x) => x.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let hi = match range.end_bound() {
+        Bound::Included(&x) => x,
+        Bound::Excluded(&x) => x.checked_sub(1)?,
+        Bound::Unbounded => u64::MAX,
+    };
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// Openraft's log storage over the `raft_log` and `raft_meta` tables.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DbHandle>,
+    file: Arc<PathBuf>,
+}
+
+impl LogStore {
+    async fn read_meta<T>(&self, key: &'static str, subject: ErrorSubject<NodeId>) -> StorageResult<Option<T>>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let (db, file) = (self.db.clone(), self.file.clone());
+        blocking(move || {
+            let err = |e: String| StorageIOError::new(subject.clone(), ErrorVerb::Read, in_file(&file, e));
+            let txn = db.begin_read().map_err(|e| err(e.to_string()))?;
+            let table = txn.open_table(META).map_err(|e| err(e.to_string()))?;
+            Ok(get_json(&table, key).map_err(err)?)
+        })
+        .await
+    }
+
+    async fn write_meta<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+        durability: Durability,
+        subject: ErrorSubject<NodeId>,
+    ) -> StorageResult<()> {
+        let (db, file) = (self.db.clone(), self.file.clone());
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| StorageIOError::new(subject.clone(), ErrorVerb::Write, AnyError::new(&e)))?;
+        blocking(move || {
+            write_txn(&db, durability, |txn| {
+                txn.open_table(META)?.insert(key, bytes.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, in_file(&file, e)).into())
+        })
+        .await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let Some((lo, hi)) = inclusive_bounds(&range) else {
+            return Ok(Vec::new());
+        };
+        let (db, file) = (self.db.clone(), self.file.clone());
+        blocking(move || {
+            let err = |e: String| StorageIOError::read_logs(in_file(&file, e));
+            let txn = db.begin_read().map_err(|e| err(e.to_string()))?;
+            let table = txn.open_table(LOG).map_err(|e| err(e.to_string()))?;
+            let mut entries = Vec::new();
+            for item in table.range(lo..=hi).map_err(|e| err(e.to_string()))? {
+                let (index, value) = item.map_err(|e| err(e.to_string()))?;
+                let entry: Entry<TypeConfig> = serde_json::from_slice(value.value())
+                    .map_err(|e| err(format!("log entry {}: {e}", index.value())))?;
+                entries.push(entry);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let (db, file) = (self.db.clone(), self.file.clone());
+        blocking(move || {
+            let err = |e: String| StorageIOError::read_logs(in_file(&file, e));
+            let txn = db.begin_read().map_err(|e| err(e.to_string()))?;
+            let log = txn.open_table(LOG).map_err(|e| err(e.to_string()))?;
+            let meta = txn.open_table(META).map_err(|e| err(e.to_string()))?;
+            let last_purged_log_id: Option<LogId<NodeId>> =
+                get_json(&meta, KEY_LAST_PURGED).map_err(err)?;
+            let last_in_log = match log.last().map_err(|e| err(e.to_string()))? {
+                Some((index, value)) => {
+                    let entry: Entry<TypeConfig> = serde_json::from_slice(value.value())
+                        .map_err(|e| err(format!("log entry {}: {e}", index.value())))?;
+                    Some(entry.log_id)
+                }
+                None => None,
+            };
+            Ok(LogState {
+                last_purged_log_id,
+                // With every entry purged, the log continues after the purge point.
+                last_log_id: last_in_log.or(last_purged_log_id),
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        self.write_meta(KEY_VOTE, vote, Durability::Immediate, ErrorSubject::Vote)
+            .await
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.read_meta(KEY_VOTE, ErrorSubject::Vote).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        self.write_meta(KEY_COMMITTED, &committed, Durability::Eventual, ErrorSubject::Store)
+            .await
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        // Stored as `Option<LogId>`, so a saved `None` reads back as `Some(None)`.
+        Ok(self
+            .read_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED, ErrorSubject::Store)
+            .await?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry)
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e)))?;
+            rows.push((entry.log_id.index, bytes));
+        }
+        let (db, file) = (self.db.clone(), self.file.clone());
+        let res = blocking(move || {
+            write_txn(&db, Durability::Immediate, |txn| {
+                let mut table = txn.open_table(LOG)?;
+                for (index, bytes) in &rows {
+                    table.insert(index, bytes.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(|e| StorageIOError::write_logs(in_file(&file, e)).into())
+        })
+        .await;
+        // The entries are durable only now: tell openraft, which may then
+        // acknowledge them to the leader.
+        match &res {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        res
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let (db, file) = (self.db.clone(), self.file.clone());
+        blocking(move || {
+            write_txn(&db, Durability::Immediate, |txn| {
+                txn.open_table(LOG)?.retain_in(log_id.index.., |_, _| false)?;
+                Ok(())
+            })
+            .map_err(|e| StorageIOError::write_logs(in_file(&file, e)).into())
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let (db, file) = (self.db.clone(), self.file.clone());
+        let purged = serde_json::to_vec(&log_id).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        blocking(move || {
+            // One transaction: the purge point and the deletion are never
+            // seen apart, so the log always continues after `last_purged`.
+            write_txn(&db, Durability::Immediate, |txn| {
+                txn.open_table(META)?
+                    .insert(KEY_LAST_PURGED, purged.as_slice())?;
+                txn.open_table(LOG)?
+                    .retain_in(..=log_id.index, |_, _| false)?;
+                Ok(())
+            })
+            .map_err(|e| StorageIOError::write_logs(in_file(&file, e)).into())
+        })
+        .await
+    }
+}
+
+/// Openraft's state machine: `ClusterState` in memory, persisted in
+/// `raft_meta` after every applied batch.
+pub struct StateMachineStore {
+    db: Arc<DbHandle>,
+    file: Arc<PathBuf>,
+    state: SharedState,
+}
+
+impl StateMachineStore {
+    /// The applied state, for readers outside openraft.
+    pub fn shared_state(&self) -> SharedState {
+        self.state.clone()
+    }
+}
+
+/// A process-wide sequence that keeps snapshot ids unique even when two
+/// snapshots of the same log position are built in the same millisecond.
+static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn new_snapshot_id(last: Option<LogId<NodeId>>) -> String {
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let seq = SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed);
+    match last {
+        Some(last) => format!("{}-{}-{unix_ms}-{seq}", last.leader_id, last.index),
+        None => format!("empty-{unix_ms}-{seq}"),
+    }
+}
+
+/// Builds snapshots from the shared applied state.
+pub struct SnapshotBuilder {
+    db: Arc<DbHandle>,
+    file: Arc<PathBuf>,
+    state: SharedState,
+}
+
+/// Store `meta` + `data` as the current snapshot (and, when installing, the
+/// state machine record) in one durable transaction.
+fn persist_snapshot(
+    db: &Database,
+    file: &Path,
+    meta: &SnapshotMeta<NodeId, BasicNode>,
+    data: &[u8],
+    state_machine: Option<&[u8]>,
+) -> StorageResult<()> {
+    let sig = Some(meta.signature());
+    let meta_bytes = serde_json::to_vec(meta)
+        .map_err(|e| StorageIOError::write_snapshot(sig.clone(), AnyError::new(&e)))?;
+    write_txn(db, Durability::Immediate, |txn| {
+        let mut table = txn.open_table(META)?;
+        table.insert(KEY_SNAPSHOT_META, meta_bytes.as_slice())?;
+        table.insert(KEY_SNAPSHOT_DATA, data)?;
+        if let Some(sm) = state_machine {
+            table.insert(KEY_STATE_MACHINE, sm)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| StorageIOError::write_snapshot(sig, in_file(file, e)).into())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        // One consistent view: the data and the meta come from the same
+        // read of the applied state.
+        let (meta, data) = {
+            let sm = self.state.read();
+            let data = serde_json::to_vec(&*sm)
+                .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
+            let meta = SnapshotMeta {
+                last_log_id: sm.last_applied,
+                last_membership: sm.last_membership.clone(),
+                snapshot_id: new_snapshot_id(sm.last_applied),
+            };
+            (meta, data)
+        };
+        let (db, file) = (self.db.clone(), self.file.clone());
+        let (meta2, data2) = (meta.clone(), data.clone());
+        blocking(move || persist_snapshot(&db, &file, &meta2, &data2, None)).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        let sm = self.state.read();
+        Ok((sm.last_applied, sm.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandResult>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // Apply in memory, then persist the whole record once per batch.
+        // Readers may see the batch a moment before it is on disk; that is
+        // fine because the entries are committed (durable on a quorum) and a
+        // crash before the write just re-applies them from the log.
+        let (results, bytes) = {
+            let mut sm = self.state.write();
+            let mut results = Vec::new();
+            for entry in entries {
+                sm.last_applied = Some(entry.log_id);
+                let result = match entry.payload {
+                    EntryPayload::Blank => CommandResult::Ok,
+                    EntryPayload::Normal(cmd) => sm.state.apply(&cmd),
+                    EntryPayload::Membership(membership) => {
+                        sm.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                        CommandResult::Ok
+                    }
+                };
+                results.push(result);
+            }
+            if results.is_empty() {
+                return Ok(results);
+            }
+            let bytes = serde_json::to_vec(&*sm)
+                .map_err(|e| StorageIOError::write_state_machine(AnyError::new(&e)))?;
+            (results, bytes)
+        };
+        let (db, file) = (self.db.clone(), self.file.clone());
+        blocking(move || {
+            write_txn(&db, Durability::Immediate, |txn| {
+                txn.open_table(META)?
+                    .insert(KEY_STATE_MACHINE, bytes.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e| StorageIOError::write_state_machine(in_file(&file, e)).into())
+        })
+        .await?;
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            file: self.file.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let sig = Some(meta.signature());
+        let mut sm: StateMachineData = serde_json::from_slice(&data)
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), AnyError::new(&e)))?;
+        // The meta is authoritative for the position the data stands for.
+        sm.last_applied = meta.last_log_id;
+        sm.last_membership = meta.last_membership.clone();
+        let sm_bytes = serde_json::to_vec(&sm)
+            .map_err(|e| StorageIOError::write_snapshot(sig, AnyError::new(&e)))?;
+        let (db, file, meta2) = (self.db.clone(), self.file.clone(), meta.clone());
+        blocking(move || persist_snapshot(&db, &file, &meta2, &data, Some(&sm_bytes))).await?;
+        // Swap in memory only once the new state is durable.
+        *self.state.write() = sm;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let (db, file) = (self.db.clone(), self.file.clone());
+        blocking(move || {
+            let err = |e: String| StorageIOError::read_snapshot(None, in_file(&file, e));
+            let txn = db.begin_read().map_err(|e| err(e.to_string()))?;
+            let table = txn.open_table(META).map_err(|e| err(e.to_string()))?;
+            let Some(meta) = get_json::<SnapshotMeta<NodeId, BasicNode>>(&table, KEY_SNAPSHOT_META)
+                .map_err(err)?
+            else {
+                return Ok(None);
+            };
+            let Some(data) = table
+                .get(KEY_SNAPSHOT_DATA)
+                .map_err(|e| err(e.to_string()))?
+            else {
+                return Err(err("snapshot meta present but its data is missing".into()).into());
+            };
+            Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data.value().to_vec())),
+            }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,349 @@
+//! End-to-end tests of `Consensus`: Raft nodes in one process, each serving
+//! its router on an ephemeral 127.0.0.1 port, each with its own data dir.
+
+use haven_consensus::{Consensus, ConsensusConfig, ConsensusError, ProposeError};
+use haven_core::model::{Capacity, HostRecord, NodeId, Role};
+use haven_core::state::{ClusterState, Command, CommandResult};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Slightly slower than the defaults so that a loaded test machine does not
+/// cause spurious elections.
+const CONFIG: ConsensusConfig = ConsensusConfig {
+    heartbeat_interval_ms: 100,
+    election_timeout_min_ms: 500,
+    election_timeout_max_ms: 1_000,
+};
+
+/// Bound on every "eventually" in these tests.
+const WAIT_MS: u64 = 8_000;
+const POLL_MS: u64 = 20;
+const SERVER_STOP_TIMEOUT_MS: u64 = 2_000;
+
+struct Server {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// A node under test: its Raft handle and the HTTP server serving it.
+struct Node {
+    id: NodeId,
+    addr: String,
+    consensus: Consensus,
+    server: Option<Server>,
+}
+
+impl Node {
+    /// Open `dir` as node `id` and serve it on `listener`.
+    async fn start(id: NodeId, dir: &Path, listener: TcpListener) -> Node {
+        let addr = listener.local_addr().unwrap().to_string();
+        let consensus = Consensus::open(dir, id, CONFIG).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = consensus.router();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Node {
+            id,
+            addr,
+            consensus,
+            server: Some(Server { stop, task }),
+        }
+    }
+
+    /// Stop serving (peers now get connection errors), then stop Raft.
+    async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.stop.send(());
+            let abort = server.task.abort_handle();
+            if tokio::time::timeout(Duration::from_millis(SERVER_STOP_TIMEOUT_MS), server.task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        self.consensus.shutdown().await;
+    }
+}
+
+async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// Poll `check` until it yields a value; panics after `WAIT_MS`.
+async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT_MS} ms waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    wait_for(what, || check().then_some(())).await
+}
+
+fn host(name: &str, node_id: NodeId, address: &str) -> HostRecord {
+    HostRecord {
+        name: name.into(),
+        node_id,
+        address: address.into(),
+        role: Role::Manager,
+        capacity: Capacity {
+            vcpus: 4,
+            memory_mib: 8_192,
+        },
+        labels: BTreeMap::new(),
+        instance_id: format!("instance-{name}"),
+    }
+}
+
+fn register(name: &str, node_id: NodeId, address: &str) -> Command {
+    Command::RegisterHost {
+        host: host(name, node_id, address),
+        at_ms: 1_000 + node_id,
+    }
+}
+
+fn snapshot_of(c: &Consensus) -> ClusterState {
+    c.read(|s| s.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_fail_over_and_recover() {
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+
+    // Bootstrap node 1 alone.
+    let mut n1 = Node::start(1, dirs[0].path(), listener().await).await;
+    assert!(!n1.consensus.is_initialized());
+    n1.consensus.initialize(&n1.addr).await.unwrap();
+    assert!(n1.consensus.is_initialized());
+    let leader = n1.consensus.wait_for_leader(Duration::from_millis(WAIT_MS)).await;
+    assert_eq!(leader, Some((1, n1.addr.clone())));
+    assert!(n1.consensus.is_leader());
+    let first_term = n1.consensus.leader_term().expect("node 1 leads");
+    // Bootstrapping again is a no-op.
+    n1.consensus.initialize(&n1.addr).await.unwrap();
+
+    let init = Command::InitCluster {
+        cluster_id: "c-test".into(),
+        at_ms: 1,
+    };
+    assert_eq!(n1.consensus.propose(init).await.unwrap(), CommandResult::Ok);
+    let r = n1.consensus.propose(register("h1", 1, &n1.addr)).await.unwrap();
+    assert_eq!(r, CommandResult::HostRegistered { node_id: 1 });
+
+    // Compact so that the new members can only catch up via a snapshot:
+    // exercises /raft/snapshot and install_snapshot.
+    let covered = n1
+        .consensus
+        .compact(Duration::from_millis(WAIT_MS))
+        .await
+        .unwrap()
+        .expect("entries were applied");
+    assert!(n1.consensus.metrics().purged.is_some_and(|p| p.index >= covered));
+
+    let mut n2 = Node::start(2, dirs[1].path(), listener().await).await;
+    let mut n3 = Node::start(3, dirs[2].path(), listener().await).await;
+    n1.consensus.add_voter(2, &n2.addr).await.unwrap();
+    n1.consensus.add_voter(3, &n3.addr).await.unwrap();
+    let expected_voters = vec![
+        (1, n1.addr.clone()),
+        (2, n2.addr.clone()),
+        (3, n3.addr.clone()),
+    ];
+    assert_eq!(n1.consensus.voters(), expected_voters);
+    // Idempotent for an existing voter.
+    n1.consensus.add_voter(2, &n2.addr).await.unwrap();
+    assert_eq!(n1.consensus.voters(), expected_voters);
+    assert!(n2.consensus.metrics().snapshot.is_some(), "node 2 got a snapshot");
+
+    for (name, id, addr) in [("h2", 2, &n2.addr), ("h3", 3, &n3.addr)] {
+        let r = n1.consensus.propose(register(name, id, addr)).await.unwrap();
+        assert_eq!(r, CommandResult::HostRegistered { node_id: id });
+    }
+    eventually("all nodes to apply the three registrations", || {
+        let s1 = snapshot_of(&n1.consensus);
+        s1.hosts.len() == 3
+            && snapshot_of(&n2.consensus) == s1
+            && snapshot_of(&n3.consensus) == s1
+    })
+    .await;
+    assert_eq!(snapshot_of(&n3.consensus).cluster_id, "c-test");
+    assert!(n2.consensus.is_initialized());
+    assert_eq!(n3.consensus.voters(), expected_voters);
+
+    // Followers refuse proposals and membership changes, naming the leader.
+    let event = |message: &str| Command::RecordEvent {
+        message: message.into(),
+        at_ms: 5_000,
+    };
+    let err = n2.consensus.propose(event("from a follower")).await.unwrap_err();
+    assert_eq!(
+        err,
+        ProposeError::NotLeader {
+            leader: Some((1, n1.addr.clone()))
+        }
+    );
+    assert!(!n2.consensus.is_leader());
+    assert_eq!(n2.consensus.leader_term(), None);
+    match n3.consensus.add_voter(2, &n2.addr).await {
+        Err(ConsensusError::NotLeader { leader }) => assert_eq!(leader, Some((1, n1.addr.clone()))),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+
+    // The leader goes away: one of the others takes over.
+    let before_shutdown = snapshot_of(&n1.consensus);
+    let log_before_shutdown = n1.consensus.metrics().last_log_index;
+    n1.stop().await;
+    let new_leader = wait_for("a new leader among nodes 2 and 3", || {
+        [&n2, &n3]
+            .into_iter()
+            .find(|n| n.consensus.is_leader())
+            .map(|n| n.id)
+    })
+    .await;
+    let (leader, follower) = if new_leader == 2 {
+        (&n2, &n3)
+    } else {
+        (&n3, &n2)
+    };
+    let new_term = leader.consensus.leader_term().expect("new leader");
+    assert!(new_term > first_term);
+    assert_eq!(
+        leader.consensus.propose(event("after fail-over")).await.unwrap(),
+        CommandResult::Ok
+    );
+    eventually("the follower to apply the post-fail-over event", || {
+        snapshot_of(&follower.consensus) == snapshot_of(&leader.consensus)
+    })
+    .await;
+    let (leader_id, leader_addr) = (leader.id, leader.addr.clone());
+
+    // Node 1 restarts from its data dir on the same address: state machine
+    // and log come back from disk before it hears from anyone.
+    let relisten = TcpListener::bind(&n1.addr).await.unwrap();
+    let mut n1 = Node::start(1, dirs[0].path(), relisten).await;
+    assert!(n1.consensus.is_initialized());
+    assert_eq!(snapshot_of(&n1.consensus), before_shutdown);
+    assert!(n1.consensus.metrics().last_log_index >= log_before_shutdown);
+    // Bootstrapping a restarted node is a no-op.
+    n1.consensus.initialize(&n1.addr).await.unwrap();
+    eventually("node 1 to rejoin and catch up", || {
+        n1.consensus.leader().map(|(id, _)| id) == Some(leader_id)
+            && snapshot_of(&n1.consensus) == snapshot_of(&leader.consensus)
+    })
+    .await;
+    assert_eq!(n1.consensus.leader(), Some((leader_id, leader_addr)));
+    assert!(snapshot_of(&n1.consensus)
+        .events
+        .iter()
+        .any(|e| e.message == "after fail-over"));
+
+    n1.stop().await;
+    n2.stop().await;
+    n3.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_restart_recovers_state_and_log() {
+    let dir = TempDir::new().unwrap();
+    // No peers, so no server is needed.
+    let c = Consensus::open(dir.path(), 7, CONFIG).await.unwrap();
+    c.initialize("127.0.0.1:1").await.unwrap();
+    assert_eq!(
+        c.wait_for_leader(Duration::from_millis(WAIT_MS)).await,
+        Some((7, "127.0.0.1:1".to_string()))
+    );
+    let init = Command::InitCluster {
+        cluster_id: "solo".into(),
+        at_ms: 1,
+    };
+    c.propose(init).await.unwrap();
+    let r = c.propose(register("h7", 7, "127.0.0.1:1")).await.unwrap();
+    assert_eq!(r, CommandResult::HostRegistered { node_id: 7 });
+    let state = snapshot_of(&c);
+    let metrics = c.metrics();
+    c.shutdown().await;
+    let err = c.propose(register("late", 0, "x")).await.unwrap_err();
+    assert!(matches!(err, ProposeError::Stopped { node_id: 7, .. }), "{err:?}");
+
+    let c = Consensus::open(dir.path(), 7, CONFIG).await.unwrap();
+    assert!(c.is_initialized());
+    assert_eq!(snapshot_of(&c), state);
+    let reopened = c.metrics();
+    assert_eq!(reopened.last_log_index, metrics.last_log_index);
+    assert_eq!(reopened.last_applied, metrics.last_applied);
+    assert_eq!(c.voters(), vec![(7, "127.0.0.1:1".to_string())]);
+    c.initialize("127.0.0.1:1").await.unwrap();
+    assert_eq!(
+        c.wait_for_leader(Duration::from_millis(WAIT_MS)).await,
+        Some((7, "127.0.0.1:1".to_string()))
+    );
+    // Still the same state machine: the name is taken by another instance.
+    let mut other = host("h7", 0, "127.0.0.1:2");
+    other.instance_id = "someone-else".into();
+    let r = c
+        .propose(Command::RegisterHost {
+            host: other,
+            at_ms: 9,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(r, CommandResult::Rejected(_)), "{r:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dir_in_use_is_refused_until_released() {
+    let dir = TempDir::new().unwrap();
+    let first = Consensus::open(dir.path(), 1, CONFIG).await.unwrap();
+    let err = match Consensus::open(dir.path(), 1, CONFIG).await {
+        Ok(_) => panic!("a second open of the same data dir must fail"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, ConsensusError::DataDirInUse { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "data dir {} is in use by another haven agent (raft.redb is locked)",
+            dir.path().display()
+        )),
+        "{msg}"
+    );
+    // Shutdown releases the file.
+    first.shutdown().await;
+    let again = Consensus::open(dir.path(), 1, CONFIG).await.unwrap();
+    again.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_config_and_node_id_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let bad = ConsensusConfig {
+        heartbeat_interval_ms: 50,
+        election_timeout_min_ms: 600,
+        election_timeout_max_ms: 300,
+    };
+    let err = Consensus::open(dir.path(), 1, bad).await.err().expect("refused");
+    assert!(matches!(err, ConsensusError::Config(_)), "{err:?}");
+    let err = Consensus::open(dir.path(), 0, CONFIG).await.err().expect("refused");
+    assert!(err.to_string().contains("node id 0 is reserved"), "{err}");
+}

@@ -1,0 +1,13 @@
+//! haven-core: the sans-IO decision core of Haven.
+//!
+//! Pure data and pure functions: the replicated state and its transitions,
+//! spec validation, placement, restart policy and failure detection. Time is a
+//! value passed in (`now_ms`); nothing here does I/O or depends on tokio.
+
+pub mod coordinator;
+pub mod liveness;
+pub mod model;
+pub mod placement;
+pub mod restart;
+pub mod spec;
+pub mod state;

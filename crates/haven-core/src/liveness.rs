@@ -1,0 +1,201 @@
+//! Failure detection and lease arithmetic (DESIGN.md §2 rules 2 and 3).
+//!
+//! Both sides measure time on their own monotonic clocks, passed in as
+//! `now_ms`. The agent's lease runs from the *send* time of its last
+//! acknowledged heartbeat; the coordinator declares a host failed only after
+//! `lease + margin` since it last acknowledged it, and a new coordinator
+//! gives every host that long after taking office. The margin absorbs clock
+//! rate drift between the two clocks and the watchdog timeout.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Cluster-wide timing, one struct, units in names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    pub heartbeat_interval_ms: u64,
+    pub lease_ms: u64,
+    pub margin_ms: u64,
+    /// Silence after which a host is shown `suspect` (no action yet).
+    pub suspect_after_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_interval_ms: 100,
+            lease_ms: 1_000,
+            margin_ms: 250,
+            suspect_after_ms: 350,
+        }
+    }
+}
+
+impl Timing {
+    /// Silence after which the coordinator may reassign a host's workloads.
+    pub fn failed_after_ms(&self) -> u64 {
+        self.lease_ms + self.margin_ms
+    }
+}
+
+/// The agent's side: may it run protected workloads now?
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// Send time (agent monotonic) of the newest acknowledged heartbeat.
+    acked_send_ms: Option<u64>,
+}
+
+impl Lease {
+    /// A heartbeat sent at `sent_ms` was acknowledged. Acks can arrive out
+    /// of order; only a newer send time extends the lease.
+    pub fn on_ack(&mut self, sent_ms: u64) {
+        self.acked_send_ms = Some(self.acked_send_ms.map_or(sent_ms, |t| t.max(sent_ms)));
+    }
+
+    pub fn expires_at_ms(&self, timing: &Timing) -> Option<u64> {
+        self.acked_send_ms.map(|t| t + timing.lease_ms)
+    }
+
+    pub fn is_held(&self, now_ms: u64, timing: &Timing) -> bool {
+        self.expires_at_ms(timing).is_some_and(|e| now_ms < e)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    Online,
+    Suspect,
+    Failed,
+}
+
+/// The coordinator's side: when did it last acknowledge each host?
+#[derive(Clone, Debug, Default)]
+pub struct Detector {
+    /// Coordinator monotonic time when this node took office.
+    office_since_ms: u64,
+    last_ack_ms: BTreeMap<String, u64>,
+}
+
+impl Detector {
+    pub fn new(took_office_ms: u64) -> Self {
+        Detector {
+            office_since_ms: took_office_ms,
+            last_ack_ms: BTreeMap::new(),
+        }
+    }
+
+    pub fn on_ack(&mut self, host: &str, now_ms: u64) {
+        match self.last_ack_ms.get_mut(host) {
+            Some(t) => *t = (*t).max(now_ms),
+            None => {
+                self.last_ack_ms.insert(host.to_owned(), now_ms);
+            }
+        }
+    }
+
+    pub fn forget(&mut self, host: &str) {
+        self.last_ack_ms.remove(host);
+    }
+
+    /// A host never heard from is treated as acknowledged at office start:
+    /// a new coordinator gives everyone a full `lease + margin`.
+    pub fn silence_ms(&self, host: &str, now_ms: u64) -> u64 {
+        let since = self
+            .last_ack_ms
+            .get(host)
+            .copied()
+            .unwrap_or(self.office_since_ms)
+            .max(self.office_since_ms);
+        now_ms.saturating_sub(since)
+    }
+
+    pub fn liveness(&self, host: &str, now_ms: u64, timing: &Timing) -> Liveness {
+        let s = self.silence_ms(host, now_ms);
+        if s >= timing.failed_after_ms() {
+            Liveness::Failed
+        } else if s >= timing.suspect_after_ms {
+            Liveness::Suspect
+        } else {
+            Liveness::Online
+        }
+    }
+
+    /// Has this host been heard from during this term of office?
+    pub fn heard_from(&self, host: &str) -> bool {
+        self.last_ack_ms
+            .get(host)
+            .is_some_and(|t| *t >= self.office_since_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn lease_runs_from_send_time_not_ack_time() {
+        let t = Timing::default();
+        let mut l = Lease::default();
+        assert!(!l.is_held(0, &t));
+        l.on_ack(1_000);
+        assert!(l.is_held(1_999, &t));
+        assert!(!l.is_held(2_000, &t));
+        // An older ack arriving late does not shorten or extend it.
+        l.on_ack(500);
+        assert_eq!(l.expires_at_ms(&t), Some(2_000));
+    }
+
+    #[test]
+    fn new_coordinator_waits_lease_plus_margin() {
+        let t = Timing::default();
+        let d = Detector::new(10_000);
+        assert_eq!(d.liveness("h1", 10_000, &t), Liveness::Online);
+        assert_eq!(d.liveness("h1", 11_249, &t), Liveness::Suspect);
+        assert_eq!(d.liveness("h1", 11_250, &t), Liveness::Failed);
+    }
+
+    #[test]
+    fn acks_keep_a_host_online() {
+        let t = Timing::default();
+        let mut d = Detector::new(0);
+        for now in (0..10_000).step_by(100) {
+            d.on_ack("h1", now);
+            assert_eq!(d.liveness("h1", now + 99, &t), Liveness::Online);
+        }
+    }
+
+    proptest! {
+        /// Rule 2 + 3 together: whenever the coordinator may declare a host
+        /// failed, that host's lease has expired on the host's own clock, as
+        /// long as the clocks' rates differ by at most `drift_ppm` and the
+        /// margin covers it. The agent sends at `send`, the coordinator acks
+        /// at `ack` >= send (in real time); rates are applied to both clocks.
+        #[test]
+        fn coordinator_never_declares_failed_while_lease_held(
+            send_real_ms in 0u64..100_000,
+            rtt_ms in 0u64..500,
+            drift_ppm in 0u64..=100_000, // up to 10% rate difference
+            agent_fast in any::<bool>(),
+            later_ms in 0u64..5_000,
+        ) {
+            let timing = Timing::default();
+            // Margin must cover drift over the lease: lease * drift <= margin.
+            prop_assume!(timing.lease_ms * drift_ppm / 1_000_000 < timing.margin_ms);
+            let rate = |real: u64, fast: bool| if fast { real + real * drift_ppm / 1_000_000 } else { real };
+            let agent_clock = |real: u64| rate(real, agent_fast);
+            let coord_clock = |real: u64| rate(real, !agent_fast);
+            let ack_real = send_real_ms + rtt_ms;
+            let mut lease = Lease::default();
+            lease.on_ack(agent_clock(send_real_ms));
+            let mut det = Detector::new(0);
+            det.on_ack("h", coord_clock(ack_real));
+            // At a later real time, if the coordinator says failed, the lease is gone.
+            let now_real = ack_real + later_ms;
+            if det.liveness("h", coord_clock(now_real), &timing) == Liveness::Failed {
+                prop_assert!(!lease.is_held(agent_clock(now_real), &timing));
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The domain vocabulary: hosts, workloads, specs, assignments and generations.
+//!
+//! Everything here is plain data (serde) shared by the replicated state, the
+//! agent and the CLI. Validation of operator input lives in `spec.rs`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Raft node id. Every host gets one at join time, managers and workers alike;
+/// only managers are Raft voters.
+pub type NodeId = u64;
+
+/// Grows by one each time a workload is (re)assigned. An agent starts a
+/// workload only for the current generation (DESIGN.md §2 rule 1).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Generation(pub u64);
+
+impl Generation {
+    pub fn next(self) -> Generation {
+        Generation(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Manager,
+    Worker,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        })
+    }
+}
+
+/// Schedulable resources of a host, or the demand of a workload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+impl Capacity {
+    pub fn fits(&self, demand: &Capacity) -> bool {
+        demand.vcpus <= self.vcpus && demand.memory_mib <= self.memory_mib
+    }
+    pub fn saturating_sub(&self, other: &Capacity) -> Capacity {
+        Capacity {
+            vcpus: self.vcpus.saturating_sub(other.vcpus),
+            memory_mib: self.memory_mib.saturating_sub(other.memory_mib),
+        }
+    }
+    pub fn add(&self, other: &Capacity) -> Capacity {
+        Capacity {
+            vcpus: self.vcpus + other.vcpus,
+            memory_mib: self.memory_mib + other.memory_mib,
+        }
+    }
+}
+
+impl fmt::Display for Capacity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} vcpus, {} MiB", self.vcpus, self.memory_mib)
+    }
+}
+
+/// A host as recorded in the replicated state (intent, not liveness).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    pub node_id: NodeId,
+    /// `ip:port` where the host's agent serves cluster RPC and the API.
+    pub address: String,
+    pub role: Role,
+    pub capacity: Capacity,
+    pub labels: BTreeMap<String, String>,
+    /// Random id written into the host's data dir at first start; a host
+    /// re-registering under the same name must present the same id.
+    pub instance_id: String,
+}
+
+/// Restart priority: the order in which workloads are placed, and whether a
+/// workload is restarted elsewhere after a host failure (`disabled`: no).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Highest,
+    High,
+    Medium,
+    Low,
+    Lowest,
+    Disabled,
+}
+
+impl Priority {
+    pub const ALL: [(&'static str, Priority); 6] = [
+        ("highest", Priority::Highest),
+        ("high", Priority::High),
+        ("medium", Priority::Medium),
+        ("low", Priority::Low),
+        ("lowest", Priority::Lowest),
+        ("disabled", Priority::Disabled),
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        Priority::ALL
+            .iter()
+            .find(|(_, p)| p == self)
+            .map(|(s, _)| *s)
+            .unwrap_or("medium")
+    }
+}
+
+/// What kind of workload and how to run it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// A supervised command, run in its own cgroup.
+    Process {
+        command: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+}
+
+impl WorkloadKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkloadKind::Process { .. } => "process",
+        }
+    }
+}
+
+/// Restarts in place on the same host: at most `max_restarts` within
+/// `restart_window_s`, with exponential backoff; then the workload is `failed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub max_restarts: u32,
+    pub restart_window_s: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            max_restarts: 5,
+            restart_window_s: 60,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
+}
+
+/// The operator's declaration of one workload (validated; see `spec.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: WorkloadKind,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub priority: Priority,
+    pub restart: RestartPolicy,
+}
+
+impl WorkloadSpec {
+    pub fn demand(&self) -> Capacity {
+        Capacity {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+        }
+    }
+}
+
+/// Intent: workload → host, with the generation of that decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub host: String,
+    pub generation: Generation,
+}
+
+/// What an agent reports about one workload instance it runs or ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    Starting,
+    Running,
+    /// Exited; waiting for the backoff before restarting in place.
+    Restarting,
+    /// Restart budget exhausted on this host.
+    Failed,
+    Stopping,
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::Restarting => "restarting",
+            InstanceState::Failed => "failed",
+            InstanceState::Stopping => "stopping",
+        })
+    }
+}
+
+/// Observation of one instance, as reported in an agent's heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub workload: String,
+    pub generation: Generation,
+    pub state: InstanceState,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub detail: Option<String>,
+}

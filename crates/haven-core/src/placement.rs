@@ -1,0 +1,251 @@
+//! Placement: which host each unplaced workload goes to.
+//!
+//! Pure and deterministic: the same hosts and workloads always give the same
+//! decisions. Workloads are taken in priority order (highest first, then by
+//! name); each goes to the eligible host with the most free memory that fits
+//! it, ties broken by free vcpus and then host name. Capacity is allocated as
+//! decisions are made, so a plan never puts a host over capacity.
+
+use crate::model::{Capacity, Generation, WorkloadSpec};
+use crate::state::Placement;
+
+/// A host as the placer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostView {
+    pub name: String,
+    pub capacity: Capacity,
+    pub allocated: Capacity,
+    /// Online and allowed to take new workloads.
+    pub eligible: bool,
+}
+
+/// A workload that needs a host, with the generation its placement must
+/// compare-and-set against.
+#[derive(Clone, Debug)]
+pub struct Unplaced<'a> {
+    pub spec: &'a WorkloadSpec,
+    pub generation: Generation,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub placements: Vec<Placement>,
+    /// Workloads that fit nowhere now, with the reason.
+    pub pending: Vec<(String, String)>,
+}
+
+pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
+    let mut free: Vec<(usize, Capacity)> = hosts
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.eligible)
+        .map(|(i, h)| (i, h.capacity.saturating_sub(&h.allocated)))
+        .collect();
+    let mut order: Vec<&Unplaced> = unplaced.iter().collect();
+    order.sort_by(|a, b| (a.spec.priority, &a.spec.name).cmp(&(b.spec.priority, &b.spec.name)));
+    let mut out = Plan::default();
+    for u in order {
+        let demand = u.spec.demand();
+        let best = free
+            .iter_mut()
+            .filter(|(_, f)| f.fits(&demand))
+            .max_by(|(ia, fa), (ib, fb)| {
+                (fa.memory_mib, fa.vcpus)
+                    .cmp(&(fb.memory_mib, fb.vcpus))
+                    // Reverse on name so that, among equals, the first name wins.
+                    .then_with(|| hosts[*ib].name.cmp(&hosts[*ia].name))
+            });
+        match best {
+            Some((i, f)) => {
+                let reason = format!(
+                    "most free memory ({} MiB free of {} MiB, {} of {} vcpus free)",
+                    f.memory_mib, hosts[*i].capacity.memory_mib, f.vcpus, hosts[*i].capacity.vcpus
+                );
+                *f = f.saturating_sub(&demand);
+                out.placements.push(Placement {
+                    workload: u.spec.name.clone(),
+                    host: hosts[*i].name.clone(),
+                    expected_generation: u.generation,
+                    reason,
+                });
+            }
+            None => {
+                let reason = if free.is_empty() {
+                    "no online host".to_string()
+                } else {
+                    let (i, f) = free
+                        .iter()
+                        .max_by_key(|(_, f)| (f.memory_mib, f.vcpus))
+                        .copied()
+                        .unwrap_or((0, Capacity::default()));
+                    format!(
+                        "no online host has {} vcpus and {} MiB free (most free: {} with {} vcpus, {} MiB)",
+                        demand.vcpus, demand.memory_mib, hosts[i].name, f.vcpus, f.memory_mib
+                    )
+                };
+                out.pending.push((u.spec.name.clone(), reason));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Priority, RestartPolicy, WorkloadKind};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn spec(name: &str, vcpus: u32, memory_mib: u64, priority: Priority) -> WorkloadSpec {
+        WorkloadSpec {
+            name: name.into(),
+            kind: WorkloadKind::Process {
+                command: vec!["/bin/true".into()],
+                env: Default::default(),
+            },
+            vcpus,
+            memory_mib,
+            priority,
+            restart: RestartPolicy::default(),
+        }
+    }
+
+    fn host(name: &str, vcpus: u32, memory_mib: u64) -> HostView {
+        HostView {
+            name: name.into(),
+            capacity: Capacity { vcpus, memory_mib },
+            allocated: Capacity::default(),
+            eligible: true,
+        }
+    }
+
+    #[test]
+    fn picks_most_free_memory_and_explains() {
+        let hosts = [host("h1", 4, 1000), host("h2", 4, 3000)];
+        let s = spec("web", 1, 256, Priority::High);
+        let p = plan(
+            &hosts,
+            &[Unplaced {
+                spec: &s,
+                generation: Generation(0),
+            }],
+        );
+        assert_eq!(p.placements.len(), 1);
+        assert_eq!(p.placements[0].host, "h2");
+        assert!(p.placements[0].reason.starts_with("most free memory"));
+    }
+
+    #[test]
+    fn ineligible_hosts_get_nothing_and_reason_is_given() {
+        let mut h = host("h1", 4, 1000);
+        h.eligible = false;
+        let s = spec("web", 1, 256, Priority::High);
+        let p = plan(
+            &[h],
+            &[Unplaced {
+                spec: &s,
+                generation: Generation(0),
+            }],
+        );
+        assert!(p.placements.is_empty());
+        assert_eq!(p.pending[0].1, "no online host");
+    }
+
+    #[test]
+    fn higher_priority_wins_scarce_capacity() {
+        let hosts = [host("h1", 1, 100)];
+        let lo = spec("a-low", 1, 100, Priority::Low);
+        let hi = spec("z-high", 1, 100, Priority::Highest);
+        let p = plan(
+            &hosts,
+            &[
+                Unplaced {
+                    spec: &lo,
+                    generation: Generation(0),
+                },
+                Unplaced {
+                    spec: &hi,
+                    generation: Generation(0),
+                },
+            ],
+        );
+        assert_eq!(p.placements[0].workload, "z-high");
+        assert_eq!(p.pending[0].0, "a-low");
+        assert!(p.pending[0]
+            .1
+            .contains("no online host has 1 vcpus and 100 MiB free"));
+    }
+
+    fn arb_priority() -> impl Strategy<Value = Priority> {
+        prop::sample::select(Priority::ALL.iter().map(|(_, p)| *p).collect::<Vec<_>>())
+    }
+
+    prop_compose! {
+        fn arb_case()(
+            hosts in prop::collection::vec((1u32..16, 128u64..8192, 0u32..4, 0u64..2048, any::<bool>()), 0..8),
+            loads in prop::collection::vec((1u32..8, 1u64..4096, arb_priority()), 0..40),
+        ) -> (Vec<HostView>, Vec<WorkloadSpec>) {
+            let hosts = hosts.into_iter().enumerate().map(|(i, (c, m, ac, am, e))| HostView {
+                name: format!("h{i}"),
+                capacity: Capacity { vcpus: c, memory_mib: m },
+                allocated: Capacity { vcpus: ac.min(c), memory_mib: am.min(m) },
+                eligible: e,
+            }).collect();
+            let specs = loads.into_iter().enumerate()
+                .map(|(i, (c, m, p))| spec(&format!("w{i:02}"), c, m, p)).collect();
+            (hosts, specs)
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_over_capacity_and_only_eligible((hosts, specs) in arb_case()) {
+            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0) }).collect();
+            let p = plan(&hosts, &un);
+            let mut used: BTreeMap<&str, Capacity> = hosts.iter().map(|h| (h.name.as_str(), h.allocated)).collect();
+            for pl in &p.placements {
+                let h = hosts.iter().find(|h| h.name == pl.host).unwrap();
+                prop_assert!(h.eligible);
+                let s = specs.iter().find(|s| s.name == pl.workload).unwrap();
+                let u = used.get_mut(h.name.as_str()).unwrap();
+                *u = u.add(&s.demand());
+                prop_assert!(h.capacity.fits(u), "{} over capacity", h.name);
+            }
+            // Every workload is either placed or pending, exactly once.
+            prop_assert_eq!(p.placements.len() + p.pending.len(), specs.len());
+        }
+
+        #[test]
+        fn priority_order_is_respected((hosts, specs) in arb_case()) {
+            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0) }).collect();
+            let p = plan(&hosts, &un);
+            // Decisions come out in priority order...
+            let prio = |n: &str| specs.iter().find(|s| s.name == n).unwrap().priority;
+            for w in p.placements.windows(2) {
+                prop_assert!(prio(&w[0].workload) <= prio(&w[1].workload));
+            }
+            // ...and a pending workload never lost its place to a lower priority one
+            // that needed no less than it did.
+            for (name, _) in &p.pending {
+                let s = specs.iter().find(|s| &s.name == name).unwrap();
+                for pl in &p.placements {
+                    let o = specs.iter().find(|x| x.name == pl.workload).unwrap();
+                    // When `s` was considered, `o`'s host had at least o's demand free.
+                    prop_assert!(!(o.priority > s.priority && s.vcpus <= o.vcpus && s.memory_mib <= o.memory_mib),
+                        "{} (lower priority) placed while {} pending", o.name, s.name);
+                }
+            }
+        }
+
+        #[test]
+        fn deterministic_for_same_input((hosts, specs) in arb_case(), seed in any::<u64>()) {
+            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0) }).collect();
+            let mut shuffled = un.clone();
+            // Input order must not matter either.
+            let n = shuffled.len();
+            if n > 1 { shuffled.rotate_left((seed as usize) % n); }
+            prop_assert_eq!(plan(&hosts, &un), plan(&hosts, &shuffled));
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The replicated cluster state (intent) and the commands that change it.
+//!
+//! `ClusterState::apply` is the Raft state machine's transition function: it
+//! must be deterministic (every timestamp comes inside the command) and it
+//! must never panic on any command a client can send, because every manager
+//! applies the same log.
+
+use crate::model::{Assignment, Generation, HostRecord, NodeId, WorkloadSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+
+/// How many decision events the replicated state keeps (oldest dropped first).
+pub const EVENTS_KEPT_MAX: usize = 2_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadRecord {
+    pub spec: WorkloadSpec,
+    /// Where the workload should run now; `None` while pending.
+    pub assignment: Option<Assignment>,
+    /// The newest generation ever issued for this workload (survives
+    /// unassignment so a later assignment always gets a larger one).
+    pub generation: Generation,
+    /// Why the workload is not placed, when it is not.
+    pub pending_reason: Option<String>,
+}
+
+/// One decision, with the wall-clock time the coordinator made it and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Set once by the bootstrap host's first command; never changes.
+    pub cluster_id: String,
+    pub hosts: BTreeMap<String, HostRecord>,
+    pub workloads: BTreeMap<String, WorkloadRecord>,
+    pub events: VecDeque<Event>,
+    pub next_event_seq: u64,
+    pub next_node_id: NodeId,
+    /// Secret part of the join token; checked by whichever manager leads.
+    /// Never shown by the status API.
+    pub join_secret: String,
+}
+
+/// One placement decision of the coordinator. Applied only if the workload's
+/// generation is still `expected_generation` (compare-and-set), so a decision
+/// made on a stale view, e.g. by a deposed coordinator, is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub workload: String,
+    pub host: String,
+    pub expected_generation: Generation,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// First entry of a new cluster.
+    InitCluster {
+        cluster_id: String,
+        at_ms: u64,
+    },
+    /// Set the secret that joining hosts must present (bootstrap).
+    SetJoinSecret {
+        secret: String,
+    },
+    /// Add a host, or refresh the address/capacity/labels of a known one
+    /// (same name and same `instance_id`). `node_id` in the record is ignored
+    /// for new hosts: the state machine allocates it.
+    RegisterHost {
+        host: HostRecord,
+        at_ms: u64,
+    },
+    /// All-or-nothing: the caller validated every spec. A changed spec of an
+    /// assigned workload unassigns it so that it is placed again.
+    ApplyWorkloads {
+        specs: Vec<WorkloadSpec>,
+        source: String,
+        at_ms: u64,
+    },
+    DeleteWorkload {
+        name: String,
+        at_ms: u64,
+    },
+    Place {
+        placements: Vec<Placement>,
+        at_ms: u64,
+    },
+    /// Take workloads off their host (e.g. the host failed); they become
+    /// pending until placed again.
+    Unassign {
+        workloads: Vec<(String, Generation)>,
+        reason: String,
+        at_ms: u64,
+    },
+    SetPending {
+        workload: String,
+        reason: String,
+        at_ms: u64,
+    },
+    /// Record a decision that changes no intent (e.g. "h3 is suspect").
+    RecordEvent {
+        message: String,
+        at_ms: u64,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    #[default]
+    Ok,
+    HostRegistered {
+        node_id: NodeId,
+    },
+    Applied {
+        created: Vec<String>,
+        updated: Vec<String>,
+        unchanged: Vec<String>,
+    },
+    Placed {
+        placed: Vec<(String, Generation)>,
+        refused: Vec<String>,
+    },
+    /// The command was well-formed but not applicable (e.g. name in use).
+    Rejected(String),
+}
+
+impl ClusterState {
+    /// Allocation of each host: the sum of demands of the workloads assigned
+    /// to it.
+    pub fn allocated(&self, host: &str) -> crate::model::Capacity {
+        self.workloads
+            .values()
+            .filter(|w| w.assignment.as_ref().is_some_and(|a| a.host == host))
+            .fold(crate::model::Capacity::default(), |acc, w| {
+                acc.add(&w.spec.demand())
+            })
+    }
+
+    /// Workloads assigned to `host`, with their current generation.
+    pub fn assigned_to<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> impl Iterator<Item = (&'a WorkloadRecord, &'a Assignment)> + 'a {
+        self.workloads.values().filter_map(move |w| {
+            w.assignment
+                .as_ref()
+                .filter(|a| a.host == host)
+                .map(|a| (w, a))
+        })
+    }
+
+    pub fn host_by_node_id(&self, id: NodeId) -> Option<&HostRecord> {
+        self.hosts.values().find(|h| h.node_id == id)
+    }
+
+    fn event(&mut self, at_ms: u64, message: String) {
+        self.events.push_back(Event {
+            seq: self.next_event_seq,
+            at_ms,
+            message,
+        });
+        self.next_event_seq += 1;
+        while self.events.len() > EVENTS_KEPT_MAX {
+            self.events.pop_front();
+        }
+    }
+
+    /// The state machine transition. Deterministic; never panics.
+    pub fn apply(&mut self, cmd: &Command) -> CommandResult {
+        match cmd {
+            Command::InitCluster { cluster_id, at_ms } => {
+                if !self.cluster_id.is_empty() {
+                    return CommandResult::Rejected(format!(
+                        "cluster already initialised as {}",
+                        self.cluster_id
+                    ));
+                }
+                self.cluster_id = cluster_id.clone();
+                if self.next_node_id == 0 {
+                    self.next_node_id = 1;
+                }
+                self.event(*at_ms, format!("cluster {cluster_id} created"));
+                CommandResult::Ok
+            }
+            Command::SetJoinSecret { secret } => {
+                self.join_secret = secret.clone();
+                CommandResult::Ok
+            }
+            Command::RegisterHost { host, at_ms } => self.register_host(host, *at_ms),
+            Command::ApplyWorkloads {
+                specs,
+                source,
+                at_ms,
+            } => self.apply_workloads(specs, source, *at_ms),
+            Command::DeleteWorkload { name, at_ms } => match self.workloads.remove(name) {
+                Some(w) => {
+                    let on = w
+                        .assignment
+                        .map(|a| format!(" (was on {} generation {})", a.host, a.generation))
+                        .unwrap_or_default();
+                    self.event(*at_ms, format!("deleted {name}{on}: operator request"));
+                    CommandResult::Ok
+                }
+                None => CommandResult::Rejected(format!("no workload named {name:?}")),
+            },
+            Command::Place { placements, at_ms } => self.place(placements, *at_ms),
+            Command::Unassign {
+                workloads,
+                reason,
+                at_ms,
+            } => {
+                for (name, expected) in workloads {
+                    let Some(w) = self.workloads.get_mut(name) else {
+                        continue;
+                    };
+                    if w.generation != *expected || w.assignment.is_none() {
+                        continue;
+                    }
+                    let host = w.assignment.take().map(|a| a.host).unwrap_or_default();
+                    w.pending_reason = Some(reason.clone());
+                    self.event(*at_ms, format!("unassigned {name} from {host}: {reason}"));
+                }
+                CommandResult::Ok
+            }
+            Command::SetPending {
+                workload,
+                reason,
+                at_ms,
+            } => {
+                let Some(w) = self.workloads.get_mut(workload) else {
+                    return CommandResult::Rejected(format!("no workload named {workload:?}"));
+                };
+                if w.assignment.is_some() || w.pending_reason.as_deref() == Some(reason) {
+                    return CommandResult::Ok;
+                }
+                w.pending_reason = Some(reason.clone());
+                self.event(*at_ms, format!("{workload} pending: {reason}"));
+                CommandResult::Ok
+            }
+            Command::RecordEvent { message, at_ms } => {
+                self.event(*at_ms, message.clone());
+                CommandResult::Ok
+            }
+        }
+    }
+
+    fn register_host(&mut self, host: &HostRecord, at_ms: u64) -> CommandResult {
+        if let Some(known) = self.hosts.get_mut(&host.name) {
+            if known.instance_id != host.instance_id {
+                return CommandResult::Rejected(format!(
+                    "host name {:?} is already in use by another host (node {}); \
+                     choose another --name, or remove the old host first",
+                    host.name, known.node_id
+                ));
+            }
+            let node_id = known.node_id;
+            let changed = known.address != host.address
+                || known.capacity != host.capacity
+                || known.labels != host.labels
+                || known.role != host.role;
+            if changed {
+                known.address = host.address.clone();
+                known.capacity = host.capacity;
+                known.labels = host.labels.clone();
+                known.role = host.role;
+                self.event(
+                    at_ms,
+                    format!(
+                        "host {} updated: address {}, {}",
+                        host.name, host.address, host.capacity
+                    ),
+                );
+            }
+            return CommandResult::HostRegistered { node_id };
+        }
+        if self.next_node_id == 0 {
+            self.next_node_id = 1;
+        }
+        let node_id = if host.node_id != 0 && self.host_by_node_id(host.node_id).is_none() {
+            // The bootstrap host registers itself with the id it already uses in Raft.
+            host.node_id
+        } else {
+            self.next_node_id
+        };
+        self.next_node_id = self.next_node_id.max(node_id + 1);
+        let mut record = host.clone();
+        record.node_id = node_id;
+        self.hosts.insert(record.name.clone(), record);
+        self.event(
+            at_ms,
+            format!(
+                "host {} joined as {} (node {node_id}) at {} with {}",
+                host.name, host.role, host.address, host.capacity
+            ),
+        );
+        CommandResult::HostRegistered { node_id }
+    }
+
+    fn apply_workloads(
+        &mut self,
+        specs: &[WorkloadSpec],
+        source: &str,
+        at_ms: u64,
+    ) -> CommandResult {
+        let (mut created, mut updated, mut unchanged) = (vec![], vec![], vec![]);
+        for spec in specs {
+            match self.workloads.get_mut(&spec.name) {
+                Some(w) if w.spec == *spec => unchanged.push(spec.name.clone()),
+                Some(w) => {
+                    w.spec = spec.clone();
+                    let was = w.assignment.take();
+                    w.pending_reason = Some("spec changed; waiting for placement".into());
+                    updated.push(spec.name.clone());
+                    let was = was
+                        .map(|a| format!(", restarting it (was on {})", a.host))
+                        .unwrap_or_default();
+                    self.event(at_ms, format!("updated {} from {source}{was}", spec.name));
+                }
+                None => {
+                    self.workloads.insert(
+                        spec.name.clone(),
+                        WorkloadRecord {
+                            spec: spec.clone(),
+                            assignment: None,
+                            generation: Generation(0),
+                            pending_reason: Some("waiting for placement".into()),
+                        },
+                    );
+                    created.push(spec.name.clone());
+                    self.event(at_ms, format!("created {} from {source}", spec.name));
+                }
+            }
+        }
+        CommandResult::Applied {
+            created,
+            updated,
+            unchanged,
+        }
+    }
+
+    fn place(&mut self, placements: &[Placement], at_ms: u64) -> CommandResult {
+        let (mut placed, mut refused) = (vec![], vec![]);
+        for p in placements {
+            let known_host = self.hosts.contains_key(&p.host);
+            let Some(w) = self.workloads.get_mut(&p.workload) else {
+                refused.push(p.workload.clone());
+                continue;
+            };
+            if !known_host || w.generation != p.expected_generation {
+                refused.push(p.workload.clone());
+                continue;
+            }
+            let generation = w.generation.next();
+            w.generation = generation;
+            w.assignment = Some(Assignment {
+                host: p.host.clone(),
+                generation,
+            });
+            w.pending_reason = None;
+            placed.push((p.workload.clone(), generation));
+            self.event(
+                at_ms,
+                format!(
+                    "placed {} on {} (generation {generation}): {}",
+                    p.workload, p.host, p.reason
+                ),
+            );
+        }
+        CommandResult::Placed { placed, refused }
+    }
+}

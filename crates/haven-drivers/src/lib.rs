@@ -1,0 +1,14 @@
+//! haven-drivers: run workload instances on the local host.
+//!
+//! [`ProcessDriver`] runs each instance of a process workload in its own
+//! cgroup v2, which makes the whole process tree observable and killable and
+//! lets a restarted agent re-adopt instances that kept running without it.
+//! [`cgroup`] is the thin cgroupfs layer underneath.
+
+pub mod cgroup;
+pub mod error;
+pub mod process;
+
+pub use cgroup::Cgroup;
+pub use error::DriverError;
+pub use process::{ExitInfo, InstanceInfo, InstanceKey, ProcessDriver};

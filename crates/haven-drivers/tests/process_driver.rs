@@ -1,0 +1,496 @@
+//! ProcessDriver against real cgroup v2 (needs root and a cgroup2 mount).
+//!
+//! Every test owns a unique cgroup root directly under the cgroup2 mount and
+//! a temporary log directory; a guard kills and removes the root even when
+//! the test panics, so tests run in parallel and leave nothing behind.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use haven_core::model::Generation;
+use haven_drivers::cgroup::{self, Cgroup};
+use haven_drivers::{DriverError, ExitInfo, InstanceKey, ProcessDriver};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+/// Generous bound for things that normally take a few milliseconds.
+const EVENTUALLY_MAX: Duration = Duration::from_secs(3);
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Bound on the guard's wait for killed test processes to disappear.
+const GUARD_KILL_WAIT_MAX: Duration = Duration::from_secs(3);
+
+static NEXT_ROOT: AtomicU32 = AtomicU32::new(0);
+
+/// A unique cgroup root plus log directory, destroyed on drop.
+struct TestRoot {
+    cgroup: PathBuf,
+    logs: tempfile::TempDir,
+}
+
+impl TestRoot {
+    fn new() -> Self {
+        let mount = cgroup::cgroup2_mount().expect("these tests need a cgroup2 mount");
+        let n = NEXT_ROOT.fetch_add(1, Ordering::Relaxed);
+        let cgroup = mount.join(format!("haven-drivers-test-{}-{n}", std::process::id()));
+        TestRoot {
+            cgroup,
+            logs: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn driver(&self) -> ProcessDriver {
+        ProcessDriver::new(self.cgroup.clone(), self.logs.path().to_path_buf())
+            .expect("create driver (tests need root)")
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        // Raw cgroupfs operations, independent of the code under test.
+        // cgroup.kill on the root kills the whole subtree.
+        let _ = fs::write(self.cgroup.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + GUARD_KILL_WAIT_MAX;
+        while Instant::now() < deadline {
+            match fs::read_to_string(self.cgroup.join("cgroup.events")) {
+                Ok(events) if events.contains("populated 1") => std::thread::sleep(POLL_INTERVAL),
+                _ => break,
+            }
+        }
+        remove_tree(&self.cgroup);
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+    for _ in 0..100 {
+        match fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                std::thread::sleep(POLL_INTERVAL)
+            }
+            _ => return,
+        }
+    }
+}
+
+fn key(name: &str, generation: u64) -> InstanceKey {
+    InstanceKey::new(name, Generation(generation))
+}
+
+fn argv(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn no_env() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+/// Poll `f` until it returns Some, failing the test after EVENTUALLY_MAX.
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + EVENTUALLY_MAX;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn read_log(driver: &ProcessDriver, workload: &str) -> String {
+    fs::read_to_string(driver.log_path(workload)).unwrap_or_default()
+}
+
+/// Gone, or a zombie (an exited process whose parent has not reaped it).
+fn is_dead(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Field 6 of /proc/<pid>/stat: the session id.
+fn session_of(pid: u32) -> i32 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(')').unwrap();
+    rest.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn start_runs_in_own_cgroup_and_reports_signal_exit() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let k = key("sleeper", 1);
+
+    let pid = driver
+        .start(&k, &argv(&["sleep", "30"]), &no_env())
+        .unwrap();
+    assert!(driver.is_running(&k));
+    let procs = fs::read_to_string(root.cgroup.join("sleeper@1/cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), pid.to_string());
+    assert_eq!(driver.pid(&k), Some(pid));
+    // Own session, stdin from /dev/null.
+    assert_eq!(session_of(pid), pid as i32);
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(),
+        PathBuf::from("/dev/null")
+    );
+    assert_eq!(driver.take_exit(&k), None, "still running");
+
+    signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    eventually("cgroup to empty", || (!driver.is_running(&k)).then_some(())).await;
+    let exit = eventually("exit to be reaped", || driver.take_exit(&k)).await;
+    assert_eq!(
+        exit,
+        ExitInfo {
+            code: None,
+            signal: Some(9)
+        }
+    );
+    assert_eq!(driver.take_exit(&k), None, "exit is consumed");
+
+    // After cleanup the key can be started again.
+    driver.cleanup(&k).unwrap();
+    assert!(!root.cgroup.join("sleeper@1").exists());
+    driver.cleanup(&k).unwrap();
+    driver
+        .start(&k, &argv(&["sleep", "30"]), &no_env())
+        .unwrap();
+    driver.kill(&k).await.unwrap();
+}
+
+#[tokio::test]
+async fn kill_empties_a_forking_tree() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let k = key("forker", 3);
+
+    driver
+        .start(&k, &argv(&["sh", "-c", "sleep 100 & sleep 100"]), &no_env())
+        .unwrap();
+    let cg = driver.cgroup(&k);
+    let pids = eventually("shell and both sleeps", || {
+        let pids = cg.procs().unwrap();
+        (pids.len() >= 3).then_some(pids)
+    })
+    .await;
+
+    driver.kill(&k).await.unwrap();
+    assert!(!cg.exists(), "cgroup removed");
+    assert!(!driver.is_running(&k));
+    for pid in pids {
+        assert!(is_dead(pid), "pid {pid} survived the kill");
+    }
+    // Idempotent.
+    driver.kill(&k).await.unwrap();
+    driver.stop(&k, Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn stop_takes_the_graceful_path_when_term_is_handled() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let k = key("graceful", 1);
+    let script = "trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.05; done";
+
+    driver
+        .start(&k, &argv(&["sh", "-c", script]), &no_env())
+        .unwrap();
+    // Wait until the trap is installed, or TERM would just kill the shell.
+    eventually("ready", || {
+        read_log(&driver, "graceful")
+            .contains("ready")
+            .then_some(())
+    })
+    .await;
+
+    let started = Instant::now();
+    driver.stop(&k, Duration::from_secs(10)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "graceful stop took {:?}",
+        started.elapsed()
+    );
+    assert!(!driver.cgroup(&k).exists());
+    let exit = eventually("exit", || driver.take_exit(&k)).await;
+    assert_eq!(exit.code, Some(0), "exited via the TERM trap: {exit}");
+    assert!(read_log(&driver, "graceful").contains("got-term"));
+}
+
+#[tokio::test]
+async fn stop_kills_after_grace_when_term_is_ignored() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let k = key("stubborn", 1);
+    // Ignored dispositions survive exec, so the sleeps ignore TERM too.
+    let script = "trap '' TERM; echo ready; while :; do sleep 0.05; done";
+    let grace = Duration::from_millis(300);
+
+    driver
+        .start(&k, &argv(&["sh", "-c", script]), &no_env())
+        .unwrap();
+    eventually("ready", || {
+        read_log(&driver, "stubborn")
+            .contains("ready")
+            .then_some(())
+    })
+    .await;
+
+    let started = Instant::now();
+    driver.stop(&k, grace).await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= grace,
+        "stopped before the grace ran out: {elapsed:?}"
+    );
+    assert!(elapsed < grace + Duration::from_secs(2), "took {elapsed:?}");
+    assert!(!driver.cgroup(&k).exists());
+    let exit = eventually("exit", || driver.take_exit(&k)).await;
+    assert_eq!(exit.signal, Some(9), "killed after grace: {exit}");
+}
+
+#[tokio::test]
+async fn stop_thaws_a_frozen_instance() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let k = key("frozen", 1);
+
+    driver
+        .start(&k, &argv(&["sleep", "30"]), &no_env())
+        .unwrap();
+    let cg = driver.cgroup(&k);
+    cg.freeze(true).unwrap();
+    eventually("frozen", || cg.frozen().unwrap().then_some(())).await;
+
+    let started = Instant::now();
+    driver.stop(&k, Duration::from_secs(5)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "TERM was not delivered"
+    );
+    let exit = eventually("exit", || driver.take_exit(&k)).await;
+    assert_eq!(exit.signal, Some(Signal::SIGTERM as i32));
+}
+
+#[tokio::test]
+async fn new_driver_adopts_running_instances() {
+    let root = TestRoot::new();
+    let k = key("adoptee", 7);
+    let pid = {
+        let first = root.driver();
+        first.start(&k, &argv(&["sleep", "30"]), &no_env()).unwrap()
+    };
+    // Not instances: a foreign cgroup and an empty leftover with a bad name.
+    fs::create_dir(root.cgroup.join("not-an-instance")).unwrap();
+    fs::create_dir(root.cgroup.join("Bad@1")).unwrap();
+
+    let second = root.driver();
+    let found = second.instances().unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, k);
+    assert_eq!(found[0].pids, vec![pid]);
+    assert!(found[0].populated);
+    assert!(second.is_running(&k));
+    assert_eq!(second.take_exit(&k), None, "adopted: exit unknown");
+    assert_eq!(second.pid(&k), None);
+
+    second.stop(&k, Duration::from_secs(2)).await.unwrap();
+    assert!(second.instances().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn refuses_to_start_a_running_key_twice() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let k = key("single", 2);
+
+    let pid = driver
+        .start(&k, &argv(&["sleep", "30"]), &no_env())
+        .unwrap();
+    let err = driver
+        .start(&k, &argv(&["sleep", "30"]), &no_env())
+        .unwrap_err();
+    assert!(
+        matches!(&err, DriverError::AlreadyRunning { pids, .. } if pids == &vec![pid]),
+        "{err}"
+    );
+    assert!(err.to_string().contains("single@2"), "{err}");
+    // A second driver on the same root refuses as well.
+    let other = root.driver();
+    assert!(other.start(&k, &argv(&["sleep", "30"]), &no_env()).is_err());
+    assert_eq!(driver.cgroup(&k).procs().unwrap(), vec![pid]);
+
+    // The cgroup is populated, so cleanup refuses too.
+    assert!(matches!(
+        driver.cleanup(&k),
+        Err(DriverError::Populated { .. })
+    ));
+    driver.kill(&k).await.unwrap();
+}
+
+#[tokio::test]
+async fn missing_command_is_a_clear_error() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+
+    for program in ["/nonexistent/bin/web", "no-such-command-haven-test"] {
+        let err = driver
+            .start(&key("web", 1), &argv(&[program]), &no_env())
+            .unwrap_err();
+        assert!(matches!(err, DriverError::CommandNotFound { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(program) && msg.contains("workload web"),
+            "{msg}"
+        );
+    }
+    // Not executable (no x bit): a regular file.
+    let not_exec = root.logs.path().join("script");
+    fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    let err = driver
+        .start(
+            &key("web", 1),
+            &argv(&[not_exec.to_str().unwrap()]),
+            &no_env(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, DriverError::CommandNotFound { .. }), "{err}");
+
+    let err = driver.start(&key("web", 1), &[], &no_env()).unwrap_err();
+    assert!(matches!(err, DriverError::EmptyCommand { .. }), "{err}");
+    let err = driver
+        .start(&key("Web/x", 1), &argv(&["true"]), &no_env())
+        .unwrap_err();
+    assert!(matches!(err, DriverError::InvalidName { .. }), "{err}");
+
+    assert!(!root.cgroup.join("web@1").exists(), "no cgroup left behind");
+}
+
+#[tokio::test]
+async fn exec_failure_after_the_check_is_reported_and_cleaned_up() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    // Executable file whose #! interpreter is missing: passes the pre-check,
+    // then execve fails with ENOENT in the child.
+    let bogus = root.logs.path().join("bogus");
+    fs::write(&bogus, "#!/nonexistent/interpreter\n").unwrap();
+    fs::set_permissions(&bogus, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let err = driver
+        .start(&key("web", 1), &argv(&[bogus.to_str().unwrap()]), &no_env())
+        .unwrap_err();
+    assert!(matches!(err, DriverError::CommandNotFound { .. }), "{err}");
+    assert!(!root.cgroup.join("web@1").exists(), "no cgroup left behind");
+}
+
+#[tokio::test]
+async fn output_and_environment() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let k = key("envcheck", 7);
+    let env = BTreeMap::from([
+        ("FOO".to_string(), "bar baz".to_string()),
+        // The driver's values win over the spec's.
+        ("HAVEN_WORKLOAD".to_string(), "spoofed".to_string()),
+    ]);
+    let script = "echo out $HAVEN_WORKLOAD $HAVEN_GENERATION \"$FOO\"; echo err >&2; exit 3";
+
+    driver
+        .start(&k, &argv(&["sh", "-c", script]), &env)
+        .unwrap();
+    let exit = eventually("exit", || driver.take_exit(&k)).await;
+    assert_eq!(exit.code, Some(3));
+    eventually("cgroup to empty", || (!driver.is_running(&k)).then_some(())).await;
+    driver.cleanup(&k).unwrap();
+
+    // A second run appends to the same log.
+    driver
+        .start(&k, &argv(&["sh", "-c", "echo second"]), &no_env())
+        .unwrap();
+    eventually("second exit", || driver.take_exit(&k)).await;
+
+    let log = read_log(&driver, "envcheck");
+    assert_eq!(log, "out envcheck 7 bar baz\nerr\nsecond\n");
+}
+
+#[tokio::test]
+async fn rejects_a_root_outside_cgroup2() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cg");
+    let err = ProcessDriver::new(root.clone(), dir.path().join("logs")).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, DriverError::NotCgroup2 { .. }), "{msg}");
+    assert!(msg.contains(root.to_str().unwrap()), "{msg}");
+    assert!(msg.contains("--cgroup-root"), "{msg}");
+    assert!(!root.exists(), "nothing created on a wrong root");
+}
+
+#[test]
+fn start_outside_a_runtime_is_an_error() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let err = driver
+        .start(&key("web", 1), &argv(&["true"]), &no_env())
+        .unwrap_err();
+    assert!(matches!(err, DriverError::NoRuntime), "{err}");
+    assert!(!root.cgroup.join("web@1").exists());
+}
+
+#[tokio::test]
+async fn cgroup_primitives() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let k = key("prim", 1);
+    driver
+        .start(&k, &argv(&["sleep", "30"]), &no_env())
+        .unwrap();
+    let cg = driver.cgroup(&k);
+
+    // A nested cgroup created by the workload is part of the instance.
+    let nested = Cgroup::create(cg.path().join("inner")).unwrap();
+    Cgroup::create(nested.path()).unwrap(); // exists already: fine
+    let nested_pid = driver
+        .start(&key("helper", 1), &argv(&["sleep", "30"]), &no_env())
+        .unwrap();
+    fs::write(nested.path().join("cgroup.procs"), nested_pid.to_string()).unwrap();
+    assert_eq!(cg.children().unwrap(), vec![nested.clone()]);
+    assert_eq!(nested.procs().unwrap(), vec![nested_pid]);
+    assert_eq!(cg.procs_recursive().unwrap().len(), 2);
+    assert!(matches!(cg.remove(), Err(DriverError::Populated { .. })));
+
+    cg.kill().unwrap();
+    eventually("empty", || (!cg.populated().unwrap()).then_some(())).await;
+    cg.remove().unwrap();
+    assert!(!cg.exists());
+    driver.cleanup(&key("helper", 1)).unwrap();
+    assert!(driver.instances().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn failure_after_cgroup_creation_leaves_nothing_behind() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    // A directory where the log file should be: opening it fails.
+    fs::create_dir(driver.log_path("blocked")).unwrap();
+
+    let err = driver
+        .start(&key("blocked", 1), &argv(&["sleep", "30"]), &no_env())
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, DriverError::Io { .. }), "{msg}");
+    assert!(msg.contains("blocked.log"), "{msg}");
+    assert!(
+        !root.cgroup.join("blocked@1").exists(),
+        "no cgroup left behind"
+    );
+}

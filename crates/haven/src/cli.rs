@@ -1,0 +1,412 @@
+//! Command-line interface (clap derive) and the client subcommands.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use haven_agent::api::*;
+use haven_agent::config::{self, AgentConfig, ConfigFile, StartMode};
+use haven_agent::rpc;
+use haven_core::liveness::Timing;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::timefmt::rfc3339_ms;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "haven",
+    version,
+    about = "Haven: high availability for VMs and services"
+)]
+pub struct Cli {
+    /// Agent to talk to (any host of the cluster).
+    #[arg(
+        long,
+        global = true,
+        env = "HAVEN_SERVER",
+        default_value = "127.0.0.1:7440"
+    )]
+    pub server: String,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the agent daemon on this host.
+    Agent(AgentArgs),
+    /// Create or update the workloads declared in a TOML file (all or none).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Delete a workload: it is stopped wherever it runs.
+    Delete { name: String },
+    /// Show hosts and workloads.
+    Status {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show the coordinator's decisions, oldest first.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Start a local 3-host cluster, protect workloads, crash a host, show the recovery.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct AgentArgs {
+    /// TOML file with any of the settings below (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Host name (default: the system host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address for cluster RPC and the API [default: 0.0.0.0:7440].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address other hosts reach this one at (default: derived from --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Where this host keeps its state [default: /var/lib/haven].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Create a new cluster with this host as its first manager.
+    #[arg(long, conflicts_with = "join")]
+    pub bootstrap: bool,
+    /// Join the cluster through this host (ADDR:PORT).
+    #[arg(long, requires = "token")]
+    pub join: Option<String>,
+    /// Join token printed by `haven agent --bootstrap`.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Make this host a manager (Raft voter).
+    #[arg(long)]
+    pub manager: bool,
+    /// vcpus=N,memory_mib=M (default: read from /proc).
+    #[arg(long)]
+    pub capacity: Option<String>,
+    /// key=value, repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// cgroup v2 directory for this host's workloads (default: a `haven`
+    /// group under the agent's own cgroup).
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    #[arg(long)]
+    pub heartbeat_interval_ms: Option<u64>,
+    #[arg(long)]
+    pub lease_ms: Option<u64>,
+    #[arg(long)]
+    pub margin_ms: Option<u64>,
+    /// SIGTERM-to-SIGKILL grace when stopping a process workload.
+    #[arg(long)]
+    pub stop_grace_ms: Option<u64>,
+}
+
+pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
+    let file: ConfigFile = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("--config {}: cannot read it", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow!("--config {}: {e}", p.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    let name = match a.name.clone().or(file.name) {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .map(|h| h.to_lowercase())
+            .ok_or_else(|| {
+                anyhow!("--name: no host name could be read from the system; give --name")
+            })?,
+    };
+    let addr = |field: &str, v: &str| -> Result<std::net::SocketAddr> {
+        v.parse()
+            .map_err(|_| anyhow!("{field}: {v:?} is not an IP:PORT address, e.g. 10.0.0.5:7440"))
+    };
+    let listen = addr(
+        "--listen",
+        a.listen
+            .as_deref()
+            .or(file.listen.as_deref())
+            .unwrap_or(config::DEFAULT_LISTEN),
+    )?;
+    let advertise = match a.advertise.as_deref().or(file.advertise.as_deref()) {
+        Some(v) => Some(addr("--advertise", v)?),
+        None => None,
+    };
+    let bootstrap = a.bootstrap || (file.bootstrap.unwrap_or(false) && a.join.is_none());
+    let join = a
+        .join
+        .clone()
+        .or(if a.bootstrap { None } else { file.join });
+    let token = a.token.clone().or(file.token);
+    let mode = match (bootstrap, join) {
+        (true, Some(_)) => bail!("--bootstrap and --join exclude each other: bootstrap creates a cluster, join enters one"),
+        (true, None) => StartMode::Bootstrap,
+        (false, Some(address)) => {
+            let token = token.ok_or_else(|| anyhow!("--join needs --token (printed by `haven agent --bootstrap`)"))?;
+            StartMode::Join { address, token }
+        }
+        (false, None) => StartMode::Resume,
+    };
+    let capacity = match a.capacity.as_deref().or(file.capacity.as_deref()) {
+        Some(c) => Some(config::parse_capacity(c).map_err(|e| anyhow!("--{e}"))?),
+        None => None,
+    };
+    let mut labels = file.labels.unwrap_or_default();
+    for l in &a.labels {
+        let (k, v) = config::parse_label(l).map_err(|e| anyhow!("--{e}"))?;
+        labels.insert(k, v);
+    }
+    let d = Timing::default();
+    let heartbeat_interval_ms = a
+        .heartbeat_interval_ms
+        .or(file.heartbeat_interval_ms)
+        .unwrap_or(d.heartbeat_interval_ms);
+    let lease_ms = a.lease_ms.or(file.lease_ms).unwrap_or(d.lease_ms);
+    let margin_ms = a.margin_ms.or(file.margin_ms).unwrap_or(d.margin_ms);
+    if heartbeat_interval_ms == 0 || lease_ms < 2 * heartbeat_interval_ms {
+        bail!("--lease-ms ({lease_ms}) must be at least twice --heartbeat-interval-ms ({heartbeat_interval_ms}), and the interval above 0");
+    }
+    let timing = Timing {
+        heartbeat_interval_ms,
+        lease_ms,
+        margin_ms,
+        suspect_after_ms: (3 * heartbeat_interval_ms + heartbeat_interval_ms / 2).min(lease_ms),
+    };
+    Ok(AgentConfig {
+        name,
+        listen,
+        advertise,
+        data_dir: a
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| config::DEFAULT_DATA_DIR.into()),
+        mode,
+        manager: a.manager || file.manager.unwrap_or(false),
+        capacity,
+        labels,
+        cgroup_root: a.cgroup_root.clone().or(file.cgroup_root),
+        timing,
+        stop_grace_ms: a.stop_grace_ms.or(file.stop_grace_ms).unwrap_or(10_000),
+        rpc_timeout_ms: 5_000,
+    })
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Agent(a) => {
+            let cfg = agent_config(&a)?;
+            init_logging();
+            haven_agent::run(cfg, shutdown_signal()).await
+        }
+        Cmd::Apply { file } => apply(&cli.server, &file).await,
+        Cmd::Delete { name } => {
+            let http = rpc::client(30_000);
+            let _: serde_json::Value = rpc::post(
+                &http,
+                &cli.server,
+                "/v1/delete",
+                &DeleteRequest { name: name.clone() },
+                false,
+                None,
+            )
+            .await?;
+            println!("deleted {name}");
+            Ok(())
+        }
+        Cmd::Status { output } => {
+            let s = fetch_status(&cli.server).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+                Output::Table => print!("{}", status_table(&s)),
+            }
+            Ok(())
+        }
+        Cmd::Events { follow } => events(&cli.server, follow).await,
+        Cmd::Demo(args) => crate::demo::run(args).await,
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub async fn fetch_status(server: &str) -> Result<StatusResponse> {
+    let http = rpc::client(10_000);
+    Ok(rpc::get(&http, server, "/v1/status", false).await?)
+}
+
+async fn apply(server: &str, file: &PathBuf) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("-f {}: cannot read the file", file.display()))?;
+    let source = file.display().to_string();
+    let specs = haven_core::spec::parse_workloads(&source, &text)
+        .map_err(|e| anyhow!("nothing was applied:\n{e}"))?;
+    let http = rpc::client(30_000);
+    let r: ApplyResponse = rpc::post(
+        &http,
+        server,
+        "/v1/apply",
+        &ApplyRequest { source, specs },
+        false,
+        None,
+    )
+    .await?;
+    for (label, names) in [
+        ("created", &r.created),
+        ("updated", &r.updated),
+        ("unchanged", &r.unchanged),
+    ] {
+        for n in names {
+            println!("{n} {label}");
+        }
+    }
+    Ok(())
+}
+
+async fn events(server: &str, follow: bool) -> Result<()> {
+    let http = rpc::client(10_000);
+    let mut after: Option<u64> = None;
+    loop {
+        let path = match after {
+            Some(a) => format!("/v1/events?after={a}"),
+            None => "/v1/events".to_string(),
+        };
+        match rpc::get::<EventsResponse>(&http, server, &path, false).await {
+            Ok(r) => {
+                for e in &r.events {
+                    println!("{}  {}", rfc3339_ms(e.at_ms), e.message);
+                    after = Some(e.seq);
+                }
+            }
+            Err(e) if follow => eprintln!("warning: {e}; retrying"),
+            Err(e) => return Err(e.into()),
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+pub fn status_table(s: &StatusResponse) -> String {
+    let mut out = format!(
+        "cluster {}   coordinator: {} (term {})\n\n",
+        s.cluster_id, s.leader, s.term
+    );
+    let mut rows = vec![vec![
+        "HOST".to_string(),
+        "ADDRESS".into(),
+        "ROLE".into(),
+        "STATE".into(),
+        "VCPUS".into(),
+        "MEMORY MiB".into(),
+    ]];
+    for h in &s.hosts {
+        rows.push(vec![
+            h.name.clone(),
+            h.address.clone(),
+            format!(
+                "{}{}",
+                h.role,
+                if h.voter {
+                    ""
+                } else if h.role == haven_core::model::Role::Manager {
+                    " (joining)"
+                } else {
+                    ""
+                }
+            ),
+            h.state.clone(),
+            format!("{}/{}", h.allocated.vcpus, h.capacity.vcpus),
+            format!("{}/{}", h.allocated.memory_mib, h.capacity.memory_mib),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out.push('\n');
+    let mut rows = vec![vec![
+        "WORKLOAD".to_string(),
+        "KIND".into(),
+        "HOST".into(),
+        "STATE".into(),
+        "GEN".into(),
+        "PRIORITY".into(),
+        "RESTARTS".into(),
+        "DETAIL".into(),
+    ]];
+    for w in &s.workloads {
+        rows.push(vec![
+            w.name.clone(),
+            w.kind.clone(),
+            w.host.clone().unwrap_or_else(|| "-".into()),
+            w.state.clone(),
+            w.generation.to_string(),
+            w.priority.clone(),
+            w.restarts.to_string(),
+            w.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    if s.workloads.is_empty() {
+        out.push_str("no workloads: declare some in a TOML file and run `haven apply -f FILE`\n");
+    } else {
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if i + 1 == r.len() {
+                    s.clone()
+                } else {
+                    format!("{s:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,19 @@
+//! `haven`: the one binary. `haven agent` runs the daemon; every other
+//! subcommand is a client of some agent's HTTP API (`--server`).
+
+use clap::Parser;
+use haven::cli;
+
+fn main() {
+    let args = cli::Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    let result = rt.block_on(cli::run(args));
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
