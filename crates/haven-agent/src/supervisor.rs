@@ -318,20 +318,36 @@ impl Supervisor {
         now_ms: u64,
     ) {
         let mut map = self.instances.lock().unwrap();
-        // Notice exits.
+        // Notice exits: the main process ended (known for instances this
+        // agent started), or the group emptied (adopted ones). What the main
+        // process left behind in its group is killed, as a unit.
         for (w, inst) in map.iter_mut() {
-            if inst.phase == Phase::Running && !self.driver.is_running(&key(w, inst.generation)) {
-                let how = match self.driver.take_exit(&key(w, inst.generation)) {
-                    Some(e) => match (e.code, e.signal) {
-                        (Some(c), _) => format!("exited with code {c}"),
-                        (_, Some(s)) => format!("killed by signal {s}"),
-                        _ => "exited".to_string(),
-                    },
-                    None => "exited".to_string(),
-                };
-                tracing::info!("{w} (generation {}) {how}", inst.generation);
-                inst.on_exit(now_ms, how);
+            if inst.phase != Phase::Running {
+                continue;
             }
+            let k = key(w, inst.generation);
+            let exit = self.driver.take_exit(&k);
+            let running = self.driver.is_running(&k);
+            if exit.is_none() && running {
+                continue;
+            }
+            if running {
+                let d = self.driver.clone();
+                let k = k.clone();
+                tokio::spawn(async move {
+                    let _ = d.kill(&k).await;
+                });
+            }
+            let how = match exit {
+                Some(e) => match (e.code, e.signal) {
+                    (Some(c), _) => format!("exited with code {c}"),
+                    (_, Some(s)) => format!("killed by signal {s}"),
+                    _ => "exited".to_string(),
+                },
+                None => "exited".to_string(),
+            };
+            tracing::info!("{k} {how}");
+            inst.on_exit(now_ms, how);
         }
         let local = map
             .iter()

@@ -84,7 +84,9 @@ impl ConsensusConfig {
             ConsensusError::Config(format!(
                 "{e} (heartbeat_interval_ms {}, election_timeout_min_ms {}, \
                  election_timeout_max_ms {}; need heartbeat < min < max)",
-                self.heartbeat_interval_ms, self.election_timeout_min_ms, self.election_timeout_max_ms
+                self.heartbeat_interval_ms,
+                self.election_timeout_min_ms,
+                self.election_timeout_max_ms
             ))
         })
     }
@@ -195,7 +197,11 @@ impl Consensus {
     pub async fn initialize(&self, addr: &str) -> Result<(), ConsensusError> {
         let raft = &self.inner.raft;
         let node_id = self.inner.node_id;
-        if raft.is_initialized().await.map_err(|e| stopped(node_id, &e))? {
+        if raft
+            .is_initialized()
+            .await
+            .map_err(|e| stopped(node_id, &e))?
+        {
             self.inner.initialized.store(true, Ordering::Release);
             return Ok(());
         }
@@ -343,7 +349,11 @@ impl Consensus {
         if is_voter {
             return Ok(());
         }
-        tracing::info!(node_id, addr, "adding a learner and waiting for it to catch up");
+        tracing::info!(
+            node_id,
+            addr,
+            "adding a learner and waiting for it to catch up"
+        );
         let add = self.inner.raft.add_learner(node_id, node, true);
         match tokio::time::timeout_at(deadline, add).await {
             Err(_) => {
@@ -371,7 +381,10 @@ impl Consensus {
         let is_member = {
             let m = self.inner.raft.metrics();
             let m = m.borrow();
-            m.membership_config.membership().get_node(&node_id).is_some()
+            m.membership_config
+                .membership()
+                .get_node(&node_id)
+                .is_some()
         };
         if !is_member {
             return Ok(());
@@ -421,9 +434,11 @@ impl Consensus {
         e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
     ) -> ConsensusError {
         match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ConsensusError::NotLeader {
-                leader: self.forward_target(&f),
-            },
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                ConsensusError::NotLeader {
+                    leader: self.forward_target(&f),
+                }
+            }
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
                 ConsensusError::Membership(e.to_string())
             }

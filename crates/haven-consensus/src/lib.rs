@@ -15,9 +15,7 @@ pub mod error;
 pub mod network;
 pub mod store;
 
-pub use consensus::{
-    Consensus, ConsensusConfig, MEMBERSHIP_CHANGE_TIMEOUT_MS, PROPOSE_TIMEOUT_MS,
-};
+pub use consensus::{Consensus, ConsensusConfig, MEMBERSHIP_CHANGE_TIMEOUT_MS, PROPOSE_TIMEOUT_MS};
 pub use error::{ConsensusError, ProposeError};
 
 use haven_core::model::NodeId;

@@ -34,14 +34,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
 use std::io::Cursor;
+use std::ops::Deref;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::ops::Deref;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
-use tokio::sync::watch;
 use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -194,14 +194,32 @@ impl Store {
                 )));
             }
             get_json::<Vote<NodeId>>(meta, KEY_VOTE).map_err(|e| corrupt(e.to_string()))?;
-            get_json::<LogId<NodeId>>(meta, KEY_COMMITTED).map_err(|e| corrupt(e.to_string()))?;
-            get_json::<LogId<NodeId>>(meta, KEY_LAST_PURGED)
+            get_json::<Option<LogId<NodeId>>>(meta, KEY_COMMITTED)
                 .map_err(|e| corrupt(e.to_string()))?;
-            get_json::<SnapshotMeta<NodeId, BasicNode>>(meta, KEY_SNAPSHOT_META)
-                .map_err(|e| corrupt(e.to_string()))?;
-            if let Some(sm) = get_json(meta, KEY_STATE_MACHINE).map_err(|e| corrupt(e.to_string()))?
+            get_json::<LogId<NodeId>>(meta, KEY_LAST_PURGED).map_err(|e| corrupt(e.to_string()))?;
+            if let Some(sm) =
+                get_json(meta, KEY_STATE_MACHINE).map_err(|e| corrupt(e.to_string()))?
             {
                 state = sm;
+            }
+            let snapshot: Option<SnapshotMeta<NodeId, BasicNode>> =
+                get_json(meta, KEY_SNAPSHOT_META).map_err(|e| corrupt(e.to_string()))?;
+            let snapshot_data: Option<StateMachineData> =
+                get_json(meta, KEY_SNAPSHOT_DATA).map_err(|e| corrupt(e.to_string()))?;
+            match (snapshot, snapshot_data) {
+                (Some(snapshot), Some(mut data)) => {
+                    // The state machine record and the snapshot are written
+                    // by different transactions; should a crash leave the
+                    // record behind the snapshot (whose entries may already
+                    // be purged from the log), resume from the snapshot.
+                    if snapshot.last_log_id > state.last_applied {
+                        data.last_applied = snapshot.last_log_id;
+                        data.last_membership = snapshot.last_membership;
+                        state = data;
+                    }
+                }
+                (None, None) => {}
+                _ => return Err(corrupt("snapshot meta and data do not match".into())),
             }
         }
         match txn.open_table(LOG) {
@@ -319,13 +337,19 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    async fn read_meta<T>(&self, key: &'static str, subject: ErrorSubject<NodeId>) -> StorageResult<Option<T>>
+    async fn read_meta<T>(
+        &self,
+        key: &'static str,
+        subject: ErrorSubject<NodeId>,
+    ) -> StorageResult<Option<T>>
     where
         T: DeserializeOwned + Send + 'static,
     {
         let (db, file) = (self.db.clone(), self.file.clone());
         blocking(move || {
-            let err = |e: String| StorageIOError::new(subject.clone(), ErrorVerb::Read, in_file(&file, e));
+            let err = |e: String| {
+                StorageIOError::new(subject.clone(), ErrorVerb::Read, in_file(&file, e))
+            };
             let txn = db.begin_read().map_err(|e| err(e.to_string()))?;
             let table = txn.open_table(META).map_err(|e| err(e.to_string()))?;
             Ok(get_json(&table, key).map_err(err)?)
@@ -341,8 +365,9 @@ impl LogStore {
         subject: ErrorSubject<NodeId>,
     ) -> StorageResult<()> {
         let (db, file) = (self.db.clone(), self.file.clone());
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| StorageIOError::new(subject.clone(), ErrorVerb::Write, AnyError::new(&e)))?;
+        let bytes = serde_json::to_vec(value).map_err(|e| {
+            StorageIOError::new(subject.clone(), ErrorVerb::Write, AnyError::new(&e))
+        })?;
         blocking(move || {
             write_txn(&db, durability, |txn| {
                 txn.open_table(META)?.insert(key, bytes.as_slice())?;
@@ -423,8 +448,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        self.write_meta(KEY_COMMITTED, &committed, Durability::Eventual, ErrorSubject::Store)
-            .await
+        self.write_meta(
+            KEY_COMMITTED,
+            &committed,
+            Durability::Eventual,
+            ErrorSubject::Store,
+        )
+        .await
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
@@ -471,7 +501,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let (db, file) = (self.db.clone(), self.file.clone());
         blocking(move || {
             write_txn(&db, Durability::Immediate, |txn| {
-                txn.open_table(LOG)?.retain_in(log_id.index.., |_, _| false)?;
+                txn.open_table(LOG)?
+                    .retain_in(log_id.index.., |_, _| false)?;
                 Ok(())
             })
             .map_err(|e| StorageIOError::write_logs(in_file(&file, e)).into())
@@ -481,7 +512,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         let (db, file) = (self.db.clone(), self.file.clone());
-        let purged = serde_json::to_vec(&log_id).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        let purged = serde_json::to_vec(&log_id)
+            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         blocking(move || {
             // One transaction: the purge point and the deletion are never
             // seen apart, so the log always continues after `last_purged`.
@@ -536,8 +568,14 @@ pub struct SnapshotBuilder {
     state: SharedState,
 }
 
-/// Store `meta` + `data` as the current snapshot (and, when installing, the
-/// state machine record) in one durable transaction.
+/// Store `meta` + `data` as the current snapshot in one durable
+/// transaction; when installing, `state_machine` (the new state machine
+/// record) is written in the same transaction.
+///
+/// A built snapshot never replaces a newer one: a build runs concurrently
+/// with the state machine and may finish after a newer snapshot was
+/// installed, and the current snapshot must not move back behind the purged
+/// log.
 fn persist_snapshot(
     db: &Database,
     file: &Path,
@@ -548,8 +586,18 @@ fn persist_snapshot(
     let sig = Some(meta.signature());
     let meta_bytes = serde_json::to_vec(meta)
         .map_err(|e| StorageIOError::write_snapshot(sig.clone(), AnyError::new(&e)))?;
+    let mut superseded = false;
     write_txn(db, Durability::Immediate, |txn| {
         let mut table = txn.open_table(META)?;
+        if state_machine.is_none() {
+            let current: Option<SnapshotMeta<NodeId, BasicNode>> =
+                get_json(&table, KEY_SNAPSHOT_META)
+                    .map_err(redb::StorageError::Corrupted)?;
+            if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
+                superseded = true;
+                return Ok(());
+            }
+        }
         table.insert(KEY_SNAPSHOT_META, meta_bytes.as_slice())?;
         table.insert(KEY_SNAPSHOT_DATA, data)?;
         if let Some(sm) = state_machine {
@@ -557,7 +605,11 @@ fn persist_snapshot(
         }
         Ok(())
     })
-    .map_err(|e| StorageIOError::write_snapshot(sig, in_file(file, e)).into())
+    .map_err(|e| StorageIOError::write_snapshot(sig, in_file(file, e)))?;
+    if superseded {
+        tracing::debug!(snapshot = %meta, "not keeping a built snapshot older than the current one");
+    }
+    Ok(())
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -695,5 +747,155 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use haven_core::state::Command;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, Membership};
+    use std::collections::BTreeSet;
+    use tempfile::TempDir;
+
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn entry(term: u64, index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(term, index),
+            payload,
+        }
+    }
+
+    /// Set `key` in `raft_meta` of a closed store to `value`, bypassing Store.
+    fn overwrite_record(dir: &Path, key: &str, value: &[u8]) {
+        let db = Database::create(dir.join(RAFT_DB_FILE)).unwrap();
+        write_txn(&db, Durability::Immediate, |txn| {
+            txn.open_table(META)?.insert(key, value)?;
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    fn read_record(dir: &Path, key: &str) -> Option<Vec<u8>> {
+        let db = Database::create(dir.join(RAFT_DB_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(META).unwrap();
+        let value = table.get(key).unwrap().map(|v| v.value().to_vec());
+        value
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_and_left_untouched() {
+        let dir = TempDir::new().unwrap();
+        let file = dir.path().join(RAFT_DB_FILE);
+        let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&file, &garbage).unwrap();
+        let err = Store::open(dir.path()).err().expect("refused");
+        assert!(matches!(err, ConsensusError::Corrupt { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&file.display().to_string()), "{msg}");
+        assert!(msg.contains("is corrupt"), "{msg}");
+        assert_eq!(std::fs::read(&file).unwrap(), garbage);
+    }
+
+    #[test]
+    fn an_unreadable_record_is_refused_and_not_rewritten() {
+        let dir = TempDir::new().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        overwrite_record(dir.path(), KEY_STATE_MACHINE, b"{not json");
+        let before = std::fs::read(dir.path().join(RAFT_DB_FILE)).unwrap();
+        let err = Store::open(dir.path()).err().expect("refused");
+        let after = std::fs::read(dir.path().join(RAFT_DB_FILE)).unwrap();
+        assert!(before == after, "the refused file was modified");
+        let msg = err.to_string();
+        assert!(matches!(err, ConsensusError::Corrupt { .. }), "{err:?}");
+        assert!(
+            msg.contains(RAFT_DB_FILE) && msg.contains(KEY_STATE_MACHINE),
+            "{msg}"
+        );
+        assert_eq!(
+            read_record(dir.path(), KEY_STATE_MACHINE).as_deref(),
+            Some(&b"{not json"[..])
+        );
+    }
+
+    #[test]
+    fn a_newer_layout_version_is_refused() {
+        let dir = TempDir::new().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        overwrite_record(dir.path(), KEY_FORMAT_VERSION, b"2");
+        let err = Store::open(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("layout version Some(2)"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn state_machine_snapshot_vote_and_log_survive_reopen() {
+        let dir = TempDir::new().unwrap();
+        let Store {
+            mut log,
+            state_machine: mut sm,
+            closed,
+        } = Store::open(dir.path()).unwrap();
+        let membership = Membership::new(vec![BTreeSet::from([1, 2])], None);
+        let entries = vec![
+            entry(1, 1, EntryPayload::Membership(membership.clone())),
+            entry(
+                1,
+                2,
+                EntryPayload::Normal(Command::InitCluster {
+                    cluster_id: "c1".into(),
+                    at_ms: 5,
+                }),
+            ),
+            entry(1, 3, EntryPayload::Blank),
+        ];
+        log.blocking_append(entries.clone()).await.unwrap();
+        log.purge(log_id(1, 1)).await.unwrap();
+        let results = sm.apply(entries.clone()).await.unwrap();
+        assert_eq!(results, vec![CommandResult::Ok; 3]);
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let applied = sm.applied_state().await.unwrap();
+        let state = sm.shared_state().read().clone();
+        drop((log, sm));
+        assert!(closed.wait(Duration::from_secs(5)).await, "database closed");
+
+        let Store {
+            mut log,
+            state_machine: mut sm,
+            ..
+        } = Store::open(dir.path()).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
+        let log_state = log.get_log_state().await.unwrap();
+        assert_eq!(log_state.last_purged_log_id, Some(log_id(1, 1)));
+        assert_eq!(log_state.last_log_id, Some(log_id(1, 3)));
+        assert_eq!(
+            log.try_get_log_entries(..).await.unwrap(),
+            entries[1..].to_vec()
+        );
+        assert_eq!(sm.applied_state().await.unwrap(), applied);
+        assert_eq!(applied.0, Some(log_id(1, 3)));
+        assert_eq!(applied.1.membership(), &membership);
+        assert_eq!(*sm.shared_state().read(), state);
+        assert_eq!(state.state.cluster_id, "c1");
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("snapshot kept");
+        assert_eq!(current.meta, snapshot.meta);
+        assert_eq!(
+            current.snapshot.into_inner(),
+            snapshot.snapshot.into_inner()
+        );
     }
 }

@@ -135,7 +135,10 @@ async fn three_nodes_replicate_fail_over_and_recover() {
     assert!(!n1.consensus.is_initialized());
     n1.consensus.initialize(&n1.addr).await.unwrap();
     assert!(n1.consensus.is_initialized());
-    let leader = n1.consensus.wait_for_leader(Duration::from_millis(WAIT_MS)).await;
+    let leader = n1
+        .consensus
+        .wait_for_leader(Duration::from_millis(WAIT_MS))
+        .await;
     assert_eq!(leader, Some((1, n1.addr.clone())));
     assert!(n1.consensus.is_leader());
     let first_term = n1.consensus.leader_term().expect("node 1 leads");
@@ -147,7 +150,11 @@ async fn three_nodes_replicate_fail_over_and_recover() {
         at_ms: 1,
     };
     assert_eq!(n1.consensus.propose(init).await.unwrap(), CommandResult::Ok);
-    let r = n1.consensus.propose(register("h1", 1, &n1.addr)).await.unwrap();
+    let r = n1
+        .consensus
+        .propose(register("h1", 1, &n1.addr))
+        .await
+        .unwrap();
     assert_eq!(r, CommandResult::HostRegistered { node_id: 1 });
 
     // Compact so that the new members can only catch up via a snapshot:
@@ -158,7 +165,11 @@ async fn three_nodes_replicate_fail_over_and_recover() {
         .await
         .unwrap()
         .expect("entries were applied");
-    assert!(n1.consensus.metrics().purged.is_some_and(|p| p.index >= covered));
+    assert!(n1
+        .consensus
+        .metrics()
+        .purged
+        .is_some_and(|p| p.index >= covered));
 
     let mut n2 = Node::start(2, dirs[1].path(), listener().await).await;
     let mut n3 = Node::start(3, dirs[2].path(), listener().await).await;
@@ -173,17 +184,22 @@ async fn three_nodes_replicate_fail_over_and_recover() {
     // Idempotent for an existing voter.
     n1.consensus.add_voter(2, &n2.addr).await.unwrap();
     assert_eq!(n1.consensus.voters(), expected_voters);
-    assert!(n2.consensus.metrics().snapshot.is_some(), "node 2 got a snapshot");
+    assert!(
+        n2.consensus.metrics().snapshot.is_some(),
+        "node 2 got a snapshot"
+    );
 
     for (name, id, addr) in [("h2", 2, &n2.addr), ("h3", 3, &n3.addr)] {
-        let r = n1.consensus.propose(register(name, id, addr)).await.unwrap();
+        let r = n1
+            .consensus
+            .propose(register(name, id, addr))
+            .await
+            .unwrap();
         assert_eq!(r, CommandResult::HostRegistered { node_id: id });
     }
     eventually("all nodes to apply the three registrations", || {
         let s1 = snapshot_of(&n1.consensus);
-        s1.hosts.len() == 3
-            && snapshot_of(&n2.consensus) == s1
-            && snapshot_of(&n3.consensus) == s1
+        s1.hosts.len() == 3 && snapshot_of(&n2.consensus) == s1 && snapshot_of(&n3.consensus) == s1
     })
     .await;
     assert_eq!(snapshot_of(&n3.consensus).cluster_id, "c-test");
@@ -195,7 +211,11 @@ async fn three_nodes_replicate_fail_over_and_recover() {
         message: message.into(),
         at_ms: 5_000,
     };
-    let err = n2.consensus.propose(event("from a follower")).await.unwrap_err();
+    let err = n2
+        .consensus
+        .propose(event("from a follower"))
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         ProposeError::NotLeader {
@@ -228,7 +248,11 @@ async fn three_nodes_replicate_fail_over_and_recover() {
     let new_term = leader.consensus.leader_term().expect("new leader");
     assert!(new_term > first_term);
     assert_eq!(
-        leader.consensus.propose(event("after fail-over")).await.unwrap(),
+        leader
+            .consensus
+            .propose(event("after fail-over"))
+            .await
+            .unwrap(),
         CommandResult::Ok
     );
     eventually("the follower to apply the post-fail-over event", || {
@@ -283,7 +307,10 @@ async fn single_node_restart_recovers_state_and_log() {
     let metrics = c.metrics();
     c.shutdown().await;
     let err = c.propose(register("late", 0, "x")).await.unwrap_err();
-    assert!(matches!(err, ProposeError::Stopped { node_id: 7, .. }), "{err:?}");
+    assert!(
+        matches!(err, ProposeError::Stopped { node_id: 7, .. }),
+        "{err:?}"
+    );
 
     let c = Consensus::open(dir.path(), 7, CONFIG).await.unwrap();
     assert!(c.is_initialized());
@@ -319,7 +346,10 @@ async fn data_dir_in_use_is_refused_until_released() {
         Ok(_) => panic!("a second open of the same data dir must fail"),
         Err(e) => e,
     };
-    assert!(matches!(err, ConsensusError::DataDirInUse { .. }), "{err:?}");
+    assert!(
+        matches!(err, ConsensusError::DataDirInUse { .. }),
+        "{err:?}"
+    );
     let msg = err.to_string();
     assert!(
         msg.contains(&format!(
@@ -342,8 +372,14 @@ async fn invalid_config_and_node_id_are_refused() {
         election_timeout_min_ms: 600,
         election_timeout_max_ms: 300,
     };
-    let err = Consensus::open(dir.path(), 1, bad).await.err().expect("refused");
+    let err = Consensus::open(dir.path(), 1, bad)
+        .await
+        .err()
+        .expect("refused");
     assert!(matches!(err, ConsensusError::Config(_)), "{err:?}");
-    let err = Consensus::open(dir.path(), 0, CONFIG).await.err().expect("refused");
+    let err = Consensus::open(dir.path(), 0, CONFIG)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("node id 0 is reserved"), "{err}");
 }

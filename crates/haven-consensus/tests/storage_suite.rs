@@ -21,6 +21,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbStor
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(RedbStoreBuilder)
+fn openraft_storage_suite() {
+    // Not run inside a tokio runtime: the suite starts one per case.
+    if let Err(e) = Suite::test_all(RedbStoreBuilder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }

@@ -1,0 +1,266 @@
+//! End-to-end tests of the cluster (issue: "The cluster"): real agent
+//! processes on loopback, each with its own data dir and workload cgroup.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn cluster_forms_places_and_runs_workloads() {
+    let c = three_managers("forms");
+    let s = c.status(&c.host("h2").address()).unwrap();
+    assert_eq!(s.hosts.len(), 3);
+    assert!(["h1", "h2", "h3"].contains(&s.leader.as_str()));
+    let file = write(
+        &c.dir,
+        "w.toml",
+        &(sleeper("a", "high") + &sleeper("b", "low")),
+    );
+    let out = c
+        .cli(&c.host("h3").address(), &["apply", "-f", &file])
+        .unwrap();
+    assert!(
+        out.contains("a created") && out.contains("b created"),
+        "{out}"
+    );
+    let mut c = c;
+    let s = c
+        .wait_for("both running", WAIT, |s| all_running(s, 2))
+        .unwrap();
+    for w in &s.workloads {
+        assert_eq!(w.generation.0, 1);
+        assert!(pid_alive(w.pid.unwrap()), "{} not alive", w.name);
+        let inst = instances_of(&c, &w.name);
+        assert_eq!(
+            inst.len(),
+            1,
+            "exactly one instance of {}: {inst:?}",
+            w.name
+        );
+        assert_eq!(Some(&inst[0].0), w.host.as_ref());
+    }
+    // Allocation is accounted on the hosts.
+    let allocated: u64 = s.hosts.iter().map(|h| h.allocated.memory_mib).sum();
+    assert_eq!(allocated, 256);
+    // The readable table and the events.
+    let table = c.cli(&c.host("h1").address(), &["status"]).unwrap();
+    assert!(
+        table.contains("WORKLOAD") && table.contains("running"),
+        "{table}"
+    );
+    let events = c.cli(&c.host("h2").address(), &["events"]).unwrap();
+    assert!(events.contains("placed a on"), "{events}");
+    assert!(
+        events.contains("(generation 1): most free memory"),
+        "{events}"
+    );
+}
+
+#[test]
+fn killed_workload_restarts_in_place() {
+    let mut c = three_managers("restart");
+    let file = write(&c.dir, "w.toml", &sleeper("svc", "medium"));
+    c.cli(&c.host("h1").address(), &["apply", "-f", &file])
+        .unwrap();
+    let s = c.wait_for("running", WAIT, |s| all_running(s, 1)).unwrap();
+    let before = workload(&s, "svc").clone();
+    let pid = before.pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let s = c
+        .wait_for("restarted", WAIT, |s| {
+            let w = workload(s, "svc");
+            w.state == "running" && w.restarts >= 1 && w.pid != Some(pid)
+        })
+        .unwrap();
+    let after = workload(&s, "svc");
+    assert_eq!(after.host, before.host, "restarted in place, not moved");
+    assert_eq!(after.generation, before.generation);
+    assert!(pid_alive(after.pid.unwrap()));
+    assert_eq!(instances_of(&c, "svc").len(), 1);
+}
+
+#[test]
+fn agent_restart_readopts_its_workloads_without_duplicates() {
+    let mut c = three_managers("readopt");
+    let file = write(
+        &c.dir,
+        "w.toml",
+        &(sleeper("x", "high") + &sleeper("y", "high") + &sleeper("z", "high")),
+    );
+    c.cli(&c.host("h1").address(), &["apply", "-f", &file])
+        .unwrap();
+    let s = c.wait_for("running", WAIT, |s| all_running(s, 3)).unwrap();
+    // Restart an agent that is not the coordinator and runs a workload.
+    let victim = s
+        .workloads
+        .iter()
+        .filter_map(|w| w.host.clone())
+        .find(|h| *h != s.leader)
+        .expect("a workload on a non-leader host");
+    let before: Vec<_> = s
+        .workloads
+        .iter()
+        .filter(|w| w.host.as_deref() == Some(victim.as_str()))
+        .map(|w| (w.name.clone(), w.pid.unwrap(), w.generation))
+        .collect();
+    c.kill_agent(&victim);
+    for (_, pid, _) in &before {
+        assert!(pid_alive(*pid), "workload died with its agent");
+    }
+    c.restart(&victim).unwrap();
+    let s = c
+        .wait_for("victim back online", WAIT, |s| {
+            s.hosts
+                .iter()
+                .any(|h| h.name == victim && h.state == "online")
+                && all_running(s, 3)
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let s2 = c.status(&c.host(&victim).address()).unwrap();
+    for (name, pid, generation) in &before {
+        for s in [&s, &s2] {
+            let w = workload(s, name);
+            assert_eq!(w.host.as_deref(), Some(victim.as_str()), "{name} moved");
+            assert_eq!(w.generation, *generation, "{name} reassigned");
+            assert_eq!(
+                w.pid,
+                Some(*pid),
+                "{name} was restarted instead of re-adopted"
+            );
+        }
+        assert!(pid_alive(*pid));
+        let inst = instances_of(&c, name);
+        assert_eq!(inst.len(), 1, "duplicate instances of {name}: {inst:?}");
+        assert_eq!(inst[0].2, vec![*pid]);
+    }
+}
+
+#[test]
+fn manager_killed_gives_a_new_leader_and_loses_nothing() {
+    let mut c = three_managers("leader");
+    let file = write(
+        &c.dir,
+        "w.toml",
+        &(sleeper("p", "high") + &sleeper("q", "low")),
+    );
+    c.cli(&c.host("h1").address(), &["apply", "-f", &file])
+        .unwrap();
+    let s = c.wait_for("running", WAIT, |s| all_running(s, 2)).unwrap();
+    let old_leader = s.leader.clone();
+    c.kill_agent(&old_leader);
+    let s = c
+        .wait_for("a new leader", Duration::from_secs(10), |s| {
+            s.leader != old_leader
+        })
+        .unwrap();
+    assert_eq!(s.workloads.len(), 2, "specs survive the leader's death");
+    // The cluster still accepts changes.
+    let file2 = write(&c.dir, "w2.toml", &sleeper("r", "medium"));
+    let survivor = c
+        .hosts
+        .iter()
+        .find(|h| h.child.is_some())
+        .unwrap()
+        .address();
+    let out = c.cli(&survivor, &["apply", "-f", &file2]).unwrap();
+    assert!(out.contains("r created"), "{out}");
+    c.wait_for("all running on survivors", WAIT, |s| {
+        all_running(s, 3)
+            && s.workloads
+                .iter()
+                .all(|w| w.host.as_deref() != Some(old_leader.as_str()))
+    })
+    .unwrap();
+}
+
+#[test]
+fn full_restart_recovers_every_spec_and_assignment() {
+    let mut c = three_managers("fullrestart");
+    let file = write(
+        &c.dir,
+        "w.toml",
+        &(sleeper("m", "high") + &sleeper("n", "lowest")),
+    );
+    c.cli(&c.host("h1").address(), &["apply", "-f", &file])
+        .unwrap();
+    let before = c.wait_for("running", WAIT, |s| all_running(s, 2)).unwrap();
+    for h in ["h1", "h2", "h3"] {
+        c.kill_agent(h);
+    }
+    for h in ["h1", "h2", "h3"] {
+        c.restart(h).unwrap();
+    }
+    let after = c
+        .wait_for("recovered", FORM_TIMEOUT, |s| {
+            s.hosts.len() == 3 && all_running(s, 2)
+        })
+        .unwrap();
+    assert_eq!(after.cluster_id, before.cluster_id);
+    for w in &before.workloads {
+        let a = workload(&after, &w.name);
+        assert_eq!(
+            (&a.host, a.generation, a.vcpus, a.memory_mib, &a.priority),
+            (&w.host, w.generation, w.vcpus, w.memory_mib, &w.priority)
+        );
+        assert_eq!(instances_of(&c, &w.name).len(), 1);
+    }
+    let events = c.cli(&c.host("h2").address(), &["events"]).unwrap();
+    assert!(
+        events.contains("created m from"),
+        "events survive: {events}"
+    );
+}
+
+#[test]
+fn apply_is_idempotent_updates_and_deletes() {
+    let mut c = three_managers("apply");
+    let server = c.host("h1").address();
+    let file = write(
+        &c.dir,
+        "w.toml",
+        &(sleeper("keep", "high") + &sleeper("change", "high")),
+    );
+    c.cli(&server, &["apply", "-f", &file]).unwrap();
+    let s = c.wait_for("running", WAIT, |s| all_running(s, 2)).unwrap();
+    let keep_pid = workload(&s, "keep").pid;
+    let again = c.cli(&server, &["apply", "-f", &file]).unwrap();
+    assert!(
+        again.contains("keep unchanged") && again.contains("change unchanged"),
+        "{again}"
+    );
+    // Change one spec and drop the other from the file.
+    let changed = sleeper("change", "high").replace("memory_mib = 128", "memory_mib = 200");
+    let file2 = write(&c.dir, "w2.toml", &changed);
+    let out = c.cli(&server, &["apply", "-f", &file2]).unwrap();
+    assert!(out.contains("change updated"), "{out}");
+    let s = c
+        .wait_for("change restarted", WAIT, |s| {
+            let w = workload(s, "change");
+            all_running(s, 2) && w.memory_mib == 200 && w.generation.0 == 2
+        })
+        .unwrap();
+    assert_eq!(
+        workload(&s, "keep").pid,
+        keep_pid,
+        "removed from the file is not deleted"
+    );
+    c.cli(&server, &["delete", "keep"]).unwrap();
+    c.wait_for("keep gone", WAIT, |s| s.workloads.len() == 1)
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !instances_of(&c, "keep").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deleted workload still runs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let err = c.cli(&server, &["delete", "keep"]).unwrap_err().to_string();
+    assert!(err.contains("no workload named \"keep\""), "{err}");
+}
