@@ -171,9 +171,12 @@ impl Store {
                     source: other.into(),
                 },
             })?;
-        let db_err = |source: redb::Error| ConsensusError::Database {
-            file: file.clone(),
-            source,
+        let db_err = |source: redb::Error| match source {
+            redb::Error::Corrupted(detail) => corrupt(detail),
+            source => ConsensusError::Database {
+                file: file.clone(),
+                source,
+            },
         };
 
         // Validate every record before writing anything, so that a file we
@@ -186,26 +189,22 @@ impl Store {
         };
         let mut state = StateMachineData::default();
         if let Some(meta) = &meta {
-            let version: Option<u64> =
-                get_json(meta, KEY_FORMAT_VERSION).map_err(|e| corrupt(e.to_string()))?;
+            let version: Option<u64> = get_json(meta, KEY_FORMAT_VERSION).map_err(corrupt)?;
             if version != Some(FORMAT_VERSION) {
                 return Err(corrupt(format!(
                     "layout version {version:?}, this build reads version {FORMAT_VERSION}"
                 )));
             }
-            get_json::<Vote<NodeId>>(meta, KEY_VOTE).map_err(|e| corrupt(e.to_string()))?;
-            get_json::<Option<LogId<NodeId>>>(meta, KEY_COMMITTED)
-                .map_err(|e| corrupt(e.to_string()))?;
-            get_json::<LogId<NodeId>>(meta, KEY_LAST_PURGED).map_err(|e| corrupt(e.to_string()))?;
-            if let Some(sm) =
-                get_json(meta, KEY_STATE_MACHINE).map_err(|e| corrupt(e.to_string()))?
-            {
+            get_json::<Vote<NodeId>>(meta, KEY_VOTE).map_err(corrupt)?;
+            get_json::<Option<LogId<NodeId>>>(meta, KEY_COMMITTED).map_err(corrupt)?;
+            get_json::<LogId<NodeId>>(meta, KEY_LAST_PURGED).map_err(corrupt)?;
+            if let Some(sm) = get_json(meta, KEY_STATE_MACHINE).map_err(corrupt)? {
                 state = sm;
             }
             let snapshot: Option<SnapshotMeta<NodeId, BasicNode>> =
-                get_json(meta, KEY_SNAPSHOT_META).map_err(|e| corrupt(e.to_string()))?;
+                get_json(meta, KEY_SNAPSHOT_META).map_err(corrupt)?;
             let snapshot_data: Option<StateMachineData> =
-                get_json(meta, KEY_SNAPSHOT_DATA).map_err(|e| corrupt(e.to_string()))?;
+                get_json(meta, KEY_SNAPSHOT_DATA).map_err(corrupt)?;
             match (snapshot, snapshot_data) {
                 (Some(snapshot), Some(mut data)) => {
                     // The state machine record and the snapshot are written
@@ -591,8 +590,7 @@ fn persist_snapshot(
         let mut table = txn.open_table(META)?;
         if state_machine.is_none() {
             let current: Option<SnapshotMeta<NodeId, BasicNode>> =
-                get_json(&table, KEY_SNAPSHOT_META)
-                    .map_err(redb::StorageError::Corrupted)?;
+                get_json(&table, KEY_SNAPSHOT_META).map_err(redb::StorageError::Corrupted)?;
             if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
                 superseded = true;
                 return Ok(());
@@ -830,6 +828,76 @@ mod tests {
         overwrite_record(dir.path(), KEY_FORMAT_VERSION, b"2");
         let err = Store::open(dir.path()).err().expect("refused");
         assert!(err.to_string().contains("layout version Some(2)"), "{err}");
+    }
+
+    /// Apply an init-cluster command at (1, 1) and a blank entry at (1, 2).
+    async fn apply_two(sm: &mut StateMachineStore) {
+        let init = Command::InitCluster {
+            cluster_id: "c2".into(),
+            at_ms: 1,
+        };
+        sm.apply(vec![
+            entry(1, 1, EntryPayload::Normal(init)),
+            entry(1, 2, EntryPayload::Blank),
+        ])
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn open_resumes_from_a_snapshot_newer_than_the_state_record() {
+        let dir = TempDir::new().unwrap();
+        let Store {
+            state_machine: mut sm,
+            closed,
+            ..
+        } = Store::open(dir.path()).unwrap();
+        apply_two(&mut sm).await;
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let state = sm.shared_state().read().clone();
+        drop(sm);
+        assert!(closed.wait(Duration::from_secs(5)).await);
+        // As if a crash had lost the state record written after the snapshot.
+        let stale = serde_json::to_vec(&StateMachineData::default()).unwrap();
+        overwrite_record(dir.path(), KEY_STATE_MACHINE, &stale);
+
+        let Store {
+            state_machine: mut sm,
+            ..
+        } = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            sm.applied_state().await.unwrap().0,
+            snapshot.meta.last_log_id
+        );
+        assert_eq!(*sm.shared_state().read(), state);
+    }
+
+    #[tokio::test]
+    async fn a_built_snapshot_never_replaces_a_newer_one() {
+        let dir = TempDir::new().unwrap();
+        let Store {
+            state_machine: mut sm,
+            ..
+        } = Store::open(dir.path()).unwrap();
+        apply_two(&mut sm).await;
+        let newer = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let older = SnapshotMeta {
+            last_log_id: Some(log_id(1, 1)),
+            ..newer.meta.clone()
+        };
+        persist_snapshot(&sm.db, &sm.file, &older, b"{}", None).unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, newer.meta);
     }
 
     #[tokio::test]
