@@ -1,9 +1,8 @@
 //! Wire types of the agent's HTTP API: what the CLI sends, what agents send
 //! each other (join, heartbeat), and what comes back. JSON over HTTP.
 
-use haven_core::liveness::Liveness;
 use haven_core::model::{
-    Capacity, Generation, InstanceState, NodeId, Observed, Role, WorkloadSpec,
+    Capacity, FenceDevice, Generation, IsolationResponse, NodeId, Observed, Role, WorkloadSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -21,6 +20,10 @@ pub struct ErrorBody {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub name: String,
+    #[serde(default)]
+    pub fence: Option<FenceDevice>,
+    #[serde(default)]
+    pub watchdog_timeout_ms: u64,
     pub address: String,
     pub token: String,
     pub role: Role,
@@ -57,6 +60,10 @@ pub struct HeartbeatRequest {
     pub address: String,
     pub capacity: Capacity,
     pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub fence: Option<FenceDevice>,
+    #[serde(default)]
+    pub watchdog_timeout_ms: u64,
     /// Agent monotonic time at send; echoed back so the agent can run its
     /// lease from the send time.
     pub sent_ms: u64,
@@ -68,6 +75,8 @@ pub struct HeartbeatRequest {
 pub struct Desired {
     pub spec: WorkloadSpec,
     pub generation: Generation,
+    /// Effective isolation response (the spec's, or the cluster's).
+    pub isolation: IsolationResponse,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,6 +86,8 @@ pub struct HeartbeatResponse {
     pub term: u64,
     pub managers: Vec<String>,
     pub desired: Vec<Desired>,
+    /// Bound of the `shutdown` isolation response.
+    pub shutdown_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,8 +114,8 @@ pub struct HostStatus {
     pub name: String,
     pub address: String,
     pub role: Role,
-    /// `online`, `suspect`, `failed`, or `unknown` (not heard from yet by
-    /// this coordinator).
+    /// `online`, `suspect`, `isolated`, `failed`, `fenced`, or `unknown`
+    /// (not heard from yet by this coordinator).
     pub state: String,
     pub capacity: Capacity,
     pub allocated: Capacity,
@@ -149,16 +160,4 @@ pub struct EventView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventsResponse {
     pub events: Vec<EventView>,
-}
-
-pub fn liveness_str(l: Liveness) -> &'static str {
-    match l {
-        Liveness::Online => "online",
-        Liveness::Suspect => "suspect",
-        Liveness::Failed => "failed",
-    }
-}
-
-pub fn instance_state_str(s: InstanceState) -> String {
-    s.to_string()
 }

@@ -2,7 +2,9 @@
 //! name. The binary builds it from a TOML file and flags (flags win).
 
 use haven_core::liveness::Timing;
-use haven_core::model::Capacity;
+use haven_core::model::{Capacity, FenceDevice, IsolationResponse};
+
+use crate::watchdog::WatchdogMode;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,6 +12,11 @@ use std::path::PathBuf;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7440";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/haven";
+pub const DEFAULT_WATCHDOG_DEVICE: &str = "/dev/watchdog";
+pub const DEFAULT_WATCHDOG_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_FENCE_AFTER_MS: u64 = 400;
+pub const DEFAULT_FENCE_TIMEOUT_MS: u64 = 10_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartMode {
@@ -41,6 +48,22 @@ pub struct AgentConfig {
     pub stop_grace_ms: u64,
     /// Bound on one RPC to another host.
     pub rpc_timeout_ms: u64,
+    /// Shared directory for datastore heartbeats and workload locks.
+    pub datastore: Option<PathBuf>,
+    pub watchdog_mode: WatchdogMode,
+    pub watchdog_device: String,
+    pub watchdog_timeout_ms: u64,
+    /// This host's power switch, used by the coordinator to fence it.
+    pub fence: Option<FenceDevice>,
+    /// Cluster default, recorded by the bootstrap host.
+    pub isolation_response: IsolationResponse,
+    /// Bound of the `shutdown` isolation response (cluster setting,
+    /// recorded by the bootstrap host).
+    pub shutdown_timeout_ms: u64,
+    /// Silence after which the coordinator fences a host that has a device.
+    pub fence_after_ms: u64,
+    /// Bound on one fence operation (off + status).
+    pub fence_timeout_ms: u64,
 }
 
 /// The TOML config file (`--config`). Every key is optional; unknown keys
@@ -63,6 +86,16 @@ pub struct ConfigFile {
     pub lease_ms: Option<u64>,
     pub margin_ms: Option<u64>,
     pub stop_grace_ms: Option<u64>,
+    pub datastore: Option<PathBuf>,
+    pub watchdog: Option<String>,
+    pub watchdog_device: Option<String>,
+    pub watchdog_timeout_ms: Option<u64>,
+    pub fence_agent: Option<String>,
+    pub fence_args: Option<BTreeMap<String, String>>,
+    pub isolation_response: Option<String>,
+    pub shutdown_timeout_ms: Option<u64>,
+    pub fence_after_ms: Option<u64>,
+    pub fence_timeout_ms: Option<u64>,
 }
 
 /// `vcpus=N,memory_mib=M` (both required).

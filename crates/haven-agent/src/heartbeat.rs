@@ -30,6 +30,8 @@ pub struct LeaseState {
     pub desired: Option<Vec<Desired>>,
     /// Newest generation ever received per workload.
     pub highest_seen: BTreeMap<String, Generation>,
+    /// Bound of the `shutdown` isolation response, as last told.
+    pub shutdown_timeout_ms: u64,
     ever_held: bool,
 }
 
@@ -44,6 +46,7 @@ impl LeaseState {
             inherited_expiry_ms: inherited,
             desired: None,
             highest_seen: BTreeMap::new(),
+            shutdown_timeout_ms: crate::config::DEFAULT_SHUTDOWN_TIMEOUT_MS,
             ever_held: false,
         }
     }
@@ -52,7 +55,7 @@ impl LeaseState {
         self.lease.is_held(now_ms, timing)
     }
 
-    pub fn authority(&self, now_ms: u64, timing: &Timing) -> Authority {
+    pub fn authority(&self, now_ms: u64, timing: &Timing, datastore_ok: bool) -> Authority {
         if self.lease.is_held(now_ms, timing) {
             let desired = self
                 .desired
@@ -65,7 +68,7 @@ impl LeaseState {
         if !self.ever_held && self.inherited_expiry_ms.is_some_and(|e| now_ms < e) {
             return Authority::Unknown;
         }
-        Authority::Lapsed
+        Authority::Lapsed { datastore_ok }
     }
 
     fn on_ack(&mut self, resp: &HeartbeatResponse, timing: &Timing) -> Option<u64> {
@@ -76,6 +79,7 @@ impl LeaseState {
             *h = (*h).max(d.generation);
         }
         self.desired = Some(resp.desired.clone());
+        self.shutdown_timeout_ms = resp.shutdown_timeout_ms;
         self.lease.expires_at_ms(timing)
     }
 }
@@ -99,6 +103,8 @@ pub async fn run(node: Arc<Node>) {
                 address: node.address.clone(),
                 capacity: node.capacity,
                 labels: node.cfg.labels.clone(),
+                fence: node.cfg.fence.clone(),
+                watchdog_timeout_ms: node.watchdog_timeout_ms,
                 sent_ms: node.clock.now_ms(),
                 observed: node.supervisor.observed(),
             };
@@ -177,6 +183,45 @@ fn update_peers(node: &Node, resp: &HeartbeatResponse) {
         id.managers = resp.managers.clone();
         if let Err(e) = node.datadir.write_identity(&id) {
             tracing::warn!("could not record the managers' addresses: {e}");
+        }
+    }
+}
+
+/// Keep this host's datastore heartbeat and its workloads' lock files
+/// fresh. Runs whether or not the lease is held: that is what lets the
+/// coordinator tell an isolated host from a dead one.
+pub async fn run_datastore(node: Arc<Node>) {
+    let Some(ds) = node.datastore.as_ref() else {
+        return;
+    };
+    let mut ticker =
+        tokio::time::interval(Duration::from_millis(crate::datastore::WRITE_INTERVAL_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq: u64 = node.clock.now_ms();
+    let mut locked: BTreeMap<String, Generation> = BTreeMap::new();
+    loop {
+        ticker.tick().await;
+        seq += 1;
+        let host = &node.identity.name;
+        let mut ok = ds.write_heartbeat(host, seq).is_ok();
+        let holding: BTreeMap<String, Generation> = node.supervisor.holding().into_iter().collect();
+        for (w, g) in &holding {
+            ok &= ds.write_lock(w, host, *g, seq).is_ok();
+        }
+        for w in locked.keys() {
+            if !holding.contains_key(w) {
+                ds.release_lock(w, host);
+            }
+        }
+        locked = holding;
+        if ok {
+            node.datastore_ok_at_ms
+                .store(node.clock.now_ms(), std::sync::atomic::Ordering::Relaxed);
+        } else {
+            tracing::warn!(
+                "datastore {}: writing heartbeat or locks failed",
+                ds.root().display()
+            );
         }
     }
 }

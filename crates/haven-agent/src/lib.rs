@@ -11,11 +11,14 @@ pub mod clock;
 pub mod config;
 pub mod coordinator;
 pub mod datadir;
+pub mod datastore;
+pub mod fence;
 pub mod heartbeat;
 pub mod node;
 pub mod rpc;
 pub mod server;
 pub mod supervisor;
+pub mod watchdog;
 
 pub use config::{AgentConfig, StartMode};
 pub use node::run;

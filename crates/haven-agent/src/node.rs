@@ -8,6 +8,7 @@ use haven_core::spec::check_name;
 use haven_core::state::{Command, CommandResult};
 use haven_drivers::process::ProcessDriver;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -20,6 +21,7 @@ use crate::datadir::{random_hex, DataDir, Identity, JoinToken};
 use crate::heartbeat::LeaseState;
 use crate::rpc;
 use crate::supervisor::Supervisor;
+use crate::watchdog::{Watchdog, WatchdogMode};
 
 /// How long a joining manager keeps asking to be made a voter.
 const PROMOTE_DEADLINE_MS: u64 = 60_000;
@@ -45,6 +47,12 @@ pub struct Node {
     pub lease: Mutex<LeaseState>,
     pub supervisor: Supervisor,
     pub datadir: DataDir,
+    pub datastore: Option<crate::datastore::Datastore>,
+    /// Monotonic ms of the last complete datastore write.
+    pub datastore_ok_at_ms: AtomicU64,
+    pub watchdog: Mutex<Option<Watchdog>>,
+    /// 0 without a watchdog.
+    pub watchdog_timeout_ms: u64,
 }
 
 impl Node {
@@ -62,6 +70,13 @@ impl Node {
         self.peers.lock().unwrap().leader_hint.clone()
     }
 
+    /// Did this host write the datastore recently (within a lease)?
+    pub fn datastore_ok(&self, now_ms: u64) -> bool {
+        self.datastore.is_some()
+            && now_ms.saturating_sub(self.datastore_ok_at_ms.load(Ordering::Relaxed))
+                < self.cfg.timing.lease_ms
+    }
+
     pub fn host_record(&self) -> HostRecord {
         HostRecord {
             name: self.identity.name.clone(),
@@ -71,6 +86,8 @@ impl Node {
             capacity: self.capacity,
             labels: self.cfg.labels.clone(),
             instance_id: self.identity.instance_id.clone(),
+            fence: self.cfg.fence.clone(),
+            watchdog_timeout_ms: self.watchdog_timeout_ms,
         }
     }
 }
@@ -185,6 +202,8 @@ pub async fn run(
                 capacity,
                 labels: cfg.labels.clone(),
                 instance_id: random_hex(16),
+                fence: cfg.fence.clone(),
+                watchdog_timeout_ms: 0,
             };
             let resp: JoinResponse = rpc::post(&http, target, "/v1/join", &req, false, Some(Duration::from_secs(15)))
                 .await
@@ -218,7 +237,26 @@ pub async fn run(
     let driver = ProcessDriver::new(cgroup_root.clone(), datadir.logs_dir())
         .with_context(|| format!("workload cgroups under {}", cgroup_root.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let supervisor = Supervisor::new(driver, cfg.stop_grace_ms);
+    let supervisor = Supervisor::new(driver, identity.name.clone(), cfg.stop_grace_ms);
+    let datastore = match &cfg.datastore {
+        Some(p) => Some(crate::datastore::Datastore::open(p).map_err(|e| anyhow!(e))?),
+        None => None,
+    };
+    let watchdog = match cfg.watchdog_mode {
+        WatchdogMode::Off => None,
+        WatchdogMode::Required => Some(
+            Watchdog::open(&cfg.watchdog_device, cfg.watchdog_timeout_ms)
+                .map_err(|e| anyhow!("--watchdog required: {e}"))?,
+        ),
+        WatchdogMode::Auto => match Watchdog::open(&cfg.watchdog_device, cfg.watchdog_timeout_ms) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::info!("no watchdog ({e}); continuing without one (--watchdog auto)");
+                None
+            }
+        },
+    };
+    let watchdog_timeout_ms = watchdog.as_ref().map_or(0, |w| w.timeout_ms);
     let adopted = supervisor.adopt()?;
     let lease = LeaseState::load(&datadir, clock.now_ms());
 
@@ -237,6 +275,10 @@ pub async fn run(
         lease: Mutex::new(lease),
         supervisor,
         datadir,
+        datastore,
+        datastore_ok_at_ms: AtomicU64::new(0),
+        watchdog: Mutex::new(watchdog),
+        watchdog_timeout_ms,
         identity,
         cfg,
     });
@@ -276,11 +318,15 @@ pub async fn run(
         tokio::spawn(crate::heartbeat::run(node.clone())),
         tokio::spawn(crate::supervisor::run(node.clone())),
         tokio::spawn(crate::coordinator::run(node.clone())),
+        tokio::spawn(crate::heartbeat::run_datastore(node.clone())),
     ];
     shutdown.await;
     tracing::info!("shutting down; workloads keep running (they are re-adopted at the next start)");
     for t in &tasks {
         t.abort();
+    }
+    if let Some(w) = node.watchdog.lock().unwrap().take() {
+        w.disarm();
     }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
@@ -304,6 +350,13 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus) -> Result<()> {
         },
         Command::SetJoinSecret {
             secret: token.secret.clone(),
+        },
+        Command::SetSettings {
+            settings: haven_core::model::ClusterSettings {
+                isolation_response: node.cfg.isolation_response,
+                shutdown_timeout_ms: node.cfg.shutdown_timeout_ms,
+            },
+            at_ms,
         },
         Command::RegisterHost {
             host: node.host_record(),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::*;
-use crate::coordinator::office_for;
+use crate::coordinator::{has_fresh_quorum, office_for};
 use crate::node::Node;
 use crate::rpc::NotLeaderBody;
 
@@ -174,6 +174,8 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::bod
         capacity: req.capacity,
         labels: req.labels.clone(),
         instance_id: req.instance_id.clone(),
+        fence: req.fence.clone(),
+        watchdog_timeout_ms: req.watchdog_timeout_ms,
     };
     match propose(
         &node,
@@ -288,17 +290,28 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
     let Some(term) = c.leader_term() else {
         return not_leader(&node);
     };
+    if !has_fresh_quorum(&node) {
+        // A leader cut off from the majority must not extend anyone's lease.
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} has lost contact with the majority of managers",
+                node.identity.name
+            ),
+        );
+    }
     let now = node.clock.now_ms();
-    let (known, desired) = c.read(|s| {
+    let (known, desired, shutdown_timeout_ms) = c.read(|s| {
         let known = s.hosts.get(&req.host).cloned();
         let desired: Vec<Desired> = s
             .assigned_to(&req.host)
             .map(|(w, a)| Desired {
                 spec: w.spec.clone(),
                 generation: a.generation,
+                isolation: s.isolation_response(&w.spec),
             })
             .collect();
-        (known, desired)
+        (known, desired, s.settings.shutdown_timeout_ms)
     });
     let Some(known) = known.filter(|k| k.instance_id == req.instance_id) else {
         return error(
@@ -312,17 +325,20 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
     {
         let mut slot = node.office.lock().unwrap();
         let office = office_for(&mut slot, term, now);
-        office.detector.on_ack(&req.host, now);
-        office
-            .observed
-            .insert(req.host.clone(), (now, req.observed));
+        office.on_heartbeat(&req.host, now, req.observed);
     }
-    if known.address != req.address || known.capacity != req.capacity || known.labels != req.labels
+    if known.address != req.address
+        || known.capacity != req.capacity
+        || known.labels != req.labels
+        || known.fence != req.fence
+        || known.watchdog_timeout_ms != req.watchdog_timeout_ms
     {
         let mut record = known.clone();
         record.address = req.address.clone();
         record.capacity = req.capacity;
         record.labels = req.labels.clone();
+        record.fence = req.fence.clone();
+        record.watchdog_timeout_ms = req.watchdog_timeout_ms;
         let node2 = node.clone();
         tokio::spawn(async move {
             let _ = propose(
@@ -341,6 +357,7 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
         term,
         managers: managers(&node),
         desired,
+        shutdown_timeout_ms,
     })
     .into_response()
 }
@@ -350,8 +367,6 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
         return forward::<()>(&node, &headers, reqwest::Method::GET, "/v1/status", None).await;
     };
     let term = c.leader_term().unwrap_or(0);
-    let now = node.clock.now_ms();
-    let timing = node.cfg.timing;
     let voters: Vec<u64> = c.voters().into_iter().map(|(id, _)| id).collect();
     let office = node.office.lock().unwrap();
     let office = office.as_ref().filter(|o| o.term == term);
@@ -363,16 +378,9 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                 name: h.name.clone(),
                 address: h.address.clone(),
                 role: h.role,
-                state: match office {
-                    Some(o)
-                        if o.detector.heard_from(&h.name)
-                            || o.detector.liveness(&h.name, now, &timing)
-                                != haven_core::liveness::Liveness::Online =>
-                    {
-                        liveness_str(o.detector.liveness(&h.name, now, &timing)).to_string()
-                    }
-                    _ => "unknown".to_string(),
-                },
+                state: office
+                    .map_or("unknown", |o| o.shown_state(&h.name))
+                    .to_string(),
                 capacity: h.capacity,
                 allocated: s.allocated(&h.name),
                 node_id: h.node_id,

@@ -1,26 +1,32 @@
 //! The agent side of the reconciler: make what runs on this host match what
-//! the coordinator wants, restart exits in place, and power off everything
-//! when the lease lapses (isolation response `power-off`, DESIGN.md §2.4).
+//! the coordinator wants, restart exits in place, and carry out the
+//! isolation response when the lease lapses (DESIGN.md §2.2, §2.4).
 //!
 //! `decide` is the pure decision; `Supervisor` holds the per-instance state
 //! and performs the decisions through the process driver.
 
-use haven_core::model::{Generation, InstanceState, Observed, WorkloadKind};
+use haven_core::model::{Generation, InstanceState, IsolationResponse, Observed, WorkloadKind};
 use haven_core::restart::{RestartDecision, RestartTracker};
+use haven_drivers::process::{InstanceKey, ProcessDriver};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::api::Desired;
+use crate::node::Node;
 
 /// What the agent may do right now, given its lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Authority {
-    /// Just started, no heartbeat acknowledged yet: touch nothing (adopted
-    /// workloads keep running; nothing new starts).
+    /// Just started, covered by the previous process's lease, no heartbeat
+    /// acknowledged yet: touch nothing (re-adopted workloads keep running;
+    /// nothing new starts).
     Unknown,
     /// Lease held; this is what the coordinator wants here.
     Held(BTreeMap<String, Generation>),
-    /// The lease lapsed: isolation response.
-    Lapsed,
+    /// The lease lapsed: isolation response. `datastore_ok`: this host still
+    /// writes the datastore, which `leave-running` needs.
+    Lapsed { datastore_ok: bool },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,15 +47,30 @@ pub enum Action {
         workload: String,
         generation: Generation,
     },
+    /// Graceful stop (not assigned here any more).
     Stop {
         workload: String,
         generation: Generation,
     },
-    /// Immediate power-off (isolation).
+    /// Isolation response `shutdown`: graceful, bounded by the cluster's
+    /// shutdown timeout.
+    Shutdown {
+        workload: String,
+        generation: Generation,
+    },
+    /// Isolation response `power-off`: at once.
     Kill {
         workload: String,
         generation: Generation,
     },
+}
+
+/// One local instance as `decide` sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Local {
+    pub generation: Generation,
+    pub phase: Phase,
+    pub isolation: IsolationResponse,
 }
 
 /// Pure decision for one tick. `local`: the one instance per workload this
@@ -58,29 +79,41 @@ pub enum Action {
 /// refused: DESIGN.md §2.1).
 pub fn decide(
     authority: &Authority,
-    local: &BTreeMap<String, (Generation, Phase)>,
+    local: &BTreeMap<String, Local>,
     highest_seen: &BTreeMap<String, Generation>,
     now_ms: u64,
 ) -> Vec<Action> {
     let mut out = vec![];
     match authority {
         Authority::Unknown => {}
-        Authority::Lapsed => {
-            for (w, (generation, phase)) in local {
-                if !matches!(phase, Phase::Stopping) {
-                    out.push(Action::Kill {
-                        workload: w.clone(),
-                        generation: *generation,
-                    });
+        Authority::Lapsed { datastore_ok } => {
+            for (w, l) in local {
+                let (workload, generation) = (w.clone(), l.generation);
+                match (l.phase, l.isolation) {
+                    (Phase::Stopping, _) => {}
+                    // Not running: nothing to keep; clear it away.
+                    (Phase::Failed | Phase::Restarting { .. }, _) => out.push(Action::Kill {
+                        workload,
+                        generation,
+                    }),
+                    (Phase::Running, IsolationResponse::LeaveRunning) if *datastore_ok => {}
+                    (Phase::Running, IsolationResponse::Shutdown) => out.push(Action::Shutdown {
+                        workload,
+                        generation,
+                    }),
+                    (Phase::Running, _) => out.push(Action::Kill {
+                        workload,
+                        generation,
+                    }),
                 }
             }
         }
         Authority::Held(desired) => {
-            for (w, (generation, phase)) in local {
-                if desired.get(w) != Some(generation) && *phase != Phase::Stopping {
+            for (w, l) in local {
+                if desired.get(w) != Some(&l.generation) && l.phase != Phase::Stopping {
                     out.push(Action::Stop {
                         workload: w.clone(),
-                        generation: *generation,
+                        generation: l.generation,
                     });
                 }
             }
@@ -90,7 +123,9 @@ pub fn decide(
                 }
                 let start = match local.get(w) {
                     None => true,
-                    Some((g, Phase::Restarting { at_ms })) if g == generation => now_ms >= *at_ms,
+                    Some(l) if l.generation == *generation => {
+                        matches!(l.phase, Phase::Restarting { at_ms } if now_ms >= at_ms)
+                    }
                     Some(_) => false,
                 };
                 if start {
@@ -109,11 +144,11 @@ pub fn decide(
 pub struct Instance {
     pub generation: Generation,
     pub phase: Phase,
+    pub isolation: IsolationResponse,
     pub tracker: RestartTracker,
     pub pid: Option<u32>,
     pub restarts: u32,
     pub detail: Option<String>,
-    pub spec: Option<Desired>,
 }
 
 impl Instance {
@@ -159,93 +194,6 @@ pub fn command_of(d: &Desired) -> (&[String], &BTreeMap<String, String>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn g(n: u64) -> Generation {
-        Generation(n)
-    }
-
-    #[test]
-    fn unknown_authority_touches_nothing() {
-        let local = BTreeMap::from([("a".to_string(), (g(1), Phase::Running))]);
-        assert!(decide(&Authority::Unknown, &local, &BTreeMap::new(), 0).is_empty());
-    }
-
-    #[test]
-    fn lapsed_lease_kills_everything() {
-        let local = BTreeMap::from([
-            ("a".to_string(), (g(1), Phase::Running)),
-            ("b".to_string(), (g(2), Phase::Restarting { at_ms: 5 })),
-        ]);
-        let acts = decide(&Authority::Lapsed, &local, &BTreeMap::new(), 0);
-        assert_eq!(acts.len(), 2);
-        assert!(acts.iter().all(|a| matches!(a, Action::Kill { .. })));
-    }
-
-    #[test]
-    fn moved_or_deleted_workloads_stop_and_new_ones_start() {
-        let local = BTreeMap::from([
-            ("moved".to_string(), (g(1), Phase::Running)),
-            ("kept".to_string(), (g(3), Phase::Running)),
-        ]);
-        let desired = BTreeMap::from([("kept".to_string(), g(3)), ("new".to_string(), g(1))]);
-        let acts = decide(&Authority::Held(desired), &local, &BTreeMap::new(), 0);
-        assert_eq!(
-            acts,
-            vec![
-                Action::Stop {
-                    workload: "moved".into(),
-                    generation: g(1)
-                },
-                Action::Start {
-                    workload: "new".into(),
-                    generation: g(1)
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn new_generation_waits_for_old_instance_to_stop() {
-        let local = BTreeMap::from([("a".to_string(), (g(1), Phase::Stopping))]);
-        let desired = BTreeMap::from([("a".to_string(), g(2))]);
-        assert!(decide(&Authority::Held(desired), &local, &BTreeMap::new(), 0).is_empty());
-    }
-
-    #[test]
-    fn stale_generation_is_refused() {
-        let desired = BTreeMap::from([("a".to_string(), g(2))]);
-        let seen = BTreeMap::from([("a".to_string(), g(3))]);
-        assert!(decide(&Authority::Held(desired), &BTreeMap::new(), &seen, 0).is_empty());
-    }
-
-    #[test]
-    fn restart_waits_for_backoff() {
-        let local = BTreeMap::from([("a".to_string(), (g(1), Phase::Restarting { at_ms: 100 }))]);
-        let desired = BTreeMap::from([("a".to_string(), g(1))]);
-        let held = Authority::Held(desired);
-        assert!(decide(&held, &local, &BTreeMap::new(), 99).is_empty());
-        assert_eq!(decide(&held, &local, &BTreeMap::new(), 100).len(), 1);
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Runtime: performs the decisions through the process driver.
-
-use haven_drivers::process::{InstanceKey, ProcessDriver};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use crate::node::Node;
-
-pub struct Supervisor {
-    driver: Arc<ProcessDriver>,
-    stop_grace_ms: u64,
-    instances: Arc<Mutex<BTreeMap<String, Instance>>>,
-}
-
 fn key(workload: &str, generation: Generation) -> InstanceKey {
     InstanceKey {
         workload: workload.to_owned(),
@@ -253,10 +201,18 @@ fn key(workload: &str, generation: Generation) -> InstanceKey {
     }
 }
 
+pub struct Supervisor {
+    driver: Arc<ProcessDriver>,
+    host: String,
+    stop_grace_ms: u64,
+    instances: Arc<Mutex<BTreeMap<String, Instance>>>,
+}
+
 impl Supervisor {
-    pub fn new(driver: ProcessDriver, stop_grace_ms: u64) -> Supervisor {
+    pub fn new(driver: ProcessDriver, host: String, stop_grace_ms: u64) -> Supervisor {
         Supervisor {
             driver: Arc::new(driver),
+            host,
             stop_grace_ms,
             instances: Arc::new(Mutex::new(BTreeMap::new())),
         }
@@ -290,11 +246,11 @@ impl Supervisor {
                 Instance {
                     generation: info.key.generation,
                     phase: Phase::Running,
+                    isolation: IsolationResponse::PowerOff,
                     tracker: RestartTracker::new(Default::default()),
                     pid: info.pids.first().copied(),
                     restarts: 0,
                     detail: Some("re-adopted after agent restart".into()),
-                    spec: None,
                 },
             );
         }
@@ -310,14 +266,44 @@ impl Supervisor {
             .collect()
     }
 
+    /// (workload, generation) of instances whose processes may be running:
+    /// what the datastore lock files must cover.
+    pub fn holding(&self) -> Vec<(String, Generation)> {
+        self.instances
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, i)| !matches!(i.phase, Phase::Failed))
+            .map(|(w, i)| (w.clone(), i.generation))
+            .collect()
+    }
+
+    /// Whether any instance is left running under `leave-running`.
+    pub fn leaves_running(&self) -> bool {
+        self.instances
+            .lock()
+            .unwrap()
+            .values()
+            .any(|i| i.isolation == IsolationResponse::LeaveRunning && i.phase == Phase::Running)
+    }
+
     fn tick(
         &self,
         authority: &Authority,
         desired: &[Desired],
         highest_seen: &BTreeMap<String, Generation>,
+        shutdown_timeout_ms: u64,
         now_ms: u64,
     ) {
         let mut map = self.instances.lock().unwrap();
+        // The coordinator's current isolation response per instance.
+        for d in desired {
+            if let Some(i) = map.get_mut(&d.spec.name) {
+                if i.generation == d.generation {
+                    i.isolation = d.isolation;
+                }
+            }
+        }
         // Notice exits: the main process ended (known for instances this
         // agent started), or the group emptied (adopted ones). What the main
         // process left behind in its group is killed, as a unit.
@@ -351,88 +337,114 @@ impl Supervisor {
         }
         let local = map
             .iter()
-            .map(|(w, i)| (w.clone(), (i.generation, i.phase)))
+            .map(|(w, i)| {
+                (
+                    w.clone(),
+                    Local {
+                        generation: i.generation,
+                        phase: i.phase,
+                        isolation: i.isolation,
+                    },
+                )
+            })
             .collect();
         for action in decide(authority, &local, highest_seen, now_ms) {
-            let immediate = matches!(action, Action::Kill { .. });
-            match action {
+            let (workload, generation, how) = match action {
                 Action::Start {
                     workload,
                     generation,
                 } => {
-                    let Some(d) = desired.iter().find(|d| d.spec.name == workload) else {
-                        continue;
-                    };
-                    let k = key(&workload, generation);
-                    let _ = self.driver.cleanup(&k);
-                    let (command, env) = command_of(d);
-                    let entry = map.entry(workload.clone()).or_insert_with(|| Instance {
-                        generation,
-                        phase: Phase::Running,
-                        tracker: RestartTracker::new(d.spec.restart),
-                        pid: None,
-                        restarts: 0,
-                        detail: None,
-                        spec: Some(d.clone()),
-                    });
-                    let restarting = matches!(entry.phase, Phase::Restarting { .. });
-                    if restarting {
-                        entry.restarts += 1;
-                    }
-                    match self.driver.start(&k, command, env) {
-                        Ok(pid) => {
-                            tracing::info!("started {k} pid {pid}");
-                            entry.phase = Phase::Running;
-                            entry.pid = Some(pid);
-                            entry.detail = None;
-                        }
-                        Err(e) => {
-                            tracing::warn!("start of {k} failed: {e}");
-                            entry.on_exit(now_ms, format!("start failed: {e}"));
-                        }
-                    }
+                    self.start(&mut map, desired, &workload, generation, now_ms);
+                    continue;
                 }
                 Action::Stop {
                     workload,
                     generation,
-                }
-                | Action::Kill {
+                } => (workload, generation, StopHow::Graceful(self.stop_grace_ms)),
+                Action::Shutdown {
                     workload,
                     generation,
-                } => {
-                    if let Some(i) = map.get_mut(&workload) {
-                        i.phase = Phase::Stopping;
-                        i.detail = Some(if immediate {
-                            "lease lost: powering off (isolation response)".into()
-                        } else {
-                            "no longer assigned here".into()
-                        });
-                    }
-                    let driver = self.driver.clone();
-                    let instances = self.instances.clone();
-                    let grace = Duration::from_millis(self.stop_grace_ms);
-                    tokio::spawn(async move {
-                        let k = key(&workload, generation);
-                        let r = if immediate {
-                            driver.kill(&k).await
-                        } else {
-                            driver.stop(&k, grace).await
-                        };
-                        match r {
-                            Ok(()) => {
-                                tracing::info!("stopped {k}");
-                                let mut m = instances.lock().unwrap();
-                                if m.get(&workload).is_some_and(|i| i.generation == generation) {
-                                    m.remove(&workload);
-                                }
-                            }
-                            Err(e) => tracing::error!("could not stop {k}: {e}"),
+                } => (workload, generation, StopHow::Graceful(shutdown_timeout_ms)),
+                Action::Kill {
+                    workload,
+                    generation,
+                } => (workload, generation, StopHow::Kill),
+            };
+            if let Some(i) = map.get_mut(&workload) {
+                i.phase = Phase::Stopping;
+                i.detail = Some(match (&how, authority) {
+                    (_, Authority::Lapsed { .. }) => "lease lost: isolation response".to_string(),
+                    _ => "no longer assigned here".to_string(),
+                });
+            }
+            let driver = self.driver.clone();
+            let instances = self.instances.clone();
+            tokio::spawn(async move {
+                let k = key(&workload, generation);
+                let r = match how {
+                    StopHow::Kill => driver.kill(&k).await,
+                    StopHow::Graceful(ms) => driver.stop(&k, Duration::from_millis(ms)).await,
+                };
+                match r {
+                    Ok(()) => {
+                        tracing::info!("stopped {k}");
+                        let mut m = instances.lock().unwrap();
+                        if m.get(&workload).is_some_and(|i| i.generation == generation) {
+                            m.remove(&workload);
                         }
-                    });
+                    }
+                    Err(e) => tracing::error!("could not stop {k}: {e}"),
                 }
+            });
+        }
+    }
+
+    fn start(
+        &self,
+        map: &mut BTreeMap<String, Instance>,
+        desired: &[Desired],
+        workload: &str,
+        generation: Generation,
+        now_ms: u64,
+    ) {
+        let Some(d) = desired.iter().find(|d| d.spec.name == workload) else {
+            return;
+        };
+        let k = key(workload, generation);
+        let _ = self.driver.cleanup(&k);
+        let (command, env) = command_of(d);
+        let mut env = env.clone();
+        env.insert("HAVEN_HOST".into(), self.host.clone());
+        let entry = map.entry(workload.to_owned()).or_insert_with(|| Instance {
+            generation,
+            phase: Phase::Running,
+            isolation: d.isolation,
+            tracker: RestartTracker::new(d.spec.restart),
+            pid: None,
+            restarts: 0,
+            detail: None,
+        });
+        if matches!(entry.phase, Phase::Restarting { .. }) {
+            entry.restarts += 1;
+        }
+        match self.driver.start(&k, command, &env) {
+            Ok(pid) => {
+                tracing::info!("started {k} pid {pid}");
+                entry.phase = Phase::Running;
+                entry.pid = Some(pid);
+                entry.detail = None;
+            }
+            Err(e) => {
+                tracing::warn!("start of {k} failed: {e}");
+                entry.on_exit(now_ms, format!("start failed: {e}"));
             }
         }
     }
+}
+
+enum StopHow {
+    Kill,
+    Graceful(u64),
 }
 
 pub async fn run(node: Arc<Node>) {
@@ -443,14 +455,164 @@ pub async fn run(node: Arc<Node>) {
     loop {
         ticker.tick().await;
         let now = node.clock.now_ms();
-        let (authority, desired, seen) = {
+        let datastore_ok = node.datastore_ok(now);
+        let (authority, desired, seen, shutdown_timeout_ms) = {
             let l = node.lease.lock().unwrap();
             (
-                l.authority(now, &timing),
+                l.authority(now, &timing, datastore_ok),
                 l.desired.clone().unwrap_or_default(),
                 l.highest_seen.clone(),
+                l.shutdown_timeout_ms,
             )
         };
-        node.supervisor.tick(&authority, &desired, &seen, now);
+        node.supervisor
+            .tick(&authority, &desired, &seen, shutdown_timeout_ms, now);
+        // Pet the watchdog only while the lease allows running workloads:
+        // a hung agent, or one cut off without leave-running, gets reset.
+        if let Some(w) = node.watchdog.lock().unwrap().as_mut() {
+            let pet = match authority {
+                Authority::Held(_) | Authority::Unknown => true,
+                Authority::Lapsed { datastore_ok } => {
+                    datastore_ok && node.supervisor.leaves_running()
+                }
+            };
+            if pet {
+                if let Err(e) = w.pet() {
+                    tracing::error!("{e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(n: u64) -> Generation {
+        Generation(n)
+    }
+
+    fn l(generation: u64, phase: Phase) -> Local {
+        Local {
+            generation: g(generation),
+            phase,
+            isolation: IsolationResponse::PowerOff,
+        }
+    }
+
+    #[test]
+    fn unknown_authority_touches_nothing() {
+        let local = BTreeMap::from([("a".to_string(), l(1, Phase::Running))]);
+        assert!(decide(&Authority::Unknown, &local, &BTreeMap::new(), 0).is_empty());
+    }
+
+    #[test]
+    fn lapsed_lease_carries_out_each_isolation_response() {
+        let mut local = BTreeMap::from([
+            ("off".to_string(), l(1, Phase::Running)),
+            (
+                "restarting".to_string(),
+                l(2, Phase::Restarting { at_ms: 5 }),
+            ),
+        ]);
+        local.insert(
+            "graceful".into(),
+            Local {
+                isolation: IsolationResponse::Shutdown,
+                ..l(1, Phase::Running)
+            },
+        );
+        local.insert(
+            "stay".into(),
+            Local {
+                isolation: IsolationResponse::LeaveRunning,
+                ..l(1, Phase::Running)
+            },
+        );
+        let acts = decide(
+            &Authority::Lapsed { datastore_ok: true },
+            &local,
+            &BTreeMap::new(),
+            0,
+        );
+        assert_eq!(
+            acts,
+            vec![
+                Action::Shutdown {
+                    workload: "graceful".into(),
+                    generation: g(1)
+                },
+                Action::Kill {
+                    workload: "off".into(),
+                    generation: g(1)
+                },
+                Action::Kill {
+                    workload: "restarting".into(),
+                    generation: g(2)
+                },
+            ]
+        );
+        // Without a datastore, leave-running cannot be honoured: power off.
+        let acts = decide(
+            &Authority::Lapsed {
+                datastore_ok: false,
+            },
+            &local,
+            &BTreeMap::new(),
+            0,
+        );
+        assert!(acts.contains(&Action::Kill {
+            workload: "stay".into(),
+            generation: g(1)
+        }));
+    }
+
+    #[test]
+    fn moved_or_deleted_workloads_stop_and_new_ones_start() {
+        let local = BTreeMap::from([
+            ("moved".to_string(), l(1, Phase::Running)),
+            ("kept".to_string(), l(3, Phase::Running)),
+        ]);
+        let desired = BTreeMap::from([("kept".to_string(), g(3)), ("new".to_string(), g(1))]);
+        let acts = decide(&Authority::Held(desired), &local, &BTreeMap::new(), 0);
+        assert_eq!(
+            acts,
+            vec![
+                Action::Stop {
+                    workload: "moved".into(),
+                    generation: g(1)
+                },
+                Action::Start {
+                    workload: "new".into(),
+                    generation: g(1)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn new_generation_waits_for_old_instance_to_stop() {
+        let local = BTreeMap::from([("a".to_string(), l(1, Phase::Stopping))]);
+        let desired = BTreeMap::from([("a".to_string(), g(2))]);
+        assert!(decide(&Authority::Held(desired), &local, &BTreeMap::new(), 0).is_empty());
+    }
+
+    #[test]
+    fn stale_generation_is_refused() {
+        let desired = BTreeMap::from([("a".to_string(), g(2))]);
+        let seen = BTreeMap::from([("a".to_string(), g(3))]);
+        assert!(decide(&Authority::Held(desired), &BTreeMap::new(), &seen, 0).is_empty());
+    }
+
+    #[test]
+    fn restart_waits_for_backoff_and_failed_stays_failed() {
+        let local = BTreeMap::from([("a".to_string(), l(1, Phase::Restarting { at_ms: 100 }))]);
+        let desired = BTreeMap::from([("a".to_string(), g(1))]);
+        let held = Authority::Held(desired);
+        assert!(decide(&held, &local, &BTreeMap::new(), 99).is_empty());
+        assert_eq!(decide(&held, &local, &BTreeMap::new(), 100).len(), 1);
+        let local = BTreeMap::from([("a".to_string(), l(1, Phase::Failed))]);
+        assert!(decide(&held, &local, &BTreeMap::new(), 100).is_empty());
     }
 }

@@ -17,6 +17,8 @@ pub mod store;
 
 pub use consensus::{Consensus, ConsensusConfig, MEMBERSHIP_CHANGE_TIMEOUT_MS, PROPOSE_TIMEOUT_MS};
 pub use error::{ConsensusError, ProposeError};
+/// Types that appear in this crate's API, so users need not depend on openraft.
+pub use openraft::{BasicNode, RaftMetrics, ServerState};
 
 use haven_core::model::NodeId;
 use haven_core::state::{Command, CommandResult};
@@ -41,3 +43,30 @@ openraft::declare_raft_types!(
 
 /// The openraft handle type used by this crate.
 pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Compile-time checks: the agent calls these from axum handlers and spawned
+/// tasks, which need `Send` futures.
+#[cfg(test)]
+mod send_checks {
+    use super::*;
+    use std::time::Duration;
+
+    fn is_send<T: Send>(_: &T) {}
+
+    #[allow(dead_code)]
+    fn futures_are_send(c: &Consensus, cmd: Command) {
+        is_send(c);
+        is_send(&c.propose(cmd));
+        is_send(&c.initialize("127.0.0.1:1"));
+        is_send(&c.add_voter(2, "127.0.0.1:2"));
+        is_send(&c.remove_voter(2));
+        is_send(&c.wait_for_leader(Duration::from_millis(1)));
+        is_send(&c.compact(Duration::from_millis(1)));
+        is_send(&c.shutdown());
+        is_send(&Consensus::open(
+            std::path::Path::new("/"),
+            1,
+            ConsensusConfig::default(),
+        ));
+    }
+}

@@ -21,6 +21,8 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Bound on establishing a TCP connection to a peer. Peers are on the
@@ -28,7 +30,8 @@ use std::time::Duration;
 pub const CONNECT_TIMEOUT_MS: u64 = 500;
 
 /// Upper bound on an append-entries or vote request. Openraft passes its
-/// own (shorter) deadline in `RPCOption`, which is used when smaller.
+/// own deadline in `RPCOption` (derived from the heartbeat interval or the
+/// election timeout), which is used when smaller.
 pub const RPC_TIMEOUT_MAX_MS: u64 = 2_000;
 
 /// Largest request body the routes accept. Snapshot chunks are at most
@@ -41,6 +44,13 @@ pub const RAFT_BODY_LIMIT_BYTES: usize = 32 * 1024 * 1024;
 /// `snapshot_max_chunk_size`).
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 
+/// After this many consecutive timed-out RPCs to a peer, a timeout is
+/// reported as `Unreachable` so that openraft backs off. A host that lost
+/// power or dropped off the network does not refuse connections: its SYNs
+/// just go unanswered, and openraft's per-RPC deadline (the heartbeat
+/// interval for appends) expires long before any connect timeout.
+const TIMEOUTS_BEFORE_UNREACHABLE: u32 = 3;
+
 /// Idle keep-alive connections to peers are closed after this, so a
 /// restarted peer is not reached through a stale connection for long.
 const POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
@@ -50,6 +60,29 @@ const POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
 #[derive(Clone)]
 pub struct HttpNetwork {
     client: reqwest::Client,
+    timeouts: PeerTimeouts,
+}
+
+/// Consecutive timed-out RPCs per peer, shared by every client openraft
+/// creates for that peer (it creates one per heartbeat round, so the count
+/// cannot live in the client).
+#[derive(Clone, Default)]
+struct PeerTimeouts(Arc<Mutex<HashMap<NodeId, u32>>>);
+
+impl PeerTimeouts {
+    fn record_timeout(&self, peer: NodeId) -> u32 {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(peer).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn record_answer(&self, peer: NodeId) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer);
+    }
 }
 
 impl HttpNetwork {
@@ -63,7 +96,10 @@ impl HttpNetwork {
             // taken from the environment.
             .no_proxy()
             .build()?;
-        Ok(HttpNetwork { client })
+        Ok(HttpNetwork {
+            client,
+            timeouts: PeerTimeouts::default(),
+        })
     }
 }
 
@@ -73,6 +109,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpPeer {
         HttpPeer {
             client: self.client.clone(),
+            timeouts: self.timeouts.clone(),
             target,
             addr: node.addr.clone(),
         }
@@ -82,6 +119,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 /// The connection to one peer, at the address its membership entry records.
 pub struct HttpPeer {
     client: reqwest::Client,
+    timeouts: PeerTimeouts,
     target: NodeId,
     addr: String,
 }
@@ -107,14 +145,19 @@ impl HttpPeer {
             .send()
             .await
             .map_err(|e| {
-                if e.is_connect() {
-                    // Nobody listening (or no route): openraft backs off
-                    // instead of retrying at once.
+                let unreachable = e.is_connect()
+                    || (e.is_timeout()
+                        && self.timeouts.record_timeout(self.target)
+                            >= TIMEOUTS_BEFORE_UNREACHABLE);
+                if unreachable {
+                    // Nobody listening, no route, or silent for a while:
+                    // openraft backs off instead of retrying at once.
                     RPCError::Unreachable(Unreachable::new(&e))
                 } else {
                     RPCError::Network(NetworkError::new(&e))
                 }
             })?;
+        self.timeouts.record_answer(self.target);
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
@@ -133,9 +176,12 @@ impl HttpPeer {
     }
 }
 
+/// Deadline of one HTTP request: openraft's soft TTL, so that our timeout
+/// fires (and is counted, see `TIMEOUTS_BEFORE_UNREACHABLE`) before
+/// openraft cancels the call at the hard TTL.
 fn rpc_timeout(option: &RPCOption) -> Duration {
     option
-        .hard_ttl()
+        .soft_ttl()
         .min(Duration::from_millis(RPC_TIMEOUT_MAX_MS))
 }
 
@@ -157,8 +203,9 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         // A chunk carries up to SNAPSHOT_CHUNK_BYTES and the last one is
-        // installed before the reply: openraft's snapshot deadline applies.
-        self.post("snapshot", &rpc, option.hard_ttl()).await
+        // installed before the reply: openraft's snapshot deadline applies,
+        // not RPC_TIMEOUT_MAX_MS.
+        self.post("snapshot", &rpc, option.soft_ttl()).await
     }
 
     async fn vote(

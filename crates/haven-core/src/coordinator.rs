@@ -1,86 +1,172 @@
 //! The coordinator's decisions for one tick, as a pure function.
 //!
-//! Input: the replicated state, each host's liveness as this coordinator
-//! sees it, and the wall-clock time to stamp decisions with. Output: the
-//! Raft commands to propose, in order. The agent runs this on the Raft
-//! leader every heartbeat interval; the simulator runs the same function.
+//! Input: the replicated state, what this coordinator observes of each host
+//! (silence, fencing, datastore heartbeat), which lock files are still held,
+//! which instances their hosts report failed, and the wall-clock time to
+//! stamp decisions with. Output: the Raft commands to propose, in order. The
+//! agent runs this on the Raft leader every heartbeat interval; the
+//! simulator runs the same function.
 
-use crate::liveness::Liveness;
-use crate::model::Priority;
+use crate::liveness::{HostObservation, HostState, Timing};
+use crate::model::{Generation, IsolationResponse, Priority};
 use crate::placement::{self, HostView, Unplaced};
 use crate::state::{ClusterState, Command};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// What the coordinator knows of a host's liveness right now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostLiveness {
-    pub liveness: Liveness,
-    /// Heard from during this coordinator's term: only such hosts get new
-    /// workloads.
-    pub heard: bool,
-    pub silence_ms: u64,
+pub struct TickInput<'a> {
+    pub state: &'a ClusterState,
+    pub hosts: &'a BTreeMap<String, HostObservation>,
+    pub timing: &'a Timing,
+    /// (workload, generation) whose lock file its host still refreshes on
+    /// the datastore.
+    pub fresh_locks: &'a BTreeSet<(String, Generation)>,
+    /// Instances reported `failed` by their host at the current generation:
+    /// (workload, generation, why).
+    pub failed: &'a [(String, Generation, String)],
+    pub at_ms: u64,
 }
 
-pub fn tick(
-    state: &ClusterState,
-    hosts: &BTreeMap<String, HostLiveness>,
-    at_ms: u64,
-) -> Vec<Command> {
-    let live = |h: &str| hosts.get(h).copied();
-    let failed = |h: &str| live(h).is_some_and(|l| l.liveness == Liveness::Failed);
+/// Why a workload on a silent host may (or may not yet) be restarted
+/// elsewhere. `None`: not yet.
+pub fn may_reassign(
+    input: &TickInput<'_>,
+    host: &HostObservation,
+    workload: &str,
+    generation: Generation,
+    isolation: IsolationResponse,
+    priority: Priority,
+) -> Option<String> {
+    if priority == Priority::Disabled {
+        return None;
+    }
+    if host.fenced {
+        return Some("its host was fenced (confirmed off)".into());
+    }
+    let extra_ms = match isolation {
+        IsolationResponse::Shutdown => input.state.settings.shutdown_timeout_ms,
+        _ => 0,
+    };
+    let wait_ms = host.failed_after_ms(input.timing) + extra_ms;
+    if host.silence_ms < wait_ms {
+        return None;
+    }
+    if isolation == IsolationResponse::LeaveRunning
+        && input
+            .fresh_locks
+            .contains(&(workload.to_owned(), generation))
+    {
+        // Cut off but alive: its host keeps it running (DESIGN.md §2.4).
+        return None;
+    }
+    Some(format!(
+        "no heartbeat acknowledged for {} ms (lease + margin{}{} = {wait_ms} ms)",
+        host.silence_ms,
+        if host.watchdog_timeout_ms > 0 {
+            " + watchdog"
+        } else {
+            ""
+        },
+        if extra_ms > 0 {
+            " + shutdown timeout"
+        } else {
+            ""
+        },
+    ))
+}
 
-    // 1. Workloads of failed hosts are taken off them, except `disabled`
-    //    ones, which stay with their host until it returns.
-    let mut unassign: BTreeMap<String, Vec<_>> = BTreeMap::new();
-    for w in state.workloads.values() {
-        if let Some(a) = &w.assignment {
-            if failed(&a.host) && w.spec.priority != Priority::Disabled {
-                unassign
-                    .entry(a.host.clone())
-                    .or_default()
-                    .push((w.spec.name.clone(), w.generation));
+pub fn tick(input: &TickInput<'_>) -> Vec<Command> {
+    let state = input.state;
+    let obs = |h: &str| input.hosts.get(h).copied().unwrap_or_default();
+    let mut cmds = vec![];
+
+    // 1. Instances their host reports failed move elsewhere.
+    let mut freed: BTreeSet<&str> = BTreeSet::new();
+    let mut avoid: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (name, generation, why) in input.failed {
+        if let Some(w) = state.workloads.get(name) {
+            if let (true, Some(a)) = (w.generation == *generation, &w.assignment) {
+                let mut hosts = w.failed_hosts.clone();
+                hosts.push(a.host.clone());
+                avoid.insert(w.spec.name.as_str(), hosts);
+                cmds.push(Command::FailedOn {
+                    workload: name.clone(),
+                    generation: *generation,
+                    reason: why.clone(),
+                    at_ms: input.at_ms,
+                });
+                freed.insert(name.as_str());
             }
         }
     }
 
-    // 2. Place everything without a host (including what step 1 frees) on
-    //    hosts that are online and heard from.
+    // 2. Workloads of hosts that are gone, once the rules allow.
+    let mut unassign: BTreeMap<(String, String), Vec<(String, Generation)>> = BTreeMap::new();
+    for w in state.workloads.values() {
+        let Some(a) = &w.assignment else { continue };
+        if freed.contains(w.spec.name.as_str()) {
+            continue;
+        }
+        let h = obs(&a.host);
+        if h.state(input.timing) == HostState::Online
+            || h.state(input.timing) == HostState::Suspect && !h.fenced
+        {
+            continue;
+        }
+        let isolation = state.isolation_response(&w.spec);
+        if let Some(why) = may_reassign(
+            input,
+            &h,
+            &w.spec.name,
+            w.generation,
+            isolation,
+            w.spec.priority,
+        ) {
+            unassign
+                .entry((a.host.clone(), why))
+                .or_default()
+                .push((w.spec.name.clone(), w.generation));
+        }
+    }
+    for ((host, why), workloads) in unassign {
+        for (n, _) in &workloads {
+            if let Some(w) = state.workloads.get(n) {
+                freed.insert(w.spec.name.as_str());
+            }
+        }
+        cmds.push(Command::Unassign {
+            workloads,
+            reason: format!(
+                "host {host} is {}: {why}",
+                obs(&host).state(input.timing).as_str()
+            ),
+            at_ms: input.at_ms,
+        });
+    }
+
+    // 3. Place everything without a host on online hosts heard from.
     let views: Vec<HostView> = state
         .hosts
         .values()
-        .map(|h| HostView {
-            name: h.name.clone(),
-            capacity: h.capacity,
-            allocated: state.allocated(&h.name),
-            eligible: live(&h.name).is_some_and(|l| l.liveness == Liveness::Online && l.heard),
+        .map(|h| {
+            let o = obs(&h.name);
+            HostView {
+                name: h.name.clone(),
+                capacity: h.capacity,
+                allocated: state.allocated_excluding(&h.name, &freed),
+                eligible: o.heard && o.state(input.timing) == HostState::Online,
+            }
         })
-        .collect();
-    let freed: Vec<&str> = unassign
-        .values()
-        .flatten()
-        .map(|(n, _)| n.as_str())
         .collect();
     let unplaced: Vec<Unplaced> = state
         .workloads
         .values()
-        .filter(|w| w.assignment.is_none() || freed.contains(&w.spec.name.as_str()))
+        .filter(|w| w.assignment.is_none() || freed.contains(w.spec.name.as_str()))
         .map(|w| Unplaced {
             spec: &w.spec,
             generation: w.generation,
+            avoid: avoid.get(w.spec.name.as_str()).unwrap_or(&w.failed_hosts),
         })
         .collect();
-
-    let mut cmds = vec![];
-    for (host, workloads) in unassign {
-        let silence = live(&host).map(|l| l.silence_ms).unwrap_or(0);
-        cmds.push(Command::Unassign {
-            workloads,
-            reason: format!(
-                "host {host} failed: no heartbeat acknowledged for {silence} ms (lease + margin passed)"
-            ),
-            at_ms,
-        });
-    }
     if unplaced.is_empty() {
         return cmds;
     }
@@ -88,7 +174,7 @@ pub fn tick(
     if !plan.placements.is_empty() {
         cmds.push(Command::Place {
             placements: plan.placements,
-            at_ms,
+            at_ms: input.at_ms,
         });
     }
     for (workload, reason) in plan.pending {
@@ -100,7 +186,7 @@ pub fn tick(
             cmds.push(Command::SetPending {
                 workload,
                 reason,
-                at_ms,
+                at_ms: input.at_ms,
             });
         }
     }
@@ -124,6 +210,8 @@ mod tests {
             },
             labels: Default::default(),
             instance_id: name.into(),
+            fence: None,
+            watchdog_timeout_ms: 0,
         }
     }
 
@@ -138,118 +226,237 @@ mod tests {
             memory_mib: 256,
             priority,
             restart: RestartPolicy::default(),
+            isolation_response: None,
         }
     }
 
-    fn live(l: Liveness) -> HostLiveness {
-        HostLiveness {
-            liveness: l,
+    fn online() -> HostObservation {
+        HostObservation {
             heard: true,
-            silence_ms: 0,
+            ..Default::default()
         }
     }
 
-    fn cluster() -> ClusterState {
-        let mut s = ClusterState::default();
-        s.apply(&Command::InitCluster {
-            cluster_id: "c".into(),
-            at_ms: 0,
-        });
-        for (i, h) in ["h1", "h2"].iter().enumerate() {
-            s.apply(&Command::RegisterHost {
-                host: host(h, i as u64 + 1),
+    fn silent(ms: u64) -> HostObservation {
+        HostObservation {
+            heard: true,
+            silence_ms: ms,
+            ..Default::default()
+        }
+    }
+
+    struct World {
+        s: ClusterState,
+        hosts: BTreeMap<String, HostObservation>,
+        locks: BTreeSet<(String, Generation)>,
+        failed: Vec<(String, Generation, String)>,
+        timing: Timing,
+    }
+
+    impl World {
+        fn new(specs: Vec<WorkloadSpec>) -> World {
+            let mut s = ClusterState::default();
+            s.apply(&Command::InitCluster {
+                cluster_id: "c".into(),
                 at_ms: 0,
             });
+            for (i, h) in ["h1", "h2"].iter().enumerate() {
+                s.apply(&Command::RegisterHost {
+                    host: host(h, i as u64 + 1),
+                    at_ms: 0,
+                });
+            }
+            s.apply(&Command::ApplyWorkloads {
+                specs,
+                source: "t".into(),
+                at_ms: 0,
+            });
+            World {
+                s,
+                hosts: BTreeMap::new(),
+                locks: BTreeSet::new(),
+                failed: vec![],
+                timing: Timing::default(),
+            }
         }
-        s.apply(&Command::ApplyWorkloads {
-            specs: vec![
-                spec("web", Priority::High),
-                spec("batch", Priority::Disabled),
-            ],
-            source: "t".into(),
-            at_ms: 0,
-        });
-        s
+
+        fn cmds(&self) -> Vec<Command> {
+            tick(&TickInput {
+                state: &self.s,
+                hosts: &self.hosts,
+                timing: &self.timing,
+                fresh_locks: &self.locks,
+                failed: &self.failed,
+                at_ms: 1,
+            })
+        }
+
+        fn run(&mut self) {
+            for c in self.cmds() {
+                self.s.apply(&c);
+            }
+        }
+
+        fn host_of(&self, w: &str) -> Option<String> {
+            self.s.workloads[w]
+                .assignment
+                .as_ref()
+                .map(|a| a.host.clone())
+        }
     }
 
-    fn run(s: &mut ClusterState, hosts: &BTreeMap<String, HostLiveness>) {
-        for c in tick(s, hosts, 1) {
-            s.apply(&c);
-        }
-    }
-
-    #[test]
-    fn places_only_on_heard_online_hosts() {
-        let mut s = cluster();
-        let mut hosts = BTreeMap::from([("h1".to_string(), live(Liveness::Online))]);
-        hosts.insert(
+    /// Both workloads start on h1 (h2 not heard yet).
+    fn on_h1(specs: Vec<WorkloadSpec>) -> World {
+        let mut w = World::new(specs);
+        w.hosts.insert("h1".into(), online());
+        w.hosts.insert(
             "h2".into(),
-            HostLiveness {
+            HostObservation {
                 heard: false,
-                ..live(Liveness::Online)
+                ..online()
             },
         );
-        run(&mut s, &hosts);
-        for w in s.workloads.values() {
-            assert_eq!(w.assignment.as_ref().unwrap().host, "h1");
-            assert_eq!(w.generation, Generation(1));
-        }
-        // Nothing more to do on the next tick.
-        assert!(tick(&s, &hosts, 2).is_empty());
+        w.run();
+        w.hosts.insert("h2".into(), online());
+        w
     }
 
     #[test]
-    fn failed_host_workloads_move_with_a_new_generation_except_disabled() {
-        let mut s = cluster();
-        let mut hosts = BTreeMap::from([
-            ("h1".to_string(), live(Liveness::Online)),
-            (
-                "h2".to_string(),
-                HostLiveness {
-                    heard: false,
-                    ..live(Liveness::Online)
-                },
-            ),
+    fn places_only_on_heard_online_hosts_and_then_rests() {
+        let w = on_h1(vec![
+            spec("web", Priority::High),
+            spec("batch", Priority::Disabled),
         ]);
-        run(&mut s, &hosts);
-        hosts.insert("h2".into(), live(Liveness::Online));
-        hosts.insert(
-            "h1".into(),
-            HostLiveness {
-                silence_ms: 1300,
-                ..live(Liveness::Failed)
-            },
-        );
-        run(&mut s, &hosts);
-        let web = &s.workloads["web"];
-        assert_eq!(web.assignment.as_ref().unwrap().host, "h2");
-        assert_eq!(web.generation, Generation(2));
-        let batch = &s.workloads["batch"];
-        assert_eq!(batch.assignment.as_ref().unwrap().host, "h1");
-        assert!(s
+        assert_eq!(w.host_of("web").as_deref(), Some("h1"));
+        assert_eq!(w.host_of("batch").as_deref(), Some("h1"));
+        assert!(w.cmds().is_empty());
+    }
+
+    #[test]
+    fn failed_host_workloads_move_after_lease_plus_margin_except_disabled() {
+        let mut w = on_h1(vec![
+            spec("web", Priority::High),
+            spec("batch", Priority::Disabled),
+        ]);
+        w.hosts.insert("h1".into(), silent(1_249));
+        assert!(w.cmds().is_empty(), "not before lease + margin");
+        w.hosts.insert("h1".into(), silent(1_250));
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h2"));
+        assert_eq!(w.s.workloads["web"].generation, Generation(2));
+        assert_eq!(w.host_of("batch").as_deref(), Some("h1"));
+        assert!(w
+            .s
             .events
             .iter()
-            .any(|e| e.message.contains("host h1 failed")));
+            .any(|e| e.message.contains("host h1 is failed")));
+    }
+
+    #[test]
+    fn watchdog_timeout_extends_the_wait() {
+        let mut w = on_h1(vec![spec("web", Priority::High)]);
+        w.hosts.insert(
+            "h1".into(),
+            HostObservation {
+                watchdog_timeout_ms: 1_000,
+                ..silent(2_000)
+            },
+        );
+        assert!(w.cmds().is_empty());
+        w.hosts.insert(
+            "h1".into(),
+            HostObservation {
+                watchdog_timeout_ms: 1_000,
+                ..silent(2_250)
+            },
+        );
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h2"));
+    }
+
+    #[test]
+    fn fenced_host_workloads_move_at_once() {
+        let mut w = on_h1(vec![spec("web", Priority::High)]);
+        w.hosts.insert(
+            "h1".into(),
+            HostObservation {
+                fenced: true,
+                ..silent(400)
+            },
+        );
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h2"));
+    }
+
+    #[test]
+    fn leave_running_with_fresh_lock_stays_put() {
+        let mut s = spec("db", Priority::High);
+        s.isolation_response = Some(IsolationResponse::LeaveRunning);
+        let mut w = on_h1(vec![s]);
+        w.locks.insert(("db".into(), Generation(1)));
+        w.hosts.insert(
+            "h1".into(),
+            HostObservation {
+                datastore_alive: true,
+                ..silent(5_000)
+            },
+        );
+        assert!(
+            w.cmds().is_empty(),
+            "isolated host keeps its leave-running workload"
+        );
+        assert_eq!(w.hosts["h1"].state(&w.timing), HostState::Isolated);
+        // The lock goes stale (host really died): now it moves.
+        w.locks.clear();
+        w.hosts.insert("h1".into(), silent(5_000));
+        w.run();
+        assert_eq!(w.host_of("db").as_deref(), Some("h2"));
+    }
+
+    #[test]
+    fn shutdown_response_waits_for_the_shutdown_timeout() {
+        let mut s = spec("svc", Priority::High);
+        s.isolation_response = Some(IsolationResponse::Shutdown);
+        let mut w = on_h1(vec![s]);
+        w.s.settings.shutdown_timeout_ms = 3_000;
+        w.hosts.insert("h1".into(), silent(4_000));
+        assert!(w.cmds().is_empty());
+        w.hosts.insert("h1".into(), silent(4_250));
+        w.run();
+        assert_eq!(w.host_of("svc").as_deref(), Some("h2"));
     }
 
     #[test]
     fn suspect_host_keeps_its_workloads() {
-        let mut s = cluster();
-        let mut hosts = BTreeMap::from([("h1".to_string(), live(Liveness::Online))]);
-        run(&mut s, &hosts);
-        hosts.insert("h1".into(), live(Liveness::Suspect));
-        assert!(tick(&s, &hosts, 2).is_empty());
+        let mut w = on_h1(vec![spec("web", Priority::High)]);
+        w.hosts.insert("h1".into(), silent(800));
+        assert!(w.cmds().is_empty());
+    }
+
+    #[test]
+    fn failed_instance_moves_and_avoids_the_host() {
+        let mut w = on_h1(vec![spec("web", Priority::High)]);
+        w.failed
+            .push(("web".into(), Generation(1), "start failed".into()));
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h2"));
+        assert_eq!(w.s.workloads["web"].failed_hosts, vec!["h1".to_string()]);
+        // Failing on h2 too leaves it pending with the reason.
+        w.failed = vec![("web".into(), Generation(2), "start failed".into())];
+        w.run();
+        assert_eq!(w.host_of("web"), None);
+        let reason = w.s.workloads["web"].pending_reason.clone().unwrap();
+        assert!(reason.contains("failed on"), "{reason}");
     }
 
     #[test]
     fn nothing_fits_gives_pending_once() {
-        let mut s = cluster();
-        let hosts = BTreeMap::new();
-        run(&mut s, &hosts);
+        let mut w = World::new(vec![spec("web", Priority::High)]);
+        w.run();
         assert_eq!(
-            s.workloads["web"].pending_reason.as_deref(),
+            w.s.workloads["web"].pending_reason.as_deref(),
             Some("no online host")
         );
-        assert!(tick(&s, &hosts, 2).is_empty());
+        assert!(w.cmds().is_empty());
     }
 }

@@ -61,6 +61,73 @@ impl Lease {
     }
 }
 
+/// A host's state as the coordinator shows and acts on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostState {
+    Online,
+    /// Silent for a while; nothing is done yet.
+    Suspect,
+    /// Silent on the network past `lease + margin`, but still heartbeating
+    /// the datastore: cut off, not dead.
+    Isolated,
+    /// Silent past `lease + margin` (plus its watchdog timeout).
+    Failed,
+    /// A fence device confirmed it is off.
+    Fenced,
+}
+
+impl HostState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HostState::Online => "online",
+            HostState::Suspect => "suspect",
+            HostState::Isolated => "isolated",
+            HostState::Failed => "failed",
+            HostState::Fenced => "fenced",
+        }
+    }
+}
+
+/// What the coordinator knows of one host right now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostObservation {
+    /// Since the coordinator last acknowledged it (or took office).
+    pub silence_ms: u64,
+    /// Heard from during this term of office.
+    pub heard: bool,
+    /// Confirmed off by its fence device during this silence.
+    pub fenced: bool,
+    /// Its datastore heartbeat still advances.
+    pub datastore_alive: bool,
+    /// Its watchdog timeout (0: none).
+    pub watchdog_timeout_ms: u64,
+}
+
+impl HostObservation {
+    /// Silence after which this host's lease has certainly run out and its
+    /// watchdog (if any) has certainly fired.
+    pub fn failed_after_ms(&self, timing: &Timing) -> u64 {
+        timing.failed_after_ms() + self.watchdog_timeout_ms
+    }
+
+    pub fn state(&self, timing: &Timing) -> HostState {
+        if self.fenced {
+            HostState::Fenced
+        } else if self.silence_ms >= self.failed_after_ms(timing) {
+            if self.datastore_alive {
+                HostState::Isolated
+            } else {
+                HostState::Failed
+            }
+        } else if self.silence_ms >= timing.suspect_after_ms {
+            HostState::Suspect
+        } else {
+            HostState::Online
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Liveness {

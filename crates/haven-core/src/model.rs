@@ -91,6 +91,66 @@ pub struct HostRecord {
     /// Random id written into the host's data dir at first start; a host
     /// re-registering under the same name must present the same id.
     pub instance_id: String,
+    /// Power switch the coordinator may use to fence this host.
+    #[serde(default)]
+    pub fence: Option<FenceDevice>,
+    /// Watchdog timeout of this host (0: none); part of the margin the
+    /// coordinator waits before declaring it failed (DESIGN.md §2.5).
+    #[serde(default)]
+    pub watchdog_timeout_ms: u64,
+}
+
+/// A fence device in the fence-agents convention: an executable that reads
+/// `key=value` lines on stdin, `action=off|on|reboot|status|monitor`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceDevice {
+    pub agent: String,
+    /// `key=value` parameters passed on stdin besides `action`.
+    pub args: BTreeMap<String, String>,
+}
+
+/// What an agent does with its workloads when it loses its lease
+/// (DESIGN.md §2.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationResponse {
+    /// Kill at once (default).
+    #[default]
+    PowerOff,
+    /// Graceful stop, bounded by the workload's stop grace, then kill.
+    Shutdown,
+    /// Keep running; needs a datastore, where the host keeps heartbeating
+    /// and holding the workload's lock file.
+    LeaveRunning,
+}
+
+impl IsolationResponse {
+    pub const ALL: [(&'static str, IsolationResponse); 3] = [
+        ("power-off", IsolationResponse::PowerOff),
+        ("shutdown", IsolationResponse::Shutdown),
+        ("leave-running", IsolationResponse::LeaveRunning),
+    ];
+
+    pub fn parse(s: &str) -> Option<IsolationResponse> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, r)| *r)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, r)| r == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("power-off")
+    }
+}
+
+/// Cluster-wide settings kept in the replicated state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    pub isolation_response: IsolationResponse,
+    /// Graceful-stop bound of the `shutdown` isolation response; the
+    /// coordinator waits this much longer before restarting such workloads.
+    pub shutdown_timeout_ms: u64,
 }
 
 /// Restart priority: the order in which workloads are placed, and whether a
@@ -176,6 +236,9 @@ pub struct WorkloadSpec {
     pub memory_mib: u64,
     pub priority: Priority,
     pub restart: RestartPolicy,
+    /// Overrides the cluster's isolation response for this workload.
+    #[serde(default)]
+    pub isolation_response: Option<IsolationResponse>,
 }
 
 impl WorkloadSpec {

@@ -25,6 +25,8 @@ pub struct HostView {
 pub struct Unplaced<'a> {
     pub spec: &'a WorkloadSpec,
     pub generation: Generation,
+    /// Hosts it failed on: not used for it.
+    pub avoid: &'a [String],
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -48,7 +50,7 @@ pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
         let demand = u.spec.demand();
         let best = free
             .iter_mut()
-            .filter(|(_, f)| f.fits(&demand))
+            .filter(|(i, f)| f.fits(&demand) && !u.avoid.contains(&hosts[*i].name))
             .max_by(|(ia, fa), (ib, fb)| {
                 (fa.memory_mib, fa.vcpus)
                     .cmp(&(fb.memory_mib, fb.vcpus))
@@ -72,6 +74,8 @@ pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
             None => {
                 let reason = if free.is_empty() {
                     "no online host".to_string()
+                } else if free.iter().all(|(i, _)| u.avoid.contains(&hosts[*i].name)) {
+                    format!("failed on every online host ({})", u.avoid.join(", "))
                 } else {
                     let (i, f) = free
                         .iter()
@@ -108,6 +112,7 @@ mod tests {
             memory_mib,
             priority,
             restart: RestartPolicy::default(),
+            isolation_response: None,
         }
     }
 
@@ -129,6 +134,7 @@ mod tests {
             &[Unplaced {
                 spec: &s,
                 generation: Generation(0),
+                avoid: &[],
             }],
         );
         assert_eq!(p.placements.len(), 1);
@@ -146,6 +152,7 @@ mod tests {
             &[Unplaced {
                 spec: &s,
                 generation: Generation(0),
+                avoid: &[],
             }],
         );
         assert!(p.placements.is_empty());
@@ -163,10 +170,12 @@ mod tests {
                 Unplaced {
                     spec: &lo,
                     generation: Generation(0),
+                    avoid: &[],
                 },
                 Unplaced {
                     spec: &hi,
                     generation: Generation(0),
+                    avoid: &[],
                 },
             ],
         );
@@ -201,7 +210,7 @@ mod tests {
     proptest! {
         #[test]
         fn never_over_capacity_and_only_eligible((hosts, specs) in arb_case()) {
-            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0) }).collect();
+            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0), avoid: &[] }).collect();
             let p = plan(&hosts, &un);
             let mut used: BTreeMap<&str, Capacity> = hosts.iter().map(|h| (h.name.as_str(), h.allocated)).collect();
             for pl in &p.placements {
@@ -218,7 +227,7 @@ mod tests {
 
         #[test]
         fn priority_order_is_respected((hosts, specs) in arb_case()) {
-            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0) }).collect();
+            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0), avoid: &[] }).collect();
             let p = plan(&hosts, &un);
             // Decisions come out in priority order...
             let prio = |n: &str| specs.iter().find(|s| s.name == n).unwrap().priority;
@@ -240,7 +249,7 @@ mod tests {
 
         #[test]
         fn deterministic_for_same_input((hosts, specs) in arb_case(), seed in any::<u64>()) {
-            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0) }).collect();
+            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0), avoid: &[] }).collect();
             let mut shuffled = un.clone();
             // Input order must not matter either.
             let n = shuffled.len();

@@ -5,7 +5,9 @@
 //! the file in one pass. Nothing here knows the cluster; checks that need it
 //! (does the workload fit on any host?) are in `check_fits_cluster`.
 
-use crate::model::{Capacity, HostRecord, Priority, RestartPolicy, WorkloadKind, WorkloadSpec};
+use crate::model::{
+    Capacity, HostRecord, IsolationResponse, Priority, RestartPolicy, WorkloadKind, WorkloadSpec,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -26,6 +28,7 @@ const FIELDS: &[&str] = &[
     "priority",
     "max_restarts",
     "restart_window_s",
+    "isolation_response",
 ];
 
 /// All problems found in one file.
@@ -306,6 +309,19 @@ impl Entry<'_> {
             .integer("restart_window_s", 1, RESTART_WINDOW_S_MAX as i64, false)
             .map(|n| n as u64)
             .unwrap_or(defaults.restart_window_s);
+        let isolation_response = match self.t.get("isolation_response") {
+            None => None,
+            Some(toml::Value::String(s)) if IsolationResponse::parse(s).is_some() => {
+                IsolationResponse::parse(s)
+            }
+            Some(v) => {
+                self.err(
+                    "isolation_response",
+                    format!("must be \"power-off\", \"shutdown\" or \"leave-running\"; got {v}"),
+                );
+                None
+            }
+        };
         if self.errors.len() > before {
             return None;
         }
@@ -323,6 +339,7 @@ impl Entry<'_> {
                 restart_window_s,
                 ..defaults
             },
+            isolation_response,
         })
     }
 }
@@ -454,6 +471,8 @@ priority = "high"
             },
             labels: Default::default(),
             instance_id: "x".into(),
+            fence: None,
+            watchdog_timeout_ms: 0,
         };
         let e = check_fits_cluster("w.toml", &specs, [host].iter()).unwrap_err();
         assert!(

@@ -5,12 +5,16 @@
 //! must never panic on any command a client can send, because every manager
 //! applies the same log.
 
-use crate::model::{Assignment, Generation, HostRecord, NodeId, WorkloadSpec};
+use crate::model::{
+    Assignment, ClusterSettings, Generation, HostRecord, IsolationResponse, NodeId, WorkloadSpec,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
 /// How many decision events the replicated state keeps (oldest dropped first).
 pub const EVENTS_KEPT_MAX: usize = 2_000;
+/// How many hosts a workload remembers having failed on.
+pub const FAILED_HOSTS_MAX: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadRecord {
@@ -22,6 +26,10 @@ pub struct WorkloadRecord {
     pub generation: Generation,
     /// Why the workload is not placed, when it is not.
     pub pending_reason: Option<String>,
+    /// Hosts where it failed (start failures or restart budget spent): the
+    /// placer avoids them until the spec changes.
+    #[serde(default)]
+    pub failed_hosts: Vec<String>,
 }
 
 /// One decision, with the wall-clock time the coordinator made it and why.
@@ -44,6 +52,8 @@ pub struct ClusterState {
     /// Secret part of the join token; checked by whichever manager leads.
     /// Never shown by the status API.
     pub join_secret: String,
+    #[serde(default)]
+    pub settings: ClusterSettings,
 }
 
 /// One placement decision of the coordinator. Applied only if the workload's
@@ -62,6 +72,19 @@ pub enum Command {
     /// First entry of a new cluster.
     InitCluster {
         cluster_id: String,
+        at_ms: u64,
+    },
+    /// Cluster-wide settings (bootstrap, or an operator's change).
+    SetSettings {
+        settings: ClusterSettings,
+        at_ms: u64,
+    },
+    /// The workload failed on its host (could not start, or spent its
+    /// restart budget): take it off and avoid that host when placing it.
+    FailedOn {
+        workload: String,
+        generation: Generation,
+        reason: String,
         at_ms: u64,
     },
     /// Set the secret that joining hosts must present (bootstrap).
@@ -141,6 +164,21 @@ impl ClusterState {
             })
     }
 
+    /// Allocation of `host` not counting the workloads in `leaving`.
+    pub fn allocated_excluding(
+        &self,
+        host: &str,
+        leaving: &std::collections::BTreeSet<&str>,
+    ) -> crate::model::Capacity {
+        self.workloads
+            .values()
+            .filter(|w| w.assignment.as_ref().is_some_and(|a| a.host == host))
+            .filter(|w| !leaving.contains(w.spec.name.as_str()))
+            .fold(crate::model::Capacity::default(), |acc, w| {
+                acc.add(&w.spec.demand())
+            })
+    }
+
     /// Workloads assigned to `host`, with their current generation.
     pub fn assigned_to<'a>(
         &'a self,
@@ -152,6 +190,12 @@ impl ClusterState {
                 .filter(|a| a.host == host)
                 .map(|a| (w, a))
         })
+    }
+
+    /// The isolation response that applies to a workload.
+    pub fn isolation_response(&self, spec: &WorkloadSpec) -> IsolationResponse {
+        spec.isolation_response
+            .unwrap_or(self.settings.isolation_response)
     }
 
     pub fn host_by_node_id(&self, id: NodeId) -> Option<&HostRecord> {
@@ -185,6 +229,51 @@ impl ClusterState {
                     self.next_node_id = 1;
                 }
                 self.event(*at_ms, format!("cluster {cluster_id} created"));
+                CommandResult::Ok
+            }
+            Command::SetSettings { settings, at_ms } => {
+                if self.settings != *settings {
+                    self.settings = settings.clone();
+                    self.event(
+                        *at_ms,
+                        format!(
+                            "cluster settings: isolation response {}, shutdown timeout {} ms",
+                            settings.isolation_response.as_str(),
+                            settings.shutdown_timeout_ms
+                        ),
+                    );
+                }
+                CommandResult::Ok
+            }
+            Command::FailedOn {
+                workload,
+                generation,
+                reason,
+                at_ms,
+            } => {
+                let Some(w) = self.workloads.get_mut(workload) else {
+                    return CommandResult::Ok;
+                };
+                if w.generation != *generation {
+                    return CommandResult::Ok;
+                }
+                let Some(a) = w.assignment.take() else {
+                    return CommandResult::Ok;
+                };
+                if !w.failed_hosts.contains(&a.host) {
+                    w.failed_hosts.push(a.host.clone());
+                    if w.failed_hosts.len() > FAILED_HOSTS_MAX {
+                        w.failed_hosts.remove(0);
+                    }
+                }
+                w.pending_reason = Some(format!("failed on {}: {reason}", a.host));
+                self.event(
+                    *at_ms,
+                    format!(
+                        "{workload} failed on {} (generation {generation}): {reason}; moving it to another host",
+                        a.host
+                    ),
+                );
                 CommandResult::Ok
             }
             Command::SetJoinSecret { secret } => {
@@ -262,12 +351,16 @@ impl ClusterState {
             let changed = known.address != host.address
                 || known.capacity != host.capacity
                 || known.labels != host.labels
-                || known.role != host.role;
+                || known.role != host.role
+                || known.fence != host.fence
+                || known.watchdog_timeout_ms != host.watchdog_timeout_ms;
             if changed {
                 known.address = host.address.clone();
                 known.capacity = host.capacity;
                 known.labels = host.labels.clone();
                 known.role = host.role;
+                known.fence = host.fence.clone();
+                known.watchdog_timeout_ms = host.watchdog_timeout_ms;
                 self.event(
                     at_ms,
                     format!(
@@ -313,6 +406,7 @@ impl ClusterState {
                 Some(w) if w.spec == *spec => unchanged.push(spec.name.clone()),
                 Some(w) => {
                     w.spec = spec.clone();
+                    w.failed_hosts.clear();
                     let was = w.assignment.take();
                     w.pending_reason = Some("spec changed; waiting for placement".into());
                     updated.push(spec.name.clone());
@@ -329,6 +423,7 @@ impl ClusterState {
                             assignment: None,
                             generation: Generation(0),
                             pending_reason: Some("waiting for placement".into()),
+                            failed_hosts: vec![],
                         },
                     );
                     created.push(spec.name.clone());

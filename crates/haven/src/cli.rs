@@ -110,6 +110,39 @@ pub struct AgentArgs {
     /// SIGTERM-to-SIGKILL grace when stopping a process workload.
     #[arg(long)]
     pub stop_grace_ms: Option<u64>,
+    /// Shared directory (NFS, CephFS, …) mounted on every host at this path:
+    /// datastore heartbeats and workload lock files.
+    #[arg(long)]
+    pub datastore: Option<PathBuf>,
+    /// off | auto | required [default: auto].
+    #[arg(long)]
+    pub watchdog: Option<String>,
+    /// Watchdog device, or unix:PATH for the test bed's simulated one
+    /// [default: /dev/watchdog].
+    #[arg(long)]
+    pub watchdog_device: Option<String>,
+    /// Watchdog timeout; a Linux device rounds it up to whole seconds [default: 2000].
+    #[arg(long)]
+    pub watchdog_timeout_ms: Option<u64>,
+    /// Fence agent for this host (fence-agents convention, e.g. /usr/sbin/fence_ipmilan).
+    #[arg(long)]
+    pub fence_agent: Option<String>,
+    /// key=value passed to the fence agent on stdin; repeatable.
+    #[arg(long = "fence-arg")]
+    pub fence_args: Vec<String>,
+    /// Cluster default when a host loses its lease: power-off | shutdown |
+    /// leave-running [default: power-off]. Recorded at bootstrap.
+    #[arg(long)]
+    pub isolation_response: Option<String>,
+    /// Bound of the `shutdown` isolation response [default: 5000]. Recorded at bootstrap.
+    #[arg(long)]
+    pub shutdown_timeout_ms: Option<u64>,
+    /// Silence after which the coordinator fences a host with a fence agent [default: 400].
+    #[arg(long)]
+    pub fence_after_ms: Option<u64>,
+    /// Bound on one fence operation [default: 10000].
+    #[arg(long)]
+    pub fence_timeout_ms: Option<u64>,
 }
 
 pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
@@ -186,6 +219,45 @@ pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
         margin_ms,
         suspect_after_ms: (3 * heartbeat_interval_ms + heartbeat_interval_ms / 2).min(lease_ms),
     };
+    let watchdog = a
+        .watchdog
+        .clone()
+        .or(file.watchdog)
+        .unwrap_or_else(|| "auto".into());
+    let watchdog_mode = haven_agent::watchdog::WatchdogMode::parse(&watchdog)
+        .ok_or_else(|| anyhow!("--watchdog: {watchdog:?} is not one of off, auto, required"))?;
+    let isolation = a
+        .isolation_response
+        .clone()
+        .or(file.isolation_response)
+        .unwrap_or_else(|| "power-off".into());
+    let isolation_response = haven_core::model::IsolationResponse::parse(&isolation).ok_or_else(|| {
+        anyhow!("--isolation-response: {isolation:?} is not one of power-off, shutdown, leave-running")
+    })?;
+    let datastore = a.datastore.clone().or(file.datastore);
+    if isolation_response == haven_core::model::IsolationResponse::LeaveRunning
+        && datastore.is_none()
+    {
+        bail!("--isolation-response leave-running needs --datastore: without it the coordinator cannot tell an isolated host from a dead one");
+    }
+    let mut fence_args = file.fence_args.unwrap_or_default();
+    for kv in &a.fence_args {
+        let (k, v) = config::parse_label(kv).map_err(|e| anyhow!("--fence-arg: {e}"))?;
+        fence_args.insert(k, v);
+    }
+    let fence = match a.fence_agent.clone().or(file.fence_agent) {
+        Some(agent) => {
+            if !std::path::Path::new(&agent).is_absolute() {
+                bail!("--fence-agent: {agent:?} must be an absolute path, e.g. /usr/sbin/fence_ipmilan");
+            }
+            Some(haven_core::model::FenceDevice {
+                agent,
+                args: fence_args,
+            })
+        }
+        None if !fence_args.is_empty() => bail!("--fence-arg given without --fence-agent"),
+        None => None,
+    };
     Ok(AgentConfig {
         name,
         listen,
@@ -203,6 +275,31 @@ pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
         timing,
         stop_grace_ms: a.stop_grace_ms.or(file.stop_grace_ms).unwrap_or(10_000),
         rpc_timeout_ms: 5_000,
+        datastore,
+        watchdog_mode,
+        watchdog_device: a
+            .watchdog_device
+            .clone()
+            .or(file.watchdog_device)
+            .unwrap_or_else(|| config::DEFAULT_WATCHDOG_DEVICE.into()),
+        watchdog_timeout_ms: a
+            .watchdog_timeout_ms
+            .or(file.watchdog_timeout_ms)
+            .unwrap_or(config::DEFAULT_WATCHDOG_TIMEOUT_MS),
+        fence,
+        isolation_response,
+        shutdown_timeout_ms: a
+            .shutdown_timeout_ms
+            .or(file.shutdown_timeout_ms)
+            .unwrap_or(config::DEFAULT_SHUTDOWN_TIMEOUT_MS),
+        fence_after_ms: a
+            .fence_after_ms
+            .or(file.fence_after_ms)
+            .unwrap_or(config::DEFAULT_FENCE_AFTER_MS),
+        fence_timeout_ms: a
+            .fence_timeout_ms
+            .or(file.fence_timeout_ms)
+            .unwrap_or(config::DEFAULT_FENCE_TIMEOUT_MS),
     })
 }
 
