@@ -26,4 +26,4 @@ if ! grep -q cgroup2 /proc/self/mounts; then
 fi
 
 cargo build --workspace --locked --all-targets
-cargo test --workspace --locked -- --test-threads="${HAVEN_TEST_THREADS:-2}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${HAVEN_TEST_THREADS:-2}"

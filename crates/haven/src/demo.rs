@@ -174,12 +174,15 @@ priority = "low"
 
     // 2. A host dies: its workloads come back elsewhere.
     let st = wait(c, "status", 10, |_| true)?;
-    let victim = st
-        .workloads
+    // Crash a host that runs workloads; prefer one that is not the
+    // coordinator, the common case (a coordinator crash adds an election).
+    let hosts_with_work: Vec<String> = st.workloads.iter().filter_map(|w| w.host.clone()).collect();
+    let victim = hosts_with_work
         .iter()
-        .find(|w| w.name == "web")
-        .and_then(|w| w.host.clone())
-        .expect("web placed");
+        .find(|h| **h != st.leader)
+        .or(hosts_with_work.first())
+        .cloned()
+        .expect("workloads are placed");
     let moving: Vec<String> = st
         .workloads
         .iter()
@@ -243,7 +246,10 @@ priority = "low"
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    if web_cmd.contains("python3") && wait_http(port, Duration::from_secs(10)) {
+    if moving.iter().any(|w| w == "web")
+        && web_cmd.contains("python3")
+        && wait_http(port, Duration::from_secs(10))
+    {
         println!("   web answers again on http://127.0.0.1:{port}/");
     }
     let alive = with(c, |cl| {
