@@ -449,7 +449,7 @@ enum StopHow {
 
 pub async fn run(node: Arc<Node>) {
     let timing = node.cfg.timing;
-    let interval = Duration::from_millis((timing.heartbeat_interval_ms / 2).max(20));
+    let interval = Duration::from_millis(timing.heartbeat_interval_ms.max(20));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
