@@ -132,6 +132,7 @@ pub async fn run(node: Arc<Node>) {
                 let mut hosts = BTreeMap::new();
                 for h in state.hosts.values() {
                     let name = &h.name;
+                    office.detector.note_host(name, now);
                     let silence_ms = office.detector.silence_ms(name, now);
                     let mut o = HostObservation {
                         silence_ms,

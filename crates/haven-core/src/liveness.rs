@@ -142,6 +142,10 @@ pub struct Detector {
     /// Coordinator monotonic time when this node took office.
     office_since_ms: u64,
     last_ack_ms: BTreeMap<String, u64>,
+    /// When this office first learnt of a host: a host that joins later is
+    /// given a full `lease + margin` from then, like every host at office
+    /// start.
+    first_seen_ms: BTreeMap<String, u64>,
 }
 
 impl Detector {
@@ -149,6 +153,15 @@ impl Detector {
         Detector {
             office_since_ms: took_office_ms,
             last_ack_ms: BTreeMap::new(),
+            first_seen_ms: BTreeMap::new(),
+        }
+    }
+
+    /// The host exists in the cluster as of `now_ms` (first time this
+    /// office sees it; later calls change nothing).
+    pub fn note_host(&mut self, host: &str, now_ms: u64) {
+        if !self.first_seen_ms.contains_key(host) {
+            self.first_seen_ms.insert(host.to_owned(), now_ms);
         }
     }
 
@@ -163,6 +176,7 @@ impl Detector {
 
     pub fn forget(&mut self, host: &str) {
         self.last_ack_ms.remove(host);
+        self.first_seen_ms.remove(host);
     }
 
     /// A host never heard from is treated as acknowledged at office start:
@@ -173,7 +187,8 @@ impl Detector {
             .get(host)
             .copied()
             .unwrap_or(self.office_since_ms)
-            .max(self.office_since_ms);
+            .max(self.office_since_ms)
+            .max(self.first_seen_ms.get(host).copied().unwrap_or(0));
         now_ms.saturating_sub(since)
     }
 
@@ -221,6 +236,19 @@ mod tests {
         assert_eq!(d.liveness("h1", 10_000, &t), Liveness::Online);
         assert_eq!(d.liveness("h1", 11_249, &t), Liveness::Suspect);
         assert_eq!(d.liveness("h1", 11_250, &t), Liveness::Failed);
+    }
+
+    #[test]
+    fn a_host_that_joins_later_gets_a_full_grace_period() {
+        let t = Timing::default();
+        let mut d = Detector::new(0);
+        d.note_host("old", 0);
+        d.note_host("new", 10_000);
+        d.note_host("new", 20_000); // later sightings change nothing
+        assert_eq!(d.liveness("old", 10_000, &t), Liveness::Failed);
+        assert_eq!(d.silence_ms("new", 10_100), 100);
+        assert_eq!(d.liveness("new", 11_249, &t), Liveness::Suspect);
+        assert_eq!(d.liveness("new", 11_250, &t), Liveness::Failed);
     }
 
     #[test]

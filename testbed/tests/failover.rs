@@ -1,0 +1,588 @@
+//! Host failure on the real multi-host test bed (issue "Host failure"):
+//! every fault test runs witness workloads and ends with the "never twice"
+//! checker (DESIGN.md §2.1). Needs root, nftables and `cargo build -p haven
+//! -p haven-testbed`. Run with `--test-threads=1`: timing is real.
+
+mod common;
+
+use common::{eventually, haven_exe};
+use haven_testbed::{check_witness, witness_workload, Testbed, TestbedConfig};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const RECOVER: Duration = Duration::from_secs(30);
+const TICK_MS: u64 = 20;
+
+fn witness_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_haven-witness"))
+}
+
+fn start(hosts: usize, tune: impl FnOnce(&mut TestbedConfig)) -> Testbed {
+    let mut cfg = TestbedConfig::new(hosts, haven_exe());
+    tune(&mut cfg);
+    Testbed::start(cfg).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Apply witness workloads `(name, priority)` and wait until all run.
+fn apply(bed: &mut Testbed, workloads: &[(&str, &str)]) -> Value {
+    let dir = bed.witness_dir();
+    let text: String = workloads
+        .iter()
+        .map(|(n, p)| witness_workload(n, &witness_exe(), &dir, TICK_MS, p))
+        .collect();
+    let file = bed.dir().join("witness.toml");
+    std::fs::write(&file, text).unwrap();
+    bed.cli("h1", &["apply", "-f", &file.display().to_string()])
+        .unwrap();
+    let n = workloads.len();
+    bed.wait_for("witnesses running", RECOVER, |s| running(s) == n)
+        .unwrap()
+}
+
+/// workload → (host, generation, state)
+fn placement(s: &Value) -> BTreeMap<String, (String, u64, String)> {
+    s["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap_or_default().to_owned(),
+                (
+                    w["host"].as_str().unwrap_or("-").to_owned(),
+                    w["generation"].as_u64().unwrap_or(0),
+                    w["state"].as_str().unwrap_or_default().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn running(s: &Value) -> usize {
+    placement(s)
+        .values()
+        .filter(|(_, _, st)| st == "running")
+        .count()
+}
+
+fn host_state(s: &Value, host: &str) -> String {
+    s["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["name"] == host)
+        .and_then(|h| h["state"].as_str())
+        .unwrap_or("missing")
+        .to_owned()
+}
+
+/// A host that runs workloads and is not the coordinator.
+fn busy_non_leader(s: &Value) -> String {
+    let leader = s["leader"].as_str().unwrap_or_default();
+    placement(s)
+        .values()
+        .map(|(h, _, _)| h.clone())
+        .find(|h| h != leader && h != "-")
+        .expect("a workload on a non-coordinator host")
+}
+
+fn on_host(s: &Value, host: &str) -> Vec<String> {
+    placement(s)
+        .into_iter()
+        .filter(|(_, (h, _, _))| h == host)
+        .map(|(w, _)| w)
+        .collect()
+}
+
+/// All `n` running, none on `host`.
+fn moved_off(bed: &Testbed, host: &str, n: usize) -> Value {
+    let host = host.to_owned();
+    bed.wait_for(&format!("workloads off {host}"), RECOVER, |s| {
+        running(s) == n && on_host(s, &host).is_empty()
+    })
+    .unwrap_or_else(|e| {
+        bed.print_diagnostics();
+        panic!("{e:#}")
+    })
+}
+
+fn events(bed: &Testbed, via: &str) -> String {
+    bed.cli(via, &["events"]).unwrap_or_default()
+}
+
+/// Give every witness a little time to tick where it now runs, then check.
+fn never_twice(bed: &Testbed) -> haven_testbed::WitnessReport {
+    std::thread::sleep(Duration::from_millis(300));
+    let report = check_witness(&bed.witness_dir());
+    report.assert_never_twice();
+    report
+}
+
+/// Newest tick (CLOCK_MONOTONIC ns) of `workload` on `host`.
+fn last_tick(bed: &Testbed, workload: &str, host: &str) -> Option<u64> {
+    check_witness(&bed.witness_dir())
+        .instances_of(workload)
+        .filter(|i| i.id.host == host)
+        .map(|i| i.last_ns)
+        .max()
+}
+
+fn mono_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+const FOUR: &[(&str, &str)] = &[
+    ("w1", "highest"),
+    ("w2", "high"),
+    ("w3", "medium"),
+    ("w4", "low"),
+];
+
+#[test]
+fn host_crash_restarts_its_workloads_elsewhere_once() {
+    let mut bed = start(3, |_| {});
+    let s = apply(&mut bed, FOUR);
+    let victim = busy_non_leader(&s);
+    let before = placement(&s);
+    bed.crash(&victim);
+    let s = moved_off(&bed, &victim, 4);
+    for (w, (host, generation, _)) in placement(&s) {
+        let (old_host, old_gen, _) = &before[&w];
+        if *old_host == victim {
+            assert!(generation > *old_gen, "{w} moved with a new generation");
+        } else {
+            assert_eq!((&host, generation), (old_host, *old_gen), "{w} untouched");
+        }
+    }
+    let ev = events(&bed, "h1");
+    assert!(ev.contains(&format!("host {victim} is failed")), "{ev}");
+    assert!(ev.contains("started on"), "{ev}");
+    never_twice(&bed);
+}
+
+#[test]
+fn hung_agent_is_reset_by_its_watchdog_before_anything_restarts_elsewhere() {
+    let mut bed = start(3, |c| {
+        c.watchdog = true;
+        c.agent_args = vec!["--watchdog-timeout-ms".into(), "500".into()];
+    });
+    let s = apply(&mut bed, FOUR);
+    let victim = busy_non_leader(&s);
+    let moving = on_host(&s, &victim);
+    bed.hang_agent(&victim);
+    // Its workloads keep running while the agent hangs...
+    let t = mono_ns();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        last_tick(&bed, &moving[0], &victim).unwrap() > t,
+        "workloads run on while the agent hangs"
+    );
+    moved_off(&bed, &victim, 4);
+    // ...until the watchdog resets the host; only then do they run elsewhere.
+    let resets = bed.watchdog_resets();
+    assert!(
+        resets.iter().any(|(h, _)| *h == victim),
+        "watchdog reset {victim}: {resets:?}"
+    );
+    let report = never_twice(&bed);
+    for w in &moving {
+        let old = report
+            .instances_of(w)
+            .find(|i| i.id.host == victim)
+            .unwrap()
+            .last_ns;
+        let new = report
+            .instances_of(w)
+            .find(|i| i.id.host != victim)
+            .unwrap()
+            .first_ns;
+        assert!(
+            old < new,
+            "{w}: old instance ticked after the new one started"
+        );
+    }
+}
+
+#[test]
+fn whole_host_hang_with_a_watchdog_resets_the_host() {
+    let mut bed = start(3, |c| {
+        c.watchdog = true;
+        c.agent_args = vec!["--watchdog-timeout-ms".into(), "500".into()];
+    });
+    let s = apply(&mut bed, FOUR);
+    let victim = busy_non_leader(&s);
+    bed.hang(&victim);
+    moved_off(&bed, &victim, 4);
+    assert!(bed.watchdog_resets().iter().any(|(h, _)| *h == victim));
+    bed.resume(&victim);
+    never_twice(&bed);
+}
+
+#[test]
+fn whole_host_hang_with_a_fence_device_is_fenced_at_once() {
+    let mut bed = start(3, |c| c.fence = true);
+    let s = apply(&mut bed, FOUR);
+    let victim = busy_non_leader(&s);
+    bed.hang(&victim);
+    let s = moved_off(&bed, &victim, 4);
+    assert_eq!(host_state(&s, &victim), "fenced");
+    let ev = events(&bed, "h1");
+    assert!(ev.contains(&format!("fenced {victim}")), "{ev}");
+    assert!(
+        ev.contains(&format!("host {victim} is fenced: its host was fenced")),
+        "{ev}"
+    );
+    bed.resume(&victim);
+    never_twice(&bed);
+}
+
+#[test]
+fn fence_device_that_fails_falls_back_to_the_lease() {
+    let mut bed = start(3, |c| {
+        c.fence = true;
+        c.agent_args = vec!["--fence-arg".into(), "fail=1".into()];
+    });
+    let s = apply(&mut bed, FOUR);
+    let victim = busy_non_leader(&s);
+    bed.crash(&victim);
+    moved_off(&bed, &victim, 4);
+    let ev = events(&bed, "h1");
+    assert!(ev.contains(&format!("fencing {victim} failed")), "{ev}");
+    assert!(ev.contains("falling back to the lease"), "{ev}");
+    assert!(
+        ev.contains(&format!(
+            "host {victim} is failed: no heartbeat acknowledged"
+        )),
+        "{ev}"
+    );
+    never_twice(&bed);
+}
+
+#[test]
+fn whole_host_hang_without_watchdog_or_fence_stops_stale_workloads_on_resume() {
+    let mut bed = start(3, |_| {});
+    let s = apply(&mut bed, FOUR);
+    let victim = busy_non_leader(&s);
+    let moving = on_host(&s, &victim);
+    bed.hang(&victim);
+    moved_off(&bed, &victim, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    let resumed = mono_ns();
+    bed.resume(&victim);
+    // The resumed agent finds its lease long gone and powers its stale
+    // instances off; they must stop ticking promptly.
+    let stopped = eventually(Duration::from_secs(5), || {
+        let t = mono_ns();
+        std::thread::sleep(Duration::from_millis(200));
+        moving
+            .iter()
+            .all(|w| last_tick(&bed, w, &victim).is_none_or(|l| l < t))
+    });
+    assert!(
+        stopped,
+        "stale instances still tick on {victim} after resume"
+    );
+    bed.wait_for("victim back online", RECOVER, |s| {
+        host_state(s, &victim) == "online"
+    })
+    .unwrap();
+    // This is why hang safety needs a watchdog or a fence device: the frozen
+    // instances come back to life for a moment next to their replacements.
+    let report = check_witness(&bed.witness_dir());
+    let mut ran_past_ms: f64 = 0.0;
+    for w in &moving {
+        let old = report
+            .instances_of(w)
+            .find(|i| i.id.host == victim)
+            .unwrap();
+        let new = report
+            .instances_of(w)
+            .find(|i| i.id.host != victim)
+            .unwrap();
+        if old.last_ns > new.first_ns {
+            ran_past_ms = ran_past_ms.max((old.last_ns - new.first_ns) as f64 / 1e6);
+        }
+        let after_resume_ms = old.last_ns.saturating_sub(resumed) as f64 / 1e6;
+        eprintln!("{w}: old instance ticked {after_resume_ms:.0} ms after resume");
+        assert!(
+            after_resume_ms < 2_000.0,
+            "{w}: stale instance ran {after_resume_ms} ms after resume"
+        );
+    }
+    eprintln!("hang without watchdog or fence: old instances ran {ran_past_ms:.0} ms past their replacements' start (frozen most of it)");
+    // After the resume settles, exactly one instance of each runs.
+    let s = bed.status().unwrap();
+    assert_eq!(running(&s), 4);
+}
+
+#[test]
+fn partitioned_host_self_fences_and_majority_restarts_its_workloads() {
+    let mut bed = start(3, |_| {});
+    let s = apply(&mut bed, FOUR);
+    let victim = busy_non_leader(&s);
+    let moving = on_host(&s, &victim);
+    bed.partition(&victim);
+    moved_off(&bed, &victim, 4);
+    let report = never_twice(&bed);
+    for w in &moving {
+        let old = report
+            .instances_of(w)
+            .find(|i| i.id.host == victim)
+            .unwrap()
+            .last_ns;
+        let new = report
+            .instances_of(w)
+            .find(|i| i.id.host != victim)
+            .unwrap()
+            .first_ns;
+        assert!(
+            old < new,
+            "{w}: the isolated host powered it off before it ran elsewhere"
+        );
+    }
+    bed.heal(&victim);
+    bed.wait_for("victim back online", RECOVER, |s| {
+        host_state(s, &victim) == "online" && running(s) == 4
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1_000));
+    let s = bed.status().unwrap();
+    assert_eq!(running(&s), 4);
+    for w in &moving {
+        assert!(
+            last_tick(&bed, w, &victim).unwrap() < mono_ns() - 500_000_000,
+            "{w} came back on {victim}"
+        );
+    }
+    never_twice(&bed);
+}
+
+#[test]
+fn partition_with_leave_running_and_a_live_datastore_restarts_nothing() {
+    let mut bed = start(3, |c| {
+        c.datastore = true;
+        c.agent_args = vec!["--isolation-response".into(), "leave-running".into()];
+    });
+    let s = apply(&mut bed, FOUR);
+    let before = placement(&s);
+    let victim = busy_non_leader(&s);
+    let staying = on_host(&s, &victim);
+    bed.partition(&victim);
+    let s = bed
+        .wait_for("victim isolated", RECOVER, |s| {
+            host_state(s, &victim) == "isolated"
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2_000));
+    let s2 = bed.status().unwrap();
+    for s in [&s, &s2] {
+        let now = placement(s);
+        for w in &staying {
+            assert_eq!(
+                (&now[w].0, now[w].1),
+                (&before[w].0, before[w].1),
+                "{w} was moved"
+            );
+        }
+    }
+    let t = mono_ns();
+    std::thread::sleep(Duration::from_millis(300));
+    for w in &staying {
+        assert!(
+            last_tick(&bed, w, &victim).unwrap() > t,
+            "{w} keeps running on the isolated host"
+        );
+    }
+    bed.heal(&victim);
+    let s = bed
+        .wait_for("victim online", RECOVER, |s| {
+            host_state(s, &victim) == "online" && running(s) == 4
+        })
+        .unwrap();
+    assert_eq!(
+        placement(&s)
+            .iter()
+            .map(|(w, p)| (w.clone(), p.0.clone(), p.1))
+            .collect::<Vec<_>>(),
+        before
+            .iter()
+            .map(|(w, p)| (w.clone(), p.0.clone(), p.1))
+            .collect::<Vec<_>>()
+    );
+    let report = never_twice(&bed);
+    assert_eq!(
+        report.instances.len(),
+        4,
+        "no instance was ever started twice: {report}"
+    );
+}
+
+#[test]
+fn coordinator_crash_in_the_middle_of_a_failover() {
+    let mut bed = start(5, |_| {});
+    let s = apply(
+        &mut bed,
+        &[
+            ("w1", "high"),
+            ("w2", "high"),
+            ("w3", "medium"),
+            ("w4", "medium"),
+            ("w5", "low"),
+        ],
+    );
+    let leader = s["leader"].as_str().unwrap().to_owned();
+    let victim = placement(&s)
+        .values()
+        .map(|(h, _, _)| h.clone())
+        .find(|h| h != &leader && (h == "h4" || h == "h5"))
+        .unwrap_or_else(|| busy_non_leader(&s));
+    bed.crash(&victim);
+    std::thread::sleep(Duration::from_millis(700)); // suspect, not yet failed
+    bed.crash(&leader);
+    let leader2 = leader.clone();
+    let victim2 = victim.clone();
+    let s = bed
+        .wait_for("everything on survivors", RECOVER, |s| {
+            running(s) == 5
+                && placement(s)
+                    .values()
+                    .all(|(h, _, _)| *h != victim2 && *h != leader2)
+        })
+        .unwrap_or_else(|e| {
+            bed.print_diagnostics();
+            panic!("{e:#}")
+        });
+    assert_ne!(s["leader"].as_str().unwrap(), leader);
+    let ev = events(&bed, s["leader"].as_str().unwrap());
+    assert!(ev.contains("took office as coordinator"), "{ev}");
+    never_twice(&bed);
+}
+
+#[test]
+fn losing_two_of_three_managers_moves_nothing_and_the_minority_isolates() {
+    let mut bed = start(3, |_| {});
+    let s = apply(&mut bed, FOUR);
+    let survivor = "h1";
+    let on_survivor = on_host(&s, survivor);
+    bed.crash("h2");
+    bed.crash("h3");
+    // No majority: the survivor's lease lapses and it powers off.
+    let quiet = eventually(Duration::from_secs(10), || {
+        let t = mono_ns();
+        std::thread::sleep(Duration::from_millis(200));
+        on_survivor
+            .iter()
+            .all(|w| last_tick(&bed, w, survivor).is_none_or(|l| l < t))
+    });
+    assert!(quiet, "the minority host kept running its workloads");
+    std::thread::sleep(Duration::from_millis(2_000));
+    // Nothing was reassigned: no generation beyond the first was ever run.
+    let report = check_witness(&bed.witness_dir());
+    assert!(
+        report.instances.iter().all(|i| i.id.generation == 1),
+        "{report}"
+    );
+    let err = bed.cli(
+        survivor,
+        &[
+            "apply",
+            "-f",
+            &bed.dir().join("witness.toml").display().to_string(),
+        ],
+    );
+    assert!(
+        err.is_err(),
+        "no change can be committed without a majority"
+    );
+    // The managers come back: everything runs again, once.
+    bed.restart_agent("h2").unwrap();
+    bed.restart_agent("h3").unwrap();
+    bed.wait_for("all running again", RECOVER, |s| running(s) == 4)
+        .unwrap();
+    never_twice(&bed);
+}
+
+#[test]
+fn flapping_link_causes_no_ping_pong() {
+    let mut bed = start(3, |_| {});
+    let s = apply(&mut bed, FOUR);
+    let before = placement(&s);
+    let victim = busy_non_leader(&s);
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        bed.partition(&victim);
+        std::thread::sleep(Duration::from_millis(300));
+        bed.heal(&victim);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    let s = bed.status().unwrap();
+    let after = placement(&s);
+    for (w, (h, g, _)) in &before {
+        assert_eq!((&after[w].0, after[w].1), (h, *g), "{w} moved");
+    }
+    let ev = events(&bed, "h1");
+    assert!(!ev.contains("unassigned"), "{ev}");
+    never_twice(&bed);
+}
+
+#[test]
+fn no_capacity_leaves_workloads_pending_until_a_host_returns() {
+    let mut bed = start(3, |c| c.capacity = "vcpus=2,memory_mib=4096".into());
+    let before = apply(
+        &mut bed,
+        &[
+            ("w1", "highest"),
+            ("w2", "high"),
+            ("w3", "medium"),
+            ("w4", "low"),
+            ("w5", "lowest"),
+        ],
+    );
+    let s = &before;
+    let leader = s["leader"].as_str().unwrap().to_owned();
+    // A non-coordinator host running two workloads.
+    let victim = ["h1", "h2", "h3"]
+        .into_iter()
+        .find(|h| *h != leader && on_host(s, h).len() == 2)
+        .unwrap_or_else(|| panic!("no full non-coordinator host: {s}"))
+        .to_owned();
+    bed.crash(&victim);
+    let v = victim.clone();
+    let s = bed
+        .wait_for("one moved, one pending", RECOVER, |s| {
+            running(s) == 4 && placement(s).values().any(|(_, _, st)| st == "pending")
+        })
+        .unwrap_or_else(|e| {
+            bed.print_diagnostics();
+            panic!("{e:#}")
+        });
+    let pending: Vec<&Value> = s["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "pending")
+        .collect();
+    assert_eq!(pending.len(), 1);
+    let reason = pending[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("no online host has 1 vcpus"), "{reason}");
+    // Of the two that lost their host, the lower priority one waits (names
+    // are in priority order, w1 highest).
+    let pending_name = pending[0]["name"].as_str().unwrap().to_owned();
+    let lost = on_host(&before, &victim);
+    assert!(lost.contains(&pending_name), "{lost:?}");
+    let other = lost.iter().find(|w| **w != pending_name).unwrap();
+    assert!(
+        pending_name > *other,
+        "{pending_name} waits while {other} runs"
+    );
+    bed.restart_agent(&victim).unwrap();
+    bed.wait_for("placed when the host returns", RECOVER, |s| {
+        running(s) == 5 && host_state(s, &v) == "online"
+    })
+    .unwrap();
+    never_twice(&bed);
+}
