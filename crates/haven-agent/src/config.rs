@@ -64,6 +64,8 @@ pub struct AgentConfig {
     pub fence_after_ms: u64,
     /// Bound on one fence operation (off + status).
     pub fence_timeout_ms: u64,
+    /// Test bed only: a witness tick per VM guest heartbeat goes here.
+    pub vm_witness_dir: Option<PathBuf>,
 }
 
 /// The TOML config file (`--config`). Every key is optional; unknown keys

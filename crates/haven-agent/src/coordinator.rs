@@ -193,7 +193,7 @@ pub async fn run(node: Arc<Node>) {
                     }
                     if let Some((_, obs)) = office.observed.get(&a.host) {
                         if let Some(x) = obs.iter().find(|x| x.workload == w.spec.name && x.generation == a.generation) {
-                            if x.state == InstanceState::Failed {
+                            if x.state == InstanceState::Failed && !x.no_failover {
                                 failed.push((w.spec.name.clone(), a.generation, x.detail.clone().unwrap_or_else(|| "failed".into())));
                             }
                             if x.state == InstanceState::Running && office.placed.get(&w.spec.name) == Some(&a.generation) {

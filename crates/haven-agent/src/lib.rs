@@ -18,6 +18,7 @@ pub mod node;
 pub mod rpc;
 pub mod server;
 pub mod supervisor;
+pub mod vm;
 pub mod watchdog;
 
 pub use config::{AgentConfig, StartMode};

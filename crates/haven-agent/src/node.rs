@@ -237,7 +237,17 @@ pub async fn run(
     let driver = ProcessDriver::new(cgroup_root.clone(), datadir.logs_dir())
         .with_context(|| format!("workload cgroups under {}", cgroup_root.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let supervisor = Supervisor::new(driver, identity.name.clone(), cfg.stop_grace_ms);
+    let supervisor = Supervisor::new(
+        driver,
+        crate::supervisor::SupervisorConfig {
+            host: identity.name.clone(),
+            stop_grace_ms: cfg.stop_grace_ms,
+            run_dir: datadir.path().join("run"),
+            datastore: cfg.datastore.clone(),
+            vm_witness_dir: cfg.vm_witness_dir.clone(),
+        },
+        clock.clone(),
+    );
     let datastore = match &cfg.datastore {
         Some(p) => Some(crate::datastore::Datastore::open(p).map_err(|e| anyhow!(e))?),
         None => None,
@@ -355,6 +365,7 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus) -> Result<()> {
             settings: haven_core::model::ClusterSettings {
                 isolation_response: node.cfg.isolation_response,
                 shutdown_timeout_ms: node.cfg.shutdown_timeout_ms,
+                datastore: node.cfg.datastore.as_ref().map(|p| p.display().to_string()),
             },
             at_ms,
         },

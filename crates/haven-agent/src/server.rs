@@ -458,6 +458,10 @@ async fn apply(
         .await;
     }
     // Re-validate: the API is reachable without the CLI.
+    let datastore = node
+        .consensus
+        .as_ref()
+        .and_then(|c| c.read(|s| s.settings.datastore.clone()));
     let mut problems = vec![];
     let mut names = std::collections::BTreeSet::new();
     for s in &req.specs {
@@ -473,9 +477,15 @@ async fn apply(
                 req.source, s.name
             ));
         }
-        let haven_core::model::WorkloadKind::Process { command, .. } = &s.kind;
-        if command.is_empty() || !command[0].starts_with('/') {
-            problems.push(format!("{}: workload {:?}: field \"command\": must be a non-empty argv with an absolute program path", req.source, s.name));
+        match &s.kind {
+            haven_core::model::WorkloadKind::Process { command, .. } => {
+                if command.is_empty() || !command[0].starts_with('/') {
+                    problems.push(format!("{}: workload {:?}: field \"command\": must be a non-empty argv with an absolute program path", req.source, s.name));
+                }
+            }
+            haven_core::model::WorkloadKind::Vm(vm) => {
+                problems.extend(check_vm_files(&req.source, s, vm, datastore.as_deref()));
+            }
         }
         if s.vcpus == 0 || s.memory_mib == 0 {
             problems.push(format!(
@@ -605,4 +615,37 @@ async fn health(State(node): State<Arc<Node>>) -> Reply {
         "instances": node.supervisor.observed(),
     }))
     .into_response()
+}
+
+/// A VM's files must exist (the datastore is mounted at the same path on
+/// every host, so what this host sees is what the others see), and a VM that
+/// may fail over must keep its disks on the datastore.
+fn check_vm_files(
+    source: &str,
+    spec: &haven_core::model::WorkloadSpec,
+    vm: &haven_core::model::VmSpec,
+    datastore: Option<&str>,
+) -> Vec<String> {
+    let mut out = vec![];
+    let at = format!("{source}: workload {:?}", spec.name);
+    for d in &vm.disks {
+        if !std::path::Path::new(d).is_file() {
+            out.push(format!("{at}: field \"disks\": {d} does not exist; create it (e.g. qemu-img create -f qcow2 {d} 1G)"));
+        }
+        if spec.priority != haven_core::model::Priority::Disabled {
+            match datastore {
+                Some(ds) if std::path::Path::new(d).starts_with(ds) => {}
+                Some(ds) => out.push(format!("{at}: field \"disks\": {d} is not on the datastore {ds}; a VM that fails over must keep its disks there (or set priority = \"disabled\")")),
+                None => out.push(format!("{at}: field \"disks\": the cluster has no datastore (start the agents with --datastore), so no other host could open {d}; set priority = \"disabled\" for a VM that must not fail over")),
+            }
+        }
+    }
+    for (field, path) in [("kernel", &vm.kernel), ("initrd", &vm.initrd)] {
+        if let Some(p) = path {
+            if !std::path::Path::new(p).is_file() {
+                out.push(format!("{at}: field \"{field}\": {p} does not exist"));
+            }
+        }
+    }
+    out
 }

@@ -13,7 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::api::Desired;
+use crate::clock::Clock;
+use crate::datastore::Datastore;
 use crate::node::Node;
+use haven_drivers::vm::VmPaths;
+use std::path::PathBuf;
 
 /// What the agent may do right now, given its lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +43,8 @@ pub enum Phase {
     /// Restart budget exhausted.
     Failed,
     Stopping,
+    /// A VM whose guest shut itself down; left stopped by policy.
+    Stopped,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,10 +98,12 @@ pub fn decide(
                 match (l.phase, l.isolation) {
                     (Phase::Stopping, _) => {}
                     // Not running: nothing to keep; clear it away.
-                    (Phase::Failed | Phase::Restarting { .. }, _) => out.push(Action::Kill {
-                        workload,
-                        generation,
-                    }),
+                    (Phase::Failed | Phase::Restarting { .. } | Phase::Stopped, _) => {
+                        out.push(Action::Kill {
+                            workload,
+                            generation,
+                        })
+                    }
                     (Phase::Running, IsolationResponse::LeaveRunning) if *datastore_ok => {}
                     (Phase::Running, IsolationResponse::Shutdown) => out.push(Action::Shutdown {
                         workload,
@@ -149,9 +157,36 @@ pub struct Instance {
     pub pid: Option<u32>,
     pub restarts: u32,
     pub detail: Option<String>,
+    /// A VM watch task runs for it.
+    pub vm_watched: bool,
+    /// The guest shut itself down and stays stopped.
+    pub guest_stopped: bool,
+    /// VM monitoring gave up: (why, fail over?).
+    pub give_up: Option<(String, bool)>,
+    pub no_failover: bool,
 }
 
 impl Instance {
+    fn new(
+        generation: Generation,
+        isolation: IsolationResponse,
+        policy: haven_core::model::RestartPolicy,
+    ) -> Instance {
+        Instance {
+            generation,
+            phase: Phase::Running,
+            isolation,
+            tracker: RestartTracker::new(policy),
+            pid: None,
+            restarts: 0,
+            detail: None,
+            vm_watched: false,
+            guest_stopped: false,
+            give_up: None,
+            no_failover: false,
+        }
+    }
+
     pub fn observed(&self, workload: &str) -> Observed {
         Observed {
             workload: workload.to_owned(),
@@ -161,16 +196,28 @@ impl Instance {
                 Phase::Restarting { .. } => InstanceState::Restarting,
                 Phase::Failed => InstanceState::Failed,
                 Phase::Stopping => InstanceState::Stopping,
+                Phase::Stopped => InstanceState::Stopped,
             },
             pid: self.pid,
             restarts: self.restarts,
             detail: self.detail.clone(),
+            no_failover: self.no_failover,
         }
     }
 
     /// The instance exited at `now_ms`: restart later or give up.
     pub fn on_exit(&mut self, now_ms: u64, how: String) {
         self.pid = None;
+        if self.guest_stopped {
+            self.phase = Phase::Stopped;
+            return;
+        }
+        if let Some((why, failover)) = self.give_up.take() {
+            self.phase = Phase::Failed;
+            self.no_failover = !failover;
+            self.detail = Some(why);
+            return;
+        }
         match self.tracker.on_exit(now_ms) {
             RestartDecision::RestartAfter { delay_ms, .. } => {
                 self.phase = Phase::Restarting {
@@ -188,12 +235,6 @@ impl Instance {
     }
 }
 
-pub fn command_of(d: &Desired) -> (&[String], &BTreeMap<String, String>) {
-    match &d.spec.kind {
-        WorkloadKind::Process { command, env } => (command.as_slice(), env),
-    }
-}
-
 fn key(workload: &str, generation: Generation) -> InstanceKey {
     InstanceKey {
         workload: workload.to_owned(),
@@ -206,15 +247,35 @@ pub struct Supervisor {
     host: String,
     stop_grace_ms: u64,
     instances: Arc<Mutex<BTreeMap<String, Instance>>>,
+    /// Where VM instances keep their sockets and console logs.
+    run_dir: PathBuf,
+    datastore: Option<Datastore>,
+    vm_witness_dir: Option<PathBuf>,
+    clock: Arc<dyn Clock>,
+    /// Disk-lock probes in progress: workload -> (seq seen, look again at).
+    lock_probes: Mutex<BTreeMap<String, (u64, u64)>>,
+}
+
+pub struct SupervisorConfig {
+    pub host: String,
+    pub stop_grace_ms: u64,
+    pub run_dir: PathBuf,
+    pub datastore: Option<PathBuf>,
+    pub vm_witness_dir: Option<PathBuf>,
 }
 
 impl Supervisor {
-    pub fn new(driver: ProcessDriver, host: String, stop_grace_ms: u64) -> Supervisor {
+    pub fn new(driver: ProcessDriver, cfg: SupervisorConfig, clock: Arc<dyn Clock>) -> Supervisor {
         Supervisor {
             driver: Arc::new(driver),
-            host,
-            stop_grace_ms,
+            host: cfg.host,
+            stop_grace_ms: cfg.stop_grace_ms,
             instances: Arc::new(Mutex::new(BTreeMap::new())),
+            run_dir: cfg.run_dir,
+            datastore: cfg.datastore.and_then(|p| Datastore::open(&p).ok()),
+            vm_witness_dir: cfg.vm_witness_dir,
+            clock,
+            lock_probes: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -241,18 +302,14 @@ impl Supervisor {
                 });
                 continue;
             }
-            map.insert(
-                info.key.workload.clone(),
-                Instance {
-                    generation: info.key.generation,
-                    phase: Phase::Running,
-                    isolation: IsolationResponse::PowerOff,
-                    tracker: RestartTracker::new(Default::default()),
-                    pid: info.pids.first().copied(),
-                    restarts: 0,
-                    detail: Some("re-adopted after agent restart".into()),
-                },
+            let mut inst = Instance::new(
+                info.key.generation,
+                IsolationResponse::PowerOff,
+                Default::default(),
             );
+            inst.pid = info.pids.first().copied();
+            inst.detail = Some("re-adopted after agent restart".into());
+            map.insert(info.key.workload.clone(), inst);
         }
         Ok(map.len())
     }
@@ -301,6 +358,12 @@ impl Supervisor {
             if let Some(i) = map.get_mut(&d.spec.name) {
                 if i.generation == d.generation {
                     i.isolation = d.isolation;
+                    if let (WorkloadKind::Vm(vm), Phase::Running, false) =
+                        (&d.spec.kind, i.phase, i.vm_watched)
+                    {
+                        i.vm_watched = true;
+                        self.watch_vm(&d.spec.name, d.generation, vm);
+                    }
                 }
             }
         }
@@ -412,27 +475,73 @@ impl Supervisor {
         };
         let k = key(workload, generation);
         let _ = self.driver.cleanup(&k);
-        let (command, env) = command_of(d);
-        let mut env = env.clone();
-        env.insert("HAVEN_HOST".into(), self.host.clone());
-        let entry = map.entry(workload.to_owned()).or_insert_with(|| Instance {
-            generation,
-            phase: Phase::Running,
-            isolation: d.isolation,
-            tracker: RestartTracker::new(d.spec.restart),
-            pid: None,
-            restarts: 0,
-            detail: None,
-        });
-        if matches!(entry.phase, Phase::Restarting { .. }) {
+        let mut env = BTreeMap::new();
+        env.insert("HAVEN_HOST".to_string(), self.host.clone());
+        let command: Vec<String> = match &d.spec.kind {
+            WorkloadKind::Process { command, env: e } => {
+                env.extend(e.clone());
+                command.clone()
+            }
+            WorkloadKind::Vm(vm) => {
+                if let Some(refusal) = self.disk_lock_refusal(workload, generation, now_ms) {
+                    let entry = map
+                        .entry(workload.to_owned())
+                        .or_insert_with(|| Instance::new(generation, d.isolation, d.spec.restart));
+                    match refusal {
+                        Some(why) => {
+                            entry.phase = Phase::Failed;
+                            entry.detail = Some(format!("not started: {why}"));
+                        }
+                        None => {
+                            entry.phase = Phase::Restarting {
+                                at_ms: now_ms + crate::vm::LOCK_PROBE_MS,
+                            };
+                            entry.detail = Some(LOCK_CHECK.into());
+                        }
+                    }
+                    return;
+                }
+                let paths = VmPaths::new(&self.run_dir.join(k.to_string()));
+                let _ = std::fs::create_dir_all(&paths.dir);
+                for p in [
+                    &paths.qmp,
+                    &paths.qmp_ops,
+                    &paths.heartbeat,
+                    &paths.guest_agent,
+                ] {
+                    let _ = std::fs::remove_file(p);
+                }
+                let mut argv = vec![haven_drivers::vm::QEMU.to_string()];
+                argv.extend(haven_drivers::vm::qemu_args(
+                    workload,
+                    vm,
+                    d.spec.vcpus,
+                    d.spec.memory_mib,
+                    &paths,
+                ));
+                argv
+            }
+        };
+        let entry = map
+            .entry(workload.to_owned())
+            .or_insert_with(|| Instance::new(generation, d.isolation, d.spec.restart));
+        if matches!(entry.phase, Phase::Restarting { .. })
+            && entry.detail.as_deref() != Some(LOCK_CHECK)
+        {
             entry.restarts += 1;
         }
-        match self.driver.start(&k, command, &env) {
+        entry.guest_stopped = false;
+        entry.give_up = None;
+        match self.driver.start(&k, &command, &env) {
             Ok(pid) => {
                 tracing::info!("started {k} pid {pid}");
                 entry.phase = Phase::Running;
                 entry.pid = Some(pid);
                 entry.detail = None;
+                if let WorkloadKind::Vm(vm) = &d.spec.kind {
+                    entry.vm_watched = true;
+                    self.watch_vm(workload, generation, vm);
+                }
             }
             Err(e) => {
                 tracing::warn!("start of {k} failed: {e}");
@@ -440,7 +549,61 @@ impl Supervisor {
             }
         }
     }
+
+    fn watch_vm(&self, workload: &str, generation: Generation, vm: &haven_core::model::VmSpec) {
+        let k = key(workload, generation);
+        let watch = crate::vm::VmWatch {
+            workload: workload.to_owned(),
+            generation,
+            host: self.host.clone(),
+            paths: VmPaths::new(&self.run_dir.join(k.to_string())),
+            policy: vm.monitoring,
+            heartbeat: vm.heartbeat,
+            instances: self.instances.clone(),
+            clock: self.clock.clone(),
+            witness_dir: self.vm_witness_dir.clone(),
+        };
+        tokio::spawn(watch.run());
+    }
+
+    /// Disk safety before a VM start. `None`: go ahead. `Some(None)`: a
+    /// probe of a foreign lock is in progress, look again later.
+    /// `Some(Some(why))`: refused.
+    fn disk_lock_refusal(
+        &self,
+        workload: &str,
+        generation: Generation,
+        now_ms: u64,
+    ) -> Option<Option<String>> {
+        let ds = self.datastore.as_ref()?;
+        let current = ds.read_lock(workload);
+        let mut probes = self.lock_probes.lock().unwrap();
+        let probe = probes.get(workload).copied();
+        if probe.is_some_and(|(_, at)| now_ms < at) {
+            return Some(None);
+        }
+        let seen = probe.map(|(s, _)| s);
+        match crate::vm::lock_verdict(current.as_ref(), &self.host, generation, seen) {
+            crate::vm::LockVerdict::Start => {
+                probes.remove(workload);
+                None
+            }
+            crate::vm::LockVerdict::Probe { seq } => {
+                probes.insert(
+                    workload.to_owned(),
+                    (seq, now_ms + crate::vm::LOCK_PROBE_MS),
+                );
+                Some(None)
+            }
+            crate::vm::LockVerdict::Refuse(why) => {
+                probes.remove(workload);
+                Some(Some(why))
+            }
+        }
+    }
 }
+
+const LOCK_CHECK: &str = "checking the disks' lock on the datastore";
 
 enum StopHow {
     Kill,

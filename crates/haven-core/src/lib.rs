@@ -11,3 +11,4 @@ pub mod placement;
 pub mod restart;
 pub mod spec;
 pub mod state;
+pub mod vm_monitor;

@@ -151,6 +151,9 @@ pub struct ClusterSettings {
     /// Graceful-stop bound of the `shutdown` isolation response; the
     /// coordinator waits this much longer before restarting such workloads.
     pub shutdown_timeout_ms: u64,
+    /// The shared datastore's path (the same on every host), if any.
+    #[serde(default)]
+    pub datastore: Option<String>,
 }
 
 /// Restart priority: the order in which workloads are placed, and whether a
@@ -195,12 +198,92 @@ pub enum WorkloadKind {
         #[serde(default)]
         env: BTreeMap<String, String>,
     },
+    /// A QEMU/KVM virtual machine, driven over QMP.
+    Vm(VmSpec),
 }
 
 impl WorkloadKind {
     pub fn name(&self) -> &'static str {
         match self {
             WorkloadKind::Process { .. } => "process",
+            WorkloadKind::Vm(_) => "vm",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Disk images (qcow2 or raw), on the datastore when the VM may fail over.
+    pub disks: Vec<String>,
+    /// Direct kernel boot (optional).
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub append: Option<String>,
+    pub network: VmNetwork,
+    pub heartbeat: GuestHeartbeat,
+    pub accel: Accel,
+    pub monitoring: VmMonitoring,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum VmNetwork {
+    None,
+    /// QEMU user networking; `forward` entries are QEMU hostfwd rules,
+    /// e.g. `tcp:127.0.0.1:8081-:80`.
+    User {
+        forward: Vec<String>,
+    },
+    /// A tap on a host bridge.
+    Bridge {
+        bridge: String,
+        mac: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestHeartbeat {
+    /// A line per interval on the virtio-serial port `org.haven.heartbeat`.
+    Haven,
+    /// `guest-ping` through the QEMU guest agent.
+    QemuGuestAgent,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM where it really works (hardware virtualization), else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// VM monitoring: what to do when the guest stops heartbeating, panics or
+/// shuts itself down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmMonitoring {
+    pub failure_interval_s: u64,
+    pub min_uptime_s: u64,
+    pub max_resets: u32,
+    pub reset_window_s: u64,
+    /// After `max_resets`: move to another host (`true`) or mark `failed`.
+    pub failover_after_max_resets: bool,
+    /// A clean guest-initiated shutdown: start it again (`true`) or leave
+    /// it stopped.
+    pub restart_on_guest_shutdown: bool,
+}
+
+impl Default for VmMonitoring {
+    fn default() -> Self {
+        VmMonitoring {
+            failure_interval_s: 30,
+            min_uptime_s: 120,
+            max_resets: 3,
+            reset_window_s: 3600,
+            failover_after_max_resets: true,
+            restart_on_guest_shutdown: false,
         }
     }
 }
@@ -268,6 +351,8 @@ pub enum InstanceState {
     /// Restart budget exhausted on this host.
     Failed,
     Stopping,
+    /// The guest shut itself down cleanly and policy leaves it stopped.
+    Stopped,
 }
 
 impl fmt::Display for InstanceState {
@@ -278,6 +363,7 @@ impl fmt::Display for InstanceState {
             InstanceState::Restarting => "restarting",
             InstanceState::Failed => "failed",
             InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
         })
     }
 }
@@ -291,4 +377,7 @@ pub struct Observed {
     pub pid: Option<u32>,
     pub restarts: u32,
     pub detail: Option<String>,
+    /// `failed`, and policy says not to move it (VM `on_max_resets = "fail"`).
+    #[serde(default)]
+    pub no_failover: bool,
 }

@@ -6,7 +6,8 @@
 //! (does the workload fit on any host?) are in `check_fits_cluster`.
 
 use crate::model::{
-    Capacity, HostRecord, IsolationResponse, Priority, RestartPolicy, WorkloadKind, WorkloadSpec,
+    Accel, Capacity, GuestHeartbeat, HostRecord, IsolationResponse, Priority, RestartPolicy,
+    VmMonitoring, VmNetwork, VmSpec, WorkloadKind, WorkloadSpec,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -18,17 +19,31 @@ pub const MAX_RESTARTS_MAX: u32 = 1_000;
 pub const RESTART_WINDOW_S_MAX: u64 = 7 * 24 * 3600;
 pub const WORKLOADS_PER_FILE_MAX: usize = 10_000;
 
-const FIELDS: &[&str] = &[
+const COMMON_FIELDS: &[&str] = &[
     "name",
     "kind",
-    "command",
-    "env",
     "vcpus",
     "memory_mib",
     "priority",
     "max_restarts",
     "restart_window_s",
     "isolation_response",
+];
+const PROCESS_FIELDS: &[&str] = &["command", "env"];
+const VM_FIELDS: &[&str] = &[
+    "disks",
+    "kernel",
+    "initrd",
+    "append",
+    "network",
+    "heartbeat",
+    "accel",
+    "failure_interval_s",
+    "min_uptime_s",
+    "max_resets",
+    "reset_window_s",
+    "on_max_resets",
+    "on_guest_shutdown",
 ];
 
 /// All problems found in one file.
@@ -176,12 +191,6 @@ impl Entry<'_> {
 
     fn spec(&mut self) -> Option<WorkloadSpec> {
         let before = self.errors.len();
-        for key in self.t.keys() {
-            if !FIELDS.contains(&key.as_str()) {
-                let msg = format!("unknown field; allowed fields: {}", FIELDS.join(", "));
-                self.err(key, msg);
-            }
-        }
         let name = match self.required("name", self.t.get("name")) {
             Some(toml::Value::String(s)) => match check_name(s) {
                 Ok(()) => Some(s.clone()),
@@ -197,17 +206,36 @@ impl Entry<'_> {
             None => None,
         };
         let kind = match self.required("kind", self.t.get("kind")) {
-            Some(toml::Value::String(s)) if s == "process" => Some(s.as_str()),
+            Some(toml::Value::String(s)) if s == "process" || s == "vm" => Some(s.as_str()),
             Some(v) => {
                 self.err(
                     "kind",
-                    format!("unsupported kind {v}; allowed: \"process\" (\"vm\" and \"ocf\" come later)"),
+                    format!(
+                        "unsupported kind {v}; allowed: \"process\", \"vm\" (\"ocf\" comes later)"
+                    ),
                 );
                 None
             }
             None => None,
         };
+        let specific: &[&str] = match kind {
+            Some("vm") => VM_FIELDS,
+            _ => PROCESS_FIELDS,
+        };
+        for key in self.t.keys() {
+            if !COMMON_FIELDS.contains(&key.as_str()) && !specific.contains(&key.as_str()) {
+                let allowed: Vec<&str> = COMMON_FIELDS.iter().chain(specific).copied().collect();
+                let msg = format!(
+                    "unknown field for kind {:?}; allowed fields: {}",
+                    kind.unwrap_or("process"),
+                    allowed.join(", ")
+                );
+                self.err(key, msg);
+            }
+        }
+        let vm = if kind == Some("vm") { self.vm() } else { None };
         let command = match self.t.get("command") {
+            None if kind == Some("vm") => Some(vec![]),
             None if kind == Some("process") => {
                 self.err("command", "missing; a process workload needs a command, e.g. [\"/usr/bin/python3\", \"-m\", \"http.server\"]");
                 None
@@ -325,12 +353,16 @@ impl Entry<'_> {
         if self.errors.len() > before {
             return None;
         }
-        Some(WorkloadSpec {
-            name: name?,
-            kind: WorkloadKind::Process {
+        let kind = match kind? {
+            "vm" => WorkloadKind::Vm(vm?),
+            _ => WorkloadKind::Process {
                 command: command?,
                 env: env?,
             },
+        };
+        Some(WorkloadSpec {
+            name: name?,
+            kind,
             vcpus: vcpus? as u32,
             memory_mib: memory_mib? as u64,
             priority: priority?,
@@ -340,6 +372,201 @@ impl Entry<'_> {
                 ..defaults
             },
             isolation_response,
+        })
+    }
+
+    fn string(&mut self, field: &str) -> Option<String> {
+        match self.t.get(field) {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s.clone()),
+            Some(v) => {
+                self.err(field, format!("must be a string; got {v}"));
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, field: &str) -> Option<String> {
+        let p = self.string(field)?;
+        if !p.starts_with('/') {
+            self.err(field, format!("must be an absolute path; got {p:?}"));
+            return None;
+        }
+        Some(p)
+    }
+
+    fn choice(&mut self, field: &str, allowed: &[&str], default: &str) -> String {
+        match self.string(field) {
+            None => default.to_owned(),
+            Some(s) if allowed.contains(&s.as_str()) => s,
+            Some(s) => {
+                let list: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+                self.err(field, format!("{s:?} is not one of {}", list.join(", ")));
+                default.to_owned()
+            }
+        }
+    }
+
+    /// The `vm` kind's fields. Errors are recorded; `None` if any.
+    fn vm(&mut self) -> Option<VmSpec> {
+        let before = self.errors.len();
+        let disks = match self.t.get("disks") {
+            None => vec![],
+            Some(toml::Value::Array(a)) => {
+                let mut disks = vec![];
+                for v in a {
+                    match v.as_str() {
+                        Some(p) if p.starts_with('/') => disks.push(p.to_owned()),
+                        _ => self.err(
+                            "disks",
+                            format!("every disk must be an absolute path string; got {v}"),
+                        ),
+                    }
+                }
+                disks
+            }
+            Some(v) => {
+                self.err("disks", format!("must be an array of image paths; got {v}"));
+                vec![]
+            }
+        };
+        let kernel = self.path("kernel");
+        let initrd = self.path("initrd");
+        let append = self.string("append");
+        if kernel.is_none() && (initrd.is_some() || append.is_some()) {
+            self.err(
+                "kernel",
+                "missing: \"initrd\" and \"append\" need a \"kernel\" (direct kernel boot)",
+            );
+        }
+        if kernel.is_none() && disks.is_empty() {
+            self.err(
+                "disks",
+                "a VM needs something to boot: give \"disks\" or a \"kernel\"",
+            );
+        }
+        let network = match self.t.get("network") {
+            None => VmNetwork::None,
+            Some(toml::Value::Table(t)) => {
+                let mode = t.get("mode").and_then(|m| m.as_str()).unwrap_or("");
+                let extra: Vec<&String> = t
+                    .keys()
+                    .filter(|k| {
+                        !matches!(
+                            (mode, k.as_str()),
+                            (_, "mode") | ("user", "forward") | ("bridge", "bridge" | "mac")
+                        )
+                    })
+                    .collect();
+                if !extra.is_empty() {
+                    self.err(
+                        "network",
+                        format!("unknown keys {extra:?} for mode {mode:?}"),
+                    );
+                }
+                match mode {
+                    "none" => VmNetwork::None,
+                    "user" => {
+                        let forward: Option<Vec<String>> = match t.get("forward") {
+                            None => Some(vec![]),
+                            Some(toml::Value::Array(a)) => {
+                                a.iter().map(|v| v.as_str().map(str::to_owned)).collect()
+                            }
+                            _ => None,
+                        };
+                        match forward {
+                            Some(f)
+                                if f.iter()
+                                    .all(|r| r.starts_with("tcp:") || r.starts_with("udp:")) =>
+                            {
+                                VmNetwork::User { forward: f }
+                            }
+                            _ => {
+                                self.err("network", "forward must be a list of QEMU hostfwd rules like \"tcp:127.0.0.1:8081-:80\"");
+                                VmNetwork::None
+                            }
+                        }
+                    }
+                    "bridge" => match t.get("bridge").and_then(|b| b.as_str()) {
+                        Some(b) if !b.is_empty() => VmNetwork::Bridge {
+                            bridge: b.to_owned(),
+                            mac: t.get("mac").and_then(|m| m.as_str()).map(str::to_owned),
+                        },
+                        _ => {
+                            self.err("network", "mode \"bridge\" needs bridge = \"br0\"");
+                            VmNetwork::None
+                        }
+                    },
+                    other => {
+                        self.err(
+                            "network",
+                            format!("mode {other:?} is not one of \"user\", \"bridge\", \"none\""),
+                        );
+                        VmNetwork::None
+                    }
+                }
+            }
+            Some(v) => {
+                self.err(
+                    "network",
+                    format!("must be a table like {{ mode = \"user\", forward = [...] }}; got {v}"),
+                );
+                VmNetwork::None
+            }
+        };
+        let heartbeat = match self
+            .choice("heartbeat", &["haven", "qemu-guest-agent", "none"], "haven")
+            .as_str()
+        {
+            "qemu-guest-agent" => GuestHeartbeat::QemuGuestAgent,
+            "none" => GuestHeartbeat::None,
+            _ => GuestHeartbeat::Haven,
+        };
+        let accel = match self
+            .choice("accel", &["auto", "kvm", "tcg"], "auto")
+            .as_str()
+        {
+            "kvm" => Accel::Kvm,
+            "tcg" => Accel::Tcg,
+            _ => Accel::Auto,
+        };
+        let d = VmMonitoring::default();
+        let monitoring = VmMonitoring {
+            failure_interval_s: self
+                .integer("failure_interval_s", 1, 86_400, false)
+                .map_or(d.failure_interval_s, |n| n as u64),
+            min_uptime_s: self
+                .integer("min_uptime_s", 0, 86_400, false)
+                .map_or(d.min_uptime_s, |n| n as u64),
+            max_resets: self
+                .integer("max_resets", 0, 1_000, false)
+                .map_or(d.max_resets, |n| n as u32),
+            reset_window_s: self
+                .integer("reset_window_s", 1, RESTART_WINDOW_S_MAX as i64, false)
+                .map_or(d.reset_window_s, |n| n as u64),
+            failover_after_max_resets: self.choice(
+                "on_max_resets",
+                &["failover", "fail"],
+                "failover",
+            ) == "failover",
+            restart_on_guest_shutdown: self.choice(
+                "on_guest_shutdown",
+                &["stop", "restart"],
+                "stop",
+            ) == "restart",
+        };
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(VmSpec {
+            disks,
+            kernel,
+            initrd,
+            append,
+            network,
+            heartbeat,
+            accel,
+            monitoring,
         })
     }
 }
@@ -454,6 +681,71 @@ priority = "high"
         assert!(
             all.contains("field \"memory_mib\": must be between 1"),
             "{all}"
+        );
+    }
+
+    const VM: &str = r#"
+[[workload]]
+name = "db1"
+kind = "vm"
+vcpus = 1
+memory_mib = 128
+disks = ["/srv/ds/db1.qcow2"]
+kernel = "/srv/ds/images/vmlinux"
+initrd = "/srv/ds/images/initrd.gz"
+append = "console=ttyS0"
+network = { mode = "user", forward = ["tcp:127.0.0.1:8081-:80"] }
+heartbeat = "haven"
+failure_interval_s = 5
+min_uptime_s = 10
+"#;
+
+    #[test]
+    fn vm_spec_parses_with_monitoring_defaults() {
+        let specs = parse_workloads("w.toml", VM).unwrap();
+        let WorkloadKind::Vm(vm) = &specs[0].kind else {
+            panic!("not a vm")
+        };
+        assert_eq!(vm.disks, vec!["/srv/ds/db1.qcow2".to_string()]);
+        assert_eq!(
+            vm.network,
+            VmNetwork::User {
+                forward: vec!["tcp:127.0.0.1:8081-:80".into()]
+            }
+        );
+        assert_eq!(vm.heartbeat, GuestHeartbeat::Haven);
+        assert_eq!(vm.accel, Accel::Auto);
+        assert_eq!(vm.monitoring.failure_interval_s, 5);
+        assert_eq!(vm.monitoring.max_resets, VmMonitoring::default().max_resets);
+        // JSON round trip (the replicated state stores it that way).
+        let json = serde_json::to_string(&specs[0]).unwrap();
+        assert_eq!(
+            serde_json::from_str::<WorkloadSpec>(&json).unwrap(),
+            specs[0]
+        );
+    }
+
+    #[test]
+    fn vm_spec_errors_name_the_field() {
+        let e = errs(&VM.replace(
+            "heartbeat = \"haven\"",
+            "heartbeat = \"ping\"\ncommand = [\"/bin/x\"]",
+        ));
+        let all = e.join("\n");
+        assert!(
+            all.contains("field \"heartbeat\"") && all.contains("qemu-guest-agent"),
+            "{all}"
+        );
+        assert!(
+            all.contains("field \"command\": unknown field for kind \"vm\""),
+            "{all}"
+        );
+        let e = errs(&VM.replace("mode = \"user\"", "mode = \"wifi\""));
+        assert!(e[0].contains("field \"network\""), "{e:?}");
+        let e = errs(&VM.replace("disks = [\"/srv/ds/db1.qcow2\"]", "disks = [\"db1.qcow2\"]"));
+        assert!(
+            e[0].contains("field \"disks\"") && e[0].contains("absolute"),
+            "{e:?}"
         );
     }
 

@@ -237,9 +237,10 @@ impl ClusterState {
                     self.event(
                         *at_ms,
                         format!(
-                            "cluster settings: isolation response {}, shutdown timeout {} ms",
+                            "cluster settings: isolation response {}, shutdown timeout {} ms, datastore {}",
                             settings.isolation_response.as_str(),
-                            settings.shutdown_timeout_ms
+                            settings.shutdown_timeout_ms,
+                            settings.datastore.as_deref().unwrap_or("none")
                         ),
                     );
                 }

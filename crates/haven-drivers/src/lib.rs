@@ -8,6 +8,8 @@
 pub mod cgroup;
 pub mod error;
 pub mod process;
+pub mod qmp;
+pub mod vm;
 
 pub use cgroup::Cgroup;
 pub use error::DriverError;

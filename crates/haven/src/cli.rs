@@ -143,6 +143,9 @@ pub struct AgentArgs {
     /// Bound on one fence operation [default: 10000].
     #[arg(long)]
     pub fence_timeout_ms: Option<u64>,
+    /// Test bed: write a witness tick per VM guest heartbeat into this directory.
+    #[arg(long, hide = true)]
+    pub vm_witness_dir: Option<PathBuf>,
 }
 
 pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
@@ -300,6 +303,7 @@ pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
             .fence_timeout_ms
             .or(file.fence_timeout_ms)
             .unwrap_or(config::DEFAULT_FENCE_TIMEOUT_MS),
+        vm_witness_dir: a.vm_witness_dir.clone(),
     })
 }
 
