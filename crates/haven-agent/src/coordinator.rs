@@ -31,6 +31,8 @@ pub struct Office {
     freshness: Freshness,
     /// Generations this office placed and has not yet seen running.
     placed: BTreeMap<String, Generation>,
+    /// Restart count last seen per workload instance, to report new ones.
+    restarts_seen: BTreeMap<String, (Generation, u32)>,
 }
 
 impl Office {
@@ -47,6 +49,7 @@ impl Office {
             fence_failed: BTreeSet::new(),
             freshness: Freshness::default(),
             placed: BTreeMap::new(),
+            restarts_seen: BTreeMap::new(),
         }
     }
 
@@ -193,6 +196,21 @@ pub async fn run(node: Arc<Node>) {
                     }
                     if let Some((_, obs)) = office.observed.get(&a.host) {
                         if let Some(x) = obs.iter().find(|x| x.workload == w.spec.name && x.generation == a.generation) {
+                            let seen = office.restarts_seen.insert(w.spec.name.clone(), (a.generation, x.restarts));
+                            if let Some((g, n)) = seen {
+                                if g == a.generation && x.restarts > n {
+                                    cmds.push(Command::RecordEvent {
+                                        message: format!(
+                                            "{} restarted in place on {} (restart {}): {}",
+                                            w.spec.name,
+                                            a.host,
+                                            x.restarts,
+                                            x.detail.clone().unwrap_or_default()
+                                        ),
+                                        at_ms,
+                                    });
+                                }
+                            }
                             if x.state == InstanceState::Failed && !x.no_failover {
                                 failed.push((w.spec.name.clone(), a.generation, x.detail.clone().unwrap_or_else(|| "failed".into())));
                             }

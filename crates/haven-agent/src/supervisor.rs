@@ -157,8 +157,8 @@ pub struct Instance {
     pub pid: Option<u32>,
     pub restarts: u32,
     pub detail: Option<String>,
-    /// A VM watch task runs for it.
-    pub vm_watched: bool,
+    /// The VM watch task that runs for it (its epoch), if any.
+    pub vm_watch: Option<u64>,
     /// The guest shut itself down and stays stopped.
     pub guest_stopped: bool,
     /// VM monitoring gave up: (why, fail over?).
@@ -180,7 +180,7 @@ impl Instance {
             pid: None,
             restarts: 0,
             detail: None,
-            vm_watched: false,
+            vm_watch: None,
             guest_stopped: false,
             give_up: None,
             no_failover: false,
@@ -254,6 +254,7 @@ pub struct Supervisor {
     clock: Arc<dyn Clock>,
     /// Disk-lock probes in progress: workload -> (seq seen, look again at).
     lock_probes: Mutex<BTreeMap<String, (u64, u64)>>,
+    next_watch: std::sync::atomic::AtomicU64,
 }
 
 pub struct SupervisorConfig {
@@ -276,6 +277,7 @@ impl Supervisor {
             vm_witness_dir: cfg.vm_witness_dir,
             clock,
             lock_probes: Mutex::new(BTreeMap::new()),
+            next_watch: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -358,11 +360,10 @@ impl Supervisor {
             if let Some(i) = map.get_mut(&d.spec.name) {
                 if i.generation == d.generation {
                     i.isolation = d.isolation;
-                    if let (WorkloadKind::Vm(vm), Phase::Running, false) =
-                        (&d.spec.kind, i.phase, i.vm_watched)
+                    if let (WorkloadKind::Vm(vm), Phase::Running, None) =
+                        (&d.spec.kind, i.phase, i.vm_watch)
                     {
-                        i.vm_watched = true;
-                        self.watch_vm(&d.spec.name, d.generation, vm);
+                        i.vm_watch = Some(self.watch_vm(&d.spec.name, d.generation, vm));
                     }
                 }
             }
@@ -539,8 +540,7 @@ impl Supervisor {
                 entry.pid = Some(pid);
                 entry.detail = None;
                 if let WorkloadKind::Vm(vm) = &d.spec.kind {
-                    entry.vm_watched = true;
-                    self.watch_vm(workload, generation, vm);
+                    entry.vm_watch = Some(self.watch_vm(workload, generation, vm));
                 }
             }
             Err(e) => {
@@ -550,9 +550,19 @@ impl Supervisor {
         }
     }
 
-    fn watch_vm(&self, workload: &str, generation: Generation, vm: &haven_core::model::VmSpec) {
+    /// Start watching a VM instance; returns the watch's epoch.
+    fn watch_vm(
+        &self,
+        workload: &str,
+        generation: Generation,
+        vm: &haven_core::model::VmSpec,
+    ) -> u64 {
         let k = key(workload, generation);
+        let epoch = self
+            .next_watch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let watch = crate::vm::VmWatch {
+            epoch,
             workload: workload.to_owned(),
             generation,
             host: self.host.clone(),
@@ -564,6 +574,7 @@ impl Supervisor {
             witness_dir: self.vm_witness_dir.clone(),
         };
         tokio::spawn(watch.run());
+        epoch
     }
 
     /// Disk safety before a VM start. `None`: go ahead. `Some(None)`: a

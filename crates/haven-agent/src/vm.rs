@@ -68,6 +68,8 @@ pub fn lock_verdict(
 }
 
 pub struct VmWatch {
+    /// Tells this watch from a later one of the same instance.
+    pub epoch: u64,
     pub workload: String,
     pub generation: Generation,
     pub host: String,
@@ -85,7 +87,7 @@ impl VmWatch {
         let mut m = self.instances.lock().unwrap();
         if let Some(i) = m
             .get_mut(&self.workload)
-            .filter(|i| i.generation == self.generation)
+            .filter(|i| i.generation == self.generation && i.vm_watch == Some(self.epoch))
         {
             f(i);
         }
@@ -114,7 +116,7 @@ impl VmWatch {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!("{key}: QMP: {e}");
-                    self.update(|i| i.vm_watched = false);
+                    self.update(|i| i.vm_watch = None);
                     return;
                 }
             };
@@ -189,7 +191,7 @@ impl VmWatch {
         if let Some(t) = hb_task {
             t.abort();
         }
-        self.update(|i| i.vm_watched = false);
+        self.update(|i| i.vm_watch = None);
     }
 }
 

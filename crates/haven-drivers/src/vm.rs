@@ -102,7 +102,9 @@ pub fn qemu_args(
         ),
     ]);
     push(&["-mon", "chardev=qmpops,mode=control"]);
-    push(&["-device", "pvpanic"]);
+    // A guest panic pauses the VM (QEMU's default would exit) so that VM
+    // monitoring decides: reset in place, or fail over.
+    push(&["-device", "pvpanic", "-action", "panic=pause"]);
     match vm.heartbeat {
         GuestHeartbeat::Haven => {
             push(&["-device", "virtio-serial-pci,id=vser0"]);

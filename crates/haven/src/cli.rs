@@ -143,9 +143,10 @@ pub struct AgentArgs {
     /// Bound on one fence operation [default: 10000].
     #[arg(long)]
     pub fence_timeout_ms: Option<u64>,
-    /// Test bed: write a witness tick per VM guest heartbeat into this directory.
+    /// Test bed: write a witness tick per VM guest heartbeat into
+    /// <datastore>/witness.
     #[arg(long, hide = true)]
-    pub vm_witness_dir: Option<PathBuf>,
+    pub vm_witness: bool,
 }
 
 pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
@@ -261,6 +262,11 @@ pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
         None if !fence_args.is_empty() => bail!("--fence-arg given without --fence-agent"),
         None => None,
     };
+    let vm_witness_dir = match (a.vm_witness, &datastore) {
+        (false, _) => None,
+        (true, Some(ds)) => Some(ds.join("witness")),
+        (true, None) => bail!("--vm-witness needs --datastore"),
+    };
     Ok(AgentConfig {
         name,
         listen,
@@ -303,7 +309,7 @@ pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
             .fence_timeout_ms
             .or(file.fence_timeout_ms)
             .unwrap_or(config::DEFAULT_FENCE_TIMEOUT_MS),
-        vm_witness_dir: a.vm_witness_dir.clone(),
+        vm_witness_dir,
     })
 }
 
