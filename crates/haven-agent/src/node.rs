@@ -375,13 +375,12 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus) -> Result<()> {
         },
     ];
     for cmd in cmds {
-        match c
+        let result = c
             .propose(cmd)
             .await
-            .map_err(|e| anyhow!("bootstrap: {e}"))?
-        {
-            CommandResult::Rejected(m) => bail!("bootstrap: {m}"),
-            _ => {}
+            .map_err(|e| anyhow!("bootstrap: {e}"))?;
+        if let CommandResult::Rejected(m) = result {
+            bail!("bootstrap: {m}");
         }
     }
     node.datadir.write_token(&token.to_string())?;

@@ -286,7 +286,7 @@ impl Supervisor {
     /// generations of one workload are found, only the newest is kept.
     pub fn adopt(&self) -> anyhow::Result<usize> {
         let mut found = self.driver.instances()?;
-        found.sort_by(|a, b| b.key.generation.cmp(&a.key.generation));
+        found.sort_by_key(|i| std::cmp::Reverse(i.key.generation));
         let mut map = self.instances.lock().unwrap();
         for info in found {
             if !info.populated {

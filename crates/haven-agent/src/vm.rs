@@ -234,10 +234,8 @@ async fn ping_guest_agent(path: PathBuf, tx: tokio::sync::mpsc::Sender<()>) {
                 )
                 .await;
                 match answer {
-                    Ok(Ok(Some(l))) if l.contains("\"return\"") => {
-                        if tx.send(()).await.is_err() {
-                            return;
-                        }
+                    Ok(Ok(Some(l))) if l.contains("\"return\"") && tx.send(()).await.is_err() => {
+                        return;
                     }
                     Ok(Ok(None)) | Ok(Err(_)) => break,
                     _ => {}

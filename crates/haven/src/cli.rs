@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the agent daemon on this host.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Create or update the workloads declared in a TOML file (all or none).
     Apply {
         #[arg(short = 'f', long = "file")]
