@@ -538,7 +538,11 @@ impl Supervisor {
                 tracing::info!("started {k} pid {pid}");
                 entry.phase = Phase::Running;
                 entry.pid = Some(pid);
-                entry.detail = None;
+                // Keep why it last exited, without the "restarting in" part.
+                entry.detail = entry.detail.take().and_then(|d| {
+                    let why = d.split("; restarting in").next().unwrap_or_default();
+                    (!why.is_empty() && why != LOCK_CHECK).then(|| format!("last exit: {why}"))
+                });
                 if let WorkloadKind::Vm(vm) = &d.spec.kind {
                     entry.vm_watch = Some(self.watch_vm(workload, generation, vm));
                 }

@@ -70,7 +70,10 @@ fn script(c: &Shared, hold_s: u64) -> Result<()> {
         "== Starting a 3-host cluster on loopback (h1 bootstraps, h2 and h3 join as managers)"
     );
     let t0 = Instant::now();
+    let datastore = with(c, |cl| Ok(cl.dir.join("datastore")))?;
+    std::fs::create_dir_all(&datastore)?;
     with(c, |cl| {
+        cl.agent_args = vec!["--datastore".into(), datastore.display().to_string()];
         for h in ["h1", "h2", "h3"] {
             cl.define(h, true)?;
         }
@@ -94,6 +97,10 @@ fn script(c: &Shared, hold_s: u64) -> Result<()> {
     } else {
         r#"["/bin/sh", "-c", "while true; do sleep 1; done"]"#.to_string()
     };
+    let vm_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let vm = prepare_vm(&datastore, vm_port);
     let file = with(c, |cl| Ok(cl.dir.join("workloads.toml")))?;
     std::fs::write(
         &file,
@@ -122,7 +129,8 @@ command = ["/bin/sh", "-c", "while true; do echo working; sleep 1; done"]
 vcpus = 1
 memory_mib = 128
 priority = "low"
-"#
+{vm}"#,
+            vm = vm.clone().unwrap_or_default()
         ),
     )?;
     println!("\n== haven apply -f {}", file.display());
@@ -131,9 +139,13 @@ priority = "low"
         cl.cli(&h1, &["apply", "-f", &file.display().to_string()])
     })?;
     print!("{}", indent(&out));
-    let st = wait(c, "all workloads running", 30, |s| {
-        s.workloads.len() == 3 && s.workloads.iter().all(|w| w.state == "running")
+    let n = if vm.is_some() { 4 } else { 3 };
+    let st = wait(c, "all workloads running", 60, |s| {
+        s.workloads.len() == n && s.workloads.iter().all(|w| w.state == "running")
     })?;
+    if vm.is_some() && wait_http(vm_port, Duration::from_secs(60)) {
+        println!("   vm1 (QEMU, test VM) answers on http://127.0.0.1:{vm_port}/");
+    }
     println!("\n== haven status");
     print!("{}", indent(&status_table(&st)));
     if web_cmd.contains("python3") && wait_http(port, Duration::from_secs(10)) {
@@ -177,11 +189,14 @@ priority = "low"
     // Crash a host that runs workloads; prefer one that is not the
     // coordinator, the common case (a coordinator crash adds an election).
     let hosts_with_work: Vec<String> = st.workloads.iter().filter_map(|w| w.host.clone()).collect();
-    let victim = hosts_with_work
+    let vm_host = st
+        .workloads
         .iter()
-        .find(|h| **h != st.leader)
-        .or(hosts_with_work.first())
-        .cloned()
+        .find(|w| w.name == "vm1")
+        .and_then(|w| w.host.clone());
+    let victim = vm_host
+        .or_else(|| hosts_with_work.iter().find(|h| **h != st.leader).cloned())
+        .or(hosts_with_work.first().cloned())
         .expect("workloads are placed");
     let moving: Vec<String> = st
         .workloads
@@ -245,6 +260,12 @@ priority = "low"
             }
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if moving.iter().any(|w| w == "vm1") && wait_http(vm_port, Duration::from_secs(60)) {
+        println!(
+            "   +{:>5} ms  vm1's web server answers again on http://127.0.0.1:{vm_port}/ (guest booted on its new host)",
+            crash.elapsed().as_millis()
+        );
     }
     if moving.iter().any(|w| w == "web")
         && web_cmd.contains("python3")
@@ -310,4 +331,68 @@ fn wait_http(port: u16, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
+}
+
+/// The demo's VM: the project's test VM (built on first use by
+/// vm/build-test-vm.sh) with its disk on the datastore. `None` (and a note)
+/// when QEMU or the build script is not available.
+fn prepare_vm(datastore: &std::path::Path, port: u16) -> Option<String> {
+    if !std::path::Path::new(haven_drivers::vm::QEMU).exists() {
+        println!("   (QEMU is not installed: the demo runs without a VM; scripts/install-deps.sh installs it)");
+        return None;
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let images = repo.join("target/test-vm");
+    if !images.join("vmlinux").is_file() || !images.join("initrd.gz").is_file() {
+        println!(
+            "   building the test VM image (Debian kernel + busybox initramfs) into {}",
+            images.display()
+        );
+        let ok = std::process::Command::new(repo.join("vm/build-test-vm.sh"))
+            .arg(&images)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            println!("   (could not build the test VM: the demo runs without a VM)");
+            return None;
+        }
+    }
+    let disk = datastore.join("vm1.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !made {
+        println!(
+            "   (qemu-img could not create {}: the demo runs without a VM)",
+            disk.display()
+        );
+        return None;
+    }
+    Some(format!(
+        r#"
+[[workload]]
+name = "vm1"
+kind = "vm"
+vcpus = 1
+memory_mib = 256
+priority = "highest"
+disks = ["{disk}"]
+kernel = "{kernel}"
+initrd = "{initrd}"
+append = "console=ttyS0 quiet haven.hb_ms=1000"
+network = {{ mode = "user", forward = ["tcp:127.0.0.1:{port}-:80"] }}
+heartbeat = "haven"
+failure_interval_s = 10
+min_uptime_s = 5
+"#,
+        disk = disk.display(),
+        kernel = images.join("vmlinux").display(),
+        initrd = images.join("initrd.gz").display(),
+    ))
 }
