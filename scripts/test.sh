@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests need, then runs every test.
-# Needs root (cgroups, network namespaces) on Debian with the Rust toolchain.
+# The whole test suite: installs what the tests need (scripts/install-deps.sh:
+# iproute2, nftables, QEMU, busybox-static, …), builds the test VM, then runs
+# every test. Needs root (cgroups, network namespaces) on Debian with the Rust
+# toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,23 +10,26 @@ if [ "$(id -u)" != 0 ]; then
   echo "scripts/test.sh: the tests need root (they create cgroups and network namespaces)" >&2
   exit 1
 fi
-
-# Debian packages the tests use; installed only when missing.
-need=()
-command -v ip >/dev/null || need+=(iproute2)
-command -v python3 >/dev/null || need+=(python3)
-command -v nft >/dev/null || need+=(nftables)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}"
-fi
-
 if ! grep -q cgroup2 /proc/self/mounts; then
   echo "scripts/test.sh: no cgroup v2 filesystem is mounted; the tests need one" >&2
   exit 1
 fi
 
+scripts/install-deps.sh
+for tool in ip nft qemu-system-x86_64 qemu-img busybox cpio python3; do
+  command -v "$tool" >/dev/null || { echo "scripts/test.sh: $tool is still missing after scripts/install-deps.sh" >&2; exit 1; }
+done
+
+# The test VM (Debian kernel + busybox initramfs), built once.
+export HAVEN_TEST_VM_DIR=${HAVEN_TEST_VM_DIR:-$PWD/target/test-vm}
+if [ ! -s "$HAVEN_TEST_VM_DIR/vmlinux" ] || [ ! -s "$HAVEN_TEST_VM_DIR/initrd.gz" ]; then
+  vm/build-test-vm.sh "$HAVEN_TEST_VM_DIR"
+fi
+
 cargo build --workspace --locked --all-targets
-cargo test --workspace --locked --no-fail-fast -- --test-threads="${HAVEN_TEST_THREADS:-2}"
+# Unit and loopback tests in parallel; the multi-host test bed one test at a
+# time (its timing is real, and the machine has two cores).
+rc=0
+cargo test --workspace --locked --no-fail-fast --exclude haven-testbed -- --test-threads="${HAVEN_TEST_THREADS:-2}" || rc=1
+cargo test -p haven-testbed --locked --no-fail-fast -- --test-threads=1 || rc=1
+exit $rc
