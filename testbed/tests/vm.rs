@@ -325,3 +325,30 @@ fn clean_guest_shutdown_leaves_the_vm_stopped() {
     );
     assert_eq!(workload(&s, "vm1")["generation"].as_u64(), Some(generation));
 }
+
+#[test]
+fn deleting_a_vm_powers_its_guest_down_gracefully() {
+    let bed = start(3);
+    apply(&bed, "vm1", &vm_spec(&bed, "vm1", ""));
+    let (host, generation) = heartbeating(&bed, "vm1", None);
+    bed.cli("h1", &["delete", "vm1"]).unwrap();
+    let gone = eventually(BOOT, || {
+        haven_drivers::Cgroup::open(bed.workloads_cgroup(&host))
+            .procs_recursive()
+            .unwrap_or_default()
+            .is_empty()
+    });
+    assert!(gone, "QEMU still runs after delete");
+    // The guest saw the ACPI power button and shut itself down.
+    let console = bed
+        .data_dir(&host)
+        .join("run")
+        .join(format!("vm1@{generation}"))
+        .join("console.log");
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(
+        text.contains("Power down"),
+        "no clean power-down in {}:\n{text}",
+        console.display()
+    );
+}

@@ -443,10 +443,21 @@ impl Supervisor {
             }
             let driver = self.driver.clone();
             let instances = self.instances.clone();
+            let qmp_ops =
+                VmPaths::new(&self.run_dir.join(key(&workload, generation).to_string())).qmp_ops;
             tokio::spawn(async move {
                 let k = key(&workload, generation);
                 let r = match how {
                     StopHow::Kill => driver.kill(&k).await,
+                    // A VM: ACPI power button, bounded wait, then kill.
+                    StopHow::Graceful(ms) if qmp_ops.exists() => {
+                        crate::vm::power_down(&qmp_ops).await;
+                        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+                        while driver.is_running(&k) && tokio::time::Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        driver.kill(&k).await
+                    }
                     StopHow::Graceful(ms) => driver.stop(&k, Duration::from_millis(ms)).await,
                 };
                 match r {

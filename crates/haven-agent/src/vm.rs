@@ -195,6 +195,26 @@ impl VmWatch {
     }
 }
 
+/// Ask the guest to power off (ACPI power button) through the operator
+/// QMP socket; errors are only logged: the caller kills after its grace.
+pub async fn power_down(qmp_ops: &std::path::Path) {
+    match Qmp::connect(qmp_ops, Duration::from_millis(2_000)).await {
+        Ok((q, _events)) => {
+            if let Err(e) = q
+                .execute(
+                    "system_powerdown",
+                    None,
+                    Duration::from_millis(QMP_COMMAND_MS),
+                )
+                .await
+            {
+                tracing::warn!("{}: system_powerdown: {e}", qmp_ops.display());
+            }
+        }
+        Err(e) => tracing::warn!("{}: {e}", qmp_ops.display()),
+    }
+}
+
 /// Lines from the `org.haven.heartbeat` port's host socket; any line counts.
 async fn read_heartbeats(path: PathBuf, tx: tokio::sync::mpsc::Sender<()>) {
     loop {
