@@ -586,3 +586,49 @@ fn no_capacity_leaves_workloads_pending_until_a_host_returns() {
     .unwrap();
     never_twice(&bed);
 }
+
+#[test]
+fn partitioned_coordinator_stops_acking_and_its_workloads_move_once() {
+    let mut bed = start(3, |_| {});
+    let s = apply(&mut bed, FOUR);
+    let leader = s["leader"].as_str().unwrap().to_owned();
+    // Four workloads on three hosts: the coordinator runs at least one.
+    let moving = on_host(&s, &leader);
+    assert!(!moving.is_empty(), "{s}");
+    bed.partition(&leader);
+    // The majority elects a new coordinator that moves the old one's workloads.
+    let old = leader.clone();
+    bed.wait_for("new coordinator, workloads moved", RECOVER, |s| {
+        s["leader"].as_str().is_some_and(|l| l != old)
+            && running(s) == 4
+            && on_host(s, &old).is_empty()
+    })
+    .unwrap_or_else(|e| {
+        bed.print_diagnostics();
+        panic!("{e:#}")
+    });
+    // The cut-off coordinator must not have kept its own lease alive.
+    let report = never_twice(&bed);
+    for w in &moving {
+        let old_last = report
+            .instances_of(w)
+            .find(|i| i.id.host == leader)
+            .unwrap()
+            .last_ns;
+        let new_first = report
+            .instances_of(w)
+            .find(|i| i.id.host != leader)
+            .unwrap()
+            .first_ns;
+        assert!(
+            old_last < new_first,
+            "{w}: ran on the cut-off coordinator after it started elsewhere"
+        );
+    }
+    bed.heal(&leader);
+    bed.wait_for("old coordinator back", RECOVER, |s| {
+        host_state(s, &leader) == "online"
+    })
+    .unwrap();
+    never_twice(&bed);
+}
