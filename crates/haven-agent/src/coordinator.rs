@@ -162,8 +162,10 @@ pub async fn run(node: Arc<Node>) {
                         });
                     }
                     if let Some(dev) = &h.fence {
-                        if silence_ms >= node.cfg.fence_after_ms
-                            && !o.fenced
+                        // Never fence ourselves: our own heartbeat may simply
+                        // still be looking for the new coordinator.
+                        if o.may_fence(node.cfg.fence_after_ms)
+                            && *name != node.identity.name
                             && !office.fencing.contains(name)
                             && !office.fence_failed.contains(name)
                         {

@@ -111,6 +111,14 @@ impl HostObservation {
         timing.failed_after_ms() + self.watchdog_timeout_ms
     }
 
+    /// May the coordinator fence this host now? Only a host it has heard
+    /// from in this term and that has since been silent `fence_after_ms`:
+    /// a new coordinator must not fence hosts that merely have not found it
+    /// yet (DESIGN.md §2.3 gives them `lease + margin`).
+    pub fn may_fence(&self, fence_after_ms: u64) -> bool {
+        self.heard && !self.fenced && self.silence_ms >= fence_after_ms
+    }
+
     pub fn state(&self, timing: &Timing) -> HostState {
         if self.fenced {
             HostState::Fenced
@@ -249,6 +257,23 @@ mod tests {
         assert_eq!(d.silence_ms("new", 10_100), 100);
         assert_eq!(d.liveness("new", 11_249, &t), Liveness::Suspect);
         assert_eq!(d.liveness("new", 11_250, &t), Liveness::Failed);
+    }
+
+    #[test]
+    fn only_hosts_heard_from_in_this_term_are_fenced() {
+        let o = HostObservation {
+            silence_ms: 500,
+            heard: true,
+            ..Default::default()
+        };
+        assert!(o.may_fence(400));
+        assert!(!HostObservation { heard: false, ..o }.may_fence(400));
+        assert!(!HostObservation { fenced: true, ..o }.may_fence(400));
+        assert!(!HostObservation {
+            silence_ms: 399,
+            ..o
+        }
+        .may_fence(400));
     }
 
     #[test]

@@ -1,0 +1,1557 @@
+//! haven-bench: the test-bed benchmarks behind `bench/failover` and
+//! `bench/soak` (DESIGN.md §7). Performance is measured here, never by timed
+//! assertions in tests.
+//!
+//! - `failover`: a 3-host bed runs witness workloads; K times a host that
+//!   runs some of them (not the coordinator, unless `--coordinator`) loses
+//!   power. Detection is the wall time of the coordinator's `host <h> is
+//!   failed` / `fenced <h>` event minus the wall time at the crash; recovery
+//!   is the first witness tick of the last moved workload's new instance
+//!   minus CLOCK_MONOTONIC at the crash (the witnesses tick on the same
+//!   clock). Medians and nearest-rank percentiles against the targets.
+//! - `soak`: one host's CPU saturated and 5 % of its packets dropped for a
+//!   while; every workload whose generation changes and every
+//!   `unassigned` / `is failed` / `isolated` event is a false failover.
+//!
+//! Both end with the never-twice check (DESIGN §2.1) and a summary of the
+//! agents' WARN/ERROR log lines. Ctrl-C stops after the current step and
+//! tears the bed down (a second Ctrl-C exits at once; `haven-testbed sweep`
+//! then removes what is left). Set `HAVEN_TESTBED_KEEP=1` to keep the bed's
+//! directory (agent logs, tick files).
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use haven_testbed::{check_witness, witness_workload, Testbed, TestbedConfig, WitnessReport};
+use nix::sys::signal::{SigSet, Signal};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Pacemaker 2.1 + Corosync 3, 3 nodes in namespaces on this machine kind,
+/// at its defaults: host crash → resource running elsewhere (DESIGN §7).
+const PACEMAKER_MEDIAN_MS: f64 = 8_100.0;
+/// DESIGN §7 targets for host crash → process workloads running elsewhere.
+const TARGET_P50_MS: f64 = 1_500.0;
+const TARGET_P99_MS: f64 = 2_500.0;
+const TARGET_FENCE_P50_MS: f64 = 600.0;
+/// Agent defaults (README): what detection is expected to take without a
+/// fence device (lease + margin), for the reader of the table.
+const LEASE_PLUS_MARGIN_MS: u64 = 1_250;
+
+/// Longest wait for one crash's workloads to tick elsewhere.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the restarted host to be online with everything running.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the restore, before the next crash.
+const SETTLE: Duration = Duration::from_millis(1_000);
+/// Tick files are polled this often while waiting for a recovery (reads
+/// only the bytes appended since the crash: cheap).
+const TICK_POLL: Duration = Duration::from_millis(10);
+/// Status polls while waiting for a restore.
+const STATUS_POLL: Duration = Duration::from_millis(200);
+/// How long the detection event may take to show up in `haven events`
+/// after the recovery was seen.
+const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "haven-bench",
+    about = "Haven benchmarks on the multi-host test bed (run as root; see bench/failover, bench/soak)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Host crash → detection and recovery times (DESIGN §7).
+    Failover(FailoverArgs),
+    /// False failovers with one host's CPU saturated and packet loss.
+    Soak(SoakArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Tick interval of the witness workloads.
+    #[arg(long, default_value_t = 20)]
+    tick_ms: u64,
+    /// `--capacity` of every host.
+    #[arg(long, default_value = "vcpus=16,memory_mib=16384")]
+    capacity: String,
+    /// Extra agent flag, repeatable (e.g. --agent-arg=--lease-ms=2000).
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct FailoverArgs {
+    /// Number of host crashes.
+    #[arg(long, default_value_t = 20)]
+    crashes: usize,
+    /// Number of witness workloads.
+    #[arg(long, default_value_t = 10)]
+    workloads: usize,
+    /// Give every host the fence-cgroup fence device.
+    #[arg(long, conflicts_with = "both")]
+    fence: bool,
+    /// Run without, then with, a fence device; print both tables.
+    #[arg(long)]
+    both: bool,
+    /// Crash the coordinator (Raft leader) instead: adds an election.
+    #[arg(long)]
+    coordinator: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct SoakArgs {
+    /// Duration of the soak (fractions allowed, e.g. 0.5).
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// Packet loss on the host, percent, in and out.
+    #[arg(long, default_value_t = 5)]
+    loss: u32,
+    /// The host whose CPU is saturated and whose packets are dropped.
+    #[arg(long, default_value = "h2")]
+    host: String,
+    /// Number of witness workloads.
+    #[arg(long, default_value_t = 6)]
+    workloads: usize,
+    /// Also give every host the fence-cgroup fence device (a false
+    /// suspicion then powers a live host off).
+    #[arg(long)]
+    fence: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Returned (through anyhow) when Ctrl-C cut a step short.
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+fn stopped() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+fn check_stop() -> Result<()> {
+    if stopped() {
+        Err(Interrupted.into())
+    } else {
+        Ok(())
+    }
+}
+
+fn is_interrupted(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Interrupted>().is_some()
+}
+
+/// Sleep, waking early on Ctrl-C.
+fn nap(d: Duration) -> Result<()> {
+    let until = Instant::now() + d;
+    loop {
+        check_stop()?;
+        let now = Instant::now();
+        if now >= until {
+            return Ok(());
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// SIGINT and SIGTERM are blocked in every thread (call before any thread
+/// starts; children get a clean mask from std) and taken by one thread
+/// that sets [`STOP`]; a second one exits at once.
+fn catch_signals() -> Result<()> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    std::thread::spawn(move || loop {
+        let Ok(sig) = set.wait() else { continue };
+        if STOP.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "{sig} again: exiting without clean-up (`haven-testbed sweep` removes the bed)"
+            );
+            std::process::exit(130);
+        }
+        eprintln!("{sig}: stopping after the current step and tearing the test bed down");
+    });
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = catch_signals() {
+        eprintln!("haven-bench: {e:#}");
+        std::process::exit(1);
+    }
+    let result = match Cli::parse().command {
+        Cmd::Failover(a) => failover(&a),
+        Cmd::Soak(a) => soak(&a),
+    };
+    match result {
+        Ok(()) if stopped() => std::process::exit(130),
+        Ok(()) => {}
+        Err(e) if is_interrupted(&e) => {
+            eprintln!("haven-bench: interrupted");
+            std::process::exit(130);
+        }
+        Err(e) => {
+            eprintln!("haven-bench: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+// ---- clocks ----
+
+fn mono_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `/proc/loadavg`'s 1-minute figure: the benchmarks share the machine.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn machine_line(load_before: &str) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!(
+        "machine: {cores} cores; 1-min load average {load_before} at the start, {} at the end (other work on the machine skews the figures)",
+        load_average()
+    )
+}
+
+// ---- the bed and its workloads ----
+
+fn start_bed(common: &Common, fence: bool, datastore: bool) -> Result<Testbed> {
+    let mut cfg = TestbedConfig::new(3, haven_testbed::find_haven_exe()?);
+    cfg.capacity = common.capacity.clone();
+    cfg.fence = fence;
+    cfg.datastore = datastore;
+    cfg.agent_args = common.agent_args.clone();
+    let t = Instant::now();
+    let bed = Testbed::start(cfg)?;
+    eprintln!(
+        "test bed {} up in {:.1} s ({}); agent logs {}/hN.log",
+        bed.id(),
+        t.elapsed().as_secs_f64(),
+        if fence {
+            "fence-cgroup on every host"
+        } else {
+            "no fence device"
+        },
+        bed.dir().display()
+    );
+    Ok(bed)
+}
+
+fn workload_names(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("w{i:02}")).collect()
+}
+
+/// Apply `names` as witness workloads and wait until all run.
+fn apply_witnesses(bed: &Testbed, names: &[String], tick_ms: u64) -> Result<Value> {
+    let witness = haven_testbed::find_witness_exe()?;
+    let dir = bed.witness_dir();
+    let text: String = names
+        .iter()
+        .map(|n| witness_workload(n, &witness, &dir, tick_ms, "medium"))
+        .collect();
+    let file = bed.dir().join("witness.toml");
+    fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    bed.cli("h1", &["apply", "-f", &file.display().to_string()])?;
+    let n = names.len();
+    wait_status(bed, "every workload running", RESTORE_TIMEOUT, |s| {
+        all_running(s, n)
+    })
+}
+
+/// Poll `status` until `pred` holds; Ctrl-C ends the wait.
+fn wait_status(
+    bed: &Testbed,
+    what: &str,
+    timeout: Duration,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        check_stop()?;
+        let last = match bed.status() {
+            Ok(s) if pred(&s) => return Ok(s),
+            Ok(s) => summarize(&s),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {} s waiting for {what}; last status: {last}",
+                timeout.as_secs()
+            );
+        }
+        nap(STATUS_POLL)?;
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Placed {
+    host: String,
+    generation: u64,
+    state: String,
+}
+
+/// workload → where it is assigned, its generation and observed state.
+fn placement(s: &Value) -> BTreeMap<String, Placed> {
+    s["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap_or_default().to_owned(),
+                Placed {
+                    host: w["host"].as_str().unwrap_or("-").to_owned(),
+                    generation: w["generation"].as_u64().unwrap_or(0),
+                    state: w["state"].as_str().unwrap_or_default().to_owned(),
+                },
+            )
+        })
+        .collect()
+}
+
+fn all_running(s: &Value, n: usize) -> bool {
+    let p = placement(s);
+    p.len() == n && p.values().all(|w| w.state == "running")
+}
+
+fn host_state(s: &Value, host: &str) -> String {
+    s["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["name"] == host)
+        .and_then(|h| h["state"].as_str())
+        .unwrap_or("missing")
+        .to_owned()
+}
+
+fn on_host(s: &Value, host: &str) -> Vec<String> {
+    placement(s)
+        .into_iter()
+        .filter(|(_, p)| p.host == host)
+        .map(|(w, _)| w)
+        .collect()
+}
+
+fn summarize(s: &Value) -> String {
+    let mut parts = vec![format!("leader {}", s["leader"])];
+    for h in s["hosts"].as_array().into_iter().flatten() {
+        parts.push(format!(
+            "{} {}",
+            h["name"].as_str().unwrap_or("?"),
+            h["state"].as_str().unwrap_or("?")
+        ));
+    }
+    for (w, p) in placement(s) {
+        parts.push(format!(
+            "{w} on {} {} gen {}",
+            p.host, p.state, p.generation
+        ));
+    }
+    parts.join("; ")
+}
+
+// ---- events ----
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Event {
+    at_ms: u64,
+    message: String,
+}
+
+/// `haven events` via the first of `via` that answers.
+fn events(bed: &Testbed, via: &[String]) -> Result<Vec<Event>> {
+    let mut errors = vec![];
+    for h in via {
+        match bed.cli(h, &["events"]) {
+            Ok(text) => return Ok(text.lines().filter_map(parse_event).collect()),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    bail!("`haven events` failed: {}", errors.join("; "))
+}
+
+/// `2026-11-18T11:06:40.123Z  message`.
+fn parse_event(line: &str) -> Option<Event> {
+    let (stamp, message) = line.split_once("  ")?;
+    Some(Event {
+        at_ms: parse_rfc3339_ms(stamp)?,
+        message: message.to_owned(),
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, as the CLI prints) to Unix ms.
+fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 24 || b[4] != b'-' || b[10] != b'T' || b[19] != b'.' || b[23] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days since 1970-01-01 (proleptic Gregorian), H. Hinnant's algorithm.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3_600 + mm * 60 + ss;
+    u64::try_from(secs * 1_000 + ms).ok()
+}
+
+/// The coordinator's first word that `host` is gone: `host <h> is failed`,
+/// `host <h> is fenced` or `fenced <h>: …`, at or after `since_ms`.
+fn detection_event<'a>(events: &'a [Event], host: &str, since_ms: u64) -> Option<&'a Event> {
+    let failed = format!("host {host} is failed");
+    let fenced_state = format!("host {host} is fenced");
+    let fenced = format!("fenced {host}:");
+    events
+        .iter()
+        .filter(|e| e.at_ms >= since_ms)
+        .filter(|e| {
+            e.message.starts_with(&failed)
+                || e.message.starts_with(&fenced_state)
+                || e.message.starts_with(&fenced)
+        })
+        .min_by_key(|e| e.at_ms)
+}
+
+// ---- statistics ----
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let n = sorted.len();
+    let rank = ((p / 100.0) * n as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(n) - 1]
+}
+
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| percentile(&sorted(v), 50.0))
+}
+
+fn verdict(value: f64, target: f64) -> &'static str {
+    if value <= target {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+// ---- agent logs ----
+
+/// Per host: WARN / ERROR / panic line counts and a few distinct messages.
+fn agent_log_summary(bed: &Testbed) -> String {
+    let mut out = String::new();
+    for h in bed.host_names() {
+        let path = bed.log_path(&h);
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        let (mut warn, mut error, mut panics) = (0, 0, 0);
+        let mut samples: BTreeMap<String, usize> = BTreeMap::new();
+        for line in text.lines() {
+            let line = strip_ansi(line);
+            let line = line.as_str();
+            let level = if line.contains(" WARN ") {
+                warn += 1;
+                "WARN"
+            } else if line.contains(" ERROR ") {
+                error += 1;
+                "ERROR"
+            } else if line.contains("panicked") {
+                panics += 1;
+                "PANIC"
+            } else {
+                continue;
+            };
+            // Drop the timestamp; numbers vary, keep the message's shape.
+            let msg = line.split_once(level).map_or(line, |(_, rest)| rest).trim();
+            let shape: String = msg
+                .chars()
+                .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                .take(160)
+                .collect();
+            *samples.entry(format!("{level} {shape}")).or_default() += 1;
+        }
+        let _ = writeln!(
+            out,
+            "agent log {h}: {warn} WARN, {error} ERROR, {panics} panic lines ({})",
+            path.display()
+        );
+        let mut common: Vec<_> = samples.into_iter().collect();
+        common.sort_by_key(|b| std::cmp::Reverse(b.1));
+        for (shape, n) in common.into_iter().take(6) {
+            let _ = writeln!(out, "    {n:>5} x {shape}");
+        }
+    }
+    out
+}
+
+/// The line without ANSI colour sequences (`ESC [ … letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The coordinator's whole event list, in `<bed dir>/haven-events.txt`
+/// (kept with `HAVEN_TESTBED_KEEP=1`).
+fn save_events(bed: &Testbed) {
+    let hosts = bed.host_names();
+    for h in &hosts {
+        if let Ok(text) = bed.cli(h, &["events"]) {
+            let _ = fs::write(bed.dir().join("haven-events.txt"), text);
+            return;
+        }
+    }
+}
+
+// ---- failover ----
+
+/// One crash's measurements.
+#[derive(Debug)]
+struct Crash {
+    victim: String,
+    moved: usize,
+    /// Coordinator's detection event − wall clock at the crash.
+    detection_ms: Option<f64>,
+    /// Last moved workload's first tick elsewhere − monotonic at the crash.
+    recovery_ms: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+struct FailoverResult {
+    fence: bool,
+    coordinator: bool,
+    workloads: usize,
+    tick_ms: u64,
+    crashes: Vec<Crash>,
+    /// Anomalies seen along the way (printed with the table).
+    notes: Vec<String>,
+    never_twice: Option<WitnessReport>,
+    logs: String,
+    machine: String,
+    interrupted: bool,
+}
+
+fn failover(a: &FailoverArgs) -> Result<()> {
+    if a.crashes == 0 || a.workloads == 0 {
+        bail!("--crashes and --workloads must be above 0");
+    }
+    let modes: Vec<bool> = if a.both {
+        vec![false, true]
+    } else {
+        vec![a.fence]
+    };
+    let mut tables = vec![];
+    for fence in modes {
+        if stopped() {
+            break;
+        }
+        let r = failover_run(a, fence)?;
+        let table = failover_table(&r);
+        println!("{table}");
+        tables.push(table);
+        if r.interrupted {
+            break;
+        }
+    }
+    if tables.len() > 1 {
+        println!("==== both runs ====\n");
+        for t in &tables {
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+fn failover_run(a: &FailoverArgs, fence: bool) -> Result<FailoverResult> {
+    let mut r = FailoverResult {
+        fence,
+        coordinator: a.coordinator,
+        workloads: a.workloads,
+        tick_ms: a.common.tick_ms,
+        ..Default::default()
+    };
+    let load_before = load_average();
+    let mut bed = start_bed(&a.common, fence, false)?;
+    let names = workload_names(a.workloads);
+    apply_witnesses(&bed, &names, a.common.tick_ms)?;
+    nap(SETTLE)?;
+    for k in 1..=a.crashes {
+        match one_crash(&mut bed, a, k, &mut r) {
+            Ok(c) => r.crashes.push(c),
+            Err(e) if is_interrupted(&e) => {
+                r.interrupted = true;
+                break;
+            }
+            Err(e) => {
+                bed.print_diagnostics();
+                r.notes.push(format!("crash {k}: aborted the run: {e:#}"));
+                eprintln!("crash {k}: aborted the run: {e:#}");
+                break;
+            }
+        }
+    }
+    if !r.interrupted {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    r.never_twice = Some(check_witness(&bed.witness_dir()));
+    r.logs = agent_log_summary(&bed);
+    save_events(&bed);
+    r.machine = machine_line(&load_before);
+    drop(bed);
+    Ok(r)
+}
+
+/// The file's size now (0 if missing): where following it starts.
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Follows one workload's tick file from an offset and finds the first tick
+/// of an instance off `victim` with a generation above `old_gen`.
+struct TickFollower {
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+    victim: String,
+    old_gen: u64,
+    first_ns: Option<u64>,
+}
+
+impl TickFollower {
+    fn poll(&mut self) {
+        if self.first_ns.is_some() {
+            return;
+        }
+        let Ok(mut f) = fs::File::open(&self.path) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut buf = String::new();
+        let Ok(n) = f.read_to_string(&mut buf) else {
+            return;
+        };
+        self.offset += n as u64;
+        self.partial.push_str(&buf);
+        let complete = match self.partial.rfind('\n') {
+            Some(i) => {
+                let rest = self.partial.split_off(i + 1);
+                std::mem::replace(&mut self.partial, rest)
+            }
+            None => return,
+        };
+        for line in complete.lines() {
+            let f: Vec<&str> = line.split_ascii_whitespace().collect();
+            let [_, host, generation, ns] = f[..] else {
+                continue;
+            };
+            let (Ok(generation), Ok(ns)) = (generation.parse::<u64>(), ns.parse::<u64>()) else {
+                continue;
+            };
+            if host != self.victim && generation > self.old_gen {
+                self.first_ns = Some(self.first_ns.map_or(ns, |x| x.min(ns)));
+            }
+        }
+    }
+}
+
+fn one_crash(
+    bed: &mut Testbed,
+    a: &FailoverArgs,
+    k: usize,
+    r: &mut FailoverResult,
+) -> Result<Crash> {
+    check_stop()?;
+    let n = a.workloads;
+    // A host the benchmark did not crash may be down (fenced, or its agent
+    // died): say so, and bring it back so that a crash never costs quorum.
+    for h in bed.host_names() {
+        if bed.agent_pid(&h).is_none() {
+            let note = format!(
+                "before crash {k}: the agent of {h} was not running although the benchmark did not crash it (fenced? see fence.log and {h}.log); restarted it"
+            );
+            eprintln!("{note}");
+            r.notes.push(note);
+            bed.restart_agent(&h)?;
+        }
+    }
+    let hosts = bed.host_names();
+    let s = wait_status(
+        bed,
+        "every host online and every workload running",
+        RESTORE_TIMEOUT,
+        |s| hosts.iter().all(|h| host_state(s, h) == "online") && all_running(s, n),
+    )?;
+    let leader = s["leader"].as_str().unwrap_or_default().to_owned();
+    let before = placement(&s);
+    let victim = if a.coordinator {
+        leader.clone()
+    } else {
+        // The non-coordinator host running the most workloads.
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        for p in before.values() {
+            if p.host != leader && p.host != "-" {
+                *count.entry(p.host.clone()).or_default() += 1;
+            }
+        }
+        count
+            .into_iter()
+            .max_by_key(|(h, c)| (*c, std::cmp::Reverse(h.clone())))
+            .map(|(h, _)| h)
+            .ok_or_else(|| {
+                anyhow!(
+                    "no workload runs off the coordinator {leader}: {}",
+                    summarize(&s)
+                )
+            })?
+    };
+    let moving = on_host(&s, &victim);
+    if moving.is_empty() {
+        bail!("{victim} runs no workload: {}", summarize(&s));
+    }
+    let witness_dir = bed.witness_dir();
+    let mut followers: Vec<TickFollower> = moving
+        .iter()
+        .map(|w| {
+            let path = witness_dir.join(format!("{w}.ticks"));
+            TickFollower {
+                offset: file_len(&path),
+                path,
+                partial: String::new(),
+                victim: victim.clone(),
+                old_gen: before[w].generation,
+                first_ns: None,
+            }
+        })
+        .collect();
+    let live: Vec<String> = {
+        // Ask the coordinator first (if it survives), then the others.
+        let mut v: Vec<String> = bed
+            .host_names()
+            .into_iter()
+            .filter(|h| *h != victim)
+            .collect();
+        v.sort_by_key(|h| *h != leader);
+        v
+    };
+
+    let crash_wall_ms = wall_ms();
+    let t0 = mono_ns();
+    bed.crash(&victim);
+
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    let recovered = loop {
+        for f in &mut followers {
+            f.poll();
+        }
+        if followers.iter().all(|f| f.first_ns.is_some()) {
+            break true;
+        }
+        if stopped() || Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(TICK_POLL);
+    };
+    check_stop()?;
+
+    // Recovery from the never-twice checker's view of the same files.
+    let mut recovery_ms = None;
+    if recovered {
+        let report = check_witness(&witness_dir);
+        let mut worst: u64 = 0;
+        for w in &moving {
+            let first = report
+                .instances_of(w)
+                .filter(|i| i.id.host != victim && i.id.generation > before[w].generation)
+                .map(|i| i.first_ns)
+                .min()
+                .ok_or_else(|| anyhow!("{w}: no new instance in the tick files"))?;
+            worst = worst.max(first.saturating_sub(t0));
+        }
+        recovery_ms = Some(worst as f64 / 1e6);
+    } else {
+        let missing: Vec<&str> = moving
+            .iter()
+            .zip(&followers)
+            .filter(|(_, f)| f.first_ns.is_none())
+            .map(|(w, _)| w.as_str())
+            .collect();
+        let note = format!(
+            "crash {k} ({victim}): {missing:?} did not tick elsewhere within {} s",
+            RECOVERY_TIMEOUT.as_secs()
+        );
+        eprintln!("{note}");
+        r.notes.push(note);
+        bed.print_diagnostics();
+    }
+
+    // Detection from the coordinator's events (wall clock, ms).
+    let mut detection_ms = None;
+    let mut detection_what = String::from("no detection event");
+    let mut unassigned_ms = None;
+    let event_deadline = Instant::now() + EVENT_WAIT;
+    loop {
+        check_stop()?;
+        match events(bed, &live) {
+            Ok(ev) => {
+                if let Some(e) = detection_event(&ev, &victim, crash_wall_ms) {
+                    detection_ms = Some(e.at_ms as f64 - crash_wall_ms as f64);
+                    detection_what = e.message.clone();
+                    let from = format!(" from {victim}:");
+                    unassigned_ms = ev
+                        .iter()
+                        .filter(|e| e.at_ms >= crash_wall_ms)
+                        .filter(|e| {
+                            e.message.starts_with("unassigned ") && e.message.contains(&from)
+                        })
+                        .map(|e| e.at_ms - crash_wall_ms)
+                        .min();
+                    break;
+                }
+            }
+            Err(e) => detection_what = format!("{e:#}"),
+        }
+        if Instant::now() >= event_deadline {
+            let note = format!(
+                "crash {k} ({victim}): {detection_what} within {} s",
+                EVENT_WAIT.as_secs()
+            );
+            eprintln!("{note}");
+            r.notes.push(note);
+            break;
+        }
+        nap(STATUS_POLL)?;
+    }
+
+    let fmt_ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} ms"));
+    eprintln!(
+        "crash {k}/{}: {victim} ({} workloads, coordinator {leader}): detected {} [{}], unassigned {}, all ticking elsewhere {}",
+        a.crashes,
+        moving.len(),
+        fmt_ms(detection_ms),
+        detection_what.split(':').next().unwrap_or_default(),
+        unassigned_ms.map_or("-".to_owned(), |v| format!("{v} ms")),
+        fmt_ms(recovery_ms),
+    );
+
+    // Bring the host back and wait for everything to run again.
+    bed.restart_agent(&victim)?;
+    let after = wait_status(
+        bed,
+        &format!("{victim} online and every workload running"),
+        RESTORE_TIMEOUT,
+        |s| host_state(s, &victim) == "online" && all_running(s, n),
+    )?;
+    // Workloads that were not on the victim must not have moved.
+    for (w, p) in placement(&after) {
+        let old = &before[&w];
+        if old.host != victim && (p.host != old.host || p.generation != old.generation) {
+            let note = format!(
+                "crash {k} ({victim}): {w} moved although its host {} survived (gen {} on {} → gen {} on {})",
+                old.host, old.generation, old.host, p.generation, p.host
+            );
+            eprintln!("{note}");
+            r.notes.push(note);
+        }
+        if moving.contains(&w) && p.generation != old.generation + 1 {
+            let note = format!(
+                "crash {k} ({victim}): {w} went from gen {} to gen {} (expected one reassignment)",
+                old.generation, p.generation
+            );
+            eprintln!("{note}");
+            r.notes.push(note);
+        }
+    }
+    nap(SETTLE)?;
+    // Anything the coordinator said about other hosts since the crash, and
+    // coordinator changes, are worth a look.
+    let all = bed.host_names();
+    match events(bed, &all) {
+        Ok(ev) => {
+            // Crashing the coordinator brings one new one; more are news.
+            let expected_elections = usize::from(a.coordinator);
+            let elections = ev
+                .iter()
+                .filter(|e| e.at_ms >= crash_wall_ms && e.message.contains("took office"))
+                .count();
+            for e in ev.iter().filter(|e| e.at_ms >= crash_wall_ms) {
+                if unexpected(&e.message, &victim, &all)
+                    || (elections > expected_elections && e.message.contains("took office"))
+                {
+                    let note = format!(
+                        "crash {k} ({victim}): event at +{} ms: {}",
+                        e.at_ms as i64 - crash_wall_ms as i64,
+                        e.message
+                    );
+                    eprintln!("{note}");
+                    r.notes.push(note);
+                }
+            }
+        }
+        Err(e) => eprintln!("crash {k}: {e:#}"),
+    }
+    Ok(Crash {
+        victim,
+        moved: moving.len(),
+        detection_ms,
+        recovery_ms,
+    })
+}
+
+/// An event that says a host other than `victim` is not well, or was
+/// fenced or lost a workload.
+fn unexpected(message: &str, victim: &str, hosts: &[String]) -> bool {
+    hosts.iter().filter(|h| *h != victim).any(|h| {
+        (message.starts_with(&format!("host {h} is "))
+            && !message.starts_with(&format!("host {h} is online")))
+            || message.starts_with(&format!("fencing {h} "))
+            || message.starts_with(&format!("fenced {h}:"))
+            || (message.starts_with("unassigned ") && message.contains(&format!(" from {h}:")))
+    })
+}
+
+fn failover_table(r: &FailoverResult) -> String {
+    let mut out = String::new();
+    let k = r.crashes.len();
+    let _ = writeln!(
+        out,
+        "haven-bench failover: 3 hosts (3 managers), {} witness workloads ({} ms ticks), {}, crash {}; heartbeat 100 / lease 1000 / margin 250 ms (defaults){}",
+        r.workloads,
+        r.tick_ms,
+        if r.fence { "fence-cgroup fence device on every host" } else { "no fence device" },
+        if r.coordinator { "the coordinator" } else { "a non-coordinator host running workloads" },
+        if r.interrupted { "; INTERRUPTED" } else { "" }
+    );
+    let moved: Vec<f64> = r.crashes.iter().map(|c| c.moved as f64).collect();
+    if let Some(m) = median(&moved) {
+        let s = sorted(&moved);
+        let _ = writeln!(
+            out,
+            "crashes: {k}; workloads moved per crash: median {m:.0} (min {:.0}, max {:.0})",
+            s[0],
+            s[s.len() - 1]
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<34} {:>7} {:>7} {:>7} {:>7} {:>4}   target (DESIGN.md §7)",
+        "", "p50", "p90", "p99", "max", "n"
+    );
+    let detection: Vec<f64> = r.crashes.iter().filter_map(|c| c.detection_ms).collect();
+    let recovery: Vec<f64> = r.crashes.iter().filter_map(|c| c.recovery_ms).collect();
+    let row = |out: &mut String, label: &str, v: &[f64], target: String| {
+        if v.is_empty() {
+            let _ = writeln!(
+                out,
+                "{label:<34} {:>7} {:>7} {:>7} {:>7} {:>4}   {target}",
+                "-", "-", "-", "-", 0
+            );
+            return;
+        }
+        let s = sorted(v);
+        let _ = writeln!(
+            out,
+            "{label:<34} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>4}   {target}",
+            percentile(&s, 50.0),
+            percentile(&s, 90.0),
+            percentile(&s, 99.0),
+            s[s.len() - 1],
+            s.len()
+        );
+    };
+    let detection_note = if r.fence {
+        "none (fence_after 400 ms + fence-cgroup off/status)".to_owned()
+    } else {
+        format!("none (expected ~lease + margin = {LEASE_PLUS_MARGIN_MS} ms)")
+    };
+    row(
+        &mut out,
+        "detection (ms, crash → event)",
+        &detection,
+        detection_note,
+    );
+    let missing = k - recovery.len();
+    let recovery_target = if recovery.is_empty() {
+        "no recovery measured: MISS".to_owned()
+    } else {
+        let s = sorted(&recovery);
+        let (p50, p99) = (percentile(&s, 50.0), percentile(&s, 99.0));
+        let mut t = if r.fence {
+            format!(
+                "p50 ≤ {TARGET_FENCE_P50_MS:.0}: {}",
+                verdict(p50, TARGET_FENCE_P50_MS)
+            )
+        } else {
+            format!(
+                "p50 ≤ {TARGET_P50_MS:.0}: {}, p99 ≤ {TARGET_P99_MS:.0}: {}",
+                verdict(p50, TARGET_P50_MS),
+                verdict(p99, TARGET_P99_MS)
+            )
+        };
+        if missing > 0 {
+            let _ = write!(
+                t,
+                "; {missing} crash(es) did not recover within {} s: MISS",
+                RECOVERY_TIMEOUT.as_secs()
+            );
+        }
+        t
+    };
+    row(
+        &mut out,
+        "recovery (ms, crash → all ticking)",
+        &recovery,
+        recovery_target,
+    );
+    if k > 0 && k < 100 {
+        let _ = writeln!(
+            out,
+            "(nearest-rank percentiles: with n = {k}, p99 is the maximum)"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Pacemaker 2.1 + Corosync 3 on this machine kind: 8.1 s median at its defaults (DESIGN.md §7)"
+    );
+    match median(&recovery) {
+        Some(m) if m > 0.0 => {
+            let _ = writeln!(
+                out,
+                "ratio median_pacemaker / our median recovery: {:.0} / {m:.0} = {:.1}x",
+                PACEMAKER_MEDIAN_MS,
+                PACEMAKER_MEDIAN_MS / m
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "ratio median_pacemaker / our median recovery: - (no recovery measured)"
+            );
+        }
+    }
+    if let Some(rep) = &r.never_twice {
+        let _ = writeln!(
+            out,
+            "never twice: {} overlapping instance pair(s), max overlap {:.1} ms, over {} instances: {}",
+            rep.overlaps.len(),
+            rep.max_overlap_ms(),
+            rep.instances.len(),
+            if rep.overlaps.is_empty() { "OK" } else { "BROKEN" }
+        );
+        for o in &rep.overlaps {
+            let _ = writeln!(
+                out,
+                "  OVERLAP {}: {} and {} ran together for {:.1} ms",
+                o.workload, o.a, o.b, o.overlap_ms
+            );
+        }
+    }
+    let per_crash: Vec<String> = r
+        .crashes
+        .iter()
+        .map(|c| {
+            format!(
+                "{}:{}/{}",
+                c.victim,
+                c.detection_ms.map_or("-".into(), |v| format!("{v:.0}")),
+                c.recovery_ms.map_or("-".into(), |v| format!("{v:.0}"))
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "per crash (victim:detection/recovery ms): {}",
+        per_crash.join(" ")
+    );
+    for n in &r.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    let _ = writeln!(out, "{}", r.machine);
+    out.push_str(&r.logs);
+    out
+}
+
+// ---- soak ----
+
+fn soak(a: &SoakArgs) -> Result<()> {
+    if !(a.minutes.is_finite() && a.minutes >= 0.0) {
+        bail!("--minutes must be a number ≥ 0");
+    }
+    if a.loss > 100 {
+        bail!("--loss is a percentage, 0..=100");
+    }
+    if a.workloads == 0 {
+        bail!("--workloads must be above 0");
+    }
+    let duration = Duration::from_secs_f64(a.minutes * 60.0);
+    let load_before = load_average();
+    let mut bed = start_bed(&a.common, a.fence, true)?;
+    if !bed.host_names().contains(&a.host) {
+        bail!(
+            "--host {}: the bed has hosts {:?}",
+            a.host,
+            bed.host_names()
+        );
+    }
+    let names = workload_names(a.workloads);
+    let s0 = apply_witnesses(&bed, &names, a.common.tick_ms)?;
+    nap(SETTLE)?;
+    let s0 = bed.status().unwrap_or(s0);
+    let initial = placement(&s0);
+    let leader0 = s0["leader"].as_str().unwrap_or_default().to_owned();
+    let on_soaked = on_host(&s0, &a.host);
+    let others: Vec<String> = {
+        let mut v: Vec<String> = bed
+            .host_names()
+            .into_iter()
+            .filter(|h| *h != a.host)
+            .collect();
+        v.sort_by_key(|h| *h != leader0);
+        v
+    };
+
+    let start_wall = wall_ms();
+    let t_start = Instant::now();
+    bed.saturate_cpu(&a.host)?;
+    bed.loss(&a.host, a.loss);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "soak: {} CPU saturated ({cores} busy loops) and {}% packet loss for {:.1} min; it runs {:?}; coordinator {leader0}",
+        a.host, a.loss, a.minutes, on_soaked
+    );
+
+    let mut obs = SoakObserver {
+        start_wall,
+        t_start: Some(t_start),
+        initial: initial.clone(),
+        last_gen: initial
+            .iter()
+            .map(|(w, p)| (w.clone(), p.generation))
+            .collect(),
+        leaders: BTreeSet::from([leader0.clone()]),
+        via: others,
+        ..Default::default()
+    };
+    let mut next_progress = Instant::now() + Duration::from_secs(30);
+    let mut interrupted = false;
+    while t_start.elapsed() < duration {
+        let tick = Instant::now();
+        obs.poll(&bed);
+        if Instant::now() >= next_progress {
+            next_progress += Duration::from_secs(30);
+            eprintln!(
+                "soak +{:.0} s / {:.0} s: {} suspect events, {} false-failover events, {} generation changes",
+                t_start.elapsed().as_secs_f64(),
+                duration.as_secs_f64(),
+                obs.suspects,
+                obs.false_events.len(),
+                obs.gen_changes.len()
+            );
+        }
+        if nap(Duration::from_secs(1).saturating_sub(tick.elapsed())).is_err() {
+            interrupted = true;
+            break;
+        }
+    }
+    let soaked_for = t_start.elapsed();
+    bed.heal(&a.host);
+    bed.heal_cpu(&a.host);
+    // Events of the last second of the soak may show up a little late.
+    if !interrupted {
+        std::thread::sleep(Duration::from_secs(2));
+        obs.poll(&bed);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let report = check_witness(&bed.witness_dir());
+    let gaps = longest_tick_gaps(&bed.witness_dir());
+    let logs = agent_log_summary(&bed);
+    save_events(&bed);
+    let machine = machine_line(&load_before);
+    drop(bed);
+    let SoakObserver {
+        gen_changes,
+        changed,
+        false_events,
+        suspects,
+        other_events,
+        status_errors,
+        event_errors,
+        not_running_polls,
+        polls,
+        leaders,
+        ..
+    } = obs;
+
+    let false_failovers = changed.len() + false_events.len();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "haven-bench soak: 3 hosts (3 managers), datastore, {}{} witness workloads ({} ms ticks); {}: CPU saturated ({cores} busy loops on {cores} cores) + {}% packet loss in and out, for {:.1} min ({} polls){}",
+        if a.fence { "fence-cgroup fence device on every host, " } else { "" },
+        a.workloads,
+        a.common.tick_ms,
+        a.host,
+        a.loss,
+        soaked_for.as_secs_f64() / 60.0,
+        polls,
+        if interrupted { "; INTERRUPTED" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "{} ran {:?} at the start; coordinator(s) seen: {:?}",
+        a.host, on_soaked, leaders
+    );
+    let _ = writeln!(
+        out,
+        "false failovers: {false_failovers} (target 0): {} workload(s) changed generation, {} unassigned/is failed/isolated/fencing event(s)",
+        changed.len(),
+        false_events.len()
+    );
+    for l in &gen_changes {
+        let _ = writeln!(out, "  generation change {l}");
+    }
+    for e in &false_events {
+        let _ = writeln!(
+            out,
+            "  event {}  {}",
+            fmt_event_time(e.at_ms, start_wall),
+            e.message
+        );
+    }
+    let _ = writeln!(out, "suspect events: {suspects} (informational)");
+    let _ = writeln!(out, "other events during the soak: {}", other_events.len());
+    for e in other_events.iter().take(20) {
+        let _ = writeln!(
+            out,
+            "  {}  {}",
+            fmt_event_time(e.at_ms, start_wall),
+            e.message
+        );
+    }
+    let _ = writeln!(
+        out,
+        "polls with a workload not running: {not_running_polls}; failed status polls: {status_errors}; failed event polls: {event_errors}"
+    );
+    let extra: Vec<String> = names
+        .iter()
+        .filter(|w| report.instances_of(w).count() > 1)
+        .map(|w| format!("{w} ({})", report.instances_of(w).count()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "witness instances: {} for {} workloads{}",
+        report.instances.len(),
+        names.len(),
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!("; more than one: {}", extra.join(", "))
+        }
+    );
+    for (host, (gap, w)) in &gaps {
+        let _ = writeln!(
+            out,
+            "longest gap between two ticks of one instance on {host}: {gap:.0} ms ({w})"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "never twice: {} overlapping instance pair(s), max overlap {:.1} ms: {}",
+        report.overlaps.len(),
+        report.max_overlap_ms(),
+        if report.overlaps.is_empty() {
+            "OK"
+        } else {
+            "BROKEN"
+        }
+    );
+    for o in &report.overlaps {
+        let _ = writeln!(
+            out,
+            "  OVERLAP {}: {} and {} ran together for {:.1} ms",
+            o.workload, o.a, o.b, o.overlap_ms
+        );
+    }
+    let _ = writeln!(out, "{machine}");
+    out.push_str(&logs);
+    println!("{out}");
+    if interrupted {
+        return Err(Interrupted.into());
+    }
+    Ok(())
+}
+
+/// What the soak saw, poll by poll.
+#[derive(Default)]
+struct SoakObserver {
+    start_wall: u64,
+    t_start: Option<Instant>,
+    initial: BTreeMap<String, Placed>,
+    last_gen: BTreeMap<String, u64>,
+    /// Hosts to ask for events (not the soaked one).
+    via: Vec<String>,
+    gen_changes: Vec<String>,
+    changed: BTreeSet<String>,
+    seen: BTreeSet<Event>,
+    false_events: Vec<Event>,
+    suspects: usize,
+    other_events: Vec<Event>,
+    status_errors: usize,
+    event_errors: usize,
+    not_running_polls: usize,
+    polls: usize,
+    leaders: BTreeSet<String>,
+}
+
+impl SoakObserver {
+    fn elapsed_s(&self) -> f64 {
+        self.t_start.map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+
+    fn poll(&mut self, bed: &Testbed) {
+        self.polls += 1;
+        match bed.status() {
+            Ok(s) => {
+                if let Some(l) = s["leader"].as_str() {
+                    self.leaders.insert(l.to_owned());
+                }
+                let p = placement(&s);
+                if p.values().any(|w| w.state != "running") {
+                    self.not_running_polls += 1;
+                }
+                for (w, now) in &p {
+                    let prev = self.last_gen.get(w).copied().unwrap_or(0);
+                    if now.generation != prev {
+                        let line = format!(
+                            "+{:.1} s: {w} generation {prev} → {} (now on {}, {}; was on {})",
+                            self.elapsed_s(),
+                            now.generation,
+                            now.host,
+                            now.state,
+                            self.initial.get(w).map_or("-", |i| i.host.as_str())
+                        );
+                        println!("FALSE FAILOVER {line}");
+                        self.gen_changes.push(line);
+                        self.changed.insert(w.clone());
+                        self.last_gen.insert(w.clone(), now.generation);
+                    }
+                }
+            }
+            Err(e) => {
+                self.status_errors += 1;
+                eprintln!("status failed: {e:#}");
+            }
+        }
+        match events(bed, &self.via) {
+            Ok(ev) => {
+                for e in ev {
+                    if e.at_ms < self.start_wall || !self.seen.insert(e.clone()) {
+                        continue;
+                    }
+                    let m = &e.message;
+                    let when = fmt_event_time(e.at_ms, self.start_wall);
+                    // Fencing a live host is a false failover too (--fence).
+                    if m.starts_with("unassigned ")
+                        || m.contains(" is failed")
+                        || m.contains("isolated")
+                        || m.starts_with("fencing ")
+                        || m.starts_with("fenced ")
+                        || m.contains(" is fenced")
+                    {
+                        println!("FALSE FAILOVER event {when}  {m}");
+                        self.false_events.push(e);
+                    } else if m.contains(" is suspect") {
+                        self.suspects += 1;
+                        eprintln!("event {when}  {m}");
+                    } else {
+                        eprintln!("event {when}  {m}");
+                        self.other_events.push(e);
+                    }
+                }
+            }
+            Err(e) => {
+                self.event_errors += 1;
+                eprintln!("events failed: {e:#}");
+            }
+        }
+    }
+}
+
+fn fmt_event_time(at_ms: u64, start_wall: u64) -> String {
+    format!("+{:.1} s", (at_ms as f64 - start_wall as f64) / 1e3)
+}
+
+/// Per host: the longest time between two consecutive ticks of one
+/// instance, and which workload (how much CPU starvation the witnesses saw).
+fn longest_tick_gaps(dir: &Path) -> BTreeMap<String, (f64, String)> {
+    let mut last: BTreeMap<(String, String, u64), u64> = BTreeMap::new();
+    let mut gaps: BTreeMap<String, (f64, String)> = BTreeMap::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return gaps;
+    };
+    for e in entries.flatten() {
+        let Ok(text) = fs::read_to_string(e.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_ascii_whitespace().collect();
+            let [w, host, generation, ns] = f[..] else {
+                continue;
+            };
+            let (Ok(generation), Ok(ns)) = (generation.parse::<u64>(), ns.parse::<u64>()) else {
+                continue;
+            };
+            let key = (w.to_owned(), host.to_owned(), generation);
+            if let Some(prev) = last.insert(key, ns) {
+                let gap = ns.saturating_sub(prev) as f64 / 1e6;
+                let entry = gaps.entry(host.to_owned()).or_insert((0.0, String::new()));
+                if gap > entry.0 {
+                    *entry = (gap, w.to_owned());
+                }
+            }
+        }
+    }
+    gaps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trip_of_known_dates() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-18T11:06:40.123Z"),
+            Some(1_795_000_000_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:00.000Z"),
+            Some(951_782_400_000)
+        );
+        assert_eq!(parse_rfc3339_ms("2000-02-29 00:00:00"), None);
+    }
+
+    #[test]
+    fn events_parse_and_detection_takes_the_first_matching() {
+        let text = "2026-11-18T11:06:40.000Z  host h2 is suspect: last heartbeat acknowledged 400 ms ago\n\
+                    2026-11-18T11:06:41.000Z  host h2 is failed: last heartbeat acknowledged 1300 ms ago\n\
+                    2026-11-18T11:06:41.100Z  unassigned w01 from h2: host failed\n\
+                    2026-11-18T11:06:42.000Z  host h22 is failed: x\n";
+        let ev: Vec<Event> = text.lines().filter_map(parse_event).collect();
+        assert_eq!(ev.len(), 4);
+        let d = detection_event(&ev, "h2", 1_795_000_000_000).unwrap();
+        assert_eq!(d.at_ms, 1_795_000_001_000);
+        assert!(detection_event(&ev, "h2", 1_795_000_001_001).is_none());
+        let fenced = vec![Event {
+            at_ms: 5,
+            message: "fenced h3: fence-cgroup confirmed it off in 20 ms".into(),
+        }];
+        assert_eq!(detection_event(&fenced, "h3", 0).unwrap().at_ms, 5);
+    }
+
+    #[test]
+    fn events_about_other_hosts_are_unexpected() {
+        let hosts: Vec<String> = ["h1", "h2", "h3"].map(String::from).to_vec();
+        assert!(!unexpected("host h2 is failed: x", "h2", &hosts));
+        assert!(!unexpected(
+            "unassigned w01 from h2: host failed",
+            "h2",
+            &hosts
+        ));
+        assert!(!unexpected("host h1 is online: x", "h2", &hosts));
+        assert!(unexpected(
+            "fenced h1: fence-cgroup confirmed it off in 6 ms",
+            "h2",
+            &hosts
+        ));
+        assert!(unexpected(
+            "fencing h1 with x: silent for 400 ms",
+            "h2",
+            &hosts
+        ));
+        assert!(unexpected("host h3 is suspect: x", "h2", &hosts));
+        assert!(unexpected(
+            "unassigned w01 from h1: host fenced",
+            "h2",
+            &hosts
+        ));
+    }
+
+    #[test]
+    fn ansi_colours_are_stripped() {
+        assert_eq!(
+            strip_ansi("\x1b[2m2026-01-01T00:00:00Z\x1b[0m \x1b[33m WARN\x1b[0m x: y"),
+            "2026-01-01T00:00:00Z  WARN x: y"
+        );
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 10.0);
+        assert_eq!(percentile(&v, 90.0), 18.0);
+        assert_eq!(percentile(&v, 99.0), 20.0);
+        assert_eq!(percentile(&[7.0], 50.0), 7.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+    }
+}
