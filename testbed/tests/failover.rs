@@ -120,6 +120,27 @@ fn never_twice(bed: &Testbed) -> haven_testbed::WitnessReport {
     report
 }
 
+/// For each workload in `moving`: its instance on `old_host` ticked for
+/// the last time before its new instance's first tick.
+fn old_stopped_before_new(
+    report: &haven_testbed::WitnessReport,
+    moving: &[String],
+    old_host: &str,
+    why: &str,
+) {
+    for w in moving {
+        let old = report
+            .instances_of(w)
+            .find(|i| i.id.host == old_host)
+            .unwrap();
+        let new = report
+            .instances_of(w)
+            .find(|i| i.id.host != old_host)
+            .unwrap();
+        assert!(old.last_ns < new.first_ns, "{w}: {why}");
+    }
+}
+
 /// Newest tick (CLOCK_MONOTONIC ns) of `workload` on `host`.
 fn last_tick(bed: &Testbed, workload: &str, host: &str) -> Option<u64> {
     check_witness(&bed.witness_dir())
@@ -188,22 +209,12 @@ fn hung_agent_is_reset_by_its_watchdog_before_anything_restarts_elsewhere() {
         "watchdog reset {victim}: {resets:?}"
     );
     let report = never_twice(&bed);
-    for w in &moving {
-        let old = report
-            .instances_of(w)
-            .find(|i| i.id.host == victim)
-            .unwrap()
-            .last_ns;
-        let new = report
-            .instances_of(w)
-            .find(|i| i.id.host != victim)
-            .unwrap()
-            .first_ns;
-        assert!(
-            old < new,
-            "{w}: old instance ticked after the new one started"
-        );
-    }
+    old_stopped_before_new(
+        &report,
+        &moving,
+        &victim,
+        "old instance ticked after the new one started",
+    );
 }
 
 #[test]
@@ -327,22 +338,12 @@ fn partitioned_host_self_fences_and_majority_restarts_its_workloads() {
     bed.partition(&victim);
     moved_off(&bed, &victim, 4);
     let report = never_twice(&bed);
-    for w in &moving {
-        let old = report
-            .instances_of(w)
-            .find(|i| i.id.host == victim)
-            .unwrap()
-            .last_ns;
-        let new = report
-            .instances_of(w)
-            .find(|i| i.id.host != victim)
-            .unwrap()
-            .first_ns;
-        assert!(
-            old < new,
-            "{w}: the isolated host powered it off before it ran elsewhere"
-        );
-    }
+    old_stopped_before_new(
+        &report,
+        &moving,
+        &victim,
+        "the isolated host powered it off before it ran elsewhere",
+    );
     bed.heal(&victim);
     bed.wait_for("victim back online", RECOVER, |s| {
         host_state(s, &victim) == "online" && running(s) == 4
@@ -609,22 +610,12 @@ fn partitioned_coordinator_stops_acking_and_its_workloads_move_once() {
     });
     // The cut-off coordinator must not have kept its own lease alive.
     let report = never_twice(&bed);
-    for w in &moving {
-        let old_last = report
-            .instances_of(w)
-            .find(|i| i.id.host == leader)
-            .unwrap()
-            .last_ns;
-        let new_first = report
-            .instances_of(w)
-            .find(|i| i.id.host != leader)
-            .unwrap()
-            .first_ns;
-        assert!(
-            old_last < new_first,
-            "{w}: ran on the cut-off coordinator after it started elsewhere"
-        );
-    }
+    old_stopped_before_new(
+        &report,
+        &moving,
+        &leader,
+        "ran on the cut-off coordinator after it started elsewhere",
+    );
     bed.heal(&leader);
     bed.wait_for("old coordinator back", RECOVER, |s| {
         host_state(s, &leader) == "online"

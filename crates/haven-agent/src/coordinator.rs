@@ -64,17 +64,8 @@ impl Office {
 
     /// State to show for `host`: `unknown` until heard from or given up on.
     pub fn shown_state(&self, host: &str) -> &'static str {
-        match self.last_obs.get(host) {
-            Some(o)
-                if o.heard
-                    || o.silence_ms > 0
-                        && self
-                            .last_state
-                            .get(host)
-                            .is_some_and(|s| *s != HostState::Online) =>
-            {
-                self.last_state.get(host).map_or("unknown", |s| s.as_str())
-            }
+        match (self.last_obs.get(host), self.last_state.get(host)) {
+            (Some(o), Some(s)) if o.heard || *s != HostState::Online => s.as_str(),
             _ => "unknown",
         }
     }

@@ -16,6 +16,7 @@ use crate::api::Desired;
 use crate::clock::Clock;
 use crate::datastore::Datastore;
 use crate::node::Node;
+use crate::vm::LockVerdict;
 use haven_drivers::vm::VmPaths;
 use std::path::PathBuf;
 
@@ -495,21 +496,19 @@ impl Supervisor {
                 command.clone()
             }
             WorkloadKind::Vm(vm) => {
-                if let Some(refusal) = self.disk_lock_refusal(workload, generation, now_ms) {
+                let verdict = self.disk_lock_check(workload, generation, now_ms);
+                if verdict != LockVerdict::Start {
                     let entry = map
                         .entry(workload.to_owned())
                         .or_insert_with(|| Instance::new(generation, d.isolation, d.spec.restart));
-                    match refusal {
-                        Some(why) => {
-                            entry.phase = Phase::Failed;
-                            entry.detail = Some(format!("not started: {why}"));
-                        }
-                        None => {
-                            entry.phase = Phase::Restarting {
-                                at_ms: now_ms + crate::vm::LOCK_PROBE_MS,
-                            };
-                            entry.detail = Some(LOCK_CHECK.into());
-                        }
+                    if let LockVerdict::Refuse(why) = verdict {
+                        entry.phase = Phase::Failed;
+                        entry.detail = Some(format!("not started: {why}"));
+                    } else {
+                        entry.phase = Phase::Restarting {
+                            at_ms: now_ms + crate::vm::LOCK_PROBE_MS,
+                        };
+                        entry.detail = Some(LOCK_CHECK.into());
                     }
                     return;
                 }
@@ -592,40 +591,36 @@ impl Supervisor {
         epoch
     }
 
-    /// Disk safety before a VM start. `None`: go ahead. `Some(None)`: a
-    /// probe of a foreign lock is in progress, look again later.
-    /// `Some(Some(why))`: refused.
-    fn disk_lock_refusal(
-        &self,
-        workload: &str,
-        generation: Generation,
-        now_ms: u64,
-    ) -> Option<Option<String>> {
-        let ds = self.datastore.as_ref()?;
-        let current = ds.read_lock(workload);
+    /// Disk safety before a VM start (no datastore: nothing to check).
+    /// A probe of a foreign lock in progress answers `Probe` until it is due.
+    fn disk_lock_check(&self, workload: &str, generation: Generation, now_ms: u64) -> LockVerdict {
+        let Some(ds) = self.datastore.as_ref() else {
+            return LockVerdict::Start;
+        };
         let mut probes = self.lock_probes.lock().unwrap();
         let probe = probes.get(workload).copied();
-        if probe.is_some_and(|(_, at)| now_ms < at) {
-            return Some(None);
+        if let Some((seq, _)) = probe.filter(|(_, at)| now_ms < *at) {
+            return LockVerdict::Probe { seq };
         }
-        let seen = probe.map(|(s, _)| s);
-        match crate::vm::lock_verdict(current.as_ref(), &self.host, generation, seen) {
-            crate::vm::LockVerdict::Start => {
-                probes.remove(workload);
-                None
-            }
-            crate::vm::LockVerdict::Probe { seq } => {
+        let current = ds.read_lock(workload);
+        let verdict = crate::vm::lock_verdict(
+            current.as_ref(),
+            &self.host,
+            generation,
+            probe.map(|(s, _)| s),
+        );
+        match &verdict {
+            LockVerdict::Probe { seq } => {
                 probes.insert(
                     workload.to_owned(),
-                    (seq, now_ms + crate::vm::LOCK_PROBE_MS),
+                    (*seq, now_ms + crate::vm::LOCK_PROBE_MS),
                 );
-                Some(None)
             }
-            crate::vm::LockVerdict::Refuse(why) => {
+            _ => {
                 probes.remove(workload);
-                Some(Some(why))
             }
         }
+        verdict
     }
 }
 

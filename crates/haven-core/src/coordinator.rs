@@ -107,9 +107,11 @@ pub fn tick(input: &TickInput<'_>) -> Vec<Command> {
             continue;
         }
         let h = obs(&a.host);
-        if h.state(input.timing) == HostState::Online
-            || h.state(input.timing) == HostState::Suspect && !h.fenced
-        {
+        // (A fenced host's state is `Fenced`, never `Suspect`.)
+        if matches!(
+            h.state(input.timing),
+            HostState::Online | HostState::Suspect
+        ) {
             continue;
         }
         let isolation = state.isolation_response(&w.spec);

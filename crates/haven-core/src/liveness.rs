@@ -136,14 +136,6 @@ impl HostObservation {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Liveness {
-    Online,
-    Suspect,
-    Failed,
-}
-
 /// The coordinator's side: when did it last acknowledge each host?
 #[derive(Clone, Debug, Default)]
 pub struct Detector {
@@ -200,17 +192,6 @@ impl Detector {
         now_ms.saturating_sub(since)
     }
 
-    pub fn liveness(&self, host: &str, now_ms: u64, timing: &Timing) -> Liveness {
-        let s = self.silence_ms(host, now_ms);
-        if s >= timing.failed_after_ms() {
-            Liveness::Failed
-        } else if s >= timing.suspect_after_ms {
-            Liveness::Suspect
-        } else {
-            Liveness::Online
-        }
-    }
-
     /// Has this host been heard from during this term of office?
     pub fn heard_from(&self, host: &str) -> bool {
         self.last_ack_ms
@@ -223,6 +204,16 @@ impl Detector {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The state the coordinator derives for `host` (as heard from).
+    fn state(d: &Detector, host: &str, now_ms: u64, t: &Timing) -> HostState {
+        HostObservation {
+            silence_ms: d.silence_ms(host, now_ms),
+            heard: true,
+            ..Default::default()
+        }
+        .state(t)
+    }
 
     #[test]
     fn lease_runs_from_send_time_not_ack_time() {
@@ -241,9 +232,9 @@ mod tests {
     fn new_coordinator_waits_lease_plus_margin() {
         let t = Timing::default();
         let d = Detector::new(10_000);
-        assert_eq!(d.liveness("h1", 10_000, &t), Liveness::Online);
-        assert_eq!(d.liveness("h1", 11_249, &t), Liveness::Suspect);
-        assert_eq!(d.liveness("h1", 11_250, &t), Liveness::Failed);
+        assert_eq!(state(&d, "h1", 10_000, &t), HostState::Online);
+        assert_eq!(state(&d, "h1", 11_249, &t), HostState::Suspect);
+        assert_eq!(state(&d, "h1", 11_250, &t), HostState::Failed);
     }
 
     #[test]
@@ -253,10 +244,10 @@ mod tests {
         d.note_host("old", 0);
         d.note_host("new", 10_000);
         d.note_host("new", 20_000); // later sightings change nothing
-        assert_eq!(d.liveness("old", 10_000, &t), Liveness::Failed);
+        assert_eq!(state(&d, "old", 10_000, &t), HostState::Failed);
         assert_eq!(d.silence_ms("new", 10_100), 100);
-        assert_eq!(d.liveness("new", 11_249, &t), Liveness::Suspect);
-        assert_eq!(d.liveness("new", 11_250, &t), Liveness::Failed);
+        assert_eq!(state(&d, "new", 11_249, &t), HostState::Suspect);
+        assert_eq!(state(&d, "new", 11_250, &t), HostState::Failed);
     }
 
     #[test]
@@ -282,7 +273,7 @@ mod tests {
         let mut d = Detector::new(0);
         for now in (0..10_000).step_by(100) {
             d.on_ack("h1", now);
-            assert_eq!(d.liveness("h1", now + 99, &t), Liveness::Online);
+            assert_eq!(state(&d, "h1", now + 99, &t), HostState::Online);
         }
     }
 
@@ -313,7 +304,7 @@ mod tests {
             det.on_ack("h", coord_clock(ack_real));
             // At a later real time, if the coordinator says failed, the lease is gone.
             let now_real = ack_real + later_ms;
-            if det.liveness("h", coord_clock(now_real), &timing) == Liveness::Failed {
+            if state(&det, "h", coord_clock(now_real), &timing) == HostState::Failed {
                 prop_assert!(!lease.is_held(agent_clock(now_real), &timing));
             }
         }
