@@ -2,7 +2,8 @@
 //! each other (join, heartbeat), and what comes back. JSON over HTTP.
 
 use haven_core::model::{
-    Capacity, FenceDevice, Generation, IsolationResponse, NodeId, Observed, Role, WorkloadSpec,
+    Capacity, ClusterSettings, FenceDevice, Generation, IsolationResponse, NodeId, Observed, Role,
+    WorkloadSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -39,6 +40,8 @@ pub struct JoinResponse {
     /// Addresses of the managers (Raft voters), for the joiner to reach the
     /// cluster through later.
     pub managers: Vec<String>,
+    /// The cluster's settings: the joiner checks its flags against them.
+    pub settings: ClusterSettings,
 }
 
 /// Second step of a manager's join: its Raft node is up at `address`; make it
@@ -55,6 +58,8 @@ pub struct PromoteRequest {
 pub struct HeartbeatRequest {
     pub host: String,
     pub instance_id: String,
+    /// The node id in the host's data dir: must match the cluster's record.
+    pub node_id: NodeId,
     /// Current address/capacity/labels: the coordinator records changes
     /// (e.g. after a restart with new flags).
     pub address: String,
@@ -67,6 +72,12 @@ pub struct HeartbeatRequest {
     /// Agent monotonic time at send; echoed back so the agent can run its
     /// lease from the send time.
     pub sent_ms: u64,
+    /// Random per agent process: tells a restarted agent from its
+    /// predecessor (which may have asked for a restart grace).
+    pub boot: String,
+    /// The state revision whose desired instances the agent had acted on
+    /// when it built `observed` (0: none yet).
+    pub applied_revision: u64,
     pub observed: Vec<Observed>,
 }
 
@@ -82,12 +93,51 @@ pub struct Desired {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     pub sent_ms: u64,
+    /// The lease this acknowledgement grants, from `sent_ms`.
+    pub lease_ms: u64,
     pub leader: String,
     pub term: u64,
     pub managers: Vec<String>,
+    /// The state revision `desired` was read at: an agent acts only on
+    /// the newest revision it was sent.
+    pub revision: u64,
     pub desired: Vec<Desired>,
-    /// Bound of the `shutdown` isolation response.
-    pub shutdown_timeout_ms: u64,
+    pub settings: ClusterSettings,
+}
+
+/// A gracefully stopping agent asks the coordinator to leave its host's
+/// workloads alone for the cluster's restart grace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RestartGraceRequest {
+    pub host: String,
+    pub instance_id: String,
+    pub boot: String,
+    /// Agent monotonic time at send: the grace runs from here.
+    pub sent_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RestartGraceResponse {
+    pub grace_ms: u64,
+}
+
+/// `haven settings`: every cluster setting with its value and meaning.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SettingsResponse {
+    pub settings: Vec<SettingView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SettingView {
+    pub key: String,
+    pub value: String,
+    pub meaning: String,
+}
+
+/// `haven settings set key=value …`: all or nothing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SettingsRequest {
+    pub set: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

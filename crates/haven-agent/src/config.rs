@@ -1,8 +1,7 @@
 //! The agent's configuration: one struct, every bound with its unit in its
 //! name. The binary builds it from a TOML file and flags (flags win).
 
-use haven_core::liveness::Timing;
-use haven_core::model::{Capacity, FenceDevice, IsolationResponse};
+use haven_core::model::{Capacity, FenceDevice};
 
 use crate::watchdog::WatchdogMode;
 use serde::Deserialize;
@@ -14,8 +13,6 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7440";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/haven";
 pub const DEFAULT_WATCHDOG_DEVICE: &str = "/dev/watchdog";
 pub const DEFAULT_WATCHDOG_TIMEOUT_MS: u64 = 2_000;
-pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
-pub const DEFAULT_FENCE_AFTER_MS: u64 = 400;
 pub const DEFAULT_FENCE_TIMEOUT_MS: u64 = 10_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +40,10 @@ pub struct AgentConfig {
     /// cgroup v2 directory under which each workload gets its own group;
     /// `None`: a `haven` group under the agent's own cgroup.
     pub cgroup_root: Option<PathBuf>,
-    pub timing: Timing,
+    /// Cluster settings given on this host's command line or config file,
+    /// as `(key, value)` (`haven_core::settings` keys): the cluster's values
+    /// at bootstrap; elsewhere they must agree with the cluster's.
+    pub settings_flags: Vec<(String, String)>,
     /// Graceful stop of a process workload: SIGTERM, then SIGKILL after this.
     pub stop_grace_ms: u64,
     /// Bound on one RPC to another host.
@@ -55,13 +55,6 @@ pub struct AgentConfig {
     pub watchdog_timeout_ms: u64,
     /// This host's power switch, used by the coordinator to fence it.
     pub fence: Option<FenceDevice>,
-    /// Cluster default, recorded by the bootstrap host.
-    pub isolation_response: IsolationResponse,
-    /// Bound of the `shutdown` isolation response (cluster setting,
-    /// recorded by the bootstrap host).
-    pub shutdown_timeout_ms: u64,
-    /// Silence after which the coordinator fences a host that has a device.
-    pub fence_after_ms: u64,
     /// Bound on one fence operation (off + status).
     pub fence_timeout_ms: u64,
     /// Test bed only: a witness tick per VM guest heartbeat goes here.
@@ -97,6 +90,7 @@ pub struct ConfigFile {
     pub isolation_response: Option<String>,
     pub shutdown_timeout_ms: Option<u64>,
     pub fence_after_ms: Option<u64>,
+    pub restart_grace_ms: Option<u64>,
     pub fence_timeout_ms: Option<u64>,
 }
 

@@ -3,10 +3,10 @@
 //! device, watches the datastore, and every tick feeds all of it into the
 //! pure `haven_core::coordinator::tick` and proposes what it decides.
 
-use haven_core::coordinator::{self, TickInput};
+use haven_core::coordinator::{self, HostReport, TickInput};
 use haven_core::liveness::{Detector, HostObservation, HostState};
 use haven_core::model::{Generation, InstanceState, IsolationResponse, Observed};
-use haven_core::state::Command;
+use haven_core::state::{Command, CommandResult};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +18,13 @@ use crate::node::Node;
 pub struct Office {
     pub term: u64,
     pub detector: Detector,
-    /// host → (coordinator monotonic ms of the report, instances)
-    pub observed: BTreeMap<String, (u64, Vec<Observed>)>,
+    /// host → its last report in this office.
+    pub reports: BTreeMap<String, HostReport>,
+    /// host → the agent process (boot) that sent its last heartbeat.
+    boots: BTreeMap<String, String>,
+    /// Send time (own monotonic clock) of the newest leadership
+    /// confirmation round a majority answered in this term.
+    confirmed_at_ms: Option<u64>,
     /// What each host looked like at the last tick.
     pub last_obs: BTreeMap<String, HostObservation>,
     last_state: BTreeMap<String, HostState>,
@@ -40,7 +45,9 @@ impl Office {
         Office {
             term,
             detector: Detector::new(now_ms),
-            observed: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            boots: BTreeMap::new(),
+            confirmed_at_ms: None,
             last_obs: BTreeMap::new(),
             last_state: BTreeMap::new(),
             announced: false,
@@ -53,13 +60,32 @@ impl Office {
         }
     }
 
-    /// A heartbeat from `host` was acknowledged at `now_ms`.
-    pub fn on_heartbeat(&mut self, host: &str, now_ms: u64, observed: Vec<Observed>) {
-        self.detector.on_ack(host, now_ms);
-        self.observed.insert(host.to_owned(), (now_ms, observed));
+    /// A heartbeat from `host` was acknowledged at `now_ms` with a lease of
+    /// `lease_ms`.
+    pub fn on_heartbeat(
+        &mut self,
+        host: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        boot: &str,
+        report: HostReport,
+    ) {
+        self.detector.on_ack(host, now_ms, lease_ms);
+        self.reports.insert(host.to_owned(), report);
+        self.boots.insert(host.to_owned(), boot.to_owned());
         // Back from the dead: a later silence is a new episode.
         self.fenced.remove(host);
         self.fence_failed.remove(host);
+    }
+
+    /// `host`'s agent stops gracefully, granted `grace_ms` from now.
+    pub fn on_grace(&mut self, host: &str, now_ms: u64, grace_ms: u64) {
+        self.detector.on_ack(host, now_ms, grace_ms);
+    }
+
+    /// The instances `host` last reported.
+    pub fn observed(&self, host: &str) -> Option<&[Observed]> {
+        self.reports.get(host).map(|r| r.observed.as_slice())
     }
 
     /// State to show for `host`: `unknown` until heard from or given up on.
@@ -79,16 +105,51 @@ pub fn office_for(slot: &mut Option<Office>, term: u64, now_ms: u64) -> &mut Off
     slot.as_mut().expect("just set")
 }
 
-/// Does this leader still hear from a majority? Without it, it must not
-/// acknowledge heartbeats: the majority side may already have a new
-/// coordinator (DESIGN.md §2.6). The bound is the margin, which the new
-/// coordinator's wait covers.
-pub fn has_fresh_quorum(node: &Node) -> bool {
-    node.consensus.as_ref().is_some_and(|c| {
-        c.metrics()
-            .millis_since_quorum_ack
-            .is_some_and(|ms| ms <= node.cfg.timing.margin_ms)
-    })
+/// May this leader extend leases at `now_ms`? Only while a majority
+/// confirmed its leadership in `term` within the margin, measured from the
+/// confirmation round's send time on this host's clock (DESIGN.md §2.6;
+/// ARCHITECTURE.md argues the bound).
+pub fn leadership_confirmed(node: &Node, term: u64, now_ms: u64) -> bool {
+    let Some(c) = &node.consensus else {
+        return false;
+    };
+    let margin_ms = c.read(|s| s.settings.timing.margin_ms);
+    let slot = node.office.lock().unwrap();
+    slot.as_ref()
+        .filter(|o| o.term == term)
+        .and_then(|o| o.confirmed_at_ms)
+        .is_some_and(|t| now_ms.saturating_sub(t) <= margin_ms)
+}
+
+/// While this host leads: every heartbeat interval, confirm leadership with
+/// a majority through the Raft core (openraft's read-index round, which
+/// also waits until everything committed before it is applied here). A
+/// core stuck on storage or cut off from the majority confirms nothing, so
+/// leases stop being extended within the margin.
+pub async fn confirm_leadership(node: Arc<Node>) {
+    let Some(c) = node.consensus.clone() else {
+        return;
+    };
+    loop {
+        let (hb_ms, margin_ms) = c.read(|s| {
+            let t = s.settings.timing;
+            (t.heartbeat_interval_ms, t.margin_ms)
+        });
+        tokio::time::sleep(Duration::from_millis(hb_ms / 2)).await;
+        let Some(term) = c.leader_term() else {
+            continue;
+        };
+        let sent_ms = node.clock.now_ms();
+        if c.confirm_leadership(Duration::from_millis(margin_ms))
+            .await
+            .is_ok()
+        {
+            let mut slot = node.office.lock().unwrap();
+            let office = office_for(&mut slot, term, sent_ms);
+            office.confirmed_at_ms =
+                Some(office.confirmed_at_ms.map_or(sent_ms, |t| t.max(sent_ms)));
+        }
+    }
 }
 
 pub async fn run(node: Arc<Node>) {
@@ -100,41 +161,64 @@ pub async fn run(node: Arc<Node>) {
         .datastore
         .as_ref()
         .and_then(|p| Datastore::open(p).ok());
-    let interval = Duration::from_millis(node.cfg.timing.heartbeat_interval_ms);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::spawn(confirm_leadership(node.clone()));
+    let mut interval_ms = 0;
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
     loop {
+        let hb_ms = consensus.read(|s| s.settings.timing.heartbeat_interval_ms);
+        if hb_ms != interval_ms {
+            interval_ms = hb_ms;
+            ticker = tokio::time::interval(Duration::from_millis(hb_ms));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
         ticker.tick().await;
         let Some(term) = consensus.leader_term() else {
             *node.office.lock().unwrap() = None;
             continue;
         };
-        if !has_fresh_quorum(&node) {
+        let now = node.clock.now_ms();
+        if !leadership_confirmed(&node, term, now) {
             continue;
         }
-        let now = node.clock.now_ms();
         let at_ms = node.clock.wall_ms();
-        let timing = node.cfg.timing;
         let mut fence_jobs = vec![];
-        let (cmds, announce) = {
+        let (cmds, announce, wait_ms) = {
             let mut slot = node.office.lock().unwrap();
             let office = office_for(&mut slot, term, now);
             let announce = !office.announced;
             office.announced = true;
             consensus.read(|state| {
+                let timing = state.settings.timing;
                 let mut cmds = vec![];
                 let mut hosts = BTreeMap::new();
                 for h in state.hosts.values() {
                     let name = &h.name;
                     office.detector.note_host(name, now);
                     let silence_ms = office.detector.silence_ms(name, now);
+                    let grace = h.restart_grace.as_ref();
                     let mut o = HostObservation {
                         silence_ms,
                         heard: office.detector.heard_from(name),
                         fenced: office.fenced.contains(name),
                         datastore_alive: false,
                         watchdog_timeout_ms: h.watchdog_timeout_ms,
+                        lease_ms: office
+                            .detector
+                            .granted_lease_ms(name)
+                            .unwrap_or(state.prior_lease_ms),
+                        restart_grace_ms: grace.map_or(0, |g| g.grace_ms),
                     };
+                    // The restarted agent is back: the grace is over.
+                    if let Some(g) = grace {
+                        if office.boots.get(name).is_some_and(|b| *b != g.boot) {
+                            cmds.push(Command::EndRestartGrace {
+                                host: name.clone(),
+                                boot: g.boot.clone(),
+                                why: "its agent is back".into(),
+                                at_ms,
+                            });
+                        }
+                    }
                     let key = format!("host:{name}");
                     if silence_ms >= timing.suspect_after_ms {
                         if let Some(ds) = &datastore {
@@ -155,7 +239,7 @@ pub async fn run(node: Arc<Node>) {
                     if let Some(dev) = &h.fence {
                         // Never fence ourselves: our own heartbeat may simply
                         // still be looking for the new coordinator.
-                        if o.may_fence(node.cfg.fence_after_ms)
+                        if o.may_fence(state.settings.fence_after_ms)
                             && *name != node.identity.name
                             && !office.fencing.contains(name)
                             && !office.fence_failed.contains(name)
@@ -187,34 +271,36 @@ pub async fn run(node: Arc<Node>) {
                     } else {
                         office.freshness.forget(&key);
                     }
-                    if let Some((_, obs)) = office.observed.get(&a.host) {
-                        if let Some(x) = obs.iter().find(|x| x.workload == w.spec.name && x.generation == a.generation) {
-                            let seen = office.restarts_seen.insert(w.spec.name.clone(), (a.generation, x.restarts));
-                            if let Some((g, n)) = seen {
-                                if g == a.generation && x.restarts > n {
-                                    cmds.push(Command::RecordEvent {
-                                        message: format!(
-                                            "{} restarted in place on {} (restart {}): {}",
-                                            w.spec.name,
-                                            a.host,
-                                            x.restarts,
-                                            x.detail.clone().unwrap_or_default()
-                                        ),
-                                        at_ms,
-                                    });
-                                }
-                            }
-                            if x.state == InstanceState::Failed && !x.no_failover {
-                                failed.push((w.spec.name.clone(), a.generation, x.detail.clone().unwrap_or_else(|| "failed".into())));
-                            }
-                            if x.state == InstanceState::Running && office.placed.get(&w.spec.name) == Some(&a.generation) {
-                                office.placed.remove(&w.spec.name);
-                                cmds.push(Command::RecordEvent {
-                                    message: format!("{} started on {} (generation {})", w.spec.name, a.host, a.generation),
-                                    at_ms,
-                                });
-                            }
+                    let Some(x) = office.observed(&a.host).and_then(|obs| {
+                        obs.iter().find(|x| x.workload == w.spec.name && x.generation == a.generation)
+                    }) else {
+                        continue;
+                    };
+                    let (restarts, state_now, detail) = (x.restarts, x.state, x.detail.clone());
+                    let no_failover = x.no_failover;
+                    let seen = office.restarts_seen.insert(w.spec.name.clone(), (a.generation, restarts));
+                    if let Some((g, n)) = seen {
+                        if g == a.generation && restarts > n {
+                            cmds.push(Command::RecordEvent {
+                                message: format!(
+                                    "{} restarted in place on {} (restart {restarts}): {}",
+                                    w.spec.name,
+                                    a.host,
+                                    detail.clone().unwrap_or_default()
+                                ),
+                                at_ms,
+                            });
                         }
+                    }
+                    if state_now == InstanceState::Failed && !no_failover {
+                        failed.push((w.spec.name.clone(), a.generation, detail.unwrap_or_else(|| "failed".into())));
+                    }
+                    if state_now == InstanceState::Running && office.placed.get(&w.spec.name) == Some(&a.generation) {
+                        office.placed.remove(&w.spec.name);
+                        cmds.push(Command::RecordEvent {
+                            message: format!("{} started on {} (generation {})", w.spec.name, a.host, a.generation),
+                            at_ms,
+                        });
                     }
                 }
                 let decided = coordinator::tick(&TickInput {
@@ -223,17 +309,12 @@ pub async fn run(node: Arc<Node>) {
                     timing: &timing,
                     fresh_locks: &fresh_locks,
                     failed: &failed,
+                    reports: &office.reports,
                     at_ms,
                 });
-                for c in &decided {
-                    if let Command::Place { placements, .. } = c {
-                        for p in placements {
-                            office.placed.insert(p.workload.clone(), p.expected_generation.next());
-                        }
-                    }
-                }
                 cmds.extend(decided);
-                (cmds, announce)
+                let wait_ms = timing.lease_ms.max(state.prior_lease_ms) + timing.margin_ms;
+                (cmds, announce, wait_ms)
             })
         };
         for (host, dev, silence_ms) in fence_jobs {
@@ -241,9 +322,8 @@ pub async fn run(node: Arc<Node>) {
         }
         if announce {
             let msg = format!(
-                "{} took office as coordinator (term {term}); no host is declared failed for {} ms (lease + margin)",
+                "{} took office as coordinator (term {term}); no host is declared failed for {wait_ms} ms (lease + margin)",
                 node.identity.name,
-                timing.failed_after_ms()
             );
             let _ = consensus
                 .propose(Command::RecordEvent {
@@ -253,9 +333,18 @@ pub async fn run(node: Arc<Node>) {
                 .await;
         }
         for cmd in cmds {
-            if let Err(e) = consensus.propose(cmd).await {
-                tracing::warn!("coordinator: proposal failed: {e}");
-                break;
+            match consensus.propose(cmd).await {
+                Ok(CommandResult::Placed { placed, .. }) => {
+                    let mut slot = node.office.lock().unwrap();
+                    if let Some(o) = slot.as_mut().filter(|o| o.term == term) {
+                        o.placed.extend(placed);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("coordinator: proposal failed: {e}");
+                    break;
+                }
             }
         }
     }

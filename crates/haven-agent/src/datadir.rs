@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 
 pub const IDENTITY_FILE: &str = "node.json";
 pub const TOKEN_FILE: &str = "join-token";
+/// The cluster's settings as this host last heard them (a worker's
+/// starting point after a restart; the coordinator's word replaces it).
+pub const SETTINGS_FILE: &str = "cluster-settings.json";
 const LOCK_FILE: &str = "lock";
 const IDENTITY_FORMAT: u32 = 1;
 
@@ -135,6 +138,22 @@ impl DataDir {
 
     pub fn write_token(&self, token: &str) -> Result<(), DataDirError> {
         self.write_atomic(TOKEN_FILE, format!("{token}\n").as_bytes(), 0o600)
+    }
+
+    /// The cached cluster settings; `None` when missing or unreadable (the
+    /// coordinator sends them with the first acknowledgement anyway).
+    pub fn read_settings(&self) -> Option<haven_core::model::ClusterSettings> {
+        let text = fs::read_to_string(self.path.join(SETTINGS_FILE)).ok()?;
+        let s: haven_core::model::ClusterSettings = serde_json::from_str(&text).ok()?;
+        haven_core::settings::validate(&s).ok().map(|_| s)
+    }
+
+    pub fn write_settings(
+        &self,
+        settings: &haven_core::model::ClusterSettings,
+    ) -> Result<(), DataDirError> {
+        let text = serde_json::to_string_pretty(settings).expect("settings serialize");
+        self.write_atomic(SETTINGS_FILE, text.as_bytes(), 0o644)
     }
 
     pub fn read_token(&self) -> Option<String> {

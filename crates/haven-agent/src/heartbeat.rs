@@ -6,8 +6,8 @@
 //! clock), so a restarted agent knows how long its predecessor's lease still
 //! covers the workloads it re-adopts.
 
-use haven_core::liveness::{Lease, Timing};
-use haven_core::model::Generation;
+use haven_core::liveness::Lease;
+use haven_core::model::{ClusterSettings, Generation};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,37 +26,94 @@ pub struct LeaseState {
     lease: Lease,
     /// Expiry inherited from a previous agent process (monotonic ms).
     inherited_expiry_ms: Option<u64>,
-    /// Desired instances from the newest acknowledged heartbeat.
+    /// Desired instances from the newest revision acknowledged.
     pub desired: Option<Vec<Desired>>,
+    /// The state revision `desired` was read at.
+    pub revision: u64,
     /// Newest generation ever received per workload.
     pub highest_seen: BTreeMap<String, Generation>,
-    /// Bound of the `shutdown` isolation response, as last told.
-    pub shutdown_timeout_ms: u64,
+    /// The cluster's settings as last told (or last known on disk).
+    pub settings: ClusterSettings,
     ever_held: bool,
 }
 
+/// Why an inherited lease expiry is not trusted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InheritedLease {
+    None,
+    Valid(u64),
+    /// Further ahead than the cluster's settings allow (a corrupt or
+    /// tampered file): treated as expired.
+    TooFar {
+        expiry_ms: u64,
+        allowed_ms: u64,
+    },
+}
+
+/// Check a lease expiry left by a previous agent process: it can lie at
+/// most a lease (or a restart grace) ahead of now.
+pub fn check_inherited(
+    text: Option<&str>,
+    now_ms: u64,
+    settings: &ClusterSettings,
+) -> InheritedLease {
+    let Some(expiry_ms) = text.and_then(|t| t.trim().parse::<u64>().ok()) else {
+        return InheritedLease::None;
+    };
+    if expiry_ms <= now_ms {
+        return InheritedLease::None;
+    }
+    let allowed_ms = settings.timing.lease_ms.max(settings.restart_grace_ms);
+    if expiry_ms - now_ms > allowed_ms {
+        return InheritedLease::TooFar {
+            expiry_ms,
+            allowed_ms,
+        };
+    }
+    InheritedLease::Valid(expiry_ms)
+}
+
 impl LeaseState {
-    pub fn load(datadir: &DataDir, now_ms: u64) -> LeaseState {
-        let inherited = std::fs::read_to_string(datadir.path().join(LEASE_FILE))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .filter(|e| *e > now_ms);
+    pub fn load(datadir: &DataDir, now_ms: u64, settings: ClusterSettings) -> LeaseState {
+        let path = datadir.path().join(LEASE_FILE);
+        let text = std::fs::read_to_string(&path).ok();
+        let inherited = match check_inherited(text.as_deref(), now_ms, &settings) {
+            InheritedLease::Valid(e) => Some(e),
+            InheritedLease::None => None,
+            InheritedLease::TooFar {
+                expiry_ms,
+                allowed_ms,
+            } => {
+                tracing::warn!(
+                    "{}: lease expiry {expiry_ms} lies {} ms ahead, more than the cluster allows ({allowed_ms} ms): treated as expired",
+                    path.display(),
+                    expiry_ms - now_ms
+                );
+                None
+            }
+        };
         LeaseState {
             lease: Lease::default(),
             inherited_expiry_ms: inherited,
             desired: None,
+            revision: 0,
             highest_seen: BTreeMap::new(),
-            shutdown_timeout_ms: crate::config::DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            settings,
             ever_held: false,
         }
     }
 
-    pub fn is_held(&self, now_ms: u64, timing: &Timing) -> bool {
-        self.lease.is_held(now_ms, timing)
+    pub fn is_held(&self, now_ms: u64) -> bool {
+        self.lease.is_held(now_ms)
     }
 
-    pub fn authority(&self, now_ms: u64, timing: &Timing, datastore_ok: bool) -> Authority {
-        if self.lease.is_held(now_ms, timing) {
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        self.lease.expires_at_ms().or(self.inherited_expiry_ms)
+    }
+
+    /// What the supervisor may do now, and the revision it acts on.
+    pub fn authority(&self, now_ms: u64, datastore_ok: bool) -> Authority {
+        if self.lease.is_held(now_ms) {
             let desired = self
                 .desired
                 .iter()
@@ -71,42 +128,61 @@ impl LeaseState {
         Authority::Lapsed { datastore_ok }
     }
 
-    fn on_ack(&mut self, resp: &HeartbeatResponse, timing: &Timing) -> Option<u64> {
-        self.lease.on_ack(resp.sent_ms);
+    /// An acknowledgement: extend the lease; take the desired instances
+    /// and settings only if they are at least as new as those held (acks
+    /// can arrive out of order, and from a deposed coordinator).
+    fn on_ack(&mut self, resp: &HeartbeatResponse) -> Option<u64> {
+        let lease_ms = resp.lease_ms.min(haven_core::settings::LEASE_MS_MAX);
+        self.lease.on_ack(resp.sent_ms, lease_ms);
         self.ever_held = true;
-        for d in &resp.desired {
-            let h = self.highest_seen.entry(d.spec.name.clone()).or_default();
-            *h = (*h).max(d.generation);
+        if resp.revision >= self.revision {
+            for d in &resp.desired {
+                let h = self.highest_seen.entry(d.spec.name.clone()).or_default();
+                *h = (*h).max(d.generation);
+            }
+            self.revision = resp.revision;
+            self.desired = Some(resp.desired.clone());
+            if haven_core::settings::validate(&resp.settings).is_ok() {
+                self.settings = resp.settings.clone();
+            }
         }
-        self.desired = Some(resp.desired.clone());
-        self.shutdown_timeout_ms = resp.shutdown_timeout_ms;
-        self.lease.expires_at_ms(timing)
+        self.lease.expires_at_ms()
     }
 }
 
-pub async fn run(node: Arc<Node>) {
-    let timing = node.cfg.timing;
-    let interval = Duration::from_millis(timing.heartbeat_interval_ms);
-    let attempt_timeout = Duration::from_millis((timing.heartbeat_interval_ms * 3).max(300));
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+pub async fn run(node: Arc<Node>) -> String {
     let mut persisted_expiry = 0;
+    let mut interval_ms = 0;
+    let (mut checked, mut told_stale) = (false, false);
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
     loop {
+        let settings = node.lease.lock().unwrap().settings.clone();
+        let hb_ms = settings.timing.heartbeat_interval_ms;
+        if hb_ms != interval_ms {
+            interval_ms = hb_ms;
+            ticker = tokio::time::interval(Duration::from_millis(hb_ms));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        let attempt_timeout = Duration::from_millis((hb_ms * 3).max(300));
         ticker.tick().await;
         for _ in 0..ATTEMPTS_PER_TICK_MAX {
             let Some(target) = next_target(&node) else {
                 break;
             };
+            let (applied_revision, observed) = node.supervisor.report();
             let req = HeartbeatRequest {
                 host: node.identity.name.clone(),
                 instance_id: node.identity.instance_id.clone(),
+                node_id: node.identity.node_id,
                 address: node.address.clone(),
                 capacity: node.capacity,
                 labels: node.cfg.labels.clone(),
                 fence: node.cfg.fence.clone(),
                 watchdog_timeout_ms: node.watchdog_timeout_ms,
                 sent_ms: node.clock.now_ms(),
-                observed: node.supervisor.observed(),
+                boot: node.boot.clone(),
+                applied_revision,
+                observed,
             };
             let sent = rpc::post::<_, HeartbeatResponse>(
                 &node.http,
@@ -119,10 +195,37 @@ pub async fn run(node: Arc<Node>) {
             .await;
             match sent {
                 Ok(resp) => {
-                    let expiry = node.lease.lock().unwrap().on_ack(&resp, &timing);
+                    // An agent whose flags disagree with the cluster refuses
+                    // to run; a later change of the cluster's settings only
+                    // makes the flags stale, which is said once.
+                    let disagree = haven_core::settings::disagreements(
+                        &resp.settings,
+                        &node.cfg.settings_flags,
+                    );
+                    if !disagree.is_empty() && !told_stale {
+                        let msg = disagree.join("\n");
+                        if !checked {
+                            return format!(
+                                "this host's flags disagree with the cluster's settings:\n{msg}"
+                            );
+                        }
+                        tracing::warn!("the cluster's settings changed; this host's flags are stale (they apply only at bootstrap):\n{msg}");
+                    }
+                    told_stale = !disagree.is_empty();
+                    checked = true;
+                    let (expiry, now_settings) = {
+                        let mut l = node.lease.lock().unwrap();
+                        (l.on_ack(&resp), l.settings.clone())
+                    };
+                    if now_settings != settings {
+                        if let Err(e) = node.datadir.write_settings(&now_settings) {
+                            tracing::warn!("could not cache the cluster's settings: {e}");
+                        }
+                    }
                     update_peers(&node, &resp);
                     if let Some(e) = expiry.filter(|e| *e > persisted_expiry) {
                         persisted_expiry = e;
+                        node.keeper_renew(e);
                         let _ = std::fs::write(node.datadir.path().join(LEASE_FILE), e.to_string());
                     }
                     break;
@@ -149,6 +252,12 @@ pub async fn run(node: Arc<Node>) {
             }
         }
     }
+}
+
+/// Record a lease expiry for a restarted agent to inherit (the restart
+/// grace's deadline, on a graceful stop).
+pub fn persist_expiry(datadir: &DataDir, expiry_ms: u64) {
+    let _ = std::fs::write(datadir.path().join(LEASE_FILE), expiry_ms.to_string());
 }
 
 /// Leader if known, else the managers in turn.

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-use crate::api::{JoinRequest, JoinResponse, PromoteRequest};
+use crate::api::{
+    JoinRequest, JoinResponse, PromoteRequest, RestartGraceRequest, RestartGraceResponse,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{detect_capacity, AgentConfig, StartMode};
 use crate::coordinator::Office;
@@ -25,6 +27,8 @@ use crate::watchdog::{Watchdog, WatchdogMode};
 
 /// How long a joining manager keeps asking to be made a voter.
 const PROMOTE_DEADLINE_MS: u64 = 60_000;
+/// Coordinators asked for a restart grace at shutdown.
+const ATTEMPTS_RESTART_GRACE_MAX: usize = 3;
 /// How long the bootstrap host waits for its own single-node election.
 const BOOTSTRAP_LEADER_WAIT_MS: u64 = 10_000;
 
@@ -53,6 +57,12 @@ pub struct Node {
     pub watchdog: Mutex<Option<Watchdog>>,
     /// 0 without a watchdog.
     pub watchdog_timeout_ms: u64,
+    /// Random per agent process (see `HeartbeatRequest::boot`).
+    pub boot: String,
+    /// The lease keeper's socket (DESIGN.md §2a).
+    pub keeper: Option<haven_keeper::KeeperClient>,
+    /// Whether the last message reached the keeper.
+    pub keeper_ok: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -70,11 +80,48 @@ impl Node {
         self.peers.lock().unwrap().leader_hint.clone()
     }
 
+    /// The cluster's settings as this host knows them.
+    pub fn settings(&self) -> haven_core::model::ClusterSettings {
+        self.lease.lock().unwrap().settings.clone()
+    }
+
     /// Did this host write the datastore recently (within a lease)?
     pub fn datastore_ok(&self, now_ms: u64) -> bool {
+        let lease_ms = self.lease.lock().unwrap().settings.timing.lease_ms;
         self.datastore.is_some()
-            && now_ms.saturating_sub(self.datastore_ok_at_ms.load(Ordering::Relaxed))
-                < self.cfg.timing.lease_ms
+            && now_ms.saturating_sub(self.datastore_ok_at_ms.load(Ordering::Relaxed)) < lease_ms
+    }
+
+    /// How long the keeper may let `leave-running` workloads run on a host
+    /// cut off from the coordinator: until a margin before the coordinator
+    /// could see this host's lock files go stale (a lease after the last
+    /// datastore write).
+    pub fn leave_running_deadline_ms(&self) -> u64 {
+        let t = self.lease.lock().unwrap().settings.timing;
+        self.datastore_ok_at_ms.load(Ordering::Relaxed) + t.lease_ms - t.margin_ms
+    }
+
+    /// Move the lease keeper's deadline (DESIGN.md §2a). A keeper that does
+    /// not answer is started again.
+    pub fn keeper_renew(&self, deadline_ms: u64) {
+        let Some(k) = &self.keeper else { return };
+        let ok = k.renew(deadline_ms).is_ok();
+        let was_ok = self.keeper_ok.swap(ok, Ordering::Relaxed);
+        if !ok && was_ok {
+            // Start a new one off the async workers (it waits for the
+            // keeper to be ready); the next renewal reaches it.
+            tracing::error!("the lease keeper does not answer; starting it again");
+            let (dir, root) = (
+                self.datadir.path().to_owned(),
+                self.supervisor.cgroup_root(),
+            );
+            tokio::task::spawn_blocking(move || match start_keeper(&dir, &root) {
+                Ok(pid) => tracing::info!("lease keeper started again (pid {pid})"),
+                Err(e) => tracing::error!("{e:#}"),
+            });
+        } else if ok && !was_ok {
+            tracing::info!("lease keeper answers again");
+        }
     }
 
     pub fn host_record(&self) -> HostRecord {
@@ -88,8 +135,29 @@ impl Node {
             instance_id: self.identity.instance_id.clone(),
             fence: self.cfg.fence.clone(),
             watchdog_timeout_ms: self.watchdog_timeout_ms,
+            restart_grace: None,
         }
     }
+}
+
+/// The keeper's cgroup: a sibling of the workloads' root, so that freezing
+/// or killing the agent's group does not reach it, and a power loss (the
+/// whole host's group) does.
+fn keeper_cgroup(cgroup_root: &std::path::Path) -> std::path::PathBuf {
+    let name = cgroup_root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "haven".into());
+    cgroup_root.with_file_name(format!("{name}-keeper"))
+}
+
+/// Start this host's lease keeper unless one already runs (it outlives the
+/// agent: a restarted agent finds it). Returns its pid.
+pub fn start_keeper(data_dir: &std::path::Path, cgroup_root: &std::path::Path) -> Result<u32> {
+    let exe =
+        std::env::current_exe().context("finding the haven binary to start the lease keeper")?;
+    haven_keeper::ensure_running(&exe, data_dir, cgroup_root, &keeper_cgroup(cgroup_root))
+        .map_err(|e| anyhow!("starting the lease keeper: {e}"))
 }
 
 fn consensus_config(cfg: &AgentConfig) -> ConsensusConfig {
@@ -211,6 +279,14 @@ pub async fn run(
             if resp.cluster_id != t.cluster_id {
                 bail!("join {target}: that host belongs to cluster {}, not {} named by the token", resp.cluster_id, t.cluster_id);
             }
+            let disagree = haven_core::settings::disagreements(&resp.settings, &cfg.settings_flags);
+            if !disagree.is_empty() {
+                bail!(
+                    "join {target}: nothing was stored; this host's flags disagree with the cluster's settings:\n{}",
+                    disagree.join("\n")
+                );
+            }
+            datadir.write_settings(&resp.settings)?;
             let id = Identity::new(resp.cluster_id, resp.node_id, cfg.name.clone(), req.instance_id, role, resp.managers);
             if role == Role::Manager {
                 datadir.write_token(&t.to_string())?;
@@ -230,10 +306,29 @@ pub async fn run(
         None
     };
 
+    // The settings this host runs with until the coordinator tells it
+    // otherwise: its flags when it creates the cluster, else the last it
+    // knew (the replicated state on a manager, a cached copy on a worker).
+    let settings = if fresh && matches!(cfg.mode, StartMode::Bootstrap) {
+        haven_core::settings::from_flags(&cfg.settings_flags)
+            .map_err(|e| anyhow!("{}", e.join("; ")))?
+    } else {
+        consensus
+            .as_ref()
+            .map(|c| c.read(|s| s.settings.clone()))
+            .filter(|_| consensus.as_ref().is_some_and(|c| c.is_initialized()))
+            .or_else(|| datadir.read_settings())
+            .unwrap_or_default()
+    };
+
     let cgroup_root = match &cfg.cgroup_root {
         Some(p) => p.clone(),
         None => haven_drivers::cgroup::default_root()?,
     };
+    // The lease keeper first: from here on, whatever this process does,
+    // the workloads never outlive the lease (DESIGN.md §2a).
+    let keeper_pid = start_keeper(datadir.path(), &cgroup_root)?;
+    tracing::info!("lease keeper runs (pid {keeper_pid})");
     let driver = ProcessDriver::new(cgroup_root.clone(), datadir.logs_dir())
         .with_context(|| format!("workload cgroups under {}", cgroup_root.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
@@ -245,6 +340,7 @@ pub async fn run(
             run_dir: datadir.path().join("run"),
             datastore: cfg.datastore.clone(),
             vm_witness_dir: cfg.vm_witness_dir.clone(),
+            data_dir: datadir.path().to_owned(),
         },
         clock.clone(),
     );
@@ -268,7 +364,9 @@ pub async fn run(
     };
     let watchdog_timeout_ms = watchdog.as_ref().map_or(0, |w| w.timeout_ms);
     let adopted = supervisor.adopt()?;
-    let lease = LeaseState::load(&datadir, clock.now_ms());
+    let lease = LeaseState::load(&datadir, clock.now_ms(), settings);
+    let keeper = haven_keeper::KeeperClient::new(datadir.path())
+        .map_err(|e| anyhow!("lease keeper socket: {e}"))?;
 
     let node = Arc::new(Node {
         address: address.clone(),
@@ -289,6 +387,9 @@ pub async fn run(
         datastore_ok_at_ms: AtomicU64::new(0),
         watchdog: Mutex::new(watchdog),
         watchdog_timeout_ms,
+        boot: random_hex(8),
+        keeper: Some(keeper),
+        keeper_ok: std::sync::atomic::AtomicBool::new(true),
         identity,
         cfg,
     });
@@ -324,16 +425,22 @@ pub async fn run(
         node.address
     );
 
+    let mut heartbeats = tokio::spawn(crate::heartbeat::run(node.clone()));
     let tasks = vec![
-        tokio::spawn(crate::heartbeat::run(node.clone())),
         tokio::spawn(crate::supervisor::run(node.clone())),
         tokio::spawn(crate::coordinator::run(node.clone())),
         tokio::spawn(crate::heartbeat::run_datastore(node.clone())),
     ];
-    shutdown.await;
-    tracing::info!("shutting down; workloads keep running (they are re-adopted at the next start)");
+    let refused = tokio::select! {
+        _ = shutdown => None,
+        r = &mut heartbeats => Some(r.unwrap_or_else(|e| format!("heartbeat task ended: {e}"))),
+    };
+    heartbeats.abort();
     for t in &tasks {
         t.abort();
+    }
+    if refused.is_none() {
+        ask_restart_grace(&node).await;
     }
     if let Some(w) = node.watchdog.lock().unwrap().take() {
         w.disarm();
@@ -343,7 +450,61 @@ pub async fn run(
     if let Some(c) = &consensus {
         c.shutdown().await;
     }
-    Ok(())
+    match refused {
+        Some(why) => Err(anyhow!("{why}")),
+        None => Ok(()),
+    }
+}
+
+/// A graceful stop: ask the coordinator to leave this host's workloads
+/// where they are for the cluster's restart grace, and have the keeper hold
+/// them that long (DESIGN.md §2a). Without the coordinator's word the
+/// keeper keeps the current lease deadline: the workloads stop when it
+/// passes, before the coordinator can move them.
+async fn ask_restart_grace(node: &Arc<Node>) {
+    let sent_ms = node.clock.now_ms();
+    let req = RestartGraceRequest {
+        host: node.identity.name.clone(),
+        instance_id: node.identity.instance_id.clone(),
+        boot: node.boot.clone(),
+        sent_ms,
+    };
+    let timeout = Duration::from_millis(node.settings().timing.lease_ms);
+    let mut answer = None;
+    for _ in 0..ATTEMPTS_RESTART_GRACE_MAX {
+        let Some(target) = node.leader_address() else {
+            break;
+        };
+        match rpc::post::<_, RestartGraceResponse>(
+            &node.http,
+            &target,
+            "/v1/restart-grace",
+            &req,
+            false,
+            Some(timeout),
+        )
+        .await
+        {
+            Ok(r) => {
+                answer = Some(r);
+                break;
+            }
+            Err(e) => tracing::warn!("asking {target} for a restart grace: {e}"),
+        }
+    }
+    let Some(r) = answer.filter(|r| r.grace_ms > 0) else {
+        tracing::info!(
+            "shutting down with no restart grace: workloads stop when the lease runs out"
+        );
+        return;
+    };
+    let grace_ms = r.grace_ms.min(haven_core::settings::RESTART_GRACE_MS_MAX);
+    let deadline_ms = sent_ms + grace_ms;
+    node.keeper_renew(deadline_ms);
+    crate::heartbeat::persist_expiry(&node.datadir, deadline_ms);
+    tracing::info!(
+        "shutting down; workloads keep running for up to {grace_ms} ms (restart grace): restart the agent to re-adopt them"
+    );
 }
 
 async fn bootstrap(node: &Arc<Node>, c: &Consensus) -> Result<()> {
@@ -362,11 +523,7 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus) -> Result<()> {
             secret: token.secret.clone(),
         },
         Command::SetSettings {
-            settings: haven_core::model::ClusterSettings {
-                isolation_response: node.cfg.isolation_response,
-                shutdown_timeout_ms: node.cfg.shutdown_timeout_ms,
-                datastore: node.cfg.datastore.as_ref().map(|p| p.display().to_string()),
-            },
+            settings: node.settings(),
             at_ms,
         },
         Command::RegisterHost {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::*;
-use crate::coordinator::{has_fresh_quorum, office_for};
+use crate::coordinator::{leadership_confirmed, office_for};
 use crate::node::Node;
 use crate::rpc::NotLeaderBody;
 
@@ -32,6 +32,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/join", post(join))
         .route("/v1/promote", post(promote))
         .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/restart-grace", post(restart_grace))
+        .route("/v1/settings", get(settings).post(set_settings))
         .route("/v1/status", get(status))
         .route("/v1/apply", post(apply))
         .route("/v1/delete", post(delete))
@@ -180,6 +182,7 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::bod
         instance_id: req.instance_id.clone(),
         fence: req.fence.clone(),
         watchdog_timeout_ms: req.watchdog_timeout_ms,
+        restart_grace: None,
     };
     match propose(
         &node,
@@ -194,6 +197,7 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::bod
             cluster_id,
             node_id,
             managers: managers(&node),
+            settings: c.read(|s| s.settings.clone()),
         })
         .into_response(),
         Ok(CommandResult::Rejected(m)) => error(StatusCode::CONFLICT, m),
@@ -287,25 +291,54 @@ async fn promote(
     }
 }
 
-async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatRequest>) -> Reply {
+/// The coordinator, if this host is it and may extend leases now: its
+/// leadership confirmed by a majority within the margin, and everything
+/// committed before its term applied (`coordinator::confirm_leadership`).
+fn lease_granting_term(node: &Node) -> Result<u64, Reply> {
     let Some(c) = node.consensus.as_ref() else {
-        return not_leader(&node);
+        return Err(not_leader(node));
     };
     let Some(term) = c.leader_term() else {
-        return not_leader(&node);
+        return Err(not_leader(node));
     };
-    if !has_fresh_quorum(&node) {
-        // A leader cut off from the majority must not extend anyone's lease.
-        return error(
+    if !leadership_confirmed(node, term, node.clock.now_ms()) {
+        // A leader cut off from the majority, or whose Raft core is stuck,
+        // must not extend anyone's lease.
+        return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "{} has lost contact with the majority of managers",
+                "{} cannot confirm its leadership with a majority of managers right now",
                 node.identity.name
             ),
-        );
+        ));
     }
+    Ok(term)
+}
+
+/// The member `host` claims to be, if its data dir really is that member's.
+fn check_member(
+    known: Option<haven_core::model::HostRecord>,
+    host: &str,
+    instance_id: &str,
+) -> Result<haven_core::model::HostRecord, Reply> {
+    known
+        .filter(|k| k.instance_id == instance_id)
+        .ok_or_else(|| {
+            error(
+                StatusCode::FORBIDDEN,
+                format!("host {host:?} with this data dir is not a member of this cluster"),
+            )
+        })
+}
+
+async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatRequest>) -> Reply {
+    let term = match lease_granting_term(&node) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let c = node.consensus.as_ref().expect("leader has consensus");
     let now = node.clock.now_ms();
-    let (known, desired, shutdown_timeout_ms) = c.read(|s| {
+    let (known, desired, settings, revision) = c.read(|s| {
         let known = s.hosts.get(&req.host).cloned();
         let desired: Vec<Desired> = s
             .assigned_to(&req.host)
@@ -315,21 +348,35 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
                 isolation: s.isolation_response(&w.spec),
             })
             .collect();
-        (known, desired, s.settings.shutdown_timeout_ms)
+        (known, desired, s.settings.clone(), s.revision)
     });
-    let Some(known) = known.filter(|k| k.instance_id == req.instance_id) else {
+    let known = match check_member(known, &req.host, &req.instance_id) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    if req.node_id != known.node_id {
         return error(
             StatusCode::FORBIDDEN,
             format!(
-                "host {:?} with this data dir is not a member of this cluster",
-                req.host
+                "host {:?} claims node id {} but is node {} in this cluster: its node.json was changed; restore it, or start the host with an empty --data-dir and join it again",
+                req.host, req.node_id, known.node_id
             ),
         );
-    };
+    }
+    let lease_ms = settings.timing.lease_ms;
     {
         let mut slot = node.office.lock().unwrap();
         let office = office_for(&mut slot, term, now);
-        office.on_heartbeat(&req.host, now, req.observed);
+        office.on_heartbeat(
+            &req.host,
+            now,
+            lease_ms,
+            &req.boot,
+            haven_core::coordinator::HostReport {
+                applied_revision: req.applied_revision,
+                observed: req.observed,
+            },
+        );
     }
     if known.address != req.address
         || known.capacity != req.capacity
@@ -357,13 +404,126 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
     }
     Json(HeartbeatResponse {
         sent_ms: req.sent_ms,
+        lease_ms,
         leader: node.address.clone(),
         term,
         managers: managers(&node),
+        revision,
         desired,
-        shutdown_timeout_ms,
+        settings,
     })
     .into_response()
+}
+
+/// A gracefully stopping agent: commit its restart grace, then count its
+/// silence from now (like a heartbeat acknowledged now, with the grace as
+/// its lease).
+async fn restart_grace(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<RestartGraceRequest>,
+) -> Reply {
+    let term = match lease_granting_term(&node) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let c = node.consensus.as_ref().expect("leader has consensus");
+    let known = c.read(|s| s.hosts.get(&req.host).cloned());
+    if let Err(r) = check_member(known, &req.host, &req.instance_id) {
+        return r;
+    }
+    let cmd = Command::BeginRestartGrace {
+        host: req.host.clone(),
+        boot: req.boot.clone(),
+        at_ms: node.clock.wall_ms(),
+    };
+    match propose(&node, cmd).await {
+        Ok(CommandResult::Rejected(m)) => return error(StatusCode::CONFLICT, m),
+        Ok(_) => {}
+        Err(r) => return r,
+    }
+    let grace_ms = c.read(|s| {
+        s.hosts
+            .get(&req.host)
+            .and_then(|h| h.restart_grace.as_ref())
+            .map_or(0, |g| g.grace_ms)
+    });
+    let now = node.clock.now_ms();
+    let mut slot = node.office.lock().unwrap();
+    office_for(&mut slot, term, now).on_grace(&req.host, now, grace_ms);
+    Json(RestartGraceResponse { grace_ms }).into_response()
+}
+
+async fn settings(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
+    let Some(c) = node.consensus.as_ref().filter(|c| c.is_leader()) else {
+        return forward::<()>(&node, &headers, reqwest::Method::GET, "/v1/settings", None).await;
+    };
+    let current = c.read(|s| s.settings.clone());
+    let settings = haven_core::settings::describe(&current)
+        .into_iter()
+        .zip(haven_core::settings::KEYS)
+        .map(|((key, value), (_, meaning))| SettingView {
+            key: key.to_string(),
+            value,
+            meaning: meaning.to_string(),
+        })
+        .collect();
+    Json(SettingsResponse { settings }).into_response()
+}
+
+/// `haven settings set`: every change applied to the current settings,
+/// validated as a whole, committed as one command (all or nothing).
+async fn set_settings(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Reply {
+    let req: SettingsRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if !node.is_leader() {
+        return forward(
+            &node,
+            &headers,
+            reqwest::Method::POST,
+            "/v1/settings",
+            Some(&req),
+        )
+        .await;
+    }
+    if req.set.is_empty() || req.set.len() > haven_core::settings::KEYS.len() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give one to all of the settings as key=value (`haven settings` lists them)",
+        );
+    }
+    let c = node.consensus.as_ref().expect("leader has consensus");
+    let mut next = c.read(|s| s.settings.clone());
+    let mut problems = vec![];
+    for (k, v) in &req.set {
+        match haven_core::settings::set(&next, k, v) {
+            Ok(n) => next = n,
+            Err(e) => problems.push(e),
+        }
+    }
+    if let Err(e) = haven_core::settings::validate(&next) {
+        problems.extend(e);
+    }
+    if !problems.is_empty() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("nothing was changed:\n{}", problems.join("\n")),
+        );
+    }
+    let cmd = Command::SetSettings {
+        settings: next,
+        at_ms: node.clock.wall_ms(),
+    };
+    match propose(&node, cmd).await {
+        Ok(CommandResult::Rejected(m)) => error(StatusCode::UNPROCESSABLE_ENTITY, m),
+        Ok(_) => settings(State(node), headers).await,
+        Err(r) => r,
+    }
 }
 
 async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
@@ -397,14 +557,13 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
             .values()
             .map(|w| {
                 let observed = w.assignment.as_ref().and_then(|a| {
-                    office
-                        .and_then(|o| o.observed.get(&a.host))
-                        .and_then(|(_, obs)| {
-                            obs.iter()
-                                .find(|x| x.workload == w.spec.name && x.generation == a.generation)
-                        })
+                    office.and_then(|o| o.observed(&a.host)).and_then(|obs| {
+                        obs.iter()
+                            .find(|x| x.workload == w.spec.name && x.generation == a.generation)
+                    })
                 });
                 let state = match (&w.assignment, observed) {
+                    (None, _) if s.stopping.contains_key(&w.spec.name) => "stopping".to_string(),
                     (None, _) => "pending".to_string(),
                     (Some(_), Some(o)) => o.state.to_string(),
                     (Some(_), None) => "assigned".to_string(),
@@ -609,7 +768,7 @@ async fn events(
 
 async fn health(State(node): State<Arc<Node>>) -> Reply {
     let now = node.clock.now_ms();
-    let lease_held = node.lease.lock().unwrap().is_held(now, &node.cfg.timing);
+    let lease_held = node.lease.lock().unwrap().is_held(now);
     Json(serde_json::json!({
         "name": node.identity.name,
         "cluster_id": node.identity.cluster_id,

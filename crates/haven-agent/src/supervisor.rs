@@ -256,6 +256,13 @@ pub struct Supervisor {
     /// Disk-lock probes in progress: workload -> (seq seen, look again at).
     lock_probes: Mutex<BTreeMap<String, (u64, u64)>>,
     next_watch: std::sync::atomic::AtomicU64,
+    /// The state revision whose desired instances the last tick with a
+    /// held lease acted on. Written and read only under the `instances`
+    /// lock, so a report pairs it with the instances as they were then.
+    applied_revision: Mutex<u64>,
+    /// What the lease keeper was last told to stop gracefully.
+    keeper_policy: Mutex<Option<haven_keeper::Policy>>,
+    data_dir: PathBuf,
 }
 
 pub struct SupervisorConfig {
@@ -264,6 +271,8 @@ pub struct SupervisorConfig {
     pub run_dir: PathBuf,
     pub datastore: Option<PathBuf>,
     pub vm_witness_dir: Option<PathBuf>,
+    /// Where the lease keeper reads its policy.
+    pub data_dir: PathBuf,
 }
 
 impl Supervisor {
@@ -279,7 +288,14 @@ impl Supervisor {
             clock,
             lock_probes: Mutex::new(BTreeMap::new()),
             next_watch: std::sync::atomic::AtomicU64::new(1),
+            applied_revision: Mutex::new(0),
+            keeper_policy: Mutex::new(None),
+            data_dir: cfg.data_dir,
         }
+    }
+
+    pub fn cgroup_root(&self) -> PathBuf {
+        self.driver.cgroup_root().to_owned()
     }
 
     /// Take over instances a previous agent process left running. Returns
@@ -318,12 +334,35 @@ impl Supervisor {
     }
 
     pub fn observed(&self) -> Vec<Observed> {
-        self.instances
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(w, i)| i.observed(w))
-            .collect()
+        self.report().1
+    }
+
+    /// What a heartbeat reports: the revision acted on, and every instance
+    /// this host has (in any phase), read together.
+    pub fn report(&self) -> (u64, Vec<Observed>) {
+        let map = self.instances.lock().unwrap();
+        let applied = *self.applied_revision.lock().unwrap();
+        (applied, map.iter().map(|(w, i)| i.observed(w)).collect())
+    }
+
+    /// Tell the lease keeper which instances it must stop gracefully (the
+    /// `shutdown` isolation response) rather than kill, when it changed.
+    fn update_keeper_policy(&self, map: &BTreeMap<String, Instance>, shutdown_timeout_ms: u64) {
+        let policy = haven_keeper::Policy {
+            shutdown_timeout_ms,
+            graceful: map
+                .iter()
+                .filter(|(_, i)| i.isolation == IsolationResponse::Shutdown)
+                .map(|(w, i)| key(w, i.generation).dir_name())
+                .collect(),
+        };
+        let mut last = self.keeper_policy.lock().unwrap();
+        if last.as_ref() != Some(&policy) {
+            match haven_keeper::Policy::write_atomic(&self.data_dir, &policy) {
+                Ok(()) => *last = Some(policy),
+                Err(e) => tracing::warn!("could not write the lease keeper's policy: {e}"),
+            }
+        }
     }
 
     /// (workload, generation) of instances whose processes may be running:
@@ -347,10 +386,12 @@ impl Supervisor {
             .any(|i| i.isolation == IsolationResponse::LeaveRunning && i.phase == Phase::Running)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn tick(
         &self,
         authority: &Authority,
         desired: &[Desired],
+        revision: u64,
         highest_seen: &BTreeMap<String, Generation>,
         shutdown_timeout_ms: u64,
         now_ms: u64,
@@ -473,6 +514,13 @@ impl Supervisor {
                 }
             });
         }
+        if matches!(authority, Authority::Held(_)) {
+            // Every start and stop of this revision has been taken (starts
+            // synchronously above); from now on the report shows it.
+            let mut applied = self.applied_revision.lock().unwrap();
+            *applied = (*applied).max(revision);
+        }
+        self.update_keeper_policy(&map, shutdown_timeout_ms);
     }
 
     fn start(
@@ -632,25 +680,51 @@ enum StopHow {
 }
 
 pub async fn run(node: Arc<Node>) {
-    let timing = node.cfg.timing;
-    let interval = Duration::from_millis(timing.heartbeat_interval_ms.max(20));
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut interval_ms = 0;
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
     loop {
+        let hb_ms = node
+            .lease
+            .lock()
+            .unwrap()
+            .settings
+            .timing
+            .heartbeat_interval_ms;
+        if hb_ms != interval_ms {
+            interval_ms = hb_ms;
+            ticker = tokio::time::interval(Duration::from_millis(hb_ms.max(20)));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
         ticker.tick().await;
         let now = node.clock.now_ms();
         let datastore_ok = node.datastore_ok(now);
-        let (authority, desired, seen, shutdown_timeout_ms) = {
+        let (authority, desired, revision, seen, shutdown_timeout_ms) = {
             let l = node.lease.lock().unwrap();
             (
-                l.authority(now, &timing, datastore_ok),
+                l.authority(now, datastore_ok),
                 l.desired.clone().unwrap_or_default(),
+                l.revision,
                 l.highest_seen.clone(),
-                l.shutdown_timeout_ms,
+                l.settings.shutdown_timeout_ms,
             )
         };
-        node.supervisor
-            .tick(&authority, &desired, &seen, shutdown_timeout_ms, now);
+        node.supervisor.tick(
+            &authority,
+            &desired,
+            revision,
+            &seen,
+            shutdown_timeout_ms,
+            now,
+        );
+        // Keep the keeper's deadline with what this host may do: while cut
+        // off but allowed to leave workloads running (leave-running with a
+        // working datastore), renew it for as long as the datastore is
+        // written; the coordinator judges that by the lock files.
+        if let Authority::Lapsed { datastore_ok: true } = authority {
+            if node.supervisor.leaves_running() {
+                node.keeper_renew(node.leave_running_deadline_ms());
+            }
+        }
         // Pet the watchdog only while the lease allows running workloads:
         // a hung agent, or one cut off without leave-running, gets reset.
         if let Some(w) = node.watchdog.lock().unwrap().as_mut() {

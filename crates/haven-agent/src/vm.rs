@@ -54,12 +54,17 @@ pub fn lock_verdict(
         return LockVerdict::Start;
     };
     let theirs = r.generation.unwrap_or(Generation(0));
-    if r.host == me || theirs < generation {
+    if r.host == me {
         return LockVerdict::Start;
     }
+    // Another host's lock, whatever its generation: start only once it is
+    // seen stale. A live holder of an older generation is still stopping
+    // it: wait (probe again); a live holder of the same or a newer one
+    // owns the disks: refuse.
     match probe {
         None => LockVerdict::Probe { seq: r.seq },
         Some(seen) if seen == r.seq => LockVerdict::Start,
+        Some(_) if theirs < generation => LockVerdict::Probe { seq: r.seq },
         Some(_) => LockVerdict::Refuse(format!(
             "the disks are locked by live host {} (generation {theirs}, not older than {generation})",
             r.host
@@ -283,17 +288,38 @@ mod tests {
     }
 
     #[test]
-    fn older_or_own_or_missing_locks_do_not_block() {
+    fn own_or_missing_locks_do_not_block() {
         assert_eq!(
             lock_verdict(None, "h1", Generation(2), None),
             LockVerdict::Start
         );
         assert_eq!(
-            lock_verdict(Some(&rec("h2", 1, 5)), "h1", Generation(2), None),
+            lock_verdict(Some(&rec("h1", 3, 5)), "h1", Generation(2), None),
+            LockVerdict::Start
+        );
+    }
+
+    #[test]
+    fn an_older_generation_held_by_a_live_host_is_waited_for() {
+        // Before: an older generation's lock let the start through at once,
+        // while that host could still be powering the VM down.
+        let old = rec("h2", 1, 5);
+        assert_eq!(
+            lock_verdict(Some(&old), "h1", Generation(2), None),
+            LockVerdict::Probe { seq: 5 }
+        );
+        // Still refreshed: wait and look again.
+        assert_eq!(
+            lock_verdict(Some(&rec("h2", 1, 6)), "h1", Generation(2), Some(5)),
+            LockVerdict::Probe { seq: 6 }
+        );
+        // Released or stale: start.
+        assert_eq!(
+            lock_verdict(Some(&old), "h1", Generation(2), Some(5)),
             LockVerdict::Start
         );
         assert_eq!(
-            lock_verdict(Some(&rec("h1", 3, 5)), "h1", Generation(2), None),
+            lock_verdict(None, "h1", Generation(2), Some(5)),
             LockVerdict::Start
         );
     }

@@ -267,6 +267,26 @@ impl Consensus {
         }
     }
 
+    /// Confirm this node's leadership with a majority now (openraft's
+    /// read-index round: a heartbeat to every voter through the Raft core),
+    /// then wait until everything committed before it is applied here.
+    /// Fails on a lost leadership, a core that does not answer within
+    /// `timeout` (stuck on storage, cut off from the majority), or a
+    /// stopped core.
+    pub async fn confirm_leadership(&self, timeout: Duration) -> Result<(), ConsensusError> {
+        match tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(ConsensusError::Stopped {
+                node_id: self.inner.node_id,
+                detail: format!("leadership not confirmed: {e}"),
+            }),
+            Err(_) => Err(ConsensusError::Timeout {
+                what: "confirming leadership with a majority".into(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
     /// Read the applied state (local, no Raft round trip; may lag the
     /// leader by the replication delay). Keep `f` short: it runs under the
     /// state lock, which the apply path also takes.

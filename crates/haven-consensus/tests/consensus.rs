@@ -114,6 +114,7 @@ fn host(name: &str, node_id: NodeId, address: &str) -> HostRecord {
         instance_id: format!("instance-{name}"),
         fence: None,
         watchdog_timeout_ms: 0,
+        restart_grace: None,
     }
 }
 

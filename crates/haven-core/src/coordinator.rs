@@ -8,10 +8,32 @@
 //! simulator runs the same function.
 
 use crate::liveness::{HostObservation, HostState, Timing};
-use crate::model::{Generation, IsolationResponse, Priority};
+use crate::model::{Generation, IsolationResponse, Observed, Priority};
 use crate::placement::{self, HostView, Unplaced};
 use crate::state::{ClusterState, Command};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// What a host last reported: the instances it has, and the state revision
+/// its agent had acted on when it built the report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostReport {
+    pub applied_revision: u64,
+    pub observed: Vec<Observed>,
+}
+
+impl HostReport {
+    /// Does this report prove that `workload` at `generation`, no longer
+    /// desired on its host since `since_revision`, is gone? Only if the
+    /// agent acted on that revision or a later one (so it will never start
+    /// the instance again) and lists no such instance, in any phase.
+    pub fn proves_gone(&self, workload: &str, generation: Generation, since_revision: u64) -> bool {
+        self.applied_revision >= since_revision
+            && !self
+                .observed
+                .iter()
+                .any(|o| o.workload == workload && o.generation == generation)
+    }
+}
 
 pub struct TickInput<'a> {
     pub state: &'a ClusterState,
@@ -23,6 +45,8 @@ pub struct TickInput<'a> {
     /// Instances reported `failed` by their host at the current generation:
     /// (workload, generation, why).
     pub failed: &'a [(String, Generation, String)],
+    /// Each host's last report in this term of office.
+    pub reports: &'a BTreeMap<String, HostReport>,
     pub at_ms: u64,
 }
 
@@ -74,27 +98,74 @@ pub fn may_reassign(
     ))
 }
 
+/// Stop-before-start (DESIGN.md §2b): an instance being stopped is
+/// confirmed gone when its host reports so, or when the host is failed or
+/// fenced under the same rules that free a silent host's workloads.
+fn confirm_stops(input: &TickInput<'_>, cmds: &mut Vec<Command>) -> BTreeSet<String> {
+    let state = input.state;
+    let mut confirmed = BTreeSet::new();
+    for (name, st) in &state.stopping {
+        let how = if !state.hosts.contains_key(&st.host) {
+            Some(format!("host {} is no longer a member", st.host))
+        } else if input
+            .reports
+            .get(&st.host)
+            .is_some_and(|r| r.proves_gone(name, st.generation, st.since_revision))
+        {
+            Some("its host reports it gone".to_string())
+        } else {
+            let h = input.hosts.get(&st.host).copied().unwrap_or_default();
+            let (isolation, priority) = match state.workloads.get(name) {
+                Some(w) => (state.isolation_response(&w.spec), w.spec.priority),
+                None => (state.settings.isolation_response, Priority::Medium),
+            };
+            let gone = !matches!(
+                h.state(input.timing),
+                HostState::Online | HostState::Suspect
+            );
+            gone.then(|| may_reassign(input, &h, name, st.generation, isolation, priority))
+                .flatten()
+                .map(|why| {
+                    format!(
+                        "host {} is {}: {why}",
+                        st.host,
+                        h.state(input.timing).as_str()
+                    )
+                })
+        };
+        if let Some(how) = how {
+            confirmed.insert(name.clone());
+            cmds.push(Command::StopConfirmed {
+                workload: name.clone(),
+                generation: st.generation,
+                how,
+                at_ms: input.at_ms,
+            });
+        }
+    }
+    confirmed
+}
+
 pub fn tick(input: &TickInput<'_>) -> Vec<Command> {
     let state = input.state;
     let obs = |h: &str| input.hosts.get(h).copied().unwrap_or_default();
     let mut cmds = vec![];
 
-    // 1. Instances their host reports failed move elsewhere.
+    // 0. Instances being stopped that are now gone.
+    let confirmed = confirm_stops(input, &mut cmds);
+
+    // 1. Instances their host reports failed are stopped there, then
+    // move elsewhere (through `stopping`, like every move).
     let mut freed: BTreeSet<&str> = BTreeSet::new();
-    let mut avoid: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (name, generation, why) in input.failed {
         if let Some(w) = state.workloads.get(name) {
-            if let (true, Some(a)) = (w.generation == *generation, &w.assignment) {
-                let mut hosts = w.failed_hosts.clone();
-                hosts.push(a.host.clone());
-                avoid.insert(w.spec.name.as_str(), hosts);
+            if w.generation == *generation && w.assignment.is_some() {
                 cmds.push(Command::FailedOn {
                     workload: name.clone(),
                     generation: *generation,
                     reason: why.clone(),
                     at_ms: input.at_ms,
                 });
-                freed.insert(name.as_str());
             }
         }
     }
@@ -163,10 +234,11 @@ pub fn tick(input: &TickInput<'_>) -> Vec<Command> {
         .workloads
         .values()
         .filter(|w| w.assignment.is_none() || freed.contains(w.spec.name.as_str()))
+        .filter(|w| !state.stopping.contains_key(&w.spec.name) || confirmed.contains(&w.spec.name))
         .map(|w| Unplaced {
             spec: &w.spec,
             generation: w.generation,
-            avoid: avoid.get(w.spec.name.as_str()).unwrap_or(&w.failed_hosts),
+            avoid: &w.failed_hosts,
         })
         .collect();
     if unplaced.is_empty() {
@@ -214,6 +286,7 @@ mod tests {
             instance_id: name.into(),
             fence: None,
             watchdog_timeout_ms: 0,
+            restart_grace: None,
         }
     }
 
@@ -252,6 +325,7 @@ mod tests {
         hosts: BTreeMap<String, HostObservation>,
         locks: BTreeSet<(String, Generation)>,
         failed: Vec<(String, Generation, String)>,
+        reports: BTreeMap<String, HostReport>,
         timing: Timing,
     }
 
@@ -278,6 +352,7 @@ mod tests {
                 hosts: BTreeMap::new(),
                 locks: BTreeSet::new(),
                 failed: vec![],
+                reports: BTreeMap::new(),
                 timing: Timing::default(),
             }
         }
@@ -289,6 +364,7 @@ mod tests {
                 timing: &self.timing,
                 fresh_locks: &self.locks,
                 failed: &self.failed,
+                reports: &self.reports,
                 at_ms: 1,
             })
         }
@@ -345,7 +421,11 @@ mod tests {
         w.hosts.insert("h1".into(), silent(1_250));
         w.run();
         assert_eq!(w.host_of("web").as_deref(), Some("h2"));
-        assert_eq!(w.s.workloads["web"].generation, Generation(2));
+        let before = w.s.workloads["batch"].generation.max(Generation(1));
+        assert!(
+            w.s.workloads["web"].generation > before,
+            "a new, larger generation"
+        );
         assert_eq!(w.host_of("batch").as_deref(), Some("h1"));
         assert!(w
             .s
@@ -435,20 +515,183 @@ mod tests {
         assert!(w.cmds().is_empty());
     }
 
+    impl World {
+        /// `host` reports, having acted on the current revision, exactly
+        /// these instances.
+        fn report(&mut self, host: &str, instances: &[(&str, u64)]) {
+            let observed = instances
+                .iter()
+                .map(|(w, g)| Observed {
+                    workload: (*w).into(),
+                    generation: Generation(*g),
+                    state: InstanceState::Running,
+                    pid: None,
+                    restarts: 0,
+                    detail: None,
+                    no_failover: false,
+                })
+                .collect();
+            self.reports.insert(
+                host.into(),
+                HostReport {
+                    applied_revision: self.s.revision,
+                    observed,
+                },
+            );
+        }
+
+        fn generation_of(&self, w: &str) -> Option<u64> {
+            self.s.workloads[w]
+                .assignment
+                .as_ref()
+                .map(|a| a.generation.0)
+        }
+    }
+
     #[test]
-    fn failed_instance_moves_and_avoids_the_host() {
+    fn failed_instance_is_stopped_then_moves_and_avoids_the_host() {
         let mut w = on_h1(vec![spec("web", Priority::High)]);
+        w.report("h1", &[("web", 1)]);
         w.failed
             .push(("web".into(), Generation(1), "start failed".into()));
+        w.run();
+        w.failed.clear();
+        assert_eq!(w.host_of("web"), None, "not placed while h1 may run it");
+        w.run();
+        assert_eq!(
+            w.host_of("web"),
+            None,
+            "a report from before the decision proves nothing"
+        );
+        w.report("h1", &[]);
         w.run();
         assert_eq!(w.host_of("web").as_deref(), Some("h2"));
         assert_eq!(w.s.workloads["web"].failed_hosts, vec!["h1".to_string()]);
         // Failing on h2 too leaves it pending with the reason.
         w.failed = vec![("web".into(), Generation(2), "start failed".into())];
         w.run();
+        w.report("h2", &[]);
+        w.run();
         assert_eq!(w.host_of("web"), None);
         let reason = w.s.workloads["web"].pending_reason.clone().unwrap();
         assert!(reason.contains("failed on"), "{reason}");
+    }
+
+    fn bigger(name: &str) -> WorkloadSpec {
+        WorkloadSpec {
+            memory_mib: 4_000,
+            ..spec(name, Priority::High)
+        }
+    }
+
+    fn apply(w: &mut World, specs: Vec<WorkloadSpec>) {
+        w.s.apply(&Command::ApplyWorkloads {
+            specs,
+            source: "t".into(),
+            at_ms: 2,
+        });
+    }
+
+    #[test]
+    fn a_spec_that_no_longer_fits_moves_only_after_the_old_instance_is_gone() {
+        // h1 also runs "other", so the bigger "web" only fits on h2.
+        let mut w = on_h1(vec![
+            spec("web", Priority::High),
+            spec("other", Priority::High),
+        ]);
+        let (web, other) = (
+            w.generation_of("web").unwrap(),
+            w.generation_of("other").unwrap(),
+        );
+        w.report("h1", &[("web", web), ("other", other)]);
+        apply(&mut w, vec![bigger("web")]);
+        assert!(w.s.stopping.contains_key("web"));
+        w.run();
+        assert_eq!(w.host_of("web"), None, "h1 has not acted on the change yet");
+        // h1 acted on the change but the instance is still stopping there.
+        w.report("h1", &[("web", web), ("other", other)]);
+        w.run();
+        assert_eq!(w.host_of("web"), None, "old instance still listed");
+        w.report("h1", &[("other", other)]);
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h2"));
+        assert!(w.generation_of("web").unwrap() > web.max(other));
+        assert!(w.s.stopping.is_empty());
+    }
+
+    #[test]
+    fn a_spec_that_still_fits_restarts_in_place() {
+        let mut w = on_h1(vec![spec("web", Priority::High)]);
+        let mut changed = spec("web", Priority::High);
+        changed.memory_mib = 512;
+        apply(&mut w, vec![changed]);
+        assert_eq!(w.host_of("web").as_deref(), Some("h1"));
+        assert_eq!(w.generation_of("web"), Some(2));
+        assert!(w.s.stopping.is_empty());
+    }
+
+    #[test]
+    fn delete_and_reapply_waits_for_the_stop_and_generations_only_grow() {
+        let mut w = on_h1(vec![spec("web", Priority::High)]);
+        w.hosts.insert("h1".into(), online());
+        assert_eq!(w.generation_of("web"), Some(1));
+        w.s.apply(&Command::DeleteWorkload {
+            name: "web".into(),
+            at_ms: 2,
+        });
+        apply(&mut w, vec![spec("web", Priority::High)]);
+        w.run();
+        assert_eq!(
+            w.host_of("web"),
+            None,
+            "the deleted instance may still run on h1"
+        );
+        let reason = w.s.workloads["web"].pending_reason.clone().unwrap();
+        assert!(
+            reason.contains("waiting for generation 1 to stop on h1"),
+            "{reason}"
+        );
+        w.report("h1", &[]);
+        w.run();
+        assert!(w.host_of("web").is_some());
+        assert!(w.generation_of("web").unwrap() > 1, "generations only grow");
+    }
+
+    #[test]
+    fn a_stop_on_a_failed_host_is_confirmed_by_the_lease_rules() {
+        let mut w = on_h1(vec![spec("web", Priority::High)]);
+        w.s.apply(&Command::DeleteWorkload {
+            name: "web".into(),
+            at_ms: 2,
+        });
+        apply(&mut w, vec![spec("web", Priority::High)]);
+        w.hosts.insert("h1".into(), silent(1_000));
+        w.run();
+        assert_eq!(w.host_of("web"), None);
+        w.hosts.insert("h1".into(), silent(1_250));
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h2"));
+    }
+
+    #[test]
+    fn a_host_in_restart_grace_keeps_its_workloads_and_is_not_fenced() {
+        let mut w = on_h1(vec![spec("web", Priority::High)]);
+        let grace = HostObservation {
+            restart_grace_ms: 30_000,
+            ..silent(29_000)
+        };
+        w.hosts.insert("h1".into(), grace);
+        assert!(w.cmds().is_empty());
+        assert!(!grace.may_fence(400));
+        w.hosts.insert(
+            "h1".into(),
+            HostObservation {
+                restart_grace_ms: 30_000,
+                ..silent(30_250)
+            },
+        );
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h2"));
     }
 
     #[test]

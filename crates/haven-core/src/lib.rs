@@ -9,6 +9,7 @@ pub mod liveness;
 pub mod model;
 pub mod placement;
 pub mod restart;
+pub mod settings;
 pub mod spec;
 pub mod state;
 pub mod vm_monitor;

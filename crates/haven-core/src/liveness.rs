@@ -41,23 +41,26 @@ impl Timing {
 /// The agent's side: may it run protected workloads now?
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lease {
-    /// Send time (agent monotonic) of the newest acknowledged heartbeat.
-    acked_send_ms: Option<u64>,
+    /// Agent monotonic time until which the newest acknowledgements allow
+    /// running: each one's send time plus the lease it granted.
+    expires_at_ms: Option<u64>,
 }
 
 impl Lease {
-    /// A heartbeat sent at `sent_ms` was acknowledged. Acks can arrive out
-    /// of order; only a newer send time extends the lease.
-    pub fn on_ack(&mut self, sent_ms: u64) {
-        self.acked_send_ms = Some(self.acked_send_ms.map_or(sent_ms, |t| t.max(sent_ms)));
+    /// A heartbeat sent at `sent_ms` was acknowledged with a lease of
+    /// `lease_ms`. Acks can arrive out of order; the lease never shrinks
+    /// because of an older one.
+    pub fn on_ack(&mut self, sent_ms: u64, lease_ms: u64) {
+        let e = sent_ms.saturating_add(lease_ms);
+        self.expires_at_ms = Some(self.expires_at_ms.map_or(e, |t| t.max(e)));
     }
 
-    pub fn expires_at_ms(&self, timing: &Timing) -> Option<u64> {
-        self.acked_send_ms.map(|t| t + timing.lease_ms)
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        self.expires_at_ms
     }
 
-    pub fn is_held(&self, now_ms: u64, timing: &Timing) -> bool {
-        self.expires_at_ms(timing).is_some_and(|e| now_ms < e)
+    pub fn is_held(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|e| now_ms < e)
     }
 }
 
@@ -102,13 +105,22 @@ pub struct HostObservation {
     pub datastore_alive: bool,
     /// Its watchdog timeout (0: none).
     pub watchdog_timeout_ms: u64,
+    /// The lease granted with its last acknowledged heartbeat (the
+    /// cluster's lease may have changed since).
+    pub lease_ms: u64,
+    /// A graceful agent restart in progress: how long it may stay silent.
+    pub restart_grace_ms: u64,
 }
 
 impl HostObservation {
     /// Silence after which this host's lease has certainly run out and its
     /// watchdog (if any) has certainly fired.
     pub fn failed_after_ms(&self, timing: &Timing) -> u64 {
-        timing.failed_after_ms() + self.watchdog_timeout_ms
+        let held_ms = self
+            .lease_ms
+            .max(timing.lease_ms)
+            .max(self.restart_grace_ms);
+        held_ms + timing.margin_ms + self.watchdog_timeout_ms
     }
 
     /// May the coordinator fence this host now? Only a host it has heard
@@ -116,7 +128,10 @@ impl HostObservation {
     /// a new coordinator must not fence hosts that merely have not found it
     /// yet (DESIGN.md §2.3 gives them `lease + margin`).
     pub fn may_fence(&self, fence_after_ms: u64) -> bool {
-        self.heard && !self.fenced && self.silence_ms >= fence_after_ms
+        // A host whose agent is restarting gracefully is alive and running
+        // its workloads: fence it only once its grace ran out.
+        let after_ms = fence_after_ms.max(self.restart_grace_ms);
+        self.heard && !self.fenced && self.silence_ms >= after_ms
     }
 
     pub fn state(&self, timing: &Timing) -> HostState {
@@ -142,6 +157,8 @@ pub struct Detector {
     /// Coordinator monotonic time when this node took office.
     office_since_ms: u64,
     last_ack_ms: BTreeMap<String, u64>,
+    /// The lease granted with each host's last acknowledgement.
+    granted_lease_ms: BTreeMap<String, u64>,
     /// When this office first learnt of a host: a host that joins later is
     /// given a full `lease + margin` from then, like every host at office
     /// start.
@@ -153,6 +170,7 @@ impl Detector {
         Detector {
             office_since_ms: took_office_ms,
             last_ack_ms: BTreeMap::new(),
+            granted_lease_ms: BTreeMap::new(),
             first_seen_ms: BTreeMap::new(),
         }
     }
@@ -165,17 +183,25 @@ impl Detector {
         }
     }
 
-    pub fn on_ack(&mut self, host: &str, now_ms: u64) {
+    /// `host` was acknowledged at `now_ms` with a lease of `lease_ms`.
+    pub fn on_ack(&mut self, host: &str, now_ms: u64, lease_ms: u64) {
         match self.last_ack_ms.get_mut(host) {
             Some(t) => *t = (*t).max(now_ms),
             None => {
                 self.last_ack_ms.insert(host.to_owned(), now_ms);
             }
         }
+        self.granted_lease_ms.insert(host.to_owned(), lease_ms);
+    }
+
+    /// The lease granted with `host`'s last acknowledgement in this office.
+    pub fn granted_lease_ms(&self, host: &str) -> Option<u64> {
+        self.granted_lease_ms.get(host).copied()
     }
 
     pub fn forget(&mut self, host: &str) {
         self.last_ack_ms.remove(host);
+        self.granted_lease_ms.remove(host);
         self.first_seen_ms.remove(host);
     }
 
@@ -217,15 +243,14 @@ mod tests {
 
     #[test]
     fn lease_runs_from_send_time_not_ack_time() {
-        let t = Timing::default();
         let mut l = Lease::default();
-        assert!(!l.is_held(0, &t));
-        l.on_ack(1_000);
-        assert!(l.is_held(1_999, &t));
-        assert!(!l.is_held(2_000, &t));
+        assert!(!l.is_held(0));
+        l.on_ack(1_000, 1_000);
+        assert!(l.is_held(1_999));
+        assert!(!l.is_held(2_000));
         // An older ack arriving late does not shorten or extend it.
-        l.on_ack(500);
-        assert_eq!(l.expires_at_ms(&t), Some(2_000));
+        l.on_ack(500, 1_000);
+        assert_eq!(l.expires_at_ms(), Some(2_000));
     }
 
     #[test]
@@ -272,7 +297,7 @@ mod tests {
         let t = Timing::default();
         let mut d = Detector::new(0);
         for now in (0..10_000).step_by(100) {
-            d.on_ack("h1", now);
+            d.on_ack("h1", now, t.lease_ms);
             assert_eq!(state(&d, "h1", now + 99, &t), HostState::Online);
         }
     }
@@ -299,13 +324,13 @@ mod tests {
             let coord_clock = |real: u64| rate(real, !agent_fast);
             let ack_real = send_real_ms + rtt_ms;
             let mut lease = Lease::default();
-            lease.on_ack(agent_clock(send_real_ms));
+            lease.on_ack(agent_clock(send_real_ms), timing.lease_ms);
             let mut det = Detector::new(0);
-            det.on_ack("h", coord_clock(ack_real));
+            det.on_ack("h", coord_clock(ack_real), timing.lease_ms);
             // At a later real time, if the coordinator says failed, the lease is gone.
             let now_real = ack_real + later_ms;
             if state(&det, "h", coord_clock(now_real), &timing) == HostState::Failed {
-                prop_assert!(!lease.is_held(agent_clock(now_real), &timing));
+                prop_assert!(!lease.is_held(agent_clock(now_real)));
             }
         }
     }

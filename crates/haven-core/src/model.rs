@@ -3,6 +3,7 @@
 //! Everything here is plain data (serde) shared by the replicated state, the
 //! agent and the CLI. Validation of operator input lives in `spec.rs`.
 
+use crate::liveness::Timing;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -98,6 +99,20 @@ pub struct HostRecord {
     /// coordinator waits before declaring it failed (DESIGN.md §2.5).
     #[serde(default)]
     pub watchdog_timeout_ms: u64,
+    /// Set while the host's agent is away on a graceful restart.
+    #[serde(default)]
+    pub restart_grace: Option<RestartGrace>,
+}
+
+/// A graceful agent restart in progress: the coordinator leaves the host's
+/// workloads alone for `grace_ms` of silence (its lease keeper keeps them
+/// running that long, and stops them after).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartGrace {
+    pub grace_ms: u64,
+    /// The agent process that asked; only a heartbeat from another one
+    /// (the restarted agent) ends the grace.
+    pub boot: String,
 }
 
 /// A fence device in the fence-agents convention: an executable that reads
@@ -144,8 +159,10 @@ impl IsolationResponse {
     }
 }
 
-/// Cluster-wide settings kept in the replicated state.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Cluster-wide settings kept in the replicated state (DESIGN.md §2 rule
+/// 10: one timing for the cluster). Set at bootstrap, changed with `haven
+/// settings set`, validated by `crate::settings`. No host runs with its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSettings {
     pub isolation_response: IsolationResponse,
     /// Graceful-stop bound of the `shutdown` isolation response; the
@@ -154,6 +171,41 @@ pub struct ClusterSettings {
     /// The shared datastore's path (the same on every host), if any.
     #[serde(default)]
     pub datastore: Option<String>,
+    /// Heartbeat interval, lease, margin, suspect delay.
+    #[serde(default)]
+    pub timing: Timing,
+    /// Silence after which the coordinator fences a host that has a device.
+    #[serde(default = "default_fence_after_ms")]
+    pub fence_after_ms: u64,
+    /// How long a gracefully stopped agent may stay away (its workloads
+    /// kept running by its lease keeper) before they are stopped and moved.
+    #[serde(default = "default_restart_grace_ms")]
+    pub restart_grace_ms: u64,
+}
+
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_FENCE_AFTER_MS: u64 = 400;
+pub const DEFAULT_RESTART_GRACE_MS: u64 = 30_000;
+
+fn default_fence_after_ms() -> u64 {
+    DEFAULT_FENCE_AFTER_MS
+}
+
+fn default_restart_grace_ms() -> u64 {
+    DEFAULT_RESTART_GRACE_MS
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            isolation_response: IsolationResponse::default(),
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            datastore: None,
+            timing: Timing::default(),
+            fence_after_ms: DEFAULT_FENCE_AFTER_MS,
+            restart_grace_ms: DEFAULT_RESTART_GRACE_MS,
+        }
+    }
 }
 
 /// Restart priority: the order in which workloads are placed, and whether a

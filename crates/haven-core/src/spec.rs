@@ -765,6 +765,7 @@ min_uptime_s = 10
             instance_id: "x".into(),
             fence: None,
             watchdog_timeout_ms: 0,
+            restart_grace: None,
         };
         let e = check_fits_cluster("w.toml", &specs, [host].iter()).unwrap_err();
         assert!(

@@ -32,6 +32,21 @@ pub struct WorkloadRecord {
     pub failed_hosts: Vec<String>,
 }
 
+/// An instance taken off its host that may still run there: the workload's
+/// next generation is placed only once it is gone (DESIGN.md §2b,
+/// stop-before-start).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopping {
+    pub host: String,
+    pub generation: Generation,
+    /// State revision at which the instance stopped being desired on
+    /// `host`: a report from `host` that has acted on this revision (or a
+    /// later one) and no longer lists the instance proves it gone.
+    pub since_revision: u64,
+    /// Why it is being stopped (shown while the workload waits).
+    pub why: String,
+}
+
 /// One decision, with the wall-clock time the coordinator made it and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -54,6 +69,24 @@ pub struct ClusterState {
     pub join_secret: String,
     #[serde(default)]
     pub settings: ClusterSettings,
+    /// Grows by one with every applied command: agents act on the newest
+    /// revision they were sent and report which one they acted on.
+    #[serde(default)]
+    pub revision: u64,
+    /// The newest generation ever issued in the cluster: every placement
+    /// gets a larger one, so a workload name's generations only grow, even
+    /// across delete and re-apply (DESIGN.md §2b).
+    #[serde(default)]
+    pub last_generation: Generation,
+    /// Instances being stopped before their workload is placed again,
+    /// by workload name (at most one per name).
+    #[serde(default)]
+    pub stopping: BTreeMap<String, Stopping>,
+    /// The lease before the last change of `settings.timing.lease_ms`,
+    /// when it was longer: a new coordinator waits the longer of the two,
+    /// since its predecessor may have granted it just before the change.
+    #[serde(default)]
+    pub prior_lease_ms: u64,
 }
 
 /// One placement decision of the coordinator. Applied only if the workload's
@@ -99,7 +132,8 @@ pub enum Command {
         at_ms: u64,
     },
     /// All-or-nothing: the caller validated every spec. A changed spec of an
-    /// assigned workload unassigns it so that it is placed again.
+    /// assigned workload restarts in place when it still fits its host;
+    /// otherwise its instance is stopped before it is placed again.
     ApplyWorkloads {
         specs: Vec<WorkloadSpec>,
         source: String,
@@ -123,6 +157,30 @@ pub enum Command {
     SetPending {
         workload: String,
         reason: String,
+        at_ms: u64,
+    },
+    /// An instance in `stopping` is gone (its host reported it so, or the
+    /// host is failed or fenced under DESIGN.md §2): its workload may be
+    /// placed again.
+    StopConfirmed {
+        workload: String,
+        generation: Generation,
+        how: String,
+        at_ms: u64,
+    },
+    /// A gracefully stopping agent asks that its host's workloads be left
+    /// alone for the cluster's restart grace (its lease keeper keeps them
+    /// running that long). `boot` names the agent process that asked.
+    BeginRestartGrace {
+        host: String,
+        boot: String,
+        at_ms: u64,
+    },
+    /// The restarted agent is back (or the grace ran out).
+    EndRestartGrace {
+        host: String,
+        boot: String,
+        why: String,
         at_ms: u64,
     },
     /// Record a decision that changes no intent (e.g. "h3 is suspect").
@@ -216,6 +274,7 @@ impl ClusterState {
 
     /// The state machine transition. Deterministic; never panics.
     pub fn apply(&mut self, cmd: &Command) -> CommandResult {
+        self.revision += 1;
         match cmd {
             Command::InitCluster { cluster_id, at_ms } => {
                 if !self.cluster_id.is_empty() {
@@ -232,17 +291,16 @@ impl ClusterState {
                 CommandResult::Ok
             }
             Command::SetSettings { settings, at_ms } => {
-                if self.settings != *settings {
+                if let Err(problems) = crate::settings::validate(settings) {
+                    return CommandResult::Rejected(problems.join("; "));
+                }
+                let changes = crate::settings::changes(&self.settings, settings);
+                if !changes.is_empty() {
+                    if settings.timing.lease_ms < self.settings.timing.lease_ms {
+                        self.prior_lease_ms = self.settings.timing.lease_ms;
+                    }
                     self.settings = settings.clone();
-                    self.event(
-                        *at_ms,
-                        format!(
-                            "cluster settings: isolation response {}, shutdown timeout {} ms, datastore {}",
-                            settings.isolation_response.as_str(),
-                            settings.shutdown_timeout_ms,
-                            settings.datastore.as_deref().unwrap_or("none")
-                        ),
-                    );
+                    self.event(*at_ms, format!("cluster settings: {}", changes.join(", ")));
                 }
                 CommandResult::Ok
             }
@@ -271,10 +329,11 @@ impl ClusterState {
                 self.event(
                     *at_ms,
                     format!(
-                        "{workload} failed on {} (generation {generation}): {reason}; moving it to another host",
+                        "{workload} failed on {} (generation {generation}): {reason}; stopping it there before moving it to another host",
                         a.host
                     ),
                 );
+                self.begin_stopping(workload, a, format!("failed on its host: {reason}"));
                 CommandResult::Ok
             }
             Command::SetJoinSecret { secret } => {
@@ -289,10 +348,17 @@ impl ClusterState {
             } => self.apply_workloads(specs, source, *at_ms),
             Command::DeleteWorkload { name, at_ms } => match self.workloads.remove(name) {
                 Some(w) => {
-                    let on = w
-                        .assignment
-                        .map(|a| format!(" (was on {} generation {})", a.host, a.generation))
-                        .unwrap_or_default();
+                    let on = match w.assignment {
+                        Some(a) => {
+                            let on = format!(
+                                "; stopping it on {} (generation {})",
+                                a.host, a.generation
+                            );
+                            self.begin_stopping(name, a, "deleted".into());
+                            on
+                        }
+                        None => String::new(),
+                    };
                     self.event(*at_ms, format!("deleted {name}{on}: operator request"));
                     CommandResult::Ok
                 }
@@ -336,7 +402,94 @@ impl ClusterState {
                 self.event(*at_ms, message.clone());
                 CommandResult::Ok
             }
+            Command::StopConfirmed {
+                workload,
+                generation,
+                how,
+                at_ms,
+            } => {
+                let Some(st) = self
+                    .stopping
+                    .remove(workload)
+                    .filter(|st| st.generation == *generation)
+                else {
+                    return CommandResult::Ok;
+                };
+                if let Some(w) = self.workloads.get_mut(workload) {
+                    if w.assignment.is_none() {
+                        w.pending_reason = Some("waiting for placement".into());
+                    }
+                }
+                self.event(
+                    *at_ms,
+                    format!(
+                        "{workload} generation {generation} is stopped on {}: {how}",
+                        st.host
+                    ),
+                );
+                CommandResult::Ok
+            }
+            Command::BeginRestartGrace { host, boot, at_ms } => {
+                let grace_ms = self.settings.restart_grace_ms;
+                let Some(h) = self.hosts.get_mut(host) else {
+                    return CommandResult::Rejected(format!("no host named {host:?}"));
+                };
+                if grace_ms == 0 {
+                    return CommandResult::Rejected(
+                        "the cluster's restart_grace_ms is 0: no restart grace".into(),
+                    );
+                }
+                h.restart_grace = Some(crate::model::RestartGrace {
+                    grace_ms,
+                    boot: boot.clone(),
+                });
+                self.event(
+                    *at_ms,
+                    format!("{host}: agent stopping for a restart; its workloads stay where they are for up to {grace_ms} ms (restart grace)"),
+                );
+                CommandResult::Ok
+            }
+            Command::EndRestartGrace {
+                host,
+                boot,
+                why,
+                at_ms,
+            } => {
+                let Some(h) = self.hosts.get_mut(host) else {
+                    return CommandResult::Ok;
+                };
+                if h.restart_grace.as_ref().is_some_and(|g| g.boot == *boot) {
+                    h.restart_grace = None;
+                    self.event(*at_ms, format!("{host}: restart grace over: {why}"));
+                }
+                CommandResult::Ok
+            }
         }
+    }
+
+    /// The instance `a` of `workload` is no longer wanted on its host but
+    /// may still run there: remember it until it is confirmed gone.
+    fn begin_stopping(&mut self, workload: &str, a: Assignment, why: String) {
+        self.stopping.insert(
+            workload.to_owned(),
+            Stopping {
+                host: a.host,
+                generation: a.generation,
+                since_revision: self.revision,
+                why,
+            },
+        );
+    }
+
+    /// Why `workload` cannot be placed yet, if an older instance of it is
+    /// still being stopped.
+    pub fn waiting_for_stop(&self, workload: &str) -> Option<String> {
+        self.stopping.get(workload).map(|st| {
+            format!(
+                "waiting for generation {} to stop on {} ({})",
+                st.generation, st.host, st.why
+            )
+        })
     }
 
     fn register_host(&mut self, host: &HostRecord, at_ms: u64) -> CommandResult {
@@ -384,6 +537,7 @@ impl ClusterState {
         self.next_node_id = self.next_node_id.max(node_id + 1);
         let mut record = host.clone();
         record.node_id = node_id;
+        record.restart_grace = None;
         self.hosts.insert(record.name.clone(), record);
         self.event(
             at_ms,
@@ -405,16 +559,9 @@ impl ClusterState {
         for spec in specs {
             match self.workloads.get_mut(&spec.name) {
                 Some(w) if w.spec == *spec => unchanged.push(spec.name.clone()),
-                Some(w) => {
-                    w.spec = spec.clone();
-                    w.failed_hosts.clear();
-                    let was = w.assignment.take();
-                    w.pending_reason = Some("spec changed; waiting for placement".into());
+                Some(_) => {
+                    self.update_workload(spec, source, at_ms);
                     updated.push(spec.name.clone());
-                    let was = was
-                        .map(|a| format!(", restarting it (was on {})", a.host))
-                        .unwrap_or_default();
-                    self.event(at_ms, format!("updated {} from {source}{was}", spec.name));
                 }
                 None => {
                     self.workloads.insert(
@@ -423,7 +570,10 @@ impl ClusterState {
                             spec: spec.clone(),
                             assignment: None,
                             generation: Generation(0),
-                            pending_reason: Some("waiting for placement".into()),
+                            pending_reason: Some(
+                                self.waiting_for_stop(&spec.name)
+                                    .unwrap_or_else(|| "waiting for placement".into()),
+                            ),
                             failed_hosts: vec![],
                         },
                     );
@@ -439,6 +589,70 @@ impl ClusterState {
         }
     }
 
+    /// A changed spec: restart in place (new generation on the same host,
+    /// whose agent stops the old instance before starting the new one) when
+    /// it still fits there; otherwise stop it there first and place it
+    /// afresh once it is gone.
+    fn update_workload(&mut self, spec: &WorkloadSpec, source: &str, at_ms: u64) {
+        let old = self
+            .workloads
+            .get(&spec.name)
+            .and_then(|w| w.assignment.clone().map(|a| (a, w.spec.demand())));
+        let in_place = old.as_ref().and_then(|(a, old_demand)| {
+            let h = self.hosts.get(&a.host)?;
+            let free = h
+                .capacity
+                .saturating_sub(&self.allocated(&a.host).saturating_sub(old_demand));
+            free.fits(&spec.demand()).then(|| a.host.clone())
+        });
+        let next = self.next_generation(&spec.name);
+        let Some(w) = self.workloads.get_mut(&spec.name) else {
+            return;
+        };
+        w.spec = spec.clone();
+        w.failed_hosts.clear();
+        let message = match (old, in_place) {
+            (Some((a, _)), Some(host)) => {
+                w.generation = next;
+                w.assignment = Some(Assignment {
+                    host: host.clone(),
+                    generation: next,
+                });
+                w.pending_reason = None;
+                self.last_generation = next;
+                format!(
+                    "updated {} from {source}: restarting it in place on {host} (generation {} → {next})",
+                    spec.name, a.generation
+                )
+            }
+            (Some((a, _)), None) => {
+                w.assignment = None;
+                let msg = format!(
+                    "updated {} from {source}: it no longer fits {}; stopping generation {} there before placing it elsewhere",
+                    spec.name, a.host, a.generation
+                );
+                self.begin_stopping(&spec.name, a, "spec changed".into());
+                let reason = self.waiting_for_stop(&spec.name);
+                if let Some(w) = self.workloads.get_mut(&spec.name) {
+                    w.pending_reason = reason;
+                }
+                msg
+            }
+            (None, _) => format!("updated {} from {source}", spec.name),
+        };
+        self.event(at_ms, message);
+    }
+
+    /// The generation the next assignment of `workload` gets: larger than
+    /// any issued before in the cluster.
+    fn next_generation(&self, workload: &str) -> Generation {
+        let own = self
+            .workloads
+            .get(workload)
+            .map_or(Generation(0), |w| w.generation);
+        self.last_generation.max(own).next()
+    }
+
     fn place(&mut self, placements: &[Placement], at_ms: u64) -> CommandResult {
         let (mut placed, mut refused) = (vec![], vec![]);
         for p in placements {
@@ -447,11 +661,15 @@ impl ClusterState {
                 refused.push(p.workload.clone());
                 continue;
             };
-            if !known_host || w.generation != p.expected_generation {
+            if !known_host
+                || w.generation != p.expected_generation
+                || self.stopping.contains_key(&p.workload)
+            {
                 refused.push(p.workload.clone());
                 continue;
             }
-            let generation = w.generation.next();
+            let generation = self.last_generation.max(w.generation).next();
+            self.last_generation = generation;
             w.generation = generation;
             w.assignment = Some(Assignment {
                 host: p.host.clone(),

@@ -5,7 +5,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use haven_agent::api::*;
 use haven_agent::config::{self, AgentConfig, ConfigFile, StartMode};
 use haven_agent::rpc;
-use haven_core::liveness::Timing;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +53,33 @@ pub enum Cmd {
     },
     /// Start a local 3-host cluster, protect workloads, crash a host, show the recovery.
     Demo(crate::demo::DemoArgs),
+    /// Show the cluster's settings, or change them (`haven settings set key=value …`).
+    Settings {
+        #[command(subcommand)]
+        action: Option<SettingsAction>,
+    },
+    /// The lease keeper of a host (started by `haven agent`; see docs/lease-keeper.md).
+    #[command(hide = true)]
+    Keeper(KeeperArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SettingsAction {
+    /// Change one or more settings at once (all or nothing), e.g. `lease_ms=2000`.
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KeeperArgs {
+    /// The agent's data dir (socket, lock, policy).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The cgroup v2 directory holding the host's workload groups.
+    #[arg(long)]
+    pub cgroup_root: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -140,6 +166,10 @@ pub struct AgentArgs {
     /// Silence after which the coordinator fences a host with a fence agent [default: 400].
     #[arg(long)]
     pub fence_after_ms: Option<u64>,
+    /// How long a gracefully stopped agent may stay away before its
+    /// workloads are stopped and moved [default: 30000]. Recorded at bootstrap.
+    #[arg(long)]
+    pub restart_grace_ms: Option<u64>,
     /// Bound on one fence operation [default: 10000].
     #[arg(long)]
     pub fence_timeout_ms: Option<u64>,
@@ -207,22 +237,51 @@ pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
         let (k, v) = config::parse_label(l).map_err(|e| anyhow!("--{e}"))?;
         labels.insert(k, v);
     }
-    let d = Timing::default();
-    let heartbeat_interval_ms = a
-        .heartbeat_interval_ms
-        .or(file.heartbeat_interval_ms)
-        .unwrap_or(d.heartbeat_interval_ms);
-    let lease_ms = a.lease_ms.or(file.lease_ms).unwrap_or(d.lease_ms);
-    let margin_ms = a.margin_ms.or(file.margin_ms).unwrap_or(d.margin_ms);
-    if heartbeat_interval_ms == 0 || lease_ms < 2 * heartbeat_interval_ms {
-        bail!("--lease-ms ({lease_ms}) must be at least twice --heartbeat-interval-ms ({heartbeat_interval_ms}), and the interval above 0");
-    }
-    let timing = Timing {
-        heartbeat_interval_ms,
-        lease_ms,
-        margin_ms,
-        suspect_after_ms: (3 * heartbeat_interval_ms + heartbeat_interval_ms / 2).min(lease_ms),
+    // Cluster settings given on this host: they set the cluster's values at
+    // bootstrap; anywhere else they must agree with the cluster.
+    let mut settings_flags: Vec<(String, String)> = vec![];
+    let mut setting = |key: &str, v: Option<String>| {
+        if let Some(v) = v {
+            settings_flags.push((key.to_owned(), v));
+        }
     };
+    let ms = |flag: Option<u64>, file: Option<u64>| flag.or(file).map(|v| v.to_string());
+    setting(
+        "heartbeat_interval_ms",
+        ms(a.heartbeat_interval_ms, file.heartbeat_interval_ms),
+    );
+    setting("lease_ms", ms(a.lease_ms, file.lease_ms));
+    setting("margin_ms", ms(a.margin_ms, file.margin_ms));
+    setting("fence_after_ms", ms(a.fence_after_ms, file.fence_after_ms));
+    setting(
+        "restart_grace_ms",
+        ms(a.restart_grace_ms, file.restart_grace_ms),
+    );
+    setting(
+        "shutdown_timeout_ms",
+        ms(a.shutdown_timeout_ms, file.shutdown_timeout_ms),
+    );
+    setting(
+        "isolation_response",
+        a.isolation_response.clone().or(file.isolation_response),
+    );
+    let datastore = a.datastore.clone().or(file.datastore);
+    setting(
+        "datastore",
+        datastore.as_ref().map(|p| p.display().to_string()),
+    );
+    if mode == StartMode::Bootstrap {
+        if let Err(problems) = haven_core::settings::from_flags(&settings_flags) {
+            bail!(
+                "cluster settings: {}",
+                problems
+                    .iter()
+                    .map(|p| format!("--{}", p.replacen('_', "-", 3)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+    }
     let watchdog = a
         .watchdog
         .clone()
@@ -230,20 +289,6 @@ pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
         .unwrap_or_else(|| "auto".into());
     let watchdog_mode = haven_agent::watchdog::WatchdogMode::parse(&watchdog)
         .ok_or_else(|| anyhow!("--watchdog: {watchdog:?} is not one of off, auto, required"))?;
-    let isolation = a
-        .isolation_response
-        .clone()
-        .or(file.isolation_response)
-        .unwrap_or_else(|| "power-off".into());
-    let isolation_response = haven_core::model::IsolationResponse::parse(&isolation).ok_or_else(|| {
-        anyhow!("--isolation-response: {isolation:?} is not one of power-off, shutdown, leave-running")
-    })?;
-    let datastore = a.datastore.clone().or(file.datastore);
-    if isolation_response == haven_core::model::IsolationResponse::LeaveRunning
-        && datastore.is_none()
-    {
-        bail!("--isolation-response leave-running needs --datastore: without it the coordinator cannot tell an isolated host from a dead one");
-    }
     let mut fence_args = file.fence_args.unwrap_or_default();
     for kv in &a.fence_args {
         let (k, v) = config::parse_label(kv).map_err(|e| anyhow!("--fence-arg: {e}"))?;
@@ -281,7 +326,7 @@ pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
         capacity,
         labels,
         cgroup_root: a.cgroup_root.clone().or(file.cgroup_root),
-        timing,
+        settings_flags,
         stop_grace_ms: a.stop_grace_ms.or(file.stop_grace_ms).unwrap_or(10_000),
         rpc_timeout_ms: 5_000,
         datastore,
@@ -296,15 +341,6 @@ pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
             .or(file.watchdog_timeout_ms)
             .unwrap_or(config::DEFAULT_WATCHDOG_TIMEOUT_MS),
         fence,
-        isolation_response,
-        shutdown_timeout_ms: a
-            .shutdown_timeout_ms
-            .or(file.shutdown_timeout_ms)
-            .unwrap_or(config::DEFAULT_SHUTDOWN_TIMEOUT_MS),
-        fence_after_ms: a
-            .fence_after_ms
-            .or(file.fence_after_ms)
-            .unwrap_or(config::DEFAULT_FENCE_AFTER_MS),
         fence_timeout_ms: a
             .fence_timeout_ms
             .or(file.fence_timeout_ms)
@@ -345,7 +381,39 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Events { follow } => events(&cli.server, follow).await,
         Cmd::Demo(args) => crate::demo::run(args).await,
+        Cmd::Settings { action } => settings(&cli.server, action).await,
+        Cmd::Keeper(_) => unreachable!("the keeper runs before the runtime starts (main.rs)"),
     }
+}
+
+async fn settings(server: &str, action: Option<SettingsAction>) -> Result<()> {
+    let http = rpc::client(30_000);
+    let r: SettingsResponse = match action {
+        None => rpc::get(&http, server, "/v1/settings", false).await?,
+        Some(SettingsAction::Set { pairs }) => {
+            let mut set = vec![];
+            for p in &pairs {
+                let (k, v) = p.split_once('=').ok_or_else(|| {
+                    anyhow!("{p:?}: expected key=value, e.g. lease_ms=2000 (`haven settings` lists the keys)")
+                })?;
+                set.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+            rpc::post(
+                &http,
+                server,
+                "/v1/settings",
+                &SettingsRequest { set },
+                false,
+                None,
+            )
+            .await?
+        }
+    };
+    let width = r.settings.iter().map(|s| s.key.len()).max().unwrap_or(0);
+    for s in &r.settings {
+        println!("{:width$}  {:<12}  {}", s.key, s.value, s.meaning);
+    }
+    Ok(())
 }
 
 fn init_logging() {

@@ -6,6 +6,18 @@ use haven::cli;
 
 fn main() {
     let args = cli::Cli::parse();
+    // The lease keeper runs without an async runtime (DESIGN.md §2a).
+    if let cli::Cmd::Keeper(k) = &args.command {
+        let cfg = haven_keeper::KeeperConfig {
+            data_dir: k.data_dir.clone(),
+            cgroup_root: k.cgroup_root.clone(),
+        };
+        if let Err(e) = haven_keeper::run(&cfg) {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
