@@ -91,9 +91,66 @@ pub fn witness_workload(
     interval_ms: u64,
     priority: &str,
 ) -> String {
-    format!(
-        "[[workload]]\nname = \"{name}\"\nkind = \"process\"\ncommand = [\"{}\", \"--dir\", \"{}\", \"--interval-ms\", \"{interval_ms}\"]\nvcpus = 1\nmemory_mib = 64\npriority = \"{priority}\"\n\n",
-        witness_exe.display(),
-        witness_dir.display()
-    )
+    Witness::new(name, witness_exe, witness_dir, interval_ms)
+        .priority(priority)
+        .toml()
+}
+
+/// A witness workload with more options than [`witness_workload`].
+#[derive(Clone, Debug)]
+pub struct Witness {
+    name: String,
+    exe: PathBuf,
+    dir: PathBuf,
+    interval_ms: u64,
+    priority: String,
+    memory_mib: u64,
+    ignore_sigterm: bool,
+}
+
+impl Witness {
+    pub fn new(name: &str, exe: &Path, dir: &Path, interval_ms: u64) -> Witness {
+        Witness {
+            name: name.into(),
+            exe: exe.into(),
+            dir: dir.into(),
+            interval_ms,
+            priority: "medium".into(),
+            memory_mib: 64,
+            ignore_sigterm: false,
+        }
+    }
+
+    pub fn priority(mut self, p: &str) -> Witness {
+        self.priority = p.into();
+        self
+    }
+
+    pub fn memory_mib(mut self, m: u64) -> Witness {
+        self.memory_mib = m;
+        self
+    }
+
+    /// A workload that does not stop on SIGTERM (only the kill ends it).
+    pub fn ignore_sigterm(mut self) -> Witness {
+        self.ignore_sigterm = true;
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let extra = if self.ignore_sigterm {
+            ", \"--ignore-sigterm\""
+        } else {
+            ""
+        };
+        format!(
+            "[[workload]]\nname = \"{}\"\nkind = \"process\"\ncommand = [\"{}\", \"--dir\", \"{}\", \"--interval-ms\", \"{}\"{extra}]\nvcpus = 1\nmemory_mib = {}\npriority = \"{}\"\n\n",
+            self.name,
+            self.exe.display(),
+            self.dir.display(),
+            self.interval_ms,
+            self.memory_mib,
+            self.priority
+        )
+    }
 }

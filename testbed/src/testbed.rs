@@ -58,6 +58,9 @@ const NET_TOOL_TIMEOUT_MS: u64 = 10_000;
 pub const REACH_TIMEOUT_MS: u64 = 1_000;
 /// Between two polls of `status` in [`Testbed::wait_for`].
 const WAIT_POLL_INTERVAL_MS: u64 = 100;
+/// How long a SIGTERMed agent may take to exit (it asks for a restart
+/// grace, bounded by a lease per attempt).
+const STOP_WAIT_MS: u64 = 10_000;
 /// A killed process is reaped within this (it is gone after cgroup.kill).
 const REAP_WAIT_MS: u64 = 5_000;
 /// Agent log lines printed when a test panics with a bed up.
@@ -75,6 +78,9 @@ pub struct TestbedConfig {
     pub haven_exe: PathBuf,
     /// `--capacity` of every host, e.g. `vcpus=4,memory_mib=4096`.
     pub capacity: String,
+    /// `--capacity` of particular hosts (host name → capacity), instead of
+    /// `capacity`.
+    pub host_capacity: std::collections::BTreeMap<String, String>,
     /// Extra flags for every agent (e.g. faster timing).
     pub agent_args: Vec<String>,
     /// Give every agent `--datastore <dir>/datastore`.
@@ -96,6 +102,7 @@ impl TestbedConfig {
             managers: if hosts >= 3 { 3 } else { 1 },
             haven_exe,
             capacity: "vcpus=4,memory_mib=4096".into(),
+            host_capacity: Default::default(),
             agent_args: vec![],
             datastore: false,
             watchdog: false,
@@ -458,7 +465,13 @@ impl Testbed {
             .arg(&h.data_dir)
             .arg("--cgroup-root")
             .arg(h.workloads_cgroup())
-            .args(["--capacity", &self.cfg.capacity]);
+            .args([
+                "--capacity",
+                self.cfg
+                    .host_capacity
+                    .get(&h.name)
+                    .unwrap_or(&self.cfg.capacity),
+            ]);
         if h.manager {
             cmd.arg("--manager");
         }
@@ -481,6 +494,8 @@ impl Testbed {
             .args(mode_args)
             // Workloads inherit it: the witness reports where it ran.
             .env("HAVEN_HOST", &h.name)
+            // Fault hooks for the tests (e.g. a stalled Raft log store).
+            .env("HAVEN_TEST_HOOKS", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log.try_clone()?)
@@ -743,6 +758,39 @@ impl Testbed {
                 .record(host, &format!("kill_agent: SIGKILL pid {}", c.id()));
             reap(&mut c);
         }
+    }
+
+    /// SIGTERM the agent (a service stop or restart) and wait, bounded, for
+    /// it to exit; returns its exit status (`None`: it did not exit in time
+    /// and was killed).
+    pub fn stop_agent(&mut self, host: &str) -> Option<ExitStatus> {
+        let i = self.index(host);
+        let h = &self.hosts[i];
+        let mut c = h.agent().child.take()?;
+        self.events
+            .record(host, &format!("stop_agent: SIGTERM pid {}", c.id()));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let status = netns::wait_bounded(&mut c, Duration::from_millis(STOP_WAIT_MS))
+            .ok()
+            .flatten();
+        if status.is_none() {
+            reap(&mut c);
+        }
+        h.agent().last_exit = status;
+        status
+    }
+
+    /// How the host's last agent process ended, once it has (`None` while
+    /// it runs, or if it was killed by the test bed).
+    pub fn agent_exit(&self, host: &str) -> Option<ExitStatus> {
+        let h = self.host(host);
+        if h.agent_pid().is_some() {
+            return None;
+        }
+        h.agent().last_exit
     }
 
     /// Freeze only the agent (`<host>/agent`); workloads keep running.

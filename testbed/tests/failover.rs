@@ -5,155 +5,10 @@
 
 mod common;
 
-use common::{eventually, haven_exe};
-use haven_testbed::{check_witness, witness_workload, Testbed, TestbedConfig};
+use common::*;
+use haven_testbed::{check_witness, Testbed};
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-const RECOVER: Duration = Duration::from_secs(30);
-const TICK_MS: u64 = 20;
-
-fn witness_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_haven-witness"))
-}
-
-fn start(hosts: usize, tune: impl FnOnce(&mut TestbedConfig)) -> Testbed {
-    let mut cfg = TestbedConfig::new(hosts, haven_exe());
-    tune(&mut cfg);
-    Testbed::start(cfg).unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-/// Apply witness workloads `(name, priority)` and wait until all run.
-fn apply(bed: &mut Testbed, workloads: &[(&str, &str)]) -> Value {
-    let dir = bed.witness_dir();
-    let text: String = workloads
-        .iter()
-        .map(|(n, p)| witness_workload(n, &witness_exe(), &dir, TICK_MS, p))
-        .collect();
-    let file = bed.dir().join("witness.toml");
-    std::fs::write(&file, text).unwrap();
-    bed.cli("h1", &["apply", "-f", &file.display().to_string()])
-        .unwrap();
-    let n = workloads.len();
-    bed.wait_for("witnesses running", RECOVER, |s| running(s) == n)
-        .unwrap()
-}
-
-/// workload → (host, generation, state)
-fn placement(s: &Value) -> BTreeMap<String, (String, u64, String)> {
-    s["workloads"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|w| {
-            (
-                w["name"].as_str().unwrap_or_default().to_owned(),
-                (
-                    w["host"].as_str().unwrap_or("-").to_owned(),
-                    w["generation"].as_u64().unwrap_or(0),
-                    w["state"].as_str().unwrap_or_default().to_owned(),
-                ),
-            )
-        })
-        .collect()
-}
-
-fn running(s: &Value) -> usize {
-    placement(s)
-        .values()
-        .filter(|(_, _, st)| st == "running")
-        .count()
-}
-
-fn host_state(s: &Value, host: &str) -> String {
-    s["hosts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|h| h["name"] == host)
-        .and_then(|h| h["state"].as_str())
-        .unwrap_or("missing")
-        .to_owned()
-}
-
-/// A host that runs workloads and is not the coordinator.
-fn busy_non_leader(s: &Value) -> String {
-    let leader = s["leader"].as_str().unwrap_or_default();
-    placement(s)
-        .values()
-        .map(|(h, _, _)| h.clone())
-        .find(|h| h != leader && h != "-")
-        .expect("a workload on a non-coordinator host")
-}
-
-fn on_host(s: &Value, host: &str) -> Vec<String> {
-    placement(s)
-        .into_iter()
-        .filter(|(_, (h, _, _))| h == host)
-        .map(|(w, _)| w)
-        .collect()
-}
-
-/// All `n` running, none on `host`.
-fn moved_off(bed: &Testbed, host: &str, n: usize) -> Value {
-    let host = host.to_owned();
-    bed.wait_for(&format!("workloads off {host}"), RECOVER, |s| {
-        running(s) == n && on_host(s, &host).is_empty()
-    })
-    .unwrap_or_else(|e| {
-        bed.print_diagnostics();
-        panic!("{e:#}")
-    })
-}
-
-fn events(bed: &Testbed, via: &str) -> String {
-    bed.cli(via, &["events"]).unwrap_or_default()
-}
-
-/// Give every witness a little time to tick where it now runs, then check.
-fn never_twice(bed: &Testbed) -> haven_testbed::WitnessReport {
-    std::thread::sleep(Duration::from_millis(300));
-    let report = check_witness(&bed.witness_dir());
-    report.assert_never_twice();
-    report
-}
-
-/// For each workload in `moving`: its instance on `old_host` ticked for
-/// the last time before its new instance's first tick.
-fn old_stopped_before_new(
-    report: &haven_testbed::WitnessReport,
-    moving: &[String],
-    old_host: &str,
-    why: &str,
-) {
-    for w in moving {
-        let old = report
-            .instances_of(w)
-            .find(|i| i.id.host == old_host)
-            .unwrap();
-        let new = report
-            .instances_of(w)
-            .find(|i| i.id.host != old_host)
-            .unwrap();
-        assert!(old.last_ns < new.first_ns, "{w}: {why}");
-    }
-}
-
-/// Newest tick (CLOCK_MONOTONIC ns) of `workload` on `host`.
-fn last_tick(bed: &Testbed, workload: &str, host: &str) -> Option<u64> {
-    check_witness(&bed.witness_dir())
-        .instances_of(workload)
-        .filter(|i| i.id.host == host)
-        .map(|i| i.last_ns)
-        .max()
-}
-
-fn mono_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
 
 const FOUR: &[(&str, &str)] = &[
     ("w1", "highest"),
@@ -622,4 +477,82 @@ fn partitioned_coordinator_stops_acking_and_its_workloads_move_once() {
     })
     .unwrap();
     never_twice(&bed);
+}
+
+/// `status` asked of `via` (forwarded to its coordinator), polled until
+/// `pred` holds.
+fn wait_via(bed: &Testbed, via: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + RECOVER;
+    loop {
+        let text = bed.cli(via, &["status", "-o", "json"]).unwrap_or_default();
+        if let Ok(s) = serde_json::from_str::<Value>(&text) {
+            if pred(&s) {
+                return s;
+            }
+        }
+        if Instant::now() >= deadline {
+            bed.print_diagnostics();
+            panic!("timed out waiting for {what} (asking {via})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_leader_whose_log_storage_stalls_extends_no_lease_and_its_workloads_move_once() {
+    let mut bed = start(3, |_| {});
+    let s = apply(&mut bed, FOUR);
+    let leader = s["leader"].as_str().unwrap().to_owned();
+    let other = bed.host_names().into_iter().find(|h| *h != leader).unwrap();
+    // Its Raft core blocks in the next log append, as on a disk whose
+    // fsync hangs; its published metrics (millis_since_quorum_ack) freeze.
+    let stall = bed.data_dir(&leader).join("test-stall-raft-log");
+    std::fs::write(&stall, "").unwrap();
+    // A write gives the core an append to block in.
+    let extra = bed.dir().join("extra.toml");
+    std::fs::write(
+        &extra,
+        haven_testbed::witness_workload("w5", &witness_exe(), &bed.witness_dir(), TICK_MS, "low"),
+    )
+    .unwrap();
+    let mut writer = std::process::Command::new("ip")
+        .args(["netns", "exec", bed.netns(&leader)])
+        .arg(haven_exe())
+        .args(["--server", &bed.api(&leader), "apply", "-f"])
+        .arg(&extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The majority elects another coordinator and moves the stalled
+    // leader's workloads once it may: the stalled leader must not have
+    // extended any lease (its own host's included) past the margin.
+    let moving = on_host(&s, &leader);
+    let s = wait_via(
+        &bed,
+        &other,
+        "a new coordinator with the workloads off the stalled leader",
+        |s| {
+            s["leader"] != leader.as_str()
+                && on_host(s, &leader).is_empty()
+                && placement(s)
+                    .values()
+                    .filter(|(_, _, st)| st == "running")
+                    .count()
+                    >= FOUR.len()
+        },
+    );
+    assert_ne!(s["leader"], leader.as_str());
+    std::fs::remove_file(&stall).unwrap();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let report = never_twice(&bed);
+    if !moving.is_empty() {
+        old_stopped_before_new(
+            &report,
+            &moving,
+            &leader,
+            "the stalled leader's host stopped its workloads before they ran elsewhere",
+        );
+    }
 }

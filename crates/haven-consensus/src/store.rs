@@ -257,6 +257,8 @@ impl Store {
             log: LogStore {
                 db: db.clone(),
                 file: Arc::new(file.clone()),
+                stall_file: (std::env::var(TEST_HOOKS_ENV).as_deref() == Ok("1"))
+                    .then(|| Arc::new(data_dir.join(TEST_STALL_LOG_FILE))),
             },
             state_machine: StateMachineStore {
                 db,
@@ -333,7 +335,16 @@ fn inclusive_bounds(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
 pub struct LogStore {
     db: Arc<DbHandle>,
     file: Arc<PathBuf>,
+    /// Test hook: while this file exists, log appends block (a disk that
+    /// stops answering, e.g. a stuck fsync). Set only with
+    /// `HAVEN_TEST_HOOKS=1` in the environment.
+    stall_file: Option<Arc<PathBuf>>,
 }
+
+/// Name of the stall hook's file in the data dir (see `LogStore`).
+pub const TEST_STALL_LOG_FILE: &str = "test-stall-raft-log";
+const TEST_HOOKS_ENV: &str = "HAVEN_TEST_HOOKS";
+const STALL_POLL_MS: u64 = 10;
 
 impl LogStore {
     async fn read_meta<T>(
@@ -475,8 +486,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e)))?;
             rows.push((entry.log_id.index, bytes));
         }
-        let (db, file) = (self.db.clone(), self.file.clone());
+        let (db, file, stall) = (self.db.clone(), self.file.clone(), self.stall_file.clone());
         let res = blocking(move || {
+            while stall.as_ref().is_some_and(|f| f.exists()) {
+                std::thread::sleep(Duration::from_millis(STALL_POLL_MS));
+            }
             write_txn(&db, Durability::Immediate, |txn| {
                 let mut table = txn.open_table(LOG)?;
                 for (index, bytes) in &rows {

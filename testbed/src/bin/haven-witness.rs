@@ -29,6 +29,9 @@ struct Args {
     /// Time between two ticks.
     #[arg(long, default_value_t = 20)]
     interval_ms: u64,
+    /// Keep running on SIGTERM (a workload that ignores a graceful stop).
+    #[arg(long)]
+    ignore_sigterm: bool,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -47,6 +50,16 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if args.interval_ms == 0 {
         bail!("--interval-ms must be above 0");
+    }
+    if args.ignore_sigterm {
+        // SAFETY: installing SIG_IGN runs no handler code.
+        unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGTERM,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
+        }
+        .context("ignoring SIGTERM")?;
     }
     let workload = env_or("HAVEN_WORKLOAD", "unknown");
     let host = env_or("HAVEN_HOST", "unknown");

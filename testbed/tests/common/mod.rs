@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
-use haven_testbed::{Testbed, TestbedConfig};
+use haven_testbed::{check_witness, witness_workload, Testbed, TestbedConfig};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -125,4 +127,149 @@ impl Drop for ScratchCgroup {
             let _ = c.wait();
         }
     }
+}
+
+// ---- witness workloads on a test bed (the fault tests) ----
+
+pub const RECOVER: Duration = Duration::from_secs(30);
+pub const TICK_MS: u64 = 20;
+
+pub fn witness_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_haven-witness"))
+}
+
+pub fn start(hosts: usize, tune: impl FnOnce(&mut TestbedConfig)) -> Testbed {
+    let mut cfg = TestbedConfig::new(hosts, haven_exe());
+    tune(&mut cfg);
+    Testbed::start(cfg).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Apply witness workloads `(name, priority)` and wait until all run.
+pub fn apply(bed: &mut Testbed, workloads: &[(&str, &str)]) -> Value {
+    let dir = bed.witness_dir();
+    let text: String = workloads
+        .iter()
+        .map(|(n, p)| witness_workload(n, &witness_exe(), &dir, TICK_MS, p))
+        .collect();
+    let file = bed.dir().join("witness.toml");
+    std::fs::write(&file, text).unwrap();
+    bed.cli("h1", &["apply", "-f", &file.display().to_string()])
+        .unwrap();
+    let n = workloads.len();
+    bed.wait_for("witnesses running", RECOVER, |s| running(s) == n)
+        .unwrap()
+}
+
+/// workload → (host, generation, state)
+pub fn placement(s: &Value) -> BTreeMap<String, (String, u64, String)> {
+    s["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap_or_default().to_owned(),
+                (
+                    w["host"].as_str().unwrap_or("-").to_owned(),
+                    w["generation"].as_u64().unwrap_or(0),
+                    w["state"].as_str().unwrap_or_default().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+pub fn running(s: &Value) -> usize {
+    placement(s)
+        .values()
+        .filter(|(_, _, st)| st == "running")
+        .count()
+}
+
+pub fn host_state(s: &Value, host: &str) -> String {
+    s["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["name"] == host)
+        .and_then(|h| h["state"].as_str())
+        .unwrap_or("missing")
+        .to_owned()
+}
+
+/// A host that runs workloads and is not the coordinator.
+pub fn busy_non_leader(s: &Value) -> String {
+    let leader = s["leader"].as_str().unwrap_or_default();
+    placement(s)
+        .values()
+        .map(|(h, _, _)| h.clone())
+        .find(|h| h != leader && h != "-")
+        .expect("a workload on a non-coordinator host")
+}
+
+pub fn on_host(s: &Value, host: &str) -> Vec<String> {
+    placement(s)
+        .into_iter()
+        .filter(|(_, (h, _, _))| h == host)
+        .map(|(w, _)| w)
+        .collect()
+}
+
+/// All `n` running, none on `host`.
+pub fn moved_off(bed: &Testbed, host: &str, n: usize) -> Value {
+    let host = host.to_owned();
+    bed.wait_for(&format!("workloads off {host}"), RECOVER, |s| {
+        running(s) == n && on_host(s, &host).is_empty()
+    })
+    .unwrap_or_else(|e| {
+        bed.print_diagnostics();
+        panic!("{e:#}")
+    })
+}
+
+pub fn events(bed: &Testbed, via: &str) -> String {
+    bed.cli(via, &["events"]).unwrap_or_default()
+}
+
+/// Give every witness a little time to tick where it now runs, then check.
+pub fn never_twice(bed: &Testbed) -> haven_testbed::WitnessReport {
+    std::thread::sleep(Duration::from_millis(300));
+    let report = check_witness(&bed.witness_dir());
+    report.assert_never_twice();
+    report
+}
+
+/// For each workload in `moving`: its instance on `old_host` ticked for
+/// the last time before its new instance's first tick.
+pub fn old_stopped_before_new(
+    report: &haven_testbed::WitnessReport,
+    moving: &[String],
+    old_host: &str,
+    why: &str,
+) {
+    for w in moving {
+        let old = report
+            .instances_of(w)
+            .find(|i| i.id.host == old_host)
+            .unwrap();
+        let new = report
+            .instances_of(w)
+            .find(|i| i.id.host != old_host)
+            .unwrap();
+        assert!(old.last_ns < new.first_ns, "{w}: {why}");
+    }
+}
+
+/// Newest tick (CLOCK_MONOTONIC ns) of `workload` on `host`.
+pub fn last_tick(bed: &Testbed, workload: &str, host: &str) -> Option<u64> {
+    check_witness(&bed.witness_dir())
+        .instances_of(workload)
+        .filter(|i| i.id.host == host)
+        .map(|i| i.last_ns)
+        .max()
+}
+
+pub fn mono_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
