@@ -45,6 +45,11 @@ pub struct Identity {
     /// Managers' addresses as last known: where a restarted worker finds
     /// the cluster.
     pub managers: Vec<String>,
+    /// This manager's Raft store has held its vote and log: from then on a
+    /// missing, empty or fresh store is refused (a voter that forgot its
+    /// vote could help elect two leaders).
+    #[serde(default)]
+    pub raft_store: bool,
 }
 
 impl Identity {
@@ -64,6 +69,7 @@ impl Identity {
             instance_id,
             role,
             managers,
+            raft_store: false,
         }
     }
 }

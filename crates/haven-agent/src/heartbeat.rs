@@ -223,6 +223,13 @@ pub async fn run(node: Arc<Node>) -> String {
                         }
                     }
                     update_peers(&node, &resp);
+                    if node.consensus.is_some()
+                        && !node.store_recorded.load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        if let Err(e) = crate::node::record_store(&node) {
+                            tracing::warn!("could not record the Raft store in node.json: {e}");
+                        }
+                    }
                     if let Some(e) = expiry.filter(|e| *e > persisted_expiry) {
                         persisted_expiry = e;
                         node.keeper_renew(e);
@@ -230,6 +237,14 @@ pub async fn run(node: Arc<Node>) -> String {
                     }
                     break;
                 }
+                // The coordinator says this data dir is not the member it
+                // claims to be (changed node.json, another cluster's data
+                // dir): refuse to run rather than retry forever.
+                Err(RpcError::Refused {
+                    status: 403,
+                    message,
+                    ..
+                }) => return format!("the coordinator at {target} refuses this host: {message}"),
                 Err(RpcError::Refused {
                     status: 421,
                     leader,
@@ -290,6 +305,7 @@ fn update_peers(node: &Node, resp: &HeartbeatResponse) {
     if changed {
         let mut id = node.identity.clone();
         id.managers = resp.managers.clone();
+        id.raft_store = node.store_recorded.load(std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = node.datadir.write_identity(&id) {
             tracing::warn!("could not record the managers' addresses: {e}");
         }
@@ -332,5 +348,30 @@ pub async fn run_datastore(node: Arc<Node>) {
                 ds.root().display()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inherited_expiry_beyond_what_the_cluster_allows_is_expired() {
+        let s = ClusterSettings::default(); // lease 1 s, restart grace 30 s
+        assert_eq!(check_inherited(None, 1_000, &s), InheritedLease::None);
+        assert_eq!(check_inherited(Some("x"), 1_000, &s), InheritedLease::None);
+        assert_eq!(check_inherited(Some("900"), 1_000, &s), InheritedLease::None);
+        assert_eq!(
+            check_inherited(Some("31000\n"), 1_000, &s),
+            InheritedLease::Valid(31_000)
+        );
+        // One flipped digit: hours ahead.
+        assert_eq!(
+            check_inherited(Some("9001000"), 1_000, &s),
+            InheritedLease::TooFar {
+                expiry_ms: 9_001_000,
+                allowed_ms: 30_000
+            }
+        );
     }
 }

@@ -63,6 +63,8 @@ pub struct Node {
     pub keeper: Option<haven_keeper::KeeperClient>,
     /// Whether the last message reached the keeper.
     pub keeper_ok: std::sync::atomic::AtomicBool,
+    /// node.json records that this manager's Raft store holds its state.
+    pub store_recorded: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -201,6 +203,64 @@ fn advertise_address(cfg: &AgentConfig, bound: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, bound.port())
 }
 
+/// Before opening a manager's Raft store: a voter's store that is missing or
+/// empty has lost its vote and log. Refuse, touching nothing.
+fn check_store_file(datadir: &DataDir, id: &Identity) -> Result<()> {
+    if !id.raft_store {
+        return Ok(());
+    }
+    let path = datadir.path().join(haven_consensus::RAFT_DB_FILE);
+    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if len == 0 {
+        bail!(
+            "{} is missing or empty, but {} was a voter of cluster {} whose vote and log it held: a voter that forgets them can help elect two leaders. Nothing was changed. Restore it from a backup, or remove this host from the cluster and join it again with an empty --data-dir",
+            path.display(), id.name, id.cluster_id
+        );
+    }
+    Ok(())
+}
+
+/// After opening it: the store must be the one this host had (initialized
+/// if it ever was, of this cluster, knowing this host by this node id).
+fn check_store_contents(c: &Consensus, datadir: &DataDir, id: &Identity) -> Result<()> {
+    let path = datadir.path().join(haven_consensus::RAFT_DB_FILE);
+    let recover = "Nothing was changed. Restore the data dir from a backup, or remove this host from the cluster and join it again with an empty --data-dir";
+    if id.raft_store && !c.is_initialized() {
+        bail!(
+            "{} holds no vote and no log, but {} was a voter of cluster {}: the store was replaced. {recover}",
+            path.display(), id.name, id.cluster_id
+        );
+    }
+    let (cluster_id, known_id) = c.read(|s| (s.cluster_id.clone(), s.hosts.get(&id.name).map(|h| h.node_id)));
+    if !cluster_id.is_empty() && cluster_id != id.cluster_id {
+        bail!(
+            "{} belongs to cluster {cluster_id}, but node.json says cluster {}. {recover}",
+            path.display(), id.cluster_id
+        );
+    }
+    if let Some(known) = known_id.filter(|k| *k != id.node_id) {
+        bail!(
+            "node.json says {} is node {}, but the cluster knows it as node {known}: node.json was changed. {recover}",
+            id.name, id.node_id
+        );
+    }
+    Ok(())
+}
+
+/// Record in node.json that this manager's store now holds its Raft state.
+pub(crate) fn record_store(node: &Node) -> Result<()> {
+    let initialized = node.consensus.as_ref().is_some_and(|c| c.is_initialized());
+    if !initialized || node.store_recorded.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut id = node.identity.clone();
+    id.managers = node.peers.lock().unwrap().managers.clone();
+    id.raft_store = true;
+    node.datadir.write_identity(&id)?;
+    node.store_recorded.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Start the agent and run until `shutdown` resolves.
 pub async fn run(
     cfg: AgentConfig,
@@ -297,11 +357,15 @@ pub async fn run(
     };
 
     let consensus = if identity.role == Role::Manager {
-        Some(
-            Consensus::open(datadir.path(), identity.node_id, consensus_config(&cfg))
-                .await
-                .with_context(|| format!("opening the Raft store in {}", cfg.data_dir.display()))?,
-        )
+        check_store_file(&datadir, &identity)?;
+        let c = Consensus::open(datadir.path(), identity.node_id, consensus_config(&cfg))
+            .await
+            .with_context(|| format!("opening the Raft store in {}", cfg.data_dir.display()))?;
+        if let Err(e) = check_store_contents(&c, &datadir, &identity) {
+            c.shutdown().await;
+            return Err(e);
+        }
+        Some(c)
     } else {
         None
     };
@@ -390,6 +454,7 @@ pub async fn run(
         boot: random_hex(8),
         keeper: Some(keeper),
         keeper_ok: std::sync::atomic::AtomicBool::new(true),
+        store_recorded: std::sync::atomic::AtomicBool::new(identity.raft_store),
         identity,
         cfg,
     });
@@ -412,6 +477,7 @@ pub async fn run(
             promote(&node).await?;
         }
     }
+    record_store(&node)?;
     if adopted > 0 {
         tracing::info!("re-adopted {adopted} running workload instance(s)");
     }
@@ -541,7 +607,10 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus) -> Result<()> {
         }
     }
     node.datadir.write_token(&token.to_string())?;
-    node.datadir.write_identity(&node.identity)?;
+    let mut id = node.identity.clone();
+    id.raft_store = true;
+    node.datadir.write_identity(&id)?;
+    node.store_recorded.store(true, Ordering::Relaxed);
     println!(
         "cluster {} created; join token (also in {}):",
         node.identity.cluster_id,
