@@ -78,7 +78,7 @@ fn agent_stopped_and_back_within_the_grace_moves_and_restarts_nothing() {
     let ev = events(&bed, "h1");
     assert!(ev.contains("restart grace"), "{ev}");
     assert!(ev.contains("restart grace over: its agent is back"), "{ev}");
-    assert!(!ev.contains(&format!("unassigned")), "{ev}");
+    assert!(!ev.contains("unassigned"), "{ev}");
     never_twice(&bed);
 }
 

@@ -53,7 +53,11 @@ fn a_manager_whose_node_id_was_changed_is_refused() {
     bed.restart_agent(&victim).unwrap();
     refused_and_moved_once(&mut bed, &s, &victim, "node.json was changed");
     let path = bed.data_dir(&victim).join("node.json");
-    assert_eq!(std::fs::read_to_string(path).unwrap(), text, "left as it was");
+    assert_eq!(
+        std::fs::read_to_string(path).unwrap(),
+        text,
+        "left as it was"
+    );
 }
 
 #[test]
@@ -77,7 +81,11 @@ fn a_managers_emptied_raft_store_is_refused_and_left_alone() {
     std::fs::write(&store, "").unwrap();
     bed.restart_agent(&victim).unwrap();
     refused_and_moved_once(&mut bed, &s, &victim, "is missing or empty");
-    assert_eq!(std::fs::metadata(&store).unwrap().len(), 0, "not re-created");
+    assert_eq!(
+        std::fs::metadata(&store).unwrap().len(),
+        0,
+        "not re-created"
+    );
 }
 
 #[test]

@@ -78,6 +78,12 @@ pub struct HeartbeatRequest {
     /// The state revision whose desired instances the agent had acted on
     /// when it built `observed` (0: none yet).
     pub applied_revision: u64,
+    /// Whether this host's lease keeper answers.
+    #[serde(default)]
+    pub keeper: bool,
+    /// Instances it stopped recently, and how each ended.
+    #[serde(default)]
+    pub stopped: Vec<haven_core::model::Stopped>,
     pub observed: Vec<Observed>,
 }
 
@@ -152,6 +158,28 @@ pub struct ApplyResponse {
     pub created: Vec<String>,
     pub updated: Vec<String>,
     pub unchanged: Vec<String>,
+    /// What happens to each updated workload's running instance, e.g.
+    /// `web: stopping generation 4 on h1 before placing it elsewhere`.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    pub deleted: String,
+    /// The instance being stopped, if it was placed.
+    #[serde(default)]
+    pub stopping: Option<StoppingView>,
+}
+
+/// An instance being stopped before its workload may be placed again
+/// (stop-before-start).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoppingView {
+    pub workload: String,
+    pub host: String,
+    pub generation: Generation,
+    pub why: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -172,6 +200,10 @@ pub struct HostStatus {
     pub node_id: NodeId,
     pub labels: BTreeMap<String, String>,
     pub voter: bool,
+    /// What stops this host's workloads if its agent fails: `keeper`,
+    /// `watchdog`, `fence` (empty: unknown or none).
+    #[serde(default)]
+    pub protection: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -198,6 +230,9 @@ pub struct StatusResponse {
     pub term: u64,
     pub hosts: Vec<HostStatus>,
     pub workloads: Vec<WorkloadStatus>,
+    /// Instances being stopped (deleted, re-specced elsewhere, failed).
+    #[serde(default)]
+    pub stopping: Vec<StoppingView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

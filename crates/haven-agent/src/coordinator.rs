@@ -22,6 +22,8 @@ pub struct Office {
     pub reports: BTreeMap<String, HostReport>,
     /// host → the agent process (boot) that sent its last heartbeat.
     boots: BTreeMap<String, String>,
+    /// host → whether its lease keeper answered, as last reported.
+    pub keepers: BTreeMap<String, bool>,
     /// Send time (own monotonic clock) of the newest leadership
     /// confirmation round a majority answered in this term.
     confirmed_at_ms: Option<u64>,
@@ -38,6 +40,8 @@ pub struct Office {
     placed: BTreeMap<String, Generation>,
     /// Restart count last seen per workload instance, to report new ones.
     restarts_seen: BTreeMap<String, (Generation, u32)>,
+    /// Instances in `stopping` whose first stop step was already reported.
+    stop_steps_seen: BTreeSet<(String, Generation)>,
 }
 
 impl Office {
@@ -47,6 +51,7 @@ impl Office {
             detector: Detector::new(now_ms),
             reports: BTreeMap::new(),
             boots: BTreeMap::new(),
+            keepers: BTreeMap::new(),
             confirmed_at_ms: None,
             last_obs: BTreeMap::new(),
             last_state: BTreeMap::new(),
@@ -57,6 +62,7 @@ impl Office {
             freshness: Freshness::default(),
             placed: BTreeMap::new(),
             restarts_seen: BTreeMap::new(),
+            stop_steps_seen: BTreeSet::new(),
         }
     }
 
@@ -113,12 +119,19 @@ pub fn leadership_confirmed(node: &Node, term: u64, now_ms: u64) -> bool {
     let Some(c) = &node.consensus else {
         return false;
     };
-    let margin_ms = c.read(|s| s.settings.timing.margin_ms);
+    let window_ms = confirmation_window_ms(c.read(|s| s.settings.timing.margin_ms));
     let slot = node.office.lock().unwrap();
     slot.as_ref()
         .filter(|o| o.term == term)
         .and_then(|o| o.confirmed_at_ms)
-        .is_some_and(|t| now_ms.saturating_sub(t) <= margin_ms)
+        .is_some_and(|t| now_ms.saturating_sub(t) <= window_ms)
+}
+
+/// How long after a confirmation round's send time leases may be
+/// extended: half the margin; the other half absorbs clock-rate drift
+/// (ARCHITECTURE.md, "the lease gate").
+pub fn confirmation_window_ms(margin_ms: u64) -> u64 {
+    margin_ms / 2
 }
 
 /// While this host leads: every heartbeat interval, confirm leadership with
@@ -301,6 +314,35 @@ pub async fn run(node: Arc<Node>) {
                             message: format!("{} started on {} (generation {})", w.spec.name, a.host, a.generation),
                             at_ms,
                         });
+                    }
+                }
+                // The first step of each stop, as its host reports it.
+                office
+                    .stop_steps_seen
+                    .retain(|(w, g)| state.stopping.get(w).is_some_and(|st| st.generation == *g));
+                for (name, st) in &state.stopping {
+                    let step = office
+                        .observed(&st.host)
+                        .and_then(|obs| {
+                            obs.iter().find(|x| {
+                                x.workload == *name
+                                    && x.generation == st.generation
+                                    && x.state == InstanceState::Stopping
+                            })
+                        })
+                        .map(|x| x.detail.clone());
+                    if let Some(detail) = step {
+                        if office.stop_steps_seen.insert((name.clone(), st.generation)) {
+                            cmds.push(Command::RecordEvent {
+                                message: format!(
+                                    "{name} generation {} on {}: {}",
+                                    st.generation,
+                                    st.host,
+                                    detail.unwrap_or_else(|| "stopping".into())
+                                ),
+                                at_ms,
+                            });
+                        }
                     }
                 }
                 let decided = coordinator::tick(&TickInput {

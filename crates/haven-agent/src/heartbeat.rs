@@ -169,7 +169,7 @@ pub async fn run(node: Arc<Node>) -> String {
             let Some(target) = next_target(&node) else {
                 break;
             };
-            let (applied_revision, observed) = node.supervisor.report();
+            let (applied_revision, observed, stopped) = node.supervisor.report();
             let req = HeartbeatRequest {
                 host: node.identity.name.clone(),
                 instance_id: node.identity.instance_id.clone(),
@@ -182,6 +182,8 @@ pub async fn run(node: Arc<Node>) -> String {
                 sent_ms: node.clock.now_ms(),
                 boot: node.boot.clone(),
                 applied_revision,
+                keeper: node.keeper_ok.load(std::sync::atomic::Ordering::Relaxed),
+                stopped,
                 observed,
             };
             let sent = rpc::post::<_, HeartbeatResponse>(
@@ -224,7 +226,9 @@ pub async fn run(node: Arc<Node>) -> String {
                     }
                     update_peers(&node, &resp);
                     if node.consensus.is_some()
-                        && !node.store_recorded.load(std::sync::atomic::Ordering::Relaxed)
+                        && !node
+                            .store_recorded
+                            .load(std::sync::atomic::Ordering::Relaxed)
                     {
                         if let Err(e) = crate::node::record_store(&node) {
                             tracing::warn!("could not record the Raft store in node.json: {e}");
@@ -305,7 +309,9 @@ fn update_peers(node: &Node, resp: &HeartbeatResponse) {
     if changed {
         let mut id = node.identity.clone();
         id.managers = resp.managers.clone();
-        id.raft_store = node.store_recorded.load(std::sync::atomic::Ordering::Relaxed);
+        id.raft_store = node
+            .store_recorded
+            .load(std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = node.datadir.write_identity(&id) {
             tracing::warn!("could not record the managers' addresses: {e}");
         }
@@ -360,7 +366,10 @@ mod tests {
         let s = ClusterSettings::default(); // lease 1 s, restart grace 30 s
         assert_eq!(check_inherited(None, 1_000, &s), InheritedLease::None);
         assert_eq!(check_inherited(Some("x"), 1_000, &s), InheritedLease::None);
-        assert_eq!(check_inherited(Some("900"), 1_000, &s), InheritedLease::None);
+        assert_eq!(
+            check_inherited(Some("900"), 1_000, &s),
+            InheritedLease::None
+        );
         assert_eq!(
             check_inherited(Some("31000\n"), 1_000, &s),
             InheritedLease::Valid(31_000)

@@ -231,11 +231,17 @@ fn check_store_contents(c: &Consensus, datadir: &DataDir, id: &Identity) -> Resu
             path.display(), id.name, id.cluster_id
         );
     }
-    let (cluster_id, known_id) = c.read(|s| (s.cluster_id.clone(), s.hosts.get(&id.name).map(|h| h.node_id)));
+    let (cluster_id, known_id) = c.read(|s| {
+        (
+            s.cluster_id.clone(),
+            s.hosts.get(&id.name).map(|h| h.node_id),
+        )
+    });
     if !cluster_id.is_empty() && cluster_id != id.cluster_id {
         bail!(
             "{} belongs to cluster {cluster_id}, but node.json says cluster {}. {recover}",
-            path.display(), id.cluster_id
+            path.display(),
+            id.cluster_id
         );
     }
     if let Some(known) = known_id.filter(|k| *k != id.node_id) {
@@ -421,7 +427,9 @@ pub async fn run(
         WatchdogMode::Auto => match Watchdog::open(&cfg.watchdog_device, cfg.watchdog_timeout_ms) {
             Ok(w) => Some(w),
             Err(e) => {
-                tracing::info!("no watchdog ({e}); continuing without one (--watchdog auto)");
+                tracing::warn!(
+                    "no watchdog device ({e}); continuing without one (--watchdog auto): the lease keeper stops this host's workloads if the agent fails, but a hung kernel is then covered only by a fence device (--fence-agent); `haven status` shows each host's protection"
+                );
                 None
             }
         },

@@ -367,6 +367,7 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
     {
         let mut slot = node.office.lock().unwrap();
         let office = office_for(&mut slot, term, now);
+        office.keepers.insert(req.host.clone(), req.keeper);
         office.on_heartbeat(
             &req.host,
             now,
@@ -375,6 +376,7 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
             haven_core::coordinator::HostReport {
                 applied_revision: req.applied_revision,
                 observed: req.observed,
+                stopped: req.stopped,
             },
         );
     }
@@ -550,6 +552,7 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                 node_id: h.node_id,
                 labels: h.labels.clone(),
                 voter: voters.contains(&h.node_id),
+                protection: protection(h, office.and_then(|o| o.keepers.get(&h.name).copied())),
             })
             .collect();
         let workloads = s
@@ -596,9 +599,41 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
             term,
             hosts,
             workloads,
+            stopping: s
+                .stopping
+                .iter()
+                .map(|(w, st)| stopping_view(w, st))
+                .collect(),
         }
     });
     Json(resp).into_response()
+}
+
+/// What stops `h`'s workloads when its agent fails. `keeper`: as its last
+/// heartbeat said (unknown until heard from).
+fn protection(h: &haven_core::model::HostRecord, keeper: Option<bool>) -> Vec<String> {
+    let mut out = vec![];
+    match keeper {
+        Some(true) => out.push("keeper".to_string()),
+        Some(false) => out.push("keeper DOWN".to_string()),
+        None => {}
+    }
+    if h.watchdog_timeout_ms > 0 {
+        out.push("watchdog".into());
+    }
+    if h.fence.is_some() {
+        out.push("fence".into());
+    }
+    out
+}
+
+fn stopping_view(workload: &str, st: &haven_core::state::Stopping) -> StoppingView {
+    StoppingView {
+        workload: workload.to_owned(),
+        host: st.host.clone(),
+        generation: st.generation,
+        why: st.why.clone(),
+    }
 }
 
 async fn apply(
@@ -684,12 +719,33 @@ async fn apply(
             created,
             updated,
             unchanged,
-        }) => Json(ApplyResponse {
-            created,
-            updated,
-            unchanged,
-        })
-        .into_response(),
+        }) => {
+            let notes = c.read(|s| {
+                updated
+                    .iter()
+                    .filter_map(|n| {
+                        if let Some(st) = s.stopping.get(n) {
+                            return Some(format!(
+                                "{n}: stopping generation {} on {} before placing it again",
+                                st.generation, st.host
+                            ));
+                        }
+                        let a = s.workloads.get(n)?.assignment.as_ref()?;
+                        Some(format!(
+                            "{n}: restarting in place on {} as generation {}",
+                            a.host, a.generation
+                        ))
+                    })
+                    .collect()
+            });
+            Json(ApplyResponse {
+                created,
+                updated,
+                unchanged,
+                notes,
+            })
+            .into_response()
+        }
         Ok(other) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("unexpected result {other:?}"),
@@ -730,7 +786,20 @@ async fn delete(
             StatusCode::NOT_FOUND,
             format!("{m}; `haven status` lists the workloads"),
         ),
-        Ok(_) => Json(serde_json::json!({"deleted": req.name})).into_response(),
+        Ok(_) => {
+            let stopping = node.consensus.as_ref().and_then(|c| {
+                c.read(|s| {
+                    s.stopping
+                        .get(&req.name)
+                        .map(|st| stopping_view(&req.name, st))
+                })
+            });
+            Json(DeleteResponse {
+                deleted: req.name,
+                stopping,
+            })
+            .into_response()
+        }
         Err(r) => r,
     }
 }

@@ -5,7 +5,9 @@
 //! `decide` is the pure decision; `Supervisor` holds the per-instance state
 //! and performs the decisions through the process driver.
 
-use haven_core::model::{Generation, InstanceState, IsolationResponse, Observed, WorkloadKind};
+use haven_core::model::{
+    Generation, InstanceState, IsolationResponse, Observed, Stopped, WorkloadKind,
+};
 use haven_core::restart::{RestartDecision, RestartTracker};
 use haven_drivers::process::{InstanceKey, ProcessDriver};
 use std::collections::BTreeMap;
@@ -260,6 +262,8 @@ pub struct Supervisor {
     /// held lease acted on. Written and read only under the `instances`
     /// lock, so a report pairs it with the instances as they were then.
     applied_revision: Mutex<u64>,
+    /// Recent stops and how each ended, newest last (bounded).
+    stopped: Arc<Mutex<std::collections::VecDeque<Stopped>>>,
     /// What the lease keeper was last told to stop gracefully.
     keeper_policy: Mutex<Option<haven_keeper::Policy>>,
     data_dir: PathBuf,
@@ -289,6 +293,7 @@ impl Supervisor {
             lock_probes: Mutex::new(BTreeMap::new()),
             next_watch: std::sync::atomic::AtomicU64::new(1),
             applied_revision: Mutex::new(0),
+            stopped: Arc::new(Mutex::new(Default::default())),
             keeper_policy: Mutex::new(None),
             data_dir: cfg.data_dir,
         }
@@ -339,10 +344,15 @@ impl Supervisor {
 
     /// What a heartbeat reports: the revision acted on, and every instance
     /// this host has (in any phase), read together.
-    pub fn report(&self) -> (u64, Vec<Observed>) {
+    pub fn report(&self) -> (u64, Vec<Observed>, Vec<Stopped>) {
         let map = self.instances.lock().unwrap();
         let applied = *self.applied_revision.lock().unwrap();
-        (applied, map.iter().map(|(w, i)| i.observed(w)).collect())
+        let stopped = self.stopped.lock().unwrap().iter().cloned().collect();
+        (
+            applied,
+            map.iter().map(|(w, i)| i.observed(w)).collect(),
+            stopped,
+        )
     }
 
     /// Tell the lease keeper which instances it must stop gracefully (the
@@ -476,43 +486,20 @@ impl Supervisor {
                     generation,
                 } => (workload, generation, StopHow::Kill),
             };
+            let is_vm = self
+                .run_dir
+                .join(key(&workload, generation).to_string())
+                .join("qmp-ops.sock")
+                .exists();
             if let Some(i) = map.get_mut(&workload) {
                 i.phase = Phase::Stopping;
-                i.detail = Some(match (&how, authority) {
-                    (_, Authority::Lapsed { .. }) => "lease lost: isolation response".to_string(),
-                    _ => "no longer assigned here".to_string(),
-                });
-            }
-            let driver = self.driver.clone();
-            let instances = self.instances.clone();
-            let qmp_ops =
-                VmPaths::new(&self.run_dir.join(key(&workload, generation).to_string())).qmp_ops;
-            tokio::spawn(async move {
-                let k = key(&workload, generation);
-                let r = match how {
-                    StopHow::Kill => driver.kill(&k).await,
-                    // A VM: ACPI power button, bounded wait, then kill.
-                    StopHow::Graceful(ms) if qmp_ops.exists() => {
-                        crate::vm::power_down(&qmp_ops).await;
-                        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
-                        while driver.is_running(&k) && tokio::time::Instant::now() < deadline {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        driver.kill(&k).await
-                    }
-                    StopHow::Graceful(ms) => driver.stop(&k, Duration::from_millis(ms)).await,
+                let why = match authority {
+                    Authority::Lapsed { .. } => "lease lost: isolation response",
+                    _ => "no longer assigned here",
                 };
-                match r {
-                    Ok(()) => {
-                        tracing::info!("stopped {k}");
-                        let mut m = instances.lock().unwrap();
-                        if m.get(&workload).is_some_and(|i| i.generation == generation) {
-                            m.remove(&workload);
-                        }
-                    }
-                    Err(e) => tracing::error!("could not stop {k}: {e}"),
-                }
-            });
+                i.detail = Some(format!("{why}; {}", how.first_step(is_vm)));
+            }
+            self.spawn_stop(workload, generation, how);
         }
         if matches!(authority, Authority::Held(_)) {
             // Every start and stop of this revision has been taken (starts
@@ -521,6 +508,55 @@ impl Supervisor {
             *applied = (*applied).max(revision);
         }
         self.update_keeper_policy(&map, shutdown_timeout_ms);
+    }
+
+    /// Stop an instance in the background (bounded: SIGTERM or ACPI
+    /// power-down, the grace, then the kill of its cgroup), then forget it
+    /// and remember for a while how it ended, for the coordinator's events.
+    fn spawn_stop(&self, workload: String, generation: Generation, how: StopHow) {
+        let driver = self.driver.clone();
+        let instances = self.instances.clone();
+        let stopped = self.stopped.clone();
+        let clock = self.clock.clone();
+        let qmp_ops =
+            VmPaths::new(&self.run_dir.join(key(&workload, generation).to_string())).qmp_ops;
+        tokio::spawn(async move {
+            let k = key(&workload, generation);
+            let started_ms = clock.now_ms();
+            let r = match how {
+                StopHow::Kill => driver.kill(&k).await,
+                // A VM: ACPI power button, bounded wait, then kill.
+                StopHow::Graceful(ms) if qmp_ops.exists() => {
+                    crate::vm::power_down(&qmp_ops).await;
+                    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+                    while driver.is_running(&k) && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    driver.kill(&k).await
+                }
+                StopHow::Graceful(ms) => driver.stop(&k, Duration::from_millis(ms)).await,
+            };
+            let took_ms = clock.now_ms().saturating_sub(started_ms);
+            match r {
+                Ok(()) => {
+                    tracing::info!("stopped {k} in {took_ms} ms");
+                    let mut m = instances.lock().unwrap();
+                    if m.get(&workload).is_some_and(|i| i.generation == generation) {
+                        m.remove(&workload);
+                    }
+                    let mut recent = stopped.lock().unwrap();
+                    recent.push_back(Stopped {
+                        workload,
+                        generation,
+                        how: how.outcome(took_ms),
+                    });
+                    while recent.len() > STOPPED_KEPT_MAX {
+                        recent.pop_front();
+                    }
+                }
+                Err(e) => tracing::error!("could not stop {k}: {e}"),
+            }
+        });
     }
 
     fn start(
@@ -674,10 +710,39 @@ impl Supervisor {
 
 const LOCK_CHECK: &str = "checking the disks' lock on the datastore";
 
+#[derive(Clone, Copy)]
 enum StopHow {
     Kill,
     Graceful(u64),
 }
+
+impl StopHow {
+    fn first_step(&self, vm: bool) -> String {
+        match (self, vm) {
+            (StopHow::Kill, _) => "killing it".into(),
+            (StopHow::Graceful(ms), true) => {
+                format!("ACPI power-down sent; killed if still running after {ms} ms")
+            }
+            (StopHow::Graceful(ms), false) => {
+                format!("SIGTERM sent; killed if still running after {ms} ms")
+            }
+        }
+    }
+
+    fn outcome(&self, took_ms: u64) -> String {
+        match self {
+            StopHow::Kill => format!("killed ({took_ms} ms)"),
+            StopHow::Graceful(ms) if took_ms >= *ms => {
+                format!("still running after the {ms} ms grace: killed")
+            }
+            StopHow::Graceful(_) => format!("exited {took_ms} ms after the stop request"),
+        }
+    }
+}
+
+/// How many recent stops an agent keeps to report (each once per
+/// heartbeat until it falls out).
+const STOPPED_KEPT_MAX: usize = 32;
 
 pub async fn run(node: Arc<Node>) {
     let mut interval_ms = 0;

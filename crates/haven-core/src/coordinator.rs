@@ -19,6 +19,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct HostReport {
     pub applied_revision: u64,
     pub observed: Vec<Observed>,
+    /// Instances it stopped recently, and how.
+    pub stopped: Vec<crate::model::Stopped>,
 }
 
 impl HostReport {
@@ -67,7 +69,11 @@ pub fn may_reassign(
         return Some("its host was fenced (confirmed off)".into());
     }
     let extra_ms = match isolation {
-        IsolationResponse::Shutdown => input.state.settings.shutdown_timeout_ms,
+        IsolationResponse::Shutdown => input
+            .state
+            .settings
+            .shutdown_timeout_ms
+            .max(input.state.prior_shutdown_timeout_ms),
         _ => 0,
     };
     let wait_ms = host.failed_after_ms(input.timing) + extra_ms;
@@ -107,12 +113,17 @@ fn confirm_stops(input: &TickInput<'_>, cmds: &mut Vec<Command>) -> BTreeSet<Str
     for (name, st) in &state.stopping {
         let how = if !state.hosts.contains_key(&st.host) {
             Some(format!("host {} is no longer a member", st.host))
-        } else if input
+        } else if let Some(r) = input
             .reports
             .get(&st.host)
-            .is_some_and(|r| r.proves_gone(name, st.generation, st.since_revision))
+            .filter(|r| r.proves_gone(name, st.generation, st.since_revision))
         {
-            Some("its host reports it gone".to_string())
+            let how = r
+                .stopped
+                .iter()
+                .find(|x| x.workload == *name && x.generation == st.generation)
+                .map_or(String::new(), |x| format!(" ({})", x.how));
+            Some(format!("its host reports it gone{how}"))
         } else {
             let h = input.hosts.get(&st.host).copied().unwrap_or_default();
             let (isolation, priority) = match state.workloads.get(name) {
@@ -536,6 +547,7 @@ mod tests {
                 HostReport {
                     applied_revision: self.s.revision,
                     observed,
+                    stopped: vec![],
                 },
             );
         }

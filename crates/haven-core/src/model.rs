@@ -433,3 +433,11 @@ pub struct Observed {
     #[serde(default)]
     pub no_failover: bool,
 }
+
+/// An instance its host stopped recently, and how it ended (for events).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopped {
+    pub workload: String,
+    pub generation: Generation,
+    pub how: String,
+}

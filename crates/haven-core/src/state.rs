@@ -87,6 +87,10 @@ pub struct ClusterState {
     /// since its predecessor may have granted it just before the change.
     #[serde(default)]
     pub prior_lease_ms: u64,
+    /// Likewise the shutdown timeout before it was last shortened: an
+    /// isolated host may still be stopping by the longer one.
+    #[serde(default)]
+    pub prior_shutdown_timeout_ms: u64,
 }
 
 /// One placement decision of the coordinator. Applied only if the workload's
@@ -298,6 +302,9 @@ impl ClusterState {
                 if !changes.is_empty() {
                     if settings.timing.lease_ms < self.settings.timing.lease_ms {
                         self.prior_lease_ms = self.settings.timing.lease_ms;
+                    }
+                    if settings.shutdown_timeout_ms < self.settings.shutdown_timeout_ms {
+                        self.prior_shutdown_timeout_ms = self.settings.shutdown_timeout_ms;
                     }
                     self.settings = settings.clone();
                     self.event(*at_ms, format!("cluster settings: {}", changes.join(", ")));
@@ -686,5 +693,59 @@ impl ClusterState {
             );
         }
         CommandResult::Placed { placed, refused }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings_with(key: &str, value: &str) -> ClusterSettings {
+        crate::settings::set(&ClusterSettings::default(), key, value).unwrap()
+    }
+
+    #[test]
+    fn settings_are_validated_and_a_shorter_lease_is_remembered() {
+        let mut s = ClusterState::default();
+        let bad = settings_with("lease_ms", "10");
+        let r = s.apply(&Command::SetSettings {
+            settings: bad,
+            at_ms: 1,
+        });
+        assert!(
+            matches!(r, CommandResult::Rejected(ref m) if m.contains("lease_ms=10")),
+            "{r:?}"
+        );
+        assert_eq!(s.settings, ClusterSettings::default(), "nothing changed");
+        s.apply(&Command::SetSettings {
+            settings: settings_with("lease_ms", "600"),
+            at_ms: 2,
+        });
+        assert_eq!(s.settings.timing.lease_ms, 600);
+        assert_eq!(
+            s.prior_lease_ms, 1_000,
+            "a new coordinator waits the longer lease"
+        );
+        assert!(s
+            .events
+            .back()
+            .unwrap()
+            .message
+            .contains("lease_ms 1000 → 600"));
+    }
+
+    #[test]
+    fn every_command_advances_the_revision() {
+        let mut s = ClusterState::default();
+        let r0 = s.revision;
+        s.apply(&Command::RecordEvent {
+            message: "x".into(),
+            at_ms: 1,
+        });
+        s.apply(&Command::DeleteWorkload {
+            name: "nope".into(),
+            at_ms: 1,
+        });
+        assert_eq!(s.revision, r0 + 2);
     }
 }

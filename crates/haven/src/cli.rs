@@ -37,9 +37,24 @@ pub enum Cmd {
     Apply {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// Wait until every created or updated workload runs its new
+        /// instance (an old one is stopped first).
+        #[arg(long)]
+        wait: bool,
+        /// Bound of --wait.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
     },
     /// Delete a workload: it is stopped wherever it runs.
-    Delete { name: String },
+    Delete {
+        name: String,
+        /// Wait until its instance has stopped.
+        #[arg(long)]
+        wait: bool,
+        /// Bound of --wait.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+    },
     /// Show hosts and workloads.
     Status {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
@@ -356,21 +371,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             init_logging();
             haven_agent::run(cfg, shutdown_signal()).await
         }
-        Cmd::Apply { file } => apply(&cli.server, &file).await,
-        Cmd::Delete { name } => {
-            let http = rpc::client(30_000);
-            let _: serde_json::Value = rpc::post(
-                &http,
-                &cli.server,
-                "/v1/delete",
-                &DeleteRequest { name: name.clone() },
-                false,
-                None,
-            )
-            .await?;
-            println!("deleted {name}");
-            Ok(())
-        }
+        Cmd::Apply {
+            file,
+            wait,
+            timeout_s,
+        } => apply(&cli.server, &file, wait.then_some(timeout_s)).await,
+        Cmd::Delete {
+            name,
+            wait,
+            timeout_s,
+        } => delete(&cli.server, &name, wait.then_some(timeout_s)).await,
         Cmd::Status { output } => {
             let s = fetch_status(&cli.server).await?;
             match output {
@@ -439,13 +449,17 @@ pub async fn fetch_status(server: &str) -> Result<StatusResponse> {
     Ok(rpc::get(&http, server, "/v1/status", false).await?)
 }
 
-async fn apply(server: &str, file: &PathBuf) -> Result<()> {
+async fn apply(server: &str, file: &PathBuf, wait_s: Option<u64>) -> Result<()> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("-f {}: cannot read the file", file.display()))?;
     let source = file.display().to_string();
     let specs = haven_core::spec::parse_workloads(&source, &text)
         .map_err(|e| anyhow!("nothing was applied:\n{e}"))?;
     let http = rpc::client(30_000);
+    let before = match wait_s {
+        Some(_) => Some(fetch_status(server).await?),
+        None => None,
+    };
     let r: ApplyResponse = rpc::post(
         &http,
         server,
@@ -464,8 +478,93 @@ async fn apply(server: &str, file: &PathBuf) -> Result<()> {
             println!("{n} {label}");
         }
     }
+    for n in &r.notes {
+        println!("  {n}");
+    }
+    let (Some(timeout_s), Some(before)) = (wait_s, before) else {
+        return Ok(());
+    };
+    // A new instance: running, at a generation newer than any it had.
+    let floor = |name: &str| {
+        before
+            .workloads
+            .iter()
+            .find(|w| w.name == name)
+            .map_or(0, |w| w.generation.0)
+    };
+    let names: Vec<&String> = r.created.iter().chain(&r.updated).collect();
+    wait_until(server, timeout_s, "the new instances to run", |s| {
+        names.iter().all(|n| {
+            s.workloads
+                .iter()
+                .any(|w| w.name == **n && w.state == "running" && w.generation.0 > floor(n))
+        })
+    })
+    .await?;
+    println!(
+        "running: {}",
+        names
+            .iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }
+
+async fn delete(server: &str, name: &str, wait_s: Option<u64>) -> Result<()> {
+    let http = rpc::client(30_000);
+    let r: DeleteResponse = rpc::post(
+        &http,
+        server,
+        "/v1/delete",
+        &DeleteRequest {
+            name: name.to_owned(),
+        },
+        false,
+        None,
+    )
+    .await?;
+    match &r.stopping {
+        Some(st) => println!(
+            "deleted {name}; stopping generation {} on {}",
+            st.generation, st.host
+        ),
+        None => println!("deleted {name}"),
+    }
+    if let (Some(timeout_s), Some(_)) = (wait_s, &r.stopping) {
+        wait_until(server, timeout_s, "its instance to stop", |s| {
+            !s.stopping.iter().any(|st| st.workload == name)
+        })
+        .await?;
+        println!("{name} stopped");
+    }
+    Ok(())
+}
+
+/// Poll the status until `done` holds, at most `timeout_s`.
+async fn wait_until(
+    server: &str,
+    timeout_s: u64,
+    what: &str,
+    done: impl Fn(&StatusResponse) -> bool,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
+    loop {
+        match fetch_status(server).await {
+            Ok(s) if done(&s) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: {e}; retrying"),
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("--wait: gave up after {timeout_s} s waiting for {what}; `haven status` and `haven events` show where it stands");
+        }
+        tokio::time::sleep(Duration::from_millis(WAIT_POLL_MS)).await;
+    }
+}
+
+/// How often `--wait` looks at the status.
+const WAIT_POLL_MS: u64 = 200;
 
 async fn events(server: &str, follow: bool) -> Result<()> {
     let http = rpc::client(10_000);
@@ -504,6 +603,7 @@ pub fn status_table(s: &StatusResponse) -> String {
         "STATE".into(),
         "VCPUS".into(),
         "MEMORY MiB".into(),
+        "PROTECTION".into(),
     ]];
     for h in &s.hosts {
         rows.push(vec![
@@ -523,6 +623,11 @@ pub fn status_table(s: &StatusResponse) -> String {
             h.state.clone(),
             format!("{}/{}", h.allocated.vcpus, h.capacity.vcpus),
             format!("{}/{}", h.allocated.memory_mib, h.capacity.memory_mib),
+            if h.protection.is_empty() {
+                "-".to_string()
+            } else {
+                h.protection.join(", ")
+            },
         ]);
     }
     out.push_str(&table(&rows));
@@ -553,6 +658,12 @@ pub fn status_table(s: &StatusResponse) -> String {
         out.push_str("no workloads: declare some in a TOML file and run `haven apply -f FILE`\n");
     } else {
         out.push_str(&table(&rows));
+    }
+    for st in &s.stopping {
+        out.push_str(&format!(
+            "stopping: {} generation {} on {} ({})\n",
+            st.workload, st.generation, st.host, st.why
+        ));
     }
     out
 }

@@ -391,3 +391,111 @@ fn bad_flags_and_cli_arguments_get_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn timing_flags_that_disagree_with_the_cluster_are_refused() {
+    let mut c = three_managers("timing");
+    let via = c.host("h1").address();
+    let token = c.token.clone().unwrap();
+    let cg = c.cgroup.join("x").display().to_string();
+    let fresh = c.dir.join("fresh");
+    let fresh_s = fresh.display().to_string();
+    let listen = free_addr();
+
+    // A joining host with its own lease: refused before anything is stored.
+    let err = agent_fails(&[
+        "--name",
+        "h9",
+        "--listen",
+        &listen,
+        "--data-dir",
+        &fresh_s,
+        "--cgroup-root",
+        &cg,
+        "--join",
+        &via,
+        "--token",
+        &token,
+        "--lease-ms",
+        "2000",
+    ]);
+    assert!(
+        err.contains("--lease-ms 2000 disagrees with the cluster's lease_ms = 1000")
+            && err.contains("haven settings set lease_ms=2000"),
+        "{err}"
+    );
+    assert!(!fresh.join("node.json").exists(), "nothing stored");
+
+    // A member restarted with a different heartbeat interval: refused at
+    // its first contact with the coordinator.
+    let h3 = c.host("h3");
+    let (h3_addr, h3_dir, h3_cg) = (
+        h3.address(),
+        h3.data_dir.display().to_string(),
+        h3.cgroup_root.display().to_string(),
+    );
+    c.kill_agent("h3");
+    let err = agent_fails(&[
+        "--name",
+        "h3",
+        "--listen",
+        &h3_addr,
+        "--data-dir",
+        &h3_dir,
+        "--cgroup-root",
+        &h3_cg,
+        "--heartbeat-interval-ms",
+        "50",
+    ]);
+    assert!(
+        err.contains(
+            "--heartbeat-interval-ms 50 disagrees with the cluster's heartbeat_interval_ms = 100"
+        ),
+        "{err}"
+    );
+
+    // Bootstrap timing is validated as a whole, naming the flag.
+    let d = c.dir.join("boot").display().to_string();
+    let err = agent_fails(&[
+        "--name",
+        "b",
+        "--data-dir",
+        &d,
+        "--bootstrap",
+        "--listen",
+        "127.0.0.1:0",
+        "--lease-ms",
+        "150",
+    ]);
+    assert!(
+        err.contains("--lease-ms=150") && err.contains("3 heartbeat intervals"),
+        "{err}"
+    );
+
+    // The cluster's settings change only through `haven settings set`,
+    // validated, all or nothing, and recorded as an event.
+    let err = c
+        .cli(&via, &["settings", "set", "lease_ms=2000", "margin_ms=5"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("margin_ms=5") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    let err = c
+        .cli(&via, &["settings", "set", "lease=1"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown setting \"lease\""), "{err}");
+    let out = c
+        .cli(&via, &["settings", "set", "restart_grace_ms=5000"])
+        .unwrap();
+    assert!(
+        out.contains("restart_grace_ms") && out.contains("5000"),
+        "{out}"
+    );
+    let out = c.cli(&via, &["settings"]).unwrap();
+    assert!(out.contains("lease_ms") && out.contains("1000"), "{out}");
+    let events = c.cli(&via, &["events"]).unwrap();
+    assert!(events.contains("restart_grace_ms 30000 → 5000"), "{events}");
+}
