@@ -268,7 +268,11 @@ fn a_bed_whose_owner_was_killed_is_swept() {
         .unwrap()
         .join(format!("hvn{id}"));
     let agents = procs(&cgroup);
-    assert_eq!(agents.len(), 2, "two agents run: {agents:?}");
+    assert_eq!(
+        agents.len(),
+        4,
+        "two agents and their lease keepers run: {agents:?}"
+    );
     owner.kill().unwrap(); // SIGKILL: no clean-up runs
     owner.wait().unwrap();
     assert_eq!(

@@ -352,3 +352,81 @@ fn deleting_a_vm_powers_its_guest_down_gracefully() {
         console.display()
     );
 }
+
+/// QEMU processes on any host of the bed whose command line names `disk`.
+fn qemus_on(cgroups: &[PathBuf], disk: &str) -> Vec<u32> {
+    cgroups
+        .iter()
+        .flat_map(|cg| common::procs(cg))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .is_ok_and(|c| c.contains("qemu-system") && c.contains(disk))
+        })
+        .collect()
+}
+
+#[test]
+fn a_vm_respecced_onto_another_host_never_has_two_qemus_on_its_disk() {
+    let mut cfg = TestbedConfig::new(3, haven_exe());
+    cfg.datastore = true;
+    cfg.agent_args = vec!["--vm-witness".into()];
+    cfg.host_capacity
+        .insert("h1".into(), "vcpus=4,memory_mib=4096".into());
+    for h in ["h2", "h3"] {
+        cfg.host_capacity
+            .insert(h.into(), "vcpus=4,memory_mib=3000".into());
+    }
+    let bed = Testbed::start(cfg).unwrap_or_else(|e| panic!("{e:#}"));
+    let spec = vm_spec(&bed, "vm1", "");
+    apply(&bed, "vm1", &spec);
+    let (host, generation) = heartbeating(&bed, "vm1", None);
+    assert_eq!(host, "h1");
+    // A process takes most of h1, so a bigger VM no longer fits there.
+    let pad = haven_testbed::Witness::new("pad", &common::witness_exe(), &bed.witness_dir(), 50)
+        .memory_mib(3000)
+        .toml();
+    apply(&bed, "pad", &pad);
+    bed.wait_for("pad on h1", BOOT, |s| workload(s, "pad")["host"] == "h1")
+        .unwrap();
+    let disk = bed
+        .datastore()
+        .unwrap()
+        .join("vm1.qcow2")
+        .display()
+        .to_string();
+    let cgroups: Vec<PathBuf> = bed
+        .host_names()
+        .iter()
+        .map(|h| bed.workloads_cgroup(h))
+        .collect();
+    assert_eq!(qemus_on(&cgroups, &disk).len(), 1);
+    // Watch every host for QEMUs on the disk while the VM moves: checked
+    // on the processes themselves, not through QEMU's image lock (which
+    // holds here only because every host shares one kernel).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, cgroups, disk) = (stop.clone(), cgroups.clone(), disk.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(qemus_on(&cgroups, &disk).len());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            most
+        })
+    };
+    apply(
+        &bed,
+        "vm1",
+        &spec.replace("memory_mib = 256", "memory_mib = 1500"),
+    );
+    let (new_host, new_generation) = heartbeating(&bed, "vm1", Some("h1"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = watcher.join().unwrap();
+    assert!(new_generation > generation && new_host != "h1");
+    assert_eq!(most, 1, "two QEMUs had the disk open at once");
+    let ev = bed.cli("h2", &["events"]).unwrap();
+    assert!(ev.contains("ACPI power-down sent"), "{ev}");
+    check_witness(&bed.witness_dir()).assert_never_twice();
+}

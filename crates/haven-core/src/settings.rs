@@ -196,6 +196,11 @@ pub fn from_flags(flags: &[(String, String)]) -> Result<ClusterSettings, Vec<Str
     let mut problems = vec![];
     let given = |k: &str| flags.iter().any(|(f, _)| f == k);
     for (k, v) in flags {
+        if k == "datastore" {
+            // Fixed at bootstrap: this is the bootstrap.
+            s.datastore = Some(v.clone());
+            continue;
+        }
         match set(&s, k, v) {
             Ok(n) => s = n,
             Err(e) => problems.push(e),
@@ -275,6 +280,11 @@ mod tests {
         assert_eq!(s.timing.heartbeat_interval_ms, 50);
         assert_eq!(s.timing.suspect_after_ms, 175);
         assert!(from_flags(&[("lease_ms".into(), "10".into())]).is_err());
+        let ds = [("datastore".to_string(), "/srv/ds".to_string())];
+        assert_eq!(
+            from_flags(&ds).unwrap().datastore.as_deref(),
+            Some("/srv/ds")
+        );
         let d = ClusterSettings::default();
         assert!(disagreements(&d, &[("lease_ms".into(), "1000".into())]).is_empty());
         let e = disagreements(&d, &[("lease_ms".into(), "2000".into())]);
