@@ -107,7 +107,16 @@ impl Node {
     /// not answer is started again.
     pub fn keeper_renew(&self, deadline_ms: u64) {
         let Some(k) = &self.keeper else { return };
-        let ok = k.renew(deadline_ms).is_ok();
+        // `leave-running` instances may outlive the lease while this host
+        // still writes the datastore (DESIGN.md §2.4): the keeper holds them
+        // until a margin before their lock files could look stale.
+        let now_ms = self.clock.now_ms();
+        let hold_ms = if self.datastore_ok(now_ms) && self.supervisor.leaves_running() {
+            self.leave_running_deadline_ms().max(deadline_ms)
+        } else {
+            deadline_ms
+        };
+        let ok = k.renew_with_hold(deadline_ms, hold_ms).is_ok();
         let was_ok = self.keeper_ok.swap(ok, Ordering::Relaxed);
         if !ok && was_ok {
             // Start a new one off the async workers (it waits for the

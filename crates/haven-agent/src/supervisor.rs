@@ -358,13 +358,16 @@ impl Supervisor {
     /// Tell the lease keeper which instances it must stop gracefully (the
     /// `shutdown` isolation response) rather than kill, when it changed.
     fn update_keeper_policy(&self, map: &BTreeMap<String, Instance>, shutdown_timeout_ms: u64) {
+        let with = |response: IsolationResponse| {
+            map.iter()
+                .filter(|(_, i)| i.isolation == response)
+                .map(|(w, i)| key(w, i.generation).dir_name())
+                .collect()
+        };
         let policy = haven_keeper::Policy {
             shutdown_timeout_ms,
-            graceful: map
-                .iter()
-                .filter(|(_, i)| i.isolation == IsolationResponse::Shutdown)
-                .map(|(w, i)| key(w, i.generation).dir_name())
-                .collect(),
+            graceful: with(IsolationResponse::Shutdown),
+            hold: with(IsolationResponse::LeaveRunning),
         };
         let mut last = self.keeper_policy.lock().unwrap();
         if last.as_ref() != Some(&policy) {
@@ -781,14 +784,13 @@ pub async fn run(node: Arc<Node>) {
             shutdown_timeout_ms,
             now,
         );
-        // Keep the keeper's deadline with what this host may do: while cut
-        // off but allowed to leave workloads running (leave-running with a
-        // working datastore), renew it for as long as the datastore is
-        // written; the coordinator judges that by the lock files.
-        if let Authority::Lapsed { datastore_ok: true } = authority {
-            if node.supervisor.leaves_running() {
-                node.keeper_renew(node.leave_running_deadline_ms());
-            }
+        // While `leave-running` instances may outlive the lease (the
+        // datastore is written), keep moving the keeper's hold deadline with
+        // each datastore write, even with no lease: the coordinator judges
+        // them by their lock files (`Node::keeper_renew`).
+        if datastore_ok && node.supervisor.leaves_running() {
+            let expiry_ms = node.lease.lock().unwrap().expires_at_ms().unwrap_or(now);
+            node.keeper_renew(expiry_ms);
         }
         // Pet the watchdog only while the lease allows running workloads:
         // a hung agent, or one cut off without leave-running, gets reset.

@@ -92,7 +92,13 @@ impl VmWatch {
         let mut m = self.instances.lock().unwrap();
         if let Some(i) = m
             .get_mut(&self.workload)
-            .filter(|i| i.generation == self.generation && i.vm_watch == Some(self.epoch))
+            // An instance being stopped is the agent's business now: the
+            // guest's shutdown is the one it asked for, not the guest's own.
+            .filter(|i| {
+                i.generation == self.generation
+                    && i.vm_watch == Some(self.epoch)
+                    && i.phase != crate::supervisor::Phase::Stopping
+            })
         {
             f(i);
         }

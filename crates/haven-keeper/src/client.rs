@@ -19,7 +19,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-use crate::message::{format_renew, MESSAGE_LEN_MAX};
+use crate::message::{format_renew, Renewal, MESSAGE_LEN_MAX};
 use crate::{monotonic_now_ms, KeeperError, LOCK_FILE, LOG_FILE, PID_FILE, SOCKET_FILE};
 
 /// How long `ensure_running` waits for a spawned keeper to hold the lock and
@@ -51,8 +51,18 @@ impl KeeperClient {
     /// `ConnectionRefused`) mean no keeper listens; `WouldBlock` means its
     /// queue is full (the keeper is stopped or hung).
     pub fn renew(&self, deadline_ms: u64) -> io::Result<()> {
+        self.renew_with_hold(deadline_ms, deadline_ms)
+    }
+
+    /// Like [`KeeperClient::renew`], with a later deadline `hold_ms` for the
+    /// instances the policy holds (`leave-running`).
+    pub fn renew_with_hold(&self, deadline_ms: u64, hold_ms: u64) -> io::Result<()> {
         let mut buf = [0u8; MESSAGE_LEN_MAX];
-        let message = format_renew(deadline_ms, &mut buf);
+        let renewal = Renewal {
+            deadline_ms,
+            hold_ms: hold_ms.max(deadline_ms),
+        };
+        let message = format_renew(renewal, &mut buf);
         self.socket.send_to(message, &self.socket_path)?;
         Ok(())
     }

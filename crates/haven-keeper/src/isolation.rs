@@ -37,8 +37,10 @@ struct Group {
 }
 
 /// Carry out the isolation response on every populated child of
-/// `cgroup_root`, following the policy in `data_dir`. Logs each step.
-pub(crate) fn respond(cgroup_root: &Path, data_dir: &Path) {
+/// `cgroup_root`, following the policy in `data_dir`; with `spare_held`,
+/// leave the instances the policy holds (their deadline is later). Logs each
+/// step.
+pub(crate) fn respond(cgroup_root: &Path, data_dir: &Path, spare_held: bool) {
     let started_ms = monotonic_now_ms();
     let groups = match populated_children(cgroup_root) {
         Ok(groups) => groups,
@@ -58,6 +60,15 @@ pub(crate) fn respond(cgroup_root: &Path, data_dir: &Path) {
         log!("{e}: powering off every instance");
         Policy::default()
     });
+    let (held, groups): (Vec<Group>, Vec<Group>) = groups
+        .into_iter()
+        .partition(|g| spare_held && policy.hold.contains(&g.name));
+    if !held.is_empty() {
+        log!(
+            "leave-running: left {} until the hold deadline",
+            names(&held)
+        );
+    }
     let (graceful, power_off): (Vec<Group>, Vec<Group>) = groups
         .into_iter()
         .partition(|g| policy.graceful.contains(&g.name));

@@ -19,7 +19,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::{umask, Mode};
 
 use crate::isolation::{populated, respond};
-use crate::message::{parse_renew, Refusal, MESSAGE_LEN_MAX};
+use crate::message::{parse_renew, Refusal, Renewal, MESSAGE_LEN_MAX};
 use crate::{log, monotonic_now_ms, KeeperConfig, KeeperError, LOCK_FILE, PID_FILE, SOCKET_FILE};
 
 /// Longest sleep even when disarmed or far from the deadline: a bounded wait
@@ -60,15 +60,38 @@ pub fn run(cfg: &KeeperConfig) -> Result<(), KeeperError> {
     result
 }
 
+/// What the keeper guards: the newest renewal, and whether the lease
+/// deadline has passed already (only held instances are left).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Armed {
+    renewal: Renewal,
+    lapsed: bool,
+}
+
+impl Armed {
+    /// When the keeper must act next.
+    fn next_ms(&self) -> u64 {
+        if self.lapsed {
+            self.renewal.hold_ms
+        } else {
+            self.renewal.deadline_ms
+        }
+    }
+}
+
 fn serve(cfg: &KeeperConfig, socket: &UnixDatagram, signals: &SignalFd) -> Result<(), KeeperError> {
-    let mut deadline_ms: Option<u64> = None;
+    let mut armed: Option<Armed> = None;
+    // The newest lease deadline acted on: a renewal that does not move past
+    // it only moves the hold (the agent keeps renewing a lapsed lease's
+    // held instances without a new lease).
+    let mut acted_ms: Option<u64> = None;
     let mut refusals = RefusalLog::default();
     // One byte over the limit, so an overlong datagram is seen as such.
     let mut buf = [0u8; MESSAGE_LEN_MAX + 1];
     loop {
         let now_ms = monotonic_now_ms();
-        let wait_ms = deadline_ms.map_or(WAKE_INTERVAL_MS, |d| {
-            d.saturating_sub(now_ms).min(WAKE_INTERVAL_MS)
+        let wait_ms = armed.map_or(WAKE_INTERVAL_MS, |a| {
+            a.next_ms().saturating_sub(now_ms).min(WAKE_INTERVAL_MS)
         });
         let mut fds = [
             PollFd::new(socket.as_fd(), PollFlags::POLLIN),
@@ -81,17 +104,28 @@ fn serve(cfg: &KeeperConfig, socket: &UnixDatagram, signals: &SignalFd) -> Resul
         }
         // Read renewals before judging the deadline: one sent in time must
         // count even if the keeper itself woke late.
-        receive(socket, &mut buf, &mut deadline_ms, &mut refusals);
-        if sigterm_accepted(signals, deadline_ms.is_some(), &cfg.cgroup_root) {
+        receive(socket, &mut buf, &mut armed, acted_ms, &mut refusals);
+        if sigterm_accepted(signals, armed.is_some(), &cfg.cgroup_root) {
             return Ok(());
         }
-        if let Some(expired_ms) = deadline_ms.filter(|&d| monotonic_now_ms() >= d) {
-            log!(
-                "lease deadline {expired_ms} ms passed without renewal: isolation response on {}",
-                cfg.cgroup_root.display()
-            );
-            respond(&cfg.cgroup_root, &cfg.data_dir);
-            deadline_ms = None;
+        let Some(a) = armed.filter(|a| monotonic_now_ms() >= a.next_ms()) else {
+            continue;
+        };
+        let spare_held = !a.lapsed && a.renewal.hold_ms > a.renewal.deadline_ms;
+        log!(
+            "{} {} ms passed without renewal: isolation response on {}",
+            if a.lapsed {
+                "hold deadline"
+            } else {
+                "lease deadline"
+            },
+            a.next_ms(),
+            cfg.cgroup_root.display()
+        );
+        respond(&cfg.cgroup_root, &cfg.data_dir, spare_held);
+        acted_ms = Some(a.renewal.deadline_ms);
+        armed = spare_held.then_some(Armed { lapsed: true, ..a });
+        if armed.is_none() {
             log!("disarmed until the next renew");
         }
     }
@@ -101,7 +135,8 @@ fn serve(cfg: &KeeperConfig, socket: &UnixDatagram, signals: &SignalFd) -> Resul
 fn receive(
     socket: &UnixDatagram,
     buf: &mut [u8; MESSAGE_LEN_MAX + 1],
-    deadline_ms: &mut Option<u64>,
+    armed: &mut Option<Armed>,
+    acted_ms: Option<u64>,
     refusals: &mut RefusalLog,
 ) {
     for _ in 0..RECV_BATCH_MAX {
@@ -113,12 +148,20 @@ fn receive(
         };
         let now_ms = monotonic_now_ms();
         match parse_renew(&buf[..len], now_ms) {
-            Ok(new_ms) => {
-                if deadline_ms.is_none() {
-                    let ahead_ms = new_ms as i64 - now_ms as i64;
-                    log!("armed: deadline {new_ms} ms, {ahead_ms} ms from now");
+            Ok(renewal) => {
+                let lapsed = acted_ms.is_some_and(|a| renewal.deadline_ms <= a);
+                if lapsed && renewal.hold_ms <= renewal.deadline_ms {
+                    // Nothing held and the lease already acted on.
+                    continue;
                 }
-                *deadline_ms = Some(new_ms);
+                if armed.is_none() {
+                    let ahead_ms = renewal.deadline_ms as i64 - now_ms as i64;
+                    log!(
+                        "armed: deadline {} ms, {ahead_ms} ms from now",
+                        renewal.deadline_ms
+                    );
+                }
+                *armed = Some(Armed { renewal, lapsed });
             }
             Err(refusal) => refusals.record(refusal, now_ms),
         }

@@ -1,4 +1,7 @@
-//! The agent → keeper wire format: one `renew <deadline_ms>` per datagram.
+//! The agent → keeper wire format: one `renew <deadline_ms> [<hold_ms>]`
+//! per datagram. `hold_ms` (at least the deadline) is how long instances the
+//! policy names `hold` (the `leave-running` response, while the host still
+//! writes its datastore) may outlive the deadline.
 //! Parsing and formatting work on fixed buffers, so the keeper's loop and the
 //! agent's heartbeat path never allocate for it.
 
@@ -48,43 +51,74 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// The new deadline carried by `datagram`, received at monotonic `now_ms`.
-/// A deadline in the past is valid: it means the lease has already lapsed.
-pub fn parse_renew(datagram: &[u8], now_ms: u64) -> Result<u64, Refusal> {
+/// A renewal: the lease deadline, and the later deadline of the instances
+/// the policy holds (equal to `deadline_ms` when none are held).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    pub deadline_ms: u64,
+    pub hold_ms: u64,
+}
+
+/// One decimal u64 of at most 20 digits.
+fn parse_ms(digits: &[u8]) -> Result<u64, Refusal> {
+    if digits.is_empty() || digits.len() > DEADLINE_DIGITS_MAX {
+        return Err(Refusal::Malformed);
+    }
+    let mut ms: u64 = 0;
+    for &byte in digits {
+        if !byte.is_ascii_digit() {
+            return Err(Refusal::Malformed);
+        }
+        ms = ms
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(byte - b'0')))
+            .ok_or(Refusal::Malformed)?;
+    }
+    Ok(ms)
+}
+
+/// The renewal carried by `datagram`, received at monotonic `now_ms`. A
+/// deadline in the past is valid: it means the lease has already lapsed. A
+/// hold earlier than the deadline is taken as the deadline.
+pub fn parse_renew(datagram: &[u8], now_ms: u64) -> Result<Renewal, Refusal> {
     if datagram.len() > MESSAGE_LEN_MAX {
         return Err(Refusal::Overlong {
             len_bytes: datagram.len(),
         });
     }
     let body = datagram.strip_suffix(b"\n").unwrap_or(datagram);
-    let digits = body.strip_prefix(RENEW_PREFIX).ok_or(Refusal::Malformed)?;
-    if digits.is_empty() || digits.len() > DEADLINE_DIGITS_MAX {
-        return Err(Refusal::Malformed);
-    }
-    let mut deadline_ms: u64 = 0;
-    for &byte in digits {
-        if !byte.is_ascii_digit() {
-            return Err(Refusal::Malformed);
+    let args = body.strip_prefix(RENEW_PREFIX).ok_or(Refusal::Malformed)?;
+    let (deadline, hold) = match args.iter().position(|&b| b == b' ') {
+        Some(i) => (&args[..i], Some(&args[i + 1..])),
+        None => (args, None),
+    };
+    let deadline_ms = parse_ms(deadline)?;
+    let hold_ms = match hold {
+        Some(h) => parse_ms(h)?.max(deadline_ms),
+        None => deadline_ms,
+    };
+    let limit_ms = now_ms.saturating_add(DEADLINE_AHEAD_MAX_MS);
+    for ms in [deadline_ms, hold_ms] {
+        if ms > limit_ms {
+            return Err(Refusal::TooFarAhead {
+                deadline_ms: ms,
+                now_ms,
+            });
         }
-        deadline_ms = deadline_ms
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(u64::from(byte - b'0')))
-            .ok_or(Refusal::Malformed)?;
     }
-    if deadline_ms > now_ms.saturating_add(DEADLINE_AHEAD_MAX_MS) {
-        return Err(Refusal::TooFarAhead {
-            deadline_ms,
-            now_ms,
-        });
-    }
-    Ok(deadline_ms)
+    Ok(Renewal {
+        deadline_ms,
+        hold_ms,
+    })
 }
 
-/// Writes `renew <deadline_ms>` into `buf`, returning the bytes to send.
-pub fn format_renew(deadline_ms: u64, buf: &mut [u8; MESSAGE_LEN_MAX]) -> &[u8] {
+/// Writes `renew <deadline_ms> <hold_ms>` into `buf`, returning the bytes
+/// to send.
+pub fn format_renew(renewal: Renewal, buf: &mut [u8; MESSAGE_LEN_MAX]) -> &[u8] {
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    // Cannot fail: the prefix plus 20 digits fits in MESSAGE_LEN_MAX bytes.
-    write!(cursor, "renew {deadline_ms}").expect("renew message fits its buffer");
+    // Cannot fail: the prefix plus two 20-digit numbers fits in 128 bytes.
+    write!(cursor, "renew {} {}", renewal.deadline_ms, renewal.hold_ms)
+        .expect("renew message fits its buffer");
     let len = usize::try_from(cursor.position()).expect("position within a 128-byte buffer");
     &buf[..len]
 }
@@ -97,14 +131,35 @@ mod tests {
 
     #[test]
     fn valid_renewals() {
-        assert_eq!(parse_renew(b"renew 1000400", NOW_MS), Ok(1_000_400));
-        assert_eq!(parse_renew(b"renew 1000400\n", NOW_MS), Ok(1_000_400));
+        let r = |d, h| {
+            Ok(Renewal {
+                deadline_ms: d,
+                hold_ms: h,
+            })
+        };
+        assert_eq!(
+            parse_renew(b"renew 1000400", NOW_MS),
+            r(1_000_400, 1_000_400)
+        );
+        assert_eq!(
+            parse_renew(b"renew 1000400\n", NOW_MS),
+            r(1_000_400, 1_000_400)
+        );
+        assert_eq!(
+            parse_renew(b"renew 1000400 1000900", NOW_MS),
+            r(1_000_400, 1_000_900)
+        );
+        // A hold before the deadline is the deadline.
+        assert_eq!(
+            parse_renew(b"renew 1000400 7", NOW_MS),
+            r(1_000_400, 1_000_400)
+        );
         // In the past: the lease has lapsed, the keeper acts at once.
-        assert_eq!(parse_renew(b"renew 5", NOW_MS), Ok(5));
+        assert_eq!(parse_renew(b"renew 5", NOW_MS), r(5, 5));
         let limit = NOW_MS + DEADLINE_AHEAD_MAX_MS;
         assert_eq!(
             parse_renew(format!("renew {limit}").as_bytes(), NOW_MS),
-            Ok(limit)
+            r(limit, limit)
         );
     }
 
@@ -116,6 +171,8 @@ mod tests {
             b"renew ",
             b"renew  5",
             b"renew 5 ",
+            b"renew 5 6 7",
+            b"renew 5 x",
             b"renew -5",
             b"renew 5x",
             b"Renew 5",
@@ -126,6 +183,18 @@ mod tests {
         ] {
             assert_eq!(parse_renew(bad, NOW_MS), Err(Refusal::Malformed), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_hold_too_far_ahead_is_refused() {
+        let hold_ms = NOW_MS + DEADLINE_AHEAD_MAX_MS + 1;
+        assert_eq!(
+            parse_renew(format!("renew {NOW_MS} {hold_ms}").as_bytes(), NOW_MS),
+            Err(Refusal::TooFarAhead {
+                deadline_ms: hold_ms,
+                now_ms: NOW_MS
+            })
+        );
     }
 
     #[test]
@@ -156,8 +225,12 @@ mod tests {
     fn format_round_trips() {
         let mut buf = [0; MESSAGE_LEN_MAX];
         for deadline_ms in [0, 1, 1_000_400, u64::MAX] {
-            let bytes = format_renew(deadline_ms, &mut buf).to_vec();
-            assert_eq!(parse_renew(&bytes, u64::MAX - 1), Ok(deadline_ms));
+            let r = Renewal {
+                deadline_ms,
+                hold_ms: deadline_ms,
+            };
+            let bytes = format_renew(r, &mut buf).to_vec();
+            assert_eq!(parse_renew(&bytes, u64::MAX - 1), Ok(r));
         }
     }
 }

@@ -8,8 +8,11 @@
 //! shutdown_timeout_ms 30000
 //! graceful web@7
 //! graceful db@3
+//! hold files@2
 //! ```
 //! Every instance not named `graceful` is powered off (killed at once).
+//! `hold` instances (the `leave-running` response) are left until the
+//! renewal's hold deadline rather than the lease deadline.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -32,6 +35,9 @@ pub struct Policy {
     /// Cgroup directory names (`workload@generation`) whose isolation
     /// response is the graceful `shutdown`.
     pub graceful: BTreeSet<String>,
+    /// Cgroup directory names whose isolation response is `leave-running`:
+    /// acted on at the hold deadline.
+    pub hold: BTreeSet<String>,
 }
 
 impl Policy {
@@ -39,14 +45,20 @@ impl Policy {
     /// rename, fsync of the directory), so the keeper never reads half a file.
     pub fn write_atomic(data_dir: &Path, policy: &Policy) -> io::Result<()> {
         let mut text = format!("shutdown_timeout_ms {}\n", policy.shutdown_timeout_ms);
-        for name in &policy.graceful {
+        let lines = policy
+            .graceful
+            .iter()
+            .map(|n| ("graceful", n))
+            .chain(policy.hold.iter().map(|n| ("hold", n)));
+        for (kind, name) in lines {
             if !is_cgroup_name(name) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("graceful instance {name:?} is not a single cgroup directory name"),
+                    format!("{kind} instance {name:?} is not a single cgroup directory name"),
                 ));
             }
-            text.push_str("graceful ");
+            text.push_str(kind);
+            text.push(' ');
             text.push_str(name);
             text.push('\n');
         }
@@ -84,6 +96,7 @@ impl Policy {
         };
         let mut shutdown_timeout_ms = None;
         let mut graceful = BTreeSet::new();
+        let mut hold = BTreeSet::new();
         for (index, line) in text.lines().enumerate() {
             let line_number = index + 1;
             match line.split_once(' ') {
@@ -96,6 +109,9 @@ impl Policy {
                 Some(("graceful", name)) if is_cgroup_name(name) => {
                     graceful.insert(name.to_owned());
                 }
+                Some(("hold", name)) if is_cgroup_name(name) => {
+                    hold.insert(name.to_owned());
+                }
                 _ if line.is_empty() => {}
                 _ => return Err(corrupt(line_number, format!("unknown line {line:?}"))),
             }
@@ -105,6 +121,7 @@ impl Policy {
         Ok(Policy {
             shutdown_timeout_ms,
             graceful,
+            hold,
         })
     }
 }
@@ -130,6 +147,7 @@ mod tests {
         let policy = Policy {
             shutdown_timeout_ms: 2000,
             graceful: ["a@1".to_owned(), "web@12".to_owned()].into(),
+            hold: ["files@3".to_owned()].into(),
         };
         Policy::write_atomic(dir.path(), &policy).unwrap();
         assert_eq!(Policy::read(dir.path()).unwrap(), policy);
@@ -191,6 +209,7 @@ mod tests {
     fn names_that_would_corrupt_the_file_are_not_written() {
         let dir = tempfile::tempdir().unwrap();
         let policy = Policy {
+            hold: Default::default(),
             shutdown_timeout_ms: 10,
             graceful: ["a@1\nshutdown_timeout_ms 0".to_owned()].into(),
         };

@@ -223,6 +223,7 @@ fn graceful_instances_get_sigterm_then_kill_after_the_shutdown_timeout() {
     let policy = Policy {
         shutdown_timeout_ms: 2_000,
         graceful: ["a@1".to_owned()].into(),
+        hold: Default::default(),
     };
     Policy::write_atomic(s.data_dir(), &policy).unwrap();
     let honours_term = s.spawn("a@1", "exec sleep infinity");
@@ -323,4 +324,35 @@ fn sigterm_is_refused_while_armed_with_running_workloads() {
     assert!(!s.data_dir().join(haven_keeper::SOCKET_FILE).exists());
     let err = client.renew(monotonic_now_ms() + 400).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+}
+
+#[test]
+fn held_instances_outlive_the_lease_deadline_until_the_hold_deadline() {
+    let _serial = serial();
+    let mut s = Scratch::new("hold");
+    let policy = Policy {
+        shutdown_timeout_ms: 0,
+        graceful: Default::default(),
+        hold: ["a@1".to_owned()].into(),
+    };
+    Policy::write_atomic(s.data_dir(), &policy).unwrap();
+    let held = s.spawn("a@1", "exec sleep infinity");
+    let power_off = s.spawn("b@2", "exec sleep infinity");
+    s.start_keeper();
+    let client = KeeperClient::new(s.data_dir()).unwrap();
+    let deadline_ms = monotonic_now_ms() + 300;
+    let hold_ms = deadline_ms + 1_000;
+    client.renew_with_hold(deadline_ms, hold_ms).unwrap();
+    let died_ms = s
+        .death_ms(power_off, deadline_ms + ACT_WITHIN_MS)
+        .expect("the power-off instance is killed at the lease deadline");
+    assert!(died_ms >= deadline_ms);
+    assert!(
+        s.alive(held),
+        "the held instance outlives the lease deadline"
+    );
+    let died_ms = s
+        .death_ms(held, hold_ms + ACT_WITHIN_MS)
+        .expect("the held instance is killed at the hold deadline");
+    assert!(died_ms >= hold_ms, "killed {} ms early", hold_ms - died_ms);
 }

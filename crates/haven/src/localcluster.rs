@@ -238,6 +238,10 @@ impl LocalCluster {
         self.kill_agent(name);
         let _ = root.kill();
         let _ = root.freeze(false);
+        // Its lease keeper lives beside the workloads' group: gone too.
+        let mut keeper = self.host(name).cgroup_root.clone().into_os_string();
+        keeper.push("-keeper");
+        let _ = haven_drivers::Cgroup::open(std::path::PathBuf::from(keeper)).kill();
     }
 
     /// `haven <args>` against `server`, returning stdout; error with stderr.

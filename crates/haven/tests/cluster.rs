@@ -244,22 +244,40 @@ fn apply_is_idempotent_updates_and_deletes() {
     // Change one spec and drop the other from the file.
     let changed = sleeper("change", "high").replace("memory_mib = 128", "memory_mib = 200");
     let file2 = write(&c.dir, "w2.toml", &changed);
-    let out = c.cli(&server, &["apply", "-f", &file2]).unwrap();
-    assert!(out.contains("change updated"), "{out}");
-    let s = c
-        .wait_for("change restarted", WAIT, |s| {
-            let w = workload(s, "change");
-            all_running(s, 2) && w.memory_mib == 200 && w.generation > first
-        })
+    let out = c
+        .cli(
+            &server,
+            &["apply", "-f", &file2, "--wait", "--timeout-s", "60"],
+        )
         .unwrap();
+    assert!(out.contains("change updated"), "{out}");
+    // It still fits its host: restarted in place, and --wait saw it run.
+    assert!(out.contains("change: restarting in place on"), "{out}");
+    assert!(out.contains("running: change"), "{out}");
+    let s = c.status(&server).unwrap();
+    let w = workload(&s, "change");
+    assert!(w.state == "running" && w.memory_mib == 200 && w.generation > first);
+    assert!(
+        s.hosts
+            .iter()
+            .all(|h| h.protection.contains(&"keeper".to_string())),
+        "every host is guarded by its lease keeper: {:?}",
+        s.hosts.iter().map(|h| &h.protection).collect::<Vec<_>>()
+    );
     assert_eq!(
         workload(&s, "keep").pid,
         keep_pid,
         "removed from the file is not deleted"
     );
-    c.cli(&server, &["delete", "keep"]).unwrap();
-    c.wait_for("keep gone", WAIT, |s| s.workloads.len() == 1)
-        .unwrap();
+    let out = c.cli(&server, &["delete", "keep", "--wait"]).unwrap();
+    assert!(
+        out.contains("deleted keep; stopping generation") && out.contains("keep stopped"),
+        "{out}"
+    );
+    c.wait_for("keep gone", WAIT, |s| {
+        s.workloads.len() == 1 && s.stopping.is_empty()
+    })
+    .unwrap();
     let deadline = std::time::Instant::now() + WAIT;
     while !instances_of(&c, "keep").is_empty() {
         assert!(
