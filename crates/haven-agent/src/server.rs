@@ -110,6 +110,20 @@ async fn forward<B: Serialize>(
     }
 }
 
+/// `None` when this host leads and answers a POST itself; otherwise the
+/// leader's answer to it (forwarded once).
+async fn unless_leader<B: Serialize>(
+    node: &Node,
+    headers: &HeaderMap,
+    path: &str,
+    body: &B,
+) -> Option<Reply> {
+    if node.is_leader() {
+        return None;
+    }
+    Some(forward(node, headers, reqwest::Method::POST, path, Some(body)).await)
+}
+
 async fn propose(node: &Node, cmd: Command) -> Result<CommandResult, Reply> {
     let Some(c) = &node.consensus else {
         return Err(not_leader(node));
@@ -133,15 +147,8 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::bod
         Ok(r) => r,
         Err(r) => return r,
     };
-    if !node.is_leader() {
-        return forward(
-            &node,
-            &headers,
-            reqwest::Method::POST,
-            "/v1/join",
-            Some(&req),
-        )
-        .await;
+    if let Some(r) = unless_leader(&node, &headers, "/v1/join", &req).await {
+        return r;
     }
     let c = node.consensus.as_ref().expect("leader has consensus");
     let (cluster_id, secret, voters, known) = c.read(|s| {
@@ -249,15 +256,8 @@ async fn promote(
         Ok(r) => r,
         Err(r) => return r,
     };
-    if !node.is_leader() {
-        return forward(
-            &node,
-            &headers,
-            reqwest::Method::POST,
-            "/v1/promote",
-            Some(&req),
-        )
-        .await;
+    if let Some(r) = unless_leader(&node, &headers, "/v1/promote", &req).await {
+        return r;
     }
     let c = node.consensus.as_ref().expect("leader has consensus");
     let (cluster_id, secret, host) = c.read(|s| {
@@ -483,15 +483,8 @@ async fn set_settings(
         Ok(r) => r,
         Err(r) => return r,
     };
-    if !node.is_leader() {
-        return forward(
-            &node,
-            &headers,
-            reqwest::Method::POST,
-            "/v1/settings",
-            Some(&req),
-        )
-        .await;
+    if let Some(r) = unless_leader(&node, &headers, "/v1/settings", &req).await {
+        return r;
     }
     if req.set.is_empty() || req.set.len() > haven_core::settings::KEYS.len() {
         return error(
@@ -645,15 +638,8 @@ async fn apply(
         Ok(r) => r,
         Err(r) => return r,
     };
-    if !node.is_leader() {
-        return forward(
-            &node,
-            &headers,
-            reqwest::Method::POST,
-            "/v1/apply",
-            Some(&req),
-        )
-        .await;
+    if let Some(r) = unless_leader(&node, &headers, "/v1/apply", &req).await {
+        return r;
     }
     // Re-validate: the API is reachable without the CLI.
     let datastore = node
@@ -763,15 +749,8 @@ async fn delete(
         Ok(r) => r,
         Err(r) => return r,
     };
-    if !node.is_leader() {
-        return forward(
-            &node,
-            &headers,
-            reqwest::Method::POST,
-            "/v1/delete",
-            Some(&req),
-        )
-        .await;
+    if let Some(r) = unless_leader(&node, &headers, "/v1/delete", &req).await {
+        return r;
     }
     match propose(
         &node,
