@@ -94,6 +94,10 @@ pub struct Desired {
     pub generation: Generation,
     /// Effective isolation response (the spec's, or the cluster's).
     pub isolation: IsolationResponse,
+    /// A host the cluster has established no longer runs this workload
+    /// (see `WorkloadRecord::released_by`).
+    #[serde(default)]
+    pub released_by: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

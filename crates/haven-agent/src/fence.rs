@@ -40,10 +40,13 @@ async fn run(dev: &FenceDevice, action: &str, timeout: Duration) -> Result<i32, 
         input.push_str(&format!("{k}={v}\n"));
     }
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .await
-            .map_err(|e| format!("writing to fence agent {}: {e}", dev.agent))?;
+        // An agent that exits before reading its input (EPIPE) is judged by
+        // its exit status below, like any other.
+        if let Err(e) = stdin.write_all(input.as_bytes()).await {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                return Err(format!("writing to fence agent {}: {e}", dev.agent));
+            }
+        }
     }
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => Ok(out.status.code().unwrap_or(-1)),

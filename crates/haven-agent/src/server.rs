@@ -346,6 +346,7 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
                 spec: w.spec.clone(),
                 generation: a.generation,
                 isolation: s.isolation_response(&w.spec),
+                released_by: w.released_by.clone(),
             })
             .collect();
         (known, desired, s.settings.clone(), s.revision)

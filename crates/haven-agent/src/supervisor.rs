@@ -583,7 +583,8 @@ impl Supervisor {
                 command.clone()
             }
             WorkloadKind::Vm(vm) => {
-                let verdict = self.disk_lock_check(workload, generation, now_ms);
+                let verdict =
+                    self.disk_lock_check(workload, generation, d.released_by.as_deref(), now_ms);
                 if verdict != LockVerdict::Start {
                     let entry = map
                         .entry(workload.to_owned())
@@ -680,7 +681,13 @@ impl Supervisor {
 
     /// Disk safety before a VM start (no datastore: nothing to check).
     /// A probe of a foreign lock in progress answers `Probe` until it is due.
-    fn disk_lock_check(&self, workload: &str, generation: Generation, now_ms: u64) -> LockVerdict {
+    fn disk_lock_check(
+        &self,
+        workload: &str,
+        generation: Generation,
+        released_by: Option<&str>,
+        now_ms: u64,
+    ) -> LockVerdict {
         let Some(ds) = self.datastore.as_ref() else {
             return LockVerdict::Start;
         };
@@ -694,6 +701,7 @@ impl Supervisor {
             current.as_ref(),
             &self.host,
             generation,
+            released_by,
             probe.map(|(s, _)| s),
         );
         match &verdict {

@@ -48,6 +48,7 @@ pub fn lock_verdict(
     current: Option<&Record>,
     me: &str,
     generation: Generation,
+    released_by: Option<&str>,
     probe: Option<u64>,
 ) -> LockVerdict {
     let Some(r) = current else {
@@ -55,6 +56,12 @@ pub fn lock_verdict(
     };
     let theirs = r.generation.unwrap_or(Generation(0));
     if r.host == me {
+        return LockVerdict::Start;
+    }
+    // The cluster established that this host's older instance is gone
+    // (stopped, or its host failed or fenced under the lease rules): its
+    // lock is a leftover, no need to watch it.
+    if released_by == Some(r.host.as_str()) && theirs < generation {
         return LockVerdict::Start;
     }
     // Another host's lock, whatever its generation: start only once it is
@@ -294,13 +301,49 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_left_by_a_host_the_cluster_released_does_not_block() {
+        // Failover after a host failure: no probe needed.
+        assert_eq!(
+            lock_verdict(
+                Some(&rec("h2", 1, 5)),
+                "h1",
+                Generation(2),
+                Some("h2"),
+                None
+            ),
+            LockVerdict::Start
+        );
+        // Not for another host's lock, nor a newer generation.
+        assert!(matches!(
+            lock_verdict(
+                Some(&rec("h3", 1, 5)),
+                "h1",
+                Generation(2),
+                Some("h2"),
+                None
+            ),
+            LockVerdict::Probe { .. }
+        ));
+        assert!(matches!(
+            lock_verdict(
+                Some(&rec("h2", 3, 5)),
+                "h1",
+                Generation(2),
+                Some("h2"),
+                None
+            ),
+            LockVerdict::Probe { .. }
+        ));
+    }
+
+    #[test]
     fn own_or_missing_locks_do_not_block() {
         assert_eq!(
-            lock_verdict(None, "h1", Generation(2), None),
+            lock_verdict(None, "h1", Generation(2), None, None),
             LockVerdict::Start
         );
         assert_eq!(
-            lock_verdict(Some(&rec("h1", 3, 5)), "h1", Generation(2), None),
+            lock_verdict(Some(&rec("h1", 3, 5)), "h1", Generation(2), None, None),
             LockVerdict::Start
         );
     }
@@ -311,21 +354,21 @@ mod tests {
         // while that host could still be powering the VM down.
         let old = rec("h2", 1, 5);
         assert_eq!(
-            lock_verdict(Some(&old), "h1", Generation(2), None),
+            lock_verdict(Some(&old), "h1", Generation(2), None, None),
             LockVerdict::Probe { seq: 5 }
         );
         // Still refreshed: wait and look again.
         assert_eq!(
-            lock_verdict(Some(&rec("h2", 1, 6)), "h1", Generation(2), Some(5)),
+            lock_verdict(Some(&rec("h2", 1, 6)), "h1", Generation(2), None, Some(5)),
             LockVerdict::Probe { seq: 6 }
         );
         // Released or stale: start.
         assert_eq!(
-            lock_verdict(Some(&old), "h1", Generation(2), Some(5)),
+            lock_verdict(Some(&old), "h1", Generation(2), None, Some(5)),
             LockVerdict::Start
         );
         assert_eq!(
-            lock_verdict(None, "h1", Generation(2), Some(5)),
+            lock_verdict(None, "h1", Generation(2), None, Some(5)),
             LockVerdict::Start
         );
     }
@@ -334,18 +377,18 @@ mod tests {
     fn a_newer_or_equal_lock_is_probed_and_refused_if_alive() {
         let r = rec("h2", 2, 5);
         assert_eq!(
-            lock_verdict(Some(&r), "h1", Generation(2), None),
+            lock_verdict(Some(&r), "h1", Generation(2), None, None),
             LockVerdict::Probe { seq: 5 }
         );
         // Its holder kept writing: alive.
-        let v = lock_verdict(Some(&rec("h2", 2, 6)), "h1", Generation(2), Some(5));
+        let v = lock_verdict(Some(&rec("h2", 2, 6)), "h1", Generation(2), None, Some(5));
         assert!(
             matches!(v, LockVerdict::Refuse(ref m) if m.contains("live host h2")),
             "{v:?}"
         );
         // Nobody wrote it since: stale.
         assert_eq!(
-            lock_verdict(Some(&r), "h1", Generation(2), Some(5)),
+            lock_verdict(Some(&r), "h1", Generation(2), None, Some(5)),
             LockVerdict::Start
         );
     }

@@ -30,6 +30,11 @@ pub struct WorkloadRecord {
     /// placer avoids them until the spec changes.
     #[serde(default)]
     pub failed_hosts: Vec<String>,
+    /// The host whose instance the cluster has established is gone (stop
+    /// confirmed, or the host failed or fenced under the lease rules): its
+    /// leftover disk lock need not be watched before the next start.
+    #[serde(default)]
+    pub released_by: Option<String>,
 }
 
 /// An instance taken off its host that may still run there: the workload's
@@ -385,6 +390,7 @@ impl ClusterState {
                         continue;
                     }
                     let host = w.assignment.take().map(|a| a.host).unwrap_or_default();
+                    w.released_by = Some(host.clone());
                     w.pending_reason = Some(reason.clone());
                     self.event(*at_ms, format!("unassigned {name} from {host}: {reason}"));
                 }
@@ -426,6 +432,7 @@ impl ClusterState {
                     if w.assignment.is_none() {
                         w.pending_reason = Some("waiting for placement".into());
                     }
+                    w.released_by = Some(st.host.clone());
                 }
                 self.event(
                     *at_ms,
@@ -582,6 +589,7 @@ impl ClusterState {
                                     .unwrap_or_else(|| "waiting for placement".into()),
                             ),
                             failed_hosts: vec![],
+                            released_by: None,
                         },
                     );
                     created.push(spec.name.clone());
