@@ -18,6 +18,19 @@ fn main() {
         }
         return;
     }
+    // A client command whose reader leaves (`haven events | head`) ends
+    // quietly, as other command-line tools do, instead of panicking on the
+    // closed pipe. The agent keeps SIGPIPE ignored: its sockets report
+    // errors instead.
+    if !matches!(args.command, cli::Cmd::Agent(_) | cli::Cmd::Demo(_)) {
+        // SAFETY: restoring the default disposition runs no handler code.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

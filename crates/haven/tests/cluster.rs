@@ -289,3 +289,43 @@ fn apply_is_idempotent_updates_and_deletes() {
     let err = c.cli(&server, &["delete", "keep"]).unwrap_err().to_string();
     assert!(err.contains("no workload named \"keep\""), "{err}");
 }
+
+/// Issue 8 (smaller findings): an agent writing its log to a file writes
+/// no colour codes, and `haven events | head -1` ends quietly instead of
+/// panicking on the closed pipe.
+#[test]
+fn logs_to_a_file_are_plain_and_a_closed_pipe_ends_the_cli_quietly() {
+    let c = three_managers("plain");
+    let log = std::fs::read_to_string(&c.host("h1").log).unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+    // `events --follow | head -1`: head leaves after the first line; the
+    // next event makes the CLI write into the closed pipe.
+    let server = c.host("h1").address();
+    let mut pipeline = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} --server {server} events --follow | head -1 >/dev/null",
+            exe().display()
+        ))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_000));
+    c.cli(&server, &["settings", "set", "restart_grace_ms=5000"])
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pipeline.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = pipeline.kill();
+            panic!("`haven events --follow` kept running after its reader left");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = pipeline.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
