@@ -12,13 +12,6 @@ use haven_testbed::Testbed;
 use serde_json::Value;
 use std::time::Duration;
 
-const FOUR: &[(&str, &str)] = &[
-    ("w1", "highest"),
-    ("w2", "high"),
-    ("w3", "medium"),
-    ("w4", "low"),
-];
-
 /// The host's workloads are stopped by its keeper, then run elsewhere,
 /// once each: the old instances' last ticks precede the new first ticks.
 fn moved_once(bed: &mut Testbed, s: &Value, victim: &str) {

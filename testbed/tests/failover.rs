@@ -10,13 +10,6 @@ use haven_testbed::{check_witness, Testbed};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const FOUR: &[(&str, &str)] = &[
-    ("w1", "highest"),
-    ("w2", "high"),
-    ("w3", "medium"),
-    ("w4", "low"),
-];
-
 #[test]
 fn host_crash_restarts_its_workloads_elsewhere_once() {
     let mut bed = start(3, |_| {});

@@ -10,13 +10,6 @@ use common::*;
 use haven_testbed::Testbed;
 use serde_json::Value;
 
-const FOUR: &[(&str, &str)] = &[
-    ("w1", "highest"),
-    ("w2", "high"),
-    ("w3", "medium"),
-    ("w4", "low"),
-];
-
 fn log_of(bed: &Testbed, host: &str) -> String {
     std::fs::read_to_string(bed.log_path(host)).unwrap_or_default()
 }

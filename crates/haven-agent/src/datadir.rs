@@ -251,6 +251,30 @@ mod tests {
     }
 
     #[test]
+    fn cached_settings_round_trip_and_corrupt_or_invalid_ones_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::open(dir.path()).unwrap();
+        assert_eq!(d.read_settings(), None);
+        let s = haven_core::model::ClusterSettings::default();
+        d.write_settings(&s).unwrap();
+        assert_eq!(d.read_settings(), Some(s.clone()));
+        fs::write(dir.path().join(SETTINGS_FILE), "{half").unwrap();
+        assert_eq!(
+            d.read_settings(),
+            None,
+            "corrupt: the coordinator's word will do"
+        );
+        let mut bad = s;
+        bad.timing.lease_ms = 1;
+        fs::write(
+            dir.path().join(SETTINGS_FILE),
+            serde_json::to_string(&bad).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(d.read_settings(), None, "out of range: not trusted");
+    }
+
+    #[test]
     fn second_open_is_refused_and_corrupt_identity_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let d = DataDir::open(dir.path()).unwrap();

@@ -377,7 +377,7 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
             haven_core::coordinator::HostReport {
                 applied_revision: req.applied_revision,
                 observed: req.observed,
-                stopped: req.stopped,
+                stopped: bounded_stops(req.stopped),
             },
         );
     }
@@ -416,6 +416,27 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
         settings,
     })
     .into_response()
+}
+
+/// Most recent stops taken from one report, and the longest account of one
+/// kept (it ends up in an event): a peer's report is bounded before use.
+const STOPS_REPORTED_MAX: usize = 32;
+const STOP_HOW_LEN_MAX: usize = 200;
+
+fn bounded_stops(mut stopped: Vec<haven_core::model::Stopped>) -> Vec<haven_core::model::Stopped> {
+    let excess = stopped.len().saturating_sub(STOPS_REPORTED_MAX);
+    stopped.drain(..excess);
+    for s in &mut stopped {
+        if s.how.len() > STOP_HOW_LEN_MAX {
+            let cut = (0..=STOP_HOW_LEN_MAX)
+                .rev()
+                .find(|i| s.how.is_char_boundary(*i))
+                .unwrap_or(0);
+            s.how.truncate(cut);
+            s.how.push('…');
+        }
+    }
+    stopped
 }
 
 /// A gracefully stopping agent: commit its restart grace, then count its
@@ -860,4 +881,26 @@ fn check_vm_files(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use haven_core::model::{Generation, Stopped};
+
+    #[test]
+    fn a_peers_report_of_stops_is_bounded() {
+        let stop = |i: u64, how: String| Stopped {
+            workload: format!("w{i}"),
+            generation: Generation(i),
+            how,
+        };
+        let many: Vec<Stopped> = (0..1_000).map(|i| stop(i, "ok".into())).collect();
+        let kept = bounded_stops(many);
+        assert_eq!(kept.len(), STOPS_REPORTED_MAX);
+        assert_eq!(kept.last().unwrap().workload, "w999", "the newest are kept");
+        let long = bounded_stops(vec![stop(1, "é".repeat(10_000))]);
+        assert!(long[0].how.len() <= STOP_HOW_LEN_MAX + '…'.len_utf8());
+        assert!(long[0].how.ends_with('…'));
+    }
 }

@@ -273,3 +273,11 @@ pub fn mono_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
+
+/// Four witness workloads, one per priority that moves.
+pub const FOUR: &[(&str, &str)] = &[
+    ("w1", "highest"),
+    ("w2", "high"),
+    ("w3", "medium"),
+    ("w4", "low"),
+];
