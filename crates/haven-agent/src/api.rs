@@ -84,6 +84,10 @@ pub struct HeartbeatRequest {
     /// Instances it stopped recently, and how each ended.
     #[serde(default)]
     pub stopped: Vec<haven_core::model::Stopped>,
+    /// What is wrong on the host (its datastore unavailable, its data dir
+    /// full, its Raft store failed): shown as `degraded` with the reasons.
+    #[serde(default)]
+    pub problems: Vec<String>,
     pub observed: Vec<Observed>,
 }
 
@@ -196,8 +200,9 @@ pub struct HostStatus {
     pub name: String,
     pub address: String,
     pub role: Role,
-    /// `online`, `suspect`, `isolated`, `failed`, `fenced`, or `unknown`
-    /// (not heard from yet by this coordinator).
+    /// `online`, `degraded` (online, with `problems`), `suspect`,
+    /// `isolated`, `failed`, `fenced`, or `unknown` (not heard from yet by
+    /// this coordinator).
     pub state: String,
     pub capacity: Capacity,
     pub allocated: Capacity,
@@ -208,6 +213,9 @@ pub struct HostStatus {
     /// `watchdog`, `fence` (empty: unknown or none).
     #[serde(default)]
     pub protection: Vec<String>,
+    /// Why the host is `degraded`, as its last heartbeat said.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

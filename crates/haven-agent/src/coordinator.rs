@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::datastore::{Datastore, Freshness};
+use crate::datastore::{op_timeout, DatastoreIo, Freshness, Record};
 use crate::node::Node;
 
 /// State of one term of office; dropped when leadership moves.
@@ -24,6 +24,8 @@ pub struct Office {
     boots: BTreeMap<String, String>,
     /// host → whether its lease keeper answered, as last reported.
     pub keepers: BTreeMap<String, bool>,
+    /// host → what is wrong there, as last reported (bounded).
+    pub problems: BTreeMap<String, Vec<String>>,
     /// Send time (own monotonic clock) of the newest leadership
     /// confirmation round a majority answered in this term.
     confirmed_at_ms: Option<u64>,
@@ -42,6 +44,9 @@ pub struct Office {
     restarts_seen: BTreeMap<String, (Generation, u32)>,
     /// Instances in `stopping` whose first stop step was already reported.
     stop_steps_seen: BTreeSet<(String, Generation)>,
+    /// Lock files held as fresh only because the datastore could not be
+    /// read (already said in an event).
+    locks_unread: BTreeSet<String>,
 }
 
 impl Office {
@@ -52,6 +57,7 @@ impl Office {
             reports: BTreeMap::new(),
             boots: BTreeMap::new(),
             keepers: BTreeMap::new(),
+            problems: BTreeMap::new(),
             confirmed_at_ms: None,
             last_obs: BTreeMap::new(),
             last_state: BTreeMap::new(),
@@ -63,6 +69,7 @@ impl Office {
             placed: BTreeMap::new(),
             restarts_seen: BTreeMap::new(),
             stop_steps_seen: BTreeSet::new(),
+            locks_unread: BTreeSet::new(),
         }
     }
 
@@ -94,13 +101,47 @@ impl Office {
         self.reports.get(host).map(|r| r.observed.as_slice())
     }
 
-    /// State to show for `host`: `unknown` until heard from or given up on.
+    /// State to show for `host`: `unknown` until heard from or given up on;
+    /// `degraded` when online with problems.
     pub fn shown_state(&self, host: &str) -> &'static str {
         match (self.last_obs.get(host), self.last_state.get(host)) {
+            (Some(_), Some(HostState::Online))
+                if self.problems.get(host).is_some_and(|p| !p.is_empty()) =>
+            {
+                "degraded"
+            }
             (Some(o), Some(s)) if o.heard || *s != HostState::Online => s.as_str(),
             _ => "unknown",
         }
     }
+
+    /// Record what `host` reports wrong; returns the new list if it changed.
+    pub fn on_problems(&mut self, host: &str, problems: Vec<String>) -> Option<Vec<String>> {
+        let problems: Vec<String> = problems
+            .into_iter()
+            .take(PROBLEMS_MAX)
+            .map(|p| bounded_text(p, PROBLEM_TEXT_MAX))
+            .collect();
+        let old = self.problems.insert(host.to_owned(), problems.clone());
+        (old.unwrap_or_default() != problems).then_some(problems)
+    }
+}
+
+/// How many problems a host may report, and how long each may be.
+const PROBLEMS_MAX: usize = 8;
+const PROBLEM_TEXT_MAX: usize = 300;
+
+/// `text` cut to at most `max` bytes (at a character boundary).
+pub fn bounded_text(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// The office for `term`, created if leadership is new.
@@ -169,12 +210,11 @@ pub async fn run(node: Arc<Node>) {
     let Some(consensus) = node.consensus.clone() else {
         return;
     };
-    let datastore = node
-        .cfg
-        .datastore
-        .as_ref()
-        .and_then(|p| Datastore::open(p).ok());
+    let datastore = node.datastore.clone();
     tokio::spawn(confirm_leadership(node.clone()));
+    if let Some(io) = &datastore {
+        tokio::spawn(read_datastore(node.clone(), io.clone()));
+    }
     let mut interval_ms = 0;
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     loop {
@@ -195,6 +235,12 @@ pub async fn run(node: Arc<Node>) {
         }
         let at_ms = node.clock.wall_ms();
         let mut fence_jobs = vec![];
+        // What the datastore reader last read, if recent enough to judge by.
+        let reads = datastore
+            .as_ref()
+            .map(|io| io.reads.lock().unwrap().clone());
+        let read_problem = datastore.as_ref().and_then(|io| io.read_problem());
+        let mut wanted = BTreeSet::new();
         let (cmds, announce, wait_ms) = {
             let mut slot = node.office.lock().unwrap();
             let office = office_for(&mut slot, term, now);
@@ -234,9 +280,14 @@ pub async fn run(node: Arc<Node>) {
                     }
                     let key = format!("host:{name}");
                     if silence_ms >= timing.suspect_after_ms {
-                        if let Some(ds) = &datastore {
-                            let seq = ds.read_heartbeat(name).map(|r| r.seq);
-                            o.datastore_alive = office.freshness.observe(&key, seq, now, timing.lease_ms);
+                        if let Some(reads) = &reads {
+                            wanted.insert(key.clone());
+                            // Unreadable: not shown alive (only the shown
+                            // state depends on it; lock files decide).
+                            if let Some((rec, at)) = recent_read(reads, &key, now, &timing) {
+                                let seq = rec.as_ref().map(|r| r.seq);
+                                o.datastore_alive = office.freshness.observe(&key, seq, at, timing.lease_ms);
+                            }
                         }
                     } else {
                         office.freshness.forget(&key);
@@ -271,14 +322,36 @@ pub async fn run(node: Arc<Node>) {
                     let Some(a) = &w.assignment else { continue };
                     let o = hosts.get(&a.host).copied().unwrap_or_default();
                     let key = format!("lock:{}", w.spec.name);
-                    if let (Some(ds), true) = (&datastore, o.state(&timing) != HostState::Online) {
+                    if let (Some(reads), true) = (&reads, o.state(&timing) != HostState::Online) {
                         if state.isolation_response(&w.spec) == IsolationResponse::LeaveRunning {
-                            let seq = ds
-                                .read_lock(&w.spec.name)
-                                .filter(|r| r.host == a.host && r.generation == Some(a.generation))
-                                .map(|r| r.seq);
-                            if office.freshness.observe(&key, seq, now, timing.lease_ms) {
-                                fresh_locks.insert((w.spec.name.clone(), a.generation));
+                            wanted.insert(key.clone());
+                            match recent_read(reads, &key, now, &timing) {
+                                Some((rec, at)) => {
+                                    office.locks_unread.remove(&key);
+                                    let seq = rec
+                                        .filter(|r| r.host == a.host && r.generation == Some(a.generation))
+                                        .map(|r| r.seq);
+                                    if office.freshness.observe_lock(&key, seq, at, timing.lease_ms) {
+                                        fresh_locks.insert((w.spec.name.clone(), a.generation));
+                                    }
+                                }
+                                // Cannot tell whether its host still holds
+                                // it: it stays there (never twice).
+                                None => {
+                                    fresh_locks.insert((w.spec.name.clone(), a.generation));
+                                    if o.silence_ms >= o.failed_after_ms(&timing) && office.locks_unread.insert(key.clone()) {
+                                        cmds.push(Command::RecordEvent {
+                                            message: format!(
+                                                "{} stays assigned to {} (leave-running): the datastore cannot be read ({}), so whether {} still holds it is unknown",
+                                                w.spec.name,
+                                                a.host,
+                                                read_problem.clone().unwrap_or_else(|| "no recent read".into()),
+                                                a.host
+                                            ),
+                                            at_ms,
+                                        });
+                                    }
+                                }
                             }
                         }
                     } else {
@@ -359,6 +432,9 @@ pub async fn run(node: Arc<Node>) {
                 (cmds, announce, wait_ms)
             })
         };
+        if let Some(io) = &datastore {
+            *io.wanted.lock().unwrap() = wanted;
+        }
         for (host, dev, silence_ms) in fence_jobs {
             tokio::spawn(fence(node.clone(), term, host, dev, silence_ms));
         }
@@ -389,6 +465,72 @@ pub async fn run(node: Arc<Node>) {
                 }
             }
         }
+    }
+}
+
+/// A read of `key` recent enough to judge by: (record, when its round
+/// started). Older (the read lane is stuck) or missing: `None`, unknown.
+fn recent_read(
+    reads: &BTreeMap<String, (Option<Record>, u64)>,
+    key: &str,
+    now_ms: u64,
+    timing: &haven_core::liveness::Timing,
+) -> Option<(Option<Record>, u64)> {
+    let max_age_ms =
+        op_timeout(timing.lease_ms).as_millis() as u64 + 2 * timing.heartbeat_interval_ms;
+    reads
+        .get(key)
+        .filter(|(_, at)| now_ms.saturating_sub(*at) <= max_age_ms)
+        .cloned()
+}
+
+/// While this host leads: read the datastore files the coordinator's tick
+/// wants, one bounded round per heartbeat interval on the datastore's read
+/// lane. The tick itself never touches the datastore: it judges by these
+/// reads, and a read too old to judge by counts as unknown.
+async fn read_datastore(node: Arc<Node>, io: Arc<DatastoreIo>) {
+    loop {
+        let t = node.lease.lock().unwrap().settings.timing;
+        let (hb_ms, lease_ms) = (t.heartbeat_interval_ms, t.lease_ms);
+        tokio::time::sleep(Duration::from_millis(hb_ms)).await;
+        let wanted: Vec<String> = io.wanted.lock().unwrap().iter().cloned().collect();
+        if wanted.is_empty() || !node.is_leader() {
+            io.reads.lock().unwrap().clear();
+            continue;
+        }
+        let started_ms = node.clock.now_ms();
+        let store = io.store.clone();
+        let keys = wanted.clone();
+        let round = io
+            .reader
+            .run(op_timeout(lease_ms), move || {
+                store.check()?;
+                keys.into_iter()
+                    .map(|k| {
+                        let rec = match (k.strip_prefix("host:"), k.strip_prefix("lock:")) {
+                            (Some(h), _) => store.try_read_heartbeat(h),
+                            (_, Some(w)) => store.try_read_lock(w),
+                            _ => Ok(None),
+                        };
+                        rec.map(|r| (k, r))
+                            .map_err(|e| format!("datastore {}: {e}", store.base().display()))
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .await;
+        let problem = match round {
+            Ok(Ok(results)) => {
+                let mut reads = io.reads.lock().unwrap();
+                reads.retain(|k, _| wanted.contains(k));
+                for (k, rec) in results {
+                    reads.insert(k, (rec, started_ms));
+                }
+                None
+            }
+            Ok(Err(why)) => Some(why),
+            Err(e) => Some(format!("datastore {}: {e}", io.store.base().display())),
+        };
+        io.set_read_problem(problem);
     }
 }
 

@@ -74,9 +74,10 @@ impl Identity {
     }
 }
 
+#[derive(Clone)]
 pub struct DataDir {
     path: PathBuf,
-    _lock: Flock<File>,
+    _lock: std::sync::Arc<Flock<File>>,
 }
 
 impl DataDir {
@@ -97,7 +98,7 @@ impl DataDir {
             .map_err(|_| DataDirError::Locked(path.to_owned()))?;
         Ok(DataDir {
             path: path.to_owned(),
-            _lock: lock,
+            _lock: std::sync::Arc::new(lock),
         })
     }
 

@@ -184,6 +184,7 @@ pub async fn run(node: Arc<Node>) -> String {
                 applied_revision,
                 keeper: node.keeper_ok.load(std::sync::atomic::Ordering::Relaxed),
                 stopped,
+                problems: node.problems(),
                 observed,
             };
             let sent = rpc::post::<_, HeartbeatResponse>(
@@ -219,10 +220,13 @@ pub async fn run(node: Arc<Node>) -> String {
                         let mut l = node.lease.lock().unwrap();
                         (l.on_ack(&resp), l.settings.clone())
                     };
+                    // The data dir's files are written in the background:
+                    // a stalled local disk must not hold up the lease.
                     if now_settings != settings {
-                        if let Err(e) = node.datadir.write_settings(&now_settings) {
-                            tracing::warn!("could not cache the cluster's settings: {e}");
-                        }
+                        let dir = node.datadir.clone();
+                        node.write_in_background("cache the cluster's settings", move || {
+                            dir.write_settings(&now_settings).map_err(|e| e.to_string())
+                        });
                     }
                     update_peers(&node, &resp);
                     if node.consensus.is_some()
@@ -230,14 +234,18 @@ pub async fn run(node: Arc<Node>) -> String {
                             .store_recorded
                             .load(std::sync::atomic::Ordering::Relaxed)
                     {
-                        if let Err(e) = crate::node::record_store(&node) {
-                            tracing::warn!("could not record the Raft store in node.json: {e}");
-                        }
+                        let n = node.clone();
+                        node.write_in_background("record the Raft store in node.json", move || {
+                            crate::node::record_store(&n).map_err(|e| format!("{e:#}"))
+                        });
                     }
                     if let Some(e) = expiry.filter(|e| *e > persisted_expiry) {
                         persisted_expiry = e;
                         node.keeper_renew(e);
-                        let _ = std::fs::write(node.datadir.path().join(LEASE_FILE), e.to_string());
+                        let path = node.datadir.path().join(LEASE_FILE);
+                        node.write_in_background("record the lease expiry", move || {
+                            std::fs::write(path, e.to_string()).map_err(|e| e.to_string())
+                        });
                     }
                     break;
                 }
@@ -312,17 +320,21 @@ fn update_peers(node: &Node, resp: &HeartbeatResponse) {
         id.raft_store = node
             .store_recorded
             .load(std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = node.datadir.write_identity(&id) {
-            tracing::warn!("could not record the managers' addresses: {e}");
-        }
+        let dir = node.datadir.clone();
+        node.write_in_background("record the managers' addresses", move || {
+            dir.write_identity(&id).map_err(|e| e.to_string())
+        });
     }
 }
 
 /// Keep this host's datastore heartbeat and its workloads' lock files
 /// fresh. Runs whether or not the lease is held: that is what lets the
-/// coordinator tell an isolated host from a dead one.
+/// coordinator tell an isolated host from a dead one. Each round runs on
+/// the datastore's write lane, bounded by half a lease; only a complete
+/// round on the marked datastore counts (`Node::datastore_ok`), from the
+/// time it started.
 pub async fn run_datastore(node: Arc<Node>) {
-    let Some(ds) = node.datastore.as_ref() else {
+    let Some(io) = node.datastore.as_ref() else {
         return;
     };
     let mut ticker =
@@ -333,26 +345,46 @@ pub async fn run_datastore(node: Arc<Node>) {
     loop {
         ticker.tick().await;
         seq += 1;
-        let host = &node.identity.name;
-        let mut ok = ds.write_heartbeat(host, seq).is_ok();
+        let started_ms = node.clock.now_ms();
+        let lease_ms = node.lease.lock().unwrap().settings.timing.lease_ms;
         let holding: BTreeMap<String, Generation> = node.supervisor.holding().into_iter().collect();
-        for (w, g) in &holding {
-            ok &= ds.write_lock(w, host, *g, seq).is_ok();
-        }
-        for w in locked.keys() {
-            if !holding.contains_key(w) {
-                ds.release_lock(w, host);
+        let release: Vec<String> = locked
+            .keys()
+            .filter(|w| !holding.contains_key(*w))
+            .cloned()
+            .collect();
+        let (ds, host, locks) = (
+            io.store.clone(),
+            node.identity.name.clone(),
+            holding.clone(),
+        );
+        let round = io
+            .writer
+            .run(crate::datastore::op_timeout(lease_ms), move || {
+                ds.check()?;
+                let fail = |e: std::io::Error| format!("datastore {}: {e}", ds.base().display());
+                ds.write_heartbeat(&host, seq).map_err(fail)?;
+                for (w, g) in &locks {
+                    ds.write_lock(w, &host, *g, seq).map_err(fail)?;
+                }
+                for w in release {
+                    ds.release_lock(&w, &host);
+                }
+                Ok::<(), String>(())
+            })
+            .await;
+        match round {
+            Ok(Ok(())) => {
+                node.datastore_ok_at_ms
+                    .store(started_ms, std::sync::atomic::Ordering::Relaxed);
+                locked = holding;
+                io.set_problem(None);
             }
-        }
-        locked = holding;
-        if ok {
-            node.datastore_ok_at_ms
-                .store(node.clock.now_ms(), std::sync::atomic::Ordering::Relaxed);
-        } else {
-            tracing::warn!(
-                "datastore {}: writing heartbeat or locks failed",
-                ds.root().display()
-            );
+            Ok(Err(why)) => io.set_problem(Some(why)),
+            Err(e) => io.set_problem(Some(format!(
+                "datastore {}: {e}",
+                io.store.base().display()
+            ))),
         }
     }
 }

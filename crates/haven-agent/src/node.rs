@@ -51,8 +51,9 @@ pub struct Node {
     pub lease: Mutex<LeaseState>,
     pub supervisor: Supervisor,
     pub datadir: DataDir,
-    pub datastore: Option<crate::datastore::Datastore>,
-    /// Monotonic ms of the last complete datastore write.
+    pub datastore: Option<Arc<crate::datastore::DatastoreIo>>,
+    /// Monotonic ms when the last complete round of datastore writes
+    /// started (0: none yet).
     pub datastore_ok_at_ms: AtomicU64,
     pub watchdog: Mutex<Option<Watchdog>>,
     /// 0 without a watchdog.
@@ -65,6 +66,10 @@ pub struct Node {
     pub keeper_ok: std::sync::atomic::AtomicBool,
     /// node.json records that this manager's Raft store holds its state.
     pub store_recorded: std::sync::atomic::AtomicBool,
+    /// Writes of the data dir's small files (lease expiry, settings cache,
+    /// node.json) made from the heartbeat path: off the async workers, and
+    /// a stalled disk stalls only them.
+    pub files: crate::lane::Lane,
 }
 
 impl Node {
@@ -90,8 +95,8 @@ impl Node {
     /// Did this host write the datastore recently (within a lease)?
     pub fn datastore_ok(&self, now_ms: u64) -> bool {
         let lease_ms = self.lease.lock().unwrap().settings.timing.lease_ms;
-        self.datastore.is_some()
-            && now_ms.saturating_sub(self.datastore_ok_at_ms.load(Ordering::Relaxed)) < lease_ms
+        let ok_at = self.datastore_ok_at_ms.load(Ordering::Relaxed);
+        self.datastore.is_some() && ok_at > 0 && now_ms.saturating_sub(ok_at) < lease_ms
     }
 
     /// How long the keeper may let `leave-running` workloads run on a host
@@ -105,6 +110,32 @@ impl Node {
 
     /// Move the lease keeper's deadline (DESIGN.md §2a). A keeper that does
     /// not answer is started again.
+    /// What is wrong on this host now, for `haven status` (`degraded`).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = vec![];
+        if let Some(p) = self.datastore.as_ref().and_then(|d| d.problem()) {
+            out.push(format!("datastore unavailable: {p}"));
+        }
+        out
+    }
+
+    /// Run a write of the data dir's files in the background (its lane);
+    /// a failure, or a lane stuck on a stalled disk, is logged.
+    pub fn write_in_background(
+        &self,
+        what: &'static str,
+        f: impl FnOnce() -> Result<(), String> + Send + 'static,
+    ) {
+        let r = self.files.spawn(move || {
+            if let Err(e) = f() {
+                tracing::warn!("could not {what}: {e}");
+            }
+        });
+        if let Err(e) = r {
+            tracing::warn!("could not {what}: {e}");
+        }
+    }
+
     pub fn keeper_renew(&self, deadline_ms: u64) {
         let Some(k) = &self.keeper else { return };
         // `leave-running` instances may outlive the lease while this host
@@ -400,6 +431,24 @@ pub async fn run(
             .unwrap_or_default()
     };
 
+    // The datastore: bootstrap claims it with the cluster's marker; every
+    // other start only checks for it, and a missing or foreign one is
+    // reported unavailable (and checked again every round), never made.
+    let datastore = match &cfg.datastore {
+        Some(p) => {
+            let store = crate::datastore::Datastore::new(p, &identity.cluster_id);
+            if fresh && existing.is_none() && matches!(cfg.mode, StartMode::Bootstrap) {
+                store.create().map_err(|e| anyhow!(e))?;
+            } else if let Err(e) = store.check() {
+                tracing::warn!("{e}");
+            }
+            Some(Arc::new(crate::datastore::DatastoreIo::new(
+                store,
+                settings.timing.lease_ms,
+            )))
+        }
+        None => None,
+    };
     let cgroup_root = match &cfg.cgroup_root {
         Some(p) => p.clone(),
         None => haven_drivers::cgroup::default_root()?,
@@ -417,16 +466,12 @@ pub async fn run(
             host: identity.name.clone(),
             stop_grace_ms: cfg.stop_grace_ms,
             run_dir: datadir.path().join("run"),
-            datastore: cfg.datastore.clone(),
+            datastore: datastore.clone(),
             vm_witness_dir: cfg.vm_witness_dir.clone(),
             data_dir: datadir.path().to_owned(),
         },
         clock.clone(),
     );
-    let datastore = match &cfg.datastore {
-        Some(p) => Some(crate::datastore::Datastore::open(p).map_err(|e| anyhow!(e))?),
-        None => None,
-    };
     let watchdog = match cfg.watchdog_mode {
         WatchdogMode::Off => None,
         WatchdogMode::Required => Some(
@@ -472,6 +517,7 @@ pub async fn run(
         keeper: Some(keeper),
         keeper_ok: std::sync::atomic::AtomicBool::new(true),
         store_recorded: std::sync::atomic::AtomicBool::new(identity.raft_store),
+        files: crate::lane::Lane::new("data dir writes", Duration::from_secs(2)),
         identity,
         cfg,
     });

@@ -369,6 +369,24 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
         let mut slot = node.office.lock().unwrap();
         let office = office_for(&mut slot, term, now);
         office.keepers.insert(req.host.clone(), req.keeper);
+        if let Some(now) = office.on_problems(&req.host, req.problems) {
+            let message = if now.is_empty() {
+                format!("host {} is no longer degraded", req.host)
+            } else {
+                format!("host {} is degraded: {}", req.host, now.join("; "))
+            };
+            let node2 = node.clone();
+            tokio::spawn(async move {
+                let _ = propose(
+                    &node2,
+                    Command::RecordEvent {
+                        message,
+                        at_ms: node2.clock.wall_ms(),
+                    },
+                )
+                .await;
+            });
+        }
         office.on_heartbeat(
             &req.host,
             now,
@@ -568,6 +586,9 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                 labels: h.labels.clone(),
                 voter: voters.contains(&h.node_id),
                 protection: protection(h, office.and_then(|o| o.keepers.get(&h.name).copied())),
+                problems: office
+                    .and_then(|o| o.problems.get(&h.name).cloned())
+                    .unwrap_or_default(),
             })
             .collect();
         let workloads = s

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::api::Desired;
 use crate::clock::Clock;
-use crate::datastore::Datastore;
+use crate::datastore::DatastoreIo;
 use crate::node::Node;
 use crate::vm::LockVerdict;
 use haven_drivers::vm::VmPaths;
@@ -238,6 +238,24 @@ impl Instance {
     }
 }
 
+/// What the lease keeper must know of `map`'s instances.
+fn keeper_policy(
+    map: &BTreeMap<String, Instance>,
+    shutdown_timeout_ms: u64,
+) -> haven_keeper::Policy {
+    let with = |response: IsolationResponse| {
+        map.iter()
+            .filter(|(_, i)| i.isolation == response)
+            .map(|(w, i)| key(w, i.generation).dir_name())
+            .collect()
+    };
+    haven_keeper::Policy {
+        shutdown_timeout_ms,
+        graceful: with(IsolationResponse::Shutdown),
+        hold: with(IsolationResponse::LeaveRunning),
+    }
+}
+
 fn key(workload: &str, generation: Generation) -> InstanceKey {
     InstanceKey {
         workload: workload.to_owned(),
@@ -252,7 +270,7 @@ pub struct Supervisor {
     instances: Arc<Mutex<BTreeMap<String, Instance>>>,
     /// Where VM instances keep their sockets and console logs.
     run_dir: PathBuf,
-    datastore: Option<Datastore>,
+    datastore: Option<Arc<DatastoreIo>>,
     vm_witness_dir: Option<PathBuf>,
     clock: Arc<dyn Clock>,
     /// Disk-lock probes in progress: workload -> (seq seen, look again at).
@@ -273,7 +291,7 @@ pub struct SupervisorConfig {
     pub host: String,
     pub stop_grace_ms: u64,
     pub run_dir: PathBuf,
-    pub datastore: Option<PathBuf>,
+    pub datastore: Option<Arc<DatastoreIo>>,
     pub vm_witness_dir: Option<PathBuf>,
     /// Where the lease keeper reads its policy.
     pub data_dir: PathBuf,
@@ -287,7 +305,7 @@ impl Supervisor {
             stop_grace_ms: cfg.stop_grace_ms,
             instances: Arc::new(Mutex::new(BTreeMap::new())),
             run_dir: cfg.run_dir,
-            datastore: cfg.datastore.and_then(|p| Datastore::open(&p).ok()),
+            datastore: cfg.datastore,
             vm_witness_dir: cfg.vm_witness_dir,
             clock,
             lock_probes: Mutex::new(BTreeMap::new()),
@@ -357,18 +375,8 @@ impl Supervisor {
 
     /// Tell the lease keeper which instances it must stop gracefully (the
     /// `shutdown` isolation response) rather than kill, when it changed.
-    fn update_keeper_policy(&self, map: &BTreeMap<String, Instance>, shutdown_timeout_ms: u64) {
-        let with = |response: IsolationResponse| {
-            map.iter()
-                .filter(|(_, i)| i.isolation == response)
-                .map(|(w, i)| key(w, i.generation).dir_name())
-                .collect()
-        };
-        let policy = haven_keeper::Policy {
-            shutdown_timeout_ms,
-            graceful: with(IsolationResponse::Shutdown),
-            hold: with(IsolationResponse::LeaveRunning),
-        };
+    /// Called without the instances lock (it writes a file).
+    fn update_keeper_policy(&self, policy: haven_keeper::Policy) {
         let mut last = self.keeper_policy.lock().unwrap();
         if last.as_ref() != Some(&policy) {
             match haven_keeper::Policy::write_atomic(&self.data_dir, &policy) {
@@ -409,7 +417,44 @@ impl Supervisor {
         shutdown_timeout_ms: u64,
         now_ms: u64,
     ) {
+        let starts = self.decide_and_stop(
+            authority,
+            desired,
+            highest_seen,
+            shutdown_timeout_ms,
+            now_ms,
+        );
+        // Starts with no lock held: a VM's disk-lock check reads the
+        // datastore (bounded, on its lane) and a start forks; the heartbeat
+        // path's `report` never waits for either.
+        for (workload, generation) in starts {
+            self.start(desired, &workload, generation, now_ms);
+        }
+        let policy = {
+            let map = self.instances.lock().unwrap();
+            if matches!(authority, Authority::Held(_)) {
+                // Every start and stop of this revision has been taken;
+                // from now on the report shows it.
+                let mut applied = self.applied_revision.lock().unwrap();
+                *applied = (*applied).max(revision);
+            }
+            keeper_policy(&map, shutdown_timeout_ms)
+        };
+        self.update_keeper_policy(policy);
+    }
+
+    /// Under the instances lock: note exits, decide, and begin the stops
+    /// (in the background). Returns the starts to make.
+    fn decide_and_stop(
+        &self,
+        authority: &Authority,
+        desired: &[Desired],
+        highest_seen: &BTreeMap<String, Generation>,
+        shutdown_timeout_ms: u64,
+        now_ms: u64,
+    ) -> Vec<(String, Generation)> {
         let mut map = self.instances.lock().unwrap();
+        let mut starts = vec![];
         // The coordinator's current isolation response per instance.
         for d in desired {
             if let Some(i) = map.get_mut(&d.spec.name) {
@@ -473,7 +518,7 @@ impl Supervisor {
                     workload,
                     generation,
                 } => {
-                    self.start(&mut map, desired, &workload, generation, now_ms);
+                    starts.push((workload, generation));
                     continue;
                 }
                 Action::Stop {
@@ -504,13 +549,7 @@ impl Supervisor {
             }
             self.spawn_stop(workload, generation, how);
         }
-        if matches!(authority, Authority::Held(_)) {
-            // Every start and stop of this revision has been taken (starts
-            // synchronously above); from now on the report shows it.
-            let mut applied = self.applied_revision.lock().unwrap();
-            *applied = (*applied).max(revision);
-        }
-        self.update_keeper_policy(&map, shutdown_timeout_ms);
+        starts
     }
 
     /// Stop an instance in the background (bounded: SIGTERM or ACPI
@@ -562,14 +601,10 @@ impl Supervisor {
         });
     }
 
-    fn start(
-        &self,
-        map: &mut BTreeMap<String, Instance>,
-        desired: &[Desired],
-        workload: &str,
-        generation: Generation,
-        now_ms: u64,
-    ) {
+    /// Start one instance. Runs without the instances lock, taking it only
+    /// to record the outcome (ticks never overlap, so nobody else inserts
+    /// this workload meanwhile).
+    fn start(&self, desired: &[Desired], workload: &str, generation: Generation, now_ms: u64) {
         let Some(d) = desired.iter().find(|d| d.spec.name == workload) else {
             return;
         };
@@ -586,17 +621,27 @@ impl Supervisor {
                 let verdict =
                     self.disk_lock_check(workload, generation, d.released_by.as_deref(), now_ms);
                 if verdict != LockVerdict::Start {
+                    let mut map = self.instances.lock().unwrap();
                     let entry = map
                         .entry(workload.to_owned())
                         .or_insert_with(|| Instance::new(generation, d.isolation, d.spec.restart));
-                    if let LockVerdict::Refuse(why) = verdict {
-                        entry.phase = Phase::Failed;
-                        entry.detail = Some(format!("not started: {why}"));
-                    } else {
-                        entry.phase = Phase::Restarting {
-                            at_ms: now_ms + crate::vm::LOCK_PROBE_MS,
-                        };
-                        entry.detail = Some(LOCK_CHECK.into());
+                    match verdict {
+                        LockVerdict::Refuse(why) => {
+                            entry.phase = Phase::Failed;
+                            entry.detail = Some(format!("not started: {why}"));
+                        }
+                        LockVerdict::Unreadable(why) => {
+                            entry.phase = Phase::Restarting {
+                                at_ms: now_ms + crate::vm::LOCK_PROBE_MS,
+                            };
+                            entry.detail = Some(format!("{LOCK_CHECK}: {why}; trying again"));
+                        }
+                        _ => {
+                            entry.phase = Phase::Restarting {
+                                at_ms: now_ms + crate::vm::LOCK_PROBE_MS,
+                            };
+                            entry.detail = Some(LOCK_CHECK.into());
+                        }
                     }
                     return;
                 }
@@ -621,17 +666,22 @@ impl Supervisor {
                 argv
             }
         };
+        let started = self.driver.start(&k, &command, &env);
+        let mut map = self.instances.lock().unwrap();
         let entry = map
             .entry(workload.to_owned())
             .or_insert_with(|| Instance::new(generation, d.isolation, d.spec.restart));
         if matches!(entry.phase, Phase::Restarting { .. })
-            && entry.detail.as_deref() != Some(LOCK_CHECK)
+            && !entry
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with(LOCK_CHECK))
         {
             entry.restarts += 1;
         }
         entry.guest_stopped = false;
         entry.give_up = None;
-        match self.driver.start(&k, &command, &env) {
+        match started {
             Ok(pid) => {
                 tracing::info!("started {k} pid {pid}");
                 entry.phase = Phase::Running;
@@ -639,7 +689,8 @@ impl Supervisor {
                 // Keep why it last exited, without the "restarting in" part.
                 entry.detail = entry.detail.take().and_then(|d| {
                     let why = d.split("; restarting in").next().unwrap_or_default();
-                    (!why.is_empty() && why != LOCK_CHECK).then(|| format!("last exit: {why}"))
+                    (!why.is_empty() && !why.starts_with(LOCK_CHECK))
+                        .then(|| format!("last exit: {why}"))
                 });
                 if let WorkloadKind::Vm(vm) = &d.spec.kind {
                     entry.vm_watch = Some(self.watch_vm(workload, generation, vm));
@@ -696,7 +747,15 @@ impl Supervisor {
         if let Some((seq, _)) = probe.filter(|(_, at)| now_ms < *at) {
             return LockVerdict::Probe { seq };
         }
-        let current = ds.read_lock(workload);
+        let (store, w) = (ds.store.clone(), workload.to_owned());
+        let read = ds
+            .reader
+            .run_blocking(LOCK_READ_TIMEOUT, move || store.try_read_lock(&w));
+        let current = match read {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return LockVerdict::Unreadable(format!("datastore: {e}")),
+            Err(e) => return LockVerdict::Unreadable(e.to_string()),
+        };
         let verdict = crate::vm::lock_verdict(
             current.as_ref(),
             &self.host,
@@ -720,6 +779,9 @@ impl Supervisor {
 }
 
 const LOCK_CHECK: &str = "checking the disks' lock on the datastore";
+
+/// How long a VM start waits for its disks' lock file to be read.
+const LOCK_READ_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Copy)]
 enum StopHow {
@@ -784,14 +846,20 @@ pub async fn run(node: Arc<Node>) {
                 l.settings.shutdown_timeout_ms,
             )
         };
-        node.supervisor.tick(
-            &authority,
-            &desired,
-            revision,
-            &seen,
-            shutdown_timeout_ms,
-            now,
-        );
+        // Off the async workers: a tick forks, and may read the datastore.
+        let n = node.clone();
+        let authority2 = authority.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            n.supervisor.tick(
+                &authority2,
+                &desired,
+                revision,
+                &seen,
+                shutdown_timeout_ms,
+                now,
+            )
+        })
+        .await;
         // While `leave-running` instances may outlive the lease (the
         // datastore is written), keep moving the keeper's hold deadline with
         // each datastore write, even with no lease: the coordinator judges

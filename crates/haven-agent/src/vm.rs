@@ -40,6 +40,8 @@ pub enum LockVerdict {
         seq: u64,
     },
     Refuse(String),
+    /// The lock file could not be read (datastore unavailable): wait.
+    Unreadable(String),
 }
 
 /// `current`: the lock file now; `probe`: the sequence number seen at the

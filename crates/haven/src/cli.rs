@@ -634,6 +634,11 @@ pub fn status_table(s: &StatusResponse) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    for h in &s.hosts {
+        for p in &h.problems {
+            out.push_str(&format!("  {}: {p}\n", h.name));
+        }
+    }
     out.push('\n');
     let mut rows = vec![vec![
         "WORKLOAD".to_string(),

@@ -1,0 +1,109 @@
+//! Bounded and stall-free (issue 8): what hangs around the cluster stalls
+//! only its own corner.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The directory holding the hosts' datastore heartbeat files: the
+/// cluster's own directory on the datastore (or, before clusters had one,
+/// the datastore itself).
+fn hosts_dir(bed: &haven_testbed::Testbed, s: &Value) -> PathBuf {
+    let ds = bed.datastore().expect("a datastore");
+    let own = ds.join(format!("haven-{}", s["cluster_id"].as_str().unwrap()));
+    if own.is_dir() {
+        own.join("hosts")
+    } else {
+        ds.join("hosts")
+    }
+}
+
+fn mkfifo(p: &Path) {
+    let _ = std::fs::remove_file(p);
+    let ok = Command::new("mkfifo").arg(p).status().unwrap().success();
+    assert!(ok, "mkfifo {}", p.display());
+}
+
+/// Hang `host`'s datastore writes the way a hard-mounted share that stopped
+/// answering does: its next write blocks in open(2) for as long as the
+/// test lasts. The agent writes its heartbeat file through a temporary
+/// `NAME.tmpPID`; a FIFO nobody reads stands there.
+fn hang_datastore_writes(bed: &haven_testbed::Testbed, dir: &Path, host: &str) {
+    let pid = bed.agent_pid(host).expect("agent runs");
+    mkfifo(&dir.join(format!("{host}.tmp{pid}")));
+}
+
+fn host<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["name"] == name)
+        .expect("host listed")
+}
+
+/// Finding 1: a hung datastore froze acknowledgements and the Raft core,
+/// every lease lapsed and every workload was killed. Now the datastore's
+/// operations run on their own bounded lanes: leases hold, a crashed host's
+/// workloads still move, and the hosts say their datastore is unavailable.
+#[test]
+fn a_hung_datastore_stalls_neither_leases_nor_failover() {
+    let mut bed = start(3, |c| c.datastore = true);
+    let s = apply(&mut bed, FOUR);
+    let before = placement(&s);
+    let victim = busy_non_leader(&s);
+    let moving = on_host(&s, &victim);
+    let dir = hosts_dir(&bed, &s);
+    for h in bed.host_names() {
+        hang_datastore_writes(&bed, &dir, &h);
+    }
+    // The coordinator will read the silent victim's heartbeat file: make
+    // that read hang too.
+    bed.crash(&victim);
+    mkfifo(&dir.join(&victim));
+    let s = moved_off(&bed, &victim, FOUR.len());
+    // The survivors' workloads never stopped: no lease lapsed.
+    for (w, (h, g, _)) in &before {
+        if moving.contains(w) {
+            continue;
+        }
+        let now = placement(&s);
+        assert_eq!((&now[w].0, now[w].1), (h, *g), "{w} moved");
+        let log = std::fs::read_to_string(bed.log_path(h)).unwrap_or_default();
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("stopped ") && l.contains(w.as_str())),
+            "{w} was stopped on {h} (a lease lapsed?):\n{log}"
+        );
+    }
+    // Still working a while later, with the datastore still hung.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = bed
+        .wait_for("survivors say why", RECOVER, |s| {
+            bed.host_names().iter().filter(|h| **h != victim).all(|h| {
+                let x = host(s, h);
+                x["state"] == "degraded"
+                    && x["problems"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|p| p.as_str().unwrap_or_default().contains("datastore"))
+            })
+        })
+        .unwrap_or_else(|e| {
+            bed.print_diagnostics();
+            panic!("{e:#}")
+        });
+    assert_eq!(running(&s), FOUR.len());
+    let report = never_twice(&bed);
+    old_stopped_before_new(
+        &report,
+        &moving,
+        &victim,
+        "the crashed host's run ended first",
+    );
+}
