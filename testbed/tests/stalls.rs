@@ -107,3 +107,48 @@ fn a_hung_datastore_stalls_neither_leases_nor_failover() {
         "the crashed host's run ended first",
     );
 }
+
+/// Finding 2: a datastore path with no share mounted was taken for a
+/// working datastore. Now bootstrap marks the cluster's own directory on
+/// it, and a host that finds no marker says the datastore is unavailable
+/// (and `leave-running` stops counting on it) until the share is back.
+#[test]
+fn a_datastore_without_this_clusters_marker_is_reported_unavailable() {
+    let mut bed = start(3, |c| c.datastore = true);
+    let s = apply(&mut bed, &FOUR[..2]);
+    let ds = bed.datastore().unwrap();
+    let own = ds.join(format!("haven-{}", s["cluster_id"].as_str().unwrap()));
+    assert!(
+        own.join("cluster").is_file() && own.join("hosts").is_dir(),
+        "the cluster's files live under its own directory with a marker"
+    );
+    // The share goes away (its directory looks empty to the hosts).
+    let away = ds.join("unmounted");
+    std::fs::rename(&own, &away).unwrap();
+    let s = bed
+        .wait_for("hosts report no marker", RECOVER, |s| {
+            s["hosts"].as_array().into_iter().flatten().all(|h| {
+                h["state"] == "degraded"
+                    && h["problems"].to_string().contains("no marker of cluster")
+            })
+        })
+        .unwrap_or_else(|e| {
+            bed.print_diagnostics();
+            panic!("{e:#}")
+        });
+    assert!(!own.exists(), "nothing recreated the missing share's files");
+    assert_eq!(running(&s), 2, "workloads keep running on the network lease");
+    let ev = events(&bed, "h1");
+    assert!(ev.contains("is degraded: datastore unavailable"), "{ev}");
+    // Back: healthy again.
+    std::fs::rename(&away, &own).unwrap();
+    bed.wait_for("hosts healthy", RECOVER, |s| {
+        s["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|h| h["state"] == "online")
+    })
+    .unwrap();
+    never_twice(&bed);
+}

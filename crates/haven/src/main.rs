@@ -32,7 +32,7 @@ fn main() {
         };
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(4)
         .enable_all()
         .build()
         .expect("tokio runtime starts");
