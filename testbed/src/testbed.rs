@@ -91,6 +91,9 @@ pub struct TestbedConfig {
     pub fence: bool,
     /// Where the bed's directory goes (default `/tmp`).
     pub base_dir: Option<PathBuf>,
+    /// Hosts whose data dir is a small filesystem of its own (a tmpfs of
+    /// this many MiB), to fill it up.
+    pub data_dir_mib: std::collections::BTreeMap<String, u64>,
 }
 
 impl TestbedConfig {
@@ -108,6 +111,7 @@ impl TestbedConfig {
             watchdog: false,
             fence: false,
             base_dir: None,
+            data_dir_mib: Default::default(),
         }
     }
 
@@ -336,6 +340,25 @@ impl Testbed {
         let last =
             u8::try_from(HOST_ADDRESS_OFFSET + n).expect("HOSTS_MAX keeps addresses in the /24");
         let cgroup = self.cgroup.join(&name);
+        if let Some(mib) = self.cfg.data_dir_mib.get(&name) {
+            let dir = self.dir.join(&name);
+            fs::create_dir_all(&dir)?;
+            let ok = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={mib}m"),
+                    "haven-testbed",
+                ])
+                .arg(&dir)
+                .status()
+                .context("mount")?
+                .success();
+            if !ok {
+                bail!("could not mount a {mib} MiB tmpfs on {}", dir.display());
+            }
+        }
         self.hosts.push(Host {
             address: Ipv4Addr::new(a, b, c, last),
             manager: n <= self.cfg.managers,
@@ -1044,6 +1067,12 @@ impl Drop for Testbed {
             if let Err(e) = br.delete() {
                 eprintln!("haven-testbed: {e:#}");
             }
+        }
+        for name in self.cfg.data_dir_mib.keys() {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.join(name))
+                .status();
         }
         if std::env::var_os(KEEP_ENV).is_some() {
             eprintln!(

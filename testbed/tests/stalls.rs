@@ -137,7 +137,11 @@ fn a_datastore_without_this_clusters_marker_is_reported_unavailable() {
             panic!("{e:#}")
         });
     assert!(!own.exists(), "nothing recreated the missing share's files");
-    assert_eq!(running(&s), 2, "workloads keep running on the network lease");
+    assert_eq!(
+        running(&s),
+        2,
+        "workloads keep running on the network lease"
+    );
     let ev = events(&bed, "h1");
     assert!(ev.contains("is degraded: datastore unavailable"), "{ev}");
     // Back: healthy again.
@@ -150,5 +154,43 @@ fn a_datastore_without_this_clusters_marker_is_reported_unavailable() {
             .all(|h| h["state"] == "online")
     })
     .unwrap();
+    never_twice(&bed);
+}
+
+/// Finding 3/4: a full data dir stopped the Raft core while the host stayed
+/// `online` and a voter. Now the host shows `degraded` with the reason, and
+/// a coordinator whose data dir fills up steps down so another manager
+/// carries on.
+#[test]
+fn a_full_data_dir_shows_degraded_and_the_coordinator_steps_down() {
+    let mut bed = start(3, |c| {
+        c.data_dir_mib.insert("h1".into(), 48);
+    });
+    let s = apply(&mut bed, &FOUR[..2]);
+    assert_eq!(s["leader"], "h1", "h1 bootstrapped the cluster");
+    // Fill h1's data dir.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(bed.data_dir("h1").join("fill")).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let s = bed
+        .wait_for("h1 degraded, another coordinator", RECOVER, |s| {
+            let h1 = host(s, "h1");
+            s["leader"] != "h1"
+                && h1["state"] == "degraded"
+                && h1["problems"].to_string().contains("nearly full")
+        })
+        .unwrap_or_else(|e| {
+            bed.print_diagnostics();
+            panic!("{e:#}")
+        });
+    assert_eq!(running(&s), 2, "workloads kept running");
+    // The cluster still takes changes.
+    let more = apply(&mut bed, &FOUR[..3]);
+    assert_eq!(running(&more), 3);
+    let ev = events(&bed, "h2");
+    assert!(ev.contains("host h1 is degraded"), "{ev}");
     never_twice(&bed);
 }

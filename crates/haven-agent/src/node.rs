@@ -70,6 +70,11 @@ pub struct Node {
     /// node.json) made from the heartbeat path: off the async workers, and
     /// a stalled disk stalls only them.
     pub files: crate::lane::Lane,
+    /// The data dir's free space is low (see `watch_disk`).
+    pub disk_problem: Mutex<Option<String>>,
+    /// Why this manager stopped its Raft core itself (a nearly full data
+    /// dir while it led).
+    pub stepped_down: Mutex<Option<String>>,
 }
 
 impl Node {
@@ -115,6 +120,17 @@ impl Node {
         let mut out = vec![];
         if let Some(p) = self.datastore.as_ref().and_then(|d| d.problem()) {
             out.push(format!("datastore unavailable: {p}"));
+        }
+        if let Some(p) = self.disk_problem.lock().unwrap().clone() {
+            out.push(p);
+        }
+        if let Some(p) = self.stepped_down.lock().unwrap().clone() {
+            out.push(p);
+        } else if let Some(e) = self.consensus.as_ref().and_then(|c| c.failure()) {
+            out.push(format!(
+                "Raft core stopped: {e}; this manager takes no part in the cluster until its agent is restarted (free space in {} first if it is full)",
+                self.datadir.path().display()
+            ));
         }
         out
     }
@@ -305,6 +321,97 @@ pub(crate) fn record_store(node: &Node) -> Result<()> {
     node.datadir.write_identity(&id)?;
     node.store_recorded.store(true, Ordering::Relaxed);
     Ok(())
+}
+
+/// How often the data dir's free space is checked.
+const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Free space below which the data dir counts as (nearly) full: 64 MiB, or
+/// a tenth of a smaller filesystem.
+const DISK_FREE_MIN_BYTES: u64 = 64 << 20;
+
+/// The data dir's free space in a sentence when it is low, else `None`.
+pub fn low_disk(dir: &std::path::Path, free: u64, total: u64) -> Option<String> {
+    let min = DISK_FREE_MIN_BYTES.min(total / 10);
+    (free < min).then(|| {
+        format!(
+            "data dir {} nearly full: {} MiB free of {} MiB (below {} MiB); the Raft store and workload logs need room",
+            dir.display(),
+            free >> 20,
+            total >> 20,
+            min >> 20
+        )
+    })
+}
+
+#[cfg(test)]
+mod disk_tests {
+    #[test]
+    fn low_disk_is_64_mib_or_a_tenth_of_a_small_filesystem() {
+        let d = std::path::Path::new("/d");
+        assert!(super::low_disk(d, 100 << 20, 10 << 30).is_none());
+        let m = super::low_disk(d, 63 << 20, 10 << 30).unwrap();
+        assert!(
+            m.contains("63 MiB free") && m.contains("below 64 MiB"),
+            "{m}"
+        );
+        // A 64 MiB filesystem: below 6 MiB.
+        assert!(super::low_disk(d, 10 << 20, 64 << 20).is_none());
+        assert!(super::low_disk(d, 5 << 20, 64 << 20).is_some());
+    }
+}
+
+/// Check the data dir's free space now and then, on the data dir's lane (a
+/// stalled disk is a problem too).
+async fn watch_disk(node: Arc<Node>) {
+    loop {
+        tokio::time::sleep(DISK_CHECK_INTERVAL).await;
+        let dir = node.datadir.path().to_owned();
+        let r = node
+            .files
+            .run(DISK_CHECK_INTERVAL, move || {
+                nix::sys::statvfs::statvfs(&dir).map(|v| {
+                    let frag = v.fragment_size() as u64;
+                    let free = v.blocks_available() as u64 * frag;
+                    let total = v.blocks() as u64 * frag;
+                    low_disk(&dir, free, total)
+                })
+            })
+            .await;
+        let problem = match r {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => Some(format!(
+                "data dir {}: cannot check free space: {e}",
+                node.datadir.path().display()
+            )),
+            Err(e) => Some(format!(
+                "data dir {}: stalled ({e})",
+                node.datadir.path().display()
+            )),
+        };
+        // A coordinator that cannot write its log must not stay one: it
+        // stops its Raft core, so another manager is elected before this
+        // one's appends start failing (openraft 0.9 cannot hand over).
+        if let (Some(why), Some(c)) = (&problem, &node.consensus) {
+            if c.is_leader() && node.stepped_down.lock().unwrap().is_none() {
+                tracing::error!(
+                    "{why}: stepping down as coordinator (stopping this manager's Raft core)"
+                );
+                *node.stepped_down.lock().unwrap() = Some(format!(
+                    "stepped down as a manager ({why}); restart its agent once there is room"
+                ));
+                let c = c.clone();
+                tokio::spawn(async move { c.shutdown().await });
+            }
+        }
+        let mut p = node.disk_problem.lock().unwrap();
+        if *p != problem {
+            match &problem {
+                Some(why) => tracing::warn!("{why}"),
+                None => tracing::info!("data dir has room again"),
+            }
+            *p = problem;
+        }
+    }
 }
 
 /// Start the agent and run until `shutdown` resolves.
@@ -518,6 +625,8 @@ pub async fn run(
         keeper_ok: std::sync::atomic::AtomicBool::new(true),
         store_recorded: std::sync::atomic::AtomicBool::new(identity.raft_store),
         files: crate::lane::Lane::new("data dir writes", Duration::from_secs(2)),
+        disk_problem: Mutex::new(None),
+        stepped_down: Mutex::new(None),
         identity,
         cfg,
     });
@@ -555,6 +664,7 @@ pub async fn run(
     );
 
     let mut heartbeats = tokio::spawn(crate::heartbeat::run(node.clone()));
+    tokio::spawn(watch_disk(node.clone()));
     let tasks = vec![
         tokio::spawn(crate::supervisor::run(node.clone())),
         tokio::spawn(crate::coordinator::run(node.clone())),

@@ -300,9 +300,25 @@ impl Consensus {
         self.inner.raft.metrics().borrow().clone()
     }
 
-    /// Current leader id and address, if this node knows one.
+    /// Current leader id and address, if this node knows one (a stopped
+    /// core knows none).
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        leader_of(&self.inner.raft.metrics().borrow())
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.running_state.is_ok().then(|| leader_of(&m)).flatten()
+    }
+
+    /// Why this node's Raft core stopped (a storage error, a panic), if it
+    /// did: it then takes no part in the cluster until the agent restarts.
+    pub fn failure(&self) -> Option<String> {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .running_state
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
     }
 
     pub fn is_leader(&self) -> bool {
@@ -314,8 +330,10 @@ impl Consensus {
     pub fn leader_term(&self) -> Option<u64> {
         let m = self.inner.raft.metrics();
         let m = m.borrow();
-        (m.state == ServerState::Leader && m.current_leader == Some(self.inner.node_id))
-            .then_some(m.current_term)
+        (m.running_state.is_ok()
+            && m.state == ServerState::Leader
+            && m.current_leader == Some(self.inner.node_id))
+        .then_some(m.current_term)
     }
 
     /// Voters of the membership this node knows (both halves during a
