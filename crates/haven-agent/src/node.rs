@@ -343,23 +343,6 @@ pub fn low_disk(dir: &std::path::Path, free: u64, total: u64) -> Option<String> 
     })
 }
 
-#[cfg(test)]
-mod disk_tests {
-    #[test]
-    fn low_disk_is_64_mib_or_a_tenth_of_a_small_filesystem() {
-        let d = std::path::Path::new("/d");
-        assert!(super::low_disk(d, 100 << 20, 10 << 30).is_none());
-        let m = super::low_disk(d, 63 << 20, 10 << 30).unwrap();
-        assert!(
-            m.contains("63 MiB free") && m.contains("below 64 MiB"),
-            "{m}"
-        );
-        // A 64 MiB filesystem: below 6 MiB.
-        assert!(super::low_disk(d, 10 << 20, 64 << 20).is_none());
-        assert!(super::low_disk(d, 5 << 20, 64 << 20).is_some());
-    }
-}
-
 /// Check the data dir's free space now and then, on the data dir's lane (a
 /// stalled disk is a problem too).
 async fn watch_disk(node: Arc<Node>) {
@@ -370,9 +353,9 @@ async fn watch_disk(node: Arc<Node>) {
             .files
             .run(DISK_CHECK_INTERVAL, move || {
                 nix::sys::statvfs::statvfs(&dir).map(|v| {
-                    let frag = v.fragment_size() as u64;
-                    let free = v.blocks_available() as u64 * frag;
-                    let total = v.blocks() as u64 * frag;
+                    let frag = v.fragment_size();
+                    let free = v.blocks_available() * frag;
+                    let total = v.blocks() * frag;
                     low_disk(&dir, free, total)
                 })
             })
@@ -831,4 +814,21 @@ async fn promote(node: &Arc<Node>) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     bail!("could not become a manager within {PROMOTE_DEADLINE_MS} ms: {last_err}")
+}
+
+#[cfg(test)]
+mod disk_tests {
+    #[test]
+    fn low_disk_is_64_mib_or_a_tenth_of_a_small_filesystem() {
+        let d = std::path::Path::new("/d");
+        assert!(super::low_disk(d, 100 << 20, 10 << 30).is_none());
+        let m = super::low_disk(d, 63 << 20, 10 << 30).unwrap();
+        assert!(
+            m.contains("63 MiB free") && m.contains("below 64 MiB"),
+            "{m}"
+        );
+        // A 64 MiB filesystem: below 6 MiB.
+        assert!(super::low_disk(d, 10 << 20, 64 << 20).is_none());
+        assert!(super::low_disk(d, 5 << 20, 64 << 20).is_some());
+    }
 }
