@@ -194,3 +194,39 @@ fn a_full_data_dir_shows_degraded_and_the_coordinator_steps_down() {
     assert!(ev.contains("host h1 is degraded"), "{ev}");
     never_twice(&bed);
 }
+
+/// Finding 7: fencing fired at 400 ms of silence, so a live host behind a
+/// lossy link was fenced. Now a silent host is fenced only when neither the
+/// coordinator nor two other hosts reach its agent.
+#[test]
+fn a_live_host_behind_a_lossy_link_is_not_fenced() {
+    let mut bed = start(3, |c| c.fence = true);
+    let s = apply(&mut bed, FOUR);
+    let victim = busy_non_leader(&s);
+    bed.loss(&victim, 15);
+    std::thread::sleep(Duration::from_secs(60));
+    bed.heal(&victim);
+    let ev = events(&bed, "h1");
+    let fences = std::fs::read_to_string(bed.fence_log()).unwrap_or_default();
+    assert!(
+        !ev.contains(&format!("fencing {victim} with")) && !fences.contains("off"),
+        "a live host was fenced:\n{ev}\n{fences}"
+    );
+    let s = bed
+        .wait_for("all online", RECOVER, |s| {
+            bed.host_names()
+                .iter()
+                .all(|h| host_state(s, h) == "online")
+                && running(s) == 4
+        })
+        .unwrap_or_else(|e| {
+            bed.print_diagnostics();
+            panic!("{e:#}")
+        });
+    assert!(
+        ev.contains(&format!("not fencing {victim}")),
+        "the probes were asked (the loss made {victim} look silent):\n{ev}"
+    );
+    assert_eq!(running(&s), 4);
+    never_twice(&bed);
+}

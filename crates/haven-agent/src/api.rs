@@ -258,3 +258,25 @@ pub struct EventView {
 pub struct EventsResponse {
     pub events: Vec<EventView>,
 }
+
+/// `GET /v1/ping`: the agent answering, for a second opinion on a silent
+/// host.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PingResponse {
+    pub host: String,
+    pub boot: String,
+}
+
+/// `POST /v1/probe`: ask this host whether it reaches `host`'s agent at
+/// `address` (the coordinator's second opinion before fencing).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeRequest {
+    pub host: String,
+    pub address: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeResponse {
+    pub reached: bool,
+}

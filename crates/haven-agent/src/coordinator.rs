@@ -37,6 +37,8 @@ pub struct Office {
     fenced: BTreeSet<String>,
     fencing: BTreeSet<String>,
     fence_failed: BTreeSet<String>,
+    /// Silent hosts with a fence device being probed for a second opinion.
+    probing: BTreeMap<String, ProbeTally>,
     freshness: Freshness,
     /// Generations this office placed and has not yet seen running.
     placed: BTreeMap<String, Generation>,
@@ -65,6 +67,7 @@ impl Office {
             fenced: BTreeSet::new(),
             fencing: BTreeSet::new(),
             fence_failed: BTreeSet::new(),
+            probing: BTreeMap::new(),
             freshness: Freshness::default(),
             placed: BTreeMap::new(),
             restarts_seen: BTreeMap::new(),
@@ -89,6 +92,8 @@ impl Office {
         // Back from the dead: a later silence is a new episode.
         self.fenced.remove(host);
         self.fence_failed.remove(host);
+        // Heard again: the probing of this silence ends.
+        self.probing.remove(host);
     }
 
     /// `host`'s agent stops gracefully, granted `grace_ms` from now.
@@ -235,6 +240,7 @@ pub async fn run(node: Arc<Node>) {
         }
         let at_ms = node.clock.wall_ms();
         let mut fence_jobs = vec![];
+        let mut probe_jobs = vec![];
         // What the datastore reader last read, if recent enough to judge by.
         let reads = datastore
             .as_ref()
@@ -303,13 +309,48 @@ pub async fn run(node: Arc<Node>) {
                     if let Some(dev) = &h.fence {
                         // Never fence ourselves: our own heartbeat may simply
                         // still be looking for the new coordinator.
-                        if o.may_fence(state.settings.fence_after_ms)
+                        let eligible = o.heard
+                            && !o.fenced
                             && *name != node.identity.name
                             && !office.fencing.contains(name)
-                            && !office.fence_failed.contains(name)
+                            && !office.fence_failed.contains(name);
+                        // Evidence first (issue 8): from half the fence
+                        // delay on, this host and two others probe it.
+                        if eligible
+                            && o.may_fence(state.settings.fence_after_ms / 2)
+                            && !office.probing.contains_key(name)
                         {
-                            office.fencing.insert(name.clone());
-                            fence_jobs.push((name.clone(), dev.clone(), silence_ms));
+                            office.probing.insert(name.clone(), ProbeTally::default());
+                            let probers: Vec<(String, String)> = state
+                                .hosts
+                                .values()
+                                .filter(|p| p.name != *name && p.name != node.identity.name)
+                                .filter(|p| office.last_state.get(&p.name) == Some(&HostState::Online))
+                                .take(SECOND_OPINIONS)
+                                .map(|p| (p.name.clone(), p.address.clone()))
+                                .collect();
+                            probe_jobs.push((name.clone(), h.address.clone(), probers));
+                        }
+                        if eligible && o.may_fence(state.settings.fence_after_ms) {
+                            let tally = office.probing.get_mut(name);
+                            match tally {
+                                Some(t) if t.failed_rounds >= FAILED_ROUNDS_TO_FENCE => {
+                                    office.fencing.insert(name.clone());
+                                    fence_jobs.push((name.clone(), dev.clone(), silence_ms));
+                                }
+                                Some(t) => {
+                                    if let (Some(who), false) = (&t.reached_by, t.said) {
+                                        t.said = true;
+                                        cmds.push(Command::RecordEvent {
+                                            message: format!(
+                                                "not fencing {name}: silent for {silence_ms} ms, but {who} reached its agent (a lossy link, not a dead host); fenced only if it stops answering probes, else it keeps the lease rules"
+                                            ),
+                                            at_ms,
+                                        });
+                                    }
+                                }
+                                None => {}
+                            }
                         }
                     }
                     office.last_obs.insert(name.clone(), o);
@@ -435,6 +476,9 @@ pub async fn run(node: Arc<Node>) {
         if let Some(io) = &datastore {
             *io.wanted.lock().unwrap() = wanted;
         }
+        for (host, address, probers) in probe_jobs {
+            tokio::spawn(probe(node.clone(), term, host, address, probers));
+        }
         for (host, dev, silence_ms) in fence_jobs {
             tokio::spawn(fence(node.clone(), term, host, dev, silence_ms));
         }
@@ -531,6 +575,114 @@ async fn read_datastore(node: Arc<Node>, io: Arc<DatastoreIo>) {
             Err(e) => Some(format!("datastore {}: {e}", io.store.base().display())),
         };
         io.set_read_problem(problem);
+    }
+}
+
+/// How many other hosts give a second opinion before a fence.
+const SECOND_OPINIONS: usize = 2;
+/// A probe's wait for an answer, and the gap between rounds.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(150);
+const PROBE_GAP: Duration = Duration::from_millis(50);
+/// Rounds in a row in which nobody reached a silent host before it may be
+/// fenced: a host behind a lossy link answers one probe of several; a
+/// dead or hung one answers none.
+const FAILED_ROUNDS_TO_FENCE: u32 = 3;
+
+/// The second opinion on one silent host, as the probes went so far.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeTally {
+    /// Rounds in a row in which no probe reached it.
+    pub failed_rounds: u32,
+    /// Who reached it last in this silence, if anybody did.
+    pub reached_by: Option<String>,
+    /// Whether "not fencing" was said in an event in this silence.
+    pub said: bool,
+}
+
+/// Does `host`'s agent answer at `address` within `timeout`?
+pub async fn reaches(node: &Node, host: &str, address: &str, timeout: Duration) -> bool {
+    let r = tokio::time::timeout(
+        timeout,
+        crate::rpc::get::<crate::api::PingResponse>(&node.http, address, "/v1/ping", false),
+    )
+    .await;
+    matches!(r, Ok(Ok(p)) if p.host == host)
+}
+
+/// Evidence before a fence (DESIGN.md §2.7, issue 8): while `host` stays
+/// silent in this office, this host and up to `SECOND_OPINIONS` others
+/// probe its agent in rounds; the tally decides whether the fence may
+/// fire. Ends when the host is heard again or leadership moves.
+async fn probe(
+    node: Arc<Node>,
+    term: u64,
+    host: String,
+    address: String,
+    probers: Vec<(String, String)>,
+) {
+    loop {
+        let mut probes = tokio::task::JoinSet::new();
+        {
+            let (n, host, address) = (node.clone(), host.clone(), address.clone());
+            probes.spawn(async move {
+                reaches(&n, &host, &address, PROBE_TIMEOUT)
+                    .await
+                    .then(|| n.identity.name.clone())
+            });
+        }
+        for (name, via) in probers.clone() {
+            let n = node.clone();
+            let req = crate::api::ProbeRequest {
+                host: host.clone(),
+                address: address.clone(),
+                timeout_ms: PROBE_TIMEOUT.as_millis() as u64,
+            };
+            probes.spawn(async move {
+                let r = crate::rpc::post::<_, crate::api::ProbeResponse>(
+                    &n.http,
+                    &via,
+                    "/v1/probe",
+                    &req,
+                    false,
+                    Some(PROBE_TIMEOUT + PROBE_GAP),
+                )
+                .await;
+                matches!(r, Ok(p) if p.reached).then_some(name)
+            });
+        }
+        let mut reached_by = None;
+        while let Some(r) = probes.join_next().await {
+            if let Ok(Some(who)) = r {
+                reached_by = Some(who);
+                break;
+            }
+        }
+        let member = node
+            .consensus
+            .as_ref()
+            .is_some_and(|c| c.read(|s| s.hosts.contains_key(&host)));
+        {
+            let mut slot = node.office.lock().unwrap();
+            let Some(office) = slot.as_mut().filter(|o| o.term == term) else {
+                return;
+            };
+            // Fenced (or the fence failed, or it left): nothing to decide.
+            if !member || office.fenced.contains(&host) || office.fence_failed.contains(&host) {
+                office.probing.remove(&host);
+                return;
+            }
+            let Some(t) = office.probing.get_mut(&host) else {
+                return;
+            };
+            match reached_by {
+                Some(who) => {
+                    t.failed_rounds = 0;
+                    t.reached_by = Some(who);
+                }
+                None => t.failed_rounds = t.failed_rounds.saturating_add(1),
+            }
+        }
+        tokio::time::sleep(PROBE_GAP).await;
     }
 }
 

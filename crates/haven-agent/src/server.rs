@@ -39,6 +39,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/delete", post(delete))
         .route("/v1/events", get(events))
         .route("/v1/health", get(health))
+        .route("/v1/ping", get(ping))
+        .route("/v1/probe", post(probe))
         .with_state(node.clone());
     if let Some(c) = &node.consensus {
         r = r.merge(c.router());
@@ -855,6 +857,24 @@ async fn events(
             .collect()
     });
     Json(EventsResponse { events }).into_response()
+}
+
+async fn ping(State(node): State<Arc<Node>>) -> Reply {
+    Json(crate::api::PingResponse {
+        host: node.identity.name.clone(),
+        boot: node.boot.clone(),
+    })
+    .into_response()
+}
+
+async fn probe(State(node): State<Arc<Node>>, body: axum::body::Bytes) -> Reply {
+    let req: crate::api::ProbeRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let timeout = Duration::from_millis(req.timeout_ms.clamp(10, 2_000));
+    let reached = crate::coordinator::reaches(&node, &req.host, &req.address, timeout).await;
+    Json(crate::api::ProbeResponse { reached }).into_response()
 }
 
 async fn health(State(node): State<Arc<Node>>) -> Reply {
