@@ -52,10 +52,12 @@ pub struct Office {
 }
 
 impl Office {
-    pub fn new(term: u64, now_ms: u64) -> Office {
+    /// A term of office from `now_ms`; hosts are taken as silent since
+    /// `credit_ms` before it (the handover credit, DESIGN.md §2.3).
+    pub fn new(term: u64, now_ms: u64, credit_ms: u64) -> Office {
         Office {
             term,
-            detector: Detector::new(now_ms),
+            detector: Detector::new(now_ms.saturating_sub(credit_ms)),
             reports: BTreeMap::new(),
             boots: BTreeMap::new(),
             keepers: BTreeMap::new(),
@@ -150,9 +152,29 @@ pub fn bounded_text(mut text: String, max: usize) -> String {
 }
 
 /// The office for `term`, created if leadership is new.
-pub fn office_for(slot: &mut Option<Office>, term: u64, now_ms: u64) -> &mut Office {
+pub fn office_for<'a>(
+    slot: &'a mut Option<Office>,
+    node: &Node,
+    term: u64,
+    now_ms: u64,
+) -> &'a mut Office {
     if slot.as_ref().map(|o| o.term) != Some(term) {
-        *slot = Some(Office::new(term, now_ms));
+        let credit_ms = node
+            .consensus
+            .as_ref()
+            .map_or(0, |c| c.handover_credit().as_millis() as u64);
+        let mut office = Office::new(term, now_ms, credit_ms);
+        // Members at office start get the credit too; only hosts that join
+        // later are given a full `lease + margin` from when they appear.
+        if let Some(c) = &node.consensus {
+            let since = now_ms.saturating_sub(credit_ms);
+            c.read(|s| {
+                for h in s.hosts.keys() {
+                    office.detector.note_host(h, since);
+                }
+            });
+        }
+        *slot = Some(office);
     }
     slot.as_mut().expect("just set")
 }
@@ -204,7 +226,7 @@ pub async fn confirm_leadership(node: Arc<Node>) {
             .is_ok()
         {
             let mut slot = node.office.lock().unwrap();
-            let office = office_for(&mut slot, term, sent_ms);
+            let office = office_for(&mut slot, &node, term, sent_ms);
             office.confirmed_at_ms =
                 Some(office.confirmed_at_ms.map_or(sent_ms, |t| t.max(sent_ms)));
         }
@@ -249,7 +271,7 @@ pub async fn run(node: Arc<Node>) {
         let mut wanted = BTreeSet::new();
         let (cmds, announce, wait_ms) = {
             let mut slot = node.office.lock().unwrap();
-            let office = office_for(&mut slot, term, now);
+            let office = office_for(&mut slot, &node, term, now);
             let announce = !office.announced;
             office.announced = true;
             consensus.read(|state| {
@@ -469,7 +491,8 @@ pub async fn run(node: Arc<Node>) {
                     at_ms,
                 });
                 cmds.extend(decided);
-                let wait_ms = timing.lease_ms.max(state.prior_lease_ms) + timing.margin_ms;
+                let credit_ms = consensus.handover_credit().as_millis() as u64;
+                let wait_ms = (timing.lease_ms.max(state.prior_lease_ms) + timing.margin_ms).saturating_sub(credit_ms);
                 (cmds, announce, wait_ms)
             })
         };
@@ -484,8 +507,9 @@ pub async fn run(node: Arc<Node>) {
         }
         if announce {
             let msg = format!(
-                "{} took office as coordinator (term {term}); no host is declared failed for {wait_ms} ms (lease + margin)",
+                "{} took office as coordinator (term {term}); no host is declared failed for {wait_ms} ms (lease + margin, less the {} ms the voters had already waited: leader lease less drift)",
                 node.identity.name,
+                consensus.handover_credit().as_millis(),
             );
             let _ = consensus
                 .propose(Command::RecordEvent {
@@ -734,4 +758,22 @@ async fn fence(
             at_ms: node.clock.wall_ms(),
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_office_counts_the_handover_credit_as_silence_already_waited() {
+        let mut o = Office::new(7, 10_000, 380);
+        // A member at office start (noted as `office_for` does).
+        o.detector.note_host("h1", 10_000 - 380);
+        o.detector.note_host("h1", 10_000);
+        assert_eq!(o.detector.silence_ms("h1", 10_000), 380);
+        assert_eq!(o.detector.silence_ms("h1", 10_500), 880);
+        // Heard from: counted from the acknowledgement as always.
+        o.on_heartbeat("h1", 10_600, 1_000, "b", HostReport::default());
+        assert_eq!(o.detector.silence_ms("h1", 10_700), 100);
+    }
 }

@@ -369,7 +369,7 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
     let lease_ms = settings.timing.lease_ms;
     {
         let mut slot = node.office.lock().unwrap();
-        let office = office_for(&mut slot, term, now);
+        let office = office_for(&mut slot, &node, term, now);
         office.keepers.insert(req.host.clone(), req.keeper);
         if let Some(now) = office.on_problems(&req.host, req.problems) {
             let message = if now.is_empty() {
@@ -493,7 +493,7 @@ async fn restart_grace(
     });
     let now = node.clock.now_ms();
     let mut slot = node.office.lock().unwrap();
-    office_for(&mut slot, term, now).on_grace(&req.host, now, grace_ms);
+    office_for(&mut slot, &node, term, now).on_grace(&req.host, now, grace_ms);
     Json(RestartGraceResponse { grace_ms }).into_response()
 }
 

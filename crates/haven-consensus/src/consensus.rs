@@ -68,6 +68,14 @@ impl Default for ConsensusConfig {
 }
 
 impl ConsensusConfig {
+    /// openraft's leader lease: a voter that heard from a leader grants no
+    /// vote for this long (openraft sets it to the longest election
+    /// timeout), and a follower calls no election for at least this plus
+    /// the shortest election timeout.
+    pub fn leader_lease(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_max_ms)
+    }
+
     fn to_raft_config(self) -> Result<openraft::Config, ConsensusError> {
         let config = openraft::Config {
             cluster_name: "haven".into(),
@@ -92,6 +100,10 @@ impl ConsensusConfig {
     }
 }
 
+/// The drift bound of the handover credit: clocks run at most 1/20 (5%)
+/// apart in rate over a leader lease.
+const HANDOVER_DRIFT_DIVISOR: u32 = 20;
+
 /// This host's Raft node. Cheap to clone; all clones share the node.
 #[derive(Clone)]
 pub struct Consensus {
@@ -109,6 +121,7 @@ struct Inner {
     /// Fires once openraft's tasks dropped the database and the file lock
     /// is released.
     closed: DbClosed,
+    sticky: Arc<network::Stickiness>,
 }
 
 fn stopped(node_id: NodeId, fatal: &Fatal<NodeId>) -> ConsensusError {
@@ -144,6 +157,7 @@ impl Consensus {
             ));
         }
         let raft_config = config.to_raft_config()?;
+        let leader_lease = config.leader_lease();
         let dir = data_dir.to_path_buf();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir))
             .await
@@ -180,6 +194,7 @@ impl Consensus {
                 state,
                 initialized: AtomicBool::new(initialized),
                 closed,
+                sticky: Arc::new(network::Stickiness::new(leader_lease)),
             }),
         })
     }
@@ -274,8 +289,20 @@ impl Consensus {
     /// `timeout` (stuck on storage, cut off from the majority), or a
     /// stopped core.
     pub async fn confirm_leadership(&self, timeout: Duration) -> Result<(), ConsensusError> {
+        let term = self.leader_term();
+        let sent = std::time::Instant::now();
         match tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => Ok(()),
+            // Still leading in the same term once the round is answered
+            // (a vote granted meanwhile ends the term): only then does the
+            // round count, for leases and for refusing votes.
+            Ok(Ok(_)) if term.is_some() && self.leader_term() == term => {
+                self.inner.sticky.record(term.unwrap_or_default(), sent);
+                Ok(())
+            }
+            Ok(Ok(_)) => Err(ConsensusError::Stopped {
+                node_id: self.inner.node_id,
+                detail: "leadership moved during the confirmation round".into(),
+            }),
             Ok(Err(e)) => Err(ConsensusError::Stopped {
                 node_id: self.inner.node_id,
                 detail: format!("leadership not confirmed: {e}"),
@@ -298,6 +325,18 @@ impl Consensus {
     /// membership), for status pages and diagnostics.
     pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
         self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// How much of `lease + margin` a newly elected leader may count as
+    /// already waited when it takes office: openraft's leader lease less
+    /// the clock-rate drift bound (ARCHITECTURE.md, "the handover"). Every
+    /// voter that answered the old leader's last confirmation round, and
+    /// the old leader itself (`Stickiness`), refused votes for a leader
+    /// lease after it, so no lease the old leader granted outlives
+    /// `election + W + lease` less this.
+    pub fn handover_credit(&self) -> Duration {
+        let ll = self.inner.sticky.leader_lease;
+        ll - ll / HANDOVER_DRIFT_DIVISOR
     }
 
     /// Current leader id and address, if this node knows one (a stopped
@@ -557,7 +596,11 @@ impl Consensus {
     /// The HTTP routes peers send Raft RPCs to (`POST /raft/append`,
     /// `/raft/vote`, `/raft/snapshot`); serve them on this node's `addr`.
     pub fn router(&self) -> axum::Router {
-        network::router(self.inner.raft.clone())
+        network::router(
+            self.inner.raft.clone(),
+            self.inner.sticky.clone(),
+            self.inner.node_id,
+        )
     }
 
     /// Stop the Raft node and wait (bounded) until the database is closed,

@@ -218,32 +218,122 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
 }
 
 /// The routes peers call; merged into the host's HTTP server by the agent.
-pub fn router(raft: Raft) -> Router {
+/// Leader stickiness: while this node leads and a majority confirmed its
+/// leadership within openraft's leader lease, it grants no vote. Every
+/// other voter already refuses votes for a leader lease after hearing from
+/// the leader; with this, the leader itself does too, so whoever is
+/// elected next was elected at least a leader lease after the last
+/// confirmation round any majority answered (ARCHITECTURE.md, "the
+/// handover"). A host back from a partition no longer deposes a healthy
+/// leader.
+pub struct Stickiness {
+    /// (term, send time) of the newest confirmation round a majority
+    /// answered while this node still led in that term.
+    confirmed: Mutex<Option<(u64, std::time::Instant)>>,
+    pub leader_lease: Duration,
+}
+
+impl Stickiness {
+    pub fn new(leader_lease: Duration) -> Stickiness {
+        Stickiness {
+            confirmed: Mutex::new(None),
+            leader_lease,
+        }
+    }
+
+    pub fn record(&self, term: u64, sent: std::time::Instant) {
+        let mut c = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        if c.is_none_or(|(t, at)| t < term || (t == term && at < sent)) {
+            *c = Some((term, sent));
+        }
+    }
+
+    /// Does this node, leading in `term`, refuse votes now?
+    pub fn refuses(&self, term: Option<u64>) -> bool {
+        let c = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        match (*c, term) {
+            (Some((t, at)), Some(now_term)) => t == now_term && at.elapsed() <= self.leader_lease,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct RouterState {
+    raft: Raft,
+    sticky: Arc<Stickiness>,
+    node_id: NodeId,
+}
+
+pub fn router(raft: Raft, sticky: Arc<Stickiness>, node_id: NodeId) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT_BYTES))
-        .with_state(raft)
+        .with_state(RouterState {
+            raft,
+            sticky,
+            node_id,
+        })
 }
 
 async fn append(
-    State(raft): State<Raft>,
+    State(RouterState { raft, .. }): State<RouterState>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
     Json(raft.append_entries(req).await)
 }
 
 async fn vote(
-    State(raft): State<Raft>,
+    State(RouterState {
+        raft,
+        sticky,
+        node_id,
+    }): State<RouterState>,
     Json(req): Json<VoteRequest<NodeId>>,
 ) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    let m = raft.metrics().borrow().clone();
+    let leading = (m.running_state.is_ok()
+        && m.state == openraft::ServerState::Leader
+        && m.current_leader == Some(node_id))
+    .then_some(m.current_term);
+    if sticky.refuses(leading) {
+        tracing::debug!(
+            candidate = req.vote.leader_id().voted_for(),
+            "vote refused: this leader's lease holds"
+        );
+        return Json(Ok(VoteResponse::new(m.vote, m.last_applied, false)));
+    }
     Json(raft.vote(req).await)
 }
 
 async fn snapshot(
-    State(raft): State<Raft>,
+    State(RouterState { raft, .. }): State<RouterState>,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
     Json(raft.install_snapshot(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_refuses_votes_only_within_its_lease_in_its_own_term() {
+        let s = Stickiness::new(Duration::from_millis(100));
+        assert!(!s.refuses(Some(3)), "never confirmed: votes are granted");
+        s.record(3, std::time::Instant::now());
+        assert!(s.refuses(Some(3)));
+        assert!(!s.refuses(None), "not leading: votes are granted");
+        assert!(
+            !s.refuses(Some(4)),
+            "a later term of its own: not this round"
+        );
+        // An older round never replaces a newer one.
+        s.record(3, std::time::Instant::now() - Duration::from_secs(5));
+        assert!(s.refuses(Some(3)));
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!s.refuses(Some(3)), "the lease ran out: votes are granted");
+    }
 }
