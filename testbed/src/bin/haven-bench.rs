@@ -76,6 +76,24 @@ enum Cmd {
     Failover(FailoverArgs),
     /// False failovers with one host's CPU saturated and packet loss.
     Soak(SoakArgs),
+    /// Host crash recovery, quiet and then noisy (2000 pending workloads,
+    /// one workload flooding its log, another host's datastore hung).
+    Noisy(NoisyArgs),
+}
+
+#[derive(Args, Debug)]
+struct NoisyArgs {
+    /// Host crashes per run (quiet, then noisy).
+    #[arg(long, default_value_t = 10)]
+    crashes: usize,
+    /// Witness workloads.
+    #[arg(long, default_value_t = 10)]
+    workloads: usize,
+    /// Workloads that fit nowhere (pending) in the noisy run.
+    #[arg(long, default_value_t = 2000)]
+    pending: usize,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -108,6 +126,13 @@ struct FailoverArgs {
     /// Crash the coordinator (Raft leader) instead: adds an election.
     #[arg(long)]
     coordinator: bool,
+    /// Give the agents a datastore (the noisy benchmark needs one).
+    #[arg(long)]
+    datastore: bool,
+    /// Noise during the run (set by `noisy`): this many pending workloads,
+    /// one flooding workload and the coordinator's datastore hung.
+    #[arg(skip)]
+    noise_pending: Option<usize>,
     /// `process` (witness processes) or `vm` (the test VM; recovery is the
     /// first guest heartbeat on the new host). Use --workloads 3 for VMs.
     #[arg(long, default_value = "process")]
@@ -208,6 +233,7 @@ fn main() {
     let result = match Cli::parse().command {
         Cmd::Failover(a) => failover(&a),
         Cmd::Soak(a) => soak(&a),
+        Cmd::Noisy(a) => noisy(&a),
     };
     match result {
         Ok(()) if stopped() => std::process::exit(130),
@@ -411,9 +437,24 @@ fn placement(s: &Value) -> BTreeMap<String, Placed> {
         .collect()
 }
 
+/// The `n` benchmark workloads (`wNN`) all run (other workloads, such as
+/// the noisy benchmark's, are not counted).
 fn all_running(s: &Value, n: usize) -> bool {
     let p = placement(s);
-    p.len() == n && p.values().all(|w| w.state == "running")
+    let ours: Vec<&Placed> = p
+        .iter()
+        .filter(|(name, _)| {
+            name.len() > 1 && name.starts_with('w') && name[1..].chars().all(|c| c.is_ascii_digit())
+        })
+        .map(|(_, w)| w)
+        .collect();
+    ours.len() == n && ours.iter().all(|w| w.state == "running")
+}
+
+/// Online, or online with a reported problem (the noisy benchmark hangs a
+/// host's datastore on purpose).
+fn up(s: &Value, host: &str) -> bool {
+    matches!(host_state(s, host).as_str(), "online" | "degraded")
 }
 
 fn host_state(s: &Value, host: &str) -> String {
@@ -708,12 +749,19 @@ fn failover_run(a: &FailoverArgs, fence: bool) -> Result<FailoverResult> {
     if vm {
         common.agent_args.push("--vm-witness".into());
     }
-    let mut bed = start_bed(&common, fence, vm)?;
+    let mut bed = start_bed(
+        &common,
+        fence,
+        vm || a.datastore || a.noise_pending.is_some(),
+    )?;
     let names = workload_names(a.workloads);
     if vm {
         r.boot_ms = apply_vms(&bed, &names)?;
     } else {
         apply_witnesses(&bed, &names, a.common.tick_ms)?;
+    }
+    if let Some(pending) = a.noise_pending {
+        make_noise(&bed, pending)?;
     }
     nap(SETTLE)?;
     for k in 1..=a.crashes {
@@ -740,6 +788,101 @@ fn failover_run(a: &FailoverArgs, fence: bool) -> Result<FailoverResult> {
     r.machine = machine_line(&load_before);
     drop(bed);
     Ok(r)
+}
+
+/// The noisy benchmark's noise: `pending` workloads too big for any host
+/// (applied 200 per file), one workload printing at full speed, and the
+/// coordinator's datastore writes hung (a FIFO where its heartbeat file's
+/// temporary copy goes, as a hard-mounted share that stopped answering).
+fn make_noise(bed: &Testbed, pending: usize) -> Result<()> {
+    let names: Vec<String> = (1..=pending).map(|i| format!("pending{i:04}")).collect();
+    for (k, chunk) in names.chunks(200).enumerate() {
+        let text: String = chunk
+            .iter()
+            .map(|n| {
+                format!(
+                    "[[workload]]\nname = \"{n}\"\nkind = \"process\"\ncommand = [\"/bin/sleep\", \"1000\"]\nvcpus = 1024\nmemory_mib = 1024\npriority = \"low\"\n\n"
+                )
+            })
+            .collect();
+        let file = bed.dir().join(format!("pending-{k}.toml"));
+        fs::write(&file, text)?;
+        bed.cli("h1", &["apply", "-f", &file.display().to_string()])?;
+    }
+    let file = bed.dir().join("flood.toml");
+    fs::write(
+        &file,
+        "[[workload]]\nname = \"flood\"\nkind = \"process\"\ncommand = [\"/usr/bin/yes\", \"haven noisy benchmark: flooding the log\"]\nvcpus = 1\nmemory_mib = 64\npriority = \"lowest\"\n",
+    )?;
+    bed.cli("h1", &["apply", "-f", &file.display().to_string()])?;
+    let s = bed.status()?;
+    let leader = s["leader"].as_str().unwrap_or("h1").to_owned();
+    let cluster = s["cluster_id"].as_str().unwrap_or_default();
+    let ds = bed
+        .datastore()
+        .context("the noisy benchmark needs a datastore")?;
+    let hosts = ds.join(format!("haven-{cluster}")).join("hosts");
+    let pid = bed
+        .agent_pid(&leader)
+        .context("the coordinator's agent runs")?;
+    let fifo = hosts.join(format!("{leader}.tmp{pid}"));
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .with_context(|| format!("mkfifo {}", fifo.display()))?;
+    eprintln!(
+        "noise: {pending} pending workloads, `flood` printing at full speed, {leader}'s datastore writes hung ({})",
+        fifo.display()
+    );
+    Ok(())
+}
+
+fn noisy(a: &NoisyArgs) -> Result<()> {
+    if a.crashes == 0 || a.workloads == 0 {
+        bail!("--crashes and --workloads must be above 0");
+    }
+    let mut runs = vec![];
+    for noise in [None, Some(a.pending)] {
+        if stopped() {
+            break;
+        }
+        let f = FailoverArgs {
+            crashes: a.crashes,
+            workloads: a.workloads,
+            fence: false,
+            both: false,
+            coordinator: false,
+            kind: "process".into(),
+            datastore: true,
+            noise_pending: noise,
+            common: a.common.clone(),
+        };
+        let r = failover_run(&f, false)?;
+        println!(
+            "==== {} ====\n{}",
+            if noise.is_some() { "noisy" } else { "quiet" },
+            failover_table(&r)
+        );
+        runs.push(r);
+    }
+    let medians: Vec<Option<f64>> = runs
+        .iter()
+        .map(|r| {
+            median(
+                &r.crashes
+                    .iter()
+                    .filter_map(|c| c.recovery_ms)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    if let [Some(quiet), Some(noisy)] = medians[..] {
+        let ratio = noisy / quiet;
+        println!(
+            "recovery p50: quiet {quiet:.0} ms, noisy {noisy:.0} ms ({} pending, a log flood, a hung datastore): ratio {ratio:.2} (target ≤ 1.10: {})",
+            a.pending,
+            if ratio <= 1.10 { "met" } else { "MISSED" }
+        );
+    }
+    Ok(())
 }
 
 /// The file's size now (0 if missing): where following it starts.
@@ -822,7 +965,7 @@ fn one_crash(
         bed,
         "every host online and every workload running",
         RESTORE_TIMEOUT,
-        |s| hosts.iter().all(|h| host_state(s, h) == "online") && all_running(s, n),
+        |s| hosts.iter().all(|h| up(s, h)) && all_running(s, n),
     )?;
     let leader = s["leader"].as_str().unwrap_or_default().to_owned();
     let before = placement(&s);
@@ -982,7 +1125,7 @@ fn one_crash(
         bed,
         &format!("{victim} online and every workload running"),
         RESTORE_TIMEOUT,
-        |s| host_state(s, &victim) == "online" && all_running(s, n),
+        |s| up(s, &victim) && all_running(s, n),
     )?;
     // Workloads that were not on the victim must not have moved; those that
     // were, once (generations are issued cluster-wide, so "once" is one new
