@@ -13,6 +13,9 @@ use crate::placement::{self, HostView, Unplaced};
 use crate::state::{ClusterState, Command};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// At most this many placements go into one `Command::Place`.
+pub const PLACEMENTS_PER_COMMAND_MAX: usize = 128;
+
 /// What a host last reported: the instances it has, and the state revision
 /// its agent had acted on when it built the report.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -256,9 +259,11 @@ pub fn tick(input: &TickInput<'_>) -> Vec<Command> {
         return cmds;
     }
     let plan = placement::plan(&views, &unplaced);
-    if !plan.placements.is_empty() {
+    // In priority order, a bounded number per command (one Raft entry
+    // holds a bounded number of bytes: `state::BATCH_BYTES_MAX`).
+    for placements in plan.placements.chunks(PLACEMENTS_PER_COMMAND_MAX) {
         cmds.push(Command::Place {
-            placements: plan.placements,
+            placements: placements.to_vec(),
             at_ms: input.at_ms,
         });
     }
@@ -813,6 +818,49 @@ mod tests {
             "h1 still has no room"
         );
         assert_eq!(w.s.workloads["big0000"].pending_reason, reason);
+    }
+
+    #[test]
+    fn a_bulk_placement_is_split_into_bounded_commands_in_priority_order() {
+        let n = PLACEMENTS_PER_COMMAND_MAX * 2 + 1;
+        let mut w = World::new(
+            (0..n)
+                .map(|i| WorkloadSpec {
+                    memory_mib: 1,
+                    ..spec(&format!("w{i:04}"), Priority::Medium)
+                })
+                .collect(),
+        );
+        let mut big = host("h1", 1);
+        big.capacity.vcpus = 1_000;
+        w.s.apply(&Command::RegisterHost {
+            host: big,
+            at_ms: 1,
+        });
+        w.hosts.insert("h1".into(), online());
+        w.hosts.insert("h2".into(), silent(5_000));
+        let cmds = w.cmds();
+        let chunks: Vec<&Vec<_>> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::Place { placements, .. } => Some(placements),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(chunks.len(), 3);
+        assert!(chunks.iter().all(|p| p.len() <= PLACEMENTS_PER_COMMAND_MAX));
+        let names: Vec<&str> = chunks
+            .iter()
+            .flat_map(|p| p.iter().map(|x| x.workload.as_str()))
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "one plan, in order");
+        assert!(Command::batches(cmds)
+            .iter()
+            .all(|e| e.encoded_len() <= crate::state::BATCH_BYTES_MAX));
+        w.run();
+        assert!(w.s.workloads.values().all(|x| x.assignment.is_some()));
     }
 
     #[test]

@@ -18,10 +18,12 @@ pub const CLUSTER_EVENTS_KEPT_MAX: usize = 1_000;
 /// it keeps, apart from the cluster events, so that one bulk apply of
 /// thousands of workloads cannot push a host failure out of the history.
 pub const WORKLOAD_EVENTS_KEPT_MAX: usize = 2_000;
-/// At most this many commands go into one `Command::Batch`: a tick that
-/// decides more (a bulk apply of thousands of workloads) is proposed as
-/// several entries, each of a size the Raft timing copes with.
+/// At most this many commands, and about this many bytes, go into one
+/// `Command::Batch`: a tick that decides more (after a bulk apply of
+/// thousands of workloads) is proposed as several entries, each small
+/// enough for the Raft timing.
 pub const BATCH_COMMANDS_MAX: usize = 256;
+pub const BATCH_BYTES_MAX: usize = 64 * 1024;
 /// How many hosts a workload remembers having failed on.
 pub const FAILED_HOSTS_MAX: usize = 64;
 
@@ -234,20 +236,39 @@ pub enum Command {
 }
 
 impl Command {
-    /// `commands` as the fewest entries to propose, in order: batches of at
-    /// most `BATCH_COMMANDS_MAX`, a lone command as itself.
+    /// `commands` as few entries to propose, in order: batches of at most
+    /// `BATCH_COMMANDS_MAX` commands and `BATCH_BYTES_MAX` encoded bytes (a
+    /// larger command goes alone), a lone command as itself.
     pub fn batches(commands: Vec<Command>) -> Vec<Command> {
-        let mut out = vec![];
-        let mut rest = commands.into_iter().peekable();
-        while rest.peek().is_some() {
-            let mut chunk: Vec<Command> = rest.by_ref().take(BATCH_COMMANDS_MAX).collect();
-            out.push(if chunk.len() == 1 {
+        fn entry(mut chunk: Vec<Command>) -> Command {
+            if chunk.len() == 1 {
                 chunk.remove(0)
             } else {
                 Command::Batch { commands: chunk }
-            });
+            }
+        }
+        let mut out = vec![];
+        let (mut chunk, mut bytes) = (vec![], 0);
+        for c in commands {
+            let size = c.encoded_len();
+            if !chunk.is_empty()
+                && (chunk.len() == BATCH_COMMANDS_MAX || bytes + size > BATCH_BYTES_MAX)
+            {
+                out.push(entry(std::mem::take(&mut chunk)));
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(c);
+        }
+        if !chunk.is_empty() {
+            out.push(entry(chunk));
         }
         out
+    }
+
+    /// Its size as the log stores it (JSON).
+    pub fn encoded_len(&self) -> usize {
+        serde_json::to_vec(self).map_or(0, |v| v.len())
     }
 }
 
@@ -1096,6 +1117,30 @@ mod tests {
             }
         }
         assert_eq!(flat, (0..n).map(event).collect::<Vec<_>>());
+        // Large commands: bounded by bytes too; one too large goes alone.
+        let sized = |bytes: usize| Command::RecordEvent {
+            message: "x".repeat(bytes),
+            at_ms: 1,
+        };
+        let third = BATCH_BYTES_MAX / 3;
+        let entries = Command::batches(vec![
+            sized(third),
+            sized(third),
+            sized(third),
+            sized(BATCH_BYTES_MAX * 2),
+            sized(10),
+        ]);
+        let sizes: Vec<usize> = entries
+            .iter()
+            .map(|e| match e {
+                Command::Batch { commands } => commands.len(),
+                _ => 1,
+            })
+            .collect();
+        assert_eq!(sizes, [2, 1, 1, 1], "{} entries", entries.len());
+        assert!(entries[..2]
+            .iter()
+            .all(|e| e.encoded_len() <= BATCH_BYTES_MAX + 64));
         // The placements of a batch are found among its results.
         let r = CommandResult::Batch(vec![
             CommandResult::Ok,
