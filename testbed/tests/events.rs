@@ -51,8 +51,17 @@ fn events_json(bed: &Testbed, via: &str) -> Vec<Value> {
 #[test]
 fn thousands_pending_neither_slow_a_failover_nor_flush_the_host_failure() {
     let mut bed = start(3, |_| {});
-    // A witness on every host, so none has a whole host free.
+    // A witness on every host, so none has a whole host free: placed once
+    // the coordinator hears from all three (most free memory first).
+    let hosts = bed.host_names();
+    bed.wait_for("every host online", RECOVER, |s| {
+        hosts.iter().all(|h| host_state(s, h) == "online")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let s = apply(&mut bed, FOUR);
+    for h in &hosts {
+        assert!(!on_host(&s, h).is_empty(), "setup: {h} runs no witness");
+    }
     for first in (0..BIG_PENDING).step_by(PER_FILE) {
         let file = bed.dir().join(format!("big{first}.toml"));
         std::fs::write(&file, big_workloads(first..first + PER_FILE)).unwrap();
