@@ -379,7 +379,7 @@ pub async fn run(node: Arc<Node>) {
                 },
             );
         }
-        // One Raft entry per tick (more only past BATCH_COMMANDS_MAX).
+        // One Raft entry per tick (more only past the batch bounds).
         for entry in Command::batches(cmds) {
             match consensus.propose(entry).await {
                 Ok(result) => {
