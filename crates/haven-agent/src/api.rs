@@ -251,6 +251,12 @@ pub struct StatusResponse {
 pub struct EventView {
     pub seq: u64,
     pub at_ms: u64,
+    /// The state revision (Raft entry) that recorded it.
+    #[serde(default)]
+    pub revision: u64,
+    /// The workload it is about; none for a cluster event.
+    #[serde(default)]
+    pub workload: Option<String>,
     pub message: String,
 }
 

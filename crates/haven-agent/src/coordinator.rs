@@ -6,7 +6,7 @@
 use haven_core::coordinator::{self, HostReport, TickInput};
 use haven_core::liveness::{Detector, HostObservation, HostState};
 use haven_core::model::{Generation, InstanceState, IsolationResponse, Observed};
-use haven_core::state::{Command, CommandResult};
+use haven_core::state::Command;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -430,7 +430,8 @@ pub async fn run(node: Arc<Node>) {
                     let seen = office.restarts_seen.insert(w.spec.name.clone(), (a.generation, restarts));
                     if let Some((g, n)) = seen {
                         if g == a.generation && restarts > n {
-                            cmds.push(Command::RecordEvent {
+                            cmds.push(Command::RecordWorkloadEvent {
+                                workload: w.spec.name.clone(),
                                 message: format!(
                                     "{} restarted in place on {} (restart {restarts}): {}",
                                     w.spec.name,
@@ -446,7 +447,8 @@ pub async fn run(node: Arc<Node>) {
                     }
                     if state_now == InstanceState::Running && office.placed.get(&w.spec.name) == Some(&a.generation) {
                         office.placed.remove(&w.spec.name);
-                        cmds.push(Command::RecordEvent {
+                        cmds.push(Command::RecordWorkloadEvent {
+                            workload: w.spec.name.clone(),
                             message: format!("{} started on {} (generation {})", w.spec.name, a.host, a.generation),
                             at_ms,
                         });
@@ -469,7 +471,8 @@ pub async fn run(node: Arc<Node>) {
                         .map(|x| x.detail.clone());
                     if let Some(detail) = step {
                         if office.stop_steps_seen.insert((name.clone(), st.generation)) {
-                            cmds.push(Command::RecordEvent {
+                            cmds.push(Command::RecordWorkloadEvent {
+                                workload: name.clone(),
                                 message: format!(
                                     "{name} generation {} on {}: {}",
                                     st.generation,
@@ -505,28 +508,33 @@ pub async fn run(node: Arc<Node>) {
         for (host, dev, silence_ms) in fence_jobs {
             tokio::spawn(fence(node.clone(), term, host, dev, silence_ms));
         }
+        let mut cmds = cmds;
         if announce {
             let msg = format!(
                 "{} took office as coordinator (term {term}); no host is declared failed for {wait_ms} ms (lease + margin, less the {} ms the voters had already waited: leader lease less drift)",
                 node.identity.name,
                 consensus.handover_credit().as_millis(),
             );
-            let _ = consensus
-                .propose(Command::RecordEvent {
+            cmds.insert(
+                0,
+                Command::RecordEvent {
                     message: msg,
                     at_ms,
-                })
-                .await;
+                },
+            );
         }
-        for cmd in cmds {
-            match consensus.propose(cmd).await {
-                Ok(CommandResult::Placed { placed, .. }) => {
-                    let mut slot = node.office.lock().unwrap();
-                    if let Some(o) = slot.as_mut().filter(|o| o.term == term) {
-                        o.placed.extend(placed);
+        // One Raft entry per tick (more only past the batch bounds).
+        for entry in Command::batches(cmds) {
+            match consensus.propose(entry).await {
+                Ok(result) => {
+                    let placed = result.placed();
+                    if !placed.is_empty() {
+                        let mut slot = node.office.lock().unwrap();
+                        if let Some(o) = slot.as_mut().filter(|o| o.term == term) {
+                            o.placed.extend(placed);
+                        }
                     }
                 }
-                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!("coordinator: proposal failed: {e}");
                     break;

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use haven_core::model::{Generation, Role};
+use haven_core::placement::HostView;
 use haven_core::spec::{check_fits_cluster, check_name};
 use haven_core::state::{Command, CommandResult};
 use serde::de::DeserializeOwned;
@@ -592,7 +593,19 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                     .and_then(|o| o.problems.get(&h.name).cloned())
                     .unwrap_or_default(),
             })
+            .collect::<Vec<HostStatus>>();
+        // Live free figures are shown, never committed (pending reasons
+        // stay stable so that nothing is recommitted when they change).
+        let views: Vec<HostView> = hosts
+            .iter()
+            .map(|h| HostView {
+                name: h.name.clone(),
+                capacity: h.capacity,
+                allocated: h.allocated,
+                eligible: h.state == "online",
+            })
             .collect();
+        let most_free = haven_core::placement::most_free(&views);
         let workloads = s
             .workloads
             .values()
@@ -609,6 +622,7 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                     (Some(_), Some(o)) => o.state.to_string(),
                     (Some(_), None) => "assigned".to_string(),
                 };
+                let pending = state == "pending";
                 WorkloadStatus {
                     name: w.spec.name.clone(),
                     kind: w.spec.kind.name().to_string(),
@@ -627,7 +641,13 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                     pid: observed.and_then(|o| o.pid),
                     reason: observed
                         .and_then(|o| o.detail.clone())
-                        .or_else(|| w.pending_reason.clone()),
+                        .or_else(|| w.pending_reason.clone())
+                        .map(|r| match most_free {
+                            Some((h, free)) if pending && !free.fits(&w.spec.demand()) => {
+                                format!("{r} (most free now: {h} with {free})")
+                            }
+                            _ => r,
+                        }),
                 }
             })
             .collect();
@@ -846,12 +866,13 @@ async fn events(
         return forward::<()>(&node, &headers, reqwest::Method::GET, &path, None).await;
     };
     let events = c.read(|s| {
-        s.events
-            .iter()
-            .filter(|e| q.after.is_none_or(|a| e.seq > a))
+        s.events(q.after)
+            .into_iter()
             .map(|e| EventView {
                 seq: e.seq,
                 at_ms: e.at_ms,
+                revision: e.revision,
+                workload: e.workload.clone(),
                 message: e.message.clone(),
             })
             .collect()

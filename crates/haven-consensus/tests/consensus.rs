@@ -283,7 +283,7 @@ async fn three_nodes_replicate_fail_over_and_recover() {
     .await;
     assert_eq!(n1.consensus.leader(), Some((leader_id, leader_addr)));
     assert!(snapshot_of(&n1.consensus)
-        .events
+        .events(None)
         .iter()
         .any(|e| e.message == "after fail-over"));
 

@@ -13,6 +13,9 @@ use crate::placement::{self, HostView, Unplaced};
 use crate::state::{ClusterState, Command};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// At most this many placements go into one `Command::Place`.
+pub const PLACEMENTS_PER_COMMAND_MAX: usize = 128;
+
 /// What a host last reported: the instances it has, and the state revision
 /// its agent had acted on when it built the report.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -256,13 +259,34 @@ pub fn tick(input: &TickInput<'_>) -> Vec<Command> {
         return cmds;
     }
     let plan = placement::plan(&views, &unplaced);
-    if !plan.placements.is_empty() {
+    // In priority order, a bounded number per command (one Raft entry
+    // holds a bounded number of bytes: `state::BATCH_BYTES_MAX`).
+    for placements in plan.placements.chunks(PLACEMENTS_PER_COMMAND_MAX) {
         cmds.push(Command::Place {
-            placements: plan.placements,
+            placements: placements.to_vec(),
             at_ms: input.at_ms,
         });
     }
-    for (workload, reason) in plan.pending {
+    // Pending reasons are stable (`placement::Unplaceable`): one is
+    // committed only when it differs from the workload's current one. A
+    // coordinator that has not yet heard from every host (it just took
+    // office, or a host just joined) does not know what fits where: it
+    // places what fits on the hosts it heard from but leaves the reasons
+    // as they are until the others are heard from or given up on, so a
+    // failover does not rewrite (and then restore) every pending reason.
+    let view_settled = state.hosts.keys().all(|h| {
+        let o = obs(h);
+        o.heard
+            || !matches!(
+                o.state(input.timing),
+                HostState::Online | HostState::Suspect
+            )
+    });
+    if !view_settled {
+        return cmds;
+    }
+    for (workload, why) in plan.pending {
+        let reason = why.to_string();
         let current = state
             .workloads
             .get(&workload)
@@ -438,11 +462,16 @@ mod tests {
             "a new, larger generation"
         );
         assert_eq!(w.host_of("batch").as_deref(), Some("h1"));
-        assert!(w
-            .s
-            .events
-            .iter()
-            .any(|e| e.message.contains("host h1 is failed")));
+        let events = w.s.events(None);
+        assert!(events.iter().any(|e| e.workload.as_deref() == Some("web")
+            && e.message
+                .starts_with("unassigned web from h1: host h1 is failed")));
+        assert!(
+            events.iter().any(|e| e.workload.is_none()
+                && e.message.contains("host h1 is failed")
+                && e.message.ends_with("unassigned 1 workload(s): web")),
+            "the cluster history has the gist: {events:?}"
+        );
     }
 
     #[test]
@@ -706,9 +735,140 @@ mod tests {
         assert_eq!(w.host_of("web").as_deref(), Some("h2"));
     }
 
+    /// Two small workloads take a little of each host, so none of the
+    /// `n` big ones (a whole host each) fits anywhere.
+    fn crowded(n: usize) -> World {
+        let mut specs = vec![spec("a", Priority::High), spec("b", Priority::High)];
+        specs.extend((0..n).map(|i| WorkloadSpec {
+            vcpus: 4,
+            memory_mib: 4096,
+            ..spec(&format!("big{i:04}"), Priority::Low)
+        }));
+        let mut w = World::new(specs);
+        w.hosts.insert("h1".into(), online());
+        w.hosts.insert("h2".into(), online());
+        w.run();
+        w
+    }
+
+    #[test]
+    fn a_capacity_change_that_changes_no_decision_commits_nothing() {
+        let mut w = crowded(3_000);
+        assert_ne!(w.host_of("a"), w.host_of("b"), "one small one per host");
+        assert!(w.host_of("big0000").is_none());
+        assert!(w.cmds().is_empty(), "nothing changed, nothing to commit");
+        // h2 gets more vcpus: the free figures change, no decision does.
+        let mut h2 = host("h2", 2);
+        h2.capacity.vcpus = 8;
+        w.s.apply(&Command::RegisterHost { host: h2, at_ms: 2 });
+        let cmds = w.cmds();
+        assert!(
+            cmds.is_empty(),
+            "no pending workload is recommitted; got {} commands, first: {:?}",
+            cmds.len(),
+            cmds.first()
+        );
+        // A new small workload is placed: one placement, nothing else.
+        apply(&mut w, vec![spec("c", Priority::High)]);
+        let cmds = w.cmds();
+        assert!(
+            matches!(&cmds[..], [Command::Place { placements, .. }] if placements.len() == 1),
+            "{} commands: {:?}",
+            cmds.len(),
+            cmds.iter().take(3).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_new_coordinator_keeps_pending_reasons_until_it_heard_from_every_host() {
+        let mut w = crowded(50);
+        let reason = w.s.workloads["big0000"].pending_reason.clone();
+        assert_eq!(
+            reason.as_deref(),
+            Some("no online host has 4 vcpus and 4096 MiB free")
+        );
+        // A new office: nobody heard from yet.
+        let unheard = HostObservation {
+            heard: false,
+            ..online()
+        };
+        w.hosts.insert("h1".into(), unheard);
+        w.hosts.insert("h2".into(), unheard);
+        assert!(w.cmds().is_empty(), "no host known yet: nothing to say");
+        w.hosts.insert("h1".into(), online());
+        // h2 never reports: given up on after lease + margin, and what
+        // is then true is committed.
+        w.hosts.insert(
+            "h2".into(),
+            HostObservation {
+                heard: false,
+                ..silent(1_250)
+            },
+        );
+        let cmds = w.cmds();
+        assert!(
+            cmds.iter()
+                .any(|c| matches!(c, Command::Unassign { workloads, .. } if workloads[0].0 == "b")),
+            "{:?}",
+            cmds.first()
+        );
+        w.run();
+        assert!(
+            w.s.workloads["big0000"].assignment.is_none(),
+            "h1 still has no room"
+        );
+        assert_eq!(w.s.workloads["big0000"].pending_reason, reason);
+    }
+
+    #[test]
+    fn a_bulk_placement_is_split_into_bounded_commands_in_priority_order() {
+        let n = PLACEMENTS_PER_COMMAND_MAX * 2 + 1;
+        let mut w = World::new(
+            (0..n)
+                .map(|i| WorkloadSpec {
+                    memory_mib: 1,
+                    ..spec(&format!("w{i:04}"), Priority::Medium)
+                })
+                .collect(),
+        );
+        let mut big = host("h1", 1);
+        big.capacity.vcpus = 1_000;
+        w.s.apply(&Command::RegisterHost {
+            host: big,
+            at_ms: 1,
+        });
+        w.hosts.insert("h1".into(), online());
+        w.hosts.insert("h2".into(), silent(5_000));
+        let cmds = w.cmds();
+        let chunks: Vec<&Vec<_>> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::Place { placements, .. } => Some(placements),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(chunks.len(), 3);
+        assert!(chunks.iter().all(|p| p.len() <= PLACEMENTS_PER_COMMAND_MAX));
+        let names: Vec<&str> = chunks
+            .iter()
+            .flat_map(|p| p.iter().map(|x| x.workload.as_str()))
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "one plan, in order");
+        assert!(Command::batches(cmds)
+            .iter()
+            .all(|e| e.encoded_len() <= crate::state::BATCH_BYTES_MAX));
+        w.run();
+        assert!(w.s.workloads.values().all(|x| x.assignment.is_some()));
+    }
+
     #[test]
     fn nothing_fits_gives_pending_once() {
         let mut w = World::new(vec![spec("web", Priority::High)]);
+        // Both hosts silent for good: failed, so known to have no room.
+        w.hosts.insert("h1".into(), silent(5_000));
+        w.hosts.insert("h2".into(), silent(5_000));
         w.run();
         assert_eq!(
             w.s.workloads["web"].pending_reason.as_deref(),

@@ -5,9 +5,15 @@
 //! name); each goes to the eligible host with the most free memory that fits
 //! it, ties broken by free vcpus and then host name. Capacity is allocated as
 //! decisions are made, so a plan never puts a host over capacity.
+//!
+//! Why a workload fits nowhere is a stable category (`Unplaceable`): it
+//! names what the workload needs, never the hosts' live free figures, so
+//! the reason the coordinator commits changes only when the cause does.
+//! The live figures are computed when they are shown (`most_free`).
 
 use crate::model::{Capacity, Generation, WorkloadSpec};
 use crate::state::Placement;
+use std::fmt;
 
 /// A host as the placer sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,11 +35,57 @@ pub struct Unplaced<'a> {
     pub avoid: &'a [String],
 }
 
+/// Why a workload fits on no host now. Free of live figures on purpose:
+/// its text is the workload's committed pending reason, rewritten only
+/// when this value changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unplaceable {
+    /// No host is online and heard from.
+    NoOnlineHost,
+    /// It failed on every online host (they are avoided until its spec
+    /// changes).
+    FailedOnEveryOnlineHost { hosts: Vec<String> },
+    /// No online host it has not failed on has this much free.
+    NoRoom { demand: Capacity },
+}
+
+impl fmt::Display for Unplaceable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unplaceable::NoOnlineHost => write!(f, "no online host"),
+            Unplaceable::FailedOnEveryOnlineHost { hosts } => {
+                write!(f, "failed on every online host ({})", hosts.join(", "))
+            }
+            Unplaceable::NoRoom { demand } => write!(
+                f,
+                "no online host has {} vcpus and {} MiB free",
+                demand.vcpus, demand.memory_mib
+            ),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub placements: Vec<Placement>,
     /// Workloads that fit nowhere now, with the reason.
-    pub pending: Vec<(String, String)>,
+    pub pending: Vec<(String, Unplaceable)>,
+}
+
+/// The eligible host with the most free memory (then vcpus, then the first
+/// name), with what it has free: the live figure shown beside a workload
+/// that fits nowhere.
+pub fn most_free(hosts: &[HostView]) -> Option<(&str, Capacity)> {
+    hosts
+        .iter()
+        .filter(|h| h.eligible)
+        .map(|h| (h, h.capacity.saturating_sub(&h.allocated)))
+        .max_by(|(ha, fa), (hb, fb)| {
+            (fa.memory_mib, fa.vcpus)
+                .cmp(&(fb.memory_mib, fb.vcpus))
+                .then_with(|| hb.name.cmp(&ha.name))
+        })
+        .map(|(h, f)| (h.name.as_str(), f))
 }
 
 pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
@@ -73,19 +125,13 @@ pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
             }
             None => {
                 let reason = if free.is_empty() {
-                    "no online host".to_string()
+                    Unplaceable::NoOnlineHost
                 } else if free.iter().all(|(i, _)| u.avoid.contains(&hosts[*i].name)) {
-                    format!("failed on every online host ({})", u.avoid.join(", "))
+                    Unplaceable::FailedOnEveryOnlineHost {
+                        hosts: u.avoid.to_vec(),
+                    }
                 } else {
-                    let (i, f) = free
-                        .iter()
-                        .max_by_key(|(_, f)| (f.memory_mib, f.vcpus))
-                        .copied()
-                        .unwrap_or((0, Capacity::default()));
-                    format!(
-                        "no online host has {} vcpus and {} MiB free (most free: {} with {} vcpus, {} MiB)",
-                        demand.vcpus, demand.memory_mib, hosts[i].name, f.vcpus, f.memory_mib
-                    )
+                    Unplaceable::NoRoom { demand }
                 };
                 out.pending.push((u.spec.name.clone(), reason));
             }
@@ -156,7 +202,8 @@ mod tests {
             }],
         );
         assert!(p.placements.is_empty());
-        assert_eq!(p.pending[0].1, "no online host");
+        assert_eq!(p.pending[0].1, Unplaceable::NoOnlineHost);
+        assert_eq!(p.pending[0].1.to_string(), "no online host");
     }
 
     #[test]
@@ -181,9 +228,50 @@ mod tests {
         );
         assert_eq!(p.placements[0].workload, "z-high");
         assert_eq!(p.pending[0].0, "a-low");
-        assert!(p.pending[0]
-            .1
-            .contains("no online host has 1 vcpus and 100 MiB free"));
+        assert_eq!(
+            p.pending[0].1.to_string(),
+            "no online host has 1 vcpus and 100 MiB free"
+        );
+    }
+
+    #[test]
+    fn the_reason_names_the_need_not_the_live_free_figures() {
+        let big = spec("big", 4, 4096, Priority::Low);
+        let with_used = |vcpus, memory_mib| {
+            let mut h = host("h1", 4, 4096);
+            h.allocated = Capacity { vcpus, memory_mib };
+            h
+        };
+        let reason = |h: HostView| {
+            let un = [Unplaced {
+                spec: &big,
+                generation: Generation(0),
+                avoid: &[],
+            }];
+            plan(&[h], &un).pending[0].1.clone()
+        };
+        let (a, b) = (reason(with_used(1, 256)), reason(with_used(3, 4000)));
+        assert_eq!(a, b, "same cause, same reason, whatever is free");
+        assert_eq!(
+            a,
+            Unplaceable::NoRoom {
+                demand: big.demand()
+            }
+        );
+        // The live figure is computed when it is shown, from eligible hosts.
+        let mut bigger_but_offline = host("h0", 64, 65536);
+        bigger_but_offline.eligible = false;
+        assert_eq!(
+            most_free(&[bigger_but_offline, with_used(1, 256)]),
+            Some((
+                "h1",
+                Capacity {
+                    vcpus: 3,
+                    memory_mib: 3840
+                }
+            ))
+        );
+        assert_eq!(most_free(&[]), None);
     }
 
     fn arb_priority() -> impl Strategy<Value = Priority> {

@@ -11,8 +11,19 @@ use crate::model::{
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
-/// How many decision events the replicated state keeps (oldest dropped first).
-pub const EVENTS_KEPT_MAX: usize = 2_000;
+/// How many cluster events (hosts, coordinators, settings, fencing) the
+/// replicated state keeps, oldest dropped first.
+pub const CLUSTER_EVENTS_KEPT_MAX: usize = 1_000;
+/// How many workload events (created, placed, pending, moved, started…)
+/// it keeps, apart from the cluster events, so that one bulk apply of
+/// thousands of workloads cannot push a host failure out of the history.
+pub const WORKLOAD_EVENTS_KEPT_MAX: usize = 2_000;
+/// At most this many commands, and about this many bytes, go into one
+/// `Command::Batch`: a tick that decides more (after a bulk apply of
+/// thousands of workloads) is proposed as several entries, each small
+/// enough for the Raft timing.
+pub const BATCH_COMMANDS_MAX: usize = 256;
+pub const BATCH_BYTES_MAX: usize = 64 * 1024;
 /// How many hosts a workload remembers having failed on.
 pub const FAILED_HOSTS_MAX: usize = 64;
 
@@ -57,6 +68,14 @@ pub struct Stopping {
 pub struct Event {
     pub seq: u64,
     pub at_ms: u64,
+    /// The state revision (Raft entry) that recorded it: the events of
+    /// one coordinator tick share it.
+    #[serde(default)]
+    pub revision: u64,
+    /// The workload it is about; `None` for a cluster event. The two kinds
+    /// are kept apart (`CLUSTER_EVENTS_KEPT_MAX`, `WORKLOAD_EVENTS_KEPT_MAX`).
+    #[serde(default)]
+    pub workload: Option<String>,
     pub message: String,
 }
 
@@ -66,7 +85,12 @@ pub struct ClusterState {
     pub cluster_id: String,
     pub hosts: BTreeMap<String, HostRecord>,
     pub workloads: BTreeMap<String, WorkloadRecord>,
-    pub events: VecDeque<Event>,
+    /// Cluster events, oldest first (`events()` merges both kinds).
+    #[serde(rename = "events")]
+    pub cluster_events: VecDeque<Event>,
+    /// Workload events, oldest first.
+    #[serde(default)]
+    pub workload_events: VecDeque<Event>,
     pub next_event_seq: u64,
     pub next_node_id: NodeId,
     /// Secret part of the join token; checked by whichever manager leads.
@@ -197,6 +221,55 @@ pub enum Command {
         message: String,
         at_ms: u64,
     },
+    /// Likewise, about one workload (e.g. "web started on h2").
+    RecordWorkloadEvent {
+        workload: String,
+        message: String,
+        at_ms: u64,
+    },
+    /// One coordinator tick's decisions as one Raft entry: applied in
+    /// order, each as if alone (a refused one does not undo the others),
+    /// with one result each. A batch inside a batch is refused.
+    Batch {
+        commands: Vec<Command>,
+    },
+}
+
+impl Command {
+    /// `commands` as few entries to propose, in order: batches of at most
+    /// `BATCH_COMMANDS_MAX` commands and `BATCH_BYTES_MAX` encoded bytes (a
+    /// larger command goes alone), a lone command as itself.
+    pub fn batches(commands: Vec<Command>) -> Vec<Command> {
+        fn entry(mut chunk: Vec<Command>) -> Command {
+            if chunk.len() == 1 {
+                chunk.remove(0)
+            } else {
+                Command::Batch { commands: chunk }
+            }
+        }
+        let mut out = vec![];
+        let (mut chunk, mut bytes) = (vec![], 0);
+        for c in commands {
+            let size = c.encoded_len();
+            if !chunk.is_empty()
+                && (chunk.len() == BATCH_COMMANDS_MAX || bytes + size > BATCH_BYTES_MAX)
+            {
+                out.push(entry(std::mem::take(&mut chunk)));
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(c);
+        }
+        if !chunk.is_empty() {
+            out.push(entry(chunk));
+        }
+        out
+    }
+
+    /// Its size as the log stores it (JSON).
+    pub fn encoded_len(&self) -> usize {
+        serde_json::to_vec(self).map_or(0, |v| v.len())
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +290,31 @@ pub enum CommandResult {
     },
     /// The command was well-formed but not applicable (e.g. name in use).
     Rejected(String),
+    /// One result per command of a `Command::Batch`, in order.
+    Batch(Vec<CommandResult>),
+}
+
+impl CommandResult {
+    /// The placements this result reports, a batch's included.
+    pub fn placed(&self) -> Vec<(String, Generation)> {
+        match self {
+            CommandResult::Placed { placed, .. } => placed.clone(),
+            CommandResult::Batch(results) => results.iter().flat_map(|r| r.placed()).collect(),
+            _ => vec![],
+        }
+    }
+}
+
+/// How many names a cluster event lists before "and N more".
+const NAMES_IN_EVENT_MAX: usize = 8;
+
+/// `names` for an event: the first few, then how many more.
+fn names_bounded(names: &[&str]) -> String {
+    let shown = names[..names.len().min(NAMES_IN_EVENT_MAX)].join(", ");
+    match names.len().saturating_sub(NAMES_IN_EVENT_MAX) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
 }
 
 impl ClusterState {
@@ -269,22 +367,81 @@ impl ClusterState {
         self.hosts.values().find(|h| h.node_id == id)
     }
 
-    fn event(&mut self, at_ms: u64, message: String) {
-        self.events.push_back(Event {
-            seq: self.next_event_seq,
-            at_ms,
-            message,
-        });
-        self.next_event_seq += 1;
-        while self.events.len() > EVENTS_KEPT_MAX {
-            self.events.pop_front();
+    /// Both kinds of kept events, oldest first, newer than seq `after`.
+    pub fn events(&self, after: Option<u64>) -> Vec<&Event> {
+        let newer = |e: &&Event| after.is_none_or(|a| e.seq > a);
+        let mut cluster = self.cluster_events.iter().filter(newer).peekable();
+        let mut workload = self.workload_events.iter().filter(newer).peekable();
+        let mut out = Vec::with_capacity(self.cluster_events.len() + self.workload_events.len());
+        loop {
+            let take_cluster = match (cluster.peek(), workload.peek()) {
+                (Some(c), Some(w)) => c.seq < w.seq,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return out,
+            };
+            out.extend(if take_cluster {
+                cluster.next()
+            } else {
+                workload.next()
+            });
         }
     }
 
-    /// The state machine transition. Deterministic; never panics.
+    /// Record a cluster event.
+    fn event(&mut self, at_ms: u64, message: String) {
+        self.record(None, at_ms, message);
+    }
+
+    /// Record an event about `workload`.
+    fn workload_event(&mut self, workload: &str, at_ms: u64, message: String) {
+        self.record(Some(workload.to_owned()), at_ms, message);
+    }
+
+    fn record(&mut self, workload: Option<String>, at_ms: u64, message: String) {
+        let (kept, kept_max) = if workload.is_some() {
+            (&mut self.workload_events, WORKLOAD_EVENTS_KEPT_MAX)
+        } else {
+            (&mut self.cluster_events, CLUSTER_EVENTS_KEPT_MAX)
+        };
+        kept.push_back(Event {
+            seq: self.next_event_seq,
+            at_ms,
+            revision: self.revision,
+            workload,
+            message,
+        });
+        self.next_event_seq += 1;
+        while kept.len() > kept_max {
+            kept.pop_front();
+        }
+    }
+
+    /// The state machine transition. Deterministic; never panics. Every
+    /// entry, a batch included, advances the revision by one.
     pub fn apply(&mut self, cmd: &Command) -> CommandResult {
         self.revision += 1;
         match cmd {
+            Command::Batch { commands } => CommandResult::Batch(
+                commands
+                    .iter()
+                    .map(|c| match c {
+                        Command::Batch { .. } => {
+                            CommandResult::Rejected("a batch cannot contain a batch".into())
+                        }
+                        c => self.apply_one(c),
+                    })
+                    .collect(),
+            ),
+            c => self.apply_one(c),
+        }
+    }
+
+    fn apply_one(&mut self, cmd: &Command) -> CommandResult {
+        match cmd {
+            Command::Batch { .. } => {
+                CommandResult::Rejected("a batch cannot contain a batch".into())
+            }
             Command::InitCluster { cluster_id, at_ms } => {
                 if !self.cluster_id.is_empty() {
                     return CommandResult::Rejected(format!(
@@ -338,7 +495,7 @@ impl ClusterState {
                     }
                 }
                 w.pending_reason = Some(format!("failed on {}: {reason}", a.host));
-                self.event(
+                self.workload_event(workload,
                     *at_ms,
                     format!(
                         "{workload} failed on {} (generation {generation}): {reason}; stopping it there before moving it to another host",
@@ -371,7 +528,11 @@ impl ClusterState {
                         }
                         None => String::new(),
                     };
-                    self.event(*at_ms, format!("deleted {name}{on}: operator request"));
+                    self.workload_event(
+                        name,
+                        *at_ms,
+                        format!("deleted {name}{on}: operator request"),
+                    );
                     CommandResult::Ok
                 }
                 None => CommandResult::Rejected(format!("no workload named {name:?}")),
@@ -382,6 +543,7 @@ impl ClusterState {
                 reason,
                 at_ms,
             } => {
+                let mut unassigned = vec![];
                 for (name, expected) in workloads {
                     let Some(w) = self.workloads.get_mut(name) else {
                         continue;
@@ -392,7 +554,22 @@ impl ClusterState {
                     let host = w.assignment.take().map(|a| a.host).unwrap_or_default();
                     w.released_by = Some(host.clone());
                     w.pending_reason = Some(reason.clone());
-                    self.event(*at_ms, format!("unassigned {name} from {host}: {reason}"));
+                    self.workload_event(
+                        name,
+                        *at_ms,
+                        format!("unassigned {name} from {host}: {reason}"),
+                    );
+                    unassigned.push(name.as_str());
+                }
+                // The cluster history keeps the gist, however many
+                // workload events follow.
+                if !unassigned.is_empty() {
+                    let message = format!(
+                        "{reason}: unassigned {} workload(s): {}",
+                        unassigned.len(),
+                        names_bounded(&unassigned)
+                    );
+                    self.event(*at_ms, message);
                 }
                 CommandResult::Ok
             }
@@ -408,11 +585,19 @@ impl ClusterState {
                     return CommandResult::Ok;
                 }
                 w.pending_reason = Some(reason.clone());
-                self.event(*at_ms, format!("{workload} pending: {reason}"));
+                self.workload_event(workload, *at_ms, format!("{workload} pending: {reason}"));
                 CommandResult::Ok
             }
             Command::RecordEvent { message, at_ms } => {
                 self.event(*at_ms, message.clone());
+                CommandResult::Ok
+            }
+            Command::RecordWorkloadEvent {
+                workload,
+                message,
+                at_ms,
+            } => {
+                self.workload_event(workload, *at_ms, message.clone());
                 CommandResult::Ok
             }
             Command::StopConfirmed {
@@ -434,7 +619,8 @@ impl ClusterState {
                     }
                     w.released_by = Some(st.host.clone());
                 }
-                self.event(
+                self.workload_event(
+                    workload,
                     *at_ms,
                     format!(
                         "{workload} generation {generation} is stopped on {}: {how}",
@@ -593,7 +779,11 @@ impl ClusterState {
                         },
                     );
                     created.push(spec.name.clone());
-                    self.event(at_ms, format!("created {} from {source}", spec.name));
+                    self.workload_event(
+                        &spec.name,
+                        at_ms,
+                        format!("created {} from {source}", spec.name),
+                    );
                 }
             }
         }
@@ -655,7 +845,7 @@ impl ClusterState {
             }
             (None, _) => format!("updated {} from {source}", spec.name),
         };
-        self.event(at_ms, message);
+        self.workload_event(&spec.name, at_ms, message);
     }
 
     /// The generation the next assignment of `workload` gets: larger than
@@ -692,7 +882,8 @@ impl ClusterState {
             });
             w.pending_reason = None;
             placed.push((p.workload.clone(), generation));
-            self.event(
+            self.workload_event(
+                &p.workload,
                 at_ms,
                 format!(
                     "placed {} on {} (generation {generation}): {}",
@@ -735,7 +926,7 @@ mod tests {
             "a new coordinator waits the longer lease"
         );
         assert!(s
-            .events
+            .cluster_events
             .back()
             .unwrap()
             .message
@@ -755,5 +946,209 @@ mod tests {
             at_ms: 1,
         });
         assert_eq!(s.revision, r0 + 2);
+    }
+
+    fn process(name: &str) -> WorkloadSpec {
+        WorkloadSpec {
+            name: name.into(),
+            kind: crate::model::WorkloadKind::Process {
+                command: vec!["/bin/true".into()],
+                env: Default::default(),
+            },
+            vcpus: 1,
+            memory_mib: 1,
+            priority: crate::model::Priority::Medium,
+            restart: Default::default(),
+            isolation_response: None,
+        }
+    }
+
+    #[test]
+    fn a_bulk_apply_does_not_flush_a_host_failure_from_the_events() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::RecordEvent {
+            message: "host h3 is failed: last heartbeat acknowledged 1250 ms ago".into(),
+            at_ms: 1,
+        });
+        let names: Vec<String> = (0..5_000).map(|i| format!("w{i:04}")).collect();
+        s.apply(&Command::ApplyWorkloads {
+            specs: names.iter().map(|n| process(n)).collect(),
+            source: "big.toml".into(),
+            at_ms: 2,
+        });
+        let placements = names
+            .iter()
+            .map(|n| Placement {
+                workload: n.clone(),
+                host: "h1".into(),
+                expected_generation: Generation(0),
+                reason: "test".into(),
+            })
+            .collect();
+        s.apply(&Command::RegisterHost {
+            host: HostRecord {
+                name: "h1".into(),
+                node_id: 1,
+                address: "127.0.0.1:1".into(),
+                role: crate::model::Role::Manager,
+                capacity: crate::model::Capacity {
+                    vcpus: 8_000,
+                    memory_mib: 8_000,
+                },
+                labels: Default::default(),
+                instance_id: "h1".into(),
+                fence: None,
+                watchdog_timeout_ms: 0,
+                restart_grace: None,
+            },
+            at_ms: 2,
+        });
+        s.apply(&Command::Place {
+            placements,
+            at_ms: 3,
+        });
+        let events = s.events(None);
+        assert!(
+            events
+                .iter()
+                .any(|e| e.message.starts_with("host h3 is failed")),
+            "the host failure was flushed by {} workload events",
+            events.len()
+        );
+        assert!(
+            events.len() <= CLUSTER_EVENTS_KEPT_MAX + WORKLOAD_EVENTS_KEPT_MAX,
+            "still bounded"
+        );
+        assert_eq!(s.workload_events.len(), WORKLOAD_EVENTS_KEPT_MAX);
+        assert!(
+            events.windows(2).all(|p| p[0].seq < p[1].seq),
+            "one history, in order"
+        );
+        let newest: Vec<u64> = s
+            .events(Some(s.next_event_seq - 3))
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(newest, [s.next_event_seq - 2, s.next_event_seq - 1]);
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_as_one_revision_with_each_result() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::InitCluster {
+            cluster_id: "c".into(),
+            at_ms: 0,
+        });
+        let revision = s.revision;
+        let r = s.apply(&Command::Batch {
+            commands: vec![
+                Command::ApplyWorkloads {
+                    specs: vec![process("web")],
+                    source: "t".into(),
+                    at_ms: 1,
+                },
+                Command::SetPending {
+                    workload: "web".into(),
+                    reason: "no online host".into(),
+                    at_ms: 1,
+                },
+                Command::SetPending {
+                    workload: "nope".into(),
+                    reason: "x".into(),
+                    at_ms: 1,
+                },
+                Command::Batch { commands: vec![] },
+                Command::RecordWorkloadEvent {
+                    workload: "web".into(),
+                    message: "web noted".into(),
+                    at_ms: 1,
+                },
+            ],
+        });
+        let CommandResult::Batch(results) = r else {
+            panic!("{r:?}")
+        };
+        assert!(
+            matches!(&results[0], CommandResult::Applied { created, .. } if created == &["web"])
+        );
+        // In order: the second saw what the first created.
+        assert_eq!(results[1], CommandResult::Ok);
+        assert_eq!(
+            s.workloads["web"].pending_reason.as_deref(),
+            Some("no online host")
+        );
+        // A refused command does not undo the others.
+        assert!(matches!(&results[2], CommandResult::Rejected(m) if m.contains("nope")));
+        assert!(matches!(&results[3], CommandResult::Rejected(m) if m.contains("batch")));
+        assert_eq!(results[4], CommandResult::Ok);
+        assert_eq!(results.len(), 5);
+        assert_eq!(s.revision, revision + 1, "one entry, one revision");
+        let events = s.events(None);
+        let of_batch: Vec<_> = events.iter().filter(|e| e.revision == s.revision).collect();
+        assert_eq!(of_batch.len(), 3, "{events:?}");
+        assert!(of_batch
+            .iter()
+            .all(|e| e.workload.as_deref() == Some("web")));
+    }
+
+    #[test]
+    fn a_tick_is_proposed_as_few_bounded_batches_in_order() {
+        let event = |i: usize| Command::RecordEvent {
+            message: format!("e{i}"),
+            at_ms: 1,
+        };
+        assert!(Command::batches(vec![]).is_empty());
+        assert_eq!(
+            Command::batches(vec![event(0)]),
+            vec![event(0)],
+            "a lone command as itself"
+        );
+        let n = BATCH_COMMANDS_MAX * 2 + 1;
+        let entries = Command::batches((0..n).map(event).collect());
+        assert_eq!(entries.len(), 3);
+        let mut flat = vec![];
+        for e in entries {
+            match e {
+                Command::Batch { commands } => {
+                    assert!(commands.len() <= BATCH_COMMANDS_MAX);
+                    flat.extend(commands);
+                }
+                c => flat.push(c),
+            }
+        }
+        assert_eq!(flat, (0..n).map(event).collect::<Vec<_>>());
+        // Large commands: bounded by bytes too; one too large goes alone.
+        let sized = |bytes: usize| Command::RecordEvent {
+            message: "x".repeat(bytes),
+            at_ms: 1,
+        };
+        let third = BATCH_BYTES_MAX / 3;
+        let entries = Command::batches(vec![
+            sized(third),
+            sized(third),
+            sized(third),
+            sized(BATCH_BYTES_MAX * 2),
+            sized(10),
+        ]);
+        let sizes: Vec<usize> = entries
+            .iter()
+            .map(|e| match e {
+                Command::Batch { commands } => commands.len(),
+                _ => 1,
+            })
+            .collect();
+        assert_eq!(sizes, [2, 1, 1, 1], "{} entries", entries.len());
+        assert!(entries[..2]
+            .iter()
+            .all(|e| e.encoded_len() <= BATCH_BYTES_MAX + 64));
+        // The placements of a batch are found among its results.
+        let r = CommandResult::Batch(vec![
+            CommandResult::Ok,
+            CommandResult::Placed {
+                placed: vec![("web".into(), Generation(3))],
+                refused: vec![],
+            },
+        ]);
+        assert_eq!(r.placed(), vec![("web".to_string(), Generation(3))]);
     }
 }

@@ -65,6 +65,10 @@ pub enum Cmd {
         /// Keep printing new events as they happen.
         #[arg(long)]
         follow: bool,
+        /// `json`: one JSON object per event and line (seq, at_ms,
+        /// revision, workload, message).
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Start a local 3-host cluster, protect workloads, crash a host, show the recovery.
     Demo(crate::demo::DemoArgs),
@@ -389,7 +393,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Events { follow } => events(&cli.server, follow).await,
+        Cmd::Events { follow, output } => events(&cli.server, follow, output).await,
         Cmd::Demo(args) => crate::demo::run(args).await,
         Cmd::Settings { action } => settings(&cli.server, action).await,
         Cmd::Keeper(_) => unreachable!("the keeper runs before the runtime starts (main.rs)"),
@@ -569,7 +573,7 @@ async fn wait_until(
 /// How often `--wait` looks at the status.
 const WAIT_POLL_MS: u64 = 200;
 
-async fn events(server: &str, follow: bool) -> Result<()> {
+async fn events(server: &str, follow: bool, output: Output) -> Result<()> {
     let http = rpc::client(10_000);
     let mut after: Option<u64> = None;
     loop {
@@ -580,7 +584,10 @@ async fn events(server: &str, follow: bool) -> Result<()> {
         match rpc::get::<EventsResponse>(&http, server, &path, false).await {
             Ok(r) => {
                 for e in &r.events {
-                    println!("{}  {}", rfc3339_ms(e.at_ms), e.message);
+                    match output {
+                        Output::Table => println!("{}  {}", rfc3339_ms(e.at_ms), e.message),
+                        Output::Json => println!("{}", serde_json::to_string(e)?),
+                    }
                     after = Some(e.seq);
                 }
             }
