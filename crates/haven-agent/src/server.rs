@@ -693,6 +693,12 @@ async fn apply(
                 problems.extend(check_vm_files(&req.source, s, vm, datastore.as_deref()));
             }
         }
+        if let Err(m) = haven_core::logs::check_log_max_bytes(s.log_max_bytes) {
+            problems.push(format!(
+                "{}: workload {:?}: field \"log_max_bytes\": {m}",
+                req.source, s.name
+            ));
+        }
         if s.vcpus == 0 || s.memory_mib == 0 {
             problems.push(format!(
                 "{}: workload {:?}: \"vcpus\" and \"memory_mib\" must be at least 1",

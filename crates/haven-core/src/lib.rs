@@ -6,6 +6,7 @@
 
 pub mod coordinator;
 pub mod liveness;
+pub mod logs;
 pub mod model;
 pub mod placement;
 pub mod restart;
