@@ -51,7 +51,7 @@ fn logs_dir(bed: &Testbed, host: &str) -> PathBuf {
     bed.data_dir(host).join("logs")
 }
 
-/// The workload's log files on `host`: name → size.
+/// The workload's log files on `host` (its lock file aside): name → size.
 fn log_files(bed: &Testbed, host: &str, workload: &str) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = std::fs::read_dir(logs_dir(bed, host))
         .into_iter()

@@ -6,7 +6,7 @@ use haven_consensus::{Consensus, ConsensusConfig};
 use haven_core::model::{HostRecord, Role};
 use haven_core::spec::check_name;
 use haven_core::state::{Command, CommandResult};
-use haven_drivers::process::ProcessDriver;
+use haven_drivers::process::{ProcessDriver, WorkloadLogs};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -408,7 +408,8 @@ pub async fn run(
     // the workloads never outlive the lease (DESIGN.md §2a).
     let keeper_pid = start_keeper(datadir.path(), &cgroup_root)?;
     tracing::info!("lease keeper runs (pid {keeper_pid})");
-    let driver = ProcessDriver::new(cgroup_root.clone(), datadir.logs_dir())
+    let logs = WorkloadLogs::new(datadir.logs_dir(), identity.name.clone());
+    let driver = ProcessDriver::new(cgroup_root.clone(), logs)
         .with_context(|| format!("workload cgroups under {}", cgroup_root.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let supervisor = Supervisor::new(

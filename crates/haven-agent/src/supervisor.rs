@@ -631,7 +631,7 @@ impl Supervisor {
         }
         entry.guest_stopped = false;
         entry.give_up = None;
-        match self.driver.start(&k, &command, &env) {
+        match self.driver.start(&k, &command, &env, d.spec.log_max_bytes) {
             Ok(pid) => {
                 tracing::info!("started {k} pid {pid}");
                 entry.phase = Phase::Running;

@@ -13,4 +13,5 @@ pub mod restart;
 pub mod settings;
 pub mod spec;
 pub mod state;
+pub mod timefmt;
 pub mod vm_monitor;

@@ -76,6 +76,38 @@ pub enum Cmd {
     /// The lease keeper of a host (started by `haven agent`; see docs/lease-keeper.md).
     #[command(hide = true)]
     Keeper(KeeperArgs),
+    /// Copies one workload instance's output into its log (started by the
+    /// agent with each instance; reads stdin until end of file).
+    #[command(name = haven_drivers::logcopy::SUBCOMMAND, hide = true)]
+    LogCopier(LogCopierArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogCopierArgs {
+    /// The logs directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub workload: String,
+    /// The workload's log_max_bytes.
+    #[arg(long)]
+    pub max_bytes: u64,
+    /// The line written first.
+    #[arg(long, allow_hyphen_values = true)]
+    pub marker: String,
+}
+
+impl LogCopierArgs {
+    /// What the copier does; a cap out of bounds is brought within them.
+    pub fn copier_args(&self) -> haven_drivers::logcopy::CopierArgs {
+        use haven_core::logs::{LOG_MAX_BYTES_MAX, LOG_MAX_BYTES_MIN};
+        haven_drivers::logcopy::CopierArgs {
+            dir: self.dir.clone(),
+            workload: self.workload.clone(),
+            max_bytes: self.max_bytes.clamp(LOG_MAX_BYTES_MIN, LOG_MAX_BYTES_MAX),
+            marker: self.marker.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -393,6 +425,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Demo(args) => crate::demo::run(args).await,
         Cmd::Settings { action } => settings(&cli.server, action).await,
         Cmd::Keeper(_) => unreachable!("the keeper runs before the runtime starts (main.rs)"),
+        Cmd::LogCopier(_) => {
+            unreachable!("the log copier runs before the runtime starts (main.rs)")
+        }
     }
 }
 
