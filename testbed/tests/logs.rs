@@ -59,8 +59,8 @@ fn log_files(bed: &Testbed, host: &str, workload: &str) -> Vec<(String, u64)> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let ours =
-                name == format!("{workload}.log") || name.starts_with(&format!("{workload}.log."));
+            let ours = name == format!("{workload}.log")
+                || (name.starts_with(&format!("{workload}.log.")) && !name.ends_with(".lock"));
             ours.then(|| (name, e.metadata().map_or(0, |m| m.len())))
         })
         .collect();
@@ -92,7 +92,7 @@ impl Drop for Spawned {
 
 #[test]
 fn a_flooding_workload_stays_under_its_log_cap_and_any_host_reads_its_log() {
-    let bed = start(3, |_| {});
+    let mut bed = start(3, |_| {});
     let file = bed.dir().join("flood.toml");
     std::fs::write(&file, flood_spec(bed.dir())).unwrap();
     bed.cli("h1", &["apply", "-f", &file.display().to_string()])
@@ -175,6 +175,31 @@ fn a_flooding_workload_stays_under_its_log_cap_and_any_host_reads_its_log() {
         "followed lines in order, none lost: {ticks:?}"
     );
     drop(follow);
+
+    // The agent stops and comes back (its restart grace): the workload
+    // writes on meanwhile, its copier keeps copying, nothing restarts.
+    let before_stop = live_log(&bed, &host).len();
+    let status = bed.stop_agent(&host).expect("the agent exits on SIGTERM");
+    assert!(status.success(), "{status}");
+    std::thread::sleep(Duration::from_secs(2));
+    bed.restart_agent(&host).unwrap();
+    bed.wait_for("the agent back", RECOVER, |s| {
+        host_state(s, &host) == "online" && running(s) == 1
+    })
+    .unwrap();
+    let grew = eventually(RECOVER, || live_log(&bed, &host).len() > before_stop + 200);
+    let text = live_log(&bed, &host);
+    assert!(grew, "no output while the agent was away: {text:?}");
+    let during = &text[text[..before_stop].rfind("tick ").unwrap()..];
+    assert!(!during.contains("--- haven:"), "no restart: {during:?}");
+    let n: Vec<u64> = during
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert!(
+        n.len() > 10 && n.windows(2).all(|w| w[1] == w[0] + 1),
+        "every line written while the agent was away is kept: {during:?}"
+    );
 
     // A restart in place leaves a second marker (same generation).
     let pid = bed.status().unwrap()["workloads"][0]["pid"]

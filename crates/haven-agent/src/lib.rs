@@ -14,6 +14,7 @@ pub mod datadir;
 pub mod datastore;
 pub mod fence;
 pub mod heartbeat;
+pub mod logs;
 pub mod node;
 pub mod rpc;
 pub mod server;

@@ -65,6 +65,8 @@ pub struct Node {
     pub keeper_ok: std::sync::atomic::AtomicBool,
     /// node.json records that this manager's Raft store holds its state.
     pub store_recorded: std::sync::atomic::AtomicBool,
+    /// `haven logs` and the removal of deleted workloads' logs.
+    pub logs: crate::logs::LogService,
 }
 
 impl Node {
@@ -450,7 +452,9 @@ pub async fn run(
     let keeper = haven_keeper::KeeperClient::new(datadir.path())
         .map_err(|e| anyhow!("lease keeper socket: {e}"))?;
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let node = Arc::new(Node {
+        logs: crate::logs::LogService::new(datadir.logs_dir(), stop_rx.clone()),
         address: address.clone(),
         capacity,
         consensus: consensus.clone(),
@@ -478,7 +482,6 @@ pub async fn run(
     });
 
     let app = crate::server::router(node.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -514,6 +517,7 @@ pub async fn run(
         tokio::spawn(crate::supervisor::run(node.clone())),
         tokio::spawn(crate::coordinator::run(node.clone())),
         tokio::spawn(crate::heartbeat::run_datastore(node.clone())),
+        tokio::spawn(crate::logs::run_sweep(node.clone())),
     ];
     let refused = tokio::select! {
         _ = shutdown => None,

@@ -38,6 +38,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/apply", post(apply))
         .route("/v1/delete", post(delete))
         .route("/v1/events", get(events))
+        .route("/v1/logs/{name}", get(crate::logs::logs))
+        .route("/v1/workloads/known", post(crate::logs::known))
         .route("/v1/health", get(health))
         .with_state(node.clone());
     if let Some(c) = &node.consensus {
@@ -46,13 +48,13 @@ pub fn router(node: Arc<Node>) -> Router {
     r
 }
 
-type Reply = Response;
+pub(crate) type Reply = Response;
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Reply {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Reply {
     (status, Json(ErrorBody { error: msg.into() })).into_response()
 }
 
-fn not_leader(node: &Node) -> Reply {
+pub(crate) fn not_leader(node: &Node) -> Reply {
     let leader = node.leader_address();
     (
         StatusCode::MISDIRECTED_REQUEST,
@@ -112,7 +114,7 @@ async fn forward<B: Serialize>(
 
 /// `None` when this host leads and answers a POST itself; otherwise the
 /// leader's answer to it (forwarded once).
-async fn unless_leader<B: Serialize>(
+pub(crate) async fn unless_leader<B: Serialize>(
     node: &Node,
     headers: &HeaderMap,
     path: &str,
@@ -137,7 +139,7 @@ async fn propose(node: &Node, cmd: Command) -> Result<CommandResult, Reply> {
     })
 }
 
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
     serde_json::from_slice(body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
