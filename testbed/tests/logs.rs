@@ -269,3 +269,46 @@ fn haven_logs_names_what_it_cannot_read() {
         "a host that cannot be reached is named: {err}"
     );
 }
+
+/// A worker keeps no copy of the state: asked for a log, it goes through
+/// the coordinator, which sends the request on to the host holding the log
+/// (here the worker itself); its sweep asks the coordinator which
+/// workloads were deleted.
+#[test]
+fn a_worker_reads_and_removes_logs_through_the_coordinator() {
+    let bed = start(4, |c| {
+        c.host_capacity
+            .insert("h4".into(), "vcpus=4,memory_mib=8192".into());
+    });
+    let spec = r#"[[workload]]
+name = "ticker"
+kind = "process"
+command = ["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done"]
+vcpus = 1
+memory_mib = 64
+"#;
+    let file = bed.dir().join("ticker.toml");
+    std::fs::write(&file, spec).unwrap();
+    bed.cli("h1", &["apply", "-f", &file.display().to_string()])
+        .unwrap();
+    let s = bed
+        .wait_for("ticker running", RECOVER, |s| running(s) == 1)
+        .unwrap();
+    assert_eq!(placement(&s)["ticker"].0, "h4", "the worker has the most room");
+    let ticked = eventually(RECOVER, || {
+        std::fs::read_to_string(logs_dir(&bed, "h4").join("ticker.log"))
+            .is_ok_and(|t| t.contains("tick 3\n"))
+    });
+    assert!(ticked);
+    let out = bed.cli("h4", &["logs", "ticker", "--tail", "2"]).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.len() == 2 && lines.iter().all(|l| l.starts_with("tick ")),
+        "via the worker: {out:?}"
+    );
+    bed.cli("h2", &["delete", "ticker", "--wait"]).unwrap();
+    let removed = eventually(Duration::from_secs(60), || {
+        log_files(&bed, "h4", "ticker").is_empty()
+    });
+    assert!(removed, "{:?}", log_files(&bed, "h4", "ticker"));
+}

@@ -68,8 +68,10 @@ impl RotatingLog {
         let file = open_live(dir, workload)?;
         let len = file.metadata()?.len();
         let mut last = [0u8; 1];
-        let at_line_start =
-            len == 0 || (file.read_at(&mut last, len - 1).is_ok() && last[0] == b'\n');
+        let at_line_start = len == 0 || {
+            file.read_exact_at(&mut last, len - 1)?;
+            last[0] == b'\n'
+        };
         let mut log = RotatingLog {
             dir: dir.to_owned(),
             workload: workload.to_owned(),
@@ -150,8 +152,10 @@ impl RotatingLog {
     }
 }
 
+/// Read as well: `open` looks at the last byte.
 fn open_live(dir: &Path, workload: &str) -> io::Result<File> {
     OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(LOG_FILE_MODE)
@@ -522,9 +526,12 @@ mod tests {
         drop(log);
         let mut log = RotatingLog::open(dir.path(), "w", cap).unwrap();
         log.write_line("--- next ---").unwrap();
+        drop(log);
+        let mut log = RotatingLog::open(dir.path(), "w", cap).unwrap();
+        log.write_line("--- last ---").unwrap();
         assert_eq!(
             fs::read_to_string(dir.path().join("w.log")).unwrap(),
-            "--- marker ---\npartial\n--- next ---\n",
+            "--- marker ---\npartial\n--- next ---\n--- last ---\n",
             "appends; a marker after a partial line starts its own line"
         );
     }
