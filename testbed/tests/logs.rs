@@ -294,7 +294,11 @@ memory_mib = 64
     let s = bed
         .wait_for("ticker running", RECOVER, |s| running(s) == 1)
         .unwrap();
-    assert_eq!(placement(&s)["ticker"].0, "h4", "the worker has the most room");
+    assert_eq!(
+        placement(&s)["ticker"].0,
+        "h4",
+        "the worker has the most room"
+    );
     let ticked = eventually(RECOVER, || {
         std::fs::read_to_string(logs_dir(&bed, "h4").join("ticker.log"))
             .is_ok_and(|t| t.contains("tick 3\n"))

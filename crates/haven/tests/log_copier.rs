@@ -31,7 +31,10 @@ fn exits(child: &mut Child) -> std::process::ExitStatus {
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
-        assert!(Instant::now() < deadline, "the copier did not exit at end of file");
+        assert!(
+            Instant::now() < deadline,
+            "the copier did not exit at end of file"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -48,7 +51,10 @@ fn log_bytes(dir: &Path) -> u64 {
 #[test]
 fn copies_within_the_cap_ignores_sigterm_and_ends_at_end_of_file() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = copier(dir.path(), "--- haven: w generation 1 started on h at t ---");
+    let mut c = copier(
+        dir.path(),
+        "--- haven: w generation 1 started on h at t ---",
+    );
     let mut input = c.stdin.take().unwrap();
     let line = b"0123456789 the same line again and again\n";
     for _ in 0..(4 * CAP as usize / line.len()) {
@@ -67,7 +73,11 @@ fn copies_within_the_cap_ignores_sigterm_and_ends_at_end_of_file() {
     assert!(exits(&mut c).success());
     let live = std::fs::read_to_string(dir.path().join("w.log")).unwrap();
     assert!(live.ends_with("again\nlast words\n"), "{live:?}");
-    assert!(log_bytes(dir.path()) <= CAP, "{} > {CAP}", log_bytes(dir.path()));
+    assert!(
+        log_bytes(dir.path()) <= CAP,
+        "{} > {CAP}",
+        log_bytes(dir.path())
+    );
     assert!(dir.path().join("w.log.3").exists(), "rotated");
 }
 
