@@ -6,7 +6,8 @@
 //!   `hvn<id>hN` whose `eth0` (10.199.0.(10+N)/24) is a veth pair with
 //!   port `hN` of the bridge;
 //! - cgroup `<cgroup2>/hvn<id>/hN` holds `agent` (the agent process),
-//!   `workloads` (the agent's `--cgroup-root`) and `load` (CPU hogs);
+//!   `workloads` (the agent's `--cgroup-root`), `load` (CPU hogs) and
+//!   `clients` (CLI commands left running, [`Testbed::spawn_cli`]);
 //! - directory `<base>/hvn<id>/` holds `hN/` (data dir), `hN.log`,
 //!   `hN.watchdog`, `hN.nft`, `datastore/` and `events.log`.
 //!
@@ -180,6 +181,10 @@ impl Host {
 
     fn load_cgroup(&self) -> PathBuf {
         self.cgroup.join("load")
+    }
+
+    fn clients_cgroup(&self) -> PathBuf {
+        self.cgroup.join("clients")
     }
 
     fn api(&self) -> String {
@@ -666,6 +671,27 @@ impl Testbed {
             );
         }
         Ok(out.stdout)
+    }
+
+    /// `haven --server <api(via)> <args>` left running inside `via`'s
+    /// namespace and cgroup (`<host>/clients`, so a crash of `via` or the
+    /// bed's teardown ends it), stdout and stderr piped: for commands that
+    /// stream (`logs --follow`). The caller ends it by its pid.
+    pub fn spawn_cli(&self, via: &str, args: &[&str]) -> Result<Child> {
+        let h = &self.hosts[self.index(via)];
+        fs::create_dir_all(h.clients_cgroup())
+            .with_context(|| format!("creating {}", h.clients_cgroup().display()))?;
+        let mut cmd = Command::new(&self.cfg.haven_exe);
+        cmd.arg("--server")
+            .arg(h.api())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let procs = netns::open_cgroup_procs(&h.clients_cgroup())?;
+        h.ns().enter_before_exec(&mut cmd, Some(procs))?;
+        cmd.spawn()
+            .with_context(|| format!("starting `haven {}` on {via}", args.join(" ")))
     }
 
     /// `status -o json`, asked of each host that can answer in turn (hosts

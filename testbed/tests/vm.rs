@@ -330,7 +330,24 @@ fn clean_guest_shutdown_leaves_the_vm_stopped() {
 fn deleting_a_vm_powers_its_guest_down_gracefully() {
     let bed = start(3);
     apply(&bed, "vm1", &vm_spec(&bed, "vm1", ""));
-    let (host, generation) = heartbeating(&bed, "vm1", None);
+    let (host, _) = heartbeating(&bed, "vm1", None);
+    // The guest's console is QEMU's output: follow its log through another
+    // host (the log itself is removed once the VM is deleted).
+    let other = if host == "h1" { "h2" } else { "h1" };
+    let mut follow = bed
+        .spawn_cli(other, &["logs", "vm1", "--follow", "--tail", "0"])
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The follower is attached once the agents relay it.
+    std::thread::sleep(Duration::from_secs(1));
     bed.cli("h1", &["delete", "vm1"]).unwrap();
     let gone = eventually(BOOT, || {
         haven_drivers::Cgroup::open(bed.workloads_cgroup(&host))
@@ -340,16 +357,20 @@ fn deleting_a_vm_powers_its_guest_down_gracefully() {
     });
     assert!(gone, "QEMU still runs after delete");
     // The guest saw the ACPI power button and shut itself down.
-    let console = bed
-        .data_dir(&host)
-        .join("run")
-        .join(format!("vm1@{generation}"))
-        .join("console.log");
-    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    let mut console = vec![];
+    let powered_down = loop {
+        match rx.recv_timeout(BOOT) {
+            Ok(l) if l.contains("Power down") => break true,
+            Ok(l) => console.push(l),
+            Err(_) => break false,
+        }
+    };
+    let _ = follow.kill();
+    let _ = follow.wait();
     assert!(
-        text.contains("Power down"),
-        "no clean power-down in {}:\n{text}",
-        console.display()
+        powered_down,
+        "no clean power-down in the console:\n{}",
+        console.join("\n")
     );
 }
 

@@ -12,6 +12,11 @@ use std::collections::BTreeMap;
 /// client, so that a request is forwarded at most once.
 pub const FORWARDED_HEADER: &str = "x-haven-forwarded";
 
+/// Header set on a request for a workload's log that one agent passes to
+/// the host holding it (naming that host in `host=`): that host answers
+/// itself or refuses, never passes it on.
+pub const LOG_PROXY_HEADER: &str = "x-haven-log-proxied";
+
 /// Every error response body.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -285,4 +290,16 @@ pub struct ProbeRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProbeResponse {
     pub reached: bool,
+}
+
+/// Which of these workloads the replicated state still has (an agent asks
+/// before it removes the logs of deleted ones).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KnownWorkloadsRequest {
+    pub names: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KnownWorkloadsResponse {
+    pub known: Vec<String>,
 }

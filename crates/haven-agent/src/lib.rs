@@ -15,6 +15,7 @@ pub mod datastore;
 pub mod fence;
 pub mod heartbeat;
 pub mod lane;
+pub mod logs;
 pub mod node;
 pub mod rpc;
 pub mod server;

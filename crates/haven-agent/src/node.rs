@@ -6,7 +6,7 @@ use haven_consensus::{Consensus, ConsensusConfig};
 use haven_core::model::{HostRecord, Role};
 use haven_core::spec::check_name;
 use haven_core::state::{Command, CommandResult};
-use haven_drivers::process::ProcessDriver;
+use haven_drivers::process::{ProcessDriver, WorkloadLogs};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,6 +75,8 @@ pub struct Node {
     /// Why this manager stopped its Raft core itself (a nearly full data
     /// dir while it led).
     pub stepped_down: Mutex<Option<String>>,
+    /// `haven logs` and the removal of deleted workloads' logs.
+    pub logs: crate::logs::LogService,
 }
 
 impl Node {
@@ -547,7 +549,8 @@ pub async fn run(
     // the workloads never outlive the lease (DESIGN.md §2a).
     let keeper_pid = start_keeper(datadir.path(), &cgroup_root)?;
     tracing::info!("lease keeper runs (pid {keeper_pid})");
-    let driver = ProcessDriver::new(cgroup_root.clone(), datadir.logs_dir())
+    let logs = WorkloadLogs::new(datadir.logs_dir(), identity.name.clone());
+    let driver = ProcessDriver::new(cgroup_root.clone(), logs)
         .with_context(|| format!("workload cgroups under {}", cgroup_root.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let supervisor = Supervisor::new(
@@ -584,7 +587,9 @@ pub async fn run(
     let keeper = haven_keeper::KeeperClient::new(datadir.path())
         .map_err(|e| anyhow!("lease keeper socket: {e}"))?;
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let node = Arc::new(Node {
+        logs: crate::logs::LogService::new(datadir.logs_dir(), stop_rx.clone()),
         address: address.clone(),
         capacity,
         consensus: consensus.clone(),
@@ -615,7 +620,6 @@ pub async fn run(
     });
 
     let app = crate::server::router(node.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -652,6 +656,7 @@ pub async fn run(
         tokio::spawn(crate::supervisor::run(node.clone())),
         tokio::spawn(crate::coordinator::run(node.clone())),
         tokio::spawn(crate::heartbeat::run_datastore(node.clone())),
+        tokio::spawn(crate::logs::run_sweep(node.clone())),
     ];
     let refused = tokio::select! {
         _ = shutdown => None,

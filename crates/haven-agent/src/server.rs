@@ -39,6 +39,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/apply", post(apply))
         .route("/v1/delete", post(delete))
         .route("/v1/events", get(events))
+        .route("/v1/logs/{name}", get(crate::logs::logs))
+        .route("/v1/workloads/known", post(crate::logs::known))
         .route("/v1/health", get(health))
         .route("/v1/ping", get(ping))
         .route("/v1/probe", post(probe))
@@ -49,13 +51,13 @@ pub fn router(node: Arc<Node>) -> Router {
     r
 }
 
-type Reply = Response;
+pub(crate) type Reply = Response;
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Reply {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Reply {
     (status, Json(ErrorBody { error: msg.into() })).into_response()
 }
 
-fn not_leader(node: &Node) -> Reply {
+pub(crate) fn not_leader(node: &Node) -> Reply {
     let leader = node.leader_address();
     (
         StatusCode::MISDIRECTED_REQUEST,
@@ -115,7 +117,7 @@ async fn forward<B: Serialize>(
 
 /// `None` when this host leads and answers a POST itself; otherwise the
 /// leader's answer to it (forwarded once).
-async fn unless_leader<B: Serialize>(
+pub(crate) async fn unless_leader<B: Serialize>(
     node: &Node,
     headers: &HeaderMap,
     path: &str,
@@ -140,7 +142,7 @@ async fn propose(node: &Node, cmd: Command) -> Result<CommandResult, Reply> {
     })
 }
 
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
     serde_json::from_slice(body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
@@ -735,6 +737,12 @@ async fn apply(
             haven_core::model::WorkloadKind::Vm(vm) => {
                 problems.extend(check_vm_files(&req.source, s, vm, datastore.as_deref()));
             }
+        }
+        if let Err(m) = haven_core::logs::check_log_max_bytes(s.log_max_bytes) {
+            problems.push(format!(
+                "{}: workload {:?}: field \"log_max_bytes\": {m}",
+                req.source, s.name
+            ));
         }
         if s.vcpus == 0 || s.memory_mib == 0 {
             problems.push(format!(

@@ -666,7 +666,7 @@ impl Supervisor {
                 argv
             }
         };
-        let started = self.driver.start(&k, &command, &env);
+        let started = self.driver.start(&k, &command, &env, d.spec.log_max_bytes);
         let mut map = self.instances.lock().unwrap();
         let entry = map
             .entry(workload.to_owned())

@@ -6,10 +6,12 @@
 
 pub mod coordinator;
 pub mod liveness;
+pub mod logs;
 pub mod model;
 pub mod placement;
 pub mod restart;
 pub mod settings;
 pub mod spec;
 pub mod state;
+pub mod timefmt;
 pub mod vm_monitor;

@@ -374,6 +374,14 @@ pub struct WorkloadSpec {
     /// Overrides the cluster's isolation response for this workload.
     #[serde(default)]
     pub isolation_response: Option<IsolationResponse>,
+    /// Most bytes its output may take on the disk of a host that runs it
+    /// (the live log and its rotated files together; `logs.rs`).
+    #[serde(default = "default_log_max_bytes")]
+    pub log_max_bytes: u64,
+}
+
+fn default_log_max_bytes() -> u64 {
+    crate::logs::LOG_MAX_BYTES_DEFAULT
 }
 
 impl WorkloadSpec {

@@ -159,6 +159,7 @@ mod tests {
             priority,
             restart: RestartPolicy::default(),
             isolation_response: None,
+            log_max_bytes: crate::logs::LOG_MAX_BYTES_DEFAULT,
         }
     }
 

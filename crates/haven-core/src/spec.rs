@@ -28,6 +28,7 @@ const COMMON_FIELDS: &[&str] = &[
     "max_restarts",
     "restart_window_s",
     "isolation_response",
+    "log_max_bytes",
 ];
 const PROCESS_FIELDS: &[&str] = &["command", "env"];
 const VM_FIELDS: &[&str] = &[
@@ -350,6 +351,23 @@ impl Entry<'_> {
                 None
             }
         };
+        let log_max_bytes = match self.t.get("log_max_bytes") {
+            None => Some(crate::logs::LOG_MAX_BYTES_DEFAULT),
+            Some(v) => match v.as_integer().map(crate::logs::check_log_max_bytes) {
+                Some(Ok(n)) => Some(n),
+                Some(Err(m)) => {
+                    self.err("log_max_bytes", m);
+                    None
+                }
+                None => {
+                    self.err(
+                        "log_max_bytes",
+                        format!("must be an integer (bytes); got {v}"),
+                    );
+                    None
+                }
+            },
+        };
         if self.errors.len() > before {
             return None;
         }
@@ -372,6 +390,7 @@ impl Entry<'_> {
                 ..defaults
             },
             isolation_response,
+            log_max_bytes: log_max_bytes?,
         })
     }
 
@@ -682,6 +701,27 @@ priority = "high"
             all.contains("field \"memory_mib\": must be between 1"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn log_cap_defaults_and_is_bounded() {
+        let specs = parse_workloads("w.toml", GOOD).unwrap();
+        assert_eq!(specs[0].log_max_bytes, crate::logs::LOG_MAX_BYTES_DEFAULT);
+        let specs = parse_workloads("w.toml", &format!("{GOOD}log_max_bytes = 1048576\n")).unwrap();
+        assert_eq!(specs[0].log_max_bytes, 1 << 20);
+        for bad in ["0", "1024", "1099511627776", "\"10M\""] {
+            let e = errs(&format!("{GOOD}log_max_bytes = {bad}\n"));
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(
+                e[0].contains("\"web\"") && e[0].contains("field \"log_max_bytes\""),
+                "{e:?}"
+            );
+        }
+        // Old replicated state (no field) reads with the default.
+        let mut json = serde_json::to_value(&specs[0]).unwrap();
+        json.as_object_mut().unwrap().remove("log_max_bytes");
+        let old: WorkloadSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(old.log_max_bytes, crate::logs::LOG_MAX_BYTES_DEFAULT);
     }
 
     const VM: &str = r#"

@@ -82,6 +82,17 @@ pub enum DriverError {
     },
 
     #[error(
+        "cannot start the log copier of workload {workload} ({program} log-copier): {source}; \
+         the agent runs it from its own executable, which must still be readable"
+    )]
+    LogCopier {
+        workload: String,
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
         "ProcessDriver::start must be called within a tokio runtime \
          (a background task reaps the child)"
     )]

@@ -3,14 +3,18 @@
 //! [`ProcessDriver`] runs each instance of a process workload in its own
 //! cgroup v2, which makes the whole process tree observable and killable and
 //! lets a restarted agent re-adopt instances that kept running without it.
+//! Its output goes through a per-instance log copier ([`logcopy`]) into a
+//! size-capped, rotated log ([`logfile`]).
 //! [`cgroup`] is the thin cgroupfs layer underneath.
 
 pub mod cgroup;
 pub mod error;
+pub mod logcopy;
+pub mod logfile;
 pub mod process;
 pub mod qmp;
 pub mod vm;
 
 pub use cgroup::Cgroup;
 pub use error::DriverError;
-pub use process::{ExitInfo, InstanceInfo, InstanceKey, ProcessDriver};
+pub use process::{ExitInfo, InstanceInfo, InstanceKey, ProcessDriver, WorkloadLogs};

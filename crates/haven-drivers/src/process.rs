@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::cgroup::{self, Cgroup};
 use crate::error::DriverError;
+use crate::logcopy::{self, CopierArgs};
 
 /// Separates workload name and generation in an instance cgroup's name; it
 /// cannot occur in a workload name, so the split is unambiguous.
@@ -47,8 +48,17 @@ const RMDIR_RETRY_INTERVAL: Duration = Duration::from_millis(10);
 /// PATH used to resolve a bare command name when neither the spec nor the
 /// agent's environment sets one (the same default execvp uses).
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-/// Workload output may contain secrets: not world-readable.
-const LOG_FILE_MODE: u32 = 0o640;
+/// The sub-cgroup of an instance that holds its log copier: outside what
+/// counts as the workload (so "running" means the workload's processes),
+/// inside the instance (so a kill of the instance ends it too).
+const LOG_CGROUP: &str = "log";
+/// After a failed start, how long the copier's kill is waited for, and how
+/// often its group is looked at meanwhile.
+const COPIER_KILL_WAIT_MAX: Duration = Duration::from_secs(1);
+const COPIER_KILL_POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// What runs a log copier by default: this very program (`haven`), so the
+/// copier is always the agent's own version.
+const COPIER_PROGRAM: &str = "/proc/self/exe";
 
 /// One instance of a workload: the workload name and the generation of the
 /// assignment it runs under. Displays (and names its cgroup) `name@gen`.
@@ -148,6 +158,29 @@ pub struct InstanceInfo {
     pub populated: bool,
 }
 
+/// Where instances' output goes and what copies it there.
+#[derive(Clone, Debug)]
+pub struct WorkloadLogs {
+    /// The logs directory (`haven_core::logs` describes its files).
+    pub dir: PathBuf,
+    /// This host's name, for the start markers.
+    pub host: String,
+    /// Program and leading arguments that run a log copier
+    /// ([`logcopy::run`] on its stdin; [`CopierArgs`] follow).
+    pub copier: Vec<OsString>,
+}
+
+impl WorkloadLogs {
+    /// Logs in `dir`, copied by `haven log-copier` (this program).
+    pub fn new(dir: PathBuf, host: impl Into<String>) -> WorkloadLogs {
+        WorkloadLogs {
+            dir,
+            host: host.into(),
+            copier: vec![COPIER_PROGRAM.into(), logcopy::SUBCOMMAND.into()],
+        }
+    }
+}
+
 /// Runs workload instances as process trees in per-instance cgroups.
 ///
 /// Cheap to clone; clones share state. Thread-safe.
@@ -159,7 +192,7 @@ pub struct ProcessDriver {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
-    log_dir: PathBuf,
+    logs: WorkloadLogs,
     /// Shared with the reaper tasks, which record exits here.
     state: Arc<Mutex<State>>,
 }
@@ -189,11 +222,11 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 impl ProcessDriver {
     /// Create a driver whose instance cgroups live under `cgroup_root` and
-    /// whose workload logs go to `log_dir` (both created if missing).
+    /// whose workload logs go to `logs.dir` (both created if missing).
     ///
     /// `cgroup_root` must be inside a cgroup2 filesystem; this is checked
     /// before anything is created, so a wrong path leaves no directory.
-    pub fn new(cgroup_root: PathBuf, log_dir: PathBuf) -> Result<Self, DriverError> {
+    pub fn new(cgroup_root: PathBuf, logs: WorkloadLogs) -> Result<Self, DriverError> {
         if !cgroup::is_on_cgroup2(&cgroup_root)? {
             let hint = match cgroup::cgroup2_mount() {
                 Ok(mount) => format!(
@@ -209,12 +242,12 @@ impl ProcessDriver {
             });
         }
         Cgroup::create(&cgroup_root)?;
-        fs::create_dir_all(&log_dir)
-            .map_err(|e| DriverError::io("create log directory", &log_dir, e))?;
+        fs::create_dir_all(&logs.dir)
+            .map_err(|e| DriverError::io("create log directory", &logs.dir, e))?;
         Ok(ProcessDriver {
             inner: Arc::new(Inner {
                 root: cgroup_root,
-                log_dir,
+                logs,
                 state: Arc::default(),
             }),
         })
@@ -229,9 +262,18 @@ impl ProcessDriver {
         Cgroup::open(self.inner.root.join(key.dir_name()))
     }
 
-    /// Where the stdout and stderr of every instance of `workload` go.
+    /// Where the stdout and stderr of every instance of `workload` go (the
+    /// live file; rotated ones beside it).
     pub fn log_path(&self, workload: &str) -> PathBuf {
-        self.inner.log_dir.join(format!("{workload}.log"))
+        self.inner
+            .logs
+            .dir
+            .join(haven_core::logs::log_file_name(workload, 0))
+    }
+
+    /// The directory of every workload's log.
+    pub fn logs_dir(&self) -> &Path {
+        &self.inner.logs.dir
     }
 
     /// Start `command` (argv, no shell) in a fresh cgroup
@@ -239,9 +281,12 @@ impl ProcessDriver {
     ///
     /// The child gets its own session (so the agent's terminal and process
     /// group signals do not reach it), stdin from /dev/null, stdout and
-    /// stderr appended to [`ProcessDriver::log_path`], and the agent's
-    /// environment plus `env` plus `HAVEN_WORKLOAD` and `HAVEN_GENERATION`.
-    /// It joins the cgroup before exec, so even its first fork is contained.
+    /// stderr into a pipe read by the instance's log copier (started first,
+    /// in `<instance>/log`; it writes a start marker, then the output, to
+    /// [`ProcessDriver::log_path`], rotated within `log_max_bytes`), and the
+    /// agent's environment plus `env` plus `HAVEN_WORKLOAD` and
+    /// `HAVEN_GENERATION`. It joins the cgroup before exec, so even its
+    /// first fork is contained.
     ///
     /// Fails if the instance's cgroup is populated (never two instances of
     /// one key), or if the command cannot be executed. Must be called within
@@ -252,6 +297,7 @@ impl ProcessDriver {
         key: &InstanceKey,
         command: &[String],
         env: &BTreeMap<String, String>,
+        log_max_bytes: u64,
     ) -> Result<u32, DriverError> {
         if !is_valid_workload_name(&key.workload) {
             return Err(DriverError::InvalidName {
@@ -279,19 +325,21 @@ impl ProcessDriver {
         // pass the check.
         let mut state = lock(&self.inner.state);
         let cg = Cgroup::create(self.inner.root.join(key.dir_name()))?;
-        if cg.populated()? {
+        if workload_populated(&cg)? {
             return Err(DriverError::AlreadyRunning {
                 key: key.clone(),
                 path: cg.path().to_path_buf(),
-                pids: cg.procs_recursive()?,
+                pids: workload_pids(&cg)?,
             });
         }
 
-        let child = match self.spawn_in(&cg, key, program, args, env, &runtime) {
+        let child = match self.spawn_in(&cg, key, program, args, env, log_max_bytes, &runtime) {
             Ok(child) => child,
             Err(e) => {
-                // Nothing runs in the cgroup (std reaps a child whose exec
-                // failed before returning), so don't leave it behind.
+                // Nothing of the workload runs in the cgroup (std reaps a
+                // child whose exec failed before returning); its log copier
+                // may, so end it, and don't leave the cgroup behind.
+                end_copier(&cg);
                 if let Err(rm) = cg.remove() {
                     warn!(instance = %key, error = %rm, "cannot remove cgroup after failed start");
                 }
@@ -323,7 +371,9 @@ impl ProcessDriver {
         Ok(pid)
     }
 
-    /// Spawn the instance's process into `cg` (see [`ProcessDriver::start`]).
+    /// Spawn the instance's log copier, then its process, into `cg` (see
+    /// [`ProcessDriver::start`]).
+    #[allow(clippy::too_many_arguments)]
     fn spawn_in(
         &self,
         cg: &Cgroup,
@@ -331,18 +381,15 @@ impl ProcessDriver {
         program: &str,
         args: &[String],
         env: &BTreeMap<String, String>,
+        log_max_bytes: u64,
         runtime: &tokio::runtime::Handle,
     ) -> Result<tokio::process::Child, DriverError> {
-        let log_path = self.log_path(&key.workload);
-        let log = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(LOG_FILE_MODE)
-            .open(&log_path)
-            .map_err(|e| DriverError::io("open log file", &log_path, e))?;
-        let log_err = log
+        let (output, output_w) =
+            io::pipe().map_err(|e| DriverError::io("create the output pipe of", cg.path(), e))?;
+        self.spawn_copier(cg, key, output, log_max_bytes, runtime)?;
+        let output_w2 = output_w
             .try_clone()
-            .map_err(|e| DriverError::io("open log file", &log_path, e))?;
+            .map_err(|e| DriverError::io("duplicate the output pipe of", cg.path(), e))?;
         // Opened before fork (with O_CLOEXEC, so the workload never inherits
         // it) because the child may not allocate or open paths safely.
         let procs_path = cg.path().join("cgroup.procs");
@@ -357,8 +404,8 @@ impl ProcessDriver {
             .env("HAVEN_WORKLOAD", &key.workload)
             .env("HAVEN_GENERATION", key.generation.to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
+            .stdout(Stdio::from(output_w))
+            .stderr(Stdio::from(output_w2));
         // SAFETY: the closure runs in the forked child of a possibly
         // multi-threaded parent; it only makes async-signal-safe syscalls
         // (write, setsid) and neither allocates nor takes locks.
@@ -372,6 +419,63 @@ impl ProcessDriver {
         tokio::process::Command::from(cmd)
             .spawn()
             .map_err(|source| spawn_error(key, program, cg.path(), source))
+    }
+
+    /// Start the instance's log copier in `<instance>/log`, reading
+    /// `output`. Reaped in the background; it ends when the instance's
+    /// processes have all closed the pipe.
+    fn spawn_copier(
+        &self,
+        cg: &Cgroup,
+        key: &InstanceKey,
+        output: io::PipeReader,
+        log_max_bytes: u64,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<(), DriverError> {
+        let logs = &self.inner.logs;
+        let log_cg = Cgroup::create(cg.path().join(LOG_CGROUP))?;
+        let procs_path = log_cg.path().join("cgroup.procs");
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(&procs_path)
+            .map_err(|e| DriverError::io("open", &procs_path, e))?;
+        let args = CopierArgs {
+            dir: logs.dir.clone(),
+            workload: key.workload.clone(),
+            max_bytes: log_max_bytes,
+            marker: start_marker(key, &logs.host),
+        };
+        let (program, leading) = logs
+            .copier
+            .split_first()
+            .expect("WorkloadLogs names a copier program");
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(leading)
+            .args(args.to_args())
+            .stdin(Stdio::from(output))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: as for the workload (spawn_in): async-signal-safe only.
+        unsafe {
+            cmd.pre_exec(move || join_cgroup_and_new_session(&procs));
+        }
+        let _enter = runtime.enter();
+        let mut child = tokio::process::Command::from(cmd)
+            .spawn()
+            .map_err(|source| DriverError::LogCopier {
+                workload: key.workload.clone(),
+                program: program.to_string_lossy().into_owned(),
+                source,
+            })?;
+        let key = key.clone();
+        runtime.spawn(async move {
+            match child.wait().await {
+                Ok(s) if s.success() => debug!(instance = %key, "log copier ended"),
+                Ok(s) => warn!(instance = %key, exit = %ExitInfo::from(s), "log copier ended"),
+                Err(e) => warn!(instance = %key, error = %e, "cannot wait for the log copier"),
+            }
+        });
+        Ok(())
     }
 
     /// Every instance cgroup under the root, sorted by key; for re-adoption
@@ -391,18 +495,19 @@ impl ProcessDriver {
             };
             found.push(InstanceInfo {
                 key,
-                pids: cg.procs_recursive()?,
-                populated: cg.populated()?,
+                pids: workload_pids(&cg)?,
+                populated: workload_populated(&cg)?,
             });
         }
         found.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(found)
     }
 
-    /// Whether the instance's cgroup has any process (whoever spawned it).
+    /// Whether the instance's workload has any process (whoever spawned
+    /// it). Its log copier, still writing the last output, does not count.
     pub fn is_running(&self, key: &InstanceKey) -> bool {
         let cg = self.cgroup(key);
-        cg.populated().unwrap_or_else(|e| {
+        workload_populated(&cg).unwrap_or_else(|e| {
             // start() re-checks and refuses a populated cgroup, so reporting
             // "not running" here cannot lead to a second instance.
             warn!(instance = %key, error = %e, "cannot read cgroup state; assuming not running");
@@ -466,6 +571,64 @@ impl ProcessDriver {
     pub fn cleanup(&self, key: &InstanceKey) -> Result<(), DriverError> {
         self.cgroup(key).remove()
     }
+}
+
+/// `--- haven: NAME generation G started on HOST at TIME ---`
+fn start_marker(key: &InstanceKey, host: &str) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    format!(
+        "--- haven: {} generation {} started on {host} at {} ---",
+        key.workload,
+        key.generation,
+        haven_core::timefmt::rfc3339_ms(now_ms)
+    )
+}
+
+/// Kill the instance's log copier and wait, bounded, until it is gone
+/// (after a failed start only: `cgroup.kill` takes ~10 ms).
+fn end_copier(cg: &Cgroup) {
+    let log = Cgroup::open(cg.path().join(LOG_CGROUP));
+    if log.kill().is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + COPIER_KILL_WAIT_MAX;
+    while log.populated().unwrap_or(false) && std::time::Instant::now() < deadline {
+        std::thread::sleep(COPIER_KILL_POLL_INTERVAL);
+    }
+}
+
+/// Whether a process of the instance's workload is left: in its cgroup
+/// or a sub-cgroup other than its log copier's.
+fn workload_populated(cg: &Cgroup) -> Result<bool, DriverError> {
+    if !cg.populated()? {
+        return Ok(false);
+    }
+    if !cg.procs()?.is_empty() {
+        return Ok(true);
+    }
+    for child in cg.children()? {
+        if !is_log_cgroup(&child) && child.populated()? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The processes of the instance's workload (its log copier's left out).
+fn workload_pids(cg: &Cgroup) -> Result<Vec<u32>, DriverError> {
+    let mut pids = cg.procs()?;
+    for child in cg.children()? {
+        if !is_log_cgroup(&child) {
+            pids.extend(child.procs_recursive()?);
+        }
+    }
+    Ok(pids)
+}
+
+fn is_log_cgroup(cg: &Cgroup) -> bool {
+    cg.path().file_name().is_some_and(|n| n == LOG_CGROUP)
 }
 
 /// Runs in the forked child before exec: join the cgroup (writing "0" to

@@ -26,7 +26,6 @@ pub struct VmPaths {
     pub heartbeat: PathBuf,
     /// The guest agent's port (heartbeat = "qemu-guest-agent").
     pub guest_agent: PathBuf,
-    pub console_log: PathBuf,
 }
 
 impl VmPaths {
@@ -37,7 +36,6 @@ impl VmPaths {
             qmp_ops: dir.join("qmp-ops.sock"),
             heartbeat: dir.join("heartbeat.sock"),
             guest_agent: dir.join("qga.sock"),
-            console_log: dir.join("console.log"),
         }
     }
 }
@@ -85,7 +83,10 @@ pub fn qemu_args(
     push(&["-M", "pc", "-accel", resolve_accel(vm.accel)]);
     push(&["-m", &memory_mib.to_string(), "-smp", &vcpus.to_string()]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
-    push(&["-serial", &format!("file:{}", paths.console_log.display())]);
+    // The guest's serial console is QEMU's stdout: with QEMU's own
+    // messages, it goes to the workload's size-capped log (`logfile.rs`).
+    push(&["-chardev", "stdio,id=console,signal=off"]);
+    push(&["-serial", "chardev:console"]);
     push(&[
         "-chardev",
         &format!(
@@ -206,6 +207,7 @@ mod tests {
             "-kernel /ds/vmlinux -initrd /ds/initrd.gz -append console=ttyS0",
             "hostfwd=tcp:127.0.0.1:8081-:80",
             "-device pvpanic",
+            "-chardev stdio,id=console,signal=off -serial chardev:console",
         ] {
             assert!(a.contains(needle), "{needle} missing from {a}");
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use haven_core::model::Generation;
 use haven_drivers::cgroup::{self, Cgroup};
-use haven_drivers::{DriverError, ExitInfo, InstanceKey, ProcessDriver};
+use haven_drivers::{DriverError, ExitInfo, InstanceKey, ProcessDriver, WorkloadLogs};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
@@ -21,6 +21,14 @@ const EVENTUALLY_MAX: Duration = Duration::from_secs(3);
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Bound on the guard's wait for killed test processes to disappear.
 const GUARD_KILL_WAIT_MAX: Duration = Duration::from_secs(3);
+/// `log_max_bytes` of every instance the tests start.
+const CAP: u64 = haven_core::logs::LOG_MAX_BYTES_DEFAULT;
+/// Stands in for `haven log-copier` (this test binary is not `haven`):
+/// called with `--dir D --workload W --max-bytes N --marker M`, it writes
+/// the marker, then copies its stdin to `D/W.log`, ignoring SIGTERM like
+/// the real one. The real copier is tested with the `haven` binary.
+const COPIER_SCRIPT: &str =
+    "trap '' TERM INT HUP; printf '%s\\n' \"$7\" >> \"$1/$3.log\"; exec cat >> \"$1/$3.log\"";
 
 static NEXT_ROOT: AtomicU32 = AtomicU32::new(0);
 
@@ -42,8 +50,13 @@ impl TestRoot {
     }
 
     fn driver(&self) -> ProcessDriver {
-        ProcessDriver::new(self.cgroup.clone(), self.logs.path().to_path_buf())
-            .expect("create driver (tests need root)")
+        self.driver_with_copier(vec!["/bin/sh".into(), "-c".into(), COPIER_SCRIPT.into()])
+    }
+
+    fn driver_with_copier(&self, copier: Vec<std::ffi::OsString>) -> ProcessDriver {
+        let mut logs = WorkloadLogs::new(self.logs.path().to_path_buf(), "testhost");
+        logs.copier = copier;
+        ProcessDriver::new(self.cgroup.clone(), logs).expect("create driver (tests need root)")
     }
 }
 
@@ -105,6 +118,16 @@ async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Wait until nothing of the instance is left, its log copier included
+/// (it ends once it has written the workload's last output).
+async fn all_gone(driver: &ProcessDriver, k: &InstanceKey) {
+    let cg = driver.cgroup(k);
+    eventually("the instance's cgroup to empty", || {
+        (!cg.populated().unwrap()).then_some(())
+    })
+    .await;
+}
+
 fn read_log(driver: &ProcessDriver, workload: &str) -> String {
     fs::read_to_string(driver.log_path(workload)).unwrap_or_default()
 }
@@ -133,7 +156,7 @@ async fn start_runs_in_own_cgroup_and_reports_signal_exit() {
     let k = key("sleeper", 1);
 
     let pid = driver
-        .start(&k, &argv(&["sleep", "30"]), &no_env())
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
         .unwrap();
     assert!(driver.is_running(&k));
     let procs = fs::read_to_string(root.cgroup.join("sleeper@1/cgroup.procs")).unwrap();
@@ -160,11 +183,12 @@ async fn start_runs_in_own_cgroup_and_reports_signal_exit() {
     assert_eq!(driver.take_exit(&k), None, "exit is consumed");
 
     // After cleanup the key can be started again.
+    all_gone(&driver, &k).await;
     driver.cleanup(&k).unwrap();
     assert!(!root.cgroup.join("sleeper@1").exists());
     driver.cleanup(&k).unwrap();
     driver
-        .start(&k, &argv(&["sleep", "30"]), &no_env())
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
         .unwrap();
     driver.kill(&k).await.unwrap();
 }
@@ -176,7 +200,12 @@ async fn kill_empties_a_forking_tree() {
     let k = key("forker", 3);
 
     driver
-        .start(&k, &argv(&["sh", "-c", "sleep 100 & sleep 100"]), &no_env())
+        .start(
+            &k,
+            &argv(&["sh", "-c", "sleep 100 & sleep 100"]),
+            &no_env(),
+            CAP,
+        )
         .unwrap();
     let cg = driver.cgroup(&k);
     let pids = eventually("shell and both sleeps", || {
@@ -204,7 +233,7 @@ async fn stop_takes_the_graceful_path_when_term_is_handled() {
     let script = "trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.05; done";
 
     driver
-        .start(&k, &argv(&["sh", "-c", script]), &no_env())
+        .start(&k, &argv(&["sh", "-c", script]), &no_env(), CAP)
         .unwrap();
     // Wait until the trap is installed, or TERM would just kill the shell.
     eventually("ready", || {
@@ -237,7 +266,7 @@ async fn stop_kills_after_grace_when_term_is_ignored() {
     let grace = Duration::from_millis(300);
 
     driver
-        .start(&k, &argv(&["sh", "-c", script]), &no_env())
+        .start(&k, &argv(&["sh", "-c", script]), &no_env(), CAP)
         .unwrap();
     eventually("ready", || {
         read_log(&driver, "stubborn")
@@ -266,7 +295,7 @@ async fn stop_thaws_a_frozen_instance() {
     let k = key("frozen", 1);
 
     driver
-        .start(&k, &argv(&["sleep", "30"]), &no_env())
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
         .unwrap();
     let cg = driver.cgroup(&k);
     cg.freeze(true).unwrap();
@@ -288,7 +317,9 @@ async fn new_driver_adopts_running_instances() {
     let k = key("adoptee", 7);
     let pid = {
         let first = root.driver();
-        first.start(&k, &argv(&["sleep", "30"]), &no_env()).unwrap()
+        first
+            .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
+            .unwrap()
     };
     // Not instances: a foreign cgroup and an empty leftover with a bad name.
     fs::create_dir(root.cgroup.join("not-an-instance")).unwrap();
@@ -315,10 +346,10 @@ async fn refuses_to_start_a_running_key_twice() {
     let k = key("single", 2);
 
     let pid = driver
-        .start(&k, &argv(&["sleep", "30"]), &no_env())
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
         .unwrap();
     let err = driver
-        .start(&k, &argv(&["sleep", "30"]), &no_env())
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
         .unwrap_err();
     assert!(
         matches!(&err, DriverError::AlreadyRunning { pids, .. } if pids == &vec![pid]),
@@ -327,7 +358,9 @@ async fn refuses_to_start_a_running_key_twice() {
     assert!(err.to_string().contains("single@2"), "{err}");
     // A second driver on the same root refuses as well.
     let other = root.driver();
-    assert!(other.start(&k, &argv(&["sleep", "30"]), &no_env()).is_err());
+    assert!(other
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
+        .is_err());
     assert_eq!(driver.cgroup(&k).procs().unwrap(), vec![pid]);
 
     // The cgroup is populated, so cleanup refuses too.
@@ -345,7 +378,7 @@ async fn missing_command_is_a_clear_error() {
 
     for program in ["/nonexistent/bin/web", "no-such-command-haven-test"] {
         let err = driver
-            .start(&key("web", 1), &argv(&[program]), &no_env())
+            .start(&key("web", 1), &argv(&[program]), &no_env(), CAP)
             .unwrap_err();
         assert!(matches!(err, DriverError::CommandNotFound { .. }), "{err}");
         let msg = err.to_string();
@@ -362,14 +395,17 @@ async fn missing_command_is_a_clear_error() {
             &key("web", 1),
             &argv(&[not_exec.to_str().unwrap()]),
             &no_env(),
+            CAP,
         )
         .unwrap_err();
     assert!(matches!(err, DriverError::CommandNotFound { .. }), "{err}");
 
-    let err = driver.start(&key("web", 1), &[], &no_env()).unwrap_err();
+    let err = driver
+        .start(&key("web", 1), &[], &no_env(), CAP)
+        .unwrap_err();
     assert!(matches!(err, DriverError::EmptyCommand { .. }), "{err}");
     let err = driver
-        .start(&key("Web/x", 1), &argv(&["true"]), &no_env())
+        .start(&key("Web/x", 1), &argv(&["true"]), &no_env(), CAP)
         .unwrap_err();
     assert!(matches!(err, DriverError::InvalidName { .. }), "{err}");
 
@@ -387,7 +423,12 @@ async fn exec_failure_after_the_check_is_reported_and_cleaned_up() {
     fs::set_permissions(&bogus, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
     let err = driver
-        .start(&key("web", 1), &argv(&[bogus.to_str().unwrap()]), &no_env())
+        .start(
+            &key("web", 1),
+            &argv(&[bogus.to_str().unwrap()]),
+            &no_env(),
+            CAP,
+        )
         .unwrap_err();
     assert!(matches!(err, DriverError::CommandNotFound { .. }), "{err}");
     assert!(!root.cgroup.join("web@1").exists(), "no cgroup left behind");
@@ -406,28 +447,40 @@ async fn output_and_environment() {
     let script = "echo out $HAVEN_WORKLOAD $HAVEN_GENERATION \"$FOO\"; echo err >&2; exit 3";
 
     driver
-        .start(&k, &argv(&["sh", "-c", script]), &env)
+        .start(&k, &argv(&["sh", "-c", script]), &env, CAP)
         .unwrap();
     let exit = eventually("exit", || driver.take_exit(&k)).await;
     assert_eq!(exit.code, Some(3));
     eventually("cgroup to empty", || (!driver.is_running(&k)).then_some(())).await;
+    all_gone(&driver, &k).await;
     driver.cleanup(&k).unwrap();
 
     // A second run appends to the same log.
     driver
-        .start(&k, &argv(&["sh", "-c", "echo second"]), &no_env())
+        .start(&k, &argv(&["sh", "-c", "echo second"]), &no_env(), CAP)
         .unwrap();
     eventually("second exit", || driver.take_exit(&k)).await;
+    all_gone(&driver, &k).await;
 
+    // Each run after its start marker.
     let log = read_log(&driver, "envcheck");
-    assert_eq!(log, "out envcheck 7 bar baz\nerr\nsecond\n");
+    let marker = "--- haven: envcheck generation 7 started on testhost at ";
+    let runs: Vec<&str> = log.split(marker).collect();
+    assert_eq!(runs.len(), 3, "{log:?}");
+    assert_eq!(runs[0], "");
+    assert!(
+        runs[1].ends_with(" ---\nout envcheck 7 bar baz\nerr\n"),
+        "{log:?}"
+    );
+    assert!(runs[2].ends_with(" ---\nsecond\n"), "{log:?}");
 }
 
 #[tokio::test]
 async fn rejects_a_root_outside_cgroup2() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("cg");
-    let err = ProcessDriver::new(root.clone(), dir.path().join("logs")).unwrap_err();
+    let logs = WorkloadLogs::new(dir.path().join("logs"), "testhost");
+    let err = ProcessDriver::new(root.clone(), logs).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, DriverError::NotCgroup2 { .. }), "{msg}");
     assert!(msg.contains(root.to_str().unwrap()), "{msg}");
@@ -440,7 +493,7 @@ fn start_outside_a_runtime_is_an_error() {
     let root = TestRoot::new();
     let driver = root.driver();
     let err = driver
-        .start(&key("web", 1), &argv(&["true"]), &no_env())
+        .start(&key("web", 1), &argv(&["true"]), &no_env(), CAP)
         .unwrap_err();
     assert!(matches!(err, DriverError::NoRuntime), "{err}");
     assert!(!root.cgroup.join("web@1").exists());
@@ -452,7 +505,7 @@ async fn cgroup_primitives() {
     let driver = root.driver();
     let k = key("prim", 1);
     driver
-        .start(&k, &argv(&["sleep", "30"]), &no_env())
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
         .unwrap();
     let cg = driver.cgroup(&k);
 
@@ -460,12 +513,22 @@ async fn cgroup_primitives() {
     let nested = Cgroup::create(cg.path().join("inner")).unwrap();
     Cgroup::create(nested.path()).unwrap(); // exists already: fine
     let nested_pid = driver
-        .start(&key("helper", 1), &argv(&["sleep", "30"]), &no_env())
+        .start(&key("helper", 1), &argv(&["sleep", "30"]), &no_env(), CAP)
         .unwrap();
     fs::write(nested.path().join("cgroup.procs"), nested_pid.to_string()).unwrap();
-    assert_eq!(cg.children().unwrap(), vec![nested.clone()]);
+    let mut children = cg.children().unwrap();
+    children.sort_by(|a, b| a.path().cmp(b.path()));
+    let log = Cgroup::open(cg.path().join("log"));
+    assert_eq!(children, vec![nested.clone(), log.clone()]);
     assert_eq!(nested.procs().unwrap(), vec![nested_pid]);
-    assert_eq!(cg.procs_recursive().unwrap().len(), 2);
+    let copier = eventually("the copier", || log.procs().unwrap().first().copied()).await;
+    assert_eq!(
+        cg.procs_recursive().unwrap().len(),
+        3,
+        "sleep, helper, copier"
+    );
+    // Only the workload counts as the instance's processes.
+    assert!(!driver.instances().unwrap()[1].pids.contains(&copier));
     assert!(matches!(cg.remove(), Err(DriverError::Populated { .. })));
 
     cg.kill().unwrap();
@@ -479,18 +542,63 @@ async fn cgroup_primitives() {
 #[tokio::test]
 async fn failure_after_cgroup_creation_leaves_nothing_behind() {
     let root = TestRoot::new();
-    let driver = root.driver();
-    // A directory where the log file should be: opening it fails.
-    fs::create_dir(driver.log_path("blocked")).unwrap();
+    // A log copier that cannot be started.
+    let driver = root.driver_with_copier(vec!["/nonexistent/haven".into(), "log-copier".into()]);
 
     let err = driver
-        .start(&key("blocked", 1), &argv(&["sleep", "30"]), &no_env())
+        .start(&key("blocked", 1), &argv(&["sleep", "30"]), &no_env(), CAP)
         .unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, DriverError::Io { .. }), "{msg}");
-    assert!(msg.contains("blocked.log"), "{msg}");
+    assert!(matches!(err, DriverError::LogCopier { .. }), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/haven") && msg.contains("blocked"),
+        "{msg}"
+    );
     assert!(
         !root.cgroup.join("blocked@1").exists(),
         "no cgroup left behind"
     );
+}
+
+#[tokio::test]
+async fn output_goes_through_a_log_copier_inside_the_instance() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let k = key("chatty", 4);
+    let pid = driver
+        .start(
+            &k,
+            &argv(&["sh", "-c", "echo hello; exec sleep 30"]),
+            &no_env(),
+            CAP,
+        )
+        .unwrap();
+    let cg = driver.cgroup(&k);
+    let log_cg = Cgroup::open(cg.path().join("log"));
+    let copier = eventually("the copier", || log_cg.procs().unwrap().first().copied()).await;
+    // Its own session, reading the pipe the workload writes.
+    assert_eq!(session_of(copier), copier as i32);
+    let pipe = |pid: u32, fd: u32| fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+    assert_eq!(pipe(copier, 0), pipe(pid, 1));
+    assert_eq!(pipe(pid, 1), pipe(pid, 2));
+    assert!(pipe(pid, 1).to_string_lossy().starts_with("pipe:"));
+    eventually("the output", || {
+        read_log(&driver, "chatty")
+            .ends_with(" ---\nhello\n")
+            .then_some(())
+    })
+    .await;
+    // The copier is not the workload: not in its pids, not "running".
+    let found = driver.instances().unwrap();
+    assert_eq!(found[0].pids, vec![pid]);
+    signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    eventually("the workload to be gone", || {
+        (!driver.is_running(&k)).then_some(())
+    })
+    .await;
+    // With the last writer gone, the copier ends on its own.
+    all_gone(&driver, &k).await;
+    assert!(is_dead(copier));
+    driver.cleanup(&k).unwrap();
+    assert!(!cg.exists());
 }

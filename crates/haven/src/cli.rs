@@ -70,6 +70,23 @@ pub enum Cmd {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Print a workload's log (its newest lines) from the host that holds it.
+    Logs {
+        name: String,
+        /// Keep printing what it writes, until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// Read the log kept on this host (default: the host it is assigned to).
+        #[arg(long)]
+        host: Option<String>,
+        /// How many of the newest lines to print first.
+        #[arg(
+            long,
+            default_value_t = haven_core::logs::TAIL_LINES_DEFAULT,
+            value_parser = clap::value_parser!(u32).range(0..=haven_core::logs::TAIL_LINES_MAX as i64)
+        )]
+        tail: u32,
+    },
     /// Start a local 3-host cluster, protect workloads, crash a host, show the recovery.
     Demo(crate::demo::DemoArgs),
     /// Show the cluster's settings, or change them (`haven settings set key=value …`).
@@ -80,6 +97,38 @@ pub enum Cmd {
     /// The lease keeper of a host (started by `haven agent`; see docs/lease-keeper.md).
     #[command(hide = true)]
     Keeper(KeeperArgs),
+    /// Copies one workload instance's output into its log (started by the
+    /// agent with each instance; reads stdin until end of file).
+    #[command(name = haven_drivers::logcopy::SUBCOMMAND, hide = true)]
+    LogCopier(LogCopierArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogCopierArgs {
+    /// The logs directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub workload: String,
+    /// The workload's log_max_bytes.
+    #[arg(long)]
+    pub max_bytes: u64,
+    /// The line written first.
+    #[arg(long, allow_hyphen_values = true)]
+    pub marker: String,
+}
+
+impl LogCopierArgs {
+    /// What the copier does; a cap out of bounds is brought within them.
+    pub fn copier_args(&self) -> haven_drivers::logcopy::CopierArgs {
+        use haven_core::logs::{LOG_MAX_BYTES_MAX, LOG_MAX_BYTES_MIN};
+        haven_drivers::logcopy::CopierArgs {
+            dir: self.dir.clone(),
+            workload: self.workload.clone(),
+            max_bytes: self.max_bytes.clamp(LOG_MAX_BYTES_MIN, LOG_MAX_BYTES_MAX),
+            marker: self.marker.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -394,9 +443,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Events { follow, output } => events(&cli.server, follow, output).await,
+        Cmd::Logs {
+            name,
+            follow,
+            host,
+            tail,
+        } => logs(&cli.server, &name, host.as_deref(), tail, follow).await,
         Cmd::Demo(args) => crate::demo::run(args).await,
         Cmd::Settings { action } => settings(&cli.server, action).await,
         Cmd::Keeper(_) => unreachable!("the keeper runs before the runtime starts (main.rs)"),
+        Cmd::LogCopier(_) => {
+            unreachable!("the log copier runs before the runtime starts (main.rs)")
+        }
     }
 }
 
@@ -599,6 +657,60 @@ async fn events(server: &str, follow: bool, output: Output) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Connecting to the agent for `haven logs`, and the bound of an answer
+/// without `--follow`.
+const LOGS_CONNECT_TIMEOUT_MS: u64 = 1_000;
+const LOGS_TIMEOUT_MS: u64 = 60_000;
+
+async fn logs(server: &str, name: &str, host: Option<&str>, tail: u32, follow: bool) -> Result<()> {
+    use std::io::Write;
+    haven_core::spec::check_name(name).map_err(|m| anyhow!("workload name: {m}"))?;
+    let mut path = format!("/v1/logs/{name}?tail={tail}&follow={follow}");
+    if let Some(h) = host {
+        haven_core::spec::check_name(h).map_err(|m| anyhow!("--host: {m}"))?;
+        path.push_str(&format!("&host={h}"));
+    }
+    let mut http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(LOGS_CONNECT_TIMEOUT_MS))
+        .no_proxy();
+    if !follow {
+        http = http.timeout(Duration::from_millis(LOGS_TIMEOUT_MS));
+    }
+    let http = http.build()?;
+    let mut resp = http
+        .get(format!("http://{server}{path}"))
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow!("cannot reach {server}: {e}; check --server and that a haven agent runs there")
+        })?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error)
+            .unwrap_or(text);
+        bail!("{server} answered {status}: {message}");
+    }
+    let mut out = std::io::stdout().lock();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                out.write_all(&chunk)?;
+                out.flush()?;
+            }
+            Ok(None) => break,
+            Err(e) => bail!("the log stream from {server} broke off: {e}"),
+        }
+    }
+    if follow {
+        eprintln!(
+            "haven logs: {server} ended the stream (its agent stopped, or the log was removed)"
+        );
+    }
+    Ok(())
 }
 
 pub fn status_table(s: &StatusResponse) -> String {

@@ -4,4 +4,4 @@
 pub mod cli;
 pub mod demo;
 pub mod localcluster;
-pub mod timefmt;
+pub use haven_core::timefmt;

@@ -18,6 +18,11 @@ fn main() {
         }
         return;
     }
+    // So does a workload instance's log copier: no threads, small.
+    if let cli::Cmd::LogCopier(a) = &args.command {
+        haven_drivers::logcopy::run(&a.copier_args());
+        return;
+    }
     // A client command whose reader leaves (`haven events | head`) ends
     // quietly, as other command-line tools do, instead of panicking on the
     // closed pipe. The agent keeps SIGPIPE ignored: its sockets report

@@ -1,4 +1,4 @@
-//! RFC 3339 rendering of Unix milliseconds (UTC), for event timestamps.
+//! RFC 3339 rendering of Unix milliseconds (UTC): event timestamps, log markers.
 
 pub fn rfc3339_ms(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
