@@ -16,6 +16,7 @@ pub mod fence;
 pub mod heartbeat;
 pub mod node;
 pub mod rpc;
+pub mod serve;
 pub mod server;
 pub mod supervisor;
 pub mod vm;

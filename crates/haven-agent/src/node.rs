@@ -478,14 +478,7 @@ pub async fn run(
 
     let app = crate::server::router(node.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await;
-    });
+    let server = tokio::spawn(crate::serve::serve_until_stopped(listener, app, stop_rx));
 
     if let Some(c) = &consensus {
         if fresh && existing.is_none() && matches!(node.cfg.mode, StartMode::Bootstrap) {
@@ -528,8 +521,10 @@ pub async fn run(
     if let Some(w) = node.watchdog.lock().unwrap().take() {
         w.disarm();
     }
+    // Open requests and streams end now; the server is gone within
+    // `serve::SERVER_DRAIN_MS_MAX`.
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let _ = server.await;
     if let Some(c) = &consensus {
         c.shutdown().await;
     }
