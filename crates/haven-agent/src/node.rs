@@ -400,10 +400,9 @@ pub async fn run(
             .unwrap_or_default()
     };
 
-    let cgroup_root = match &cfg.cgroup_root {
-        Some(p) => p.clone(),
-        None => haven_drivers::cgroup::default_root()?,
-    };
+    // Outside the agent's own cgroup: a service manager stopping the agent
+    // must not take the workloads (and the keeper beside them) with it.
+    let cgroup_root = haven_drivers::cgroup::workload_root(cfg.cgroup_root.as_deref())?;
     // The lease keeper first: from here on, whatever this process does,
     // the workloads never outlive the lease (DESIGN.md §2a).
     let keeper_pid = start_keeper(datadir.path(), &cgroup_root)?;
