@@ -100,7 +100,10 @@ Signed-By: /etc/apt/keyrings/local.gpg
         out.contains("URIs: http://snapshot-mirror.internal/archive/debian/20250520T000000Z\n"),
         "{out}"
     );
-    assert!(out.contains("Signed-By: /etc/apt/keyrings/local.gpg\n"), "{out}");
+    assert!(
+        out.contains("Signed-By: /etc/apt/keyrings/local.gpg\n"),
+        "{out}"
+    );
 }
 
 #[test]
