@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 /// cgroup.
 struct Slice {
     cgroup: PathBuf,
+    /// The agent's cgroup, in `cgroup`.
+    agent_unit: &'static str,
     dir: PathBuf,
     agent: Option<Child>,
     port: u16,
@@ -26,11 +28,15 @@ struct Slice {
 
 impl Slice {
     fn new(tag: &str) -> Slice {
+        Slice::with_agent_unit(tag, "agent")
+    }
+
+    fn with_agent_unit(tag: &str, agent_unit: &'static str) -> Slice {
         let unique = format!("haven-{tag}-{}", std::process::id());
         let cgroup = haven_drivers::cgroup::cgroup2_mount()
             .unwrap()
             .join(&unique);
-        fs::create_dir_all(cgroup.join("agent")).unwrap();
+        fs::create_dir_all(cgroup.join(agent_unit)).unwrap();
         let dir = std::env::temp_dir().join(&unique);
         fs::create_dir_all(&dir).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -40,6 +46,7 @@ impl Slice {
             .port();
         Slice {
             cgroup,
+            agent_unit,
             dir,
             agent: None,
             port,
@@ -47,7 +54,7 @@ impl Slice {
     }
 
     fn agent_cgroup(&self) -> PathBuf {
-        self.cgroup.join("agent")
+        self.cgroup.join(self.agent_unit)
     }
 
     fn server(&self) -> String {
@@ -58,27 +65,34 @@ impl Slice {
         fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
-    /// Start `haven agent` inside the `agent` cgroup, as a service manager
+    /// Start `haven agent` inside the agent's cgroup, as a service manager
     /// starts a unit's main process.
     fn start_agent(&mut self, extra: &[&str]) {
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(self.agent_cgroup().join("cgroup.procs"))
-            .unwrap();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))
-            .unwrap();
-        let fd = procs.as_raw_fd();
         let mut cmd = Command::new(exe());
         cmd.arg("agent")
             .args(["--name", "h1", "--listen", &self.server()])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .args(["--capacity", "vcpus=4,memory_mib=4096"])
-            .args(extra)
-            .stdin(Stdio::null())
+            .args(extra);
+        self.agent = Some(self.spawn_in(&self.agent_cgroup(), cmd, "agent.log"));
+    }
+
+    /// Spawn `cmd` inside `cgroup` (created if missing), output appended
+    /// to `log` in the directory.
+    fn spawn_in(&self, cgroup: &Path, mut cmd: Command, log: &str) -> Child {
+        fs::create_dir_all(cgroup).unwrap();
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(cgroup.join("cgroup.procs"))
+            .unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(log))
+            .unwrap();
+        let fd = procs.as_raw_fd();
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         // SAFETY: only write(2) between fork and exec; `procs` outlives spawn.
@@ -89,7 +103,25 @@ impl Slice {
                 Ok(())
             });
         }
-        self.agent = Some(cmd.spawn().unwrap());
+        cmd.spawn().unwrap()
+    }
+
+    /// What `systemctl restart haven-agent` does with `KillMode=mixed`:
+    /// SIGTERM to the agent, then, once it has exited, SIGKILL to whatever
+    /// is left in its cgroup.
+    fn restart_unit_stop(&mut self) {
+        let mut a = self.agent.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(a.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        while a.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the agent ignores SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill_agent_cgroup();
     }
 
     /// What `systemctl restart` does to a unit with the default
@@ -240,4 +272,83 @@ fn a_cgroup_root_inside_the_agents_cgroup_is_refused() {
         !slice.dir.join("data/keeper.pid").exists(),
         "a keeper was started for a refused root"
     );
+}
+
+/// The layout of `packaging/`: the keeper started by its own unit in
+/// `haven.slice/haven-keeper.service`, the agent in
+/// `haven.slice/haven-agent.service`, both given the same
+/// `--cgroup-root haven.slice/haven-workloads`. The agent uses that keeper
+/// (it starts none of its own), and a restart of the agent's unit (SIGTERM,
+/// then SIGKILL to what is left in its cgroup) leaves keeper and workload
+/// running, to be re-adopted.
+#[test]
+fn the_packaged_layout_keeps_keeper_and_workloads_across_an_agent_restart() {
+    let mut slice = Slice::with_agent_unit("cgunits", "haven-agent.service");
+    let root = slice.cgroup.join("haven-workloads");
+    let data = slice.dir.join("data");
+    fs::create_dir_all(&data).unwrap();
+    let mut keeper_cmd = Command::new(exe());
+    keeper_cmd
+        .arg("keeper")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--cgroup-root")
+        .arg(&root);
+    let mut keeper = slice.spawn_in(
+        &slice.cgroup.join("haven-keeper.service"),
+        keeper_cmd,
+        "keeper-unit.log",
+    );
+    let deadline = Instant::now() + FORM_TIMEOUT;
+    while haven_keeper::keeper_pid(&data) != Some(keeper.id()) {
+        assert!(
+            keeper.try_wait().unwrap().is_none(),
+            "the keeper unit's keeper exited"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the keeper unit's keeper is not ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let root_arg = root.to_str().unwrap().to_string();
+    slice.start_agent(&["--bootstrap", "--cgroup-root", &root_arg]);
+    slice.wait_for("the host online", |s| {
+        s.hosts.len() == 1 && s.hosts[0].state == "online"
+    });
+    let file = write(&slice.dir, "w.toml", &sleeper("svc", "medium"));
+    let out = Command::new(exe())
+        .args(["--server", &slice.server(), "apply", "-f", &file])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let s = slice.wait_for("svc running", |s| all_running(s, 1));
+    let pid = workload(&s, "svc").pid.unwrap();
+    assert!(
+        procs(&slice.cgroup.join("haven-workloads-keeper")).is_empty(),
+        "the agent started a second keeper beside the unit's"
+    );
+
+    slice.restart_unit_stop();
+    assert!(pid_alive(pid), "the workload died with the agent's unit");
+    assert!(
+        keeper.try_wait().unwrap().is_none(),
+        "the keeper died with the agent's unit"
+    );
+    slice.start_agent(&["--cgroup-root", &root_arg]);
+    let s = slice.wait_for("svc re-adopted", |s| {
+        s.hosts[0].state == "online" && all_running(s, 1)
+    });
+    assert_eq!(
+        workload(&s, "svc").pid,
+        Some(pid),
+        "restarted, not re-adopted"
+    );
+    assert_eq!(haven_keeper::keeper_pid(&data), Some(keeper.id()));
+    // The keeper is ended by its cgroup on drop (it refuses SIGTERM while
+    // it guards a running workload); reap it here.
+    haven_drivers::Cgroup::open(slice.cgroup.join("haven-keeper.service"))
+        .kill()
+        .unwrap();
+    keeper.wait().unwrap();
 }
