@@ -38,7 +38,8 @@ pub struct AgentConfig {
     pub capacity: Option<Capacity>,
     pub labels: BTreeMap<String, String>,
     /// cgroup v2 directory under which each workload gets its own group;
-    /// `None`: a `haven` group under the agent's own cgroup.
+    /// `None`: `haven-workloads` beside the agent's own cgroup. Never inside
+    /// it (`haven_drivers::cgroup::check_root`).
     pub cgroup_root: Option<PathBuf>,
     /// Cluster settings given on this host's command line or config file,
     /// as `(key, value)` (`haven_core::settings` keys): the cluster's values

@@ -18,6 +18,7 @@ pub mod lane;
 pub mod logs;
 pub mod node;
 pub mod rpc;
+pub mod serve;
 pub mod server;
 pub mod supervisor;
 pub mod vm;

@@ -541,10 +541,9 @@ pub async fn run(
         }
         None => None,
     };
-    let cgroup_root = match &cfg.cgroup_root {
-        Some(p) => p.clone(),
-        None => haven_drivers::cgroup::default_root()?,
-    };
+    // Outside the agent's own cgroup: a service manager stopping the agent
+    // must not take the workloads (and the keeper beside them) with it.
+    let cgroup_root = haven_drivers::cgroup::workload_root(cfg.cgroup_root.as_deref())?;
     // The lease keeper first: from here on, whatever this process does,
     // the workloads never outlive the lease (DESIGN.md §2a).
     let keeper_pid = start_keeper(datadir.path(), &cgroup_root)?;
@@ -620,14 +619,11 @@ pub async fn run(
     });
 
     let app = crate::server::router(node.clone());
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await;
-    });
+    let server = tokio::spawn(crate::serve::serve_until_stopped(
+        listener,
+        app,
+        stop_rx.clone(),
+    ));
 
     if let Some(c) = &consensus {
         if fresh && existing.is_none() && matches!(node.cfg.mode, StartMode::Bootstrap) {
@@ -672,8 +668,10 @@ pub async fn run(
     if let Some(w) = node.watchdog.lock().unwrap().take() {
         w.disarm();
     }
+    // Open requests and streams end now; the server is gone within
+    // `serve::SERVER_DRAIN_MS_MAX`.
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let _ = server.await;
     if let Some(c) = &consensus {
         c.shutdown().await;
     }

@@ -960,6 +960,7 @@ mod tests {
             priority: crate::model::Priority::Medium,
             restart: Default::default(),
             isolation_response: None,
+            log_max_bytes: crate::logs::LOG_MAX_BYTES_DEFAULT,
         }
     }
 

@@ -17,8 +17,13 @@ use crate::error::DriverError;
 
 const MOUNTS_FILE: &str = "/proc/self/mounts";
 const OWN_CGROUP_FILE: &str = "/proc/self/cgroup";
-/// Sub-directory of the agent's own cgroup that holds its instance cgroups.
-const DEFAULT_ROOT_NAME: &str = "haven";
+/// The default workload cgroup root: a sibling of the agent's own cgroup
+/// with this name (`<parent of the agent's cgroup>/haven-workloads`).
+pub const DEFAULT_ROOT_NAME: &str = "haven-workloads";
+/// Controllers a workload root hands down to its instance cgroups where the
+/// host offers them on cgroup v2, so each instance's CPU, I/O, memory and
+/// process count are its own (and can be limited).
+pub const WORKLOAD_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
 
 /// Mount point of the (first) cgroup2 filesystem, from /proc/self/mounts.
 pub fn cgroup2_mount() -> Result<PathBuf, DriverError> {
@@ -29,15 +34,115 @@ pub fn cgroup2_mount() -> Result<PathBuf, DriverError> {
 
 /// Absolute directory of this process's own cgroup v2.
 pub fn own_cgroup() -> Result<PathBuf, DriverError> {
+    own_cgroup_under(&cgroup2_mount()?)
+}
+
+fn own_cgroup_under(mount: &Path) -> Result<PathBuf, DriverError> {
     let text = fs::read_to_string(OWN_CGROUP_FILE)
         .map_err(|e| DriverError::io("read", OWN_CGROUP_FILE, e))?;
     let relative = parse_own_cgroup(&text).ok_or(DriverError::NoOwnCgroup)?;
-    Ok(cgroup2_mount()?.join(relative.trim_start_matches('/')))
+    Ok(mount.join(relative.trim_start_matches('/')))
 }
 
-/// Default root for instance cgroups: `<own cgroup>/haven`.
-pub fn default_root() -> Result<PathBuf, DriverError> {
-    Ok(own_cgroup()?.join(DEFAULT_ROOT_NAME))
+/// The workload cgroup root for an agent running in this process's cgroup:
+/// `configured` (`--cgroup-root`) once checked by [`check_root`], else the
+/// default beside the agent's own cgroup ([`default_root_for`]).
+pub fn workload_root(configured: Option<&Path>) -> Result<PathBuf, DriverError> {
+    let mount = cgroup2_mount()?;
+    let own = own_cgroup_under(&mount)?;
+    match configured {
+        Some(root) => {
+            check_root(root, &own, &mount)?;
+            Ok(root.to_owned())
+        }
+        None => Ok(default_root_for(&mount, &own)),
+    }
+}
+
+/// Default workload root: `haven-workloads` beside the agent's own cgroup,
+/// so that a service manager that stops the agent's cgroup (systemd's
+/// default `KillMode=control-group` on `systemctl restart`) leaves the
+/// workloads running. An agent in the hierarchy's root cgroup gets
+/// `<mount>/haven-workloads`.
+pub fn default_root_for(mount: &Path, own: &Path) -> PathBuf {
+    let beside = if own == mount {
+        mount
+    } else {
+        own.parent().unwrap_or(mount)
+    };
+    beside.join(DEFAULT_ROOT_NAME)
+}
+
+/// Refuse a workload root that shares fate with the agent's own cgroup
+/// `own`: one inside it dies when a service manager stops the agent; one
+/// that contains it (or the whole hierarchy) would have the lease keeper,
+/// which kills every populated group under the root when the lease runs
+/// out, kill the agent and whatever else lives there. The root of the
+/// hierarchy is no one's cgroup to share: an agent running there may put its
+/// workloads anywhere below it.
+pub fn check_root(root: &Path, own: &Path, mount: &Path) -> Result<(), DriverError> {
+    let plain = root.is_absolute()
+        && root
+            .components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir));
+    if !plain {
+        return Err(DriverError::RootNotAbsolute {
+            root: root.to_owned(),
+        });
+    }
+    let suggestion = default_root_for(mount, own);
+    if own.starts_with(root) {
+        return Err(DriverError::RootContainsOwnCgroup {
+            root: root.to_owned(),
+            own: own.to_owned(),
+            suggestion,
+        });
+    }
+    if own != mount && root.starts_with(own) {
+        return Err(DriverError::RootInsideOwnCgroup {
+            root: root.to_owned(),
+            own: own.to_owned(),
+            suggestion,
+        });
+    }
+    Ok(())
+}
+
+/// Enable on `root` (a cgroup with no processes of its own) those of
+/// [`WORKLOAD_CONTROLLERS`] that it offers and has not enabled yet; returns
+/// the ones it enabled. On hosts whose controllers are all bound to cgroup
+/// v1 (hybrid layout) there are none to enable.
+pub fn enable_workload_controllers(root: &Path) -> Result<Vec<&'static str>, DriverError> {
+    let read = |name: &str| {
+        let file = root.join(name);
+        fs::read_to_string(&file).map_err(|e| DriverError::io("read", file, e))
+    };
+    let wanted = controllers_to_enable(
+        &read("cgroup.controllers")?,
+        &read("cgroup.subtree_control")?,
+    );
+    let cg = Cgroup::open(root);
+    for c in &wanted {
+        cg.write_file("cgroup.subtree_control", format!("+{c}").as_bytes())
+            .map_err(|e| {
+                DriverError::io(
+                    "enable controller in",
+                    root.join("cgroup.subtree_control"),
+                    e,
+                )
+            })?;
+    }
+    Ok(wanted)
+}
+
+/// Those of [`WORKLOAD_CONTROLLERS`] listed in `available`
+/// (`cgroup.controllers`) and not in `enabled` (`cgroup.subtree_control`).
+fn controllers_to_enable(available: &str, enabled: &str) -> Vec<&'static str> {
+    let has = |text: &str, c: &str| text.split_ascii_whitespace().any(|w| w == c);
+    WORKLOAD_CONTROLLERS
+        .into_iter()
+        .filter(|c| has(available, c) && !has(enabled, c))
+        .collect()
 }
 
 /// Whether `path`, or its nearest existing ancestor when it does not exist
@@ -298,7 +403,7 @@ impl Cgroup {
     /// Write an interface file. Never O_CREAT: cgroupfs refuses to create
     /// files, and a missing file must surface as NotFound (e.g. `cgroup.kill`
     /// on an old kernel).
-    fn write_file(&self, name: &str, value: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_file(&self, name: &str, value: &[u8]) -> io::Result<()> {
         let mut file = OpenOptions::new().write(true).open(self.path.join(name))?;
         file.write_all(value)
     }
@@ -351,6 +456,107 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert_eq!(parse_own_cgroup(text), Some("/system.slice/haven.service"));
         assert_eq!(parse_own_cgroup("0::/\n"), Some("/"));
         assert_eq!(parse_own_cgroup("1:cpu:/\n"), None);
+    }
+
+    const MOUNT: &str = "/sys/fs/cgroup";
+
+    fn p(s: &str) -> &Path {
+        Path::new(s)
+    }
+
+    #[test]
+    fn the_default_root_is_beside_the_agents_own_cgroup() {
+        let own = p("/sys/fs/cgroup/system.slice/haven-agent.service");
+        let root = default_root_for(p(MOUNT), own);
+        assert_eq!(root, p("/sys/fs/cgroup/system.slice/haven-workloads"));
+        assert!(!root.starts_with(own));
+        check_root(&root, own, p(MOUNT)).unwrap();
+        // An agent in the root cgroup, or in a top-level one.
+        assert_eq!(
+            default_root_for(p(MOUNT), p(MOUNT)),
+            p("/sys/fs/cgroup/haven-workloads")
+        );
+        assert_eq!(
+            default_root_for(p(MOUNT), p("/sys/fs/cgroup/init.scope")),
+            p("/sys/fs/cgroup/haven-workloads")
+        );
+    }
+
+    #[test]
+    fn a_root_inside_the_agents_own_cgroup_is_refused() {
+        let own = p("/sys/fs/cgroup/system.slice/haven-agent.service");
+        for root in [
+            "/sys/fs/cgroup/system.slice/haven-agent.service/haven",
+            "/sys/fs/cgroup/system.slice/haven-agent.service/a/b/",
+        ] {
+            let e = check_root(p(root), own, p(MOUNT)).unwrap_err();
+            assert!(matches!(e, DriverError::RootInsideOwnCgroup { .. }), "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains("--cgroup-root"), "{msg}");
+            assert!(msg.contains(&own.display().to_string()), "{msg}");
+            assert!(
+                msg.contains("/sys/fs/cgroup/system.slice/haven-workloads"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_root_that_contains_the_agent_or_is_not_a_plain_path_is_refused() {
+        let own = p("/sys/fs/cgroup/system.slice/haven-agent.service");
+        for root in [
+            "/sys/fs/cgroup/system.slice/haven-agent.service",
+            "/sys/fs/cgroup/system.slice",
+            "/sys/fs/cgroup",
+        ] {
+            let e = check_root(p(root), own, p(MOUNT)).unwrap_err();
+            assert!(
+                matches!(e, DriverError::RootContainsOwnCgroup { .. }),
+                "{root}: {e}"
+            );
+        }
+        // An agent in the root cgroup may not use the whole hierarchy either.
+        let e = check_root(p(MOUNT), p(MOUNT), p(MOUNT)).unwrap_err();
+        assert!(
+            matches!(e, DriverError::RootContainsOwnCgroup { .. }),
+            "{e}"
+        );
+        for root in [
+            "haven",
+            "/sys/fs/cgroup/x/../system.slice/haven-agent.service/w",
+        ] {
+            let e = check_root(p(root), own, p(MOUNT)).unwrap_err();
+            assert!(matches!(e, DriverError::RootNotAbsolute { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_root_apart_from_the_agents_cgroup_is_accepted() {
+        let own = p("/sys/fs/cgroup/system.slice/haven-agent.service");
+        for root in [
+            "/sys/fs/cgroup/haven.slice/haven-workloads",
+            "/sys/fs/cgroup/system.slice/haven-agent.service-workloads",
+            "/sys/fs/cgroup/system.slice/haven-workloads",
+        ] {
+            check_root(p(root), own, p(MOUNT)).unwrap();
+        }
+        // An agent in the root cgroup: anything below it.
+        check_root(p("/sys/fs/cgroup/haven-workloads"), p(MOUNT), p(MOUNT)).unwrap();
+    }
+
+    #[test]
+    fn enables_the_workload_controllers_the_root_offers() {
+        assert_eq!(
+            controllers_to_enable("cpuset cpu io memory hugetlb pids rdma misc\n", ""),
+            vec!["cpu", "io", "memory", "pids"]
+        );
+        assert_eq!(
+            controllers_to_enable("cpu memory pids\n", "memory\n"),
+            vec!["cpu", "pids"]
+        );
+        // Hybrid layout: every controller is bound to cgroup v1.
+        assert!(controllers_to_enable("\n", "").is_empty());
+        assert!(controllers_to_enable("cpuset hugetlb", "").is_empty());
     }
 
     #[test]

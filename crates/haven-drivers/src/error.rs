@@ -18,6 +18,36 @@ pub enum DriverError {
     NoOwnCgroup,
 
     #[error(
+        "--cgroup-root {root}: the workload cgroup root must be an absolute path \
+         without `..`, e.g. /sys/fs/cgroup/haven-workloads"
+    )]
+    RootNotAbsolute { root: PathBuf },
+
+    #[error(
+        "--cgroup-root {root} lies inside the agent's own cgroup {own}: a service manager \
+         that stops or restarts the agent kills its whole cgroup (systemd's default \
+         KillMode=control-group), and every workload with it. Choose a cgroup outside it, \
+         e.g. {suggestion} (the default: beside the agent's cgroup)"
+    )]
+    RootInsideOwnCgroup {
+        root: PathBuf,
+        own: PathBuf,
+        suggestion: PathBuf,
+    },
+
+    #[error(
+        "--cgroup-root {root} is or contains the agent's own cgroup {own}: when the lease \
+         runs out the lease keeper kills every populated group under the workload root, \
+         which would include the agent and anything else living there. Choose a cgroup of \
+         its own, e.g. {suggestion} (the default: beside the agent's cgroup)"
+    )]
+    RootContainsOwnCgroup {
+        root: PathBuf,
+        own: PathBuf,
+        suggestion: PathBuf,
+    },
+
+    #[error(
         "cgroup root {path} is not inside a cgroup2 filesystem{hint}: \
          pass --cgroup-root with a directory under the cgroup2 mount"
     )]

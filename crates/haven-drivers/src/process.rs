@@ -232,7 +232,7 @@ impl ProcessDriver {
                 Ok(mount) => format!(
                     " (cgroup2 is mounted at {}; e.g. --cgroup-root {})",
                     mount.display(),
-                    mount.join("haven").display()
+                    mount.join(cgroup::DEFAULT_ROOT_NAME).display()
                 ),
                 Err(_) => " (no cgroup2 filesystem is mounted on this host)".to_string(),
             };
@@ -242,6 +242,15 @@ impl ProcessDriver {
             });
         }
         Cgroup::create(&cgroup_root)?;
+        // Accounting per instance is welcome, not required: the driver only
+        // uses the core interface files.
+        match cgroup::enable_workload_controllers(&cgroup_root) {
+            Ok(enabled) if !enabled.is_empty() => {
+                info!(root = %cgroup_root.display(), ?enabled, "controllers enabled for workload cgroups");
+            }
+            Ok(_) => {}
+            Err(e) => warn!("workload cgroups get no controllers of their own: {e}"),
+        }
         fs::create_dir_all(&logs.dir)
             .map_err(|e| DriverError::io("create log directory", &logs.dir, e))?;
         Ok(ProcessDriver {

@@ -87,11 +87,28 @@ pub fn keeper_pid(data_dir: &Path) -> Option<u32> {
     kill(Pid::from_raw(raw), None).is_ok().then_some(pid)
 }
 
+/// The `--cgroup-root` a running keeper was started with, from its command
+/// line; `None` if it cannot be read.
+fn keeper_root(pid: u32) -> Option<PathBuf> {
+    cgroup_root_argument(&fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+}
+
+/// The value after `--cgroup-root` in a NUL-separated command line.
+fn cgroup_root_argument(cmdline: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut args = cmdline.split(|b| *b == 0);
+    args.find(|a| *a == b"--cgroup-root")?;
+    let value = args.next().filter(|v| !v.is_empty())?;
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(value)))
+}
+
 /// Return the pid of the keeper for `data_dir`, starting one if none runs:
 /// `<exe> keeper --data-dir <data_dir> --cgroup-root <cgroup_root>`, in its
 /// own session, inside the cgroup `keeper_cgroup` (created if missing), with
 /// stdout and stderr appended to `<data_dir>/keeper.log`. The keeper outlives
-/// the caller: it is never killed or waited on once it is ready.
+/// the caller: it is never killed or waited on once it is ready. A keeper
+/// already running for `data_dir` but guarding another cgroup root is an
+/// error ([`KeeperError::RootMismatch`]), not a keeper for these workloads.
 pub fn ensure_running(
     exe: &Path,
     data_dir: &Path,
@@ -99,7 +116,18 @@ pub fn ensure_running(
     keeper_cgroup: &Path,
 ) -> Result<u32, KeeperError> {
     if let Some(pid) = keeper_pid(data_dir) {
-        return Ok(pid);
+        // A keeper guarding another root (the agent's root changed, or a
+        // service manager's keeper unit was given another one) would leave
+        // this agent's workloads unguarded.
+        return match keeper_root(pid) {
+            Some(keeper_root) if keeper_root != cgroup_root => Err(KeeperError::RootMismatch {
+                data_dir: data_dir.to_owned(),
+                pid,
+                keeper_root,
+                cgroup_root: cgroup_root.to_owned(),
+            }),
+            _ => Ok(pid),
+        };
     }
     if keeper_cgroup.starts_with(cgroup_root) {
         return Err(KeeperError::KeeperCgroupInsideRoot {
@@ -185,5 +213,25 @@ pub fn ensure_running(
             });
         }
         sleep(Duration::from_millis(START_POLL_INTERVAL_MS));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_cgroup_root_from_a_command_line() {
+        let cmdline = b"/usr/bin/haven\0keeper\0--data-dir\0/var/lib/haven\0--cgroup-root\0/sys/fs/cgroup/haven.slice/haven-workloads\0";
+        assert_eq!(
+            cgroup_root_argument(cmdline),
+            Some(PathBuf::from("/sys/fs/cgroup/haven.slice/haven-workloads"))
+        );
+        assert_eq!(
+            cgroup_root_argument(b"haven\0keeper\0--cgroup-root\0"),
+            None
+        );
+        assert_eq!(cgroup_root_argument(b"haven\0keeper\0--cgroup-root"), None);
+        assert_eq!(cgroup_root_argument(b""), None);
     }
 }

@@ -16,6 +16,20 @@ pub enum KeeperError {
         holder: String,
     },
 
+    #[error(
+        "the lease keeper already running for {data_dir} (pid {pid}) guards the workload \
+         cgroups under {keeper_root}, not {cgroup_root}: workloads started under the latter \
+         would go unguarded. Use the same --cgroup-root for the agent and its keeper (a \
+         service manager's keeper unit and the agent read it from one place); if the root \
+         changed, stop that keeper's workloads first, then the keeper (SIGKILL pid {pid})"
+    )]
+    RootMismatch {
+        data_dir: PathBuf,
+        pid: u32,
+        keeper_root: PathBuf,
+        cgroup_root: PathBuf,
+    },
+
     #[error("cannot set up the keeper's signal handling: {0}")]
     Signals(#[source] nix::errno::Errno),
 
@@ -76,6 +90,17 @@ pub enum KeeperError {
 }
 
 impl KeeperError {
+    /// The exit status of `haven keeper` failing with this error:
+    /// [`EXIT_ALREADY_RUNNING`](crate::EXIT_ALREADY_RUNNING) when another
+    /// keeper holds the data dir (a service manager may treat that as
+    /// success: the running keeper serves), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            KeeperError::AlreadyRunning { .. } => crate::EXIT_ALREADY_RUNNING,
+            _ => 1,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         KeeperError::Io {
             op,

@@ -64,6 +64,11 @@ pub const POLICY_FILE: &str = "keeper-policy";
 /// Where [`ensure_running`] sends the keeper's stdout and stderr.
 pub const LOG_FILE: &str = "keeper.log";
 
+/// Exit status of a keeper that did not start because another keeper
+/// already runs for its data dir (e.g. one the agent started while a
+/// service manager's keeper unit was down): the running one serves.
+pub const EXIT_ALREADY_RUNNING: u8 = 3;
+
 /// Where the keeper finds the lease and the workloads it guards.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeeperConfig {

@@ -286,13 +286,51 @@ fn one_keeper_per_data_dir() {
         .arg(&s.root)
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(haven_keeper::EXIT_ALREADY_RUNNING))
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("already runs for {}", s.data_dir().display())));
     assert!(stderr.contains(&format!("pid {pid}")), "{stderr}");
     // The keeper lives in the cgroup it was given.
     let procs = fs::read_to_string(s.top.join("keeper/cgroup.procs")).unwrap();
     assert!(procs.lines().any(|l| l == pid.to_string()));
+}
+
+/// An agent whose cgroup root is not the one the running keeper guards
+/// gets an error naming both, not that keeper.
+#[test]
+fn a_keeper_guarding_another_root_is_not_taken_for_ours() {
+    let _serial = serial();
+    let mut s = Scratch::new("otherroot");
+    let pid = s.start_keeper();
+    let other = s.top.join("elsewhere");
+    let e = ensure_running(
+        Path::new(env!("CARGO_BIN_EXE_haven-keeper")),
+        s.data_dir(),
+        &other,
+        &s.top.join("keeper"),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, haven_keeper::KeeperError::RootMismatch { pid: p, .. } if *p == pid),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains(&s.root.display().to_string()), "{msg}");
+    assert!(msg.contains(&other.display().to_string()), "{msg}");
+    // The same root, spelled with a trailing slash, is the same keeper.
+    let mut same = s.root.clone().into_os_string();
+    same.push("/");
+    let again = ensure_running(
+        Path::new(env!("CARGO_BIN_EXE_haven-keeper")),
+        s.data_dir(),
+        Path::new(&same),
+        &s.top.join("keeper"),
+    )
+    .unwrap();
+    assert_eq!(again, pid);
 }
 
 #[test]

@@ -191,8 +191,8 @@ pub struct AgentArgs {
     /// key=value, repeatable.
     #[arg(long = "label")]
     pub labels: Vec<String>,
-    /// cgroup v2 directory for this host's workloads (default: a `haven`
-    /// group under the agent's own cgroup).
+    /// cgroup v2 directory for this host's workloads, outside the agent's
+    /// own cgroup (default: `haven-workloads` beside the agent's cgroup).
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
     #[arg(long)]

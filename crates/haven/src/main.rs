@@ -14,7 +14,7 @@ fn main() {
         };
         if let Err(e) = haven_keeper::run(&cfg) {
             eprintln!("error: {e}");
-            std::process::exit(1);
+            std::process::exit(e.exit_code().into());
         }
         return;
     }
