@@ -251,7 +251,14 @@ pub async fn run(node: Arc<Node>) {
             ticker = tokio::time::interval(Duration::from_millis(hb_ms));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
-        ticker.tick().await;
+        // Tick every heartbeat interval, and also right when a silent host
+        // reaches `lease + margin` (detection does not wait for the next
+        // interval).
+        let due = next_due_ms(&node);
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::time::sleep(Duration::from_millis(due.unwrap_or(u64::MAX / 4))), if due.is_some() => {}
+        }
         let Some(term) = consensus.leader_term() else {
             *node.office.lock().unwrap() = None;
             continue;
@@ -542,6 +549,23 @@ pub async fn run(node: Arc<Node>) {
             }
         }
     }
+}
+
+/// Milliseconds until the first host that is silent but not yet given up
+/// on reaches its `failed_after` (as the last tick saw it), if one is.
+fn next_due_ms(node: &Node) -> Option<u64> {
+    let timing = node.lease.lock().unwrap().settings.timing;
+    let slot = node.office.lock().unwrap();
+    let office = slot.as_ref()?;
+    office
+        .last_obs
+        .values()
+        .filter(|o| o.silence_ms >= timing.suspect_after_ms && !o.fenced)
+        .filter_map(|o| {
+            let after = o.failed_after_ms(&timing);
+            (o.silence_ms < after).then(|| after - o.silence_ms + 1)
+        })
+        .min()
 }
 
 /// A read of `key` recent enough to judge by: (record, when its round

@@ -216,10 +216,15 @@ pub async fn run(node: Arc<Node>) -> String {
                     }
                     told_stale = !disagree.is_empty();
                     checked = true;
-                    let (expiry, now_settings) = {
+                    let (expiry, now_settings, newer) = {
                         let mut l = node.lease.lock().unwrap();
-                        (l.on_ack(&resp), l.settings.clone())
+                        let before = l.revision;
+                        let expiry = l.on_ack(&resp);
+                        (expiry, l.settings.clone(), l.revision > before)
                     };
+                    if newer {
+                        node.supervisor_wake.notify_one();
+                    }
                     // The data dir's files are written in the background:
                     // a stalled local disk must not hold up the lease.
                     if now_settings != settings {

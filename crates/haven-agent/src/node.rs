@@ -75,6 +75,8 @@ pub struct Node {
     /// Why this manager stopped its Raft core itself (a nearly full data
     /// dir while it led).
     pub stepped_down: Mutex<Option<String>>,
+    /// Wakes the supervisor when a newer revision arrives.
+    pub supervisor_wake: tokio::sync::Notify,
     /// `haven logs` and the removal of deleted workloads' logs.
     pub logs: crate::logs::LogService,
 }
@@ -614,6 +616,7 @@ pub async fn run(
         files: crate::lane::Lane::new("data dir writes", Duration::from_secs(2)),
         disk_problem: Mutex::new(None),
         stepped_down: Mutex::new(None),
+        supervisor_wake: tokio::sync::Notify::new(),
         identity,
         cfg,
     });

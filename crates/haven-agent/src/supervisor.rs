@@ -833,7 +833,12 @@ pub async fn run(node: Arc<Node>) {
             ticker = tokio::time::interval(Duration::from_millis(hb_ms.max(20)));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
-        ticker.tick().await;
+        // Every heartbeat interval, and at once when an acknowledgement
+        // brings a newer revision (a placement starts without waiting).
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = node.supervisor_wake.notified() => {}
+        }
         let now = node.clock.now_ms();
         let datastore_ok = node.datastore_ok(now);
         let (authority, desired, revision, seen, shutdown_timeout_ms) = {
