@@ -290,6 +290,9 @@ pub struct ProbeRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProbeResponse {
     pub reached: bool,
+    /// The host refused the connection (no agent listens there).
+    #[serde(default)]
+    pub refused: bool,
 }
 
 /// Which of these workloads the replicated state still has (an agent asks

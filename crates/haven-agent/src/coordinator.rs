@@ -636,18 +636,21 @@ async fn read_datastore(node: Arc<Node>, io: Arc<DatastoreIo>) {
 
 /// How many other hosts give a second opinion before a fence.
 const SECOND_OPINIONS: usize = 2;
-/// A probe's wait for an answer, and the gap between rounds.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(150);
+/// A probe's wait for an answer (room for one TCP retransmission, 200 ms
+/// on Linux), and the gap between rounds.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 const PROBE_GAP: Duration = Duration::from_millis(50);
 /// Rounds in a row in which nobody reached a silent host before it may be
 /// fenced: a host behind a lossy link answers one probe of several; a
-/// dead or hung one answers none.
+/// dead or hung one answers none. One round in which every probe was
+/// refused (its kernel answers, its agent is gone) is enough.
 const FAILED_ROUNDS_TO_FENCE: u32 = 3;
 
 /// The second opinion on one silent host, as the probes went so far.
 #[derive(Clone, Debug, Default)]
 pub struct ProbeTally {
-    /// Rounds in a row in which no probe reached it.
+    /// Rounds in a row in which no probe reached it (a round in which
+    /// every probe was refused counts as all of them).
     pub failed_rounds: u32,
     /// Who reached it last in this silence, if anybody did.
     pub reached_by: Option<String>,
@@ -655,14 +658,49 @@ pub struct ProbeTally {
     pub said: bool,
 }
 
-/// Does `host`'s agent answer at `address` within `timeout`?
-pub async fn reaches(node: &Node, host: &str, address: &str, timeout: Duration) -> bool {
-    let r = tokio::time::timeout(
-        timeout,
-        crate::rpc::get::<crate::api::PingResponse>(&node.http, address, "/v1/ping", false),
-    )
+/// What one probe of a silent host's agent found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Its agent answered.
+    Reached,
+    /// Its kernel refused the connection: up, but no agent listens (it
+    /// crashed). Proof enough.
+    Refused,
+    /// No answer in time: dead, hung, or a lost packet.
+    NoAnswer,
+}
+
+/// Probe `host`'s agent at `address`, waiting at most `timeout`.
+pub async fn probe_once(node: &Node, host: &str, address: &str, timeout: Duration) -> Probe {
+    let r = tokio::time::timeout(timeout, async {
+        node.http
+            .get(format!("http://{address}/v1/ping"))
+            .timeout(timeout)
+            .send()
+            .await?
+            .json::<crate::api::PingResponse>()
+            .await
+    })
     .await;
-    matches!(r, Ok(Ok(p)) if p.host == host)
+    match r {
+        Ok(Ok(p)) if p.host == host => Probe::Reached,
+        Ok(Err(e)) if refused(&e) => Probe::Refused,
+        _ => Probe::NoAnswer,
+    }
+}
+
+/// Is `e` a refused connection (somewhere in its causes)?
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Evidence before a fence (DESIGN.md §2.7, issue 8): while `host` stays
@@ -681,9 +719,8 @@ async fn probe(
         {
             let (n, host, address) = (node.clone(), host.clone(), address.clone());
             probes.spawn(async move {
-                reaches(&n, &host, &address, PROBE_TIMEOUT)
-                    .await
-                    .then(|| n.identity.name.clone())
+                let p = probe_once(&n, &host, &address, PROBE_TIMEOUT).await;
+                (p, n.identity.name.clone())
             });
         }
         for (name, via) in probers.clone() {
@@ -703,14 +740,24 @@ async fn probe(
                     Some(PROBE_TIMEOUT + PROBE_GAP),
                 )
                 .await;
-                matches!(r, Ok(p) if p.reached).then_some(name)
+                let p = match r {
+                    Ok(p) if p.reached => Probe::Reached,
+                    Ok(p) if p.refused => Probe::Refused,
+                    _ => Probe::NoAnswer,
+                };
+                (p, name)
             });
         }
         let mut reached_by = None;
+        let mut all_refused = true;
         while let Some(r) = probes.join_next().await {
-            if let Ok(Some(who)) = r {
-                reached_by = Some(who);
-                break;
+            match r {
+                Ok((Probe::Reached, who)) => {
+                    reached_by = Some(who);
+                    break;
+                }
+                Ok((Probe::Refused, _)) => {}
+                _ => all_refused = false,
             }
         }
         let member = node
@@ -735,6 +782,7 @@ async fn probe(
                     t.failed_rounds = 0;
                     t.reached_by = Some(who);
                 }
+                None if all_refused => t.failed_rounds = FAILED_ROUNDS_TO_FENCE,
                 None => t.failed_rounds = t.failed_rounds.saturating_add(1),
             }
         }

@@ -902,8 +902,12 @@ async fn probe(State(node): State<Arc<Node>>, body: axum::body::Bytes) -> Reply 
         Err(r) => return r,
     };
     let timeout = Duration::from_millis(req.timeout_ms.clamp(10, 2_000));
-    let reached = crate::coordinator::reaches(&node, &req.host, &req.address, timeout).await;
-    Json(crate::api::ProbeResponse { reached }).into_response()
+    let p = crate::coordinator::probe_once(&node, &req.host, &req.address, timeout).await;
+    Json(crate::api::ProbeResponse {
+        reached: p == crate::coordinator::Probe::Reached,
+        refused: p == crate::coordinator::Probe::Refused,
+    })
+    .into_response()
 }
 
 async fn health(State(node): State<Arc<Node>>) -> Reply {

@@ -562,13 +562,14 @@ impl Supervisor {
         let clock = self.clock.clone();
         let qmp_ops =
             VmPaths::new(&self.run_dir.join(key(&workload, generation).to_string())).qmp_ops;
+        let vm = qmp_ops.exists();
         tokio::spawn(async move {
             let k = key(&workload, generation);
             let started_ms = clock.now_ms();
             let r = match how {
                 StopHow::Kill => driver.kill(&k).await,
                 // A VM: ACPI power button, bounded wait, then kill.
-                StopHow::Graceful(ms) if qmp_ops.exists() => {
+                StopHow::Graceful(ms) if vm => {
                     crate::vm::power_down(&qmp_ops).await;
                     let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
                     while driver.is_running(&k) && tokio::time::Instant::now() < deadline {
@@ -590,7 +591,7 @@ impl Supervisor {
                     recent.push_back(Stopped {
                         workload,
                         generation,
-                        how: how.outcome(took_ms),
+                        how: how.outcome(vm, took_ms),
                     });
                     while recent.len() > STOPPED_KEPT_MAX {
                         recent.pop_front();
@@ -802,13 +803,16 @@ impl StopHow {
         }
     }
 
-    fn outcome(&self, took_ms: u64) -> String {
+    /// How a stop went, first step included (a quick stop may end before
+    /// any heartbeat reports the instance `stopping`).
+    fn outcome(&self, vm: bool, took_ms: u64) -> String {
+        let step = if vm { "ACPI power-down sent" } else { "SIGTERM sent" };
         match self {
             StopHow::Kill => format!("killed ({took_ms} ms)"),
             StopHow::Graceful(ms) if took_ms >= *ms => {
-                format!("still running after the {ms} ms grace: killed")
+                format!("{step}; still running after the {ms} ms grace: killed")
             }
-            StopHow::Graceful(_) => format!("exited {took_ms} ms after the stop request"),
+            StopHow::Graceful(_) => format!("{step}; exited {took_ms} ms after it"),
         }
     }
 }
