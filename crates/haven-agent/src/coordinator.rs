@@ -374,7 +374,9 @@ pub async fn run(node: Arc<Node>) {
                 })
                 .await;
         }
-        for cmd in cmds {
+        // A decision about many workloads is proposed in parts that each
+        // fit one log entry.
+        for cmd in cmds.into_iter().flat_map(Command::split_to_fit) {
             match consensus.propose(cmd).await {
                 Ok(CommandResult::Placed { placed, .. }) => {
                     let mut slot = node.office.lock().unwrap();
