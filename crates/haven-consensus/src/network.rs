@@ -7,6 +7,7 @@
 
 use crate::{Raft, TypeConfig};
 use axum::extract::{DefaultBodyLimit, State};
+use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use haven_core::model::NodeId;
@@ -206,11 +207,24 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
 /// `body_bytes_max`: the largest body a peer sends (a full batch, or a
 /// full snapshot chunk: `budget::raft_body_bytes_max`).
 pub fn router(raft: Raft, body_bytes_max: usize) -> Router {
+    // A body over the limit is answered with the limit named (the sender
+    // logs the answer), not axum's bare "length limit exceeded".
+    let name_the_limit = move |resp: axum::response::Response| async move {
+        if resp.status() != axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            return resp;
+        }
+        let msg = format!(
+            "the Raft request is larger than the limit of {body_bytes_max} bytes \
+             (a full AppendEntries batch or snapshot chunk); are both hosts on the same haven version?"
+        );
+        (axum::http::StatusCode::PAYLOAD_TOO_LARGE, msg).into_response()
+    };
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(axum::middleware::map_response(name_the_limit))
         .with_state(raft)
 }
 

@@ -438,3 +438,21 @@ async fn a_heartbeat_too_short_for_the_largest_entry_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_request_over_the_body_limit_is_answered_with_the_limit() {
+    let dir = TempDir::new().unwrap();
+    let mut n = Node::start(1, dir.path(), listener().await).await;
+    let limit = CONFIG.raft_body_bytes_max();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/raft/append", n.addr))
+        .header("content-type", "application/json")
+        .body(vec![b' '; limit + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains(&format!("limit of {limit} bytes")), "{text}");
+    n.stop().await;
+}
