@@ -530,7 +530,10 @@ pub async fn run(node: Arc<Node>) {
                 },
             );
         }
-        // One Raft entry per tick (more only past the batch bounds).
+        // One Raft entry per tick (more only past the batch bounds); a
+        // decision about very many workloads is first cut into commands
+        // that each fit one entry.
+        let cmds: Vec<Command> = cmds.into_iter().flat_map(Command::split_to_fit).collect();
         for entry in Command::batches(cmds) {
             match consensus.propose(entry).await {
                 Ok(result) => {

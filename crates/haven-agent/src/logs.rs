@@ -325,9 +325,13 @@ async fn relay(node: &Node, url: &str, header: &str, follow: bool, who: &str) ->
 pub async fn known(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: crate::server::Body,
 ) -> Reply {
-    let req: KnownWorkloadsRequest = match parse_body(&body) {
+    let req: KnownWorkloadsRequest = match parse_body(
+        "/v1/workloads/known",
+        crate::server::REQUEST_BODY_BYTES_MAX,
+        body,
+    ) {
         Ok(r) => r,
         Err(r) => return r,
     };

@@ -222,13 +222,11 @@ pub fn start_keeper(data_dir: &std::path::Path, cgroup_root: &std::path::Path) -
         .map_err(|e| anyhow!("starting the lease keeper: {e}"))
 }
 
+/// The managers' Raft timing: `haven-consensus`'s named defaults, from
+/// which its RPC deadlines and byte budgets derive.
 fn consensus_config(cfg: &AgentConfig) -> ConsensusConfig {
     let _ = cfg;
-    ConsensusConfig {
-        heartbeat_interval_ms: 50,
-        election_timeout_min_ms: 200,
-        election_timeout_max_ms: 400,
-    }
+    ConsensusConfig::default()
 }
 
 /// Pick the address other hosts reach us at.

@@ -6,14 +6,15 @@
 // boxing them would only add noise on a path that is not hot.
 #![allow(clippy::result_large_err)]
 
-use axum::extract::{Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use haven_core::model::{Generation, Role};
 use haven_core::placement::HostView;
-use haven_core::spec::{check_fits_cluster, check_name};
+use haven_core::spec::{check_apply, check_fits_cluster, check_host, check_name};
 use haven_core::state::{Command, CommandResult};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -28,22 +29,89 @@ use crate::rpc::NotLeaderBody;
 /// Most managers (Raft voters) a cluster can have.
 pub const MANAGERS_MAX: usize = 5;
 
+/// Largest body of a small request (join, promote, settings, delete,
+/// restart grace).
+pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Largest heartbeat: about 30,000 instances reported by one host.
+pub const HEARTBEAT_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Largest apply: the largest set of specs one apply may hold, with room
+/// for the source and the JSON around them.
+pub const APPLY_BODY_BYTES_MAX: usize = haven_core::spec::APPLY_BYTES_MAX + 1024 * 1024;
+
+/// Applies this host reads and handles at once (each may carry up to
+/// `APPLY_BODY_BYTES_MAX`); more wait, at most `APPLY_SLOT_WAIT_MS`, before
+/// their body is read, so that memory, and the CPU spent parsing and
+/// replicating them, stay bounded whatever clients send. Applies are rare
+/// operator actions; one at a time costs them little.
+pub const APPLIES_IN_FLIGHT_MAX: usize = 1;
+pub const APPLY_SLOT_WAIT_MS: u64 = 30_000;
+
+/// Let an apply in once one of `APPLIES_IN_FLIGHT_MAX` slots is free.
+async fn apply_slot(
+    State(slots): State<Arc<tokio::sync::Semaphore>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Reply {
+    let wait = Duration::from_millis(APPLY_SLOT_WAIT_MS);
+    match tokio::time::timeout(wait, slots.acquire()).await {
+        Ok(Ok(_permit)) => next.run(req).await,
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{APPLIES_IN_FLIGHT_MAX} applies were in progress on this host for {APPLY_SLOT_WAIT_MS} ms; retry shortly"
+            ),
+        ),
+    }
+}
+
 pub fn router(node: Arc<Node>) -> Router {
+    let limit = |bytes: usize| DefaultBodyLimit::max(bytes);
     let mut r = Router::new()
-        .route("/v1/join", post(join))
-        .route("/v1/promote", post(promote))
-        .route("/v1/heartbeat", post(heartbeat))
-        .route("/v1/restart-grace", post(restart_grace))
-        .route("/v1/settings", get(settings).post(set_settings))
+        .route("/v1/join", post(join).layer(limit(REQUEST_BODY_BYTES_MAX)))
+        .route(
+            "/v1/promote",
+            post(promote).layer(limit(REQUEST_BODY_BYTES_MAX)),
+        )
+        .route(
+            "/v1/heartbeat",
+            post(heartbeat).layer(limit(HEARTBEAT_BODY_BYTES_MAX)),
+        )
+        .route(
+            "/v1/restart-grace",
+            post(restart_grace).layer(limit(REQUEST_BODY_BYTES_MAX)),
+        )
+        .route(
+            "/v1/settings",
+            get(settings)
+                .post(set_settings)
+                .layer(limit(REQUEST_BODY_BYTES_MAX)),
+        )
         .route("/v1/status", get(status))
-        .route("/v1/apply", post(apply))
-        .route("/v1/delete", post(delete))
+        .route(
+            "/v1/apply",
+            post(apply).layer(limit(APPLY_BODY_BYTES_MAX)).route_layer(
+                axum::middleware::from_fn_with_state(
+                    Arc::new(tokio::sync::Semaphore::new(APPLIES_IN_FLIGHT_MAX)),
+                    apply_slot,
+                ),
+            ),
+        )
+        .route(
+            "/v1/delete",
+            post(delete).layer(limit(REQUEST_BODY_BYTES_MAX)),
+        )
         .route("/v1/events", get(events))
         .route("/v1/logs/{name}", get(crate::logs::logs))
-        .route("/v1/workloads/known", post(crate::logs::known))
+        .route(
+            "/v1/workloads/known",
+            post(crate::logs::known).layer(limit(REQUEST_BODY_BYTES_MAX)),
+        )
         .route("/v1/health", get(health))
         .route("/v1/ping", get(ping))
-        .route("/v1/probe", post(probe))
+        .route(
+            "/v1/probe",
+            post(probe).layer(limit(REQUEST_BODY_BYTES_MAX)),
+        )
         .with_state(node.clone());
     if let Some(c) = &node.consensus {
         r = r.merge(c.router());
@@ -75,14 +143,14 @@ pub(crate) fn not_leader(node: &Node) -> Reply {
         .into_response()
 }
 
-/// Answer here if this host leads; otherwise pass the request to the leader
-/// once, and return its answer as is.
-async fn forward<B: Serialize>(
+/// Pass the request (its JSON body, if any) to the leader once, and return
+/// its answer as is.
+async fn forward(
     node: &Node,
     headers: &HeaderMap,
     method: reqwest::Method,
     path_and_query: &str,
-    body: Option<&B>,
+    body: Option<Vec<u8>>,
 ) -> Reply {
     if headers.contains_key(FORWARDED_HEADER) {
         return not_leader(node);
@@ -99,7 +167,7 @@ async fn forward<B: Serialize>(
         .header(FORWARDED_HEADER, "1")
         .timeout(Duration::from_secs(30));
     if let Some(b) = body {
-        req = req.json(b);
+        req = req.header("content-type", "application/json").body(b);
     }
     match req.send().await {
         Ok(resp) => {
@@ -126,7 +194,16 @@ pub(crate) async fn unless_leader<B: Serialize>(
     if node.is_leader() {
         return None;
     }
-    Some(forward(node, headers, reqwest::Method::POST, path, Some(body)).await)
+    let json = match serde_json::to_vec(body) {
+        Ok(j) => j,
+        Err(e) => {
+            return Some(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot forward the request: {e}"),
+            ))
+        }
+    };
+    Some(forward(node, headers, reqwest::Method::POST, path, Some(json)).await)
 }
 
 async fn propose(node: &Node, cmd: Command) -> Result<CommandResult, Reply> {
@@ -135,6 +212,9 @@ async fn propose(node: &Node, cmd: Command) -> Result<CommandResult, Reply> {
     };
     c.propose(cmd).await.map_err(|e| match e {
         haven_consensus::ProposeError::NotLeader { .. } => not_leader(node),
+        e @ haven_consensus::ProposeError::TooLarge { .. } => {
+            error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
         other => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("could not commit the change: {other}"),
@@ -142,13 +222,57 @@ async fn propose(node: &Node, cmd: Command) -> Result<CommandResult, Reply> {
     })
 }
 
-pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+/// A request body, read within its route's limit (`DefaultBodyLimit`).
+pub(crate) type Body = Result<axum::body::Bytes, BytesRejection>;
+
+/// Parse a JSON request body of `route` (whose limit is `limit_bytes`):
+/// a body over the limit, or one that is not the expected JSON, gets a
+/// JSON error saying which limit or what is wrong.
+pub(crate) fn parse_body<T: DeserializeOwned>(
+    route: &str,
+    limit_bytes: usize,
+    body: Body,
+) -> Result<T, Reply> {
+    parse_json(route, &read_body(route, limit_bytes, body)?)
 }
 
-async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::body::Bytes) -> Reply {
-    let req: JoinRequest = match parse_body(&body) {
+fn read_body(route: &str, limit_bytes: usize, body: Body) -> Result<axum::body::Bytes, Reply> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            error(StatusCode::PAYLOAD_TOO_LARGE, too_large(route, limit_bytes))
+        } else {
+            error(
+                rejection.status(),
+                format!("cannot read the request body: {rejection}"),
+            )
+        }
+    })
+}
+
+fn parse_json<T: DeserializeOwned>(route: &str, bytes: &[u8]) -> Result<T, Reply> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("bad request body for {route}: {e}"),
+        )
+    })
+}
+
+fn too_large(route: &str, limit_bytes: usize) -> String {
+    let fix = if route == "/v1/apply" {
+        format!(
+            ": split the workloads file into smaller ones (at most {} workloads and {} bytes of specs per apply) and apply each",
+            haven_core::spec::WORKLOADS_PER_FILE_MAX,
+            haven_core::spec::APPLY_BYTES_MAX
+        )
+    } else {
+        String::new()
+    };
+    format!("the request body is larger than the limit of {limit_bytes} bytes for {route}{fix}")
+}
+
+async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+    let req: JoinRequest = match parse_body("/v1/join", REQUEST_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -170,6 +294,29 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::bod
     if let Err(m) = check_name(&req.name) {
         return error(StatusCode::BAD_REQUEST, format!("--name: {m}"));
     }
+    let record = haven_core::model::HostRecord {
+        name: req.name.clone(),
+        node_id: 0,
+        address: req.address.clone(),
+        role: req.role,
+        capacity: req.capacity,
+        labels: req.labels.clone(),
+        instance_id: req.instance_id.clone(),
+        fence: req.fence.clone(),
+        watchdog_timeout_ms: req.watchdog_timeout_ms,
+        restart_grace: None,
+    };
+    let problems = check_host(&record);
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.field, p.problem))
+            .collect();
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("this host cannot join as it is:\n{}", lines.join("\n")),
+        );
+    }
     if let Some(k) = &known {
         if k.instance_id != req.instance_id {
             return error(
@@ -184,18 +331,6 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::bod
             format!("the cluster already has {voters} managers (at most {MANAGERS_MAX}); join this host as a worker (without --manager)"),
         );
     }
-    let record = haven_core::model::HostRecord {
-        name: req.name.clone(),
-        node_id: 0,
-        address: req.address.clone(),
-        role: req.role,
-        capacity: req.capacity,
-        labels: req.labels.clone(),
-        instance_id: req.instance_id.clone(),
-        fence: req.fence.clone(),
-        watchdog_timeout_ms: req.watchdog_timeout_ms,
-        restart_grace: None,
-    };
     match propose(
         &node,
         Command::RegisterHost {
@@ -252,12 +387,8 @@ fn managers(node: &Node) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn promote(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Reply {
-    let req: PromoteRequest = match parse_body(&body) {
+async fn promote(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+    let req: PromoteRequest = match parse_body("/v1/promote", REQUEST_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -336,7 +467,11 @@ fn check_member(
         })
 }
 
-async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatRequest>) -> Reply {
+async fn heartbeat(State(node): State<Arc<Node>>, body: Body) -> Reply {
+    let req: HeartbeatRequest = match parse_body("/v1/heartbeat", HEARTBEAT_BODY_BYTES_MAX, body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     let term = match lease_granting_term(&node) {
         Ok(t) => t,
         Err(r) => return r,
@@ -360,6 +495,12 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
         Ok(k) => k,
         Err(r) => return r,
     };
+    if req.boot.is_empty() || req.boot.len() > BOOT_ID_LEN_MAX {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("field \"boot\": 1-{BOOT_ID_LEN_MAX} bytes"),
+        );
+    }
     if req.node_id != known.node_id {
         return error(
             StatusCode::FORBIDDEN,
@@ -399,7 +540,7 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
             &req.boot,
             haven_core::coordinator::HostReport {
                 applied_revision: req.applied_revision,
-                observed: req.observed,
+                observed: bounded_observed(req.observed),
                 stopped: bounded_stops(req.stopped),
             },
         );
@@ -445,30 +586,54 @@ async fn heartbeat(State(node): State<Arc<Node>>, Json(req): Json<HeartbeatReque
 /// kept (it ends up in an event): a peer's report is bounded before use.
 const STOPS_REPORTED_MAX: usize = 32;
 const STOP_HOW_LEN_MAX: usize = 200;
+/// Longest detail of a reported instance kept (it may end up in a
+/// `FailedOn` reason, an event, and `status`).
+const OBSERVED_DETAIL_LEN_MAX: usize = 200;
+/// An agent process's random `boot` id (16 hex digits today).
+const BOOT_ID_LEN_MAX: usize = 64;
 
 fn bounded_stops(mut stopped: Vec<haven_core::model::Stopped>) -> Vec<haven_core::model::Stopped> {
     let excess = stopped.len().saturating_sub(STOPS_REPORTED_MAX);
     stopped.drain(..excess);
     for s in &mut stopped {
-        if s.how.len() > STOP_HOW_LEN_MAX {
-            let cut = (0..=STOP_HOW_LEN_MAX)
-                .rev()
-                .find(|i| s.how.is_char_boundary(*i))
-                .unwrap_or(0);
-            s.how.truncate(cut);
-            s.how.push('…');
-        }
+        bound_text(&mut s.how, STOP_HOW_LEN_MAX);
     }
     stopped
+}
+
+fn bounded_observed(
+    mut observed: Vec<haven_core::model::Observed>,
+) -> Vec<haven_core::model::Observed> {
+    for o in &mut observed {
+        if let Some(d) = &mut o.detail {
+            bound_text(d, OBSERVED_DETAIL_LEN_MAX);
+        }
+    }
+    observed
+}
+
+/// Cut `text` to at most `max` bytes (at a character boundary, `…` added).
+fn bound_text(text: &mut String, max: usize) {
+    if text.len() > max {
+        *text = haven_core::spec::shorten(text, max);
+    }
 }
 
 /// A gracefully stopping agent: commit its restart grace, then count its
 /// silence from now (like a heartbeat acknowledged now, with the grace as
 /// its lease).
-async fn restart_grace(
-    State(node): State<Arc<Node>>,
-    Json(req): Json<RestartGraceRequest>,
-) -> Reply {
+async fn restart_grace(State(node): State<Arc<Node>>, body: Body) -> Reply {
+    let req: RestartGraceRequest =
+        match parse_body("/v1/restart-grace", REQUEST_BODY_BYTES_MAX, body) {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+    if req.boot.is_empty() || req.boot.len() > BOOT_ID_LEN_MAX {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("field \"boot\": 1-{BOOT_ID_LEN_MAX} bytes"),
+        );
+    }
     let term = match lease_granting_term(&node) {
         Ok(t) => t,
         Err(r) => return r,
@@ -502,7 +667,7 @@ async fn restart_grace(
 
 async fn settings(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
     let Some(c) = node.consensus.as_ref().filter(|c| c.is_leader()) else {
-        return forward::<()>(&node, &headers, reqwest::Method::GET, "/v1/settings", None).await;
+        return forward(&node, &headers, reqwest::Method::GET, "/v1/settings", None).await;
     };
     let current = c.read(|s| s.settings.clone());
     let settings = haven_core::settings::describe(&current)
@@ -519,12 +684,8 @@ async fn settings(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
 
 /// `haven settings set`: every change applied to the current settings,
 /// validated as a whole, committed as one command (all or nothing).
-async fn set_settings(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Reply {
-    let req: SettingsRequest = match parse_body(&body) {
+async fn set_settings(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+    let req: SettingsRequest = match parse_body("/v1/settings", REQUEST_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -568,7 +729,7 @@ async fn set_settings(
 
 async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
     let Some(c) = node.consensus.as_ref().filter(|c| c.is_leader()) else {
-        return forward::<()>(&node, &headers, reqwest::Method::GET, "/v1/status", None).await;
+        return forward(&node, &headers, reqwest::Method::GET, "/v1/status", None).await;
     };
     let term = c.leader_term().unwrap_or(0);
     let voters: Vec<u64> = c.voters().into_iter().map(|(id, _)| id).collect();
@@ -696,129 +857,132 @@ fn stopping_view(workload: &str, st: &haven_core::state::Stopping) -> StoppingVi
     }
 }
 
-async fn apply(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Reply {
-    let req: ApplyRequest = match parse_body(&body) {
-        Ok(r) => r,
+async fn apply(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+    let bytes = match read_body("/v1/apply", APPLY_BODY_BYTES_MAX, body) {
+        Ok(b) => b,
         Err(r) => return r,
     };
-    if let Some(r) = unless_leader(&node, &headers, "/v1/apply", &req).await {
-        return r;
+    if !node.is_leader() {
+        // Passed on as it came; the leader validates it.
+        return forward(
+            &node,
+            &headers,
+            reqwest::Method::POST,
+            "/v1/apply",
+            Some(bytes.to_vec()),
+        )
+        .await;
     }
-    // Re-validate: the API is reachable without the CLI.
-    let datastore = node
-        .consensus
-        .as_ref()
-        .and_then(|c| c.read(|s| s.settings.datastore.clone()));
-    let mut problems = vec![];
-    let mut names = std::collections::BTreeSet::new();
-    for s in &req.specs {
-        if let Err(m) = check_name(&s.name) {
-            problems.push(format!(
-                "{}: workload {:?}: field \"name\": {m}",
-                req.source, s.name
-            ));
+    // Parsing, validating and splitting up to APPLY_BODY_BYTES_MAX is CPU
+    // work (and the VM checks look at files): off the async workers.
+    let node2 = node.clone();
+    let prepared = tokio::task::spawn_blocking(move || prepare_apply(&node2, &bytes)).await;
+    let cmds = match prepared {
+        Ok(Ok(cmds)) => cmds,
+        Ok(Err(r)) => return r,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("checking the apply failed: {e}"),
+            )
         }
-        if !names.insert(&s.name) {
-            problems.push(format!(
-                "{}: workload {:?}: duplicate name",
-                req.source, s.name
-            ));
-        }
-        match &s.kind {
-            haven_core::model::WorkloadKind::Process { command, .. } => {
-                if command.is_empty() || !command[0].starts_with('/') {
-                    problems.push(format!("{}: workload {:?}: field \"command\": must be a non-empty argv with an absolute program path", req.source, s.name));
-                }
+    };
+    let mut last = None;
+    for cmd in cmds {
+        match propose(&node, cmd).await {
+            Ok(CommandResult::Rejected(m)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("nothing was applied:\n{m}"),
+                )
             }
-            haven_core::model::WorkloadKind::Vm(vm) => {
-                problems.extend(check_vm_files(&req.source, s, vm, datastore.as_deref()));
-            }
-        }
-        if let Err(m) = haven_core::logs::check_log_max_bytes(s.log_max_bytes) {
-            problems.push(format!(
-                "{}: workload {:?}: field \"log_max_bytes\": {m}",
-                req.source, s.name
-            ));
-        }
-        if s.vcpus == 0 || s.memory_mib == 0 {
-            problems.push(format!(
-                "{}: workload {:?}: \"vcpus\" and \"memory_mib\" must be at least 1",
-                req.source, s.name
-            ));
+            Ok(r) => last = Some(r),
+            Err(r) => return r,
         }
     }
-    if req.specs.is_empty() {
-        problems.push(format!("{}: no workloads to apply", req.source));
-    }
+    let Some(CommandResult::Applied {
+        created,
+        updated,
+        unchanged,
+    }) = last
+    else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected result {last:?}"),
+        );
+    };
     let c = node.consensus.as_ref().expect("leader has consensus");
+    let notes = c.read(|s| {
+        updated
+            .iter()
+            .filter_map(|n| {
+                if let Some(st) = s.stopping.get(n) {
+                    return Some(format!(
+                        "{n}: stopping generation {} on {} before placing it again",
+                        st.generation, st.host
+                    ));
+                }
+                let a = s.workloads.get(n)?.assignment.as_ref()?;
+                Some(format!(
+                    "{n}: restarting in place on {} as generation {}",
+                    a.host, a.generation
+                ))
+            })
+            .collect()
+    });
+    Json(ApplyResponse {
+        created,
+        updated,
+        unchanged,
+        notes,
+    })
+    .into_response()
+}
+
+/// An apply request checked and turned into the commands to propose: the
+/// same validation as the CLI's and the state machine's (400 naming the
+/// field), then what depends on the cluster (422): every workload fits some
+/// host, and a VM's files are where every host can open them. Runs on the
+/// blocking pool.
+fn prepare_apply(node: &Node, bytes: &[u8]) -> Result<Vec<Command>, Reply> {
+    let req: ApplyRequest = parse_json("/v1/apply", bytes)?;
+    if let Err(e) = check_apply(&req.source, &req.specs) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("nothing was applied:\n{e}"),
+        ));
+    }
+    let Some(c) = node.consensus.as_ref() else {
+        return Err(not_leader(node));
+    };
+    let datastore = c.read(|s| s.settings.datastore.clone());
+    let mut problems = vec![];
+    for s in &req.specs {
+        if let haven_core::model::WorkloadKind::Vm(vm) = &s.kind {
+            problems.extend(check_vm_files(&req.source, s, vm, datastore.as_deref()));
+        }
+    }
     if let Err(e) = c.read(|s| check_fits_cluster(&req.source, &req.specs, s.hosts.values())) {
         problems.extend(e.0);
     }
     if !problems.is_empty() {
-        return error(
+        return Err(error(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("nothing was applied:\n{}", problems.join("\n")),
-        );
+        ));
     }
-    match propose(
-        &node,
-        Command::ApplyWorkloads {
-            specs: req.specs,
-            source: req.source,
-            at_ms: node.clock.wall_ms(),
-        },
-    )
-    .await
-    {
-        Ok(CommandResult::Applied {
-            created,
-            updated,
-            unchanged,
-        }) => {
-            let notes = c.read(|s| {
-                updated
-                    .iter()
-                    .filter_map(|n| {
-                        if let Some(st) = s.stopping.get(n) {
-                            return Some(format!(
-                                "{n}: stopping generation {} on {} before placing it again",
-                                st.generation, st.host
-                            ));
-                        }
-                        let a = s.workloads.get(n)?.assignment.as_ref()?;
-                        Some(format!(
-                            "{n}: restarting in place on {} as generation {}",
-                            a.host, a.generation
-                        ))
-                    })
-                    .collect()
-            });
-            Json(ApplyResponse {
-                created,
-                updated,
-                unchanged,
-                notes,
-            })
-            .into_response()
-        }
-        Ok(other) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("unexpected result {other:?}"),
-        ),
-        Err(r) => r,
-    }
+    // One entry, or parts of at most COMMAND_BYTES_MAX and a last entry
+    // that applies them all at once.
+    Ok(haven_core::state::apply_commands(
+        &crate::datadir::random_hex(8),
+        req.specs,
+        req.source,
+        node.clock.wall_ms(),
+    ))
 }
 
-async fn delete(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Reply {
-    let req: DeleteRequest = match parse_body(&body) {
+async fn delete(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+    let req: DeleteRequest = match parse_body("/v1/delete", REQUEST_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -871,7 +1035,7 @@ async fn events(
             Some(a) => format!("/v1/events?after={a}"),
             None => "/v1/events".into(),
         };
-        return forward::<()>(&node, &headers, reqwest::Method::GET, &path, None).await;
+        return forward(&node, &headers, reqwest::Method::GET, &path, None).await;
     };
     let events = c.read(|s| {
         s.events(q.after)
@@ -896,8 +1060,9 @@ async fn ping(State(node): State<Arc<Node>>) -> Reply {
     .into_response()
 }
 
-async fn probe(State(node): State<Arc<Node>>, body: axum::body::Bytes) -> Reply {
-    let req: crate::api::ProbeRequest = match parse_body(&body) {
+async fn probe(State(node): State<Arc<Node>>, body: Body) -> Reply {
+    let req: crate::api::ProbeRequest = match parse_body("/v1/probe", REQUEST_BODY_BYTES_MAX, body)
+    {
         Ok(r) => r,
         Err(r) => return r,
     };

@@ -806,7 +806,11 @@ impl StopHow {
     /// How a stop went, first step included (a quick stop may end before
     /// any heartbeat reports the instance `stopping`).
     fn outcome(&self, vm: bool, took_ms: u64) -> String {
-        let step = if vm { "ACPI power-down sent" } else { "SIGTERM sent" };
+        let step = if vm {
+            "ACPI power-down sent"
+        } else {
+            "SIGTERM sent"
+        };
         match self {
             StopHow::Kill => format!("killed ({took_ms} ms)"),
             StopHow::Graceful(ms) if took_ms >= *ms => {

@@ -5,12 +5,13 @@
 //! state, leadership, membership (add/remove voters), compaction, shutdown.
 //! Every call that waits on the cluster is bounded.
 
+use crate::budget;
 use crate::error::{ConsensusError, ProposeError};
-use crate::network::{self, HttpNetwork, SNAPSHOT_CHUNK_BYTES};
+use crate::network::{self, HttpNetwork};
 use crate::store::{DbClosed, SharedState, Store};
 use crate::Raft;
 use haven_core::model::NodeId;
-use haven_core::state::{ClusterState, Command, CommandResult};
+use haven_core::state::{ClusterState, Command, CommandResult, COMMAND_BYTES_MAX};
 use openraft::error::{
     ChangeMembershipError, ClientWriteError, Fatal, ForwardToLeader, InitializeError, RaftError,
 };
@@ -29,11 +30,6 @@ pub const PROPOSE_TIMEOUT_MS: u64 = 5_000;
 /// catching up with the log (or receiving a snapshot).
 pub const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = 10_000;
 
-/// Deadline of one snapshot chunk: sending it and, for the last one,
-/// installing it on the receiver (openraft's default, 200 ms, is too short
-/// for a state machine of a few MiB over a real network).
-const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
-
 /// Build a snapshot after this many applied entries; the log is then
 /// purged, keeping `LOGS_KEPT_AFTER_SNAPSHOT` entries so that a briefly
 /// lagging follower still catches up from the log rather than a snapshot.
@@ -48,8 +44,20 @@ const SHUTDOWN_RELEASE_TIMEOUT_MS: u64 = 5_000;
 /// is still being committed.
 const MEMBERSHIP_RETRY_MS: u64 = 100;
 
+/// The managers' Raft heartbeat interval. Openraft also uses it as the
+/// deadline of every AppendEntries RPC (heartbeat or log batch), so it
+/// bounds the bytes of one batch (`budget::append_batch_bytes_max`).
+pub const RAFT_HEARTBEAT_INTERVAL_MS: u64 = 50;
+/// A follower that heard nothing from its leader for a random time in
+/// this range calls an election; openraft also uses the minimum as the
+/// deadline of a vote RPC. Four heartbeats at least: one late or lost
+/// heartbeat does not start an election.
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 4 * RAFT_HEARTBEAT_INTERVAL_MS;
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 2 * ELECTION_TIMEOUT_MIN_MS;
+
 /// Raft timing. Election timeouts must exceed the heartbeat interval by a
-/// wide margin (openraft requires `heartbeat < min < max`).
+/// wide margin (openraft requires `heartbeat < min < max`). Every Raft RPC
+/// deadline and byte budget derives from these (`budget.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConsensusConfig {
     pub heartbeat_interval_ms: u64,
@@ -60,9 +68,9 @@ pub struct ConsensusConfig {
 impl Default for ConsensusConfig {
     fn default() -> Self {
         ConsensusConfig {
-            heartbeat_interval_ms: 50,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            heartbeat_interval_ms: RAFT_HEARTBEAT_INTERVAL_MS,
+            election_timeout_min_ms: ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max_ms: ELECTION_TIMEOUT_MAX_MS,
         }
     }
 }
@@ -76,14 +84,36 @@ impl ConsensusConfig {
         Duration::from_millis(self.election_timeout_max_ms)
     }
 
+    /// Bytes of log entries one AppendEntries carries at most.
+    pub fn append_batch_bytes_max(&self) -> usize {
+        budget::append_batch_bytes_max(self.heartbeat_interval_ms)
+    }
+
+    /// Largest body the Raft routes accept.
+    pub fn raft_body_bytes_max(&self) -> usize {
+        budget::raft_body_bytes_max(self.heartbeat_interval_ms, self.election_timeout_min_ms)
+    }
+
     fn to_raft_config(self) -> Result<openraft::Config, ConsensusError> {
+        if self.heartbeat_interval_ms < budget::HEARTBEAT_INTERVAL_MS_MIN {
+            return Err(ConsensusError::Config(format!(
+                "heartbeat_interval_ms {} is below {} ms: one AppendEntries could not carry \
+                 the largest log entry ({} bytes) within it",
+                self.heartbeat_interval_ms,
+                budget::HEARTBEAT_INTERVAL_MS_MIN,
+                budget::ENTRY_BYTES_MAX
+            )));
+        }
         let config = openraft::Config {
             cluster_name: "haven".into(),
             heartbeat_interval: self.heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
-            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            install_snapshot_timeout: budget::install_snapshot_timeout_ms(
+                self.election_timeout_min_ms,
+            ),
+            snapshot_max_chunk_size: budget::snapshot_chunk_bytes(self.election_timeout_min_ms),
+            max_payload_entries: budget::APPEND_BATCH_ENTRIES_MAX,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
             max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
             ..Default::default()
@@ -112,6 +142,7 @@ pub struct Consensus {
 
 struct Inner {
     node_id: NodeId,
+    config: ConsensusConfig,
     data_dir: PathBuf,
     raft: Raft,
     state: SharedState,
@@ -159,7 +190,8 @@ impl Consensus {
         let raft_config = config.to_raft_config()?;
         let leader_lease = config.leader_lease();
         let dir = data_dir.to_path_buf();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        let batch_bytes_max = config.append_batch_bytes_max();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir, batch_bytes_max))
             .await
             .map_err(|e| ConsensusError::Io {
                 path: data_dir.to_path_buf(),
@@ -189,6 +221,7 @@ impl Consensus {
         Ok(Consensus {
             inner: Arc::new(Inner {
                 node_id,
+                config,
                 data_dir: data_dir.to_path_buf(),
                 raft,
                 state,
@@ -254,9 +287,19 @@ impl Consensus {
     }
 
     /// Propose `cmd` through Raft on this node and wait (at most
-    /// `PROPOSE_TIMEOUT_MS`) until it is committed and applied here.
+    /// `PROPOSE_TIMEOUT_MS`) until it is committed and applied here. A
+    /// command over `COMMAND_BYTES_MAX` serialized is refused before it
+    /// reaches the log: it could not be replicated within the heartbeat
+    /// timing (`budget.rs`).
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
         let node_id = self.inner.node_id;
+        let bytes = haven_core::spec::encoded_len(&cmd);
+        if bytes > COMMAND_BYTES_MAX {
+            return Err(ProposeError::TooLarge {
+                bytes,
+                max: COMMAND_BYTES_MAX,
+            });
+        }
         let write = self.inner.raft.client_write(cmd);
         match tokio::time::timeout(Duration::from_millis(PROPOSE_TIMEOUT_MS), write).await {
             Err(_) => Err(ProposeError::Timeout {
@@ -600,6 +643,7 @@ impl Consensus {
             self.inner.raft.clone(),
             self.inner.sticky.clone(),
             self.inner.node_id,
+            self.inner.config.raft_body_bytes_max(),
         )
     }
 

@@ -89,4 +89,12 @@ pub enum ProposeError {
 
     #[error("raft node {node_id} has stopped: {detail}")]
     Stopped { node_id: NodeId, detail: String },
+
+    /// The command is larger than one log entry may be: it was not
+    /// proposed (nothing changed).
+    #[error(
+        "the change is {bytes} bytes, more than the {max} bytes one Raft log entry \
+         may carry (so that it replicates within the heartbeat timing); nothing was changed"
+    )]
+    TooLarge { bytes: usize, max: usize },
 }

@@ -10,12 +10,16 @@
 // (`StorageError`, `RPCError`, ~200 bytes); boxing ours would not help.
 #![allow(clippy::result_large_err)]
 
+pub mod budget;
 pub mod consensus;
 pub mod error;
 pub mod network;
 pub mod store;
 
-pub use consensus::{Consensus, ConsensusConfig, MEMBERSHIP_CHANGE_TIMEOUT_MS, PROPOSE_TIMEOUT_MS};
+pub use consensus::{
+    Consensus, ConsensusConfig, ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS,
+    MEMBERSHIP_CHANGE_TIMEOUT_MS, PROPOSE_TIMEOUT_MS, RAFT_HEARTBEAT_INTERVAL_MS,
+};
 pub use error::{ConsensusError, ProposeError};
 /// Types that appear in this crate's API, so users need not depend on openraft.
 pub use openraft::{BasicNode, RaftMetrics, ServerState};

@@ -7,6 +7,7 @@
 
 use crate::{Raft, TypeConfig};
 use axum::extract::{DefaultBodyLimit, State};
+use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use haven_core::model::NodeId;
@@ -28,21 +29,6 @@ use std::time::Duration;
 /// Bound on establishing a TCP connection to a peer. Peers are on the
 /// cluster network; a longer wait only delays noticing that one is down.
 pub const CONNECT_TIMEOUT_MS: u64 = 500;
-
-/// Upper bound on an append-entries or vote request. Openraft passes its
-/// own deadline in `RPCOption` (derived from the heartbeat interval or the
-/// election timeout), which is used when smaller.
-pub const RPC_TIMEOUT_MAX_MS: u64 = 2_000;
-
-/// Largest request body the routes accept. Snapshot chunks are at most
-/// `SNAPSHOT_CHUNK_BYTES` of raw data, which JSON (an array of numbers)
-/// inflates by up to 4x; append batches are bounded by openraft's
-/// `max_payload_entries`.
-pub const RAFT_BODY_LIMIT_BYTES: usize = 32 * 1024 * 1024;
-
-/// Raw bytes of state machine per snapshot chunk (openraft's
-/// `snapshot_max_chunk_size`).
-pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 
 /// After this many consecutive timed-out RPCs to a peer, a timeout is
 /// reported as `Unreachable` so that openraft backs off. A host that lost
@@ -176,13 +162,14 @@ impl HttpPeer {
     }
 }
 
-/// Deadline of one HTTP request: openraft's soft TTL, so that our timeout
-/// fires (and is counted, see `TIMEOUTS_BEFORE_UNREACHABLE`) before
-/// openraft cancels the call at the hard TTL.
+/// Deadline of one HTTP request: openraft's soft TTL (3/4 of its own
+/// deadline: the heartbeat interval for AppendEntries, the shortest
+/// election timeout for a vote, `install_snapshot_timeout` for a snapshot
+/// chunk; see `budget.rs`), so that our timeout fires (and is counted, see
+/// `TIMEOUTS_BEFORE_UNREACHABLE`) before openraft cancels the call at the
+/// hard TTL.
 fn rpc_timeout(option: &RPCOption) -> Duration {
-    option
-        .soft_ttl()
-        .min(Duration::from_millis(RPC_TIMEOUT_MAX_MS))
+    option.soft_ttl()
 }
 
 impl RaftNetwork<TypeConfig> for HttpPeer {
@@ -202,10 +189,9 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        // A chunk carries up to SNAPSHOT_CHUNK_BYTES and the last one is
-        // installed before the reply: openraft's snapshot deadline applies,
-        // not RPC_TIMEOUT_MAX_MS.
-        self.post("snapshot", &rpc, option.soft_ttl()).await
+        // A chunk carries up to `budget::snapshot_chunk_bytes` and the last
+        // one is installed before the reply: openraft's snapshot deadline.
+        self.post("snapshot", &rpc, rpc_timeout(&option)).await
     }
 
     async fn vote(
@@ -265,12 +251,32 @@ struct RouterState {
     node_id: NodeId,
 }
 
-pub fn router(raft: Raft, sticky: Arc<Stickiness>, node_id: NodeId) -> Router {
+/// `body_bytes_max`: the largest body a peer sends (a full batch, or a
+/// full snapshot chunk: `budget::raft_body_bytes_max`).
+pub fn router(
+    raft: Raft,
+    sticky: Arc<Stickiness>,
+    node_id: NodeId,
+    body_bytes_max: usize,
+) -> Router {
+    // A body over the limit is answered with the limit named (the sender
+    // logs the answer), not axum's bare "length limit exceeded".
+    let name_the_limit = move |resp: axum::response::Response| async move {
+        if resp.status() != axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            return resp;
+        }
+        let msg = format!(
+            "the Raft request is larger than the limit of {body_bytes_max} bytes \
+             (a full AppendEntries batch or snapshot chunk); are both hosts on the same haven version?"
+        );
+        (axum::http::StatusCode::PAYLOAD_TOO_LARGE, msg).into_response()
+    };
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
-        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT_BYTES))
+        .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(axum::middleware::map_response(name_the_limit))
         .with_state(RouterState {
             raft,
             sticky,

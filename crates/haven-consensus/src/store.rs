@@ -10,11 +10,15 @@
 //! Durability: everything openraft must find on disk after a crash is
 //! committed with redb's `Durability::Immediate` (fsync) before the call
 //! returns or, for `append`, before the flush callback fires: vote, log
-//! appends, truncation, purge, the applied state machine and snapshots. Only
-//! the committed log id uses `Durability::Eventual`: it is an optimisation
-//! (committed entries get re-applied at startup without waiting for the
-//! leader) and losing its latest value is harmless. redb persists commits in
-//! order, so a durable commit also makes every earlier eventual one durable.
+//! appends, truncation, purge and snapshots. The applied state machine
+//! record is a cache of the log, written (durably) at most once per
+//! `STATE_RECORD_INTERVAL_MS`: a restart re-applies the committed entries
+//! above it, which the log keeps until a persisted snapshot covers them
+//! (openraft purges only up to the snapshot). The committed log id uses
+//! `Durability::Eventual`: it is an optimisation (committed entries get
+//! re-applied at startup without waiting for the leader) and losing its
+//! latest value is harmless. redb persists commits in order, so a durable
+//! commit also makes every earlier eventual one durable.
 //!
 //! All redb calls run on tokio's blocking pool because a commit waits for
 //! fsync and must not stall the async workers that carry heartbeats.
@@ -138,7 +142,9 @@ impl Store {
     /// another `Store` in this one) holds the file, and with
     /// [`ConsensusError::Corrupt`] if the file is not a readable database of
     /// ours; in that case nothing has been written to it.
-    pub fn open(data_dir: &Path) -> Result<Store, ConsensusError> {
+    /// `batch_bytes_max`: the bytes of log entries one replication batch
+    /// carries at most (see [`LogStore`]'s `limited_get_log_entries`).
+    pub fn open(data_dir: &Path, batch_bytes_max: usize) -> Result<Store, ConsensusError> {
         std::fs::create_dir_all(data_dir).map_err(|source| ConsensusError::Io {
             path: data_dir.to_path_buf(),
             source,
@@ -257,6 +263,7 @@ impl Store {
             log: LogStore {
                 db: db.clone(),
                 file: Arc::new(file.clone()),
+                batch_bytes_max,
                 stall_file: (std::env::var(TEST_HOOKS_ENV).as_deref() == Ok("1"))
                     .then(|| Arc::new(data_dir.join(TEST_STALL_LOG_FILE))),
             },
@@ -264,6 +271,7 @@ impl Store {
                 db,
                 file: Arc::new(file),
                 state: SharedState(Arc::new(RwLock::new(state))),
+                persisted_at: Arc::default(),
             },
         })
     }
@@ -335,6 +343,10 @@ fn inclusive_bounds(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
 pub struct LogStore {
     db: Arc<DbHandle>,
     file: Arc<PathBuf>,
+    /// Bytes of entries (as stored) one replication batch carries at most:
+    /// openraft sends what `limited_get_log_entries` returns in one
+    /// AppendEntries, whose deadline is the heartbeat interval.
+    batch_bytes_max: usize,
     /// Test hook: while this file exists, log appends block (a disk that
     /// stops answering, e.g. a stuck fsync). Set only with
     /// `HAVEN_TEST_HOOKS=1` in the environment.
@@ -390,6 +402,40 @@ impl LogStore {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
+    /// The entries from `start` on, up to `end` (exclusive), as long as
+    /// they stay within `batch_bytes_max` together; at least one. The
+    /// replication stream sends what this returns in one AppendEntries and
+    /// asks again for the rest.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let (db, file, budget) = (self.db.clone(), self.file.clone(), self.batch_bytes_max);
+        blocking(move || {
+            let err = |e: String| StorageIOError::read_logs(in_file(&file, e));
+            let txn = db.begin_read().map_err(|e| err(e.to_string()))?;
+            let table = txn.open_table(LOG).map_err(|e| err(e.to_string()))?;
+            let mut entries = Vec::new();
+            let mut bytes = 0usize;
+            for item in table.range(start..end).map_err(|e| err(e.to_string()))? {
+                let (index, value) = item.map_err(|e| err(e.to_string()))?;
+                bytes = bytes.saturating_add(value.value().len());
+                if !entries.is_empty() && bytes > budget {
+                    break;
+                }
+                let entry: Entry<TypeConfig> = serde_json::from_slice(value.value())
+                    .map_err(|e| err(format!("log entry {}: {e}", index.value())))?;
+                entries.push(entry);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -549,7 +595,17 @@ pub struct StateMachineStore {
     db: Arc<DbHandle>,
     file: Arc<PathBuf>,
     state: SharedState,
+    /// When the state machine record was last written (`None`: not yet
+    /// by this process).
+    persisted_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// The state machine record is a cache of the log (a restart re-applies
+/// the committed entries above it, which the log keeps until a snapshot
+/// covers them): it is written at most this often, not after every applied
+/// batch. Serializing and syncing the whole state per entry made a large
+/// state cost megabytes of CPU and disk for every command.
+pub const STATE_RECORD_INTERVAL_MS: u64 = 1_000;
 
 impl StateMachineStore {
     /// The applied state, for readers outside openraft.
@@ -664,43 +720,60 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Apply in memory, then persist the whole record once per batch.
-        // Readers may see the batch a moment before it is on disk; that is
-        // fine because the entries are committed (durable on a quorum) and a
-        // crash before the write just re-applies them from the log.
-        let (results, bytes) = {
-            let mut sm = self.state.write();
-            let mut results = Vec::new();
-            for entry in entries {
-                sm.last_applied = Some(entry.log_id);
-                let result = match entry.payload {
-                    EntryPayload::Blank => CommandResult::Ok,
-                    EntryPayload::Normal(cmd) => sm.state.apply(&cmd),
-                    EntryPayload::Membership(membership) => {
-                        sm.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                        CommandResult::Ok
-                    }
-                };
-                results.push(result);
-            }
-            if results.is_empty() {
-                return Ok(results);
-            }
-            let bytes = serde_json::to_vec(&*sm)
-                .map_err(|e| StorageIOError::write_state_machine(AnyError::new(&e)))?;
-            (results, bytes)
-        };
-        let (db, file) = (self.db.clone(), self.file.clone());
+        // Apply in memory, then persist the whole record if it has not been
+        // for `STATE_RECORD_INTERVAL_MS`. Readers may see a batch before it
+        // is on disk; that is fine because the entries are committed (durable
+        // on a quorum) and a crash before the write just re-applies them
+        // from the log. All of
+        // it runs on the blocking pool: applying a large command and
+        // serializing the whole state are CPU work that must not hold up
+        // the async workers carrying heartbeats and Raft RPCs.
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (db, file, state) = (self.db.clone(), self.file.clone(), self.state.clone());
+        let persisted_at = self.persisted_at.clone();
         blocking(move || {
+            let (results, bytes) = {
+                let mut sm = state.write();
+                let mut results = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    sm.last_applied = Some(entry.log_id);
+                    let result = match entry.payload {
+                        EntryPayload::Blank => CommandResult::Ok,
+                        EntryPayload::Normal(cmd) => sm.state.apply(&cmd),
+                        EntryPayload::Membership(membership) => {
+                            sm.last_membership =
+                                StoredMembership::new(Some(entry.log_id), membership);
+                            CommandResult::Ok
+                        }
+                    };
+                    results.push(result);
+                }
+                drop(sm);
+                let mut at = persisted_at.lock().unwrap_or_else(|e| e.into_inner());
+                let interval = Duration::from_millis(STATE_RECORD_INTERVAL_MS);
+                if at.is_some_and(|t| t.elapsed() < interval) {
+                    return Ok(results);
+                }
+                *at = Some(std::time::Instant::now());
+                // Serialized under a read lock: readers proceed meanwhile,
+                // and the next apply waits for this one anyway.
+                let sm = state.read();
+                let bytes = serde_json::to_vec(&*sm)
+                    .map_err(|e| StorageIOError::write_state_machine(AnyError::new(&e)))?;
+                (results, bytes)
+            };
             write_txn(&db, Durability::Immediate, |txn| {
                 txn.open_table(META)?
                     .insert(KEY_STATE_MACHINE, bytes.as_slice())?;
                 Ok(())
             })
-            .map_err(|e| StorageIOError::write_state_machine(in_file(&file, e)).into())
+            .map_err(|e| StorageIOError::write_state_machine(in_file(&file, e)))?;
+            Ok(results)
         })
-        .await?;
-        Ok(results)
+        .await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -771,6 +844,9 @@ mod tests {
     use std::collections::BTreeSet;
     use tempfile::TempDir;
 
+    /// The batch budget of the default timing.
+    const BATCH: usize = crate::budget::append_batch_bytes_max(50);
+
     fn log_id(term: u64, index: u64) -> LogId<NodeId> {
         LogId::new(CommittedLeaderId::new(term, 1), index)
     }
@@ -806,7 +882,7 @@ mod tests {
         let file = dir.path().join(RAFT_DB_FILE);
         let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&file, &garbage).unwrap();
-        let err = Store::open(dir.path()).err().expect("refused");
+        let err = Store::open(dir.path(), BATCH).err().expect("refused");
         assert!(matches!(err, ConsensusError::Corrupt { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains(&file.display().to_string()), "{msg}");
@@ -817,10 +893,10 @@ mod tests {
     #[test]
     fn an_unreadable_record_is_refused_and_not_rewritten() {
         let dir = TempDir::new().unwrap();
-        drop(Store::open(dir.path()).unwrap());
+        drop(Store::open(dir.path(), BATCH).unwrap());
         overwrite_record(dir.path(), KEY_STATE_MACHINE, b"{not json");
         let before = std::fs::read(dir.path().join(RAFT_DB_FILE)).unwrap();
-        let err = Store::open(dir.path()).err().expect("refused");
+        let err = Store::open(dir.path(), BATCH).err().expect("refused");
         let after = std::fs::read(dir.path().join(RAFT_DB_FILE)).unwrap();
         assert!(before == after, "the refused file was modified");
         let msg = err.to_string();
@@ -838,9 +914,9 @@ mod tests {
     #[test]
     fn a_newer_layout_version_is_refused() {
         let dir = TempDir::new().unwrap();
-        drop(Store::open(dir.path()).unwrap());
+        drop(Store::open(dir.path(), BATCH).unwrap());
         overwrite_record(dir.path(), KEY_FORMAT_VERSION, b"2");
-        let err = Store::open(dir.path()).err().expect("refused");
+        let err = Store::open(dir.path(), BATCH).err().expect("refused");
         assert!(err.to_string().contains("layout version Some(2)"), "{err}");
     }
 
@@ -865,7 +941,7 @@ mod tests {
             state_machine: mut sm,
             closed,
             ..
-        } = Store::open(dir.path()).unwrap();
+        } = Store::open(dir.path(), BATCH).unwrap();
         apply_two(&mut sm).await;
         let snapshot = sm
             .get_snapshot_builder()
@@ -883,7 +959,7 @@ mod tests {
         let Store {
             state_machine: mut sm,
             ..
-        } = Store::open(dir.path()).unwrap();
+        } = Store::open(dir.path(), BATCH).unwrap();
         assert_eq!(
             sm.applied_state().await.unwrap().0,
             snapshot.meta.last_log_id
@@ -897,7 +973,7 @@ mod tests {
         let Store {
             state_machine: mut sm,
             ..
-        } = Store::open(dir.path()).unwrap();
+        } = Store::open(dir.path(), BATCH).unwrap();
         apply_two(&mut sm).await;
         let newer = sm
             .get_snapshot_builder()
@@ -915,13 +991,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_replication_batch_stays_within_its_byte_budget() {
+        let dir = TempDir::new().unwrap();
+        let Store { mut log, .. } = Store::open(dir.path(), BATCH).unwrap();
+        // Twenty entries of about 100 KB: what once went out in one
+        // AppendEntries (openraft's default is up to 300 entries).
+        let big = |i: u64| {
+            entry(
+                1,
+                i,
+                EntryPayload::Normal(Command::RecordEvent {
+                    message: "e".repeat(100_000),
+                    at_ms: i,
+                }),
+            )
+        };
+        log.blocking_append((1..=20).map(big)).await.unwrap();
+        let mut next = 1;
+        let mut batches = 0;
+        while next <= 20 {
+            let batch = log.limited_get_log_entries(next, 21).await.unwrap();
+            assert!(
+                !batch.is_empty(),
+                "never an empty batch for a non-empty range"
+            );
+            let bytes: usize = batch
+                .iter()
+                .map(|e| serde_json::to_vec(e).unwrap().len())
+                .sum();
+            assert!(
+                batch.len() == 1 || bytes <= BATCH,
+                "{} entries, {bytes} bytes in one batch (budget {BATCH})",
+                batch.len()
+            );
+            assert_eq!(batch[0].log_id.index, next, "in order, none skipped");
+            next += batch.len() as u64;
+            batches += 1;
+        }
+        assert!(batches >= 10, "split into {batches} batches");
+        // A single entry larger than the budget still goes, alone.
+        let small_budget = LogStore {
+            batch_bytes_max: 10,
+            ..log.clone()
+        };
+        let mut reader = small_budget;
+        assert_eq!(
+            reader.limited_get_log_entries(1, 21).await.unwrap().len(),
+            1
+        );
+        assert!(reader
+            .limited_get_log_entries(3, 3)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
     async fn state_machine_snapshot_vote_and_log_survive_reopen() {
         let dir = TempDir::new().unwrap();
         let Store {
             mut log,
             state_machine: mut sm,
             closed,
-        } = Store::open(dir.path()).unwrap();
+        } = Store::open(dir.path(), BATCH).unwrap();
         let membership = Membership::new(vec![BTreeSet::from([1, 2])], None);
         let entries = vec![
             entry(1, 1, EntryPayload::Membership(membership.clone())),
@@ -955,7 +1087,7 @@ mod tests {
             mut log,
             state_machine: mut sm,
             ..
-        } = Store::open(dir.path()).unwrap();
+        } = Store::open(dir.path(), BATCH).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
         let log_state = log.get_log_state().await.unwrap();
         assert_eq!(log_state.last_purged_log_id, Some(log_id(1, 1)));

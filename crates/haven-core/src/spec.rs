@@ -1,9 +1,15 @@
-//! Operator input: parse and validate a workloads file (TOML) into specs.
+//! Operator input: the bounds of every workload spec, and the workloads
+//! file (TOML) that declares them.
 //!
-//! Every problem is reported, not just the first, and each message names the
-//! file, the workload, the field and what is allowed, so an operator can fix
-//! the file in one pass. Nothing here knows the cluster; checks that need it
-//! (does the workload fit on any host?) are in `check_fits_cluster`.
+//! One validation (`check_spec`, `check_apply`) runs wherever a spec enters
+//! the cluster: the CLI after parsing a file, the API before anything is
+//! proposed, and the state machine when it applies the command (so a
+//! command that slipped past both is refused deterministically, never
+//! applied). Every problem is reported, not just the first, and each message
+//! names the file, the workload, the field and what is allowed, so an
+//! operator can fix the file in one pass. Nothing here knows the cluster;
+//! checks that need it (does the workload fit on any host?) are in
+//! `check_fits_cluster`.
 
 use crate::model::{
     Accel, Capacity, GuestHeartbeat, HostRecord, IsolationResponse, Priority, RestartPolicy,
@@ -17,7 +23,512 @@ pub const VCPUS_MAX: u32 = 1_024;
 pub const MEMORY_MIB_MAX: u64 = 16 * 1024 * 1024;
 pub const MAX_RESTARTS_MAX: u32 = 1_000;
 pub const RESTART_WINDOW_S_MAX: u64 = 7 * 24 * 3600;
+/// Most workloads one apply (one file) declares.
 pub const WORKLOADS_PER_FILE_MAX: usize = 10_000;
+/// Largest apply, all its specs serialized (JSON): it reaches the Raft log
+/// in parts of at most `state::COMMAND_BYTES_MAX` and is applied at once.
+/// 10,000 workloads of about 800 bytes each fit.
+pub const APPLY_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Largest single spec, serialized (JSON): one spec always fits one part of
+/// an apply, i.e. one Raft entry.
+pub const SPEC_BYTES_MAX: usize = 64 * 1024;
+/// An apply's `source` (the file's name, shown in messages and events).
+pub const SOURCE_LEN_MAX: usize = 256;
+/// Arguments of a process's command, and the length of each.
+pub const COMMAND_ARGS_MAX: usize = 256;
+pub const ARG_LEN_MAX: usize = 4_096;
+/// Any absolute path in a spec (Linux `PATH_MAX`).
+pub const PATH_LEN_MAX: usize = 4_096;
+pub const ENV_VARS_MAX: usize = 128;
+pub const ENV_NAME_LEN_MAX: usize = 256;
+pub const ENV_VALUE_LEN_MAX: usize = 32 * 1024;
+pub const DISKS_MAX: usize = 16;
+/// The kernel command line (x86 `COMMAND_LINE_SIZE`).
+pub const APPEND_LEN_MAX: usize = 2_048;
+pub const FORWARDS_MAX: usize = 32;
+pub const FORWARD_LEN_MAX: usize = 128;
+/// A network interface name (`IFNAMSIZ` - 1).
+pub const BRIDGE_LEN_MAX: usize = 15;
+
+/// An inclusive range an integer field must lie in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    pub min: u64,
+    pub max: u64,
+}
+
+impl Bounds {
+    /// `None` when `got` lies within; otherwise the problem, with the range.
+    pub fn problem(&self, got: impl Into<i128>) -> Option<String> {
+        let got = got.into();
+        (got < self.min as i128 || got > self.max as i128)
+            .then(|| format!("must be between {} and {}; got {got}", self.min, self.max))
+    }
+}
+
+pub const VCPUS: Bounds = Bounds {
+    min: 1,
+    max: VCPUS_MAX as u64,
+};
+pub const MEMORY_MIB: Bounds = Bounds {
+    min: 1,
+    max: MEMORY_MIB_MAX,
+};
+pub const MAX_RESTARTS: Bounds = Bounds {
+    min: 0,
+    max: MAX_RESTARTS_MAX as u64,
+};
+pub const RESTART_WINDOW_S: Bounds = Bounds {
+    min: 1,
+    max: RESTART_WINDOW_S_MAX,
+};
+/// First restart delay: at least 10 ms, so a workload that exits at once
+/// cannot restart (and be reported) in a tight loop.
+pub const BACKOFF_INITIAL_MS: Bounds = Bounds {
+    min: 10,
+    max: 60_000,
+};
+pub const BACKOFF_MAX_MS: Bounds = Bounds {
+    min: 10,
+    max: 600_000,
+};
+pub const FAILURE_INTERVAL_S: Bounds = Bounds {
+    min: 1,
+    max: 86_400,
+};
+pub const MIN_UPTIME_S: Bounds = Bounds {
+    min: 0,
+    max: 86_400,
+};
+pub const MAX_RESETS: Bounds = Bounds { min: 0, max: 1_000 };
+pub const RESET_WINDOW_S: Bounds = Bounds {
+    min: 1,
+    max: RESTART_WINDOW_S_MAX,
+};
+
+/// One problem with one field of a spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldProblem {
+    /// The field's name as written in a workloads file.
+    pub field: &'static str,
+    /// What is wrong and what is allowed.
+    pub problem: String,
+}
+
+impl fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "field {:?}: {}", self.field, self.problem)
+    }
+}
+
+/// Every bound of one spec (DESIGN.md §2 rule 11: every input is
+/// range-checked before it is acted on or persisted).
+pub fn check_spec(spec: &WorkloadSpec) -> Vec<FieldProblem> {
+    let mut out = Problems(vec![]);
+    if let Err(m) = check_name(&spec.name) {
+        out.push("name", m);
+    }
+    out.bounds("vcpus", VCPUS, spec.vcpus);
+    out.bounds("memory_mib", MEMORY_MIB, spec.memory_mib);
+    check_restart(&spec.restart, &mut out);
+    if let Err(m) = crate::logs::check_log_max_bytes(spec.log_max_bytes) {
+        out.push("log_max_bytes", m);
+    }
+    match &spec.kind {
+        WorkloadKind::Process { command, env } => {
+            check_command(command, &mut out);
+            check_env(env, &mut out);
+        }
+        WorkloadKind::Vm(vm) => check_vm(vm, &mut out),
+    }
+    if out.0.is_empty() {
+        let bytes = encoded_len(spec);
+        if bytes > SPEC_BYTES_MAX {
+            // Named after its bulkiest field, where shortening helps most.
+            let field = match &spec.kind {
+                WorkloadKind::Process { command, env }
+                    if encoded_len(env) > encoded_len(command) =>
+                {
+                    "env"
+                }
+                WorkloadKind::Process { .. } => "command",
+                WorkloadKind::Vm(_) => "disks",
+            };
+            out.push(
+                field,
+                format!("the whole spec is {bytes} bytes serialized; at most {SPEC_BYTES_MAX}: shorten its command, env or VM fields"),
+            );
+        }
+    }
+    out.0
+}
+
+/// A whole apply: its source, the number of workloads, unique names, every
+/// spec, and the total size. `Err` lists every problem, each naming the
+/// source, the workload and the field.
+pub fn check_apply(source: &str, specs: &[WorkloadSpec]) -> Result<(), SpecErrors> {
+    let mut errors = vec![];
+    let at = shown_source(source);
+    if let Some(m) = source_problem(source) {
+        errors.push(format!("{at}: field \"source\": {m}"));
+    }
+    if specs.is_empty() {
+        errors.push(format!("{at}: no workloads to apply"));
+    }
+    if specs.len() > WORKLOADS_PER_FILE_MAX {
+        errors.push(too_many_workloads(&at, specs.len()));
+        return Err(SpecErrors(errors));
+    }
+    let mut names = BTreeSet::new();
+    for s in specs {
+        if !names.insert(s.name.as_str()) {
+            errors.push(format!(
+                "{at}: workload {:?}: duplicate name: another workload in this apply is also named {:?}; names must be unique",
+                s.name, s.name
+            ));
+        }
+        for p in check_spec(s) {
+            errors.push(format!("{at}: workload {:?}: {p}", shown_name(&s.name)));
+        }
+    }
+    if errors.is_empty() {
+        let bytes: usize = specs.iter().map(encoded_len).sum();
+        if bytes > APPLY_BYTES_MAX {
+            errors.push(format!(
+                "{at}: the {} workloads come to {bytes} bytes serialized; at most {APPLY_BYTES_MAX} per apply: split the file into smaller ones and apply each",
+                specs.len()
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecErrors(errors))
+    }
+}
+
+fn too_many_workloads(at: &str, n: usize) -> String {
+    format!(
+        "{at}: {n} workloads in one apply; at most {WORKLOADS_PER_FILE_MAX}: split the file into smaller ones and apply each"
+    )
+}
+
+/// Why `source` is not acceptable, if it is not.
+fn source_problem(source: &str) -> Option<String> {
+    if source.is_empty() {
+        return Some("empty; name the file the workloads come from".into());
+    }
+    if source.len() > SOURCE_LEN_MAX {
+        return Some(format!(
+            "{} bytes; at most {SOURCE_LEN_MAX} (the file's name, shown in messages and events)",
+            source.len()
+        ));
+    }
+    if source.chars().any(char::is_control) {
+        return Some("contains control characters; give the file's name".into());
+    }
+    None
+}
+
+/// The `source` of an apply from the file at `path`: the path itself, or,
+/// when longer than `SOURCE_LEN_MAX`, its end (which names the file);
+/// control characters replaced.
+pub fn source_of(path: &str) -> String {
+    let clean: String = path
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if clean.len() <= SOURCE_LEN_MAX {
+        return clean;
+    }
+    let keep = SOURCE_LEN_MAX - '…'.len_utf8();
+    let start = (clean.len() - keep..clean.len())
+        .find(|i| clean.is_char_boundary(*i))
+        .unwrap_or(clean.len());
+    format!("…{}", &clean[start..])
+}
+
+/// `source` as it may be shown in a message: cut to a bounded length.
+fn shown_source(source: &str) -> String {
+    shorten(source, SOURCE_LEN_MAX)
+}
+
+fn shown_name(name: &str) -> String {
+    shorten(name, NAME_LEN_MAX + 1)
+}
+
+/// At most `max` bytes of `text` (cut at a character boundary, `…` added
+/// when cut), control characters replaced: safe to embed in a message.
+pub fn shorten(text: &str, max: usize) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    };
+    if text.len() <= max {
+        return clean(text);
+    }
+    let cut = (0..=max)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    format!("{}…", clean(&text[..cut]))
+}
+
+/// Bytes of `value` serialized as JSON (as the Raft log stores it).
+pub fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing plain data into a counter cannot fail; count what was
+    // written if it ever does.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+struct Problems(Vec<FieldProblem>);
+
+impl Problems {
+    fn push(&mut self, field: &'static str, problem: impl Into<String>) {
+        self.0.push(FieldProblem {
+            field,
+            problem: problem.into(),
+        });
+    }
+
+    fn bounds(&mut self, field: &'static str, bounds: Bounds, got: impl Into<i128>) {
+        if let Some(p) = bounds.problem(got) {
+            self.push(field, p);
+        }
+    }
+
+    /// An absolute path of bounded length, without NUL.
+    fn path(&mut self, field: &'static str, what: &str, p: &str) {
+        if !p.starts_with('/') {
+            self.push(
+                field,
+                format!("{what} must be an absolute path; got {:?}", shorten(p, 80)),
+            );
+        } else if p.len() > PATH_LEN_MAX {
+            self.push(
+                field,
+                format!("{what} is {} bytes long; at most {PATH_LEN_MAX}", p.len()),
+            );
+        } else if p.contains('\0') {
+            self.push(field, format!("{what} contains a NUL byte"));
+        }
+    }
+}
+
+fn check_restart(r: &RestartPolicy, out: &mut Problems) {
+    out.bounds("max_restarts", MAX_RESTARTS, r.max_restarts);
+    out.bounds("restart_window_s", RESTART_WINDOW_S, r.restart_window_s);
+    out.bounds(
+        "backoff_initial_ms",
+        BACKOFF_INITIAL_MS,
+        r.backoff_initial_ms,
+    );
+    out.bounds("backoff_max_ms", BACKOFF_MAX_MS, r.backoff_max_ms);
+    if r.backoff_max_ms < r.backoff_initial_ms {
+        out.push(
+            "backoff_max_ms",
+            format!(
+                "must be at least backoff_initial_ms ({}); got {}",
+                r.backoff_initial_ms, r.backoff_max_ms
+            ),
+        );
+    }
+}
+
+fn check_command(command: &[String], out: &mut Problems) {
+    let Some(program) = command.first().filter(|p| !p.is_empty()) else {
+        out.push(
+            "command",
+            "is empty; give the program and its arguments, e.g. [\"/bin/sleep\", \"infinity\"]",
+        );
+        return;
+    };
+    if !program.starts_with('/') {
+        out.push(
+            "command",
+            format!(
+                "the program must be an absolute path (no PATH lookup); got {:?}",
+                shorten(program, 80)
+            ),
+        );
+    }
+    if command.len() > COMMAND_ARGS_MAX {
+        out.push(
+            "command",
+            format!("{} arguments; at most {COMMAND_ARGS_MAX}", command.len()),
+        );
+    }
+    if let Some(a) = command.iter().find(|a| a.len() > ARG_LEN_MAX) {
+        out.push(
+            "command",
+            format!(
+                "an argument is {} bytes long; at most {ARG_LEN_MAX}",
+                a.len()
+            ),
+        );
+    }
+    if command.iter().any(|a| a.contains('\0')) {
+        out.push("command", "an argument contains a NUL byte");
+    }
+}
+
+fn check_env(env: &BTreeMap<String, String>, out: &mut Problems) {
+    if env.len() > ENV_VARS_MAX {
+        out.push(
+            "env",
+            format!("{} variables; at most {ENV_VARS_MAX}", env.len()),
+        );
+    }
+    for (k, v) in env {
+        if k.is_empty() || k.len() > ENV_NAME_LEN_MAX || k.contains(['=', '\0']) {
+            out.push(
+                "env",
+                format!(
+                    "variable {:?}: a name is 1-{ENV_NAME_LEN_MAX} bytes without '=' or NUL",
+                    shorten(k, 80)
+                ),
+            );
+        }
+        if v.len() > ENV_VALUE_LEN_MAX || v.contains('\0') {
+            out.push(
+                "env",
+                format!(
+                    "variable {:?}: the value is {} bytes{}; at most {ENV_VALUE_LEN_MAX}, without NUL",
+                    shorten(k, 80),
+                    v.len(),
+                    if v.contains('\0') { " with a NUL" } else { "" }
+                ),
+            );
+        }
+    }
+}
+
+fn check_vm(vm: &VmSpec, out: &mut Problems) {
+    if vm.disks.len() > DISKS_MAX {
+        out.push(
+            "disks",
+            format!("{} disks; at most {DISKS_MAX}", vm.disks.len()),
+        );
+    }
+    for d in &vm.disks {
+        out.path("disks", "every disk", d);
+        if d.contains(',') {
+            // QEMU's -drive option list is comma-separated.
+            out.push(
+                "disks",
+                format!("{:?}: a disk path must not contain ','", shorten(d, 80)),
+            );
+        }
+    }
+    if let Some(k) = &vm.kernel {
+        out.path("kernel", "the kernel", k);
+    }
+    if let Some(i) = &vm.initrd {
+        out.path("initrd", "the initrd", i);
+    }
+    if let Some(a) = &vm.append {
+        if a.len() > APPEND_LEN_MAX || a.contains('\0') {
+            out.push(
+                "append",
+                format!(
+                    "{} bytes; at most {APPEND_LEN_MAX} (the kernel's command line), without NUL",
+                    a.len()
+                ),
+            );
+        }
+    }
+    if vm.kernel.is_none() && (vm.initrd.is_some() || vm.append.is_some()) {
+        out.push(
+            "kernel",
+            "missing: \"initrd\" and \"append\" need a \"kernel\" (direct kernel boot)",
+        );
+    }
+    if vm.kernel.is_none() && vm.disks.is_empty() {
+        out.push(
+            "disks",
+            "a VM needs something to boot: give \"disks\" or a \"kernel\"",
+        );
+    }
+    check_network(&vm.network, out);
+    let m = &vm.monitoring;
+    out.bounds(
+        "failure_interval_s",
+        FAILURE_INTERVAL_S,
+        m.failure_interval_s,
+    );
+    out.bounds("min_uptime_s", MIN_UPTIME_S, m.min_uptime_s);
+    out.bounds("max_resets", MAX_RESETS, m.max_resets);
+    out.bounds("reset_window_s", RESET_WINDOW_S, m.reset_window_s);
+}
+
+fn check_network(network: &VmNetwork, out: &mut Problems) {
+    match network {
+        VmNetwork::None => {}
+        VmNetwork::User { forward } => {
+            if forward.len() > FORWARDS_MAX {
+                out.push(
+                    "network",
+                    format!("{} forward rules; at most {FORWARDS_MAX}", forward.len()),
+                );
+            }
+            let bad = forward.iter().find(|r| {
+                !(r.starts_with("tcp:") || r.starts_with("udp:"))
+                    || r.len() > FORWARD_LEN_MAX
+                    || r.contains(',')
+                    || r.chars().any(char::is_control)
+            });
+            if let Some(r) = bad {
+                out.push(
+                    "network",
+                    format!("forward must be a list of QEMU hostfwd rules like \"tcp:127.0.0.1:8081-:80\" (at most {FORWARD_LEN_MAX} bytes, no ','); got {:?}", shorten(r, 80)),
+                );
+            }
+        }
+        VmNetwork::Bridge { bridge, mac } => {
+            let name_ok = !bridge.is_empty()
+                && bridge.len() <= BRIDGE_LEN_MAX
+                && bridge
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !name_ok {
+                out.push(
+                    "network",
+                    format!("mode \"bridge\" needs bridge = \"br0\": an interface name of 1-{BRIDGE_LEN_MAX} characters of a-z, A-Z, 0-9, '-', '_', '.'; got {:?}", shorten(bridge, 80)),
+                );
+            }
+            if let Some(m) = mac.as_deref().filter(|m| !is_mac(m)) {
+                out.push(
+                    "network",
+                    format!(
+                        "mac must look like \"52:54:00:12:34:56\"; got {:?}",
+                        shorten(m, 80)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn is_mac(m: &str) -> bool {
+    let parts: Vec<&str> = m.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
 
 const COMMON_FIELDS: &[&str] = &[
     "name",
@@ -76,13 +587,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
     if name.is_empty() || name.len() > NAME_LEN_MAX || !ok_first || !ok_rest {
         return Err(format!(
-            "must be 1-{NAME_LEN_MAX} characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit; got {name:?}"
+            "must be 1-{NAME_LEN_MAX} characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit; got {:?}",
+            shown_name(name)
         ));
     }
     Ok(())
 }
 
-/// Parse a workloads file. `file` is only used in messages.
+/// Parse a workloads file. `file` names it in messages (and is the apply's
+/// `source`). The specs returned passed `check_apply`.
 pub fn parse_workloads(file: &str, text: &str) -> Result<Vec<WorkloadSpec>, SpecErrors> {
     let table: toml::Table = text
         .parse()
@@ -109,17 +622,14 @@ pub fn parse_workloads(file: &str, text: &str) -> Result<Vec<WorkloadSpec>, Spec
         }
     };
     if entries.len() > WORKLOADS_PER_FILE_MAX {
-        errors.push(format!(
-            "{file}: {} workloads in one file; at most {WORKLOADS_PER_FILE_MAX}",
-            entries.len()
-        ));
+        errors.push(too_many_workloads(file, entries.len()));
         return Err(SpecErrors(errors));
     }
     let mut specs = vec![];
     let mut seen = BTreeSet::new();
     for (i, entry) in entries.iter().enumerate() {
         let at = |name: Option<&str>| match name {
-            Some(n) => format!("{file}: workload {n:?} (entry {})", i + 1),
+            Some(n) => format!("{file}: workload {:?} (entry {})", shown_name(n), i + 1),
             None => format!("{file}: workload entry {}", i + 1),
         };
         let Some(t) = entry.as_table() else {
@@ -144,13 +654,17 @@ pub fn parse_workloads(file: &str, text: &str) -> Result<Vec<WorkloadSpec>, Spec
             }
         }
     }
-    if errors.is_empty() {
-        Ok(specs)
-    } else {
-        Err(SpecErrors(errors))
+    if !errors.is_empty() {
+        return Err(SpecErrors(errors));
     }
+    // The checks of the apply as a whole (its size, its source), exactly
+    // as the API and the state machine run them.
+    check_apply(file, &specs)?;
+    Ok(specs)
 }
 
+/// One `[[workload]]` table: its types are checked here, its bounds by
+/// `check_spec` once it is a spec.
 struct Entry<'a> {
     t: &'a toml::Table,
     at: String,
@@ -170,7 +684,10 @@ impl Entry<'_> {
         v
     }
 
-    fn integer(&mut self, field: &str, min: i64, max: i64, required: bool) -> Option<i64> {
+    /// An integer field within `bounds` (the same bounds `check_spec`
+    /// holds the spec to; checked here too because a TOML integer may not
+    /// even fit the spec's type).
+    fn integer(&mut self, field: &str, bounds: Bounds, required: bool) -> Option<u64> {
         let v = self.t.get(field);
         let v = if required {
             self.required(field, v)?
@@ -178,11 +695,13 @@ impl Entry<'_> {
             v?
         };
         match v.as_integer() {
-            Some(n) if (min..=max).contains(&n) => Some(n),
-            Some(n) => {
-                self.err(field, format!("must be between {min} and {max}; got {n}"));
-                None
-            }
+            Some(n) => match bounds.problem(n) {
+                None => u64::try_from(n).ok(),
+                Some(p) => {
+                    self.err(field, p);
+                    None
+                }
+            },
             None => {
                 self.err(field, format!("must be an integer; got {v}"));
                 None
@@ -193,6 +712,8 @@ impl Entry<'_> {
     fn spec(&mut self) -> Option<WorkloadSpec> {
         let before = self.errors.len();
         let name = match self.required("name", self.t.get("name")) {
+            // Checked at once (not only by `check_spec` below) so that a
+            // bad name is reported along with any other field's type.
             Some(toml::Value::String(s)) => match check_name(s) {
                 Ok(()) => Some(s.clone()),
                 Err(m) => {
@@ -245,27 +766,10 @@ impl Entry<'_> {
             Some(toml::Value::Array(a)) => {
                 let args: Option<Vec<String>> =
                     a.iter().map(|v| v.as_str().map(str::to_owned)).collect();
-                match args {
-                    None => {
-                        self.err("command", "must be an array of strings");
-                        None
-                    }
-                    Some(a) if a.is_empty() || a[0].is_empty() => {
-                        self.err("command", "is empty; give the program and its arguments, e.g. [\"/bin/sleep\", \"infinity\"]");
-                        None
-                    }
-                    Some(a) if !a[0].starts_with('/') => {
-                        self.err(
-                            "command",
-                            format!(
-                                "the program must be an absolute path (no PATH lookup); got {:?}",
-                                a[0]
-                            ),
-                        );
-                        None
-                    }
-                    Some(a) => Some(a),
+                if args.is_none() {
+                    self.err("command", "must be an array of strings");
                 }
+                args
             }
             Some(v) => {
                 self.err(
@@ -282,16 +786,11 @@ impl Entry<'_> {
                 let mut ok = true;
                 for (k, v) in t {
                     match v.as_str() {
-                        Some(s) if !k.is_empty() && !k.contains('=') => {
+                        Some(s) => {
                             env.insert(k.clone(), s.to_owned());
                         }
-                        _ => {
-                            self.err(
-                                "env",
-                                format!(
-                                    "entry {k:?} must be a string value with a name without '='"
-                                ),
-                            );
+                        None => {
+                            self.err("env", format!("entry {k:?} must be a string value"));
                             ok = false;
                         }
                     }
@@ -308,8 +807,8 @@ impl Entry<'_> {
                 None
             }
         };
-        let vcpus = self.integer("vcpus", 1, VCPUS_MAX as i64, true);
-        let memory_mib = self.integer("memory_mib", 1, MEMORY_MIB_MAX as i64, true);
+        let vcpus = self.integer("vcpus", VCPUS, true);
+        let memory_mib = self.integer("memory_mib", MEMORY_MIB, true);
         let priority = match self.t.get("priority") {
             None => Some(Priority::Medium),
             Some(toml::Value::String(s)) => match Priority::ALL.iter().find(|(n, _)| n == s) {
@@ -331,12 +830,10 @@ impl Entry<'_> {
         };
         let defaults = RestartPolicy::default();
         let max_restarts = self
-            .integer("max_restarts", 0, MAX_RESTARTS_MAX as i64, false)
-            .map(|n| n as u32)
-            .unwrap_or(defaults.max_restarts);
+            .integer("max_restarts", MAX_RESTARTS, false)
+            .map_or(defaults.max_restarts, |n| n as u32);
         let restart_window_s = self
-            .integer("restart_window_s", 1, RESTART_WINDOW_S_MAX as i64, false)
-            .map(|n| n as u64)
+            .integer("restart_window_s", RESTART_WINDOW_S, false)
             .unwrap_or(defaults.restart_window_s);
         let isolation_response = match self.t.get("isolation_response") {
             None => None,
@@ -378,11 +875,11 @@ impl Entry<'_> {
                 env: env?,
             },
         };
-        Some(WorkloadSpec {
+        let spec = WorkloadSpec {
             name: name?,
             kind,
             vcpus: vcpus? as u32,
-            memory_mib: memory_mib? as u64,
+            memory_mib: memory_mib?,
             priority: priority?,
             restart: RestartPolicy {
                 max_restarts,
@@ -391,7 +888,11 @@ impl Entry<'_> {
             },
             isolation_response,
             log_max_bytes: log_max_bytes?,
-        })
+        };
+        for p in check_spec(&spec) {
+            self.err(p.field, p.problem);
+        }
+        (self.errors.len() == before).then_some(spec)
     }
 
     fn string(&mut self, field: &str) -> Option<String> {
@@ -403,15 +904,6 @@ impl Entry<'_> {
                 None
             }
         }
-    }
-
-    fn path(&mut self, field: &str) -> Option<String> {
-        let p = self.string(field)?;
-        if !p.starts_with('/') {
-            self.err(field, format!("must be an absolute path; got {p:?}"));
-            return None;
-        }
-        Some(p)
     }
 
     fn choice(&mut self, field: &str, allowed: &[&str], default: &str) -> String {
@@ -426,105 +918,35 @@ impl Entry<'_> {
         }
     }
 
-    /// The `vm` kind's fields. Errors are recorded; `None` if any.
+    /// A list of strings (`None` and an error if it is anything else).
+    fn strings(&mut self, field: &str, v: &toml::Value, example: &str) -> Option<Vec<String>> {
+        let list = v
+            .as_array()
+            .and_then(|a| a.iter().map(|x| x.as_str().map(str::to_owned)).collect());
+        if list.is_none() {
+            self.err(
+                field,
+                format!("must be an array of strings like {example}; got {v}"),
+            );
+        }
+        list
+    }
+
+    /// The `vm` kind's fields, by type. Errors are recorded; `None` if any.
     fn vm(&mut self) -> Option<VmSpec> {
         let before = self.errors.len();
         let disks = match self.t.get("disks") {
             None => vec![],
-            Some(toml::Value::Array(a)) => {
-                let mut disks = vec![];
-                for v in a {
-                    match v.as_str() {
-                        Some(p) if p.starts_with('/') => disks.push(p.to_owned()),
-                        _ => self.err(
-                            "disks",
-                            format!("every disk must be an absolute path string; got {v}"),
-                        ),
-                    }
-                }
-                disks
-            }
-            Some(v) => {
-                self.err("disks", format!("must be an array of image paths; got {v}"));
-                vec![]
-            }
+            Some(v) => self
+                .strings("disks", v, "[\"/srv/datastore/db1.qcow2\"]")
+                .unwrap_or_default(),
         };
-        let kernel = self.path("kernel");
-        let initrd = self.path("initrd");
+        let kernel = self.string("kernel");
+        let initrd = self.string("initrd");
         let append = self.string("append");
-        if kernel.is_none() && (initrd.is_some() || append.is_some()) {
-            self.err(
-                "kernel",
-                "missing: \"initrd\" and \"append\" need a \"kernel\" (direct kernel boot)",
-            );
-        }
-        if kernel.is_none() && disks.is_empty() {
-            self.err(
-                "disks",
-                "a VM needs something to boot: give \"disks\" or a \"kernel\"",
-            );
-        }
         let network = match self.t.get("network") {
             None => VmNetwork::None,
-            Some(toml::Value::Table(t)) => {
-                let mode = t.get("mode").and_then(|m| m.as_str()).unwrap_or("");
-                let extra: Vec<&String> = t
-                    .keys()
-                    .filter(|k| {
-                        !matches!(
-                            (mode, k.as_str()),
-                            (_, "mode") | ("user", "forward") | ("bridge", "bridge" | "mac")
-                        )
-                    })
-                    .collect();
-                if !extra.is_empty() {
-                    self.err(
-                        "network",
-                        format!("unknown keys {extra:?} for mode {mode:?}"),
-                    );
-                }
-                match mode {
-                    "none" => VmNetwork::None,
-                    "user" => {
-                        let forward: Option<Vec<String>> = match t.get("forward") {
-                            None => Some(vec![]),
-                            Some(toml::Value::Array(a)) => {
-                                a.iter().map(|v| v.as_str().map(str::to_owned)).collect()
-                            }
-                            _ => None,
-                        };
-                        match forward {
-                            Some(f)
-                                if f.iter()
-                                    .all(|r| r.starts_with("tcp:") || r.starts_with("udp:")) =>
-                            {
-                                VmNetwork::User { forward: f }
-                            }
-                            _ => {
-                                self.err("network", "forward must be a list of QEMU hostfwd rules like \"tcp:127.0.0.1:8081-:80\"");
-                                VmNetwork::None
-                            }
-                        }
-                    }
-                    "bridge" => match t.get("bridge").and_then(|b| b.as_str()) {
-                        Some(b) if !b.is_empty() => VmNetwork::Bridge {
-                            bridge: b.to_owned(),
-                            mac: t.get("mac").and_then(|m| m.as_str()).map(str::to_owned),
-                        },
-                        _ => {
-                            self.err("network", "mode \"bridge\" needs bridge = \"br0\"");
-                            VmNetwork::None
-                        }
-                    },
-                    other => {
-                        self.err(
-                            "network",
-                            format!("mode {other:?} is not one of \"user\", \"bridge\", \"none\""),
-                        );
-                        VmNetwork::None
-                    }
-                }
-            }
+            Some(toml::Value::Table(t)) => self.network(t),
             Some(v) => {
                 self.err(
                     "network",
@@ -552,17 +974,17 @@ impl Entry<'_> {
         let d = VmMonitoring::default();
         let monitoring = VmMonitoring {
             failure_interval_s: self
-                .integer("failure_interval_s", 1, 86_400, false)
-                .map_or(d.failure_interval_s, |n| n as u64),
+                .integer("failure_interval_s", FAILURE_INTERVAL_S, false)
+                .unwrap_or(d.failure_interval_s),
             min_uptime_s: self
-                .integer("min_uptime_s", 0, 86_400, false)
-                .map_or(d.min_uptime_s, |n| n as u64),
+                .integer("min_uptime_s", MIN_UPTIME_S, false)
+                .unwrap_or(d.min_uptime_s),
             max_resets: self
-                .integer("max_resets", 0, 1_000, false)
+                .integer("max_resets", MAX_RESETS, false)
                 .map_or(d.max_resets, |n| n as u32),
             reset_window_s: self
-                .integer("reset_window_s", 1, RESTART_WINDOW_S_MAX as i64, false)
-                .map_or(d.reset_window_s, |n| n as u64),
+                .integer("reset_window_s", RESET_WINDOW_S, false)
+                .unwrap_or(d.reset_window_s),
             failover_after_max_resets: self.choice(
                 "on_max_resets",
                 &["failover", "fail"],
@@ -588,6 +1010,150 @@ impl Entry<'_> {
             monitoring,
         })
     }
+
+    fn network(&mut self, t: &toml::Table) -> VmNetwork {
+        let mode = t.get("mode").and_then(|m| m.as_str()).unwrap_or("");
+        let extra: Vec<&String> = t
+            .keys()
+            .filter(|k| {
+                !matches!(
+                    (mode, k.as_str()),
+                    (_, "mode") | ("user", "forward") | ("bridge", "bridge" | "mac")
+                )
+            })
+            .collect();
+        if !extra.is_empty() {
+            self.err(
+                "network",
+                format!("unknown keys {extra:?} for mode {mode:?}"),
+            );
+        }
+        let text = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        match mode {
+            "none" => VmNetwork::None,
+            "user" => VmNetwork::User {
+                forward: match t.get("forward") {
+                    None => vec![],
+                    Some(v) => self
+                        .strings("network", v, "[\"tcp:127.0.0.1:8081-:80\"]")
+                        .unwrap_or_default(),
+                },
+            },
+            "bridge" => VmNetwork::Bridge {
+                bridge: text("bridge").unwrap_or_default(),
+                mac: text("mac"),
+            },
+            other => {
+                self.err(
+                    "network",
+                    format!("mode {other:?} is not one of \"user\", \"bridge\", \"none\""),
+                );
+                VmNetwork::None
+            }
+        }
+    }
+}
+
+/// Labels of one host, and the lengths of a label's key and value.
+pub const LABELS_MAX: usize = 64;
+pub const LABEL_KEY_LEN_MAX: usize = 63;
+pub const LABEL_VALUE_LEN_MAX: usize = 255;
+/// Parameters of a fence device, and the length of each.
+pub const FENCE_ARGS_MAX: usize = 32;
+pub const FENCE_ARG_KEY_LEN_MAX: usize = 64;
+pub const FENCE_ARG_VALUE_LEN_MAX: usize = 1_024;
+/// A host's `ip:port`, and the random id in its data dir.
+pub const ADDRESS_LEN_MAX: usize = 64;
+pub const INSTANCE_ID_LEN_MAX: usize = 64;
+pub const HOST_VCPUS_MAX: u32 = 1 << 20;
+pub const HOST_MEMORY_MIB_MAX: u64 = 1 << 40;
+/// A host's watchdog timeout (ms); part of the coordinator's wait.
+pub const WATCHDOG_TIMEOUT_MS_MAX: u64 = 600_000;
+
+/// Every bound of a host record, as its agent's flags set it (the field
+/// names the flag). Run by the join handler and by the state machine.
+pub fn check_host(h: &HostRecord) -> Vec<FieldProblem> {
+    let mut out = Problems(vec![]);
+    if let Err(m) = check_name(&h.name) {
+        out.push("--name", m);
+    }
+    if h.address.len() > ADDRESS_LEN_MAX || h.address.parse::<std::net::SocketAddr>().is_err() {
+        out.push(
+            "--advertise",
+            format!("must be IP:PORT; got {:?}", shorten(&h.address, 80)),
+        );
+    }
+    if h.instance_id.is_empty()
+        || h.instance_id.len() > INSTANCE_ID_LEN_MAX
+        || h.instance_id
+            .chars()
+            .any(|c| !c.is_ascii_alphanumeric() && c != '-')
+    {
+        out.push(
+            "instance_id",
+            format!("must be 1-{INSTANCE_ID_LEN_MAX} characters of a-z, A-Z, 0-9, '-' (node.json holds it)"),
+        );
+    }
+    if h.capacity.vcpus > HOST_VCPUS_MAX || h.capacity.memory_mib > HOST_MEMORY_MIB_MAX {
+        out.push(
+            "--capacity",
+            format!(
+                "at most vcpus={HOST_VCPUS_MAX},memory_mib={HOST_MEMORY_MIB_MAX}; got {}",
+                h.capacity
+            ),
+        );
+    }
+    if h.labels.len() > LABELS_MAX {
+        out.push(
+            "--label",
+            format!("{} labels; at most {LABELS_MAX}", h.labels.len()),
+        );
+    }
+    for (k, v) in &h.labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= LABEL_KEY_LEN_MAX
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        if !key_ok || v.len() > LABEL_VALUE_LEN_MAX || v.chars().any(char::is_control) {
+            out.push(
+                "--label",
+                format!("{:?}: a key is 1-{LABEL_KEY_LEN_MAX} characters of a-z, A-Z, 0-9, '-', '_', '.', '/'; a value at most {LABEL_VALUE_LEN_MAX} bytes without control characters", shorten(k, 80)),
+            );
+        }
+    }
+    if let Some(f) = &h.fence {
+        out.path("--fence-agent", "the fence agent", &f.agent);
+        if f.args.len() > FENCE_ARGS_MAX {
+            out.push(
+                "--fence-arg",
+                format!("{} parameters; at most {FENCE_ARGS_MAX}", f.args.len()),
+            );
+        }
+        for (k, v) in &f.args {
+            // The fence agent reads key=value lines: no '=' in a key, no
+            // line break (or any control character) anywhere.
+            let key_ok = !k.is_empty()
+                && k.len() <= FENCE_ARG_KEY_LEN_MAX
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+            if !key_ok || v.len() > FENCE_ARG_VALUE_LEN_MAX || v.chars().any(char::is_control) {
+                out.push(
+                    "--fence-arg",
+                    format!("{:?}: a key is 1-{FENCE_ARG_KEY_LEN_MAX} characters of a-z, A-Z, 0-9, '-', '_'; a value at most {FENCE_ARG_VALUE_LEN_MAX} bytes without line breaks", shorten(k, 80)),
+                );
+            }
+        }
+    }
+    if h.watchdog_timeout_ms > WATCHDOG_TIMEOUT_MS_MAX {
+        out.push(
+            "--watchdog-timeout-ms",
+            format!(
+                "at most {WATCHDOG_TIMEOUT_MS_MAX}; got {}",
+                h.watchdog_timeout_ms
+            ),
+        );
+    }
+    out.0
 }
 
 /// Reject specs that fit on no host of the cluster (by total capacity; free
@@ -812,5 +1378,284 @@ min_uptime_s = 10
             e.0[0].contains("fits no host") && e.0[0].contains("\"web\""),
             "{e}"
         );
+    }
+
+    fn process(name: &str) -> WorkloadSpec {
+        parse_workloads("w.toml", &GOOD.replace("\"web\"", &format!("{name:?}")))
+            .unwrap()
+            .remove(0)
+    }
+
+    fn vm(name: &str) -> WorkloadSpec {
+        let mut s = parse_workloads("w.toml", VM).unwrap().remove(0);
+        s.name = name.into();
+        s
+    }
+
+    fn vm_of(s: &mut WorkloadSpec) -> &mut VmSpec {
+        match &mut s.kind {
+            WorkloadKind::Vm(vm) => vm,
+            _ => panic!("not a vm"),
+        }
+    }
+
+    fn fields(s: &WorkloadSpec) -> Vec<&'static str> {
+        check_spec(s).into_iter().map(|p| p.field).collect()
+    }
+
+    #[test]
+    fn every_bound_of_a_spec_is_checked_and_names_its_field() {
+        type Mutate = fn(&mut WorkloadSpec);
+        let cases: Vec<(&str, WorkloadSpec, Mutate)> = vec![
+            ("max_restarts", process("a"), |s| {
+                s.restart.max_restarts = u32::MAX
+            }),
+            ("restart_window_s", process("a"), |s| {
+                s.restart.restart_window_s = 0
+            }),
+            ("backoff_initial_ms", process("a"), |s| {
+                s.restart.backoff_initial_ms = 0
+            }),
+            ("backoff_max_ms", process("a"), |s| {
+                s.restart.backoff_max_ms = u64::MAX
+            }),
+            ("backoff_max_ms", process("a"), |s| {
+                s.restart.backoff_initial_ms = 1_000;
+                s.restart.backoff_max_ms = 500;
+            }),
+            ("vcpus", process("a"), |s| s.vcpus = 0),
+            ("vcpus", process("a"), |s| s.vcpus = VCPUS_MAX + 1),
+            ("memory_mib", process("a"), |s| s.memory_mib = u64::MAX),
+            ("name", process("a"), |s| s.name = "x".repeat(64)),
+            ("command", process("a"), |s| {
+                s.kind = WorkloadKind::Process {
+                    command: vec!["/bin/x".into(); COMMAND_ARGS_MAX + 1],
+                    env: BTreeMap::new(),
+                }
+            }),
+            ("command", process("a"), |s| {
+                s.kind = WorkloadKind::Process {
+                    command: vec!["/bin/x".into(), "y".repeat(ARG_LEN_MAX + 1)],
+                    env: BTreeMap::new(),
+                }
+            }),
+            ("command", process("a"), |s| {
+                s.kind = WorkloadKind::Process {
+                    command: vec!["/bin/x\0".into()],
+                    env: BTreeMap::new(),
+                }
+            }),
+            ("env", process("a"), |s| {
+                s.kind = WorkloadKind::Process {
+                    command: vec!["/bin/x".into()],
+                    env: (0..=ENV_VARS_MAX)
+                        .map(|i| (format!("V{i}"), "1".into()))
+                        .collect(),
+                }
+            }),
+            ("env", process("a"), |s| {
+                s.kind = WorkloadKind::Process {
+                    command: vec!["/bin/x".into()],
+                    env: [("V".to_string(), "v".repeat(ENV_VALUE_LEN_MAX + 1))].into(),
+                }
+            }),
+            ("disks", vm("v"), |s| {
+                vm_of(s).disks = vec!["/ds/d.qcow2".into(); DISKS_MAX + 1]
+            }),
+            ("disks", vm("v"), |s| {
+                vm_of(s).disks = vec!["/ds/a.qcow2,readonly=on".into()]
+            }),
+            ("kernel", vm("v"), |s| {
+                vm_of(s).kernel = Some(format!("/{}", "k".repeat(PATH_LEN_MAX)))
+            }),
+            ("append", vm("v"), |s| {
+                vm_of(s).append = Some("a".repeat(APPEND_LEN_MAX + 1))
+            }),
+            ("network", vm("v"), |s| {
+                vm_of(s).network = VmNetwork::User {
+                    forward: vec!["tcp::1-:2,hostfwd=tcp::3-:4".into()],
+                }
+            }),
+            ("network", vm("v"), |s| {
+                vm_of(s).network = VmNetwork::Bridge {
+                    bridge: "br0".into(),
+                    mac: Some("52:54:00:12:34".into()),
+                }
+            }),
+            ("network", vm("v"), |s| {
+                vm_of(s).network = VmNetwork::Bridge {
+                    bridge: "a-bridge-name-too-long".into(),
+                    mac: None,
+                }
+            }),
+            ("failure_interval_s", vm("v"), |s| {
+                vm_of(s).monitoring.failure_interval_s = 0
+            }),
+            ("min_uptime_s", vm("v"), |s| {
+                vm_of(s).monitoring.min_uptime_s = 86_401
+            }),
+            ("max_resets", vm("v"), |s| {
+                vm_of(s).monitoring.max_resets = u32::MAX
+            }),
+            ("reset_window_s", vm("v"), |s| {
+                vm_of(s).monitoring.reset_window_s = 0
+            }),
+        ];
+        for (field, mut spec, mutate) in cases {
+            assert!(
+                check_spec(&spec).is_empty(),
+                "{field}: the base spec is valid"
+            );
+            mutate(&mut spec);
+            assert!(
+                fields(&spec).contains(&field),
+                "{field}: expected a problem with it, got {:?}",
+                check_spec(&spec)
+            );
+        }
+    }
+
+    #[test]
+    fn a_spec_is_bounded_in_bytes_as_a_whole() {
+        let mut s = process("a");
+        s.kind = WorkloadKind::Process {
+            command: vec!["/bin/x".into()],
+            env: (0..4)
+                .map(|i| (format!("V{i}"), "v".repeat(ENV_VALUE_LEN_MAX)))
+                .collect(),
+        };
+        let p = check_spec(&s);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].problem.contains(&SPEC_BYTES_MAX.to_string()), "{p:?}");
+    }
+
+    #[test]
+    fn an_apply_is_checked_as_a_whole() {
+        let one = vec![process("a")];
+        assert!(check_apply("w.toml", &one).is_ok());
+        let e = check_apply(&"s".repeat(SOURCE_LEN_MAX + 1), &one)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field \"source\"") && e.contains("at most 256"),
+            "{e}"
+        );
+        assert!(e.len() < 1_000, "the source is not echoed whole: {e}");
+        let e = check_apply("w\n.toml", &one).unwrap_err().to_string();
+        assert!(e.contains("control characters"), "{e}");
+        let e = check_apply("w.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("no workloads"), "{e}");
+        let many: Vec<WorkloadSpec> = (0..=WORKLOADS_PER_FILE_MAX)
+            .map(|i| process(&format!("w{i}")))
+            .collect();
+        let e = check_apply("w.toml", &many).unwrap_err().to_string();
+        assert!(e.contains("at most 10000") && e.contains("split"), "{e}");
+        let e = check_apply("w.toml", &[process("a"), process("a")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("duplicate name"), "{e}");
+        let mut bad = process("b");
+        bad.restart.max_restarts = u32::MAX;
+        let e = check_apply("w.toml", &[process("a"), bad])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("w.toml: workload \"b\": field \"max_restarts\": must be between 0 and 1000; got 4294967295"),
+            "{e}"
+        );
+        // Within every count and spec bound, but too many bytes together.
+        let fat = |i: usize| {
+            let mut s = process(&format!("f{i}"));
+            s.kind = WorkloadKind::Process {
+                command: vec!["/bin/x".into()],
+                env: [("PAD".to_string(), "p".repeat(ENV_VALUE_LEN_MAX))].into(),
+            };
+            s
+        };
+        let fat: Vec<WorkloadSpec> = (0..APPLY_BYTES_MAX / ENV_VALUE_LEN_MAX + 1)
+            .map(fat)
+            .collect();
+        let e = check_apply("w.toml", &fat).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("at most {APPLY_BYTES_MAX} per apply")) && e.contains("split"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_file_path_and_the_api_use_the_same_bounds() {
+        let e = errs(&GOOD.replace("vcpus = 1", "vcpus = 1\nmax_restarts = 4294967295"));
+        assert!(
+            e[0].contains("field \"max_restarts\": must be between 0 and 1000; got 4294967295"),
+            "{e:?}"
+        );
+        let mut api = process("web");
+        api.restart.max_restarts = u32::MAX;
+        let p = check_spec(&api);
+        assert_eq!(
+            p[0].to_string(),
+            "field \"max_restarts\": must be between 0 and 1000; got 4294967295"
+        );
+        let e = errs(&GOOD.replace("8080\"]", "8080\"]\nenv = { \"A=B\" = \"1\" }"));
+        assert!(e[0].contains("field \"env\""), "{e:?}");
+        // A file over the count is refused before its entries are read.
+        let text: String = (0..=WORKLOADS_PER_FILE_MAX)
+            .map(|i| GOOD.replace("\"web\"", &format!("\"w{i}\"")))
+            .collect();
+        let e = errs(&text);
+        assert!(
+            e[0].contains("at most 10000") && e[0].contains("split"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_long_file_path_becomes_a_bounded_source() {
+        let path = format!("/{}/w.toml", "d".repeat(1_000));
+        let s = source_of(&path);
+        assert!(s.len() <= SOURCE_LEN_MAX, "{}", s.len());
+        assert!(s.starts_with('…') && s.ends_with("/w.toml"), "{s}");
+        assert!(source_problem(&s).is_none());
+        assert_eq!(source_of("a\nb.toml"), "a?b.toml");
+        assert_eq!(source_of("/etc/w.toml"), "/etc/w.toml");
+    }
+
+    #[test]
+    fn a_host_record_is_bounded_and_its_fence_parameters_stay_on_one_line() {
+        let good = HostRecord {
+            name: "h1".into(),
+            node_id: 1,
+            address: "10.0.0.1:7440".into(),
+            role: crate::model::Role::Manager,
+            capacity: Capacity {
+                vcpus: 4,
+                memory_mib: 4096,
+            },
+            labels: [("rack".to_string(), "r1".to_string())].into(),
+            instance_id: "0123abcd".into(),
+            fence: Some(crate::model::FenceDevice {
+                agent: "/usr/sbin/fence_ipmilan".into(),
+                args: [("ip".to_string(), "10.0.9.1".to_string())].into(),
+            }),
+            watchdog_timeout_ms: 2_000,
+            restart_grace: None,
+        };
+        assert_eq!(check_host(&good), vec![]);
+        let mut h = good.clone();
+        h.fence
+            .as_mut()
+            .unwrap()
+            .args
+            .insert("password".into(), "x\naction=reboot".into());
+        assert_eq!(check_host(&h)[0].field, "--fence-arg");
+        let mut h = good.clone();
+        h.address = "somewhere".into();
+        assert_eq!(check_host(&h)[0].field, "--advertise");
+        let mut h = good.clone();
+        h.labels.insert("bad key".into(), "v".into());
+        assert_eq!(check_host(&h)[0].field, "--label");
+        let mut h = good;
+        h.watchdog_timeout_ms = u64::MAX;
+        assert_eq!(check_host(&h)[0].field, "--watchdog-timeout-ms");
     }
 }

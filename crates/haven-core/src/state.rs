@@ -24,6 +24,19 @@ pub const WORKLOAD_EVENTS_KEPT_MAX: usize = 2_000;
 /// enough for the Raft timing.
 pub const BATCH_COMMANDS_MAX: usize = 256;
 pub const BATCH_BYTES_MAX: usize = 64 * 1024;
+/// Longest event message kept (bytes; a longer one is cut, ending in `…`):
+/// with the kept counts, the whole history stays about a megabyte
+/// whatever a command carried.
+pub const EVENT_MESSAGE_BYTES_MAX: usize = 512;
+/// Largest command the Raft log takes, serialized (JSON). Checked before a
+/// command is proposed (`haven-consensus` refuses a larger one, and derives
+/// from its heartbeat timing the replication batch this must fit); an
+/// apply larger than this reaches the log in parts (`StageWorkloads`).
+pub const COMMAND_BYTES_MAX: usize = 192 * 1024;
+/// Applies whose parts are being staged at once (a newer one evicts the
+/// oldest), and how long parts wait for their `ApplyStaged`.
+pub const STAGED_APPLIES_MAX: usize = 4;
+pub const STAGED_APPLY_TTL_MS: u64 = 10 * 60 * 1000;
 /// How many hosts a workload remembers having failed on.
 pub const FAILED_HOSTS_MAX: usize = 64;
 
@@ -61,6 +74,15 @@ pub struct Stopping {
     pub since_revision: u64,
     /// Why it is being stopped (shown while the workload waits).
     pub why: String,
+}
+
+/// Parts of an apply too large for one log entry, staged until its
+/// `ApplyStaged` applies them all at once (or they are evicted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedApply {
+    pub specs: Vec<WorkloadSpec>,
+    /// `at_ms` of its first part (for eviction after `STAGED_APPLY_TTL_MS`).
+    pub since_ms: u64,
 }
 
 /// One decision, with the wall-clock time the coordinator made it and why.
@@ -120,6 +142,10 @@ pub struct ClusterState {
     /// isolated host may still be stopping by the longer one.
     #[serde(default)]
     pub prior_shutdown_timeout_ms: u64,
+    /// Applies being staged part by part, by apply id (at most
+    /// `STAGED_APPLIES_MAX`).
+    #[serde(default)]
+    pub staged: BTreeMap<String, StagedApply>,
 }
 
 /// One placement decision of the coordinator. Applied only if the workload's
@@ -169,6 +195,22 @@ pub enum Command {
     /// otherwise its instance is stopped before it is placed again.
     ApplyWorkloads {
         specs: Vec<WorkloadSpec>,
+        source: String,
+        at_ms: u64,
+    },
+    /// One part of an apply too large for one entry (each part at most
+    /// `COMMAND_BYTES_MAX`): kept aside under `apply_id` until
+    /// `ApplyStaged`. Nothing changes for the workloads yet.
+    StageWorkloads {
+        apply_id: String,
+        specs: Vec<WorkloadSpec>,
+        at_ms: u64,
+    },
+    /// Apply every staged part of `apply_id` as one `ApplyWorkloads` (all
+    /// or nothing), provided all `count` specs arrived.
+    ApplyStaged {
+        apply_id: String,
+        count: usize,
         source: String,
         at_ms: u64,
     },
@@ -399,6 +441,11 @@ impl ClusterState {
     }
 
     fn record(&mut self, workload: Option<String>, at_ms: u64, message: String) {
+        let message = if message.len() > EVENT_MESSAGE_BYTES_MAX {
+            crate::spec::shorten(&message, EVENT_MESSAGE_BYTES_MAX - '…'.len_utf8())
+        } else {
+            message
+        };
         let (kept, kept_max) = if workload.is_some() {
             (&mut self.workload_events, WORKLOAD_EVENTS_KEPT_MAX)
         } else {
@@ -509,12 +556,51 @@ impl ClusterState {
                 self.join_secret = secret.clone();
                 CommandResult::Ok
             }
-            Command::RegisterHost { host, at_ms } => self.register_host(host, *at_ms),
+            Command::RegisterHost { host, at_ms } => {
+                let problems = crate::spec::check_host(host);
+                if !problems.is_empty() {
+                    return CommandResult::Rejected(joined(&problems));
+                }
+                self.register_host(host, *at_ms)
+            }
             Command::ApplyWorkloads {
                 specs,
                 source,
                 at_ms,
-            } => self.apply_workloads(specs, source, *at_ms),
+            } => match crate::spec::check_apply(source, specs) {
+                Ok(()) => self.apply_workloads(specs, source, *at_ms),
+                Err(e) => CommandResult::Rejected(e.to_string()),
+            },
+            Command::StageWorkloads {
+                apply_id,
+                specs,
+                at_ms,
+            } => self.stage_workloads(apply_id, specs, *at_ms),
+            Command::ApplyStaged {
+                apply_id,
+                count,
+                source,
+                at_ms,
+            } => {
+                let Some(staged) = self.staged.remove(apply_id) else {
+                    return CommandResult::Rejected(format!(
+                        "{}: the parts of this apply were dropped (a newer large apply, or more than {} s passed); apply the file again",
+                        crate::spec::shorten(source, crate::spec::SOURCE_LEN_MAX),
+                        STAGED_APPLY_TTL_MS / 1000
+                    ));
+                };
+                if staged.specs.len() != *count {
+                    return CommandResult::Rejected(format!(
+                        "{}: {} of {count} workloads of this apply arrived; apply the file again",
+                        crate::spec::shorten(source, crate::spec::SOURCE_LEN_MAX),
+                        staged.specs.len()
+                    ));
+                }
+                match crate::spec::check_apply(source, &staged.specs) {
+                    Ok(()) => self.apply_workloads(&staged.specs, source, *at_ms),
+                    Err(e) => CommandResult::Rejected(e.to_string()),
+                }
+            }
             Command::DeleteWorkload { name, at_ms } => match self.workloads.remove(name) {
                 Some(w) => {
                     let on = match w.assignment {
@@ -665,6 +751,67 @@ impl ClusterState {
                 CommandResult::Ok
             }
         }
+    }
+
+    /// Keep one part of a large apply aside. Bounded: at most
+    /// `STAGED_APPLIES_MAX` applies (the oldest evicted), parts older than
+    /// `STAGED_APPLY_TTL_MS` dropped, and no more specs than one apply may
+    /// hold.
+    fn stage_workloads(
+        &mut self,
+        apply_id: &str,
+        specs: &[WorkloadSpec],
+        at_ms: u64,
+    ) -> CommandResult {
+        self.staged
+            .retain(|_, s| at_ms.saturating_sub(s.since_ms) < STAGED_APPLY_TTL_MS);
+        if apply_id.is_empty() || apply_id.len() > crate::spec::NAME_LEN_MAX {
+            return CommandResult::Rejected(format!(
+                "an apply id is 1-{} bytes",
+                crate::spec::NAME_LEN_MAX
+            ));
+        }
+        let problems: Vec<String> = specs
+            .iter()
+            .flat_map(|s| {
+                crate::spec::check_spec(s).into_iter().map(move |p| {
+                    format!(
+                        "workload {:?}: {p}",
+                        crate::spec::shorten(&s.name, crate::spec::NAME_LEN_MAX + 1)
+                    )
+                })
+            })
+            .collect();
+        if !problems.is_empty() {
+            self.staged.remove(apply_id);
+            return CommandResult::Rejected(problems.join("\n"));
+        }
+        if !self.staged.contains_key(apply_id) && self.staged.len() >= STAGED_APPLIES_MAX {
+            let oldest = self
+                .staged
+                .iter()
+                .min_by_key(|(id, s)| (s.since_ms, (*id).clone()))
+                .map(|(id, _)| id.clone());
+            if let Some(id) = oldest {
+                self.staged.remove(&id);
+            }
+        }
+        let staged = self
+            .staged
+            .entry(apply_id.to_owned())
+            .or_insert_with(|| StagedApply {
+                specs: vec![],
+                since_ms: at_ms,
+            });
+        if staged.specs.len() + specs.len() > crate::spec::WORKLOADS_PER_FILE_MAX {
+            self.staged.remove(apply_id);
+            return CommandResult::Rejected(format!(
+                "more than {} workloads staged for one apply",
+                crate::spec::WORKLOADS_PER_FILE_MAX
+            ));
+        }
+        staged.specs.extend_from_slice(specs);
+        CommandResult::Ok
     }
 
     /// The instance `a` of `workload` is no longer wanted on its host but
@@ -893,6 +1040,105 @@ impl ClusterState {
         }
         CommandResult::Placed { placed, refused }
     }
+}
+
+/// The commands that apply `specs` (already checked with
+/// `spec::check_apply`): one `ApplyWorkloads` when it fits one log entry;
+/// otherwise `StageWorkloads` parts of at most `COMMAND_BYTES_MAX` each,
+/// then one `ApplyStaged` that applies them all at once (all or nothing,
+/// like the single command). `apply_id` names the staged parts (unique per
+/// apply).
+pub fn apply_commands(
+    apply_id: &str,
+    specs: Vec<WorkloadSpec>,
+    source: String,
+    at_ms: u64,
+) -> Vec<Command> {
+    let whole = Command::ApplyWorkloads {
+        specs,
+        source,
+        at_ms,
+    };
+    if crate::spec::encoded_len(&whole) <= COMMAND_BYTES_MAX {
+        return vec![whole];
+    }
+    let Command::ApplyWorkloads { specs, source, .. } = whole else {
+        unreachable!("built just above")
+    };
+    let count = specs.len();
+    let stage = |specs: Vec<WorkloadSpec>| Command::StageWorkloads {
+        apply_id: apply_id.to_owned(),
+        specs,
+        at_ms,
+    };
+    let mut cmds = chunked(specs, stage);
+    cmds.push(Command::ApplyStaged {
+        apply_id: apply_id.to_owned(),
+        count,
+        source,
+        at_ms,
+    });
+    cmds
+}
+
+/// `items` in consecutive chunks, each wrapped by `wrap` into a command of
+/// at most `COMMAND_BYTES_MAX` serialized (an item too large for any chunk
+/// goes alone, and `propose` refuses it).
+fn chunked<T: Serialize>(items: Vec<T>, wrap: impl Fn(Vec<T>) -> Command) -> Vec<Command> {
+    let envelope = crate::spec::encoded_len(&wrap(vec![]));
+    let mut out = vec![];
+    let mut chunk = vec![];
+    let mut bytes = envelope;
+    for item in items {
+        // The item and the comma that separates it from the previous one.
+        let size = crate::spec::encoded_len(&item) + 1;
+        if !chunk.is_empty() && bytes + size > COMMAND_BYTES_MAX {
+            out.push(wrap(std::mem::take(&mut chunk)));
+            bytes = envelope;
+        }
+        bytes += size;
+        chunk.push(item);
+    }
+    if !chunk.is_empty() {
+        out.push(wrap(chunk));
+    }
+    out
+}
+
+impl Command {
+    /// This command as one or more commands of at most `COMMAND_BYTES_MAX`
+    /// each, serialized, with the same effect: a `Place` or `Unassign` of
+    /// many workloads is split by workload (each is decided on its own, a
+    /// placement being a compare-and-set of its own generation). Any other
+    /// command is returned as it is.
+    pub fn split_to_fit(self) -> Vec<Command> {
+        if crate::spec::encoded_len(&self) <= COMMAND_BYTES_MAX {
+            return vec![self];
+        }
+        match self {
+            Command::Place { placements, at_ms } => chunked(placements, |placements| {
+                Command::Place { placements, at_ms }
+            }),
+            Command::Unassign {
+                workloads,
+                reason,
+                at_ms,
+            } => chunked(workloads, |workloads| Command::Unassign {
+                workloads,
+                reason: reason.clone(),
+                at_ms,
+            }),
+            other => vec![other],
+        }
+    }
+}
+
+fn joined(problems: &[crate::spec::FieldProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
@@ -1151,5 +1397,230 @@ mod tests {
             },
         ]);
         assert_eq!(r.placed(), vec![("web".to_string(), Generation(3))]);
+    }
+
+    fn spec(name: &str) -> WorkloadSpec {
+        crate::spec::parse_workloads(
+            "w.toml",
+            &format!("[[workload]]\nname = \"{name}\"\nkind = \"process\"\ncommand = [\"/bin/sleep\", \"infinity\"]\nvcpus = 1\nmemory_mib = 1\n"),
+        )
+        .unwrap()
+        .remove(0)
+    }
+
+    #[test]
+    fn a_command_that_fails_validation_is_refused_and_changes_nothing() {
+        let mut s = ClusterState::default();
+        let mut bad = spec("a");
+        bad.restart.max_restarts = u32::MAX;
+        bad.restart.backoff_initial_ms = 0;
+        let before = s.clone();
+        let r = s.apply(&Command::ApplyWorkloads {
+            specs: vec![spec("ok"), bad],
+            source: "api".into(),
+            at_ms: 1,
+        });
+        let CommandResult::Rejected(m) = r else {
+            panic!("accepted: {r:?}")
+        };
+        assert!(
+            m.contains("field \"max_restarts\"") && m.contains("field \"backoff_initial_ms\""),
+            "{m}"
+        );
+        assert!(
+            s.workloads.is_empty() && s.events(None).is_empty(),
+            "all or nothing"
+        );
+        assert_eq!(s.revision, before.revision + 1, "only the revision moved");
+        // The same refusal on every replica: a second state agrees.
+        let mut t = before;
+        t.apply(&Command::ApplyWorkloads {
+            specs: vec![spec("ok")],
+            source: "x".repeat(10_000),
+            at_ms: 1,
+        });
+        assert!(t.workloads.is_empty(), "an over-long source is refused too");
+    }
+
+    #[test]
+    fn a_host_record_that_fails_validation_is_refused() {
+        let mut s = ClusterState::default();
+        let host = HostRecord {
+            name: "h1".into(),
+            node_id: 0,
+            address: "127.0.0.1:1".into(),
+            role: crate::model::Role::Manager,
+            capacity: Default::default(),
+            labels: Default::default(),
+            instance_id: "abc".into(),
+            fence: Some(crate::model::FenceDevice {
+                agent: "/bin/fence".into(),
+                args: [("ip".to_string(), "1\naction=on".to_string())].into(),
+            }),
+            watchdog_timeout_ms: 0,
+            restart_grace: None,
+        };
+        let r = s.apply(&Command::RegisterHost { host, at_ms: 1 });
+        assert!(
+            matches!(r, CommandResult::Rejected(ref m) if m.contains("--fence-arg")),
+            "{r:?}"
+        );
+        assert!(s.hosts.is_empty());
+    }
+
+    #[test]
+    fn event_text_is_bounded_whatever_a_command_carries() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::RecordEvent {
+            message: "é".repeat(1_000_000),
+            at_ms: 1,
+        });
+        let m = s.events(None).last().unwrap().message.clone();
+        assert!(m.len() <= EVENT_MESSAGE_BYTES_MAX, "{}", m.len());
+        assert!(m.ends_with('…'));
+        let kept_max = CLUSTER_EVENTS_KEPT_MAX + WORKLOAD_EVENTS_KEPT_MAX;
+        for i in 0..kept_max + 10 {
+            s.apply(&Command::RecordEvent {
+                message: format!("{i}{}", "x".repeat(10_000)),
+                at_ms: 2,
+            });
+        }
+        let events = s.events(None);
+        assert!(events.len() <= kept_max);
+        let bytes = crate::spec::encoded_len(&events);
+        assert!(
+            bytes <= kept_max * (EVENT_MESSAGE_BYTES_MAX + 128),
+            "{bytes} bytes of events"
+        );
+    }
+
+    fn ten_thousand() -> Vec<WorkloadSpec> {
+        let base = spec("w");
+        (0..crate::spec::WORKLOADS_PER_FILE_MAX)
+            .map(|i| WorkloadSpec {
+                name: format!("w{i:05}"),
+                ..base.clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_largest_apply_reaches_the_log_in_bounded_parts_and_applies_at_once() {
+        let specs = ten_thousand();
+        let cmds = apply_commands("a1", specs.clone(), "w.toml".into(), 7);
+        assert!(cmds.len() > 2, "{} commands", cmds.len());
+        for c in &cmds {
+            let bytes = crate::spec::encoded_len(c);
+            assert!(bytes <= COMMAND_BYTES_MAX, "{bytes} bytes");
+        }
+        let mut s = ClusterState::default();
+        let (last, parts) = cmds.split_last().unwrap();
+        for p in parts {
+            assert!(matches!(p, Command::StageWorkloads { .. }));
+            assert_eq!(s.apply(p), CommandResult::Ok);
+        }
+        assert!(
+            s.workloads.is_empty(),
+            "nothing applied before the last entry"
+        );
+        let CommandResult::Applied { created, .. } = s.apply(last) else {
+            panic!("not applied")
+        };
+        assert_eq!(created.len(), specs.len());
+        assert!(s.staged.is_empty(), "the staged parts are gone");
+        // The same state as one command would have made.
+        let mut one = ClusterState::default();
+        one.apply_workloads(&specs, "w.toml", 7);
+        assert_eq!(s.workloads, one.workloads);
+        // A small apply stays one entry.
+        let small = apply_commands("a2", vec![spec("x")], "w.toml".into(), 7);
+        assert!(matches!(small[..], [Command::ApplyWorkloads { .. }]));
+    }
+
+    #[test]
+    fn a_staged_apply_missing_a_part_is_refused_whole() {
+        let cmds = apply_commands("a1", ten_thousand(), "w.toml".into(), 7);
+        let mut s = ClusterState::default();
+        for c in &cmds[1..] {
+            s.apply(c);
+        }
+        let r = s.apply(cmds.last().unwrap());
+        assert!(
+            matches!(r, CommandResult::Rejected(ref m) if m.contains("apply the file again")),
+            "{r:?}"
+        );
+        assert!(s.workloads.is_empty());
+    }
+
+    #[test]
+    fn staged_applies_are_bounded_in_number_and_age() {
+        let mut s = ClusterState::default();
+        for i in 0..STAGED_APPLIES_MAX + 2 {
+            s.apply(&Command::StageWorkloads {
+                apply_id: format!("a{i}"),
+                specs: vec![spec("w")],
+                at_ms: i as u64,
+            });
+        }
+        assert_eq!(s.staged.len(), STAGED_APPLIES_MAX);
+        assert!(
+            !s.staged.contains_key("a0") && !s.staged.contains_key("a1"),
+            "oldest evicted"
+        );
+        s.apply(&Command::StageWorkloads {
+            apply_id: "late".into(),
+            specs: vec![spec("w")],
+            at_ms: STAGED_APPLY_TTL_MS + 100,
+        });
+        assert_eq!(
+            s.staged.keys().collect::<Vec<_>>(),
+            vec!["late"],
+            "expired parts dropped"
+        );
+        let mut bad = spec("b");
+        bad.vcpus = 0;
+        let r = s.apply(&Command::StageWorkloads {
+            apply_id: "late".into(),
+            specs: vec![bad],
+            at_ms: STAGED_APPLY_TTL_MS + 100,
+        });
+        assert!(
+            matches!(r, CommandResult::Rejected(ref m) if m.contains("\"vcpus\"")),
+            "{r:?}"
+        );
+        assert!(s.staged.is_empty(), "an invalid part drops its apply");
+    }
+
+    #[test]
+    fn a_decision_about_many_workloads_is_split_into_entries_that_fit() {
+        let placements: Vec<Placement> = (0..10_000)
+            .map(|i| Placement {
+                workload: format!("w{i:05}"),
+                host: "h1".into(),
+                expected_generation: Generation(0),
+                reason: "most free memory".into(),
+            })
+            .collect();
+        let parts = Command::Place {
+            placements: placements.clone(),
+            at_ms: 3,
+        }
+        .split_to_fit();
+        assert!(parts.len() > 1);
+        let mut again = vec![];
+        for p in parts {
+            assert!(crate::spec::encoded_len(&p) <= COMMAND_BYTES_MAX);
+            let Command::Place { placements, at_ms } = p else {
+                panic!("not a place")
+            };
+            assert_eq!(at_ms, 3);
+            again.extend(placements);
+        }
+        assert_eq!(again, placements, "every placement, in order");
+        let small = Command::RecordEvent {
+            message: "x".into(),
+            at_ms: 1,
+        };
+        assert_eq!(small.clone().split_to_fit(), vec![small]);
     }
 }

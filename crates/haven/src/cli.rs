@@ -517,7 +517,7 @@ pub async fn fetch_status(server: &str) -> Result<StatusResponse> {
 async fn apply(server: &str, file: &PathBuf, wait_s: Option<u64>) -> Result<()> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("-f {}: cannot read the file", file.display()))?;
-    let source = file.display().to_string();
+    let source = haven_core::spec::source_of(&file.display().to_string());
     let specs = haven_core::spec::parse_workloads(&source, &text)
         .map_err(|e| anyhow!("nothing was applied:\n{e}"))?;
     let http = rpc::client(30_000);
