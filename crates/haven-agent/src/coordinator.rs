@@ -642,7 +642,10 @@ const SECOND_OPINIONS: usize = 2;
 /// A probe's wait for an answer (room for one TCP retransmission, 200 ms
 /// on Linux), and the gap between rounds.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
-const PROBE_GAP: Duration = Duration::from_millis(50);
+const PROBE_GAP: Duration = Duration::from_millis(100);
+/// Rounds waiting for answers at once (a hung host keeps each for
+/// `PROBE_TIMEOUT`).
+const PROBE_ROUNDS_IN_FLIGHT_MAX: usize = 4;
 /// Rounds in a row in which nobody reached a silent host before it may be
 /// fenced: a host behind a lossy link answers one probe of several; a
 /// dead or hung one answers none. One round in which every probe was
@@ -717,52 +720,11 @@ async fn probe(
     address: String,
     probers: Vec<(String, String)>,
 ) {
+    // A round starts every `PROBE_GAP` whether or not the last one has
+    // finished (each waits up to `PROBE_TIMEOUT`): a hung host is judged
+    // after about `PROBE_TIMEOUT + 2 · PROBE_GAP`, not three timeouts.
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
-        let mut probes = tokio::task::JoinSet::new();
-        {
-            let (n, host, address) = (node.clone(), host.clone(), address.clone());
-            probes.spawn(async move {
-                let p = probe_once(&n, &host, &address, PROBE_TIMEOUT).await;
-                (p, n.identity.name.clone())
-            });
-        }
-        for (name, via) in probers.clone() {
-            let n = node.clone();
-            let req = crate::api::ProbeRequest {
-                host: host.clone(),
-                address: address.clone(),
-                timeout_ms: PROBE_TIMEOUT.as_millis() as u64,
-            };
-            probes.spawn(async move {
-                let r = crate::rpc::post::<_, crate::api::ProbeResponse>(
-                    &n.http,
-                    &via,
-                    "/v1/probe",
-                    &req,
-                    false,
-                    Some(PROBE_TIMEOUT + PROBE_GAP),
-                )
-                .await;
-                let p = match r {
-                    Ok(p) if p.reached => Probe::Reached,
-                    Ok(p) if p.refused => Probe::Refused,
-                    _ => Probe::NoAnswer,
-                };
-                (p, name)
-            });
-        }
-        let mut reached_by = None;
-        let mut all_refused = true;
-        while let Some(r) = probes.join_next().await {
-            match r {
-                Ok((Probe::Reached, who)) => {
-                    reached_by = Some(who);
-                    break;
-                }
-                Ok((Probe::Refused, _)) => {}
-                _ => all_refused = false,
-            }
-        }
         let member = node
             .consensus
             .as_ref()
@@ -772,24 +734,103 @@ async fn probe(
             let Some(office) = slot.as_mut().filter(|o| o.term == term) else {
                 return;
             };
-            // Fenced (or the fence failed, or it left): nothing to decide.
+            // Heard again (the entry is gone), fenced, the fence failed,
+            // or it left: nothing more to decide.
+            if !office.probing.contains_key(&host) {
+                return;
+            }
             if !member || office.fenced.contains(&host) || office.fence_failed.contains(&host) {
                 office.probing.remove(&host);
                 return;
             }
-            let Some(t) = office.probing.get_mut(&host) else {
-                return;
-            };
-            match reached_by {
-                Some(who) => {
-                    t.failed_rounds = 0;
-                    t.reached_by = Some(who);
-                }
-                None if all_refused => t.failed_rounds = FAILED_ROUNDS_TO_FENCE,
-                None => t.failed_rounds = t.failed_rounds.saturating_add(1),
-            }
+        }
+        if in_flight.load(std::sync::atomic::Ordering::Relaxed) < PROBE_ROUNDS_IN_FLIGHT_MAX {
+            in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (n, host, address, probers, in_flight) = (
+                node.clone(),
+                host.clone(),
+                address.clone(),
+                probers.clone(),
+                in_flight.clone(),
+            );
+            tokio::spawn(async move {
+                probe_round(&n, term, &host, &address, &probers).await;
+                in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            });
         }
         tokio::time::sleep(PROBE_GAP).await;
+    }
+}
+
+/// One round: this host and the probers at once; the tally records how it
+/// went (in the order rounds finish).
+async fn probe_round(
+    node: &Arc<Node>,
+    term: u64,
+    host: &str,
+    address: &str,
+    probers: &[(String, String)],
+) {
+    let mut probes = tokio::task::JoinSet::new();
+    {
+        let (n, host, address) = (node.clone(), host.to_owned(), address.to_owned());
+        probes.spawn(async move {
+            let p = probe_once(&n, &host, &address, PROBE_TIMEOUT).await;
+            (p, n.identity.name.clone())
+        });
+    }
+    for (name, via) in probers.iter().cloned() {
+        let n = node.clone();
+        let req = crate::api::ProbeRequest {
+            host: host.to_owned(),
+            address: address.to_owned(),
+            timeout_ms: PROBE_TIMEOUT.as_millis() as u64,
+        };
+        probes.spawn(async move {
+            let r = crate::rpc::post::<_, crate::api::ProbeResponse>(
+                &n.http,
+                &via,
+                "/v1/probe",
+                &req,
+                false,
+                Some(PROBE_TIMEOUT + PROBE_GAP),
+            )
+            .await;
+            let p = match r {
+                Ok(p) if p.reached => Probe::Reached,
+                Ok(p) if p.refused => Probe::Refused,
+                _ => Probe::NoAnswer,
+            };
+            (p, name)
+        });
+    }
+    let mut reached_by = None;
+    let mut all_refused = true;
+    while let Some(r) = probes.join_next().await {
+        match r {
+            Ok((Probe::Reached, who)) => {
+                reached_by = Some(who);
+                break;
+            }
+            Ok((Probe::Refused, _)) => {}
+            _ => all_refused = false,
+        }
+    }
+    let mut slot = node.office.lock().unwrap();
+    let Some(t) = slot
+        .as_mut()
+        .filter(|o| o.term == term)
+        .and_then(|o| o.probing.get_mut(host))
+    else {
+        return;
+    };
+    match reached_by {
+        Some(who) => {
+            t.failed_rounds = 0;
+            t.reached_by = Some(who);
+        }
+        None if all_refused => t.failed_rounds = FAILED_ROUNDS_TO_FENCE,
+        None => t.failed_rounds = t.failed_rounds.saturating_add(1),
     }
 }
 

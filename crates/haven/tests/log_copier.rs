@@ -87,6 +87,16 @@ fn a_second_copier_waits_for_the_first_to_finish() {
     let mut first = copier(dir.path(), "--- first ---");
     let mut first_in = first.stdin.take().unwrap();
     first_in.write_all(b"one\n").unwrap();
+    // The first copier holds the log once its marker is written (in real
+    // use it has held it since its instance started).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(dir.path().join("w.log"))
+        .unwrap_or_default()
+        .contains("--- first ---")
+    {
+        assert!(Instant::now() < deadline, "the first copier never wrote");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // A restart in place: the next instance's copier starts while the
     // previous one still has output to write.
     let mut second = copier(dir.path(), "--- second ---");
