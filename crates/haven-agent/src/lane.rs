@@ -19,8 +19,10 @@ const QUEUE: usize = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LaneError {
-    /// The running job has not returned for `for_ms`: the lane is stuck.
-    Stuck { lane: &'static str, for_ms: u64 },
+    /// The running job has not returned within the lane's limit
+    /// (`limit_ms`): the lane is stuck. (The limit, not the live figure:
+    /// the text is reported and must stay the same while the job hangs.)
+    Stuck { lane: &'static str, limit_ms: u64 },
     /// The queue is full.
     Busy { lane: &'static str },
     /// This job did not finish within the caller's timeout.
@@ -30,8 +32,11 @@ pub enum LaneError {
 impl std::fmt::Display for LaneError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LaneError::Stuck { lane, for_ms } => {
-                write!(f, "{lane}: an operation has not returned for {for_ms} ms")
+            LaneError::Stuck { lane, limit_ms } => {
+                write!(
+                    f,
+                    "{lane}: an operation has not returned in over {limit_ms} ms"
+                )
             }
             LaneError::Busy { lane } => write!(f, "{lane}: too many operations waiting"),
             LaneError::TimedOut { lane, after_ms } => {
@@ -94,10 +99,10 @@ impl Lane {
     }
 
     fn submit(&self, job: Job) -> Result<(), LaneError> {
-        if let Some(d) = self.running_for().filter(|d| *d >= self.stuck_after) {
+        if self.running_for().is_some_and(|d| d >= self.stuck_after) {
             return Err(LaneError::Stuck {
                 lane: self.name,
-                for_ms: d.as_millis() as u64,
+                limit_ms: self.stuck_after.as_millis() as u64,
             });
         }
         self.tx.try_send(job).map_err(|e| match e {
@@ -164,9 +169,12 @@ mod tests {
         });
         assert!(matches!(r, Err(LaneError::TimedOut { .. })), "{r:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
-        // The job still hangs: new work is refused without waiting.
+        // The job still hangs: new work is refused without waiting, with
+        // the same words each time (they end up in `haven status`).
         let r = lane.run_blocking(Duration::from_secs(60), || 1);
         assert!(matches!(r, Err(LaneError::Stuck { .. })), "{r:?}");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(lane.run_blocking(Duration::from_secs(60), || 1), r);
         assert!(lane.running_for().is_some());
         // Once it returns, the lane works again.
         release.send(()).unwrap();

@@ -761,7 +761,7 @@ fn failover_run(a: &FailoverArgs, fence: bool) -> Result<FailoverResult> {
         apply_witnesses(&bed, &names, a.common.tick_ms)?;
     }
     if let Some(pending) = a.noise_pending {
-        make_noise(&bed, pending)?;
+        make_noise(&bed, pending, &a.common.capacity)?;
     }
     nap(SETTLE)?;
     for k in 1..=a.crashes {
@@ -790,18 +790,27 @@ fn failover_run(a: &FailoverArgs, fence: bool) -> Result<FailoverResult> {
     Ok(r)
 }
 
-/// The noisy benchmark's noise: `pending` workloads too big for any host
-/// (applied 200 per file), one workload printing at full speed, and the
+/// The noisy benchmark's noise: `pending` workloads the size of a whole
+/// host, so none fits beside the witnesses (applied 200 per file), one
+/// workload printing at full speed, and the
 /// coordinator's datastore writes hung (a FIFO where its heartbeat file's
 /// temporary copy goes, as a hard-mounted share that stopped answering).
-fn make_noise(bed: &Testbed, pending: usize) -> Result<()> {
+fn make_noise(bed: &Testbed, pending: usize, capacity: &str) -> Result<()> {
+    let field = |k: &str| {
+        capacity
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("--capacity {capacity:?}: no {k}"))
+    };
+    let (vcpus, memory_mib) = (field("vcpus")?, field("memory_mib")?);
     let names: Vec<String> = (1..=pending).map(|i| format!("pending{i:04}")).collect();
     for (k, chunk) in names.chunks(200).enumerate() {
         let text: String = chunk
             .iter()
             .map(|n| {
                 format!(
-                    "[[workload]]\nname = \"{n}\"\nkind = \"process\"\ncommand = [\"/bin/sleep\", \"1000\"]\nvcpus = 1024\nmemory_mib = 1024\npriority = \"low\"\n\n"
+                    "[[workload]]\nname = \"{n}\"\nkind = \"process\"\ncommand = [\"/bin/sleep\", \"1000\"]\nvcpus = {vcpus}\nmemory_mib = {memory_mib}\npriority = \"low\"\n\n"
                 )
             })
             .collect();
