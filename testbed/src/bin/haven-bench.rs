@@ -133,6 +133,11 @@ struct FailoverArgs {
     /// one flooding workload and the coordinator's datastore hung.
     #[arg(skip)]
     noise_pending: Option<usize>,
+    /// `--capacity` of h1 instead of the common one (the noisy benchmark
+    /// gives h1 twice the vCPUs, so that its pending workloads fit only h1,
+    /// which its witnesses keep busy).
+    #[arg(skip)]
+    h1_capacity: Option<String>,
     /// `process` (witness processes) or `vm` (the test VM; recovery is the
     /// first guest heartbeat on the new host). Use --workloads 3 for VMs.
     #[arg(long, default_value = "process")]
@@ -280,9 +285,17 @@ fn machine_line(load_before: &str) -> String {
 
 // ---- the bed and its workloads ----
 
-fn start_bed(common: &Common, fence: bool, datastore: bool) -> Result<Testbed> {
+fn start_bed(
+    common: &Common,
+    fence: bool,
+    datastore: bool,
+    h1_capacity: Option<&str>,
+) -> Result<Testbed> {
     let mut cfg = TestbedConfig::new(3, haven_testbed::find_haven_exe()?);
     cfg.capacity = common.capacity.clone();
+    if let Some(c) = h1_capacity {
+        cfg.host_capacity.insert("h1".into(), c.to_owned());
+    }
     cfg.fence = fence;
     cfg.datastore = datastore;
     cfg.agent_args = common.agent_args.clone();
@@ -449,6 +462,11 @@ fn all_running(s: &Value, n: usize) -> bool {
         .map(|(_, w)| w)
         .collect();
     ours.len() == n && ours.iter().all(|w| w.state == "running")
+}
+
+/// One of the benchmark's own workloads (`wNN`, see `workload_names`).
+fn is_ours(name: &str) -> bool {
+    name.len() > 1 && name.starts_with('w') && name[1..].chars().all(|c| c.is_ascii_digit())
 }
 
 /// Online, or online with a reported problem (the noisy benchmark hangs a
@@ -753,6 +771,7 @@ fn failover_run(a: &FailoverArgs, fence: bool) -> Result<FailoverResult> {
         &common,
         fence,
         vm || a.datastore || a.noise_pending.is_some(),
+        a.h1_capacity.as_deref(),
     )?;
     let names = workload_names(a.workloads);
     if vm {
@@ -761,7 +780,11 @@ fn failover_run(a: &FailoverArgs, fence: bool) -> Result<FailoverResult> {
         apply_witnesses(&bed, &names, a.common.tick_ms)?;
     }
     if let Some(pending) = a.noise_pending {
-        make_noise(&bed, pending, &a.common.capacity)?;
+        make_noise(
+            &bed,
+            pending,
+            a.h1_capacity.as_deref().unwrap_or(&a.common.capacity),
+        )?;
     }
     nap(SETTLE)?;
     for k in 1..=a.crashes {
@@ -790,9 +813,9 @@ fn failover_run(a: &FailoverArgs, fence: bool) -> Result<FailoverResult> {
     Ok(r)
 }
 
-/// The noisy benchmark's noise: `pending` workloads the size of a whole
-/// host, so none fits beside the witnesses (applied 200 per file), one
-/// workload printing at full speed, and the
+/// The noisy benchmark's noise: `pending` workloads that need all of h1's
+/// vCPUs (the one host with that many, where witnesses always run; applied
+/// 200 per file), one workload printing at full speed, and the
 /// coordinator's datastore writes hung (a FIFO where its heartbeat file's
 /// temporary copy goes, as a hard-mounted share that stopped answering).
 fn make_noise(bed: &Testbed, pending: usize, capacity: &str) -> Result<()> {
@@ -803,7 +826,7 @@ fn make_noise(bed: &Testbed, pending: usize, capacity: &str) -> Result<()> {
             .and_then(|v| v.parse::<u64>().ok())
             .with_context(|| format!("--capacity {capacity:?}: no {k}"))
     };
-    let (vcpus, memory_mib) = (field("vcpus")?, field("memory_mib")?);
+    let (vcpus, memory_mib) = (field("vcpus")?, 64);
     let names: Vec<String> = (1..=pending).map(|i| format!("pending{i:04}")).collect();
     for (k, chunk) in names.chunks(200).enumerate() {
         let text: String = chunk
@@ -844,6 +867,24 @@ fn make_noise(bed: &Testbed, pending: usize, capacity: &str) -> Result<()> {
     Ok(())
 }
 
+/// `capacity` (`vcpus=N,memory_mib=M`) with twice the vCPUs (the same
+/// memory, so that placement, by free memory, still spreads the witnesses).
+fn double_vcpus(capacity: &str) -> Result<String> {
+    capacity
+        .split(',')
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--capacity {capacity:?}: expected key=value"))?;
+            let n: u64 = v
+                .parse()
+                .with_context(|| format!("--capacity {capacity:?}: {k}"))?;
+            Ok(format!("{k}={}", if k == "vcpus" { n * 2 } else { n }))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(|v| v.join(","))
+}
+
 fn noisy(a: &NoisyArgs) -> Result<()> {
     if a.crashes == 0 || a.workloads == 0 {
         bail!("--crashes and --workloads must be above 0");
@@ -862,6 +903,7 @@ fn noisy(a: &NoisyArgs) -> Result<()> {
             kind: "process".into(),
             datastore: true,
             noise_pending: noise,
+            h1_capacity: Some(double_vcpus(&a.common.capacity)?),
             common: a.common.clone(),
         };
         let r = failover_run(&f, false)?;
@@ -983,8 +1025,8 @@ fn one_crash(
     } else {
         // The non-coordinator host running the most workloads.
         let mut count: BTreeMap<String, usize> = BTreeMap::new();
-        for p in before.values() {
-            if p.host != leader && p.host != "-" {
+        for (name, p) in &before {
+            if is_ours(name) && p.host != leader && p.host != "-" {
                 *count.entry(p.host.clone()).or_default() += 1;
             }
         }
@@ -999,7 +1041,12 @@ fn one_crash(
                 )
             })?
     };
-    let moving = on_host(&s, &victim);
+    // Only the benchmark's workloads are timed (they tick); others on the
+    // host (the noisy benchmark's) move too, unwatched.
+    let moving: Vec<String> = on_host(&s, &victim)
+        .into_iter()
+        .filter(|w| is_ours(w))
+        .collect();
     if moving.is_empty() {
         bail!("{victim} runs no workload: {}", summarize(&s));
     }
@@ -1399,7 +1446,7 @@ fn soak(a: &SoakArgs) -> Result<()> {
     }
     let duration = Duration::from_secs_f64(a.minutes * 60.0);
     let load_before = load_average();
-    let mut bed = start_bed(&a.common, a.fence, true)?;
+    let mut bed = start_bed(&a.common, a.fence, true, None)?;
     if !bed.host_names().contains(&a.host) {
         bail!(
             "--host {}: the bed has hosts {:?}",
