@@ -154,6 +154,21 @@ impl Slice {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// Once the host is online, apply one workload (`svc`) and wait until
+    /// it runs.
+    fn run_one_sleeper(&self) -> StatusResponse {
+        self.wait_for("the host online", |s| {
+            s.hosts.len() == 1 && s.hosts[0].state == "online"
+        });
+        let file = write(&self.dir, "w.toml", &sleeper("svc", "medium"));
+        let out = Command::new(exe())
+            .args(["--server", &self.server(), "apply", "-f", &file])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        self.wait_for("svc running", |s| all_running(s, 1))
+    }
+
     fn wait_for(&self, what: &str, pred: impl Fn(&StatusResponse) -> bool) -> StatusResponse {
         let deadline = Instant::now() + FORM_TIMEOUT;
         loop {
@@ -196,16 +211,7 @@ fn procs(cgroup: &Path) -> Vec<u32> {
 fn workloads_and_keeper_outlive_a_kill_of_the_agents_cgroup() {
     let mut slice = Slice::new("cgdefault");
     slice.start_agent(&["--bootstrap"]);
-    slice.wait_for("the host online", |s| {
-        s.hosts.len() == 1 && s.hosts[0].state == "online"
-    });
-    let file = write(&slice.dir, "w.toml", &sleeper("svc", "medium"));
-    let out = Command::new(exe())
-        .args(["--server", &slice.server(), "apply", "-f", &file])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let s = slice.wait_for("svc running", |s| all_running(s, 1));
+    let s = slice.run_one_sleeper();
     let pid = workload(&s, "svc").pid.unwrap();
     let generation = workload(&s, "svc").generation;
     let keeper: u32 = fs::read_to_string(slice.dir.join("data/keeper.pid"))
@@ -313,16 +319,7 @@ fn the_packaged_layout_keeps_keeper_and_workloads_across_an_agent_restart() {
     }
     let root_arg = root.to_str().unwrap().to_string();
     slice.start_agent(&["--bootstrap", "--cgroup-root", &root_arg]);
-    slice.wait_for("the host online", |s| {
-        s.hosts.len() == 1 && s.hosts[0].state == "online"
-    });
-    let file = write(&slice.dir, "w.toml", &sleeper("svc", "medium"));
-    let out = Command::new(exe())
-        .args(["--server", &slice.server(), "apply", "-f", &file])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let s = slice.wait_for("svc running", |s| all_running(s, 1));
+    let s = slice.run_one_sleeper();
     let pid = workload(&s, "svc").pid.unwrap();
     assert!(
         procs(&slice.cgroup.join("haven-workloads-keeper")).is_empty(),
