@@ -1066,6 +1066,20 @@ async fn probe(State(node): State<Arc<Node>>, body: Body) -> Reply {
         Ok(r) => r,
         Err(r) => return r,
     };
+    // Only a host name and a socket address: a probe is one GET of
+    // `/v1/ping` there, nothing a caller can steer elsewhere.
+    if let Err(m) = check_name(&req.host) {
+        return error(StatusCode::BAD_REQUEST, format!("field \"host\": {m}"));
+    }
+    if req.address.parse::<std::net::SocketAddr>().is_err() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "field \"address\": expected IP:PORT; got {:?}",
+                haven_core::spec::shorten(&req.address, 64)
+            ),
+        );
+    }
     let timeout = Duration::from_millis(req.timeout_ms.clamp(10, 2_000));
     let p = crate::coordinator::probe_once(&node, &req.host, &req.address, timeout).await;
     Json(crate::api::ProbeResponse {

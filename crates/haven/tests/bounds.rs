@@ -459,3 +459,43 @@ fn a_burst_of_large_applies_keeps_one_leader_and_every_lease() {
 fn all_hosts_online(s: &StatusResponse) -> bool {
     s.hosts.iter().all(|h| h.state == "online")
 }
+
+#[test]
+fn a_probe_request_names_what_is_wrong_and_goes_nowhere_else() {
+    let c = one_host("probe");
+    let server = c.host("h1").address();
+    for (body, field) in [
+        (
+            r#"{"host":"h2","address":"example.org:80","timeout_ms":100}"#,
+            "address",
+        ),
+        (
+            r#"{"host":"h2","address":"http://10.0.0.1/","timeout_ms":100}"#,
+            "address",
+        ),
+        (
+            r#"{"host":"../x","address":"127.0.0.1:1","timeout_ms":100}"#,
+            "host",
+        ),
+    ] {
+        let (status, text) = post_raw(&server, "/v1/probe", body.as_bytes().to_vec());
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(
+            error_text(&text).contains(&format!("field \"{field}\"")),
+            "{body}: {text}"
+        );
+    }
+    let (status, _) = post_raw(&server, "/v1/probe", vec![b'x'; 100_000]);
+    assert_eq!(status, 413, "a body over the route's limit");
+    // A well-formed probe of a closed port: answered, not reached, refused.
+    let (status, text) = post_raw(
+        &server,
+        "/v1/probe",
+        br#"{"host":"h2","address":"127.0.0.1:1","timeout_ms":200}"#.to_vec(),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("\"reached\":false") && text.contains("\"refused\":true"),
+        "{text}"
+    );
+}
