@@ -263,17 +263,9 @@ impl Datastore {
     /// Remove our lock on `workload` (only if it is still ours).
     pub fn release_lock(&self, workload: &str, host: &str) {
         let p = self.root.join("locks").join(workload);
-        if self.read(&p).is_some_and(|r| r.host == host) {
+        if try_read(&p).ok().flatten().is_some_and(|r| r.host == host) {
             let _ = std::fs::remove_file(p);
         }
-    }
-
-    pub fn read_heartbeat(&self, host: &str) -> Option<Record> {
-        self.read(&self.root.join("hosts").join(host))
-    }
-
-    pub fn read_lock(&self, workload: &str) -> Option<Record> {
-        self.read(&self.root.join("locks").join(workload))
     }
 
     /// A lock file as it is now: `Ok(None)` when there is none, `Err` when
@@ -285,10 +277,6 @@ impl Datastore {
     /// A heartbeat file as it is now (see `try_read_lock`).
     pub fn try_read_heartbeat(&self, host: &str) -> std::io::Result<Option<Record>> {
         try_read(&self.root.join("hosts").join(host))
-    }
-
-    fn read(&self, p: &Path) -> Option<Record> {
-        try_read(p).ok().flatten()
     }
 }
 
@@ -401,17 +389,17 @@ mod tests {
         ds.create().unwrap();
         ds.check().unwrap();
         ds.write_heartbeat("h1", 7).unwrap();
-        assert_eq!(ds.read_heartbeat("h1").unwrap().seq, 7);
+        assert_eq!(ds.try_read_heartbeat("h1").unwrap().unwrap().seq, 7);
         ds.write_lock("web", "h1", Generation(3), 8).unwrap();
-        let r = ds.read_lock("web").unwrap();
+        let r = ds.try_read_lock("web").unwrap().unwrap();
         assert_eq!(
             (r.host.as_str(), r.generation, r.seq),
             ("h1", Some(Generation(3)), 8)
         );
         ds.release_lock("web", "h2");
-        assert!(ds.read_lock("web").is_some());
+        assert!(ds.try_read_lock("web").unwrap().is_some());
         ds.release_lock("web", "h1");
-        assert!(ds.read_lock("web").is_none());
+        assert!(ds.try_read_lock("web").unwrap().is_none());
     }
 
     #[test]
@@ -442,7 +430,8 @@ mod tests {
         ds.check().unwrap();
         ds.write_heartbeat("h1", 5).unwrap();
         assert!(Datastore::new(d.path(), "c2")
-            .read_heartbeat("h1")
+            .try_read_heartbeat("h1")
+            .unwrap()
             .is_none());
         // A marker rewritten for another cluster is refused.
         std::fs::write(
