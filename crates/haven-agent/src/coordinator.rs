@@ -17,6 +17,8 @@ use crate::node::Node;
 /// State of one term of office; dropped when leadership moves.
 pub struct Office {
     pub term: u64,
+    /// The handover credit this office started with.
+    pub credit_ms: u64,
     pub detector: Detector,
     /// host → its last report in this office.
     pub reports: BTreeMap<String, HostReport>,
@@ -57,6 +59,7 @@ impl Office {
     pub fn new(term: u64, now_ms: u64, credit_ms: u64) -> Office {
         Office {
             term,
+            credit_ms,
             detector: Detector::new(now_ms.saturating_sub(credit_ms)),
             reports: BTreeMap::new(),
             boots: BTreeMap::new(),
@@ -162,7 +165,7 @@ pub fn office_for<'a>(
         let credit_ms = node
             .consensus
             .as_ref()
-            .map_or(0, |c| c.handover_credit().as_millis() as u64);
+            .map_or(0, |c| c.handover_credit(term).as_millis() as u64);
         let mut office = Office::new(term, now_ms, credit_ms);
         // Members at office start get the credit too; only hosts that join
         // later are given a full `lease + margin` from when they appear.
@@ -276,7 +279,7 @@ pub async fn run(node: Arc<Node>) {
             .map(|io| io.reads.lock().unwrap().clone());
         let read_problem = datastore.as_ref().and_then(|io| io.read_problem());
         let mut wanted = BTreeSet::new();
-        let (cmds, announce, wait_ms) = {
+        let (cmds, announce, wait_ms, credit_ms) = {
             let mut slot = node.office.lock().unwrap();
             let office = office_for(&mut slot, &node, term, now);
             let announce = !office.announced;
@@ -501,9 +504,9 @@ pub async fn run(node: Arc<Node>) {
                     at_ms,
                 });
                 cmds.extend(decided);
-                let credit_ms = consensus.handover_credit().as_millis() as u64;
+                let credit_ms = office.credit_ms;
                 let wait_ms = (timing.lease_ms.max(state.prior_lease_ms) + timing.margin_ms).saturating_sub(credit_ms);
-                (cmds, announce, wait_ms)
+                (cmds, announce, wait_ms, credit_ms)
             })
         };
         if let Some(io) = &datastore {
@@ -518,9 +521,8 @@ pub async fn run(node: Arc<Node>) {
         let mut cmds = cmds;
         if announce {
             let msg = format!(
-                "{} took office as coordinator (term {term}); no host is declared failed for {wait_ms} ms (lease + margin, less the {} ms the voters had already waited: leader lease less drift)",
+                "{} took office as coordinator (term {term}); no host is declared failed for {wait_ms} ms (lease + margin, less the {credit_ms} ms the electing voters had already not heard from the old leader, less drift)",
                 node.identity.name,
-                consensus.handover_credit().as_millis(),
             );
             cmds.insert(
                 0,

@@ -130,10 +130,6 @@ impl ConsensusConfig {
     }
 }
 
-/// The drift bound of the handover credit: clocks run at most 1/20 (5%)
-/// apart in rate over a leader lease.
-const HANDOVER_DRIFT_DIVISOR: u32 = 20;
-
 /// This host's Raft node. Cheap to clone; all clones share the node.
 #[derive(Clone)]
 pub struct Consensus {
@@ -199,7 +195,8 @@ impl Consensus {
             })??;
         let closed = store.closed.clone();
         let state = store.state_machine.shared_state();
-        let network = HttpNetwork::new().map_err(|e| {
+        let sticky = Arc::new(network::Stickiness::new(leader_lease));
+        let network = HttpNetwork::new(sticky.clone()).map_err(|e| {
             ConsensusError::Config(format!("cannot build the Raft HTTP client: {e}"))
         })?;
         let raft = Raft::new(
@@ -227,7 +224,7 @@ impl Consensus {
                 state,
                 initialized: AtomicBool::new(initialized),
                 closed,
-                sticky: Arc::new(network::Stickiness::new(leader_lease)),
+                sticky,
             }),
         })
     }
@@ -338,8 +335,20 @@ impl Consensus {
             // Still leading in the same term once the round is answered
             // (a vote granted meanwhile ends the term): only then does the
             // round count, for leases and for refusing votes.
-            Ok(Ok(_)) if term.is_some() && self.leader_term() == term => {
-                self.inner.sticky.record(term.unwrap_or_default(), sent);
+            // Still leading in the same term once the round is answered,
+            // and no vote granted since it was sent (a vote ends the
+            // term): only then does the round count, for leases and for
+            // refusing votes.
+            Ok(Ok(_))
+                if term.is_some()
+                    && self
+                        .inner
+                        .sticky
+                        .record_round(term.unwrap_or_default(), sent, || {
+                            self.leader_term() == term
+                        })
+                        .await =>
+            {
                 Ok(())
             }
             Ok(Ok(_)) => Err(ConsensusError::Stopped {
@@ -370,16 +379,26 @@ impl Consensus {
         self.inner.raft.metrics().borrow().clone()
     }
 
-    /// How much of `lease + margin` a newly elected leader may count as
-    /// already waited when it takes office: openraft's leader lease less
-    /// the clock-rate drift bound (ARCHITECTURE.md, "the handover"). Every
-    /// voter that answered the old leader's last confirmation round, and
-    /// the old leader itself (`Stickiness`), refused votes for a leader
-    /// lease after it, so no lease the old leader granted outlives
-    /// `election + W + lease` less this.
-    pub fn handover_credit(&self) -> Duration {
-        let ll = self.inner.sticky.leader_lease;
-        ll - ll / HANDOVER_DRIFT_DIVISOR
+    /// How much of `lease + margin` this node, newly elected leader in
+    /// `term`, may count as already waited, asked when it takes office
+    /// (ARCHITECTURE.md, "the handover"). Every voter that granted it its
+    /// vote said how long it had not answered an older leader; so did this
+    /// node. The old leader's last lease rests on a confirmation round that
+    /// a majority answered, and that majority shares a voter with the one
+    /// that elected this node: no such round was answered later than the
+    /// latest of those silences, less the clock-rate drift bound. Never
+    /// less than openraft's leader lease less the drift bound, which every
+    /// granting voter (and the old leader, `Stickiness`) waited anyway.
+    pub fn handover_credit(&self, term: u64) -> Duration {
+        let voters = self
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        self.inner
+            .sticky
+            .credit(term, voters, std::time::Instant::now())
     }
 
     /// Current leader id and address, if this node knows one (a stopped

@@ -22,9 +22,9 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bound on establishing a TCP connection to a peer. Peers are on the
 /// cluster network; a longer wait only delays noticing that one is down.
@@ -47,6 +47,7 @@ const POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
 pub struct HttpNetwork {
     client: reqwest::Client,
     timeouts: PeerTimeouts,
+    sticky: Arc<Stickiness>,
 }
 
 /// Consecutive timed-out RPCs per peer, shared by every client openraft
@@ -72,7 +73,7 @@ impl PeerTimeouts {
 }
 
 impl HttpNetwork {
-    pub fn new() -> Result<HttpNetwork, reqwest::Error> {
+    pub fn new(sticky: Arc<Stickiness>) -> Result<HttpNetwork, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
@@ -85,6 +86,7 @@ impl HttpNetwork {
         Ok(HttpNetwork {
             client,
             timeouts: PeerTimeouts::default(),
+            sticky,
         })
     }
 }
@@ -96,6 +98,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
         HttpPeer {
             client: self.client.clone(),
             timeouts: self.timeouts.clone(),
+            sticky: self.sticky.clone(),
             target,
             addr: node.addr.clone(),
         }
@@ -106,6 +109,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 pub struct HttpPeer {
     client: reqwest::Client,
     timeouts: PeerTimeouts,
+    sticky: Arc<Stickiness>,
     target: NodeId,
     addr: String,
 }
@@ -121,6 +125,20 @@ impl HttpPeer {
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
+    {
+        let resp = self.send(route, req, timeout).await?;
+        self.decode(resp).await
+    }
+
+    async fn send<Req, E>(
+        &self,
+        route: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        E: std::error::Error,
     {
         let url = format!("http://{}/raft/{route}", self.addr);
         let resp = self
@@ -154,6 +172,17 @@ impl HttpPeer {
             );
             return Err(RPCError::Network(NetworkError::new(&AnyError::error(msg))));
         }
+        Ok(resp)
+    }
+
+    async fn decode<Resp, E>(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let result: Result<Resp, RaftError<NodeId, E>> = resp
             .json()
             .await
@@ -199,48 +228,198 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.post("vote", &rpc, rpc_timeout(&option)).await
+        let resp = self.send("vote", &rpc, rpc_timeout(&option)).await?;
+        let received = Instant::now();
+        let silence = resp
+            .headers()
+            .get(SILENCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let answer: VoteResponse<NodeId> = self.decode(resp).await?;
+        if answer.vote_granted && answer.vote == rpc.vote {
+            self.sticky
+                .note_grant(rpc.vote.leader_id().term, received, silence);
+        }
+        Ok(answer)
     }
 }
 
-/// The routes peers call; merged into the host's HTTP server by the agent.
-/// Leader stickiness: while this node leads and a majority confirmed its
-/// leadership within openraft's leader lease, it grants no vote. Every
-/// other voter already refuses votes for a leader lease after hearing from
-/// the leader; with this, the leader itself does too, so whoever is
-/// elected next was elected at least a leader lease after the last
-/// confirmation round any majority answered (ARCHITECTURE.md, "the
-/// handover"). A host back from a partition no longer deposes a healthy
-/// leader.
+/// The response header a voter adds to a vote it grants: how long, in whole
+/// milliseconds on its own clock, since it last answered a leader
+/// (`Stickiness::silence`). The candidate turns it into its handover credit.
+pub const SILENCE_HEADER: &str = "haven-silence-ms";
+
+/// Leader stickiness and what a voter knows of its own silence.
+///
+/// While this node leads and a majority confirmed its leadership within
+/// openraft's leader lease, it grants no vote. Every other voter already
+/// refuses votes for a leader lease after hearing from the leader; with
+/// this, the leader itself does too, so whoever is elected next was elected
+/// at least a leader lease after the last confirmation round any majority
+/// answered (ARCHITECTURE.md, "the handover"). A host back from a partition
+/// no longer deposes a healthy leader.
+///
+/// A voter also reports, with each vote it grants, how long it has not
+/// answered any leader (`silence`), and a candidate keeps, per term, the
+/// latest instant any voter that granted it may have answered an older
+/// leader (`answered_by`): the new leader's credit is the time since then,
+/// not just the leader lease.
 pub struct Stickiness {
-    /// (term, send time) of the newest confirmation round a majority
-    /// answered while this node still led in that term.
-    confirmed: Mutex<Option<(u64, std::time::Instant)>>,
+    state: Mutex<Sticky>,
+    /// Held across a vote decision and across recording a confirmation
+    /// round, so that a round answered while this node grants a vote is
+    /// either recorded before the vote (which is then refused) or voided.
+    gate: tokio::sync::Mutex<()>,
     pub leader_lease: Duration,
 }
+
+struct Sticky {
+    /// (term, send time) of the newest confirmation round a majority
+    /// answered while this node still led in that term.
+    confirmed: Option<(u64, Instant)>,
+    /// When this node last finished answering an AppendEntries (or
+    /// started: a restarted voter may have answered just before).
+    answered: Instant,
+    /// AppendEntries being answered now.
+    answering: u32,
+    /// When this node last granted a vote.
+    granted: Option<Instant>,
+    /// term → the latest instant (own clock) at which a voter that granted
+    /// this node its vote in that term may have answered an older leader.
+    answered_by: BTreeMap<u64, Instant>,
+}
+
+/// Terms of grants kept for the handover credit.
+const GRANT_TERMS_KEPT: usize = 8;
 
 impl Stickiness {
     pub fn new(leader_lease: Duration) -> Stickiness {
         Stickiness {
-            confirmed: Mutex::new(None),
+            state: Mutex::new(Sticky {
+                confirmed: None,
+                answered: Instant::now(),
+                answering: 0,
+                granted: None,
+                answered_by: BTreeMap::new(),
+            }),
+            gate: tokio::sync::Mutex::new(()),
             leader_lease,
         }
     }
 
-    pub fn record(&self, term: u64, sent: std::time::Instant) {
-        let mut c = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
-        if c.is_none_or(|(t, at)| t < term || (t == term && at < sent)) {
-            *c = Some((term, sent));
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sticky> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record a confirmation round sent at `sent` and answered by a
+    /// majority while this node led in `term`, unless this node granted a
+    /// vote since `sent` (the vote ended the term: the round is void).
+    /// `still_leading` is asked under the gate. Returns whether it counts.
+    pub async fn record_round(
+        &self,
+        term: u64,
+        sent: Instant,
+        still_leading: impl FnOnce() -> bool,
+    ) -> bool {
+        let _gate = self.gate.lock().await;
+        if !still_leading() {
+            return false;
         }
+        let mut s = self.lock();
+        if s.granted.is_some_and(|g| g >= sent) {
+            return false;
+        }
+        if s.confirmed
+            .is_none_or(|(t, at)| t < term || (t == term && at < sent))
+        {
+            s.confirmed = Some((term, sent));
+        }
+        true
     }
 
     /// Does this node, leading in `term`, refuse votes now?
-    pub fn refuses(&self, term: Option<u64>) -> bool {
-        let c = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
-        match (*c, term) {
+    fn refuses(&self, term: Option<u64>) -> bool {
+        match (self.lock().confirmed, term) {
             (Some((t, at)), Some(now_term)) => t == now_term && at.elapsed() <= self.leader_lease,
             _ => false,
         }
+    }
+
+    /// An AppendEntries is being answered until the guard drops.
+    fn answering(&self) -> Answering<'_> {
+        self.lock().answering += 1;
+        Answering(self)
+    }
+
+    /// The latest instant this node may have answered a leader (or, as
+    /// one, sent a round a majority answered in a term before `before`).
+    fn last_answer(&self, now: Instant, before: u64) -> Instant {
+        let s = self.lock();
+        if s.answering > 0 {
+            return now;
+        }
+        match s.confirmed {
+            Some((term, sent)) if term < before => sent.max(s.answered),
+            _ => s.answered,
+        }
+    }
+
+    /// How long this node has not answered any leader.
+    pub fn silence(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_answer(now, u64::MAX))
+    }
+
+    /// A voter granted this node its vote in `term`, answering at
+    /// `received` (own clock) with `silence` (its clock; the leader lease
+    /// when it did not say: openraft's own guarantee).
+    fn note_grant(&self, term: u64, received: Instant, silence: Option<Duration>) {
+        let silence = silence.unwrap_or(self.leader_lease);
+        // The voter's clock may run fast: count its silence less the drift.
+        let silence = silence - silence / HANDOVER_DRIFT_DIVISOR;
+        let at = received.checked_sub(silence).unwrap_or(received);
+        let mut s = self.lock();
+        let e = s.answered_by.entry(term).or_insert(at);
+        *e = (*e).max(at);
+        while s.answered_by.len() > GRANT_TERMS_KEPT {
+            s.answered_by.pop_first();
+        }
+    }
+
+    /// The handover credit of a leader that took office in `term` with
+    /// `voters` voters, computed at `now` (DESIGN §2.3): how long every
+    /// voter of the majority that elected it, itself included, has not
+    /// answered an older leader, less the drift bound, and never less than
+    /// openraft's leader lease less the drift bound.
+    pub fn credit(&self, term: u64, voters: usize, now: Instant) -> Duration {
+        let floor = self.leader_lease - self.leader_lease / HANDOVER_DRIFT_DIVISOR;
+        // Its own rounds in this term confirm its own leadership: not the
+        // old leader's.
+        let own = self.last_answer(now, term);
+        let by = match self.lock().answered_by.get(&term) {
+            Some(&at) => at.max(own),
+            // No grant seen for this term: elected alone, or unknown.
+            None if voters <= 1 => own,
+            None => return floor,
+        };
+        let since = now.saturating_duration_since(by);
+        floor.max(since - since / HANDOVER_DRIFT_DIVISOR)
+    }
+}
+
+/// The drift bound of the handover credit: clocks run at most 1/20 (5%)
+/// apart in rate over the times it counts.
+pub const HANDOVER_DRIFT_DIVISOR: u32 = 20;
+
+/// While alive, an AppendEntries is being answered; dropping it (the answer
+/// sent, or the request abandoned) records the answer's time.
+struct Answering<'a>(&'a Stickiness);
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.answering = s.answering.saturating_sub(1);
+        s.answered = s.answered.max(Instant::now());
     }
 }
 
@@ -285,9 +464,10 @@ pub fn router(
 }
 
 async fn append(
-    State(RouterState { raft, .. }): State<RouterState>,
+    State(RouterState { raft, sticky, .. }): State<RouterState>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    let _answering = sticky.answering();
     Json(raft.append_entries(req).await)
 }
 
@@ -298,20 +478,39 @@ async fn vote(
         node_id,
     }): State<RouterState>,
     Json(req): Json<VoteRequest<NodeId>>,
-) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+) -> axum::response::Response {
+    let _gate = sticky.gate.lock().await;
     let m = raft.metrics().borrow().clone();
     let leading = (m.running_state.is_ok()
         && m.state == openraft::ServerState::Leader
         && m.current_leader == Some(node_id))
     .then_some(m.current_term);
+    let req_vote = req.vote;
     if sticky.refuses(leading) {
         tracing::debug!(
             candidate = req.vote.leader_id().voted_for(),
             "vote refused: this leader's lease holds"
         );
-        return Json(Ok(VoteResponse::new(m.vote, m.last_applied, false)));
+        return Json(Ok::<_, RaftError<NodeId>>(VoteResponse::new(
+            m.vote,
+            m.last_applied,
+            false,
+        )))
+        .into_response();
     }
-    Json(raft.vote(req).await)
+    let answer = raft.vote(req).await;
+    let granted = answer
+        .as_ref()
+        .is_ok_and(|r| r.vote_granted && r.vote == req_vote);
+    let mut resp = Json(answer).into_response();
+    if granted {
+        let now = Instant::now();
+        sticky.lock().granted = Some(now);
+        let ms = sticky.silence(now).as_millis() as u64;
+        resp.headers_mut()
+            .insert(SILENCE_HEADER, axum::http::HeaderValue::from(ms));
+    }
+    resp
 }
 
 async fn snapshot(
@@ -325,11 +524,11 @@ async fn snapshot(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_leader_refuses_votes_only_within_its_lease_in_its_own_term() {
+    #[tokio::test]
+    async fn a_leader_refuses_votes_only_within_its_lease_in_its_own_term() {
         let s = Stickiness::new(Duration::from_millis(100));
         assert!(!s.refuses(Some(3)), "never confirmed: votes are granted");
-        s.record(3, std::time::Instant::now());
+        assert!(s.record_round(3, Instant::now(), || true).await);
         assert!(s.refuses(Some(3)));
         assert!(!s.refuses(None), "not leading: votes are granted");
         assert!(
@@ -337,9 +536,122 @@ mod tests {
             "a later term of its own: not this round"
         );
         // An older round never replaces a newer one.
-        s.record(3, std::time::Instant::now() - Duration::from_secs(5));
+        assert!(
+            s.record_round(3, Instant::now() - Duration::from_secs(5), || true)
+                .await
+        );
         assert!(s.refuses(Some(3)));
         std::thread::sleep(Duration::from_millis(150));
         assert!(!s.refuses(Some(3)), "the lease ran out: votes are granted");
+    }
+
+    #[tokio::test]
+    async fn a_round_answered_after_a_vote_was_granted_does_not_count() {
+        let s = Stickiness::new(Duration::from_millis(400));
+        let sent = Instant::now();
+        s.lock().granted = Some(Instant::now());
+        assert!(!s.record_round(3, sent, || true).await);
+        assert!(!s.refuses(Some(3)));
+        assert!(
+            !s.record_round(3, Instant::now(), || false).await,
+            "no longer leading: void"
+        );
+        assert!(s.record_round(3, Instant::now(), || true).await);
+        assert!(s.refuses(Some(3)));
+    }
+
+    /// Set what a node last answered, as if `ago` before `now`.
+    fn answered(s: &Stickiness, now: Instant, ago: Duration) {
+        s.lock().answered = now - ago;
+    }
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn the_credit_is_the_shortest_silence_of_the_electing_voters_less_drift() {
+        let s = Stickiness::new(MS(400));
+        let now = Instant::now();
+        answered(&s, now, MS(2_000));
+        // Two voters granted: one had not heard a leader for 1500 ms, the
+        // other for 700 ms. The 700 ms voter may have answered the old
+        // leader's last round; its silence (less drift) is the credit.
+        s.note_grant(5, now, Some(MS(1_500)));
+        s.note_grant(5, now, Some(MS(700)));
+        let credit = s.credit(5, 3, now);
+        let expected = MS(700) - MS(700) / HANDOVER_DRIFT_DIVISOR;
+        let expected = expected - expected / HANDOVER_DRIFT_DIVISOR;
+        assert!(
+            credit >= expected && credit <= MS(700) - MS(700) / HANDOVER_DRIFT_DIVISOR,
+            "{credit:?}"
+        );
+        // Its own silence bounds it too.
+        answered(&s, now, MS(500));
+        let credit = s.credit(5, 3, now);
+        assert!(credit <= MS(500) && credit >= MS(450), "{credit:?}");
+        // Another term's grants do not count.
+        assert_eq!(s.credit(6, 3, now), MS(380), "no grant seen: the floor");
+    }
+
+    #[test]
+    fn the_credit_is_never_less_than_the_leader_lease_less_drift() {
+        let s = Stickiness::new(MS(400));
+        let now = Instant::now();
+        answered(&s, now, MS(2_000));
+        s.note_grant(5, now, Some(MS(10)));
+        assert_eq!(s.credit(5, 3, now), MS(380));
+        // A voter that did not say (an older version) counts openraft's
+        // leader lease.
+        s.note_grant(7, now, None);
+        assert_eq!(s.credit(7, 3, now), MS(380));
+        // Elected alone: its own silence.
+        assert!(s.credit(8, 1, now) >= MS(1_800));
+    }
+
+    #[test]
+    fn an_append_being_answered_makes_the_silence_zero() {
+        let s = Stickiness::new(MS(400));
+        let now = Instant::now();
+        answered(&s, now, MS(2_000));
+        assert!(s.silence(now) >= MS(2_000));
+        {
+            let _a = s.answering();
+            assert_eq!(s.silence(Instant::now()), Duration::ZERO);
+            s.note_grant(5, Instant::now(), Some(MS(3_000)));
+            assert_eq!(s.credit(5, 3, Instant::now()), MS(380));
+        }
+        assert!(
+            s.silence(Instant::now()) < MS(100),
+            "the answer was just sent"
+        );
+    }
+
+    #[test]
+    fn a_voter_that_led_counts_its_last_confirmed_round() {
+        let s = Stickiness::new(MS(400));
+        let now = Instant::now();
+        answered(&s, now, MS(5_000));
+        s.lock().confirmed = Some((4, now - MS(600)));
+        let silence = s.silence(now);
+        assert!(silence >= MS(600) && silence < MS(700), "{silence:?}");
+    }
+
+    #[test]
+    fn a_new_leader_does_not_count_its_own_rounds_of_this_term() {
+        let s = Stickiness::new(MS(400));
+        let now = Instant::now();
+        answered(&s, now, MS(900));
+        s.note_grant(5, now, Some(MS(900)));
+        s.lock().confirmed = Some((5, now));
+        assert!(s.credit(5, 3, now) >= MS(800));
+        // A round of its own in an older term does count.
+        s.lock().confirmed = Some((4, now - MS(500)));
+        let credit = s.credit(5, 3, now);
+        assert!(credit >= MS(450) && credit <= MS(500), "{credit:?}");
+    }
+
+    #[test]
+    fn a_restarted_voter_counts_as_just_answered() {
+        let s = Stickiness::new(MS(400));
+        assert!(s.silence(Instant::now()) < MS(100));
     }
 }

@@ -292,6 +292,67 @@ async fn three_nodes_replicate_fail_over_and_recover() {
     n3.stop().await;
 }
 
+/// The handover credit (ARCHITECTURE.md, "the handover"): a leader elected
+/// after its old leader went away counts how long the voters that elected
+/// it had not heard from the old one, not just openraft's leader lease; and
+/// never more than really passed since they last answered it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_counts_the_silence_of_the_voters_that_elected_it() {
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    let mut n1 = Node::start(1, dirs[0].path(), listener().await).await;
+    n1.consensus.initialize(&n1.addr).await.unwrap();
+    n1.consensus
+        .wait_for_leader(Duration::from_millis(WAIT_MS))
+        .await;
+    let mut n2 = Node::start(2, dirs[1].path(), listener().await).await;
+    let mut n3 = Node::start(3, dirs[2].path(), listener().await).await;
+    n1.consensus.add_voter(2, &n2.addr).await.unwrap();
+    n1.consensus.add_voter(3, &n3.addr).await.unwrap();
+
+    // Both followers answer the leader after `answered`.
+    let answered = std::time::Instant::now();
+    let event = Command::RecordEvent {
+        message: "last words".into(),
+        at_ms: 5_000,
+    };
+    n1.consensus.propose(event).await.unwrap();
+    eventually("both followers to apply the last entry", || {
+        snapshot_of(&n2.consensus) == snapshot_of(&n1.consensus)
+            && snapshot_of(&n3.consensus) == snapshot_of(&n1.consensus)
+    })
+    .await;
+    n1.stop().await;
+    let leader = wait_for("a new leader among nodes 2 and 3", || {
+        [&n2, &n3].into_iter().find(|n| n.consensus.is_leader())
+    })
+    .await;
+    let term = leader.consensus.leader_term().expect("leads");
+    // As the coordinator does: confirm the new leadership first (its own
+    // rounds of this term say nothing of the old leader).
+    leader
+        .consensus
+        .confirm_leadership(Duration::from_millis(WAIT_MS))
+        .await
+        .unwrap();
+    let credit = leader.consensus.handover_credit(term);
+    let real = answered.elapsed();
+    // openraft's leader lease (the longest election timeout), less drift.
+    let floor = Duration::from_millis(CONFIG.election_timeout_max_ms * 19 / 20);
+    assert!(
+        credit <= real,
+        "credit {credit:?} exceeds the {real:?} since the voters last answered the old leader"
+    );
+    // A follower calls an election only a leader lease plus an election
+    // timeout after it last heard the leader: the voters' silence says so.
+    let election_min = Duration::from_millis(CONFIG.election_timeout_min_ms * 19 / 20);
+    assert!(
+        credit >= floor + election_min / 2,
+        "credit {credit:?}: only the leader lease ({floor:?}) was counted"
+    );
+    n2.stop().await;
+    n3.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_node_restart_recovers_state_and_log() {
     let dir = TempDir::new().unwrap();

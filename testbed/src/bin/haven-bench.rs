@@ -1224,6 +1224,13 @@ fn one_crash(
                 .filter(|e| e.at_ms >= crash_wall_ms && e.message.contains("took office"))
                 .count();
             for e in ev.iter().filter(|e| e.at_ms >= crash_wall_ms) {
+                if a.coordinator && e.message.contains("took office") {
+                    eprintln!(
+                        "crash {k} ({victim}): +{} ms: {}",
+                        e.at_ms as i64 - crash_wall_ms as i64,
+                        e.message
+                    );
+                }
                 if unexpected(&e.message, &victim, &all)
                     || (elections > expected_elections && e.message.contains("took office"))
                 {
