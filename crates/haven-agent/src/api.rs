@@ -36,6 +36,14 @@ pub struct JoinRequest {
     pub capacity: Capacity,
     pub labels: BTreeMap<String, String>,
     pub instance_id: String,
+    /// A certificate signing request for the joiner's own key (`pki::csr`).
+    pub csr_pem: String,
+}
+
+/// `GET /v1/ca`: the CA certificates hosts of this cluster trust (public).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaResponse {
+    pub bundle_pem: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -47,6 +55,9 @@ pub struct JoinResponse {
     pub managers: Vec<String>,
     /// The cluster's settings: the joiner checks its flags against them.
     pub settings: ClusterSettings,
+    /// The joiner's certificate, and the CA bundle to trust.
+    pub cert_pem: String,
+    pub ca_bundle_pem: String,
 }
 
 /// Second step of a manager's join: its Raft node is up at `address`; make it

@@ -682,7 +682,7 @@ pub enum Probe {
 pub async fn probe_once(node: &Node, host: &str, address: &str, timeout: Duration) -> Probe {
     let r = tokio::time::timeout(timeout, async {
         node.http
-            .get(format!("http://{address}/v1/ping"))
+            .get(format!("{}://{address}/v1/ping", crate::rpc::SCHEME))
             .timeout(timeout)
             .send()
             .await?

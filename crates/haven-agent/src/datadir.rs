@@ -170,56 +170,65 @@ impl DataDir {
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), DataDirError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.path.join(name);
-        let tmp = self.path.join(format!(".{name}.tmp"));
-        let io = |source| DataDirError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)?;
-        File::open(&self.path)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-        Ok(())
+        write_file_atomic(&path, bytes, mode).map_err(|source| DataDirError::Io { path, source })
     }
 }
 
-/// A join token: `HVN1-<cluster id>-<secret>`. The cluster id lets a host
-/// refuse a token for another cluster before it touches anything.
+/// Replace `path` with `bytes` (mode `mode`) so that a crash leaves either
+/// the old file or the new one, never a torn one.
+pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// A join token: `HVN2.<sha256 of the CA certificate>.<id>.<secret>`. The
+/// hash pins the cluster before anything secret is sent (DESIGN §3a).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JoinToken {
-    pub cluster_id: String,
+    pub ca_sha256: String,
+    pub id: String,
     pub secret: String,
 }
 
 impl JoinToken {
-    pub fn generate(cluster_id: &str) -> JoinToken {
+    pub fn generate(id: &str, ca_sha256: &str) -> JoinToken {
         JoinToken {
-            cluster_id: cluster_id.to_owned(),
+            ca_sha256: ca_sha256.to_owned(),
+            id: id.to_owned(),
             secret: random_hex(16),
         }
     }
 
     pub fn parse(text: &str) -> Result<JoinToken, String> {
-        let parts: Vec<&str> = text.trim().split('-').collect();
-        let hex = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit());
+        let parts: Vec<&str> = text.trim().split('.').collect();
+        let hex = |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_hexdigit());
         match parts.as_slice() {
-            ["HVN1", id, secret] if hex(id) && hex(secret) => Ok(JoinToken {
-                cluster_id: id.to_string(),
-                secret: secret.to_string(),
-            }),
+            ["HVN2", ca, id, secret] if ca.len() == 64 && hex(ca) && hex(id) && hex(secret) => {
+                Ok(JoinToken {
+                    ca_sha256: ca.to_ascii_lowercase(),
+                    id: id.to_string(),
+                    secret: secret.to_string(),
+                })
+            }
+            ["HVN1", ..] | [_] if text.starts_with("HVN1-") => Err(
+                "this join token (HVN1-…) is from an older haven without TLS: create a new one with `haven token create` on a host of the cluster".into(),
+            ),
             _ => Err(
-                "malformed join token: expected HVN1-<cluster>-<secret> as printed by `haven agent --bootstrap` (also in <data-dir>/join-token on the bootstrap host)"
+                "malformed join token: expected HVN2.<CA SHA-256>.<id>.<secret> as printed by `haven agent --bootstrap` or `haven token create`"
                     .into(),
             ),
         }
@@ -228,7 +237,7 @@ impl JoinToken {
 
 impl std::fmt::Display for JoinToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HVN1-{}-{}", self.cluster_id, self.secret)
+        write!(f, "HVN2.{}.{}.{}", self.ca_sha256, self.id, self.secret)
     }
 }
 
@@ -245,10 +254,12 @@ mod tests {
 
     #[test]
     fn token_round_trips_and_rejects_garbage() {
-        let t = JoinToken::generate("abcd");
+        let t = JoinToken::generate("abcd", &"ab".repeat(32));
         assert_eq!(JoinToken::parse(&t.to_string()).unwrap(), t);
         assert!(JoinToken::parse("nope").is_err());
-        assert!(JoinToken::parse("HVN1-xyz-12").is_err());
+        assert!(JoinToken::parse("HVN2.12.ab.cd").is_err(), "a short CA hash");
+        let old = JoinToken::parse("HVN1-abcd-12").unwrap_err();
+        assert!(old.contains("older haven"), "{old}");
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub mod heartbeat;
 pub mod lane;
 pub mod logs;
 pub mod node;
+pub mod peer;
+pub mod pki;
 pub mod rpc;
 pub mod serve;
 pub mod server;

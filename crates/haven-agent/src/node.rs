@@ -20,10 +20,23 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{detect_capacity, AgentConfig, StartMode};
 use crate::coordinator::Office;
 use crate::datadir::{random_hex, DataDir, Identity, JoinToken};
+use crate::pki::Tls;
+use crate::api::CaResponse;
 use crate::heartbeat::LeaseState;
 use crate::rpc;
 use crate::supervisor::Supervisor;
 use crate::watchdog::{Watchdog, WatchdogMode};
+
+/// Bound on each request of a join.
+const JOIN_TIMEOUT_MS: u64 = 15_000;
+
+/// The IP address of `address` (`IP:PORT`), for the host certificate.
+pub fn ips_of(address: &str) -> Vec<std::net::IpAddr> {
+    address
+        .parse::<std::net::SocketAddr>()
+        .map(|a| vec![a.ip()])
+        .unwrap_or_default()
+}
 
 /// How long a joining manager keeps asking to be made a voter.
 const PROMOTE_DEADLINE_MS: u64 = 60_000;
@@ -79,6 +92,8 @@ pub struct Node {
     pub supervisor_wake: tokio::sync::Notify,
     /// `haven logs` and the removal of deleted workloads' logs.
     pub logs: crate::logs::LogService,
+    /// This host's TLS material (`pki`).
+    pub tls: Arc<Tls>,
 }
 
 impl Node {
@@ -416,11 +431,11 @@ pub async fn run(
     })?;
     let bound = listener.local_addr()?;
     let address = advertise_address(&cfg, bound).to_string();
-    let http = rpc::client(cfg.rpc_timeout_ms);
     let capacity = cfg.capacity.unwrap_or_else(detect_capacity);
 
     // Decide who we are, refusing anything that does not match the data dir
     // before touching it.
+    let mut new_ca = None;
     let (identity, fresh) = match (&existing, &cfg.mode) {
         (Some(id), mode) => {
             if id.name != cfg.name {
@@ -431,10 +446,12 @@ pub async fn run(
             }
             if let StartMode::Join { token, .. } = mode {
                 let t = JoinToken::parse(token).map_err(|e| anyhow!("--token: {e}"))?;
-                if t.cluster_id != id.cluster_id {
+                let ours = Tls::load(datadir.path(), &id.cluster_id)?
+                    .is_some_and(|tls| crate::pki::pinned_ca(&tls.bundle_pem(), &t.ca_sha256).is_some());
+                if !ours {
                     bail!(
-                        "data dir {} belongs to cluster {}, but the token is for cluster {}: use an empty --data-dir to join another cluster",
-                        cfg.data_dir.display(), id.cluster_id, t.cluster_id
+                        "data dir {} belongs to cluster {}, but the token is for another cluster (its CA's SHA-256 is {}): use an empty --data-dir to join another cluster",
+                        cfg.data_dir.display(), id.cluster_id, t.ca_sha256
                     );
                 }
             }
@@ -454,13 +471,35 @@ pub async fn run(
             "data dir {} holds no cluster membership: start with --bootstrap to create a cluster, or --join ADDR --token TOKEN to join one",
             cfg.data_dir.display()
         ),
-        (None, StartMode::Bootstrap) => (
-            Identity::new(random_hex(8), 1, cfg.name.clone(), random_hex(16), Role::Manager, vec![address.clone()]),
-            true,
-        ),
+        (None, StartMode::Bootstrap) => {
+            let id = Identity::new(random_hex(8), 1, cfg.name.clone(), random_hex(16), Role::Manager, vec![address.clone()]);
+            // The cluster CA and this host's certificate, before anything
+            // listens: every connection is TLS from the first.
+            let ca = crate::pki::new_ca(&id.cluster_id)?;
+            let key = crate::pki::new_host_key()?;
+            let csr = crate::pki::csr(&key, &id.name)?;
+            let cert = crate::pki::sign_host(&ca, &csr, &id.cluster_id, &id.name, Role::Manager, &ips_of(&address))?;
+            Tls::store(datadir.path(), &ca.cert_pem, &cert, &key)?;
+            new_ca = Some(ca);
+            (id, true)
+        }
         (None, StartMode::Join { address: target, token }) => {
             let t = JoinToken::parse(token).map_err(|e| anyhow!("--token: {e}"))?;
             let role = if cfg.manager { Role::Manager } else { Role::Worker };
+            // Pin the cluster before sending anything secret: the CA the
+            // host at `target` serves must be the one the token names.
+            let probe = rpc::unverified_client(JOIN_TIMEOUT_MS)?;
+            let ca: CaResponse = rpc::get(&probe, target, "/v1/ca", false)
+                .await
+                .map_err(|e| anyhow!("join {target}: fetching its CA: {e}"))?;
+            let pinned = crate::pki::pinned_ca(&ca.bundle_pem, &t.ca_sha256).ok_or_else(|| {
+                anyhow!(
+                    "join {target}: its CA is not the one the token names (SHA-256 {}); nothing was sent. Check --join and --token: the host may belong to another cluster, or someone is in the way",
+                    t.ca_sha256
+                )
+            })?;
+            let key = crate::pki::new_host_key()?;
+            let http = rpc::client_builder(JOIN_TIMEOUT_MS, Some(&pinned))?.build()?;
             let req = JoinRequest {
                 name: cfg.name.clone(),
                 address: address.clone(),
@@ -471,13 +510,17 @@ pub async fn run(
                 instance_id: random_hex(16),
                 fence: cfg.fence.clone(),
                 watchdog_timeout_ms: 0,
+                csr_pem: crate::pki::csr(&key, &cfg.name)?,
             };
-            let resp: JoinResponse = rpc::post(&http, target, "/v1/join", &req, false, Some(Duration::from_secs(15)))
+            let resp: JoinResponse = rpc::post(&http, target, "/v1/join", &req, false, Some(Duration::from_millis(JOIN_TIMEOUT_MS)))
                 .await
                 .map_err(|e| anyhow!("join {target}: {e}"))?;
-            if resp.cluster_id != t.cluster_id {
-                bail!("join {target}: that host belongs to cluster {}, not {} named by the token", resp.cluster_id, t.cluster_id);
+            if crate::pki::pinned_ca(&resp.ca_bundle_pem, &t.ca_sha256).is_none() {
+                bail!("join {target}: the CA bundle it sent back does not hold the CA the token names; nothing was stored");
             }
+            // Checks that the certificate is for our key and readable.
+            Tls::new(&resp.cluster_id, &resp.ca_bundle_pem, &resp.cert_pem, &key)
+                .map_err(|e| anyhow!("join {target}: the certificate it signed is not usable: {e:#}; nothing was stored"))?;
             let disagree = haven_core::settings::disagreements(&resp.settings, &cfg.settings_flags);
             if !disagree.is_empty() {
                 bail!(
@@ -486,6 +529,7 @@ pub async fn run(
                 );
             }
             datadir.write_settings(&resp.settings)?;
+            Tls::store(datadir.path(), &resp.ca_bundle_pem, &resp.cert_pem, &key)?;
             let id = Identity::new(resp.cluster_id, resp.node_id, cfg.name.clone(), req.instance_id, role, resp.managers);
             if role == Role::Manager {
                 datadir.write_token(&t.to_string())?;
@@ -495,9 +539,17 @@ pub async fn run(
         }
     };
 
+    let tls = Arc::new(Tls::load(datadir.path(), &identity.cluster_id)?.ok_or_else(|| {
+        anyhow!(
+            "data dir {} holds no TLS material (tls/): it is from a haven without TLS, or tls/ was removed. Join this host again with an empty --data-dir and a token from `haven token create`",
+            cfg.data_dir.display()
+        )
+    })?);
+    let http = rpc::host_client(cfg.rpc_timeout_ms, &tls)?;
+
     let consensus = if identity.role == Role::Manager {
         check_store_file(&datadir, &identity)?;
-        let c = Consensus::open(datadir.path(), identity.node_id, consensus_config(&cfg))
+        let c = Consensus::open_with_tls(datadir.path(), identity.node_id, consensus_config(&cfg), Some(tls.client_config()?))
             .await
             .with_context(|| format!("opening the Raft store in {}", cfg.data_dir.display()))?;
         if let Err(e) = check_store_contents(&c, &datadir, &identity) {
@@ -616,20 +668,21 @@ pub async fn run(
         disk_problem: Mutex::new(None),
         stepped_down: Mutex::new(None),
         supervisor_wake: tokio::sync::Notify::new(),
+        tls: tls.clone(),
         identity,
         cfg,
     });
 
     let app = crate::server::router(node.clone());
     let server = tokio::spawn(crate::serve::serve_until_stopped(
-        listener,
+        crate::serve::TlsListener::new(listener, tls)?,
         app,
         stop_rx.clone(),
     ));
 
     if let Some(c) = &consensus {
-        if fresh && existing.is_none() && matches!(node.cfg.mode, StartMode::Bootstrap) {
-            bootstrap(&node, c).await?;
+        if let (Some(ca), true) = (new_ca, fresh && existing.is_none() && matches!(node.cfg.mode, StartMode::Bootstrap)) {
+            bootstrap(&node, c, ca).await?;
         } else if !c.is_initialized() {
             promote(&node).await?;
         }
@@ -734,17 +787,23 @@ async fn ask_restart_grace(node: &Arc<Node>) {
     );
 }
 
-async fn bootstrap(node: &Arc<Node>, c: &Consensus) -> Result<()> {
+async fn bootstrap(node: &Arc<Node>, c: &Consensus, ca: crate::pki::CaMaterial) -> Result<()> {
     c.initialize(&node.address).await?;
     c.wait_for_leader(Duration::from_millis(BOOTSTRAP_LEADER_WAIT_MS))
         .await
         .ok_or_else(|| anyhow!("the new single-host cluster elected no leader within {BOOTSTRAP_LEADER_WAIT_MS} ms"))?;
     let at_ms = node.clock.wall_ms();
-    let token = JoinToken::generate(&node.identity.cluster_id);
+    let token = JoinToken::generate(&node.identity.cluster_id, &crate::pki::ca_sha256_hex(&ca.cert_pem)?);
     let cmds = [
         Command::InitCluster {
             cluster_id: node.identity.cluster_id.clone(),
             at_ms,
+        },
+        Command::SetCa {
+            ca: haven_core::state::ClusterCa {
+                bundle_pem: ca.cert_pem,
+                key_pem: ca.key_pem,
+            },
         },
         Command::SetJoinSecret {
             secret: token.secret.clone(),

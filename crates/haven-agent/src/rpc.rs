@@ -40,12 +40,43 @@ pub struct NotLeaderBody {
     pub leader: Option<String>,
 }
 
-pub fn client(timeout_ms: u64) -> reqwest::Client {
-    reqwest::Client::builder()
+/// Every call between hosts and from the CLI is HTTPS (mutual TLS between
+/// hosts: `pki`).
+pub const SCHEME: &str = "https";
+
+/// A client builder with this module's timeouts, trusting `ca_pem` (the
+/// cluster CA, from a credential) when given, presenting no certificate.
+pub fn client_builder(timeout_ms: u64, ca_pem: Option<&str>) -> anyhow::Result<reqwest::ClientBuilder> {
+    let b = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(timeout_ms.min(1_000)))
         .timeout(Duration::from_millis(timeout_ms))
         .pool_idle_timeout(Duration::from_secs(30))
-        .no_proxy()
+        .no_proxy();
+    Ok(match ca_pem {
+        Some(ca) => b.use_preconfigured_tls(crate::pki::operator_client_config(ca)?),
+        None => b,
+    })
+}
+
+/// A host's client: presents its certificate, trusts the cluster CA.
+pub fn host_client(timeout_ms: u64, tls: &std::sync::Arc<crate::pki::Tls>) -> anyhow::Result<reqwest::Client> {
+    Ok(client_builder(timeout_ms, None)?
+        .use_preconfigured_tls(tls.client_config()?)
+        .build()?)
+}
+
+/// A client that accepts any server certificate: only for `GET /v1/ca`
+/// before a join, whose answer is checked against the token's hash.
+pub fn unverified_client(timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
+    Ok(client_builder(timeout_ms, None)?
+        .use_preconfigured_tls(crate::pki::unverified_client_config()?)
+        .build()?)
+}
+
+/// A client with no TLS configuration of its own (tests of plain HTTP).
+pub fn client(timeout_ms: u64) -> reqwest::Client {
+    client_builder(timeout_ms, None)
+        .expect("no CA to read")
         .build()
         .expect("reqwest client builds")
 }
@@ -58,7 +89,7 @@ pub async fn post<Req: Serialize, Resp: DeserializeOwned>(
     forwarded: bool,
     timeout: Option<Duration>,
 ) -> Result<Resp, RpcError> {
-    let mut req = http.post(format!("http://{address}{path}")).json(body);
+    let mut req = http.post(format!("{SCHEME}://{address}{path}")).json(body);
     if forwarded {
         req = req.header(FORWARDED_HEADER, "1");
     }
@@ -74,7 +105,7 @@ pub async fn get<Resp: DeserializeOwned>(
     path: &str,
     forwarded: bool,
 ) -> Result<Resp, RpcError> {
-    let mut req = http.get(format!("http://{address}{path}"));
+    let mut req = http.get(format!("{SCHEME}://{address}{path}"));
     if forwarded {
         req = req.header(FORWARDED_HEADER, "1");
     }

@@ -21,10 +21,18 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::serve::{IncomingStream, Listener};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::api::ErrorBody;
+use crate::peer::{CertIdentity, PeerCert};
+use crate::pki::Tls;
 
 /// How long a stopping agent waits for connections that are neither idle
 /// nor in a handler (e.g. headers still arriving).
@@ -33,12 +41,22 @@ pub const SERVER_DRAIN_MS_MAX: u64 = 500;
 /// Serve `app` on `listener` until `stop` turns true (or its sender is
 /// dropped), then end every open request and response (see the module
 /// documentation) and return within `SERVER_DRAIN_MS_MAX`.
-pub async fn serve_until_stopped(listener: TcpListener, app: Router, stop: watch::Receiver<bool>) {
-    let app = app.layer(axum::middleware::from_fn_with_state(
-        stop.clone(),
-        end_on_stop,
-    ));
-    let serving = axum::serve(listener, app).with_graceful_shutdown(stopped(stop.clone()));
+pub async fn serve_until_stopped<L>(listener: L, app: Router, stop: watch::Receiver<bool>)
+where
+    L: Listener<Addr = PeerInfo>,
+    for<'a> PeerInfo: Connected<IncomingStream<'a, L>>,
+{
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(
+            stop.clone(),
+            end_on_stop,
+        ))
+        .layer(axum::middleware::from_fn(peer_extensions));
+    let serving = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<PeerInfo>(),
+    )
+    .with_graceful_shutdown(stopped(stop.clone()));
     let drained = async {
         stopped(stop).await;
         tokio::time::sleep(std::time::Duration::from_millis(SERVER_DRAIN_MS_MAX)).await;
@@ -52,6 +70,152 @@ pub async fn serve_until_stopped(listener: TcpListener, app: Router, stop: watch
         _ = drained => tracing::warn!(
             "HTTP connections still open {SERVER_DRAIN_MS_MAX} ms after the stop: dropped"
         ),
+    }
+}
+
+/// The other end of a connection: its address, and the identity in its
+/// client certificate if it sent one that chains to the cluster CA.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    pub cert: Option<CertIdentity>,
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for PeerInfo {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> PeerInfo {
+        stream.remote_addr().clone()
+    }
+}
+
+impl Connected<IncomingStream<'_, PlainListener>> for PeerInfo {
+    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> PeerInfo {
+        stream.remote_addr().clone()
+    }
+}
+
+/// Middleware: what the connection said of its peer goes into each
+/// request's extensions (`PeerCert`, `ConnectInfo<SocketAddr>`).
+async fn peer_extensions(
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    request.extensions_mut().insert(PeerCert(peer.cert));
+    request.extensions_mut().insert(ConnectInfo(peer.addr));
+    next.run(request).await
+}
+
+/// TLS handshakes in progress at once; connections beyond are closed at
+/// once (a flood of half-open handshakes costs a bounded amount).
+pub const HANDSHAKES_MAX: usize = 256;
+/// A handshake not done within this is dropped.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+/// Accepts TCP connections and completes their TLS handshakes off the
+/// accept path (a slow client holds up nobody else), handing finished ones
+/// to the server.
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, PeerInfo)>,
+    local: SocketAddr,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+impl TlsListener {
+    pub fn new(tcp: TcpListener, tls: Arc<Tls>) -> anyhow::Result<TlsListener> {
+        let local = tcp.local_addr()?;
+        let mut config = tls.server_config()?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let (tx, ready) = mpsc::channel(HANDSHAKES_MAX);
+        let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
+        let accepting = tokio::spawn(async move {
+            loop {
+                let (tcp, addr) = match tcp.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: retry shortly.
+                        tracing::warn!("accepting a connection: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%addr, "{HANDSHAKES_MAX} TLS handshakes in progress: connection closed");
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, tls, tx) = (acceptor.clone(), tls.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let limit = std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+                    let stream = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%addr, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%addr, "TLS handshake not done within {HANDSHAKE_TIMEOUT_MS} ms");
+                            return;
+                        }
+                    };
+                    drop(slot);
+                    let cert = tls.identity(stream.get_ref().1.peer_certificates());
+                    let _ = tx.send((stream, PeerInfo { addr, cert })).await;
+                });
+            }
+        });
+        Ok(TlsListener {
+            ready,
+            local,
+            accepting,
+        })
+    }
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = PeerInfo;
+
+    async fn accept(&mut self) -> (Self::Io, PeerInfo) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept task is gone (it never ends on its own): serve
+            // nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<PeerInfo> {
+        Ok(PeerInfo {
+            addr: self.local,
+            cert: None,
+        })
+    }
+}
+
+/// Plain TCP, for tests of what does not depend on TLS.
+pub struct PlainListener(pub TcpListener);
+
+impl Listener for PlainListener {
+    type Io = TcpStream;
+    type Addr = PeerInfo;
+
+    async fn accept(&mut self) -> (TcpStream, PeerInfo) {
+        let (io, addr) = Listener::accept(&mut self.0).await;
+        (io, PeerInfo { addr, cert: None })
+    }
+
+    fn local_addr(&self) -> std::io::Result<PeerInfo> {
+        Ok(PeerInfo {
+            addr: self.0.local_addr()?,
+            cert: None,
+        })
     }
 }
 
@@ -118,7 +282,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (tx, rx) = watch::channel(false);
-        let server = tokio::spawn(serve_until_stopped(listener, app, rx));
+        let server = tokio::spawn(serve_until_stopped(PlainListener(listener), app, rx));
         (address, tx, server)
     }
 

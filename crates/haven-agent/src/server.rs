@@ -67,6 +67,7 @@ async fn apply_slot(
 pub fn router(node: Arc<Node>) -> Router {
     let limit = |bytes: usize| DefaultBodyLimit::max(bytes);
     let mut r = Router::new()
+        .route("/v1/ca", get(ca))
         .route("/v1/join", post(join).layer(limit(REQUEST_BODY_BYTES_MAX)))
         .route(
             "/v1/promote",
@@ -163,7 +164,7 @@ async fn forward(
     };
     let mut req = node
         .http
-        .request(method, format!("http://{leader}{path_and_query}"))
+        .request(method, format!("{}://{leader}{path_and_query}", crate::rpc::SCHEME))
         .header(FORWARDED_HEADER, "1")
         .timeout(Duration::from_secs(30));
     if let Some(b) = body {
@@ -331,6 +332,31 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> 
             format!("the cluster already has {voters} managers (at most {MANAGERS_MAX}); join this host as a worker (without --manager)"),
         );
     }
+    // Sign before registering: a request whose CSR is bad changes nothing.
+    let Some(ca) = c.read(|s| s.ca.clone()) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this cluster has no CA in its replicated state (made before TLS?); it cannot sign certificates",
+        );
+    };
+    let Ok(ca_cert) = crate::pki::certs_of(&ca.bundle_pem).map(|c| crate::pki::pem_of(&c[0])) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the cluster CA in the replicated state is unreadable");
+    };
+    let material = crate::pki::CaMaterial {
+        cert_pem: ca_cert,
+        key_pem: ca.key_pem.clone(),
+    };
+    let cert_pem = match crate::pki::sign_host(
+        &material,
+        &req.csr_pem,
+        &cluster_id,
+        &req.name,
+        req.role,
+        &crate::node::ips_of(&req.address),
+    ) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("csr_pem: {e:#}")),
+    };
     match propose(
         &node,
         Command::RegisterHost {
@@ -345,6 +371,8 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> 
             node_id,
             managers: managers(&node),
             settings: c.read(|s| s.settings.clone()),
+            cert_pem,
+            ca_bundle_pem: ca.bundle_pem,
         })
         .into_response(),
         Ok(CommandResult::Rejected(m)) => error(StatusCode::CONFLICT, m),
@@ -356,15 +384,20 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> 
     }
 }
 
+/// `GET /v1/ca`: the CA bundle this host trusts (public: certificates).
+async fn ca(State(node): State<Arc<Node>>) -> Reply {
+    Json(CaResponse {
+        bundle_pem: node.tls.bundle_pem(),
+    })
+    .into_response()
+}
+
 fn check_token(cluster_id: &str, secret: &str, token: &str) -> Result<(), Reply> {
     let t = crate::datadir::JoinToken::parse(token).map_err(|e| error(StatusCode::FORBIDDEN, e))?;
-    if t.cluster_id != cluster_id {
+    if t.id != cluster_id {
         return Err(error(
             StatusCode::FORBIDDEN,
-            format!(
-                "the token is for cluster {}, but this is cluster {cluster_id}",
-                t.cluster_id
-            ),
+            "wrong join token: use one printed by `haven agent --bootstrap` or `haven token create`",
         ));
     }
     if secret.is_empty() || !constant_time_eq(t.secret.as_bytes(), secret.as_bytes()) {

@@ -177,6 +177,17 @@ impl Consensus {
         node_id: NodeId,
         config: ConsensusConfig,
     ) -> Result<Consensus, ConsensusError> {
+        Consensus::open_with_tls(data_dir, node_id, config, None).await
+    }
+
+    /// `open`, reaching peers over https with `tls` (the host's mutual-TLS
+    /// client configuration).
+    pub async fn open_with_tls(
+        data_dir: &Path,
+        node_id: NodeId,
+        config: ConsensusConfig,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Consensus, ConsensusError> {
         if node_id == 0 {
             // haven_core's RegisterHost reads node id 0 as "allocate one".
             return Err(ConsensusError::Config(
@@ -196,7 +207,7 @@ impl Consensus {
         let closed = store.closed.clone();
         let state = store.state_machine.shared_state();
         let sticky = Arc::new(network::Stickiness::new(leader_lease));
-        let network = HttpNetwork::new(sticky.clone()).map_err(|e| {
+        let network = HttpNetwork::new(sticky.clone(), tls).map_err(|e| {
             ConsensusError::Config(format!("cannot build the Raft HTTP client: {e}"))
         })?;
         let raft = Raft::new(

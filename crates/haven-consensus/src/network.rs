@@ -46,6 +46,7 @@ const POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
 #[derive(Clone)]
 pub struct HttpNetwork {
     client: reqwest::Client,
+    scheme: &'static str,
     timeouts: PeerTimeouts,
     sticky: Arc<Stickiness>,
 }
@@ -73,8 +74,18 @@ impl PeerTimeouts {
 }
 
 impl HttpNetwork {
-    pub fn new(sticky: Arc<Stickiness>) -> Result<HttpNetwork, reqwest::Error> {
-        let client = reqwest::Client::builder()
+    /// `tls`: the host's mutual-TLS client configuration (peers are then
+    /// reached over https); `None` for plain http (tests).
+    pub fn new(
+        sticky: Arc<Stickiness>,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<HttpNetwork, reqwest::Error> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let builder = match tls {
+            Some(c) => reqwest::Client::builder().use_preconfigured_tls(c),
+            None => reqwest::Client::builder(),
+        };
+        let client = builder
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
             // Heartbeats are small and latency-bound.
@@ -85,6 +96,7 @@ impl HttpNetwork {
             .build()?;
         Ok(HttpNetwork {
             client,
+            scheme,
             timeouts: PeerTimeouts::default(),
             sticky,
         })
@@ -97,6 +109,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpPeer {
         HttpPeer {
             client: self.client.clone(),
+            scheme: self.scheme,
             timeouts: self.timeouts.clone(),
             sticky: self.sticky.clone(),
             target,
@@ -108,6 +121,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 /// The connection to one peer, at the address its membership entry records.
 pub struct HttpPeer {
     client: reqwest::Client,
+    scheme: &'static str,
     timeouts: PeerTimeouts,
     sticky: Arc<Stickiness>,
     target: NodeId,
@@ -140,7 +154,7 @@ impl HttpPeer {
         Req: Serialize,
         E: std::error::Error,
     {
-        let url = format!("http://{}/raft/{route}", self.addr);
+        let url = format!("{}://{}/raft/{route}", self.scheme, self.addr);
         let resp = self
             .client
             .post(&url)

@@ -120,6 +120,11 @@ pub struct ClusterState {
     pub join_secret: String,
     #[serde(default)]
     pub settings: ClusterSettings,
+    /// The cluster CA, key included: whichever manager leads signs host
+    /// certificates with it. Never shown by any API (only the certificate
+    /// bundle is, through `GET /v1/ca`).
+    #[serde(default)]
+    pub ca: Option<ClusterCa>,
     /// Grows by one with every applied command: agents act on the newest
     /// revision they were sent and report which one they acted on.
     #[serde(default)]
@@ -148,6 +153,23 @@ pub struct ClusterState {
     pub staged: BTreeMap<String, StagedApply>,
 }
 
+/// The cluster CA: `bundle_pem` is every CA certificate hosts trust (the
+/// current one first); `key_pem` signs with the first.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCa {
+    pub bundle_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs and test output.
+        f.debug_struct("ClusterCa")
+            .field("bundle_pem", &self.bundle_pem)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One placement decision of the coordinator. Applied only if the workload's
 /// generation is still `expected_generation` (compare-and-set), so a decision
 /// made on a stale view, e.g. by a deposed coordinator, is refused.
@@ -158,6 +180,9 @@ pub struct Placement {
     pub expected_generation: Generation,
     pub reason: String,
 }
+
+/// Largest CA bundle or key kept in the state (a handful of certificates).
+pub const CA_PEM_BYTES_MAX: usize = 64 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -178,6 +203,10 @@ pub enum Command {
         generation: Generation,
         reason: String,
         at_ms: u64,
+    },
+    /// Set the cluster CA (bootstrap; CA rotation).
+    SetCa {
+        ca: ClusterCa,
     },
     /// Set the secret that joining hosts must present (bootstrap).
     SetJoinSecret {
@@ -554,6 +583,15 @@ impl ClusterState {
             }
             Command::SetJoinSecret { secret } => {
                 self.join_secret = secret.clone();
+                CommandResult::Ok
+            }
+            Command::SetCa { ca } => {
+                if ca.bundle_pem.len() > CA_PEM_BYTES_MAX || ca.key_pem.len() > CA_PEM_BYTES_MAX {
+                    return CommandResult::Rejected(format!(
+                        "the CA bundle and key must each be at most {CA_PEM_BYTES_MAX} bytes"
+                    ));
+                }
+                self.ca = Some(ca.clone());
                 CommandResult::Ok
             }
             Command::RegisterHost { host, at_ms } => {

@@ -1,0 +1,713 @@
+//! The cluster's public key infrastructure and mutual TLS (DESIGN §3a).
+//!
+//! - Bootstrap makes the cluster CA (`new_ca`): an ECDSA P-256 key and a
+//!   self-signed CA certificate. Managers hold the CA key in the replicated
+//!   state, so whichever leads can sign.
+//! - Every host makes its own key and sends only a certificate signing
+//!   request (`new_host_key`, `csr`); the leader answers with a certificate
+//!   (`sign_host`) that names the host and its role in a URI subject
+//!   alternative name, `urn:haven:<cluster>:<role>:<host>`. The key never
+//!   leaves the host.
+//! - `Tls` is a host's live material (the CA bundle it trusts, its
+//!   certificate and key), shared by the server and every client, and
+//!   replaced in place when the certificate is renewed: connections opened
+//!   afterwards use the new one.
+//! - A server accepts connections with or without a client certificate (an
+//!   operator's CLI sends a bearer token instead; a joining host has none
+//!   yet); a certificate that is sent must chain to the cluster CA, and the
+//!   identity it names travels with each request (`peer::PeerCert`) for the
+//!   authorization layer. Clients verify that the server's certificate
+//!   chains to the cluster CA; host names are not checked (hosts are reached
+//!   by address, and the identity in the certificate is what counts).
+
+use crate::peer::CertIdentity;
+use anyhow::{anyhow, bail, Context, Result};
+use haven_core::model::Role;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+/// A CA certificate is valid this long.
+pub const CA_VALID_DAYS: i64 = 3_650;
+/// A host certificate is valid this long; the agent renews it once a third
+/// of that is left (`Tls::renew_due`).
+pub const HOST_CERT_VALID_DAYS: i64 = 90;
+/// A certificate is valid from this long before it is signed: clocks of
+/// hosts differ.
+const BACKDATE_S: i64 = 3_600;
+const URI_PREFIX: &str = "urn:haven:";
+
+/// The file names in `DATA/tls/` (directory mode 0700, key 0600).
+pub const TLS_DIR: &str = "tls";
+pub const CA_FILE: &str = "ca.pem";
+pub const CERT_FILE: &str = "host.pem";
+pub const KEY_FILE: &str = "host-key.pem";
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The cluster CA: its certificate and key (PEM).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CaMaterial {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A new CA for `cluster_id`.
+pub fn new_ca(cluster_id: &str) -> Result<CaMaterial> {
+    let key = rcgen::KeyPair::generate().context("generating the CA key")?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("haven cluster {cluster_id} CA"),
+    );
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::seconds(BACKDATE_S);
+    params.not_after = now + time::Duration::days(CA_VALID_DAYS);
+    params.serial_number = Some(random_serial());
+    let cert = params.self_signed(&key).context("signing the CA certificate")?;
+    Ok(CaMaterial {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn random_serial() -> rcgen::SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    // Positive, as DER integers for serials must be.
+    bytes[0] &= 0x7f;
+    rcgen::SerialNumber::from_slice(&bytes)
+}
+
+/// Every certificate in a PEM bundle, in order.
+pub fn certs_of(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let mut out = vec![];
+    for item in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        let item = item.map_err(|e| anyhow!("not a PEM certificate bundle: {e}"))?;
+        if item.label == "CERTIFICATE" {
+            out.push(CertificateDer::from(item.contents));
+        }
+    }
+    if out.is_empty() {
+        bail!("no certificate in the PEM text");
+    }
+    Ok(out)
+}
+
+/// SHA-256 of a certificate's DER, lowercase hex: what a join token pins.
+pub fn sha256_hex(der: &[u8]) -> String {
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The hash of the first (current) certificate of a CA bundle.
+pub fn ca_sha256_hex(bundle_pem: &str) -> Result<String> {
+    Ok(sha256_hex(&certs_of(bundle_pem)?[0]))
+}
+
+/// The certificate of `bundle_pem` whose hash is `sha256`, as PEM, if any:
+/// a joiner trusts only the CA its token names, whatever else it is sent.
+pub fn pinned_ca(bundle_pem: &str, sha256: &str) -> Option<String> {
+    certs_of(bundle_pem)
+        .ok()?
+        .into_iter()
+        .find(|c| sha256_hex(c).eq_ignore_ascii_case(sha256))
+        .map(|c| pem_of(&c))
+}
+
+pub fn pem_of(der: &CertificateDer<'_>) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+/// A new host key (PEM).
+pub fn new_host_key() -> Result<String> {
+    Ok(rcgen::KeyPair::generate()
+        .context("generating the host key")?
+        .serialize_pem())
+}
+
+/// A certificate signing request for `key_pem`. What it asks for is
+/// ignored: the signer decides the name and role; only the public key (and
+/// the proof that the sender holds its private key) counts.
+pub fn csr(key_pem: &str, host: &str) -> Result<String> {
+    let key = rcgen::KeyPair::from_pem(key_pem).context("reading the host key")?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, host);
+    let csr = params
+        .serialize_request(&key)
+        .context("making the certificate signing request")?;
+    csr.pem().context("encoding the certificate signing request")
+}
+
+/// Sign a host certificate for `host` with `role` in `cluster_id`, for the
+/// public key of `csr_pem` (its signature is checked), valid for
+/// `valid_days` (at most `HOST_CERT_VALID_DAYS`).
+pub fn sign_host(
+    ca: &CaMaterial,
+    csr_pem: &str,
+    cluster_id: &str,
+    host: &str,
+    role: Role,
+    ips: &[IpAddr],
+) -> Result<String> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| anyhow!("the certificate signing request is not valid: {e}"))?;
+    let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem).context("reading the CA key")?;
+    let ca_cert = rcgen::CertificateParams::from_ca_cert_pem(&ca.cert_pem)
+        .context("reading the CA certificate")?
+        .self_signed(&ca_key)
+        .context("loading the CA")?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, host);
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::Ia5String::try_from(uri_of(cluster_id, role, host))
+            .map_err(|e| anyhow!("host name {host:?} cannot go in a certificate: {e}"))?,
+    )];
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::seconds(BACKDATE_S);
+    params.not_after = now + time::Duration::days(HOST_CERT_VALID_DAYS);
+    params.serial_number = Some(random_serial());
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(&csr.public_key, &ca_cert, &ca_key)
+        .context("signing the host certificate")?;
+    Ok(cert.pem())
+}
+
+fn role_word(role: Role) -> &'static str {
+    match role {
+        Role::Manager => "manager",
+        Role::Worker => "worker",
+    }
+}
+
+fn uri_of(cluster_id: &str, role: Role, host: &str) -> String {
+    format!("{URI_PREFIX}{cluster_id}:{}:{host}", role_word(role))
+}
+
+/// The identity a (chain-verified) certificate names, if it is a host
+/// certificate of this cluster.
+pub fn identity_of(der: &[u8], cluster_id: &str) -> Option<CertIdentity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(uri) => {
+            let rest = uri.strip_prefix(URI_PREFIX)?;
+            let (cluster, rest) = rest.split_once(':')?;
+            let (role, host) = rest.split_once(':')?;
+            let role = match role {
+                "manager" => Role::Manager,
+                "worker" => Role::Worker,
+                _ => return None,
+            };
+            (cluster == cluster_id && !host.is_empty()).then(|| CertIdentity {
+                cluster_id: cluster.to_owned(),
+                host: host.to_owned(),
+                role,
+            })
+        }
+        _ => None,
+    })
+}
+
+/// Seconds since the epoch at which the first certificate of `pem` expires.
+pub fn not_after_unix(pem: &str) -> Result<i64> {
+    let der = &certs_of(pem)?[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow!("cannot read the certificate: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// A host's live TLS material.
+pub struct Tls {
+    pub cluster_id: String,
+    live: RwLock<Live>,
+}
+
+struct Live {
+    bundle_pem: String,
+    cert_pem: String,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
+    key: Arc<CertifiedKey>,
+}
+
+fn live(bundle_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Live> {
+    let mut roots = RootCertStore::empty();
+    for c in certs_of(bundle_pem).context("the CA bundle")? {
+        roots
+            .add(c)
+            .map_err(|e| anyhow!("the CA bundle holds a certificate rustls refuses: {e}"))?;
+    }
+    let roots = Arc::new(roots);
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| anyhow!("client certificate verifier: {e}"))?;
+    let server_verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| anyhow!("server certificate verifier: {e}"))?;
+    let chain = certs_of(cert_pem).context("the host certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| anyhow!("the host key: {e}"))?;
+    let key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| anyhow!("the host key: {e}"))?;
+    Ok(Live {
+        bundle_pem: bundle_pem.to_owned(),
+        cert_pem: cert_pem.to_owned(),
+        client_verifier,
+        server_verifier,
+        key: Arc::new(CertifiedKey::new(chain, key)),
+    })
+}
+
+use rustls::pki_types::pem::PemObject;
+
+impl Tls {
+    pub fn new(cluster_id: &str, bundle_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Tls> {
+        Ok(Tls {
+            cluster_id: cluster_id.to_owned(),
+            live: RwLock::new(live(bundle_pem, cert_pem, key_pem)?),
+        })
+    }
+
+    /// Load `DIR/tls/`; `None` when there is no such directory yet.
+    pub fn load(data_dir: &Path, cluster_id: &str) -> Result<Option<Tls>> {
+        let dir = data_dir.join(TLS_DIR);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).with_context(|| {
+                format!(
+                    "reading {}: restore the data dir's tls/ from a backup, or join this host again with an empty --data-dir",
+                    dir.join(name).display()
+                )
+            })
+        };
+        let tls = Tls::new(cluster_id, &read(CA_FILE)?, &read(CERT_FILE)?, &read(KEY_FILE)?)
+            .with_context(|| format!("the TLS files in {}", dir.display()))?;
+        Ok(Some(tls))
+    }
+
+    /// Write the material to `DIR/tls/` (0700; the key 0600), each file
+    /// replaced atomically.
+    pub fn store(data_dir: &Path, bundle_pem: &str, cert_pem: &str, key_pem: &str) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = data_dir.join(TLS_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        for (name, text, mode) in [
+            (KEY_FILE, key_pem, 0o600),
+            (CERT_FILE, cert_pem, 0o644),
+            (CA_FILE, bundle_pem, 0o644),
+        ] {
+            crate::datadir::write_file_atomic(&dir.join(name), text.as_bytes(), mode)?;
+        }
+        Ok(())
+    }
+
+    /// Replace the live material (a renewed certificate, a new CA bundle).
+    pub fn replace(&self, bundle_pem: &str, cert_pem: &str, key_pem: &str) -> Result<()> {
+        let new = live(bundle_pem, cert_pem, key_pem)?;
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(())
+    }
+
+    pub fn bundle_pem(&self) -> String {
+        self.read().bundle_pem.clone()
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.read().cert_pem.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Is the host certificate due for renewal (a third of its validity
+    /// left, or signed by a CA no longer first in the bundle)?
+    pub fn renew_due(&self, now_unix: i64) -> bool {
+        let l = self.read();
+        let Ok(not_after) = not_after_unix(&l.cert_pem) else {
+            return true;
+        };
+        let third = HOST_CERT_VALID_DAYS * 86_400 / 3;
+        not_after - now_unix < third
+    }
+
+    /// The server side: this host's certificate, client certificates
+    /// optional but verified against the CA when sent.
+    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig> {
+        let mut c = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(Arc::new(LiveClientVerifier(self.clone())))
+            .with_cert_resolver(Arc::new(LiveResolver(self.clone())));
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(c)
+    }
+
+    /// A client that presents this host's certificate and trusts the
+    /// cluster CA.
+    pub fn client_config(self: &Arc<Self>) -> Result<rustls::ClientConfig> {
+        Ok(rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier::Live(self.clone())))
+            .with_client_cert_resolver(Arc::new(LiveResolver(self.clone()))))
+    }
+
+    /// The identity of a peer's verified certificate chain.
+    pub fn identity(&self, chain: Option<&[CertificateDer<'_>]>) -> Option<CertIdentity> {
+        identity_of(chain?.first()?, &self.cluster_id)
+    }
+}
+
+/// A client (an operator's CLI) that trusts `ca_pem` and presents no
+/// certificate.
+pub fn operator_client_config(ca_pem: &str) -> Result<rustls::ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in certs_of(ca_pem).context("the credential's CA")? {
+        roots
+            .add(c)
+            .map_err(|e| anyhow!("the credential's CA certificate is not usable: {e}"))?;
+    }
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier::Fixed(verifier)))
+        .with_no_client_auth())
+}
+
+/// A client that accepts any server certificate: only to fetch the CA
+/// bundle before joining, which the joiner then checks against the hash in
+/// its token (nothing secret is sent over it).
+pub fn unverified_client_config() -> Result<rustls::ClientConfig> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_no_client_auth())
+}
+
+#[derive(Debug)]
+struct LiveResolver(Arc<Tls>);
+
+impl ResolvesServerCert for LiveResolver {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().key.clone())
+    }
+}
+
+impl ResolvesClientCert for LiveResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tls({})", self.cluster_id)
+    }
+}
+
+#[derive(Debug)]
+struct LiveClientVerifier(Arc<Tls>);
+
+impl ClientCertVerifier for LiveClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let v = self.0.read().client_verifier.clone();
+        v.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let v = self.0.read().client_verifier.clone();
+        v.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let v = self.0.read().client_verifier.clone();
+        v.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.read().client_verifier.supported_verify_schemes()
+    }
+}
+
+/// Verifies that a server's certificate chains to the cluster CA; the name
+/// it was reached by is not checked (see the module documentation).
+#[derive(Debug)]
+enum ClusterServerVerifier {
+    Live(Arc<Tls>),
+    Fixed(Arc<rustls::client::WebPkiServerVerifier>),
+}
+
+impl ClusterServerVerifier {
+    fn inner(&self) -> Arc<rustls::client::WebPkiServerVerifier> {
+        match self {
+            ClusterServerVerifier::Live(t) => t.read().server_verifier.clone(),
+            ClusterServerVerifier::Fixed(v) => v.clone(),
+        }
+    }
+}
+
+impl ServerCertVerifier for ClusterServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner().verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner().supported_verify_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct AnyServer;
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_material(ca: &CaMaterial, cluster: &str, host: &str, role: Role) -> (String, String) {
+        let key = new_host_key().unwrap();
+        let csr = csr(&key, host).unwrap();
+        let cert = sign_host(ca, &csr, cluster, host, role, &["10.0.0.1".parse().unwrap()]).unwrap();
+        (cert, key)
+    }
+
+    #[test]
+    fn a_signed_host_certificate_names_its_host_and_role_in_its_cluster_only() {
+        let ca = new_ca("c1").unwrap();
+        let (cert, _) = host_material(&ca, "c1", "h2", Role::Worker);
+        let der = &certs_of(&cert).unwrap()[0];
+        assert_eq!(
+            identity_of(der, "c1"),
+            Some(CertIdentity {
+                cluster_id: "c1".into(),
+                host: "h2".into(),
+                role: Role::Worker
+            })
+        );
+        assert_eq!(identity_of(der, "c2"), None, "another cluster's certificate");
+        let days = (not_after_unix(&cert).unwrap() - time::OffsetDateTime::now_utc().unix_timestamp()) / 86_400;
+        assert!((HOST_CERT_VALID_DAYS - 1..=HOST_CERT_VALID_DAYS).contains(&days), "{days}");
+    }
+
+    #[test]
+    fn a_join_pins_only_the_ca_whose_hash_the_token_names() {
+        let ca = new_ca("c1").unwrap();
+        let other = new_ca("c1").unwrap();
+        let hash = ca_sha256_hex(&ca.cert_pem).unwrap();
+        assert_eq!(hash.len(), 64);
+        let bundle = format!("{}{}", other.cert_pem, ca.cert_pem);
+        let pinned = pinned_ca(&bundle, &hash).unwrap();
+        assert_eq!(ca_sha256_hex(&pinned).unwrap(), hash);
+        assert_eq!(pinned_ca(&other.cert_pem, &hash), None);
+        assert_eq!(pinned_ca("garbage", &hash), None);
+    }
+
+    #[test]
+    fn a_bad_csr_is_refused_with_a_reason() {
+        let ca = new_ca("c1").unwrap();
+        let e = sign_host(&ca, "not a csr", "c1", "h1", Role::Manager, &[]).unwrap_err();
+        assert!(e.to_string().contains("certificate signing request"), "{e}");
+    }
+
+    #[test]
+    fn renewal_is_due_once_a_third_of_the_validity_is_left() {
+        let ca = new_ca("c1").unwrap();
+        let (cert, key) = host_material(&ca, "c1", "h1", Role::Manager);
+        let tls = Tls::new("c1", &ca.cert_pem, &cert, &key).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(!tls.renew_due(now));
+        assert!(tls.renew_due(now + HOST_CERT_VALID_DAYS * 86_400 * 2 / 3 + 86_400));
+    }
+
+    #[test]
+    fn files_are_private_where_they_hold_a_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca("c1").unwrap();
+        let (cert, key) = host_material(&ca, "c1", "h1", Role::Manager);
+        Tls::store(dir.path(), &ca.cert_pem, &cert, &key).unwrap();
+        let mode = |p: &str| {
+            std::fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(TLS_DIR), 0o700);
+        assert_eq!(mode(&format!("{TLS_DIR}/{KEY_FILE}")), 0o600);
+        let back = Tls::load(dir.path(), "c1").unwrap().unwrap();
+        assert_eq!(back.cert_pem(), cert);
+    }
+}
