@@ -40,6 +40,19 @@ pub struct JoinRequest {
     pub csr_pem: String,
 }
 
+/// `POST /v1/renew`: a new certificate for the caller's own (certified)
+/// identity, for the key of `csr_pem`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RenewResponse {
+    pub cert_pem: String,
+    pub ca_bundle_pem: String,
+}
+
 /// `GET /v1/ca`: the CA certificates hosts of this cluster trust (public).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CaResponse {

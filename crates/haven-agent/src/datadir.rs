@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 pub const IDENTITY_FILE: &str = "node.json";
 pub const TOKEN_FILE: &str = "join-token";
+/// The data dir's mode: keys, tokens and the Raft store are in it.
+pub const DATA_DIR_MODE: u32 = 0o700;
 /// The cluster's settings as this host last heard them (a worker's
 /// starting point after a restart; the coordinator's word replaces it).
 pub const SETTINGS_FILE: &str = "cluster-settings.json";
@@ -88,6 +90,11 @@ impl DataDir {
             source,
         };
         fs::create_dir_all(path).map_err(io)?;
+        // Keys, tokens and the Raft store live here: only root reads it.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(DATA_DIR_MODE)).map_err(io)?;
+        }
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -19,6 +19,7 @@ pub mod logs;
 pub mod node;
 pub mod peer;
 pub mod pki;
+pub mod renew;
 pub mod rpc;
 pub mod serve;
 pub mod server;

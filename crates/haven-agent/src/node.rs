@@ -703,6 +703,7 @@ pub async fn run(
 
     let mut heartbeats = tokio::spawn(crate::heartbeat::run(node.clone()));
     tokio::spawn(watch_disk(node.clone()));
+    tokio::spawn(crate::renew::run(node.clone()));
     let tasks = vec![
         tokio::spawn(crate::supervisor::run(node.clone())),
         tokio::spawn(crate::coordinator::run(node.clone())),

@@ -68,6 +68,10 @@ pub fn router(node: Arc<Node>) -> Router {
     let limit = |bytes: usize| DefaultBodyLimit::max(bytes);
     let mut r = Router::new()
         .route("/v1/ca", get(ca))
+        .route(
+            "/v1/renew",
+            post(renew).layer(limit(REQUEST_BODY_BYTES_MAX)),
+        )
         .route("/v1/join", post(join).layer(limit(REQUEST_BODY_BYTES_MAX)))
         .route(
             "/v1/promote",
@@ -333,18 +337,9 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> 
         );
     }
     // Sign before registering: a request whose CSR is bad changes nothing.
-    let Some(ca) = c.read(|s| s.ca.clone()) else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this cluster has no CA in its replicated state (made before TLS?); it cannot sign certificates",
-        );
-    };
-    let Ok(ca_cert) = crate::pki::certs_of(&ca.bundle_pem).map(|c| crate::pki::pem_of(&c[0])) else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "the cluster CA in the replicated state is unreadable");
-    };
-    let material = crate::pki::CaMaterial {
-        cert_pem: ca_cert,
-        key_pem: ca.key_pem.clone(),
+    let (material, bundle) = match signing_ca(&node) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let cert_pem = match crate::pki::sign_host(
         &material,
@@ -372,7 +367,7 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> 
             managers: managers(&node),
             settings: c.read(|s| s.settings.clone()),
             cert_pem,
-            ca_bundle_pem: ca.bundle_pem,
+            ca_bundle_pem: bundle,
         })
         .into_response(),
         Ok(CommandResult::Rejected(m)) => error(StatusCode::CONFLICT, m),
@@ -381,6 +376,79 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> 
             format!("unexpected result {other:?}"),
         ),
         Err(r) => r,
+    }
+}
+
+/// The cluster CA as signing material: the first certificate of the bundle
+/// and the key.
+fn signing_ca(node: &Node) -> Result<(crate::pki::CaMaterial, String), Reply> {
+    let c = node.consensus.as_ref().ok_or_else(|| not_leader(node))?;
+    let Some(ca) = c.read(|s| s.ca.clone()) else {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this cluster has no CA in its replicated state (made before TLS?); it cannot sign certificates",
+        ));
+    };
+    let Ok(first) = crate::pki::certs_of(&ca.bundle_pem).map(|c| crate::pki::pem_of(&c[0])) else {
+        return Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the cluster CA in the replicated state is unreadable",
+        ));
+    };
+    Ok((
+        crate::pki::CaMaterial {
+            cert_pem: first,
+            key_pem: ca.key_pem,
+        },
+        ca.bundle_pem,
+    ))
+}
+
+/// `POST /v1/renew`: a new certificate for the identity the caller's own
+/// certificate names (never another), answered by the coordinator only.
+async fn renew(
+    State(node): State<Arc<Node>>,
+    axum::Extension(peer): axum::Extension<crate::peer::PeerCert>,
+    body: Body,
+) -> Reply {
+    let Some(me) = peer.0 else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "renewing a certificate needs the current one (mutual TLS)",
+        );
+    };
+    let req: RenewRequest = match parse_body("/v1/renew", REQUEST_BODY_BYTES_MAX, body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if !node.consensus.as_ref().is_some_and(|c| c.is_leader()) {
+        return not_leader(&node);
+    }
+    let (ca, bundle) = match signing_ca(&node) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let c = node.consensus.as_ref().expect("leader has consensus");
+    let Some(host) = c.read(|s| s.hosts.get(&me.host).cloned()) else {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("host {} is not a member of this cluster", me.host),
+        );
+    };
+    match crate::pki::sign_host(
+        &ca,
+        &req.csr_pem,
+        &node.identity.cluster_id,
+        &host.name,
+        host.role,
+        &crate::node::ips_of(&host.address),
+    ) {
+        Ok(cert_pem) => Json(RenewResponse {
+            cert_pem,
+            ca_bundle_pem: bundle,
+        })
+        .into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("csr_pem: {e:#}")),
     }
 }
 

@@ -1,0 +1,65 @@
+//! Certificate renewal: a host asks the coordinator for a new certificate
+//! once a third of its current one's validity is left (`Tls::renew_due`),
+//! with a new key (the old one is not reused), and switches to it in place:
+//! open connections keep the old one, new ones use the new one.
+
+use crate::api::{RenewRequest, RenewResponse};
+use crate::node::Node;
+use crate::pki::Tls;
+use anyhow::{anyhow, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the agent checks whether its certificate is due.
+pub const CHECK_INTERVAL_S: u64 = 3_600;
+/// After a failed attempt, try again this much later.
+pub const RETRY_S: u64 = 60;
+
+pub async fn run(node: Arc<Node>) {
+    loop {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let wait = if node.tls.renew_due(now) {
+            match renew(&node).await {
+                Ok(()) => CHECK_INTERVAL_S,
+                Err(e) => {
+                    tracing::warn!("renewing this host's certificate: {e:#}; retrying in {RETRY_S} s");
+                    RETRY_S
+                }
+            }
+        } else {
+            CHECK_INTERVAL_S
+        };
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+}
+
+/// Ask the coordinator for a new certificate now, store it and use it.
+pub async fn renew(node: &Arc<Node>) -> Result<()> {
+    let leader = node
+        .leader_address()
+        .ok_or_else(|| anyhow!("no coordinator known"))?;
+    let key = crate::pki::new_host_key()?;
+    let req = RenewRequest {
+        csr_pem: crate::pki::csr(&key, &node.identity.name)?,
+    };
+    let resp: RenewResponse =
+        crate::rpc::post(&node.http, &leader, "/v1/renew", &req, false, None).await?;
+    // Usable, for this key, before anything is replaced.
+    Tls::new(
+        &node.identity.cluster_id,
+        &resp.ca_bundle_pem,
+        &resp.cert_pem,
+        &key,
+    )?;
+    let dir = node.datadir.path().to_path_buf();
+    let (bundle, cert, k) = (resp.ca_bundle_pem.clone(), resp.cert_pem.clone(), key.clone());
+    tokio::task::spawn_blocking(move || Tls::store(&dir, &bundle, &cert, &k)).await??;
+    node.tls.replace(&resp.ca_bundle_pem, &resp.cert_pem, &key)?;
+    tracing::info!(
+        "renewed this host's certificate (valid until {})",
+        crate::pki::not_after_unix(&resp.cert_pem)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    );
+    Ok(())
+}
