@@ -110,6 +110,8 @@ pub struct HeartbeatRequest {
     /// Whether this host's lease keeper answers.
     #[serde(default)]
     pub keeper: bool,
+    #[serde(default)]
+    pub tls: TlsReport,
     /// Instances it stopped recently, and how each ended.
     #[serde(default)]
     pub stopped: Vec<haven_core::model::Stopped>,
@@ -133,6 +135,20 @@ pub struct Desired {
     pub released_by: Option<String>,
 }
 
+/// What a host's TLS material looks like, reported in each heartbeat (so
+/// that the coordinator can tell when every host trusts a new CA, and when
+/// every host holds a certificate from it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsReport {
+    /// SHA-256 over the CA certificates the host trusts (`pki::bundle_sha256`).
+    pub bundle_sha256: String,
+    /// SHA-256 of the CA certificate that signed the host's certificate
+    /// (empty: none in its bundle).
+    pub cert_ca_sha256: String,
+    /// When the host's certificate expires (seconds since the epoch).
+    pub cert_not_after_unix: i64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     pub sent_ms: u64,
@@ -146,6 +162,9 @@ pub struct HeartbeatResponse {
     pub revision: u64,
     pub desired: Vec<Desired>,
     pub settings: ClusterSettings,
+    /// The cluster's CA bundle, sent when the host's differs (CA rotation).
+    #[serde(default)]
+    pub ca_bundle_pem: Option<String>,
 }
 
 /// A gracefully stopping agent asks the coordinator to leave its host's
@@ -245,6 +264,26 @@ pub struct HostStatus {
     /// Why the host is `degraded`, as its last heartbeat said.
     #[serde(default)]
     pub problems: Vec<String>,
+    /// Its TLS material, as its last heartbeat said.
+    #[serde(default)]
+    pub tls: Option<TlsReport>,
+}
+
+/// `POST /v1/ca/rotate`: one step of a CA rotation (see `pki`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RotateRequest {
+    /// `start`, `switch` or `finish`.
+    pub step: String,
+    /// Go on although some hosts have not caught up.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RotateResponse {
+    pub message: String,
+    /// SHA-256 of the CA that signs from now on (new join tokens pin it).
+    pub signing_ca_sha256: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -28,6 +28,8 @@ pub struct Office {
     pub keepers: BTreeMap<String, bool>,
     /// host → what is wrong there, as last reported (bounded).
     pub problems: BTreeMap<String, Vec<String>>,
+    /// host → its TLS material, as last reported.
+    pub tls: BTreeMap<String, crate::api::TlsReport>,
     /// Send time (own monotonic clock) of the newest leadership
     /// confirmation round a majority answered in this term.
     confirmed_at_ms: Option<u64>,
@@ -65,6 +67,7 @@ impl Office {
             boots: BTreeMap::new(),
             keepers: BTreeMap::new(),
             problems: BTreeMap::new(),
+            tls: BTreeMap::new(),
             confirmed_at_ms: None,
             last_obs: BTreeMap::new(),
             last_state: BTreeMap::new(),

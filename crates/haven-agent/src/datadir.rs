@@ -222,7 +222,8 @@ impl JoinToken {
 
     pub fn parse(text: &str) -> Result<JoinToken, String> {
         let parts: Vec<&str> = text.trim().split('.').collect();
-        let hex = |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_hexdigit());
+        let hex =
+            |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_hexdigit());
         match parts.as_slice() {
             ["HVN2", ca, id, secret] if ca.len() == 64 && hex(ca) && hex(id) && hex(secret) => {
                 Ok(JoinToken {
@@ -264,7 +265,10 @@ mod tests {
         let t = JoinToken::generate("abcd", &"ab".repeat(32));
         assert_eq!(JoinToken::parse(&t.to_string()).unwrap(), t);
         assert!(JoinToken::parse("nope").is_err());
-        assert!(JoinToken::parse("HVN2.12.ab.cd").is_err(), "a short CA hash");
+        assert!(
+            JoinToken::parse("HVN2.12.ab.cd").is_err(),
+            "a short CA hash"
+        );
         let old = JoinToken::parse("HVN1-abcd-12").unwrap_err();
         assert!(old.contains("older haven"), "{old}");
     }

@@ -186,6 +186,7 @@ pub async fn run(node: Arc<Node>) -> String {
                 stopped,
                 problems: node.problems(),
                 observed,
+                tls: node.tls.report(),
             };
             let sent = rpc::post::<_, HeartbeatResponse>(
                 &node.http,
@@ -234,6 +235,9 @@ pub async fn run(node: Arc<Node>) -> String {
                         });
                     }
                     update_peers(&node, &resp);
+                    if let Some(bundle) = &resp.ca_bundle_pem {
+                        crate::renew::take_bundle(&node, bundle);
+                    }
                     if node.consensus.is_some()
                         && !node
                             .store_recorded

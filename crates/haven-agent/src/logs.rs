@@ -147,14 +147,22 @@ pub async fn logs(
                 "no coordinator is known right now (election in progress?); retry shortly",
             );
         };
-        let url = format!("{}://{leader}{}", crate::rpc::SCHEME, q.path(&name, tail, q.host.as_deref()));
+        let url = format!(
+            "{}://{leader}{}",
+            crate::rpc::SCHEME,
+            q.path(&name, tail, q.host.as_deref())
+        );
         let who = format!("the coordinator at {leader}");
         return relay(&node, &url, FORWARDED_HEADER, q.follow, &who).await;
     };
     match c.read(|s| haven_core::logs::source(s, &name, q.host.as_deref())) {
         Ok((host, _)) if host == me => serve_local(&node, &name, tail, q.follow).await,
         Ok((host, address)) => {
-            let url = format!("{}://{address}{}", crate::rpc::SCHEME, q.path(&name, tail, Some(&host)));
+            let url = format!(
+                "{}://{address}{}",
+                crate::rpc::SCHEME,
+                q.path(&name, tail, Some(&host))
+            );
             let who = format!("host {host} ({address})");
             relay(&node, &url, LOG_PROXY_HEADER, q.follow, &who).await
         }

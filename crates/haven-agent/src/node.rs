@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+use crate::api::CaResponse;
 use crate::api::{
     JoinRequest, JoinResponse, PromoteRequest, RestartGraceRequest, RestartGraceResponse,
 };
@@ -20,9 +21,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{detect_capacity, AgentConfig, StartMode};
 use crate::coordinator::Office;
 use crate::datadir::{random_hex, DataDir, Identity, JoinToken};
-use crate::pki::Tls;
-use crate::api::CaResponse;
 use crate::heartbeat::LeaseState;
+use crate::pki::Tls;
 use crate::rpc;
 use crate::supervisor::Supervisor;
 use crate::watchdog::{Watchdog, WatchdogMode};
@@ -549,9 +549,14 @@ pub async fn run(
 
     let consensus = if identity.role == Role::Manager {
         check_store_file(&datadir, &identity)?;
-        let c = Consensus::open_with_tls(datadir.path(), identity.node_id, consensus_config(&cfg), Some(tls.client_config()?))
-            .await
-            .with_context(|| format!("opening the Raft store in {}", cfg.data_dir.display()))?;
+        let c = Consensus::open_with_tls(
+            datadir.path(),
+            identity.node_id,
+            consensus_config(&cfg),
+            Some(tls.client_config()?),
+        )
+        .await
+        .with_context(|| format!("opening the Raft store in {}", cfg.data_dir.display()))?;
         if let Err(e) = check_store_contents(&c, &datadir, &identity) {
             c.shutdown().await;
             return Err(e);
@@ -681,7 +686,10 @@ pub async fn run(
     ));
 
     if let Some(c) = &consensus {
-        if let (Some(ca), true) = (new_ca, fresh && existing.is_none() && matches!(node.cfg.mode, StartMode::Bootstrap)) {
+        if let (Some(ca), true) = (
+            new_ca,
+            fresh && existing.is_none() && matches!(node.cfg.mode, StartMode::Bootstrap),
+        ) {
             bootstrap(&node, c, ca).await?;
         } else if !c.is_initialized() {
             promote(&node).await?;
@@ -794,7 +802,10 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus, ca: crate::pki::CaMaterial) 
         .await
         .ok_or_else(|| anyhow!("the new single-host cluster elected no leader within {BOOTSTRAP_LEADER_WAIT_MS} ms"))?;
     let at_ms = node.clock.wall_ms();
-    let token = JoinToken::generate(&node.identity.cluster_id, &crate::pki::ca_sha256_hex(&ca.cert_pem)?);
+    let token = JoinToken::generate(
+        &node.identity.cluster_id,
+        &crate::pki::ca_sha256_hex(&ca.cert_pem)?,
+    );
     let cmds = [
         Command::InitCluster {
             cluster_id: node.identity.cluster_id.clone(),
@@ -804,6 +815,7 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus, ca: crate::pki::CaMaterial) 
             ca: haven_core::state::ClusterCa {
                 bundle_pem: ca.cert_pem,
                 key_pem: ca.key_pem,
+                next: None,
             },
         },
         Command::SetJoinSecret {

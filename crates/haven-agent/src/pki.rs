@@ -70,7 +70,10 @@ pub fn new_ca(cluster_id: &str) -> Result<CaMaterial> {
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(
         rcgen::DnType::CommonName,
-        format!("haven cluster {cluster_id} CA"),
+        format!(
+            "haven cluster {cluster_id} CA {}",
+            time::OffsetDateTime::now_utc().unix_timestamp()
+        ),
     );
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.key_usages = vec![
@@ -82,7 +85,9 @@ pub fn new_ca(cluster_id: &str) -> Result<CaMaterial> {
     params.not_before = now - time::Duration::seconds(BACKDATE_S);
     params.not_after = now + time::Duration::days(CA_VALID_DAYS);
     params.serial_number = Some(random_serial());
-    let cert = params.self_signed(&key).context("signing the CA certificate")?;
+    let cert = params
+        .self_signed(&key)
+        .context("signing the CA certificate")?;
     Ok(CaMaterial {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
@@ -158,7 +163,8 @@ pub fn csr(key_pem: &str, host: &str) -> Result<String> {
     let csr = params
         .serialize_request(&key)
         .context("making the certificate signing request")?;
-    csr.pem().context("encoding the certificate signing request")
+    csr.pem()
+        .context("encoding the certificate signing request")
 }
 
 /// Sign a host certificate for `host` with `role` in `cluster_id`, for the
@@ -246,6 +252,40 @@ pub fn identity_of(der: &[u8], cluster_id: &str) -> Option<CertIdentity> {
     })
 }
 
+/// SHA-256 over every certificate of a bundle, in order: a bundle's
+/// identity (what hosts report, and compare to the cluster's).
+pub fn bundle_sha256(bundle_pem: &str) -> String {
+    let mut h = Sha256::new();
+    for c in certs_of(bundle_pem).unwrap_or_default() {
+        h.update(sha256_hex(&c));
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of the certificate in `bundle_pem` that issued the first
+/// certificate of `cert_pem` (by subject and signature).
+pub fn issuer_sha256(cert_pem: &str, bundle_pem: &str) -> Option<String> {
+    let der = certs_of(cert_pem).ok()?.into_iter().next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    certs_of(bundle_pem).ok()?.into_iter().find_map(|ca_der| {
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).ok()?;
+        (ca.subject().as_raw() == cert.issuer().as_raw()
+            && cert.verify_signature(Some(ca.public_key())).is_ok())
+        .then(|| sha256_hex(&ca_der))
+    })
+}
+
+/// A CA bundle: `first` (the CA that signs), then the others.
+pub fn bundle_of(first: &str, others: &[String]) -> String {
+    let mut out = first.trim_end().to_owned();
+    out.push('\n');
+    for o in others {
+        out.push_str(o.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// Seconds since the epoch at which the first certificate of `pem` expires.
 pub fn not_after_unix(pem: &str) -> Result<i64> {
     let der = &certs_of(pem)?[0];
@@ -263,6 +303,7 @@ pub struct Tls {
 struct Live {
     bundle_pem: String,
     cert_pem: String,
+    key_pem: String,
     client_verifier: Arc<dyn ClientCertVerifier>,
     server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
     key: Arc<CertifiedKey>,
@@ -276,11 +317,10 @@ fn live(bundle_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Live> {
             .map_err(|e| anyhow!("the CA bundle holds a certificate rustls refuses: {e}"))?;
     }
     let roots = Arc::new(roots);
-    let client_verifier =
-        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| anyhow!("client certificate verifier: {e}"))?;
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| anyhow!("client certificate verifier: {e}"))?;
     let server_verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
             .build()
@@ -295,6 +335,7 @@ fn live(bundle_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Live> {
     Ok(Live {
         bundle_pem: bundle_pem.to_owned(),
         cert_pem: cert_pem.to_owned(),
+        key_pem: key_pem.to_owned(),
         client_verifier,
         server_verifier,
         key: Arc::new(CertifiedKey::new(chain, key)),
@@ -325,8 +366,13 @@ impl Tls {
                 )
             })
         };
-        let tls = Tls::new(cluster_id, &read(CA_FILE)?, &read(CERT_FILE)?, &read(KEY_FILE)?)
-            .with_context(|| format!("the TLS files in {}", dir.display()))?;
+        let tls = Tls::new(
+            cluster_id,
+            &read(CA_FILE)?,
+            &read(CERT_FILE)?,
+            &read(KEY_FILE)?,
+        )
+        .with_context(|| format!("the TLS files in {}", dir.display()))?;
         Ok(Some(tls))
     }
 
@@ -358,6 +404,30 @@ impl Tls {
         Ok(())
     }
 
+    /// Trust `bundle_pem` from now on (CA rotation), keeping the
+    /// certificate and key.
+    pub fn set_bundle(&self, bundle_pem: &str) -> Result<()> {
+        let (cert, key) = {
+            let l = self.read();
+            (l.cert_pem.clone(), l.key_pem.clone())
+        };
+        self.replace(bundle_pem, &cert, &key)
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.read().key_pem.clone()
+    }
+
+    /// What this host's material looks like (for the heartbeat).
+    pub fn report(&self) -> crate::api::TlsReport {
+        let l = self.read();
+        crate::api::TlsReport {
+            bundle_sha256: bundle_sha256(&l.bundle_pem),
+            cert_ca_sha256: issuer_sha256(&l.cert_pem, &l.bundle_pem).unwrap_or_default(),
+            cert_not_after_unix: not_after_unix(&l.cert_pem).unwrap_or_default(),
+        }
+    }
+
     pub fn bundle_pem(&self) -> String {
         self.read().bundle_pem.clone()
     }
@@ -378,7 +448,9 @@ impl Tls {
             return true;
         };
         let third = HOST_CERT_VALID_DAYS * 86_400 / 3;
-        not_after - now_unix < third
+        let signer = issuer_sha256(&l.cert_pem, &l.bundle_pem);
+        let current = ca_sha256_hex(&l.bundle_pem).ok();
+        not_after - now_unix < third || signer != current
     }
 
     /// The server side: this host's certificate, client certificates
@@ -639,7 +711,15 @@ mod tests {
     fn host_material(ca: &CaMaterial, cluster: &str, host: &str, role: Role) -> (String, String) {
         let key = new_host_key().unwrap();
         let csr = csr(&key, host).unwrap();
-        let cert = sign_host(ca, &csr, cluster, host, role, &["10.0.0.1".parse().unwrap()]).unwrap();
+        let cert = sign_host(
+            ca,
+            &csr,
+            cluster,
+            host,
+            role,
+            &["10.0.0.1".parse().unwrap()],
+        )
+        .unwrap();
         (cert, key)
     }
 
@@ -656,9 +736,18 @@ mod tests {
                 role: Role::Worker
             })
         );
-        assert_eq!(identity_of(der, "c2"), None, "another cluster's certificate");
-        let days = (not_after_unix(&cert).unwrap() - time::OffsetDateTime::now_utc().unix_timestamp()) / 86_400;
-        assert!((HOST_CERT_VALID_DAYS - 1..=HOST_CERT_VALID_DAYS).contains(&days), "{days}");
+        assert_eq!(
+            identity_of(der, "c2"),
+            None,
+            "another cluster's certificate"
+        );
+        let days = (not_after_unix(&cert).unwrap()
+            - time::OffsetDateTime::now_utc().unix_timestamp())
+            / 86_400;
+        assert!(
+            (HOST_CERT_VALID_DAYS - 1..=HOST_CERT_VALID_DAYS).contains(&days),
+            "{days}"
+        );
     }
 
     #[test]
@@ -709,5 +798,46 @@ mod tests {
         assert_eq!(mode(&format!("{TLS_DIR}/{KEY_FILE}")), 0o600);
         let back = Tls::load(dir.path(), "c1").unwrap().unwrap();
         assert_eq!(back.cert_pem(), cert);
+    }
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_from_the_old_ca_is_due_once_the_new_one_signs() {
+        let old = new_ca("c1").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        let new = new_ca("c1").unwrap();
+        let key = new_host_key().unwrap();
+        let cert = sign_host(
+            &old,
+            &csr(&key, "h1").unwrap(),
+            "c1",
+            "h1",
+            Role::Worker,
+            &[],
+        )
+        .unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // Start: the new CA is trusted, the old one still signs.
+        let tls = Tls::new(
+            "c1",
+            &bundle_of(&old.cert_pem, std::slice::from_ref(&new.cert_pem)),
+            &cert,
+            &key,
+        )
+        .unwrap();
+        assert!(!tls.renew_due(now));
+        let r = tls.report();
+        assert_eq!(r.cert_ca_sha256, ca_sha256_hex(&old.cert_pem).unwrap());
+        // Switch: the new one signs; the old certificate still verifies,
+        // and is due for renewal.
+        tls.set_bundle(&bundle_of(&new.cert_pem, std::slice::from_ref(&old.cert_pem)))
+            .unwrap();
+        assert!(tls.renew_due(now));
+        assert_ne!(tls.report().bundle_sha256, r.bundle_sha256);
+        assert_eq!(issuer_sha256(&cert, &new.cert_pem), None);
     }
 }

@@ -22,7 +22,9 @@ pub async fn run(node: Arc<Node>) {
             match renew(&node).await {
                 Ok(()) => CHECK_INTERVAL_S,
                 Err(e) => {
-                    tracing::warn!("renewing this host's certificate: {e:#}; retrying in {RETRY_S} s");
+                    tracing::warn!(
+                        "renewing this host's certificate: {e:#}; retrying in {RETRY_S} s"
+                    );
                     RETRY_S
                 }
             }
@@ -52,9 +54,14 @@ pub async fn renew(node: &Arc<Node>) -> Result<()> {
         &key,
     )?;
     let dir = node.datadir.path().to_path_buf();
-    let (bundle, cert, k) = (resp.ca_bundle_pem.clone(), resp.cert_pem.clone(), key.clone());
+    let (bundle, cert, k) = (
+        resp.ca_bundle_pem.clone(),
+        resp.cert_pem.clone(),
+        key.clone(),
+    );
     tokio::task::spawn_blocking(move || Tls::store(&dir, &bundle, &cert, &k)).await??;
-    node.tls.replace(&resp.ca_bundle_pem, &resp.cert_pem, &key)?;
+    node.tls
+        .replace(&resp.ca_bundle_pem, &resp.cert_pem, &key)?;
     tracing::info!(
         "renewed this host's certificate (valid until {})",
         crate::pki::not_after_unix(&resp.cert_pem)
@@ -63,3 +70,47 @@ pub async fn renew(node: &Arc<Node>) -> Result<()> {
     );
     Ok(())
 }
+
+/// The coordinator sent a new CA bundle (a CA rotation step): trust it from
+/// now on (stored first, so a restart keeps it), and renew the certificate
+/// at once if the CA that signs changed.
+pub fn take_bundle(node: &Arc<Node>, bundle_pem: &str) {
+    if crate::pki::certs_of(bundle_pem).is_err()
+        || bundle_pem.len() > haven_core::state::CA_PEM_BYTES_MAX
+    {
+        tracing::warn!("the coordinator sent an unreadable CA bundle; kept the current one");
+        return;
+    }
+    let node = node.clone();
+    let bundle = bundle_pem.to_owned();
+    tokio::spawn(async move {
+        if !TAKING
+            .try_lock()
+            .is_ok_and(|mut busy| !std::mem::replace(&mut *busy, true))
+        {
+            return;
+        }
+        let result = async {
+            let dir = node.datadir.path().to_path_buf();
+            let (b, cert, key) = (bundle.clone(), node.tls.cert_pem(), node.tls.key_pem());
+            tokio::task::spawn_blocking(move || Tls::store(&dir, &b, &cert, &key)).await??;
+            node.tls.set_bundle(&bundle)?;
+            tracing::info!("now trusting the cluster's new CA bundle");
+            if node
+                .tls
+                .renew_due(time::OffsetDateTime::now_utc().unix_timestamp())
+            {
+                renew(&node).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!("taking the cluster's new CA bundle: {e:#}");
+        }
+        *TAKING.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    });
+}
+
+/// One bundle change at a time (heartbeats come every 100 ms).
+static TAKING: std::sync::Mutex<bool> = std::sync::Mutex::new(false);

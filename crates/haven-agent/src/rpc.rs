@@ -46,7 +46,10 @@ pub const SCHEME: &str = "https";
 
 /// A client builder with this module's timeouts, trusting `ca_pem` (the
 /// cluster CA, from a credential) when given, presenting no certificate.
-pub fn client_builder(timeout_ms: u64, ca_pem: Option<&str>) -> anyhow::Result<reqwest::ClientBuilder> {
+pub fn client_builder(
+    timeout_ms: u64,
+    ca_pem: Option<&str>,
+) -> anyhow::Result<reqwest::ClientBuilder> {
     let b = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(timeout_ms.min(1_000)))
         .timeout(Duration::from_millis(timeout_ms))
@@ -59,7 +62,10 @@ pub fn client_builder(timeout_ms: u64, ca_pem: Option<&str>) -> anyhow::Result<r
 }
 
 /// A host's client: presents its certificate, trusts the cluster CA.
-pub fn host_client(timeout_ms: u64, tls: &std::sync::Arc<crate::pki::Tls>) -> anyhow::Result<reqwest::Client> {
+pub fn host_client(
+    timeout_ms: u64,
+    tls: &std::sync::Arc<crate::pki::Tls>,
+) -> anyhow::Result<reqwest::Client> {
     Ok(client_builder(timeout_ms, None)?
         .use_preconfigured_tls(tls.client_config()?)
         .build()?)

@@ -15,14 +15,14 @@
 //!   finished sending its headers) is dropped.
 
 use axum::body::{Body, HttpBody};
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use axum::extract::connect_info::{ConnectInfo, Connected};
-use axum::serve::{IncomingStream, Listener};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};

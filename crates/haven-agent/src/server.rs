@@ -69,6 +69,10 @@ pub fn router(node: Arc<Node>) -> Router {
     let mut r = Router::new()
         .route("/v1/ca", get(ca))
         .route(
+            "/v1/ca/rotate",
+            post(rotate_ca).layer(limit(REQUEST_BODY_BYTES_MAX)),
+        )
+        .route(
             "/v1/renew",
             post(renew).layer(limit(REQUEST_BODY_BYTES_MAX)),
         )
@@ -168,7 +172,10 @@ async fn forward(
     };
     let mut req = node
         .http
-        .request(method, format!("{}://{leader}{path_and_query}", crate::rpc::SCHEME))
+        .request(
+            method,
+            format!("{}://{leader}{path_and_query}", crate::rpc::SCHEME),
+        )
         .header(FORWARDED_HEADER, "1")
         .timeout(Duration::from_secs(30));
     if let Some(b) = body {
@@ -452,6 +459,151 @@ async fn renew(
     }
 }
 
+/// `POST /v1/ca/rotate`: one step of a CA rotation, without downtime:
+/// - `start`: a new CA is made and added to the bundle every host trusts
+///   (hosts take it from their next heartbeat answer); the old one signs.
+/// - `switch`, once every host trusts the new one: it signs from now on;
+///   every host renews its certificate with it at once (both are trusted,
+///   so connections never fail meanwhile).
+/// - `finish`, once every host holds a certificate from the new CA: the
+///   old one is dropped from the bundle.
+///
+/// `switch` and `finish` refuse while a host lags, naming it, unless
+/// `force` (a host that is down then needs to join again).
+async fn rotate_ca(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+    let req: RotateRequest = match parse_body("/v1/ca/rotate", REQUEST_BODY_BYTES_MAX, body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Some(r) = unless_leader(&node, &headers, "/v1/ca/rotate", &req).await {
+        return r;
+    }
+    let c = node.consensus.as_ref().expect("leader has consensus");
+    let Some(ca) = c.read(|s| s.ca.clone()) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this cluster has no CA in its replicated state",
+        );
+    };
+    let Ok(certs) = crate::pki::certs_of(&ca.bundle_pem) else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the cluster CA bundle is unreadable",
+        );
+    };
+    let pems: Vec<String> = certs.iter().map(crate::pki::pem_of).collect();
+    // Hosts that have not caught up with `want`, by what they report.
+    let lagging = |want: &dyn Fn(&TlsReport) -> bool| -> Vec<String> {
+        let hosts: Vec<String> = c.read(|s| s.hosts.keys().cloned().collect());
+        let slot = node.office.lock().unwrap();
+        hosts
+            .into_iter()
+            .filter(|h| !slot.as_ref().and_then(|o| o.tls.get(h)).is_some_and(want))
+            .collect()
+    };
+    let (new, message) = match req.step.as_str() {
+        "start" => {
+            if ca.next.is_some() {
+                return error(StatusCode::CONFLICT, "a CA rotation is under way: go on with `haven ca rotate --switch`, then `--finish`");
+            }
+            if pems.len() > 1 {
+                return error(StatusCode::CONFLICT, "the bundle still holds an old CA: finish the last rotation first with `haven ca rotate --finish`");
+            }
+            let fresh = match crate::pki::new_ca(&node.identity.cluster_id) {
+                Ok(f) => f,
+                Err(e) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("making the new CA: {e:#}"),
+                    )
+                }
+            };
+            let bundle = crate::pki::bundle_of(&pems[0], std::slice::from_ref(&fresh.cert_pem));
+            (
+                haven_core::state::ClusterCa {
+                    bundle_pem: bundle,
+                    key_pem: ca.key_pem.clone(),
+                    next: Some((fresh.cert_pem, fresh.key_pem)),
+                },
+                "CA rotation started: every host now trusts the new CA too; once `haven status` shows all on the new bundle, run `haven ca rotate --switch`",
+            )
+        }
+        "switch" => {
+            let Some((next_cert, next_key)) = ca.next.clone() else {
+                return error(
+                    StatusCode::CONFLICT,
+                    "no CA rotation is under way: start one with `haven ca rotate`",
+                );
+            };
+            let want = crate::pki::bundle_sha256(&ca.bundle_pem);
+            let behind = lagging(&|t: &TlsReport| t.bundle_sha256 == want);
+            if !behind.is_empty() && !req.force {
+                return error(StatusCode::CONFLICT, format!("these hosts do not trust the new CA yet: {}; wait for their heartbeats (or --force: they then need to join again)", behind.join(", ")));
+            }
+            let others: Vec<String> = pems
+                .iter()
+                .filter(|p| p.trim() != next_cert.trim())
+                .cloned()
+                .collect();
+            (
+                haven_core::state::ClusterCa {
+                    bundle_pem: crate::pki::bundle_of(&next_cert, &others),
+                    key_pem: next_key,
+                    next: None,
+                },
+                "CA rotation switched: the new CA signs; every host renews its certificate now; once `haven status` shows all renewed, run `haven ca rotate --finish`",
+            )
+        }
+        "finish" => {
+            if ca.next.is_some() {
+                return error(
+                    StatusCode::CONFLICT,
+                    "switch first: `haven ca rotate --switch`",
+                );
+            }
+            let first = crate::pki::sha256_hex(&certs[0]);
+            let behind = lagging(&|t: &TlsReport| t.cert_ca_sha256 == first);
+            if !behind.is_empty() && !req.force {
+                return error(StatusCode::CONFLICT, format!("these hosts still hold a certificate from the old CA: {}; wait for them to renew (or --force: they then need to join again)", behind.join(", ")));
+            }
+            (
+                haven_core::state::ClusterCa {
+                    bundle_pem: crate::pki::bundle_of(&pems[0], &[]),
+                    key_pem: ca.key_pem.clone(),
+                    next: None,
+                },
+                "CA rotation finished: the old CA is no longer trusted",
+            )
+        }
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("step: {other:?} is not one of start, switch, finish"),
+            );
+        }
+    };
+    let signing = crate::pki::ca_sha256_hex(&new.bundle_pem).unwrap_or_default();
+    let at_ms = node.clock.wall_ms();
+    let cmd = Command::Batch {
+        commands: vec![
+            Command::SetCa { ca: new },
+            Command::RecordEvent {
+                message: message.to_string(),
+                at_ms,
+            },
+        ],
+    };
+    match propose(&node, cmd).await {
+        Ok(CommandResult::Rejected(m)) => error(StatusCode::CONFLICT, m),
+        Ok(_) => Json(RotateResponse {
+            message: message.to_string(),
+            signing_ca_sha256: signing,
+        })
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
 /// `GET /v1/ca`: the CA bundle this host trusts (public: certificates).
 async fn ca(State(node): State<Arc<Node>>) -> Reply {
     Json(CaResponse {
@@ -616,6 +768,7 @@ async fn heartbeat(State(node): State<Arc<Node>>, body: Body) -> Reply {
         let mut slot = node.office.lock().unwrap();
         let office = office_for(&mut slot, &node, term, now);
         office.keepers.insert(req.host.clone(), req.keeper);
+        office.tls.insert(req.host.clone(), req.tls.clone());
         if let Some(now) = office.on_problems(&req.host, req.problems) {
             let message = if now.is_empty() {
                 format!("host {} is no longer degraded", req.host)
@@ -670,7 +823,11 @@ async fn heartbeat(State(node): State<Arc<Node>>, body: Body) -> Reply {
             .await;
         });
     }
+    let ca_bundle_pem = c
+        .read(|s| s.ca.as_ref().map(|ca| ca.bundle_pem.clone()))
+        .filter(|b| crate::pki::bundle_sha256(b) != req.tls.bundle_sha256);
     Json(HeartbeatResponse {
+        ca_bundle_pem,
         sent_ms: req.sent_ms,
         lease_ms,
         leader: node.address.clone(),
@@ -856,6 +1013,7 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                 problems: office
                     .and_then(|o| o.problems.get(&h.name).cloned())
                     .unwrap_or_default(),
+                tls: office.and_then(|o| o.tls.get(&h.name).cloned()),
             })
             .collect::<Vec<HostStatus>>();
         // Live free figures are shown, never committed (pending reasons

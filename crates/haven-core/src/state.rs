@@ -159,6 +159,10 @@ pub struct ClusterState {
 pub struct ClusterCa {
     pub bundle_pem: String,
     pub key_pem: String,
+    /// During a CA rotation, between `start` and `switch`: the new CA,
+    /// trusted by then but not yet signing.
+    #[serde(default)]
+    pub next: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for ClusterCa {
@@ -586,7 +590,11 @@ impl ClusterState {
                 CommandResult::Ok
             }
             Command::SetCa { ca } => {
-                if ca.bundle_pem.len() > CA_PEM_BYTES_MAX || ca.key_pem.len() > CA_PEM_BYTES_MAX {
+                let next_len = ca.next.as_ref().map_or(0, |(c, k)| c.len().max(k.len()));
+                if ca.bundle_pem.len() > CA_PEM_BYTES_MAX
+                    || ca.key_pem.len() > CA_PEM_BYTES_MAX
+                    || next_len > CA_PEM_BYTES_MAX
+                {
                     return CommandResult::Rejected(format!(
                         "the CA bundle and key must each be at most {CA_PEM_BYTES_MAX} bytes"
                     ));

@@ -94,6 +94,11 @@ pub enum Cmd {
         #[command(subcommand)]
         action: Option<SettingsAction>,
     },
+    /// The cluster CA.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
     /// The lease keeper of a host (started by `haven agent`; see docs/lease-keeper.md).
     #[command(hide = true)]
     Keeper(KeeperArgs),
@@ -101,6 +106,26 @@ pub enum Cmd {
     /// agent with each instance; reads stdin until end of file).
     #[command(name = haven_drivers::logcopy::SUBCOMMAND, hide = true)]
     LogCopier(LogCopierArgs),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CaAction {
+    /// Rotate the cluster CA without downtime, in three steps: `rotate`
+    /// (every host comes to trust a new CA), `rotate --switch` (the new CA
+    /// signs; every host renews its certificate), `rotate --finish` (the
+    /// old CA is no longer trusted). `haven status -o json` shows each
+    /// host's progress. Join tokens made before `--switch` stop working
+    /// after `--finish`.
+    Rotate {
+        #[arg(long, conflicts_with = "finish")]
+        switch: bool,
+        #[arg(long)]
+        finish: bool,
+        /// Go on although some hosts have not caught up (they then have to
+        /// join again).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -451,6 +476,31 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => logs(&cli.server, &name, host.as_deref(), tail, follow).await,
         Cmd::Demo(args) => crate::demo::run(args).await,
         Cmd::Settings { action } => settings(&cli.server, action).await,
+        Cmd::Ca {
+            action:
+                CaAction::Rotate {
+                    switch,
+                    finish,
+                    force,
+                },
+        } => {
+            let step = if switch {
+                "switch"
+            } else if finish {
+                "finish"
+            } else {
+                "start"
+            };
+            let http = rpc::client(30_000);
+            let req = haven_agent::api::RotateRequest {
+                step: step.into(),
+                force,
+            };
+            let r: haven_agent::api::RotateResponse =
+                rpc::post(&http, &cli.server, "/v1/ca/rotate", &req, false, None).await?;
+            println!("{}\nsigning CA SHA-256: {}", r.message, r.signing_ca_sha256);
+            Ok(())
+        }
         Cmd::Keeper(_) => unreachable!("the keeper runs before the runtime starts (main.rs)"),
         Cmd::LogCopier(_) => {
             unreachable!("the log copier runs before the runtime starts (main.rs)")
