@@ -65,7 +65,7 @@ impl Identity {
                         unknown(
                             "user",
                             name,
-                            format!("create it (e.g. `useradd --system --no-create-home {name}`) or change `user` in the spec"),
+                            format!("create it (`useradd --system {name}`) or change `user` in the spec"),
                         )
                     })?;
                 (entry.uid.as_raw(), Some(entry))
@@ -84,7 +84,7 @@ impl Identity {
                         unknown(
                             "group",
                             name,
-                            format!("create it (e.g. `groupadd --system {name}`) or change `group` in the spec"),
+                            format!("create it (`groupadd --system {name}`) or change `group` in the spec"),
                         )
                     })?
                     .gid
