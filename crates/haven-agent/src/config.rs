@@ -92,6 +92,7 @@ pub struct ConfigFile {
     pub shutdown_timeout_ms: Option<u64>,
     pub fence_after_ms: Option<u64>,
     pub restart_grace_ms: Option<u64>,
+    pub allow_root_workloads: Option<bool>,
     pub fence_timeout_ms: Option<u64>,
 }
 

@@ -14,7 +14,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use haven_core::model::{Generation, Role};
 use haven_core::placement::HostView;
-use haven_core::spec::{check_apply, check_fits_cluster, check_host, check_name};
+use haven_core::spec::{
+    check_apply, check_fits_cluster, check_host, check_name, check_root_allowed,
+};
 use haven_core::state::{Command, CommandResult};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -1200,7 +1202,8 @@ async fn apply(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) ->
 
 /// An apply request checked and turned into the commands to propose: the
 /// same validation as the CLI's and the state machine's (400 naming the
-/// field), then what depends on the cluster (422): every workload fits some
+/// field), then what depends on the cluster (422): a workload names its
+/// user when the cluster allows no implicit root, every workload fits some
 /// host, and a VM's files are where every host can open them. Runs on the
 /// blocking pool.
 fn prepare_apply(node: &Node, bytes: &[u8]) -> Result<Vec<Command>, Reply> {
@@ -1214,8 +1217,16 @@ fn prepare_apply(node: &Node, bytes: &[u8]) -> Result<Vec<Command>, Reply> {
     let Some(c) = node.consensus.as_ref() else {
         return Err(not_leader(node));
     };
-    let datastore = c.read(|s| s.settings.datastore.clone());
+    let (datastore, allow_root) = c.read(|s| {
+        (
+            s.settings.datastore.clone(),
+            s.settings.allow_root_workloads,
+        )
+    });
     let mut problems = vec![];
+    if let Err(e) = check_root_allowed(&req.source, &req.specs, allow_root) {
+        problems.extend(e.0);
+    }
     for s in &req.specs {
         if let haven_core::model::WorkloadKind::Vm(vm) = &s.kind {
             problems.extend(check_vm_files(&req.source, s, vm, datastore.as_deref()));

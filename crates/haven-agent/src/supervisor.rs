@@ -10,6 +10,7 @@ use haven_core::model::{
 };
 use haven_core::restart::{RestartDecision, RestartTracker};
 use haven_drivers::process::{InstanceKey, ProcessDriver};
+use haven_drivers::Identity;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -611,6 +612,30 @@ impl Supervisor {
         };
         let k = key(workload, generation);
         let _ = self.driver.cleanup(&k);
+        // Resolved at each start: the host's users may change. A user this
+        // host does not know fails the instance here at once (retrying
+        // will not help; another host may know it).
+        let identity = match d.spec.user.as_deref() {
+            None => None,
+            Some(user) => match Identity::resolve(workload, user, d.spec.group.as_deref()) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::warn!("start of {k} failed: {e}");
+                    let mut map = self.instances.lock().unwrap();
+                    let entry = map
+                        .entry(workload.to_owned())
+                        .or_insert_with(|| Instance::new(generation, d.isolation, d.spec.restart));
+                    if e.is_unknown_identity() {
+                        entry.phase = Phase::Failed;
+                        entry.pid = None;
+                        entry.detail = Some(format!("not started: {e}"));
+                    } else {
+                        entry.on_exit(now_ms, format!("start failed: {e}"));
+                    }
+                    return;
+                }
+            },
+        };
         let mut env = BTreeMap::new();
         env.insert("HAVEN_HOST".to_string(), self.host.clone());
         let command: Vec<String> = match &d.spec.kind {
@@ -664,10 +689,19 @@ impl Supervisor {
                     d.spec.memory_mib,
                     &paths,
                 ));
+                argv.extend(haven_drivers::vm::run_as_args(identity.as_ref()));
                 argv
             }
         };
-        let started = self.driver.start(&k, &command, &env, d.spec.log_max_bytes);
+        // QEMU starts as the agent and drops to the identity itself, once
+        // it has opened its disks and sockets (`vm::run_as_args`).
+        let process_identity = match &d.spec.kind {
+            WorkloadKind::Process { .. } => identity.as_ref(),
+            WorkloadKind::Vm(_) => None,
+        };
+        let started = self
+            .driver
+            .start(&k, &command, &env, d.spec.log_max_bytes, process_identity);
         let mut map = self.instances.lock().unwrap();
         let entry = map
             .entry(workload.to_owned())

@@ -181,6 +181,12 @@ pub struct ClusterSettings {
     /// kept running by its lease keeper) before they are stopped and moved.
     #[serde(default = "default_restart_grace_ms")]
     pub restart_grace_ms: u64,
+    /// Whether a spec that names no `user` may run as root (the agent's
+    /// own identity). Off: every apply must name its `user` (`"root"`
+    /// included). State stored before the setting existed reads it as on,
+    /// so an upgrade changes nothing (README: least privilege).
+    #[serde(default = "default_allow_root_workloads")]
+    pub allow_root_workloads: bool,
 }
 
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
@@ -195,6 +201,12 @@ fn default_restart_grace_ms() -> u64 {
     DEFAULT_RESTART_GRACE_MS
 }
 
+pub const DEFAULT_ALLOW_ROOT_WORKLOADS: bool = true;
+
+fn default_allow_root_workloads() -> bool {
+    DEFAULT_ALLOW_ROOT_WORKLOADS
+}
+
 impl Default for ClusterSettings {
     fn default() -> Self {
         ClusterSettings {
@@ -204,6 +216,7 @@ impl Default for ClusterSettings {
             timing: Timing::default(),
             fence_after_ms: DEFAULT_FENCE_AFTER_MS,
             restart_grace_ms: DEFAULT_RESTART_GRACE_MS,
+            allow_root_workloads: DEFAULT_ALLOW_ROOT_WORKLOADS,
         }
     }
 }
@@ -378,6 +391,17 @@ pub struct WorkloadSpec {
     /// (the live log and its rotated files together; `logs.rs`).
     #[serde(default = "default_log_max_bytes")]
     pub log_max_bytes: u64,
+    /// Who the workload runs as on its host: a user name or a numeric uid,
+    /// resolved there at each start (`spec::principal`). `None`: the
+    /// agent's own identity (root), allowed only while the cluster's
+    /// `allow_root_workloads` is on. A process runs as this user; a VM's
+    /// QEMU drops to it once it has opened its files; an OCF agent will
+    /// run as it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Its primary group (name or gid); default: the user's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 fn default_log_max_bytes() -> u64 {
@@ -385,6 +409,11 @@ fn default_log_max_bytes() -> u64 {
 }
 
 impl WorkloadSpec {
+    /// Runs as root: names no user (the agent's identity), or names root.
+    pub fn runs_as_root(&self) -> bool {
+        self.user.as_deref().is_none_or(crate::spec::is_root)
+    }
+
     pub fn demand(&self) -> Capacity {
         Capacity {
             vcpus: self.vcpus,

@@ -160,6 +160,8 @@ mod tests {
             restart: RestartPolicy::default(),
             isolation_response: None,
             log_max_bytes: crate::logs::LOG_MAX_BYTES_DEFAULT,
+            user: None,
+            group: None,
         }
     }
 

@@ -50,6 +50,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "bound of the shutdown isolation response",
     ),
     (
+        "allow_root_workloads",
+        "true | false: whether a spec without `user` may run as root (false: every spec names its user, user = \"root\" included)",
+    ),
+    (
         "datastore",
         "the shared datastore path (fixed at bootstrap)",
     ),
@@ -72,6 +76,7 @@ fn value_of(s: &ClusterSettings, key: &str) -> Option<String> {
         "restart_grace_ms" => s.restart_grace_ms.to_string(),
         "isolation_response" => s.isolation_response.as_str().to_string(),
         "shutdown_timeout_ms" => s.shutdown_timeout_ms.to_string(),
+        "allow_root_workloads" => s.allow_root_workloads.to_string(),
         "datastore" => s.datastore.clone().unwrap_or_else(|| "none".into()),
         _ => return None,
     })
@@ -98,6 +103,17 @@ pub fn set(settings: &ClusterSettings, key: &str, value: &str) -> Result<Cluster
             s.isolation_response = IsolationResponse::parse(value.trim()).ok_or_else(|| {
                 format!("isolation_response={value:?}: expected power-off, shutdown or leave-running")
             })?
+        }
+        "allow_root_workloads" => {
+            s.allow_root_workloads = match value.trim() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(format!(
+                        "allow_root_workloads={value:?}: expected true or false"
+                    ))
+                }
+            }
         }
         "datastore" => {
             return Err(
@@ -295,6 +311,29 @@ mod tests {
         );
         let e = disagreements(&d, &[("datastore".into(), "/srv/ds".into())]);
         assert!(e[0].contains("datastore = none"), "{e:?}");
+    }
+
+    #[test]
+    fn allow_root_workloads_is_a_boolean_setting_on_by_default() {
+        let d = ClusterSettings::default();
+        assert!(d.allow_root_workloads);
+        let off = set(&d, "allow_root_workloads", "false").unwrap();
+        assert!(!off.allow_root_workloads);
+        assert_eq!(validate(&off), Ok(()));
+        let e = set(&d, "allow_root_workloads", "no").unwrap_err();
+        assert!(
+            e.contains("allow_root_workloads") && e.contains("true or false"),
+            "{e}"
+        );
+        assert_eq!(
+            changes(&d, &off),
+            vec!["allow_root_workloads true → false".to_string()]
+        );
+        // Settings stored before the key existed read it as on.
+        let mut json = serde_json::to_value(&off).unwrap();
+        json.as_object_mut().unwrap().remove("allow_root_workloads");
+        let old: ClusterSettings = serde_json::from_value(json).unwrap();
+        assert!(old.allow_root_workloads);
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub const FORWARDS_MAX: usize = 32;
 pub const FORWARD_LEN_MAX: usize = 128;
 /// A network interface name (`IFNAMSIZ` - 1).
 pub const BRIDGE_LEN_MAX: usize = 15;
+/// A user or group name (`useradd`'s limit on Linux).
+pub const PRINCIPAL_NAME_LEN_MAX: usize = 32;
+/// The largest uid or gid: `(uid_t)-1` means "unchanged" to the kernel.
+pub const PRINCIPAL_ID_MAX: u32 = u32::MAX - 1;
 
 /// An inclusive range an integer field must lie in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +138,12 @@ pub fn check_spec(spec: &WorkloadSpec) -> Vec<FieldProblem> {
     if let Err(m) = crate::logs::check_log_max_bytes(spec.log_max_bytes) {
         out.push("log_max_bytes", m);
     }
+    if let Some(Err(m)) = spec.user.as_deref().map(principal) {
+        out.push("user", m);
+    }
+    if let Some(Err(m)) = spec.group.as_deref().map(principal) {
+        out.push("group", m);
+    }
     match &spec.kind {
         WorkloadKind::Process { command, env } => {
             check_command(command, &mut out);
@@ -205,6 +215,84 @@ pub fn check_apply(source: &str, specs: &[WorkloadSpec]) -> Result<(), SpecError
     } else {
         Err(SpecErrors(errors))
     }
+}
+
+/// The policy check of an apply that needs the cluster's settings (run by
+/// the API before anything is proposed and by the state machine, never by
+/// the CLI, which does not know them): with `allow_root_workloads` off,
+/// every spec must name its `user`, `"root"` included, so that nothing
+/// runs as root by omission. Specs already stored are not touched by it.
+pub fn check_root_allowed(
+    source: &str,
+    specs: &[WorkloadSpec],
+    allow_root_workloads: bool,
+) -> Result<(), SpecErrors> {
+    if allow_root_workloads {
+        return Ok(());
+    }
+    let at = shown_source(source);
+    let errors: Vec<String> = specs
+        .iter()
+        .filter(|s| s.user.is_none())
+        .map(|s| {
+            format!(
+                "{at}: workload {:?}: field \"user\": missing, and this cluster runs nothing as root by default (setting allow_root_workloads = false): name the user it runs as, e.g. user = \"www-data\", or write user = \"root\" to run it as root",
+                shown_name(&s.name)
+            )
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecErrors(errors))
+    }
+}
+
+/// A `user` or `group` of a spec: a numeric id or a name, to be resolved
+/// on the host that starts the workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Principal<'a> {
+    Id(u32),
+    Name(&'a str),
+}
+
+/// Parse a `user` or `group`: all digits is an id (0..=4294967294); else a
+/// name of 1-32 characters of a-z, A-Z, 0-9, '.', '_', '-', starting with
+/// a letter or '_', with an optional final '$' (as `useradd` and NSS
+/// accept). Whether it exists is for the host to say, at start.
+pub fn principal(text: &str) -> Result<Principal<'_>, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return match text.parse::<u32>() {
+            Ok(id) if id <= PRINCIPAL_ID_MAX => Ok(Principal::Id(id)),
+            _ => Err(format!(
+                "a numeric id must be at most {PRINCIPAL_ID_MAX}; got {:?}",
+                shorten(text, 80)
+            )),
+        };
+    }
+    let body = text.strip_suffix('$').unwrap_or(text);
+    let ok_first = body
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let ok_rest = body
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if text.len() > PRINCIPAL_NAME_LEN_MAX || !ok_first || !ok_rest {
+        return Err(format!(
+            "must be a name of 1-{PRINCIPAL_NAME_LEN_MAX} characters of a-z, A-Z, 0-9, '.', '_', '-' starting with a letter or '_' (e.g. \"www-data\"), or a numeric id (e.g. \"1000\"); got {:?}",
+            shorten(text, 80)
+        ));
+    }
+    Ok(Principal::Name(text))
+}
+
+/// `user` names root: `"root"` or uid 0.
+pub fn is_root(user: &str) -> bool {
+    matches!(
+        principal(user),
+        Ok(Principal::Id(0)) | Ok(Principal::Name("root"))
+    )
 }
 
 fn too_many_workloads(at: &str, n: usize) -> String {
@@ -540,6 +628,8 @@ const COMMON_FIELDS: &[&str] = &[
     "restart_window_s",
     "isolation_response",
     "log_max_bytes",
+    "user",
+    "group",
 ];
 const PROCESS_FIELDS: &[&str] = &["command", "env"];
 const VM_FIELDS: &[&str] = &[
@@ -865,6 +955,8 @@ impl Entry<'_> {
                 }
             },
         };
+        let user = self.principal("user");
+        let group = self.principal("group");
         if self.errors.len() > before {
             return None;
         }
@@ -888,11 +980,30 @@ impl Entry<'_> {
             },
             isolation_response,
             log_max_bytes: log_max_bytes?,
+            user,
+            group,
         };
         for p in check_spec(&spec) {
             self.err(p.field, p.problem);
         }
         (self.errors.len() == before).then_some(spec)
+    }
+
+    /// `user` or `group`: a string, or an integer (a numeric id) kept as
+    /// its decimal text; its syntax is `check_spec`'s.
+    fn principal(&mut self, field: &str) -> Option<String> {
+        match self.t.get(field) {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s.clone()),
+            Some(toml::Value::Integer(n)) => Some(n.to_string()),
+            Some(v) => {
+                self.err(
+                    field,
+                    format!("must be a name like \"www-data\" or a numeric id; got {v}"),
+                );
+                None
+            }
+        }
     }
 
     fn string(&mut self, field: &str) -> Option<String> {
@@ -1290,6 +1401,93 @@ priority = "high"
         assert_eq!(old.log_max_bytes, crate::logs::LOG_MAX_BYTES_DEFAULT);
     }
 
+    #[test]
+    fn user_and_group_are_names_or_ids_and_bad_ones_name_the_field() {
+        let specs = parse_workloads(
+            "w.toml",
+            &format!("{GOOD}user = \"www-data\"\ngroup = 33\n"),
+        )
+        .unwrap();
+        assert_eq!(specs[0].user.as_deref(), Some("www-data"));
+        assert_eq!(specs[0].group.as_deref(), Some("33"));
+        assert!(!specs[0].runs_as_root());
+        for good in [
+            "nobody",
+            "_apt",
+            "svc.web-1",
+            "Admin",
+            "machine$",
+            "0",
+            "4294967294",
+        ] {
+            assert!(principal(good).is_ok(), "{good}");
+        }
+        assert_eq!(principal("1000"), Ok(Principal::Id(1000)));
+        assert_eq!(principal("nobody"), Ok(Principal::Name("nobody")));
+        for bad in [
+            "",
+            "-rf",
+            "a b",
+            "a:b",
+            "a/b",
+            "1abc",
+            "$",
+            "4294967295",
+            "99999999999",
+            "a-very-long-user-name-of-33-chars",
+        ] {
+            let e = errs(&format!("{GOOD}user = {bad:?}\n"));
+            assert_eq!(e.len(), 1, "{bad:?}: {e:?}");
+            assert!(
+                e[0].contains("\"web\"") && e[0].contains("field \"user\""),
+                "{bad:?}: {e:?}"
+            );
+            let e = errs(&format!("{GOOD}group = {bad:?}\n"));
+            assert!(e[0].contains("field \"group\""), "{bad:?}: {e:?}");
+        }
+        let e = errs(&format!("{GOOD}user = -1\n"));
+        assert!(e[0].contains("field \"user\""), "{e:?}");
+        let e = errs(&format!("{GOOD}user = [\"a\"]\n"));
+        assert!(e[0].contains("field \"user\": must be a name"), "{e:?}");
+        // Old replicated state (no fields) reads as "no user", and a spec
+        // without one is stored without the keys (the log stays as it was).
+        let plain = parse_workloads("w.toml", GOOD).unwrap().remove(0);
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("user").is_none() && json.get("group").is_none());
+        assert_eq!(serde_json::from_value::<WorkloadSpec>(json).unwrap(), plain);
+    }
+
+    #[test]
+    fn root_needs_saying_when_the_cluster_does_not_allow_it() {
+        let mut implicit = process("web");
+        assert!(implicit.runs_as_root());
+        assert_eq!(
+            check_root_allowed("w.toml", std::slice::from_ref(&implicit), true),
+            Ok(())
+        );
+        let e = check_root_allowed("w.toml", std::slice::from_ref(&implicit), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("w.toml: workload \"web\": field \"user\": missing")
+                && e.contains("allow_root_workloads = false")
+                && e.contains("user = \"root\""),
+            "{e}"
+        );
+        for root in ["root", "0", "000"] {
+            implicit.user = Some(root.into());
+            assert!(is_root(root) && implicit.runs_as_root(), "{root}");
+            assert_eq!(
+                check_root_allowed("w.toml", std::slice::from_ref(&implicit), false),
+                Ok(()),
+                "explicit root ({root}) is accepted"
+            );
+        }
+        implicit.user = Some("nobody".into());
+        assert!(!implicit.runs_as_root());
+        assert!(!is_root("rooter") && !is_root("10"));
+    }
+
     const VM: &str = r#"
 [[workload]]
 name = "db1"
@@ -1427,6 +1625,10 @@ min_uptime_s = 10
             ("vcpus", process("a"), |s| s.vcpus = VCPUS_MAX + 1),
             ("memory_mib", process("a"), |s| s.memory_mib = u64::MAX),
             ("name", process("a"), |s| s.name = "x".repeat(64)),
+            ("user", process("a"), |s| {
+                s.user = Some("no such:user".into())
+            }),
+            ("group", vm("v"), |s| s.group = Some("-g".into())),
             ("command", process("a"), |s| {
                 s.kind = WorkloadKind::Process {
                     command: vec!["/bin/x".into(); COMMAND_ARGS_MAX + 1],

@@ -548,8 +548,17 @@ impl ClusterState {
                     if settings.shutdown_timeout_ms < self.settings.shutdown_timeout_ms {
                         self.prior_shutdown_timeout_ms = self.settings.shutdown_timeout_ms;
                     }
+                    let root_note =
+                        if self.settings.allow_root_workloads && !settings.allow_root_workloads {
+                            self.implicit_root_note()
+                        } else {
+                            String::new()
+                        };
                     self.settings = settings.clone();
-                    self.event(*at_ms, format!("cluster settings: {}", changes.join(", ")));
+                    self.event(
+                        *at_ms,
+                        format!("cluster settings: {}{root_note}", changes.join(", ")),
+                    );
                 }
                 CommandResult::Ok
             }
@@ -613,7 +622,7 @@ impl ClusterState {
                 specs,
                 source,
                 at_ms,
-            } => match crate::spec::check_apply(source, specs) {
+            } => match self.check_apply(source, specs) {
                 Ok(()) => self.apply_workloads(specs, source, *at_ms),
                 Err(e) => CommandResult::Rejected(e.to_string()),
             },
@@ -642,7 +651,7 @@ impl ClusterState {
                         staged.specs.len()
                     ));
                 }
-                match crate::spec::check_apply(source, &staged.specs) {
+                match self.check_apply(source, &staged.specs) {
                     Ok(()) => self.apply_workloads(&staged.specs, source, *at_ms),
                     Err(e) => CommandResult::Rejected(e.to_string()),
                 }
@@ -940,6 +949,43 @@ impl ClusterState {
             ),
         );
         CommandResult::HostRegistered { node_id }
+    }
+
+    /// An apply's checks: `spec::check_apply`, then the ones that need the
+    /// settings (the API runs the same before it proposes).
+    fn check_apply(
+        &self,
+        source: &str,
+        specs: &[WorkloadSpec],
+    ) -> Result<(), crate::spec::SpecErrors> {
+        crate::spec::check_apply(source, specs)?;
+        crate::spec::check_root_allowed(source, specs, self.settings.allow_root_workloads)
+    }
+
+    /// What turning `allow_root_workloads` off means for the workloads
+    /// already stored without a `user`: they keep running as root (nothing
+    /// is stopped or refused behind the operator's back), and their next
+    /// apply must name a user.
+    fn implicit_root_note(&self) -> String {
+        const NAMED_MAX: usize = 4;
+        let implicit: Vec<&str> = self
+            .workloads
+            .iter()
+            .filter(|(_, w)| w.spec.user.is_none())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if implicit.is_empty() {
+            return String::new();
+        }
+        let more = match implicit.len().saturating_sub(NAMED_MAX) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        format!(
+            "; {} workload(s) name no user and keep running as root: {}{more}; applying them again needs user = \"NAME\" (or user = \"root\")",
+            implicit.len(),
+            implicit[..implicit.len().min(NAMED_MAX)].join(", ")
+        )
     }
 
     fn apply_workloads(
@@ -1253,7 +1299,68 @@ mod tests {
             restart: Default::default(),
             isolation_response: None,
             log_max_bytes: crate::logs::LOG_MAX_BYTES_DEFAULT,
+            user: None,
+            group: None,
         }
+    }
+
+    fn apply(s: &mut ClusterState, specs: Vec<WorkloadSpec>) -> CommandResult {
+        s.apply(&Command::ApplyWorkloads {
+            specs,
+            source: "w.toml".into(),
+            at_ms: 1,
+        })
+    }
+
+    #[test]
+    fn with_root_not_allowed_an_apply_must_name_its_user_and_stored_workloads_keep_running() {
+        let mut s = ClusterState::default();
+        assert!(matches!(
+            apply(&mut s, vec![process("old")]),
+            CommandResult::Applied { .. }
+        ));
+        s.apply(&Command::SetSettings {
+            settings: settings_with("allow_root_workloads", "false"),
+            at_ms: 2,
+        });
+        let event = &s.cluster_events.back().unwrap().message;
+        assert!(
+            event.contains("allow_root_workloads true → false")
+                && event.contains("1 workload(s) name no user and keep running as root: old")
+                && event.contains("user = \"root\""),
+            "{event}"
+        );
+        assert!(s.workloads.contains_key("old"), "a stored workload stays");
+        // Neither a new workload nor the old one again, without a user.
+        for name in ["new", "old"] {
+            let r = apply(&mut s, vec![process(name)]);
+            assert!(
+                matches!(&r, CommandResult::Rejected(m)
+                    if m.contains(&format!("workload \"{name}\": field \"user\""))
+                        && m.contains("user = \"root\"")),
+                "{r:?}"
+            );
+        }
+        assert!(!s.workloads.contains_key("new"));
+        // Root stays possible, but said; any other user is fine.
+        let named = |name: &str, user: &str| WorkloadSpec {
+            user: Some(user.into()),
+            ..process(name)
+        };
+        let r = apply(
+            &mut s,
+            vec![named("a", "root"), named("b", "0"), named("c", "nobody")],
+        );
+        assert!(
+            matches!(&r, CommandResult::Applied { created, .. } if created.len() == 3),
+            "{r:?}"
+        );
+        // A bad name never reaches the state, whatever the setting.
+        let r = apply(&mut s, vec![named("d", "-rf")]);
+        assert!(
+            matches!(&r, CommandResult::Rejected(m) if m.contains("field \"user\"")),
+            "{r:?}"
+        );
     }
 
     #[test]

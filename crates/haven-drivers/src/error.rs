@@ -122,6 +122,33 @@ pub enum DriverError {
         source: io::Error,
     },
 
+    #[error("{what} {name:?} of workload {workload} is not known on this host: {fix}")]
+    UnknownIdentity {
+        workload: String,
+        /// `user` or `group`: the spec's field.
+        what: &'static str,
+        name: String,
+        fix: String,
+    },
+
+    #[error("workload {workload}: field {what:?}: {problem}")]
+    InvalidIdentity {
+        workload: String,
+        what: &'static str,
+        problem: String,
+    },
+
+    #[error(
+        "cannot look up the {what} of workload {workload} on this host: {source} \
+         (check /etc/nsswitch.conf and its directory service)"
+    )]
+    IdentityLookup {
+        workload: String,
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+
     #[error(
         "ProcessDriver::start must be called within a tokio runtime \
          (a background task reaps the child)"
@@ -142,6 +169,16 @@ pub enum DriverError {
 }
 
 impl DriverError {
+    /// This host does not know the workload's user or group: starting it
+    /// here again will not help (another host may know it). A failed
+    /// lookup (a directory service down) is not one: it may pass later.
+    pub fn is_unknown_identity(&self) -> bool {
+        matches!(
+            self,
+            DriverError::UnknownIdentity { .. } | DriverError::InvalidIdentity { .. }
+        )
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         DriverError::Io {
             op,

@@ -5,10 +5,12 @@
 //! lets a restarted agent re-adopt instances that kept running without it.
 //! Its output goes through a per-instance log copier ([`logcopy`]) into a
 //! size-capped, rotated log ([`logfile`]).
+//! An instance runs as its spec's user ([`identity`]), or as the agent.
 //! [`cgroup`] is the thin cgroupfs layer underneath.
 
 pub mod cgroup;
 pub mod error;
+pub mod identity;
 pub mod logcopy;
 pub mod logfile;
 pub mod process;
@@ -17,4 +19,5 @@ pub mod vm;
 
 pub use cgroup::Cgroup;
 pub use error::DriverError;
+pub use identity::Identity;
 pub use process::{ExitInfo, InstanceInfo, InstanceKey, ProcessDriver, WorkloadLogs};

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::cgroup::{self, Cgroup};
 use crate::error::DriverError;
+use crate::identity::Identity;
 use crate::logcopy::{self, CopierArgs};
 
 /// Separates workload name and generation in an instance cgroup's name; it
@@ -156,6 +157,16 @@ pub struct InstanceInfo {
     /// Processes of the instance cgroup and its descendants.
     pub pids: Vec<u32>,
     pub populated: bool,
+}
+
+/// What one start runs, and as whom (see [`ProcessDriver::start`]).
+#[derive(Clone, Copy)]
+struct Launch<'a> {
+    program: &'a str,
+    args: &'a [String],
+    env: &'a BTreeMap<String, String>,
+    log_max_bytes: u64,
+    identity: Option<&'a Identity>,
 }
 
 /// Where instances' output goes and what copies it there.
@@ -297,6 +308,15 @@ impl ProcessDriver {
     /// `HAVEN_GENERATION`. It joins the cgroup before exec, so even its
     /// first fork is contained.
     ///
+    /// With an `identity` it runs as that uid, gid and supplementary groups
+    /// (switched in the child after it joined its cgroup and before exec),
+    /// with `USER`, `LOGNAME` and `HOME` of its passwd entry unless `env`
+    /// sets them; without, as the agent (root). Its cgroup stays the
+    /// agent's (not delegated): it cannot move processes, set its own
+    /// limits or reach its log copier's group. The copier runs as the agent
+    /// and the workload only writes to the pipe it inherited, so logs work
+    /// whoever the workload runs as, and it cannot touch the log files.
+    ///
     /// Fails if the instance's cgroup is populated (never two instances of
     /// one key), or if the command cannot be executed. Must be called within
     /// a tokio runtime: a background task reaps the child and records its
@@ -307,6 +327,7 @@ impl ProcessDriver {
         command: &[String],
         env: &BTreeMap<String, String>,
         log_max_bytes: u64,
+        identity: Option<&Identity>,
     ) -> Result<u32, DriverError> {
         if !is_valid_workload_name(&key.workload) {
             return Err(DriverError::InvalidName {
@@ -342,7 +363,14 @@ impl ProcessDriver {
             });
         }
 
-        let child = match self.spawn_in(&cg, key, program, args, env, log_max_bytes, &runtime) {
+        let launch = Launch {
+            program,
+            args,
+            env,
+            log_max_bytes,
+            identity,
+        };
+        let child = match self.spawn_in(&cg, key, &launch, &runtime) {
             Ok(child) => child,
             Err(e) => {
                 // Nothing of the workload runs in the cgroup (std reaps a
@@ -382,17 +410,20 @@ impl ProcessDriver {
 
     /// Spawn the instance's log copier, then its process, into `cg` (see
     /// [`ProcessDriver::start`]).
-    #[allow(clippy::too_many_arguments)]
     fn spawn_in(
         &self,
         cg: &Cgroup,
         key: &InstanceKey,
-        program: &str,
-        args: &[String],
-        env: &BTreeMap<String, String>,
-        log_max_bytes: u64,
+        launch: &Launch<'_>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<tokio::process::Child, DriverError> {
+        let Launch {
+            program,
+            args,
+            env,
+            log_max_bytes,
+            identity,
+        } = *launch;
         let (output, output_w) =
             io::pipe().map_err(|e| DriverError::io("create the output pipe of", cg.path(), e))?;
         self.spawn_copier(cg, key, output, log_max_bytes, runtime)?;
@@ -408,18 +439,38 @@ impl ProcessDriver {
             .map_err(|e| DriverError::io("open", &procs_path, e))?;
 
         let mut cmd = std::process::Command::new(program);
-        cmd.args(args)
-            .envs(env)
+        cmd.args(args);
+        if let Some(id) = identity {
+            if let Some(name) = &id.name {
+                cmd.env("USER", name).env("LOGNAME", name);
+            }
+            if let Some(home) = &id.home {
+                cmd.env("HOME", home);
+            }
+        }
+        cmd.envs(env)
             .env("HAVEN_WORKLOAD", &key.workload)
             .env("HAVEN_GENERATION", key.generation.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::from(output_w))
             .stderr(Stdio::from(output_w2));
+        // Built before fork: the child may not allocate.
+        let ids = identity.map(|id| {
+            let groups: Vec<nix::libc::gid_t> = id.groups.clone();
+            (id.uid, id.gid, groups)
+        });
         // SAFETY: the closure runs in the forked child of a possibly
         // multi-threaded parent; it only makes async-signal-safe syscalls
-        // (write, setsid) and neither allocates nor takes locks.
+        // (write, setsid, setgroups, setgid, setuid) and neither allocates
+        // nor takes locks.
         unsafe {
-            cmd.pre_exec(move || join_cgroup_and_new_session(&procs));
+            cmd.pre_exec(move || {
+                join_cgroup_and_new_session(&procs)?;
+                match &ids {
+                    Some((uid, gid, groups)) => switch_identity(*uid, *gid, groups),
+                    None => Ok(()),
+                }
+            });
         }
 
         // tokio registers the child with its SIGCHLD/pidfd machinery; the
@@ -650,6 +701,24 @@ fn join_cgroup_and_new_session(procs: &File) -> io::Result<()> {
         return Err(io::Error::from(io::ErrorKind::WriteZero));
     }
     nix::unistd::setsid()?;
+    Ok(())
+}
+
+/// Runs in the forked child after it joined its cgroup (as root, which may
+/// write `cgroup.procs`): drop to the workload's identity, groups first
+/// (after setuid they could no longer be changed), uid last. Raw syscalls
+/// only, as above.
+fn switch_identity(uid: u32, gid: u32, groups: &[nix::libc::gid_t]) -> io::Result<()> {
+    // SAFETY: plain syscalls on values owned by the caller; `groups` is a
+    // valid slice of `len` gids.
+    unsafe {
+        if nix::libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            || nix::libc::setgid(gid) != 0
+            || nix::libc::setuid(uid) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
     Ok(())
 }
 

@@ -5,8 +5,10 @@
 //! argv: machine, accelerator, memory, disks, direct kernel boot, network,
 //! the QMP sockets (one for the agent, one for operators and tests), the
 //! `org.haven.heartbeat` virtio-serial port, and `pvpanic` so a guest panic
-//! reaches QMP as `GUEST_PANICKED`.
+//! reaches QMP as `GUEST_PANICKED`; and, for a VM that names a `user`, the
+//! privilege drop QEMU makes once its files are open.
 
+use crate::identity::Identity;
 use haven_core::model::{Accel, GuestHeartbeat, VmNetwork, VmSpec};
 use std::path::{Path, PathBuf};
 
@@ -178,6 +180,22 @@ pub fn qemu_args(
     a
 }
 
+/// QEMU's own privilege drop for a VM that names a `user`: QEMU starts as
+/// the agent, opens everything it is given (disks, kernel, initrd, its
+/// sockets in the instance's run dir, `/dev/kvm`, a bridge's tap), then
+/// switches to this uid and gid, with no other group, before the guest
+/// runs. So the guest-facing code runs unprivileged while no file of the VM
+/// needs to change owner, and the sockets stay the agent's. Nothing for
+/// root (the agent's identity) or without a user.
+pub fn run_as_args(identity: Option<&Identity>) -> Vec<String> {
+    match identity {
+        Some(id) if !id.is_root() => {
+            vec!["-run-with".into(), format!("user={}:{}", id.uid, id.gid)]
+        }
+        _ => vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +229,22 @@ mod tests {
         ] {
             assert!(a.contains(needle), "{needle} missing from {a}");
         }
+    }
+
+    #[test]
+    fn qemu_drops_to_the_user_by_ids_and_root_runs_as_it_is() {
+        let id = |uid, gid| Identity {
+            uid,
+            gid,
+            groups: vec![gid],
+            name: None,
+            home: None,
+        };
+        assert_eq!(
+            run_as_args(Some(&id(999, 994))),
+            vec!["-run-with".to_string(), "user=999:994".to_string()]
+        );
+        assert!(run_as_args(Some(&id(0, 0))).is_empty());
+        assert!(run_as_args(None).is_empty());
     }
 }

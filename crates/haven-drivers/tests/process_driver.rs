@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use haven_core::model::Generation;
 use haven_drivers::cgroup::{self, Cgroup};
-use haven_drivers::{DriverError, ExitInfo, InstanceKey, ProcessDriver, WorkloadLogs};
+use haven_drivers::{DriverError, ExitInfo, Identity, InstanceKey, ProcessDriver, WorkloadLogs};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
@@ -156,7 +156,7 @@ async fn start_runs_in_own_cgroup_and_reports_signal_exit() {
     let k = key("sleeper", 1);
 
     let pid = driver
-        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP, None)
         .unwrap();
     assert!(driver.is_running(&k));
     let procs = fs::read_to_string(root.cgroup.join("sleeper@1/cgroup.procs")).unwrap();
@@ -188,7 +188,7 @@ async fn start_runs_in_own_cgroup_and_reports_signal_exit() {
     assert!(!root.cgroup.join("sleeper@1").exists());
     driver.cleanup(&k).unwrap();
     driver
-        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP, None)
         .unwrap();
     driver.kill(&k).await.unwrap();
 }
@@ -205,6 +205,7 @@ async fn kill_empties_a_forking_tree() {
             &argv(&["sh", "-c", "sleep 100 & sleep 100"]),
             &no_env(),
             CAP,
+            None,
         )
         .unwrap();
     let cg = driver.cgroup(&k);
@@ -233,7 +234,7 @@ async fn stop_takes_the_graceful_path_when_term_is_handled() {
     let script = "trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.05; done";
 
     driver
-        .start(&k, &argv(&["sh", "-c", script]), &no_env(), CAP)
+        .start(&k, &argv(&["sh", "-c", script]), &no_env(), CAP, None)
         .unwrap();
     // Wait until the trap is installed, or TERM would just kill the shell.
     eventually("ready", || {
@@ -266,7 +267,7 @@ async fn stop_kills_after_grace_when_term_is_ignored() {
     let grace = Duration::from_millis(300);
 
     driver
-        .start(&k, &argv(&["sh", "-c", script]), &no_env(), CAP)
+        .start(&k, &argv(&["sh", "-c", script]), &no_env(), CAP, None)
         .unwrap();
     eventually("ready", || {
         read_log(&driver, "stubborn")
@@ -295,7 +296,7 @@ async fn stop_thaws_a_frozen_instance() {
     let k = key("frozen", 1);
 
     driver
-        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP, None)
         .unwrap();
     let cg = driver.cgroup(&k);
     cg.freeze(true).unwrap();
@@ -318,7 +319,7 @@ async fn new_driver_adopts_running_instances() {
     let pid = {
         let first = root.driver();
         first
-            .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
+            .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP, None)
             .unwrap()
     };
     // Not instances: a foreign cgroup and an empty leftover with a bad name.
@@ -346,10 +347,10 @@ async fn refuses_to_start_a_running_key_twice() {
     let k = key("single", 2);
 
     let pid = driver
-        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP, None)
         .unwrap();
     let err = driver
-        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP, None)
         .unwrap_err();
     assert!(
         matches!(&err, DriverError::AlreadyRunning { pids, .. } if pids == &vec![pid]),
@@ -359,7 +360,7 @@ async fn refuses_to_start_a_running_key_twice() {
     // A second driver on the same root refuses as well.
     let other = root.driver();
     assert!(other
-        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP, None)
         .is_err());
     assert_eq!(driver.cgroup(&k).procs().unwrap(), vec![pid]);
 
@@ -378,7 +379,7 @@ async fn missing_command_is_a_clear_error() {
 
     for program in ["/nonexistent/bin/web", "no-such-command-haven-test"] {
         let err = driver
-            .start(&key("web", 1), &argv(&[program]), &no_env(), CAP)
+            .start(&key("web", 1), &argv(&[program]), &no_env(), CAP, None)
             .unwrap_err();
         assert!(matches!(err, DriverError::CommandNotFound { .. }), "{err}");
         let msg = err.to_string();
@@ -396,16 +397,17 @@ async fn missing_command_is_a_clear_error() {
             &argv(&[not_exec.to_str().unwrap()]),
             &no_env(),
             CAP,
+            None,
         )
         .unwrap_err();
     assert!(matches!(err, DriverError::CommandNotFound { .. }), "{err}");
 
     let err = driver
-        .start(&key("web", 1), &[], &no_env(), CAP)
+        .start(&key("web", 1), &[], &no_env(), CAP, None)
         .unwrap_err();
     assert!(matches!(err, DriverError::EmptyCommand { .. }), "{err}");
     let err = driver
-        .start(&key("Web/x", 1), &argv(&["true"]), &no_env(), CAP)
+        .start(&key("Web/x", 1), &argv(&["true"]), &no_env(), CAP, None)
         .unwrap_err();
     assert!(matches!(err, DriverError::InvalidName { .. }), "{err}");
 
@@ -428,6 +430,7 @@ async fn exec_failure_after_the_check_is_reported_and_cleaned_up() {
             &argv(&[bogus.to_str().unwrap()]),
             &no_env(),
             CAP,
+            None,
         )
         .unwrap_err();
     assert!(matches!(err, DriverError::CommandNotFound { .. }), "{err}");
@@ -447,7 +450,7 @@ async fn output_and_environment() {
     let script = "echo out $HAVEN_WORKLOAD $HAVEN_GENERATION \"$FOO\"; echo err >&2; exit 3";
 
     driver
-        .start(&k, &argv(&["sh", "-c", script]), &env, CAP)
+        .start(&k, &argv(&["sh", "-c", script]), &env, CAP, None)
         .unwrap();
     let exit = eventually("exit", || driver.take_exit(&k)).await;
     assert_eq!(exit.code, Some(3));
@@ -457,7 +460,13 @@ async fn output_and_environment() {
 
     // A second run appends to the same log.
     driver
-        .start(&k, &argv(&["sh", "-c", "echo second"]), &no_env(), CAP)
+        .start(
+            &k,
+            &argv(&["sh", "-c", "echo second"]),
+            &no_env(),
+            CAP,
+            None,
+        )
         .unwrap();
     eventually("second exit", || driver.take_exit(&k)).await;
     all_gone(&driver, &k).await;
@@ -493,7 +502,7 @@ fn start_outside_a_runtime_is_an_error() {
     let root = TestRoot::new();
     let driver = root.driver();
     let err = driver
-        .start(&key("web", 1), &argv(&["true"]), &no_env(), CAP)
+        .start(&key("web", 1), &argv(&["true"]), &no_env(), CAP, None)
         .unwrap_err();
     assert!(matches!(err, DriverError::NoRuntime), "{err}");
     assert!(!root.cgroup.join("web@1").exists());
@@ -505,7 +514,7 @@ async fn cgroup_primitives() {
     let driver = root.driver();
     let k = key("prim", 1);
     driver
-        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP)
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP, None)
         .unwrap();
     let cg = driver.cgroup(&k);
 
@@ -513,7 +522,13 @@ async fn cgroup_primitives() {
     let nested = Cgroup::create(cg.path().join("inner")).unwrap();
     Cgroup::create(nested.path()).unwrap(); // exists already: fine
     let nested_pid = driver
-        .start(&key("helper", 1), &argv(&["sleep", "30"]), &no_env(), CAP)
+        .start(
+            &key("helper", 1),
+            &argv(&["sleep", "30"]),
+            &no_env(),
+            CAP,
+            None,
+        )
         .unwrap();
     fs::write(nested.path().join("cgroup.procs"), nested_pid.to_string()).unwrap();
     let mut children = cg.children().unwrap();
@@ -546,7 +561,13 @@ async fn failure_after_cgroup_creation_leaves_nothing_behind() {
     let driver = root.driver_with_copier(vec!["/nonexistent/haven".into(), "log-copier".into()]);
 
     let err = driver
-        .start(&key("blocked", 1), &argv(&["sleep", "30"]), &no_env(), CAP)
+        .start(
+            &key("blocked", 1),
+            &argv(&["sleep", "30"]),
+            &no_env(),
+            CAP,
+            None,
+        )
         .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, DriverError::LogCopier { .. }), "{msg}");
@@ -571,6 +592,7 @@ async fn output_goes_through_a_log_copier_inside_the_instance() {
             &argv(&["sh", "-c", "echo hello; exec sleep 30"]),
             &no_env(),
             CAP,
+            None,
         )
         .unwrap();
     let cg = driver.cgroup(&k);
@@ -601,4 +623,183 @@ async fn output_goes_through_a_log_copier_inside_the_instance() {
     assert!(is_dead(copier));
     driver.cleanup(&k).unwrap();
     assert!(!cg.exists());
+}
+
+/// A throwaway system user with a supplementary group of its own, removed
+/// (with the group) on drop, even when the test panics.
+struct ThrowawayUser {
+    name: String,
+    extra_group: String,
+}
+
+impl ThrowawayUser {
+    fn new(tag: &str) -> ThrowawayUser {
+        let name = format!("hvt-{tag}-{}", std::process::id());
+        let extra_group = format!("{name}-x");
+        let run = |program: &str, args: &[&str]| {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            assert!(out.status.success(), "{program} {args:?}: {out:?}");
+        };
+        run("groupadd", &["--system", &extra_group]);
+        let user = ThrowawayUser {
+            name: name.clone(),
+            extra_group: extra_group.clone(),
+        };
+        run(
+            "useradd",
+            &[
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--groups",
+                &extra_group,
+                &name,
+            ],
+        );
+        user
+    }
+
+    fn id(&self, flag: &str) -> u32 {
+        let out = std::process::Command::new("id")
+            .args([flag, &self.name])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for ThrowawayUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel")
+            .arg(&self.name)
+            .output();
+        let _ = std::process::Command::new("groupdel")
+            .arg(&self.extra_group)
+            .output();
+    }
+}
+
+/// `Uid:`, `Gid:` (real ids) and `Groups:` of a process, from /proc.
+fn ids_of(pid: u32) -> (u32, u32, Vec<u32>) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> Vec<u32> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {status}"));
+        line[name.len()..]
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    let (uid, gid) = (field("Uid:"), field("Gid:"));
+    assert!(
+        uid.iter().all(|u| *u == uid[0]),
+        "real = effective = saved: {uid:?}"
+    );
+    assert!(gid.iter().all(|g| *g == gid[0]), "{gid:?}");
+    let mut groups = field("Groups:");
+    groups.sort();
+    (uid[0], gid[0], groups)
+}
+
+#[tokio::test]
+async fn an_instance_runs_as_its_user_with_its_groups_and_its_output_still_reaches_the_log() {
+    // Declared first, so dropped last: userdel refuses a user whose
+    // processes still run, and the root's drop kills them.
+    let user = ThrowawayUser::new("ids");
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let (uid, gid, extra) = (user.id("-u"), user.id("-g"), {
+        let out = std::process::Command::new("getent")
+            .args(["group", &user.extra_group])
+            .output()
+            .unwrap();
+        let line = String::from_utf8(out.stdout).unwrap();
+        line.split(':').nth(2).unwrap().parse::<u32>().unwrap()
+    });
+    assert_ne!(uid, 0);
+    let identity = Identity::resolve("asuser", &user.name, None).unwrap();
+    let mut expected_groups = vec![gid, extra];
+    expected_groups.sort();
+    let k = key("asuser", 1);
+    let script = "echo \"I am $(id -un) in $(id -gn), HOME=$HOME USER=$USER\"; exec sleep 30";
+    let pid = driver
+        .start(
+            &k,
+            &argv(&["sh", "-c", script]),
+            &no_env(),
+            CAP,
+            Some(&identity),
+        )
+        .unwrap();
+    let line = format!("I am {0} in {0}, HOME=/nonexistent USER={0}\n", user.name);
+    eventually("its output in the log", || {
+        read_log(&driver, "asuser").ends_with(&line).then_some(())
+    })
+    .await;
+    // The sleep that replaced the shell: the same process, as the user.
+    assert_eq!(ids_of(pid), (uid, gid, expected_groups));
+
+    // `group` replaces the primary group; the supplementary groups are the
+    // ones that list the user (initgroups(3), as systemd's User=/Group=).
+    driver.kill(&k).await.unwrap();
+    let identity = Identity::resolve("asuser", &uid.to_string(), Some(&user.extra_group)).unwrap();
+    let k = key("asuser", 2);
+    let pid = driver
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP, Some(&identity))
+        .unwrap();
+    assert_eq!(ids_of(pid), (uid, extra, vec![extra]));
+    driver.kill(&k).await.unwrap();
+}
+
+#[tokio::test]
+async fn nobody_in_nogroup_runs_with_no_other_group() {
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let identity = Identity::resolve("nobody", "nobody", Some("nogroup")).unwrap();
+    let k = key("nobody", 1);
+    let pid = driver
+        .start(&k, &argv(&["sleep", "30"]), &no_env(), CAP, Some(&identity))
+        .unwrap();
+    assert_eq!(ids_of(std::process::id()).0, 0, "the test runs as root");
+    // Nothing of the agent's ids or groups is left to the workload.
+    assert_eq!(ids_of(pid), (65534, 65534, vec![65534]));
+    driver.kill(&k).await.unwrap();
+}
+
+#[test]
+fn a_user_or_group_the_host_does_not_know_is_refused_naming_it_and_the_fix() {
+    let err = Identity::resolve("web", "haven-no-such-user", None).unwrap_err();
+    assert!(err.is_unknown_identity(), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("user \"haven-no-such-user\" of workload web is not known on this host")
+            && msg.contains("useradd --system")
+            && msg.contains("change `user` in the spec"),
+        "{msg}"
+    );
+    let err = Identity::resolve("web", "nobody", Some("haven-no-such-group")).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("group \"haven-no-such-group\"") && msg.contains("`group`"),
+        "{msg}"
+    );
+    // A uid without a passwd entry has no group to fall back on.
+    let err = Identity::resolve("web", "3999999", None).unwrap_err();
+    assert!(err.to_string().contains("set `group`"), "{err}");
+    let id = Identity::resolve("web", "3999999", Some("65534")).unwrap();
+    assert_eq!(
+        (id.uid, id.gid, id.groups, id.name),
+        (3_999_999, 65534, vec![65534], None)
+    );
 }

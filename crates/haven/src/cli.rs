@@ -263,6 +263,11 @@ pub struct AgentArgs {
     /// workloads are stopped and moved [default: 30000]. Recorded at bootstrap.
     #[arg(long)]
     pub restart_grace_ms: Option<u64>,
+    /// Whether a workload whose spec names no `user` may run as root
+    /// [default: true]; false: every spec names its user (`user = "root"`
+    /// included). Recorded at bootstrap.
+    #[arg(long, value_name = "true|false")]
+    pub allow_root_workloads: Option<bool>,
     /// Bound on one fence operation [default: 10000].
     #[arg(long)]
     pub fence_timeout_ms: Option<u64>,
@@ -357,6 +362,12 @@ pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
     setting(
         "isolation_response",
         a.isolation_response.clone().or(file.isolation_response),
+    );
+    setting(
+        "allow_root_workloads",
+        a.allow_root_workloads
+            .or(file.allow_root_workloads)
+            .map(|v| v.to_string()),
     );
     let datastore = a.datastore.clone().or(file.datastore);
     setting(
