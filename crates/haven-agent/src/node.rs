@@ -27,6 +27,49 @@ use crate::rpc;
 use crate::supervisor::Supervisor;
 use crate::watchdog::{Watchdog, WatchdogMode};
 
+/// The join's exchange with `target`: pin the cluster (the CA it serves
+/// must be the one the token names) before anything secret is sent, then
+/// send the token and a CSR for a new key over TLS verified against that
+/// CA, and check what comes back. Returns the answer, the new key and the
+/// request as sent; nothing is stored.
+pub async fn join_exchange(
+    target: &str,
+    token: &JoinToken,
+    mut req: JoinRequest,
+) -> Result<(JoinResponse, String, JoinRequest)> {
+    let probe = rpc::unverified_client(JOIN_TIMEOUT_MS)?;
+    let ca: CaResponse = rpc::get(&probe, target, "/v1/ca", false)
+        .await
+        .map_err(|e| anyhow!("join {target}: fetching its CA: {e}"))?;
+    let pinned = crate::pki::pinned_ca(&ca.bundle_pem, &token.ca_sha256).ok_or_else(|| {
+        anyhow!(
+            "join {target}: its CA is not the one the token names (SHA-256 {}); nothing was sent. Check --join and --token: the host may belong to another cluster, or someone is in the way",
+            token.ca_sha256
+        )
+    })?;
+    let key = crate::pki::new_host_key()?;
+    req.csr_pem = crate::pki::csr(&key, &req.name)?;
+    let http = rpc::client_builder(JOIN_TIMEOUT_MS, Some(&pinned))?.build()?;
+    let resp: JoinResponse = rpc::post(
+        &http,
+        target,
+        "/v1/join",
+        &req,
+        false,
+        Some(Duration::from_millis(JOIN_TIMEOUT_MS)),
+    )
+    .await
+    .map_err(|e| anyhow!("join {target}: {e}"))?;
+    if crate::pki::pinned_ca(&resp.ca_bundle_pem, &token.ca_sha256).is_none() {
+        bail!("join {target}: the CA bundle it sent back does not hold the CA the token names; nothing was stored");
+    }
+    // The certificate must be for our key, and readable.
+    Tls::new(&resp.cluster_id, &resp.ca_bundle_pem, &resp.cert_pem, &key).map_err(|e| {
+        anyhow!("join {target}: the certificate it signed is not usable: {e:#}; nothing was stored")
+    })?;
+    Ok((resp, key, req))
+}
+
 /// Bound on each request of a join.
 const JOIN_TIMEOUT_MS: u64 = 15_000;
 
@@ -486,20 +529,6 @@ pub async fn run(
         (None, StartMode::Join { address: target, token }) => {
             let t = JoinToken::parse(token).map_err(|e| anyhow!("--token: {e}"))?;
             let role = if cfg.manager { Role::Manager } else { Role::Worker };
-            // Pin the cluster before sending anything secret: the CA the
-            // host at `target` serves must be the one the token names.
-            let probe = rpc::unverified_client(JOIN_TIMEOUT_MS)?;
-            let ca: CaResponse = rpc::get(&probe, target, "/v1/ca", false)
-                .await
-                .map_err(|e| anyhow!("join {target}: fetching its CA: {e}"))?;
-            let pinned = crate::pki::pinned_ca(&ca.bundle_pem, &t.ca_sha256).ok_or_else(|| {
-                anyhow!(
-                    "join {target}: its CA is not the one the token names (SHA-256 {}); nothing was sent. Check --join and --token: the host may belong to another cluster, or someone is in the way",
-                    t.ca_sha256
-                )
-            })?;
-            let key = crate::pki::new_host_key()?;
-            let http = rpc::client_builder(JOIN_TIMEOUT_MS, Some(&pinned))?.build()?;
             let req = JoinRequest {
                 name: cfg.name.clone(),
                 address: address.clone(),
@@ -510,17 +539,9 @@ pub async fn run(
                 instance_id: random_hex(16),
                 fence: cfg.fence.clone(),
                 watchdog_timeout_ms: 0,
-                csr_pem: crate::pki::csr(&key, &cfg.name)?,
+                csr_pem: String::new(),
             };
-            let resp: JoinResponse = rpc::post(&http, target, "/v1/join", &req, false, Some(Duration::from_millis(JOIN_TIMEOUT_MS)))
-                .await
-                .map_err(|e| anyhow!("join {target}: {e}"))?;
-            if crate::pki::pinned_ca(&resp.ca_bundle_pem, &t.ca_sha256).is_none() {
-                bail!("join {target}: the CA bundle it sent back does not hold the CA the token names; nothing was stored");
-            }
-            // Checks that the certificate is for our key and readable.
-            Tls::new(&resp.cluster_id, &resp.ca_bundle_pem, &resp.cert_pem, &key)
-                .map_err(|e| anyhow!("join {target}: the certificate it signed is not usable: {e:#}; nothing was stored"))?;
+            let (resp, key, req) = join_exchange(target, &t, req).await?;
             let disagree = haven_core::settings::disagreements(&resp.settings, &cfg.settings_flags);
             if !disagree.is_empty() {
                 bail!(

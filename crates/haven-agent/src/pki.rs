@@ -834,8 +834,11 @@ mod rotation_tests {
         assert_eq!(r.cert_ca_sha256, ca_sha256_hex(&old.cert_pem).unwrap());
         // Switch: the new one signs; the old certificate still verifies,
         // and is due for renewal.
-        tls.set_bundle(&bundle_of(&new.cert_pem, std::slice::from_ref(&old.cert_pem)))
-            .unwrap();
+        tls.set_bundle(&bundle_of(
+            &new.cert_pem,
+            std::slice::from_ref(&old.cert_pem),
+        ))
+        .unwrap();
         assert!(tls.renew_due(now));
         assert_ne!(tls.report().bundle_sha256, r.bundle_sha256);
         assert_eq!(issuer_sha256(&cert, &new.cert_pem), None);

@@ -359,4 +359,130 @@ mod tests {
             .expect("the server still runs after the stop")
             .unwrap();
     }
+
+    /// A host's material: the cluster CA and a certificate for `host`.
+    fn material(
+        ca: &crate::pki::CaMaterial,
+        host: &str,
+        role: haven_core::model::Role,
+    ) -> Arc<Tls> {
+        let key = crate::pki::new_host_key().unwrap();
+        let csr = crate::pki::csr(&key, host).unwrap();
+        let cert = crate::pki::sign_host(ca, &csr, "c1", host, role, &[]).unwrap();
+        Arc::new(Tls::new("c1", &ca.cert_pem, &cert, &key).unwrap())
+    }
+
+    async fn whoami(axum::Extension(peer): axum::Extension<PeerCert>) -> String {
+        match peer.0 {
+            Some(id) => format!("{}/{:?}", id.host, id.role),
+            None => "anonymous".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_names_the_peer_by_its_certificate_and_refuses_other_cas() {
+        use haven_core::model::Role;
+        let ca = crate::pki::new_ca("c1").unwrap();
+        let server_tls = material(&ca, "h1", Role::Manager);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (stop, rx) = watch::channel(false);
+        let app = Router::new().route("/whoami", get(whoami));
+        let server = tokio::spawn(serve_until_stopped(
+            TlsListener::new(listener, server_tls).unwrap(),
+            app,
+            rx,
+        ));
+        let url = format!("https://{address}/whoami");
+        let ask = |client: reqwest::Client| {
+            let url = url.clone();
+            async move { client.get(url).send().await?.text().await }
+        };
+        // A host of the cluster: named by its certificate.
+        let worker = material(&ca, "h2", Role::Worker);
+        let c = crate::rpc::host_client(5_000, &worker).unwrap();
+        assert_eq!(ask(c).await.unwrap(), "h2/Worker");
+        // An operator's client: no certificate, trusts the CA.
+        let c = crate::rpc::client_builder(5_000, Some(&ca.cert_pem))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(ask(c).await.unwrap(), "anonymous");
+        // A certificate from another cluster's CA: the handshake fails.
+        let other = crate::pki::new_ca("c1").unwrap();
+        let mut stranger = material(&other, "h2", Role::Manager);
+        // It trusts our CA, so only its own certificate is wrong.
+        stranger = Arc::new(
+            Tls::new(
+                "c1",
+                &ca.cert_pem,
+                &stranger.cert_pem(),
+                &stranger.key_pem(),
+            )
+            .unwrap(),
+        );
+        let c = crate::rpc::host_client(5_000, &stranger).unwrap();
+        assert!(
+            ask(c).await.is_err(),
+            "a foreign CA's certificate was accepted"
+        );
+        // A client that trusts another CA does not talk to this server.
+        let c = crate::rpc::client_builder(5_000, Some(&other.cert_pem))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(
+            ask(c).await.is_err(),
+            "the server's certificate was not checked"
+        );
+        // Plain http to the TLS port gets no answer from the router.
+        let plain = client()
+            .get(format!("http://{address}/whoami"))
+            .send()
+            .await;
+        assert!(
+            plain.as_ref().map_or(true, |r| !r.status().is_success()),
+            "{plain:?}"
+        );
+        stop.send(true).unwrap();
+        tokio::time::timeout(STOP_WAIT, server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_handshake_holds_up_nobody() {
+        use haven_core::model::Role;
+        let ca = crate::pki::new_ca("c1").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (stop, rx) = watch::channel(false);
+        let app = Router::new().route("/whoami", get(whoami));
+        let server = tokio::spawn(serve_until_stopped(
+            TlsListener::new(listener, material(&ca, "h1", Role::Manager)).unwrap(),
+            app,
+            rx,
+        ));
+        // Ten connections that send nothing.
+        let mut idle = vec![];
+        for _ in 0..10 {
+            idle.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+        }
+        let c = crate::rpc::host_client(5_000, &material(&ca, "h3", Role::Worker)).unwrap();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(3),
+            c.get(format!("https://{address}/whoami")).send(),
+        )
+        .await
+        .expect("a silent client held up the accept loop")
+        .unwrap();
+        assert_eq!(answer.text().await.unwrap(), "h3/Worker");
+        drop(idle);
+        stop.send(true).unwrap();
+        tokio::time::timeout(STOP_WAIT, server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }
