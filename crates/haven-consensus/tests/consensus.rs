@@ -517,3 +517,184 @@ async fn a_raft_request_over_the_body_limit_is_answered_with_the_limit() {
     assert!(text.contains(&format!("limit of {limit} bytes")), "{text}");
     n.stop().await;
 }
+
+/// Hostile or broken peers (issue 9): requests a real peer never sends.
+mod hostile {
+    use super::*;
+    use haven_consensus::admission::TERM_MAX;
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    async fn cluster(dirs: &[TempDir]) -> Vec<Node> {
+        let n1 = Node::start(1, dirs[0].path(), listener().await).await;
+        n1.consensus.initialize(&n1.addr).await.unwrap();
+        n1.consensus
+            .wait_for_leader(Duration::from_millis(WAIT_MS))
+            .await;
+        let mut nodes = vec![n1];
+        for (i, dir) in dirs.iter().enumerate().skip(1) {
+            let n = Node::start(i as NodeId + 1, dir.path(), listener().await).await;
+            nodes[0].consensus.add_voter(n.id, &n.addr).await.unwrap();
+            nodes.push(n);
+        }
+        nodes
+    }
+
+    /// POST `body` to `route` on `node`: the status and the text.
+    async fn post(node: &Node, route: &str, body: &impl serde::Serialize) -> (u16, String) {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/raft/{route}", node.addr))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    fn log_id(term: u64, leader: NodeId, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, leader), index)
+    }
+
+    fn term_of(c: &Consensus) -> u64 {
+        c.metrics().current_term
+    }
+
+    /// Finding 1: a vote for term 2^64-1 was granted and persisted, and the
+    /// next election overflowed the term: the core panicked, and again at
+    /// every restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vote_for_a_term_near_u64_max_is_refused_and_elections_still_work() {
+        let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+        let mut nodes = cluster(&dirs).await;
+        for term in [u64::MAX, u64::MAX - 1] {
+            // As node 2 to the leader and to node 3, as node 3 to node 2;
+            // its log the longest there can be.
+            for (to, candidate) in [(0, 2), (2, 2), (1, 3)] {
+                let req = VoteRequest::new(
+                    Vote::new(term, candidate),
+                    Some(log_id(term, candidate, u64::MAX)),
+                );
+                let (status, text) = post(&nodes[to], "vote", &req).await;
+                assert_eq!(status, 400, "{text}");
+                assert!(text.contains("vote.leader_id.term"), "{text}");
+            }
+        }
+        // Longer than an election timeout: a node that adopted the term
+        // would have called an election by now.
+        tokio::time::sleep(Duration::from_millis(2 * CONFIG.election_timeout_max_ms)).await;
+        for n in &nodes {
+            assert_eq!(n.consensus.failure(), None, "node {}", n.id);
+            assert!(term_of(&n.consensus) < TERM_MAX, "node {}", n.id);
+        }
+        let event = Command::RecordEvent {
+            message: "after the attack".into(),
+            at_ms: 5_000,
+        };
+        assert_eq!(
+            nodes[0].consensus.propose(event).await.unwrap(),
+            CommandResult::Ok
+        );
+        // An election still works: the leader goes, another takes over.
+        nodes[0].stop().await;
+        let leader = wait_for("a new leader among nodes 2 and 3", || {
+            nodes[1..]
+                .iter()
+                .find(|n| n.consensus.is_leader())
+                .map(|n| n.id)
+        })
+        .await;
+        // Nothing was persisted: node 1 restarts from its data dir with a
+        // term of this cluster's, and follows the new leader.
+        let relisten = TcpListener::bind(&nodes[0].addr).await.unwrap();
+        nodes[0] = Node::start(1, dirs[0].path(), relisten).await;
+        let vote = nodes[0].consensus.metrics().vote;
+        assert!(vote.leader_id.term < 10, "persisted vote {vote:?}");
+        eventually("node 1 to follow the new leader", || {
+            nodes[0].consensus.leader().map(|(id, _)| id) == Some(leader)
+        })
+        .await;
+        assert_eq!(nodes[0].consensus.failure(), None);
+        for n in &mut nodes {
+            n.stop().await;
+        }
+    }
+
+    /// Finding 2: an AppendEntries from a leader that is no member changed
+    /// the replicated state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forged_append_from_a_made_up_leader_changes_nothing() {
+        let dirs: Vec<TempDir> = (0..1).map(|_| TempDir::new().unwrap()).collect();
+        let mut nodes = cluster(&dirs).await;
+        let n = &nodes[0];
+        eventually("the whole log applied", || {
+            let m = n.consensus.metrics();
+            m.last_applied.map(|l| l.index) == m.last_log_index
+        })
+        .await;
+        let before = snapshot_of(&n.consensus);
+        let term = term_of(&n.consensus);
+        let prev = n.consensus.metrics().last_applied;
+        let last = prev.expect("a log").index;
+        let entry = |leader: NodeId, index: u64| Entry::<haven_consensus::TypeConfig> {
+            log_id: log_id(term + 1, leader, index),
+            payload: EntryPayload::Normal(Command::RecordEvent {
+                message: "forged".into(),
+                at_ms: 7_000,
+            }),
+        };
+        let forged = AppendEntriesRequest::<haven_consensus::TypeConfig> {
+            vote: Vote::new_committed(term + 1, 99),
+            prev_log_id: prev,
+            entries: vec![entry(99, last + 1)],
+            leader_commit: Some(log_id(term + 1, 99, last + 1)),
+        };
+        let (status, text) = post(n, "append", &forged).await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("vote.leader_id.node_id = 99"), "{text}");
+        // A member's entries out of order: refused as well.
+        let gap = AppendEntriesRequest::<haven_consensus::TypeConfig> {
+            vote: Vote::new_committed(term + 1, 1),
+            prev_log_id: prev,
+            entries: vec![entry(1, last + 2)],
+            leader_commit: None,
+        };
+        let (status, text) = post(n, "append", &gap).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("entries[0].log_id.index"), "{text}");
+        tokio::time::sleep(Duration::from_millis(CONFIG.election_timeout_max_ms)).await;
+        assert_eq!(snapshot_of(&n.consensus), before);
+        assert_eq!(term_of(&n.consensus), term);
+        assert!(n.consensus.is_leader());
+        nodes[0].stop().await;
+    }
+
+    /// Finding 3: a slow stream of votes from a made-up candidate kept the
+    /// cluster leaderless.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forged_votes_from_a_non_member_leave_the_leader_in_office() {
+        let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+        let mut nodes = cluster(&dirs).await;
+        let term = term_of(&nodes[0].consensus);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(3_000);
+        let mut refused = 0;
+        while tokio::time::Instant::now() < deadline {
+            let t = nodes.iter().map(|n| term_of(&n.consensus)).max().unwrap() + 1;
+            let req = VoteRequest::new(Vote::new(t, 99), Some(log_id(t, 99, 1_000_000)));
+            for n in &nodes {
+                let (status, text) = post(n, "vote", &req).await;
+                if status == 403 && text.contains("vote.leader_id.node_id = 99") {
+                    refused += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for n in &nodes {
+            assert_eq!(term_of(&n.consensus), term, "node {}", n.id);
+            assert_eq!(n.consensus.leader().map(|(id, _)| id), Some(1));
+        }
+        assert!(refused > 0);
+        for n in &mut nodes {
+            n.stop().await;
+        }
+    }
+}
