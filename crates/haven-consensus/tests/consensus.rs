@@ -668,6 +668,66 @@ mod hostile {
         nodes[0].stop().await;
     }
 
+    /// A core that stops on its own (here: a panic, which openraft's
+    /// `debug_assert` on entries out of order makes, reached without the
+    /// routes' checks) is reported stopped and is no leader any more; its
+    /// last metrics, which still say "leader", are not believed.
+    #[cfg(debug_assertions)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_core_that_panics_is_reported_stopped_and_leads_no_more() {
+        let dir = TempDir::new().unwrap();
+        let c = Consensus::open(dir.path(), 1, CONFIG).await.unwrap();
+        c.initialize("127.0.0.1:1").await.unwrap();
+        c.wait_for_leader(Duration::from_millis(WAIT_MS)).await;
+        assert!(c.is_leader());
+        let watcher = tokio::spawn({
+            let c = c.clone();
+            async move { c.failed().await }
+        });
+        let term = term_of(&c);
+        let last = c.metrics().last_log_index.unwrap();
+        let gap = AppendEntriesRequest::<haven_consensus::TypeConfig> {
+            vote: Vote::new_committed(term + 1, 1),
+            prev_log_id: c.metrics().last_applied,
+            entries: vec![Entry {
+                log_id: log_id(term + 1, 1, last + 5),
+                payload: EntryPayload::Blank,
+            }],
+            leader_commit: None,
+        };
+        let _ = c.raft_unchecked().append_entries(gap).await;
+        let why = tokio::time::timeout(Duration::from_millis(WAIT_MS), watcher)
+            .await
+            .expect("failed() answers once the core is gone")
+            .unwrap();
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("panicked")),
+            "{why:?}"
+        );
+        assert!(c.failure().is_some_and(|w| w.contains("panicked")));
+        assert_eq!(c.leader_term(), None);
+        assert!(!c.is_leader());
+        assert_eq!(c.leader(), None);
+        c.shutdown().await;
+        assert!(c.failure().is_some(), "still reported after shutdown");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_core_stopped_by_shutdown_is_no_failure() {
+        let dir = TempDir::new().unwrap();
+        let c = Consensus::open(dir.path(), 1, CONFIG).await.unwrap();
+        let watcher = tokio::spawn({
+            let c = c.clone();
+            async move { c.failed().await }
+        });
+        c.shutdown().await;
+        let why = tokio::time::timeout(Duration::from_millis(WAIT_MS), watcher)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(why, None);
+    }
+
     /// Finding 3: a slow stream of votes from a made-up candidate kept the
     /// cluster leaderless.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
