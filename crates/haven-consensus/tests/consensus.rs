@@ -4,7 +4,7 @@
 use haven_consensus::{Consensus, ConsensusConfig, ConsensusError, ProposeError};
 use haven_core::model::{Capacity, HostRecord, NodeId, Role};
 use haven_core::state::{ClusterState, Command, CommandResult, COMMAND_BYTES_MAX};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -726,6 +726,90 @@ mod hostile {
             .unwrap()
             .unwrap();
         assert_eq!(why, None);
+    }
+
+    /// Leader stickiness against a host back from a partition with a
+    /// higher term (it called elections all along, refused by the leader,
+    /// `Stickiness`, and by the follower, openraft's leader lease). Openraft
+    /// 0.9 has no pre-vote: the leader's next AppendEntries to that host is
+    /// answered with the higher term, and openraft makes the leader step
+    /// down (ARCHITECTURE.md, departures). What holds: the cluster is
+    /// leaderless for one election at most, and the returning host, whose
+    /// log is behind, does not lead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_host_back_from_a_partition_costs_one_election_at_most() {
+        let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+        let mut nodes = cluster(&dirs).await;
+        let confirming = tokio::spawn({
+            let c = nodes[0].consensus.clone();
+            async move {
+                // As the coordinator does: a confirmation round every
+                // heartbeat, so the leader refuses votes within its lease.
+                loop {
+                    let _ = c.confirm_leadership(Duration::from_millis(500)).await;
+                    tokio::time::sleep(Duration::from_millis(CONFIG.heartbeat_interval_ms)).await;
+                }
+            }
+        });
+        // Node 3 hears nothing: its server stops (its own requests still go
+        // out, as a half-partitioned host's would).
+        let server = nodes[2].server.take().unwrap();
+        let _ = server.stop.send(());
+        let _ = server.task.await;
+        let event = Command::RecordEvent {
+            message: "while node 3 was away".into(),
+            at_ms: 5_000,
+        };
+        nodes[0].consensus.propose(event).await.unwrap();
+        let term = term_of(&nodes[0].consensus);
+        eventually("node 3 to call elections of its own", || {
+            term_of(&nodes[2].consensus) >= term + 3
+        })
+        .await;
+        assert!(
+            nodes[0].consensus.is_leader(),
+            "the leader stays while node 3 is away"
+        );
+        assert_eq!(term_of(&nodes[0].consensus), term);
+        // Node 3 is back.
+        let back = TcpListener::bind(&nodes[2].addr).await.unwrap();
+        let app = nodes[2].consensus.router();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(back, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        nodes[2].server = Some(Server { stop, task });
+        let back_at = tokio::time::Instant::now();
+        let mut leaderless = Duration::ZERO;
+        let mut leaders = BTreeSet::new();
+        while back_at.elapsed() < Duration::from_millis(4 * CONFIG.election_timeout_max_ms) {
+            let leader = nodes.iter().find(|n| n.consensus.is_leader()).map(|n| n.id);
+            match leader {
+                Some(id) => {
+                    leaders.insert(id);
+                }
+                None => leaderless += Duration::from_millis(POLL_MS),
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+        confirming.abort();
+        assert!(!leaders.contains(&3), "node 3's log is behind: {leaders:?}");
+        // One election: the leader lease the followers wait, plus the
+        // longest election timeout, plus the election itself.
+        let one_election = Duration::from_millis(3 * CONFIG.election_timeout_max_ms);
+        assert!(
+            leaderless <= one_election,
+            "leaderless for {leaderless:?} (leaders {leaders:?})"
+        );
+        eprintln!("leaderless for {leaderless:?}, leaders {leaders:?}");
+        for n in &mut nodes {
+            n.stop().await;
+        }
     }
 
     /// Finding 3: a slow stream of votes from a made-up candidate kept the
