@@ -458,6 +458,29 @@ async fn watch_disk(node: Arc<Node>) {
     }
 }
 
+/// A Raft core that stops on its own (a storage error, a panic) takes no
+/// part in the cluster any more: say so once, and shut it down, so its
+/// store is closed and peers' messages are answered with an error at once.
+/// The heartbeat keeps reporting it (`problems`), so `haven status` shows
+/// this host `degraded`; a stopped core knows no leader, so this host is
+/// no coordinator. Only a restart of the agent brings it back.
+async fn watch_raft_core(node: Arc<Node>) {
+    let Some(c) = node.consensus.clone() else {
+        return;
+    };
+    let Some(why) = c.failed().await else {
+        return; // The agent stopped it.
+    };
+    if node.stepped_down.lock().unwrap().is_some() {
+        return; // Stopped on purpose (`watch_disk`), said there.
+    }
+    tracing::error!(
+        "Raft core stopped: {why}; this manager steps down and takes no part in the cluster \
+         until its agent is restarted"
+    );
+    c.shutdown().await;
+}
+
 /// Start the agent and run until `shutdown` resolves.
 pub async fn run(
     cfg: AgentConfig,
@@ -733,6 +756,7 @@ pub async fn run(
     let mut heartbeats = tokio::spawn(crate::heartbeat::run(node.clone()));
     tokio::spawn(watch_disk(node.clone()));
     tokio::spawn(crate::renew::run(node.clone()));
+    tokio::spawn(watch_raft_core(node.clone()));
     let tasks = vec![
         tokio::spawn(crate::supervisor::run(node.clone())),
         tokio::spawn(crate::coordinator::run(node.clone())),

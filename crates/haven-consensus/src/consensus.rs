@@ -149,6 +149,8 @@ struct Inner {
     /// is released.
     closed: DbClosed,
     sticky: Arc<network::Stickiness>,
+    /// `shutdown` was called: the core's stop is no failure.
+    shut_down: AtomicBool,
 }
 
 fn stopped(node_id: NodeId, fatal: &Fatal<NodeId>) -> ConsensusError {
@@ -156,6 +158,25 @@ fn stopped(node_id: NodeId, fatal: &Fatal<NodeId>) -> ConsensusError {
         node_id,
         detail: fatal.to_string(),
     }
+}
+
+/// Whether the Raft core runs: it reported no error and its task has not
+/// ended. A core task that panics reports nothing: its last metrics (a
+/// leader, perhaps) stay as they were, and only the closed channel says
+/// it is gone.
+fn core_running(rx: &tokio::sync::watch::Receiver<RaftMetrics<NodeId, BasicNode>>) -> bool {
+    rx.borrow().running_state.is_ok() && rx.has_changed().is_ok()
+}
+
+/// Why the core behind `rx` stopped, if it did (see `core_running`).
+fn failure_of(rx: &tokio::sync::watch::Receiver<RaftMetrics<NodeId, BasicNode>>) -> Option<String> {
+    if let Err(e) = &rx.borrow().running_state {
+        return Some(e.to_string());
+    }
+    rx.has_changed().is_err().then(|| {
+        "the Raft core task ended without a report (it panicked; the log above says where)"
+            .to_string()
+    })
 }
 
 /// Leader id and address as known from `metrics`.
@@ -236,6 +257,7 @@ impl Consensus {
                 initialized: AtomicBool::new(initialized),
                 closed,
                 sticky,
+                shut_down: AtomicBool::new(false),
             }),
         })
     }
@@ -415,22 +437,30 @@ impl Consensus {
     /// Current leader id and address, if this node knows one (a stopped
     /// core knows none).
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let m = self.inner.raft.metrics();
-        let m = m.borrow();
-        m.running_state.is_ok().then(|| leader_of(&m)).flatten()
+        let rx = self.inner.raft.metrics();
+        let running = core_running(&rx);
+        let m = rx.borrow();
+        running.then(|| leader_of(&m)).flatten()
     }
 
-    /// Why this node's Raft core stopped (a storage error, a panic), if it
-    /// did: it then takes no part in the cluster until the agent restarts.
+    /// Why this node's Raft core stopped (a storage error, a panic, or
+    /// `shutdown`), if it did: it then takes no part in the cluster until
+    /// the agent restarts.
     pub fn failure(&self) -> Option<String> {
-        self.inner
-            .raft
-            .metrics()
-            .borrow()
-            .running_state
-            .as_ref()
-            .err()
-            .map(|e| e.to_string())
+        failure_of(&self.inner.raft.metrics())
+    }
+
+    /// Wait until the Raft core stops. `Some(why)` if it stopped on its own
+    /// (a storage error, a panic); `None` if `shutdown` stopped it.
+    pub async fn failed(&self) -> Option<String> {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if let Some(why) = failure_of(&rx) {
+                return (!self.inner.shut_down.load(Ordering::Acquire)).then_some(why);
+            }
+            // A closed channel is seen by `failure_of` on the next turn.
+            let _ = rx.changed().await;
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -440,12 +470,11 @@ impl Consensus {
     /// `Some(term)` while this node is leader. The term changes each time
     /// this node takes office, so the agent can tell a new tenure.
     pub fn leader_term(&self) -> Option<u64> {
-        let m = self.inner.raft.metrics();
-        let m = m.borrow();
-        (m.running_state.is_ok()
-            && m.state == ServerState::Leader
-            && m.current_leader == Some(self.inner.node_id))
-        .then_some(m.current_term)
+        let rx = self.inner.raft.metrics();
+        let running = core_running(&rx);
+        let m = rx.borrow();
+        (running && m.state == ServerState::Leader && m.current_leader == Some(self.inner.node_id))
+            .then_some(m.current_term)
     }
 
     /// Voters of the membership this node knows (both halves during a
@@ -666,6 +695,13 @@ impl Consensus {
         Ok(Some(snapshot))
     }
 
+    /// The openraft handle itself, without the checks the routes make
+    /// (`admission`): only for tests that need a core to fail.
+    #[doc(hidden)]
+    pub fn raft_unchecked(&self) -> &Raft {
+        &self.inner.raft
+    }
+
     /// The HTTP routes peers send Raft RPCs to (`POST /raft/append`,
     /// `/raft/vote`, `/raft/snapshot`); serve them on this node's `addr`.
     pub fn router(&self) -> axum::Router {
@@ -682,6 +718,7 @@ impl Consensus {
     /// `Stopped` afterwards; the routes answer peers with an error.
     pub async fn shutdown(&self) {
         let node_id = self.inner.node_id;
+        self.inner.shut_down.store(true, Ordering::Release);
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(node_id, "raft core task ended abnormally: {e}");
         }

@@ -10,6 +10,7 @@
 // (`StorageError`, `RPCError`, ~200 bytes); boxing ours would not help.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
 pub mod budget;
 pub mod consensus;
 pub mod error;

@@ -3,8 +3,13 @@
 //!
 //! A handler answers with the JSON of the `Result` the local `Raft` returned,
 //! so a refusal (e.g. a higher term, or this node shutting down) reaches the
-//! sender as `RPCError::RemoteError` with openraft's own error inside.
+//! sender as `RPCError::RemoteError` with openraft's own error inside. A
+//! message out of range, or from a sender outside the membership
+//! (`admission.rs`), never reaches openraft: it is answered 400 or 403
+//! naming the field, and logged at most once per peer per
+//! `REFUSAL_WARN_INTERVAL_MS`; an answer out of range is a network error.
 
+use crate::admission::{self, Members, Refusal, View};
 use crate::{Raft, TypeConfig};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::IntoResponse;
@@ -22,7 +27,7 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +54,7 @@ pub struct HttpNetwork {
     scheme: &'static str,
     timeouts: PeerTimeouts,
     sticky: Arc<Stickiness>,
+    refusals: Arc<RefusalLog>,
 }
 
 /// Consecutive timed-out RPCs per peer, shared by every client openraft
@@ -99,6 +105,7 @@ impl HttpNetwork {
             scheme,
             timeouts: PeerTimeouts::default(),
             sticky,
+            refusals: Arc::new(RefusalLog::default()),
         })
     }
 }
@@ -112,6 +119,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             scheme: self.scheme,
             timeouts: self.timeouts.clone(),
             sticky: self.sticky.clone(),
+            refusals: self.refusals.clone(),
             target,
             addr: node.addr.clone(),
         }
@@ -124,6 +132,7 @@ pub struct HttpPeer {
     scheme: &'static str,
     timeouts: PeerTimeouts,
     sticky: Arc<Stickiness>,
+    refusals: Arc<RefusalLog>,
     target: NodeId,
     addr: String,
 }
@@ -203,6 +212,21 @@ impl HttpPeer {
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+
+    /// An answer out of range (`admission`) never reaches openraft: it is
+    /// a network error, logged (rate-limited).
+    fn admit<E: std::error::Error>(
+        &self,
+        route: &str,
+        checked: Result<(), Refusal>,
+    ) -> Result<(), RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+        checked.map_err(|r| {
+            self.refusals
+                .note("answer to", route, Some(self.target), &r);
+            let msg = format!("node {}'s answer to {route} refused: {r}", self.target);
+            RPCError::Network(NetworkError::new(&AnyError::error(msg)))
+        })
+    }
 }
 
 /// Deadline of one HTTP request: openraft's soft TTL (3/4 of its own
@@ -221,7 +245,10 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.post("append", &rpc, rpc_timeout(&option)).await
+        let term = rpc.vote.leader_id.term;
+        let answer = self.post("append", &rpc, rpc_timeout(&option)).await?;
+        self.admit("append", admission::check_append_response(&answer, term))?;
+        Ok(answer)
     }
 
     async fn install_snapshot(
@@ -234,7 +261,13 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
     > {
         // A chunk carries up to `budget::snapshot_chunk_bytes` and the last
         // one is installed before the reply: openraft's snapshot deadline.
-        self.post("snapshot", &rpc, rpc_timeout(&option)).await
+        let term = rpc.vote.leader_id.term;
+        let answer = self.post("snapshot", &rpc, rpc_timeout(&option)).await?;
+        self.admit(
+            "snapshot",
+            admission::check_snapshot_response(&answer, term),
+        )?;
+        Ok(answer)
     }
 
     async fn vote(
@@ -251,6 +284,10 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_millis);
         let answer: VoteResponse<NodeId> = self.decode(resp).await?;
+        self.admit(
+            "vote",
+            admission::check_vote_response(&answer, rpc.vote.leader_id.term),
+        )?;
         if answer.vote_granted && answer.vote == rpc.vote {
             self.sticky
                 .note_grant(rpc.vote.leader_id().term, received, silence);
@@ -437,11 +474,134 @@ impl Drop for Answering<'_> {
     }
 }
 
+/// How often a refusal is logged per peer at most; the refusals in
+/// between are counted and the count said with the next warning.
+pub const REFUSAL_WARN_INTERVAL_MS: u64 = 5_000;
+
+/// Peers whose refusals are counted apart; refusals from further sender
+/// ids (a hostile sender may name any) are counted together.
+const REFUSAL_PEERS_TRACKED_MAX: usize = 64;
+
+/// Rate-limited warnings about refused Raft messages, per claimed sender.
+#[derive(Default)]
+pub struct RefusalLog {
+    peers: Mutex<HashMap<NodeId, Quiet>>,
+}
+
+struct Quiet {
+    warned: Instant,
+    /// Refusals since `warned` not logged.
+    unsaid: u64,
+}
+
+impl RefusalLog {
+    /// Note a refusal of a `what` `route` message from `peer` (as the
+    /// message names it), and log it unless this peer's last warning was
+    /// less than `REFUSAL_WARN_INTERVAL_MS` ago. Returns whether it logged.
+    fn note(&self, what: &str, route: &str, peer: Option<NodeId>, refusal: &Refusal) -> bool {
+        let interval = Duration::from_millis(REFUSAL_WARN_INTERVAL_MS);
+        let now = Instant::now();
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        // Node id 0 is reserved: it stands for "any other sender".
+        let mut key = peer.unwrap_or(0);
+        if !peers.contains_key(&key) && peers.len() >= REFUSAL_PEERS_TRACKED_MAX {
+            peers.retain(|_, q| now.duration_since(q.warned) < interval);
+            if peers.len() >= REFUSAL_PEERS_TRACKED_MAX {
+                key = 0;
+            }
+        }
+        let earlier = match peers.get_mut(&key) {
+            Some(q) if now.duration_since(q.warned) < interval => {
+                q.unsaid += 1;
+                return false;
+            }
+            Some(q) => std::mem::take(&mut q.unsaid),
+            None => 0,
+        };
+        peers.insert(
+            key,
+            Quiet {
+                warned: now,
+                unsaid: 0,
+            },
+        );
+        drop(peers);
+        tracing::warn!(
+            peer = key,
+            refused_since_last_warning = earlier,
+            "Raft {what} {route} refused: {refusal}"
+        );
+        true
+    }
+}
+
+/// What the routes know beyond the Raft handle: the membership before the
+/// current one, the snapshot being received, and the refusal log.
+#[derive(Default)]
+struct Admission {
+    seen: Mutex<SeenMembership>,
+    /// (snapshot id, bytes received) of the snapshot openraft is
+    /// receiving, as its answers to our chunks say.
+    receiving: Mutex<Option<(String, u64)>>,
+    refusals: RefusalLog,
+}
+
+#[derive(Default)]
+struct SeenMembership {
+    log_id: Option<openraft::LogId<NodeId>>,
+    voters: BTreeSet<NodeId>,
+    /// Voters of the membership seen before `log_id`'s.
+    before: BTreeSet<NodeId>,
+}
+
+impl Admission {
+    /// This node's term and the members it takes messages from: those of
+    /// its membership, and while that one is not applied here yet (so not
+    /// known committed), the voters of the one before it (a leader that
+    /// removes itself replicates the change until it commits).
+    fn view(&self, raft: &Raft) -> View {
+        let m = raft.metrics().borrow().clone();
+        let stored = &m.membership_config;
+        let voters: BTreeSet<NodeId> = stored.membership().voter_ids().collect();
+        let mut nodes: BTreeSet<NodeId> = stored.membership().nodes().map(|(id, _)| *id).collect();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.log_id != *stored.log_id() {
+            seen.before = std::mem::replace(&mut seen.voters, voters.clone());
+            seen.log_id = *stored.log_id();
+        }
+        let mut voters = voters;
+        if m.last_applied.as_ref() < stored.log_id().as_ref() {
+            voters.extend(seen.before.iter().copied());
+            nodes.extend(seen.before.iter().copied());
+        }
+        View {
+            term: m.current_term,
+            members: (!voters.is_empty()).then_some(Members { voters, nodes }),
+        }
+    }
+
+    /// The bytes received of snapshot `id`, if it is the one being received.
+    fn received(&self, id: &str) -> Option<u64> {
+        let r = self.receiving.lock().unwrap_or_else(|e| e.into_inner());
+        r.as_ref().filter(|(i, _)| i == id).map(|(_, n)| *n)
+    }
+
+    /// Refuse a message: log it (rate-limited) and answer with the status
+    /// and the refusal, which names the field.
+    fn refuse(&self, route: &str, peer: NodeId, refusal: Refusal) -> axum::response::Response {
+        self.refusals.note("request", route, Some(peer), &refusal);
+        let status = axum::http::StatusCode::from_u16(refusal.status())
+            .unwrap_or(axum::http::StatusCode::BAD_REQUEST);
+        (status, format!("Raft {route} refused: {refusal}")).into_response()
+    }
+}
+
 #[derive(Clone)]
 struct RouterState {
     raft: Raft,
     sticky: Arc<Stickiness>,
     node_id: NodeId,
+    admission: Arc<Admission>,
 }
 
 /// `body_bytes_max`: the largest body a peer sends (a full batch, or a
@@ -474,15 +634,24 @@ pub fn router(
             raft,
             sticky,
             node_id,
+            admission: Arc::default(),
         })
 }
 
 async fn append(
-    State(RouterState { raft, sticky, .. }): State<RouterState>,
+    State(RouterState {
+        raft,
+        sticky,
+        admission,
+        ..
+    }): State<RouterState>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+) -> axum::response::Response {
+    if let Err(r) = admission::check_append(&req, &admission.view(&raft)) {
+        return admission.refuse("append", req.vote.leader_id.node_id, r);
+    }
     let _answering = sticky.answering();
-    Json(raft.append_entries(req).await)
+    Json(raft.append_entries(req).await).into_response()
 }
 
 async fn vote(
@@ -490,9 +659,14 @@ async fn vote(
         raft,
         sticky,
         node_id,
+        admission,
     }): State<RouterState>,
     Json(req): Json<VoteRequest<NodeId>>,
 ) -> axum::response::Response {
+    // Before the gate: a refused request is no vote decision.
+    if let Err(r) = admission::check_vote(&req, &admission.view(&raft)) {
+        return admission.refuse("vote", req.vote.leader_id.node_id, r);
+    }
     let _gate = sticky.gate.lock().await;
     let m = raft.metrics().borrow().clone();
     let leading = (m.running_state.is_ok()
@@ -528,10 +702,29 @@ async fn vote(
 }
 
 async fn snapshot(
-    State(RouterState { raft, .. }): State<RouterState>,
+    State(RouterState {
+        raft, admission, ..
+    }): State<RouterState>,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(raft.install_snapshot(req).await)
+) -> axum::response::Response {
+    let received = admission.received(&req.meta.snapshot_id);
+    if let Err(r) = admission::check_snapshot(&req, &admission.view(&raft), received) {
+        return admission.refuse("snapshot", req.vote.leader_id.node_id, r);
+    }
+    let id = req.meta.snapshot_id.clone();
+    let end = req.offset + req.data.len() as u64;
+    let done = req.done;
+    let leader = req.vote;
+    let answer = raft.install_snapshot(req).await;
+    // Answered with the leader's vote: openraft took the chunk (and, when
+    // done, installed the snapshot).
+    if answer.as_ref().is_ok_and(|r| r.vote == leader) {
+        *admission
+            .receiving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = (!done).then_some((id, end));
+    }
+    Json(answer).into_response()
 }
 
 #[cfg(test)]
@@ -661,6 +854,33 @@ mod tests {
         s.lock().confirmed = Some((4, now - MS(500)));
         let credit = s.credit(5, 3, now);
         assert!(credit >= MS(450) && credit <= MS(500), "{credit:?}");
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_peer_per_interval() {
+        let log = RefusalLog::default();
+        let r = Refusal::OutOfRange {
+            field: "vote.leader_id.term".into(),
+            value: "1".into(),
+            why: "test".into(),
+        };
+        assert!(log.note("request", "vote", Some(2), &r));
+        assert!(!log.note("request", "vote", Some(2), &r));
+        assert!(!log.note("request", "append", Some(2), &r));
+        assert!(log.note("request", "vote", Some(3), &r), "another peer");
+        let unsaid = |p: NodeId| log.peers.lock().unwrap().get(&p).map(|q| q.unsaid);
+        assert_eq!(unsaid(2), Some(2));
+        // Many made-up senders: counted together, the map stays bounded.
+        for p in 100..100 + 2 * REFUSAL_PEERS_TRACKED_MAX as u64 {
+            log.note("request", "vote", Some(p), &r);
+        }
+        assert!(log.peers.lock().unwrap().len() <= REFUSAL_PEERS_TRACKED_MAX + 1);
+        assert!(unsaid(0).is_some_and(|n| n > 0));
+        // Once the interval passed, the next one is said with the count.
+        log.peers.lock().unwrap().get_mut(&2).unwrap().warned -=
+            Duration::from_millis(REFUSAL_WARN_INTERVAL_MS);
+        assert!(log.note("request", "vote", Some(2), &r));
+        assert_eq!(unsaid(2), Some(0));
     }
 
     #[test]

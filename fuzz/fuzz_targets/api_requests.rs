@@ -1,0 +1,60 @@
+//! The agent API's request decoders: any bytes as the JSON body of
+//! `POST /v1/apply` (decoded, then `spec::check_apply`, the one validation
+//! of the CLI, the API and the state machine) and of `POST /v1/heartbeat`
+//! (decoded, the host record it may change checked with `spec::check_host`,
+//! its problems bounded as the coordinator bounds them). Nothing panics,
+//! and an apply that passes is within the apply bounds.
+
+#![no_main]
+
+use haven_agent::api::{ApplyRequest, HeartbeatRequest};
+use haven_core::model::{HostRecord, Role};
+use haven_core::spec::{check_apply, check_host, SOURCE_LEN_MAX, WORKLOADS_PER_FILE_MAX};
+use libfuzzer_sys::fuzz_target;
+
+/// What the coordinator keeps of one reported problem (coordinator.rs).
+const PROBLEM_TEXT_MAX: usize = 300;
+
+fn apply(data: &[u8]) {
+    let Ok(req) = serde_json::from_slice::<ApplyRequest>(data) else {
+        return;
+    };
+    let verdict = check_apply(&req.source, &req.specs);
+    if verdict.is_ok() {
+        assert!(req.specs.len() <= WORKLOADS_PER_FILE_MAX);
+        assert!(req.source.len() <= SOURCE_LEN_MAX);
+    }
+    assert_eq!(
+        check_apply(&req.source, &req.specs).is_ok(),
+        verdict.is_ok()
+    );
+}
+
+fn heartbeat(data: &[u8]) {
+    let Ok(req) = serde_json::from_slice::<HeartbeatRequest>(data) else {
+        return;
+    };
+    // As the heartbeat handler builds the record a changed host proposes.
+    let record = HostRecord {
+        name: req.host.clone(),
+        node_id: req.node_id,
+        address: req.address.clone(),
+        role: Role::Worker,
+        capacity: req.capacity,
+        labels: req.labels.clone(),
+        instance_id: req.instance_id.clone(),
+        fence: req.fence.clone(),
+        watchdog_timeout_ms: req.watchdog_timeout_ms,
+        restart_grace: None,
+    };
+    let _ = check_host(&record);
+    for p in req.problems {
+        let kept = haven_agent::coordinator::bounded_text(p, PROBLEM_TEXT_MAX);
+        assert!(kept.len() <= PROBLEM_TEXT_MAX + '…'.len_utf8());
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    apply(data);
+    heartbeat(data);
+});
