@@ -79,6 +79,8 @@ pub struct Node {
     pub supervisor_wake: tokio::sync::Notify,
     /// `haven logs` and the removal of deleted workloads' logs.
     pub logs: crate::logs::LogService,
+    /// Who may call what (`auth::ROUTES`), and the count of refusals.
+    pub gate: Arc<crate::auth::Gate>,
 }
 
 impl Node {
@@ -588,7 +590,13 @@ pub async fn run(
         .map_err(|e| anyhow!("lease keeper socket: {e}"))?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let gate = Arc::new(crate::auth::Gate::new(
+        identity.cluster_id.clone(),
+        Box::new(consensus.clone()),
+        clock.clone(),
+    ));
     let node = Arc::new(Node {
+        gate,
         logs: crate::logs::LogService::new(datadir.logs_dir(), stop_rx.clone()),
         address: address.clone(),
         capacity,
@@ -767,6 +775,7 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus) -> Result<()> {
             bail!("bootstrap: {m}");
         }
     }
+    let admin = crate::auth::write_admin_credential(node, c).await?;
     node.datadir.write_token(&token.to_string())?;
     let mut id = node.identity.clone();
     id.raft_store = true;
@@ -781,6 +790,11 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus) -> Result<()> {
             .display()
     );
     println!("{token}");
+    println!(
+        "admin credential for `haven` on this host: {} (or `haven login --server {} --token <token>` elsewhere)",
+        admin.display(),
+        node.address
+    );
     Ok(())
 }
 

@@ -40,12 +40,28 @@ pub struct NotLeaderBody {
     pub leader: Option<String>,
 }
 
-pub fn client(timeout_ms: u64) -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(timeout_ms.min(1_000)))
-        .timeout(Duration::from_millis(timeout_ms))
+/// Every HTTP client of the agent and the CLI starts here. `timeout_ms`
+/// bounds each request (`None`: only the connection, for a stream that
+/// follows a log); `ca_pem`: the cluster CA to trust. lead: add the TLS
+/// roots (and the host's client certificate) here.
+pub fn client_builder(timeout_ms: Option<u64>, ca_pem: Option<&str>) -> reqwest::ClientBuilder {
+    let _ = ca_pem;
+    let connect_ms = timeout_ms.map_or(CONNECT_TIMEOUT_MS_MAX, |t| t.min(CONNECT_TIMEOUT_MS_MAX));
+    let b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(connect_ms))
         .pool_idle_timeout(Duration::from_secs(30))
-        .no_proxy()
+        .no_proxy();
+    match timeout_ms {
+        Some(t) => b.timeout(Duration::from_millis(t)),
+        None => b,
+    }
+}
+
+/// Longest wait for a connection to be made.
+pub const CONNECT_TIMEOUT_MS_MAX: u64 = 1_000;
+
+pub fn client(timeout_ms: u64) -> reqwest::Client {
+    client_builder(Some(timeout_ms), None)
         .build()
         .expect("reqwest client builds")
 }

@@ -10,8 +10,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{get, post, MethodRouter};
+use axum::{Extension, Json, Router};
 use haven_core::model::{Generation, Role};
 use haven_core::placement::HostView;
 use haven_core::spec::{check_apply, check_fits_cluster, check_host, check_name};
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::*;
+use crate::auth::Authenticated;
 use crate::coordinator::{leadership_confirmed, office_for};
 use crate::node::Node;
 use crate::rpc::NotLeaderBody;
@@ -64,59 +65,94 @@ async fn apply_slot(
     }
 }
 
-pub fn router(node: Arc<Node>) -> Router {
+/// The routes being registered, with their paths (for `auth`'s table).
+struct Routes {
+    router: Router<Arc<Node>>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    fn route(mut self, path: &'static str, m: MethodRouter<Arc<Node>>) -> Routes {
+        self.paths.push(path);
+        self.router = self.router.route(path, m);
+        self
+    }
+}
+
+/// The agent's own routes, and their paths; `router` adds the Raft routes
+/// and the gate in front of all of them.
+pub(crate) fn routes() -> (Router<Arc<Node>>, Vec<&'static str>) {
     let limit = |bytes: usize| DefaultBodyLimit::max(bytes);
-    let mut r = Router::new()
-        .route("/v1/join", post(join).layer(limit(REQUEST_BODY_BYTES_MAX)))
-        .route(
-            "/v1/promote",
-            post(promote).layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .route(
-            "/v1/heartbeat",
-            post(heartbeat).layer(limit(HEARTBEAT_BODY_BYTES_MAX)),
-        )
-        .route(
-            "/v1/restart-grace",
-            post(restart_grace).layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .route(
-            "/v1/settings",
-            get(settings)
-                .post(set_settings)
-                .layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .route("/v1/status", get(status))
-        .route(
-            "/v1/apply",
-            post(apply).layer(limit(APPLY_BODY_BYTES_MAX)).route_layer(
-                axum::middleware::from_fn_with_state(
-                    Arc::new(tokio::sync::Semaphore::new(APPLIES_IN_FLIGHT_MAX)),
-                    apply_slot,
-                ),
+    let r = Routes {
+        router: Router::new(),
+        paths: vec![],
+    }
+    .route("/v1/join", post(join).layer(limit(REQUEST_BODY_BYTES_MAX)))
+    .route(
+        "/v1/promote",
+        post(promote).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route(
+        "/v1/heartbeat",
+        post(heartbeat).layer(limit(HEARTBEAT_BODY_BYTES_MAX)),
+    )
+    .route(
+        "/v1/restart-grace",
+        post(restart_grace).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route(
+        "/v1/settings",
+        get(settings)
+            .post(set_settings)
+            .layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route("/v1/status", get(status))
+    .route(
+        "/v1/apply",
+        post(apply).layer(limit(APPLY_BODY_BYTES_MAX)).route_layer(
+            axum::middleware::from_fn_with_state(
+                Arc::new(tokio::sync::Semaphore::new(APPLIES_IN_FLIGHT_MAX)),
+                apply_slot,
             ),
-        )
-        .route(
-            "/v1/delete",
-            post(delete).layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .route("/v1/events", get(events))
-        .route("/v1/logs/{name}", get(crate::logs::logs))
-        .route(
-            "/v1/workloads/known",
-            post(crate::logs::known).layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .route("/v1/health", get(health))
-        .route("/v1/ping", get(ping))
-        .route(
-            "/v1/probe",
-            post(probe).layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .with_state(node.clone());
+        ),
+    )
+    .route(
+        "/v1/delete",
+        post(delete).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route("/v1/events", get(events))
+    .route("/v1/logs/{name}", get(crate::logs::logs))
+    .route(
+        "/v1/workloads/known",
+        post(crate::logs::known).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route("/v1/health", get(health))
+    .route("/v1/ping", get(ping))
+    .route(
+        "/v1/probe",
+        post(probe).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route(
+        "/v1/tokens",
+        get(crate::tokens::list)
+            .post(crate::tokens::create)
+            .layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route(
+        "/v1/tokens/revoke",
+        post(crate::tokens::revoke).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    );
+    (r.router, r.paths)
+}
+
+/// Every route of the agent, the Raft routes included, behind the gate
+/// (`auth::ROUTES`).
+pub fn router(node: Arc<Node>) -> Router {
+    let mut r = routes().0.with_state(node.clone());
     if let Some(c) = &node.consensus {
         r = r.merge(c.router());
     }
-    r
+    crate::auth::guarded(r, node.gate.clone())
 }
 
 pub(crate) type Reply = Response;
@@ -145,7 +181,7 @@ pub(crate) fn not_leader(node: &Node) -> Reply {
 
 /// Pass the request (its JSON body, if any) to the leader once, and return
 /// its answer as is.
-async fn forward(
+pub(crate) async fn forward(
     node: &Node,
     headers: &HeaderMap,
     method: reqwest::Method,
@@ -166,6 +202,9 @@ async fn forward(
         .request(method, format!("http://{leader}{path_and_query}"))
         .header(FORWARDED_HEADER, "1")
         .timeout(Duration::from_secs(30));
+    for (name, value) in crate::auth::forwarded_headers(headers) {
+        req = req.header(name, value);
+    }
     if let Some(b) = body {
         req = req.header("content-type", "application/json").body(b);
     }
@@ -206,7 +245,7 @@ pub(crate) async fn unless_leader<B: Serialize>(
     Some(forward(node, headers, reqwest::Method::POST, path, Some(json)).await)
 }
 
-async fn propose(node: &Node, cmd: Command) -> Result<CommandResult, Reply> {
+pub(crate) async fn propose(node: &Node, cmd: Command) -> Result<CommandResult, Reply> {
     let Some(c) = &node.consensus else {
         return Err(not_leader(node));
     };
@@ -387,11 +426,19 @@ fn managers(node: &Node) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn promote(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+async fn promote(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
     let req: PromoteRequest = match parse_body("/v1/promote", REQUEST_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
     };
+    if let Err(r) = auth.check_host(&req.name) {
+        return r;
+    }
     if let Some(r) = unless_leader(&node, &headers, "/v1/promote", &req).await {
         return r;
     }
@@ -467,11 +514,18 @@ fn check_member(
         })
 }
 
-async fn heartbeat(State(node): State<Arc<Node>>, body: Body) -> Reply {
+async fn heartbeat(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    body: Body,
+) -> Reply {
     let req: HeartbeatRequest = match parse_body("/v1/heartbeat", HEARTBEAT_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
     };
+    if let Err(r) = auth.check_host(&req.host) {
+        return r;
+    }
     let term = match lease_granting_term(&node) {
         Ok(t) => t,
         Err(r) => return r,
@@ -622,12 +676,19 @@ fn bound_text(text: &mut String, max: usize) {
 /// A gracefully stopping agent: commit its restart grace, then count its
 /// silence from now (like a heartbeat acknowledged now, with the grace as
 /// its lease).
-async fn restart_grace(State(node): State<Arc<Node>>, body: Body) -> Reply {
+async fn restart_grace(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    body: Body,
+) -> Reply {
     let req: RestartGraceRequest =
         match parse_body("/v1/restart-grace", REQUEST_BODY_BYTES_MAX, body) {
             Ok(r) => r,
             Err(r) => return r,
         };
+    if let Err(r) = auth.check_host(&req.host) {
+        return r;
+    }
     if req.boot.is_empty() || req.boot.len() > BOOT_ID_LEN_MAX {
         return error(
             StatusCode::BAD_REQUEST,
@@ -684,7 +745,12 @@ async fn settings(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
 
 /// `haven settings set`: every change applied to the current settings,
 /// validated as a whole, committed as one command (all or nothing).
-async fn set_settings(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+async fn set_settings(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
     let req: SettingsRequest = match parse_body("/v1/settings", REQUEST_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -716,9 +782,12 @@ async fn set_settings(State(node): State<Arc<Node>>, headers: HeaderMap, body: B
             format!("nothing was changed:\n{}", problems.join("\n")),
         );
     }
-    let cmd = Command::SetSettings {
-        settings: next,
-        at_ms: node.clock.wall_ms(),
+    let cmd = Command::Audited {
+        by: auth.audit(),
+        command: Box::new(Command::SetSettings {
+            settings: next,
+            at_ms: node.clock.wall_ms(),
+        }),
     };
     match propose(&node, cmd).await {
         Ok(CommandResult::Rejected(m)) => error(StatusCode::UNPROCESSABLE_ENTITY, m),
@@ -857,7 +926,12 @@ fn stopping_view(workload: &str, st: &haven_core::state::Stopping) -> StoppingVi
     }
 }
 
-async fn apply(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+async fn apply(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
     let bytes = match read_body("/v1/apply", APPLY_BODY_BYTES_MAX, body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -887,6 +961,14 @@ async fn apply(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) ->
             )
         }
     };
+    // The entry that applies them all says who asked.
+    let mut cmds = cmds;
+    if let Some(last) = cmds.pop() {
+        cmds.push(Command::Audited {
+            by: auth.audit(),
+            command: Box::new(last),
+        });
+    }
     let mut last = None;
     for cmd in cmds {
         match propose(&node, cmd).await {
@@ -981,7 +1063,12 @@ fn prepare_apply(node: &Node, bytes: &[u8]) -> Result<Vec<Command>, Reply> {
     ))
 }
 
-async fn delete(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+async fn delete(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
     let req: DeleteRequest = match parse_body("/v1/delete", REQUEST_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -991,9 +1078,12 @@ async fn delete(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -
     }
     match propose(
         &node,
-        Command::DeleteWorkload {
-            name: req.name.clone(),
-            at_ms: node.clock.wall_ms(),
+        Command::Audited {
+            by: auth.audit(),
+            command: Box::new(Command::DeleteWorkload {
+                name: req.name.clone(),
+                at_ms: node.clock.wall_ms(),
+            }),
         },
     )
     .await
@@ -1099,6 +1189,7 @@ async fn health(State(node): State<Arc<Node>>) -> Reply {
         "leader": node.leader_address(),
         "lease_held": lease_held,
         "instances": node.supervisor.observed(),
+        "auth_refusals": node.gate.refusals(),
     }))
     .into_response()
 }

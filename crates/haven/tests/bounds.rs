@@ -22,8 +22,16 @@ fn one_host(tag: &str) -> LocalCluster {
         s.hosts.len() == 1 && s.hosts[0].state == "online"
     })
     .unwrap();
+    let token = c
+        .admin_token()
+        .expect("bootstrap wrote the admin credential");
+    TOKENS.lock().unwrap().insert(c.host("h1").address(), token);
     c
 }
+
+/// Each test cluster's admin token, by its host's address.
+static TOKENS: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 /// POST a raw JSON body (no client-side checks): (status, body text).
 fn post_raw(server: &str, path: &str, body: Vec<u8>) -> (u16, String) {
@@ -32,9 +40,14 @@ fn post_raw(server: &str, path: &str, body: Vec<u8>) -> (u16, String) {
         .build()
         .unwrap();
     rt.block_on(async {
+        let token = TOKENS.lock().unwrap().get(server).cloned();
         let resp = reqwest::Client::new()
             .post(format!("http://{server}{path}"))
             .header("content-type", "application/json")
+            .header(
+                "authorization",
+                format!("Bearer {}", token.unwrap_or_default()),
+            )
             .timeout(Duration::from_secs(60))
             .body(body)
             .send()
