@@ -38,6 +38,9 @@ pub async fn serve_until_stopped(listener: TcpListener, app: Router, stop: watch
         stop.clone(),
         end_on_stop,
     ));
+    // Each request knows its client's address (`auth`: the audit trail
+    // and the rate-limited refusal log). lead: the TLS accept loop inserts it.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let serving = axum::serve(listener, app).with_graceful_shutdown(stopped(stop.clone()));
     let drained = async {
         stopped(stop).await;
