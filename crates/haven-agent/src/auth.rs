@@ -109,6 +109,9 @@ pub const FORWARDED_BY_WORKERS: &[&str] = &[
     "/v1/delete",
     "/v1/tokens",
     "/v1/tokens/revoke",
+    // A worker relays a log request to the leader; its own copy it serves
+    // only to the leader's relay (`logs::logs`).
+    "/v1/logs/{name}",
 ];
 
 /// Every path under this prefix is Raft between managers.

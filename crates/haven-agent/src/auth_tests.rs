@@ -494,10 +494,16 @@ async fn a_worker_passes_tokens_on_only_where_the_leader_answers() {
         StatusCode::OK,
         "the leader checks it"
     );
+    let log = call("GET", "/v1/logs/web").token(bearer(VIEWER, VIEWER));
+    assert_eq!(
+        log.send(&router).await.0,
+        StatusCode::OK,
+        "relayed to the leader with the token; logs::logs serves no local copy to it"
+    );
     for (method, path) in [
-        ("GET", "/v1/logs/web"),
         ("GET", "/v1/health"),
         ("POST", "/v1/heartbeat"),
+        ("GET", "/v1/ping"),
     ] {
         let (status, body) = call(method, path)
             .token(bearer(ADMIN, ADMIN))
