@@ -173,9 +173,13 @@ impl Authenticated {
         }
     }
 
-    /// `who from address`, as the events show it.
+    /// `who from address`, as the events show it (at most
+    /// `TOKEN_BY_LEN_MAX` bytes).
     pub fn audit(&self) -> String {
-        format!("{} from {}", self.who(), self.from)
+        haven_core::spec::shorten(
+            &format!("{} from {}", self.who(), self.from),
+            haven_core::tokens::TOKEN_BY_LEN_MAX - '…'.len_utf8(),
+        )
     }
 
     /// A request about `host` (heartbeat, restart grace, promote) is

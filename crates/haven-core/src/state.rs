@@ -34,6 +34,10 @@ pub const EVENT_MESSAGE_BYTES_MAX: usize = 512;
 /// from its heartbeat timing the replication batch this must fit); an
 /// apply larger than this reaches the log in parts (`StageWorkloads`).
 pub const COMMAND_BYTES_MAX: usize = 192 * 1024;
+/// Room kept in an entry for the `Command::Audited` around the command
+/// that applies an apply (who and from where, at most
+/// `tokens::TOKEN_BY_LEN_MAX` bytes, and the JSON around it).
+pub const AUDIT_BYTES_MAX: usize = 512;
 /// Applies whose parts are being staged at once (a newer one evicts the
 /// oldest), and how long parts wait for their `ApplyStaged`.
 pub const STAGED_APPLIES_MAX: usize = 4;
@@ -925,6 +929,11 @@ impl ClusterState {
     }
 
     fn audited(&mut self, by: &str, command: &Command) -> CommandResult {
+        if by.len() > TOKEN_BY_LEN_MAX {
+            return CommandResult::Rejected(format!(
+                "field \"by\": at most {TOKEN_BY_LEN_MAX} bytes"
+            ));
+        }
         if matches!(command, Command::Batch { .. } | Command::Audited { .. }) {
             return CommandResult::Rejected(
                 "an audited command cannot hold a batch or another audited command".into(),
@@ -968,7 +977,6 @@ impl ClusterState {
             _ => None,
         };
         if let Some((at_ms, what)) = done {
-            let by = crate::spec::shorten(by, TOKEN_BY_LEN_MAX);
             self.event(at_ms, format!("{what} (by {by})"));
         }
         result
@@ -1280,7 +1288,7 @@ pub fn apply_commands(
         source,
         at_ms,
     };
-    if crate::spec::encoded_len(&whole) <= COMMAND_BYTES_MAX {
+    if crate::spec::encoded_len(&whole) <= COMMAND_BYTES_MAX - AUDIT_BYTES_MAX {
         return vec![whole];
     }
     let Command::ApplyWorkloads { specs, source, .. } = whole else {
@@ -1759,6 +1767,32 @@ mod tests {
     }
 
     #[test]
+    fn the_last_entry_of_any_apply_fits_the_log_with_who_made_it() {
+        let by = "x".repeat(crate::tokens::TOKEN_BY_LEN_MAX);
+        // Applies around the size where one entry gives way to parts.
+        let size = |n: usize| {
+            crate::spec::encoded_len(&Command::ApplyWorkloads {
+                specs: (0..n).map(|i| spec(&format!("w{i:05}"))).collect(),
+                source: "w.toml".into(),
+                at_ms: 7,
+            })
+        };
+        let per_spec = size(2) - size(1);
+        let around = (COMMAND_BYTES_MAX - (size(1) - per_spec)) / per_spec;
+        for n in around - 3..=around + 1 {
+            let specs: Vec<WorkloadSpec> = (0..n).map(|i| spec(&format!("w{i:05}"))).collect();
+            let mut cmds = apply_commands("a1", specs, "w.toml".into(), 7);
+            let last = cmds.pop().unwrap();
+            let audited = Command::Audited {
+                by: by.clone(),
+                command: Box::new(last),
+            };
+            let bytes = audited.encoded_len();
+            assert!(bytes <= COMMAND_BYTES_MAX, "{n} specs: {bytes} bytes");
+        }
+    }
+
+    #[test]
     fn a_staged_apply_missing_a_part_is_refused_whole() {
         let cmds = apply_commands("a1", ten_thousand(), "w.toml".into(), 7);
         let mut s = ClusterState::default();
@@ -2095,6 +2129,14 @@ mod token_store_tests {
             m,
             "changed the cluster settings (by ops@h1 from 10.0.0.5:4000)"
         );
+        let long = s.apply(&Command::Audited {
+            by: "x".repeat(crate::tokens::TOKEN_BY_LEN_MAX + 1),
+            command: Box::new(Command::SetSettings {
+                settings: s.settings.clone(),
+                at_ms: 1_000,
+            }),
+        });
+        assert!(matches!(long, CommandResult::Rejected(m) if m.contains("\"by\"")));
         let nested = s.apply(&Command::Audited {
             by: by.into(),
             command: Box::new(Command::Batch { commands: vec![] }),
