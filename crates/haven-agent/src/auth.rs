@@ -367,7 +367,10 @@ impl Gate {
         })
     }
 
-    fn refused(&self, from: Option<SocketAddr>, r: &Refusal) {
+    /// Count a refusal; log it unless this address was logged within
+    /// `REFUSAL_LOG_INTERVAL_MS` (then it is counted into the next line).
+    /// Whether it was logged.
+    fn refused(&self, from: Option<SocketAddr>, r: &Refusal) -> bool {
         let now = self.clock.now_ms();
         let mut g = self.refusals.lock().unwrap();
         *g.by_reason.entry(r.reason).or_default() += 1;
@@ -387,7 +390,9 @@ impl Gate {
             );
             *last_ms = now.max(1);
             *since = 0;
+            return true;
         }
+        false
     }
 }
 
@@ -477,7 +482,7 @@ pub async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) 
     let caller = match decided {
         Ok(c) => c,
         Err(r) => {
-            gate.refused(from, &r);
+            let _ = gate.refused(from, &r);
             return error(r.status, r.message);
         }
     };

@@ -513,3 +513,17 @@ async fn a_worker_passes_tokens_on_only_where_the_leader_answers() {
         assert!(body.contains("send it to a manager"), "{body}");
     }
 }
+
+#[test]
+fn refusals_are_logged_at_most_once_per_address_per_interval() {
+    let (_, gate, _) = gated();
+    let r = Refusal::unauthenticated("missing", NO_CREDENTIAL);
+    let a = Some(SocketAddr::from(([10, 0, 0, 5], 4000)));
+    let b = Some(SocketAddr::from(([10, 0, 0, 6], 4000)));
+    assert!(gate.refused(a, &r), "the first is logged");
+    for _ in 0..100 {
+        assert!(!gate.refused(a, &r), "the rest are counted");
+    }
+    assert!(gate.refused(b, &r), "another address is logged on its own");
+    assert_eq!(gate.refusals().get("missing"), Some(&102));
+}
