@@ -649,6 +649,16 @@ impl Testbed {
         self.host(host).agent_pid()
     }
 
+    /// The admin credential the bootstrap host wrote (its data dir's
+    /// `admin.json`), which every `haven` command of the bed uses.
+    fn credential(&self) -> String {
+        self.hosts[0]
+            .data_dir
+            .join("admin.json")
+            .display()
+            .to_string()
+    }
+
     /// `haven --server <api(via)> <args>` inside `via`'s namespace, killed
     /// after [`CLI_TIMEOUT_MS`]: stdout, or an error carrying stderr.
     pub fn cli(&self, via: &str, args: &[&str]) -> Result<String> {
@@ -658,7 +668,13 @@ impl Testbed {
     fn cli_bounded(&self, i: usize, args: &[&str], timeout: Duration) -> Result<String> {
         let h = &self.hosts[i];
         let api = h.api();
-        let mut full = vec!["--server", api.as_str()];
+        let credential = self.credential();
+        let mut full = vec![
+            "--server",
+            api.as_str(),
+            "--credential",
+            credential.as_str(),
+        ];
         full.extend_from_slice(args);
         let out = h.ns().run(&self.cfg.haven_exe, &full, timeout)?;
         if !out.status.success() {
@@ -684,6 +700,8 @@ impl Testbed {
         let mut cmd = Command::new(&self.cfg.haven_exe);
         cmd.arg("--server")
             .arg(h.api())
+            .arg("--credential")
+            .arg(self.credential())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

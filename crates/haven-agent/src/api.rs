@@ -71,6 +71,9 @@ pub struct JoinResponse {
     /// The joiner's certificate, and the CA bundle to trust.
     pub cert_pem: String,
     pub ca_bundle_pem: String,
+    /// For a manager: an admin API token for root on it (`admin.json`).
+    #[serde(default)]
+    pub admin_token: Option<String>,
 }
 
 /// Second step of a manager's join: its Raft node is up at `address`; make it
@@ -368,4 +371,63 @@ pub struct KnownWorkloadsRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KnownWorkloadsResponse {
     pub known: Vec<String>,
+}
+
+/// `POST /v1/tokens`: a new API token (`role` admin, operator or viewer)
+/// or join token (`role` manager or worker).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenCreateRequest {
+    /// Default: derived from the role and the token id.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub role: String,
+    /// A join token buys one join only.
+    #[serde(default)]
+    pub once: bool,
+    /// Lifetime; `None`: an API token never expires, a join token lasts
+    /// `JOIN_TOKEN_TTL_MS_DEFAULT`.
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+}
+
+/// The token's text is in this answer only: the cluster keeps its hash.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenCreateResponse {
+    pub token: String,
+    pub view: TokenView,
+}
+
+/// A token as listed: never its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    /// `api` or `join`.
+    pub kind: String,
+    /// admin, operator, viewer (API); manager, worker (join).
+    pub role: String,
+    #[serde(default)]
+    pub once: bool,
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+    pub revoked: bool,
+    pub used: bool,
+    pub created_by: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenListResponse {
+    pub tokens: Vec<TokenView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRevokeRequest {
+    /// A token's name (the one not yet revoked) or id.
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRevokeResponse {
+    pub revoked: TokenView,
 }

@@ -202,53 +202,6 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Resul
     File::open(dir).and_then(|d| d.sync_all())
 }
 
-/// A join token: `HVN2.<sha256 of the CA certificate>.<id>.<secret>`. The
-/// hash pins the cluster before anything secret is sent (DESIGN §3a).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JoinToken {
-    pub ca_sha256: String,
-    pub id: String,
-    pub secret: String,
-}
-
-impl JoinToken {
-    pub fn generate(id: &str, ca_sha256: &str) -> JoinToken {
-        JoinToken {
-            ca_sha256: ca_sha256.to_owned(),
-            id: id.to_owned(),
-            secret: random_hex(16),
-        }
-    }
-
-    pub fn parse(text: &str) -> Result<JoinToken, String> {
-        let parts: Vec<&str> = text.trim().split('.').collect();
-        let hex =
-            |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_hexdigit());
-        match parts.as_slice() {
-            ["HVN2", ca, id, secret] if ca.len() == 64 && hex(ca) && hex(id) && hex(secret) => {
-                Ok(JoinToken {
-                    ca_sha256: ca.to_ascii_lowercase(),
-                    id: id.to_string(),
-                    secret: secret.to_string(),
-                })
-            }
-            ["HVN1", ..] | [_] if text.starts_with("HVN1-") => Err(
-                "this join token (HVN1-…) is from an older haven without TLS: create a new one with `haven token create` on a host of the cluster".into(),
-            ),
-            _ => Err(
-                "malformed join token: expected HVN2.<CA SHA-256>.<id>.<secret> as printed by `haven agent --bootstrap` or `haven token create`"
-                    .into(),
-            ),
-        }
-    }
-}
-
-impl std::fmt::Display for JoinToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HVN2.{}.{}.{}", self.ca_sha256, self.id, self.secret)
-    }
-}
-
 pub fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut b = vec![0u8; bytes];
@@ -259,19 +212,6 @@ pub fn random_hex(bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_round_trips_and_rejects_garbage() {
-        let t = JoinToken::generate("abcd", &"ab".repeat(32));
-        assert_eq!(JoinToken::parse(&t.to_string()).unwrap(), t);
-        assert!(JoinToken::parse("nope").is_err());
-        assert!(
-            JoinToken::parse("HVN2.12.ab.cd").is_err(),
-            "a short CA hash"
-        );
-        let old = JoinToken::parse("HVN1-abcd-12").unwrap_err();
-        assert!(old.contains("older haven"), "{old}");
-    }
 
     #[test]
     fn cached_settings_round_trip_and_corrupt_or_invalid_ones_are_ignored() {

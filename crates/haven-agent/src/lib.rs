@@ -7,9 +7,11 @@
 //! crate performs them.
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod coordinator;
+pub mod credential;
 pub mod datadir;
 pub mod datastore;
 pub mod fence;
@@ -24,6 +26,7 @@ pub mod rpc;
 pub mod serve;
 pub mod server;
 pub mod supervisor;
+pub mod tokens;
 pub mod vm;
 pub mod watchdog;
 

@@ -103,6 +103,7 @@ impl LogsQuery {
 /// or else from the host it is assigned to.
 pub async fn logs(
     State(node): State<Arc<Node>>,
+    axum::Extension(auth): axum::Extension<crate::auth::Authenticated>,
     headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<LogsQuery>,
@@ -122,6 +123,14 @@ pub async fn logs(
     }
     let me = node.identity.name.as_str();
     if q.host.as_deref() == Some(me) {
+        if auth.caller == crate::auth::Caller::UncheckedToken {
+            // A worker cannot check the token: only the leader's relay may
+            // read its copy.
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!("{me} is a worker and cannot check API tokens: ask a manager (--server) for this log"),
+            );
+        }
         return serve_local(&node, &name, tail, q.follow).await;
     }
     if headers.contains_key(LOG_PROXY_HEADER) {
@@ -153,7 +162,9 @@ pub async fn logs(
             q.path(&name, tail, q.host.as_deref())
         );
         let who = format!("the coordinator at {leader}");
-        return relay(&node, &url, FORWARDED_HEADER, q.follow, &who).await;
+        // The leader checks the caller's token itself.
+        let caller = crate::auth::forwarded_headers(&headers);
+        return relay(&node, &url, FORWARDED_HEADER, &caller, q.follow, &who).await;
     };
     match c.read(|s| haven_core::logs::source(s, &name, q.host.as_deref())) {
         Ok((host, _)) if host == me => serve_local(&node, &name, tail, q.follow).await,
@@ -164,7 +175,7 @@ pub async fn logs(
                 q.path(&name, tail, Some(&host))
             );
             let who = format!("host {host} ({address})");
-            relay(&node, &url, LOG_PROXY_HEADER, q.follow, &who).await
+            relay(&node, &url, LOG_PROXY_HEADER, &[], q.follow, &who).await
         }
         Err(e @ SourceError::NotPlaced(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e) => error(StatusCode::NOT_FOUND, e.to_string()),
@@ -272,12 +283,24 @@ fn follow_on_thread(
 
 /// Pass on another host's answer, streamed: its status and body; an error
 /// naming `who` if it cannot be reached. Ends with the agent.
-async fn relay(node: &Node, url: &str, header: &str, follow: bool, who: &str) -> Reply {
+/// Pass the request on to `url` (marked with `header`, carrying `caller`:
+/// the original caller's credential when the next host must check it).
+async fn relay(
+    node: &Node,
+    url: &str,
+    header: &str,
+    caller: &[(&'static str, axum::http::HeaderValue)],
+    follow: bool,
+    who: &str,
+) -> Reply {
     let permit = match stream_permit(node) {
         Ok(p) => p,
         Err(r) => return r,
     };
     let mut req = node.logs.client.get(url).header(header, "1");
+    for (name, value) in caller {
+        req = req.header(*name, value.clone());
+    }
     if !follow {
         req = req.timeout(RELAY_TIMEOUT);
     }

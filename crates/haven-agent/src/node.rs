@@ -20,12 +20,13 @@ use crate::api::{
 use crate::clock::{Clock, SystemClock};
 use crate::config::{detect_capacity, AgentConfig, StartMode};
 use crate::coordinator::Office;
-use crate::datadir::{random_hex, DataDir, Identity, JoinToken};
+use crate::datadir::{random_hex, DataDir, Identity};
 use crate::heartbeat::LeaseState;
 use crate::pki::Tls;
 use crate::rpc;
 use crate::supervisor::Supervisor;
 use crate::watchdog::{Watchdog, WatchdogMode};
+use haven_core::tokens::JoinToken;
 
 /// The join's exchange with `target`: pin the cluster (the CA it serves
 /// must be the one the token names) before anything secret is sent, then
@@ -49,7 +50,7 @@ pub async fn join_exchange(
     })?;
     let key = crate::pki::new_host_key()?;
     req.csr_pem = crate::pki::csr(&key, &req.name)?;
-    let http = rpc::client_builder(JOIN_TIMEOUT_MS, Some(&pinned))?.build()?;
+    let http = rpc::client_builder(Some(JOIN_TIMEOUT_MS), Some(&pinned))?.build()?;
     let resp: JoinResponse = rpc::post(
         &http,
         target,
@@ -137,6 +138,8 @@ pub struct Node {
     pub logs: crate::logs::LogService,
     /// This host's TLS material (`pki`).
     pub tls: Arc<Tls>,
+    /// Who may call what (`auth::ROUTES`), and the count of refusals.
+    pub gate: Arc<crate::auth::Gate>,
 }
 
 impl Node {
@@ -574,6 +577,14 @@ pub async fn run(
             }
             datadir.write_settings(&resp.settings)?;
             Tls::store(datadir.path(), &resp.ca_bundle_pem, &resp.cert_pem, &key)?;
+            if let Some(t) = &resp.admin_token {
+                crate::credential::Credential {
+                    server: address.clone(),
+                    ca_pem: resp.ca_bundle_pem.clone(),
+                    token: t.clone(),
+                }
+                .save(&datadir.path().join(crate::auth::ADMIN_CREDENTIAL_FILE))?;
+            }
             let id = Identity::new(resp.cluster_id, resp.node_id, cfg.name.clone(), req.instance_id, role, resp.managers);
             if role == Role::Manager {
                 datadir.write_token(&t.to_string())?;
@@ -589,7 +600,7 @@ pub async fn run(
             cfg.data_dir.display()
         )
     })?);
-    let http = rpc::host_client(cfg.rpc_timeout_ms, &tls)?;
+    let http = rpc::host_client(Some(cfg.rpc_timeout_ms), &tls)?;
 
     let consensus = if identity.role == Role::Manager {
         check_store_file(&datadir, &identity)?;
@@ -689,7 +700,13 @@ pub async fn run(
         .map_err(|e| anyhow!("lease keeper socket: {e}"))?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let gate = Arc::new(crate::auth::Gate::new(
+        identity.cluster_id.clone(),
+        Box::new(consensus.clone()),
+        clock.clone(),
+    ));
     let node = Arc::new(Node {
+        gate,
         logs: crate::logs::LogService::new(datadir.logs_dir(), stop_rx.clone()),
         address: address.clone(),
         capacity,
@@ -847,9 +864,16 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus, ca: crate::pki::CaMaterial) 
         .await
         .ok_or_else(|| anyhow!("the new single-host cluster elected no leader within {BOOTSTRAP_LEADER_WAIT_MS} ms"))?;
     let at_ms = node.clock.wall_ms();
-    let token = JoinToken::generate(
-        &node.identity.cluster_id,
+    // The first join token: for managers (and workers), reusable, until
+    // revoked (`haven token revoke bootstrap`).
+    let (join_record, token) = crate::auth::new_join_token(
+        "bootstrap",
+        Role::Manager,
+        false,
+        None,
         &crate::pki::ca_sha256_hex(&ca.cert_pem)?,
+        "bootstrap",
+        at_ms,
     );
     let cmds = [
         Command::InitCluster {
@@ -863,8 +887,9 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus, ca: crate::pki::CaMaterial) 
                 next: None,
             },
         },
-        Command::SetJoinSecret {
-            secret: token.secret.clone(),
+        Command::CreateToken {
+            record: join_record,
+            at_ms,
         },
         Command::SetSettings {
             settings: node.settings(),
@@ -884,6 +909,7 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus, ca: crate::pki::CaMaterial) 
             bail!("bootstrap: {m}");
         }
     }
+    let admin = crate::auth::write_admin_credential(node, c).await?;
     node.datadir.write_token(&token.to_string())?;
     let mut id = node.identity.clone();
     id.raft_store = true;
@@ -898,6 +924,11 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus, ca: crate::pki::CaMaterial) 
             .display()
     );
     println!("{token}");
+    println!(
+        "admin credential for `haven` on this host: {} (or `haven login --server {} --token <token>` elsewhere)",
+        admin.display(),
+        node.address
+    );
     Ok(())
 }
 

@@ -96,6 +96,12 @@ pub fn take_bundle(node: &Arc<Node>, bundle_pem: &str) {
             tokio::task::spawn_blocking(move || Tls::store(&dir, &b, &cert, &key)).await??;
             node.tls.set_bundle(&bundle)?;
             tracing::info!("now trusting the cluster's new CA bundle");
+            // root's admin credential on this host trusts it too.
+            let admin = node.datadir.path().join(crate::auth::ADMIN_CREDENTIAL_FILE);
+            if let Ok(mut cred) = crate::credential::Credential::load(&admin) {
+                cred.ca_pem = bundle.clone();
+                tokio::task::spawn_blocking(move || cred.save(&admin)).await??;
+            }
             if node
                 .tls
                 .renew_due(time::OffsetDateTime::now_utc().unix_timestamp())

@@ -44,18 +44,27 @@ pub struct NotLeaderBody {
 /// hosts: `pki`).
 pub const SCHEME: &str = "https";
 
-/// A client builder with this module's timeouts, trusting `ca_pem` (the
-/// cluster CA, from a credential) when given, presenting no certificate.
+/// Longest wait for a connection to be made.
+pub const CONNECT_TIMEOUT_MS_MAX: u64 = 1_000;
+
+/// Every HTTP client of the agent and the CLI starts here. `timeout_ms`
+/// bounds each request (`None`: only the connection, for a stream that
+/// follows a log); `ca_pem`: the cluster CA to trust (an operator's
+/// credential), with no client certificate.
 pub fn client_builder(
-    timeout_ms: u64,
+    timeout_ms: Option<u64>,
     ca_pem: Option<&str>,
 ) -> anyhow::Result<reqwest::ClientBuilder> {
+    let connect_ms = timeout_ms.map_or(CONNECT_TIMEOUT_MS_MAX, |t| t.min(CONNECT_TIMEOUT_MS_MAX));
     let b = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(timeout_ms.min(1_000)))
-        .timeout(Duration::from_millis(timeout_ms))
+        .connect_timeout(Duration::from_millis(connect_ms))
         .pool_idle_timeout(Duration::from_secs(30))
         .no_proxy();
-    Ok(match ca_pem {
+    let b = match timeout_ms {
+        Some(t) => b.timeout(Duration::from_millis(t)),
+        None => b,
+    };
+    Ok(match ca_pem.filter(|c| !c.trim().is_empty()) {
         Some(ca) => b.use_preconfigured_tls(crate::pki::operator_client_config(ca)?),
         None => b,
     })
@@ -63,7 +72,7 @@ pub fn client_builder(
 
 /// A host's client: presents its certificate, trusts the cluster CA.
 pub fn host_client(
-    timeout_ms: u64,
+    timeout_ms: Option<u64>,
     tls: &std::sync::Arc<crate::pki::Tls>,
 ) -> anyhow::Result<reqwest::Client> {
     Ok(client_builder(timeout_ms, None)?
@@ -72,16 +81,17 @@ pub fn host_client(
 }
 
 /// A client that accepts any server certificate: only for `GET /v1/ca`
-/// before a join, whose answer is checked against the token's hash.
+/// before a join (or a login), whose answer is then checked against a
+/// known hash.
 pub fn unverified_client(timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
-    Ok(client_builder(timeout_ms, None)?
+    Ok(client_builder(Some(timeout_ms), None)?
         .use_preconfigured_tls(crate::pki::unverified_client_config()?)
         .build()?)
 }
 
 /// A client with no TLS configuration of its own (tests of plain HTTP).
 pub fn client(timeout_ms: u64) -> reqwest::Client {
-    client_builder(timeout_ms, None)
+    client_builder(Some(timeout_ms), None)
         .expect("no CA to read")
         .build()
         .expect("reqwest client builds")

@@ -400,10 +400,10 @@ mod tests {
         };
         // A host of the cluster: named by its certificate.
         let worker = material(&ca, "h2", Role::Worker);
-        let c = crate::rpc::host_client(5_000, &worker).unwrap();
+        let c = crate::rpc::host_client(Some(5_000), &worker).unwrap();
         assert_eq!(ask(c).await.unwrap(), "h2/Worker");
         // An operator's client: no certificate, trusts the CA.
-        let c = crate::rpc::client_builder(5_000, Some(&ca.cert_pem))
+        let c = crate::rpc::client_builder(Some(5_000), Some(&ca.cert_pem))
             .unwrap()
             .build()
             .unwrap();
@@ -421,13 +421,13 @@ mod tests {
             )
             .unwrap(),
         );
-        let c = crate::rpc::host_client(5_000, &stranger).unwrap();
+        let c = crate::rpc::host_client(Some(5_000), &stranger).unwrap();
         assert!(
             ask(c).await.is_err(),
             "a foreign CA's certificate was accepted"
         );
         // A client that trusts another CA does not talk to this server.
-        let c = crate::rpc::client_builder(5_000, Some(&other.cert_pem))
+        let c = crate::rpc::client_builder(Some(5_000), Some(&other.cert_pem))
             .unwrap()
             .build()
             .unwrap();
@@ -469,7 +469,7 @@ mod tests {
         for _ in 0..10 {
             idle.push(tokio::net::TcpStream::connect(&address).await.unwrap());
         }
-        let c = crate::rpc::host_client(5_000, &material(&ca, "h3", Role::Worker)).unwrap();
+        let c = crate::rpc::host_client(Some(5_000), &material(&ca, "h3", Role::Worker)).unwrap();
         let answer = tokio::time::timeout(
             Duration::from_secs(3),
             c.get(format!("https://{address}/whoami")).send(),

@@ -10,8 +10,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{get, post, MethodRouter};
+use axum::{Extension, Json, Router};
 use haven_core::model::{Generation, Role};
 use haven_core::placement::HostView;
 use haven_core::spec::{
@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::*;
+use crate::auth::Authenticated;
 use crate::coordinator::{leadership_confirmed, office_for};
 use crate::node::Node;
 use crate::rpc::NotLeaderBody;
@@ -66,68 +67,103 @@ async fn apply_slot(
     }
 }
 
-pub fn router(node: Arc<Node>) -> Router {
+/// The routes being registered, with their paths (for `auth`'s table).
+struct Routes {
+    router: Router<Arc<Node>>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    fn route(mut self, path: &'static str, m: MethodRouter<Arc<Node>>) -> Routes {
+        self.paths.push(path);
+        self.router = self.router.route(path, m);
+        self
+    }
+}
+
+/// The agent's own routes, and their paths; `router` adds the Raft routes
+/// and the gate in front of all of them.
+pub(crate) fn routes() -> (Router<Arc<Node>>, Vec<&'static str>) {
     let limit = |bytes: usize| DefaultBodyLimit::max(bytes);
-    let mut r = Router::new()
-        .route("/v1/ca", get(ca))
-        .route(
-            "/v1/ca/rotate",
-            post(rotate_ca).layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .route(
-            "/v1/renew",
-            post(renew).layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .route("/v1/join", post(join).layer(limit(REQUEST_BODY_BYTES_MAX)))
-        .route(
-            "/v1/promote",
-            post(promote).layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .route(
-            "/v1/heartbeat",
-            post(heartbeat).layer(limit(HEARTBEAT_BODY_BYTES_MAX)),
-        )
-        .route(
-            "/v1/restart-grace",
-            post(restart_grace).layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .route(
-            "/v1/settings",
-            get(settings)
-                .post(set_settings)
-                .layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .route("/v1/status", get(status))
-        .route(
-            "/v1/apply",
-            post(apply).layer(limit(APPLY_BODY_BYTES_MAX)).route_layer(
-                axum::middleware::from_fn_with_state(
-                    Arc::new(tokio::sync::Semaphore::new(APPLIES_IN_FLIGHT_MAX)),
-                    apply_slot,
-                ),
+    let r = Routes {
+        router: Router::new(),
+        paths: vec![],
+    }
+    .route("/v1/ca", get(ca))
+    .route(
+        "/v1/ca/rotate",
+        post(rotate_ca).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route(
+        "/v1/renew",
+        post(renew).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route("/v1/join", post(join).layer(limit(REQUEST_BODY_BYTES_MAX)))
+    .route(
+        "/v1/promote",
+        post(promote).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route(
+        "/v1/heartbeat",
+        post(heartbeat).layer(limit(HEARTBEAT_BODY_BYTES_MAX)),
+    )
+    .route(
+        "/v1/restart-grace",
+        post(restart_grace).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route(
+        "/v1/settings",
+        get(settings)
+            .post(set_settings)
+            .layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route("/v1/status", get(status))
+    .route(
+        "/v1/apply",
+        post(apply).layer(limit(APPLY_BODY_BYTES_MAX)).route_layer(
+            axum::middleware::from_fn_with_state(
+                Arc::new(tokio::sync::Semaphore::new(APPLIES_IN_FLIGHT_MAX)),
+                apply_slot,
             ),
-        )
-        .route(
-            "/v1/delete",
-            post(delete).layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .route("/v1/events", get(events))
-        .route("/v1/logs/{name}", get(crate::logs::logs))
-        .route(
-            "/v1/workloads/known",
-            post(crate::logs::known).layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .route("/v1/health", get(health))
-        .route("/v1/ping", get(ping))
-        .route(
-            "/v1/probe",
-            post(probe).layer(limit(REQUEST_BODY_BYTES_MAX)),
-        )
-        .with_state(node.clone());
+        ),
+    )
+    .route(
+        "/v1/delete",
+        post(delete).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route("/v1/events", get(events))
+    .route("/v1/logs/{name}", get(crate::logs::logs))
+    .route(
+        "/v1/workloads/known",
+        post(crate::logs::known).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route("/v1/health", get(health))
+    .route("/v1/ping", get(ping))
+    .route(
+        "/v1/probe",
+        post(probe).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route(
+        "/v1/tokens",
+        get(crate::tokens::list)
+            .post(crate::tokens::create)
+            .layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route(
+        "/v1/tokens/revoke",
+        post(crate::tokens::revoke).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    );
+    (r.router, r.paths)
+}
+
+/// Every route of the agent, the Raft routes included, behind the gate
+/// (`auth::ROUTES`).
+pub fn router(node: Arc<Node>) -> Router {
+    let mut r = routes().0.with_state(node.clone());
     if let Some(c) = &node.consensus {
         r = r.merge(c.router());
     }
-    r
+    crate::auth::guarded(r, node.gate.clone())
 }
 
 pub(crate) type Reply = Response;
@@ -156,7 +192,7 @@ pub(crate) fn not_leader(node: &Node) -> Reply {
 
 /// Pass the request (its JSON body, if any) to the leader once, and return
 /// its answer as is.
-async fn forward(
+pub(crate) async fn forward(
     node: &Node,
     headers: &HeaderMap,
     method: reqwest::Method,
@@ -180,6 +216,9 @@ async fn forward(
         )
         .header(FORWARDED_HEADER, "1")
         .timeout(Duration::from_secs(30));
+    for (name, value) in crate::auth::forwarded_headers(headers) {
+        req = req.header(name, value);
+    }
     if let Some(b) = body {
         req = req.header("content-type", "application/json").body(b);
     }
@@ -220,7 +259,7 @@ pub(crate) async fn unless_leader<B: Serialize>(
     Some(forward(node, headers, reqwest::Method::POST, path, Some(json)).await)
 }
 
-async fn propose(node: &Node, cmd: Command) -> Result<CommandResult, Reply> {
+pub(crate) async fn propose(node: &Node, cmd: Command) -> Result<CommandResult, Reply> {
     let Some(c) = &node.consensus else {
         return Err(not_leader(node));
     };
@@ -285,7 +324,12 @@ fn too_large(route: &str, limit_bytes: usize) -> String {
     format!("the request body is larger than the limit of {limit_bytes} bytes for {route}{fix}")
 }
 
-async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+async fn join(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
     let req: JoinRequest = match parse_body("/v1/join", REQUEST_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -294,17 +338,53 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> 
         return r;
     }
     let c = node.consensus.as_ref().expect("leader has consensus");
-    let (cluster_id, secret, voters, known) = c.read(|s| {
+    let now_ms = node.clock.wall_ms();
+    // The join token is the credential: a join token of the token store,
+    // usable now, whose role allows what the host asks to be.
+    let token = match haven_core::tokens::JoinToken::parse(&req.token) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::UNAUTHORIZED, format!("token: {e}")),
+    };
+    let checked = c.read(|s| {
+        s.verify_token(&token.id, &token.secret, now_ms)
+            .map(|t| (t.name.clone(), t.kind.clone()))
+    });
+    let (token_name, once) = match checked {
+        Ok((name, haven_core::tokens::TokenKind::Join { role, once })) => {
+            if req.role == Role::Manager && role == Role::Worker {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    format!("join token {name:?} joins workers only: join without --manager, or use a manager join token (`haven token create --role manager`)"),
+                );
+            }
+            (name, once)
+        }
+        Ok((name, _)) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!("token {name:?} is an API token, not a join token: create one with `haven token create --role worker` (or manager)"),
+            )
+        }
+        Err(e) => {
+            node.gate.refused_join(&auth.from, e.reason(), &format!("join token: {e}"));
+            let shown = match e {
+                // Whether an id exists is not said.
+                haven_core::tokens::TokenError::Unknown | haven_core::tokens::TokenError::WrongSecret => {
+                    "wrong join token: use one printed by `haven agent --bootstrap` or `haven token create`".to_string()
+                }
+                other => format!("{other}: create a new one with `haven token create`"),
+            };
+            return error(StatusCode::UNAUTHORIZED, shown);
+        }
+    };
+    let by = format!("join token {token_name} from {}", auth.from);
+    let (cluster_id, voters, known) = c.read(|s| {
         (
             s.cluster_id.clone(),
-            s.join_secret.clone(),
             s.hosts.values().filter(|h| h.role == Role::Manager).count(),
             s.hosts.get(&req.name).cloned(),
         )
     });
-    if let Err(r) = check_token(&cluster_id, &secret, &req.token) {
-        return r;
-    }
     if let Err(m) = check_name(&req.name) {
         return error(StatusCode::BAD_REQUEST, format!("--name: {m}"));
     }
@@ -345,7 +425,8 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> 
             format!("the cluster already has {voters} managers (at most {MANAGERS_MAX}); join this host as a worker (without --manager)"),
         );
     }
-    // Sign before registering: a request whose CSR is bad changes nothing.
+    // Sign before anything is committed: a request whose CSR is bad
+    // changes nothing (and spends no one-time token).
     let (material, bundle) = match signing_ca(&node) {
         Ok(x) => x,
         Err(r) => return r,
@@ -361,11 +442,60 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> 
         Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("csr_pem: {e:#}")),
     };
+    // A one-time token is spent first, by compare-and-set in the state
+    // machine: of two joins racing with it, one wins.
+    if once {
+        let spend = Command::Audited {
+            by: by.clone(),
+            command: Box::new(Command::UseToken {
+                id: token.id.clone(),
+                at_ms: now_ms,
+            }),
+        };
+        match propose(&node, spend).await {
+            Ok(CommandResult::Rejected(m)) => return error(StatusCode::UNAUTHORIZED, m),
+            Ok(_) => {}
+            Err(r) => return r,
+        }
+    }
+    // root on a manager gets an admin credential, as on the bootstrap host.
+    let admin_token = if req.role == Role::Manager {
+        let (record, text) = crate::auth::new_api_token(
+            &format!("root@{}", req.name),
+            haven_core::tokens::ApiRole::Admin,
+            None,
+            &by,
+            now_ms,
+        );
+        match propose(
+            &node,
+            Command::CreateToken {
+                record,
+                at_ms: now_ms,
+            },
+        )
+        .await
+        {
+            Ok(CommandResult::Rejected(m)) => {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!("creating root@{}'s admin token: {m}", req.name),
+                )
+            }
+            Ok(_) => Some(text.to_string()),
+            Err(r) => return r,
+        }
+    } else {
+        None
+    };
     match propose(
         &node,
-        Command::RegisterHost {
-            host: record,
-            at_ms: node.clock.wall_ms(),
+        Command::Audited {
+            by,
+            command: Box::new(Command::RegisterHost {
+                host: record,
+                at_ms: now_ms,
+            }),
         },
     )
     .await
@@ -377,6 +507,7 @@ async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> 
             settings: c.read(|s| s.settings.clone()),
             cert_pem,
             ca_bundle_pem: bundle,
+            admin_token,
         })
         .into_response(),
         Ok(CommandResult::Rejected(m)) => error(StatusCode::CONFLICT, m),
@@ -614,27 +745,6 @@ async fn ca(State(node): State<Arc<Node>>) -> Reply {
     .into_response()
 }
 
-fn check_token(cluster_id: &str, secret: &str, token: &str) -> Result<(), Reply> {
-    let t = crate::datadir::JoinToken::parse(token).map_err(|e| error(StatusCode::FORBIDDEN, e))?;
-    if t.id != cluster_id {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "wrong join token: use one printed by `haven agent --bootstrap` or `haven token create`",
-        ));
-    }
-    if secret.is_empty() || !constant_time_eq(t.secret.as_bytes(), secret.as_bytes()) {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "wrong join token: use the token printed by `haven agent --bootstrap` (also in <data-dir>/join-token on the bootstrap host)",
-        ));
-    }
-    Ok(())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn managers(node: &Node) -> Vec<String> {
     node.consensus
         .as_ref()
@@ -642,25 +752,26 @@ fn managers(node: &Node) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn promote(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+async fn promote(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
     let req: PromoteRequest = match parse_body("/v1/promote", REQUEST_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
     };
+    if let Err(r) = auth.check_host(&req.name) {
+        return r;
+    }
     if let Some(r) = unless_leader(&node, &headers, "/v1/promote", &req).await {
         return r;
     }
     let c = node.consensus.as_ref().expect("leader has consensus");
-    let (cluster_id, secret, host) = c.read(|s| {
-        (
-            s.cluster_id.clone(),
-            s.join_secret.clone(),
-            s.hosts.get(&req.name).cloned(),
-        )
-    });
-    if let Err(r) = check_token(&cluster_id, &secret, &req.token) {
-        return r;
-    }
+    // The manager certificate (checked by the gate and `check_host`) is
+    // the credential: the join token may have been a one-time one.
+    let host = c.read(|s| s.hosts.get(&req.name).cloned());
     match host {
         Some(h) if h.node_id == req.node_id && h.role == Role::Manager => {}
         _ => {
@@ -722,11 +833,18 @@ fn check_member(
         })
 }
 
-async fn heartbeat(State(node): State<Arc<Node>>, body: Body) -> Reply {
+async fn heartbeat(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    body: Body,
+) -> Reply {
     let req: HeartbeatRequest = match parse_body("/v1/heartbeat", HEARTBEAT_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
     };
+    if let Err(r) = auth.check_host(&req.host) {
+        return r;
+    }
     let term = match lease_granting_term(&node) {
         Ok(t) => t,
         Err(r) => return r,
@@ -882,12 +1000,19 @@ fn bound_text(text: &mut String, max: usize) {
 /// A gracefully stopping agent: commit its restart grace, then count its
 /// silence from now (like a heartbeat acknowledged now, with the grace as
 /// its lease).
-async fn restart_grace(State(node): State<Arc<Node>>, body: Body) -> Reply {
+async fn restart_grace(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    body: Body,
+) -> Reply {
     let req: RestartGraceRequest =
         match parse_body("/v1/restart-grace", REQUEST_BODY_BYTES_MAX, body) {
             Ok(r) => r,
             Err(r) => return r,
         };
+    if let Err(r) = auth.check_host(&req.host) {
+        return r;
+    }
     if req.boot.is_empty() || req.boot.len() > BOOT_ID_LEN_MAX {
         return error(
             StatusCode::BAD_REQUEST,
@@ -944,7 +1069,12 @@ async fn settings(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
 
 /// `haven settings set`: every change applied to the current settings,
 /// validated as a whole, committed as one command (all or nothing).
-async fn set_settings(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+async fn set_settings(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
     let req: SettingsRequest = match parse_body("/v1/settings", REQUEST_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -976,9 +1106,12 @@ async fn set_settings(State(node): State<Arc<Node>>, headers: HeaderMap, body: B
             format!("nothing was changed:\n{}", problems.join("\n")),
         );
     }
-    let cmd = Command::SetSettings {
-        settings: next,
-        at_ms: node.clock.wall_ms(),
+    let cmd = Command::Audited {
+        by: auth.audit(),
+        command: Box::new(Command::SetSettings {
+            settings: next,
+            at_ms: node.clock.wall_ms(),
+        }),
     };
     match propose(&node, cmd).await {
         Ok(CommandResult::Rejected(m)) => error(StatusCode::UNPROCESSABLE_ENTITY, m),
@@ -1118,7 +1251,12 @@ fn stopping_view(workload: &str, st: &haven_core::state::Stopping) -> StoppingVi
     }
 }
 
-async fn apply(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+async fn apply(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
     let bytes = match read_body("/v1/apply", APPLY_BODY_BYTES_MAX, body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -1148,6 +1286,14 @@ async fn apply(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) ->
             )
         }
     };
+    // The entry that applies them all says who asked.
+    let mut cmds = cmds;
+    if let Some(last) = cmds.pop() {
+        cmds.push(Command::Audited {
+            by: auth.audit(),
+            command: Box::new(last),
+        });
+    }
     let mut last = None;
     for cmd in cmds {
         match propose(&node, cmd).await {
@@ -1251,7 +1397,12 @@ fn prepare_apply(node: &Node, bytes: &[u8]) -> Result<Vec<Command>, Reply> {
     ))
 }
 
-async fn delete(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Reply {
+async fn delete(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
     let req: DeleteRequest = match parse_body("/v1/delete", REQUEST_BODY_BYTES_MAX, body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -1261,9 +1412,12 @@ async fn delete(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -
     }
     match propose(
         &node,
-        Command::DeleteWorkload {
-            name: req.name.clone(),
-            at_ms: node.clock.wall_ms(),
+        Command::Audited {
+            by: auth.audit(),
+            command: Box::new(Command::DeleteWorkload {
+                name: req.name.clone(),
+                at_ms: node.clock.wall_ms(),
+            }),
         },
     )
     .await
@@ -1369,6 +1523,7 @@ async fn health(State(node): State<Arc<Node>>) -> Reply {
         "leader": node.leader_address(),
         "lease_held": lease_held,
         "instances": node.supervisor.observed(),
+        "auth_refusals": node.gate.refusals(),
     }))
     .into_response()
 }

@@ -5,9 +5,9 @@
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use haven_agent::api::{CaResponse, JoinRequest};
-use haven_agent::datadir::JoinToken;
 use haven_agent::pki::{self, Tls};
 use haven_core::model::{Capacity, Role};
+use haven_core::tokens::JoinToken;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -54,6 +54,10 @@ async fn impostor(ca: &pki::CaMaterial) -> (String, Arc<Mutex<Vec<String>>>, wat
     (address, seen, stop)
 }
 
+fn join_token(ca_sha256: &str) -> JoinToken {
+    haven_agent::auth::new_join_token("t", Role::Worker, true, None, ca_sha256, "test", 0).1
+}
+
 fn request(token: &JoinToken) -> JoinRequest {
     JoinRequest {
         name: "h9".into(),
@@ -77,7 +81,7 @@ async fn a_token_for_another_ca_sends_no_secret() {
     let theirs = pki::new_ca("c1").unwrap();
     let ours = pki::new_ca("c1").unwrap();
     let (address, seen, _stop) = impostor(&theirs).await;
-    let token = JoinToken::generate("c1", &pki::ca_sha256_hex(&ours.cert_pem).unwrap());
+    let token = join_token(&pki::ca_sha256_hex(&ours.cert_pem).unwrap());
     let err = haven_agent::node::join_exchange(&address, &token, request(&token))
         .await
         .unwrap_err()
@@ -88,7 +92,7 @@ async fn a_token_for_another_ca_sends_no_secret() {
 
     // The control: with the hash of the CA it serves, the token does
     // reach it (so the check above can see a sent secret).
-    let token = JoinToken::generate("c1", &pki::ca_sha256_hex(&theirs.cert_pem).unwrap());
+    let token = join_token(&pki::ca_sha256_hex(&theirs.cert_pem).unwrap());
     let err = haven_agent::node::join_exchange(&address, &token, request(&token))
         .await
         .unwrap_err()

@@ -14,4 +14,5 @@ pub mod settings;
 pub mod spec;
 pub mod state;
 pub mod timefmt;
+pub mod tokens;
 pub mod vm_monitor;

@@ -8,6 +8,7 @@
 use crate::model::{
     Assignment, ClusterSettings, Generation, HostRecord, IsolationResponse, NodeId, WorkloadSpec,
 };
+use crate::tokens::{TokenError, TokenKind, TokenRecord, TOKENS_MAX, TOKEN_BY_LEN_MAX};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -33,6 +34,10 @@ pub const EVENT_MESSAGE_BYTES_MAX: usize = 512;
 /// from its heartbeat timing the replication batch this must fit); an
 /// apply larger than this reaches the log in parts (`StageWorkloads`).
 pub const COMMAND_BYTES_MAX: usize = 192 * 1024;
+/// Room kept in an entry for the `Command::Audited` around the command
+/// that applies an apply (who and from where, at most
+/// `tokens::TOKEN_BY_LEN_MAX` bytes, and the JSON around it).
+pub const AUDIT_BYTES_MAX: usize = 512;
 /// Applies whose parts are being staged at once (a newer one evicts the
 /// oldest), and how long parts wait for their `ApplyStaged`.
 pub const STAGED_APPLIES_MAX: usize = 4;
@@ -151,6 +156,10 @@ pub struct ClusterState {
     /// `STAGED_APPLIES_MAX`).
     #[serde(default)]
     pub staged: BTreeMap<String, StagedApply>,
+    /// API and join tokens by id (at most `tokens::TOKENS_MAX`); secrets
+    /// only as SHA-256.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenRecord>,
 }
 
 /// The cluster CA: `bundle_pem` is every CA certificate hosts trust (the
@@ -290,6 +299,32 @@ pub enum Command {
         boot: String,
         why: String,
         at_ms: u64,
+    },
+    /// A new API or join token (its secret only hashed in `record`).
+    CreateToken {
+        record: TokenRecord,
+        at_ms: u64,
+    },
+    /// Revoke the token of that name (not yet revoked) or id. `by`: who,
+    /// from where.
+    RevokeToken {
+        name_or_id: String,
+        by: String,
+        at_ms: u64,
+    },
+    /// A join token buys a certificate: refused if it is revoked, expired,
+    /// or one-time and used already (compare-and-set: of two joins racing
+    /// with one one-time token, one wins).
+    UseToken {
+        id: String,
+        at_ms: u64,
+    },
+    /// `command`, made on behalf of `by` (who, from where): if it is not
+    /// refused, a cluster event says what it did and for whom (the audit
+    /// trail). A batch or another audited command inside is refused.
+    Audited {
+        by: String,
+        command: Box<Command>,
     },
     /// Record a decision that changes no intent (e.g. "h3 is suspect").
     RecordEvent {
@@ -594,6 +629,14 @@ impl ClusterState {
                 self.begin_stopping(workload, a, format!("failed on its host: {reason}"));
                 CommandResult::Ok
             }
+            Command::CreateToken { record, at_ms } => self.create_token(record, *at_ms),
+            Command::RevokeToken {
+                name_or_id,
+                by,
+                at_ms,
+            } => self.revoke_token(name_or_id, by, *at_ms),
+            Command::UseToken { id, at_ms } => self.use_token(id, *at_ms),
+            Command::Audited { by, command } => self.audited(by, command),
             Command::SetJoinSecret { secret } => {
                 self.join_secret = secret.clone();
                 CommandResult::Ok
@@ -806,6 +849,192 @@ impl ClusterState {
                 CommandResult::Ok
             }
         }
+    }
+
+    /// The token `id` if `secret` is its secret and it is usable at
+    /// `now_ms`. The secret is compared by hash, in constant time.
+    pub fn verify_token(
+        &self,
+        id: &str,
+        secret: &str,
+        now_ms: u64,
+    ) -> Result<&TokenRecord, TokenError> {
+        let t = self.tokens.get(id).ok_or(TokenError::Unknown)?;
+        let presented = crate::tokens::secret_sha256(secret);
+        if !crate::tokens::constant_time_eq(presented.as_bytes(), t.secret_sha256.as_bytes()) {
+            return Err(TokenError::WrongSecret);
+        }
+        let name = t.name.clone();
+        if t.revoked {
+            return Err(TokenError::Revoked { name });
+        }
+        if let Some(expired_at_ms) = t.expires_at_ms.filter(|e| now_ms >= *e) {
+            return Err(TokenError::Expired {
+                name,
+                expired_at_ms,
+            });
+        }
+        if t.used && matches!(t.kind, TokenKind::Join { once: true, .. }) {
+            return Err(TokenError::Used { name });
+        }
+        Ok(t)
+    }
+
+    /// The token named `name_or_id` (the one not revoked, if several
+    /// share the name), or with that id.
+    pub fn token(&self, name_or_id: &str) -> Option<&TokenRecord> {
+        self.tokens.get(name_or_id).or_else(|| {
+            self.tokens
+                .values()
+                .find(|t| t.name == name_or_id && !t.revoked)
+        })
+    }
+
+    fn create_token(&mut self, record: &TokenRecord, at_ms: u64) -> CommandResult {
+        if let Err(m) = record.check() {
+            return CommandResult::Rejected(m);
+        }
+        if self.tokens.contains_key(&record.id) {
+            return CommandResult::Rejected(format!("a token with id {} exists", record.id));
+        }
+        if self
+            .tokens
+            .values()
+            .any(|t| t.name == record.name && !t.revoked)
+        {
+            return CommandResult::Rejected(format!(
+                "a token named {:?} exists; revoke it first (`haven token revoke {}`) or choose another --name",
+                record.name, record.name
+            ));
+        }
+        if self.tokens.len() >= TOKENS_MAX {
+            // Room from what can no longer be used, oldest first.
+            let mut spent: Vec<(u64, String)> = self
+                .tokens
+                .values()
+                .filter(|t| t.is_spent(at_ms))
+                .map(|t| (t.created_at_ms, t.id.clone()))
+                .collect();
+            spent.sort();
+            if let Some((_, id)) = spent.first() {
+                self.tokens.remove(id);
+            } else {
+                return CommandResult::Rejected(format!(
+                    "the cluster holds {TOKENS_MAX} usable tokens, the most it keeps; revoke unused ones (`haven token list`, `haven token revoke NAME`)"
+                ));
+            }
+        }
+        let record = record.clone();
+        self.event(
+            at_ms,
+            format!(
+                "{} {:?} (id {}) created by {}",
+                record.kind, record.name, record.id, record.created_by
+            ),
+        );
+        self.tokens.insert(record.id.clone(), record);
+        CommandResult::Ok
+    }
+
+    fn revoke_token(&mut self, name_or_id: &str, by: &str, at_ms: u64) -> CommandResult {
+        let Some(id) = self.token(name_or_id).map(|t| t.id.clone()) else {
+            return CommandResult::Rejected(format!(
+                "no token named {:?} (or with that id); `haven token list` shows them",
+                crate::spec::shorten(name_or_id, 40)
+            ));
+        };
+        let t = self.tokens.get_mut(&id).expect("found above");
+        if t.revoked {
+            return CommandResult::Ok;
+        }
+        t.revoked = true;
+        let message = format!(
+            "token {:?} (id {id}) revoked by {}",
+            t.name,
+            crate::spec::shorten(by, TOKEN_BY_LEN_MAX)
+        );
+        self.event(at_ms, message);
+        CommandResult::Ok
+    }
+
+    fn use_token(&mut self, id: &str, at_ms: u64) -> CommandResult {
+        let Some(t) = self.tokens.get_mut(id) else {
+            return CommandResult::Rejected("no such token".into());
+        };
+        let TokenKind::Join { once, .. } = t.kind else {
+            return CommandResult::Rejected(format!(
+                "token {:?} is an API token, not a join token",
+                t.name
+            ));
+        };
+        let refused = if t.revoked {
+            Some("was revoked")
+        } else if t.is_expired(at_ms) {
+            Some("has expired")
+        } else if once && t.used {
+            Some("was used already (one-time)")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            return CommandResult::Rejected(format!("the join token {:?} {why}", t.name));
+        }
+        t.used = true;
+        CommandResult::Ok
+    }
+
+    fn audited(&mut self, by: &str, command: &Command) -> CommandResult {
+        if by.len() > TOKEN_BY_LEN_MAX {
+            return CommandResult::Rejected(format!(
+                "field \"by\": at most {TOKEN_BY_LEN_MAX} bytes"
+            ));
+        }
+        if matches!(command, Command::Batch { .. } | Command::Audited { .. }) {
+            return CommandResult::Rejected(
+                "an audited command cannot hold a batch or another audited command".into(),
+            );
+        }
+        let result = self.apply_one(command);
+        let done = match (command, &result) {
+            (_, CommandResult::Rejected(_)) => return result,
+            (
+                Command::ApplyWorkloads { source, at_ms, .. }
+                | Command::ApplyStaged { source, at_ms, .. },
+                CommandResult::Applied {
+                    created,
+                    updated,
+                    unchanged,
+                },
+            ) => Some((
+                *at_ms,
+                format!(
+                    "applied {}: {} created, {} updated, {} unchanged",
+                    crate::spec::shorten(source, crate::spec::SOURCE_LEN_MAX),
+                    created.len(),
+                    updated.len(),
+                    unchanged.len()
+                ),
+            )),
+            (Command::DeleteWorkload { name, at_ms }, _) => {
+                Some((*at_ms, format!("deleted workload {name}")))
+            }
+            (Command::SetSettings { at_ms, .. }, _) => {
+                Some((*at_ms, "changed the cluster settings".to_string()))
+            }
+            (Command::RegisterHost { host, at_ms }, _) => Some((
+                *at_ms,
+                format!("registered host {} ({})", host.name, host.role),
+            )),
+            (Command::UseToken { id, at_ms }, _) => {
+                let name = self.tokens.get(id).map_or("", |t| t.name.as_str());
+                Some((*at_ms, format!("used join token {name:?}")))
+            }
+            _ => None,
+        };
+        if let Some((at_ms, what)) = done {
+            self.event(at_ms, format!("{what} (by {by})"));
+        }
+        result
     }
 
     /// Keep one part of a large apply aside. Bounded: at most
@@ -1151,7 +1380,7 @@ pub fn apply_commands(
         source,
         at_ms,
     };
-    if crate::spec::encoded_len(&whole) <= COMMAND_BYTES_MAX {
+    if crate::spec::encoded_len(&whole) <= COMMAND_BYTES_MAX - AUDIT_BYTES_MAX {
         return vec![whole];
     }
     let Command::ApplyWorkloads { specs, source, .. } = whole else {
@@ -1691,6 +1920,32 @@ mod tests {
     }
 
     #[test]
+    fn the_last_entry_of_any_apply_fits_the_log_with_who_made_it() {
+        let by = "x".repeat(crate::tokens::TOKEN_BY_LEN_MAX);
+        // Applies around the size where one entry gives way to parts.
+        let size = |n: usize| {
+            crate::spec::encoded_len(&Command::ApplyWorkloads {
+                specs: (0..n).map(|i| spec(&format!("w{i:05}"))).collect(),
+                source: "w.toml".into(),
+                at_ms: 7,
+            })
+        };
+        let per_spec = size(2) - size(1);
+        let around = (COMMAND_BYTES_MAX - (size(1) - per_spec)) / per_spec;
+        for n in around - 3..=around + 1 {
+            let specs: Vec<WorkloadSpec> = (0..n).map(|i| spec(&format!("w{i:05}"))).collect();
+            let mut cmds = apply_commands("a1", specs, "w.toml".into(), 7);
+            let last = cmds.pop().unwrap();
+            let audited = Command::Audited {
+                by: by.clone(),
+                command: Box::new(last),
+            };
+            let bytes = audited.encoded_len();
+            assert!(bytes <= COMMAND_BYTES_MAX, "{n} specs: {bytes} bytes");
+        }
+    }
+
+    #[test]
     fn a_staged_apply_missing_a_part_is_refused_whole() {
         let cmds = apply_commands("a1", ten_thousand(), "w.toml".into(), 7);
         let mut s = ClusterState::default();
@@ -1775,5 +2030,270 @@ mod tests {
             at_ms: 1,
         };
         assert_eq!(small.clone().split_to_fit(), vec![small]);
+    }
+}
+
+#[cfg(test)]
+mod token_store_tests {
+    use super::*;
+    use crate::model::Role;
+    use crate::tokens::{secret_sha256, ApiRole, TokenError, TokenKind, TokenRecord};
+
+    fn secret(n: u8) -> String {
+        format!("{n:02x}").repeat(32)
+    }
+
+    fn record(id: &str, name: &str, kind: TokenKind, expires: Option<u64>) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            name: name.into(),
+            kind,
+            secret_sha256: secret_sha256(&secret(1)),
+            created_at_ms: 1_000,
+            expires_at_ms: expires,
+            revoked: false,
+            used: false,
+            created_by: "root@h1 from 10.0.0.5:4000".into(),
+        }
+    }
+
+    fn with(records: &[TokenRecord]) -> ClusterState {
+        let mut s = ClusterState::default();
+        for r in records {
+            let got = s.apply(&Command::CreateToken {
+                record: r.clone(),
+                at_ms: 1_000,
+            });
+            assert_eq!(got, CommandResult::Ok);
+        }
+        s
+    }
+
+    const VIEWER: TokenKind = TokenKind::Api {
+        role: ApiRole::Viewer,
+    };
+    const JOIN_ONCE: TokenKind = TokenKind::Join {
+        role: Role::Worker,
+        once: true,
+    };
+
+    #[test]
+    fn a_token_verifies_with_its_secret_until_it_expires() {
+        let s = with(&[record("00000000000000aa", "grafana", VIEWER, Some(5_000))]);
+        let t = s
+            .verify_token("00000000000000aa", &secret(1), 4_999)
+            .unwrap();
+        assert_eq!(t.name, "grafana");
+        assert_eq!(
+            s.verify_token("00000000000000aa", &secret(2), 1_000),
+            Err(TokenError::WrongSecret)
+        );
+        assert_eq!(
+            s.verify_token("00000000000000bb", &secret(1), 1_000),
+            Err(TokenError::Unknown)
+        );
+        assert!(matches!(
+            s.verify_token("00000000000000aa", &secret(1), 5_000),
+            Err(TokenError::Expired {
+                expired_at_ms: 5_000,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_revoked_token_is_refused_and_its_name_can_be_reused() {
+        let mut s = with(&[record("00000000000000aa", "grafana", VIEWER, None)]);
+        let again = record("00000000000000bb", "grafana", VIEWER, None);
+        let refused = s.apply(&Command::CreateToken {
+            record: again.clone(),
+            at_ms: 1_000,
+        });
+        assert!(matches!(refused, CommandResult::Rejected(m) if m.contains("revoke it first")));
+        let r = s.apply(&Command::RevokeToken {
+            name_or_id: "grafana".into(),
+            by: "root@h1 from 10.0.0.5:4000".into(),
+            at_ms: 2_000,
+        });
+        assert_eq!(r, CommandResult::Ok);
+        assert!(matches!(
+            s.verify_token("00000000000000aa", &secret(1), 2_000),
+            Err(TokenError::Revoked { .. })
+        ));
+        let last = s.events(None).last().unwrap().message.clone();
+        assert!(last.contains("revoked by root@h1 from 10.0.0.5"), "{last}");
+        let ok = s.apply(&Command::CreateToken {
+            record: again,
+            at_ms: 3_000,
+        });
+        assert_eq!(ok, CommandResult::Ok);
+        let unknown = s.apply(&Command::RevokeToken {
+            name_or_id: "nope".into(),
+            by: "x".into(),
+            at_ms: 3_000,
+        });
+        assert!(matches!(unknown, CommandResult::Rejected(_)));
+    }
+
+    #[test]
+    fn a_one_time_join_token_is_used_once_even_when_two_joins_race() {
+        let mut s = with(&[record("00000000000000aa", "join-w", JOIN_ONCE, Some(9_000))]);
+        assert!(s
+            .verify_token("00000000000000aa", &secret(1), 2_000)
+            .is_ok());
+        // Both joins checked the token before either committed; the log
+        // orders their UseToken: only the first wins.
+        let use_it = Command::UseToken {
+            id: "00000000000000aa".into(),
+            at_ms: 2_000,
+        };
+        assert_eq!(s.apply(&use_it), CommandResult::Ok);
+        assert!(
+            matches!(s.apply(&use_it), CommandResult::Rejected(m) if m.contains("used already"))
+        );
+        assert!(matches!(
+            s.verify_token("00000000000000aa", &secret(1), 2_000),
+            Err(TokenError::Used { .. })
+        ));
+    }
+
+    #[test]
+    fn use_token_refuses_expired_revoked_and_api_tokens() {
+        let many = TokenKind::Join {
+            role: Role::Manager,
+            once: false,
+        };
+        let mut s = with(&[
+            record("00000000000000aa", "j1", many, Some(5_000)),
+            record("00000000000000bb", "admin", VIEWER, None),
+        ]);
+        let use_at = |at_ms: u64, id: &str| Command::UseToken {
+            id: id.into(),
+            at_ms,
+        };
+        assert_eq!(
+            s.apply(&use_at(2_000, "00000000000000aa")),
+            CommandResult::Ok
+        );
+        assert_eq!(
+            s.apply(&use_at(2_001, "00000000000000aa")),
+            CommandResult::Ok,
+            "not one-time: used again"
+        );
+        assert!(
+            matches!(s.apply(&use_at(5_000, "00000000000000aa")), CommandResult::Rejected(m) if m.contains("expired"))
+        );
+        assert!(
+            matches!(s.apply(&use_at(2_000, "00000000000000bb")), CommandResult::Rejected(m) if m.contains("API token"))
+        );
+        s.apply(&Command::RevokeToken {
+            name_or_id: "00000000000000aa".into(),
+            by: "x".into(),
+            at_ms: 3_000,
+        });
+        assert!(
+            matches!(s.apply(&use_at(3_000, "00000000000000aa")), CommandResult::Rejected(m) if m.contains("revoked"))
+        );
+    }
+
+    #[test]
+    fn the_secret_is_never_in_the_serialized_state() {
+        let s = with(&[record("00000000000000aa", "grafana", VIEWER, None)]);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains(&secret(1)));
+        assert!(json.contains(&secret_sha256(&secret(1))));
+        let back: ClusterState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn the_store_is_bounded_and_makes_room_from_spent_tokens() {
+        let mut s = ClusterState::default();
+        for i in 0..crate::tokens::TOKENS_MAX {
+            let id = format!("{i:016x}");
+            let r = s.apply(&Command::CreateToken {
+                record: record(&id, &format!("t{i}"), VIEWER, None),
+                at_ms: 1_000,
+            });
+            assert_eq!(r, CommandResult::Ok);
+        }
+        let next = record("ffffffffffffffff", "one-more", VIEWER, None);
+        let full = s.apply(&Command::CreateToken {
+            record: next.clone(),
+            at_ms: 1_000,
+        });
+        assert!(matches!(full, CommandResult::Rejected(m) if m.contains("the most it keeps")));
+        s.apply(&Command::RevokeToken {
+            name_or_id: "t7".into(),
+            by: "x".into(),
+            at_ms: 1_000,
+        });
+        let made_room = s.apply(&Command::CreateToken {
+            record: next,
+            at_ms: 1_000,
+        });
+        assert_eq!(made_room, CommandResult::Ok);
+        assert_eq!(s.tokens.len(), crate::tokens::TOKENS_MAX);
+        assert!(s.token("t7").is_none());
+    }
+
+    #[test]
+    fn a_malformed_record_is_refused() {
+        let mut bad = record("xyz", "grafana", VIEWER, None);
+        let mut s = ClusterState::default();
+        let r = s.apply(&Command::CreateToken {
+            record: bad.clone(),
+            at_ms: 1_000,
+        });
+        assert!(matches!(r, CommandResult::Rejected(m) if m.contains("\"id\"")));
+        bad.id = "00000000000000aa".into();
+        bad.name = "has space".into();
+        let r = s.apply(&Command::CreateToken {
+            record: bad,
+            at_ms: 1_000,
+        });
+        assert!(matches!(r, CommandResult::Rejected(m) if m.contains("token name")));
+        assert!(s.tokens.is_empty());
+    }
+
+    #[test]
+    fn an_audited_change_says_who_made_it_and_a_refused_one_records_nothing() {
+        let mut s = ClusterState::default();
+        let by = "ops@h1 from 10.0.0.5:4000";
+        let refused = s.apply(&Command::Audited {
+            by: by.into(),
+            command: Box::new(Command::DeleteWorkload {
+                name: "nope".into(),
+                at_ms: 1_000,
+            }),
+        });
+        assert!(matches!(refused, CommandResult::Rejected(_)));
+        assert!(s.events(None).is_empty());
+        let ok = s.apply(&Command::Audited {
+            by: by.into(),
+            command: Box::new(Command::SetSettings {
+                settings: s.settings.clone(),
+                at_ms: 1_000,
+            }),
+        });
+        assert_eq!(ok, CommandResult::Ok);
+        let m = &s.events(None).last().unwrap().message;
+        assert_eq!(
+            m,
+            "changed the cluster settings (by ops@h1 from 10.0.0.5:4000)"
+        );
+        let long = s.apply(&Command::Audited {
+            by: "x".repeat(crate::tokens::TOKEN_BY_LEN_MAX + 1),
+            command: Box::new(Command::SetSettings {
+                settings: s.settings.clone(),
+                at_ms: 1_000,
+            }),
+        });
+        assert!(matches!(long, CommandResult::Rejected(m) if m.contains("\"by\"")));
+        let nested = s.apply(&Command::Audited {
+            by: by.into(),
+            command: Box::new(Command::Batch { commands: vec![] }),
+        });
+        assert!(matches!(nested, CommandResult::Rejected(_)));
     }
 }

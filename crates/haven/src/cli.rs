@@ -17,14 +17,14 @@ use crate::timefmt::rfc3339_ms;
     about = "Haven: high availability for VMs and services"
 )]
 pub struct Cli {
-    /// Agent to talk to (any host of the cluster).
-    #[arg(
-        long,
-        global = true,
-        env = "HAVEN_SERVER",
-        default_value = "127.0.0.1:7440"
-    )]
-    pub server: String,
+    /// Agent to talk to (any manager of the cluster; default: the
+    /// credential's, else 127.0.0.1:7440).
+    #[arg(long, global = true, env = "HAVEN_SERVER")]
+    pub server: Option<String>,
+    /// Credential file (`haven login` writes one); default
+    /// ~/.config/haven/credential.json, else /var/lib/haven/admin.json.
+    #[arg(long, global = true, env = "HAVEN_CREDENTIAL")]
+    pub credential: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -99,6 +99,23 @@ pub enum Cmd {
         #[command(subcommand)]
         action: CaAction,
     },
+    /// Create, list and revoke API tokens and join tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Save a credential for this user (~/.config/haven/credential.json)
+    /// to use the cluster at --server with an API token.
+    Login {
+        /// An API token, `hvt.<id>.<secret>` (`haven token create`).
+        #[arg(long)]
+        token: String,
+        /// The SHA-256 of the cluster CA (shown by `haven token create`):
+        /// checked before the token is sent. Without it, the CA the server
+        /// presents is trusted on first use and its hash printed.
+        #[arg(long)]
+        ca_sha256: Option<String>,
+    },
     /// The lease keeper of a host (started by `haven agent`; see docs/lease-keeper.md).
     #[command(hide = true)]
     Keeper(KeeperArgs),
@@ -154,6 +171,46 @@ impl LogCopierArgs {
             marker: self.marker.clone(),
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Create a token; its text is shown once.
+    Create {
+        /// admin, operator, viewer (API tokens) or manager, worker (join
+        /// tokens).
+        #[arg(long, default_value = "worker")]
+        role: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. 90s, 30m, 24h, 7d (default: join tokens 24h, API
+        /// tokens no expiry).
+        #[arg(long, value_parser = parse_ttl_ms)]
+        ttl: Option<u64>,
+        /// A join token good for one join only.
+        #[arg(long)]
+        once: bool,
+    },
+    /// List the tokens (never their secrets).
+    List,
+    /// Revoke a token by name or id.
+    Revoke { token: String },
+}
+
+/// `90s`, `30m`, `24h`, `7d` as milliseconds.
+pub fn parse_ttl_ms(text: &str) -> std::result::Result<u64, String> {
+    let bad = || format!("{text:?}: expected a number and a unit (s, m, h, d), e.g. 24h");
+    let unit_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = text.split_at(unit_at);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(ms).filter(|v| *v > 0).ok_or_else(bad)
 }
 
 #[derive(Subcommand, Debug)]
@@ -453,7 +510,55 @@ pub fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
     })
 }
 
+/// The agent a client command talks to, and its credential.
+pub struct Remote {
+    pub server: String,
+    pub credential: Option<haven_agent::credential::Credential>,
+}
+
+/// Where `haven` talks to when neither --server nor a credential says.
+pub const SERVER_DEFAULT: &str = "127.0.0.1:7440";
+
+impl Remote {
+    /// --server / --credential, the user's credential, or this host's
+    /// admin credential (when readable: root on a manager host).
+    pub fn resolve(server: Option<&str>, credential: Option<&std::path::Path>) -> Result<Remote> {
+        use haven_agent::credential::{find, Credential, HOST_ADMIN_CREDENTIAL};
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let credential = match find(credential, home.as_deref()) {
+            Some(p) => match Credential::load(&p) {
+                Ok(c) => Some(c),
+                // Only root reads the host's admin credential.
+                Err(_)
+                    if credential.is_none() && p == std::path::Path::new(HOST_ADMIN_CREDENTIAL) =>
+                {
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        let server = server
+            .map(str::to_owned)
+            .or_else(|| credential.as_ref().map(|c| c.server.clone()))
+            .unwrap_or_else(|| SERVER_DEFAULT.to_owned());
+        Ok(Remote { server, credential })
+    }
+
+    pub fn builder(&self, timeout_ms: Option<u64>) -> Result<reqwest::ClientBuilder> {
+        match &self.credential {
+            Some(c) => haven_agent::credential::client_builder(c, timeout_ms),
+            None => Ok(rpc::client_builder(timeout_ms, None)?),
+        }
+    }
+
+    pub fn http(&self, timeout_ms: u64) -> Result<reqwest::Client> {
+        Ok(self.builder(Some(timeout_ms))?.build()?)
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
+    let remote = || Remote::resolve(cli.server.as_deref(), cli.credential.as_deref());
     match cli.command {
         Cmd::Agent(a) => {
             let cfg = agent_config(&a)?;
@@ -464,29 +569,41 @@ pub async fn run(cli: Cli) -> Result<()> {
             file,
             wait,
             timeout_s,
-        } => apply(&cli.server, &file, wait.then_some(timeout_s)).await,
+        } => apply(&remote()?, &file, wait.then_some(timeout_s)).await,
         Cmd::Delete {
             name,
             wait,
             timeout_s,
-        } => delete(&cli.server, &name, wait.then_some(timeout_s)).await,
+        } => delete(&remote()?, &name, wait.then_some(timeout_s)).await,
         Cmd::Status { output } => {
-            let s = fetch_status(&cli.server).await?;
+            let s = fetch_status(&remote()?).await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
                 Output::Table => print!("{}", status_table(&s)),
             }
             Ok(())
         }
-        Cmd::Events { follow, output } => events(&cli.server, follow, output).await,
+        Cmd::Events { follow, output } => events(&remote()?, follow, output).await,
         Cmd::Logs {
             name,
             follow,
             host,
             tail,
-        } => logs(&cli.server, &name, host.as_deref(), tail, follow).await,
+        } => logs(&remote()?, &name, host.as_deref(), tail, follow).await,
         Cmd::Demo(args) => crate::demo::run(args).await,
-        Cmd::Settings { action } => settings(&cli.server, action).await,
+        Cmd::Settings { action } => settings(&remote()?, action).await,
+        Cmd::Token { ref action } => crate::token::run(&remote()?, action).await,
+        Cmd::Login {
+            ref token,
+            ref ca_sha256,
+        } => {
+            crate::token::login(
+                cli.server.as_deref().unwrap_or(SERVER_DEFAULT),
+                token,
+                ca_sha256.as_deref(),
+            )
+            .await
+        }
         Cmd::Ca {
             action:
                 CaAction::Rotate {
@@ -502,14 +619,24 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 "start"
             };
-            let http = rpc::client(30_000);
+            let r = remote()?;
             let req = haven_agent::api::RotateRequest {
                 step: step.into(),
                 force,
             };
-            let r: haven_agent::api::RotateResponse =
-                rpc::post(&http, &cli.server, "/v1/ca/rotate", &req, false, None).await?;
-            println!("{}\nsigning CA SHA-256: {}", r.message, r.signing_ca_sha256);
+            let resp: haven_agent::api::RotateResponse = rpc::post(
+                &r.http(30_000)?,
+                &r.server,
+                "/v1/ca/rotate",
+                &req,
+                false,
+                None,
+            )
+            .await?;
+            println!(
+                "{}\nsigning CA SHA-256: {}",
+                resp.message, resp.signing_ca_sha256
+            );
             Ok(())
         }
         Cmd::Keeper(_) => unreachable!("the keeper runs before the runtime starts (main.rs)"),
@@ -519,10 +646,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn settings(server: &str, action: Option<SettingsAction>) -> Result<()> {
-    let http = rpc::client(30_000);
+async fn settings(r: &Remote, action: Option<SettingsAction>) -> Result<()> {
+    let http = r.http(30_000)?;
     let r: SettingsResponse = match action {
-        None => rpc::get(&http, server, "/v1/settings", false).await?,
+        None => rpc::get(&http, &r.server, "/v1/settings", false).await?,
         Some(SettingsAction::Set { pairs }) => {
             let mut set = vec![];
             for p in &pairs {
@@ -533,7 +660,7 @@ async fn settings(server: &str, action: Option<SettingsAction>) -> Result<()> {
             }
             rpc::post(
                 &http,
-                server,
+                &r.server,
                 "/v1/settings",
                 &SettingsRequest { set },
                 false,
@@ -570,25 +697,25 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn fetch_status(server: &str) -> Result<StatusResponse> {
-    let http = rpc::client(10_000);
-    Ok(rpc::get(&http, server, "/v1/status", false).await?)
+pub async fn fetch_status(r: &Remote) -> Result<StatusResponse> {
+    let http = r.http(10_000)?;
+    Ok(rpc::get(&http, &r.server, "/v1/status", false).await?)
 }
 
-async fn apply(server: &str, file: &PathBuf, wait_s: Option<u64>) -> Result<()> {
+async fn apply(r: &Remote, file: &PathBuf, wait_s: Option<u64>) -> Result<()> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("-f {}: cannot read the file", file.display()))?;
     let source = haven_core::spec::source_of(&file.display().to_string());
     let specs = haven_core::spec::parse_workloads(&source, &text)
         .map_err(|e| anyhow!("nothing was applied:\n{e}"))?;
-    let http = rpc::client(30_000);
+    let http = r.http(30_000)?;
     let before = match wait_s {
-        Some(_) => Some(fetch_status(server).await?),
+        Some(_) => Some(fetch_status(r).await?),
         None => None,
     };
-    let r: ApplyResponse = rpc::post(
+    let resp: ApplyResponse = rpc::post(
         &http,
-        server,
+        &r.server,
         "/v1/apply",
         &ApplyRequest { source, specs },
         false,
@@ -596,15 +723,15 @@ async fn apply(server: &str, file: &PathBuf, wait_s: Option<u64>) -> Result<()> 
     )
     .await?;
     for (label, names) in [
-        ("created", &r.created),
-        ("updated", &r.updated),
-        ("unchanged", &r.unchanged),
+        ("created", &resp.created),
+        ("updated", &resp.updated),
+        ("unchanged", &resp.unchanged),
     ] {
         for n in names {
             println!("{n} {label}");
         }
     }
-    for n in &r.notes {
+    for n in &resp.notes {
         println!("  {n}");
     }
     let (Some(timeout_s), Some(before)) = (wait_s, before) else {
@@ -618,8 +745,8 @@ async fn apply(server: &str, file: &PathBuf, wait_s: Option<u64>) -> Result<()> 
             .find(|w| w.name == name)
             .map_or(0, |w| w.generation.0)
     };
-    let names: Vec<&String> = r.created.iter().chain(&r.updated).collect();
-    wait_until(server, timeout_s, "the new instances to run", |s| {
+    let names: Vec<&String> = resp.created.iter().chain(&resp.updated).collect();
+    wait_until(r, timeout_s, "the new instances to run", |s| {
         names.iter().all(|n| {
             s.workloads
                 .iter()
@@ -638,11 +765,11 @@ async fn apply(server: &str, file: &PathBuf, wait_s: Option<u64>) -> Result<()> 
     Ok(())
 }
 
-async fn delete(server: &str, name: &str, wait_s: Option<u64>) -> Result<()> {
-    let http = rpc::client(30_000);
-    let r: DeleteResponse = rpc::post(
+async fn delete(r: &Remote, name: &str, wait_s: Option<u64>) -> Result<()> {
+    let http = r.http(30_000)?;
+    let resp: DeleteResponse = rpc::post(
         &http,
-        server,
+        &r.server,
         "/v1/delete",
         &DeleteRequest {
             name: name.to_owned(),
@@ -651,15 +778,15 @@ async fn delete(server: &str, name: &str, wait_s: Option<u64>) -> Result<()> {
         None,
     )
     .await?;
-    match &r.stopping {
+    match &resp.stopping {
         Some(st) => println!(
             "deleted {name}; stopping generation {} on {}",
             st.generation, st.host
         ),
         None => println!("deleted {name}"),
     }
-    if let (Some(timeout_s), Some(_)) = (wait_s, &r.stopping) {
-        wait_until(server, timeout_s, "its instance to stop", |s| {
+    if let (Some(timeout_s), Some(_)) = (wait_s, &resp.stopping) {
+        wait_until(r, timeout_s, "its instance to stop", |s| {
             !s.stopping.iter().any(|st| st.workload == name)
         })
         .await?;
@@ -670,14 +797,14 @@ async fn delete(server: &str, name: &str, wait_s: Option<u64>) -> Result<()> {
 
 /// Poll the status until `done` holds, at most `timeout_s`.
 async fn wait_until(
-    server: &str,
+    r: &Remote,
     timeout_s: u64,
     what: &str,
     done: impl Fn(&StatusResponse) -> bool,
 ) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
     loop {
-        match fetch_status(server).await {
+        match fetch_status(r).await {
             Ok(s) if done(&s) => return Ok(()),
             Ok(_) => {}
             Err(e) => eprintln!("warning: {e}; retrying"),
@@ -692,15 +819,15 @@ async fn wait_until(
 /// How often `--wait` looks at the status.
 const WAIT_POLL_MS: u64 = 200;
 
-async fn events(server: &str, follow: bool, output: Output) -> Result<()> {
-    let http = rpc::client(10_000);
+async fn events(r: &Remote, follow: bool, output: Output) -> Result<()> {
+    let http = r.http(10_000)?;
     let mut after: Option<u64> = None;
     loop {
         let path = match after {
             Some(a) => format!("/v1/events?after={a}"),
             None => "/v1/events".to_string(),
         };
-        match rpc::get::<EventsResponse>(&http, server, &path, false).await {
+        match rpc::get::<EventsResponse>(&http, &r.server, &path, false).await {
             Ok(r) => {
                 for e in &r.events {
                     match output {
@@ -720,12 +847,10 @@ async fn events(server: &str, follow: bool, output: Output) -> Result<()> {
     }
 }
 
-/// Connecting to the agent for `haven logs`, and the bound of an answer
-/// without `--follow`.
-const LOGS_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// The bound of a `haven logs` answer without `--follow`.
 const LOGS_TIMEOUT_MS: u64 = 60_000;
 
-async fn logs(server: &str, name: &str, host: Option<&str>, tail: u32, follow: bool) -> Result<()> {
+async fn logs(r: &Remote, name: &str, host: Option<&str>, tail: u32, follow: bool) -> Result<()> {
     use std::io::Write;
     haven_core::spec::check_name(name).map_err(|m| anyhow!("workload name: {m}"))?;
     let mut path = format!("/v1/logs/{name}?tail={tail}&follow={follow}");
@@ -733,13 +858,8 @@ async fn logs(server: &str, name: &str, host: Option<&str>, tail: u32, follow: b
         haven_core::spec::check_name(h).map_err(|m| anyhow!("--host: {m}"))?;
         path.push_str(&format!("&host={h}"));
     }
-    let mut http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(LOGS_CONNECT_TIMEOUT_MS))
-        .no_proxy();
-    if !follow {
-        http = http.timeout(Duration::from_millis(LOGS_TIMEOUT_MS));
-    }
-    let http = http.build()?;
+    let server = &r.server;
+    let http = r.builder((!follow).then_some(LOGS_TIMEOUT_MS))?.build()?;
     let mut resp = http
         .get(format!("http://{server}{path}"))
         .send()

@@ -4,4 +4,5 @@
 pub mod cli;
 pub mod demo;
 pub mod localcluster;
+pub mod token;
 pub use haven_core::timefmt;

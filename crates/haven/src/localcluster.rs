@@ -39,6 +39,8 @@ pub struct LocalCluster {
     pub cgroup: PathBuf,
     pub hosts: Vec<LocalHost>,
     pub token: Option<String>,
+    /// The bootstrap host's admin credential (`haven --credential`).
+    pub credential: Option<PathBuf>,
     /// Extra flags for every agent (e.g. faster timing in tests).
     pub agent_args: Vec<String>,
     keep_dir: bool,
@@ -73,6 +75,7 @@ impl LocalCluster {
             cgroup,
             hosts: vec![],
             token: None,
+            credential: None,
             agent_args: vec![],
             keep_dir: false,
         })
@@ -158,6 +161,11 @@ impl LocalCluster {
             if let Ok(t) = fs::read_to_string(&token_file) {
                 if !t.trim().is_empty() && self.host(name).data_dir.join("node.json").exists() {
                     self.token = Some(t.trim().to_owned());
+                    self.credential = Some(
+                        self.host(name)
+                            .data_dir
+                            .join(haven_agent::auth::ADMIN_CREDENTIAL_FILE),
+                    );
                     return Ok(t.trim().to_owned());
                 }
             }
@@ -244,13 +252,22 @@ impl LocalCluster {
         let _ = haven_drivers::Cgroup::open(std::path::PathBuf::from(keeper)).kill();
     }
 
+    /// The admin API token of the bootstrap host's credential.
+    pub fn admin_token(&self) -> Option<String> {
+        let path = self.credential.as_ref()?;
+        haven_agent::credential::Credential::load(path)
+            .ok()
+            .map(|c| c.token)
+    }
+
     /// `haven <args>` against `server`, returning stdout; error with stderr.
     pub fn cli(&self, server: &str, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.exe)
-            .args(["--server", server])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["--server", server]);
+        if let Some(c) = &self.credential {
+            cmd.arg("--credential").arg(c);
+        }
+        let out = cmd.args(args).stdin(Stdio::null()).output()?;
         if !out.status.success() {
             bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
         }

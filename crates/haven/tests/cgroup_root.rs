@@ -149,6 +149,8 @@ impl Slice {
     fn status(&self) -> Option<StatusResponse> {
         let out = Command::new(exe())
             .args(["--server", &self.server(), "status", "-o", "json"])
+            .arg("--credential")
+            .arg(self.dir.join("data/admin.json"))
             .output()
             .ok()?;
         serde_json::from_slice(&out.stdout).ok()
@@ -163,6 +165,8 @@ impl Slice {
         let file = write(&self.dir, "w.toml", &sleeper("svc", "medium"));
         let out = Command::new(exe())
             .args(["--server", &self.server(), "apply", "-f", &file])
+            .arg("--credential")
+            .arg(self.dir.join("data/admin.json"))
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");

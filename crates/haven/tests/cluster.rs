@@ -308,8 +308,9 @@ fn logs_to_a_file_are_plain_and_a_closed_pipe_ends_the_cli_quietly() {
     let mut pipeline = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "{} --server {server} events --follow | head -1 >/dev/null",
-            exe().display()
+            "{} --server {server} --credential {} events --follow | head -1 >/dev/null",
+            exe().display(),
+            c.credential.as_ref().unwrap().display()
         ))
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -41,6 +41,8 @@ fn open_client_requests_do_not_hold_the_agent_past_its_restart_grace() {
 
     let mut follower = std::process::Command::new(exe())
         .args(["--server", &server, "events", "--follow"])
+        .arg("--credential")
+        .arg(c.credential.as_ref().unwrap())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -50,7 +52,8 @@ fn open_client_requests_do_not_hold_the_agent_past_its_restart_grace() {
     stuck
         .write_all(
             format!(
-                "POST /v1/apply HTTP/1.1\r\nhost: {server}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
+                "POST /v1/apply HTTP/1.1\r\nhost: {server}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{",
+                c.admin_token().unwrap()
             )
             .as_bytes(),
         )

@@ -1,0 +1,203 @@
+//! Operators authenticate (issue 9, part 3 and 5) on a real agent: no
+//! credential is refused, a viewer cannot apply and changes nothing, an
+//! operator's apply is recorded with who and from where, a revoked token
+//! stops working, and `haven login` saves a credential that `haven` uses.
+
+mod common;
+
+use common::*;
+use haven::localcluster::LocalCluster;
+use haven_agent::api::EventsResponse;
+use haven_agent::credential::Credential;
+use std::path::Path;
+use std::process::Command;
+
+fn http(
+    method: reqwest::Method,
+    server: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("http://{server}{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = req.send().await.expect("the agent answers");
+        (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        )
+    })
+}
+
+/// `haven <args>` with `credential` (and `home` as HOME): (success, stdout, stderr).
+fn haven(credential: Option<&Path>, home: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(exe());
+    cmd.env("HOME", home).env_remove("HAVEN_CREDENTIAL");
+    if let Some(c) = credential {
+        cmd.arg("--credential").arg(c);
+    }
+    let out = cmd.args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn events(server: &str, token: &str) -> Vec<String> {
+    let (status, body) = http(reqwest::Method::GET, server, "/v1/events", Some(token), "");
+    assert_eq!(status, 200, "{body}");
+    let r: EventsResponse = serde_json::from_str(&body).unwrap();
+    r.events.into_iter().map(|e| e.message).collect()
+}
+
+#[test]
+fn operators_authenticate_and_every_change_says_who_made_it() {
+    let mut c = LocalCluster::new(&exe(), "auth").expect("local cluster");
+    c.define("h1", true).unwrap();
+    c.bootstrap("h1").unwrap();
+    c.wait_for("h1 online", FORM_TIMEOUT, |s| {
+        s.hosts.len() == 1 && s.hosts[0].state == "online"
+    })
+    .unwrap();
+    let server = c.host("h1").address();
+    let admin = c.admin_token().expect("bootstrap wrote admin.json");
+    let admin_file = c.credential.clone().unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&admin_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "admin.json is private");
+
+    // No credential, or a made-up one: refused, saying what is needed.
+    let (status, body) = http(reqwest::Method::GET, &server, "/v1/status", None, "");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("needs a credential"), "{body}");
+    let made_up = format!("hvt.{}.{}", "0".repeat(16), "1".repeat(64));
+    let (status, _) = http(
+        reqwest::Method::GET,
+        &server,
+        "/v1/status",
+        Some(&made_up),
+        "",
+    );
+    assert_eq!(status, 401);
+
+    // Tokens are shown once, listed without secrets.
+    let viewer = c
+        .cli(
+            &server,
+            &["token", "create", "--role", "viewer", "--name", "grafana"],
+        )
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(viewer.starts_with("hvt."), "{viewer}");
+    let operator = c
+        .cli(
+            &server,
+            &[
+                "token", "create", "--role", "operator", "--name", "ops", "--ttl", "1h",
+            ],
+        )
+        .unwrap()
+        .trim()
+        .to_owned();
+    let list = c.cli(&server, &["token", "list"]).unwrap();
+    for name in ["grafana", "ops", "root@h1"] {
+        assert!(list.contains(name), "{list}");
+    }
+    for secret in [&viewer, &operator, &admin] {
+        let secret = secret.rsplit('.').next().unwrap();
+        assert!(!list.contains(secret), "a secret in the list:\n{list}");
+    }
+    let join = c.cli(&server, &["token", "create", "--role", "worker"]);
+    assert!(
+        join.unwrap_err().to_string().contains("cluster CA"),
+        "join tokens wait for the CA"
+    );
+
+    // A viewer reads, cannot apply, and nothing changes.
+    let dir = c.dir.clone();
+    let file = write(&dir, "w.toml", &sleeper("svc", "medium"));
+    let before = events(&server, &viewer);
+    let viewer_file = dir.join("viewer.json");
+    Credential {
+        server: server.clone(),
+        ca_pem: String::new(),
+        token: viewer.clone(),
+    }
+    .save(&viewer_file)
+    .unwrap();
+    let (ok, out, _) = haven(Some(&viewer_file), &dir, &["status"]);
+    assert!(ok, "{out}");
+    let (ok, _, err) = haven(Some(&viewer_file), &dir, &["apply", "-f", &file]);
+    assert!(!ok);
+    assert!(
+        err.contains("viewer tokens cannot do this; use an operator or admin token"),
+        "{err}"
+    );
+    assert_eq!(events(&server, &viewer), before, "nothing was recorded");
+    assert!(c.status(&server).unwrap().workloads.is_empty());
+
+    // `haven login` saves the operator's credential; `haven` then uses it.
+    let (ok, out, err) = haven(
+        None,
+        &dir,
+        &["--server", &server, "login", "--token", &operator],
+    );
+    assert!(ok, "{out}{err}");
+    let saved = dir.join(haven_agent::credential::USER_CREDENTIAL_PATH);
+    assert_eq!(Credential::load(&saved).unwrap().token, operator);
+    let (ok, out, err) = haven(None, &dir, &["apply", "-f", &file]);
+    assert!(ok, "{out}{err}");
+    let applied = events(&server, &viewer);
+    assert!(
+        applied.iter().any(|m| m.starts_with("applied ")
+            && m.contains("1 created")
+            && m.contains("(by ops from 127.0.0.1:")),
+        "{applied:#?}"
+    );
+    let (ok, _, err) = haven(None, &dir, &["token", "list"]);
+    assert!(!ok && err.contains("use an admin token"), "{err}");
+
+    // Revoked: refused from then on; the revocation says who did it.
+    c.cli(&server, &["token", "revoke", "grafana"]).unwrap();
+    let (status, _) = http(
+        reqwest::Method::GET,
+        &server,
+        "/v1/status",
+        Some(&viewer),
+        "",
+    );
+    assert_eq!(status, 401);
+    let last = events(&server, &admin);
+    assert!(
+        last.iter()
+            .any(|m| m.contains("\"grafana\"") && m.contains("revoked by root@h1 from 127.0.0.1:")),
+        "{last:#?}"
+    );
+
+    // The refusals are counted.
+    let (_, health) = http(
+        reqwest::Method::GET,
+        &server,
+        "/v1/health",
+        Some(&admin),
+        "",
+    );
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let refusals = &health["auth_refusals"];
+    assert!(refusals["missing"].as_u64().unwrap_or(0) >= 1, "{health}");
+    assert!(refusals["revoked"].as_u64().unwrap_or(0) >= 1, "{health}");
+    assert!(refusals["forbidden"].as_u64().unwrap_or(0) >= 1, "{health}");
+}
