@@ -138,7 +138,14 @@ pub fn client_builder(
         v.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, v);
     }
-    let ca = Some(cred.ca_pem.as_str()).filter(|p| !p.is_empty());
+    if cred.ca_pem.trim().is_empty() {
+        anyhow::bail!(
+            "the credential for {} holds no cluster CA (ca_pem): save it again with `haven login --server {} --token …`",
+            cred.server,
+            cred.server
+        );
+    }
+    let ca = Some(cred.ca_pem.as_str());
     Ok(crate::rpc::client_builder(timeout_ms, ca)
         .map_err(|e| {
             anyhow::anyhow!("the credential's ca_pem: {e:#}; log in again with `haven login`")

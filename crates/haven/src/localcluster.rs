@@ -253,6 +253,36 @@ impl LocalCluster {
     }
 
     /// The admin API token of the bootstrap host's credential.
+    /// A client of `host`'s own: its certificate, trusting the cluster CA
+    /// (for tests of the routes only hosts may call).
+    pub fn host_client(&self, host: &str) -> Result<reqwest::Client> {
+        let h = self.host(host);
+        let tls = haven_agent::pki::Tls::load(&h.data_dir, &self.cluster_id()?)?
+            .ok_or_else(|| anyhow::anyhow!("{host} has no TLS material"))?;
+        haven_agent::rpc::host_client(Some(60_000), &std::sync::Arc::new(tls))
+    }
+
+    /// An operator's client: trusts the cluster CA, sends no credential.
+    pub fn operator_client(&self) -> Result<reqwest::Client> {
+        let path = self
+            .credential
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no admin credential yet"))?;
+        let cred = haven_agent::credential::Credential::load(path)?;
+        Ok(haven_agent::rpc::client_builder(Some(60_000), Some(&cred.ca_pem))?.build()?)
+    }
+
+    /// The cluster id, from the bootstrap host's node.json.
+    fn cluster_id(&self) -> Result<String> {
+        let h = self
+            .hosts
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no host"))?;
+        let text = fs::read_to_string(h.data_dir.join(haven_agent::datadir::IDENTITY_FILE))?;
+        let id: haven_agent::datadir::Identity = serde_json::from_str(&text)?;
+        Ok(id.cluster_id)
+    }
+
     pub fn admin_token(&self) -> Option<String> {
         let path = self.credential.as_ref()?;
         haven_agent::credential::Credential::load(path)

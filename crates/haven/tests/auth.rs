@@ -12,6 +12,9 @@ use haven_agent::credential::Credential;
 use std::path::Path;
 use std::process::Command;
 
+/// The test cluster's CA: every request is HTTPS.
+static CA: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
 fn http(
     method: reqwest::Method,
     server: &str,
@@ -24,8 +27,13 @@ fn http(
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut req = reqwest::Client::new()
-            .request(method, format!("http://{server}{path}"))
+        let ca = CA.lock().unwrap().clone();
+        let client = haven_agent::rpc::client_builder(Some(30_000), Some(&ca))
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut req = client
+            .request(method, format!("https://{server}{path}"))
             .header("content-type", "application/json")
             .body(body.to_owned());
         if let Some(t) = token {
@@ -73,6 +81,7 @@ fn operators_authenticate_and_every_change_says_who_made_it() {
     let server = c.host("h1").address();
     let admin = c.admin_token().expect("bootstrap wrote admin.json");
     let admin_file = c.credential.clone().unwrap();
+    *CA.lock().unwrap() = Credential::load(&admin_file).unwrap().ca_pem;
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&admin_file).unwrap().permissions(),
     );
@@ -120,10 +129,15 @@ fn operators_authenticate_and_every_change_says_who_made_it() {
         let secret = secret.rsplit('.').next().unwrap();
         assert!(!list.contains(secret), "a secret in the list:\n{list}");
     }
-    let join = c.cli(&server, &["token", "create", "--role", "worker"]);
-    assert!(
-        join.unwrap_err().to_string().contains("cluster CA"),
-        "join tokens wait for the CA"
+    // A join token pins the cluster's CA.
+    let join = c
+        .cli(&server, &["token", "create", "--role", "worker", "--once"])
+        .unwrap();
+    let join = haven_core::tokens::JoinToken::parse(join.trim()).unwrap();
+    let ca = CA.lock().unwrap().clone();
+    assert_eq!(
+        join.ca_sha256,
+        haven_agent::pki::ca_sha256_hex(&ca).unwrap()
     );
 
     // A viewer reads, cannot apply, and nothing changes.
@@ -133,7 +147,7 @@ fn operators_authenticate_and_every_change_says_who_made_it() {
     let viewer_file = dir.join("viewer.json");
     Credential {
         server: server.clone(),
-        ca_pem: String::new(),
+        ca_pem: CA.lock().unwrap().clone(),
         token: viewer.clone(),
     }
     .save(&viewer_file)

@@ -148,7 +148,7 @@ fn bad_joins_are_refused_and_leave_the_data_dir_alone() {
     let fresh_s = fresh.display().to_string();
 
     // Wrong token (right cluster, wrong secret).
-    let wrong = format!("{}-{}", token.rsplit_once('-').unwrap().0, "00".repeat(16));
+    let wrong = format!("{}.{}", token.rsplit_once('.').unwrap().0, "00".repeat(32));
     let listen = free_addr();
     let err = agent_fails(&[
         "--name",
@@ -183,7 +183,7 @@ fn bad_joins_are_refused_and_leave_the_data_dir_alone() {
         "garbage",
     ]);
     assert!(
-        err.contains("--token") && err.contains("malformed"),
+        err.contains("--token") && err.contains("expected a join token"),
         "{err}"
     );
 
@@ -228,7 +228,12 @@ fn bad_joins_are_refused_and_leave_the_data_dir_alone() {
     let h3_dir = c.host("h3").data_dir.clone();
     c.kill_agent("h3");
     let node_json = std::fs::read(h3_dir.join("node.json")).unwrap();
-    let foreign = format!("HVN1-{}-{}", "ab".repeat(8), "cd".repeat(16));
+    let foreign = format!(
+        "HVN2.{}.{}.{}",
+        "ab".repeat(32),
+        "cd".repeat(8),
+        "ef".repeat(32)
+    );
     let err = agent_fails(&[
         "--name",
         "h3",

@@ -30,8 +30,21 @@ fn one_host(tag: &str) -> LocalCluster {
 static TOKENS: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
+/// Each test cluster's clients by its hosts' addresses: an operator's, and
+/// its first host's own (for the host routes).
+static CLIENTS: std::sync::Mutex<
+    std::collections::BTreeMap<String, (reqwest::Client, reqwest::Client)>,
+> = std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 /// `post_raw` to any host of `c` sends its admin token.
 fn remember_token(c: &LocalCluster) {
+    let clients = (
+        c.operator_client().unwrap(),
+        c.host_client(&c.hosts[0].name).unwrap(),
+    );
+    for h in &c.hosts {
+        CLIENTS.lock().unwrap().insert(h.address(), clients.clone());
+    }
     let token = c
         .admin_token()
         .expect("bootstrap wrote the admin credential");
@@ -47,9 +60,16 @@ fn post_raw(server: &str, path: &str, body: Vec<u8>) -> (u16, String) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut req = reqwest::Client::new().post(format!("http://{server}{path}"));
+        let (operator, host) = CLIENTS
+            .lock()
+            .unwrap()
+            .get(server)
+            .cloned()
+            .expect("remember_token first");
+        let client = if path == "/v1/probe" { host } else { operator };
+        let mut req = client.post(format!("https://{server}{path}"));
         // An operator route takes the admin token; a host route (probe)
-        // takes none: plain-HTTP peers keep those until TLS is in.
+        // takes the host's certificate.
         if path != "/v1/probe" {
             let token = TOKENS.lock().unwrap().get(server).cloned();
             req = req.header(
