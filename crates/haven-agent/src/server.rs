@@ -347,7 +347,7 @@ async fn join(
     };
     let checked = c.read(|s| {
         s.verify_token(&token.id, &token.secret, now_ms)
-            .map(|t| (t.name.clone(), t.kind.clone()))
+            .map(|t| (t.name.clone(), t.kind))
     });
     let (token_name, once) = match checked {
         Ok((name, haven_core::tokens::TokenKind::Join { role, once })) => {
