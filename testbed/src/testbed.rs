@@ -651,7 +651,7 @@ impl Testbed {
 
     /// The admin credential the bootstrap host wrote (its data dir's
     /// `admin.json`), which every `haven` command of the bed uses.
-    fn credential(&self) -> String {
+    pub fn credential(&self) -> String {
         self.hosts[0]
             .data_dir
             .join("admin.json")

@@ -515,6 +515,7 @@ fn a_leader_whose_log_storage_stalls_extends_no_lease_and_its_workloads_move_onc
     let mut writer = std::process::Command::new("ip")
         .args(["netns", "exec", bed.netns(&leader)])
         .arg(haven_exe())
+        .args(["--credential", &bed.credential()])
         .args(["--server", &bed.api(&leader), "apply", "-f"])
         .arg(&extra)
         .stdout(std::process::Stdio::null())
