@@ -66,17 +66,22 @@ pub struct LogService {
 }
 
 impl LogService {
-    pub fn new(dir: PathBuf, stopping: watch::Receiver<bool>) -> LogService {
-        LogService {
+    /// `tls`: the host's material; relays present its certificate.
+    pub fn new(
+        dir: PathBuf,
+        stopping: watch::Receiver<bool>,
+        tls: &Arc<crate::pki::Tls>,
+    ) -> anyhow::Result<LogService> {
+        Ok(LogService {
             dir,
             streams: Arc::new(Semaphore::new(LOG_READERS_MAX)),
             client: reqwest::Client::builder()
                 .connect_timeout(RELAY_CONNECT_TIMEOUT)
                 .no_proxy()
-                .build()
-                .expect("reqwest client builds"),
+                .use_preconfigured_tls(tls.client_config()?)
+                .build()?,
             stopping,
-        }
+        })
     }
 }
 

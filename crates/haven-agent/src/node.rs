@@ -707,7 +707,7 @@ pub async fn run(
     ));
     let node = Arc::new(Node {
         gate,
-        logs: crate::logs::LogService::new(datadir.logs_dir(), stop_rx.clone()),
+        logs: crate::logs::LogService::new(datadir.logs_dir(), stop_rx.clone(), &tls)?,
         address: address.clone(),
         capacity,
         consensus: consensus.clone(),

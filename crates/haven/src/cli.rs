@@ -861,7 +861,7 @@ async fn logs(r: &Remote, name: &str, host: Option<&str>, tail: u32, follow: boo
     let server = &r.server;
     let http = r.builder((!follow).then_some(LOGS_TIMEOUT_MS))?.build()?;
     let mut resp = http
-        .get(format!("http://{server}{path}"))
+        .get(format!("{}://{server}{path}", rpc::SCHEME))
         .send()
         .await
         .map_err(|e| {
