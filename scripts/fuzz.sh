@@ -14,9 +14,8 @@
 set -euo pipefail
 
 SECONDS_PER_TARGET="${1:-20}"
-# Each target: the one in fuzz/Cargo.toml. The token parser's goes here
-# too once it exists (see the note at the end of fuzz/Cargo.toml).
-TARGETS=(raft_requests api_requests)
+# Each target: the one in fuzz/Cargo.toml.
+TARGETS=(raft_requests api_requests tokens)
 # Per input: a run longer than this is a hang; memory above this a leak.
 INPUT_TIMEOUT_S=10
 RSS_LIMIT_MB=2048

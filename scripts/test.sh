@@ -32,4 +32,7 @@ cargo build --workspace --locked --all-targets
 rc=0
 cargo test --workspace --locked --no-fail-fast --exclude haven-testbed -- --test-threads="${HAVEN_TEST_THREADS:-2}" || rc=1
 cargo test -p haven-testbed --locked --no-fail-fast -- --test-threads=1 || rc=1
+# The request decoders and token parsers under libFuzzer, bounded (about
+# 4 minutes with its build on two cores; scripts/fuzz.sh says how).
+scripts/fuzz.sh "${HAVEN_FUZZ_SECONDS:-10}" || rc=1
 exit $rc
