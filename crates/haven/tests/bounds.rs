@@ -489,7 +489,10 @@ fn a_burst_of_large_applies_keeps_one_leader_and_every_lease() {
     }
     let events = events_text(&c, &server);
     let new: Vec<&str> = events.lines().skip(events_before).collect();
-    for bad in ["suspect", "lapsed", "failed", "unassigned", "isolated"] {
+    // A late heartbeat may show a host `suspect` for a moment on a loaded
+    // test machine (that takes no action); what the burst must not cause
+    // is a lapsed lease, a failed, isolated or emptied host.
+    for bad in ["lapsed", "failed", "unassigned", "isolated"] {
         assert!(
             !new.iter().any(|l| l.contains(bad)),
             "no {bad:?} event after the burst: {new:?}"
