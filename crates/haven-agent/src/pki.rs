@@ -252,6 +252,22 @@ pub fn identity_of(der: &[u8], cluster_id: &str) -> Option<CertIdentity> {
     })
 }
 
+/// `bundle_sha256`, remembered for the last bundle asked about: the
+/// coordinator compares every heartbeat's report with the cluster's bundle,
+/// which changes only with a CA rotation.
+pub fn bundle_sha256_cached(bundle_pem: &str) -> String {
+    static LAST: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    match &*last {
+        Some((b, h)) if b == bundle_pem => h.clone(),
+        _ => {
+            let h = bundle_sha256(bundle_pem);
+            *last = Some((bundle_pem.to_owned(), h.clone()));
+            h
+        }
+    }
+}
+
 /// SHA-256 over every certificate of a bundle, in order: a bundle's
 /// identity (what hosts report, and compare to the cluster's).
 pub fn bundle_sha256(bundle_pem: &str) -> String {
@@ -301,6 +317,9 @@ pub struct Tls {
 }
 
 struct Live {
+    /// What the heartbeat reports, computed once per change of material
+    /// (the heartbeat path is hot).
+    report: crate::api::TlsReport,
     bundle_pem: String,
     cert_pem: String,
     key_pem: String,
@@ -339,6 +358,11 @@ fn live(bundle_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Live> {
         client_verifier,
         server_verifier,
         key: Arc::new(CertifiedKey::new(chain, key)),
+        report: crate::api::TlsReport {
+            bundle_sha256: bundle_sha256(bundle_pem),
+            cert_ca_sha256: issuer_sha256(cert_pem, bundle_pem).unwrap_or_default(),
+            cert_not_after_unix: not_after_unix(cert_pem).unwrap_or_default(),
+        },
     })
 }
 
@@ -420,12 +444,7 @@ impl Tls {
 
     /// What this host's material looks like (for the heartbeat).
     pub fn report(&self) -> crate::api::TlsReport {
-        let l = self.read();
-        crate::api::TlsReport {
-            bundle_sha256: bundle_sha256(&l.bundle_pem),
-            cert_ca_sha256: issuer_sha256(&l.cert_pem, &l.bundle_pem).unwrap_or_default(),
-            cert_not_after_unix: not_after_unix(&l.cert_pem).unwrap_or_default(),
-        }
+        self.read().report.clone()
     }
 
     pub fn bundle_pem(&self) -> String {

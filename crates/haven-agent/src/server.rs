@@ -943,9 +943,12 @@ async fn heartbeat(
             .await;
         });
     }
-    let ca_bundle_pem = c
-        .read(|s| s.ca.as_ref().map(|ca| ca.bundle_pem.clone()))
-        .filter(|b| crate::pki::bundle_sha256(b) != req.tls.bundle_sha256);
+    // Sent only when the host's differs (a CA rotation step).
+    let ca_bundle_pem = c.read(|s| {
+        s.ca.as_ref()
+            .filter(|ca| crate::pki::bundle_sha256_cached(&ca.bundle_pem) != req.tls.bundle_sha256)
+            .map(|ca| ca.bundle_pem.clone())
+    });
     Json(HeartbeatResponse {
         ca_bundle_pem,
         sent_ms: req.sent_ms,
