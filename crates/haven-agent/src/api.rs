@@ -397,12 +397,33 @@ pub struct TokenCreateResponse {
     pub view: TokenView,
 }
 
+/// `POST /v1/certs`: sign an operator's client certificate for the key of
+/// `csr_pem` (the key never leaves the operator).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertCreateRequest {
+    pub name: String,
+    /// admin, operator or viewer.
+    pub role: String,
+    /// Lifetime; default `pki::USER_CERT_VALID_MS_DEFAULT`.
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    pub csr_pem: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertCreateResponse {
+    pub cert_pem: String,
+    /// The CA bundle the cluster's hosts present certificates from.
+    pub ca_pem: String,
+    pub view: TokenView,
+}
+
 /// A token as listed: never its secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenView {
     pub id: String,
     pub name: String,
-    /// `api` or `join`.
+    /// `api`, `join` or `cert` (an operator's client certificate).
     pub kind: String,
     /// admin, operator, viewer (API); manager, worker (join).
     pub role: String,

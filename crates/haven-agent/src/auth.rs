@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::api::{FORWARDED_HEADER, LOG_PROXY_HEADER};
 use crate::clock::Clock;
-use crate::peer::{CertIdentity, PeerCert};
+use crate::peer::{CertIdentity, PeerCert, UserCert};
 use crate::server::{error, Reply};
 
 /// The address of the client a forwarded request came from; trusted only
@@ -29,6 +29,10 @@ pub const FORWARDED_FOR_HEADER: &str = "haven-forwarded-for";
 /// The host certificate (`<role> <host>`) of the client a forwarded request
 /// came from; trusted only from a manager certificate.
 pub const FORWARDED_HOST_HEADER: &str = "haven-forwarded-host";
+/// The credential record of the operator's client certificate a forwarded
+/// request came with (a certificate cannot be passed on as a token can);
+/// trusted only from a manager certificate, which checked it.
+pub const FORWARDED_USER_HEADER: &str = "haven-forwarded-user";
 
 /// Until every host speaks mutual TLS, a request that came in without any
 /// TLS layer (no `PeerCert` extension at all) is taken as from an
@@ -95,6 +99,7 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("GET", "/v1/tokens", Need::Token(ApiRole::Admin)),
     ("POST", "/v1/tokens", Need::Token(ApiRole::Admin)),
     ("POST", "/v1/tokens/revoke", Need::Token(ApiRole::Admin)),
+    ("POST", "/v1/certs", Need::Token(ApiRole::Admin)),
     ("POST", "/v1/ca/rotate", Need::Token(ApiRole::Admin)),
 ];
 
@@ -109,6 +114,7 @@ pub const FORWARDED_BY_WORKERS: &[&str] = &[
     "/v1/delete",
     "/v1/tokens",
     "/v1/tokens/revoke",
+    "/v1/certs",
     // A worker relays a log request to the leader; its own copy it serves
     // only to the leader's relay (`logs::logs`).
     "/v1/logs/{name}",
@@ -138,10 +144,12 @@ pub enum Caller {
         name: String,
         role: Role,
     },
+    /// An API token, or an operator's client certificate (`via`).
     Token {
         id: String,
         name: String,
         role: ApiRole,
+        via: Via,
     },
     /// A token this host (a worker) cannot check: it may only be passed on
     /// to the leader (`FORWARDED_BY_WORKERS`).
@@ -150,6 +158,13 @@ pub enum Caller {
     /// anyone. lead: remove with TLS.
     UnverifiedPeer,
     Anonymous,
+}
+
+/// How an operator presented their credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Bearer,
+    Certificate,
 }
 
 /// The caller of a request and where it came from, as the handlers see it
@@ -166,6 +181,11 @@ impl Authenticated {
     pub fn who(&self) -> String {
         match &self.caller {
             Caller::Host { name, .. } => format!("host:{name}"),
+            Caller::Token {
+                name,
+                via: Via::Certificate,
+                ..
+            } => format!("{name} (certificate)"),
             Caller::Token { name, .. } => name.clone(),
             Caller::UnverifiedPeer => "an unauthenticated peer".into(),
             Caller::UncheckedToken => "an unchecked token".into(),
@@ -212,6 +232,32 @@ pub struct VerifiedToken {
 pub trait TokenStore: Send + Sync {
     /// `None`: this host holds no copy (a worker).
     fn verify(&self, token: &ApiToken, now_ms: u64) -> Option<Result<VerifiedToken, TokenError>>;
+    /// The record `id` of an operator's client certificate whose hash is
+    /// `cert_sha256` (`None`: already checked by a forwarding manager).
+    fn verify_cert(
+        &self,
+        id: &str,
+        cert_sha256: Option<&str>,
+        now_ms: u64,
+    ) -> Option<Result<VerifiedToken, TokenError>>;
+}
+
+/// Verify an operator certificate's record against a cluster state.
+pub fn verify_cert_in(
+    s: &ClusterState,
+    id: &str,
+    cert_sha256: Option<&str>,
+    now_ms: u64,
+) -> Result<VerifiedToken, TokenError> {
+    let t = s.verify_cert(id, cert_sha256, now_ms)?;
+    match t.kind {
+        haven_core::tokens::TokenKind::Cert { role } => Ok(VerifiedToken {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            role,
+        }),
+        _ => Err(TokenError::Unknown),
+    }
 }
 
 /// Verify against a cluster state (a manager's replica, or a test's).
@@ -227,8 +273,8 @@ pub fn verify_in(
             name: t.name.clone(),
             role,
         }),
-        // A join token is no API credential.
-        haven_core::tokens::TokenKind::Join { .. } => Err(TokenError::Unknown),
+        // A join token or a certificate's record is no bearer credential.
+        _ => Err(TokenError::Unknown),
     }
 }
 
@@ -236,6 +282,16 @@ impl TokenStore for Option<haven_consensus::Consensus> {
     fn verify(&self, token: &ApiToken, now_ms: u64) -> Option<Result<VerifiedToken, TokenError>> {
         self.as_ref()
             .map(|c| c.read(|s| verify_in(s, token, now_ms)))
+    }
+
+    fn verify_cert(
+        &self,
+        id: &str,
+        cert_sha256: Option<&str>,
+        now_ms: u64,
+    ) -> Option<Result<VerifiedToken, TokenError>> {
+        self.as_ref()
+            .map(|c| c.read(|s| verify_cert_in(s, id, cert_sha256, now_ms)))
     }
 }
 
@@ -273,6 +329,7 @@ impl Refusal {
 }
 
 const NO_CREDENTIAL: &str = "this request needs a credential: an API token (`haven login --server ADDR --token hvt.…`; on a manager host, root has one in <data-dir>/admin.json) or a host certificate";
+const BAD_CERT: &str = "the client certificate is not valid here (unknown, revoked or expired): ask an admin for a new one (`haven cert create`)";
 const BAD_TOKEN: &str = "the API token is not valid (unknown, wrong, expired or revoked): ask an admin for a new one (`haven token create`)";
 
 impl Gate {
@@ -304,15 +361,45 @@ impl Gate {
                     id: t.id,
                     name: t.name,
                     role: t.role,
+                    via: Via::Bearer,
                 },
                 None => Caller::UncheckedToken,
             });
         }
         match cert {
-            Some(PeerCert(Some(id))) => self.host(id, headers, forwarded),
-            Some(PeerCert(None)) => Ok(Caller::Anonymous),
+            Some(PeerCert::Host(id)) => self.host(id, headers, forwarded),
+            Some(PeerCert::User(u)) => self.user(u),
+            Some(PeerCert::None) => Ok(Caller::Anonymous),
             None if PLAIN_HTTP_PEERS_TRUSTED => Ok(Caller::UnverifiedPeer),
             None => Ok(Caller::Anonymous),
+        }
+    }
+
+    /// An operator's client certificate: its record must exist, be the
+    /// record of this very certificate, and be neither revoked nor expired.
+    fn user(&self, u: &UserCert) -> Result<Caller, Refusal> {
+        if u.cluster_id != self.cluster_id {
+            return Err(Refusal::unauthenticated(
+                "other_cluster",
+                "the client certificate is of another cluster",
+            ));
+        }
+        self.certified(&u.id, Some(&u.cert_sha256))
+    }
+
+    fn certified(&self, id: &str, cert_sha256: Option<&str>) -> Result<Caller, Refusal> {
+        match self.tokens.verify_cert(id, cert_sha256, self.clock.wall_ms()) {
+            Some(Ok(t)) => Ok(Caller::Token {
+                id: t.id,
+                name: t.name,
+                role: t.role,
+                via: Via::Certificate,
+            }),
+            Some(Err(e)) => Err(Refusal::unauthenticated(e.reason(), BAD_CERT)),
+            None => Err(Refusal::unauthenticated(
+                "worker",
+                "this host is a worker and cannot check client certificates: send the request to a manager (--server)",
+            )),
         }
     }
 
@@ -350,6 +437,17 @@ impl Gate {
                     id.host, id.cluster_id
                 ),
             ));
+        }
+        // A manager forwarding an operator's request made with a client
+        // certificate has checked it; the record is checked again here
+        // (revoked meanwhile?).
+        if forwarded && id.role == Role::Manager {
+            if let Some(user) = headers
+                .get(FORWARDED_USER_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                return self.certified(user, None);
+            }
         }
         // A manager forwarding a host's request (promote) speaks for it.
         if forwarded && id.role == Role::Manager {
@@ -454,8 +552,12 @@ fn permit(caller: &Caller, need: Need, path: Option<&str>, relayed: bool) -> Res
             need.describe()
         ))),
         (Need::Token(needed), Caller::Token { role, .. }) if role.includes(needed) => Ok(()),
-        (Need::Token(_), Caller::Token { role, .. }) => Err(forbidden(format!(
-            "{role} tokens cannot do this; use {}",
+        (Need::Token(_), Caller::Token { role, via, .. }) => Err(forbidden(format!(
+            "{role} {} cannot do this; use {}",
+            match via {
+                Via::Bearer => "tokens",
+                Via::Certificate => "certificates",
+            },
             need.describe()
         ))),
     }
@@ -476,7 +578,7 @@ pub async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) 
     let headers = req.headers();
     let forwarded = headers.contains_key(FORWARDED_HEADER);
     let relayed = forwarded || headers.contains_key(LOG_PROXY_HEADER);
-    let from_host = matches!(cert, Some(PeerCert(Some(_))));
+    let from_host = matches!(cert, Some(PeerCert::Host(_)));
     let from = headers
         .get(FORWARDED_FOR_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -499,15 +601,28 @@ pub async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) 
     let h = req.headers_mut();
     h.remove(FORWARDED_FOR_HEADER);
     h.remove(FORWARDED_HOST_HEADER);
+    h.remove(FORWARDED_USER_HEADER);
     if let Some(a) = from {
         if let Ok(v) = HeaderValue::from_str(&a.to_string()) {
             h.insert(FORWARDED_FOR_HEADER, v);
         }
     }
-    if let Caller::Host { name, role } = &caller {
-        if let Ok(v) = HeaderValue::from_str(&format!("{role} {name}")) {
-            h.insert(FORWARDED_HOST_HEADER, v);
+    match &caller {
+        Caller::Host { name, role } => {
+            if let Ok(v) = HeaderValue::from_str(&format!("{role} {name}")) {
+                h.insert(FORWARDED_HOST_HEADER, v);
+            }
         }
+        Caller::Token {
+            id,
+            via: Via::Certificate,
+            ..
+        } => {
+            if let Ok(v) = HeaderValue::from_str(id) {
+                h.insert(FORWARDED_USER_HEADER, v);
+            }
+        }
+        _ => {}
     }
     req.extensions_mut().insert(Authenticated {
         caller,
@@ -525,10 +640,15 @@ pub fn guarded(router: axum::Router, gate: Arc<Gate>) -> axum::Router {
 /// The headers a forwarded request carries for its original caller: its
 /// token, its address, its host certificate's name (set by `guard`).
 pub fn forwarded_headers(headers: &HeaderMap) -> Vec<(&'static str, HeaderValue)> {
-    ["authorization", FORWARDED_FOR_HEADER, FORWARDED_HOST_HEADER]
-        .into_iter()
-        .filter_map(|name| headers.get(name).map(|v| (name, v.clone())))
-        .collect()
+    [
+        "authorization",
+        FORWARDED_FOR_HEADER,
+        FORWARDED_HOST_HEADER,
+        FORWARDED_USER_HEADER,
+    ]
+    .into_iter()
+    .filter_map(|name| headers.get(name).map(|v| (name, v.clone())))
+    .collect()
 }
 
 /// The SHA-256 (hex) of the cluster CA certificate, which join tokens
@@ -639,6 +759,8 @@ pub async fn write_admin_credential(
         server: node.address.clone(),
         ca_pem: cluster_ca_pem(node),
         token: token.to_string(),
+        cert_pem: None,
+        key_pem: None,
     };
     let path = node.datadir.path().join(ADMIN_CREDENTIAL_FILE);
     cred.save(&path)?;

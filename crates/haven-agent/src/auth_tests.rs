@@ -23,6 +23,20 @@ impl TokenStore for Tokens {
     fn verify(&self, token: &ApiToken, now_ms: u64) -> Option<Result<VerifiedToken, TokenError>> {
         Some(verify_in(&self.state.lock().unwrap(), token, now_ms))
     }
+
+    fn verify_cert(
+        &self,
+        id: &str,
+        cert_sha256: Option<&str>,
+        now_ms: u64,
+    ) -> Option<Result<VerifiedToken, TokenError>> {
+        Some(verify_cert_in(
+            &self.state.lock().unwrap(),
+            id,
+            cert_sha256,
+            now_ms,
+        ))
+    }
 }
 
 fn id(n: u8) -> String {
@@ -42,15 +56,20 @@ const OPERATOR: u8 = 2;
 const VIEWER: u8 = 3;
 const EXPIRED: u8 = 4;
 const REVOKED: u8 = 5;
+/// Operators' client certificates: their records' ids; the certificate's
+/// hash is `secret_sha256(secret(n))`.
+const CERT_OPERATOR: u8 = 6;
+const CERT_EXPIRED: u8 = 7;
+const CERT_REVOKED: u8 = 8;
 
 fn store() -> ClusterState {
     let now = SystemClock::new().wall_ms();
     let mut s = ClusterState::default();
-    let mut add = |n: u8, role: ApiRole, created: u64, expires: Option<u64>| {
+    let mut add = |n: u8, kind: TokenKind, created: u64, expires: Option<u64>| {
         let record = TokenRecord {
             id: id(n),
             name: format!("t{n}"),
-            kind: TokenKind::Api { role },
+            kind,
             secret_sha256: secret_sha256(&secret(n)),
             created_at_ms: created,
             expires_at_ms: expires,
@@ -64,16 +83,38 @@ fn store() -> ClusterState {
         });
         assert_eq!(r, haven_core::state::CommandResult::Ok);
     };
-    add(ADMIN, ApiRole::Admin, now, None);
-    add(OPERATOR, ApiRole::Operator, now, None);
-    add(VIEWER, ApiRole::Viewer, now, None);
-    add(EXPIRED, ApiRole::Admin, now - 10_000, Some(now - 5_000));
-    add(REVOKED, ApiRole::Admin, now, None);
-    s.apply(&Command::RevokeToken {
-        name_or_id: format!("t{REVOKED}"),
-        by: "test".into(),
-        at_ms: now,
-    });
+    let api = |role| TokenKind::Api { role };
+    let cert = |role| TokenKind::Cert { role };
+    add(ADMIN, api(ApiRole::Admin), now, None);
+    add(OPERATOR, api(ApiRole::Operator), now, None);
+    add(VIEWER, api(ApiRole::Viewer), now, None);
+    add(
+        EXPIRED,
+        api(ApiRole::Admin),
+        now - 10_000,
+        Some(now - 5_000),
+    );
+    add(REVOKED, api(ApiRole::Admin), now, None);
+    add(
+        CERT_OPERATOR,
+        cert(ApiRole::Operator),
+        now,
+        Some(now + 600_000),
+    );
+    add(
+        CERT_EXPIRED,
+        cert(ApiRole::Admin),
+        now - 10_000,
+        Some(now - 5_000),
+    );
+    add(CERT_REVOKED, cert(ApiRole::Admin), now, Some(now + 600_000));
+    for n in [REVOKED, CERT_REVOKED] {
+        s.apply(&Command::RevokeToken {
+            name_or_id: format!("t{n}"),
+            by: "test".into(),
+            at_ms: now,
+        });
+    }
     s
 }
 
@@ -121,11 +162,21 @@ fn concrete(path: &str) -> String {
 }
 
 fn host(name: &str, role: Role, cluster: &str) -> PeerCert {
-    PeerCert(Some(CertIdentity {
+    PeerCert::Host(CertIdentity {
         cluster_id: cluster.into(),
         host: name.into(),
         role,
-    }))
+    })
+}
+
+/// An operator's client certificate naming record `n`; `hash_n`: which
+/// certificate it is (the record's own when equal).
+fn user(n: u8, hash_n: u8, cluster: &str) -> PeerCert {
+    PeerCert::User(UserCert {
+        cluster_id: cluster.into(),
+        id: id(n),
+        cert_sha256: secret_sha256(&secret(hash_n)),
+    })
 }
 
 struct Call {
@@ -139,7 +190,7 @@ fn call(method: &'static str, path: &str) -> Call {
     Call {
         method,
         path: concrete(path),
-        cert: Some(PeerCert(None)),
+        cert: Some(PeerCert::None),
         headers: vec![],
     }
 }
@@ -228,6 +279,26 @@ async fn every_route_refuses_a_missing_wrong_expired_or_revoked_credential() {
                 "another cluster's certificate",
                 call(method, path).cert(Some(host("h1", Role::Manager, "other"))),
             ),
+            (
+                "an expired client certificate",
+                call(method, path).cert(Some(user(CERT_EXPIRED, CERT_EXPIRED, CLUSTER))),
+            ),
+            (
+                "a revoked client certificate",
+                call(method, path).cert(Some(user(CERT_REVOKED, CERT_REVOKED, CLUSTER))),
+            ),
+            (
+                "a client certificate that is not its record's",
+                call(method, path).cert(Some(user(CERT_OPERATOR, 9, CLUSTER))),
+            ),
+            (
+                "a client certificate naming an API token",
+                call(method, path).cert(Some(user(ADMIN, ADMIN, CLUSTER))),
+            ),
+            (
+                "another cluster's client certificate",
+                call(method, path).cert(Some(user(CERT_OPERATOR, CERT_OPERATOR, "other"))),
+            ),
         ];
         for (what, c) in cases {
             let (status, body) = c.send(&router).await;
@@ -263,10 +334,16 @@ async fn a_credential_without_the_role_is_forbidden_and_changes_nothing() {
         let n = need(&method.parse().unwrap(), Some(path));
         let refused: Vec<(&str, Call)> = match n {
             Need::Public => vec![],
-            Need::Host | Need::Manager => vec![(
-                "an admin token",
-                call(method, path).token(bearer(ADMIN, ADMIN)),
-            )],
+            Need::Host | Need::Manager => vec![
+                (
+                    "an admin token",
+                    call(method, path).token(bearer(ADMIN, ADMIN)),
+                ),
+                (
+                    "an operator's client certificate",
+                    call(method, path).cert(Some(user(CERT_OPERATOR, CERT_OPERATOR, CLUSTER))),
+                ),
+            ],
             Need::Token(ApiRole::Viewer) => vec![],
             Need::Token(ApiRole::Operator) => vec![
                 (
@@ -282,6 +359,10 @@ async fn a_credential_without_the_role_is_forbidden_and_changes_nothing() {
                 (
                     "a viewer token",
                     call(method, path).token(bearer(VIEWER, VIEWER)),
+                ),
+                (
+                    "an operator's client certificate",
+                    call(method, path).cert(Some(user(CERT_OPERATOR, CERT_OPERATOR, CLUSTER))),
                 ),
                 (
                     "an operator token",
@@ -359,6 +440,10 @@ async fn each_role_reaches_what_it_may() {
     assert_eq!(ok(op).await.0, StatusCode::OK);
     let admin = call("POST", "/v1/tokens").token(bearer(ADMIN, ADMIN));
     assert_eq!(ok(admin).await.0, StatusCode::OK);
+    let cert = call("POST", "/v1/apply").cert(Some(user(CERT_OPERATOR, CERT_OPERATOR, CLUSTER)));
+    let (status, body) = ok(cert).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("\"who\":\"t6 (certificate)\""), "{body}");
     assert_eq!(
         ok(call("POST", "/v1/join")).await.0,
         StatusCode::OK,
@@ -398,6 +483,7 @@ fn a_host_certificate_speaks_only_for_its_own_host() {
             id: id(ADMIN),
             name: "t1".into(),
             role: ApiRole::Admin,
+            via: Via::Bearer,
         },
         from: "x".into(),
     };
@@ -428,6 +514,39 @@ async fn forwarded_callers_are_trusted_only_from_hosts() {
         .header(crate::api::FORWARDED_HEADER, "1")
         .header(FORWARDED_HOST_HEADER, "manager m2");
     assert_eq!(claimed.send(&router).await.0, StatusCode::FORBIDDEN);
+    // A manager forwarding an operator's certificate request: the record
+    // is checked again (revoked meanwhile: refused).
+    let via = |worker: bool, n: u8| {
+        let (name, role) = if worker {
+            ("w1", Role::Worker)
+        } else {
+            ("m3", Role::Manager)
+        };
+        call("POST", "/v1/apply")
+            .cert(Some(host(name, role, CLUSTER)))
+            .header(crate::api::FORWARDED_HEADER, "1")
+            .header(FORWARDED_USER_HEADER, &id(n))
+    };
+    let (status, body) = via(false, CERT_OPERATOR).send(&router).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("t6 (certificate)"), "{body}");
+    assert_eq!(
+        via(false, CERT_REVOKED).send(&router).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Only a manager's word counts: a worker cannot claim an operator.
+    assert_eq!(
+        via(true, CERT_OPERATOR).send(&router).await.0,
+        StatusCode::FORBIDDEN
+    );
+    // Nor can a client with a token.
+    let (_, body) = call("GET", "/v1/status")
+        .token(bearer(VIEWER, VIEWER))
+        .header(crate::api::FORWARDED_HEADER, "1")
+        .header(FORWARDED_USER_HEADER, &id(CERT_OPERATOR))
+        .send(&router)
+        .await;
+    assert!(body.contains("\"who\":\"t3\""), "{body}");
     // A token client cannot choose the address the audit trail shows.
     let spoofed = call("GET", "/v1/status")
         .token(bearer(VIEWER, VIEWER))
@@ -445,7 +564,7 @@ async fn forwarded_callers_are_trusted_only_from_hosts() {
 #[tokio::test]
 async fn without_a_host_certificate_no_host_or_raft_route_answers() {
     let (router, _, _) = gated();
-    for cert in [None, Some(PeerCert(None))] {
+    for cert in [None, Some(PeerCert::None)] {
         for (m, p) in [
             ("POST", "/v1/heartbeat"),
             ("POST", "/v1/restart-grace"),
@@ -478,6 +597,14 @@ async fn a_worker_passes_tokens_on_only_where_the_leader_answers() {
     struct NoStore;
     impl TokenStore for NoStore {
         fn verify(&self, _: &ApiToken, _: u64) -> Option<Result<VerifiedToken, TokenError>> {
+            None
+        }
+        fn verify_cert(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: u64,
+        ) -> Option<Result<VerifiedToken, TokenError>> {
             None
         }
     }
@@ -520,6 +647,13 @@ async fn a_worker_passes_tokens_on_only_where_the_leader_answers() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
         assert!(body.contains("send it to a manager"), "{body}");
     }
+    // A client certificate cannot be passed on: a worker refuses it.
+    let (status, body) = call("POST", "/v1/apply")
+        .cert(Some(user(CERT_OPERATOR, CERT_OPERATOR, CLUSTER)))
+        .send(&router)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.contains("send the request to a manager"), "{body}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The CLI's credential: which agent to talk to, the cluster CA to trust,
-//! and the API token to send. A JSON file, mode 0600 in a directory 0700
+//! and either the API token to send or a client certificate and its key
+//! (`haven cert create`). A JSON file, mode 0600 in a directory 0700
 //! (`haven login` writes one; bootstrap writes root's `admin.json`).
 
 use serde::{Deserialize, Serialize};
@@ -21,17 +22,25 @@ pub struct Credential {
     /// until the cluster has one.
     #[serde(default)]
     pub ca_pem: String,
-    /// `hvt.<id>.<secret>`.
+    /// `hvt.<id>.<secret>`; empty with a client certificate.
+    #[serde(default)]
     pub token: String,
+    /// An operator's client certificate (PEM) and its key, instead of a
+    /// token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
 }
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Credential {{ server: {:?}, ca_pem: {} bytes, token: <hidden> }}",
+            "Credential {{ server: {:?}, ca_pem: {} bytes, token: <hidden>, cert_pem: {} bytes, key_pem: <hidden> }}",
             self.server,
-            self.ca_pem.len()
+            self.ca_pem.len(),
+            self.cert_pem.as_ref().map_or(0, |c| c.len())
         )
     }
 }
@@ -70,8 +79,23 @@ impl Credential {
             detail,
         };
         let cred: Credential = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        haven_core::tokens::ApiToken::parse(&cred.token)
-            .map_err(|e| invalid(format!("field \"token\": {e}")))?;
+        match (&cred.cert_pem, &cred.key_pem, cred.token.is_empty()) {
+            (None, None, _) => {
+                haven_core::tokens::ApiToken::parse(&cred.token)
+                    .map_err(|e| invalid(format!("field \"token\": {e}")))?;
+            }
+            (Some(_), Some(_), true) => {}
+            (Some(_), Some(_), false) => {
+                return Err(invalid(
+                    "it holds both a token and a client certificate; keep one".into(),
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "fields \"cert_pem\" and \"key_pem\" go together".into(),
+                ))
+            }
+        }
         if cred.server.is_empty() {
             return Err(invalid("field \"server\" is empty".into()));
         }
@@ -134,9 +158,12 @@ pub fn client_builder(
     timeout_ms: Option<u64>,
 ) -> anyhow::Result<reqwest::ClientBuilder> {
     let mut headers = reqwest::header::HeaderMap::new();
-    if let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", cred.token)) {
-        v.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, v);
+    if !cred.token.is_empty() {
+        if let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", cred.token))
+        {
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
     }
     if cred.ca_pem.trim().is_empty() {
         anyhow::bail!(
@@ -145,12 +172,17 @@ pub fn client_builder(
             cred.server
         );
     }
-    let ca = Some(cred.ca_pem.as_str());
-    Ok(crate::rpc::client_builder(timeout_ms, ca)
-        .map_err(|e| {
-            anyhow::anyhow!("the credential's ca_pem: {e:#}; log in again with `haven login`")
-        })?
-        .default_headers(headers))
+    let identity = cred.cert_pem.as_deref().zip(cred.key_pem.as_deref());
+    Ok(
+        crate::rpc::operator_client_builder(timeout_ms, &cred.ca_pem, identity)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "the credential for {}: {e:#}; log in again with `haven login`",
+                    cred.server
+                )
+            })?
+            .default_headers(headers),
+    )
 }
 
 pub fn client(cred: &Credential, timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
@@ -167,6 +199,8 @@ mod tests {
             server: "127.0.0.1:7440".into(),
             ca_pem: String::new(),
             token: format!("hvt.{}.{}", "a".repeat(16), "b".repeat(64)),
+            cert_pem: None,
+            key_pem: None,
         }
     }
 

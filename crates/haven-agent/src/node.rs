@@ -582,6 +582,8 @@ pub async fn run(
                     server: address.clone(),
                     ca_pem: resp.ca_bundle_pem.clone(),
                     token: t.clone(),
+                    cert_pem: None,
+                    key_pem: None,
                 }
                 .save(&datadir.path().join(crate::auth::ADMIN_CREDENTIAL_FILE))?;
             }

@@ -20,7 +20,7 @@
 //!   chains to the cluster CA; host names are not checked (hosts are reached
 //!   by address, and the identity in the certificate is what counts).
 
-use crate::peer::CertIdentity;
+use crate::peer::{CertIdentity, PeerCert, UserCert};
 use anyhow::{anyhow, bail, Context, Result};
 use haven_core::model::Role;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -169,7 +169,7 @@ pub fn csr(key_pem: &str, host: &str) -> Result<String> {
 
 /// Sign a host certificate for `host` with `role` in `cluster_id`, for the
 /// public key of `csr_pem` (its signature is checked), valid for
-/// `valid_days` (at most `HOST_CERT_VALID_DAYS`).
+/// `HOST_CERT_VALID_DAYS`.
 pub fn sign_host(
     ca: &CaMaterial,
     csr_pem: &str,
@@ -177,6 +177,65 @@ pub fn sign_host(
     host: &str,
     role: Role,
     ips: &[IpAddr],
+) -> Result<String> {
+    let uri = uri_of(cluster_id, role, host);
+    let sans = ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip));
+    let eku = [
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let valid = time::Duration::days(HOST_CERT_VALID_DAYS);
+    sign(ca, csr_pem, host, &uri, sans, &eku, valid)
+        .with_context(|| format!("signing the certificate of host {host:?}"))
+}
+
+/// Shortest and longest lifetime of an operator's client certificate.
+pub const USER_CERT_VALID_MS_MIN: u64 = 60_000;
+pub const USER_CERT_VALID_MS_MAX: u64 = 3_650 * 86_400_000;
+/// An operator's client certificate is valid this long unless asked.
+pub const USER_CERT_VALID_MS_DEFAULT: u64 = 90 * 86_400_000;
+
+/// Sign an operator's client certificate, for the public key of `csr_pem`:
+/// it names the credential record `id` (and `name` as its common name), is
+/// for client authentication only, and is valid for `valid_ms`.
+pub fn sign_user(
+    ca: &CaMaterial,
+    csr_pem: &str,
+    cluster_id: &str,
+    id: &str,
+    name: &str,
+    valid_ms: u64,
+) -> Result<String> {
+    let uri = format!("{URI_PREFIX}{cluster_id}:{USER_WORD}:{id}");
+    let eku = [rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let valid = time::Duration::milliseconds(valid_ms.min(USER_CERT_VALID_MS_MAX) as i64);
+    sign(ca, csr_pem, name, &uri, std::iter::empty(), &eku, valid)
+        .with_context(|| format!("signing the client certificate {name:?}"))
+}
+
+/// `sign_user` with any validity, a negative one (already expired)
+/// included.
+#[cfg(test)]
+pub(crate) fn sign_user_for(
+    ca: &CaMaterial,
+    csr_pem: &str,
+    cluster_id: &str,
+    id: &str,
+    valid: time::Duration,
+) -> String {
+    let uri = format!("{URI_PREFIX}{cluster_id}:{USER_WORD}:{id}");
+    let eku = [rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    sign(ca, csr_pem, "test", &uri, std::iter::empty(), &eku, valid).unwrap()
+}
+
+fn sign(
+    ca: &CaMaterial,
+    csr_pem: &str,
+    common_name: &str,
+    uri: &str,
+    sans: impl Iterator<Item = rcgen::SanType>,
+    eku: &[rcgen::ExtendedKeyUsagePurpose],
+    valid: time::Duration,
 ) -> Result<String> {
     let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
         .map_err(|e| anyhow!("the certificate signing request is not valid: {e}"))?;
@@ -189,32 +248,28 @@ pub fn sign_host(
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, host);
+        .push(rcgen::DnType::CommonName, common_name);
     params.subject_alt_names = vec![rcgen::SanType::URI(
-        rcgen::Ia5String::try_from(uri_of(cluster_id, role, host))
-            .map_err(|e| anyhow!("host name {host:?} cannot go in a certificate: {e}"))?,
+        rcgen::Ia5String::try_from(uri.to_owned())
+            .map_err(|e| anyhow!("{uri:?} cannot go in a certificate: {e}"))?,
     )];
-    params
-        .subject_alt_names
-        .extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+    params.subject_alt_names.extend(sans);
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::DigitalSignature,
         rcgen::KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = eku.to_vec();
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::seconds(BACKDATE_S);
-    params.not_after = now + time::Duration::days(HOST_CERT_VALID_DAYS);
+    params.not_after = now + valid;
     params.serial_number = Some(random_serial());
     params.use_authority_key_identifier_extension = true;
-    let cert = params
-        .signed_by(&csr.public_key, &ca_cert, &ca_key)
-        .context("signing the host certificate")?;
+    let cert = params.signed_by(&csr.public_key, &ca_cert, &ca_key)?;
     Ok(cert.pem())
 }
+
+/// The role word of operators' certificates in the URI.
+const USER_WORD: &str = "user";
 
 fn role_word(role: Role) -> &'static str {
     match role {
@@ -230,26 +285,50 @@ fn uri_of(cluster_id: &str, role: Role, host: &str) -> String {
 /// The identity a (chain-verified) certificate names, if it is a host
 /// certificate of this cluster.
 pub fn identity_of(der: &[u8], cluster_id: &str) -> Option<CertIdentity> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
+    match peer_of(der, cluster_id) {
+        PeerCert::Host(id) => Some(id),
+        _ => None,
+    }
+}
+
+/// What a (chain-verified) certificate names in this cluster: a host, an
+/// operator's credential record, or nothing.
+pub fn peer_of(der: &[u8], cluster_id: &str) -> PeerCert {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return PeerCert::None;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return PeerCert::None;
+    };
+    let named = san.value.general_names.iter().find_map(|n| match n {
         x509_parser::extensions::GeneralName::URI(uri) => {
             let rest = uri.strip_prefix(URI_PREFIX)?;
             let (cluster, rest) = rest.split_once(':')?;
-            let (role, host) = rest.split_once(':')?;
-            let role = match role {
-                "manager" => Role::Manager,
-                "worker" => Role::Worker,
-                _ => return None,
+            let (role, name) = rest.split_once(':')?;
+            if cluster != cluster_id || name.is_empty() {
+                return None;
+            }
+            let host = |role| {
+                PeerCert::Host(CertIdentity {
+                    cluster_id: cluster.to_owned(),
+                    host: name.to_owned(),
+                    role,
+                })
             };
-            (cluster == cluster_id && !host.is_empty()).then(|| CertIdentity {
-                cluster_id: cluster.to_owned(),
-                host: host.to_owned(),
-                role,
-            })
+            match role {
+                "manager" => Some(host(Role::Manager)),
+                "worker" => Some(host(Role::Worker)),
+                USER_WORD => Some(PeerCert::User(UserCert {
+                    cluster_id: cluster.to_owned(),
+                    id: name.to_owned(),
+                    cert_sha256: sha256_hex(der),
+                })),
+                _ => None,
+            }
         }
         _ => None,
-    })
+    });
+    named.unwrap_or_default()
 }
 
 /// `bundle_sha256`, remembered for the last bundle asked about: the
@@ -494,14 +573,26 @@ impl Tls {
     }
 
     /// The identity of a peer's verified certificate chain.
-    pub fn identity(&self, chain: Option<&[CertificateDer<'_>]>) -> Option<CertIdentity> {
-        identity_of(chain?.first()?, &self.cluster_id)
+    pub fn identity(&self, chain: Option<&[CertificateDer<'_>]>) -> PeerCert {
+        match chain.and_then(|c| c.first()) {
+            Some(der) => peer_of(der, &self.cluster_id),
+            None => PeerCert::None,
+        }
     }
 }
 
 /// A client (an operator's CLI) that trusts `ca_pem` and presents no
 /// certificate.
 pub fn operator_client_config(ca_pem: &str) -> Result<rustls::ClientConfig> {
+    operator_client_config_with(ca_pem, None)
+}
+
+/// A client (an operator's CLI) that trusts `ca_pem` and presents
+/// `identity` (certificate and key, PEM) if given.
+pub fn operator_client_config_with(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<rustls::ClientConfig> {
     let mut roots = RootCertStore::empty();
     for c in certs_of(ca_pem).context("the credential's CA")? {
         roots
@@ -511,11 +602,21 @@ pub fn operator_client_config(ca_pem: &str) -> Result<rustls::ClientConfig> {
     let verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()?;
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier::Fixed(verifier)))
-        .with_no_client_auth())
+        .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier::Fixed(verifier)));
+    Ok(match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert_pem, key_pem)) => {
+            let chain = certs_of(cert_pem).context("the client certificate")?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                .map_err(|e| anyhow!("the client certificate's key: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("the client certificate does not go with its key")?
+        }
+    })
 }
 
 /// A client that accepts any server certificate: only to fetch the CA
@@ -786,7 +887,36 @@ mod tests {
     fn a_bad_csr_is_refused_with_a_reason() {
         let ca = new_ca("c1").unwrap();
         let e = sign_host(&ca, "not a csr", "c1", "h1", Role::Manager, &[]).unwrap_err();
-        assert!(e.to_string().contains("certificate signing request"), "{e}");
+        assert!(
+            format!("{e:#}").contains("certificate signing request"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn an_operator_certificate_names_its_record_and_is_for_clients_only() {
+        let ca = new_ca("c1").unwrap();
+        let key = new_host_key().unwrap();
+        let csr = csr(&key, "alice").unwrap();
+        let id = "00000000000000aa";
+        let cert = sign_user(&ca, &csr, "c1", id, "alice", 3_600_000).unwrap();
+        let der = &certs_of(&cert).unwrap()[0];
+        assert_eq!(
+            peer_of(der, "c1"),
+            PeerCert::User(UserCert {
+                cluster_id: "c1".into(),
+                id: id.into(),
+                cert_sha256: sha256_hex(der),
+            })
+        );
+        assert_eq!(identity_of(der, "c1"), None, "it is no host certificate");
+        assert_eq!(peer_of(der, "c2"), PeerCert::None, "another cluster");
+        let (_, x509) = x509_parser::parse_x509_certificate(der).unwrap();
+        let eku = x509.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        let left =
+            not_after_unix(&cert).unwrap() - time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!((3_500..=3_600).contains(&left), "{left}");
     }
 
     #[test]

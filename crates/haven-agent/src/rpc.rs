@@ -70,6 +70,25 @@ pub fn client_builder(
     })
 }
 
+/// An operator's client: trusts `ca_pem`, presents `identity` (client
+/// certificate and key, PEM) if given.
+pub fn operator_client_builder(
+    timeout_ms: Option<u64>,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    Ok(client_builder(timeout_ms, None)?
+        .use_preconfigured_tls(crate::pki::operator_client_config_with(ca_pem, identity)?))
+}
+
+pub fn operator_client(
+    timeout_ms: Option<u64>,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> anyhow::Result<reqwest::Client> {
+    Ok(operator_client_builder(timeout_ms, ca_pem, identity)?.build()?)
+}
+
 /// A host's client: presents its certificate, trusts the cluster CA.
 pub fn host_client(
     timeout_ms: Option<u64>,

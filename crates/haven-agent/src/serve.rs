@@ -31,7 +31,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::ErrorBody;
-use crate::peer::{CertIdentity, PeerCert};
+use crate::peer::PeerCert;
 use crate::pki::Tls;
 
 /// How long a stopping agent waits for connections that are neither idle
@@ -78,7 +78,7 @@ where
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
     pub addr: SocketAddr,
-    pub cert: Option<CertIdentity>,
+    pub cert: PeerCert,
 }
 
 impl Connected<IncomingStream<'_, TlsListener>> for PeerInfo {
@@ -100,7 +100,7 @@ async fn peer_extensions(
     mut request: Request,
     next: Next,
 ) -> Response {
-    request.extensions_mut().insert(PeerCert(peer.cert));
+    request.extensions_mut().insert(peer.cert);
     request.extensions_mut().insert(ConnectInfo(peer.addr));
     next.run(request).await
 }
@@ -194,7 +194,7 @@ impl Listener for TlsListener {
     fn local_addr(&self) -> std::io::Result<PeerInfo> {
         Ok(PeerInfo {
             addr: self.local,
-            cert: None,
+            cert: PeerCert::None,
         })
     }
 }
@@ -208,13 +208,19 @@ impl Listener for PlainListener {
 
     async fn accept(&mut self) -> (TcpStream, PeerInfo) {
         let (io, addr) = Listener::accept(&mut self.0).await;
-        (io, PeerInfo { addr, cert: None })
+        (
+            io,
+            PeerInfo {
+                addr,
+                cert: PeerCert::None,
+            },
+        )
     }
 
     fn local_addr(&self) -> std::io::Result<PeerInfo> {
         Ok(PeerInfo {
             addr: self.0.local_addr()?,
-            cert: None,
+            cert: PeerCert::None,
         })
     }
 }
@@ -373,9 +379,10 @@ mod tests {
     }
 
     async fn whoami(axum::Extension(peer): axum::Extension<PeerCert>) -> String {
-        match peer.0 {
-            Some(id) => format!("{}/{:?}", id.host, id.role),
-            None => "anonymous".into(),
+        match peer {
+            PeerCert::Host(id) => format!("{}/{:?}", id.host, id.role),
+            PeerCert::User(u) => format!("user/{}", u.id),
+            PeerCert::None => "anonymous".into(),
         }
     }
 
@@ -425,6 +432,22 @@ mod tests {
         assert!(
             ask(c).await.is_err(),
             "a foreign CA's certificate was accepted"
+        );
+        // An operator's client certificate: named by its record's id, and
+        // refused once expired.
+        let user = |valid| {
+            let key = crate::pki::new_host_key().unwrap();
+            let csr = crate::pki::csr(&key, "alice").unwrap();
+            let cert = crate::pki::sign_user_for(&ca, &csr, "c1", "00000000000000aa", valid);
+            crate::rpc::operator_client(Some(5_000), &ca.cert_pem, Some((&cert, &key))).unwrap()
+        };
+        assert_eq!(
+            ask(user(time::Duration::hours(1))).await.unwrap(),
+            "user/00000000000000aa"
+        );
+        assert!(
+            ask(user(time::Duration::hours(-2))).await.is_err(),
+            "an expired client certificate was accepted"
         );
         // A client that trusts another CA does not talk to this server.
         let c = crate::rpc::client_builder(Some(5_000), Some(&other.cert_pem))

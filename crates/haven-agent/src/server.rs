@@ -152,6 +152,10 @@ pub(crate) fn routes() -> (Router<Arc<Node>>, Vec<&'static str>) {
     .route(
         "/v1/tokens/revoke",
         post(crate::tokens::revoke).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
+    .route(
+        "/v1/certs",
+        post(crate::tokens::create_cert).layer(limit(REQUEST_BODY_BYTES_MAX)),
     );
     (r.router, r.paths)
 }
@@ -521,7 +525,7 @@ async fn join(
 
 /// The cluster CA as signing material: the first certificate of the bundle
 /// and the key.
-fn signing_ca(node: &Node) -> Result<(crate::pki::CaMaterial, String), Reply> {
+pub(crate) fn signing_ca(node: &Node) -> Result<(crate::pki::CaMaterial, String), Reply> {
     let c = node.consensus.as_ref().ok_or_else(|| not_leader(node))?;
     let Some(ca) = c.read(|s| s.ca.clone()) else {
         return Err(error(
@@ -551,7 +555,7 @@ async fn renew(
     axum::Extension(peer): axum::Extension<crate::peer::PeerCert>,
     body: Body,
 ) -> Reply {
-    let Some(me) = peer.0 else {
+    let crate::peer::PeerCert::Host(me) = peer else {
         return error(
             StatusCode::UNAUTHORIZED,
             "renewing a certificate needs the current one (mutual TLS)",

@@ -880,6 +880,37 @@ impl ClusterState {
         Ok(t)
     }
 
+    /// The operator certificate record `id`, if it is usable at `now_ms`
+    /// and (when given) `cert_sha256` is the SHA-256 of the very
+    /// certificate it was issued as.
+    pub fn verify_cert(
+        &self,
+        id: &str,
+        cert_sha256: Option<&str>,
+        now_ms: u64,
+    ) -> Result<&TokenRecord, TokenError> {
+        let t = self.tokens.get(id).ok_or(TokenError::Unknown)?;
+        if !matches!(t.kind, TokenKind::Cert { .. }) {
+            return Err(TokenError::Unknown);
+        }
+        if let Some(h) = cert_sha256 {
+            if !crate::tokens::constant_time_eq(h.as_bytes(), t.secret_sha256.as_bytes()) {
+                return Err(TokenError::WrongSecret);
+            }
+        }
+        let name = t.name.clone();
+        if t.revoked {
+            return Err(TokenError::Revoked { name });
+        }
+        if let Some(expired_at_ms) = t.expires_at_ms.filter(|e| now_ms >= *e) {
+            return Err(TokenError::Expired {
+                name,
+                expired_at_ms,
+            });
+        }
+        Ok(t)
+    }
+
     /// The token named `name_or_id` (the one not revoked, if several
     /// share the name), or with that id.
     pub fn token(&self, name_or_id: &str) -> Option<&TokenRecord> {
@@ -963,7 +994,7 @@ impl ClusterState {
         };
         let TokenKind::Join { once, .. } = t.kind else {
             return CommandResult::Rejected(format!(
-                "token {:?} is an API token, not a join token",
+                "token {:?} is an API token or certificate, not a join token",
                 t.name
             ));
         };
@@ -2076,6 +2107,56 @@ mod token_store_tests {
         role: Role::Worker,
         once: true,
     };
+
+    #[test]
+    fn an_operator_certificate_matches_only_itself_and_is_revoked_like_a_token() {
+        let cert = TokenKind::Cert {
+            role: ApiRole::Operator,
+        };
+        let mut s = with(&[
+            record("00000000000000aa", "alice", cert, Some(5_000)),
+            record("00000000000000bb", "grafana", VIEWER, None),
+        ]);
+        let hash = secret_sha256(&secret(1));
+        let t = s
+            .verify_cert("00000000000000aa", Some(&hash), 4_999)
+            .unwrap();
+        assert_eq!(t.name, "alice");
+        // Another certificate naming the same record does not match it.
+        let other = secret_sha256(&secret(2));
+        assert_eq!(
+            s.verify_cert("00000000000000aa", Some(&other), 1_000),
+            Err(TokenError::WrongSecret)
+        );
+        // An API token is no certificate record, and a certificate record
+        // is no bearer token, whatever is presented.
+        assert_eq!(
+            s.verify_cert("00000000000000bb", None, 1_000),
+            Err(TokenError::Unknown)
+        );
+        assert!(s
+            .verify_cert("00000000000000aa", Some(&hash), 5_000)
+            .is_err_and(|e| e.reason() == "expired"));
+        // A certificate cannot buy a host certificate as a join token.
+        assert!(matches!(
+            s.apply(&Command::UseToken {
+                id: "00000000000000aa".into(),
+                at_ms: 1_000
+            }),
+            CommandResult::Rejected(_)
+        ));
+        s.apply(&Command::RevokeToken {
+            name_or_id: "alice".into(),
+            by: "root".into(),
+            at_ms: 2_000,
+        });
+        assert_eq!(
+            s.verify_cert("00000000000000aa", Some(&hash), 2_001),
+            Err(TokenError::Revoked {
+                name: "alice".into()
+            })
+        );
+    }
 
     #[test]
     fn a_token_verifies_with_its_secret_until_it_expires() {

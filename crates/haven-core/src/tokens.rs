@@ -63,6 +63,11 @@ pub enum TokenKind {
     /// Buys a host certificate for a joining host of `role`; `once`: a
     /// single join.
     Join { role: Role, once: bool },
+    /// An operator's client certificate, signed by the cluster CA for the
+    /// holder's own key. The record's `secret_sha256` is the SHA-256 of
+    /// the certificate (DER): the certificate names the record by its id,
+    /// and only that very certificate matches it. Revoked like a token.
+    Cert { role: ApiRole },
 }
 
 impl fmt::Display for TokenKind {
@@ -71,6 +76,7 @@ impl fmt::Display for TokenKind {
             TokenKind::Api { role } => write!(f, "{role} API token"),
             TokenKind::Join { role, once: true } => write!(f, "one-time {role} join token"),
             TokenKind::Join { role, once: false } => write!(f, "{role} join token"),
+            TokenKind::Cert { role } => write!(f, "{role} client certificate"),
         }
     }
 }

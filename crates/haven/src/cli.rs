@@ -104,12 +104,23 @@ pub enum Cmd {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Operators' client certificates: an alternative to API tokens, with
+    /// the same roles (listed and revoked with `haven token list|revoke`).
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
     /// Save a credential for this user (~/.config/haven/credential.json)
-    /// to use the cluster at --server with an API token.
+    /// to use the cluster at --server with an API token, or install a
+    /// client-certificate credential made by `haven cert create`.
     Login {
         /// An API token, `hvt.<id>.<secret>` (`haven token create`).
+        #[arg(long, required_unless_present = "cert", conflicts_with = "cert")]
+        token: Option<String>,
+        /// A credential file written by `haven cert create` (it holds the
+        /// server, the cluster CA, the certificate and its key).
         #[arg(long)]
-        token: String,
+        cert: Option<PathBuf>,
         /// The SHA-256 of the cluster CA (shown by `haven token create`):
         /// checked before the token is sent. Without it, the CA the server
         /// presents is trusted on first use and its hash printed.
@@ -195,6 +206,28 @@ pub enum TokenAction {
     List,
     /// Revoke a token by name or id.
     Revoke { token: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertAction {
+    /// Make a key here, have the cluster sign a client certificate for it,
+    /// and write both (with the server and the cluster CA) to a credential
+    /// file, mode 0600: `haven --credential FILE …`, or `haven login --cert
+    /// FILE` to make it this user's.
+    Create {
+        /// Who holds it: shown in `haven events` as `NAME (certificate)`.
+        #[arg(long)]
+        name: String,
+        /// admin, operator or viewer.
+        #[arg(long, default_value = "operator")]
+        role: String,
+        /// Lifetime, e.g. 12h, 30d (default 90d).
+        #[arg(long, value_parser = parse_ttl_ms)]
+        ttl: Option<u64>,
+        /// Where to write the credential (must not exist yet).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `90s`, `30m`, `24h`, `7d` as milliseconds.
@@ -593,9 +626,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Demo(args) => crate::demo::run(args).await,
         Cmd::Settings { action } => settings(&remote()?, action).await,
         Cmd::Token { ref action } => crate::token::run(&remote()?, action).await,
+        Cmd::Cert { ref action } => crate::token::cert(&remote()?, action).await,
         Cmd::Login {
-            ref token,
+            token: Some(ref token),
             ref ca_sha256,
+            ..
         } => {
             crate::token::login(
                 cli.server.as_deref().unwrap_or(SERVER_DEFAULT),
@@ -604,6 +639,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
+        Cmd::Login {
+            token: None,
+            cert: Some(ref file),
+            ..
+        } => crate::token::login_cert(file).await,
+        Cmd::Login { .. } => Err(anyhow::anyhow!("login: pass --token or --cert")),
         Cmd::Ca {
             action:
                 CaAction::Rotate {

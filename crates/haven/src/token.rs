@@ -1,4 +1,4 @@
-//! `haven token create|list|revoke` and `haven login`.
+//! `haven token create|list|revoke`, `haven cert create` and `haven login`.
 
 use anyhow::{anyhow, Result};
 use haven_agent::api::*;
@@ -6,7 +6,7 @@ use haven_agent::credential::{Credential, USER_CREDENTIAL_PATH};
 use haven_agent::rpc;
 use std::path::PathBuf;
 
-use crate::cli::{Remote, TokenAction};
+use crate::cli::{CertAction, Remote, TokenAction};
 use crate::timefmt::rfc3339_ms;
 
 pub async fn run(r: &Remote, action: &TokenAction) -> Result<()> {
@@ -107,6 +107,8 @@ pub async fn login(server: &str, token: &str, ca_sha256: Option<&str>) -> Result
         server: server.to_owned(),
         ca_pem,
         token: token.trim().to_owned(),
+        cert_pem: None,
+        key_pem: None,
     };
     let http = haven_agent::credential::client(&cred, 10_000)?;
     rpc::get::<serde_json::Value>(&http, server, "/v1/health", false)
@@ -118,5 +120,80 @@ pub async fn login(server: &str, token: &str, ca_sha256: Option<&str>) -> Result
     let path = home.join(USER_CREDENTIAL_PATH);
     cred.save(&path)?;
     println!("saved the credential for {server} in {}", path.display());
+    Ok(())
+}
+
+/// `haven cert create`: the key is made here and never sent; the cluster
+/// signs a certificate for it.
+pub async fn cert(r: &Remote, action: &CertAction) -> Result<()> {
+    let CertAction::Create {
+        name,
+        role,
+        ttl,
+        out,
+    } = action;
+    if out.exists() {
+        anyhow::bail!(
+            "--out {}: the file exists; choose another path (nothing was created)",
+            out.display()
+        );
+    }
+    let key_pem = haven_agent::pki::new_host_key()?;
+    let csr_pem = haven_agent::pki::csr(&key_pem, name)?;
+    let req = CertCreateRequest {
+        name: name.clone(),
+        role: role.clone(),
+        ttl_ms: *ttl,
+        csr_pem,
+    };
+    let http = r.http(30_000)?;
+    let resp: CertCreateResponse =
+        rpc::post(&http, &r.server, "/v1/certs", &req, false, None).await?;
+    let cred = Credential {
+        server: r.server.clone(),
+        ca_pem: resp.ca_pem,
+        token: String::new(),
+        cert_pem: Some(resp.cert_pem),
+        key_pem: Some(key_pem),
+    };
+    cred.save(out)?;
+    println!(
+        "created {} client certificate {:?} (id {}), expires {}; credential written to {} (mode 0600): use it with `haven --credential {} …` or `haven login --cert {}`; revoke it with `haven token revoke {}`",
+        resp.view.role,
+        resp.view.name,
+        resp.view.id,
+        resp.view.expires_at_ms.map_or("never".into(), rfc3339_ms),
+        out.display(),
+        out.display(),
+        out.display(),
+        resp.view.name
+    );
+    Ok(())
+}
+
+/// `haven login --cert FILE`: check that the client-certificate credential
+/// is accepted, then make it this user's.
+pub async fn login_cert(file: &std::path::Path) -> Result<()> {
+    let cred = Credential::load(file)?;
+    if cred.cert_pem.is_none() {
+        anyhow::bail!(
+            "--cert {}: this credential holds no client certificate (use --token for tokens)",
+            file.display()
+        );
+    }
+    let http = haven_agent::credential::client(&cred, 10_000)?;
+    rpc::get::<serde_json::Value>(&http, &cred.server, "/v1/health", false)
+        .await
+        .map_err(|e| anyhow!("login: the certificate was not accepted: {e}"))?;
+    let home = std::env::var_os("HOME").map(PathBuf::from).ok_or_else(|| {
+        anyhow!("login: HOME is not set; pass --credential FILE to other commands instead")
+    })?;
+    let path = home.join(USER_CREDENTIAL_PATH);
+    cred.save(&path)?;
+    println!(
+        "saved the certificate credential for {} in {}",
+        cred.server,
+        path.display()
+    );
     Ok(())
 }

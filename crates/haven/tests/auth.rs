@@ -12,8 +12,11 @@ use haven_agent::credential::Credential;
 use std::path::Path;
 use std::process::Command;
 
-/// The test cluster's CA: every request is HTTPS.
-static CA: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+thread_local! {
+    /// The CA of this test's cluster (tests run on threads of their own,
+    /// each with its cluster): every request is HTTPS.
+    static CA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
 
 fn http(
     method: reqwest::Method,
@@ -27,7 +30,7 @@ fn http(
         .build()
         .unwrap();
     rt.block_on(async {
-        let ca = CA.lock().unwrap().clone();
+        let ca = CA.with(|c| c.borrow().clone());
         let client = haven_agent::rpc::client_builder(Some(30_000), Some(&ca))
             .unwrap()
             .build()
@@ -81,7 +84,7 @@ fn operators_authenticate_and_every_change_says_who_made_it() {
     let server = c.host("h1").address();
     let admin = c.admin_token().expect("bootstrap wrote admin.json");
     let admin_file = c.credential.clone().unwrap();
-    *CA.lock().unwrap() = Credential::load(&admin_file).unwrap().ca_pem;
+    CA.with(|c| *c.borrow_mut() = Credential::load(&admin_file).unwrap().ca_pem);
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&admin_file).unwrap().permissions(),
     );
@@ -134,7 +137,7 @@ fn operators_authenticate_and_every_change_says_who_made_it() {
         .cli(&server, &["token", "create", "--role", "worker", "--once"])
         .unwrap();
     let join = haven_core::tokens::JoinToken::parse(join.trim()).unwrap();
-    let ca = CA.lock().unwrap().clone();
+    let ca = CA.with(|c| c.borrow().clone());
     assert_eq!(
         join.ca_sha256,
         haven_agent::pki::ca_sha256_hex(&ca).unwrap()
@@ -147,8 +150,10 @@ fn operators_authenticate_and_every_change_says_who_made_it() {
     let viewer_file = dir.join("viewer.json");
     Credential {
         server: server.clone(),
-        ca_pem: CA.lock().unwrap().clone(),
+        ca_pem: CA.with(|c| c.borrow().clone()),
         token: viewer.clone(),
+        cert_pem: None,
+        key_pem: None,
     }
     .save(&viewer_file)
     .unwrap();
@@ -214,4 +219,136 @@ fn operators_authenticate_and_every_change_says_who_made_it() {
     assert!(refusals["missing"].as_u64().unwrap_or(0) >= 1, "{health}");
     assert!(refusals["revoked"].as_u64().unwrap_or(0) >= 1, "{health}");
     assert!(refusals["forbidden"].as_u64().unwrap_or(0) >= 1, "{health}");
+}
+
+/// Issue 9, part 3: an operator's client certificate instead of a token.
+/// Its key is made by the CLI and never sent; the certificate carries the
+/// role of its record, is audited by name, and stops working when revoked.
+#[test]
+fn an_operator_can_use_a_client_certificate_instead_of_a_token() {
+    let mut c = LocalCluster::new(&exe(), "authcert").expect("local cluster");
+    c.define("h1", true).unwrap();
+    c.bootstrap("h1").unwrap();
+    c.wait_for("h1 online", FORM_TIMEOUT, |s| {
+        s.hosts.len() == 1 && s.hosts[0].state == "online"
+    })
+    .unwrap();
+    let server = c.host("h1").address();
+    let admin = c.admin_token().expect("bootstrap wrote admin.json");
+    let admin_file = c.credential.clone().unwrap();
+    CA.with(|c| *c.borrow_mut() = Credential::load(&admin_file).unwrap().ca_pem);
+    let dir = c.dir.clone();
+    let alice = dir.join("alice.json");
+    let alice_s = alice.to_str().unwrap();
+    let out = c
+        .cli(
+            &server,
+            &[
+                "cert", "create", "--name", "alice", "--role", "operator", "--ttl", "1h", "--out",
+                alice_s,
+            ],
+        )
+        .unwrap();
+    assert!(out.contains("client certificate \"alice\""), "{out}");
+    let cred = Credential::load(&alice).unwrap();
+    assert!(cred.token.is_empty() && cred.cert_pem.is_some() && cred.key_pem.is_some());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&alice).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the key is private");
+
+    // The same name twice, a host role, or an existing file: refused.
+    let again = dir.join("again.json");
+    let again_s = again.to_str().unwrap();
+    let e = c
+        .cli(
+            &server,
+            &["cert", "create", "--name", "alice", "--out", again_s],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exists"), "{e}");
+    let e = c
+        .cli(
+            &server,
+            &[
+                "cert", "create", "--name", "m", "--role", "manager", "--out", again_s,
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("admin, operator or viewer"), "{e}");
+    assert!(!again.exists(), "nothing written for a refused request");
+    let e = c
+        .cli(
+            &server,
+            &["cert", "create", "--name", "bob", "--out", alice_s],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exists"), "{e}");
+    assert_eq!(
+        Credential::load(&alice).unwrap(),
+        cred,
+        "the file is untouched"
+    );
+
+    // It applies, as an operator, and the event names it.
+    let file = write(&dir, "w.toml", &sleeper("svc", "medium"));
+    let (ok, out, err) = haven(Some(&alice), &dir, &["apply", "-f", &file]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        events(&server, &admin)
+            .iter()
+            .any(|m| m.starts_with("applied ")
+                && m.contains("(by alice (certificate) from 127.0.0.1:")),
+        "{:#?}",
+        events(&server, &admin)
+    );
+    let (ok, _, err) = haven(Some(&alice), &dir, &["token", "list"]);
+    assert!(
+        !ok && err.contains("operator certificates cannot do this"),
+        "{err}"
+    );
+    let list = c.cli(&server, &["token", "list"]).unwrap();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("alice ") && l.contains(" cert ") && l.contains("active")),
+        "{list}"
+    );
+
+    // `haven login --cert` makes it this user's credential.
+    let (ok, out, err) = haven(None, &dir, &["login", "--cert", alice_s]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = haven(None, &dir, &["status"]);
+    assert!(ok && out.contains("svc"), "{out}{err}");
+
+    // A certificate signed by another cluster's CA for the same record:
+    // refused before any handler.
+    let other = haven_agent::pki::new_ca("stranger").unwrap();
+    let key = haven_agent::pki::new_host_key().unwrap();
+    let csr = haven_agent::pki::csr(&key, "alice").unwrap();
+    let id = list
+        .lines()
+        .find(|l| l.starts_with("alice "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_owned();
+    let cluster_id = c.status(&server).unwrap().cluster_id;
+    let forged =
+        haven_agent::pki::sign_user(&other, &csr, &cluster_id, &id, "alice", 3_600_000).unwrap();
+    let forged_file = dir.join("forged.json");
+    Credential {
+        cert_pem: Some(forged),
+        key_pem: Some(key),
+        ..cred.clone()
+    }
+    .save(&forged_file)
+    .unwrap();
+    let (ok, _, _) = haven(Some(&forged_file), &dir, &["status"]);
+    assert!(!ok, "another CA's certificate was accepted");
+
+    // Revoked: refused from then on.
+    c.cli(&server, &["token", "revoke", "alice"]).unwrap();
+    let (ok, _, err) = haven(Some(&alice), &dir, &["status"]);
+    assert!(!ok && err.contains("not valid here"), "{err}");
 }
