@@ -228,6 +228,9 @@ pub async fn run(node: Arc<Node>) -> String {
                     }
                     // The data dir's files are written in the background:
                     // a stalled local disk must not hold up the lease.
+                    if now_settings.host_cert_validity_s != settings.host_cert_validity_s {
+                        crate::renew::policy_changed();
+                    }
                     if now_settings != settings {
                         let dir = node.datadir.clone();
                         node.write_in_background("cache the cluster's settings", move || {

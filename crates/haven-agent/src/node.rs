@@ -547,7 +547,7 @@ pub async fn run(
             let ca = crate::pki::new_ca(&id.cluster_id)?;
             let key = crate::pki::new_host_key()?;
             let csr = crate::pki::csr(&key, &id.name)?;
-            let cert = crate::pki::sign_host(&ca, &csr, &id.cluster_id, &id.name, Role::Manager, &ips_of(&address))?;
+            let cert = crate::pki::sign_host(&ca, &csr, &id.cluster_id, &id.name, Role::Manager, &ips_of(&address), crate::pki::HOST_CERT_VALID_S)?;
             Tls::store(datadir.path(), &ca.cert_pem, &cert, &key)?;
             new_ca = Some(ca);
             (id, true)

@@ -38,9 +38,11 @@ use std::sync::{Arc, RwLock};
 
 /// A CA certificate is valid this long.
 pub const CA_VALID_DAYS: i64 = 3_650;
-/// A host certificate is valid this long; the agent renews it once a third
-/// of that is left (`Tls::renew_due`).
+/// A host certificate is valid this long unless the cluster's
+/// `host_cert_validity_s` says otherwise; the agent renews it once a third
+/// of its lifetime is left (`Tls::renew_due`).
 pub const HOST_CERT_VALID_DAYS: i64 = 90;
+pub const HOST_CERT_VALID_S: u64 = haven_core::model::DEFAULT_HOST_CERT_VALIDITY_S;
 /// A certificate is valid from this long before it is signed: clocks of
 /// hosts differ.
 const BACKDATE_S: i64 = 3_600;
@@ -168,8 +170,8 @@ pub fn csr(key_pem: &str, host: &str) -> Result<String> {
 }
 
 /// Sign a host certificate for `host` with `role` in `cluster_id`, for the
-/// public key of `csr_pem` (its signature is checked), valid for
-/// `HOST_CERT_VALID_DAYS`.
+/// public key of `csr_pem` (its signature is checked), valid for `valid_s`
+/// (the cluster's `host_cert_validity_s`).
 pub fn sign_host(
     ca: &CaMaterial,
     csr_pem: &str,
@@ -177,6 +179,7 @@ pub fn sign_host(
     host: &str,
     role: Role,
     ips: &[IpAddr],
+    valid_s: u64,
 ) -> Result<String> {
     let uri = uri_of(cluster_id, role, host);
     let sans = ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip));
@@ -184,7 +187,7 @@ pub fn sign_host(
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let valid = time::Duration::days(HOST_CERT_VALID_DAYS);
+    let valid = time::Duration::seconds(i64::try_from(valid_s).unwrap_or(i64::MAX / 2));
     sign(ca, csr_pem, host, &uri, sans, &eku, valid)
         .with_context(|| format!("signing the certificate of host {host:?}"))
 }
@@ -389,6 +392,19 @@ pub fn not_after_unix(pem: &str) -> Result<i64> {
     Ok(cert.validity().not_after.timestamp())
 }
 
+/// When a certificate was issued and when it expires (unix seconds). It is
+/// valid from `BACKDATE_S` before it was issued (clocks differ).
+pub fn lifetime_unix(pem: &str) -> Result<(i64, i64)> {
+    let der = &certs_of(pem)?[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow!("cannot read the certificate: {e}"))?;
+    let v = cert.validity();
+    Ok((
+        v.not_before.timestamp() + BACKDATE_S,
+        v.not_after.timestamp(),
+    ))
+}
+
 /// A host's live TLS material.
 pub struct Tls {
     pub cluster_id: String,
@@ -540,15 +556,30 @@ impl Tls {
 
     /// Is the host certificate due for renewal (a third of its validity
     /// left, or signed by a CA no longer first in the bundle)?
-    pub fn renew_due(&self, now_unix: i64) -> bool {
+    pub fn renew_due(&self, now_unix: i64, policy_s: u64) -> bool {
         let l = self.read();
-        let Ok(not_after) = not_after_unix(&l.cert_pem) else {
+        let Ok((issued, not_after)) = lifetime_unix(&l.cert_pem) else {
             return true;
         };
-        let third = HOST_CERT_VALID_DAYS * 86_400 / 3;
+        let lifetime = (not_after - issued).max(1);
+        let policy = i64::try_from(policy_s).unwrap_or(i64::MAX / 2);
+        // Signed under a longer lifetime than the cluster's now: renewed
+        // at once, so a shortened setting takes effect everywhere.
+        let outlives = lifetime > policy.saturating_add((policy / 10).max(60));
         let signer = issuer_sha256(&l.cert_pem, &l.bundle_pem);
         let current = ca_sha256_hex(&l.bundle_pem).ok();
-        not_after - now_unix < third || signer != current
+        not_after - now_unix < lifetime / 3 || signer != current || outlives
+    }
+
+    /// How often to check `renew_due`: a thirtieth of the certificate's
+    /// lifetime, between a second and an hour.
+    pub fn renew_check_s(&self) -> u64 {
+        let l = self.read();
+        lifetime_unix(&l.cert_pem)
+            .map_or(1, |(issued, not_after)| {
+                u64::try_from((not_after - issued) / 30).unwrap_or(1)
+            })
+            .clamp(1, 3_600)
     }
 
     /// The server side: this host's certificate, client certificates
@@ -838,6 +869,7 @@ mod tests {
             host,
             role,
             &["10.0.0.1".parse().unwrap()],
+            HOST_CERT_VALID_S,
         )
         .unwrap();
         (cert, key)
@@ -886,7 +918,7 @@ mod tests {
     #[test]
     fn a_bad_csr_is_refused_with_a_reason() {
         let ca = new_ca("c1").unwrap();
-        let e = sign_host(&ca, "not a csr", "c1", "h1", Role::Manager, &[]).unwrap_err();
+        let e = sign_host(&ca, "not a csr", "c1", "h1", Role::Manager, &[], 60).unwrap_err();
         assert!(
             format!("{e:#}").contains("certificate signing request"),
             "{e:#}"
@@ -925,8 +957,30 @@ mod tests {
         let (cert, key) = host_material(&ca, "c1", "h1", Role::Manager);
         let tls = Tls::new("c1", &ca.cert_pem, &cert, &key).unwrap();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        assert!(!tls.renew_due(now));
-        assert!(tls.renew_due(now + HOST_CERT_VALID_DAYS * 86_400 * 2 / 3 + 86_400));
+        let p = HOST_CERT_VALID_S;
+        assert!(!tls.renew_due(now, p));
+        assert!(!tls.renew_due(now + HOST_CERT_VALID_DAYS * 86_400 * 2 / 3 - 86_400, p));
+        assert!(tls.renew_due(now + HOST_CERT_VALID_DAYS * 86_400 * 2 / 3 + 86_400, p));
+        assert_eq!(tls.renew_check_s(), 3_600);
+        // The cluster shortened the lifetime: renewed at once.
+        assert!(tls.renew_due(now, 86_400));
+        assert!(!tls.renew_due(now, p * 2), "a longer setting waits");
+        // A one-minute certificate: due after 40 s, checked every 2 s.
+        let key = new_host_key().unwrap();
+        let short = sign_host(
+            &ca,
+            &csr(&key, "h1").unwrap(),
+            "c1",
+            "h1",
+            Role::Manager,
+            &[],
+            60,
+        )
+        .unwrap();
+        let tls = Tls::new("c1", &ca.cert_pem, &short, &key).unwrap();
+        assert!(!tls.renew_due(now + 35, 60));
+        assert!(tls.renew_due(now + 45, 60));
+        assert_eq!(tls.renew_check_s(), 2);
     }
 
     #[test]
@@ -967,6 +1021,7 @@ mod rotation_tests {
             "h1",
             Role::Worker,
             &[],
+            HOST_CERT_VALID_S,
         )
         .unwrap();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -978,7 +1033,7 @@ mod rotation_tests {
             &key,
         )
         .unwrap();
-        assert!(!tls.renew_due(now));
+        assert!(!tls.renew_due(now, HOST_CERT_VALID_S));
         let r = tls.report();
         assert_eq!(r.cert_ca_sha256, ca_sha256_hex(&old.cert_pem).unwrap());
         // Switch: the new one signs; the old certificate still verifies,
@@ -988,7 +1043,7 @@ mod rotation_tests {
             std::slice::from_ref(&old.cert_pem),
         ))
         .unwrap();
-        assert!(tls.renew_due(now));
+        assert!(tls.renew_due(now, HOST_CERT_VALID_S));
         assert_ne!(tls.report().bundle_sha256, r.bundle_sha256);
         assert_eq!(issuer_sha256(&cert, &new.cert_pem), None);
     }

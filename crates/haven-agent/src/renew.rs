@@ -1,7 +1,9 @@
 //! Certificate renewal: a host asks the coordinator for a new certificate
-//! once a third of its current one's validity is left (`Tls::renew_due`),
-//! with a new key (the old one is not reused), and switches to it in place:
-//! open connections keep the old one, new ones use the new one.
+//! once a third of its current one's lifetime is left, or at once when the
+//! cluster's `host_cert_validity_s` is shorter than that lifetime
+//! (`Tls::renew_due`), with a new key (the old one is not reused), and
+//! switches to it in place: open connections keep the old one, new ones
+//! use the new one.
 
 use crate::api::{RenewRequest, RenewResponse};
 use crate::node::Node;
@@ -10,29 +12,43 @@ use anyhow::{anyhow, Result};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often the agent checks whether its certificate is due.
-pub const CHECK_INTERVAL_S: u64 = 3_600;
-/// After a failed attempt, try again this much later.
+/// After a failed attempt, try again this much later at most (sooner for
+/// a short-lived certificate: a tenth of its check interval's lifetime).
 pub const RETRY_S: u64 = 60;
 
 pub async fn run(node: Arc<Node>) {
     loop {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let wait = if node.tls.renew_due(now) {
+        let check_s = node.tls.renew_check_s();
+        let policy_s = node.settings().host_cert_validity_s;
+        let wait = if node.tls.renew_due(now, policy_s) {
             match renew(&node).await {
-                Ok(()) => CHECK_INTERVAL_S,
+                Ok(()) => node.tls.renew_check_s(),
                 Err(e) => {
+                    let retry = RETRY_S.min(check_s * 3).max(1);
                     tracing::warn!(
-                        "renewing this host's certificate: {e:#}; retrying in {RETRY_S} s"
+                        "renewing this host's certificate: {e:#}; retrying in {retry} s"
                     );
-                    RETRY_S
+                    retry
                 }
             }
         } else {
-            CHECK_INTERVAL_S
+            check_s
         };
-        tokio::time::sleep(Duration::from_secs(wait)).await;
+        // A changed lifetime setting wakes it early (`policy_changed`).
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            _ = WAKE.notified() => {}
+        }
     }
+}
+
+static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The cluster's `host_cert_validity_s` changed: check the certificate now
+/// (a shortened lifetime is adopted at once).
+pub fn policy_changed() {
+    WAKE.notify_one();
 }
 
 /// Ask the coordinator for a new certificate now, store it and use it.
@@ -102,10 +118,10 @@ pub fn take_bundle(node: &Arc<Node>, bundle_pem: &str) {
                 cred.ca_pem = bundle.clone();
                 tokio::task::spawn_blocking(move || cred.save(&admin)).await??;
             }
-            if node
-                .tls
-                .renew_due(time::OffsetDateTime::now_utc().unix_timestamp())
-            {
+            if node.tls.renew_due(
+                time::OffsetDateTime::now_utc().unix_timestamp(),
+                node.settings().host_cert_validity_s,
+            ) {
                 renew(&node).await?;
             }
             anyhow::Ok(())

@@ -374,7 +374,16 @@ mod tests {
     ) -> Arc<Tls> {
         let key = crate::pki::new_host_key().unwrap();
         let csr = crate::pki::csr(&key, host).unwrap();
-        let cert = crate::pki::sign_host(ca, &csr, "c1", host, role, &[]).unwrap();
+        let cert = crate::pki::sign_host(
+            ca,
+            &csr,
+            "c1",
+            host,
+            role,
+            &[],
+            crate::pki::HOST_CERT_VALID_S,
+        )
+        .unwrap();
         Arc::new(Tls::new("c1", &ca.cert_pem, &cert, &key).unwrap())
     }
 

@@ -442,6 +442,7 @@ async fn join(
         &req.name,
         req.role,
         &crate::node::ips_of(&req.address),
+        host_cert_validity_s(&node),
     ) {
         Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("csr_pem: {e:#}")),
@@ -525,6 +526,15 @@ async fn join(
 
 /// The cluster CA as signing material: the first certificate of the bundle
 /// and the key.
+/// The lifetime of the host certificates this coordinator signs.
+fn host_cert_validity_s(node: &Node) -> u64 {
+    node.consensus
+        .as_ref()
+        .map_or(crate::pki::HOST_CERT_VALID_S, |c| {
+            c.read(|s| s.settings.host_cert_validity_s)
+        })
+}
+
 pub(crate) fn signing_ca(node: &Node) -> Result<(crate::pki::CaMaterial, String), Reply> {
     let c = node.consensus.as_ref().ok_or_else(|| not_leader(node))?;
     let Some(ca) = c.read(|s| s.ca.clone()) else {
@@ -586,6 +596,7 @@ async fn renew(
         &host.name,
         host.role,
         &crate::node::ips_of(&host.address),
+        host_cert_validity_s(&node),
     ) {
         Ok(cert_pem) => Json(RenewResponse {
             cert_pem,

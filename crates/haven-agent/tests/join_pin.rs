@@ -22,6 +22,7 @@ async fn impostor(ca: &pki::CaMaterial) -> (String, Arc<Mutex<Vec<String>>>, wat
         "h1",
         Role::Manager,
         &[],
+        pki::HOST_CERT_VALID_S,
     )
     .unwrap();
     let tls = Arc::new(Tls::new("c1", &ca.cert_pem, &cert, &key).unwrap());

@@ -187,6 +187,11 @@ pub struct ClusterSettings {
     /// so an upgrade changes nothing (README: least privilege).
     #[serde(default = "default_allow_root_workloads")]
     pub allow_root_workloads: bool,
+    /// Lifetime of the host certificates the coordinator signs, in
+    /// seconds. A host renews its certificate once a third of its lifetime
+    /// is left, and at once when it outlives this setting.
+    #[serde(default = "default_host_cert_validity_s")]
+    pub host_cert_validity_s: u64,
 }
 
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
@@ -202,6 +207,12 @@ fn default_restart_grace_ms() -> u64 {
 }
 
 pub const DEFAULT_ALLOW_ROOT_WORKLOADS: bool = true;
+/// 90 days.
+pub const DEFAULT_HOST_CERT_VALIDITY_S: u64 = 90 * 86_400;
+
+fn default_host_cert_validity_s() -> u64 {
+    DEFAULT_HOST_CERT_VALIDITY_S
+}
 
 fn default_allow_root_workloads() -> bool {
     DEFAULT_ALLOW_ROOT_WORKLOADS
@@ -217,6 +228,7 @@ impl Default for ClusterSettings {
             fence_after_ms: DEFAULT_FENCE_AFTER_MS,
             restart_grace_ms: DEFAULT_RESTART_GRACE_MS,
             allow_root_workloads: DEFAULT_ALLOW_ROOT_WORKLOADS,
+            host_cert_validity_s: DEFAULT_HOST_CERT_VALIDITY_S,
         }
     }
 }

@@ -14,6 +14,9 @@ pub const MARGIN_MS_MIN: u64 = 50;
 pub const FENCE_AFTER_MS_MAX: u64 = 600_000;
 pub const SHUTDOWN_TIMEOUT_MS_MAX: u64 = 600_000;
 pub const RESTART_GRACE_MS_MAX: u64 = 3_600_000;
+/// Bounds of `host_cert_validity_s`: a minute (a host renews every 40 s:
+/// for tests and labs) to ten years.
+pub const HOST_CERT_VALIDITY_S_RANGE: (u64, u64) = (60, 3_650 * 86_400);
 
 /// The settable keys, with what each means (for `haven settings`).
 pub const KEYS: &[(&str, &str)] = &[
@@ -54,6 +57,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "true | false: whether a spec without `user` may run as root (false: every spec names its user, user = \"root\" included)",
     ),
     (
+        "host_cert_validity_s",
+        "lifetime of host certificates in seconds (default 90 days); hosts renew with a third left. A host whose certificate expires while no coordinator answers must join again: keep it long in production",
+    ),
+    (
         "datastore",
         "the shared datastore path (fixed at bootstrap)",
     ),
@@ -77,6 +84,7 @@ fn value_of(s: &ClusterSettings, key: &str) -> Option<String> {
         "isolation_response" => s.isolation_response.as_str().to_string(),
         "shutdown_timeout_ms" => s.shutdown_timeout_ms.to_string(),
         "allow_root_workloads" => s.allow_root_workloads.to_string(),
+        "host_cert_validity_s" => s.host_cert_validity_s.to_string(),
         "datastore" => s.datastore.clone().unwrap_or_else(|| "none".into()),
         _ => return None,
     })
@@ -102,6 +110,11 @@ pub fn set(settings: &ClusterSettings, key: &str, value: &str) -> Result<Cluster
         "isolation_response" => {
             s.isolation_response = IsolationResponse::parse(value.trim()).ok_or_else(|| {
                 format!("isolation_response={value:?}: expected power-off, shutdown or leave-running")
+            })?
+        }
+        "host_cert_validity_s" => {
+            s.host_cert_validity_s = value.trim().parse::<u64>().map_err(|_| {
+                format!("{key}={value:?}: not a whole number of seconds, e.g. {key}=7776000 (90 days)")
             })?
         }
         "allow_root_workloads" => {
@@ -178,6 +191,13 @@ pub fn validate(s: &ClusterSettings) -> Result<(), Vec<String>> {
         out.push(format!(
             "restart_grace_ms={}: at most {RESTART_GRACE_MS_MAX} (0 turns the grace off)",
             s.restart_grace_ms
+        ));
+    }
+    let (v_min, v_max) = HOST_CERT_VALIDITY_S_RANGE;
+    if !(v_min..=v_max).contains(&s.host_cert_validity_s) {
+        out.push(format!(
+            "host_cert_validity_s={}: must be {v_min}..={v_max} (a minute to ten years)",
+            s.host_cert_validity_s
         ));
     }
     if s.isolation_response == IsolationResponse::LeaveRunning && s.datastore.is_none() {
@@ -287,6 +307,19 @@ mod tests {
         assert!(e.iter().any(|m| m.starts_with("lease_ms=200")), "{e:?}");
         let s = set(&d, "isolation_response", "leave-running").unwrap();
         assert!(validate(&s).unwrap_err()[0].contains("datastore"));
+        for bad in ["59", "315360001"] {
+            let s = set(&d, "host_cert_validity_s", bad).unwrap();
+            let e = validate(&s).unwrap_err();
+            assert!(
+                e[0].starts_with("host_cert_validity_s=") && e[0].contains("ten years"),
+                "{e:?}"
+            );
+        }
+        assert!(set(&d, "host_cert_validity_s", "90d")
+            .unwrap_err()
+            .contains("seconds"));
+        let s = set(&d, "host_cert_validity_s", "60").unwrap();
+        assert_eq!(validate(&s), Ok(()));
     }
 
     #[test]

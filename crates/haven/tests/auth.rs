@@ -347,6 +347,62 @@ fn an_operator_can_use_a_client_certificate_instead_of_a_token() {
     let (ok, _, _) = haven(Some(&forged_file), &dir, &["status"]);
     assert!(!ok, "another CA's certificate was accepted");
 
+    // Bad requests to the certificate routes are refused with the field
+    // named, and change nothing.
+    let (status, body) = http(
+        reqwest::Method::POST,
+        &server,
+        "/v1/ca/rotate",
+        Some(&admin),
+        r#"{"step":"sideways"}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("step") && body.contains("start, switch, finish"),
+        "{body}"
+    );
+    let tls = std::sync::Arc::new(
+        haven_agent::pki::Tls::load(&c.host("h1").data_dir, &cluster_id)
+            .unwrap()
+            .unwrap(),
+    );
+    let before = tls.cert_pem();
+    let host = haven_agent::rpc::host_client(Some(10_000), &tls).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = rt.block_on(async {
+        let r = host
+            .post(format!("https://{server}/v1/renew"))
+            .json(&serde_json::json!({"csr_pem": "not a csr"}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("csr_pem"), "{body}");
+    let (status, body) = http(
+        reqwest::Method::POST,
+        &server,
+        "/v1/renew",
+        Some(&admin),
+        r#"{"csr_pem":"x"}"#,
+    );
+    assert_eq!(
+        status, 403,
+        "a token cannot renew a host certificate: {body}"
+    );
+    let after = haven_agent::pki::Tls::load(&c.host("h1").data_dir, &cluster_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        after.cert_pem(),
+        before,
+        "the host's certificate is untouched"
+    );
+
     // Revoked: refused from then on.
     c.cli(&server, &["token", "revoke", "alice"]).unwrap();
     let (ok, _, err) = haven(Some(&alice), &dir, &["status"]);
