@@ -7,7 +7,7 @@
 //! the median (and the fastest and slowest) of `--runs` runs per case.
 //!   cargo run --release -p haven-core --example scale [-- --runs N]
 
-use haven_core::coordinator::{self, HostReport, TickInput};
+use haven_core::coordinator::{self, HostReport, PlacementMemo, TickInput};
 use haven_core::liveness::{HostObservation, Timing};
 use haven_core::model::{
     Capacity, Generation, HostRecord, Priority, RestartPolicy, Role, WorkloadKind, WorkloadSpec,
@@ -88,7 +88,16 @@ impl View {
     }
 
     fn tick(&self, s: &ClusterState) -> Vec<Command> {
-        coordinator::tick(&TickInput {
+        coordinator::tick(&self.input(s))
+    }
+
+    /// A tick of a coordinator that remembers its last one.
+    fn tick_remembering(&self, s: &ClusterState, memo: &mut PlacementMemo) -> Vec<Command> {
+        coordinator::tick_remembering(&self.input(s), memo)
+    }
+
+    fn input<'a>(&'a self, s: &'a ClusterState) -> TickInput<'a> {
+        TickInput {
             state: s,
             hosts: &self.hosts,
             timing: &self.timing,
@@ -96,7 +105,7 @@ impl View {
             failed: &[],
             reports: &self.reports,
             at_ms: 1_000,
-        })
+        }
     }
 }
 
@@ -154,7 +163,7 @@ impl Figures {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let n = self.samples.len();
         println!(
-            "{:<58} median {:>10.3} ms   (min {:.3}, max {:.3}, {n} runs)",
+            "{:<62} median {:>10.3} ms   (min {:.3}, max {:.3}, {n} runs)",
             self.name,
             ms(self.samples[n / 2]),
             ms(self.samples[0]),
@@ -212,6 +221,37 @@ fn failover(base: &ClusterState, failing: usize, runs: usize) {
     .print();
 }
 
+/// A steady tick (nothing to decide), from scratch and remembering the
+/// last one.
+fn steady(s: &ClusterState, view: &View, what: &str, runs: usize) {
+    let samples = (0..runs)
+        .map(|_| {
+            let (t, cmds) = time(|| view.tick(s));
+            assert!(cmds.is_empty(), "steady: nothing to decide");
+            t
+        })
+        .collect();
+    Figures {
+        name: format!("steady tick, {what}"),
+        samples,
+    }
+    .print();
+    let mut memo = PlacementMemo::default();
+    assert!(view.tick_remembering(s, &mut memo).is_empty());
+    let samples = (0..runs.max(101))
+        .map(|_| {
+            let (t, cmds) = time(|| view.tick_remembering(s, &mut memo));
+            assert!(cmds.is_empty(), "steady: nothing to decide");
+            t
+        })
+        .collect();
+    Figures {
+        name: format!("steady tick remembering the last, {what}"),
+        samples,
+    }
+    .print();
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut runs = 7;
@@ -242,18 +282,12 @@ fn main() {
     );
     assert!(s.workloads.values().all(|w| w.assignment.is_some()));
 
-    let samples = (0..runs)
-        .map(|_| {
-            let (t, cmds) = time(|| view.tick(&s));
-            assert!(cmds.is_empty(), "steady: nothing to decide");
-            t
-        })
-        .collect();
-    Figures {
-        name: format!("steady tick, {HOSTS} hosts / {WORKLOADS} placed"),
-        samples,
-    }
-    .print();
+    steady(
+        &s,
+        &view,
+        &format!("{HOSTS} hosts / {WORKLOADS} placed"),
+        runs,
+    );
 
     let samples = (0..runs.max(101))
         .map(|_| time(|| s.assigned_to("h0500").count()).0)
@@ -286,16 +320,5 @@ fn main() {
         .values()
         .filter(|w| w.assignment.is_none())
         .count();
-    let samples = (0..runs)
-        .map(|_| {
-            let (t, cmds) = time(|| view.tick(&s));
-            assert!(cmds.is_empty(), "steady: nothing to decide");
-            t
-        })
-        .collect();
-    Figures {
-        name: format!("steady tick, 3 hosts / {pending} pending"),
-        samples,
-    }
-    .print();
+    steady(&s, &view, &format!("3 hosts / {pending} pending"), runs);
 }
