@@ -8,9 +8,9 @@
 //! simulator runs the same function.
 
 use crate::liveness::{HostObservation, HostState, Timing};
-use crate::model::{Generation, IsolationResponse, Observed, Priority};
+use crate::model::{Capacity, Generation, IsolationResponse, Observed, Priority};
 use crate::placement::{self, HostView, Unplaced};
-use crate::state::{ClusterState, Command};
+use crate::state::{ClusterState, Command, WorkloadRecord};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// At most this many placements go into one `Command::Place`.
@@ -160,7 +160,37 @@ fn confirm_stops(input: &TickInput<'_>, cmds: &mut Vec<Command>) -> BTreeSet<Str
     confirmed
 }
 
+/// What the last tick concluded about placement, and what that depended
+/// on: when a tick found nothing to place and no pending reason to change,
+/// the next one with the same placement problem (the state's
+/// `placement_stamp`, the same hosts eligible and the same view settled,
+/// nothing freed or confirmed stopped) decides the same, and skips the
+/// work. A coordinator keeps one for its term of office; a new one starts
+/// empty and is never wrong, only slower.
+#[derive(Clone, Debug, Default)]
+pub struct PlacementMemo {
+    nothing_to_do: Option<PlacementKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PlacementKey {
+    stamp: crate::assignments::PlacementStamp,
+    /// Per host of the state, in name order: eligible to take workloads.
+    eligible: Vec<bool>,
+    view_settled: bool,
+}
+
+/// One tick with nothing remembered from the last: `tick_remembering` with
+/// a fresh memo.
 pub fn tick(input: &TickInput<'_>) -> Vec<Command> {
+    tick_remembering(input, &mut PlacementMemo::default())
+}
+
+/// The coordinator's decisions for one tick. Costs what changed: the
+/// hosts that are not online and their workloads, the workloads without a
+/// host, and every host's view (O(hosts)); the unplaced workloads only
+/// when the placement problem changed since `memo` was last updated.
+pub fn tick_remembering(input: &TickInput<'_>, memo: &mut PlacementMemo) -> Vec<Command> {
     let state = input.state;
     let obs = |h: &str| input.hosts.get(h).copied().unwrap_or_default();
     let mut cmds = vec![];
@@ -170,7 +200,6 @@ pub fn tick(input: &TickInput<'_>) -> Vec<Command> {
 
     // 1. Instances their host reports failed are stopped there, then
     // move elsewhere (through `stopping`, like every move).
-    let mut freed: BTreeSet<&str> = BTreeSet::new();
     for (name, generation, why) in input.failed {
         if let Some(w) = state.workloads.get(name) {
             if w.generation == *generation && w.assignment.is_some() {
@@ -184,89 +213,19 @@ pub fn tick(input: &TickInput<'_>) -> Vec<Command> {
         }
     }
 
-    // 2. Workloads of hosts that are gone, once the rules allow.
-    let mut unassign: BTreeMap<(String, String), Vec<(String, Generation)>> = BTreeMap::new();
-    for w in state.workloads.values() {
-        let Some(a) = &w.assignment else { continue };
-        if freed.contains(w.spec.name.as_str()) {
-            continue;
-        }
-        let h = obs(&a.host);
-        // (A fenced host's state is `Fenced`, never `Suspect`.)
-        if matches!(
-            h.state(input.timing),
-            HostState::Online | HostState::Suspect
-        ) {
-            continue;
-        }
-        let isolation = state.isolation_response(&w.spec);
-        if let Some(why) = may_reassign(
-            input,
-            &h,
-            &w.spec.name,
-            w.generation,
-            isolation,
-            w.spec.priority,
-        ) {
-            unassign
-                .entry((a.host.clone(), why))
-                .or_default()
-                .push((w.spec.name.clone(), w.generation));
-        }
-    }
-    for ((host, why), workloads) in unassign {
-        for (n, _) in &workloads {
-            if let Some(w) = state.workloads.get(n) {
-                freed.insert(w.spec.name.as_str());
-            }
-        }
-        cmds.push(Command::Unassign {
-            workloads,
-            reason: format!(
-                "host {host} is {}: {why}",
-                obs(&host).state(input.timing).as_str()
-            ),
-            at_ms: input.at_ms,
-        });
-    }
+    // 2. Workloads of hosts that are gone, once the rules allow: only the
+    // hosts not online are looked into.
+    let freed = unassign_from_gone_hosts(input, &mut cmds);
 
     // 3. Place everything without a host on online hosts heard from.
-    let views: Vec<HostView> = state
+    let eligible: Vec<bool> = state
         .hosts
-        .values()
+        .keys()
         .map(|h| {
-            let o = obs(&h.name);
-            HostView {
-                name: h.name.clone(),
-                capacity: h.capacity,
-                allocated: state.allocated_excluding(&h.name, &freed),
-                eligible: o.heard && o.state(input.timing) == HostState::Online,
-            }
+            let o = obs(h);
+            o.heard && o.state(input.timing) == HostState::Online
         })
         .collect();
-    let unplaced: Vec<Unplaced> = state
-        .workloads
-        .values()
-        .filter(|w| w.assignment.is_none() || freed.contains(w.spec.name.as_str()))
-        .filter(|w| !state.stopping.contains_key(&w.spec.name) || confirmed.contains(&w.spec.name))
-        .map(|w| Unplaced {
-            spec: &w.spec,
-            generation: w.generation,
-            avoid: &w.failed_hosts,
-        })
-        .collect();
-    if unplaced.is_empty() {
-        return cmds;
-    }
-    let plan = placement::plan(&views, &unplaced);
-    // In priority order, a bounded number per command (one Raft entry
-    // holds a bounded number of bytes: `state::BATCH_BYTES_MAX`).
-    for placements in plan.placements.chunks(PLACEMENTS_PER_COMMAND_MAX) {
-        cmds.push(Command::Place {
-            placements: placements.to_vec(),
-            at_ms: input.at_ms,
-        });
-    }
     // Pending reasons are stable (`placement::Unplaceable`): one is
     // committed only when it differs from the workload's current one. A
     // coordinator that has not yet heard from every host (it just took
@@ -282,8 +241,146 @@ pub fn tick(input: &TickInput<'_>) -> Vec<Command> {
                 HostState::Online | HostState::Suspect
             )
     });
-    if !view_settled {
+    let key = (freed.is_empty() && confirmed.is_empty()).then(|| PlacementKey {
+        stamp: state.placement_stamp(),
+        eligible: eligible.clone(),
+        view_settled,
+    });
+    if key.is_some() && memo.nothing_to_do == key {
         return cmds;
+    }
+    let decided = cmds.len();
+    place(
+        input,
+        &eligible,
+        view_settled,
+        &freed,
+        &confirmed,
+        &mut cmds,
+    );
+    memo.nothing_to_do = key.filter(|_| cmds.len() == decided);
+    cmds
+}
+
+/// Step 2 of a tick: the workloads of hosts neither online nor suspect
+/// that the rules allow to move, one `Unassign` per host and reason.
+/// Returns their names.
+fn unassign_from_gone_hosts<'a>(
+    input: &TickInput<'a>,
+    cmds: &mut Vec<Command>,
+) -> BTreeSet<&'a str> {
+    let state = input.state;
+    let obs = |h: &str| input.hosts.get(h).copied().unwrap_or_default();
+    let mut unassign: BTreeMap<(String, String), Vec<(String, Generation)>> = BTreeMap::new();
+    for host in state.assignments().hosts() {
+        let h = obs(host);
+        // (A fenced host's state is `Fenced`, never `Suspect`.)
+        if matches!(
+            h.state(input.timing),
+            HostState::Online | HostState::Suspect
+        ) {
+            continue;
+        }
+        for (w, _) in state.assigned_to(host) {
+            let isolation = state.isolation_response(&w.spec);
+            if let Some(why) = may_reassign(
+                input,
+                &h,
+                &w.spec.name,
+                w.generation,
+                isolation,
+                w.spec.priority,
+            ) {
+                unassign
+                    .entry((host.to_owned(), why))
+                    .or_default()
+                    .push((w.spec.name.clone(), w.generation));
+            }
+        }
+    }
+    let mut freed = BTreeSet::new();
+    for ((host, why), workloads) in unassign {
+        for (n, _) in &workloads {
+            if let Some((name, _)) = state.workloads.get_key_value(n) {
+                freed.insert(name.as_str());
+            }
+        }
+        cmds.push(Command::Unassign {
+            workloads,
+            reason: format!(
+                "host {host} is {}: {why}",
+                obs(&host).state(input.timing).as_str()
+            ),
+            at_ms: input.at_ms,
+        });
+    }
+    freed
+}
+
+/// Step 3 of a tick: place what has no host (and what step 2 freed); a
+/// settled view also commits the pending reasons that changed.
+fn place(
+    input: &TickInput<'_>,
+    eligible: &[bool],
+    view_settled: bool,
+    freed: &BTreeSet<&str>,
+    confirmed: &BTreeSet<String>,
+    cmds: &mut Vec<Command>,
+) {
+    let state = input.state;
+    let freed: Vec<&WorkloadRecord> = freed
+        .iter()
+        .filter_map(|n| state.workloads.get(*n))
+        .collect();
+    let may_place = |w: &&WorkloadRecord| {
+        !state.stopping.contains_key(&w.spec.name) || confirmed.contains(&w.spec.name)
+    };
+    let unplaced: Vec<Unplaced> = state
+        .unassigned()
+        .chain(freed.iter().copied())
+        .filter(may_place)
+        .map(|w| Unplaced {
+            spec: &w.spec,
+            generation: w.generation,
+            avoid: &w.failed_hosts,
+        })
+        .collect();
+    if unplaced.is_empty() {
+        return;
+    }
+    // Each host's allocation, less what step 2 freed there: O(hosts +
+    // freed), not a scan of each host's workloads.
+    let mut leaving: BTreeMap<&str, Capacity> = BTreeMap::new();
+    for w in &freed {
+        if let Some(a) = &w.assignment {
+            let l = leaving.entry(a.host.as_str()).or_default();
+            *l = l.add(&w.spec.demand());
+        }
+    }
+    let views: Vec<HostView> = state
+        .hosts
+        .values()
+        .zip(eligible)
+        .map(|(h, eligible)| HostView {
+            name: h.name.clone(),
+            capacity: h.capacity,
+            allocated: state
+                .allocated(&h.name)
+                .saturating_sub(&leaving.get(h.name.as_str()).copied().unwrap_or_default()),
+            eligible: *eligible,
+        })
+        .collect();
+    let plan = placement::plan(&views, &unplaced);
+    // In priority order, a bounded number per command (one Raft entry
+    // holds a bounded number of bytes: `state::BATCH_BYTES_MAX`).
+    for placements in plan.placements.chunks(PLACEMENTS_PER_COMMAND_MAX) {
+        cmds.push(Command::Place {
+            placements: placements.to_vec(),
+            at_ms: input.at_ms,
+        });
+    }
+    if !view_settled {
+        return;
     }
     for (workload, why) in plan.pending {
         let reason = why.to_string();
@@ -299,7 +396,6 @@ pub fn tick(input: &TickInput<'_>) -> Vec<Command> {
             });
         }
     }
-    cmds
 }
 
 #[cfg(test)]
@@ -864,6 +960,179 @@ mod tests {
             .all(|e| e.encoded_len() <= crate::state::BATCH_BYTES_MAX));
         w.run();
         assert!(w.s.workloads.values().all(|x| x.assignment.is_some()));
+    }
+
+    #[test]
+    fn a_remembered_tick_skips_only_what_did_not_change() {
+        let mut w = crowded(3_000);
+        let mut memo = PlacementMemo::default();
+        let tick = |w: &World, memo: &mut PlacementMemo| {
+            tick_remembering(
+                &TickInput {
+                    state: &w.s,
+                    hosts: &w.hosts,
+                    timing: &w.timing,
+                    fresh_locks: &w.locks,
+                    failed: &w.failed,
+                    reports: &w.reports,
+                    at_ms: 1,
+                },
+                memo,
+            )
+        };
+        assert!(tick(&w, &mut memo).is_empty());
+        let remembered = memo
+            .nothing_to_do
+            .clone()
+            .expect("nothing to do, remembered");
+        // An event about a workload changes nothing placement reads.
+        w.s.apply(&Command::RecordWorkloadEvent {
+            workload: "a".into(),
+            message: "a started on h1".into(),
+            at_ms: 2,
+        });
+        assert!(tick(&w, &mut memo).is_empty());
+        assert_eq!(memo.nothing_to_do.as_ref(), Some(&remembered));
+        // A host that goes away changes the problem: decided afresh.
+        w.hosts.insert("h2".into(), silent(800));
+        assert!(tick(&w, &mut memo).is_empty());
+        assert_ne!(memo.nothing_to_do.as_ref(), Some(&remembered));
+        w.hosts.insert("h2".into(), online());
+        // So does a new workload, which is placed.
+        apply(&mut w, vec![spec("c", Priority::High)]);
+        let cmds = tick(&w, &mut memo);
+        assert!(matches!(&cmds[..], [Command::Place { .. }]), "{cmds:?}");
+        assert_eq!(memo.nothing_to_do, None, "a tick that decided something");
+    }
+
+    /// One thing that happens to a small cluster between two ticks.
+    #[derive(Clone, Debug)]
+    enum Happening {
+        Observe(usize, u8),
+        Resize(usize, u64),
+        Delete(usize),
+        Reapply(usize),
+        FailedThere(usize),
+        Report(usize),
+        Grace(usize),
+        WorkloadEvent(usize),
+        /// A tick whose commands are committed (`true`), or lost.
+        Tick(bool),
+    }
+
+    fn arb_happening() -> impl proptest::strategy::Strategy<Value = Happening> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0usize..3, 0u8..5).prop_map(|(h, o)| Happening::Observe(h, o)),
+            (0usize..6, 1u64..5).prop_map(|(w, m)| Happening::Resize(w, m * 1024)),
+            (0usize..6).prop_map(Happening::Delete),
+            (0usize..6).prop_map(Happening::Reapply),
+            (0usize..6).prop_map(Happening::FailedThere),
+            (0usize..3).prop_map(Happening::Report),
+            (0usize..3).prop_map(Happening::Grace),
+            (0usize..6).prop_map(Happening::WorkloadEvent),
+            any::<bool>().prop_map(Happening::Tick),
+            Just(Happening::Tick(true)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever happens between ticks, a coordinator that remembers
+        /// its last tick decides exactly what one deciding from scratch
+        /// does.
+        #[test]
+        fn remembering_never_changes_a_decision(
+            happenings in proptest::collection::vec(arb_happening(), 1..60),
+        ) {
+            const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
+            let names: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
+            let specs: Vec<WorkloadSpec> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| WorkloadSpec {
+                    memory_mib: 1024 * (i as u64 % 3 + 1),
+                    ..spec(n, Priority::ALL[i % 6].1)
+                })
+                .collect();
+            let mut w = World::new(specs.clone());
+            w.s.apply(&Command::RegisterHost { host: host("h3", 3), at_ms: 0 });
+            for h in HOSTS {
+                w.hosts.insert(h.into(), online());
+            }
+            let mut memo = PlacementMemo::default();
+            for happening in happenings {
+                let scratch = w.cmds();
+                let remembered = tick_remembering(
+                    &TickInput {
+                        state: &w.s,
+                        hosts: &w.hosts,
+                        timing: &w.timing,
+                        fresh_locks: &w.locks,
+                        failed: &w.failed,
+                        reports: &w.reports,
+                        at_ms: 1,
+                    },
+                    &mut memo,
+                );
+                proptest::prop_assert_eq!(&remembered, &scratch, "before {:?}", happening);
+                match happening {
+                    Happening::Observe(h, o) => {
+                        let seen = match o {
+                            0 => online(),
+                            1 => HostObservation { heard: false, ..online() },
+                            2 => silent(800),
+                            3 => silent(5_000),
+                            _ => HostObservation { fenced: true, ..silent(500) },
+                        };
+                        w.hosts.insert(HOSTS[h].into(), seen);
+                    }
+                    Happening::Resize(i, memory_mib) => {
+                        apply(&mut w, vec![WorkloadSpec { memory_mib, ..specs[i].clone() }]);
+                    }
+                    Happening::Delete(i) => {
+                        w.s.apply(&Command::DeleteWorkload { name: names[i].clone(), at_ms: 2 });
+                    }
+                    Happening::Reapply(i) => apply(&mut w, vec![specs[i].clone()]),
+                    Happening::FailedThere(i) => {
+                        if let Some(r) = w.s.workloads.get(&names[i]) {
+                            w.failed = vec![(names[i].clone(), r.generation, "exited".into())];
+                        }
+                    }
+                    Happening::Report(h) => {
+                        let running: Vec<(String, u64)> = w
+                            .s
+                            .assigned_to(HOSTS[h])
+                            .map(|(r, a)| (r.spec.name.clone(), a.generation.0))
+                            .collect();
+                        let running: Vec<(&str, u64)> =
+                            running.iter().map(|(n, g)| (n.as_str(), *g)).collect();
+                        w.report(HOSTS[h], &running);
+                    }
+                    Happening::Grace(h) => {
+                        w.s.apply(&Command::BeginRestartGrace {
+                            host: HOSTS[h].into(),
+                            boot: "b".into(),
+                            at_ms: 2,
+                        });
+                    }
+                    Happening::WorkloadEvent(i) => {
+                        w.s.apply(&Command::RecordWorkloadEvent {
+                            workload: names[i].clone(),
+                            message: "started".into(),
+                            at_ms: 2,
+                        });
+                    }
+                    Happening::Tick(commit) => {
+                        if commit {
+                            for c in scratch {
+                                w.s.apply(&c);
+                            }
+                        }
+                        w.failed.clear();
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! spec validation, placement, restart policy and failure detection. Time is a
 //! value passed in (`now_ms`); nothing here does I/O or depends on tokio.
 
+pub mod assignments;
 pub mod coordinator;
 pub mod liveness;
 pub mod logs;

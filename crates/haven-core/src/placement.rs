@@ -13,6 +13,8 @@
 
 use crate::model::{Capacity, Generation, WorkloadSpec};
 use crate::state::Placement;
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// A host as the placer sees it.
@@ -88,45 +90,64 @@ pub fn most_free(hosts: &[HostView]) -> Option<(&str, Capacity)> {
         .map(|(h, f)| (h.name.as_str(), f))
 }
 
+/// Eligible hosts best first: most free memory, then most free vcpus,
+/// then the first name (and, among equal names, the last given, as a
+/// `max_by` over the list would pick).
+type Rank<'a> = (Reverse<u64>, Reverse<u32>, &'a str, Reverse<usize>);
+
+fn rank<'a>(hosts: &'a [HostView], i: usize, free: &Capacity) -> Rank<'a> {
+    (
+        Reverse(free.memory_mib),
+        Reverse(free.vcpus),
+        hosts[i].name.as_str(),
+        Reverse(i),
+    )
+}
+
 pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
-    let mut free: Vec<(usize, Capacity)> = hosts
+    let mut free: Vec<Capacity> = hosts
         .iter()
-        .enumerate()
-        .filter(|(_, h)| h.eligible)
-        .map(|(i, h)| (i, h.capacity.saturating_sub(&h.allocated)))
+        .map(|h| h.capacity.saturating_sub(&h.allocated))
         .collect();
+    let online: Vec<usize> = (0..hosts.len()).filter(|i| hosts[*i].eligible).collect();
+    // Best first, so the host a workload goes to is the first that fits
+    // and is not avoided: usually the very first, and the search stops at
+    // the first host with less memory free than it needs.
+    let mut ranked: BTreeSet<Rank> = online.iter().map(|i| rank(hosts, *i, &free[*i])).collect();
     let mut order: Vec<&Unplaced> = unplaced.iter().collect();
     order.sort_by(|a, b| (a.spec.priority, &a.spec.name).cmp(&(b.spec.priority, &b.spec.name)));
     let mut out = Plan::default();
     for u in order {
         let demand = u.spec.demand();
-        let best = free
-            .iter_mut()
-            .filter(|(i, f)| f.fits(&demand) && !u.avoid.contains(&hosts[*i].name))
-            .max_by(|(ia, fa), (ib, fb)| {
-                (fa.memory_mib, fa.vcpus)
-                    .cmp(&(fb.memory_mib, fb.vcpus))
-                    // Reverse on name so that, among equals, the first name wins.
-                    .then_with(|| hosts[*ib].name.cmp(&hosts[*ia].name))
-            });
+        let best = ranked
+            .iter()
+            .take_while(|(Reverse(memory_mib), ..)| *memory_mib >= demand.memory_mib)
+            .find(|(_, Reverse(vcpus), name, _)| {
+                *vcpus >= demand.vcpus && !u.avoid.iter().any(|a| a == name)
+            })
+            .copied();
         match best {
-            Some((i, f)) => {
+            Some(key) => {
+                let i = (key.3).0;
+                let f = free[i];
                 let reason = format!(
                     "most free memory ({} MiB free of {} MiB, {} of {} vcpus free)",
-                    f.memory_mib, hosts[*i].capacity.memory_mib, f.vcpus, hosts[*i].capacity.vcpus
+                    f.memory_mib, hosts[i].capacity.memory_mib, f.vcpus, hosts[i].capacity.vcpus
                 );
-                *f = f.saturating_sub(&demand);
+                ranked.remove(&key);
+                free[i] = f.saturating_sub(&demand);
+                ranked.insert(rank(hosts, i, &free[i]));
                 out.placements.push(Placement {
                     workload: u.spec.name.clone(),
-                    host: hosts[*i].name.clone(),
+                    host: hosts[i].name.clone(),
                     expected_generation: u.generation,
                     reason,
                 });
             }
             None => {
-                let reason = if free.is_empty() {
+                let reason = if online.is_empty() {
                     Unplaceable::NoOnlineHost
-                } else if free.iter().all(|(i, _)| u.avoid.contains(&hosts[*i].name)) {
+                } else if online.iter().all(|i| u.avoid.contains(&hosts[*i].name)) {
                     Unplaceable::FailedOnEveryOnlineHost {
                         hosts: u.avoid.to_vec(),
                     }
@@ -298,7 +319,90 @@ mod tests {
         }
     }
 
+    /// The placer as it was before it kept hosts ranked: every workload
+    /// looks at every host. The ranked one must decide exactly the same.
+    fn plan_by_scan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
+        let mut free: Vec<(usize, Capacity)> = hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.eligible)
+            .map(|(i, h)| (i, h.capacity.saturating_sub(&h.allocated)))
+            .collect();
+        let mut order: Vec<&Unplaced> = unplaced.iter().collect();
+        order.sort_by(|a, b| (a.spec.priority, &a.spec.name).cmp(&(b.spec.priority, &b.spec.name)));
+        let mut out = Plan::default();
+        for u in order {
+            let demand = u.spec.demand();
+            let best = free
+                .iter_mut()
+                .filter(|(i, f)| f.fits(&demand) && !u.avoid.contains(&hosts[*i].name))
+                .max_by(|(ia, fa), (ib, fb)| {
+                    (fa.memory_mib, fa.vcpus)
+                        .cmp(&(fb.memory_mib, fb.vcpus))
+                        .then_with(|| hosts[*ib].name.cmp(&hosts[*ia].name))
+                });
+            match best {
+                Some((i, f)) => {
+                    let reason = format!(
+                        "most free memory ({} MiB free of {} MiB, {} of {} vcpus free)",
+                        f.memory_mib,
+                        hosts[*i].capacity.memory_mib,
+                        f.vcpus,
+                        hosts[*i].capacity.vcpus
+                    );
+                    *f = f.saturating_sub(&demand);
+                    out.placements.push(Placement {
+                        workload: u.spec.name.clone(),
+                        host: hosts[*i].name.clone(),
+                        expected_generation: u.generation,
+                        reason,
+                    });
+                }
+                None => {
+                    let reason = if free.is_empty() {
+                        Unplaceable::NoOnlineHost
+                    } else if free.iter().all(|(i, _)| u.avoid.contains(&hosts[*i].name)) {
+                        Unplaceable::FailedOnEveryOnlineHost {
+                            hosts: u.avoid.to_vec(),
+                        }
+                    } else {
+                        Unplaceable::NoRoom { demand }
+                    };
+                    out.pending.push((u.spec.name.clone(), reason));
+                }
+            }
+        }
+        out
+    }
+
+    prop_compose! {
+        /// Hosts with few distinct sizes (so ties are common, names
+        /// repeated now and then) and workloads that avoid some of them.
+        fn arb_tied_case()(
+            hosts in prop::collection::vec((0usize..6, 1u32..4, 1u64..4, 0u32..2, any::<bool>()), 0..10),
+            loads in prop::collection::vec((1u32..3, 1u64..3, arb_priority(), prop::collection::vec(0usize..6, 0..3)), 0..30),
+        ) -> (Vec<HostView>, Vec<(WorkloadSpec, Vec<String>)>) {
+            let hosts = hosts.into_iter().map(|(n, c, m, ac, e)| HostView {
+                name: format!("h{n}"),
+                capacity: Capacity { vcpus: c * 2, memory_mib: m * 512 },
+                allocated: Capacity { vcpus: ac, memory_mib: u64::from(ac) * 256 },
+                eligible: e,
+            }).collect();
+            let loads = loads.into_iter().enumerate().map(|(i, (c, m, p, avoid))| (
+                spec(&format!("w{i:02}"), c, m * 256, p),
+                avoid.into_iter().map(|h| format!("h{h}")).collect(),
+            )).collect();
+            (hosts, loads)
+        }
+    }
+
     proptest! {
+        #[test]
+        fn ranked_hosts_decide_as_a_scan_of_every_host((hosts, loads) in arb_tied_case()) {
+            let un: Vec<_> = loads.iter().map(|(s, avoid)| Unplaced { spec: s, generation: Generation(3), avoid }).collect();
+            prop_assert_eq!(plan(&hosts, &un), plan_by_scan(&hosts, &un));
+        }
+
         #[test]
         fn never_over_capacity_and_only_eligible((hosts, specs) in arb_case()) {
             let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0), avoid: &[] }).collect();

@@ -5,8 +5,10 @@
 //! must never panic on any command a client can send, because every manager
 //! applies the same log.
 
+use crate::assignments::{AssignmentIndex, Derived, PlacementStamp};
 use crate::model::{
-    Assignment, ClusterSettings, Generation, HostRecord, IsolationResponse, NodeId, WorkloadSpec,
+    Assignment, Capacity, ClusterSettings, Generation, HostRecord, IsolationResponse, NodeId,
+    WorkloadSpec,
 };
 use crate::tokens::{TokenError, TokenKind, TokenRecord, TOKENS_MAX, TOKEN_BY_LEN_MAX};
 use serde::{Deserialize, Serialize};
@@ -160,6 +162,12 @@ pub struct ClusterState {
     /// only as SHA-256.
     #[serde(default)]
     pub tokens: BTreeMap<String, TokenRecord>,
+    /// Where the workloads are, indexed (`assignments`): derived from
+    /// `workloads`, kept up to date by `apply`, never serialized nor
+    /// compared. Change `workloads` only through `apply` (or call
+    /// `reindex` after changing it by hand).
+    #[serde(skip)]
+    derived: Derived,
 }
 
 /// The cluster CA: `bundle_pem` is every CA certificate hosts trust (the
@@ -346,6 +354,37 @@ pub enum Command {
 }
 
 impl Command {
+    /// Could applying this change anything placement depends on (hosts,
+    /// workloads, what is being stopped)? `false` only for commands that
+    /// certainly do not; every command is named, so a new one must choose.
+    pub fn may_change_placement(&self) -> bool {
+        match self {
+            Command::Batch { commands } => commands.iter().any(Command::may_change_placement),
+            Command::Audited { command, .. } => command.may_change_placement(),
+            Command::InitCluster { .. }
+            | Command::SetSettings { .. }
+            | Command::FailedOn { .. }
+            | Command::RegisterHost { .. }
+            | Command::ApplyWorkloads { .. }
+            | Command::ApplyStaged { .. }
+            | Command::DeleteWorkload { .. }
+            | Command::Place { .. }
+            | Command::Unassign { .. }
+            | Command::SetPending { .. }
+            | Command::StopConfirmed { .. } => true,
+            Command::SetCa { .. }
+            | Command::SetJoinSecret { .. }
+            | Command::StageWorkloads { .. }
+            | Command::BeginRestartGrace { .. }
+            | Command::EndRestartGrace { .. }
+            | Command::CreateToken { .. }
+            | Command::RevokeToken { .. }
+            | Command::UseToken { .. }
+            | Command::RecordEvent { .. }
+            | Command::RecordWorkloadEvent { .. } => false,
+        }
+    }
+
     /// `commands` as few entries to propose, in order: batches of at most
     /// `BATCH_COMMANDS_MAX` commands and `BATCH_BYTES_MAX` encoded bytes (a
     /// larger command goes alone), a lone command as itself.
@@ -428,43 +467,90 @@ fn names_bounded(names: &[&str]) -> String {
 }
 
 impl ClusterState {
-    /// Allocation of each host: the sum of demands of the workloads assigned
-    /// to it.
-    pub fn allocated(&self, host: &str) -> crate::model::Capacity {
-        self.workloads
-            .values()
-            .filter(|w| w.assignment.as_ref().is_some_and(|a| a.host == host))
-            .fold(crate::model::Capacity::default(), |acc, w| {
-                acc.add(&w.spec.demand())
-            })
+    /// Where the workloads are (built on first use after a load).
+    pub fn assignments(&self) -> &AssignmentIndex {
+        &self.derived.get(&self.workloads, self.revision).index
     }
 
-    /// Allocation of `host` not counting the workloads in `leaving`.
+    /// Changes whenever something placement depends on may have changed
+    /// (hosts, workloads, what is being stopped); equal stamps mean the
+    /// same placement problem (`coordinator::PlacementMemo`).
+    pub fn placement_stamp(&self) -> PlacementStamp {
+        self.derived.get(&self.workloads, self.revision).stamp
+    }
+
+    /// Rebuild the index from `workloads`: after changing it by hand
+    /// rather than through `apply` (tests do).
+    pub fn reindex(&mut self) {
+        self.derived.reset();
+    }
+
+    /// After `workload`'s record changed (or went): its index entry.
+    fn reindex_workload(&mut self, workload: &str) {
+        if let Some(k) = self.derived.built_mut() {
+            k.index.sync(workload, self.workloads.get(workload));
+        }
+    }
+
+    /// Allocation of each host: the sum of demands of the workloads assigned
+    /// to it.
+    pub fn allocated(&self, host: &str) -> Capacity {
+        self.assignments()
+            .host(host)
+            .map_or(Capacity::default(), |l| l.allocated)
+    }
+
+    /// Allocation of `host` not counting the workloads in `leaving`:
+    /// O(the smaller of the two) lookups.
     pub fn allocated_excluding(
         &self,
         host: &str,
         leaving: &std::collections::BTreeSet<&str>,
-    ) -> crate::model::Capacity {
-        self.workloads
-            .values()
-            .filter(|w| w.assignment.as_ref().is_some_and(|a| a.host == host))
-            .filter(|w| !leaving.contains(w.spec.name.as_str()))
-            .fold(crate::model::Capacity::default(), |acc, w| {
-                acc.add(&w.spec.demand())
-            })
+    ) -> Capacity {
+        let Some(load) = self.assignments().host(host) else {
+            return Capacity::default();
+        };
+        let demand = |n: &str| self.workloads.get(n).map(|w| w.spec.demand());
+        let gone = if leaving.len() < load.workloads.len() {
+            leaving
+                .iter()
+                .filter(|n| load.workloads.contains(**n))
+                .filter_map(|n| demand(n))
+                .fold(Capacity::default(), |acc, d| acc.add(&d))
+        } else {
+            load.workloads
+                .iter()
+                .filter(|n| leaving.contains(n.as_str()))
+                .filter_map(|n| demand(n))
+                .fold(Capacity::default(), |acc, d| acc.add(&d))
+        };
+        load.allocated.saturating_sub(&gone)
     }
 
-    /// Workloads assigned to `host`, with their current generation.
+    /// Workloads assigned to `host`, with their current generation, in name
+    /// order: O(its workloads).
     pub fn assigned_to<'a>(
         &'a self,
         host: &'a str,
     ) -> impl Iterator<Item = (&'a WorkloadRecord, &'a Assignment)> + 'a {
-        self.workloads.values().filter_map(move |w| {
-            w.assignment
-                .as_ref()
-                .filter(|a| a.host == host)
-                .map(|a| (w, a))
-        })
+        self.assignments()
+            .host(host)
+            .into_iter()
+            .flat_map(|l| l.workloads.iter())
+            .filter_map(move |n| {
+                let w = self.workloads.get(n)?;
+                w.assignment
+                    .as_ref()
+                    .filter(|a| a.host == host)
+                    .map(|a| (w, a))
+            })
+    }
+
+    /// Workloads without a host, in placement order (priority, then name).
+    pub fn unassigned(&self) -> impl Iterator<Item = &WorkloadRecord> + '_ {
+        self.assignments()
+            .unassigned()
+            .filter_map(|n| self.workloads.get(n))
     }
 
     /// The isolation response that applies to a workload.
@@ -536,6 +622,9 @@ impl ClusterState {
     /// entry, a batch included, advances the revision by one.
     pub fn apply(&mut self, cmd: &Command) -> CommandResult {
         self.revision += 1;
+        if cmd.may_change_placement() {
+            self.derived.touch(self.revision);
+        }
         match cmd {
             Command::Batch { commands } => CommandResult::Batch(
                 commands
@@ -627,6 +716,7 @@ impl ClusterState {
                     ),
                 );
                 self.begin_stopping(workload, a, format!("failed on its host: {reason}"));
+                self.reindex_workload(workload);
                 CommandResult::Ok
             }
             Command::CreateToken { record, at_ms } => self.create_token(record, *at_ms),
@@ -701,6 +791,7 @@ impl ClusterState {
             }
             Command::DeleteWorkload { name, at_ms } => match self.workloads.remove(name) {
                 Some(w) => {
+                    self.reindex_workload(name);
                     let on = match w.assignment {
                         Some(a) => {
                             let on = format!(
@@ -738,6 +829,7 @@ impl ClusterState {
                     let host = w.assignment.take().map(|a| a.host).unwrap_or_default();
                     w.released_by = Some(host.clone());
                     w.pending_reason = Some(reason.clone());
+                    self.reindex_workload(name);
                     self.workload_event(
                         name,
                         *at_ms,
@@ -1277,6 +1369,7 @@ impl ClusterState {
                             released_by: None,
                         },
                     );
+                    self.reindex_workload(&spec.name);
                     created.push(spec.name.clone());
                     self.workload_event(
                         &spec.name,
@@ -1344,6 +1437,7 @@ impl ClusterState {
             }
             (None, _) => format!("updated {} from {source}", spec.name),
         };
+        self.reindex_workload(&spec.name);
         self.workload_event(&spec.name, at_ms, message);
     }
 
@@ -1380,6 +1474,7 @@ impl ClusterState {
                 generation,
             });
             w.pending_reason = None;
+            self.reindex_workload(&p.workload);
             placed.push((p.workload.clone(), generation));
             self.workload_event(
                 &p.workload,
