@@ -53,6 +53,9 @@ pub struct Office {
     /// Lock files held as fresh only because the datastore could not be
     /// read (already said in an event).
     locks_unread: BTreeSet<String>,
+    /// What the last tick's placement decided, to skip it while nothing it
+    /// depends on changed (`coordinator::tick_remembering`).
+    memo: coordinator::PlacementMemo,
 }
 
 impl Office {
@@ -60,6 +63,7 @@ impl Office {
     /// `credit_ms` before it (the handover credit, DESIGN.md §2.3).
     pub fn new(term: u64, now_ms: u64, credit_ms: u64) -> Office {
         Office {
+            memo: coordinator::PlacementMemo::default(),
             term,
             credit_ms,
             detector: Detector::new(now_ms.saturating_sub(credit_ms)),
@@ -497,7 +501,7 @@ pub async fn run(node: Arc<Node>) {
                         }
                     }
                 }
-                let decided = coordinator::tick(&TickInput {
+                let input = TickInput {
                     state,
                     hosts: &hosts,
                     timing: &timing,
@@ -505,7 +509,8 @@ pub async fn run(node: Arc<Node>) {
                     failed: &failed,
                     reports: &office.reports,
                     at_ms,
-                });
+                };
+                let decided = coordinator::tick_remembering(&input, &mut office.memo);
                 cmds.extend(decided);
                 let credit_ms = office.credit_ms;
                 let wait_ms = (timing.lease_ms.max(state.prior_lease_ms) + timing.margin_ms).saturating_sub(credit_ms);
