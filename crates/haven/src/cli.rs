@@ -89,6 +89,11 @@ pub enum Cmd {
     },
     /// Start a local 3-host cluster, protect workloads, crash a host, show the recovery.
     Demo(crate::demo::DemoArgs),
+    /// Benchmarks that need the real agent (`haven bench scale`).
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
     /// Show the cluster's settings, or change them (`haven settings set key=value …`).
     Settings {
         #[command(subcommand)]
@@ -182,6 +187,16 @@ impl LogCopierArgs {
             marker: self.marker.clone(),
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// The control plane at scale: 3 real managers on loopback, and this
+    /// process playing --hosts more hosts (join, mutual-TLS heartbeats)
+    /// while --workloads are applied, placed and failed over. Prints the
+    /// coordinator's CPU and RSS, apply and status times, and failover
+    /// times. Needs root (cgroups).
+    Scale(crate::benchscale::ScaleArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -624,6 +639,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             tail,
         } => logs(&remote()?, &name, host.as_deref(), tail, follow).await,
         Cmd::Demo(args) => crate::demo::run(args).await,
+        Cmd::Bench {
+            which: BenchCmd::Scale(args),
+        } => crate::benchscale::run(args).await,
         Cmd::Settings { action } => settings(&remote()?, action).await,
         Cmd::Token { ref action } => crate::token::run(&remote()?, action).await,
         Cmd::Cert { ref action } => crate::token::cert(&remote()?, action).await,

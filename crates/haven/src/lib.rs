@@ -1,6 +1,7 @@
 //! The `haven` binary's library half: CLI, demo and the local cluster
 //! launcher the integration tests share with the demo.
 
+pub mod benchscale;
 pub mod cli;
 pub mod demo;
 pub mod localcluster;
