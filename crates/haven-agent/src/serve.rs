@@ -105,9 +105,16 @@ async fn peer_extensions(
     next.run(request).await
 }
 
-/// TLS handshakes in progress at once; connections beyond are closed at
-/// once (a flood of half-open handshakes costs a bounded amount).
+/// TLS handshakes in progress at once; connections beyond wait for a slot.
 pub const HANDSHAKES_MAX: usize = 256;
+/// Connections waiting for a handshake slot; beyond, they are closed at
+/// once (a flood of half-open connections costs a bounded amount). Enough
+/// for every host of a large cluster reconnecting to a new coordinator at
+/// once.
+pub const HANDSHAKES_WAITING_MAX: usize = 4_096;
+/// A connection that waited this long for a slot is closed (its client
+/// retries with its next heartbeat).
+pub const HANDSHAKE_SLOT_WAIT_MS: u64 = 2_000;
 /// A handshake not done within this is dropped.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
@@ -134,6 +141,7 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let (tx, ready) = mpsc::channel(HANDSHAKES_MAX);
         let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
+        let waiting = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_WAITING_MAX));
         let accepting = tokio::spawn(async move {
             loop {
                 let (tcp, addr) = match tcp.accept().await {
@@ -145,13 +153,23 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(%addr, "{HANDSHAKES_MAX} TLS handshakes in progress: connection closed");
+                let Ok(queued) = waiting.clone().try_acquire_owned() else {
+                    tracing::warn!(%addr, "{HANDSHAKES_WAITING_MAX} connections wait for a TLS handshake: connection closed");
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, tls, tx) = (acceptor.clone(), tls.clone(), tx.clone());
+                let (acceptor, tls, tx, slots) =
+                    (acceptor.clone(), tls.clone(), tx.clone(), slots.clone());
                 tokio::spawn(async move {
+                    let wait = std::time::Duration::from_millis(HANDSHAKE_SLOT_WAIT_MS);
+                    let slot = match tokio::time::timeout(wait, slots.acquire_owned()).await {
+                        Ok(Ok(slot)) => slot,
+                        _ => {
+                            tracing::debug!(%addr, "no TLS handshake slot within {HANDSHAKE_SLOT_WAIT_MS} ms: connection closed");
+                            return;
+                        }
+                    };
+                    drop(queued);
                     let limit = std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
                     let stream = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
@@ -475,6 +493,68 @@ mod tests {
         assert!(
             plain.as_ref().map_or(true, |r| !r.status().is_success()),
             "{plain:?}"
+        );
+        stop.send(true).unwrap();
+        tokio::time::timeout(STOP_WAIT, server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// After a coordinator change every host of a large cluster connects
+    /// to the new one at once: more handshakes than `HANDSHAKES_MAX` arrive
+    /// together, and each must still be served (within a lease), not
+    /// closed unanswered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_connections_beyond_the_handshake_limit_is_served() {
+        use haven_core::model::Role;
+        let ca = crate::pki::new_ca("c1").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (stop, rx) = watch::channel(false);
+        let app = Router::new().route("/whoami", get(whoami));
+        let server = tokio::spawn(serve_until_stopped(
+            TlsListener::new(listener, material(&ca, "h1", Role::Manager)).unwrap(),
+            app,
+            rx,
+        ));
+        let n = HANDSHAKES_MAX * 3;
+        let tls = material(&ca, "h2", Role::Worker);
+        // The clients share this process's two workers with the server: a
+        // connect may wait for the CPU longer than an agent's would.
+        let clients: Vec<reqwest::Client> = (0..n)
+            .map(|_| {
+                crate::rpc::client_builder(Some(30_000), None)
+                    .unwrap()
+                    .connect_timeout(Duration::from_secs(20))
+                    .use_preconfigured_tls(tls.client_config().unwrap())
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+        let asks: Vec<_> = clients
+            .into_iter()
+            .map(|c| {
+                let (url, start) = (format!("https://{address}/whoami"), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    c.get(url).send().await?.text().await
+                })
+            })
+            .collect();
+        let mut refused = vec![];
+        for a in asks {
+            match a.await.unwrap() {
+                Ok(text) => assert_eq!(text, "h2/Worker"),
+                Err(e) => refused.push(format!("{e:?}")),
+            }
+        }
+        assert!(
+            refused.is_empty(),
+            "{} of {n} connections refused, e.g. {:?}",
+            refused.len(),
+            refused.first()
         );
         stop.send(true).unwrap();
         tokio::time::timeout(STOP_WAIT, server)
