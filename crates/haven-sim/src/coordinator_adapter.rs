@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
     /// The coordinator declares a silent host failed after 3 heartbeat
-    /// intervals instead of `lease + margin` (DESIGN §2.3 reverted).
+    /// intervals instead of `lease + margin + watchdog` (DESIGN §2.3
+    /// reverted).
     pub skip_lease_wait: bool,
     /// Instances being stopped are confirmed gone at once, without proof
     /// (stop-before-start, DESIGN §2b, reverted).
@@ -162,7 +163,11 @@ impl CoordinatorAdapter {
                     heard: office.detector.heard_from(&h.name),
                     fenced: false,
                     datastore_alive: false,
-                    watchdog_timeout_ms: h.watchdog_timeout_ms,
+                    watchdog_timeout_ms: if self.faults.skip_lease_wait {
+                        0
+                    } else {
+                        h.watchdog_timeout_ms
+                    },
                     lease_ms: if self.faults.skip_lease_wait {
                         0
                     } else {

@@ -312,62 +312,7 @@ impl RaftModel {
         let count = self.nodes.len();
         // Leaders send AppendEntries.
         for l in 0..count {
-            if !up[l] || self.nodes[l].role != Role::Leader {
-                continue;
-            }
-            let mut reached = vec![];
-            let mut deposed = None;
-            for f in 0..count {
-                if f == l || !up[f] || !self.exchange(l, f, net, now_ms, rng) {
-                    continue;
-                }
-                if self.nodes[f].term > self.nodes[l].term {
-                    deposed = Some(self.nodes[f].term);
-                    break;
-                }
-                reached.push(f);
-            }
-            if let Some(term) = deposed {
-                self.step_down(l, term, local_ms[l], rng, &mut events);
-                continue;
-            }
-            let term = self.nodes[l].term;
-            for &f in &reached {
-                if self.nodes[f].role == Role::Leader {
-                    if self.nodes[f].term == term {
-                        self.violations
-                            .push(format!("two leaders in term {term}: nodes {l} and {f}"));
-                    }
-                    self.step_down(f, term, local_ms[f], rng, &mut events);
-                }
-                let node = &mut self.nodes[f];
-                node.term = term;
-                node.role = Role::Follower;
-                node.leader = Some(l);
-                node.last_heard_ms = local_ms[f];
-                node.election_deadline_ms = local_ms[f] + election_wait_ms(rng);
-                self.replicate(l, f);
-            }
-            if reached.len() + 1 >= self.majority() {
-                // Commit the leader's log.
-                if self.nodes[l].known != self.committed.len() {
-                    self.violations.push(format!(
-                        "leader {l} (term {term}) commits on a log missing committed entries"
-                    ));
-                    continue;
-                }
-                let tail = std::mem::take(&mut self.nodes[l].tail);
-                self.committed.extend(tail);
-                self.nodes[l].known = self.committed.len();
-                self.apply_up_to_known(l);
-                for &f in &reached {
-                    self.nodes[f].known = self.committed.len();
-                    self.nodes[f].tail.clear();
-                    self.apply_up_to_known(f);
-                }
-                self.nodes[l].confirmed_at_ms = Some(local_ms[l]);
-                self.nodes[l].led_round_ms = local_ms[l];
-            }
+            self.append_from(l, now_ms, up, local_ms, net, rng, &mut events);
         }
         // Followers whose election timer ran out call an election.
         for c in 0..count {
@@ -380,6 +325,79 @@ impl RaftModel {
             self.elect(c, now_ms, up, local_ms, net, rng, &mut events);
         }
         events
+    }
+
+    /// Leader `l` sends AppendEntries (its log, or a heartbeat) to every
+    /// follower and commits if a majority answered: every round, and right
+    /// after a proposal (openraft replicates at once).
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    pub fn append_from(
+        &mut self,
+        l: usize,
+        now_ms: u64,
+        up: &[bool],
+        local_ms: &[u64],
+        net: &Network,
+        rng: &mut Rng,
+        events: &mut Vec<RaftEvent>,
+    ) {
+        let count = self.nodes.len();
+        if !up[l] || self.nodes[l].role != Role::Leader {
+            return;
+        }
+        let mut reached = vec![];
+        let mut deposed = None;
+        for f in 0..count {
+            if f == l || !up[f] || !self.exchange(l, f, net, now_ms, rng) {
+                continue;
+            }
+            if self.nodes[f].term > self.nodes[l].term {
+                deposed = Some(self.nodes[f].term);
+                break;
+            }
+            reached.push(f);
+        }
+        if let Some(term) = deposed {
+            self.step_down(l, term, local_ms[l], rng, events);
+            return;
+        }
+        let term = self.nodes[l].term;
+        for &f in &reached {
+            if self.nodes[f].role == Role::Leader {
+                if self.nodes[f].term == term {
+                    self.violations
+                        .push(format!("two leaders in term {term}: nodes {l} and {f}"));
+                }
+                self.step_down(f, term, local_ms[f], rng, events);
+            }
+            let node = &mut self.nodes[f];
+            node.term = term;
+            node.role = Role::Follower;
+            node.leader = Some(l);
+            node.last_heard_ms = local_ms[f];
+            node.election_deadline_ms = local_ms[f] + election_wait_ms(rng);
+            self.replicate(l, f);
+        }
+        if reached.len() + 1 >= self.majority() {
+            // Commit the leader's log.
+            if self.nodes[l].known != self.committed.len() {
+                self.violations.push(format!(
+                    "leader {l} (term {term}) commits on a log missing committed entries"
+                ));
+                return;
+            }
+            let tail = std::mem::take(&mut self.nodes[l].tail);
+            self.committed.extend(tail);
+            self.nodes[l].known = self.committed.len();
+            self.apply_up_to_known(l);
+            for &f in &reached {
+                self.nodes[f].known = self.committed.len();
+                self.nodes[f].tail.clear();
+                self.apply_up_to_known(f);
+            }
+            self.nodes[l].confirmed_at_ms = Some(local_ms[l]);
+            self.nodes[l].led_round_ms = local_ms[l];
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

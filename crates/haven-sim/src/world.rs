@@ -221,6 +221,8 @@ enum Ev {
     Wake(usize),
     Deliver(usize, Msg),
     RaftRound,
+    /// A leader replicates what it was just asked to propose.
+    RaftAppend(usize),
     CoordTick,
     StartDone(usize, String, Generation, u64),
     StopDone {
@@ -288,6 +290,9 @@ pub struct Outcome {
     pub trace_hash: u64,
     pub stats: Stats,
     pub leader_terms: Vec<(u64, String)>,
+    /// Where each workload is assigned at the end, as the leader (or the
+    /// first manager) holds it.
+    pub assignments: BTreeMap<String, String>,
 }
 
 pub struct World {
@@ -324,6 +329,37 @@ fn fnv(hash: u64, text: &str) -> u64 {
         h = h.wrapping_mul(0x100_0000_01b3);
     }
     h
+}
+
+/// A command in a few words, for the trace.
+fn summary(c: &Command) -> String {
+    match c {
+        Command::Place { placements, .. } => {
+            let p: Vec<String> = placements
+                .iter()
+                .map(|p| format!("{}->{}", p.workload, p.host))
+                .collect();
+            format!("place {}", p.join(","))
+        }
+        Command::Unassign {
+            workloads, reason, ..
+        } => {
+            let w: Vec<String> = workloads.iter().map(|(w, g)| format!("{w}@{g}")).collect();
+            format!("unassign {} ({reason})", w.join(","))
+        }
+        Command::StopConfirmed {
+            workload,
+            generation,
+            ..
+        } => format!("stop confirmed {workload}@{generation}"),
+        Command::FailedOn {
+            workload,
+            generation,
+            ..
+        } => format!("failed {workload}@{generation}"),
+        Command::SetPending { workload, .. } => format!("pending {workload}"),
+        other => format!("{:?}", std::mem::discriminant(other)),
+    }
 }
 
 fn spec(name: String, rng: &mut Rng) -> WorkloadSpec {
@@ -579,7 +615,15 @@ impl World {
         self.stats.elections = self.raft.elections;
         self.stats.committed = self.raft.committed_len() as u64;
         let hash = fnv(self.trace_hash, &format!("{:?}", self.stats));
+        let n = self.leader().unwrap_or(0);
+        let assignments = self.raft.nodes[n]
+            .state
+            .workloads
+            .iter()
+            .filter_map(|(w, r)| Some((w.clone(), r.assignment.as_ref()?.host.clone())))
+            .collect();
         let outcome = Outcome {
+            assignments,
             seed: self.cfg.seed,
             sim_ms: self.now,
             violations: self.violations,
@@ -619,6 +663,21 @@ impl World {
             Ev::RaftRound => {
                 self.raft_round();
                 self.schedule(self.now + RAFT_HEARTBEAT_INTERVAL_MS, Ev::RaftRound);
+            }
+            Ev::RaftAppend(n) => {
+                let (up, local) = self.raft_up();
+                let mut events = vec![];
+                self.raft.append_from(
+                    n,
+                    self.now,
+                    &up,
+                    &local,
+                    &self.net,
+                    &mut self.rng,
+                    &mut events,
+                );
+                self.raft_events(events, &local);
+                self.take_raft_violations();
             }
             Ev::CoordTick => {
                 self.coordinator_ticks();
@@ -1134,10 +1193,12 @@ impl World {
             self.arm_keeper(h);
             return;
         }
+        // A graceful stop in progress is cut short too: the keeper kills
+        // the cgroup.
         let victims: Vec<(String, Generation, u64)> = host
             .instances
             .iter()
-            .filter(|(_, i)| i.phase != InstPhase::Stopping)
+            .filter(|(_, i)| i.isolation != IsolationResponse::LeaveRunning)
             .map(|((w, g), i)| (w.clone(), *g, i.id))
             .collect();
         for (w, g, id) in victims {
@@ -1289,6 +1350,11 @@ impl World {
         let events = self
             .raft
             .round(self.now, &up, &local, &self.net, &mut self.rng);
+        self.raft_events(events, &local);
+        self.take_raft_violations();
+    }
+
+    fn raft_events(&mut self, events: Vec<RaftEvent>, local: &[u64]) {
         for e in events {
             match e {
                 RaftEvent::Elected {
@@ -1311,7 +1377,13 @@ impl World {
                 }
             }
         }
-        self.take_raft_violations();
+    }
+
+    /// Openraft sends a proposal at once: it commits after a round trip
+    /// (and the followers' fsync), not at the next heartbeat.
+    fn replicate_soon(&mut self, n: usize) {
+        let rtt = self.rng.range(2, 10);
+        self.schedule(self.now + rtt, Ev::RaftAppend(n));
     }
 
     fn take_raft_violations(&mut self) {
@@ -1334,9 +1406,18 @@ impl World {
                 continue;
             }
             let cmds = self.coord[n].tick(&node.state, local, self.now);
+            if !cmds.is_empty() {
+                let what: Vec<String> = cmds.iter().map(summary).collect();
+                let text = format!("{} proposes {}", self.hosts[h].name, what.join("; "));
+                self.note(text);
+            }
+            let mut proposed = false;
             for entry in Command::batches(cmds) {
                 self.stats.proposals += 1;
-                self.raft.propose(n, entry);
+                proposed |= self.raft.propose(n, entry);
+            }
+            if proposed {
+                self.replicate_soon(n);
             }
         }
     }
@@ -1356,7 +1437,9 @@ impl World {
         self.stats.operator_actions += 1;
         match self.leader() {
             Some(n) => {
-                self.raft.propose(n, command);
+                if self.raft.propose(n, command) {
+                    self.replicate_soon(n);
+                }
             }
             None => self.note("operator action refused: no leader".into()),
         }
@@ -1570,7 +1653,9 @@ impl World {
                     IsolationResponse::Shutdown => shutdown_ms + KILL_MS_MAX + SWEEP_MS,
                     IsolationResponse::PowerOff => KILL_MS_MAX + SWEEP_MS,
                 };
-                if local > expiry + allowance {
+                // A stop under way ends within its bound (the keeper cuts
+                // a graceful one at the deadline).
+                if local > expiry + allowance && i.phase != InstPhase::Stopping {
                     bad.push(format!(
                         "{} runs {w}@{g} {} ms past its lease (by its clock)",
                         host.name,
