@@ -425,6 +425,19 @@ pub struct HostAgent {
     keeper_deadline_ms: u64,
     was_held: bool,
     refused_said: BTreeSet<(String, Generation)>,
+    /// Something `decide` depends on changed since it last ran (cost
+    /// follows change: a heartbeat that changes nothing decides nothing).
+    dirty: bool,
+    /// The authority `decide` last ran with, in kind.
+    last_kind: Option<AuthorityKind>,
+}
+
+/// `Authority` without its map: what a change of authority is told by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AuthorityKind {
+    Unknown,
+    Held,
+    Lapsed { datastore_ok: bool },
 }
 
 impl HostAgent {
@@ -449,6 +462,8 @@ impl HostAgent {
             keeper_deadline_ms: 0,
             was_held: false,
             refused_said: BTreeSet::new(),
+            dirty: true,
+            last_kind: None,
         };
         let mut out = vec![];
         let mut adopted = config.adopted;
@@ -481,6 +496,13 @@ impl HostAgent {
     /// Handle one input at `now_ms` (this host's monotonic clock).
     pub fn handle(&mut self, input: HostInput, now_ms: u64) -> Vec<HostEffect> {
         let mut out = vec![];
+        // An acknowledgement marks itself dirty only if it brings news.
+        if !matches!(
+            input,
+            HostInput::Tick | HostInput::HeartbeatSent { .. } | HostInput::Ack(_)
+        ) {
+            self.dirty = true;
+        }
         match input {
             HostInput::Tick => {}
             HostInput::HeartbeatSent { sent_ms } => {
@@ -538,7 +560,16 @@ impl HostAgent {
                 }
             }
         }
-        self.reconcile(now_ms, &mut out);
+        let kind = self.authority_kind(now_ms);
+        let restart_due = self
+            .instances
+            .values()
+            .any(|i| matches!(i.phase, Phase::Restarting { at_ms } if now_ms >= at_ms));
+        if self.dirty || self.last_kind != Some(kind) || restart_due {
+            self.dirty = false;
+            self.last_kind = Some(kind);
+            self.reconcile(now_ms, &mut out);
+        }
         if now_ms >= self.next_heartbeat_ms {
             self.next_heartbeat_ms = now_ms + self.heartbeat_interval_ms();
             out.push(HostEffect::SendHeartbeat {
@@ -575,6 +606,24 @@ impl HostAgent {
             }
         }
         Some(t)
+    }
+
+    fn authority_kind(&self, now_ms: u64) -> AuthorityKind {
+        if self.lease.is_held(now_ms) {
+            AuthorityKind::Held
+        } else if !self.ever_held && self.inherited_expiry_ms.is_some_and(|e| now_ms < e) {
+            AuthorityKind::Unknown
+        } else {
+            AuthorityKind::Lapsed {
+                datastore_ok: self.datastore_ok(now_ms),
+            }
+        }
+    }
+
+    /// Has the lease lapsed at `now_ms` (what a watchdog is petted by:
+    /// not while it has)? `authority` without building the desired map.
+    pub fn lapsed(&self, now_ms: u64) -> bool {
+        matches!(self.authority_kind(now_ms), AuthorityKind::Lapsed { .. })
     }
 
     /// What the host may do at `now_ms`.
@@ -642,7 +691,11 @@ impl HostAgent {
         let lease_ms = ack.lease_ms.min(crate::settings::LEASE_MS_MAX);
         self.lease.on_ack(ack.sent_ms, lease_ms);
         self.ever_held = true;
-        if ack.revision >= self.revision {
+        let news = ack.revision > self.revision
+            || (ack.revision == self.revision
+                && (self.desired.as_ref() != Some(&ack.desired) || self.settings != ack.settings));
+        if news {
+            self.dirty = true;
             for d in &ack.desired {
                 let h = self.highest_seen.entry(d.workload.clone()).or_default();
                 *h = (*h).max(d.generation);

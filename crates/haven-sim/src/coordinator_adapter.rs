@@ -42,6 +42,9 @@ struct Office {
     detector: Detector,
     reports: BTreeMap<String, HostReport>,
     memo: PlacementMemo,
+    /// Per host: the desired instances as of a state revision (the answer
+    /// to its heartbeats costs nothing while the state does not change).
+    answers: BTreeMap<String, (u64, Vec<DesiredInstance>)>,
 }
 
 pub struct CoordinatorAdapter {
@@ -71,6 +74,7 @@ impl CoordinatorAdapter {
             detector,
             reports: BTreeMap::new(),
             memo: PlacementMemo::default(),
+            answers: BTreeMap::new(),
         });
     }
 
@@ -111,15 +115,24 @@ impl CoordinatorAdapter {
             return None;
         }
         let lease_ms = state.settings.timing.lease_ms;
-        let desired = state
-            .assigned_to(host)
-            .map(|(w, a)| DesiredInstance {
-                workload: w.spec.name.clone(),
-                generation: a.generation,
-                isolation: state.isolation_response(&w.spec),
-                restart: w.spec.restart,
-            })
-            .collect();
+        let desired = match office.answers.get(host) {
+            Some((revision, d)) if *revision == state.revision => d.clone(),
+            _ => {
+                let d: Vec<DesiredInstance> = state
+                    .assigned_to(host)
+                    .map(|(w, a)| DesiredInstance {
+                        workload: w.spec.name.clone(),
+                        generation: a.generation,
+                        isolation: state.isolation_response(&w.spec),
+                        restart: w.spec.restart,
+                    })
+                    .collect();
+                office
+                    .answers
+                    .insert(host.to_owned(), (state.revision, d.clone()));
+                d
+            }
+        };
         office.detector.on_ack(host, now_ms, lease_ms);
         office.reports.insert(
             host.to_owned(),

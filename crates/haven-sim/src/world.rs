@@ -11,8 +11,8 @@ use crate::net::Network;
 use crate::raft::{RaftEvent, RaftModel, Role, RAFT_HEARTBEAT_INTERVAL_MS};
 use crate::rng::Rng;
 use haven_core::host_agent::{
-    check_inherited, Ack, Authority, HeartbeatReport, HostAgent, HostAgentConfig, HostEffect,
-    HostInput, InheritedLease, StopHow,
+    check_inherited, Ack, HeartbeatReport, HostAgent, HostAgentConfig, HostEffect, HostInput,
+    InheritedLease, StopHow,
 };
 use haven_core::model::{
     Capacity, Generation, HostRecord, IsolationResponse, Priority, RestartPolicy, Role as HostRole,
@@ -801,7 +801,7 @@ impl World {
         let now_local = self.local(h);
         let agent = self.hosts[h].agent.as_mut().expect("running");
         let effects = agent.handle(input, now_local);
-        let pet = !matches!(agent.authority(now_local), Authority::Lapsed { .. });
+        let pet = !agent.lapsed(now_local);
         let wake = agent.next_wakeup_ms();
         if pet {
             self.hosts[h].last_pet_ms = self.now;

@@ -524,3 +524,17 @@ fn a_start_in_flight_when_the_lease_lapses_is_killed() {
     started(&mut a, "a", 1, 1_010);
     assert_eq!(a.report(1_010).observed[0].state, InstanceState::Stopping);
 }
+
+#[test]
+fn a_newer_revision_that_changes_nothing_here_is_still_reported_applied() {
+    let mut a = running(IsolationResponse::PowerOff);
+    let desired = || vec![want("a", 1, IsolationResponse::PowerOff)];
+    // The same acknowledgement again decides nothing...
+    let fx = a.handle(ack(100, 1, desired()), 150);
+    assert!(starts(&fx).is_empty() && stops(&fx).is_empty());
+    assert_eq!(a.report(150).applied_revision, 1);
+    // ...but a newer revision with the same instances is acted on (the
+    // coordinator's proof that a stop elsewhere is done counts on it).
+    a.handle(ack(200, 9, desired()), 250);
+    assert_eq!(a.report(250).applied_revision, 9);
+}
