@@ -2,7 +2,7 @@
 //! rules under it: a crash, a leader partition, a batch of random seeds,
 //! and proof that a broken rule is found.
 
-use haven_sim::{run, Action, Faults, SimConfig, Target};
+use haven_sim::{run, Action, Faults, SimConfig, Target, World};
 
 fn quiet(seed: u64, duration_ms: u64) -> SimConfig {
     let mut cfg = SimConfig::new(seed);
@@ -133,4 +133,25 @@ fn a_broken_rule_is_found() {
 fn an_ack_racing_an_unassign_does_not_restart_the_workload() {
     let out = run(SimConfig::new(736));
     assert!(out.violations.is_empty(), "{:?}", out.violations);
+}
+
+#[test]
+fn a_restarted_agent_re_adopts_its_workloads_and_nothing_moves() {
+    let before = run(quiet(5, 4_000)).assignments;
+    let mut cfg = quiet(5, 40_000);
+    // Back within the inherited lease (and before the watchdog fires).
+    cfg.scenario = vec![(5_000, Action::AgentCrash(Target::Host(4), 400))];
+    let mut world = World::new(cfg);
+    world.trace = Some(vec![]);
+    let (out, trace) = world.run_keeping_trace();
+    let trace = trace.unwrap_or_default();
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.contains("h5 agent starts (inherited lease Some")),
+        "the restarted agent inherited no lease"
+    );
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+    assert_eq!(out.stats.resets, 0);
+    assert_eq!(out.assignments, before);
 }
