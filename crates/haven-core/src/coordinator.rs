@@ -30,13 +30,16 @@ impl HostReport {
     /// Does this report prove that `workload` at `generation`, no longer
     /// desired on its host since `since_revision`, is gone? Only if the
     /// agent acted on that revision or a later one (so it will never start
-    /// the instance again) and lists no such instance, in any phase.
+    /// the instance again) and lists no instance of that workload at that
+    /// generation or an older one, in any phase: an older instance may still
+    /// be stopping there (a re-spec in place moved it to `generation`
+    /// before the stop was asked for, and its new instance never started).
     pub fn proves_gone(&self, workload: &str, generation: Generation, since_revision: u64) -> bool {
         self.applied_revision >= since_revision
             && !self
                 .observed
                 .iter()
-                .any(|o| o.workload == workload && o.generation == generation)
+                .any(|o| o.workload == workload && o.generation <= generation)
     }
 }
 
@@ -452,6 +455,35 @@ mod tests {
             silence_ms: ms,
             ..Default::default()
         }
+    }
+
+    /// Found by haven-sim (seed 99): re-spec in place (generation 1 → 2 on
+    /// the same host, the agent still stopping 1 before it starts 2), then
+    /// delete: the stop of generation 2 was confirmed from a report that
+    /// still listed generation 1 stopping, and the re-applied workload
+    /// started elsewhere beside it.
+    #[test]
+    fn an_older_instance_still_stopping_is_not_gone() {
+        let report = |instances: &[u64]| HostReport {
+            applied_revision: 10,
+            observed: instances
+                .iter()
+                .map(|g| Observed {
+                    workload: "a".into(),
+                    generation: Generation(*g),
+                    state: crate::model::InstanceState::Stopping,
+                    pid: None,
+                    restarts: 0,
+                    detail: None,
+                    no_failover: false,
+                })
+                .collect(),
+            stopped: vec![],
+        };
+        assert!(!report(&[1]).proves_gone("a", Generation(2), 9));
+        assert!(!report(&[2]).proves_gone("a", Generation(2), 9));
+        assert!(report(&[]).proves_gone("a", Generation(2), 9));
+        assert!(!report(&[]).proves_gone("a", Generation(2), 11));
     }
 
     struct World {

@@ -6,6 +6,7 @@
 
 pub mod assignments;
 pub mod coordinator;
+pub mod host_agent;
 pub mod liveness;
 pub mod logs;
 pub mod model;

@@ -1,0 +1,920 @@
+//! The host side's decisions as one sans-IO state machine (DESIGN.md §3b):
+//! the lease earned by acknowledged heartbeats, the authority it gives,
+//! supervision (start the assigned generation, stop what moved away,
+//! restart in place within the policy's budget) and the isolation response
+//! when the lease lapses (DESIGN.md §2 rules 1, 2, 4 and 9).
+//!
+//! `HostAgent::handle` takes one input (a timer, an acknowledgement, the
+//! result of a start or a stop, a datastore write) with the host's
+//! monotonic time and returns the effects to perform; `next_wakeup_ms`
+//! says when it must be called again even if nothing happens. It does no
+//! I/O and reads no clock: the agent performs its effects on the host, the
+//! simulator in a deterministic world. `decide` is the pure per-tick
+//! decision the machine is built around, the same rules the agent's
+//! supervisor follows.
+
+use crate::liveness::Lease;
+use crate::model::{
+    ClusterSettings, Generation, InstanceState, IsolationResponse, Observed, RestartPolicy, Stopped,
+};
+use crate::restart::{RestartDecision, RestartTracker};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// How many recent stops a host keeps to report (each once per heartbeat
+/// until it falls out).
+pub const STOPPED_KEPT_MAX: usize = 32;
+
+/// What the host may do right now, given its lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Authority {
+    /// Just started, covered by the previous process's lease, no heartbeat
+    /// acknowledged yet: touch nothing (re-adopted workloads keep running;
+    /// nothing new starts).
+    Unknown,
+    /// Lease held; this is what the coordinator wants here.
+    Held(BTreeMap<String, Generation>),
+    /// The lease lapsed: isolation response. `datastore_ok`: this host still
+    /// writes the datastore, which `leave-running` needs.
+    Lapsed { datastore_ok: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// A start was asked for; its result has not come back yet.
+    Starting,
+    Running,
+    /// Exited; restart in place at this monotonic time.
+    Restarting {
+        at_ms: u64,
+    },
+    /// Restart budget exhausted (or the start cannot succeed here).
+    Failed,
+    Stopping,
+    /// A VM whose guest shut itself down; left stopped by policy.
+    Stopped,
+}
+
+/// One decision of `decide`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Start {
+        workload: String,
+        generation: Generation,
+    },
+    /// Graceful stop (not assigned here any more).
+    Stop {
+        workload: String,
+        generation: Generation,
+    },
+    /// Isolation response `shutdown`: graceful, bounded by the cluster's
+    /// shutdown timeout.
+    Shutdown {
+        workload: String,
+        generation: Generation,
+    },
+    /// Isolation response `power-off`: at once.
+    Kill {
+        workload: String,
+        generation: Generation,
+    },
+}
+
+/// One local instance as `decide` sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Local {
+    pub generation: Generation,
+    pub phase: Phase,
+    pub isolation: IsolationResponse,
+}
+
+/// Pure decision for one tick. `local`: the one instance per workload this
+/// host has (any generation); `highest_seen`: the newest generation this
+/// host has ever been told of per workload (a start for an older one is
+/// refused: DESIGN.md §2.1).
+pub fn decide(
+    authority: &Authority,
+    local: &BTreeMap<String, Local>,
+    highest_seen: &BTreeMap<String, Generation>,
+    now_ms: u64,
+) -> Vec<Action> {
+    let mut out = vec![];
+    match authority {
+        Authority::Unknown => {}
+        Authority::Lapsed { datastore_ok } => {
+            for (w, l) in local {
+                let (workload, generation) = (w.clone(), l.generation);
+                match (l.phase, l.isolation) {
+                    (Phase::Stopping, _) => {}
+                    // Not running: nothing to keep; clear it away. A start
+                    // in flight is killed whatever its response: it never
+                    // ran under a lease.
+                    (
+                        Phase::Failed | Phase::Restarting { .. } | Phase::Stopped | Phase::Starting,
+                        _,
+                    ) => out.push(Action::Kill {
+                        workload,
+                        generation,
+                    }),
+                    (Phase::Running, IsolationResponse::LeaveRunning) if *datastore_ok => {}
+                    (Phase::Running, IsolationResponse::Shutdown) => out.push(Action::Shutdown {
+                        workload,
+                        generation,
+                    }),
+                    (Phase::Running, _) => out.push(Action::Kill {
+                        workload,
+                        generation,
+                    }),
+                }
+            }
+        }
+        Authority::Held(desired) => {
+            for (w, l) in local {
+                if desired.get(w) != Some(&l.generation) && l.phase != Phase::Stopping {
+                    out.push(Action::Stop {
+                        workload: w.clone(),
+                        generation: l.generation,
+                    });
+                }
+            }
+            for (w, generation) in desired {
+                if highest_seen.get(w).is_some_and(|h| h > generation) {
+                    continue;
+                }
+                let start = match local.get(w) {
+                    None => true,
+                    Some(l) if l.generation == *generation => {
+                        matches!(l.phase, Phase::Restarting { at_ms } if now_ms >= at_ms)
+                    }
+                    // Another generation is here: stop-before-start.
+                    Some(_) => false,
+                };
+                if start {
+                    out.push(Action::Start {
+                        workload: w.clone(),
+                        generation: *generation,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Why an inherited lease expiry is not trusted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InheritedLease {
+    None,
+    Valid(u64),
+    /// Further ahead than the cluster's settings allow (a corrupt or
+    /// tampered file): treated as expired.
+    TooFar {
+        expiry_ms: u64,
+        allowed_ms: u64,
+    },
+}
+
+/// Check a lease expiry left by a previous agent process: it can lie at
+/// most a lease (or a restart grace) ahead of now.
+pub fn check_inherited(
+    text: Option<&str>,
+    now_ms: u64,
+    settings: &ClusterSettings,
+) -> InheritedLease {
+    let Some(expiry_ms) = text.and_then(|t| t.trim().parse::<u64>().ok()) else {
+        return InheritedLease::None;
+    };
+    if expiry_ms <= now_ms {
+        return InheritedLease::None;
+    }
+    let allowed_ms = settings.timing.lease_ms.max(settings.restart_grace_ms);
+    if expiry_ms - now_ms > allowed_ms {
+        return InheritedLease::TooFar {
+            expiry_ms,
+            allowed_ms,
+        };
+    }
+    InheritedLease::Valid(expiry_ms)
+}
+
+/// One instance the coordinator wants on this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredInstance {
+    pub workload: String,
+    pub generation: Generation,
+    /// Effective isolation response (the spec's, or the cluster's).
+    pub isolation: IsolationResponse,
+    pub restart: RestartPolicy,
+}
+
+/// A heartbeat's acknowledgement, as the host received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// The send time (this host's clock) of the heartbeat acknowledged.
+    pub sent_ms: u64,
+    /// The lease it grants, from `sent_ms`.
+    pub lease_ms: u64,
+    /// The state revision `desired` was read at.
+    pub revision: u64,
+    pub desired: Vec<DesiredInstance>,
+    pub settings: ClusterSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostInput {
+    /// A timer expired (or the runtime just wants the machine to look).
+    Tick,
+    /// The runtime sent a heartbeat at `sent_ms` (asked for or a retry to
+    /// another manager): the next one is due an interval later.
+    HeartbeatSent {
+        sent_ms: u64,
+    },
+    Ack(Ack),
+    InstanceStarted {
+        workload: String,
+        generation: Generation,
+    },
+    StartFailed {
+        workload: String,
+        generation: Generation,
+        why: String,
+    },
+    /// The instance ended on its own.
+    InstanceExited {
+        workload: String,
+        generation: Generation,
+        how: String,
+    },
+    /// A stop this machine asked for is done: the instance is gone.
+    InstanceStopped {
+        workload: String,
+        generation: Generation,
+        how: String,
+    },
+    /// A round of datastore writes that started at `started_ms` ended.
+    DatastoreWrite {
+        ok: bool,
+        started_ms: u64,
+    },
+}
+
+/// How an instance is to be stopped; each way is bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopHow {
+    /// SIGTERM (a VM: ACPI power-down), `grace_ms`, then kill.
+    Graceful { grace_ms: u64 },
+    /// The `shutdown` isolation response: like `Graceful`, bounded by the
+    /// cluster's shutdown timeout.
+    Shutdown { timeout_ms: u64 },
+    /// Kill its cgroup at once.
+    Kill,
+}
+
+/// What a heartbeat carries about this host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeartbeatReport {
+    /// This host's monotonic time when the report was made.
+    pub sent_ms: u64,
+    /// The state revision the last tick with a held lease acted on.
+    pub applied_revision: u64,
+    /// Every instance this host has, in any phase.
+    pub observed: Vec<Observed>,
+    /// Recent stops and how each ended, newest last.
+    pub stopped: Vec<Stopped>,
+}
+
+/// Typed events: the sentence is the runtime's to derive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostEvent {
+    LeaseLapsed {
+        expired_at_ms: u64,
+    },
+    LeaseHeld {
+        expires_at_ms: u64,
+    },
+    /// The isolation response taken for one instance.
+    Isolation {
+        workload: String,
+        generation: Generation,
+        how: StopHow,
+    },
+    /// A start for an older generation than one already seen was refused.
+    StaleGenerationRefused {
+        workload: String,
+        generation: Generation,
+        highest_seen: Generation,
+    },
+    RestartScheduled {
+        workload: String,
+        generation: Generation,
+        delay_ms: u64,
+        restarts_in_window: u32,
+    },
+    GaveUp {
+        workload: String,
+        generation: Generation,
+        restarts_in_window: u32,
+    },
+    /// Two generations of one workload were adopted: the older is killed.
+    OlderInstanceKilled {
+        workload: String,
+        generation: Generation,
+    },
+    /// An acknowledgement carried settings that fail validation: kept the
+    /// ones held.
+    SettingsRefused {
+        why: Vec<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostEffect {
+    SendHeartbeat {
+        report: HeartbeatReport,
+    },
+    Start {
+        workload: String,
+        generation: Generation,
+    },
+    Stop {
+        workload: String,
+        generation: Generation,
+        how: StopHow,
+    },
+    /// Tell the lease keeper the lease now runs until `deadline_ms`.
+    RenewKeeper {
+        deadline_ms: u64,
+    },
+    Event(HostEvent),
+}
+
+#[derive(Clone, Debug)]
+pub struct HostAgentConfig {
+    /// The cluster's settings as last known (the data dir's cache); every
+    /// acknowledgement brings the current ones.
+    pub settings: ClusterSettings,
+    /// How long a graceful stop waits before the kill.
+    pub stop_grace_ms: u64,
+    /// A lease expiry left by the previous agent process, already checked
+    /// (`check_inherited`).
+    pub inherited_expiry_ms: Option<u64>,
+    /// Instances found running at start (workload, generation).
+    pub adopted: Vec<(String, Generation)>,
+}
+
+#[derive(Clone, Debug)]
+struct Instance {
+    generation: Generation,
+    phase: Phase,
+    isolation: IsolationResponse,
+    tracker: RestartTracker,
+    restarts: u32,
+    detail: Option<String>,
+}
+
+impl Instance {
+    fn new(generation: Generation, isolation: IsolationResponse, policy: RestartPolicy) -> Self {
+        Instance {
+            generation,
+            phase: Phase::Starting,
+            isolation,
+            tracker: RestartTracker::new(policy),
+            restarts: 0,
+            detail: None,
+        }
+    }
+
+    fn observed(&self, workload: &str) -> Observed {
+        Observed {
+            workload: workload.to_owned(),
+            generation: self.generation,
+            state: match self.phase {
+                Phase::Starting => InstanceState::Starting,
+                Phase::Running => InstanceState::Running,
+                Phase::Restarting { .. } => InstanceState::Restarting,
+                Phase::Failed => InstanceState::Failed,
+                Phase::Stopping => InstanceState::Stopping,
+                Phase::Stopped => InstanceState::Stopped,
+            },
+            pid: None,
+            restarts: self.restarts,
+            detail: self.detail.clone(),
+            no_failover: false,
+        }
+    }
+}
+
+/// The host side's state machine. See the module comment.
+#[derive(Clone, Debug)]
+pub struct HostAgent {
+    settings: ClusterSettings,
+    stop_grace_ms: u64,
+    lease: Lease,
+    inherited_expiry_ms: Option<u64>,
+    ever_held: bool,
+    /// Desired instances of the newest revision acknowledged (`None`:
+    /// none acknowledged yet).
+    desired: Option<Vec<DesiredInstance>>,
+    revision: u64,
+    applied_revision: u64,
+    /// Newest generation ever received per workload: only grows.
+    highest_seen: BTreeMap<String, Generation>,
+    instances: BTreeMap<String, Instance>,
+    stopped: VecDeque<Stopped>,
+    datastore_ok_at_ms: Option<u64>,
+    next_heartbeat_ms: u64,
+    keeper_deadline_ms: u64,
+    was_held: bool,
+    refused_said: BTreeSet<(String, Generation)>,
+    /// Something `decide` depends on changed since it last ran (cost
+    /// follows change: a heartbeat that changes nothing decides nothing).
+    dirty: bool,
+    /// The authority `decide` last ran with, in kind.
+    last_kind: Option<AuthorityKind>,
+}
+
+/// `Authority` without its map: what a change of authority is told by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AuthorityKind {
+    Unknown,
+    Held,
+    Lapsed { datastore_ok: bool },
+}
+
+impl HostAgent {
+    /// A host agent starting at `now_ms`, with what its predecessor left.
+    /// Returns the machine and the effects of starting (an older adopted
+    /// generation next to a newer one is killed).
+    pub fn new(config: HostAgentConfig, now_ms: u64) -> (HostAgent, Vec<HostEffect>) {
+        let mut agent = HostAgent {
+            settings: config.settings,
+            stop_grace_ms: config.stop_grace_ms,
+            lease: Lease::default(),
+            inherited_expiry_ms: config.inherited_expiry_ms.filter(|e| *e > now_ms),
+            ever_held: false,
+            desired: None,
+            revision: 0,
+            applied_revision: 0,
+            highest_seen: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            stopped: VecDeque::new(),
+            datastore_ok_at_ms: None,
+            next_heartbeat_ms: now_ms,
+            keeper_deadline_ms: 0,
+            was_held: false,
+            refused_said: BTreeSet::new(),
+            dirty: true,
+            last_kind: None,
+        };
+        let mut out = vec![];
+        let mut adopted = config.adopted;
+        adopted.sort_by_key(|(w, g)| (w.clone(), std::cmp::Reverse(*g)));
+        for (workload, generation) in adopted {
+            if agent.instances.contains_key(&workload) {
+                out.push(HostEffect::Event(HostEvent::OlderInstanceKilled {
+                    workload: workload.clone(),
+                    generation,
+                }));
+                out.push(HostEffect::Stop {
+                    workload,
+                    generation,
+                    how: StopHow::Kill,
+                });
+                continue;
+            }
+            let mut i = Instance::new(
+                generation,
+                IsolationResponse::PowerOff,
+                RestartPolicy::default(),
+            );
+            i.phase = Phase::Running;
+            i.detail = Some("re-adopted after agent restart".into());
+            agent.instances.insert(workload, i);
+        }
+        (agent, out)
+    }
+
+    /// Handle one input at `now_ms` (this host's monotonic clock).
+    pub fn handle(&mut self, input: HostInput, now_ms: u64) -> Vec<HostEffect> {
+        let mut out = vec![];
+        // An acknowledgement marks itself dirty only if it brings news.
+        if !matches!(
+            input,
+            HostInput::Tick | HostInput::HeartbeatSent { .. } | HostInput::Ack(_)
+        ) {
+            self.dirty = true;
+        }
+        match input {
+            HostInput::Tick => {}
+            HostInput::HeartbeatSent { sent_ms } => {
+                let next = sent_ms.saturating_add(self.heartbeat_interval_ms());
+                self.next_heartbeat_ms = self.next_heartbeat_ms.max(next);
+            }
+            HostInput::Ack(ack) => self.on_ack(ack, &mut out),
+            HostInput::InstanceStarted {
+                workload,
+                generation,
+            } => {
+                if let Some(i) = self.instance_mut(&workload, generation) {
+                    if i.phase == Phase::Starting {
+                        i.phase = Phase::Running;
+                    }
+                }
+            }
+            HostInput::StartFailed {
+                workload,
+                generation,
+                why,
+            } => self.on_exit(
+                &workload,
+                generation,
+                format!("start failed: {why}"),
+                now_ms,
+                &mut out,
+            ),
+            HostInput::InstanceExited {
+                workload,
+                generation,
+                how,
+            } => self.on_exit(&workload, generation, how, now_ms, &mut out),
+            HostInput::InstanceStopped {
+                workload,
+                generation,
+                how,
+            } => {
+                if self.instance_mut(&workload, generation).is_some() {
+                    self.instances.remove(&workload);
+                }
+                self.stopped.push_back(Stopped {
+                    workload,
+                    generation,
+                    how,
+                });
+                while self.stopped.len() > STOPPED_KEPT_MAX {
+                    self.stopped.pop_front();
+                }
+            }
+            HostInput::DatastoreWrite { ok, started_ms } => {
+                if ok {
+                    let at = self.datastore_ok_at_ms.unwrap_or(0).max(started_ms);
+                    self.datastore_ok_at_ms = Some(at);
+                }
+            }
+        }
+        let kind = self.authority_kind(now_ms);
+        let restart_due = self
+            .instances
+            .values()
+            .any(|i| matches!(i.phase, Phase::Restarting { at_ms } if now_ms >= at_ms));
+        if self.dirty || self.last_kind != Some(kind) || restart_due {
+            self.dirty = false;
+            self.last_kind = Some(kind);
+            self.reconcile(now_ms, &mut out);
+        }
+        if now_ms >= self.next_heartbeat_ms {
+            self.next_heartbeat_ms = now_ms + self.heartbeat_interval_ms();
+            out.push(HostEffect::SendHeartbeat {
+                report: self.report(now_ms),
+            });
+        }
+        out
+    }
+
+    /// When the machine must be called again (with `Tick`) if no other
+    /// input comes: the next heartbeat, the lease's expiry, a restart's
+    /// backoff, the datastore's freshness running out.
+    pub fn next_wakeup_ms(&self) -> Option<u64> {
+        let mut t = self.next_heartbeat_ms;
+        let mut at = |x: u64| t = t.min(x);
+        if let Some(e) = self.lease.expires_at_ms() {
+            if self.was_held {
+                at(e);
+            }
+        }
+        if let Some(e) = self.inherited_expiry_ms {
+            if !self.ever_held {
+                at(e);
+            }
+        }
+        if let Some(ok_at) = self.datastore_ok_at_ms {
+            if !self.was_held {
+                at(ok_at + self.settings.timing.lease_ms);
+            }
+        }
+        for i in self.instances.values() {
+            if let Phase::Restarting { at_ms } = i.phase {
+                at(at_ms);
+            }
+        }
+        Some(t)
+    }
+
+    fn authority_kind(&self, now_ms: u64) -> AuthorityKind {
+        if self.lease.is_held(now_ms) {
+            AuthorityKind::Held
+        } else if !self.ever_held && self.inherited_expiry_ms.is_some_and(|e| now_ms < e) {
+            AuthorityKind::Unknown
+        } else {
+            AuthorityKind::Lapsed {
+                datastore_ok: self.datastore_ok(now_ms),
+            }
+        }
+    }
+
+    /// Has the lease lapsed at `now_ms` (what a watchdog is petted by:
+    /// not while it has)? `authority` without building the desired map.
+    pub fn lapsed(&self, now_ms: u64) -> bool {
+        matches!(self.authority_kind(now_ms), AuthorityKind::Lapsed { .. })
+    }
+
+    /// What the host may do at `now_ms`.
+    pub fn authority(&self, now_ms: u64) -> Authority {
+        if self.lease.is_held(now_ms) {
+            let desired = self
+                .desired
+                .iter()
+                .flatten()
+                .map(|d| (d.workload.clone(), d.generation))
+                .collect();
+            return Authority::Held(desired);
+        }
+        if !self.ever_held && self.inherited_expiry_ms.is_some_and(|e| now_ms < e) {
+            return Authority::Unknown;
+        }
+        Authority::Lapsed {
+            datastore_ok: self.datastore_ok(now_ms),
+        }
+    }
+
+    /// The lease's expiry on this host's clock (the inherited one until a
+    /// heartbeat is acknowledged).
+    pub fn lease_expires_at_ms(&self) -> Option<u64> {
+        self.lease.expires_at_ms().or(self.inherited_expiry_ms)
+    }
+
+    pub fn highest_seen(&self, workload: &str) -> Option<Generation> {
+        self.highest_seen.get(workload).copied()
+    }
+
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    /// What a heartbeat sent at `now_ms` reports.
+    pub fn report(&self, now_ms: u64) -> HeartbeatReport {
+        HeartbeatReport {
+            sent_ms: now_ms,
+            applied_revision: self.applied_revision,
+            observed: self.instances.iter().map(|(w, i)| i.observed(w)).collect(),
+            stopped: self.stopped.iter().cloned().collect(),
+        }
+    }
+
+    fn heartbeat_interval_ms(&self) -> u64 {
+        self.settings.timing.heartbeat_interval_ms.max(1)
+    }
+
+    fn datastore_ok(&self, now_ms: u64) -> bool {
+        self.datastore_ok_at_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) < self.settings.timing.lease_ms)
+    }
+
+    fn instance_mut(&mut self, workload: &str, generation: Generation) -> Option<&mut Instance> {
+        self.instances
+            .get_mut(workload)
+            .filter(|i| i.generation == generation)
+    }
+
+    /// An acknowledgement: extend the lease; take the desired instances
+    /// and settings only if they are at least as new as those held (acks
+    /// can arrive out of order, and from a deposed coordinator).
+    fn on_ack(&mut self, ack: Ack, out: &mut Vec<HostEffect>) {
+        let lease_ms = ack.lease_ms.min(crate::settings::LEASE_MS_MAX);
+        self.lease.on_ack(ack.sent_ms, lease_ms);
+        self.ever_held = true;
+        let news = ack.revision > self.revision
+            || (ack.revision == self.revision
+                && (self.desired.as_ref() != Some(&ack.desired) || self.settings != ack.settings));
+        if news {
+            self.dirty = true;
+            for d in &ack.desired {
+                let h = self.highest_seen.entry(d.workload.clone()).or_default();
+                *h = (*h).max(d.generation);
+            }
+            self.revision = ack.revision;
+            match crate::settings::validate(&ack.settings) {
+                Ok(()) => self.settings = ack.settings,
+                Err(why) => {
+                    if self.settings != ack.settings {
+                        out.push(HostEffect::Event(HostEvent::SettingsRefused { why }))
+                    }
+                }
+            }
+            self.desired = Some(ack.desired);
+        }
+        if let Some(e) = self.lease.expires_at_ms() {
+            if e > self.keeper_deadline_ms {
+                self.keeper_deadline_ms = e;
+                out.push(HostEffect::RenewKeeper { deadline_ms: e });
+            }
+        }
+    }
+
+    fn on_exit(
+        &mut self,
+        workload: &str,
+        generation: Generation,
+        how: String,
+        now_ms: u64,
+        out: &mut Vec<HostEffect>,
+    ) {
+        let Some(i) = self.instance_mut(workload, generation) else {
+            return;
+        };
+        if i.phase == Phase::Stopping {
+            // Ended while being stopped: the stop's result says it.
+            return;
+        }
+        match i.tracker.on_exit(now_ms) {
+            RestartDecision::RestartAfter {
+                delay_ms,
+                restarts_in_window,
+            } => {
+                i.phase = Phase::Restarting {
+                    at_ms: now_ms + delay_ms,
+                };
+                i.detail = Some(format!("{how}; restarting in {delay_ms} ms"));
+                out.push(HostEffect::Event(HostEvent::RestartScheduled {
+                    workload: workload.to_owned(),
+                    generation,
+                    delay_ms,
+                    restarts_in_window,
+                }));
+            }
+            RestartDecision::GiveUp { restarts_in_window } => {
+                i.phase = Phase::Failed;
+                i.detail = Some(format!(
+                    "{how}; gave up after {restarts_in_window} restarts within the restart window"
+                ));
+                out.push(HostEffect::Event(HostEvent::GaveUp {
+                    workload: workload.to_owned(),
+                    generation,
+                    restarts_in_window,
+                }));
+            }
+        }
+    }
+
+    /// Decide and record: every input ends here.
+    fn reconcile(&mut self, now_ms: u64, out: &mut Vec<HostEffect>) {
+        let authority = self.authority(now_ms);
+        let held = matches!(authority, Authority::Held(_));
+        if held != self.was_held {
+            let e = self.lease.expires_at_ms().unwrap_or(now_ms);
+            out.push(HostEffect::Event(if held {
+                HostEvent::LeaseHeld { expires_at_ms: e }
+            } else {
+                HostEvent::LeaseLapsed { expired_at_ms: e }
+            }));
+            self.was_held = held;
+        }
+        if held {
+            // The coordinator's current isolation response per instance.
+            for d in self.desired.iter().flatten() {
+                if let Some(i) = self.instances.get_mut(&d.workload) {
+                    if i.generation == d.generation {
+                        i.isolation = d.isolation;
+                    }
+                }
+            }
+            self.say_refused(out);
+        }
+        let local: BTreeMap<String, Local> = self
+            .instances
+            .iter()
+            .map(|(w, i)| {
+                (
+                    w.clone(),
+                    Local {
+                        generation: i.generation,
+                        phase: i.phase,
+                        isolation: i.isolation,
+                    },
+                )
+            })
+            .collect();
+        let lapsed = matches!(authority, Authority::Lapsed { .. });
+        for action in decide(&authority, &local, &self.highest_seen, now_ms) {
+            let (workload, generation, how) = match action {
+                Action::Start {
+                    workload,
+                    generation,
+                } => {
+                    self.start(workload, generation, out);
+                    continue;
+                }
+                Action::Stop {
+                    workload,
+                    generation,
+                } => (
+                    workload,
+                    generation,
+                    StopHow::Graceful {
+                        grace_ms: self.stop_grace_ms,
+                    },
+                ),
+                Action::Shutdown {
+                    workload,
+                    generation,
+                } => (
+                    workload,
+                    generation,
+                    StopHow::Shutdown {
+                        timeout_ms: self.settings.shutdown_timeout_ms,
+                    },
+                ),
+                Action::Kill {
+                    workload,
+                    generation,
+                } => (workload, generation, StopHow::Kill),
+            };
+            if let Some(i) = self.instances.get_mut(&workload) {
+                i.phase = Phase::Stopping;
+                i.detail = Some(
+                    if lapsed {
+                        "lease lost: isolation response"
+                    } else {
+                        "no longer assigned here"
+                    }
+                    .into(),
+                );
+            }
+            if lapsed {
+                out.push(HostEffect::Event(HostEvent::Isolation {
+                    workload: workload.clone(),
+                    generation,
+                    how,
+                }));
+            }
+            out.push(HostEffect::Stop {
+                workload,
+                generation,
+                how,
+            });
+        }
+        if held {
+            // Every start and stop of this revision has been taken; from
+            // now on the report shows it.
+            self.applied_revision = self.applied_revision.max(self.revision);
+        }
+    }
+
+    fn start(&mut self, workload: String, generation: Generation, out: &mut Vec<HostEffect>) {
+        let Some(d) = self
+            .desired
+            .iter()
+            .flatten()
+            .find(|d| d.workload == workload && d.generation == generation)
+        else {
+            return;
+        };
+        let (isolation, restart) = (d.isolation, d.restart);
+        let i = self
+            .instances
+            .entry(workload.clone())
+            .or_insert_with(|| Instance::new(generation, isolation, restart));
+        if matches!(i.phase, Phase::Restarting { .. }) {
+            i.restarts += 1;
+        }
+        i.phase = Phase::Starting;
+        out.push(HostEffect::Start {
+            workload,
+            generation,
+        });
+    }
+
+    /// Say once per (workload, generation) that a start was refused as
+    /// stale.
+    fn say_refused(&mut self, out: &mut Vec<HostEffect>) {
+        let desired = self.desired.as_deref().unwrap_or_default();
+        self.refused_said.retain(|(w, g)| {
+            desired
+                .iter()
+                .any(|d| d.workload == *w && d.generation == *g)
+        });
+        for d in self.desired.iter().flatten() {
+            let Some(h) = self.highest_seen.get(&d.workload) else {
+                continue;
+            };
+            if *h > d.generation && self.refused_said.insert((d.workload.clone(), d.generation)) {
+                out.push(HostEffect::Event(HostEvent::StaleGenerationRefused {
+                    workload: d.workload.clone(),
+                    generation: d.generation,
+                    highest_seen: *h,
+                }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

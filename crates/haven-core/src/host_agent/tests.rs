@@ -1,0 +1,540 @@
+//! The host agent's rules, one test each: first `decide` (ported from the
+//! agent's supervisor), then the machine fed inputs as a runtime would.
+
+use super::*;
+
+fn g(n: u64) -> Generation {
+    Generation(n)
+}
+
+fn l(generation: u64, phase: Phase) -> Local {
+    Local {
+        generation: g(generation),
+        phase,
+        isolation: IsolationResponse::PowerOff,
+    }
+}
+
+#[test]
+fn unknown_authority_touches_nothing() {
+    let local = BTreeMap::from([("a".to_string(), l(1, Phase::Running))]);
+    assert!(decide(&Authority::Unknown, &local, &BTreeMap::new(), 0).is_empty());
+}
+
+#[test]
+fn lapsed_lease_carries_out_each_isolation_response() {
+    let mut local = BTreeMap::from([
+        ("off".to_string(), l(1, Phase::Running)),
+        (
+            "restarting".to_string(),
+            l(2, Phase::Restarting { at_ms: 5 }),
+        ),
+    ]);
+    local.insert(
+        "graceful".into(),
+        Local {
+            isolation: IsolationResponse::Shutdown,
+            ..l(1, Phase::Running)
+        },
+    );
+    local.insert(
+        "stay".into(),
+        Local {
+            isolation: IsolationResponse::LeaveRunning,
+            ..l(1, Phase::Running)
+        },
+    );
+    let acts = decide(
+        &Authority::Lapsed { datastore_ok: true },
+        &local,
+        &BTreeMap::new(),
+        0,
+    );
+    assert_eq!(
+        acts,
+        vec![
+            Action::Shutdown {
+                workload: "graceful".into(),
+                generation: g(1)
+            },
+            Action::Kill {
+                workload: "off".into(),
+                generation: g(1)
+            },
+            Action::Kill {
+                workload: "restarting".into(),
+                generation: g(2)
+            },
+        ]
+    );
+    // Without a datastore, leave-running cannot be honoured: power off.
+    let acts = decide(
+        &Authority::Lapsed {
+            datastore_ok: false,
+        },
+        &local,
+        &BTreeMap::new(),
+        0,
+    );
+    assert!(acts.contains(&Action::Kill {
+        workload: "stay".into(),
+        generation: g(1)
+    }));
+}
+
+#[test]
+fn moved_or_deleted_workloads_stop_and_new_ones_start() {
+    let local = BTreeMap::from([
+        ("moved".to_string(), l(1, Phase::Running)),
+        ("kept".to_string(), l(3, Phase::Running)),
+    ]);
+    let desired = BTreeMap::from([("kept".to_string(), g(3)), ("new".to_string(), g(1))]);
+    let acts = decide(&Authority::Held(desired), &local, &BTreeMap::new(), 0);
+    assert_eq!(
+        acts,
+        vec![
+            Action::Stop {
+                workload: "moved".into(),
+                generation: g(1)
+            },
+            Action::Start {
+                workload: "new".into(),
+                generation: g(1)
+            },
+        ]
+    );
+}
+
+#[test]
+fn new_generation_waits_for_old_instance_to_stop() {
+    let local = BTreeMap::from([("a".to_string(), l(1, Phase::Stopping))]);
+    let desired = BTreeMap::from([("a".to_string(), g(2))]);
+    assert!(decide(&Authority::Held(desired), &local, &BTreeMap::new(), 0).is_empty());
+}
+
+#[test]
+fn stale_generation_is_refused() {
+    let desired = BTreeMap::from([("a".to_string(), g(2))]);
+    let seen = BTreeMap::from([("a".to_string(), g(3))]);
+    assert!(decide(&Authority::Held(desired), &BTreeMap::new(), &seen, 0).is_empty());
+}
+
+#[test]
+fn restart_waits_for_backoff_and_failed_stays_failed() {
+    let local = BTreeMap::from([("a".to_string(), l(1, Phase::Restarting { at_ms: 100 }))]);
+    let desired = BTreeMap::from([("a".to_string(), g(1))]);
+    let held = Authority::Held(desired);
+    assert!(decide(&held, &local, &BTreeMap::new(), 99).is_empty());
+    assert_eq!(decide(&held, &local, &BTreeMap::new(), 100).len(), 1);
+    let local = BTreeMap::from([("a".to_string(), l(1, Phase::Failed))]);
+    assert!(decide(&held, &local, &BTreeMap::new(), 100).is_empty());
+}
+
+#[test]
+fn an_inherited_expiry_beyond_what_the_cluster_allows_is_expired() {
+    let s = ClusterSettings::default(); // lease 1 s, restart grace 30 s
+    assert_eq!(check_inherited(None, 1_000, &s), InheritedLease::None);
+    assert_eq!(check_inherited(Some("x"), 1_000, &s), InheritedLease::None);
+    assert_eq!(
+        check_inherited(Some("900"), 1_000, &s),
+        InheritedLease::None
+    );
+    assert_eq!(
+        check_inherited(Some("31000\n"), 1_000, &s),
+        InheritedLease::Valid(31_000)
+    );
+    assert_eq!(
+        check_inherited(Some("9001000"), 1_000, &s),
+        InheritedLease::TooFar {
+            expiry_ms: 9_001_000,
+            allowed_ms: 30_000
+        }
+    );
+}
+
+// ---- the machine ----
+
+const GRACE_MS: u64 = 2_000;
+
+fn config() -> HostAgentConfig {
+    HostAgentConfig {
+        settings: ClusterSettings::default(),
+        stop_grace_ms: GRACE_MS,
+        inherited_expiry_ms: None,
+        adopted: vec![],
+    }
+}
+
+fn agent() -> HostAgent {
+    HostAgent::new(config(), 0).0
+}
+
+fn want(workload: &str, generation: u64, isolation: IsolationResponse) -> DesiredInstance {
+    DesiredInstance {
+        workload: workload.into(),
+        generation: g(generation),
+        isolation,
+        restart: RestartPolicy {
+            max_restarts: 2,
+            restart_window_s: 60,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 1_000,
+        },
+    }
+}
+
+fn ack(sent_ms: u64, revision: u64, desired: Vec<DesiredInstance>) -> HostInput {
+    HostInput::Ack(Ack {
+        sent_ms,
+        lease_ms: 1_000,
+        revision,
+        desired,
+        settings: ClusterSettings::default(),
+    })
+}
+
+fn starts(effects: &[HostEffect]) -> Vec<(String, Generation)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            HostEffect::Start {
+                workload,
+                generation,
+            } => Some((workload.clone(), *generation)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stops(effects: &[HostEffect]) -> Vec<(String, Generation, StopHow)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            HostEffect::Stop {
+                workload,
+                generation,
+                how,
+            } => Some((workload.clone(), *generation, *how)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn started(a: &mut HostAgent, w: &str, generation: u64, now_ms: u64) -> Vec<HostEffect> {
+    a.handle(
+        HostInput::InstanceStarted {
+            workload: w.into(),
+            generation: g(generation),
+        },
+        now_ms,
+    )
+}
+
+/// An agent running `a` generation 1 under a lease from an ack of a
+/// heartbeat sent at 0.
+fn running(isolation: IsolationResponse) -> HostAgent {
+    let mut a = agent();
+    let fx = a.handle(ack(0, 1, vec![want("a", 1, isolation)]), 10);
+    assert_eq!(starts(&fx), vec![("a".to_string(), g(1))]);
+    started(&mut a, "a", 1, 20);
+    a
+}
+
+#[test]
+fn nothing_starts_without_a_lease_and_the_lease_runs_from_the_send_time() {
+    let mut a = agent();
+    // The first tick asks for a heartbeat; nothing starts.
+    let fx = a.handle(HostInput::Tick, 0);
+    assert!(matches!(fx[..], [HostEffect::SendHeartbeat { .. }]));
+    assert!(starts(&fx).is_empty());
+    // An ack arriving after the lease it grants ran out starts nothing.
+    let fx = a.handle(
+        ack(0, 1, vec![want("a", 1, IsolationResponse::PowerOff)]),
+        1_000,
+    );
+    assert!(starts(&fx).is_empty());
+    assert_eq!(a.lease_expires_at_ms(), Some(1_000));
+    // One in time does, and renews the keeper to send time + lease.
+    let fx = a.handle(
+        ack(900, 2, vec![want("a", 1, IsolationResponse::PowerOff)]),
+        1_050,
+    );
+    assert_eq!(starts(&fx), vec![("a".to_string(), g(1))]);
+    assert!(fx.contains(&HostEffect::RenewKeeper { deadline_ms: 1_900 }));
+    assert_eq!(a.next_wakeup_ms(), Some(1_100)); // the next heartbeat first
+}
+
+#[test]
+fn only_the_newest_revision_is_acted_on_and_highest_seen_only_grows() {
+    let mut a = running(IsolationResponse::PowerOff);
+    // An older revision (a deposed coordinator's) extends the lease but
+    // moves nothing.
+    let fx = a.handle(ack(100, 0, vec![]), 150);
+    assert!(stops(&fx).is_empty());
+    assert_eq!(a.lease_expires_at_ms(), Some(1_100));
+    // Revision 3 moves `a` on to generation 5 elsewhere...
+    let fx = a.handle(ack(200, 3, vec![]), 250);
+    assert_eq!(stops(&fx).len(), 1);
+    a.handle(
+        HostInput::InstanceStopped {
+            workload: "a".into(),
+            generation: g(1),
+            how: "SIGTERM sent; exited 5 ms after it".into(),
+        },
+        260,
+    );
+    let fx = a.handle(
+        ack(300, 4, vec![want("a", 5, IsolationResponse::PowerOff)]),
+        350,
+    );
+    assert_eq!(starts(&fx), vec![("a".to_string(), g(5))]);
+    assert_eq!(a.highest_seen("a"), Some(g(5)));
+    // ...and a later revision naming an older generation is refused.
+    let mut b = HostAgent::new(config(), 0).0;
+    b.handle(
+        ack(0, 4, vec![want("a", 5, IsolationResponse::PowerOff)]),
+        10,
+    );
+    b.handle(
+        HostInput::StartFailed {
+            workload: "a".into(),
+            generation: g(5),
+            why: "x".into(),
+        },
+        20,
+    );
+    let fx = b.handle(
+        ack(100, 6, vec![want("a", 2, IsolationResponse::PowerOff)]),
+        150,
+    );
+    assert!(starts(&fx).is_empty());
+    assert!(
+        fx.contains(&HostEffect::Event(HostEvent::StaleGenerationRefused {
+            workload: "a".into(),
+            generation: g(2),
+            highest_seen: g(5)
+        }))
+    );
+    assert_eq!(b.highest_seen("a"), Some(g(5)));
+}
+
+#[test]
+fn a_new_generation_starts_only_once_the_old_instance_is_gone() {
+    let mut a = running(IsolationResponse::PowerOff);
+    // Re-spec in place: generation 2 on this host.
+    let fx = a.handle(
+        ack(100, 2, vec![want("a", 2, IsolationResponse::PowerOff)]),
+        150,
+    );
+    assert_eq!(
+        stops(&fx),
+        vec![(
+            "a".to_string(),
+            g(1),
+            StopHow::Graceful { grace_ms: GRACE_MS }
+        )]
+    );
+    assert!(starts(&fx).is_empty());
+    // Still stopping: heartbeats and ticks start nothing; the report
+    // lists it stopping.
+    let fx = a.handle(HostInput::Tick, 400);
+    assert!(starts(&fx).is_empty());
+    let report = a.report(400);
+    assert_eq!(report.observed[0].state, InstanceState::Stopping);
+    assert_eq!(report.applied_revision, 2);
+    let fx = a.handle(
+        HostInput::InstanceStopped {
+            workload: "a".into(),
+            generation: g(1),
+            how: "killed (3 ms)".into(),
+        },
+        450,
+    );
+    assert_eq!(starts(&fx), vec![("a".to_string(), g(2))]);
+    assert_eq!(a.report(450).stopped.len(), 1);
+}
+
+#[test]
+fn a_lapsed_lease_powers_off_at_once() {
+    let mut a = running(IsolationResponse::PowerOff);
+    assert_eq!(a.next_wakeup_ms(), Some(110)); // the next heartbeat
+                                               // Nothing acknowledged since the heartbeat sent at 0: the lease ends at
+                                               // 1000; the machine asks to be woken then.
+    a.handle(HostInput::HeartbeatSent { sent_ms: 900 }, 900);
+    assert_eq!(a.next_wakeup_ms(), Some(1_000));
+    let fx = a.handle(HostInput::Tick, 999);
+    assert!(stops(&fx).is_empty());
+    let fx = a.handle(HostInput::Tick, 1_000);
+    assert_eq!(stops(&fx), vec![("a".to_string(), g(1), StopHow::Kill)]);
+    assert!(fx.contains(&HostEffect::Event(HostEvent::LeaseLapsed {
+        expired_at_ms: 1_000
+    })));
+}
+
+#[test]
+fn shutdown_is_graceful_and_bounded_by_the_clusters_timeout() {
+    let mut a = running(IsolationResponse::Shutdown);
+    let fx = a.handle(HostInput::Tick, 1_000);
+    assert_eq!(
+        stops(&fx),
+        vec![(
+            "a".to_string(),
+            g(1),
+            StopHow::Shutdown {
+                timeout_ms: ClusterSettings::default().shutdown_timeout_ms
+            }
+        )]
+    );
+}
+
+#[test]
+fn leave_running_holds_only_while_the_datastore_is_written() {
+    let mut a = running(IsolationResponse::LeaveRunning);
+    a.handle(
+        HostInput::DatastoreWrite {
+            ok: true,
+            started_ms: 900,
+        },
+        950,
+    );
+    // Lease gone at 1000, datastore written at 900: keep running.
+    let fx = a.handle(HostInput::Tick, 1_000);
+    assert!(stops(&fx).is_empty());
+    // A failed write changes nothing by itself...
+    a.handle(
+        HostInput::DatastoreWrite {
+            ok: false,
+            started_ms: 1_150,
+        },
+        1_200,
+    );
+    assert!(stops(&a.handle(HostInput::Tick, 1_800)).is_empty());
+    // ...but a lease without a good write and it is powered off; the
+    // machine asked to be woken right then.
+    assert_eq!(a.next_wakeup_ms(), Some(1_900));
+    let fx = a.handle(HostInput::Tick, 1_900);
+    assert_eq!(stops(&fx), vec![("a".to_string(), g(1), StopHow::Kill)]);
+}
+
+#[test]
+fn a_restarted_agent_touches_nothing_until_its_first_ack() {
+    let mut cfg = config();
+    cfg.inherited_expiry_ms = Some(900);
+    cfg.adopted = vec![("a".into(), g(3)), ("a".into(), g(2)), ("b".into(), g(1))];
+    let (mut a, fx) = HostAgent::new(cfg, 100);
+    // Two generations of one workload: the older one is killed at once.
+    assert_eq!(stops(&fx), vec![("a".to_string(), g(2), StopHow::Kill)]);
+    assert_eq!(a.authority(100), Authority::Unknown);
+    let fx = a.handle(HostInput::Tick, 100);
+    assert!(stops(&fx).is_empty() && starts(&fx).is_empty());
+    assert_eq!(a.report(100).observed.len(), 2);
+    // The first ack decides: `b` is no longer assigned here.
+    let fx = a.handle(
+        ack(100, 7, vec![want("a", 3, IsolationResponse::PowerOff)]),
+        150,
+    );
+    assert_eq!(
+        stops(&fx),
+        vec![(
+            "b".to_string(),
+            g(1),
+            StopHow::Graceful { grace_ms: GRACE_MS }
+        )]
+    );
+    assert!(starts(&fx).is_empty());
+    // Without any ack, the inherited lease runs out like any other.
+    let mut cfg = config();
+    cfg.inherited_expiry_ms = Some(900);
+    cfg.adopted = vec![("a".into(), g(3))];
+    let (mut a, _) = HostAgent::new(cfg, 100);
+    assert_eq!(a.next_wakeup_ms(), Some(100));
+    a.handle(HostInput::Tick, 100);
+    assert_eq!(a.next_wakeup_ms(), Some(200));
+    a.handle(HostInput::HeartbeatSent { sent_ms: 850 }, 850);
+    assert_eq!(a.next_wakeup_ms(), Some(900));
+    let fx = a.handle(HostInput::Tick, 900);
+    assert_eq!(stops(&fx), vec![("a".to_string(), g(3), StopHow::Kill)]);
+}
+
+#[test]
+fn exits_restart_in_place_within_the_budget_then_report_failed() {
+    let mut a = running(IsolationResponse::PowerOff);
+    let desired = || vec![want("a", 1, IsolationResponse::PowerOff)];
+    let exit = |a: &mut HostAgent, now_ms: u64| {
+        a.handle(
+            HostInput::InstanceExited {
+                workload: "a".into(),
+                generation: g(1),
+                how: "exited with code 1".into(),
+            },
+            now_ms,
+        )
+    };
+    // Keep the lease up throughout.
+    a.handle(ack(100, 1, desired()), 100);
+    exit(&mut a, 100);
+    a.handle(HostInput::Tick, 110); // a heartbeat
+    assert_eq!(a.next_wakeup_ms(), Some(200)); // backoff 100 ms
+    assert!(starts(&a.handle(HostInput::Tick, 199)).is_empty());
+    assert_eq!(
+        starts(&a.handle(HostInput::Tick, 200)),
+        vec![("a".into(), g(1))]
+    );
+    started(&mut a, "a", 1, 210);
+    exit(&mut a, 300);
+    a.handle(ack(400, 1, desired()), 400);
+    assert_eq!(
+        starts(&a.handle(HostInput::Tick, 500)),
+        vec![("a".into(), g(1))]
+    );
+    started(&mut a, "a", 1, 510);
+    assert_eq!(a.report(510).observed[0].restarts, 2);
+    // Budget of 2 spent: failed, reported, never restarted here.
+    let fx = exit(&mut a, 600);
+    assert!(fx.contains(&HostEffect::Event(HostEvent::GaveUp {
+        workload: "a".into(),
+        generation: g(1),
+        restarts_in_window: 2
+    })));
+    a.handle(ack(700, 1, desired()), 700);
+    assert!(starts(&a.handle(HostInput::Tick, 1_500)).is_empty());
+    assert_eq!(a.report(700).observed[0].state, InstanceState::Failed);
+    // Once the coordinator moves it away, the failed one is cleared.
+    let fx = a.handle(ack(800, 2, vec![]), 800);
+    assert_eq!(stops(&fx).len(), 1);
+}
+
+#[test]
+fn a_start_in_flight_when_the_lease_lapses_is_killed() {
+    let mut a = agent();
+    a.handle(
+        ack(0, 1, vec![want("a", 1, IsolationResponse::LeaveRunning)]),
+        10,
+    );
+    a.handle(
+        HostInput::DatastoreWrite {
+            ok: true,
+            started_ms: 950,
+        },
+        960,
+    );
+    let fx = a.handle(HostInput::Tick, 1_000);
+    assert_eq!(stops(&fx), vec![("a".to_string(), g(1), StopHow::Kill)]);
+    // Its late start result does not bring it back to running.
+    started(&mut a, "a", 1, 1_010);
+    assert_eq!(a.report(1_010).observed[0].state, InstanceState::Stopping);
+}
+
+#[test]
+fn a_newer_revision_that_changes_nothing_here_is_still_reported_applied() {
+    let mut a = running(IsolationResponse::PowerOff);
+    let desired = || vec![want("a", 1, IsolationResponse::PowerOff)];
+    // The same acknowledgement again decides nothing...
+    let fx = a.handle(ack(100, 1, desired()), 150);
+    assert!(starts(&fx).is_empty() && stops(&fx).is_empty());
+    assert_eq!(a.report(150).applied_revision, 1);
+    // ...but a newer revision with the same instances is acted on (the
+    // coordinator's proof that a stop elsewhere is done counts on it).
+    a.handle(ack(200, 9, desired()), 250);
+    assert_eq!(a.report(250).applied_revision, 9);
+}

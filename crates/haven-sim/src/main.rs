@@ -1,0 +1,210 @@
+//! `haven-sim`: run random seeds of the whole-cluster simulation, or
+//! replay one.
+//!
+//!   haven-sim --seeds N [--first S] [--hosts H] [--managers M]
+//!             [--workloads W] [--minutes M] [--fault NAME]
+//!   haven-sim --seed S [the same options] [--trace]
+//!
+//! Every failing seed is printed with the command that replays it. The
+//! wall-clock time is read here only, to print the speed; it never reaches
+//! the simulation.
+
+use haven_sim::{run, Faults, SimConfig};
+use std::process::ExitCode;
+use std::time::Instant;
+
+const USAGE: &str = "usage: haven-sim (--seeds N [--first S] | --seed S [--trace]) [--hosts H] [--managers M] [--workloads W] [--minutes M] [--fault skip-lease-wait|confirm-stops-without-proof|ack-without-confirmed-leadership]";
+
+struct Args {
+    seeds: Option<u64>,
+    first: Option<u64>,
+    seed: Option<u64>,
+    hosts: usize,
+    managers: usize,
+    workloads: usize,
+    minutes: f64,
+    fault: Option<String>,
+    trace: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        seeds: None,
+        first: None,
+        seed: None,
+        hosts: 7,
+        managers: 3,
+        workloads: 20,
+        minutes: 2.0,
+        fault: None,
+        trace: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--trace" {
+            a.trace = true;
+            continue;
+        }
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag} {v}: not a whole number\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--seeds" => a.seeds = Some(num(&value)?),
+            "--first" => a.first = Some(num(&value)?),
+            "--seed" => a.seed = Some(num(&value)?),
+            "--hosts" => a.hosts = num(&value)? as usize,
+            "--managers" => a.managers = num(&value)? as usize,
+            "--workloads" => a.workloads = num(&value)? as usize,
+            "--minutes" => {
+                a.minutes = value
+                    .parse()
+                    .map_err(|_| format!("--minutes {value}: not a number\n{USAGE}"))?
+            }
+            "--fault" => a.fault = Some(value),
+            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+        }
+    }
+    if a.seeds.is_none() == a.seed.is_none() {
+        return Err(format!("give --seeds N or --seed S\n{USAGE}"));
+    }
+    if a.hosts == 0 || !(1..=5).contains(&a.managers) || a.managers > a.hosts {
+        return Err(format!(
+            "--hosts {} --managers {}: need 1 to 5 managers, no more than the hosts",
+            a.hosts, a.managers
+        ));
+    }
+    Ok(a)
+}
+
+fn faults(name: Option<&str>) -> Result<Faults, String> {
+    let mut f = Faults::default();
+    match name {
+        None => {}
+        Some("skip-lease-wait") => f.skip_lease_wait = true,
+        Some("confirm-stops-without-proof") => f.confirm_stops_without_proof = true,
+        Some("ack-without-confirmed-leadership") => f.ack_without_confirmed_leadership = true,
+        Some(other) => return Err(format!("--fault {other}: unknown\n{USAGE}")),
+    }
+    Ok(f)
+}
+
+fn config(a: &Args, seed: u64) -> Result<SimConfig, String> {
+    let mut cfg = SimConfig::new(seed);
+    cfg.hosts = a.hosts;
+    cfg.managers = a.managers;
+    cfg.workloads = a.workloads;
+    cfg.duration_ms = (a.minutes * 60_000.0) as u64;
+    cfg.faults = faults(a.fault.as_deref())?;
+    Ok(cfg)
+}
+
+fn replay_command(a: &Args, seed: u64) -> String {
+    let mut c = format!(
+        "haven-sim --seed {seed} --hosts {} --managers {} --workloads {} --minutes {}",
+        a.hosts, a.managers, a.workloads, a.minutes
+    );
+    if let Some(f) = &a.fault {
+        c.push_str(&format!(" --fault {f}"));
+    }
+    c
+}
+
+fn main() -> ExitCode {
+    let a = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(seed) = a.seed {
+        let cfg = match config(&a, seed) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        let mut world = haven_sim::World::new(cfg);
+        if a.trace {
+            world.trace = Some(vec![]);
+        }
+        let out = world.run_keeping_trace();
+        if let Some(lines) = &out.1 {
+            for l in lines {
+                println!("{l}");
+            }
+        }
+        let out = out.0;
+        println!(
+            "seed {seed}: {} after {} simulated ms; trace {:016x}; {:?}",
+            if out.violations.is_empty() {
+                "ok"
+            } else {
+                "FAILED"
+            },
+            out.sim_ms,
+            out.trace_hash,
+            out.stats
+        );
+        for v in &out.violations {
+            println!(
+                "seed {} at {} ms: {}: {}",
+                v.seed, v.at_ms, v.invariant, v.detail
+            );
+        }
+        return if out.violations.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let n = a.seeds.unwrap_or(0);
+    let first = a.first.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() % 1_000_000_000)
+    });
+    println!(
+        "{n} seeds from {first}: {} hosts ({} managers), {} workloads, {} simulated minutes each",
+        a.hosts, a.managers, a.workloads, a.minutes
+    );
+    let started = Instant::now();
+    let (mut failed, mut sim_ms) = (0, 0u64);
+    for seed in first..first + n {
+        let cfg = match config(&a, seed) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        let out = run(cfg);
+        sim_ms += out.sim_ms;
+        if let Some(v) = out.violations.first() {
+            failed += 1;
+            println!(
+                "FAILED seed {seed} at {} ms: {}: {}\n  replay: {}",
+                v.at_ms,
+                v.invariant,
+                v.detail,
+                replay_command(&a, seed)
+            );
+        }
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    println!(
+        "{n} seeds, {failed} failed; {:.1} simulated s in {wall_s:.1} wall s: {:.1} simulated s per wall s",
+        sim_ms as f64 / 1000.0,
+        sim_ms as f64 / 1000.0 / wall_s.max(1e-9)
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,1719 @@
+//! The simulated world: hosts (each running the real `HostAgent`), their
+//! clocks, workloads and watchdogs, the network, the Raft model among the
+//! managers and the coordinator on its leader, driven by one discrete-event
+//! loop over simulated real time (ms). Everything random comes from one
+//! `Rng` seeded by the run's seed; maps are ordered; there are no threads.
+//! So one seed is one run, replayed exactly.
+
+use crate::clock::Clock;
+use crate::coordinator_adapter::{CoordinatorAdapter, Faults};
+use crate::net::Network;
+use crate::raft::{RaftEvent, RaftModel, Role, RAFT_HEARTBEAT_INTERVAL_MS};
+use crate::rng::Rng;
+use haven_core::host_agent::{
+    check_inherited, Ack, HeartbeatReport, HostAgent, HostAgentConfig, HostEffect, HostInput,
+    InheritedLease, StopHow,
+};
+use haven_core::model::{
+    Capacity, Generation, HostRecord, IsolationResponse, Priority, RestartPolicy, Role as HostRole,
+    WorkloadKind, WorkloadSpec,
+};
+use haven_core::state::Command;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+/// Heartbeat attempts per heartbeat before waiting for the next one.
+const ATTEMPTS_PER_HEARTBEAT_MAX: u32 = 4;
+/// Unanswered heartbeats to one manager before trying the next.
+const UNANSWERED_MAX: u32 = 3;
+/// The simulated watchdog's timeout (each host has one, like the test bed).
+pub const WATCHDOG_TIMEOUT_MS: u64 = 1_000;
+/// How a graceful stop ends: the agent's stop grace.
+pub const STOP_GRACE_MS: u64 = 3_000;
+/// A kill empties a cgroup within this (the test bed measures ~10 ms).
+pub const KILL_MS_MAX: u64 = 10;
+/// How often the lease invariant is checked.
+const SWEEP_MS: u64 = 100;
+/// How often replicas are compared.
+const REPLICA_CHECK_MS: u64 = 5_000;
+/// After faults heal, every placeable workload runs within this: an
+/// election, lease + margin + watchdog, a stop grace, a restart backoff,
+/// and a few heartbeats.
+pub const RECOVERY_BOUND_MS: u64 = 15_000;
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub hosts: usize,
+    pub managers: usize,
+    pub workloads: usize,
+    pub duration_ms: u64,
+    /// Random faults and operator actions from the seed.
+    pub chaos: bool,
+    /// Broken rules switched on (to prove the simulator finds them).
+    pub faults: Faults,
+    /// Largest clock-rate difference from real time (DESIGN's bound).
+    pub drift_max: f64,
+    /// Timed actions (a scenario), besides the random ones.
+    pub scenario: Vec<(u64, Action)>,
+    /// Stop at the first violation.
+    pub stop_at_first: bool,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            hosts: 7,
+            managers: 3,
+            workloads: 20,
+            duration_ms: 120_000,
+            chaos: true,
+            faults: Faults::default(),
+            drift_max: 1e-4,
+            scenario: vec![],
+            stop_at_first: true,
+        }
+    }
+}
+
+/// Who an action is aimed at, resolved when it happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Host(usize),
+    /// The host of the current Raft leader.
+    Leader,
+    /// A host that is not a manager.
+    SomeWorker,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Crash(Target, u64),
+    PowerOn(usize),
+    Freeze(Target, u64),
+    Thaw(usize),
+    AgentCrash(Target, u64),
+    AgentRestart(usize),
+    AgentFreeze(Target, u64),
+    AgentThaw(usize),
+    /// Cut a host off both ways for this long.
+    Isolate(Target, u64),
+    /// Only its outgoing messages are lost.
+    Mute(Target, u64),
+    /// Only its incoming messages are lost.
+    Deafen(Target, u64),
+    /// Its link goes down and up every few hundred ms, for this long.
+    Flap(Target, u64),
+    Loss(f64, u64),
+    DelaySpike(u64, u64),
+    Drift(Target),
+    ApplyNew,
+    Respec,
+    Delete,
+    DeleteAndReapply,
+    /// Everything back: partitions, loss, frozen and crashed hosts.
+    Heal,
+}
+
+impl Action {
+    /// How long the fault lasts (0: at once).
+    pub fn span_ms(&self) -> u64 {
+        match self {
+            Action::Crash(_, s)
+            | Action::Freeze(_, s)
+            | Action::AgentCrash(_, s)
+            | Action::AgentFreeze(_, s)
+            | Action::Isolate(_, s)
+            | Action::Mute(_, s)
+            | Action::Deafen(_, s)
+            | Action::Flap(_, s)
+            | Action::Loss(_, s)
+            | Action::DelaySpike(_, s) => *s,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub seed: u64,
+    pub at_ms: u64,
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InstPhase {
+    Starting,
+    Running,
+    Stopping,
+}
+
+#[derive(Clone, Debug)]
+struct Inst {
+    id: u64,
+    phase: InstPhase,
+    isolation: IsolationResponse,
+}
+
+/// An I/O result waiting for a frozen agent.
+#[derive(Clone, Debug)]
+enum Io {
+    Started(String, Generation),
+    Gone {
+        workload: String,
+        generation: Generation,
+        asked_by: u64,
+        how: String,
+    },
+}
+
+struct Host {
+    name: String,
+    node: Option<usize>,
+    on: bool,
+    frozen: bool,
+    agent_frozen: bool,
+    agent: Option<HostAgent>,
+    /// The agent process (grows at each start).
+    incarnation: u64,
+    clock: Clock,
+    instances: BTreeMap<(String, Generation), Inst>,
+    keeper_deadline_ms: Option<u64>,
+    /// The lease expiry the agent last wrote to its data dir (local ms).
+    lease_file: Option<u64>,
+    wake_at: Option<u64>,
+    last_pet_ms: u64,
+    watchdog_armed: bool,
+    keeper_armed: bool,
+    hint: Option<usize>,
+    next_manager: usize,
+    unanswered: u32,
+    backlog: Vec<Io>,
+    deferred: Vec<Ev>,
+}
+
+#[derive(Clone, Debug)]
+enum Msg {
+    Heartbeat {
+        from: usize,
+        incarnation: u64,
+        report: HeartbeatReport,
+        attempt: u32,
+    },
+    Ack {
+        incarnation: u64,
+        ack: Ack,
+        leader: usize,
+    },
+    Refused {
+        incarnation: u64,
+        hint: Option<usize>,
+        report: HeartbeatReport,
+        attempt: u32,
+        target: usize,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Wake(usize),
+    Deliver(usize, Msg),
+    RaftRound,
+    /// A leader replicates what it was just asked to propose.
+    RaftAppend(usize),
+    CoordTick,
+    StartDone(usize, String, Generation, u64),
+    StopDone {
+        host: usize,
+        workload: String,
+        generation: Generation,
+        id: u64,
+        asked_by: u64,
+        how: String,
+    },
+    Exit(usize, String, Generation, u64),
+    Keeper(usize),
+    Watchdog(usize),
+    Do(Action),
+    FlapToggle(usize, u64, bool),
+    Sweep,
+    ReplicaCheck,
+    RecoveryCheck(u64),
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub events: u64,
+    pub heartbeats: u64,
+    pub acks: u64,
+    pub starts: u64,
+    pub stops: u64,
+    pub proposals: u64,
+    pub faults: u64,
+    pub operator_actions: u64,
+    pub elections: u64,
+    pub committed: u64,
+    pub resets: u64,
+}
+
+/// What one run produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub seed: u64,
+    pub sim_ms: u64,
+    pub violations: Vec<Violation>,
+    pub trace_hash: u64,
+    pub stats: Stats,
+    pub leader_terms: Vec<(u64, String)>,
+    /// Where each workload is assigned at the end, as the leader (or the
+    /// first manager) holds it.
+    pub assignments: BTreeMap<String, String>,
+}
+
+pub struct World {
+    cfg: SimConfig,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    hosts: Vec<Host>,
+    managers: Vec<usize>,
+    net: Network,
+    raft: RaftModel,
+    coord: Vec<CoordinatorAdapter>,
+    /// The operator's own list of what it applied (for re-spec, delete).
+    catalog: BTreeMap<String, WorkloadSpec>,
+    deleted: Vec<WorkloadSpec>,
+    next_workload: usize,
+    /// Where each workload has an instance (any generation): hosts.
+    placed: BTreeMap<String, BTreeMap<usize, usize>>,
+    next_instance: u64,
+    violations: Vec<Violation>,
+    trace_hash: u64,
+    pub trace: Option<Vec<String>>,
+    stats: Stats,
+    chaos_until: u64,
+    leader_terms: Vec<(u64, String)>,
+    healed: bool,
+}
+
+fn fnv(hash: u64, text: &str) -> u64 {
+    let mut h = hash;
+    for b in text.bytes().chain(std::iter::once(b'\n')) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// A command in a few words, for the trace.
+fn summary(c: &Command) -> String {
+    match c {
+        Command::Place { placements, .. } => {
+            let p: Vec<String> = placements
+                .iter()
+                .map(|p| format!("{}->{}", p.workload, p.host))
+                .collect();
+            format!("place {}", p.join(","))
+        }
+        Command::Unassign {
+            workloads, reason, ..
+        } => {
+            let w: Vec<String> = workloads.iter().map(|(w, g)| format!("{w}@{g}")).collect();
+            format!("unassign {} ({reason})", w.join(","))
+        }
+        Command::StopConfirmed {
+            workload,
+            generation,
+            ..
+        } => format!("stop confirmed {workload}@{generation}"),
+        Command::FailedOn {
+            workload,
+            generation,
+            ..
+        } => format!("failed {workload}@{generation}"),
+        Command::SetPending { workload, .. } => format!("pending {workload}"),
+        other => format!("{:?}", std::mem::discriminant(other)),
+    }
+}
+
+fn spec(name: String, rng: &mut Rng) -> WorkloadSpec {
+    let priority = [
+        Priority::Highest,
+        Priority::High,
+        Priority::Medium,
+        Priority::Low,
+    ][rng.index(4)];
+    WorkloadSpec {
+        name,
+        kind: WorkloadKind::Process {
+            command: vec!["/usr/bin/sleep".into(), "infinity".into()],
+            env: BTreeMap::new(),
+        },
+        vcpus: 1,
+        memory_mib: 128 * rng.range(1, 2),
+        priority,
+        restart: RestartPolicy::default(),
+        isolation_response: rng.chance(0.2).then_some(IsolationResponse::Shutdown),
+        log_max_bytes: haven_core::logs::LOG_MAX_BYTES_DEFAULT,
+        user: None,
+        group: None,
+    }
+}
+
+impl World {
+    pub fn new(cfg: SimConfig) -> World {
+        let mut rng = Rng::new(cfg.seed);
+        let managers: Vec<usize> = (0..cfg.managers.min(cfg.hosts)).collect();
+        let per_host = cfg.workloads.div_ceil(cfg.hosts.max(1)) as u32;
+        let capacity = Capacity {
+            vcpus: 3 * per_host + 2,
+            memory_mib: 256 * (3 * per_host as u64 + 2),
+        };
+        let mut boot = vec![Command::InitCluster {
+            cluster_id: format!("sim-{}", cfg.seed),
+            at_ms: 0,
+        }];
+        let mut hosts = vec![];
+        for i in 0..cfg.hosts {
+            let name = format!("h{}", i + 1);
+            boot.push(Command::RegisterHost {
+                host: HostRecord {
+                    name: name.clone(),
+                    node_id: i as u64 + 1,
+                    address: format!("10.0.{}.{}:7000", i / 250, i % 250 + 1),
+                    role: if i < managers.len() {
+                        HostRole::Manager
+                    } else {
+                        HostRole::Worker
+                    },
+                    capacity,
+                    labels: BTreeMap::new(),
+                    instance_id: name.clone(),
+                    fence: None,
+                    watchdog_timeout_ms: WATCHDOG_TIMEOUT_MS,
+                    restart_grace: None,
+                },
+                at_ms: 0,
+            });
+            let rate = 1.0 + (rng.unit() * 2.0 - 1.0) * cfg.drift_max;
+            hosts.push(Host {
+                name,
+                node: (i < managers.len()).then_some(i),
+                on: true,
+                frozen: false,
+                agent_frozen: false,
+                agent: None,
+                incarnation: 0,
+                clock: Clock::new(rng.range(1_000_000, 1_000_000_000), 0, rate),
+                instances: BTreeMap::new(),
+                keeper_deadline_ms: None,
+                lease_file: None,
+                wake_at: None,
+                last_pet_ms: 0,
+                watchdog_armed: false,
+                keeper_armed: false,
+                hint: None,
+                next_manager: rng.index(managers.len().max(1)),
+                unanswered: 0,
+                backlog: vec![],
+                deferred: vec![],
+            });
+        }
+        let mut catalog = BTreeMap::new();
+        let specs: Vec<WorkloadSpec> = (0..cfg.workloads)
+            .map(|i| spec(format!("w{i:05}"), &mut rng))
+            .collect();
+        for (n, part) in specs.chunks(1_000).enumerate() {
+            boot.push(Command::ApplyWorkloads {
+                specs: part.to_vec(),
+                source: format!("part{n}.toml"),
+                at_ms: 0,
+            });
+        }
+        for s in specs {
+            catalog.insert(s.name.clone(), s);
+        }
+        let raft = RaftModel::new(&managers, boot);
+        let coord = managers
+            .iter()
+            .map(|_| CoordinatorAdapter::new(cfg.faults))
+            .collect();
+        let chaos_until = if cfg.chaos {
+            cfg.duration_ms.saturating_sub(RECOVERY_BOUND_MS + 5_000) * 7 / 10
+        } else {
+            0
+        };
+        let mut w = World {
+            next_workload: cfg.workloads,
+            cfg,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            hosts,
+            managers,
+            net: Network::new((1, 5)),
+            raft,
+            coord,
+            catalog,
+            deleted: vec![],
+            placed: BTreeMap::new(),
+            next_instance: 1,
+            violations: vec![],
+            trace_hash: 0xcbf2_9ce4_8422_2325,
+            trace: None,
+            stats: Stats::default(),
+            chaos_until,
+            leader_terms: vec![],
+            healed: false,
+        };
+        // Node 0 leads term 1 from the start.
+        if !w.managers.is_empty() {
+            let local = w.hosts[0].clock.local(0);
+            let state = &w.raft.nodes[0].state;
+            w.coord[0].take_office(1, local, 0, state);
+            w.leader_terms.push((1, w.hosts[0].name.clone()));
+        }
+        for h in 0..w.hosts.len() {
+            w.start_agent(h, vec![]);
+        }
+        w.schedule(0, Ev::RaftRound);
+        w.schedule(0, Ev::CoordTick);
+        w.schedule(SWEEP_MS, Ev::Sweep);
+        w.schedule(REPLICA_CHECK_MS, Ev::ReplicaCheck);
+        for (at, a) in w.cfg.scenario.clone() {
+            w.schedule(at, Ev::Do(a));
+        }
+        if w.cfg.chaos {
+            w.plan_chaos();
+        }
+        let end = w.cfg.duration_ms;
+        if end > RECOVERY_BOUND_MS {
+            let heal = w.chaos_until.max(
+                w.cfg
+                    .scenario
+                    .iter()
+                    .map(|(t, a)| t + a.span_ms())
+                    .max()
+                    .unwrap_or(0),
+            );
+            if heal + RECOVERY_BOUND_MS <= end {
+                w.schedule(heal, Ev::Do(Action::Heal));
+                w.schedule(heal + RECOVERY_BOUND_MS, Ev::RecoveryCheck(heal));
+            }
+        }
+        w
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    fn note(&mut self, text: String) {
+        self.trace_hash = fnv(self.trace_hash, &text);
+        if let Some(t) = self.trace.as_mut() {
+            t.push(format!("{:>9} {text}", self.now));
+        }
+    }
+
+    fn violate(&mut self, invariant: &'static str, detail: String) {
+        self.note(format!("VIOLATION {invariant}: {detail}"));
+        self.violations.push(Violation {
+            seed: self.cfg.seed,
+            at_ms: self.now,
+            invariant,
+            detail,
+        });
+    }
+
+    /// Random faults and operator actions over the chaos window.
+    fn plan_chaos(&mut self) {
+        let mut t = 2_000;
+        let workers = self.hosts.len() > self.managers.len();
+        while t < self.chaos_until {
+            t += self.rng.range(500, 4_000);
+            if t >= self.chaos_until {
+                break;
+            }
+            let target = match self.rng.index(4) {
+                0 => Target::Leader,
+                1 if workers => Target::SomeWorker,
+                _ => Target::Host(self.rng.index(self.hosts.len())),
+            };
+            let span = self.rng.range(200, 8_000);
+            let action = match self.rng.index(16) {
+                0 => Action::Crash(target, span),
+                1 => Action::Freeze(target, span),
+                2 => Action::AgentCrash(target, span),
+                3 => Action::AgentFreeze(target, span),
+                4 | 5 => Action::Isolate(target, span),
+                6 => Action::Mute(target, span),
+                7 => Action::Deafen(target, span),
+                8 => Action::Flap(target, span),
+                9 => Action::Loss(self.rng.range(5, 40) as f64 / 100.0, span),
+                10 => Action::DelaySpike(self.rng.range(20, 400), span),
+                11 => Action::Drift(target),
+                12 => Action::ApplyNew,
+                13 => Action::Respec,
+                14 => Action::Delete,
+                _ => Action::DeleteAndReapply,
+            };
+            self.schedule(t, Ev::Do(action));
+        }
+    }
+
+    /// Run to the end (or the first violation when asked).
+    pub fn run(self) -> Outcome {
+        self.run_keeping_trace().0
+    }
+
+    /// Run, and hand back the trace lines too when they were kept
+    /// (`trace = Some(vec![])` before running).
+    pub fn run_keeping_trace(mut self) -> (Outcome, Option<Vec<String>>) {
+        while let Some(Reverse(s)) = self.queue.pop() {
+            if s.at > self.cfg.duration_ms {
+                break;
+            }
+            self.now = s.at;
+            self.stats.events += 1;
+            self.handle(s.ev);
+            if self.cfg.stop_at_first && !self.violations.is_empty() {
+                break;
+            }
+        }
+        self.stats.elections = self.raft.elections;
+        self.stats.committed = self.raft.committed_len() as u64;
+        let hash = fnv(self.trace_hash, &format!("{:?}", self.stats));
+        let n = self.leader().unwrap_or(0);
+        let assignments = self.raft.nodes[n]
+            .state
+            .workloads
+            .iter()
+            .filter_map(|(w, r)| Some((w.clone(), r.assignment.as_ref()?.host.clone())))
+            .collect();
+        let outcome = Outcome {
+            assignments,
+            seed: self.cfg.seed,
+            sim_ms: self.now,
+            violations: self.violations,
+            trace_hash: hash,
+            stats: self.stats,
+            leader_terms: self.leader_terms,
+        };
+        (outcome, self.trace)
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        // A frozen host does nothing; what would have happened there waits.
+        let host_of = match &ev {
+            Ev::Wake(h) | Ev::StartDone(h, ..) | Ev::Exit(h, ..) | Ev::Keeper(h) => Some(*h),
+            Ev::StopDone { host, .. } => Some(*host),
+            _ => None,
+        };
+        if let Some(h) = host_of {
+            if !self.hosts[h].on {
+                return;
+            }
+            if self.hosts[h].frozen {
+                if !matches!(ev, Ev::Wake(_)) {
+                    self.hosts[h].deferred.push(ev);
+                }
+                return;
+            }
+        }
+        match ev {
+            Ev::Wake(h) => {
+                if self.hosts[h].wake_at == Some(self.now) {
+                    self.hosts[h].wake_at = None;
+                    self.run_agent(h, HostInput::Tick);
+                }
+            }
+            Ev::Deliver(to, msg) => self.deliver(to, msg),
+            Ev::RaftRound => {
+                self.raft_round();
+                self.schedule(self.now + RAFT_HEARTBEAT_INTERVAL_MS, Ev::RaftRound);
+            }
+            Ev::RaftAppend(n) => {
+                let (up, local) = self.raft_up();
+                let mut events = vec![];
+                self.raft.append_from(
+                    n,
+                    self.now,
+                    &up,
+                    &local,
+                    &self.net,
+                    &mut self.rng,
+                    &mut events,
+                );
+                self.raft_events(events, &local);
+                self.take_raft_violations();
+            }
+            Ev::CoordTick => {
+                self.coordinator_ticks();
+                self.schedule(self.now + 100, Ev::CoordTick);
+            }
+            Ev::StartDone(h, w, g, id) => self.start_done(h, w, g, id),
+            Ev::StopDone {
+                host,
+                workload,
+                generation,
+                id,
+                asked_by,
+                how,
+            } => {
+                // Only what really ended is reported, to the agent that
+                // asked or (it is gone) the one that adopted it.
+                let ended = self.end_instance(host, &workload, generation, Some(id));
+                let key = (workload.clone(), generation);
+                let empty = !self.hosts[host].instances.contains_key(&key);
+                if ended || (empty && asked_by == self.hosts[host].incarnation) {
+                    self.report_io(
+                        host,
+                        Io::Gone {
+                            workload,
+                            generation,
+                            asked_by,
+                            how,
+                        },
+                    );
+                }
+            }
+            Ev::Exit(h, w, g, id) => {
+                let alive = self.hosts[h]
+                    .instances
+                    .get(&(w.clone(), g))
+                    .is_some_and(|i| i.id == id && i.phase == InstPhase::Running);
+                if alive && self.now < self.chaos_until {
+                    self.end_instance(h, &w, g, Some(id));
+                    self.report_io(
+                        h,
+                        Io::Gone {
+                            workload: w,
+                            generation: g,
+                            asked_by: 0,
+                            how: "exited with code 1".into(),
+                        },
+                    );
+                }
+            }
+            Ev::Keeper(h) => self.keeper(h),
+            Ev::Watchdog(h) => self.watchdog(h),
+            Ev::Do(a) => self.act(a),
+            Ev::FlapToggle(h, until, down) => {
+                if self.now < until && !self.healed {
+                    let span = self.rng.range(100, 500);
+                    if down {
+                        self.net.cut_incoming(h, self.now + span);
+                        self.net.cut_outgoing(h, self.now + span);
+                    }
+                    self.schedule(self.now + span, Ev::FlapToggle(h, until, !down));
+                }
+            }
+            Ev::Sweep => {
+                self.check_leases();
+                self.schedule(self.now + SWEEP_MS, Ev::Sweep);
+            }
+            Ev::ReplicaCheck => {
+                self.raft.check_replicas();
+                self.take_raft_violations();
+                self.schedule(self.now + REPLICA_CHECK_MS, Ev::ReplicaCheck);
+            }
+            Ev::RecoveryCheck(healed_at) => self.check_recovered(healed_at),
+        }
+    }
+
+    // ---- hosts and their agents ----
+
+    fn local(&self, h: usize) -> u64 {
+        self.hosts[h].clock.local(self.now)
+    }
+
+    fn start_agent(&mut self, h: usize, adopted: Vec<(String, Generation)>) {
+        let now_local = self.local(h);
+        let settings = self.raft.nodes[0].state.settings.clone();
+        let text = self.hosts[h].lease_file.map(|e| e.to_string());
+        let inherited = match check_inherited(text.as_deref(), now_local, &settings) {
+            InheritedLease::Valid(e) => Some(e),
+            _ => None,
+        };
+        let host = &mut self.hosts[h];
+        host.incarnation += 1;
+        host.agent_frozen = false;
+        host.backlog.clear();
+        let (agent, effects) = HostAgent::new(
+            HostAgentConfig {
+                settings,
+                stop_grace_ms: STOP_GRACE_MS,
+                inherited_expiry_ms: inherited,
+                adopted,
+            },
+            now_local,
+        );
+        host.agent = Some(agent);
+        self.note(format!(
+            "{} agent starts (inherited lease {:?})",
+            self.hosts[h].name, inherited
+        ));
+        self.perform(h, effects);
+        self.run_agent(h, HostInput::Tick);
+    }
+
+    fn agent_running(&self, h: usize) -> bool {
+        let host = &self.hosts[h];
+        host.on && !host.frozen && !host.agent_frozen && host.agent.is_some()
+    }
+
+    fn run_agent(&mut self, h: usize, input: HostInput) {
+        if !self.agent_running(h) {
+            return;
+        }
+        let now_local = self.local(h);
+        let agent = self.hosts[h].agent.as_mut().expect("running");
+        let effects = agent.handle(input, now_local);
+        let pet = !agent.lapsed(now_local);
+        let wake = agent.next_wakeup_ms();
+        if pet {
+            self.hosts[h].last_pet_ms = self.now;
+            if !self.hosts[h].watchdog_armed {
+                self.hosts[h].watchdog_armed = true;
+                self.schedule(self.now + WATCHDOG_TIMEOUT_MS, Ev::Watchdog(h));
+            }
+        }
+        self.perform(h, effects);
+        if let Some(local) = wake {
+            let at = self.hosts[h]
+                .clock
+                .real_at(local, self.now)
+                .max(self.now + 1);
+            if self.hosts[h].wake_at.is_none_or(|w| at < w || w < self.now) {
+                self.hosts[h].wake_at = Some(at);
+                self.schedule(at, Ev::Wake(h));
+            }
+        }
+    }
+
+    fn report_io(&mut self, h: usize, io: Io) {
+        if self.hosts[h].agent.is_none() {
+            return;
+        }
+        if self.hosts[h].agent_frozen {
+            self.hosts[h].backlog.push(io);
+            return;
+        }
+        let incarnation = self.hosts[h].incarnation;
+        let input = match io {
+            Io::Started(workload, generation) => HostInput::InstanceStarted {
+                workload,
+                generation,
+            },
+            Io::Gone {
+                workload,
+                generation,
+                asked_by,
+                how,
+            } if asked_by == incarnation => HostInput::InstanceStopped {
+                workload,
+                generation,
+                how,
+            },
+            Io::Gone {
+                workload,
+                generation,
+                how,
+                ..
+            } => HostInput::InstanceExited {
+                workload,
+                generation,
+                how,
+            },
+        };
+        self.run_agent(h, input);
+    }
+
+    fn perform(&mut self, h: usize, effects: Vec<HostEffect>) {
+        for e in effects {
+            match e {
+                HostEffect::SendHeartbeat { report } => {
+                    self.stats.heartbeats += 1;
+                    let host = &mut self.hosts[h];
+                    host.unanswered += 1;
+                    if host.unanswered > UNANSWERED_MAX {
+                        host.unanswered = 0;
+                        host.hint = None;
+                        host.next_manager += 1;
+                    }
+                    self.send_heartbeat(h, report, 1);
+                }
+                HostEffect::Start {
+                    workload,
+                    generation,
+                } => self.start_instance(h, workload, generation),
+                HostEffect::Stop {
+                    workload,
+                    generation,
+                    how,
+                } => self.stop_instance(h, workload, generation, how),
+                HostEffect::RenewKeeper { deadline_ms } => {
+                    let host = &mut self.hosts[h];
+                    host.keeper_deadline_ms = Some(deadline_ms);
+                    host.lease_file = Some(deadline_ms);
+                    self.arm_keeper(h);
+                }
+                HostEffect::Event(e) => {
+                    let text = format!("{} {e:?}", self.hosts[h].name);
+                    self.note(text);
+                }
+            }
+        }
+    }
+
+    fn send_heartbeat(&mut self, h: usize, report: HeartbeatReport, attempt: u32) {
+        if self.managers.is_empty() {
+            return;
+        }
+        let host = &self.hosts[h];
+        let target = host
+            .hint
+            .unwrap_or(self.managers[host.next_manager % self.managers.len()]);
+        let msg = Msg::Heartbeat {
+            from: h,
+            incarnation: host.incarnation,
+            report,
+            attempt,
+        };
+        self.send(h, target, msg);
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        if let Some(d) = self.net.deliver(from, to, self.now, &mut self.rng) {
+            self.schedule(self.now + d, Ev::Deliver(to, msg));
+        }
+    }
+
+    fn deliver(&mut self, to: usize, msg: Msg) {
+        let host = &self.hosts[to];
+        if !host.on || host.frozen {
+            return;
+        }
+        match msg {
+            Msg::Heartbeat {
+                from,
+                incarnation,
+                report,
+                attempt,
+            } => {
+                // A manager whose agent is away answers nothing.
+                if host.agent.is_none() || host.agent_frozen {
+                    return;
+                }
+                let Some(n) = host.node else { return };
+                let local = self.local(to);
+                let node = &self.raft.nodes[n];
+                let leads = node.role == Role::Leader;
+                let grant = leads
+                    && self.coord[n].term() == Some(node.term)
+                    && self.coord[n].may_grant(node.confirmed_at_ms, local, &node.state);
+                let reply = if grant {
+                    let name = self.hosts[from].name.clone();
+                    let state = &self.raft.nodes[n].state;
+                    match self.coord[n].heartbeat(&name, &report, local, state) {
+                        Some(ack) => {
+                            self.stats.acks += 1;
+                            Msg::Ack {
+                                incarnation,
+                                ack,
+                                leader: to,
+                            }
+                        }
+                        None => return,
+                    }
+                } else {
+                    let hint = node
+                        .leader
+                        .filter(|l| *l != n)
+                        .map(|l| self.raft.nodes[l].host);
+                    Msg::Refused {
+                        incarnation,
+                        hint,
+                        report,
+                        attempt,
+                        target: to,
+                    }
+                };
+                self.send(to, from, reply);
+            }
+            Msg::Ack {
+                incarnation,
+                ack,
+                leader,
+            } => {
+                if incarnation != host.incarnation {
+                    return;
+                }
+                let host = &mut self.hosts[to];
+                host.hint = Some(leader);
+                host.unanswered = 0;
+                self.run_agent(to, HostInput::Ack(ack));
+            }
+            Msg::Refused {
+                incarnation,
+                hint,
+                report,
+                attempt,
+                target,
+            } => {
+                if incarnation != host.incarnation || !self.agent_running(to) {
+                    return;
+                }
+                let host = &mut self.hosts[to];
+                host.unanswered = 0;
+                match hint.filter(|x| *x != target) {
+                    Some(l) => host.hint = Some(l),
+                    None => {
+                        host.hint = None;
+                        host.next_manager += 1;
+                    }
+                }
+                if attempt < ATTEMPTS_PER_HEARTBEAT_MAX {
+                    self.send_heartbeat(to, report, attempt + 1);
+                }
+            }
+        }
+    }
+
+    // ---- instances ----
+
+    fn start_instance(&mut self, h: usize, workload: String, generation: Generation) {
+        self.stats.starts += 1;
+        let id = self.next_instance;
+        self.next_instance += 1;
+        let isolation = self
+            .catalog
+            .get(&workload)
+            .and_then(|s| s.isolation_response)
+            .unwrap_or(IsolationResponse::PowerOff);
+        let key = (workload.clone(), generation);
+        if self.hosts[h].instances.contains_key(&key) {
+            self.violate(
+                "one instance per host",
+                format!(
+                    "{} started {workload} generation {generation} twice",
+                    self.hosts[h].name
+                ),
+            );
+        }
+        self.hosts[h].instances.insert(
+            key,
+            Inst {
+                id,
+                phase: InstPhase::Starting,
+                isolation,
+            },
+        );
+        *self
+            .placed
+            .entry(workload.clone())
+            .or_default()
+            .entry(h)
+            .or_default() += 1;
+        self.note(format!(
+            "{} starts {workload}@{generation}",
+            self.hosts[h].name
+        ));
+        self.check_single(&workload);
+        let latency = self.rng.range(5, 60);
+        self.schedule(
+            self.now + latency,
+            Ev::StartDone(h, workload, generation, id),
+        );
+    }
+
+    fn start_done(&mut self, h: usize, w: String, g: Generation, id: u64) {
+        let Some(inst) = self.hosts[h].instances.get_mut(&(w.clone(), g)) else {
+            return;
+        };
+        if inst.id != id || inst.phase != InstPhase::Starting {
+            return;
+        }
+        inst.phase = InstPhase::Running;
+        if self.now < self.chaos_until && self.rng.chance(0.05) {
+            let at = self.now + self.rng.range(1_000, 30_000);
+            self.schedule(at, Ev::Exit(h, w.clone(), g, id));
+        }
+        self.report_io(h, Io::Started(w, g));
+    }
+
+    fn stop_instance(&mut self, h: usize, workload: String, generation: Generation, how: StopHow) {
+        self.stats.stops += 1;
+        let asked_by = self.hosts[h].incarnation;
+        let key = (workload.clone(), generation);
+        let (id, latency, text) = match self.hosts[h].instances.get_mut(&key) {
+            Some(inst) => {
+                inst.phase = InstPhase::Stopping;
+                let ignores_term = self.rng.chance(0.2);
+                let kill = self.rng.range(1, KILL_MS_MAX);
+                let (latency, text) = match how {
+                    StopHow::Kill => (kill, format!("killed ({kill} ms)")),
+                    StopHow::Graceful { grace_ms: bound }
+                    | StopHow::Shutdown { timeout_ms: bound } => {
+                        if ignores_term {
+                            (
+                                bound + kill,
+                                "SIGTERM sent; still running after the grace: killed".into(),
+                            )
+                        } else {
+                            let t = self.rng.range(5, 300).min(bound);
+                            (t, format!("SIGTERM sent; exited {t} ms after it"))
+                        }
+                    }
+                };
+                (inst.id, latency, text)
+            }
+            // Nothing runs (restarting, failed): done at once.
+            None => (0, 1, "not running".into()),
+        };
+        self.schedule(
+            self.now + latency,
+            Ev::StopDone {
+                host: h,
+                workload,
+                generation,
+                id,
+                asked_by,
+                how: text,
+            },
+        );
+    }
+
+    /// End an instance (if `id` is given, only that one). Whether it did.
+    fn end_instance(&mut self, h: usize, w: &str, g: Generation, id: Option<u64>) -> bool {
+        let key = (w.to_owned(), g);
+        let matches = self.hosts[h]
+            .instances
+            .get(&key)
+            .is_some_and(|i| id.is_none_or(|id| i.id == id));
+        if !matches {
+            return false;
+        }
+        self.hosts[h].instances.remove(&key);
+        if let Some(m) = self.placed.get_mut(w) {
+            if let Some(c) = m.get_mut(&h) {
+                *c -= 1;
+                if *c == 0 {
+                    m.remove(&h);
+                }
+            }
+            if m.is_empty() {
+                self.placed.remove(w);
+            }
+        }
+        self.note(format!("{} {w}@{g} gone", self.hosts[h].name));
+        true
+    }
+
+    /// The witness rule: instances of one workload on running (not frozen)
+    /// hosts never overlap in real time.
+    fn check_single(&mut self, w: &str) {
+        let Some(m) = self.placed.get(w) else { return };
+        let live: Vec<usize> = m
+            .iter()
+            .filter(|(h, _)| self.hosts[**h].on && !self.hosts[**h].frozen)
+            .flat_map(|(h, c)| std::iter::repeat_n(*h, *c))
+            .collect();
+        if live.len() > 1 {
+            let names: Vec<String> = live
+                .iter()
+                .map(|h| {
+                    let gens: Vec<String> = self.hosts[*h]
+                        .instances
+                        .keys()
+                        .filter(|(x, _)| x == w)
+                        .map(|(_, g)| format!("{}@{g}", self.hosts[*h].name))
+                        .collect();
+                    gens.join(",")
+                })
+                .collect();
+            self.violate(
+                "two instances of one workload",
+                format!("{w} runs as {}", names.join(" and ")),
+            );
+        }
+    }
+
+    /// The lease keeper: when its deadline passes without renewal, it kills
+    /// the workloads' cgroups, whatever the agent is doing (a graceful stop
+    /// in progress included).
+    fn arm_keeper(&mut self, h: usize) {
+        let host = &mut self.hosts[h];
+        if let (false, Some(d)) = (host.keeper_armed, host.keeper_deadline_ms) {
+            host.keeper_armed = true;
+            let at = host.clock.real_at(d, self.now);
+            self.schedule(at, Ev::Keeper(h));
+        }
+    }
+
+    fn keeper(&mut self, h: usize) {
+        self.hosts[h].keeper_armed = false;
+        let host = &self.hosts[h];
+        let Some(deadline) = host.keeper_deadline_ms else {
+            return;
+        };
+        if host.clock.local(self.now) < deadline {
+            self.arm_keeper(h);
+            return;
+        }
+        // A graceful stop in progress is cut short too: the keeper kills
+        // the cgroup.
+        let victims: Vec<(String, Generation, u64)> = host
+            .instances
+            .iter()
+            .filter(|(_, i)| i.isolation != IsolationResponse::LeaveRunning)
+            .map(|((w, g), i)| (w.clone(), *g, i.id))
+            .collect();
+        for (w, g, id) in victims {
+            if let Some(i) = self.hosts[h].instances.get_mut(&(w.clone(), g)) {
+                i.phase = InstPhase::Stopping;
+            }
+            let kill = self.rng.range(1, KILL_MS_MAX);
+            self.schedule(
+                self.now + kill,
+                Ev::StopDone {
+                    host: h,
+                    workload: w,
+                    generation: g,
+                    id,
+                    asked_by: 0,
+                    how: "killed by the lease keeper".into(),
+                },
+            );
+        }
+    }
+
+    /// The simulated watchdog: not petted for its timeout, it resets the
+    /// host (frozen or not).
+    fn watchdog(&mut self, h: usize) {
+        let host = &mut self.hosts[h];
+        host.watchdog_armed = false;
+        if !host.on {
+            return;
+        }
+        if self.now < host.last_pet_ms + WATCHDOG_TIMEOUT_MS {
+            host.watchdog_armed = true;
+            let at = host.last_pet_ms + WATCHDOG_TIMEOUT_MS;
+            self.schedule(at, Ev::Watchdog(h));
+            return;
+        }
+        // Only a host whose workloads may run needs resetting.
+        if host.instances.is_empty() {
+            return;
+        }
+        self.stats.resets += 1;
+        self.note(format!("{} reset by its watchdog", self.hosts[h].name));
+        self.power_off(h);
+        let back = self.now + self.rng.range(2_000, 6_000);
+        self.schedule(back, Ev::Do(Action::PowerOn(h)));
+    }
+
+    fn power_off(&mut self, h: usize) {
+        let keys: Vec<(String, Generation)> = self.hosts[h].instances.keys().cloned().collect();
+        for (w, g) in keys {
+            self.end_instance(h, &w, g, None);
+        }
+        let host = &mut self.hosts[h];
+        host.on = false;
+        host.frozen = false;
+        host.agent = None;
+        host.agent_frozen = false;
+        host.keeper_deadline_ms = None;
+        host.wake_at = None;
+        host.backlog.clear();
+        host.deferred.clear();
+        host.hint = None;
+        if let Some(n) = host.node {
+            self.raft.crash(n);
+            self.coord[n].leave_office();
+        }
+    }
+
+    fn power_on(&mut self, h: usize) {
+        if self.hosts[h].on {
+            return;
+        }
+        // The monotonic clock starts again from somewhere else.
+        let rate = 1.0 + (self.rng.unit() * 2.0 - 1.0) * self.cfg.drift_max;
+        let base = self.rng.range(1_000, 1_000_000_000);
+        let host = &mut self.hosts[h];
+        host.clock = Clock::new(base, self.now, rate);
+        host.on = true;
+        host.last_pet_ms = self.now;
+        host.keeper_armed = false;
+        if let Some(n) = host.node {
+            let local = self.hosts[h].clock.local(self.now);
+            self.raft.restart(n, local, &mut self.rng);
+        }
+        self.start_agent(h, vec![]);
+    }
+
+    fn thaw(&mut self, h: usize) {
+        if !self.hosts[h].on || !self.hosts[h].frozen {
+            return;
+        }
+        self.hosts[h].frozen = false;
+        // The agent (or the keeper) looks first: a lapsed lease is acted on
+        // before anything else happens on the host.
+        self.run_agent(h, HostInput::Tick);
+        self.keeper(h);
+        let deferred = std::mem::take(&mut self.hosts[h].deferred);
+        for ev in deferred {
+            self.handle(ev);
+        }
+        let names: BTreeSet<String> = self.hosts[h]
+            .instances
+            .keys()
+            .map(|(w, _)| w.clone())
+            .collect();
+        for w in names {
+            self.check_single(&w);
+        }
+    }
+
+    fn agent_thaw(&mut self, h: usize) {
+        if !self.hosts[h].agent_frozen {
+            return;
+        }
+        self.hosts[h].agent_frozen = false;
+        let backlog = std::mem::take(&mut self.hosts[h].backlog);
+        self.run_agent(h, HostInput::Tick);
+        for io in backlog {
+            self.report_io(h, io);
+        }
+    }
+
+    // ---- consensus and the coordinator ----
+
+    fn raft_up(&self) -> (Vec<bool>, Vec<u64>) {
+        let up = self
+            .raft
+            .nodes
+            .iter()
+            .map(|n| {
+                let h = &self.hosts[n.host];
+                // The Raft core runs inside the agent.
+                h.on && !h.frozen && h.agent.is_some() && !h.agent_frozen
+            })
+            .collect();
+        let local = self
+            .raft
+            .nodes
+            .iter()
+            .map(|n| self.hosts[n.host].clock.local(self.now))
+            .collect();
+        (up, local)
+    }
+
+    fn raft_round(&mut self) {
+        if self.raft.nodes.is_empty() {
+            return;
+        }
+        let (up, local) = self.raft_up();
+        let events = self
+            .raft
+            .round(self.now, &up, &local, &self.net, &mut self.rng);
+        self.raft_events(events, &local);
+        self.take_raft_violations();
+    }
+
+    fn raft_events(&mut self, events: Vec<RaftEvent>, local: &[u64]) {
+        for e in events {
+            match e {
+                RaftEvent::Elected {
+                    node,
+                    term,
+                    credit_ms,
+                } => {
+                    let name = self.hosts[self.raft.nodes[node].host].name.clone();
+                    self.note(format!(
+                        "{name} elected, term {term}, credit {credit_ms} ms"
+                    ));
+                    self.leader_terms.push((term, name));
+                    let state = &self.raft.nodes[node].state;
+                    self.coord[node].take_office(term, local[node], credit_ms, state);
+                }
+                RaftEvent::SteppedDown { node, term } => {
+                    let name = self.hosts[self.raft.nodes[node].host].name.clone();
+                    self.note(format!("{name} steps down from term {term}"));
+                    self.coord[node].leave_office();
+                }
+            }
+        }
+    }
+
+    /// Openraft sends a proposal at once: it commits after a round trip
+    /// (and the followers' fsync), not at the next heartbeat.
+    fn replicate_soon(&mut self, n: usize) {
+        let rtt = self.rng.range(2, 10);
+        self.schedule(self.now + rtt, Ev::RaftAppend(n));
+    }
+
+    fn take_raft_violations(&mut self) {
+        for v in std::mem::take(&mut self.raft.violations) {
+            self.violate("nothing committed lost", v);
+        }
+    }
+
+    fn coordinator_ticks(&mut self) {
+        for n in 0..self.raft.nodes.len() {
+            let h = self.raft.nodes[n].host;
+            if !self.agent_running(h) || self.raft.nodes[n].role != Role::Leader {
+                continue;
+            }
+            let local = self.local(h);
+            let node = &self.raft.nodes[n];
+            if self.coord[n].term() != Some(node.term)
+                || !self.coord[n].may_grant(node.confirmed_at_ms, local, &node.state)
+            {
+                continue;
+            }
+            let cmds = self.coord[n].tick(&node.state, local, self.now);
+            if !cmds.is_empty() {
+                let what: Vec<String> = cmds.iter().map(summary).collect();
+                let text = format!("{} proposes {}", self.hosts[h].name, what.join("; "));
+                self.note(text);
+            }
+            let mut proposed = false;
+            for entry in Command::batches(cmds) {
+                self.stats.proposals += 1;
+                proposed |= self.raft.propose(n, entry);
+            }
+            if proposed {
+                self.replicate_soon(n);
+            }
+        }
+    }
+
+    /// The node that leads with the highest term, if any runs.
+    fn leader(&self) -> Option<usize> {
+        (0..self.raft.nodes.len())
+            .filter(|n| {
+                let node = &self.raft.nodes[*n];
+                let h = &self.hosts[node.host];
+                node.role == Role::Leader && h.on && !h.frozen
+            })
+            .max_by_key(|n| self.raft.nodes[*n].term)
+    }
+
+    fn propose(&mut self, command: Command) {
+        self.stats.operator_actions += 1;
+        match self.leader() {
+            Some(n) => {
+                if self.raft.propose(n, command) {
+                    self.replicate_soon(n);
+                }
+            }
+            None => self.note("operator action refused: no leader".into()),
+        }
+    }
+
+    // ---- faults and operator actions ----
+
+    fn resolve(&mut self, t: Target) -> Option<usize> {
+        match t {
+            Target::Host(h) => Some(h % self.hosts.len()),
+            Target::Leader => self.leader().map(|n| self.raft.nodes[n].host),
+            Target::SomeWorker => {
+                let m = self.managers.len();
+                (self.hosts.len() > m).then(|| m + self.rng.index(self.hosts.len() - m))
+            }
+        }
+    }
+
+    fn act(&mut self, a: Action) {
+        self.note(format!("action {a:?}"));
+        match a {
+            Action::Crash(t, span) => {
+                if let Some(h) = self.resolve(t).filter(|h| self.hosts[*h].on) {
+                    self.stats.faults += 1;
+                    self.note(format!("{} crashes", self.hosts[h].name));
+                    self.power_off(h);
+                    self.schedule(self.now + span, Ev::Do(Action::PowerOn(h)));
+                }
+            }
+            Action::PowerOn(h) => self.power_on(h),
+            Action::Freeze(t, span) => {
+                if let Some(h) = self.resolve(t).filter(|h| self.hosts[*h].on) {
+                    self.stats.faults += 1;
+                    self.note(format!("{} hangs", self.hosts[h].name));
+                    self.hosts[h].frozen = true;
+                    self.schedule(self.now + span, Ev::Do(Action::Thaw(h)));
+                }
+            }
+            Action::Thaw(h) => self.thaw(h),
+            Action::AgentCrash(t, span) => {
+                if let Some(h) = self.resolve(t).filter(|h| self.agent_running(*h)) {
+                    self.stats.faults += 1;
+                    let host = &mut self.hosts[h];
+                    host.agent = None;
+                    host.wake_at = None;
+                    if let Some(n) = host.node {
+                        self.coord[n].leave_office();
+                        self.raft.crash(n);
+                    }
+                    self.note(format!("{} agent crashes", self.hosts[h].name));
+                    self.arm_keeper(h);
+                    self.schedule(self.now + span, Ev::Do(Action::AgentRestart(h)));
+                }
+            }
+            Action::AgentRestart(h) => {
+                if self.hosts[h].on && self.hosts[h].agent.is_none() {
+                    // It re-adopts what runs in its cgroups.
+                    let adopted = self.hosts[h].instances.keys().cloned().collect();
+                    if let Some(n) = self.hosts[h].node {
+                        let local = self.local(h);
+                        self.raft.restart(n, local, &mut self.rng);
+                    }
+                    self.start_agent(h, adopted);
+                }
+            }
+            Action::AgentFreeze(t, span) => {
+                if let Some(h) = self.resolve(t).filter(|h| self.agent_running(*h)) {
+                    self.stats.faults += 1;
+                    self.hosts[h].agent_frozen = true;
+                    self.note(format!("{} agent hangs", self.hosts[h].name));
+                    self.schedule(self.now + span, Ev::Do(Action::AgentThaw(h)));
+                    self.arm_keeper(h);
+                }
+            }
+            Action::AgentThaw(h) => self.agent_thaw(h),
+            Action::Isolate(t, span) => {
+                if let Some(h) = self.resolve(t) {
+                    self.stats.faults += 1;
+                    self.net.cut_incoming(h, self.now + span);
+                    self.net.cut_outgoing(h, self.now + span);
+                }
+            }
+            Action::Mute(t, span) => {
+                if let Some(h) = self.resolve(t) {
+                    self.stats.faults += 1;
+                    self.net.cut_outgoing(h, self.now + span);
+                }
+            }
+            Action::Deafen(t, span) => {
+                if let Some(h) = self.resolve(t) {
+                    self.stats.faults += 1;
+                    self.net.cut_incoming(h, self.now + span);
+                }
+            }
+            Action::Flap(t, span) => {
+                if let Some(h) = self.resolve(t) {
+                    self.stats.faults += 1;
+                    self.schedule(self.now, Ev::FlapToggle(h, self.now + span, true));
+                }
+            }
+            Action::Loss(p, span) => {
+                self.stats.faults += 1;
+                self.net.loss = p;
+                if span > 0 {
+                    self.schedule(self.now + span, Ev::Do(Action::Loss(0.0, 0)));
+                }
+            }
+            Action::DelaySpike(extra, span) => {
+                self.net.spike = Some((extra, self.now + span));
+            }
+            Action::Drift(t) => {
+                if let Some(h) = self.resolve(t) {
+                    let rate = 1.0 + (self.rng.unit() * 2.0 - 1.0) * self.cfg.drift_max;
+                    self.hosts[h].clock.set_rate(self.now, rate);
+                }
+            }
+            Action::ApplyNew => {
+                let name = format!("w{:05}", self.next_workload);
+                self.next_workload += 1;
+                let s = spec(name, &mut self.rng);
+                self.apply(vec![s]);
+            }
+            Action::Respec => {
+                if let Some(mut s) = self.pick_workload() {
+                    s.memory_mib = if s.memory_mib == 128 { 256 } else { 128 };
+                    self.apply(vec![s]);
+                }
+            }
+            Action::Delete => {
+                if let Some(s) = self.pick_workload() {
+                    self.catalog.remove(&s.name);
+                    self.propose(Command::DeleteWorkload {
+                        name: s.name.clone(),
+                        at_ms: self.now,
+                    });
+                    self.deleted.push(s);
+                }
+            }
+            Action::DeleteAndReapply => {
+                if let Some(s) = self.pick_workload() {
+                    self.propose(Command::DeleteWorkload {
+                        name: s.name.clone(),
+                        at_ms: self.now,
+                    });
+                    self.apply(vec![s]);
+                } else if let Some(s) = self.deleted.pop() {
+                    self.apply(vec![s]);
+                }
+            }
+            Action::Heal => {
+                self.healed = true;
+                self.net.heal();
+                self.chaos_until = self.chaos_until.min(self.now);
+                for h in 0..self.hosts.len() {
+                    if !self.hosts[h].on {
+                        self.power_on(h);
+                    } else if self.hosts[h].frozen {
+                        self.thaw(h);
+                    }
+                    if self.hosts[h].agent.is_none() {
+                        self.act(Action::AgentRestart(h));
+                    } else if self.hosts[h].agent_frozen {
+                        self.agent_thaw(h);
+                    }
+                }
+            }
+        }
+    }
+
+    fn pick_workload(&mut self) -> Option<WorkloadSpec> {
+        if self.catalog.is_empty() {
+            return None;
+        }
+        let i = self.rng.index(self.catalog.len());
+        self.catalog.values().nth(i).cloned()
+    }
+
+    fn apply(&mut self, specs: Vec<WorkloadSpec>) {
+        for s in &specs {
+            self.catalog.insert(s.name.clone(), s.clone());
+        }
+        self.propose(Command::ApplyWorkloads {
+            specs,
+            source: "operator.toml".into(),
+            at_ms: self.now,
+        });
+    }
+
+    // ---- invariants ----
+
+    /// A host runs protected workloads only while its lease holds, on its
+    /// own clock (the kill takes at most `KILL_MS_MAX`; `shutdown` may take
+    /// its timeout).
+    fn check_leases(&mut self) {
+        let mut bad = vec![];
+        for h in 0..self.hosts.len() {
+            let host = &self.hosts[h];
+            if !host.on || host.frozen || host.instances.is_empty() {
+                continue;
+            }
+            let expiry = match &host.agent {
+                Some(a) => a.lease_expires_at_ms(),
+                None => host.keeper_deadline_ms,
+            }
+            .unwrap_or(0);
+            let local = host.clock.local(self.now);
+            let shutdown_ms = self.raft.nodes[0].state.settings.shutdown_timeout_ms;
+            for ((w, g), i) in &host.instances {
+                let allowance = match i.isolation {
+                    IsolationResponse::LeaveRunning => continue,
+                    IsolationResponse::Shutdown => shutdown_ms + KILL_MS_MAX + SWEEP_MS,
+                    IsolationResponse::PowerOff => KILL_MS_MAX + SWEEP_MS,
+                };
+                // A stop under way ends within its bound (the keeper cuts
+                // a graceful one at the deadline).
+                if local > expiry + allowance && i.phase != InstPhase::Stopping {
+                    bad.push(format!(
+                        "{} runs {w}@{g} {} ms past its lease (by its clock)",
+                        host.name,
+                        local - expiry
+                    ));
+                }
+            }
+        }
+        for b in bad {
+            self.violate("runs only under a lease", b);
+        }
+    }
+
+    /// After the faults healed at `healed_at`, every placeable workload
+    /// runs, once, where it is assigned.
+    fn check_recovered(&mut self, healed_at: u64) {
+        let Some(n) = self.leader() else {
+            self.violate(
+                "recovers after faults heal",
+                format!("no leader {RECOVERY_BOUND_MS} ms after the faults healed at {healed_at}"),
+            );
+            return;
+        };
+        let state = &self.raft.nodes[n].state;
+        let mut missing = vec![];
+        for (name, w) in &state.workloads {
+            if w.spec.priority == Priority::Disabled || w.failed_hosts.len() >= state.hosts.len() {
+                continue;
+            }
+            let runs = w.assignment.as_ref().is_some_and(|a| {
+                let h = a.host.trim_start_matches('h').parse::<usize>().unwrap_or(0);
+                h >= 1
+                    && self.hosts[h - 1]
+                        .instances
+                        .get(&(name.clone(), a.generation))
+                        .is_some_and(|i| i.phase == InstPhase::Running)
+            });
+            if !runs {
+                missing.push(format!(
+                    "{name} ({})",
+                    match &w.assignment {
+                        Some(a) => format!("assigned to {}@{}", a.host, a.generation),
+                        None =>
+                            format!("pending: {}", w.pending_reason.clone().unwrap_or_default()),
+                    }
+                ));
+            }
+        }
+        if !missing.is_empty() {
+            let n = missing.len();
+            missing.truncate(5);
+            self.violate(
+                "recovers after faults heal",
+                format!(
+                    "{n} workload(s) not running {RECOVERY_BOUND_MS} ms after the faults healed: {}",
+                    missing.join(", ")
+                ),
+            );
+        }
+    }
+}
