@@ -928,3 +928,55 @@ fn took_office_is_said_once_in_the_first_tick() {
     sim.tick(100);
     assert_eq!(sim.said("took office"), 1);
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Rule 3 under any pattern of lost heartbeats: whatever leaves a
+        /// host leaves it only once the coordinator has not acknowledged
+        /// that host for `lease + margin` on its own clock, and the
+        /// machine shows the host failed.
+        #[test]
+        fn nothing_leaves_a_host_before_lease_plus_margin_since_its_last_ack(
+            // Per 100 ms step, which of h1, h2, h3 get a heartbeat through.
+            delivered in proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), 80),
+        ) {
+            let specs = (1..=4).map(|i| spec(&format!("w{i}"))).collect();
+            let mut sim = Sim::new(&["h1", "h2", "h3"], false, specs, "h3");
+            let mut last_ack: BTreeMap<String, u64> = BTreeMap::new();
+            for (step, (a, b, c)) in delivered.iter().enumerate() {
+                let t = 100 + step as u64 * 100;
+                for (h, through) in [("h1", *a), ("h2", *b), ("h3", *c)] {
+                    if through {
+                        sim.beat(&[h], t);
+                        last_ack.insert(h.into(), t);
+                    }
+                }
+                for now in [t + 10, t + 60] {
+                    let before: BTreeMap<String, Option<String>> = sim
+                        .s
+                        .workloads
+                        .keys()
+                        .map(|w| (w.clone(), sim.host_of(w)))
+                        .collect();
+                    let reasons = unassigns(&sim.tick(now));
+                    for (w, from) in before {
+                        let Some(from) = from else { continue };
+                        if sim.host_of(&w).as_deref() == Some(from.as_str()) {
+                            continue;
+                        }
+                        let since = last_ack.get(&from).copied().unwrap_or(0);
+                        prop_assert!(
+                            now - since >= LEASE_PLUS_MARGIN_MS,
+                            "{w} left {from} at {now}, acknowledged at {since}: {reasons:?}"
+                        );
+                        prop_assert_eq!(sim.c.shown_state(&from), "failed");
+                    }
+                }
+            }
+        }
+    }
+}
