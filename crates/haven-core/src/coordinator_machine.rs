@@ -152,6 +152,7 @@ pub enum DatastoreRound {
     Idle,
 }
 
+#[derive(Clone, Debug)]
 pub enum CoordinatorInput {
     /// Every heartbeat interval, and at `next_wakeup_ms`.
     Tick,
