@@ -2,8 +2,7 @@
 //! each other (join, heartbeat), and what comes back. JSON over HTTP.
 
 use haven_core::model::{
-    Capacity, ClusterSettings, FenceDevice, Generation, IsolationResponse, NodeId, Observed, Role,
-    WorkloadSpec,
+    Capacity, ClusterSettings, FenceDevice, Generation, NodeId, Observed, Role, WorkloadSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -125,32 +124,9 @@ pub struct HeartbeatRequest {
     pub observed: Vec<Observed>,
 }
 
-/// What the coordinator wants running on the heartbeating host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Desired {
-    pub spec: WorkloadSpec,
-    pub generation: Generation,
-    /// Effective isolation response (the spec's, or the cluster's).
-    pub isolation: IsolationResponse,
-    /// A host the cluster has established no longer runs this workload
-    /// (see `WorkloadRecord::released_by`).
-    #[serde(default)]
-    pub released_by: Option<String>,
-}
-
-/// What a host's TLS material looks like, reported in each heartbeat (so
-/// that the coordinator can tell when every host trusts a new CA, and when
-/// every host holds a certificate from it).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TlsReport {
-    /// SHA-256 over the CA certificates the host trusts (`pki::bundle_sha256`).
-    pub bundle_sha256: String,
-    /// SHA-256 of the CA certificate that signed the host's certificate
-    /// (empty: none in its bundle).
-    pub cert_ca_sha256: String,
-    /// When the host's certificate expires (seconds since the epoch).
-    pub cert_not_after_unix: i64,
-}
+/// What the coordinator wants running on the heartbeating host, and what
+/// a host's TLS material looks like (decided by the coordinator machine).
+pub use haven_core::coordinator_machine::{Desired, TlsReport};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HeartbeatResponse {

@@ -8,7 +8,7 @@
 //! need to agree.
 
 use haven_core::model::Generation;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -26,11 +26,9 @@ pub struct DatastoreIo {
     problem: Mutex<Option<String>>,
     /// Why the coordinator's last round of reads failed (`None`: it did not).
     read_problem: Mutex<Option<String>>,
-    /// The coordinator's reads: the files it wants (`host:NAME`,
-    /// `lock:WORKLOAD`), and each one's last result with the monotonic ms
-    /// the round that read it started.
+    /// The files the coordinator wants read (`host:NAME`,
+    /// `lock:WORKLOAD`); each round's results go to its office.
     pub wanted: Mutex<BTreeSet<String>>,
-    pub reads: Mutex<BTreeMap<String, (Option<Record>, u64)>>,
 }
 
 impl DatastoreIo {
@@ -43,7 +41,6 @@ impl DatastoreIo {
             problem: Mutex::new(None),
             read_problem: Mutex::new(None),
             wanted: Mutex::new(BTreeSet::new()),
-            reads: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -82,7 +79,7 @@ impl DatastoreIo {
 /// How long one round of datastore operations may take: a round slower
 /// than half a lease proves nothing in time anyway.
 pub fn op_timeout(lease_ms: u64) -> Duration {
-    Duration::from_millis((lease_ms / 2).max(50))
+    Duration::from_millis(haven_core::datastore::op_timeout_ms(lease_ms))
 }
 
 /// How often an agent rewrites its datastore files.
@@ -103,12 +100,7 @@ pub struct Datastore {
 }
 
 /// Parsed content of a heartbeat or lock file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    pub host: String,
-    pub seq: u64,
-    pub generation: Option<Generation>,
-}
+pub use haven_core::datastore::Record;
 
 impl Datastore {
     /// The datastore at `base` for `cluster_id`; nothing is touched yet.
@@ -322,62 +314,6 @@ fn try_read(p: &Path) -> std::io::Result<Option<Record>> {
 /// Larger files are not ours.
 const RECORD_MAX: usize = 4096;
 
-/// The coordinator's view of which datastore files still advance.
-#[derive(Default)]
-pub struct Freshness {
-    /// key → (last seq seen, reader-monotonic ms when it last changed)
-    seen: BTreeMap<String, (u64, u64)>,
-}
-
-impl Freshness {
-    /// Record what was read now; returns whether the file changed within
-    /// `window_ms` of `now_ms`. A file seen for the first time is not yet
-    /// known to advance.
-    pub fn observe(&mut self, key: &str, seq: Option<u64>, now_ms: u64, window_ms: u64) -> bool {
-        let Some(seq) = seq else {
-            self.seen.remove(key);
-            return false;
-        };
-        match self.seen.get_mut(key) {
-            Some((last, changed_at)) => {
-                if *last != seq {
-                    *last = seq;
-                    *changed_at = now_ms;
-                }
-                now_ms.saturating_sub(*changed_at) < window_ms
-            }
-            None => {
-                // Unknown history: count it as stale until it moves.
-                self.seen.insert(key.to_owned(), (seq, 0));
-                false
-            }
-        }
-    }
-
-    /// Like `observe`, for a lock file: a file seen for the first time
-    /// counts as changed then, so it is judged stale only after it stood
-    /// still for a whole `window_ms` under watch (whatever happened before
-    /// the first look is unknown, and may have been its host's last write).
-    pub fn observe_lock(
-        &mut self,
-        key: &str,
-        seq: Option<u64>,
-        now_ms: u64,
-        window_ms: u64,
-    ) -> bool {
-        if seq.is_some() && !self.seen.contains_key(key) {
-            self.seen
-                .insert(key.to_owned(), (seq.unwrap_or_default(), now_ms));
-            return true;
-        }
-        self.observe(key, seq, now_ms, window_ms)
-    }
-
-    pub fn forget(&mut self, key: &str) {
-        self.seen.remove(key);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,19 +387,5 @@ mod tests {
         // A directory where a file should be: an error, not "no lock".
         std::fs::create_dir_all(d.path().join("haven-c1/locks/web")).unwrap();
         assert!(ds.try_read_lock("web").is_err());
-    }
-
-    #[test]
-    fn freshness_needs_the_sequence_to_move() {
-        let mut f = Freshness::default();
-        assert!(
-            !f.observe("h1", Some(1), 1_000, 1_000),
-            "first sight is not proof of life"
-        );
-        assert!(!f.observe("h1", Some(1), 1_500, 1_000));
-        assert!(f.observe("h1", Some(2), 1_600, 1_000));
-        assert!(f.observe("h1", Some(2), 2_599, 1_000));
-        assert!(!f.observe("h1", Some(2), 2_600, 1_000), "stopped advancing");
-        assert!(!f.observe("h1", None, 2_700, 1_000));
     }
 }

@@ -19,13 +19,13 @@ use crate::api::{
 };
 use crate::clock::{Clock, SystemClock};
 use crate::config::{detect_capacity, AgentConfig, StartMode};
-use crate::coordinator::Office;
 use crate::datadir::{random_hex, DataDir, Identity};
 use crate::heartbeat::LeaseState;
 use crate::pki::Tls;
 use crate::rpc;
 use crate::supervisor::Supervisor;
 use crate::watchdog::{Watchdog, WatchdogMode};
+use haven_core::coordinator_machine::Coordinator;
 use haven_core::tokens::JoinToken;
 
 /// The join's exchange with `target`: pin the cluster (the CA it serves
@@ -103,7 +103,7 @@ pub struct Node {
     pub consensus: Option<Consensus>,
     pub http: reqwest::Client,
     pub clock: Arc<dyn Clock>,
-    pub office: Mutex<Option<Office>>,
+    pub office: Mutex<Option<Coordinator>>,
     pub peers: Mutex<Peers>,
     pub lease: Mutex<LeaseState>,
     pub supervisor: Supervisor,

@@ -28,6 +28,9 @@ use crate::auth::Authenticated;
 use crate::coordinator::{leadership_confirmed, office_for};
 use crate::node::Node;
 use crate::rpc::NotLeaderBody;
+use haven_core::coordinator_machine::{
+    check_boot, check_member, CoordinatorInput, Heartbeat, HeartbeatAnswer, Refusal, RefusalKind,
+};
 
 /// Most managers (Raft voters) a cluster can have.
 pub const MANAGERS_MAX: usize = 5;
@@ -646,7 +649,7 @@ async fn rotate_ca(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body
         let slot = node.office.lock().unwrap();
         hosts
             .into_iter()
-            .filter(|h| !slot.as_ref().and_then(|o| o.tls.get(h)).is_some_and(want))
+            .filter(|h| !slot.as_ref().and_then(|o| o.tls(h)).is_some_and(want))
             .collect()
     };
     let (new, message) = match req.step.as_str() {
@@ -832,20 +835,13 @@ fn lease_granting_term(node: &Node) -> Result<u64, Reply> {
     Ok(term)
 }
 
-/// The member `host` claims to be, if its data dir really is that member's.
-fn check_member(
-    known: Option<haven_core::model::HostRecord>,
-    host: &str,
-    instance_id: &str,
-) -> Result<haven_core::model::HostRecord, Reply> {
-    known
-        .filter(|k| k.instance_id == instance_id)
-        .ok_or_else(|| {
-            error(
-                StatusCode::FORBIDDEN,
-                format!("host {host:?} with this data dir is not a member of this cluster"),
-            )
-        })
+/// A refusal of the coordinator machine, as an HTTP answer.
+fn refused(r: Refusal) -> Reply {
+    let status = match r.kind {
+        RefusalKind::BadRequest => StatusCode::BAD_REQUEST,
+        RefusalKind::Forbidden => StatusCode::FORBIDDEN,
+    };
+    error(status, r.message)
 }
 
 async fn heartbeat(
@@ -865,154 +861,58 @@ async fn heartbeat(
         Err(r) => return r,
     };
     let c = node.consensus.as_ref().expect("leader has consensus");
-    let now = node.clock.now_ms();
-    let (known, desired, settings, revision) = c.read(|s| {
-        let known = s.hosts.get(&req.host).cloned();
-        let desired: Vec<Desired> = s
-            .assigned_to(&req.host)
-            .map(|(w, a)| Desired {
-                spec: w.spec.clone(),
-                generation: a.generation,
-                isolation: s.isolation_response(&w.spec),
-                released_by: w.released_by.clone(),
-            })
-            .collect();
-        (known, desired, s.settings.clone(), s.revision)
+    let cluster_bundle_sha256 = c.read(|s| {
+        s.ca.as_ref()
+            .map(|ca| crate::pki::bundle_sha256_cached(&ca.bundle_pem))
     });
-    let known = match check_member(known, &req.host, &req.instance_id) {
-        Ok(k) => k,
-        Err(r) => return r,
+    let sent_ms = req.sent_ms;
+    let hb = Heartbeat {
+        host: req.host,
+        instance_id: req.instance_id,
+        node_id: req.node_id,
+        boot: req.boot,
+        address: req.address,
+        capacity: req.capacity,
+        labels: req.labels,
+        fence: req.fence,
+        watchdog_timeout_ms: req.watchdog_timeout_ms,
+        keeper: req.keeper,
+        tls: req.tls,
+        problems: req.problems,
+        report: haven_core::coordinator::HostReport {
+            applied_revision: req.applied_revision,
+            observed: req.observed,
+            stopped: req.stopped,
+        },
+        cluster_bundle_sha256,
     };
-    if req.boot.is_empty() || req.boot.len() > BOOT_ID_LEN_MAX {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("field \"boot\": 1-{BOOT_ID_LEN_MAX} bytes"),
-        );
-    }
-    if req.node_id != known.node_id {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!(
-                "host {:?} claims node id {} but is node {} in this cluster: its node.json was changed; restore it, or start the host with an empty --data-dir and join it again",
-                req.host, req.node_id, known.node_id
-            ),
-        );
-    }
-    let lease_ms = settings.timing.lease_ms;
-    {
+    let now = node.clock.now_ms();
+    let at_ms = node.clock.wall_ms();
+    let (answer, effects, settings) = {
         let mut slot = node.office.lock().unwrap();
         let office = office_for(&mut slot, &node, term, now);
-        office.keepers.insert(req.host.clone(), req.keeper);
-        office.tls.insert(req.host.clone(), req.tls.clone());
-        if let Some(now) = office.on_problems(&req.host, req.problems) {
-            let message = if now.is_empty() {
-                format!("host {} is no longer degraded", req.host)
-            } else {
-                format!("host {} is degraded: {}", req.host, now.join("; "))
-            };
-            let node2 = node.clone();
-            tokio::spawn(async move {
-                let _ = propose(
-                    &node2,
-                    Command::RecordEvent {
-                        message,
-                        at_ms: node2.clock.wall_ms(),
-                    },
-                )
-                .await;
-            });
-        }
-        office.on_heartbeat(
-            &req.host,
-            now,
-            lease_ms,
-            &req.boot,
-            haven_core::coordinator::HostReport {
-                applied_revision: req.applied_revision,
-                observed: bounded_observed(req.observed),
-                stopped: bounded_stops(req.stopped),
-            },
-        );
-    }
-    if known.address != req.address
-        || known.capacity != req.capacity
-        || known.labels != req.labels
-        || known.fence != req.fence
-        || known.watchdog_timeout_ms != req.watchdog_timeout_ms
-    {
-        let mut record = known.clone();
-        record.address = req.address.clone();
-        record.capacity = req.capacity;
-        record.labels = req.labels.clone();
-        record.fence = req.fence.clone();
-        record.watchdog_timeout_ms = req.watchdog_timeout_ms;
-        let node2 = node.clone();
-        tokio::spawn(async move {
-            let _ = propose(
-                &node2,
-                Command::RegisterHost {
-                    host: record,
-                    at_ms: node2.clock.wall_ms(),
-                },
-            )
-            .await;
-        });
-    }
-    // Sent only when the host's differs (a CA rotation step).
-    let ca_bundle_pem = c.read(|s| {
-        s.ca.as_ref()
-            .filter(|ca| crate::pki::bundle_sha256_cached(&ca.bundle_pem) != req.tls.bundle_sha256)
-            .map(|ca| ca.bundle_pem.clone())
-    });
+        c.read(|s| {
+            let (answer, effects) = office.heartbeat(hb, s, now, at_ms);
+            (answer, effects, s.settings.clone())
+        })
+    };
+    crate::coordinator::perform_all(&node, term, effects);
+    let ack = match answer {
+        HeartbeatAnswer::Ack(ack) => ack,
+        HeartbeatAnswer::Refused(r) => return refused(r),
+    };
     Json(HeartbeatResponse {
-        ca_bundle_pem,
-        sent_ms: req.sent_ms,
-        lease_ms,
+        ca_bundle_pem: ack.ca_bundle_pem,
+        sent_ms,
+        lease_ms: ack.lease_ms,
         leader: node.address.clone(),
-        term,
+        term: ack.term,
         managers: managers(&node),
-        revision,
-        desired,
+        revision: ack.revision,
+        desired: ack.desired,
         settings,
     })
     .into_response()
-}
-
-/// Most recent stops taken from one report, and the longest account of one
-/// kept (it ends up in an event): a peer's report is bounded before use.
-const STOPS_REPORTED_MAX: usize = 32;
-const STOP_HOW_LEN_MAX: usize = 200;
-/// Longest detail of a reported instance kept (it may end up in a
-/// `FailedOn` reason, an event, and `status`).
-const OBSERVED_DETAIL_LEN_MAX: usize = 200;
-/// An agent process's random `boot` id (16 hex digits today).
-const BOOT_ID_LEN_MAX: usize = 64;
-
-fn bounded_stops(mut stopped: Vec<haven_core::model::Stopped>) -> Vec<haven_core::model::Stopped> {
-    let excess = stopped.len().saturating_sub(STOPS_REPORTED_MAX);
-    stopped.drain(..excess);
-    for s in &mut stopped {
-        bound_text(&mut s.how, STOP_HOW_LEN_MAX);
-    }
-    stopped
-}
-
-fn bounded_observed(
-    mut observed: Vec<haven_core::model::Observed>,
-) -> Vec<haven_core::model::Observed> {
-    for o in &mut observed {
-        if let Some(d) = &mut o.detail {
-            bound_text(d, OBSERVED_DETAIL_LEN_MAX);
-        }
-    }
-    observed
-}
-
-/// Cut `text` to at most `max` bytes (at a character boundary, `…` added).
-fn bound_text(text: &mut String, max: usize) {
-    if text.len() > max {
-        *text = haven_core::spec::shorten(text, max);
-    }
 }
 
 /// A gracefully stopping agent: commit its restart grace, then count its
@@ -1031,20 +931,16 @@ async fn restart_grace(
     if let Err(r) = auth.check_host(&req.host) {
         return r;
     }
-    if req.boot.is_empty() || req.boot.len() > BOOT_ID_LEN_MAX {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("field \"boot\": 1-{BOOT_ID_LEN_MAX} bytes"),
-        );
+    if let Err(r) = check_boot(&req.boot) {
+        return refused(r);
     }
     let term = match lease_granting_term(&node) {
         Ok(t) => t,
         Err(r) => return r,
     };
     let c = node.consensus.as_ref().expect("leader has consensus");
-    let known = c.read(|s| s.hosts.get(&req.host).cloned());
-    if let Err(r) = check_member(known, &req.host, &req.instance_id) {
-        return r;
+    if let Err(r) = c.read(|s| check_member(s, &req.host, &req.instance_id).map(|_| ())) {
+        return refused(r);
     }
     let cmd = Command::BeginRestartGrace {
         host: req.host.clone(),
@@ -1063,8 +959,17 @@ async fn restart_grace(
             .map_or(0, |g| g.grace_ms)
     });
     let now = node.clock.now_ms();
-    let mut slot = node.office.lock().unwrap();
-    office_for(&mut slot, &node, term, now).on_grace(&req.host, now, grace_ms);
+    let at_ms = node.clock.wall_ms();
+    let effects = {
+        let mut slot = node.office.lock().unwrap();
+        let office = office_for(&mut slot, &node, term, now);
+        let granted = CoordinatorInput::RestartGraceGranted {
+            host: req.host.clone(),
+            grace_ms,
+        };
+        c.read(|s| office.handle(granted, s, now, at_ms))
+    };
+    crate::coordinator::perform_all(&node, term, effects);
     Json(RestartGraceResponse { grace_ms }).into_response()
 }
 
@@ -1145,7 +1050,7 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
     let term = c.leader_term().unwrap_or(0);
     let voters: Vec<u64> = c.voters().into_iter().map(|(id, _)| id).collect();
     let office = node.office.lock().unwrap();
-    let office = office.as_ref().filter(|o| o.term == term);
+    let office = office.as_ref().filter(|o| o.term() == term);
     let resp = c.read(|s| {
         let hosts = s
             .hosts
@@ -1162,11 +1067,12 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                 node_id: h.node_id,
                 labels: h.labels.clone(),
                 voter: voters.contains(&h.node_id),
-                protection: protection(h, office.and_then(|o| o.keepers.get(&h.name).copied())),
+                protection: protection(h, office.and_then(|o| o.keeper(&h.name))),
                 problems: office
-                    .and_then(|o| o.problems.get(&h.name).cloned())
+                    .and_then(|o| o.problems(&h.name))
+                    .map(|p| p.to_vec())
                     .unwrap_or_default(),
-                tls: office.and_then(|o| o.tls.get(&h.name).cloned()),
+                tls: office.and_then(|o| o.tls(&h.name).cloned()),
             })
             .collect::<Vec<HostStatus>>();
         // Live free figures are shown, never committed (pending reasons
@@ -1577,26 +1483,4 @@ fn check_vm_files(
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use haven_core::model::{Generation, Stopped};
-
-    #[test]
-    fn a_peers_report_of_stops_is_bounded() {
-        let stop = |i: u64, how: String| Stopped {
-            workload: format!("w{i}"),
-            generation: Generation(i),
-            how,
-        };
-        let many: Vec<Stopped> = (0..1_000).map(|i| stop(i, "ok".into())).collect();
-        let kept = bounded_stops(many);
-        assert_eq!(kept.len(), STOPS_REPORTED_MAX);
-        assert_eq!(kept.last().unwrap().workload, "w999", "the newest are kept");
-        let long = bounded_stops(vec![stop(1, "é".repeat(10_000))]);
-        assert!(long[0].how.len() <= STOP_HOW_LEN_MAX + '…'.len_utf8());
-        assert!(long[0].how.ends_with('…'));
-    }
 }

@@ -6,6 +6,8 @@
 
 pub mod assignments;
 pub mod coordinator;
+pub mod coordinator_machine;
+pub mod datastore;
 pub mod host_agent;
 pub mod liveness;
 pub mod logs;

@@ -1,0 +1,1124 @@
+//! The coordinator as a sans-IO state machine (DESIGN.md §3b): one
+//! `Coordinator` per term of office on the Raft leader. It takes inputs
+//! (heartbeats, ticks, fence and probe results, datastore reads, proposal
+//! results) with the time passed in, reads the replicated state it is given
+//! and never changes it: every change leaves as an effect (propose these
+//! commands, fence this host, probe it, read these datastore files, answer
+//! this heartbeat). The agent's `coordinator.rs` performs the effects; the
+//! simulator can drive the same machine.
+//!
+//! Two clocks come in with each input: `now_ms`, this host's monotonic
+//! clock (silences, leases, freshness), and `at_ms`, the wall clock that
+//! stamps decisions.
+
+use crate::coordinator::{self, HostReport, TickInput};
+use crate::datastore::{op_timeout_ms, Freshness, Record};
+use crate::liveness::{Detector, HostObservation, HostState, Timing};
+use crate::model::{
+    Capacity, FenceDevice, Generation, HostRecord, InstanceState, IsolationResponse, NodeId,
+    Observed, WorkloadSpec,
+};
+use crate::state::{ClusterState, Command, CommandResult};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How many other hosts give a second opinion before a fence.
+pub const SECOND_OPINIONS: usize = 2;
+/// Rounds in a row in which nobody reached a silent host before it may be
+/// fenced: a host behind a lossy link answers one probe of several; a
+/// dead or hung one answers none. One round in which every probe was
+/// refused (its kernel answers, its agent is gone) is enough.
+pub const FAILED_ROUNDS_TO_FENCE: u32 = 3;
+/// How many problems a host may report, and how long each may be.
+const PROBLEMS_MAX: usize = 8;
+const PROBLEM_TEXT_MAX: usize = 300;
+/// Most recent stops taken from one report, and the longest account of one
+/// kept (it ends up in an event): a peer's report is bounded before use.
+const STOPS_REPORTED_MAX: usize = 32;
+const STOP_HOW_LEN_MAX: usize = 200;
+/// Longest detail of a reported instance kept (it may end up in a
+/// `FailedOn` reason, an event, and `status`).
+const OBSERVED_DETAIL_LEN_MAX: usize = 200;
+/// An agent process's random `boot` id (16 hex digits today).
+pub const BOOT_ID_LEN_MAX: usize = 64;
+
+/// What a host's TLS material looks like, reported in each heartbeat (so
+/// that the coordinator can tell when every host trusts a new CA, and when
+/// every host holds a certificate from it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsReport {
+    /// SHA-256 over the CA certificates the host trusts.
+    pub bundle_sha256: String,
+    /// SHA-256 of the CA certificate that signed the host's certificate
+    /// (empty: none in its bundle).
+    pub cert_ca_sha256: String,
+    /// When the host's certificate expires (seconds since the epoch).
+    pub cert_not_after_unix: i64,
+}
+
+/// What the coordinator wants running on the heartbeating host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    pub spec: WorkloadSpec,
+    pub generation: Generation,
+    /// Effective isolation response (the spec's, or the cluster's).
+    pub isolation: IsolationResponse,
+    /// A host the cluster has established no longer runs this workload
+    /// (see `WorkloadRecord::released_by`).
+    #[serde(default)]
+    pub released_by: Option<String>,
+}
+
+/// One heartbeat, as the coordinator judges it (already authenticated as
+/// coming from `host`).
+#[derive(Clone, Debug, Default)]
+pub struct Heartbeat {
+    pub host: String,
+    pub instance_id: String,
+    pub node_id: NodeId,
+    /// Random per agent process.
+    pub boot: String,
+    /// The host's record as it reports it now: changes are committed.
+    pub address: String,
+    pub capacity: Capacity,
+    pub labels: BTreeMap<String, String>,
+    pub fence: Option<FenceDevice>,
+    pub watchdog_timeout_ms: u64,
+    /// Whether its lease keeper answers.
+    pub keeper: bool,
+    pub tls: TlsReport,
+    pub problems: Vec<String>,
+    /// What runs there, what it stopped, the revision it acted on.
+    pub report: HostReport,
+    /// SHA-256 of the cluster's CA bundle (`None`: no CA in the state),
+    /// computed by the runtime: the bundle is sent when the host's differs.
+    pub cluster_bundle_sha256: Option<String>,
+}
+
+/// What a refused request gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// A field out of range (HTTP 400).
+    BadRequest,
+    /// Not who it claims to be (HTTP 403).
+    Forbidden,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+/// The answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeartbeatAnswer {
+    Refused(Refusal),
+    Ack(Ack),
+}
+
+/// An acknowledgement: the lease it grants and what should run there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub lease_ms: u64,
+    pub term: u64,
+    /// The state revision `desired` was read at.
+    pub revision: u64,
+    pub desired: Vec<Desired>,
+    /// The cluster's CA bundle, when the host's differs (CA rotation).
+    pub ca_bundle_pem: Option<String>,
+}
+
+/// What one probe of a silent host's agent found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// Its agent answered.
+    Reached,
+    /// Its kernel refused the connection: up, but no agent listens (it
+    /// crashed). Proof enough.
+    Refused,
+    /// No answer in time: dead, hung, or a lost packet.
+    NoAnswer,
+}
+
+/// A round of datastore reads, as the runtime's reader did it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatastoreRound {
+    /// Every wanted file was read: key → its record (`None`: no file).
+    Read(Vec<(String, Option<Record>)>),
+    /// The round failed (unmounted, another cluster's, timed out): why.
+    Failed(String),
+    /// Nothing was wanted: the reader read nothing and keeps nothing.
+    Idle,
+}
+
+#[derive(Clone, Debug)]
+pub enum CoordinatorInput {
+    /// Every heartbeat interval, and at `next_wakeup_ms`.
+    Tick,
+    /// A heartbeat arrived; answered with `CoordinatorEffect::Answer`.
+    Heartbeat(Box<Heartbeat>),
+    /// A gracefully stopping agent's restart grace was committed: count
+    /// its silence from now, with the grace as its lease.
+    RestartGraceGranted { host: String, grace_ms: u64 },
+    /// A majority confirmed this leadership in a round sent at `sent_ms`
+    /// (this host's monotonic clock).
+    LeadershipConfirmed { sent_ms: u64 },
+    /// A fence that `CoordinatorEffect::Fence` asked for ended: how long it
+    /// took to confirm the host off, or why it failed.
+    FenceResult {
+        host: String,
+        outcome: Result<u64, String>,
+    },
+    /// Time for another probe round of `host` (`CoordinatorEffect::
+    /// StartProbing`): answered with a `Probe` effect, or nothing when the
+    /// probing of this silence is over.
+    ProbeDue { host: String },
+    /// One probe round of `host` ended: who answered what (a round may
+    /// end at the first `Reached`).
+    ProbeResult {
+        host: String,
+        outcomes: Vec<(String, ProbeOutcome)>,
+    },
+    /// A round of datastore reads started at `started_ms` ended.
+    DatastoreRead {
+        started_ms: u64,
+        round: DatastoreRound,
+    },
+    /// One proposed entry was committed with this result.
+    ProposalResult { result: CommandResult },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoordinatorEffect {
+    /// Propose these Raft entries in order; stop at the first that fails.
+    /// Each successful one's result comes back as `ProposalResult`.
+    Propose(Vec<Command>),
+    /// Commit `announce`, then fence `host` with `device` (off, then status)
+    /// and report the outcome as `FenceResult`.
+    Fence {
+        host: String,
+        device: FenceDevice,
+        silence_ms: u64,
+        announce: Box<Command>,
+    },
+    /// Probe `host` for a second opinion: rounds every probe gap, each
+    /// asked for with `ProbeDue` first, until that returns nothing.
+    StartProbing { host: String },
+    /// One probe round: this host asks `address` itself; each prober
+    /// (name, address) is asked to. Results come back as `ProbeResult`.
+    Probe {
+        host: String,
+        address: String,
+        probers: Vec<(String, String)>,
+    },
+    /// The datastore files to read from now on, one round per heartbeat
+    /// interval (`host:NAME`, `lock:WORKLOAD`); results as `DatastoreRead`.
+    ReadDatastore { keys: BTreeSet<String> },
+    /// The answer to the heartbeat being handled.
+    Answer(HeartbeatAnswer),
+}
+
+/// The second opinion on one silent host, as the probes went so far.
+#[derive(Clone, Debug, Default)]
+struct ProbeTally {
+    /// Where its agent listens, and who else probes it: (name, address).
+    address: String,
+    probers: Vec<(String, String)>,
+    /// Rounds in a row in which no probe reached it (a round in which
+    /// every probe was refused counts as all of them).
+    failed_rounds: u32,
+    /// Who reached it last in this silence, if anybody did.
+    reached_by: Option<String>,
+    /// Whether "not fencing" was said in an event in this silence.
+    said: bool,
+}
+
+/// The coordinator's state for one term of office; dropped when
+/// leadership moves.
+pub struct Coordinator {
+    /// This host: never fenced by itself, never its own prober.
+    me: String,
+    /// Whether the cluster has a datastore to read.
+    datastore: bool,
+    term: u64,
+    /// The handover credit this office started with.
+    credit_ms: u64,
+    detector: Detector,
+    /// host → its last report in this office.
+    reports: BTreeMap<String, HostReport>,
+    /// host → the agent process (boot) that sent its last heartbeat.
+    boots: BTreeMap<String, String>,
+    /// host → whether its lease keeper answered, as last reported.
+    keepers: BTreeMap<String, bool>,
+    /// host → what is wrong there, as last reported (bounded).
+    problems: BTreeMap<String, Vec<String>>,
+    /// host → its TLS material, as last reported.
+    tls: BTreeMap<String, TlsReport>,
+    /// Send time of the newest leadership confirmation round a majority
+    /// answered in this term.
+    confirmed_at_ms: Option<u64>,
+    /// What each host looked like at the last tick.
+    last_obs: BTreeMap<String, HostObservation>,
+    last_state: BTreeMap<String, HostState>,
+    /// When the last tick ran, and with which timing.
+    last_tick: Option<(u64, Timing)>,
+    announced: bool,
+    /// Confirmed off by a fence device during its current silence.
+    fenced: BTreeSet<String>,
+    /// Being fenced now, with the fence agent used.
+    fencing: BTreeMap<String, String>,
+    fence_failed: BTreeSet<String>,
+    /// Silent hosts with a fence device being probed for a second opinion.
+    probing: BTreeMap<String, ProbeTally>,
+    freshness: Freshness,
+    /// The reader's last result per file, with when its round started.
+    reads: BTreeMap<String, (Option<Record>, u64)>,
+    /// Why the last round of reads failed, if it did.
+    read_problem: Option<String>,
+    /// Generations this office placed and has not yet seen running.
+    placed: BTreeMap<String, Generation>,
+    /// Restart count last seen per workload instance, to report new ones.
+    restarts_seen: BTreeMap<String, (Generation, u32)>,
+    /// Instances in `stopping` whose first stop step was already reported.
+    stop_steps_seen: BTreeSet<(String, Generation)>,
+    /// Lock files held as fresh only because the datastore could not be
+    /// read (already said in an event).
+    locks_unread: BTreeSet<String>,
+    /// What the last tick's placement decided (`tick_remembering`).
+    memo: coordinator::PlacementMemo,
+}
+
+/// Is `host` the member it claims to be: does its data dir's
+/// `instance_id` match the cluster's record?
+pub fn check_member<'a>(
+    state: &'a ClusterState,
+    host: &str,
+    instance_id: &str,
+) -> Result<&'a HostRecord, Refusal> {
+    state
+        .hosts
+        .get(host)
+        .filter(|k| k.instance_id == instance_id)
+        .ok_or_else(|| Refusal {
+            kind: RefusalKind::Forbidden,
+            message: format!("host {host:?} with this data dir is not a member of this cluster"),
+        })
+}
+
+/// An agent process's `boot` id is within bounds.
+pub fn check_boot(boot: &str) -> Result<(), Refusal> {
+    if boot.is_empty() || boot.len() > BOOT_ID_LEN_MAX {
+        return Err(Refusal {
+            kind: RefusalKind::BadRequest,
+            message: format!("field \"boot\": 1-{BOOT_ID_LEN_MAX} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// How long after a confirmation round's send time leases may be
+/// extended: half the margin; the other half absorbs clock-rate drift
+/// (ARCHITECTURE.md, "the lease gate").
+pub fn confirmation_window_ms(margin_ms: u64) -> u64 {
+    margin_ms / 2
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary, `…` added).
+pub fn bounded_text(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// A peer's report, bounded before use: the most recent stops, and each
+/// text that may end up in an event.
+fn bounded_report(mut report: HostReport) -> HostReport {
+    let excess = report.stopped.len().saturating_sub(STOPS_REPORTED_MAX);
+    report.stopped.drain(..excess);
+    for s in &mut report.stopped {
+        bound(&mut s.how, STOP_HOW_LEN_MAX);
+    }
+    for o in &mut report.observed {
+        if let Some(d) = &mut o.detail {
+            bound(d, OBSERVED_DETAIL_LEN_MAX);
+        }
+    }
+    report
+}
+
+fn bound(text: &mut String, max: usize) {
+    if text.len() > max {
+        *text = crate::spec::shorten(text, max);
+    }
+}
+
+/// Has the host's record changed in what its heartbeat reports?
+fn record_changed(known: &HostRecord, hb: &Heartbeat) -> Option<HostRecord> {
+    let changed = known.address != hb.address
+        || known.capacity != hb.capacity
+        || known.labels != hb.labels
+        || known.fence != hb.fence
+        || known.watchdog_timeout_ms != hb.watchdog_timeout_ms;
+    changed.then(|| HostRecord {
+        address: hb.address.clone(),
+        capacity: hb.capacity,
+        labels: hb.labels.clone(),
+        fence: hb.fence.clone(),
+        watchdog_timeout_ms: hb.watchdog_timeout_ms,
+        ..known.clone()
+    })
+}
+
+/// A read of `key` recent enough to judge by: (record, when its round
+/// started). Older (the read lane is stuck) or missing: `None`, unknown.
+fn recent_read<'a>(
+    reads: &'a BTreeMap<String, (Option<Record>, u64)>,
+    key: &str,
+    now_ms: u64,
+    timing: &Timing,
+) -> Option<&'a (Option<Record>, u64)> {
+    let max_age_ms = op_timeout_ms(timing.lease_ms) + 2 * timing.heartbeat_interval_ms;
+    reads
+        .get(key)
+        .filter(|(_, at)| now_ms.saturating_sub(*at) <= max_age_ms)
+}
+
+impl Coordinator {
+    /// A term of office taken at `now_ms` by host `me`. Hosts are taken as
+    /// silent since `credit_ms` before it (the handover credit, DESIGN.md
+    /// §2.3): the members of `state` now; a host that joins later is given
+    /// a full `lease + margin` from when this office first sees it.
+    pub fn new(
+        term: u64,
+        now_ms: u64,
+        credit_ms: u64,
+        me: &str,
+        datastore: bool,
+        state: &ClusterState,
+    ) -> Coordinator {
+        let since_ms = now_ms.saturating_sub(credit_ms);
+        let mut detector = Detector::new(since_ms);
+        for h in state.hosts.keys() {
+            detector.note_host(h, since_ms);
+        }
+        Coordinator {
+            me: me.to_owned(),
+            datastore,
+            term,
+            credit_ms,
+            detector,
+            reports: BTreeMap::new(),
+            boots: BTreeMap::new(),
+            keepers: BTreeMap::new(),
+            problems: BTreeMap::new(),
+            tls: BTreeMap::new(),
+            confirmed_at_ms: None,
+            last_obs: BTreeMap::new(),
+            last_state: BTreeMap::new(),
+            last_tick: None,
+            announced: false,
+            fenced: BTreeSet::new(),
+            fencing: BTreeMap::new(),
+            fence_failed: BTreeSet::new(),
+            probing: BTreeMap::new(),
+            freshness: Freshness::default(),
+            reads: BTreeMap::new(),
+            read_problem: None,
+            placed: BTreeMap::new(),
+            restarts_seen: BTreeMap::new(),
+            stop_steps_seen: BTreeSet::new(),
+            locks_unread: BTreeSet::new(),
+            memo: coordinator::PlacementMemo::default(),
+        }
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    pub fn credit_ms(&self) -> u64 {
+        self.credit_ms
+    }
+
+    /// Handle one input at `now_ms` (monotonic) and `at_ms` (wall clock);
+    /// `state` is the replicated state as applied here now.
+    pub fn handle(
+        &mut self,
+        input: CoordinatorInput,
+        state: &ClusterState,
+        now_ms: u64,
+        at_ms: u64,
+    ) -> Vec<CoordinatorEffect> {
+        match input {
+            CoordinatorInput::Tick => self.tick(state, now_ms, at_ms),
+            CoordinatorInput::Heartbeat(hb) => self.on_heartbeat(*hb, state, now_ms, at_ms),
+            CoordinatorInput::RestartGraceGranted { host, grace_ms } => {
+                self.detector.on_ack(&host, now_ms, grace_ms);
+                vec![]
+            }
+            CoordinatorInput::LeadershipConfirmed { sent_ms } => {
+                self.confirmed_at_ms =
+                    Some(self.confirmed_at_ms.map_or(sent_ms, |t| t.max(sent_ms)));
+                vec![]
+            }
+            CoordinatorInput::FenceResult { host, outcome } => {
+                self.on_fence_result(host, outcome, at_ms)
+            }
+            CoordinatorInput::ProbeDue { host } => self.on_probe_due(&host, state),
+            CoordinatorInput::ProbeResult { host, outcomes } => {
+                self.on_probe_result(&host, &outcomes);
+                vec![]
+            }
+            CoordinatorInput::DatastoreRead { started_ms, round } => {
+                self.on_datastore_read(started_ms, round);
+                vec![]
+            }
+            CoordinatorInput::ProposalResult { result } => {
+                self.placed.extend(result.placed());
+                vec![]
+            }
+        }
+    }
+
+    /// `handle` for a heartbeat, with its answer taken out of the effects.
+    pub fn heartbeat(
+        &mut self,
+        hb: Heartbeat,
+        state: &ClusterState,
+        now_ms: u64,
+        at_ms: u64,
+    ) -> (HeartbeatAnswer, Vec<CoordinatorEffect>) {
+        let mut answer = None;
+        let effects = self
+            .handle(
+                CoordinatorInput::Heartbeat(Box::new(hb)),
+                state,
+                now_ms,
+                at_ms,
+            )
+            .into_iter()
+            .filter_map(|e| match e {
+                CoordinatorEffect::Answer(a) => {
+                    answer = Some(a);
+                    None
+                }
+                e => Some(e),
+            })
+            .collect();
+        (answer.expect("a heartbeat is always answered"), effects)
+    }
+
+    /// May this leader extend leases at `now_ms`? Only while a majority
+    /// confirmed its leadership within the confirmation window, measured
+    /// from the round's send time on this host's clock (DESIGN.md §2.6).
+    pub fn may_grant_leases(&self, now_ms: u64, margin_ms: u64) -> bool {
+        let window_ms = confirmation_window_ms(margin_ms);
+        self.confirmed_at_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) <= window_ms)
+    }
+
+    /// When (monotonic) the next tick is due besides the regular one: the
+    /// first time a silent host not yet given up on reaches its
+    /// `failed_after` (as the last tick saw it), if one will.
+    pub fn next_wakeup_ms(&self) -> Option<u64> {
+        let (ticked_ms, timing) = self.last_tick?;
+        self.last_obs
+            .values()
+            .filter(|o| o.silence_ms >= timing.suspect_after_ms && !o.fenced)
+            .filter_map(|o| {
+                let after = o.failed_after_ms(&timing);
+                (o.silence_ms < after).then(|| ticked_ms + after - o.silence_ms + 1)
+            })
+            .min()
+    }
+
+    /// The instances `host` last reported.
+    pub fn observed(&self, host: &str) -> Option<&[Observed]> {
+        self.reports.get(host).map(|r| r.observed.as_slice())
+    }
+
+    /// Whether `host`'s lease keeper answered, as it last reported.
+    pub fn keeper(&self, host: &str) -> Option<bool> {
+        self.keepers.get(host).copied()
+    }
+
+    /// What `host` last reported wrong.
+    pub fn problems(&self, host: &str) -> Option<&[String]> {
+        self.problems.get(host).map(|p| p.as_slice())
+    }
+
+    /// `host`'s TLS material, as it last reported it.
+    pub fn tls(&self, host: &str) -> Option<&TlsReport> {
+        self.tls.get(host)
+    }
+
+    /// State to show for `host`: `unknown` until heard from or given up on;
+    /// `degraded` when online with problems.
+    pub fn shown_state(&self, host: &str) -> &'static str {
+        match (self.last_obs.get(host), self.last_state.get(host)) {
+            (Some(_), Some(HostState::Online))
+                if self.problems.get(host).is_some_and(|p| !p.is_empty()) =>
+            {
+                "degraded"
+            }
+            (Some(o), Some(s)) if o.heard || *s != HostState::Online => s.as_str(),
+            _ => "unknown",
+        }
+    }
+
+    fn on_heartbeat(
+        &mut self,
+        hb: Heartbeat,
+        state: &ClusterState,
+        now_ms: u64,
+        at_ms: u64,
+    ) -> Vec<CoordinatorEffect> {
+        let checked = check_member(state, &hb.host, &hb.instance_id).and_then(|known| {
+            check_boot(&hb.boot)?;
+            if hb.node_id != known.node_id {
+                return Err(Refusal {
+                    kind: RefusalKind::Forbidden,
+                    message: format!(
+                        "host {:?} claims node id {} but is node {} in this cluster: its node.json was changed; restore it, or start the host with an empty --data-dir and join it again",
+                        hb.host, hb.node_id, known.node_id
+                    ),
+                });
+            }
+            Ok(known)
+        });
+        let known = match checked {
+            Ok(k) => k,
+            Err(r) => return vec![CoordinatorEffect::Answer(HeartbeatAnswer::Refused(r))],
+        };
+        let mut effects = vec![];
+        let lease_ms = state.settings.timing.lease_ms;
+        let host = hb.host.clone();
+        self.keepers.insert(host.clone(), hb.keeper);
+        self.tls.insert(host.clone(), hb.tls.clone());
+        if let Some(now) = self.on_problems(&host, hb.problems.clone()) {
+            let message = if now.is_empty() {
+                format!("host {host} is no longer degraded")
+            } else {
+                format!("host {host} is degraded: {}", now.join("; "))
+            };
+            effects.push(CoordinatorEffect::Propose(vec![Command::RecordEvent {
+                message,
+                at_ms,
+            }]));
+        }
+        self.detector.on_ack(&host, now_ms, lease_ms);
+        self.reports
+            .insert(host.clone(), bounded_report(hb.report.clone()));
+        self.boots.insert(host.clone(), hb.boot.clone());
+        // Back from the dead: a later silence is a new episode.
+        self.fenced.remove(&host);
+        self.fence_failed.remove(&host);
+        // Heard again: the probing of this silence ends.
+        self.probing.remove(&host);
+        if let Some(record) = record_changed(known, &hb) {
+            effects.push(CoordinatorEffect::Propose(vec![Command::RegisterHost {
+                host: record,
+                at_ms,
+            }]));
+        }
+        let desired = state
+            .assigned_to(&host)
+            .map(|(w, a)| Desired {
+                spec: w.spec.clone(),
+                generation: a.generation,
+                isolation: state.isolation_response(&w.spec),
+                released_by: w.released_by.clone(),
+            })
+            .collect();
+        // Sent only when the host's differs (a CA rotation step).
+        let ca_bundle_pem = state
+            .ca
+            .as_ref()
+            .filter(|_| {
+                hb.cluster_bundle_sha256
+                    .as_ref()
+                    .is_some_and(|h| *h != hb.tls.bundle_sha256)
+            })
+            .map(|ca| ca.bundle_pem.clone());
+        effects.push(CoordinatorEffect::Answer(HeartbeatAnswer::Ack(Ack {
+            lease_ms,
+            term: self.term,
+            revision: state.revision,
+            desired,
+            ca_bundle_pem,
+        })));
+        effects
+    }
+
+    /// Record what `host` reports wrong; returns the new list if it changed.
+    fn on_problems(&mut self, host: &str, problems: Vec<String>) -> Option<Vec<String>> {
+        let problems: Vec<String> = problems
+            .into_iter()
+            .take(PROBLEMS_MAX)
+            .map(|p| bounded_text(p, PROBLEM_TEXT_MAX))
+            .collect();
+        let old = self.problems.insert(host.to_owned(), problems.clone());
+        (old.unwrap_or_default() != problems).then_some(problems)
+    }
+
+    fn on_fence_result(
+        &mut self,
+        host: String,
+        outcome: Result<u64, String>,
+        at_ms: u64,
+    ) -> Vec<CoordinatorEffect> {
+        let agent = self
+            .fencing
+            .remove(&host)
+            .unwrap_or_else(|| "its fence device".to_owned());
+        let message = match outcome {
+            Ok(took_ms) => {
+                self.fenced.insert(host.clone());
+                format!("fenced {host}: {agent} confirmed it off in {took_ms} ms")
+            }
+            Err(e) => {
+                self.fence_failed.insert(host.clone());
+                format!("fencing {host} failed: {e}; falling back to the lease (lease + margin)")
+            }
+        };
+        vec![CoordinatorEffect::Propose(vec![Command::RecordEvent {
+            message,
+            at_ms,
+        }])]
+    }
+
+    fn on_probe_due(&mut self, host: &str, state: &ClusterState) -> Vec<CoordinatorEffect> {
+        // Heard again (the entry is gone), fenced, the fence failed, or it
+        // left: nothing more to decide.
+        let Some(tally) = self.probing.get(host) else {
+            return vec![];
+        };
+        if !state.hosts.contains_key(host)
+            || self.fenced.contains(host)
+            || self.fence_failed.contains(host)
+        {
+            self.probing.remove(host);
+            return vec![];
+        }
+        vec![CoordinatorEffect::Probe {
+            host: host.to_owned(),
+            address: tally.address.clone(),
+            probers: tally.probers.clone(),
+        }]
+    }
+
+    fn on_probe_result(&mut self, host: &str, outcomes: &[(String, ProbeOutcome)]) {
+        let Some(t) = self.probing.get_mut(host) else {
+            return;
+        };
+        let reached_by = outcomes
+            .iter()
+            .find(|(_, p)| *p == ProbeOutcome::Reached)
+            .map(|(who, _)| who.clone());
+        let all_refused = outcomes.iter().all(|(_, p)| *p == ProbeOutcome::Refused);
+        match reached_by {
+            Some(who) => {
+                t.failed_rounds = 0;
+                t.reached_by = Some(who);
+            }
+            None if all_refused => t.failed_rounds = FAILED_ROUNDS_TO_FENCE,
+            None => t.failed_rounds = t.failed_rounds.saturating_add(1),
+        }
+    }
+
+    fn on_datastore_read(&mut self, started_ms: u64, round: DatastoreRound) {
+        match round {
+            DatastoreRound::Read(results) => {
+                let wanted: BTreeSet<&String> = results.iter().map(|(k, _)| k).collect();
+                self.reads.retain(|k, _| wanted.contains(k));
+                for (k, rec) in results {
+                    self.reads.insert(k, (rec, started_ms));
+                }
+                self.read_problem = None;
+            }
+            DatastoreRound::Failed(why) => self.read_problem = Some(why),
+            DatastoreRound::Idle => self.reads.clear(),
+        }
+    }
+
+    /// The decisions of one tick.
+    fn tick(&mut self, state: &ClusterState, now_ms: u64, at_ms: u64) -> Vec<CoordinatorEffect> {
+        let timing = state.settings.timing;
+        self.last_tick = Some((now_ms, timing));
+        let mut effects = vec![];
+        let mut cmds = vec![];
+        let mut wanted = BTreeSet::new();
+        let mut hosts = BTreeMap::new();
+        for h in state.hosts.values() {
+            let o = self.observe_host(h, state, now_ms, at_ms, &mut wanted, &mut cmds);
+            if let Some(dev) = &h.fence {
+                self.consider_fencing(h, dev, &o, state, at_ms, &mut effects, &mut cmds);
+            }
+            self.last_obs.insert(h.name.clone(), o);
+            hosts.insert(h.name.clone(), o);
+        }
+        let (fresh_locks, failed) =
+            self.watch_workloads(state, &hosts, now_ms, at_ms, &mut wanted, &mut cmds);
+        self.report_stop_steps(state, at_ms, &mut cmds);
+        let input = TickInput {
+            state,
+            hosts: &hosts,
+            timing: &timing,
+            fresh_locks: &fresh_locks,
+            failed: &failed,
+            reports: &self.reports,
+            at_ms,
+        };
+        cmds.extend(coordinator::tick_remembering(&input, &mut self.memo));
+        if !self.announced {
+            self.announced = true;
+            cmds.insert(0, self.took_office(state, at_ms));
+        }
+        if self.datastore {
+            effects.insert(0, CoordinatorEffect::ReadDatastore { keys: wanted });
+        }
+        // One Raft entry per tick (more only past the batch bounds); a
+        // decision about very many workloads is first cut into commands
+        // that each fit one entry.
+        let cmds: Vec<Command> = cmds.into_iter().flat_map(Command::split_to_fit).collect();
+        let entries = Command::batches(cmds);
+        if !entries.is_empty() {
+            effects.push(CoordinatorEffect::Propose(entries));
+        }
+        effects
+    }
+
+    /// The took-office event: how long no host will be declared failed.
+    fn took_office(&self, state: &ClusterState, at_ms: u64) -> Command {
+        let timing = state.settings.timing;
+        let credit_ms = self.credit_ms;
+        let wait_ms = (timing.lease_ms.max(state.prior_lease_ms) + timing.margin_ms)
+            .saturating_sub(credit_ms);
+        Command::RecordEvent {
+            message: format!(
+                "{} took office as coordinator (term {}); no host is declared failed for {wait_ms} ms (lease + margin, less the {credit_ms} ms the electing voters had already not heard from the old leader, less drift)",
+                self.me, self.term,
+            ),
+            at_ms,
+        }
+    }
+
+    /// What this office knows of host `h` now; ends a restart grace whose
+    /// agent is back and records a change of state as an event.
+    fn observe_host(
+        &mut self,
+        h: &HostRecord,
+        state: &ClusterState,
+        now_ms: u64,
+        at_ms: u64,
+        wanted: &mut BTreeSet<String>,
+        cmds: &mut Vec<Command>,
+    ) -> HostObservation {
+        let timing = state.settings.timing;
+        let name = &h.name;
+        self.detector.note_host(name, now_ms);
+        let silence_ms = self.detector.silence_ms(name, now_ms);
+        let grace = h.restart_grace.as_ref();
+        let mut o = HostObservation {
+            silence_ms,
+            heard: self.detector.heard_from(name),
+            fenced: self.fenced.contains(name),
+            datastore_alive: false,
+            watchdog_timeout_ms: h.watchdog_timeout_ms,
+            lease_ms: self
+                .detector
+                .granted_lease_ms(name)
+                .unwrap_or(state.prior_lease_ms),
+            restart_grace_ms: grace.map_or(0, |g| g.grace_ms),
+        };
+        // The restarted agent is back: the grace is over.
+        if let Some(g) = grace {
+            if self.boots.get(name).is_some_and(|b| *b != g.boot) {
+                cmds.push(Command::EndRestartGrace {
+                    host: name.clone(),
+                    boot: g.boot.clone(),
+                    why: "its agent is back".into(),
+                    at_ms,
+                });
+            }
+        }
+        let key = format!("host:{name}");
+        if silence_ms >= timing.suspect_after_ms {
+            if self.datastore {
+                wanted.insert(key.clone());
+                // Unreadable: not shown alive (only the shown state
+                // depends on it; lock files decide).
+                if let Some((rec, at)) = recent_read(&self.reads, &key, now_ms, &timing) {
+                    let seq = rec.as_ref().map(|r| r.seq);
+                    o.datastore_alive = self.freshness.observe(&key, seq, *at, timing.lease_ms);
+                }
+            }
+        } else {
+            self.freshness.forget(&key);
+        }
+        let st = o.state(&timing);
+        let prev = self.last_state.insert(name.clone(), st);
+        if prev.is_some_and(|p| p != st) {
+            cmds.push(Command::RecordEvent {
+                message: format!(
+                    "host {name} is {}: last heartbeat acknowledged {silence_ms} ms ago",
+                    st.as_str()
+                ),
+                at_ms,
+            });
+        }
+        o
+    }
+
+    /// Fencing on evidence (DESIGN.md §2.7, issue 8): from half the fence
+    /// delay of silence on, this host and up to `SECOND_OPINIONS` online
+    /// others probe `h`; past the fence delay it is fenced only when the
+    /// probes reached nobody in `FAILED_ROUNDS_TO_FENCE` rounds in a row.
+    #[allow(clippy::too_many_arguments)]
+    fn consider_fencing(
+        &mut self,
+        h: &HostRecord,
+        dev: &FenceDevice,
+        o: &HostObservation,
+        state: &ClusterState,
+        at_ms: u64,
+        effects: &mut Vec<CoordinatorEffect>,
+        cmds: &mut Vec<Command>,
+    ) {
+        let name = &h.name;
+        let fence_after_ms = state.settings.fence_after_ms;
+        // Never fence ourselves: our own heartbeat may simply still be
+        // looking for the new coordinator.
+        let eligible = o.heard
+            && !o.fenced
+            && *name != self.me
+            && !self.fencing.contains_key(name)
+            && !self.fence_failed.contains(name);
+        if !eligible {
+            return;
+        }
+        if o.may_fence(fence_after_ms / 2) && !self.probing.contains_key(name) {
+            let probers: Vec<(String, String)> = state
+                .hosts
+                .values()
+                .filter(|p| p.name != *name && p.name != self.me)
+                .filter(|p| self.last_state.get(&p.name) == Some(&HostState::Online))
+                .take(SECOND_OPINIONS)
+                .map(|p| (p.name.clone(), p.address.clone()))
+                .collect();
+            self.probing.insert(
+                name.clone(),
+                ProbeTally {
+                    address: h.address.clone(),
+                    probers,
+                    ..ProbeTally::default()
+                },
+            );
+            effects.push(CoordinatorEffect::StartProbing { host: name.clone() });
+        }
+        if !o.may_fence(fence_after_ms) {
+            return;
+        }
+        let silence_ms = o.silence_ms;
+        match self.probing.get_mut(name) {
+            Some(t) if t.failed_rounds >= FAILED_ROUNDS_TO_FENCE => {
+                self.fencing.insert(name.clone(), dev.agent.clone());
+                effects.push(CoordinatorEffect::Fence {
+                    host: name.clone(),
+                    device: dev.clone(),
+                    silence_ms,
+                    announce: Box::new(Command::RecordEvent {
+                        message: format!(
+                            "fencing {name} with {}: silent for {silence_ms} ms",
+                            dev.agent
+                        ),
+                        at_ms,
+                    }),
+                });
+            }
+            Some(t) => {
+                if let (Some(who), false) = (&t.reached_by, t.said) {
+                    t.said = true;
+                    cmds.push(Command::RecordEvent {
+                        message: format!(
+                            "not fencing {name}: silent for {silence_ms} ms, but {who} reached its agent (a lossy link, not a dead host); fenced only if it stops answering probes, else it keeps the lease rules"
+                        ),
+                        at_ms,
+                    });
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Per assigned workload: whether its lock file is still fresh (a
+    /// `leave-running` one on a host not online), the restarts, start and
+    /// failure its host reports. Returns the fresh locks and the failed
+    /// instances for the placement step.
+    #[allow(clippy::type_complexity)]
+    fn watch_workloads(
+        &mut self,
+        state: &ClusterState,
+        hosts: &BTreeMap<String, HostObservation>,
+        now_ms: u64,
+        at_ms: u64,
+        wanted: &mut BTreeSet<String>,
+        cmds: &mut Vec<Command>,
+    ) -> (
+        BTreeSet<(String, Generation)>,
+        Vec<(String, Generation, String)>,
+    ) {
+        let timing = state.settings.timing;
+        let mut fresh_locks = BTreeSet::new();
+        let mut failed = vec![];
+        for w in state.workloads.values() {
+            let Some(a) = &w.assignment else { continue };
+            let o = hosts.get(&a.host).copied().unwrap_or_default();
+            let key = format!("lock:{}", w.spec.name);
+            if self.datastore && o.state(&timing) != HostState::Online {
+                if state.isolation_response(&w.spec) == IsolationResponse::LeaveRunning {
+                    wanted.insert(key.clone());
+                    if self.lock_held(&key, &w.spec.name, a, &o, now_ms, &timing, at_ms, cmds) {
+                        fresh_locks.insert((w.spec.name.clone(), a.generation));
+                    }
+                }
+            } else {
+                self.freshness.forget(&key);
+            }
+            let Some(x) = self.reports.get(&a.host).and_then(|r| {
+                r.observed
+                    .iter()
+                    .find(|x| x.workload == w.spec.name && x.generation == a.generation)
+            }) else {
+                continue;
+            };
+            let (restarts, state_now, detail) = (x.restarts, x.state, x.detail.clone());
+            let no_failover = x.no_failover;
+            let seen = self
+                .restarts_seen
+                .insert(w.spec.name.clone(), (a.generation, restarts));
+            if let Some((g, n)) = seen {
+                if g == a.generation && restarts > n {
+                    cmds.push(Command::RecordWorkloadEvent {
+                        workload: w.spec.name.clone(),
+                        message: format!(
+                            "{} restarted in place on {} (restart {restarts}): {}",
+                            w.spec.name,
+                            a.host,
+                            detail.clone().unwrap_or_default()
+                        ),
+                        at_ms,
+                    });
+                }
+            }
+            if state_now == InstanceState::Failed && !no_failover {
+                failed.push((
+                    w.spec.name.clone(),
+                    a.generation,
+                    detail.unwrap_or_else(|| "failed".into()),
+                ));
+            }
+            if state_now == InstanceState::Running
+                && self.placed.get(&w.spec.name) == Some(&a.generation)
+            {
+                self.placed.remove(&w.spec.name);
+                cmds.push(Command::RecordWorkloadEvent {
+                    workload: w.spec.name.clone(),
+                    message: format!(
+                        "{} started on {} (generation {})",
+                        w.spec.name, a.host, a.generation
+                    ),
+                    at_ms,
+                });
+            }
+        }
+        (fresh_locks, failed)
+    }
+
+    /// Does the host of a `leave-running` workload still hold its lock
+    /// file? A lock that cannot be read counts as held: whether its host
+    /// still holds it is unknown, so it stays there (never twice), said
+    /// once in an event.
+    #[allow(clippy::too_many_arguments)]
+    fn lock_held(
+        &mut self,
+        key: &str,
+        workload: &str,
+        a: &crate::model::Assignment,
+        o: &HostObservation,
+        now_ms: u64,
+        timing: &Timing,
+        at_ms: u64,
+        cmds: &mut Vec<Command>,
+    ) -> bool {
+        match recent_read(&self.reads, key, now_ms, timing) {
+            Some((rec, at)) => {
+                self.locks_unread.remove(key);
+                let seq = rec
+                    .as_ref()
+                    .filter(|r| r.host == a.host && r.generation == Some(a.generation))
+                    .map(|r| r.seq);
+                self.freshness.observe_lock(key, seq, *at, timing.lease_ms)
+            }
+            None => {
+                if o.silence_ms >= o.failed_after_ms(timing)
+                    && self.locks_unread.insert(key.to_owned())
+                {
+                    cmds.push(Command::RecordEvent {
+                        message: format!(
+                            "{workload} stays assigned to {} (leave-running): the datastore cannot be read ({}), so whether {} still holds it is unknown",
+                            a.host,
+                            self.read_problem.clone().unwrap_or_else(|| "no recent read".into()),
+                            a.host
+                        ),
+                        at_ms,
+                    });
+                }
+                true
+            }
+        }
+    }
+
+    /// The first step of each stop, as its host reports it.
+    fn report_stop_steps(&mut self, state: &ClusterState, at_ms: u64, cmds: &mut Vec<Command>) {
+        self.stop_steps_seen
+            .retain(|(w, g)| state.stopping.get(w).is_some_and(|st| st.generation == *g));
+        for (name, st) in &state.stopping {
+            let step = self
+                .observed(&st.host)
+                .and_then(|obs| {
+                    obs.iter().find(|x| {
+                        x.workload == *name
+                            && x.generation == st.generation
+                            && x.state == InstanceState::Stopping
+                    })
+                })
+                .map(|x| x.detail.clone());
+            if let Some(detail) = step {
+                if self.stop_steps_seen.insert((name.clone(), st.generation)) {
+                    cmds.push(Command::RecordWorkloadEvent {
+                        workload: name.clone(),
+                        message: format!(
+                            "{name} generation {} on {}: {}",
+                            st.generation,
+                            st.host,
+                            detail.unwrap_or_else(|| "stopping".into())
+                        ),
+                        at_ms,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "coordinator_machine_tests.rs"]
+mod tests;

@@ -1,0 +1,982 @@
+//! The coordinator machine driven with inputs and a clock passed in; the
+//! state changes only by applying the proposals it returns. Each rule of
+//! DESIGN.md §2 the coordinator enforces has a test named after it.
+
+use super::*;
+use crate::model::*;
+
+/// Lease + margin at the default timing.
+const LEASE_PLUS_MARGIN_MS: u64 = 1_250;
+
+fn host(name: &str, id: u64) -> HostRecord {
+    HostRecord {
+        name: name.into(),
+        node_id: id,
+        address: format!("10.0.0.{id}:7700"),
+        role: Role::Manager,
+        capacity: Capacity {
+            vcpus: 4,
+            memory_mib: 4096,
+        },
+        labels: Default::default(),
+        instance_id: format!("{name}-data"),
+        fence: None,
+        watchdog_timeout_ms: 0,
+        restart_grace: None,
+    }
+}
+
+fn fence_device() -> FenceDevice {
+    FenceDevice {
+        agent: "/usr/sbin/fence_test".into(),
+        args: Default::default(),
+    }
+}
+
+fn spec(name: &str) -> WorkloadSpec {
+    WorkloadSpec {
+        name: name.into(),
+        kind: WorkloadKind::Process {
+            command: vec!["/bin/true".into()],
+            env: Default::default(),
+        },
+        vcpus: 1,
+        memory_mib: 256,
+        priority: Priority::Medium,
+        restart: RestartPolicy::default(),
+        isolation_response: None,
+        log_max_bytes: crate::logs::LOG_MAX_BYTES_DEFAULT,
+        user: None,
+        group: None,
+    }
+}
+
+/// A cluster, its coordinator, and the hosts' reports; proposals are
+/// committed as the machine returns them.
+struct Sim {
+    s: ClusterState,
+    c: Coordinator,
+    /// host → its agent's boot id.
+    boots: BTreeMap<String, String>,
+}
+
+impl Sim {
+    /// Hosts `hosts` (those in `fenced_by_device` with a fence device),
+    /// workloads `specs`, and a coordinator `me` taking office at `now_ms`
+    /// with `credit_ms`.
+    fn new(hosts: &[&str], with_fence: bool, specs: Vec<WorkloadSpec>, me: &str) -> Sim {
+        let mut s = ClusterState::default();
+        s.apply(&Command::InitCluster {
+            cluster_id: "c".into(),
+            at_ms: 0,
+        });
+        for (i, h) in hosts.iter().enumerate() {
+            let mut record = host(h, i as u64 + 1);
+            if with_fence {
+                record.fence = Some(fence_device());
+            }
+            s.apply(&Command::RegisterHost {
+                host: record,
+                at_ms: 0,
+            });
+        }
+        s.apply(&Command::ApplyWorkloads {
+            specs,
+            source: "t".into(),
+            at_ms: 0,
+        });
+        let c = Coordinator::new(1, 0, 0, me, false, &s);
+        let boots = hosts
+            .iter()
+            .map(|h| (h.to_string(), format!("boot-{h}")))
+            .collect();
+        Sim { s, c, boots }
+    }
+
+    /// Hand `input` to the machine at `now_ms`; commit what it proposes
+    /// (each result back to it) and return every effect.
+    fn input(&mut self, input: CoordinatorInput, now_ms: u64) -> Vec<CoordinatorEffect> {
+        let effects = self.c.handle(input, &self.s, now_ms, now_ms);
+        for e in &effects {
+            if let CoordinatorEffect::Propose(entries) = e {
+                for entry in entries {
+                    let result = self.s.apply(entry);
+                    let fed = self.c.handle(
+                        CoordinatorInput::ProposalResult { result },
+                        &self.s,
+                        now_ms,
+                        now_ms,
+                    );
+                    assert!(fed.is_empty());
+                }
+            }
+        }
+        effects
+    }
+
+    fn tick(&mut self, now_ms: u64) -> Vec<CoordinatorEffect> {
+        self.input(CoordinatorInput::Tick, now_ms)
+    }
+
+    /// What `host` would send now: its record as the cluster has it, its
+    /// assigned instances running, the newest revision acted on.
+    fn heartbeat_of(&self, name: &str) -> Heartbeat {
+        let h = &self.s.hosts[name];
+        let observed = self
+            .s
+            .assigned_to(name)
+            .map(|(w, a)| Observed {
+                workload: w.spec.name.clone(),
+                generation: a.generation,
+                state: InstanceState::Running,
+                pid: Some(1),
+                restarts: 0,
+                detail: None,
+                no_failover: false,
+            })
+            .collect();
+        Heartbeat {
+            host: name.into(),
+            instance_id: h.instance_id.clone(),
+            node_id: h.node_id,
+            boot: self.boots[name].clone(),
+            address: h.address.clone(),
+            capacity: h.capacity,
+            labels: h.labels.clone(),
+            fence: h.fence.clone(),
+            watchdog_timeout_ms: h.watchdog_timeout_ms,
+            keeper: true,
+            tls: TlsReport::default(),
+            problems: vec![],
+            report: HostReport {
+                applied_revision: self.s.revision,
+                observed,
+                stopped: vec![],
+            },
+            cluster_bundle_sha256: None,
+        }
+    }
+
+    fn send(&mut self, hb: Heartbeat, now_ms: u64) -> (HeartbeatAnswer, Vec<CoordinatorEffect>) {
+        let effects = self.input(CoordinatorInput::Heartbeat(Box::new(hb)), now_ms);
+        let mut answer = None;
+        let rest = effects
+            .into_iter()
+            .filter_map(|e| match e {
+                CoordinatorEffect::Answer(a) => {
+                    answer = Some(a);
+                    None
+                }
+                e => Some(e),
+            })
+            .collect();
+        (answer.expect("answered"), rest)
+    }
+
+    /// Heartbeats from `hosts` at `now_ms`, each acknowledged.
+    fn beat(&mut self, hosts: &[&str], now_ms: u64) {
+        for h in hosts {
+            let (answer, _) = self.send(self.heartbeat_of(h), now_ms);
+            assert!(matches!(answer, HeartbeatAnswer::Ack(_)), "{answer:?}");
+        }
+    }
+
+    fn host_of(&self, w: &str) -> Option<String> {
+        self.s.workloads[w]
+            .assignment
+            .as_ref()
+            .map(|a| a.host.clone())
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.s
+            .events(None)
+            .into_iter()
+            .map(|e| e.message.clone())
+            .collect()
+    }
+
+    fn said(&self, text: &str) -> usize {
+        self.events().iter().filter(|m| m.contains(text)).count()
+    }
+}
+
+/// `w` placed on h1 by a coordinator before this one.
+fn place_on_h1(sim: &mut Sim) {
+    let result = sim.s.apply(&Command::Place {
+        placements: vec![crate::state::Placement {
+            workload: "w".into(),
+            host: "h1".into(),
+            expected_generation: sim.s.workloads["w"].generation,
+            reason: "t".into(),
+        }],
+        at_ms: 1,
+    });
+    assert_eq!(sim.host_of("w").as_deref(), Some("h1"), "{result:?}");
+}
+
+fn unassigns(effects: &[CoordinatorEffect]) -> Vec<String> {
+    let mut out = vec![];
+    let mut walk = |c: &Command| {
+        if let Command::Unassign { reason, .. } = c {
+            out.push(reason.clone());
+        }
+    };
+    for e in effects {
+        if let CoordinatorEffect::Propose(entries) = e {
+            for entry in entries {
+                match entry {
+                    Command::Batch { commands } => commands.iter().for_each(&mut walk),
+                    c => walk(c),
+                }
+            }
+        }
+    }
+    out
+}
+
+fn fences(effects: &[CoordinatorEffect]) -> Vec<(String, u64, Command)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            CoordinatorEffect::Fence {
+                host,
+                silence_ms,
+                announce,
+                ..
+            } => Some((host.clone(), *silence_ms, (**announce).clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two hosts heard from at 0 and 100, `w` placed; returns (its host, the
+/// other one).
+fn placed(sim: &mut Sim, hosts: &[&str]) -> (String, String) {
+    sim.beat(hosts, 0);
+    sim.tick(50);
+    sim.beat(hosts, 100);
+    sim.tick(150);
+    let on = sim.host_of("w").expect("placed");
+    let other = hosts.iter().find(|h| **h != on).unwrap().to_string();
+    (on, other)
+}
+
+#[test]
+fn a_new_office_counts_the_handover_credit_as_silence_already_waited() {
+    let mut sim = Sim::new(&["h1"], false, vec![], "h1");
+    sim.c = Coordinator::new(7, 10_000, 380, "h1", false, &sim.s);
+    assert_eq!(sim.c.detector.silence_ms("h1", 10_000), 380);
+    assert_eq!(sim.c.detector.silence_ms("h1", 10_500), 880);
+    // Heard from: counted from the acknowledgement as always.
+    sim.beat(&["h1"], 10_600);
+    assert_eq!(sim.c.detector.silence_ms("h1", 10_700), 100);
+}
+
+/// Rule 3: a silent host's workloads move only once `lease + margin` has
+/// passed on the coordinator's clock since it last acknowledged the host,
+/// and only after the machine declared the host failed.
+#[test]
+fn a_silent_hosts_workloads_move_only_after_lease_plus_margin_since_its_last_ack() {
+    let mut sim = Sim::new(&["h1", "h2"], false, vec![spec("w")], "h2");
+    let (victim, survivor) = placed(&mut sim, &["h1", "h2"]);
+    let last_ack_ms = 1_000;
+    for t in (200..=last_ack_ms).step_by(100) {
+        sim.beat(&["h1", "h2"], t);
+        sim.tick(t + 1);
+    }
+    let mut moved_at = None;
+    for t in (last_ack_ms + 10..4_000).step_by(10) {
+        if t % 100 == 0 {
+            sim.beat(&[survivor.as_str()], t);
+        }
+        let effects = sim.tick(t);
+        let reasons = unassigns(&effects);
+        if reasons.is_empty() {
+            assert_eq!(sim.host_of("w").as_deref(), Some(victim.as_str()), "at {t}");
+            continue;
+        }
+        // The state says the host is gone before anything leaves it.
+        assert_eq!(sim.c.shown_state(&victim), "failed");
+        let declared = format!("host {victim} is failed: last heartbeat acknowledged");
+        assert_eq!(sim.said(&declared), 1, "{:?}", sim.events());
+        assert_eq!(
+            reasons,
+            vec![format!(
+                "host {victim} is failed: no heartbeat acknowledged for {} ms (lease + margin = 1250 ms)",
+                t - last_ack_ms
+            )]
+        );
+        moved_at.get_or_insert(t);
+        break;
+    }
+    assert_eq!(moved_at, Some(last_ack_ms + LEASE_PLUS_MARGIN_MS));
+    assert_eq!(sim.host_of("w").as_deref(), Some(survivor.as_str()));
+    // Suspect first, failed at lease + margin: each change one event.
+    assert_eq!(
+        sim.said(&format!("host {victim} is suspect: last heartbeat")),
+        1
+    );
+}
+
+#[test]
+fn the_next_wakeup_is_when_a_silent_host_reaches_lease_plus_margin() {
+    let mut sim = Sim::new(&["h1", "h2"], false, vec![spec("w")], "h2");
+    placed(&mut sim, &["h1", "h2"]);
+    sim.beat(&["h1", "h2"], 1_000);
+    assert_eq!(sim.c.next_wakeup_ms(), None, "everyone online at 150");
+    sim.tick(1_500);
+    assert_eq!(
+        sim.c.next_wakeup_ms(),
+        Some(1_000 + LEASE_PLUS_MARGIN_MS + 1)
+    );
+}
+
+/// Rule 3, new coordinator: every host is alive until `lease + margin`
+/// after taking office, less the handover credit.
+#[test]
+fn a_new_coordinator_waits_lease_plus_margin_less_the_credit_from_taking_office() {
+    let mut sim = Sim::new(&["h1", "h2"], false, vec![spec("w")], "h2");
+    let (victim, survivor) = placed(&mut sim, &["h1", "h2"]);
+    let took_office_ms = 10_000;
+    let credit_ms = 380;
+    sim.c = Coordinator::new(2, took_office_ms, credit_ms, "h2", false, &sim.s);
+    let wait_ms = LEASE_PLUS_MARGIN_MS - credit_ms;
+    for t in (took_office_ms..took_office_ms + 2_000).step_by(10) {
+        if t % 100 == 0 {
+            sim.beat(&[survivor.as_str()], t);
+        }
+        let moved = !unassigns(&sim.tick(t)).is_empty();
+        assert_eq!(moved, t == took_office_ms + wait_ms, "at {t}");
+        if moved {
+            break;
+        }
+    }
+    assert_eq!(sim.host_of("w").as_deref(), Some(survivor.as_str()));
+    let took = format!(
+        "h2 took office as coordinator (term 2); no host is declared failed for {wait_ms} ms"
+    );
+    assert_eq!(sim.said(&took), 1, "{:?}", sim.events());
+    assert!(sim
+        .events()
+        .iter()
+        .any(|e| e.starts_with(&format!("host {victim} is failed"))));
+}
+
+/// Silent `victim` (last heard at 1,000) while the others keep beating.
+fn silent_from_1000(
+    sim: &mut Sim,
+    others: &[&str],
+    until_ms: u64,
+    mut at: impl FnMut(&mut Sim, u64),
+) {
+    for t in (200..=1_000).step_by(100) {
+        let all: Vec<String> = sim.s.hosts.keys().cloned().collect();
+        let all: Vec<&str> = all.iter().map(|h| h.as_str()).collect();
+        sim.beat(&all, t);
+        sim.tick(t + 1);
+    }
+    for t in (1_010..until_ms).step_by(10) {
+        if t % 100 == 0 {
+            sim.beat(others, t);
+        }
+        at(sim, t);
+    }
+}
+
+fn probe_round(sim: &mut Sim, host: &str, outcomes: &[(&str, ProbeOutcome)], now_ms: u64) {
+    let due = sim.input(CoordinatorInput::ProbeDue { host: host.into() }, now_ms);
+    assert!(
+        matches!(due.as_slice(), [CoordinatorEffect::Probe { .. }]),
+        "{due:?}"
+    );
+    let outcomes = outcomes.iter().map(|(w, p)| (w.to_string(), *p)).collect();
+    sim.input(
+        CoordinatorInput::ProbeResult {
+            host: host.into(),
+            outcomes,
+        },
+        now_ms,
+    );
+}
+
+/// Rules 3 and 7: a host confirmed off by its fence device frees its
+/// workloads at once; the fence is attempted only past `fence_after_ms` of
+/// silence, after probes from here and an online other reached nobody.
+#[test]
+fn a_fence_fires_only_past_fence_after_ms_with_no_second_opinion_and_frees_at_once() {
+    let mut sim = Sim::new(&["h1", "h2", "h3"], true, vec![spec("w")], "h2");
+    sim.beat(&["h1", "h2", "h3"], 0);
+    sim.tick(1);
+    place_on_h1(&mut sim);
+    let mut fenced_at = None;
+    let mut moved_at = None;
+    silent_from_1000(&mut sim, &["h2", "h3"], 2_000, |sim, t| {
+        let effects = sim.tick(t);
+        let started = effects
+            .iter()
+            .any(|e| matches!(e, CoordinatorEffect::StartProbing { host } if host == "h1"));
+        assert_eq!(
+            started,
+            t == 1_200,
+            "probing starts at half the fence delay ({t})"
+        );
+        if started {
+            // Here (h2, the coordinator) and h3; never the silent host.
+            let due = sim.input(CoordinatorInput::ProbeDue { host: "h1".into() }, t);
+            assert_eq!(
+                due,
+                vec![CoordinatorEffect::Probe {
+                    host: "h1".into(),
+                    address: "10.0.0.1:7700".into(),
+                    probers: vec![("h3".into(), "10.0.0.3:7700".into())],
+                }]
+            );
+        }
+        if (1_200..1_300).contains(&t) && t % 30 == 0 {
+            probe_round(
+                sim,
+                "h1",
+                &[
+                    ("h2", ProbeOutcome::NoAnswer),
+                    ("h3", ProbeOutcome::NoAnswer),
+                ],
+                t,
+            );
+        }
+        let f = fences(&effects);
+        if t < 1_400 {
+            assert!(f.is_empty(), "no fence before fence_after_ms ({t})");
+        }
+        if let Some((host, silence_ms, announce)) = f.first() {
+            assert!(fenced_at.is_none(), "one fence at a time");
+            fenced_at = Some(t);
+            assert_eq!((host.as_str(), *silence_ms), ("h1", 400));
+            assert!(
+                matches!(announce, Command::RecordEvent { message, .. } if message == "fencing h1 with /usr/sbin/fence_test: silent for 400 ms")
+            );
+            let r = sim.input(
+                CoordinatorInput::FenceResult {
+                    host: "h1".into(),
+                    outcome: Ok(120),
+                },
+                t + 120,
+            );
+            assert_eq!(r.len(), 1);
+        }
+        if !unassigns(&effects).is_empty() && moved_at.is_none() {
+            moved_at = Some(t);
+            assert_eq!(
+                unassigns(&effects),
+                vec!["host h1 is fenced: its host was fenced (confirmed off)".to_string()]
+            );
+        }
+    });
+    assert_eq!(fenced_at, Some(1_400));
+    assert_eq!(
+        sim.said("fenced h1: /usr/sbin/fence_test confirmed it off in 120 ms"),
+        1
+    );
+    assert!(
+        moved_at.unwrap() < 1_000 + LEASE_PLUS_MARGIN_MS,
+        "{moved_at:?}"
+    );
+    assert_ne!(sim.host_of("w").as_deref(), Some("h1"));
+    // The probing of this silence is over.
+    let due = sim.input(CoordinatorInput::ProbeDue { host: "h1".into() }, 2_000);
+    assert!(due.is_empty(), "{due:?}");
+}
+
+/// Rule 7, issue 8: a host someone reached is a lossy link, not a dead
+/// host: it is not fenced, said once, and left to the lease rules.
+#[test]
+fn no_fence_when_a_second_opinion_reached_the_agent() {
+    let mut sim = Sim::new(&["h1", "h2", "h3"], true, vec![spec("w")], "h2");
+    sim.beat(&["h1", "h2", "h3"], 0);
+    place_on_h1(&mut sim);
+    let mut moved_at = None;
+    silent_from_1000(&mut sim, &["h2", "h3"], 3_000, |sim, t| {
+        let effects = sim.tick(t);
+        if t >= 1_200 && t % 100 == 0 {
+            probe_round(
+                sim,
+                "h1",
+                &[
+                    ("h2", ProbeOutcome::NoAnswer),
+                    ("h3", ProbeOutcome::Reached),
+                ],
+                t,
+            );
+        }
+        assert!(fences(&effects).is_empty(), "at {t}");
+        if !unassigns(&effects).is_empty() {
+            moved_at.get_or_insert(t);
+        }
+    });
+    assert_eq!(moved_at, Some(1_000 + LEASE_PLUS_MARGIN_MS));
+    assert_eq!(
+        sim.said("not fencing h1: silent for 400 ms, but h3 reached its agent"),
+        1,
+        "{:?}",
+        sim.events()
+    );
+}
+
+#[test]
+fn a_round_in_which_every_probe_was_refused_is_proof_enough() {
+    let mut sim = Sim::new(&["h1", "h2", "h3"], true, vec![], "h2");
+    let mut fenced_at = None;
+    silent_from_1000(&mut sim, &["h2", "h3"], 1_600, |sim, t| {
+        let effects = sim.tick(t);
+        if t == 1_250 {
+            probe_round(
+                sim,
+                "h1",
+                &[("h2", ProbeOutcome::Refused), ("h3", ProbeOutcome::Refused)],
+                t,
+            );
+        }
+        if !fences(&effects).is_empty() {
+            fenced_at.get_or_insert(t);
+        }
+    });
+    assert_eq!(fenced_at, Some(1_400));
+}
+
+#[test]
+fn the_coordinator_never_fences_itself_nor_a_host_not_heard_in_this_term() {
+    let mut sim = Sim::new(&["h1", "h2"], true, vec![], "h1");
+    silent_from_1000(&mut sim, &["h2"], 3_000, |sim, t| {
+        let effects = sim.tick(t);
+        assert!(!effects.iter().any(|e| matches!(
+            e,
+            CoordinatorEffect::StartProbing { .. } | CoordinatorEffect::Fence { .. }
+        )));
+    });
+    // A new office has heard from nobody: no probing, no fence.
+    sim.c = Coordinator::new(2, 3_000, 0, "h2", false, &sim.s);
+    for t in (3_000..6_000).step_by(50) {
+        let effects = sim.tick(t);
+        assert!(
+            fences(&effects).is_empty()
+                && !effects
+                    .iter()
+                    .any(|e| matches!(e, CoordinatorEffect::StartProbing { .. }))
+        );
+    }
+}
+
+fn leave_running(name: &str) -> WorkloadSpec {
+    WorkloadSpec {
+        isolation_response: Some(IsolationResponse::LeaveRunning),
+        ..spec(name)
+    }
+}
+
+/// A datastore round at `t`: `h1`'s heartbeat and `w`'s lock as given.
+fn read_round(sim: &mut Sim, t: u64, host_seq: Option<u64>, lock_seq: Option<u64>) {
+    let keys = sim_wanted(sim, t);
+    let generation = sim.s.workloads["w"].generation;
+    let results = keys
+        .into_iter()
+        .map(|k| {
+            let rec = match k.as_str() {
+                "host:h1" => host_seq.map(|seq| Record {
+                    host: "h1".into(),
+                    seq,
+                    generation: None,
+                }),
+                "lock:w" => lock_seq.map(|seq| Record {
+                    host: "h1".into(),
+                    seq,
+                    generation: Some(generation),
+                }),
+                _ => None,
+            };
+            (k, rec)
+        })
+        .collect();
+    sim.input(
+        CoordinatorInput::DatastoreRead {
+            started_ms: t,
+            round: DatastoreRound::Read(results),
+        },
+        t,
+    );
+}
+
+/// The keys the tick at `t` wants read.
+fn sim_wanted(sim: &mut Sim, t: u64) -> BTreeSet<String> {
+    sim.tick(t)
+        .into_iter()
+        .find_map(|e| match e {
+            CoordinatorEffect::ReadDatastore { keys } => Some(keys),
+            _ => None,
+        })
+        .expect("a coordinator with a datastore names what to read")
+}
+
+fn with_datastore(hosts: &[&str], specs: Vec<WorkloadSpec>) -> Sim {
+    let mut sim = Sim::new(hosts, false, specs, "h2");
+    sim.c = Coordinator::new(1, 0, 0, "h2", true, &sim.s);
+    sim.beat(hosts, 0);
+    place_on_h1(&mut sim);
+    sim
+}
+
+/// Rule 4: an isolated host that keeps refreshing a `leave-running`
+/// workload's lock file keeps it; once the lock stands still for a lease,
+/// the workload moves.
+#[test]
+fn leave_running_workloads_with_a_fresh_lock_stay_put() {
+    let mut sim = with_datastore(&["h1", "h2"], vec![leave_running("w")]);
+    let mut seq = 0;
+    let mut moved_at = None;
+    silent_from_1000(&mut sim, &["h2"], 7_000, |sim, t| {
+        if t % 100 != 0 {
+            return;
+        }
+        // h1 writes its files until 4,000, then nothing moves.
+        if t < 4_000 {
+            seq += 1;
+        }
+        read_round(sim, t, Some(seq), Some(seq));
+        if moved_at.is_none() && sim.host_of("w").as_deref() != Some("h1") {
+            moved_at = Some(t);
+        }
+    });
+    assert!(sim.said("host h1 is isolated") >= 1, "{:?}", sim.events());
+    let moved_at = moved_at.expect("moved once the lock stood still");
+    assert!(moved_at > 4_000 + 900, "{moved_at}");
+    assert!(moved_at <= 4_000 + 1_100, "{moved_at}");
+}
+
+#[test]
+fn a_leave_running_workload_whose_lock_cannot_be_read_stays_and_is_said_once() {
+    let mut sim = with_datastore(&["h1", "h2"], vec![leave_running("w")]);
+    silent_from_1000(&mut sim, &["h2"], 4_000, |sim, t| {
+        let keys = sim_wanted(sim, t);
+        if t >= 2_000 {
+            assert!(
+                keys.contains("lock:w") && keys.contains("host:h1"),
+                "{keys:?}"
+            );
+        }
+        let round = DatastoreRound::Failed("datastore /srv: timed out".into());
+        sim.input(
+            CoordinatorInput::DatastoreRead {
+                started_ms: t,
+                round,
+            },
+            t,
+        );
+    });
+    assert_eq!(sim.host_of("w").as_deref(), Some("h1"));
+    assert_eq!(
+        sim.said("w stays assigned to h1 (leave-running): the datastore cannot be read (datastore /srv: timed out), so whether h1 still holds it is unknown"),
+        1,
+        "{:?}",
+        sim.events()
+    );
+}
+
+/// A read older than half a lease plus two heartbeats is unknown, not
+/// stale: the workload stays.
+#[test]
+fn an_old_read_counts_as_unknown() {
+    let mut sim = with_datastore(&["h1", "h2"], vec![leave_running("w")]);
+    silent_from_1000(&mut sim, &["h2"], 4_000, |sim, t| {
+        sim.tick(t);
+        if t == 1_500 {
+            read_round(sim, t, Some(1), Some(1));
+        }
+    });
+    assert_eq!(sim.host_of("w").as_deref(), Some("h1"));
+    assert_eq!(sim.said("the datastore cannot be read (no recent read)"), 1);
+}
+
+#[test]
+fn a_power_off_workload_moves_whatever_the_datastore_says() {
+    let mut sim = with_datastore(&["h1", "h2"], vec![spec("w")]);
+    let mut seq = 0;
+    silent_from_1000(&mut sim, &["h2"], 3_000, |sim, t| {
+        if t % 100 == 0 {
+            seq += 1;
+            read_round(sim, t, Some(seq), Some(seq));
+        }
+    });
+    assert_eq!(sim.host_of("w").as_deref(), Some("h2"));
+    assert!(sim.said("host h1 is isolated") >= 1);
+}
+
+/// A gracefully restarting agent's host keeps its workloads and is not
+/// fenced within the grace; the restarted agent ends the grace.
+#[test]
+fn a_host_in_restart_grace_keeps_its_workloads_until_its_new_agent_is_back() {
+    let mut sim = Sim::new(&["h1", "h2", "h3"], true, vec![spec("w")], "h2");
+    sim.beat(&["h1", "h2", "h3"], 0);
+    place_on_h1(&mut sim);
+    silent_from_1000(&mut sim, &["h2", "h3"], 1_020, |_, _| {});
+    sim.s.apply(&Command::BeginRestartGrace {
+        host: "h1".into(),
+        boot: "boot-h1".into(),
+        at_ms: 1_020,
+    });
+    let grace_ms = sim.s.hosts["h1"].restart_grace.as_ref().unwrap().grace_ms;
+    sim.input(
+        CoordinatorInput::RestartGraceGranted {
+            host: "h1".into(),
+            grace_ms,
+        },
+        1_020,
+    );
+    for t in (1_100..20_000).step_by(100) {
+        sim.beat(&["h2", "h3"], t);
+        let effects = sim.tick(t);
+        assert!(fences(&effects).is_empty() && unassigns(&effects).is_empty());
+    }
+    assert_eq!(sim.host_of("w").as_deref(), Some("h1"));
+    // The restarted agent: another boot.
+    sim.boots.insert("h1".into(), "boot-h1-2".into());
+    sim.beat(&["h1"], 20_000);
+    sim.tick(20_050);
+    assert!(sim.s.hosts["h1"].restart_grace.is_none());
+}
+
+#[test]
+fn a_heartbeat_is_refused_unless_it_comes_from_the_member_it_claims_to_be() {
+    let mut sim = Sim::new(&["h1", "h2"], false, vec![], "h2");
+    let refusal = |sim: &mut Sim, hb: Heartbeat| match sim.send(hb, 10).0 {
+        HeartbeatAnswer::Refused(r) => r,
+        a => panic!("{a:?}"),
+    };
+    let stranger = Heartbeat {
+        instance_id: "another-data-dir".into(),
+        ..sim.heartbeat_of("h1")
+    };
+    let r = refusal(&mut sim, stranger);
+    assert_eq!(r.kind, RefusalKind::Forbidden);
+    assert_eq!(
+        r.message,
+        "host \"h1\" with this data dir is not a member of this cluster"
+    );
+    let hb = Heartbeat {
+        boot: String::new(),
+        ..sim.heartbeat_of("h1")
+    };
+    let r = refusal(&mut sim, hb);
+    assert_eq!(
+        (r.kind, r.message.as_str()),
+        (RefusalKind::BadRequest, "field \"boot\": 1-64 bytes")
+    );
+    let hb = Heartbeat {
+        node_id: 9,
+        ..sim.heartbeat_of("h1")
+    };
+    let r = refusal(&mut sim, hb);
+    assert_eq!(r.kind, RefusalKind::Forbidden);
+    assert!(
+        r.message
+            .starts_with("host \"h1\" claims node id 9 but is node 1"),
+        "{}",
+        r.message
+    );
+    // Nothing was acknowledged.
+    assert!(!sim.c.detector.heard_from("h1"));
+}
+
+#[test]
+fn a_heartbeat_is_answered_with_the_lease_and_what_should_run_there() {
+    let mut sim = Sim::new(&["h1", "h2"], false, vec![spec("w"), spec("x")], "h2");
+    let (on, _) = placed(&mut sim, &["h1", "h2"]);
+    let (answer, effects) = sim.send(sim.heartbeat_of(&on), 200);
+    assert!(effects.is_empty(), "nothing changed: {effects:?}");
+    let HeartbeatAnswer::Ack(ack) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(
+        (ack.lease_ms, ack.term, ack.revision),
+        (1_000, 1, sim.s.revision)
+    );
+    let mine: Vec<&str> = sim
+        .s
+        .assigned_to(&on)
+        .map(|(w, _)| w.spec.name.as_str())
+        .collect();
+    let desired: Vec<&str> = ack.desired.iter().map(|d| d.spec.name.as_str()).collect();
+    assert_eq!(desired, mine);
+    assert!(desired.contains(&"w"));
+    assert_eq!(ack.ca_bundle_pem, None);
+}
+
+#[test]
+fn a_heartbeat_with_a_changed_record_registers_it_and_problems_are_said_on_change() {
+    let mut sim = Sim::new(&["h1", "h2"], false, vec![], "h2");
+    let moved = Heartbeat {
+        address: "10.0.0.9:7700".into(),
+        ..sim.heartbeat_of("h1")
+    };
+    let (_, effects) = sim.send(moved, 10);
+    assert_eq!(effects.len(), 1);
+    assert_eq!(sim.s.hosts["h1"].address, "10.0.0.9:7700");
+    let (_, effects) = sim.send(sim.heartbeat_of("h1"), 20);
+    assert!(effects.is_empty(), "registered once: {effects:?}");
+    let sick = || Heartbeat {
+        problems: vec!["datastore unavailable".into()],
+        ..sim.heartbeat_of("h1")
+    };
+    let hb = sick();
+    sim.send(hb.clone(), 30);
+    sim.send(hb, 40);
+    sim.tick(50);
+    assert_eq!(sim.c.shown_state("h1"), "degraded");
+    sim.send(sim.heartbeat_of("h1"), 60);
+    assert_eq!(sim.said("host h1 is degraded: datastore unavailable"), 1);
+    assert_eq!(sim.said("host h1 is no longer degraded"), 1);
+}
+
+#[test]
+fn a_peers_report_is_bounded() {
+    let stop = |i: u64, how: String| Stopped {
+        workload: format!("w{i}"),
+        generation: Generation(i),
+        how,
+    };
+    let many = HostReport {
+        stopped: (0..1_000).map(|i| stop(i, "ok".into())).collect(),
+        ..Default::default()
+    };
+    let kept = bounded_report(many).stopped;
+    assert_eq!(kept.len(), STOPS_REPORTED_MAX);
+    assert_eq!(kept.last().unwrap().workload, "w999", "the newest are kept");
+    let long = bounded_report(HostReport {
+        stopped: vec![stop(1, "é".repeat(10_000))],
+        ..Default::default()
+    })
+    .stopped;
+    assert!(long[0].how.len() <= STOP_HOW_LEN_MAX + '…'.len_utf8());
+    assert!(long[0].how.ends_with('…'));
+}
+
+/// Rule 6: leases are extended only while a majority confirmed this
+/// leadership within half the margin of the round's send time.
+#[test]
+fn leases_are_granted_only_within_the_confirmation_window() {
+    let mut sim = Sim::new(&["h1"], false, vec![], "h1");
+    assert!(!sim.c.may_grant_leases(0, 250));
+    sim.input(
+        CoordinatorInput::LeadershipConfirmed { sent_ms: 1_000 },
+        1_010,
+    );
+    assert!(sim.c.may_grant_leases(1_125, 250));
+    assert!(!sim.c.may_grant_leases(1_126, 250));
+    // A round answered late does not move the window back.
+    sim.input(
+        CoordinatorInput::LeadershipConfirmed { sent_ms: 900 },
+        1_020,
+    );
+    assert!(sim.c.may_grant_leases(1_125, 250));
+}
+
+#[test]
+fn starts_restarts_and_stop_steps_are_said_once() {
+    let mut sim = Sim::new(&["h1", "h2"], false, vec![spec("w")], "h2");
+    let (on, _) = placed(&mut sim, &["h1", "h2"]);
+    sim.beat(&["h1", "h2"], 200);
+    sim.tick(250);
+    sim.tick(300);
+    let g = sim.s.workloads["w"].generation;
+    assert_eq!(sim.said(&format!("w started on {on} (generation {g})")), 1);
+    let mut hb = sim.heartbeat_of(&on);
+    hb.report.observed[0].restarts = 1;
+    hb.report.observed[0].detail = Some("exited with 1".into());
+    sim.send(hb.clone(), 400);
+    sim.tick(450);
+    sim.tick(500);
+    assert_eq!(
+        sim.said(&format!(
+            "w restarted in place on {on} (restart 1): exited with 1"
+        )),
+        1
+    );
+    // Deleted: its host reports the first step of the stop.
+    sim.s.apply(&Command::DeleteWorkload {
+        name: "w".into(),
+        at_ms: 600,
+    });
+    hb.report.observed[0].state = InstanceState::Stopping;
+    hb.report.observed[0].detail = Some("SIGTERM sent".into());
+    sim.send(hb, 600);
+    sim.tick(650);
+    sim.tick(700);
+    assert_eq!(
+        sim.said(&format!("w generation {g} on {on}: SIGTERM sent")),
+        1
+    );
+}
+
+#[test]
+fn took_office_is_said_once_in_the_first_tick() {
+    let mut sim = Sim::new(&["h1"], false, vec![], "h1");
+    let first = sim.tick(0);
+    let Some(CoordinatorEffect::Propose(entries)) = first.last() else {
+        panic!("{first:?}")
+    };
+    assert!(
+        matches!(&entries[0], Command::RecordEvent { message, .. } if message.starts_with("h1 took office as coordinator (term 1); no host is declared failed for 1250 ms"))
+    );
+    sim.tick(100);
+    assert_eq!(sim.said("took office"), 1);
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Rule 3 under any pattern of lost heartbeats: whatever leaves a
+        /// host leaves it only once the coordinator has not acknowledged
+        /// that host for `lease + margin` on its own clock, and the
+        /// machine shows the host failed.
+        #[test]
+        fn nothing_leaves_a_host_before_lease_plus_margin_since_its_last_ack(
+            // Per 100 ms step, which of h1, h2, h3 get a heartbeat through.
+            delivered in proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), 80),
+        ) {
+            let specs = (1..=4).map(|i| spec(&format!("w{i}"))).collect();
+            let mut sim = Sim::new(&["h1", "h2", "h3"], false, specs, "h3");
+            let mut last_ack: BTreeMap<String, u64> = BTreeMap::new();
+            for (step, (a, b, c)) in delivered.iter().enumerate() {
+                let t = 100 + step as u64 * 100;
+                for (h, through) in [("h1", *a), ("h2", *b), ("h3", *c)] {
+                    if through {
+                        sim.beat(&[h], t);
+                        last_ack.insert(h.into(), t);
+                    }
+                }
+                for now in [t + 10, t + 60] {
+                    let before: BTreeMap<String, Option<String>> = sim
+                        .s
+                        .workloads
+                        .keys()
+                        .map(|w| (w.clone(), sim.host_of(w)))
+                        .collect();
+                    let reasons = unassigns(&sim.tick(now));
+                    for (w, from) in before {
+                        let Some(from) = from else { continue };
+                        if sim.host_of(&w).as_deref() == Some(from.as_str()) {
+                            continue;
+                        }
+                        let since = last_ack.get(&from).copied().unwrap_or(0);
+                        prop_assert!(
+                            now - since >= LEASE_PLUS_MARGIN_MS,
+                            "{w} left {from} at {now}, acknowledged at {since}: {reasons:?}"
+                        );
+                        prop_assert_eq!(sim.c.shown_state(&from), "failed");
+                    }
+                }
+            }
+        }
+    }
+}
