@@ -287,6 +287,14 @@ pub struct Coordinator {
     locks_unread: BTreeSet<String>,
     /// What the last tick's placement decided (`tick_remembering`).
     memo: coordinator::PlacementMemo,
+    /// Instances this office decided to take off their host (`Unassign`)
+    /// whose decision is not applied yet: workload → (host, generation).
+    /// A heartbeat answer never hands them back to that host meanwhile
+    /// (found by haven-sim: the host would restart them under a fresh
+    /// lease while the new generation starts elsewhere). A leader's own
+    /// entry commits within its term or the office ends, so each entry
+    /// goes once the state no longer assigns that generation there.
+    releasing: BTreeMap<String, (String, Generation)>,
 }
 
 /// Is `host` the member it claims to be: does its data dir's
@@ -436,6 +444,7 @@ impl Coordinator {
             stop_steps_seen: BTreeSet::new(),
             locks_unread: BTreeSet::new(),
             memo: coordinator::PlacementMemo::default(),
+            releasing: BTreeMap::new(),
         }
     }
 
@@ -628,8 +637,17 @@ impl Coordinator {
                 at_ms,
             }]));
         }
+        self.releasing.retain(|w, (h, g)| {
+            state.workloads.get(w).is_some_and(|r| {
+                r.assignment
+                    .as_ref()
+                    .is_some_and(|a| a.host == *h && a.generation == *g)
+            })
+        });
+        let releasing = &self.releasing;
         let desired = state
             .assigned_to(&host)
+            .filter(|(w, a)| releasing.get(&w.spec.name) != Some(&(host.clone(), a.generation)))
             .map(|(w, a)| Desired {
                 spec: w.spec.clone(),
                 generation: a.generation,
@@ -777,6 +795,21 @@ impl Coordinator {
             at_ms,
         };
         cmds.extend(coordinator::tick_remembering(&input, &mut self.memo));
+        for c in &cmds {
+            if let Command::Unassign { workloads, .. } = c {
+                for (name, generation) in workloads {
+                    let on = state
+                        .workloads
+                        .get(name)
+                        .and_then(|r| r.assignment.as_ref())
+                        .filter(|a| a.generation == *generation);
+                    if let Some(a) = on {
+                        self.releasing
+                            .insert(name.clone(), (a.host.clone(), *generation));
+                    }
+                }
+            }
+        }
         if !self.announced {
             self.announced = true;
             cmds.insert(0, self.took_office(state, at_ms));

@@ -980,3 +980,58 @@ mod prop {
         }
     }
 }
+
+/// Found by haven-sim (seed 736): a tick decides to free a silent host's
+/// workloads; before that decision commits, the host's heartbeat arrives.
+/// Its answer must not hand those workloads back to it (the state still
+/// assigns them there until the commit), or the host restarts them under
+/// its fresh lease while the new generation starts elsewhere: two
+/// instances. Once the decision is applied the state says so itself.
+#[test]
+fn a_heartbeat_racing_an_unassign_in_flight_does_not_get_the_workloads_back() {
+    let mut sim = Sim::new(&["h1", "h2"], false, vec![spec("w")], "h2");
+    let (victim, survivor) = placed(&mut sim, &["h1", "h2"]);
+    sim.beat(&["h1", "h2"], 1_000);
+    let t = 1_000 + LEASE_PLUS_MARGIN_MS;
+    sim.beat(&[survivor.as_str()], t - 50);
+    // The tick decides; its proposal is in flight (not applied yet).
+    let effects = sim.c.handle(CoordinatorInput::Tick, &sim.s, t, t);
+    assert_eq!(unassigns(&effects).len(), 1, "{effects:?}");
+    let generation = sim.s.workloads["w"].generation;
+    let desired_in = |answer: &HeartbeatAnswer| match answer {
+        HeartbeatAnswer::Ack(a) => a
+            .desired
+            .iter()
+            .map(|d| (d.spec.name.clone(), d.generation))
+            .collect::<Vec<_>>(),
+        HeartbeatAnswer::Refused(r) => panic!("{r:?}"),
+    };
+    // The victim is back before the commit: acknowledged (it may hold a
+    // lease again), but without the workload being taken from it.
+    let hb = sim.heartbeat_of(&victim);
+    let (answer, _) = sim.c.heartbeat(hb, &sim.s, t + 5, t + 5);
+    assert_eq!(desired_in(&answer), vec![], "handed back before the commit");
+    // Applied: freed, and placed on the survivor by the next tick.
+    for e in &effects {
+        if let CoordinatorEffect::Propose(entries) = e {
+            for entry in entries {
+                sim.s.apply(entry);
+            }
+        }
+    }
+    assert!(
+        sim.s.workloads["w"].assignment.is_none()
+            || sim.host_of("w").as_deref() == Some(survivor.as_str())
+    );
+    sim.tick(t + 100);
+    assert_eq!(sim.host_of("w").as_deref(), Some(survivor.as_str()));
+    let hb = sim.heartbeat_of(&victim);
+    let (answer, _) = sim.c.heartbeat(hb, &sim.s, t + 150, t + 150);
+    assert_eq!(desired_in(&answer), vec![]);
+    // The workload's new instance on the survivor is handed out as usual.
+    let hb = sim.heartbeat_of(&survivor);
+    let (answer, _) = sim.c.heartbeat(hb, &sim.s, t + 150, t + 150);
+    let now = sim.s.workloads["w"].generation;
+    assert!(now > generation);
+    assert_eq!(desired_in(&answer), vec![("w".to_string(), now)]);
+}

@@ -45,6 +45,11 @@ struct Office {
     /// Per host: the desired instances as of a state revision (the answer
     /// to its heartbeats costs nothing while the state does not change).
     answers: BTreeMap<String, (u64, Vec<DesiredInstance>)>,
+    /// Unassigns decided and not applied yet: workload → (host,
+    /// generation), never handed back to that host meanwhile (the rule of
+    /// `coordinator_machine::Coordinator::releasing`, repeated here until
+    /// this adapter runs the machine).
+    releasing: BTreeMap<String, (String, Generation)>,
 }
 
 pub struct CoordinatorAdapter {
@@ -75,6 +80,7 @@ impl CoordinatorAdapter {
             reports: BTreeMap::new(),
             memo: PlacementMemo::default(),
             answers: BTreeMap::new(),
+            releasing: BTreeMap::new(),
         });
     }
 
@@ -115,6 +121,13 @@ impl CoordinatorAdapter {
             return None;
         }
         let lease_ms = state.settings.timing.lease_ms;
+        office.releasing.retain(|w, (h, g)| {
+            state.workloads.get(w).is_some_and(|r| {
+                r.assignment
+                    .as_ref()
+                    .is_some_and(|a| a.host == *h && a.generation == *g)
+            })
+        });
         let desired = match office.answers.get(host) {
             Some((revision, d)) if *revision == state.revision => d.clone(),
             _ => {
@@ -133,6 +146,11 @@ impl CoordinatorAdapter {
                 d
             }
         };
+        let releasing = &office.releasing;
+        let desired: Vec<DesiredInstance> = desired
+            .into_iter()
+            .filter(|d| releasing.get(&d.workload) != Some(&(host.to_owned(), d.generation)))
+            .collect();
         office.detector.on_ack(host, now_ms, lease_ms);
         office.reports.insert(
             host.to_owned(),
@@ -221,6 +239,22 @@ impl CoordinatorAdapter {
             at_ms,
         };
         let mut cmds = coordinator::tick_remembering(&input, &mut office.memo);
+        for c in &cmds {
+            if let Command::Unassign { workloads, .. } = c {
+                for (name, generation) in workloads {
+                    let on = state
+                        .workloads
+                        .get(name)
+                        .and_then(|r| r.assignment.as_ref())
+                        .filter(|a| a.generation == *generation);
+                    if let Some(a) = on {
+                        office
+                            .releasing
+                            .insert(name.clone(), (a.host.clone(), *generation));
+                    }
+                }
+            }
+        }
         if self.faults.confirm_stops_without_proof {
             for (name, st) in &state.stopping {
                 let already = cmds.iter().any(

@@ -127,9 +127,11 @@ fn a_broken_rule_is_found() {
 /// from the applied state), so the host restarts the workload under a
 /// fresh lease while the new generation starts elsewhere. The agent's
 /// coordinator has the same window (tick, then propose; the heartbeat
-/// handler reads the applied state). For the coordinator machine to fix.
+/// handler reads the applied state). Fixed in the coordinator machine
+/// (`coordinator_machine::tests::a_heartbeat_racing_an_unassign_in_flight…`,
+/// which failed before the fix) and the same rule in this simulator's
+/// coordinator adapter (`releasing`).
 #[test]
-#[ignore = "fails today: an ack races the commit of an unassign (see the comment)"]
 fn an_ack_racing_an_unassign_does_not_restart_the_workload() {
     let out = run(SimConfig::new(736));
     assert!(out.violations.is_empty(), "{:?}", out.violations);
