@@ -49,7 +49,7 @@ fn heartbeat(data: &[u8]) {
     };
     let _ = check_host(&record);
     for p in req.problems {
-        let kept = haven_agent::coordinator::bounded_text(p, PROBLEM_TEXT_MAX);
+        let kept = haven_core::coordinator_machine::bounded_text(p, PROBLEM_TEXT_MAX);
         assert!(kept.len() <= PROBLEM_TEXT_MAX + '…'.len_utf8());
     }
 }
