@@ -37,41 +37,7 @@ pub struct LeaseState {
     ever_held: bool,
 }
 
-/// Why an inherited lease expiry is not trusted.
-#[derive(Debug, PartialEq, Eq)]
-pub enum InheritedLease {
-    None,
-    Valid(u64),
-    /// Further ahead than the cluster's settings allow (a corrupt or
-    /// tampered file): treated as expired.
-    TooFar {
-        expiry_ms: u64,
-        allowed_ms: u64,
-    },
-}
-
-/// Check a lease expiry left by a previous agent process: it can lie at
-/// most a lease (or a restart grace) ahead of now.
-pub fn check_inherited(
-    text: Option<&str>,
-    now_ms: u64,
-    settings: &ClusterSettings,
-) -> InheritedLease {
-    let Some(expiry_ms) = text.and_then(|t| t.trim().parse::<u64>().ok()) else {
-        return InheritedLease::None;
-    };
-    if expiry_ms <= now_ms {
-        return InheritedLease::None;
-    }
-    let allowed_ms = settings.timing.lease_ms.max(settings.restart_grace_ms);
-    if expiry_ms - now_ms > allowed_ms {
-        return InheritedLease::TooFar {
-            expiry_ms,
-            allowed_ms,
-        };
-    }
-    InheritedLease::Valid(expiry_ms)
-}
+pub use haven_core::host_agent::{check_inherited, InheritedLease};
 
 impl LeaseState {
     pub fn load(datadir: &DataDir, now_ms: u64, settings: ClusterSettings) -> LeaseState {
@@ -398,33 +364,5 @@ pub async fn run_datastore(node: Arc<Node>) {
                 io.store.base().display()
             ))),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_inherited_expiry_beyond_what_the_cluster_allows_is_expired() {
-        let s = ClusterSettings::default(); // lease 1 s, restart grace 30 s
-        assert_eq!(check_inherited(None, 1_000, &s), InheritedLease::None);
-        assert_eq!(check_inherited(Some("x"), 1_000, &s), InheritedLease::None);
-        assert_eq!(
-            check_inherited(Some("900"), 1_000, &s),
-            InheritedLease::None
-        );
-        assert_eq!(
-            check_inherited(Some("31000\n"), 1_000, &s),
-            InheritedLease::Valid(31_000)
-        );
-        // One flipped digit: hours ahead.
-        assert_eq!(
-            check_inherited(Some("9001000"), 1_000, &s),
-            InheritedLease::TooFar {
-                expiry_ms: 9_001_000,
-                allowed_ms: 30_000
-            }
-        );
     }
 }
