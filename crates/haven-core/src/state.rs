@@ -956,18 +956,11 @@ impl ClusterState {
         if !crate::tokens::constant_time_eq(presented.as_bytes(), t.secret_sha256.as_bytes()) {
             return Err(TokenError::WrongSecret);
         }
-        let name = t.name.clone();
-        if t.revoked {
-            return Err(TokenError::Revoked { name });
-        }
-        if let Some(expired_at_ms) = t.expires_at_ms.filter(|e| now_ms >= *e) {
-            return Err(TokenError::Expired {
-                name,
-                expired_at_ms,
-            });
-        }
+        usable(t, now_ms)?;
         if t.used && matches!(t.kind, TokenKind::Join { once: true, .. }) {
-            return Err(TokenError::Used { name });
+            return Err(TokenError::Used {
+                name: t.name.clone(),
+            });
         }
         Ok(t)
     }
@@ -990,16 +983,7 @@ impl ClusterState {
                 return Err(TokenError::WrongSecret);
             }
         }
-        let name = t.name.clone();
-        if t.revoked {
-            return Err(TokenError::Revoked { name });
-        }
-        if let Some(expired_at_ms) = t.expires_at_ms.filter(|e| now_ms >= *e) {
-            return Err(TokenError::Expired {
-                name,
-                expired_at_ms,
-            });
-        }
+        usable(t, now_ms)?;
         Ok(t)
     }
 
@@ -1586,6 +1570,22 @@ fn joined(problems: &[crate::spec::FieldProblem]) -> String {
         .map(|p| p.to_string())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Neither revoked nor expired at `now_ms`.
+fn usable(t: &TokenRecord, now_ms: u64) -> Result<(), TokenError> {
+    if t.revoked {
+        return Err(TokenError::Revoked {
+            name: t.name.clone(),
+        });
+    }
+    if let Some(expired_at_ms) = t.expires_at_ms.filter(|e| now_ms >= *e) {
+        return Err(TokenError::Expired {
+            name: t.name.clone(),
+            expired_at_ms,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
