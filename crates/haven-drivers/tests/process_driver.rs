@@ -550,6 +550,13 @@ async fn cgroup_primitives() {
     eventually("empty", || (!cg.populated().unwrap()).then_some(())).await;
     cg.remove().unwrap();
     assert!(!cg.exists());
+    // The helper's own log copier ends once its pipe closes (its process
+    // died with the cgroup it was moved into): only then is it removable.
+    let helper = driver.cgroup(&key("helper", 1));
+    eventually("the helper's copier ends", || {
+        (!helper.populated().unwrap()).then_some(())
+    })
+    .await;
     driver.cleanup(&key("helper", 1)).unwrap();
     assert!(driver.instances().unwrap().is_empty());
 }
