@@ -27,7 +27,13 @@ fn main() {
     // quietly, as other command-line tools do, instead of panicking on the
     // closed pipe. The agent keeps SIGPIPE ignored: its sockets report
     // errors instead.
-    if !matches!(args.command, cli::Cmd::Agent(_) | cli::Cmd::Demo(_)) {
+    // `haven bench` talks to hundreds of peers over sockets: like the
+    // agent and the demo, it must see a closed socket as an error, not die
+    // of SIGPIPE and leave its cluster running.
+    if !matches!(
+        args.command,
+        cli::Cmd::Agent(_) | cli::Cmd::Demo(_) | cli::Cmd::Bench { .. }
+    ) {
         // SAFETY: restoring the default disposition runs no handler code.
         let _ = unsafe {
             nix::sys::signal::signal(
