@@ -226,6 +226,21 @@ mod tests {
         std::fs::write(&bad, r#"{"server":"h:1","token":"secret"}"#).unwrap();
         let e = Credential::load(&bad).unwrap_err().to_string();
         assert!(e.contains("bad.json") && e.contains("\"token\""), "{e}");
+        // A client certificate needs its key, and not a token beside it.
+        std::fs::write(&bad, r#"{"server":"h:1","cert_pem":"x"}"#).unwrap();
+        let e = Credential::load(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("\"cert_pem\" and \"key_pem\" go together"),
+            "{e}"
+        );
+        let both = format!(
+            r#"{{"server":"h:1","cert_pem":"x","key_pem":"y","token":"hvt.{}.{}"}}"#,
+            "a".repeat(16),
+            "b".repeat(64)
+        );
+        std::fs::write(&bad, both).unwrap();
+        let e = Credential::load(&bad).unwrap_err().to_string();
+        assert!(e.contains("keep one"), "{e}");
     }
 
     #[test]

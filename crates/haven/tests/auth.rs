@@ -278,6 +278,31 @@ fn an_operator_can_use_a_client_certificate_instead_of_a_token() {
         .to_string();
     assert!(e.contains("admin, operator or viewer"), "{e}");
     assert!(!again.exists(), "nothing written for a refused request");
+    // Bad requests to /v1/certs name the field, and store nothing.
+    for (body, field) in [
+        (
+            r#"{"name":"x","role":"operator","ttl_ms":1,"csr_pem":"x"}"#,
+            "--ttl",
+        ),
+        (
+            r#"{"name":"x","role":"operator","csr_pem":"not a csr"}"#,
+            "csr_pem",
+        ),
+        (
+            r#"{"name":"bad name!","role":"operator","csr_pem":"x"}"#,
+            "--name",
+        ),
+    ] {
+        let (status, text) = http(
+            reqwest::Method::POST,
+            &server,
+            "/v1/certs",
+            Some(&admin),
+            body,
+        );
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(field), "{body}: {text}");
+    }
     let e = c
         .cli(
             &server,
