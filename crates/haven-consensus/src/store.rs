@@ -3,15 +3,22 @@
 //! Layout of `<data_dir>/raft.redb`:
 //! - table `raft_log`: log index (u64) → JSON of `openraft::Entry`;
 //! - table `raft_meta`: small records, all JSON: the format version, the vote,
-//!   the committed log id, the last purged log id, the state machine
-//!   ([`StateMachineData`]: `ClusterState` + last applied log id + last
-//!   membership) and the current snapshot (meta and data under two keys).
+//!   the committed log id, the last purged log id, the rest of the state
+//!   machine (`state_rest`: [`StateMachineData`], i.e. `ClusterState` + last
+//!   applied log id + last membership, without the keyed collections below)
+//!   and the current snapshot (meta and data under two keys);
+//! - the keyed collections of the state, one JSON record per key:
+//!   `state_hosts` and `state_workloads` (by name), `state_staged` (by
+//!   apply id), `state_cluster_events` and `state_workload_events` (by
+//!   sequence number). A write of the state writes the records that changed
+//!   since the last one (`haven_core::changes`) and the rest record, in one
+//!   transaction: it costs what changed, not what exists.
 //!
 //! Durability: everything openraft must find on disk after a crash is
 //! committed with redb's `Durability::Immediate` (fsync) before the call
 //! returns or, for `append`, before the flush callback fires: vote, log
 //! appends, truncation, purge and snapshots. The applied state machine
-//! record is a cache of the log, written (durably) at most once per
+//! records are a cache of the log, written (durably) at most once per
 //! `STATE_RECORD_INTERVAL_MS`: a restart re-applies the committed entries
 //! above it, which the log keeps until a persisted snapshot covers them
 //! (openraft purges only up to the snapshot). The committed log id uses
@@ -25,23 +32,28 @@
 
 use crate::error::ConsensusError;
 use crate::{TypeConfig, RAFT_DB_FILE};
+use haven_core::changes::{records, Changes, Record};
 use haven_core::model::NodeId;
-use haven_core::state::{ClusterState, CommandResult};
+use haven_core::state::{ClusterState, CommandResult, Keyed};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
     RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership, Vote,
 };
-use redb::{Database, Durability, ReadableTable, TableDefinition, TableError, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableTable, TableDefinition, TableError, TableHandle, WriteTransaction,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
+use std::fmt::Display;
 use std::io::Cursor;
 use std::ops::Deref;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -49,18 +61,28 @@ use tokio::sync::watch;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("state_hosts");
+const WORKLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("state_workloads");
+const STAGED: TableDefinition<&str, &[u8]> = TableDefinition::new("state_staged");
+/// Cluster events, then workload events, by sequence number.
+const EVENTS: [TableDefinition<u64, &[u8]>; 2] = [
+    TableDefinition::new("state_cluster_events"),
+    TableDefinition::new("state_workload_events"),
+];
 
 const KEY_FORMAT_VERSION: &str = "format_version";
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged_log_id";
+/// Layout 1 only: the whole state machine as one record (migrated).
 const KEY_STATE_MACHINE: &str = "state_machine";
+const KEY_STATE_REST: &str = "state_rest";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
 
 /// Version of the layout above; bump on incompatible changes so that an old
 /// binary refuses a newer file instead of misreading it.
-const FORMAT_VERSION: u64 = 1;
+const FORMAT_VERSION: u64 = 2;
 
 /// redb's page cache. The default (1 GiB) is sized for big databases; ours
 /// holds a bounded log and a few records.
@@ -194,19 +216,34 @@ impl Store {
             Err(e) => return Err(db_err(e.into())),
         };
         let mut state = StateMachineData::default();
+        // Write the state whole before use: it is not (or not only) in the
+        // keyed tables.
+        let mut rewrite = false;
         if let Some(meta) = &meta {
             let version: Option<u64> = get_json(meta, KEY_FORMAT_VERSION).map_err(corrupt)?;
-            if version != Some(FORMAT_VERSION) {
-                return Err(corrupt(format!(
-                    "layout version {version:?}, this build reads version {FORMAT_VERSION}"
-                )));
+            match version {
+                // Layout 1 kept the state machine as one record: moved
+                // into the keyed tables below, in one transaction.
+                Some(1) => {
+                    if let Some(sm) = get_json(meta, KEY_STATE_MACHINE).map_err(corrupt)? {
+                        state = sm;
+                    }
+                    rewrite = true;
+                }
+                Some(FORMAT_VERSION) => {
+                    if let Some(sm) = load_state(&txn).map_err(corrupt)? {
+                        state = sm;
+                    }
+                }
+                _ => {
+                    return Err(corrupt(format!(
+                    "layout version {version:?}, this build reads versions 1 and {FORMAT_VERSION}"
+                )))
+                }
             }
             get_json::<Vote<NodeId>>(meta, KEY_VOTE).map_err(corrupt)?;
             get_json::<Option<LogId<NodeId>>>(meta, KEY_COMMITTED).map_err(corrupt)?;
             get_json::<LogId<NodeId>>(meta, KEY_LAST_PURGED).map_err(corrupt)?;
-            if let Some(sm) = get_json(meta, KEY_STATE_MACHINE).map_err(corrupt)? {
-                state = sm;
-            }
             let snapshot: Option<SnapshotMeta<NodeId, BasicNode>> =
                 get_json(meta, KEY_SNAPSHOT_META).map_err(corrupt)?;
             let snapshot_data: Option<StateMachineData> =
@@ -221,6 +258,7 @@ impl Store {
                         data.last_applied = snapshot.last_log_id;
                         data.last_membership = snapshot.last_membership;
                         state = data;
+                        rewrite = true;
                     }
                 }
                 (None, None) => {}
@@ -252,6 +290,18 @@ impl Store {
             })
             .map_err(db_err)?;
         }
+        if rewrite {
+            let writes = StateWrites::of(&mut state, true).map_err(|e| corrupt(e.to_string()))?;
+            let version = serde_json::to_vec(&FORMAT_VERSION).expect("u64 serializes");
+            write_txn(&db, Durability::Immediate, |txn| {
+                writes.write(txn)?;
+                txn.open_table(META)?
+                    .insert(KEY_FORMAT_VERSION, version.as_slice())?;
+                Ok(())
+            })
+            .map_err(db_err)?;
+        }
+        state.state.mark_stored();
 
         let (closed_tx, closed_rx) = watch::channel(());
         let db = Arc::new(DbHandle {
@@ -272,6 +322,9 @@ impl Store {
                 file: Arc::new(file),
                 state: SharedState(Arc::new(RwLock::new(state))),
                 persisted_at: Arc::default(),
+                persist_interval: Duration::from_millis(STATE_RECORD_INTERVAL_MS),
+                persisted_bytes: Arc::default(),
+                whole_next: Arc::default(),
             },
         })
     }
@@ -301,6 +354,199 @@ fn write_txn(
     f(&txn)?;
     txn.commit()?;
     Ok(())
+}
+
+/// A write of the state machine, serialized (under the state lock) and
+/// then written in one transaction (after the lock is released).
+#[derive(Default)]
+struct StateWrites {
+    /// Empty every keyed table first: the records below are all of them.
+    whole: bool,
+    /// `state_rest`.
+    rest: Vec<u8>,
+    /// Key → record, or `None` to remove the key.
+    hosts: Vec<(String, Option<Vec<u8>>)>,
+    workloads: Vec<(String, Option<Vec<u8>>)>,
+    /// Every staged apply, when they changed.
+    staged: Option<Vec<(String, Vec<u8>)>>,
+    /// New events, and the first sequence number kept, of each kind.
+    events: [Vec<(u64, Vec<u8>)>; 2],
+    events_below: [u64; 2],
+}
+
+impl StateWrites {
+    /// What changed in `sm` since its last write (the whole state if
+    /// `whole`), ready to write; the state starts a new record of changes.
+    fn of(sm: &mut StateMachineData, whole: bool) -> Result<StateWrites, serde_json::Error> {
+        let changes = if whole {
+            sm.state.take_changes();
+            Changes {
+                hosts: sm.state.hosts.keys().cloned().collect(),
+                workloads: sm.state.workloads.keys().cloned().collect(),
+                staged: true,
+                events_from: 0,
+            }
+        } else {
+            sm.state.take_changes()
+        };
+        let mut w = StateWrites {
+            whole,
+            events_below: [u64::MAX; 2],
+            ..StateWrites::default()
+        };
+        fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
+            serde_json::to_vec(v)
+        }
+        for record in records(&sm.state, &changes) {
+            match record {
+                Record::Host(name, h) => w.hosts.push((name.into(), h.map(json).transpose()?)),
+                Record::Workload(name, r) => {
+                    w.workloads.push((name.into(), r.map(json).transpose()?))
+                }
+                Record::Staged(all) => {
+                    w.staged = Some(
+                        all.iter()
+                            .map(|(id, s)| Ok((id.clone(), json(s)?)))
+                            .collect::<Result<_, serde_json::Error>>()?,
+                    )
+                }
+                Record::Event(e) => {
+                    w.events[usize::from(e.workload.is_some())].push((e.seq, json(e)?))
+                }
+                Record::EventsBelow { workload, seq } => {
+                    w.events_below[usize::from(workload)] = seq
+                }
+            }
+        }
+        let keyed = sm.state.take_keyed();
+        let rest = serde_json::to_vec(&*sm);
+        sm.state.restore_keyed(keyed);
+        w.rest = rest?;
+        Ok(w)
+    }
+
+    /// Bytes of records this write puts on disk.
+    fn bytes(&self) -> usize {
+        let keyed = |v: &Vec<(String, Option<Vec<u8>>)>| -> usize {
+            v.iter()
+                .map(|(k, r)| k.len() + r.as_ref().map_or(0, Vec::len))
+                .sum()
+        };
+        self.rest.len()
+            + keyed(&self.hosts)
+            + keyed(&self.workloads)
+            + self
+                .staged
+                .iter()
+                .flatten()
+                .map(|(k, r)| k.len() + r.len())
+                .sum::<usize>()
+            + self
+                .events
+                .iter()
+                .flatten()
+                .map(|(_, r)| 8 + r.len())
+                .sum::<usize>()
+    }
+
+    fn write(&self, txn: &WriteTransaction) -> Result<(), redb::Error> {
+        let mut hosts = txn.open_table(HOSTS)?;
+        let mut workloads = txn.open_table(WORKLOADS)?;
+        let mut staged = txn.open_table(STAGED)?;
+        let mut events = [txn.open_table(EVENTS[0])?, txn.open_table(EVENTS[1])?];
+        if self.whole {
+            hosts.retain(|_, _| false)?;
+            workloads.retain(|_, _| false)?;
+            staged.retain(|_, _| false)?;
+            for table in &mut events {
+                table.retain(|_, _| false)?;
+            }
+        }
+        for (table, records) in [(&mut hosts, &self.hosts), (&mut workloads, &self.workloads)] {
+            for (key, record) in records {
+                match record {
+                    Some(r) => drop(table.insert(key.as_str(), r.as_slice())?),
+                    None => drop(table.remove(key.as_str())?),
+                }
+            }
+        }
+        if let Some(all) = &self.staged {
+            staged.retain(|_, _| false)?;
+            for (id, r) in all {
+                staged.insert(id.as_str(), r.as_slice())?;
+            }
+        }
+        for (i, table) in events.iter_mut().enumerate() {
+            for (seq, r) in &self.events[i] {
+                table.insert(*seq, r.as_slice())?;
+            }
+            table.retain_in(..self.events_below[i], |_, _| false)?;
+        }
+        txn.open_table(META)?
+            .insert(KEY_STATE_REST, self.rest.as_slice())?;
+        txn.open_table(META)?.remove(KEY_STATE_MACHINE)?;
+        Ok(())
+    }
+}
+
+/// The state machine as layout 2 keeps it: the rest record and the keyed
+/// tables (`None` if there is no rest record). Every record is decoded;
+/// one that cannot be is reported with its table and key.
+fn load_state(txn: &redb::ReadTransaction) -> Result<Option<StateMachineData>, String> {
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let Some(mut sm) = get_json::<StateMachineData>(&meta, KEY_STATE_REST)? else {
+        return Ok(None);
+    };
+    fn decode<T: DeserializeOwned>(table: &str, key: &dyn Display, v: &[u8]) -> Result<T, String> {
+        serde_json::from_slice(v)
+            .map_err(|e| format!("record {key} of table {table} is unreadable: {e}"))
+    }
+    fn named<T: DeserializeOwned>(
+        txn: &redb::ReadTransaction,
+        def: TableDefinition<&str, &[u8]>,
+    ) -> Result<BTreeMap<String, T>, String> {
+        let table = match txn.open_table(def) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut out = BTreeMap::new();
+        for item in table.iter().map_err(|e| e.to_string())? {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            let record = decode(def.name(), &k.value(), v.value())?;
+            out.insert(k.value().to_owned(), record);
+        }
+        Ok(out)
+    }
+    fn numbered<T: DeserializeOwned>(
+        txn: &redb::ReadTransaction,
+        def: TableDefinition<u64, &[u8]>,
+    ) -> Result<VecDeque<T>, String> {
+        let table = match txn.open_table(def) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(VecDeque::new()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut out = VecDeque::new();
+        for item in table.iter().map_err(|e| e.to_string())? {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            out.push_back(decode(def.name(), &k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+    let keyed = Keyed {
+        hosts: named(txn, HOSTS)?,
+        workloads: named(txn, WORKLOADS)?,
+        staged: named(txn, STAGED)?,
+        cluster_events: numbered(txn, EVENTS[0])?,
+        workload_events: numbered(txn, EVENTS[1])?,
+    };
+    sm.state.restore_keyed(keyed);
+    Ok(Some(sm))
 }
 
 /// Run blocking redb work off the async workers.
@@ -598,6 +844,13 @@ pub struct StateMachineStore {
     /// When the state machine record was last written (`None`: not yet
     /// by this process).
     persisted_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// How often the state is written at most (`STATE_RECORD_INTERVAL_MS`).
+    persist_interval: Duration,
+    /// Bytes of state records the last write of the state put on disk.
+    persisted_bytes: Arc<AtomicU64>,
+    /// A write of the state failed: the next one writes it whole (the
+    /// changes it carried are no longer recorded).
+    whole_next: Arc<AtomicBool>,
 }
 
 /// The state machine record is a cache of the log (a restart re-applies
@@ -611,6 +864,11 @@ impl StateMachineStore {
     /// The applied state, for readers outside openraft.
     pub fn shared_state(&self) -> SharedState {
         self.state.clone()
+    }
+
+    /// Bytes of state records the last write of the state put on disk.
+    pub fn persisted_bytes(&self) -> u64 {
+        self.persisted_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -650,7 +908,7 @@ fn persist_snapshot(
     file: &Path,
     meta: &SnapshotMeta<NodeId, BasicNode>,
     data: &[u8],
-    state_machine: Option<&[u8]>,
+    state_machine: Option<&StateWrites>,
 ) -> StorageResult<()> {
     let sig = Some(meta.signature());
     let meta_bytes = serde_json::to_vec(meta)
@@ -668,8 +926,9 @@ fn persist_snapshot(
         }
         table.insert(KEY_SNAPSHOT_META, meta_bytes.as_slice())?;
         table.insert(KEY_SNAPSHOT_DATA, data)?;
+        drop(table);
         if let Some(sm) = state_machine {
-            table.insert(KEY_STATE_MACHINE, sm)?;
+            sm.write(txn)?;
         }
         Ok(())
     })
@@ -683,21 +942,23 @@ fn persist_snapshot(
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         // One consistent view: the data and the meta come from the same
-        // read of the applied state.
-        let (meta, data) = {
-            let sm = self.state.read();
-            let data = serde_json::to_vec(&*sm)
+        // read of the applied state: a copy, taken under the read lock and
+        // serialized after it (serializing a large state under the lock
+        // would hold up the next apply, and every reader queued behind it).
+        let (db, file, state) = (self.db.clone(), self.file.clone(), self.state.clone());
+        let (meta, data) = blocking(move || {
+            let sm = state.read().clone();
+            let data = serde_json::to_vec(&sm)
                 .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
             let meta = SnapshotMeta {
                 last_log_id: sm.last_applied,
                 last_membership: sm.last_membership.clone(),
                 snapshot_id: new_snapshot_id(sm.last_applied),
             };
-            (meta, data)
-        };
-        let (db, file) = (self.db.clone(), self.file.clone());
-        let (meta2, data2) = (meta.clone(), data.clone());
-        blocking(move || persist_snapshot(&db, &file, &meta2, &data2, None)).await?;
+            persist_snapshot(&db, &file, &meta, &data, None)?;
+            Ok((meta, data))
+        })
+        .await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -720,22 +981,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Apply in memory, then persist the whole record if it has not been
-        // for `STATE_RECORD_INTERVAL_MS`. Readers may see a batch before it
-        // is on disk; that is fine because the entries are committed (durable
-        // on a quorum) and a crash before the write just re-applies them
-        // from the log. All of
-        // it runs on the blocking pool: applying a large command and
-        // serializing the whole state are CPU work that must not hold up
-        // the async workers carrying heartbeats and Raft RPCs.
+        // Apply in memory, then write what changed if the state has not
+        // been written for `STATE_RECORD_INTERVAL_MS`. Readers may see a
+        // batch before it is on disk; that is fine because the entries are
+        // committed (durable on a quorum) and a crash before the write just
+        // re-applies them from the log. All of it runs on the blocking
+        // pool: applying a large command is CPU work that must not hold up
+        // the async workers carrying heartbeats and Raft RPCs. The changed
+        // records are serialized under the lock (they are what changed,
+        // and the rest record is small) and written after it is released.
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         if entries.is_empty() {
             return Ok(Vec::new());
         }
         let (db, file, state) = (self.db.clone(), self.file.clone(), self.state.clone());
         let persisted_at = self.persisted_at.clone();
+        let (interval, persisted_bytes) = (self.persist_interval, self.persisted_bytes.clone());
+        let whole_next = self.whole_next.clone();
         blocking(move || {
-            let (results, bytes) = {
+            let (results, writes) = {
                 let mut sm = state.write();
                 let mut results = Vec::with_capacity(entries.len());
                 for entry in entries {
@@ -751,26 +1015,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     };
                     results.push(result);
                 }
-                drop(sm);
                 let mut at = persisted_at.lock().unwrap_or_else(|e| e.into_inner());
-                let interval = Duration::from_millis(STATE_RECORD_INTERVAL_MS);
                 if at.is_some_and(|t| t.elapsed() < interval) {
                     return Ok(results);
                 }
                 *at = Some(std::time::Instant::now());
-                // Serialized under a read lock: readers proceed meanwhile,
-                // and the next apply waits for this one anyway.
-                let sm = state.read();
-                let bytes = serde_json::to_vec(&*sm)
-                    .map_err(|e| StorageIOError::write_state_machine(AnyError::new(&e)))?;
-                (results, bytes)
+                let whole = whole_next.swap(false, Ordering::Relaxed);
+                let writes = StateWrites::of(&mut sm, whole).map_err(|e| {
+                    whole_next.store(true, Ordering::Relaxed);
+                    StorageIOError::write_state_machine(AnyError::new(&e))
+                })?;
+                (results, writes)
             };
-            write_txn(&db, Durability::Immediate, |txn| {
-                txn.open_table(META)?
-                    .insert(KEY_STATE_MACHINE, bytes.as_slice())?;
-                Ok(())
-            })
-            .map_err(|e| StorageIOError::write_state_machine(in_file(&file, e)))?;
+            write_txn(&db, Durability::Immediate, |txn| writes.write(txn)).map_err(|e| {
+                whole_next.store(true, Ordering::Relaxed);
+                StorageIOError::write_state_machine(in_file(&file, e))
+            })?;
+            persisted_bytes.store(writes.bytes() as u64, Ordering::Relaxed);
             Ok(results)
         })
         .await
@@ -800,10 +1061,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // The meta is authoritative for the position the data stands for.
         sm.last_applied = meta.last_log_id;
         sm.last_membership = meta.last_membership.clone();
-        let sm_bytes = serde_json::to_vec(&sm)
-            .map_err(|e| StorageIOError::write_snapshot(sig, AnyError::new(&e)))?;
         let (db, file, meta2) = (self.db.clone(), self.file.clone(), meta.clone());
-        blocking(move || persist_snapshot(&db, &file, &meta2, &data, Some(&sm_bytes))).await?;
+        // The keyed tables are written whole, with the snapshot.
+        let sm = blocking(move || {
+            let writes = StateWrites::of(&mut sm, true)
+                .map_err(|e| StorageIOError::write_snapshot(sig, AnyError::new(&e)))?;
+            persist_snapshot(&db, &file, &meta2, &data, Some(&writes))?;
+            Ok(sm)
+        })
+        .await?;
         // Swap in memory only once the new state is durable.
         *self.state.write() = sm;
         Ok(())
@@ -894,7 +1160,7 @@ mod tests {
     fn an_unreadable_record_is_refused_and_not_rewritten() {
         let dir = TempDir::new().unwrap();
         drop(Store::open(dir.path(), BATCH).unwrap());
-        overwrite_record(dir.path(), KEY_STATE_MACHINE, b"{not json");
+        overwrite_record(dir.path(), KEY_STATE_REST, b"{not json");
         let before = std::fs::read(dir.path().join(RAFT_DB_FILE)).unwrap();
         let err = Store::open(dir.path(), BATCH).err().expect("refused");
         let after = std::fs::read(dir.path().join(RAFT_DB_FILE)).unwrap();
@@ -902,22 +1168,144 @@ mod tests {
         let msg = err.to_string();
         assert!(matches!(err, ConsensusError::Corrupt { .. }), "{err:?}");
         assert!(
-            msg.contains(RAFT_DB_FILE) && msg.contains(KEY_STATE_MACHINE),
+            msg.contains(RAFT_DB_FILE) && msg.contains(KEY_STATE_REST),
             "{msg}"
         );
         assert_eq!(
-            read_record(dir.path(), KEY_STATE_MACHINE).as_deref(),
+            read_record(dir.path(), KEY_STATE_REST).as_deref(),
             Some(&b"{not json"[..])
         );
+    }
+
+    /// A workload's record that cannot be read is named (table and key),
+    /// and the file is left as it was.
+    #[tokio::test]
+    async fn an_unreadable_keyed_record_is_refused_naming_it() {
+        let dir = TempDir::new().unwrap();
+        let Store {
+            state_machine: mut sm,
+            ..
+        } = Store::open(dir.path(), BATCH).unwrap();
+        apply_two(&mut sm).await;
+        sm.persist_interval = Duration::ZERO;
+        apply_workloads(&mut sm, 3, &["web"]).await;
+        drop(sm);
+        let store = reopen(dir.path()).await;
+        drop(store);
+        let db = Database::create(dir.path().join(RAFT_DB_FILE)).unwrap();
+        write_txn(&db, Durability::Immediate, |txn| {
+            txn.open_table(WORKLOADS)?.insert("web", &b"[1,"[..])?;
+            Ok(())
+        })
+        .unwrap();
+        drop(db);
+        let before = std::fs::read(dir.path().join(RAFT_DB_FILE)).unwrap();
+        let err = Store::open(dir.path(), BATCH).err().expect("refused");
+        let msg = err.to_string();
+        assert!(matches!(err, ConsensusError::Corrupt { .. }), "{err:?}");
+        assert!(
+            msg.contains("record web of table state_workloads is unreadable"),
+            "{msg}"
+        );
+        assert!(before == std::fs::read(dir.path().join(RAFT_DB_FILE)).unwrap());
+    }
+
+    /// Apply `names` as workloads at log index `index` (term 1).
+    async fn apply_workloads(sm: &mut StateMachineStore, index: u64, names: &[&str]) {
+        let apply = Command::ApplyWorkloads {
+            specs: names.iter().map(|n| spec(n)).collect(),
+            source: "t".into(),
+            at_ms: index,
+        };
+        sm.apply(vec![entry(1, index, EntryPayload::Normal(apply))])
+            .await
+            .unwrap();
+    }
+
+    /// A file of layout 1 (the state machine as one record) opens with its
+    /// state intact, moved into the keyed tables; the old record is gone
+    /// and the file says layout 2.
+    #[tokio::test]
+    async fn a_layout_1_file_is_moved_to_keyed_tables_with_nothing_lost() {
+        let dir = TempDir::new().unwrap();
+        let mut old = StateMachineData {
+            last_applied: Some(log_id(1, 9)),
+            ..StateMachineData::default()
+        };
+        old.state.apply(&Command::InitCluster {
+            cluster_id: "c1".into(),
+            at_ms: 1,
+        });
+        old.state.apply(&Command::ApplyWorkloads {
+            specs: vec![spec("a"), spec("b")],
+            source: "t".into(),
+            at_ms: 2,
+        });
+        {
+            let db = Database::create(dir.path().join(RAFT_DB_FILE)).unwrap();
+            write_txn(&db, Durability::Immediate, |txn| {
+                txn.open_table(LOG)?;
+                let mut meta = txn.open_table(META)?;
+                meta.insert(KEY_FORMAT_VERSION, &b"1"[..])?;
+                let record = serde_json::to_vec(&old).unwrap();
+                meta.insert(KEY_STATE_MACHINE, record.as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        }
+        let store = Store::open(dir.path(), BATCH).unwrap();
+        assert_eq!(*store.state_machine.shared_state().read(), old);
+        drop(store);
+        assert_eq!(read_record(dir.path(), KEY_STATE_MACHINE), None);
+        assert_eq!(
+            read_record(dir.path(), KEY_FORMAT_VERSION).as_deref(),
+            Some(&b"2"[..])
+        );
+        let store = reopen(dir.path()).await;
+        assert_eq!(*store.state_machine.shared_state().read(), old);
+    }
+
+    /// An installed snapshot replaces the keyed tables whole: a workload
+    /// the snapshot does not have does not come back at the next start.
+    #[tokio::test]
+    async fn an_installed_snapshot_replaces_every_stored_record() {
+        let dir = TempDir::new().unwrap();
+        let Store {
+            state_machine: mut sm,
+            ..
+        } = Store::open(dir.path(), BATCH).unwrap();
+        sm.persist_interval = Duration::ZERO;
+        apply_two(&mut sm).await;
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        apply_workloads(&mut sm, 3, &["gone"]).await;
+        assert!(sm
+            .shared_state()
+            .read()
+            .state
+            .workloads
+            .contains_key("gone"));
+        let mut meta = snapshot.meta.clone();
+        meta.last_log_id = Some(log_id(2, 10));
+        sm.install_snapshot(&meta, snapshot.snapshot).await.unwrap();
+        let state = sm.shared_state().read().clone();
+        assert!(state.state.workloads.is_empty());
+        drop(sm);
+        let store = reopen(dir.path()).await;
+        assert_eq!(*store.state_machine.shared_state().read(), state);
     }
 
     #[test]
     fn a_newer_layout_version_is_refused() {
         let dir = TempDir::new().unwrap();
         drop(Store::open(dir.path(), BATCH).unwrap());
-        overwrite_record(dir.path(), KEY_FORMAT_VERSION, b"2");
+        overwrite_record(dir.path(), KEY_FORMAT_VERSION, b"3");
         let err = Store::open(dir.path(), BATCH).err().expect("refused");
-        assert!(err.to_string().contains("layout version Some(2)"), "{err}");
+        assert!(err.to_string().contains("layout version Some(3)"), "{err}");
     }
 
     /// Apply an init-cluster command at (1, 1) and a blank entry at (1, 2).
@@ -952,9 +1340,19 @@ mod tests {
         let state = sm.shared_state().read().clone();
         drop(sm);
         assert!(closed.wait(Duration::from_secs(5)).await);
-        // As if a crash had lost the state record written after the snapshot.
+        // As if a crash had lost the state records written after the
+        // snapshot (and left some from before it).
         let stale = serde_json::to_vec(&StateMachineData::default()).unwrap();
-        overwrite_record(dir.path(), KEY_STATE_MACHINE, &stale);
+        overwrite_record(dir.path(), KEY_STATE_REST, &stale);
+        {
+            let db = Database::create(dir.path().join(RAFT_DB_FILE)).unwrap();
+            write_txn(&db, Durability::Immediate, |txn| {
+                let w = br#"{"specs":[],"since_ms":0}"#;
+                txn.open_table(STAGED)?.insert("stale", &w[..])?;
+                Ok(())
+            })
+            .unwrap();
+        }
 
         let Store {
             state_machine: mut sm,
@@ -965,6 +1363,85 @@ mod tests {
             snapshot.meta.last_log_id
         );
         assert_eq!(*sm.shared_state().read(), state);
+        // The snapshot was written into the tables at once, whole: what
+        // is written after it (the changes only) is all there is.
+        sm.persist_interval = Duration::ZERO;
+        apply_workloads(&mut sm, 3, &["web"]).await;
+        let state = sm.shared_state().read().clone();
+        drop(sm);
+        let store = reopen(dir.path()).await;
+        assert_eq!(*store.state_machine.shared_state().read(), state);
+    }
+
+    /// Writing the state costs what changed: after a large apply, one
+    /// small change puts a few hundred bytes on disk, not the state.
+    #[tokio::test]
+    async fn writing_the_state_costs_what_changed_not_what_exists() {
+        let dir = TempDir::new().unwrap();
+        let Store {
+            state_machine: mut sm,
+            ..
+        } = Store::open(dir.path(), BATCH).unwrap();
+        sm.persist_interval = Duration::ZERO;
+        apply_two(&mut sm).await;
+        let specs: Vec<_> = (0..2_000).map(|i| spec(&format!("w{i}"))).collect();
+        let apply = Command::ApplyWorkloads {
+            specs,
+            source: "t".into(),
+            at_ms: 2,
+        };
+        sm.apply(vec![entry(1, 3, EntryPayload::Normal(apply))])
+            .await
+            .unwrap();
+        let whole = sm.persisted_bytes();
+        assert!(whole > 200_000, "the apply wrote {whole} bytes");
+        let one = Command::SetPending {
+            workload: "w7".into(),
+            reason: "waiting".into(),
+            at_ms: 3,
+        };
+        sm.apply(vec![entry(1, 4, EntryPayload::Normal(one))])
+            .await
+            .unwrap();
+        let small = sm.persisted_bytes();
+        assert!(small < 4_000, "one change wrote {small} bytes");
+        let state = sm.shared_state().read().clone();
+        drop(sm);
+        let Store {
+            state_machine: sm, ..
+        } = reopen(dir.path()).await;
+        assert_eq!(*sm.shared_state().read(), state);
+    }
+
+    fn spec(name: &str) -> haven_core::model::WorkloadSpec {
+        haven_core::model::WorkloadSpec {
+            name: name.into(),
+            kind: haven_core::model::WorkloadKind::Process {
+                command: vec!["/bin/sleep".into(), "infinity".into()],
+                env: Default::default(),
+            },
+            vcpus: 1,
+            memory_mib: 64,
+            priority: haven_core::model::Priority::Medium,
+            restart: Default::default(),
+            isolation_response: None,
+            log_max_bytes: haven_core::logs::LOG_MAX_BYTES_DEFAULT,
+            user: None,
+            group: None,
+        }
+    }
+
+    /// Open the store in `dir` again once the last one closed it.
+    async fn reopen(dir: &Path) -> Store {
+        for _ in 0..500 {
+            match Store::open(dir, BATCH) {
+                Err(ConsensusError::DataDirInUse { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                other => return other.unwrap(),
+            }
+        }
+        panic!("the store in {} stayed open", dir.display());
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! value passed in (`now_ms`); nothing here does I/O or depends on tokio.
 
 pub mod assignments;
+pub mod changes;
 pub mod coordinator;
 pub mod coordinator_machine;
 pub mod datastore;

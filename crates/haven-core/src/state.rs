@@ -6,6 +6,7 @@
 //! applies the same log.
 
 use crate::assignments::{AssignmentIndex, Derived, PlacementStamp};
+use crate::changes::{Changes, Tracker};
 use crate::model::{
     Assignment, Capacity, ClusterSettings, Generation, HostRecord, IsolationResponse, NodeId,
     WorkloadSpec,
@@ -92,6 +93,17 @@ pub struct StagedApply {
     pub since_ms: u64,
 }
 
+/// The collections a per-key store keeps record by record
+/// (`ClusterState::take_keyed`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keyed {
+    pub hosts: BTreeMap<String, HostRecord>,
+    pub workloads: BTreeMap<String, WorkloadRecord>,
+    pub staged: BTreeMap<String, StagedApply>,
+    pub cluster_events: VecDeque<Event>,
+    pub workload_events: VecDeque<Event>,
+}
+
 /// One decision, with the wall-clock time the coordinator made it and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -168,6 +180,10 @@ pub struct ClusterState {
     /// `reindex` after changing it by hand).
     #[serde(skip)]
     derived: Derived,
+    /// What changed since the store last wrote the state (`changes`):
+    /// never serialized nor compared.
+    #[serde(skip)]
+    tracker: Tracker,
 }
 
 /// The cluster CA: `bundle_pem` is every CA certificate hosts trust (the
@@ -479,6 +495,43 @@ impl ClusterState {
         self.derived.get(&self.workloads, self.revision).stamp
     }
 
+    /// What changed since the last call (or since `mark_stored`): the keys
+    /// a per-key store must write; starts a new record.
+    pub fn take_changes(&mut self) -> Changes {
+        let fresh = Changes::none(self.next_event_seq);
+        std::mem::replace(&mut self.tracker.0, fresh)
+    }
+
+    /// The state is as its store holds it (just loaded, or written whole):
+    /// nothing has changed since.
+    pub fn mark_stored(&mut self) {
+        self.tracker.0 = Changes::none(self.next_event_seq);
+    }
+
+    /// Take out the keyed collections (hosts, workloads, staged applies,
+    /// events), which a per-key store keeps record by record, leaving the
+    /// rest: small, and stored as one record. Give them back with
+    /// `restore_keyed` before anything else reads the state.
+    pub fn take_keyed(&mut self) -> Keyed {
+        Keyed {
+            hosts: std::mem::take(&mut self.hosts),
+            workloads: std::mem::take(&mut self.workloads),
+            staged: std::mem::take(&mut self.staged),
+            cluster_events: std::mem::take(&mut self.cluster_events),
+            workload_events: std::mem::take(&mut self.workload_events),
+        }
+    }
+
+    /// Put back what `take_keyed` took (the index stays valid), or fill a
+    /// state loaded without them (its index is built on first use).
+    pub fn restore_keyed(&mut self, keyed: Keyed) {
+        self.hosts = keyed.hosts;
+        self.workloads = keyed.workloads;
+        self.staged = keyed.staged;
+        self.cluster_events = keyed.cluster_events;
+        self.workload_events = keyed.workload_events;
+    }
+
     /// Rebuild the index from `workloads`: after changing it by hand
     /// rather than through `apply` (tests do).
     pub fn reindex(&mut self) {
@@ -692,6 +745,7 @@ impl ClusterState {
                 reason,
                 at_ms,
             } => {
+                self.tracker.0.workloads.insert(workload.clone());
                 let Some(w) = self.workloads.get_mut(workload) else {
                     return CommandResult::Ok;
                 };
@@ -770,6 +824,7 @@ impl ClusterState {
                 source,
                 at_ms,
             } => {
+                self.tracker.0.staged = true;
                 let Some(staged) = self.staged.remove(apply_id) else {
                     return CommandResult::Rejected(format!(
                         "{}: the parts of this apply were dropped (a newer large apply, or more than {} s passed); apply the file again",
@@ -791,6 +846,7 @@ impl ClusterState {
             }
             Command::DeleteWorkload { name, at_ms } => match self.workloads.remove(name) {
                 Some(w) => {
+                    self.tracker.0.workloads.insert(name.clone());
                     self.reindex_workload(name);
                     let on = match w.assignment {
                         Some(a) => {
@@ -820,6 +876,7 @@ impl ClusterState {
             } => {
                 let mut unassigned = vec![];
                 for (name, expected) in workloads {
+                    self.tracker.0.workloads.insert(name.clone());
                     let Some(w) = self.workloads.get_mut(name) else {
                         continue;
                     };
@@ -854,6 +911,7 @@ impl ClusterState {
                 reason,
                 at_ms,
             } => {
+                self.tracker.0.workloads.insert(workload.clone());
                 let Some(w) = self.workloads.get_mut(workload) else {
                     return CommandResult::Rejected(format!("no workload named {workload:?}"));
                 };
@@ -889,6 +947,7 @@ impl ClusterState {
                 else {
                     return CommandResult::Ok;
                 };
+                self.tracker.0.workloads.insert(workload.clone());
                 if let Some(w) = self.workloads.get_mut(workload) {
                     if w.assignment.is_none() {
                         w.pending_reason = Some("waiting for placement".into());
@@ -907,6 +966,7 @@ impl ClusterState {
             }
             Command::BeginRestartGrace { host, boot, at_ms } => {
                 let grace_ms = self.settings.restart_grace_ms;
+                self.tracker.0.hosts.insert(host.clone());
                 let Some(h) = self.hosts.get_mut(host) else {
                     return CommandResult::Rejected(format!("no host named {host:?}"));
                 };
@@ -931,6 +991,7 @@ impl ClusterState {
                 why,
                 at_ms,
             } => {
+                self.tracker.0.hosts.insert(host.clone());
                 let Some(h) = self.hosts.get_mut(host) else {
                     return CommandResult::Ok;
                 };
@@ -1154,6 +1215,7 @@ impl ClusterState {
         specs: &[WorkloadSpec],
         at_ms: u64,
     ) -> CommandResult {
+        self.tracker.0.staged = true;
         self.staged
             .retain(|_, s| at_ms.saturating_sub(s.since_ms) < STAGED_APPLY_TTL_MS);
         if apply_id.is_empty() || apply_id.len() > crate::spec::NAME_LEN_MAX {
@@ -1231,6 +1293,7 @@ impl ClusterState {
     }
 
     fn register_host(&mut self, host: &HostRecord, at_ms: u64) -> CommandResult {
+        self.tracker.0.hosts.insert(host.name.clone());
         if let Some(known) = self.hosts.get_mut(&host.name) {
             if known.instance_id != host.instance_id {
                 return CommandResult::Rejected(format!(
@@ -1332,6 +1395,7 @@ impl ClusterState {
     ) -> CommandResult {
         let (mut created, mut updated, mut unchanged) = (vec![], vec![], vec![]);
         for spec in specs {
+            self.tracker.0.workloads.insert(spec.name.clone());
             match self.workloads.get_mut(&spec.name) {
                 Some(w) if w.spec == *spec => unchanged.push(spec.name.clone()),
                 Some(_) => {
@@ -1387,6 +1451,7 @@ impl ClusterState {
             free.fits(&spec.demand()).then(|| a.host.clone())
         });
         let next = self.next_generation(&spec.name);
+        self.tracker.0.workloads.insert(spec.name.clone());
         let Some(w) = self.workloads.get_mut(&spec.name) else {
             return;
         };
@@ -1414,6 +1479,7 @@ impl ClusterState {
                 );
                 self.begin_stopping(&spec.name, a, "spec changed".into());
                 let reason = self.waiting_for_stop(&spec.name);
+                self.tracker.0.workloads.insert(spec.name.clone());
                 if let Some(w) = self.workloads.get_mut(&spec.name) {
                     w.pending_reason = reason;
                 }
@@ -1439,6 +1505,7 @@ impl ClusterState {
         let (mut placed, mut refused) = (vec![], vec![]);
         for p in placements {
             let known_host = self.hosts.contains_key(&p.host);
+            self.tracker.0.workloads.insert(p.workload.clone());
             let Some(w) = self.workloads.get_mut(&p.workload) else {
                 refused.push(p.workload.clone());
                 continue;
