@@ -1,0 +1,67 @@
+//! Every scenario under `scenarios/` (one directory each: the cluster,
+//! its workloads, timed commands, the expected outcome) runs and ends as it
+//! expects; and each broken rule the simulator can switch on is caught by
+//! some scenario.
+
+use haven_sim::scenario::{self, Scenario};
+use haven_sim::Faults;
+use std::path::Path;
+
+fn all() -> Vec<Scenario> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let dirs = scenario::list(&root).expect("the scenarios directory");
+    assert!(!dirs.is_empty(), "no scenario under {}", root.display());
+    dirs.iter()
+        .map(|d| scenario::load(d).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+#[test]
+fn every_scenario_ends_as_it_expects() {
+    let mut failed = vec![];
+    for s in all() {
+        let (_, diff) = scenario::run(&s, Faults::default());
+        if !diff.is_empty() {
+            failed.push(format!(
+                "{} ({}):\n    {}\n    replay: cargo run -p haven-sim -- --scenarios crates/haven-sim/scenarios --only {} --timeline",
+                s.name,
+                s.rule,
+                diff.join("\n    "),
+                s.name
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// The simulator's broken rules (`Faults`), one at a time: some scenario
+/// must fail under each, or the scenarios do not assert that rule.
+#[test]
+fn each_broken_rule_fails_some_scenario() {
+    let scenarios = all();
+    let cases = [
+        (
+            "skip-lease-wait",
+            Faults {
+                skip_lease_wait: true,
+                ..Faults::default()
+            },
+        ),
+        (
+            "confirm-stops-without-proof",
+            Faults {
+                confirm_stops_without_proof: true,
+                ..Faults::default()
+            },
+        ),
+    ];
+    for (name, faults) in cases {
+        let caught: Vec<&str> = scenarios
+            .iter()
+            .filter(|s| !scenario::run(s, faults).1.is_empty())
+            .map(|s| s.name.as_str())
+            .collect();
+        eprintln!("--fault {name}: caught by {}", caught.join(", "));
+        assert!(!caught.is_empty(), "--fault {name}: no scenario fails");
+    }
+}
