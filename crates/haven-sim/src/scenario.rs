@@ -400,7 +400,7 @@ fn action(
                 .ok_or_else(|| format!("apply: no file {file:?} in the scenario"))?;
             let specs: Vec<WorkloadSpec> =
                 haven_core::spec::parse_workloads(&file, text).map_err(|e| e.to_string())?;
-            Action::Apply(specs)
+            Action::Apply(file, specs)
         }
         Step::Delete { workload } => Action::DeleteNamed(workload),
         Step::Settings { set } => {

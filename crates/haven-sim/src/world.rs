@@ -179,8 +179,8 @@ pub enum Action {
     DeleteAndReapply,
     /// Everything back: partitions, loss, frozen and crashed hosts.
     Heal,
-    /// The operator applies these specs.
-    Apply(Vec<WorkloadSpec>),
+    /// The operator applies these specs (from this file).
+    Apply(String, Vec<WorkloadSpec>),
     /// The operator deletes this workload.
     DeleteNamed(String),
     /// The operator changes the cluster's settings.
@@ -550,7 +550,10 @@ impl World {
         for (n, part) in specs.chunks(1_000).enumerate() {
             boot.push(Command::ApplyWorkloads {
                 specs: part.to_vec(),
-                source: format!("part{n}.toml"),
+                source: match cfg.setup {
+                    Some(_) => "workloads.toml".into(),
+                    None => format!("part{n}.toml"),
+                },
                 at_ms: 0,
             });
         }
@@ -1745,7 +1748,7 @@ impl World {
                     self.apply(vec![s]);
                 }
             }
-            Action::Apply(_)
+            Action::Apply(..)
             | Action::DeleteNamed(_)
             | Action::Settings(_)
             | Action::Exit(_)
@@ -1773,7 +1776,16 @@ impl World {
     /// The operator actions a scenario names exactly.
     fn act_named(&mut self, a: Action) {
         match a {
-            Action::Apply(specs) => self.apply(specs),
+            Action::Apply(source, specs) => {
+                for s in &specs {
+                    self.catalog.insert(s.name.clone(), s.clone());
+                }
+                self.propose(Command::ApplyWorkloads {
+                    specs,
+                    source,
+                    at_ms: self.now,
+                });
+            }
             Action::DeleteNamed(name) => {
                 if let Some(s) = self.catalog.remove(&name) {
                     self.deleted.push(s);
