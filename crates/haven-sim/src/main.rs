@@ -332,15 +332,31 @@ fn scenarios(a: &Args, dir: &str) -> ExitCode {
             );
             continue;
         }
-        if diff.is_empty() {
-            println!("ok     {:<44} {wall_ms:>5} ms  {}", s.name, s.rule);
-        } else {
-            println!("FAILED {:<44} {wall_ms:>5} ms  {}", s.name, s.rule);
-            for l in &diff {
+        let verdict = scenario::Verdict::of(&s, diff);
+        let (word, lines) = match &verdict {
+            scenario::Verdict::Passed => ("ok", vec![]),
+            scenario::Verdict::Failed(d) => ("FAILED", d.clone()),
+            scenario::Verdict::KnownBug(d) => ("bug", d.clone()),
+            scenario::Verdict::KnownBugPasses => (
+                "FAILED",
+                vec![
+                    "it passes, yet commands.toml names a known bug: fixed? remove known_bug"
+                        .into(),
+                ],
+            ),
+        };
+        println!("{word:<6} {:<52} {wall_ms:>5} ms  {}", s.name, s.rule);
+        if let (scenario::Verdict::KnownBug(_), Some(bug)) = (&verdict, &s.known_bug) {
+            println!("    known bug: {bug}");
+        }
+        if !verdict.ok() || a.only.is_some() {
+            for l in &lines {
                 println!("    {l}");
             }
+        }
+        if !verdict.ok() {
             println!(
-                "    replay: haven-sim --scenarios {dir} --only {} --trace",
+                "    replay: haven-sim --scenarios {dir} --only {} --timeline",
                 s.name
             );
             failed.push(s.name.clone());

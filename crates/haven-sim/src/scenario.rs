@@ -68,6 +68,10 @@ struct CommandsFile {
     rule: String,
     seed: u64,
     duration_ms: u64,
+    /// A bug this scenario reproduces: it is expected to fail until the
+    /// bug is fixed (and then this line goes).
+    #[serde(default)]
+    known_bug: Option<String>,
     #[serde(default)]
     step: Vec<toml::Table>,
 }
@@ -220,6 +224,7 @@ pub struct Scenario {
     pub rule: String,
     pub seed: u64,
     pub duration_ms: u64,
+    pub known_bug: Option<String>,
     pub setup: Setup,
     pub steps: Vec<(u64, Action)>,
     pub expected: Expected,
@@ -334,6 +339,7 @@ impl Scenario {
             rule: commands.rule,
             seed: commands.seed,
             duration_ms: commands.duration_ms,
+            known_bug: commands.known_bug,
             setup: Setup {
                 hosts: host_setups,
                 settings,
@@ -826,4 +832,30 @@ pub fn run(scenario: &Scenario, faults: Faults) -> (Outcome, Vec<String>) {
     let out = crate::run(scenario.config(faults));
     let diff = check(&scenario.expected, &out);
     (out, diff)
+}
+
+/// How a run of a scenario ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    Failed(Vec<String>),
+    /// It fails as its `known_bug` says it does.
+    KnownBug(Vec<String>),
+    /// It names a known bug, yet passes: fixed? Then drop the line.
+    KnownBugPasses,
+}
+
+impl Verdict {
+    pub fn of(scenario: &Scenario, diff: Vec<String>) -> Verdict {
+        match (&scenario.known_bug, diff.is_empty()) {
+            (None, true) => Verdict::Passed,
+            (None, false) => Verdict::Failed(diff),
+            (Some(_), false) => Verdict::KnownBug(diff),
+            (Some(_), true) => Verdict::KnownBugPasses,
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        matches!(self, Verdict::Passed | Verdict::KnownBug(_))
+    }
 }
