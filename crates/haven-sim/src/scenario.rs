@@ -859,3 +859,98 @@ impl Verdict {
         matches!(self, Verdict::Passed | Verdict::KnownBug(_))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTS: &str = "[[host]]\nname = \"h1\"\nrole = \"manager\"\nvcpus = 4\nmemory_mib = 4096\n\n[[host]]\nname = \"h2\"\nrole = \"worker\"\nvcpus = 4\nmemory_mib = 2048\n";
+    const WORKLOADS: &str = "[[workload]]\nname = \"web\"\nkind = \"process\"\ncommand = [\"/bin/sleep\", \"infinity\"]\nvcpus = 1\nmemory_mib = 256\n";
+
+    fn files(commands: &str, expected: &str) -> Files {
+        Files {
+            hosts: HOSTS.into(),
+            workloads: WORKLOADS.into(),
+            commands: format!(
+                "about = \"a\"\nrule = \"r\"\nseed = 1\nduration_ms = 5_000\n{commands}"
+            ),
+            expected: expected.into(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_bad_step_is_named_with_its_field() {
+        let bad = [
+            (
+                "[[step]]\nat_ms = 1\ndo = \"power-off\"\nhost = \"h1\"\nfro_ms = 3\n",
+                "step 1: unknown field `fro_ms`",
+            ),
+            (
+                "[[step]]\nat_ms = 1\ndo = \"power-of\"\nhost = \"h1\"\n",
+                "step 1: unknown variant `power-of`",
+            ),
+            (
+                "[[step]]\nat_ms = 1\ndo = \"isolate\"\nhost = \"h9\"\n",
+                "step 1: no host named \"h9\"; hosts: h1, h2",
+            ),
+            ("[[step]]\ndo = \"heal\"\n", "step 1: at_ms is missing"),
+            (
+                "[[step]]\nat_ms = 1\ndo = \"apply\"\nfile = \"v2.toml\"\n",
+                "step 1: apply: no file \"v2.toml\"",
+            ),
+            (
+                "[[step]]\nat_ms = 1\ndo = \"settings\"\nset = { lease_ms = \"x\" }\n",
+                "step 1: lease_ms=\"x\": not a whole number",
+            ),
+        ];
+        for (commands, want) in bad {
+            let e = Scenario::parse("t", &files(commands, "")).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_workload_outside_the_real_format_is_refused() {
+        let mut f = files("", "");
+        f.workloads = WORKLOADS.replace("vcpus = 1", "vcpus = 0");
+        let e = Scenario::parse("t", &f).unwrap_err();
+        assert!(e.contains("workloads.toml") && e.contains("vcpus"), "{e}");
+    }
+
+    #[test]
+    fn a_run_that_differs_says_how() {
+        let expected = "[workload.web]\nhost = \"h2\"\n\n[workload.gone]\ndeleted = true\n\n[[event]]\ntext = \"placed web on h1\"\n\n[[event]]\ntext = \"no such thing\"\n\n[[no_event]]\ntext = \"h1: started web@1\"\n";
+        let s = Scenario::parse("t", &files("", expected)).expect("parses");
+        let (_, diff) = run(&s, Faults::default());
+        let text = diff.join("\n");
+        assert!(
+            text.contains("workload web: expected on h2; got on h1 generation 1, instances h1@1 (assigned to h1)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("event 2 not found after the one before: \"no such thing\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("no_event found: \"h1: started web@1\""),
+            "{text}"
+        );
+        assert!(text.contains("timeline"), "{text}");
+        assert!(!text.contains("workload gone"), "{text}");
+    }
+
+    #[test]
+    fn an_update_writes_what_the_run_did_and_keeps_the_events() {
+        let expected = "[[event]]\ntext = \"placed web on h1\"\n";
+        let s = Scenario::parse("t", &files("", expected)).expect("parses");
+        let (out, _) = run(&s, Faults::default());
+        let blessed = actual(&out, &s.expected);
+        assert_eq!(blessed.workload["web"].host.as_deref(), Some("h1"));
+        assert_eq!(blessed.event, s.expected.event);
+        let text = toml::to_string(&blessed).expect("serializes");
+        let again: Expected = toml::from_str(&text).expect("reads back");
+        assert_eq!(again, blessed);
+        assert!(check(&again, &out).is_empty());
+    }
+}
