@@ -5,12 +5,15 @@
 //! managers agree through a model of Raft's guarantees (`raft`); the
 //! network, clocks, workloads, watchdogs and faults are simulated
 //! (`world`). One seed determines a run; a failing seed replays exactly.
+//! Scenarios (`scenario`) are exact runs written as data: a cluster, its
+//! workloads, timed commands and the expected outcome.
 
 pub mod clock;
 pub mod coordinator_adapter;
 pub mod net;
 pub mod raft;
 pub mod rng;
+pub mod scenario;
 pub mod world;
 
 pub use coordinator_adapter::Faults;

@@ -4,16 +4,22 @@
 //!   haven-sim --seeds N [--first S] [--hosts H] [--managers M]
 //!             [--workloads W] [--minutes M] [--fault NAME]
 //!   haven-sim --seed S [the same options] [--trace]
+//!   haven-sim --scenarios DIR [--only NAME] [--update] [--list] [--timeline]
+//!             [--fault NAME] [--trace]
+//!
+//! `--update` writes each scenario's `expected.toml` from its run (to be
+//! reviewed); `--timeline` prints each run's decisions and host events.
 //!
 //! Every failing seed is printed with the command that replays it. The
 //! wall-clock time is read here only, to print the speed; it never reaches
 //! the simulation.
 
-use haven_sim::{run, Faults, SimConfig};
+use haven_sim::{run, scenario, Faults, SimConfig};
 use std::process::ExitCode;
 use std::time::Instant;
 
-const USAGE: &str = "usage: haven-sim (--seeds N [--first S] | --seed S [--trace]) [--hosts H] [--managers M] [--workloads W] [--minutes M] [--fault skip-lease-wait|confirm-stops-without-proof|ack-without-confirmed-leadership]";
+const USAGE: &str = "usage: haven-sim (--seeds N [--first S] | --seed S [--trace]) [--hosts H] [--managers M] [--workloads W] [--minutes M] [--fault skip-lease-wait|confirm-stops-without-proof|ack-without-confirmed-leadership]
+       haven-sim --scenarios DIR [--only NAME] [--update] [--list] [--timeline] [--fault NAME] [--trace]";
 
 struct Args {
     seeds: Option<u64>,
@@ -25,6 +31,11 @@ struct Args {
     minutes: f64,
     fault: Option<String>,
     trace: bool,
+    scenarios: Option<String>,
+    only: Option<String>,
+    update: bool,
+    list: bool,
+    timeline: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -38,12 +49,23 @@ fn parse() -> Result<Args, String> {
         minutes: 2.0,
         fault: None,
         trace: false,
+        scenarios: None,
+        only: None,
+        update: false,
+        list: false,
+        timeline: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--trace" {
-            a.trace = true;
-            continue;
+        match flag.as_str() {
+            "--trace" | "--update" | "--list" | "--timeline" => {
+                a.trace |= flag == "--trace";
+                a.timeline |= flag == "--timeline";
+                a.update |= flag == "--update";
+                a.list |= flag == "--list";
+                continue;
+            }
+            _ => {}
         }
         let value = it
             .next()
@@ -65,8 +87,23 @@ fn parse() -> Result<Args, String> {
                     .map_err(|_| format!("--minutes {value}: not a number\n{USAGE}"))?
             }
             "--fault" => a.fault = Some(value),
+            "--scenarios" => a.scenarios = Some(value),
+            "--only" => a.only = Some(value),
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
         }
+    }
+    if a.scenarios.is_some() {
+        if a.seeds.is_some() || a.seed.is_some() {
+            return Err(format!(
+                "--scenarios runs each scenario's own seed\n{USAGE}"
+            ));
+        }
+        return Ok(a);
+    }
+    if a.update || a.list || a.timeline || a.only.is_some() {
+        return Err(format!(
+            "--update, --list, --timeline and --only go with --scenarios\n{USAGE}"
+        ));
     }
     if a.seeds.is_none() == a.seed.is_none() {
         return Err(format!("give --seeds N or --seed S\n{USAGE}"));
@@ -121,6 +158,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(dir) = &a.scenarios {
+        return scenarios(&a, dir);
+    }
     if let Some(seed) = a.seed {
         let cfg = match config(&a, seed) {
             Ok(c) => c,
@@ -203,6 +243,141 @@ fn main() -> ExitCode {
         sim_ms as f64 / 1000.0 / wall_s.max(1e-9)
     );
     if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Run (or list, or bless) the scenarios under `dir`.
+fn scenarios(a: &Args, dir: &str) -> ExitCode {
+    let faults = match faults(a.fault.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dirs = match scenario::list(std::path::Path::new(dir)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dirs: Vec<_> = dirs
+        .into_iter()
+        .filter(|d| {
+            a.only
+                .as_deref()
+                .is_none_or(|o| d.file_name().is_some_and(|n| n == o))
+        })
+        .collect();
+    if dirs.is_empty() {
+        eprintln!("no scenario in {dir} (a scenario is a directory with a commands.toml)");
+        return ExitCode::from(2);
+    }
+    let started = Instant::now();
+    let (mut failed, mut broken) = (vec![], 0);
+    for d in &dirs {
+        let s = match scenario::load(d) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("BROKEN {e}");
+                broken += 1;
+                continue;
+            }
+        };
+        if a.list {
+            println!("{:<44} {}\n{:<44} {}", s.name, s.rule, "", s.about);
+            continue;
+        }
+        let one = Instant::now();
+        let mut world = haven_sim::World::new(s.config(faults));
+        if a.trace {
+            world.trace = Some(vec![]);
+        }
+        let (out, trace) = world.run_keeping_trace();
+        for l in trace.unwrap_or_default() {
+            println!("{l}");
+        }
+        if a.timeline {
+            println!("{}:", s.name);
+            for l in scenario::timeline(&out) {
+                if !l.text.ends_with("lease held") {
+                    println!("  {:>7} {}", l.at_ms, l.text);
+                }
+            }
+        }
+        let diff = scenario::check(&s.expected, &out);
+        let wall_ms = one.elapsed().as_millis();
+        if a.update {
+            if let Err(e) = scenario::bless(d, &s, &out) {
+                println!("BROKEN {}: {e}", s.name);
+                broken += 1;
+                continue;
+            }
+            let left: Vec<&String> = diff
+                .iter()
+                .filter(|l| l.starts_with("event") || l.starts_with("no_event"))
+                .collect();
+            println!(
+                "updated {} ({wall_ms} ms){}",
+                s.name,
+                if left.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its event expectations still fail: {left:?}")
+                }
+            );
+            continue;
+        }
+        let verdict = scenario::Verdict::of(&s, diff);
+        let (word, lines) = match &verdict {
+            scenario::Verdict::Passed => ("ok", vec![]),
+            scenario::Verdict::Failed(d) => ("FAILED", d.clone()),
+            scenario::Verdict::KnownBug(d) => ("bug", d.clone()),
+            scenario::Verdict::KnownBugPasses => (
+                "FAILED",
+                vec![
+                    "it passes, yet commands.toml names a known bug: fixed? remove known_bug"
+                        .into(),
+                ],
+            ),
+        };
+        println!("{word:<6} {:<52} {wall_ms:>5} ms  {}", s.name, s.rule);
+        if let (scenario::Verdict::KnownBug(_), Some(bug)) = (&verdict, &s.known_bug) {
+            println!("    known bug: {bug}");
+        }
+        if !verdict.ok() || a.only.is_some() {
+            for l in &lines {
+                println!("    {l}");
+            }
+        }
+        if !verdict.ok() {
+            println!(
+                "    replay: haven-sim --scenarios {dir} --only {} --timeline",
+                s.name
+            );
+            failed.push(s.name.clone());
+        }
+    }
+    if !a.list {
+        println!(
+            "{} scenarios, {} failed, {broken} broken, in {:.1} wall s{}",
+            dirs.len(),
+            failed.len(),
+            started.elapsed().as_secs_f64(),
+            match &a.fault {
+                Some(f) => format!(" with --fault {f}"),
+                None => String::new(),
+            }
+        );
+        if !failed.is_empty() {
+            println!("failed: {}", failed.join(" "));
+        }
+    }
+    if failed.is_empty() && broken == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -11,14 +11,14 @@ use crate::net::Network;
 use crate::raft::{RaftEvent, RaftModel, Role, RAFT_HEARTBEAT_INTERVAL_MS};
 use crate::rng::Rng;
 use haven_core::host_agent::{
-    check_inherited, Ack, HeartbeatReport, HostAgent, HostAgentConfig, HostEffect, HostInput,
-    InheritedLease, StopHow,
+    check_inherited, Ack, HeartbeatReport, HostAgent, HostAgentConfig, HostEffect, HostEvent,
+    HostInput, InheritedLease, StopHow,
 };
 use haven_core::model::{
-    Capacity, Generation, HostRecord, IsolationResponse, Priority, RestartPolicy, Role as HostRole,
-    WorkloadKind, WorkloadSpec,
+    Capacity, ClusterSettings, Generation, HostRecord, IsolationResponse, Priority, RestartPolicy,
+    Role as HostRole, WorkloadKind, WorkloadSpec,
 };
-use haven_core::state::Command;
+use haven_core::state::{ClusterState, Command};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
@@ -58,6 +58,57 @@ pub struct SimConfig {
     pub scenario: Vec<(u64, Action)>,
     /// Stop at the first violation.
     pub stop_at_first: bool,
+    /// A given cluster instead of the generated one (a scenario's).
+    pub setup: Option<Setup>,
+    /// Keep what happened on the hosts (`Outcome::happened`).
+    pub record: bool,
+}
+
+/// A given cluster: its hosts (managers first), settings and workloads.
+/// `hosts`, `managers` and `workloads` of the `SimConfig` follow from it.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    pub hosts: Vec<HostSetup>,
+    pub settings: ClusterSettings,
+    pub workloads: Vec<WorkloadSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct HostSetup {
+    pub name: String,
+    pub manager: bool,
+    pub capacity: Capacity,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Something that happened on a host, kept when `SimConfig::record` is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Happened {
+    /// An event of the host's agent.
+    Agent(HostEvent),
+    /// The lease keeper killed an instance (its agent had not renewed).
+    KeeperKilled {
+        workload: String,
+        generation: Generation,
+    },
+    /// The watchdog reset the host.
+    WatchdogReset,
+    /// An instance started / ended (any reason).
+    Started {
+        workload: String,
+        generation: Generation,
+    },
+    Ended {
+        workload: String,
+        generation: Generation,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HappenedAt {
+    pub at_ms: u64,
+    pub host: String,
+    pub what: Happened,
 }
 
 impl SimConfig {
@@ -73,6 +124,20 @@ impl SimConfig {
             drift_max: 1e-4,
             scenario: vec![],
             stop_at_first: true,
+            setup: None,
+            record: false,
+        }
+    }
+
+    /// A run of the given cluster, with no random faults or actions.
+    pub fn of(seed: u64, setup: Setup) -> SimConfig {
+        SimConfig {
+            hosts: setup.hosts.len(),
+            managers: setup.hosts.iter().filter(|h| h.manager).count(),
+            workloads: setup.workloads.len(),
+            chaos: false,
+            setup: Some(setup),
+            ..SimConfig::new(seed)
         }
     }
 }
@@ -114,6 +179,17 @@ pub enum Action {
     DeleteAndReapply,
     /// Everything back: partitions, loss, frozen and crashed hosts.
     Heal,
+    /// The operator applies these specs (from this file).
+    Apply(String, Vec<WorkloadSpec>),
+    /// The operator deletes this workload.
+    DeleteNamed(String),
+    /// The operator changes the cluster's settings.
+    Settings(ClusterSettings),
+    /// The workload's running instance exits (code 1), wherever it runs.
+    Exit(String),
+    /// For this long, every instance of the workload that starts (on this
+    /// host only, if one is named) exits shortly after.
+    CrashLoop(String, Option<usize>, u64),
 }
 
 impl Action {
@@ -129,7 +205,8 @@ impl Action {
             | Action::Deafen(_, s)
             | Action::Flap(_, s)
             | Action::Loss(_, s)
-            | Action::DelaySpike(_, s) => *s,
+            | Action::DelaySpike(_, s)
+            | Action::CrashLoop(_, _, s) => *s,
             _ => 0,
         }
     }
@@ -293,6 +370,14 @@ pub struct Outcome {
     /// Where each workload is assigned at the end, as the leader (or the
     /// first manager) holds it.
     pub assignments: BTreeMap<String, String>,
+    /// The replicated state at the end, as the leader (or the first
+    /// manager) holds it: assignments, pending reasons, events.
+    pub state: ClusterState,
+    /// The instances on running hosts at the end: workload → (host,
+    /// generation), each still running or stopping.
+    pub instances: BTreeMap<String, Vec<(String, Generation)>>,
+    /// What happened on the hosts, in order (with `SimConfig::record`).
+    pub happened: Vec<HappenedAt>,
 }
 
 pub struct World {
@@ -320,6 +405,9 @@ pub struct World {
     chaos_until: u64,
     leader_terms: Vec<(u64, String)>,
     healed: bool,
+    happened: Vec<HappenedAt>,
+    /// Crash loops: workload, host (any if `None`), until (real ms).
+    crash_loops: Vec<(String, Option<usize>, u64)>,
 }
 
 fn fnv(hash: u64, text: &str) -> u64 {
@@ -399,9 +487,16 @@ impl World {
             cluster_id: format!("sim-{}", cfg.seed),
             at_ms: 0,
         }];
+        if let Some(setup) = &cfg.setup {
+            boot.push(Command::SetSettings {
+                settings: setup.settings.clone(),
+                at_ms: 0,
+            });
+        }
         let mut hosts = vec![];
         for i in 0..cfg.hosts {
-            let name = format!("h{}", i + 1);
+            let given = cfg.setup.as_ref().and_then(|s| s.hosts.get(i));
+            let name = given.map_or_else(|| format!("h{}", i + 1), |g| g.name.clone());
             boot.push(Command::RegisterHost {
                 host: HostRecord {
                     name: name.clone(),
@@ -412,8 +507,8 @@ impl World {
                     } else {
                         HostRole::Worker
                     },
-                    capacity,
-                    labels: BTreeMap::new(),
+                    capacity: given.map_or(capacity, |g| g.capacity),
+                    labels: given.map_or_else(BTreeMap::new, |g| g.labels.clone()),
                     instance_id: name.clone(),
                     fence: None,
                     watchdog_timeout_ms: WATCHDOG_TIMEOUT_MS,
@@ -446,13 +541,19 @@ impl World {
             });
         }
         let mut catalog = BTreeMap::new();
-        let specs: Vec<WorkloadSpec> = (0..cfg.workloads)
-            .map(|i| spec(format!("w{i:05}"), &mut rng))
-            .collect();
+        let specs: Vec<WorkloadSpec> = match &cfg.setup {
+            Some(setup) => setup.workloads.clone(),
+            None => (0..cfg.workloads)
+                .map(|i| spec(format!("w{i:05}"), &mut rng))
+                .collect(),
+        };
         for (n, part) in specs.chunks(1_000).enumerate() {
             boot.push(Command::ApplyWorkloads {
                 specs: part.to_vec(),
-                source: format!("part{n}.toml"),
+                source: match cfg.setup {
+                    Some(_) => "workloads.toml".into(),
+                    None => format!("part{n}.toml"),
+                },
                 at_ms: 0,
             });
         }
@@ -492,6 +593,8 @@ impl World {
             chaos_until,
             leader_terms: vec![],
             healed: false,
+            happened: vec![],
+            crash_loops: vec![],
         };
         // Node 0 leads term 1 from the start.
         if !w.managers.is_empty() {
@@ -544,6 +647,16 @@ impl World {
         self.trace_hash = fnv(self.trace_hash, &text);
         if let Some(t) = self.trace.as_mut() {
             t.push(format!("{:>9} {text}", self.now));
+        }
+    }
+
+    fn happen(&mut self, h: usize, what: Happened) {
+        if self.cfg.record {
+            self.happened.push(HappenedAt {
+                at_ms: self.now,
+                host: self.hosts[h].name.clone(),
+                what,
+            });
         }
     }
 
@@ -622,8 +735,21 @@ impl World {
             .iter()
             .filter_map(|(w, r)| Some((w.clone(), r.assignment.as_ref()?.host.clone())))
             .collect();
+        let state = self.raft.nodes[n].state.clone();
+        let mut instances: BTreeMap<String, Vec<(String, Generation)>> = BTreeMap::new();
+        for host in self.hosts.iter().filter(|h| h.on) {
+            for (w, g) in host.instances.keys() {
+                instances
+                    .entry(w.clone())
+                    .or_default()
+                    .push((host.name.clone(), *g));
+            }
+        }
         let outcome = Outcome {
             assignments,
+            state,
+            instances,
+            happened: self.happened,
             seed: self.cfg.seed,
             sim_ms: self.now,
             violations: self.violations,
@@ -714,7 +840,7 @@ impl World {
                     .instances
                     .get(&(w.clone(), g))
                     .is_some_and(|i| i.id == id && i.phase == InstPhase::Running);
-                if alive && self.now < self.chaos_until {
+                if alive && (self.now < self.chaos_until || self.crash_looping(&w, h)) {
                     self.end_instance(h, &w, g, Some(id));
                     self.report_io(
                         h,
@@ -893,6 +1019,7 @@ impl World {
                 HostEffect::Event(e) => {
                     let text = format!("{} {e:?}", self.hosts[h].name);
                     self.note(text);
+                    self.happen(h, Happened::Agent(e));
                 }
             }
         }
@@ -1051,6 +1178,13 @@ impl World {
             "{} starts {workload}@{generation}",
             self.hosts[h].name
         ));
+        self.happen(
+            h,
+            Happened::Started {
+                workload: workload.clone(),
+                generation,
+            },
+        );
         self.check_single(&workload);
         let latency = self.rng.range(5, 60);
         self.schedule(
@@ -1069,6 +1203,9 @@ impl World {
         inst.phase = InstPhase::Running;
         if self.now < self.chaos_until && self.rng.chance(0.05) {
             let at = self.now + self.rng.range(1_000, 30_000);
+            self.schedule(at, Ev::Exit(h, w.clone(), g, id));
+        } else if self.crash_looping(&w, h) {
+            let at = self.now + self.rng.range(20, 80);
             self.schedule(at, Ev::Exit(h, w.clone(), g, id));
         }
         self.report_io(h, Io::Started(w, g));
@@ -1116,6 +1253,13 @@ impl World {
         );
     }
 
+    /// Is a crash loop of `w` on host `h` under way?
+    fn crash_looping(&self, w: &str, h: usize) -> bool {
+        self.crash_loops
+            .iter()
+            .any(|(x, on, until)| x == w && on.is_none_or(|on| on == h) && self.now < *until)
+    }
+
     /// End an instance (if `id` is given, only that one). Whether it did.
     fn end_instance(&mut self, h: usize, w: &str, g: Generation, id: Option<u64>) -> bool {
         let key = (w.to_owned(), g);
@@ -1139,6 +1283,13 @@ impl World {
             }
         }
         self.note(format!("{} {w}@{g} gone", self.hosts[h].name));
+        self.happen(
+            h,
+            Happened::Ended {
+                workload: w.to_owned(),
+                generation: g,
+            },
+        );
         true
     }
 
@@ -1205,6 +1356,13 @@ impl World {
             if let Some(i) = self.hosts[h].instances.get_mut(&(w.clone(), g)) {
                 i.phase = InstPhase::Stopping;
             }
+            self.happen(
+                h,
+                Happened::KeeperKilled {
+                    workload: w.clone(),
+                    generation: g,
+                },
+            );
             let kill = self.rng.range(1, KILL_MS_MAX);
             self.schedule(
                 self.now + kill,
@@ -1240,6 +1398,7 @@ impl World {
         }
         self.stats.resets += 1;
         self.note(format!("{} reset by its watchdog", self.hosts[h].name));
+        self.happen(h, Happened::WatchdogReset);
         self.power_off(h);
         let back = self.now + self.rng.range(2_000, 6_000);
         self.schedule(back, Ev::Do(Action::PowerOn(h)));
@@ -1589,6 +1748,11 @@ impl World {
                     self.apply(vec![s]);
                 }
             }
+            Action::Apply(..)
+            | Action::DeleteNamed(_)
+            | Action::Settings(_)
+            | Action::Exit(_)
+            | Action::CrashLoop(..) => self.act_named(a),
             Action::Heal => {
                 self.healed = true;
                 self.net.heal();
@@ -1606,6 +1770,79 @@ impl World {
                     }
                 }
             }
+        }
+    }
+
+    /// The operator actions a scenario names exactly.
+    fn act_named(&mut self, a: Action) {
+        match a {
+            Action::Apply(source, specs) => {
+                for s in &specs {
+                    self.catalog.insert(s.name.clone(), s.clone());
+                }
+                self.propose(Command::ApplyWorkloads {
+                    specs,
+                    source,
+                    at_ms: self.now,
+                });
+            }
+            Action::DeleteNamed(name) => {
+                if let Some(s) = self.catalog.remove(&name) {
+                    self.deleted.push(s);
+                }
+                self.propose(Command::DeleteWorkload {
+                    name,
+                    at_ms: self.now,
+                });
+            }
+            Action::Settings(settings) => self.propose(Command::SetSettings {
+                settings,
+                at_ms: self.now,
+            }),
+            Action::Exit(w) => {
+                for h in 0..self.hosts.len() {
+                    if !self.hosts[h].on || self.hosts[h].frozen {
+                        continue;
+                    }
+                    let running: Vec<(Generation, u64)> = self.hosts[h]
+                        .instances
+                        .iter()
+                        .filter(|((x, _), i)| *x == w && i.phase == InstPhase::Running)
+                        .map(|((_, g), i)| (*g, i.id))
+                        .collect();
+                    for (g, id) in running {
+                        self.end_instance(h, &w, g, Some(id));
+                        self.report_io(
+                            h,
+                            Io::Gone {
+                                workload: w.clone(),
+                                generation: g,
+                                asked_by: 0,
+                                how: "exited with code 1".into(),
+                            },
+                        );
+                    }
+                }
+            }
+            Action::CrashLoop(w, on, span) => {
+                let until = self.now.saturating_add(span);
+                for h in 0..self.hosts.len() {
+                    if on.is_some_and(|on| on != h) {
+                        continue;
+                    }
+                    let running: Vec<(Generation, u64)> = self.hosts[h]
+                        .instances
+                        .iter()
+                        .filter(|((x, _), i)| *x == w && i.phase == InstPhase::Running)
+                        .map(|((_, g), i)| (*g, i.id))
+                        .collect();
+                    for (g, id) in running {
+                        self.schedule(self.now, Ev::Exit(h, w.clone(), g, id));
+                    }
+                }
+                self.crash_loops.push((w, on, until));
+            }
+            _ => {}
         }
     }
 
@@ -1686,12 +1923,12 @@ impl World {
                 continue;
             }
             let runs = w.assignment.as_ref().is_some_and(|a| {
-                let h = a.host.trim_start_matches('h').parse::<usize>().unwrap_or(0);
-                h >= 1
-                    && self.hosts[h - 1]
-                        .instances
-                        .get(&(name.clone(), a.generation))
-                        .is_some_and(|i| i.phase == InstPhase::Running)
+                self.hosts.iter().any(|h| {
+                    h.name == a.host
+                        && h.instances
+                            .get(&(name.clone(), a.generation))
+                            .is_some_and(|i| i.phase == InstPhase::Running)
+                })
             });
             if !runs {
                 missing.push(format!(
