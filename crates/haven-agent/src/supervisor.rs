@@ -309,15 +309,17 @@ impl Supervisor {
         }
         let policy = {
             let map = self.instances.lock().unwrap();
-            if matches!(authority, Authority::Held(_)) {
-                // Every start and stop of this revision has been taken;
-                // from now on the report shows it.
-                let mut applied = self.applied_revision.lock().unwrap();
-                *applied = (*applied).max(revision);
-            }
             keeper_policy(&map, shutdown_timeout_ms)
         };
         self.update_keeper_policy(policy);
+        if matches!(authority, Authority::Held(_)) {
+            // Every start and stop of this revision has been taken, and the
+            // keeper holds its settings (the coordinator counts on a host
+            // that acted on a revision knowing its shutdown timeout): from
+            // now on the report shows it.
+            let mut applied = self.applied_revision.lock().unwrap();
+            *applied = (*applied).max(revision);
+        }
     }
 
     /// Under the instances lock: note exits, decide, and begin the stops

@@ -75,6 +75,9 @@ pub fn may_reassign(
         return Some("its host was fenced (confirmed off)".into());
     }
     let extra_ms = match isolation {
+        IsolationResponse::Shutdown if host.knows_shutdown_timeout => {
+            input.state.settings.shutdown_timeout_ms
+        }
         IsolationResponse::Shutdown => input
             .state
             .settings

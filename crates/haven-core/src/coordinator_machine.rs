@@ -255,6 +255,10 @@ pub struct Coordinator {
     problems: BTreeMap<String, Vec<String>>,
     /// host → its TLS material, as last reported.
     tls: BTreeMap<String, TlsReport>,
+    /// The cluster's `shutdown_timeout_ms` as this office last saw it, and
+    /// a revision from which every state carries it: a host that acted on
+    /// that revision or a later one knows it.
+    shutdown_timeout: (u64, u64),
     /// Send time of the newest leadership confirmation round a majority
     /// answered in this term.
     confirmed_at_ms: Option<u64>,
@@ -427,6 +431,7 @@ impl Coordinator {
             keepers: BTreeMap::new(),
             problems: BTreeMap::new(),
             tls: BTreeMap::new(),
+            shutdown_timeout: (state.settings.shutdown_timeout_ms, state.revision),
             confirmed_at_ms: None,
             last_obs: BTreeMap::new(),
             last_state: BTreeMap::new(),
@@ -465,6 +470,9 @@ impl Coordinator {
         now_ms: u64,
         at_ms: u64,
     ) -> Vec<CoordinatorEffect> {
+        if state.settings.shutdown_timeout_ms != self.shutdown_timeout.0 {
+            self.shutdown_timeout = (state.settings.shutdown_timeout_ms, state.revision);
+        }
         match input {
             CoordinatorInput::Tick => self.tick(state, now_ms, at_ms),
             CoordinatorInput::Heartbeat(hb) => self.on_heartbeat(*hb, state, now_ms, at_ms),
@@ -870,6 +878,10 @@ impl Coordinator {
                 .granted_lease_ms(name)
                 .unwrap_or(state.prior_lease_ms),
             restart_grace_ms: grace.map_or(0, |g| g.grace_ms),
+            knows_shutdown_timeout: self
+                .reports
+                .get(name)
+                .is_some_and(|r| r.applied_revision >= self.shutdown_timeout.1),
         };
         // The restarted agent is back: the grace is over.
         if let Some(g) = grace {

@@ -1035,3 +1035,55 @@ fn a_heartbeat_racing_an_unassign_in_flight_does_not_get_the_workloads_back() {
     assert!(now > generation);
     assert_eq!(desired_in(&answer), vec![("w".to_string(), now)]);
 }
+
+/// When `w` (isolation response `shutdown`) leaves its silent host, with
+/// the shutdown timeout lowered from 5000 to 1000 ms before, and the host
+/// having last acted on `acted_on(revision of the change)`.
+fn shutdown_wait_after_a_lowered_timeout(acted_on: impl Fn(u64) -> u64) -> u64 {
+    let mut w = spec("w");
+    w.isolation_response = Some(IsolationResponse::Shutdown);
+    let mut sim = Sim::new(&["h1", "h2"], false, vec![w], "h2");
+    let mut settings = sim.s.settings.clone();
+    assert_eq!(settings.shutdown_timeout_ms, 5_000);
+    settings.shutdown_timeout_ms = 1_000;
+    assert_eq!(
+        sim.s.apply(&Command::SetSettings { settings, at_ms: 0 }),
+        CommandResult::Ok
+    );
+    let changed_at = sim.s.revision;
+    assert_eq!(sim.s.prior_shutdown_timeout_ms, 5_000);
+    let (victim, survivor) = placed(&mut sim, &["h1", "h2"]);
+    let last_ack_ms = 1_000;
+    for t in (200..=last_ack_ms).step_by(100) {
+        sim.beat(&[survivor.as_str()], t);
+        let mut hb = sim.heartbeat_of(&victim);
+        hb.report.applied_revision = acted_on(changed_at);
+        sim.send(hb, t);
+        sim.tick(t + 1);
+    }
+    for t in (last_ack_ms + 10..10_000).step_by(10) {
+        if t % 100 == 0 {
+            sim.beat(&[survivor.as_str()], t);
+        }
+        if !unassigns(&sim.tick(t)).is_empty() {
+            return t - last_ack_ms;
+        }
+    }
+    panic!("never moved");
+}
+
+/// Rule 4 with a lowered shutdown timeout: a host that acted on a revision
+/// carrying the new timeout stops gracefully within it, so its `shutdown`
+/// workloads move after lease + margin + the new timeout; a host that may
+/// not know it yet is given the old, longer one.
+#[test]
+fn a_lowered_shutdown_timeout_counts_once_the_host_knows_it() {
+    assert_eq!(
+        shutdown_wait_after_a_lowered_timeout(|changed| changed),
+        LEASE_PLUS_MARGIN_MS + 1_000
+    );
+    assert_eq!(
+        shutdown_wait_after_a_lowered_timeout(|changed| changed - 1),
+        LEASE_PLUS_MARGIN_MS + 5_000
+    );
+}

@@ -110,6 +110,11 @@ pub struct HostObservation {
     pub lease_ms: u64,
     /// A graceful agent restart in progress: how long it may stay silent.
     pub restart_grace_ms: u64,
+    /// It has acted on a state revision that carries the current
+    /// `shutdown_timeout_ms` (so its lease keeper stops gracefully within
+    /// that); otherwise it may still hold the one before, if longer
+    /// (`ClusterState::prior_shutdown_timeout_ms`).
+    pub knows_shutdown_timeout: bool,
 }
 
 impl HostObservation {
