@@ -6,13 +6,17 @@
 //! So one seed is one run, replayed exactly.
 
 use crate::clock::Clock;
-use crate::coordinator_adapter::{CoordinatorAdapter, Faults};
+use crate::coordinator_runtime::{CoordinatorRuntime, Faults};
 use crate::net::Network;
-use crate::raft::{RaftEvent, RaftModel, Role, RAFT_HEARTBEAT_INTERVAL_MS};
+use crate::raft::{Applied, RaftEvent, RaftModel, Role, RAFT_HEARTBEAT_INTERVAL_MS};
 use crate::rng::Rng;
+use haven_core::coordinator::HostReport;
+use haven_core::coordinator_machine::{
+    CoordinatorEffect, CoordinatorInput, Heartbeat, HeartbeatAnswer,
+};
 use haven_core::host_agent::{
-    check_inherited, Ack, HeartbeatReport, HostAgent, HostAgentConfig, HostEffect, HostInput,
-    InheritedLease, StopHow,
+    check_inherited, Ack, DesiredInstance, HeartbeatReport, HostAgent, HostAgentConfig, HostEffect,
+    HostInput, InheritedLease, StopHow,
 };
 use haven_core::model::{
     Capacity, Generation, HostRecord, IsolationResponse, Priority, RestartPolicy, Role as HostRole,
@@ -32,6 +36,8 @@ pub const WATCHDOG_TIMEOUT_MS: u64 = 1_000;
 pub const STOP_GRACE_MS: u64 = 3_000;
 /// A kill empties a cgroup within this (the test bed measures ~10 ms).
 pub const KILL_MS_MAX: u64 = 10;
+/// The coordinator's tick: the cluster's heartbeat interval (default).
+const COORDINATOR_TICK_MS: u64 = 100;
 /// How often the lease invariant is checked.
 const SWEEP_MS: u64 = 100;
 /// How often replicas are compared.
@@ -171,6 +177,9 @@ enum Io {
 
 struct Host {
     name: String,
+    /// What its heartbeats say about it (address, capacity, fence device,
+    /// watchdog), as its agent's configuration would.
+    record: HostRecord,
     node: Option<usize>,
     on: bool,
     frozen: bool,
@@ -223,7 +232,10 @@ enum Ev {
     RaftRound,
     /// A leader replicates what it was just asked to propose.
     RaftAppend(usize),
+    /// Every manager's regular coordinator tick.
     CoordTick,
+    /// A tick one office asked for (`next_wakeup_ms`).
+    CoordWake(usize),
     StartDone(usize, String, Generation, u64),
     StopDone {
         host: usize,
@@ -305,7 +317,16 @@ pub struct World {
     managers: Vec<usize>,
     net: Network,
     raft: RaftModel,
-    coord: Vec<CoordinatorAdapter>,
+    /// Per manager node: its coordinator runtime.
+    coord: Vec<CoordinatorRuntime>,
+    /// Per manager node: the newest confirmation round fed to its office.
+    confirmed_fed: Vec<Option<u64>>,
+    /// Per manager node: the entries of its last tick not applied yet (a
+    /// tick's proposals are awaited before the next tick, as the agent's
+    /// runtime does).
+    awaiting: Vec<BTreeSet<u64>>,
+    /// Per manager node: when its office's asked-for tick is due (real).
+    coord_wake: Vec<Option<u64>>,
     /// The operator's own list of what it applied (for re-spec, delete).
     catalog: BTreeMap<String, WorkloadSpec>,
     deleted: Vec<WorkloadSpec>,
@@ -331,9 +352,18 @@ fn fnv(hash: u64, text: &str) -> u64 {
     h
 }
 
+/// An agent process's `boot` id: one per incarnation.
+fn boot_id(incarnation: u64) -> String {
+    format!("boot-{incarnation}")
+}
+
 /// A command in a few words, for the trace.
 fn summary(c: &Command) -> String {
     match c {
+        Command::Batch { commands } => {
+            let parts: Vec<String> = commands.iter().map(summary).collect();
+            parts.join("; ")
+        }
         Command::Place { placements, .. } => {
             let p: Vec<String> = placements
                 .iter()
@@ -358,6 +388,8 @@ fn summary(c: &Command) -> String {
             ..
         } => format!("failed {workload}@{generation}"),
         Command::SetPending { workload, .. } => format!("pending {workload}"),
+        Command::RecordEvent { message, .. } => format!("event {message:?}"),
+        Command::RecordWorkloadEvent { message, .. } => format!("event {message:?}"),
         other => format!("{:?}", std::mem::discriminant(other)),
     }
 }
@@ -402,28 +434,30 @@ impl World {
         let mut hosts = vec![];
         for i in 0..cfg.hosts {
             let name = format!("h{}", i + 1);
-            boot.push(Command::RegisterHost {
-                host: HostRecord {
-                    name: name.clone(),
-                    node_id: i as u64 + 1,
-                    address: format!("10.0.{}.{}:7000", i / 250, i % 250 + 1),
-                    role: if i < managers.len() {
-                        HostRole::Manager
-                    } else {
-                        HostRole::Worker
-                    },
-                    capacity,
-                    labels: BTreeMap::new(),
-                    instance_id: name.clone(),
-                    fence: None,
-                    watchdog_timeout_ms: WATCHDOG_TIMEOUT_MS,
-                    restart_grace: None,
+            let record = HostRecord {
+                name: name.clone(),
+                node_id: i as u64 + 1,
+                address: format!("10.0.{}.{}:7000", i / 250, i % 250 + 1),
+                role: if i < managers.len() {
+                    HostRole::Manager
+                } else {
+                    HostRole::Worker
                 },
+                capacity,
+                labels: BTreeMap::new(),
+                instance_id: name.clone(),
+                fence: None,
+                watchdog_timeout_ms: WATCHDOG_TIMEOUT_MS,
+                restart_grace: None,
+            };
+            boot.push(Command::RegisterHost {
+                host: record.clone(),
                 at_ms: 0,
             });
             let rate = 1.0 + (rng.unit() * 2.0 - 1.0) * cfg.drift_max;
             hosts.push(Host {
                 name,
+                record,
                 node: (i < managers.len()).then_some(i),
                 on: true,
                 frozen: false,
@@ -462,13 +496,14 @@ impl World {
         let raft = RaftModel::new(&managers, boot);
         let coord = managers
             .iter()
-            .map(|_| CoordinatorAdapter::new(cfg.faults))
+            .map(|m| CoordinatorRuntime::new(&hosts[*m].name, false, cfg.faults))
             .collect();
         let chaos_until = if cfg.chaos {
             cfg.duration_ms.saturating_sub(RECOVERY_BOUND_MS + 5_000) * 7 / 10
         } else {
             0
         };
+        let managers_len = managers.len();
         let mut w = World {
             next_workload: cfg.workloads,
             cfg,
@@ -481,6 +516,9 @@ impl World {
             net: Network::new((1, 5)),
             raft,
             coord,
+            confirmed_fed: vec![None; managers_len],
+            awaiting: vec![BTreeSet::new(); managers_len],
+            coord_wake: vec![None; managers_len],
             catalog,
             deleted: vec![],
             placed: BTreeMap::new(),
@@ -677,11 +715,18 @@ impl World {
                     &mut events,
                 );
                 self.raft_events(events, &local);
+                self.after_raft();
                 self.take_raft_violations();
             }
             Ev::CoordTick => {
                 self.coordinator_ticks();
-                self.schedule(self.now + 100, Ev::CoordTick);
+                self.schedule(self.now + COORDINATOR_TICK_MS, Ev::CoordTick);
+            }
+            Ev::CoordWake(n) => {
+                if self.coord_wake[n] == Some(self.now) {
+                    self.coord_wake[n] = None;
+                    self.coordinator_tick(n);
+                }
             }
             Ev::StartDone(h, w, g, id) => self.start_done(h, w, g, id),
             Ev::StopDone {
@@ -938,16 +983,8 @@ impl World {
                     return;
                 }
                 let Some(n) = host.node else { return };
-                let local = self.local(to);
-                let node = &self.raft.nodes[n];
-                let leads = node.role == Role::Leader;
-                let grant = leads
-                    && self.coord[n].term() == Some(node.term)
-                    && self.coord[n].may_grant(node.confirmed_at_ms, local, &node.state);
-                let reply = if grant {
-                    let name = self.hosts[from].name.clone();
-                    let state = &self.raft.nodes[n].state;
-                    match self.coord[n].heartbeat(&name, &report, local, state) {
+                let reply = if self.lease_granting(n) {
+                    match self.answer_heartbeat(n, from, incarnation, &report) {
                         Some(ack) => {
                             self.stats.acks += 1;
                             Msg::Ack {
@@ -959,6 +996,7 @@ impl World {
                         None => return,
                     }
                 } else {
+                    let node = &self.raft.nodes[n];
                     let hint = node
                         .leader
                         .filter(|l| *l != n)
@@ -1262,7 +1300,7 @@ impl World {
         host.hint = None;
         if let Some(n) = host.node {
             self.raft.crash(n);
-            self.coord[n].leave_office();
+            self.leave_office(n);
         }
     }
 
@@ -1351,6 +1389,7 @@ impl World {
             .raft
             .round(self.now, &up, &local, &self.net, &mut self.rng);
         self.raft_events(events, &local);
+        self.after_raft();
         self.take_raft_violations();
     }
 
@@ -1367,13 +1406,14 @@ impl World {
                         "{name} elected, term {term}, credit {credit_ms} ms"
                     ));
                     self.leader_terms.push((term, name));
+                    self.leave_office(node);
                     let state = &self.raft.nodes[node].state;
                     self.coord[node].take_office(term, local[node], credit_ms, state);
                 }
                 RaftEvent::SteppedDown { node, term } => {
                     let name = self.hosts[self.raft.nodes[node].host].name.clone();
                     self.note(format!("{name} steps down from term {term}"));
-                    self.coord[node].leave_office();
+                    self.leave_office(node);
                 }
             }
         }
@@ -1392,34 +1432,199 @@ impl World {
         }
     }
 
+    /// Every manager that leads ticks its office.
     fn coordinator_ticks(&mut self) {
         for n in 0..self.raft.nodes.len() {
-            let h = self.raft.nodes[n].host;
-            if !self.agent_running(h) || self.raft.nodes[n].role != Role::Leader {
-                continue;
-            }
-            let local = self.local(h);
-            let node = &self.raft.nodes[n];
-            if self.coord[n].term() != Some(node.term)
-                || !self.coord[n].may_grant(node.confirmed_at_ms, local, &node.state)
-            {
-                continue;
-            }
-            let cmds = self.coord[n].tick(&node.state, local, self.now);
-            if !cmds.is_empty() {
-                let what: Vec<String> = cmds.iter().map(summary).collect();
-                let text = format!("{} proposes {}", self.hosts[h].name, what.join("; "));
-                self.note(text);
-            }
-            let mut proposed = false;
-            for entry in Command::batches(cmds) {
-                self.stats.proposals += 1;
-                proposed |= self.raft.propose(n, entry);
-            }
-            if proposed {
-                self.replicate_soon(n);
+            self.coordinator_tick(n);
+        }
+    }
+
+    /// Does manager `n` lead with an office of its term, its agent
+    /// running, and may it extend leases now (the machine's lease gate)?
+    fn lease_granting(&mut self, n: usize) -> bool {
+        let node = &self.raft.nodes[n];
+        let h = node.host;
+        if node.role != Role::Leader
+            || self.coord[n].term() != Some(node.term)
+            || !self.agent_running(h)
+        {
+            return false;
+        }
+        let local = self.local(h);
+        self.coord[n].may_grant(local, &self.raft.nodes[n].state)
+    }
+
+    /// One tick of manager `n`'s office, as the agent's runtime does it:
+    /// only while it may extend leases, and not while the last tick's
+    /// proposals are still in flight.
+    fn coordinator_tick(&mut self, n: usize) {
+        if !self.awaiting[n].is_empty() || !self.lease_granting(n) {
+            return;
+        }
+        let h = self.raft.nodes[n].host;
+        let local = self.local(h);
+        let state = &self.raft.nodes[n].state;
+        let effects = self.coord[n].handle(CoordinatorInput::Tick, state, local, self.now);
+        self.perform_coordinator(n, effects, true);
+        if let Some(due) = self.coord[n].next_wakeup_ms() {
+            let at = self.hosts[h].clock.real_at(due, self.now).max(self.now + 1);
+            if self.coord_wake[n].is_none_or(|w| at < w || w < self.now) {
+                self.coord_wake[n] = Some(at);
+                self.schedule(at, Ev::CoordWake(n));
             }
         }
+    }
+
+    /// A heartbeat from host `from` reached manager `n`, which may extend
+    /// leases: the machine's answer, as the host receives it.
+    fn answer_heartbeat(
+        &mut self,
+        n: usize,
+        from: usize,
+        incarnation: u64,
+        report: &HeartbeatReport,
+    ) -> Option<Ack> {
+        let h = self.raft.nodes[n].host;
+        let local = self.local(h);
+        let host = &self.hosts[from];
+        let r = &host.record;
+        let hb = Heartbeat {
+            host: host.name.clone(),
+            instance_id: r.instance_id.clone(),
+            node_id: r.node_id,
+            boot: boot_id(incarnation),
+            address: r.address.clone(),
+            capacity: r.capacity,
+            labels: r.labels.clone(),
+            fence: r.fence.clone(),
+            watchdog_timeout_ms: r.watchdog_timeout_ms,
+            keeper: true,
+            tls: Default::default(),
+            problems: vec![],
+            report: HostReport {
+                applied_revision: report.applied_revision,
+                observed: report.observed.clone(),
+                stopped: report.stopped.clone(),
+            },
+            cluster_bundle_sha256: None,
+        };
+        let state = &self.raft.nodes[n].state;
+        let (answer, effects) = self.coord[n].heartbeat(hb, state, local, self.now)?;
+        let settings = state.settings.clone();
+        self.perform_coordinator(n, effects, false);
+        match answer {
+            HeartbeatAnswer::Ack(ack) => Some(Ack {
+                sent_ms: report.sent_ms,
+                lease_ms: ack.lease_ms,
+                revision: ack.revision,
+                desired: ack
+                    .desired
+                    .into_iter()
+                    .map(|d| DesiredInstance {
+                        restart: d.spec.restart,
+                        workload: d.spec.name,
+                        generation: d.generation,
+                        isolation: d.isolation,
+                    })
+                    .collect(),
+                settings,
+            }),
+            HeartbeatAnswer::Refused(r) => {
+                let name = self.hosts[from].name.clone();
+                self.violate(
+                    "members' heartbeats are answered",
+                    format!("{name}'s heartbeat refused: {}", r.message),
+                );
+                None
+            }
+        }
+    }
+
+    /// Perform the effects of manager `n`'s office. `tick`: they come
+    /// from a tick, whose proposals the next tick waits for.
+    fn perform_coordinator(&mut self, n: usize, effects: Vec<CoordinatorEffect>, tick: bool) {
+        for effect in effects {
+            match effect {
+                CoordinatorEffect::Propose(entries) => self.propose_entries(n, entries, tick),
+                other => {
+                    let text = format!(
+                        "{}: effect not performed by the simulator: {other:?}",
+                        self.hosts[self.raft.nodes[n].host].name
+                    );
+                    self.note(text);
+                }
+            }
+        }
+    }
+
+    /// Propose `entries` in order on manager `n`; stop at the first it
+    /// cannot (it no longer leads). Each result goes back to its office.
+    fn propose_entries(&mut self, n: usize, entries: Vec<Command>, tick: bool) {
+        let what: Vec<String> = entries.iter().map(summary).collect();
+        let text = format!(
+            "{} proposes {}",
+            self.hosts[self.raft.nodes[n].host].name,
+            what.join("; ")
+        );
+        self.note(text);
+        let mut proposed = false;
+        for entry in entries {
+            self.stats.proposals += 1;
+            let Some(id) = self.raft.propose(n, entry, true) else {
+                break;
+            };
+            proposed = true;
+            if tick {
+                self.awaiting[n].insert(id);
+            }
+        }
+        if proposed {
+            self.replicate_soon(n);
+        }
+    }
+
+    /// After the Raft model moved: each leader's newest confirmation round
+    /// to its office, and each applied proposal's result to the office
+    /// that proposed it (if it still holds that term).
+    fn after_raft(&mut self) {
+        for n in 0..self.raft.nodes.len() {
+            let node = &self.raft.nodes[n];
+            let Some(sent_ms) = node.confirmed_at_ms else {
+                continue;
+            };
+            if node.role != Role::Leader || self.confirmed_fed[n] == Some(sent_ms) {
+                continue;
+            }
+            self.confirmed_fed[n] = Some(sent_ms);
+            let local = self.local(node.host);
+            let input = CoordinatorInput::LeadershipConfirmed { sent_ms };
+            let effects = self.coord[n].handle(input, &node.state, local, self.now);
+            self.perform_coordinator(n, effects, false);
+        }
+        for Applied {
+            node,
+            term,
+            id,
+            result,
+        } in std::mem::take(&mut self.raft.applied)
+        {
+            self.awaiting[node].remove(&id);
+            if self.coord[node].term() != Some(term) {
+                continue;
+            }
+            let local = self.local(self.raft.nodes[node].host);
+            let input = CoordinatorInput::ProposalResult { result };
+            let state = &self.raft.nodes[node].state;
+            let effects = self.coord[node].handle(input, state, local, self.now);
+            self.perform_coordinator(node, effects, false);
+        }
+    }
+
+    /// Manager `n`'s office ends (deposed, crashed, its agent gone).
+    fn leave_office(&mut self, n: usize) {
+        self.coord[n].leave_office();
+        self.confirmed_fed[n] = None;
+        self.awaiting[n].clear();
     }
 
     /// The node that leads with the highest term, if any runs.
@@ -1437,7 +1642,7 @@ impl World {
         self.stats.operator_actions += 1;
         match self.leader() {
             Some(n) => {
-                if self.raft.propose(n, command) {
+                if self.raft.propose(n, command, false).is_some() {
                     self.replicate_soon(n);
                 }
             }
@@ -1486,7 +1691,7 @@ impl World {
                     host.agent = None;
                     host.wake_at = None;
                     if let Some(n) = host.node {
-                        self.coord[n].leave_office();
+                        self.leave_office(n);
                         self.raft.crash(n);
                     }
                     self.note(format!("{} agent crashes", self.hosts[h].name));

@@ -87,9 +87,10 @@ fn random_seeds_break_no_invariant() {
     }
 }
 
-/// The fixes of issue 10's first wave, reverted one at a time in the
-/// coordinator adapter: for each, one of the first 20 seeds finds a second
-/// instance of a workload.
+/// The fixes of issue 10's first wave, reverted one at a time on the
+/// simulator's side of the real coordinator machine (its inputs, the state
+/// it reads, its effects: `coordinator_runtime::Faults`): for each, one of
+/// the first 20 seeds finds a second instance of a workload.
 #[test]
 fn a_broken_rule_is_found() {
     let cases = [
@@ -129,8 +130,7 @@ fn a_broken_rule_is_found() {
 /// coordinator has the same window (tick, then propose; the heartbeat
 /// handler reads the applied state). Fixed in the coordinator machine
 /// (`coordinator_machine::tests::a_heartbeat_racing_an_unassign_in_flight…`,
-/// which failed before the fix) and the same rule in this simulator's
-/// coordinator adapter (`releasing`).
+/// which failed before the fix); the simulator now runs that machine.
 #[test]
 fn an_ack_racing_an_unassign_does_not_restart_the_workload() {
     let out = run(SimConfig::new(736));
