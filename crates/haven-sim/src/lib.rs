@@ -15,7 +15,7 @@ pub mod rng;
 pub mod world;
 
 pub use coordinator_runtime::Faults;
-pub use world::{Action, Outcome, SimConfig, Target, Violation, World};
+pub use world::{Action, FenceBehaviour, Fencing, Outcome, SimConfig, Target, Violation, World};
 
 /// Run one seed to its end.
 pub fn run(cfg: SimConfig) -> Outcome {

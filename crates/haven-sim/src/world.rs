@@ -12,15 +12,15 @@ use crate::raft::{Applied, RaftEvent, RaftModel, Role, RAFT_HEARTBEAT_INTERVAL_M
 use crate::rng::Rng;
 use haven_core::coordinator::HostReport;
 use haven_core::coordinator_machine::{
-    CoordinatorEffect, CoordinatorInput, Heartbeat, HeartbeatAnswer,
+    CoordinatorEffect, CoordinatorInput, Heartbeat, HeartbeatAnswer, ProbeOutcome,
 };
 use haven_core::host_agent::{
     check_inherited, Ack, DesiredInstance, HeartbeatReport, HostAgent, HostAgentConfig, HostEffect,
     HostInput, InheritedLease, StopHow,
 };
 use haven_core::model::{
-    Capacity, Generation, HostRecord, IsolationResponse, Priority, RestartPolicy, Role as HostRole,
-    WorkloadKind, WorkloadSpec,
+    Capacity, FenceDevice, Generation, HostRecord, IsolationResponse, Priority, RestartPolicy,
+    Role as HostRole, WorkloadKind, WorkloadSpec,
 };
 use haven_core::state::Command;
 use std::cmp::Reverse;
@@ -36,6 +36,17 @@ pub const WATCHDOG_TIMEOUT_MS: u64 = 1_000;
 pub const STOP_GRACE_MS: u64 = 3_000;
 /// A kill empties a cgroup within this (the test bed measures ~10 ms).
 pub const KILL_MS_MAX: u64 = 10;
+/// The agent's bound on one fence (`haven agent --fence-timeout-ms`'s
+/// default): off, then status.
+pub const FENCE_TIMEOUT_MS: u64 = 10_000;
+/// The agent's probe timing (`haven-agent`'s `coordinator.rs`): each
+/// probe waits this long, a round starts every gap, at most this many
+/// rounds wait at once.
+const PROBE_TIMEOUT_MS: u64 = 300;
+const PROBE_GAP_MS: u64 = 100;
+const PROBE_ROUNDS_IN_FLIGHT_MAX: usize = 4;
+/// Seeds the stream the world's equipment is drawn from.
+const FEATURES_STREAM: u64 = 0x6665_6174_7572_6573;
 /// The coordinator's tick: the cluster's heartbeat interval (default).
 const COORDINATOR_TICK_MS: u64 = 100;
 /// How often the lease invariant is checked.
@@ -64,6 +75,32 @@ pub struct SimConfig {
     pub scenario: Vec<(u64, Action)>,
     /// Stop at the first violation.
     pub stop_at_first: bool,
+    /// Which hosts have a fence device, and how each behaves.
+    pub fencing: Fencing,
+}
+
+/// How a host's simulated fence device behaves when asked to fence it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FenceBehaviour {
+    /// Powers the host off within a few hundred ms and confirms it.
+    Works,
+    /// Fails (exit 1) without touching the host.
+    Fails,
+    /// Answers nothing within the fence timeout; half the time it powers
+    /// the host off anyway, later.
+    Slow,
+}
+
+/// Which hosts have fence devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fencing {
+    /// Drawn from the seed: in half the seeds, about 60% of the hosts
+    /// have one (60% work, 20% fail, 20% are slow).
+    Random,
+    /// No host has one.
+    None,
+    /// Every host has one that behaves so.
+    Every(FenceBehaviour),
 }
 
 impl SimConfig {
@@ -79,6 +116,7 @@ impl SimConfig {
             drift_max: 1e-4,
             scenario: vec![],
             stop_at_first: true,
+            fencing: Fencing::Random,
         }
     }
 }
@@ -180,6 +218,11 @@ struct Host {
     /// What its heartbeats say about it (address, capacity, fence device,
     /// watchdog), as its agent's configuration would.
     record: HostRecord,
+    /// Its fence device, if it has one.
+    fence: Option<FenceBehaviour>,
+    /// Held off by its fence device: nothing powers it on but the device's
+    /// release (a fenced host does not come back by itself).
+    fenced_off: bool,
     node: Option<usize>,
     on: bool,
     frozen: bool,
@@ -236,6 +279,34 @@ enum Ev {
     CoordTick,
     /// A tick one office asked for (`next_wakeup_ms`).
     CoordWake(usize),
+    /// A fence device powers its host off and holds it off. `late`: a
+    /// slow device, after its fence timed out (a fault of its own: none
+    /// once the faults healed).
+    FenceOff {
+        host: usize,
+        late: bool,
+    },
+    /// The fenced host is powered on again (an operator, after a while).
+    FenceRelease(usize),
+    /// A fence that manager `node`'s office of `term` asked for ended.
+    FenceDone {
+        node: usize,
+        term: u64,
+        host: String,
+        outcome: Result<u64, String>,
+    },
+    /// Time for manager `node`'s next probe round of `host`.
+    ProbeDue {
+        node: usize,
+        term: u64,
+        host: String,
+    },
+    ProbeDone {
+        node: usize,
+        term: u64,
+        host: String,
+        outcomes: Vec<(String, ProbeOutcome)>,
+    },
     StartDone(usize, String, Generation, u64),
     StopDone {
         host: usize,
@@ -291,6 +362,8 @@ pub struct Stats {
     pub elections: u64,
     pub committed: u64,
     pub resets: u64,
+    /// Hosts powered off by their fence device.
+    pub fenced: u64,
 }
 
 /// What one run produced.
@@ -327,6 +400,8 @@ pub struct World {
     awaiting: Vec<BTreeSet<u64>>,
     /// Per manager node: when its office's asked-for tick is due (real).
     coord_wake: Vec<Option<u64>>,
+    /// Probe rounds waiting for answers, per (manager node, probed host).
+    probes_in_flight: BTreeMap<(usize, String), usize>,
     /// The operator's own list of what it applied (for re-spec, delete).
     catalog: BTreeMap<String, WorkloadSpec>,
     deleted: Vec<WorkloadSpec>,
@@ -432,8 +507,25 @@ impl World {
             at_ms: 0,
         }];
         let mut hosts = vec![];
+        // What the world is made of comes from its own stream, so that
+        // adding a kind of equipment leaves the rest of a seed's draws alone.
+        let mut features = Rng::new(cfg.seed ^ FEATURES_STREAM);
+        let fenced_world = features.chance(0.5);
         for i in 0..cfg.hosts {
             let name = format!("h{}", i + 1);
+            let fence = match cfg.fencing {
+                Fencing::None => None,
+                Fencing::Every(b) => Some(b),
+                Fencing::Random => {
+                    let has = features.chance(0.6);
+                    let b = match features.index(10) {
+                        0 | 1 => FenceBehaviour::Fails,
+                        2 | 3 => FenceBehaviour::Slow,
+                        _ => FenceBehaviour::Works,
+                    };
+                    (fenced_world && has).then_some(b)
+                }
+            };
             let record = HostRecord {
                 name: name.clone(),
                 node_id: i as u64 + 1,
@@ -446,7 +538,10 @@ impl World {
                 capacity,
                 labels: BTreeMap::new(),
                 instance_id: name.clone(),
-                fence: None,
+                fence: fence.map(|_| FenceDevice {
+                    agent: "/usr/sbin/fence_sim".into(),
+                    args: BTreeMap::from([("host".to_string(), name.clone())]),
+                }),
                 watchdog_timeout_ms: WATCHDOG_TIMEOUT_MS,
                 restart_grace: None,
             };
@@ -458,6 +553,8 @@ impl World {
             hosts.push(Host {
                 name,
                 record,
+                fence,
+                fenced_off: false,
                 node: (i < managers.len()).then_some(i),
                 on: true,
                 frozen: false,
@@ -519,6 +616,7 @@ impl World {
             confirmed_fed: vec![None; managers_len],
             awaiting: vec![BTreeSet::new(); managers_len],
             coord_wake: vec![None; managers_len],
+            probes_in_flight: BTreeMap::new(),
             catalog,
             deleted: vec![],
             placed: BTreeMap::new(),
@@ -727,6 +825,55 @@ impl World {
                     self.coord_wake[n] = None;
                     self.coordinator_tick(n);
                 }
+            }
+            Ev::FenceOff { host: h, late } => {
+                // A late power-off after the heal would be a fault after it.
+                let skip = self.hosts[h].fenced_off || (late && self.healed);
+                if !skip {
+                    self.stats.fenced += 1;
+                    self.note(format!(
+                        "{} powered off by its fence device",
+                        self.hosts[h].name
+                    ));
+                    self.power_off(h);
+                    self.hosts[h].fenced_off = true;
+                    let back = self.now + self.rng.range(2_000, 6_000);
+                    self.schedule(back, Ev::FenceRelease(h));
+                }
+            }
+            Ev::FenceRelease(h) => {
+                self.hosts[h].fenced_off = false;
+                self.power_on(h);
+            }
+            Ev::FenceDone {
+                node,
+                term,
+                host,
+                outcome,
+            } => {
+                // `status` reads the host as it is now.
+                let outcome = match outcome {
+                    Ok(_) if !self.fence_status(&host) => {
+                        Err("/usr/sbin/fence_sim reports the host still on after action=off".into())
+                    }
+                    o => o,
+                };
+                self.note(format!("fence of {host}: {outcome:?}"));
+                let input = CoordinatorInput::FenceResult { host, outcome };
+                self.feed_office(node, term, input);
+            }
+            Ev::ProbeDue { node, term, host } => self.probe_due(node, term, host),
+            Ev::ProbeDone {
+                node,
+                term,
+                host,
+                outcomes,
+            } => {
+                if let Some(c) = self.probes_in_flight.get_mut(&(node, host.clone())) {
+                    *c = c.saturating_sub(1);
+                }
+                let input = CoordinatorInput::ProbeResult { host, outcomes };
+                self.feed_office(node, term, input);
             }
             Ev::StartDone(h, w, g, id) => self.start_done(h, w, g, id),
             Ev::StopDone {
@@ -1305,7 +1452,7 @@ impl World {
     }
 
     fn power_on(&mut self, h: usize) {
-        if self.hosts[h].on {
+        if self.hosts[h].on || self.hosts[h].fenced_off {
             return;
         }
         // The monotonic clock starts again from somewhere else.
@@ -1546,6 +1693,23 @@ impl World {
         for effect in effects {
             match effect {
                 CoordinatorEffect::Propose(entries) => self.propose_entries(n, entries, tick),
+                CoordinatorEffect::Fence { host, announce, .. } => {
+                    // The runtime commits the announcement, then runs the
+                    // fence agent (whether or not the commit succeeded).
+                    self.propose_entries(n, vec![*announce], false);
+                    self.start_fence(n, host);
+                }
+                CoordinatorEffect::StartProbing { host } => {
+                    let term = self.coord[n].term().unwrap_or(0);
+                    self.schedule(
+                        self.now,
+                        Ev::ProbeDue {
+                            node: n,
+                            term,
+                            host,
+                        },
+                    );
+                }
                 other => {
                     let text = format!(
                         "{}: effect not performed by the simulator: {other:?}",
@@ -1618,6 +1782,176 @@ impl World {
             let effects = self.coord[node].handle(input, state, local, self.now);
             self.perform_coordinator(node, effects, false);
         }
+    }
+
+    /// Hand `input` to manager `n`'s office of `term` and perform what it
+    /// returns; nothing if that office is gone or its agent is not running.
+    fn feed_office(&mut self, n: usize, term: u64, input: CoordinatorInput) {
+        let h = self.raft.nodes[n].host;
+        if self.coord[n].term() != Some(term) || !self.agent_running(h) {
+            return;
+        }
+        let local = self.local(h);
+        let state = &self.raft.nodes[n].state;
+        let effects = self.coord[n].handle(input, state, local, self.now);
+        self.perform_coordinator(n, effects, false);
+    }
+
+    /// The host named `name`.
+    fn host_index(&self, name: &str) -> Option<usize> {
+        let i = name.strip_prefix('h')?.parse::<usize>().ok()?;
+        (1..=self.hosts.len()).contains(&i).then(|| i - 1)
+    }
+
+    /// Manager `n` runs `host`'s fence device: off, then status, bounded
+    /// by `FENCE_TIMEOUT_MS`; the outcome goes back to the office.
+    fn start_fence(&mut self, n: usize, host: String) {
+        let term = self.coord[n].term().unwrap_or(0);
+        let target = self.host_index(&host);
+        let device = target.and_then(|t| self.hosts[t].fence);
+        let (off_at_ms, done_ms, outcome) = match device {
+            Some(FenceBehaviour::Works) => {
+                let off = self.rng.range(50, 400);
+                let status = self.rng.range(20, 200);
+                (Some(off), off + status, Ok(off + status))
+            }
+            Some(FenceBehaviour::Fails) => {
+                let d = self.rng.range(50, 2_000);
+                (
+                    None,
+                    d,
+                    Err("/usr/sbin/fence_sim action=off exited with 1".to_string()),
+                )
+            }
+            Some(FenceBehaviour::Slow) => {
+                let late = self.rng.range(FENCE_TIMEOUT_MS, 2 * FENCE_TIMEOUT_MS);
+                let off = self.rng.chance(0.5).then_some(late);
+                let why = format!("/usr/sbin/fence_sim: no answer within {FENCE_TIMEOUT_MS} ms");
+                (off, FENCE_TIMEOUT_MS, Err(why))
+            }
+            None => (None, 1, Err("no fence device".to_string())),
+        };
+        if let (Some(t), Some(off)) = (target, off_at_ms) {
+            let late = off >= done_ms;
+            self.schedule(self.now + off, Ev::FenceOff { host: t, late });
+        }
+        self.schedule(
+            self.now + done_ms,
+            Ev::FenceDone {
+                node: n,
+                term,
+                host,
+                outcome,
+            },
+        );
+    }
+
+    /// Manager `n`'s office of `term` is asked whether to probe `host`
+    /// again; if so, a round starts (at most `PROBE_ROUNDS_IN_FLIGHT_MAX`
+    /// waiting) and the next is asked for a gap later.
+    fn probe_due(&mut self, n: usize, term: u64, host: String) {
+        let h = self.raft.nodes[n].host;
+        if self.coord[n].term() != Some(term) || !self.agent_running(h) {
+            return;
+        }
+        let local = self.local(h);
+        let input = CoordinatorInput::ProbeDue { host: host.clone() };
+        let state = &self.raft.nodes[n].state;
+        let effects = self.coord[n].handle(input, state, local, self.now);
+        let round = effects.into_iter().find_map(|e| match e {
+            CoordinatorEffect::Probe { probers, .. } => Some(probers),
+            _ => None,
+        });
+        let Some(probers) = round else {
+            self.probes_in_flight.remove(&(n, host));
+            return;
+        };
+        let in_flight = self.probes_in_flight.entry((n, host.clone())).or_default();
+        if *in_flight < PROBE_ROUNDS_IN_FLIGHT_MAX {
+            *in_flight += 1;
+            self.probe_round(n, term, &host, &probers);
+        }
+        self.schedule(
+            self.now + PROBE_GAP_MS,
+            Ev::ProbeDue {
+                node: n,
+                term,
+                host,
+            },
+        );
+    }
+
+    /// The device's `status` after a fence that went through: whether the
+    /// host is really off now.
+    fn fence_status(&self, host: &str) -> bool {
+        self.host_index(host).is_some_and(|t| !self.hosts[t].on)
+    }
+
+    /// One probe of `target`'s agent from host `from`: what it finds and
+    /// how long it takes. Decided when it starts (the world as it is then).
+    fn probe_once(&mut self, from: usize, target: usize) -> (ProbeOutcome, u64) {
+        let there = self.net.deliver(from, target, self.now, &mut self.rng);
+        let back = self.net.deliver(target, from, self.now, &mut self.rng);
+        let t = &self.hosts[target];
+        match (there, back) {
+            (Some(a), Some(b)) if t.on && !t.frozen => {
+                if t.agent.is_none() {
+                    // Its kernel refuses the connection: no agent listens.
+                    (ProbeOutcome::Refused, a + b)
+                } else if t.agent_frozen {
+                    (ProbeOutcome::NoAnswer, PROBE_TIMEOUT_MS)
+                } else {
+                    (ProbeOutcome::Reached, a + b)
+                }
+            }
+            _ => (ProbeOutcome::NoAnswer, PROBE_TIMEOUT_MS),
+        }
+    }
+
+    /// One round: manager `n`'s host and each prober ask `host`'s agent;
+    /// the round ends when one reaches it or all have answered.
+    fn probe_round(&mut self, n: usize, term: u64, host: &str, probers: &[(String, String)]) {
+        let Some(target) = self.host_index(host) else {
+            return;
+        };
+        let me = self.raft.nodes[n].host;
+        let mut found = vec![];
+        let (outcome, took) = self.probe_once(me, target);
+        found.push((took, self.hosts[me].name.clone(), outcome));
+        for (name, _) in probers {
+            let Some(p) = self.host_index(name) else {
+                continue;
+            };
+            let ask = self.net.deliver(me, p, self.now, &mut self.rng);
+            let reply = self.net.deliver(p, me, self.now, &mut self.rng);
+            let found_by_p = match (ask, reply) {
+                (Some(a), Some(b)) if self.agent_running(p) => {
+                    let (o, took) = self.probe_once(p, target);
+                    (o, a + took + b)
+                }
+                _ => (ProbeOutcome::NoAnswer, PROBE_TIMEOUT_MS + PROBE_GAP_MS),
+            };
+            found.push((found_by_p.1, name.clone(), found_by_p.0));
+        }
+        found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut outcomes = vec![];
+        let mut ended_ms = 0;
+        for (at, who, o) in found {
+            outcomes.push((who, o));
+            ended_ms = at;
+            if o == ProbeOutcome::Reached {
+                break;
+            }
+        }
+        self.schedule(
+            self.now + ended_ms.max(1),
+            Ev::ProbeDone {
+                node: n,
+                term,
+                host: host.to_owned(),
+                outcomes,
+            },
+        );
     }
 
     /// Manager `n`'s office ends (deposed, crashed, its agent gone).

@@ -2,7 +2,7 @@
 //! rules under it: a crash, a leader partition, a batch of random seeds,
 //! and proof that a broken rule is found.
 
-use haven_sim::{run, Action, Faults, SimConfig, Target, World};
+use haven_sim::{run, Action, Faults, FenceBehaviour, Fencing, SimConfig, Target, World};
 
 fn quiet(seed: u64, duration_ms: u64) -> SimConfig {
     let mut cfg = SimConfig::new(seed);
@@ -156,4 +156,45 @@ fn a_restarted_agent_re_adopts_its_workloads_and_nothing_moves() {
     assert!(out.violations.is_empty(), "{:?}", out.violations);
     assert_eq!(out.stats.resets, 0);
     assert_eq!(out.assignments, before);
+}
+
+/// Fencing on evidence (DESIGN §2.7): a crashed host with a working fence
+/// device is probed, fenced and its workloads freed well before the lease
+/// wait (lease + margin + watchdog, 2,250 ms) would free them; with a
+/// device that fails, the coordinator falls back to that wait.
+#[test]
+fn a_crashed_host_is_fenced_and_its_workloads_move_before_the_lease_wait() {
+    let crash_at = 5_000;
+    let unassigned_at = |behaviour| {
+        let mut cfg = quiet(5, 30_000);
+        cfg.fencing = Fencing::Every(behaviour);
+        cfg.scenario = vec![(crash_at, Action::Crash(Target::Host(4), 20_000))];
+        let mut world = World::new(cfg);
+        world.trace = Some(vec![]);
+        let (out, trace) = world.run_keeping_trace();
+        assert!(out.violations.is_empty(), "{:?}", out.violations);
+        let trace = trace.unwrap_or_default();
+        let line = trace
+            .iter()
+            .find(|l| l.contains("unassign") && l.contains("host h5 is"))
+            .unwrap_or_else(|| panic!("h5's workloads never freed"))
+            .clone();
+        let at: u64 = line.split_whitespace().next().unwrap().parse().unwrap();
+        (at - crash_at, line)
+    };
+    let (fenced_ms, line) = unassigned_at(FenceBehaviour::Works);
+    assert!(line.contains("fenced"), "{line}");
+    assert!(
+        fenced_ms < 1_500,
+        "freed {fenced_ms} ms after the crash: {line}"
+    );
+    let (waited_ms, line) = unassigned_at(FenceBehaviour::Fails);
+    assert!(!line.contains("fenced"), "{line}");
+    // Counted from the last acknowledged heartbeat, up to an interval
+    // before the crash.
+    assert!(
+        waited_ms >= 2_150,
+        "freed {waited_ms} ms after the crash: {line}"
+    );
+    eprintln!("freed {fenced_ms} ms after the crash with a fence device, {waited_ms} ms without");
 }
