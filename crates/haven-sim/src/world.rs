@@ -12,15 +12,16 @@ use crate::raft::{Applied, RaftEvent, RaftModel, Role, RAFT_HEARTBEAT_INTERVAL_M
 use crate::rng::Rng;
 use haven_core::coordinator::HostReport;
 use haven_core::coordinator_machine::{
-    CoordinatorEffect, CoordinatorInput, Heartbeat, HeartbeatAnswer, ProbeOutcome,
+    CoordinatorEffect, CoordinatorInput, DatastoreRound, Heartbeat, HeartbeatAnswer, ProbeOutcome,
 };
+use haven_core::datastore::{op_timeout_ms, Record};
 use haven_core::host_agent::{
-    check_inherited, Ack, DesiredInstance, HeartbeatReport, HostAgent, HostAgentConfig, HostEffect,
-    HostInput, InheritedLease, StopHow,
+    check_inherited, Ack, Authority, DesiredInstance, HeartbeatReport, HostAgent, HostAgentConfig,
+    HostEffect, HostInput, InheritedLease, StopHow,
 };
 use haven_core::model::{
-    Capacity, FenceDevice, Generation, HostRecord, IsolationResponse, Priority, RestartPolicy,
-    Role as HostRole, WorkloadKind, WorkloadSpec,
+    Capacity, ClusterSettings, FenceDevice, Generation, HostRecord, IsolationResponse, Priority,
+    RestartPolicy, Role as HostRole, WorkloadKind, WorkloadSpec,
 };
 use haven_core::state::Command;
 use std::cmp::Reverse;
@@ -45,6 +46,11 @@ pub const FENCE_TIMEOUT_MS: u64 = 10_000;
 const PROBE_TIMEOUT_MS: u64 = 300;
 const PROBE_GAP_MS: u64 = 100;
 const PROBE_ROUNDS_IN_FLIGHT_MAX: usize = 4;
+/// How often each agent writes its datastore files (`haven-agent`'s
+/// `datastore::WRITE_INTERVAL_MS`).
+const DS_WRITE_INTERVAL_MS: u64 = 250;
+/// Where the simulated shared datastore is mounted (the cluster setting).
+const DATASTORE_PATH: &str = "/srv/haven-datastore";
 /// Seeds the stream the world's equipment is drawn from.
 const FEATURES_STREAM: u64 = 0x6665_6174_7572_6573;
 /// The coordinator's tick: the cluster's heartbeat interval (default).
@@ -77,6 +83,9 @@ pub struct SimConfig {
     pub stop_at_first: bool,
     /// Which hosts have a fence device, and how each behaves.
     pub fencing: Fencing,
+    /// Whether the cluster has a shared datastore (`None`: drawn from the
+    /// seed, in half the seeds).
+    pub datastore: Option<bool>,
 }
 
 /// How a host's simulated fence device behaves when asked to fence it.
@@ -117,6 +126,7 @@ impl SimConfig {
             scenario: vec![],
             stop_at_first: true,
             fencing: Fencing::Random,
+            datastore: None,
         }
     }
 }
@@ -152,6 +162,16 @@ pub enum Action {
     Loss(f64, u64),
     DelaySpike(u64, u64),
     Drift(Target),
+    /// One host's I/O to the datastore hangs for this long.
+    DatastoreStall(Target, u64),
+    /// The whole datastore hangs for this long.
+    DatastoreStallAll(u64),
+    /// Every datastore operation takes up to this much longer, for this
+    /// long.
+    DatastoreSlow(u64, u64),
+    /// Half the coordinator's read rounds take this much longer, for this
+    /// long.
+    DatastoreSlowReads(u64, u64),
     ApplyNew,
     Respec,
     Delete,
@@ -173,7 +193,11 @@ impl Action {
             | Action::Deafen(_, s)
             | Action::Flap(_, s)
             | Action::Loss(_, s)
-            | Action::DelaySpike(_, s) => *s,
+            | Action::DelaySpike(_, s)
+            | Action::DatastoreStall(_, s)
+            | Action::DatastoreStallAll(s)
+            | Action::DatastoreSlow(_, s)
+            | Action::DatastoreSlowReads(_, s) => *s,
             _ => 0,
         }
     }
@@ -213,6 +237,52 @@ enum Io {
     },
 }
 
+/// The shared datastore (DESIGN §1): one heartbeat file per host and one
+/// lock file per held workload, each with a growing sequence number; and
+/// its faults.
+#[derive(Default)]
+struct Datastore {
+    heartbeats: BTreeMap<String, u64>,
+    locks: BTreeMap<String, Record>,
+    /// Hosts whose I/O to it hangs, until (real ms).
+    stalled: BTreeMap<usize, u64>,
+    /// Every host's I/O to it hangs, until.
+    stalled_all: Option<u64>,
+    /// Every operation takes up to this much longer, until.
+    slow: Option<(u64, u64)>,
+    /// Half the read rounds block this much longer (a file server that
+    /// stalls now and then), until.
+    slow_reads: Option<(u64, u64)>,
+}
+
+impl Datastore {
+    /// How long one round of `host`'s I/O takes at `now_ms`, or `None` if
+    /// it hangs.
+    fn round_ms(&self, host: usize, now_ms: u64, rng: &mut Rng) -> Option<u64> {
+        let hung = |until: Option<&u64>| until.is_some_and(|u| now_ms < *u);
+        if hung(self.stalled.get(&host)) || hung(self.stalled_all.as_ref()) {
+            return None;
+        }
+        let mut ms = rng.range(1, 20);
+        if let Some((extra, until)) = self.slow {
+            if now_ms < until {
+                ms += rng.range(0, extra);
+            }
+        }
+        Some(ms)
+    }
+
+    /// How long a round of reads takes: like any round, and sometimes
+    /// much longer while reads are slow.
+    fn read_round_ms(&self, host: usize, now_ms: u64, rng: &mut Rng) -> Option<u64> {
+        let ms = self.round_ms(host, now_ms, rng)?;
+        match self.slow_reads {
+            Some((extra, until)) if now_ms < until && rng.chance(0.5) => Some(ms + extra),
+            _ => Some(ms),
+        }
+    }
+}
+
 struct Host {
     name: String,
     /// What its heartbeats say about it (address, capacity, fence device,
@@ -233,6 +303,13 @@ struct Host {
     clock: Clock,
     instances: BTreeMap<(String, Generation), Inst>,
     keeper_deadline_ms: Option<u64>,
+    /// The keeper's hold for `leave-running` instances while the host
+    /// still writes the datastore (`haven-agent`'s `Node::keeper_renew`).
+    keeper_hold_ms: Option<u64>,
+    /// The datastore: the sequence number of its next write round, and
+    /// when (local) its last complete round started.
+    ds_seq: u64,
+    ds_ok_at_ms: Option<u64>,
     /// The lease expiry the agent last wrote to its data dir (local ms).
     lease_file: Option<u64>,
     wake_at: Option<u64>,
@@ -279,6 +356,22 @@ enum Ev {
     CoordTick,
     /// A tick one office asked for (`next_wakeup_ms`).
     CoordWake(usize),
+    /// A host's agent starts a round of datastore writes.
+    DsWrite(usize),
+    DsWriteDone {
+        host: usize,
+        incarnation: u64,
+        started_ms: u64,
+        ok: bool,
+        locks: Vec<(String, Generation)>,
+    },
+    /// A manager's datastore reader starts a round.
+    DsRead(usize),
+    DsReadDone {
+        node: usize,
+        started_ms: u64,
+        keys: Option<Vec<String>>,
+    },
     /// A fence device powers its host off and holds it off. `late`: a
     /// slow device, after its fence timed out (a fault of its own: none
     /// once the faults healed).
@@ -402,6 +495,10 @@ pub struct World {
     coord_wake: Vec<Option<u64>>,
     /// Probe rounds waiting for answers, per (manager node, probed host).
     probes_in_flight: BTreeMap<(usize, String), usize>,
+    /// The shared datastore, if the cluster has one.
+    datastore: Option<Datastore>,
+    /// Per manager node: the datastore files its office wants read.
+    ds_wanted: Vec<BTreeSet<String>>,
     /// The operator's own list of what it applied (for re-spec, delete).
     catalog: BTreeMap<String, WorkloadSpec>,
     deleted: Vec<WorkloadSpec>,
@@ -469,7 +566,7 @@ fn summary(c: &Command) -> String {
     }
 }
 
-fn spec(name: String, rng: &mut Rng) -> WorkloadSpec {
+fn spec(name: String, rng: &mut Rng, datastore: bool) -> WorkloadSpec {
     let priority = [
         Priority::Highest,
         Priority::High,
@@ -486,7 +583,12 @@ fn spec(name: String, rng: &mut Rng) -> WorkloadSpec {
         memory_mib: 128 * rng.range(1, 2),
         priority,
         restart: RestartPolicy::default(),
-        isolation_response: rng.chance(0.2).then_some(IsolationResponse::Shutdown),
+        isolation_response: match rng.index(10) {
+            0 | 1 => Some(IsolationResponse::Shutdown),
+            // Only with a datastore (settings and specs refuse it without).
+            2 | 3 if datastore => Some(IsolationResponse::LeaveRunning),
+            _ => None,
+        },
         log_max_bytes: haven_core::logs::LOG_MAX_BYTES_DEFAULT,
         user: None,
         group: None,
@@ -511,6 +613,14 @@ impl World {
         // adding a kind of equipment leaves the rest of a seed's draws alone.
         let mut features = Rng::new(cfg.seed ^ FEATURES_STREAM);
         let fenced_world = features.chance(0.5);
+        let datastore = cfg.datastore.unwrap_or_else(|| features.chance(0.5));
+        if datastore {
+            let settings = ClusterSettings {
+                datastore: Some(DATASTORE_PATH.into()),
+                ..ClusterSettings::default()
+            };
+            boot.push(Command::SetSettings { settings, at_ms: 0 });
+        }
         for i in 0..cfg.hosts {
             let name = format!("h{}", i + 1);
             let fence = match cfg.fencing {
@@ -564,6 +674,9 @@ impl World {
                 clock: Clock::new(rng.range(1_000_000, 1_000_000_000), 0, rate),
                 instances: BTreeMap::new(),
                 keeper_deadline_ms: None,
+                keeper_hold_ms: None,
+                ds_seq: 0,
+                ds_ok_at_ms: None,
                 lease_file: None,
                 wake_at: None,
                 last_pet_ms: 0,
@@ -578,7 +691,7 @@ impl World {
         }
         let mut catalog = BTreeMap::new();
         let specs: Vec<WorkloadSpec> = (0..cfg.workloads)
-            .map(|i| spec(format!("w{i:05}"), &mut rng))
+            .map(|i| spec(format!("w{i:05}"), &mut rng, datastore))
             .collect();
         for (n, part) in specs.chunks(1_000).enumerate() {
             boot.push(Command::ApplyWorkloads {
@@ -593,7 +706,7 @@ impl World {
         let raft = RaftModel::new(&managers, boot);
         let coord = managers
             .iter()
-            .map(|m| CoordinatorRuntime::new(&hosts[*m].name, false, cfg.faults))
+            .map(|m| CoordinatorRuntime::new(&hosts[*m].name, datastore, cfg.faults))
             .collect();
         let chaos_until = if cfg.chaos {
             cfg.duration_ms.saturating_sub(RECOVERY_BOUND_MS + 5_000) * 7 / 10
@@ -617,6 +730,8 @@ impl World {
             awaiting: vec![BTreeSet::new(); managers_len],
             coord_wake: vec![None; managers_len],
             probes_in_flight: BTreeMap::new(),
+            datastore: datastore.then(Datastore::default),
+            ds_wanted: vec![BTreeSet::new(); managers_len],
             catalog,
             deleted: vec![],
             placed: BTreeMap::new(),
@@ -641,6 +756,15 @@ impl World {
         }
         w.schedule(0, Ev::RaftRound);
         w.schedule(0, Ev::CoordTick);
+        if w.datastore.is_some() {
+            for h in 0..w.hosts.len() {
+                let at = w.rng.range(0, DS_WRITE_INTERVAL_MS);
+                w.schedule(at, Ev::DsWrite(h));
+            }
+            for n in 0..w.raft.nodes.len() {
+                w.schedule(COORDINATOR_TICK_MS, Ev::DsRead(n));
+            }
+        }
         w.schedule(SWEEP_MS, Ev::Sweep);
         w.schedule(REPLICA_CHECK_MS, Ev::ReplicaCheck);
         for (at, a) in w.cfg.scenario.clone() {
@@ -708,7 +832,8 @@ impl World {
                 _ => Target::Host(self.rng.index(self.hosts.len())),
             };
             let span = self.rng.range(200, 8_000);
-            let action = match self.rng.index(16) {
+            let kinds = if self.datastore.is_some() { 20 } else { 16 };
+            let action = match self.rng.index(kinds) {
                 0 => Action::Crash(target, span),
                 1 => Action::Freeze(target, span),
                 2 => Action::AgentCrash(target, span),
@@ -723,7 +848,11 @@ impl World {
                 12 => Action::ApplyNew,
                 13 => Action::Respec,
                 14 => Action::Delete,
-                _ => Action::DeleteAndReapply,
+                15 => Action::DeleteAndReapply,
+                16 => Action::DatastoreStall(target, span),
+                17 => Action::DatastoreStallAll(span),
+                18 => Action::DatastoreSlow(self.rng.range(50, 800), span),
+                _ => Action::DatastoreSlowReads(self.rng.range(100, 490), span),
             };
             self.schedule(t, Ev::Do(action));
         }
@@ -863,6 +992,20 @@ impl World {
                 self.feed_office(node, term, input);
             }
             Ev::ProbeDue { node, term, host } => self.probe_due(node, term, host),
+            Ev::DsWrite(h) => self.ds_write(h),
+            Ev::DsWriteDone {
+                host,
+                incarnation,
+                started_ms,
+                ok,
+                locks,
+            } => self.ds_write_done(host, incarnation, started_ms, ok, locks),
+            Ev::DsRead(n) => self.ds_read(n),
+            Ev::DsReadDone {
+                node,
+                started_ms,
+                keys,
+            } => self.ds_read_done(node, started_ms, keys),
             Ev::ProbeDone {
                 node,
                 term,
@@ -961,6 +1104,9 @@ impl World {
         };
         let host = &mut self.hosts[h];
         host.incarnation += 1;
+        // Its datastore sequence numbers start from its clock, as the
+        // agent's do: they grow across restarts.
+        host.ds_seq = host.ds_seq.max(now_local);
         host.agent_frozen = false;
         host.backlog.clear();
         let (agent, effects) = HostAgent::new(
@@ -993,8 +1139,16 @@ impl World {
         let now_local = self.local(h);
         let agent = self.hosts[h].agent.as_mut().expect("running");
         let effects = agent.handle(input, now_local);
-        let pet = !agent.lapsed(now_local);
+        let lapsed = agent.lapsed(now_local);
+        let datastore_ok = lapsed
+            && matches!(
+                agent.authority(now_local),
+                Authority::Lapsed { datastore_ok: true }
+            );
         let wake = agent.next_wakeup_ms();
+        // Petted while the lease holds, or while workloads are left
+        // running with the datastore written (`haven-agent`'s supervisor).
+        let pet = !lapsed || (datastore_ok && self.leaves_running(h));
         if pet {
             self.hosts[h].last_pet_ms = self.now;
             if !self.hosts[h].watchdog_armed {
@@ -1077,10 +1231,8 @@ impl World {
                     how,
                 } => self.stop_instance(h, workload, generation, how),
                 HostEffect::RenewKeeper { deadline_ms } => {
-                    let host = &mut self.hosts[h];
-                    host.keeper_deadline_ms = Some(deadline_ms);
-                    host.lease_file = Some(deadline_ms);
-                    self.arm_keeper(h);
+                    self.hosts[h].lease_file = Some(deadline_ms);
+                    self.renew_keeper(h, deadline_ms);
                 }
                 HostEffect::Event(e) => {
                     let text = format!("{} {e:?}", self.hosts[h].name);
@@ -1374,16 +1526,18 @@ impl World {
         let Some(deadline) = host.keeper_deadline_ms else {
             return;
         };
-        if host.clock.local(self.now) < deadline {
+        let local = host.clock.local(self.now);
+        if local < deadline {
             self.arm_keeper(h);
             return;
         }
         // A graceful stop in progress is cut short too: the keeper kills
-        // the cgroup.
+        // the cgroup. `leave-running` ones go at the end of their hold.
+        let hold = host.keeper_hold_ms.unwrap_or(deadline).max(deadline);
         let victims: Vec<(String, Generation, u64)> = host
             .instances
             .iter()
-            .filter(|(_, i)| i.isolation != IsolationResponse::LeaveRunning)
+            .filter(|(_, i)| i.isolation != IsolationResponse::LeaveRunning || local >= hold)
             .map(|((w, g), i)| (w.clone(), *g, i.id))
             .collect();
         for (w, g, id) in victims {
@@ -1441,6 +1595,8 @@ impl World {
         host.agent = None;
         host.agent_frozen = false;
         host.keeper_deadline_ms = None;
+        host.keeper_hold_ms = None;
+        host.ds_ok_at_ms = None;
         host.wake_at = None;
         host.backlog.clear();
         host.deferred.clear();
@@ -1699,6 +1855,7 @@ impl World {
                     self.propose_entries(n, vec![*announce], false);
                     self.start_fence(n, host);
                 }
+                CoordinatorEffect::ReadDatastore { keys } => self.ds_wanted[n] = keys,
                 CoordinatorEffect::StartProbing { host } => {
                     let term = self.coord[n].term().unwrap_or(0);
                     self.schedule(
@@ -1954,6 +2111,184 @@ impl World {
         );
     }
 
+    /// Whether any instance on host `h` runs under `leave-running`.
+    fn leaves_running(&self, h: usize) -> bool {
+        self.hosts[h].instances.values().any(|i| {
+            i.isolation == IsolationResponse::LeaveRunning && i.phase == InstPhase::Running
+        })
+    }
+
+    /// Whether host `h`'s agent wrote the datastore within a lease.
+    fn datastore_ok(&self, h: usize) -> bool {
+        let host = &self.hosts[h];
+        let Some(agent) = &host.agent else {
+            return false;
+        };
+        let lease_ms = agent.settings().timing.lease_ms;
+        let local = host.clock.local(self.now);
+        host.ds_ok_at_ms
+            .is_some_and(|at| local.saturating_sub(at) < lease_ms)
+    }
+
+    /// The agent renews its keeper to `deadline_ms`; while it writes the
+    /// datastore and leaves workloads running, the keeper holds those
+    /// until a margin before their lock files could look stale
+    /// (`haven-agent`'s `Node::keeper_renew`).
+    fn renew_keeper(&mut self, h: usize, deadline_ms: u64) {
+        let hold_ms = match (&self.hosts[h].agent, self.hosts[h].ds_ok_at_ms) {
+            (Some(agent), Some(ok_at)) if self.datastore_ok(h) && self.leaves_running(h) => {
+                let t = agent.settings().timing;
+                (ok_at + t.lease_ms)
+                    .saturating_sub(t.margin_ms)
+                    .max(deadline_ms)
+            }
+            _ => deadline_ms,
+        };
+        let host = &mut self.hosts[h];
+        host.keeper_deadline_ms = Some(deadline_ms);
+        host.keeper_hold_ms = Some(hold_ms);
+        self.arm_keeper(h);
+        if hold_ms > deadline_ms {
+            let at = self.hosts[h].clock.real_at(hold_ms, self.now);
+            self.schedule(at, Ev::Keeper(h));
+        }
+    }
+
+    /// Host `h`'s agent starts a round of datastore writes (its heartbeat
+    /// file, a lock file per instance it holds), bounded by half a lease.
+    fn ds_write(&mut self, h: usize) {
+        let Some(ds) = &self.datastore else { return };
+        if !self.agent_running(h) {
+            self.schedule(self.now + DS_WRITE_INTERVAL_MS, Ev::DsWrite(h));
+            return;
+        }
+        let timeout_ms = op_timeout_ms(self.raft.nodes[0].state.settings.timing.lease_ms);
+        let (ok, took_ms) = match ds.round_ms(h, self.now, &mut self.rng) {
+            Some(ms) if ms < timeout_ms => (true, ms),
+            _ => (false, timeout_ms),
+        };
+        let host = &self.hosts[h];
+        let locks = host
+            .instances
+            .iter()
+            .map(|((w, g), _)| (w.clone(), *g))
+            .collect();
+        let done = Ev::DsWriteDone {
+            host: h,
+            incarnation: host.incarnation,
+            started_ms: host.clock.local(self.now),
+            ok,
+            locks,
+        };
+        self.schedule(self.now + took_ms, done);
+        let next = self.now + took_ms.max(DS_WRITE_INTERVAL_MS);
+        self.schedule(next, Ev::DsWrite(h));
+    }
+
+    fn ds_write_done(
+        &mut self,
+        h: usize,
+        incarnation: u64,
+        started_ms: u64,
+        ok: bool,
+        locks: Vec<(String, Generation)>,
+    ) {
+        if incarnation != self.hosts[h].incarnation || !self.agent_running(h) {
+            return;
+        }
+        if ok {
+            let host = &mut self.hosts[h];
+            host.ds_seq += 1;
+            host.ds_ok_at_ms = Some(host.ds_ok_at_ms.unwrap_or(0).max(started_ms));
+            let (name, seq) = (host.name.clone(), host.ds_seq);
+            let ds = self.datastore.as_mut().expect("a datastore");
+            ds.heartbeats.insert(name.clone(), seq);
+            ds.locks
+                .retain(|w, r| r.host != name || locks.iter().any(|(x, _)| x == w));
+            for (w, g) in locks {
+                let record = Record {
+                    host: name.clone(),
+                    seq,
+                    generation: Some(g),
+                };
+                ds.locks.insert(w, record);
+            }
+        }
+        self.run_agent(h, HostInput::DatastoreWrite { ok, started_ms });
+        if ok && self.datastore_ok(h) && self.leaves_running(h) {
+            let expiry = self.hosts[h]
+                .agent
+                .as_ref()
+                .and_then(|a| a.lease_expires_at_ms());
+            let local = self.local(h);
+            self.renew_keeper(h, expiry.unwrap_or(local));
+        }
+    }
+
+    /// Manager `n`'s datastore reader: a round over the files its office
+    /// wants, one per heartbeat interval, bounded by half a lease; idle
+    /// when it wants none or does not lead.
+    fn ds_read(&mut self, n: usize) {
+        let h = self.raft.nodes[n].host;
+        let leads = self.raft.nodes[n].role == Role::Leader;
+        if !self.agent_running(h) || self.ds_wanted[n].is_empty() || !leads {
+            if self.agent_running(h) {
+                self.ds_to_office(n, 0, DatastoreRound::Idle);
+            }
+            self.schedule(self.now + COORDINATOR_TICK_MS, Ev::DsRead(n));
+            return;
+        }
+        let Some(ds) = &self.datastore else { return };
+        let timeout_ms = op_timeout_ms(self.raft.nodes[n].state.settings.timing.lease_ms);
+        let keys: Vec<String> = self.ds_wanted[n].iter().cloned().collect();
+        let (keys, took_ms) = match ds.read_round_ms(h, self.now, &mut self.rng) {
+            Some(ms) if ms < timeout_ms => (Some(keys), ms),
+            _ => (None, timeout_ms),
+        };
+        let done = Ev::DsReadDone {
+            node: n,
+            started_ms: self.local(h),
+            keys,
+        };
+        self.schedule(self.now + took_ms, done);
+    }
+
+    /// A round of reads ends: the files as they are now (the last moment
+    /// the round may have read them), stamped with its start, as the
+    /// agent's reader stamps them.
+    fn ds_read_done(&mut self, n: usize, started_ms: u64, keys: Option<Vec<String>>) {
+        self.schedule(self.now + COORDINATOR_TICK_MS, Ev::DsRead(n));
+        let ds = self.datastore.as_ref().expect("a datastore");
+        let round = match keys {
+            Some(keys) => DatastoreRound::Read(
+                keys.into_iter()
+                    .map(|k| {
+                        let rec = match (k.strip_prefix("host:"), k.strip_prefix("lock:")) {
+                            (Some(host), _) => ds.heartbeats.get(host).map(|seq| Record {
+                                host: host.to_owned(),
+                                seq: *seq,
+                                generation: None,
+                            }),
+                            (_, Some(w)) => ds.locks.get(w).cloned(),
+                            _ => None,
+                        };
+                        (k, rec)
+                    })
+                    .collect(),
+            ),
+            None => DatastoreRound::Failed(format!("datastore {DATASTORE_PATH}: timed out")),
+        };
+        self.ds_to_office(n, started_ms, round);
+    }
+
+    /// A round of datastore reads, to whichever office manager `n` holds.
+    fn ds_to_office(&mut self, n: usize, started_ms: u64, round: DatastoreRound) {
+        if let Some(term) = self.coord[n].term() {
+            let input = CoordinatorInput::DatastoreRead { started_ms, round };
+            self.feed_office(n, term, input);
+        }
+    }
+
     /// Manager `n`'s office ends (deposed, crashed, its agent gone).
     fn leave_office(&mut self, n: usize) {
         self.coord[n].leave_office();
@@ -2095,10 +2430,35 @@ impl World {
                     self.hosts[h].clock.set_rate(self.now, rate);
                 }
             }
+            Action::DatastoreStall(t, span) => {
+                if let (Some(h), true) = (self.resolve(t), self.datastore.is_some()) {
+                    self.stats.faults += 1;
+                    let ds = self.datastore.as_mut().expect("a datastore");
+                    ds.stalled.insert(h, self.now + span);
+                }
+            }
+            Action::DatastoreStallAll(span) => {
+                if let Some(ds) = self.datastore.as_mut() {
+                    self.stats.faults += 1;
+                    ds.stalled_all = Some(self.now + span);
+                }
+            }
+            Action::DatastoreSlow(extra, span) => {
+                if let Some(ds) = self.datastore.as_mut() {
+                    self.stats.faults += 1;
+                    ds.slow = Some((extra, self.now + span));
+                }
+            }
+            Action::DatastoreSlowReads(extra, span) => {
+                if let Some(ds) = self.datastore.as_mut() {
+                    self.stats.faults += 1;
+                    ds.slow_reads = Some((extra, self.now + span));
+                }
+            }
             Action::ApplyNew => {
                 let name = format!("w{:05}", self.next_workload);
                 self.next_workload += 1;
-                let s = spec(name, &mut self.rng);
+                let s = spec(name, &mut self.rng, self.datastore.is_some());
                 self.apply(vec![s]);
             }
             Action::Respec => {
@@ -2131,6 +2491,12 @@ impl World {
             Action::Heal => {
                 self.healed = true;
                 self.net.heal();
+                if let Some(ds) = self.datastore.as_mut() {
+                    ds.stalled.clear();
+                    ds.stalled_all = None;
+                    ds.slow = None;
+                    ds.slow_reads = None;
+                }
                 self.chaos_until = self.chaos_until.min(self.now);
                 for h in 0..self.hosts.len() {
                     if !self.hosts[h].on {
@@ -2186,19 +2552,22 @@ impl World {
             .unwrap_or(0);
             let local = host.clock.local(self.now);
             let shutdown_ms = self.raft.nodes[0].state.settings.shutdown_timeout_ms;
+            // `leave-running`: past the lease only while the host writes
+            // the datastore, and its keeper holds them no longer.
+            let held = host.keeper_hold_ms.unwrap_or(0).max(expiry);
             for ((w, g), i) in &host.instances {
-                let allowance = match i.isolation {
-                    IsolationResponse::LeaveRunning => continue,
-                    IsolationResponse::Shutdown => shutdown_ms + KILL_MS_MAX + SWEEP_MS,
-                    IsolationResponse::PowerOff => KILL_MS_MAX + SWEEP_MS,
+                let (until, allowance) = match i.isolation {
+                    IsolationResponse::LeaveRunning => (held, KILL_MS_MAX + SWEEP_MS),
+                    IsolationResponse::Shutdown => (expiry, shutdown_ms + KILL_MS_MAX + SWEEP_MS),
+                    IsolationResponse::PowerOff => (expiry, KILL_MS_MAX + SWEEP_MS),
                 };
                 // A stop under way ends within its bound (the keeper cuts
                 // a graceful one at the deadline).
-                if local > expiry + allowance && i.phase != InstPhase::Stopping {
+                if local > until + allowance && i.phase != InstPhase::Stopping {
                     bad.push(format!(
                         "{} runs {w}@{g} {} ms past its lease (by its clock)",
                         host.name,
-                        local - expiry
+                        local - until
                     ));
                 }
             }

@@ -198,3 +198,56 @@ fn a_crashed_host_is_fenced_and_its_workloads_move_before_the_lease_wait() {
     );
     eprintln!("freed {fenced_ms} ms after the crash with a fence device, {waited_ms} ms without");
 }
+
+/// `leave-running` with a datastore (DESIGN §2.4): a host cut off from the
+/// network but still writing the datastore is `isolated`, keeps its
+/// `leave-running` workloads (the coordinator sees their lock files
+/// advance) and loses the others; when its datastore I/O hangs too, the
+/// keeper stops them before the coordinator moves them. Nothing runs twice.
+#[test]
+fn an_isolated_host_keeps_its_leave_running_workloads_while_it_writes_the_datastore() {
+    let run_with = |seed: u64, scenario: Vec<(u64, Action)>| {
+        let mut cfg = quiet(seed, 40_000);
+        cfg.datastore = Some(true);
+        cfg.fencing = Fencing::None;
+        cfg.scenario = scenario;
+        let mut world = World::new(cfg);
+        world.trace = Some(vec![]);
+        let (out, trace) = world.run_keeping_trace();
+        assert!(
+            out.violations.is_empty(),
+            "seed {seed}: {:?}",
+            out.violations
+        );
+        (out.assignments, trace.unwrap_or_default())
+    };
+    let cut = (5_000, Action::Isolate(Target::Host(4), 15_000));
+    let stall = (5_000, Action::DatastoreStall(Target::Host(4), 15_000));
+    // Workloads draw their isolation response from the seed: the first
+    // seed that puts both kinds on h5.
+    let mut found = false;
+    for seed in 1..=20 {
+        let (before, _) = run_with(seed, vec![]);
+        let on_h5: Vec<&String> = before
+            .iter()
+            .filter(|(_, h)| h.as_str() == "h5")
+            .map(|(w, _)| w)
+            .collect();
+        let (kept, trace) = run_with(seed, vec![cut.clone()]);
+        let stayed = |after: &std::collections::BTreeMap<String, String>| {
+            on_h5
+                .iter()
+                .filter(|w| after.get(**w).map(String::as_str) == Some("h5"))
+                .count()
+        };
+        if stayed(&kept) == 0 || stayed(&kept) == on_h5.len() {
+            continue;
+        }
+        assert!(trace.iter().any(|l| l.contains("host h5 is isolated")));
+        let (moved, _) = run_with(seed, vec![cut.clone(), stall.clone()]);
+        assert_eq!(stayed(&moved), 0, "seed {seed}: {moved:?}");
+        found = true;
+        break;
+    }
+    assert!(found, "no seed of 20 put both kinds of workload on h5");
+}
