@@ -180,7 +180,9 @@ pub enum CoordinatorInput {
         host: String,
         outcomes: Vec<(String, ProbeOutcome)>,
     },
-    /// A round of datastore reads started at `started_ms` ended.
+    /// A round of datastore reads started at `started_ms` ended; handed in
+    /// as soon as it ends (the input's time is taken as the round's end: a
+    /// change it shows counts from then).
     DatastoreRead {
         started_ms: u64,
         round: DatastoreRound,
@@ -272,8 +274,9 @@ pub struct Coordinator {
     /// Silent hosts with a fence device being probed for a second opinion.
     probing: BTreeMap<String, ProbeTally>,
     freshness: Freshness,
-    /// The reader's last result per file, with when its round started.
-    reads: BTreeMap<String, (Option<Record>, u64)>,
+    /// The reader's last result per file, with when its round started and
+    /// when it was handed in (the file was read at some moment between).
+    reads: BTreeMap<String, (Option<Record>, u64, u64)>,
     /// Why the last round of reads failed, if it did.
     read_problem: Option<String>,
     /// Generations this office placed and has not yet seen running.
@@ -387,15 +390,15 @@ fn record_changed(known: &HostRecord, hb: &Heartbeat) -> Option<HostRecord> {
 /// A read of `key` recent enough to judge by: (record, when its round
 /// started). Older (the read lane is stuck) or missing: `None`, unknown.
 fn recent_read<'a>(
-    reads: &'a BTreeMap<String, (Option<Record>, u64)>,
+    reads: &'a BTreeMap<String, (Option<Record>, u64, u64)>,
     key: &str,
     now_ms: u64,
     timing: &Timing,
-) -> Option<&'a (Option<Record>, u64)> {
+) -> Option<&'a (Option<Record>, u64, u64)> {
     let max_age_ms = op_timeout_ms(timing.lease_ms) + 2 * timing.heartbeat_interval_ms;
     reads
         .get(key)
-        .filter(|(_, at)| now_ms.saturating_sub(*at) <= max_age_ms)
+        .filter(|(_, at, _)| now_ms.saturating_sub(*at) <= max_age_ms)
 }
 
 impl Coordinator {
@@ -486,7 +489,7 @@ impl Coordinator {
                 vec![]
             }
             CoordinatorInput::DatastoreRead { started_ms, round } => {
-                self.on_datastore_read(started_ms, round);
+                self.on_datastore_read(started_ms, now_ms, round);
                 vec![]
             }
             CoordinatorInput::ProposalResult { result } => {
@@ -751,13 +754,15 @@ impl Coordinator {
         }
     }
 
-    fn on_datastore_read(&mut self, started_ms: u64, round: DatastoreRound) {
+    /// A round of reads started at `started_ms` handed in at `now_ms`.
+    fn on_datastore_read(&mut self, started_ms: u64, now_ms: u64, round: DatastoreRound) {
         match round {
             DatastoreRound::Read(results) => {
                 let wanted: BTreeSet<&String> = results.iter().map(|(k, _)| k).collect();
                 self.reads.retain(|k, _| wanted.contains(k));
+                let ended_ms = now_ms.max(started_ms);
                 for (k, rec) in results {
-                    self.reads.insert(k, (rec, started_ms));
+                    self.reads.insert(k, (rec, started_ms, ended_ms));
                 }
                 self.read_problem = None;
             }
@@ -888,9 +893,11 @@ impl Coordinator {
                 wanted.insert(key.clone());
                 // Unreadable: not shown alive (only the shown state
                 // depends on it; lock files decide).
-                if let Some((rec, at)) = recent_read(&self.reads, &key, now_ms, &timing) {
+                if let Some((rec, from, until)) = recent_read(&self.reads, &key, now_ms, &timing) {
                     let seq = rec.as_ref().map(|r| r.seq);
-                    o.datastore_alive = self.freshness.observe(&key, seq, *at, timing.lease_ms);
+                    o.datastore_alive =
+                        self.freshness
+                            .observe(&key, seq, *from, *until, timing.lease_ms);
                 }
             }
         } else {
@@ -1092,13 +1099,14 @@ impl Coordinator {
         cmds: &mut Vec<Command>,
     ) -> bool {
         match recent_read(&self.reads, key, now_ms, timing) {
-            Some((rec, at)) => {
+            Some((rec, from, until)) => {
                 self.locks_unread.remove(key);
                 let seq = rec
                     .as_ref()
                     .filter(|r| r.host == a.host && r.generation == Some(a.generation))
                     .map(|r| r.seq);
-                self.freshness.observe_lock(key, seq, *at, timing.lease_ms)
+                self.freshness
+                    .observe_lock(key, seq, *from, *until, timing.lease_ms)
             }
             None => {
                 if o.silence_ms >= o.failed_after_ms(timing)

@@ -251,3 +251,27 @@ fn an_isolated_host_keeps_its_leave_running_workloads_while_it_writes_the_datast
     }
     assert!(found, "no seed of 20 put both kinds of workload on h5");
 }
+
+/// Found by the simulator (seed 237 of this scenario; invariant: two
+/// instances of one workload): h7 is cut off and keeps a leave-running
+/// workload while it writes the datastore; half the coordinator's read
+/// rounds take ~480 ms; then h7's datastore I/O hangs. A slow round that
+/// started before h7's last write read it near its end, and the change was
+/// counted from the round's start: the lock looked still a lease later
+/// while h7's keeper still held the workload (until its last write + lease
+/// − margin), and the workload started on h3 beside it. Fixed in
+/// `datastore::Freshness` (a change counts from the end of the round that
+/// saw it; `coordinator_machine::tests::a_change_seen_by_a_slow_read…`).
+#[test]
+fn a_lock_write_seen_by_a_slow_read_is_not_counted_older_than_it_is() {
+    let mut cfg = quiet(237, 20_000);
+    cfg.datastore = Some(true);
+    cfg.fencing = Fencing::None;
+    cfg.scenario = vec![
+        (5_000, Action::Isolate(Target::Host(6), 20_000)),
+        (5_000, Action::DatastoreSlowReads(477, 20_000)),
+        (9_369, Action::DatastoreStall(Target::Host(6), 10_000)),
+    ];
+    let out = run(cfg);
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+}
