@@ -139,10 +139,15 @@ fn confirm_stops(input: &TickInput<'_>, cmds: &mut Vec<Command>) -> BTreeSet<Str
                 Some(w) => (state.isolation_response(&w.spec), w.spec.priority),
                 None => (state.settings.isolation_response, Priority::Medium),
             };
-            let gone = !matches!(
-                h.state(input.timing),
-                HostState::Online | HostState::Suspect
-            );
+            // A lock file its host still refreshes says it runs there,
+            // whatever its isolation response (`fresh_locks` names the
+            // instances being stopped too).
+            let locked = input.fresh_locks.contains(&(name.clone(), st.generation));
+            let gone = !locked
+                && !matches!(
+                    h.state(input.timing),
+                    HostState::Online | HostState::Suspect
+                );
             gone.then(|| may_reassign(input, &h, name, st.generation, isolation, priority))
                 .flatten()
                 .map(|why| {

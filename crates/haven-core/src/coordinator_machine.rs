@@ -180,7 +180,9 @@ pub enum CoordinatorInput {
         host: String,
         outcomes: Vec<(String, ProbeOutcome)>,
     },
-    /// A round of datastore reads started at `started_ms` ended.
+    /// A round of datastore reads started at `started_ms` ended; handed in
+    /// as soon as it ends (the input's time is taken as the round's end: a
+    /// change it shows counts from then).
     DatastoreRead {
         started_ms: u64,
         round: DatastoreRound,
@@ -276,8 +278,9 @@ pub struct Coordinator {
     /// Silent hosts with a fence device being probed for a second opinion.
     probing: BTreeMap<String, ProbeTally>,
     freshness: Freshness,
-    /// The reader's last result per file, with when its round started.
-    reads: BTreeMap<String, (Option<Record>, u64)>,
+    /// The reader's last result per file, with when its round started and
+    /// when it was handed in (the file was read at some moment between).
+    reads: BTreeMap<String, (Option<Record>, u64, u64)>,
     /// Why the last round of reads failed, if it did.
     read_problem: Option<String>,
     /// Generations this office placed and has not yet seen running.
@@ -299,6 +302,19 @@ pub struct Coordinator {
     /// entry commits within its term or the office ends, so each entry
     /// goes once the state no longer assigns that generation there.
     releasing: BTreeMap<String, (String, Generation)>,
+}
+
+/// An instance whose lock file `Coordinator::lock_held` judges.
+struct Held<'a> {
+    /// Its lock file's key (`lock:WORKLOAD`).
+    key: String,
+    workload: &'a str,
+    host: &'a str,
+    generation: Generation,
+    /// Whether an unreadable lock counts as held.
+    unknown_is_held: bool,
+    /// What the event about an unreadable lock says happens to it.
+    stays: &'static str,
 }
 
 /// Is `host` the member it claims to be: does its data dir's
@@ -391,15 +407,15 @@ fn record_changed(known: &HostRecord, hb: &Heartbeat) -> Option<HostRecord> {
 /// A read of `key` recent enough to judge by: (record, when its round
 /// started). Older (the read lane is stuck) or missing: `None`, unknown.
 fn recent_read<'a>(
-    reads: &'a BTreeMap<String, (Option<Record>, u64)>,
+    reads: &'a BTreeMap<String, (Option<Record>, u64, u64)>,
     key: &str,
     now_ms: u64,
     timing: &Timing,
-) -> Option<&'a (Option<Record>, u64)> {
+) -> Option<&'a (Option<Record>, u64, u64)> {
     let max_age_ms = op_timeout_ms(timing.lease_ms) + 2 * timing.heartbeat_interval_ms;
     reads
         .get(key)
-        .filter(|(_, at)| now_ms.saturating_sub(*at) <= max_age_ms)
+        .filter(|(_, at, _)| now_ms.saturating_sub(*at) <= max_age_ms)
 }
 
 impl Coordinator {
@@ -494,7 +510,7 @@ impl Coordinator {
                 vec![]
             }
             CoordinatorInput::DatastoreRead { started_ms, round } => {
-                self.on_datastore_read(started_ms, round);
+                self.on_datastore_read(started_ms, now_ms, round);
                 vec![]
             }
             CoordinatorInput::ProposalResult { result } => {
@@ -759,13 +775,15 @@ impl Coordinator {
         }
     }
 
-    fn on_datastore_read(&mut self, started_ms: u64, round: DatastoreRound) {
+    /// A round of reads started at `started_ms` handed in at `now_ms`.
+    fn on_datastore_read(&mut self, started_ms: u64, now_ms: u64, round: DatastoreRound) {
         match round {
             DatastoreRound::Read(results) => {
                 let wanted: BTreeSet<&String> = results.iter().map(|(k, _)| k).collect();
                 self.reads.retain(|k, _| wanted.contains(k));
+                let ended_ms = now_ms.max(started_ms);
                 for (k, rec) in results {
-                    self.reads.insert(k, (rec, started_ms));
+                    self.reads.insert(k, (rec, started_ms, ended_ms));
                 }
                 self.read_problem = None;
             }
@@ -900,9 +918,11 @@ impl Coordinator {
                 wanted.insert(key.clone());
                 // Unreadable: not shown alive (only the shown state
                 // depends on it; lock files decide).
-                if let Some((rec, at)) = recent_read(&self.reads, &key, now_ms, &timing) {
+                if let Some((rec, from, until)) = recent_read(&self.reads, &key, now_ms, &timing) {
                     let seq = rec.as_ref().map(|r| r.seq);
-                    o.datastore_alive = self.freshness.observe(&key, seq, *at, timing.lease_ms);
+                    o.datastore_alive =
+                        self.freshness
+                            .observe(&key, seq, *from, *until, timing.lease_ms);
                 }
             }
         } else {
@@ -1030,7 +1050,15 @@ impl Coordinator {
             if self.datastore && o.state(&timing) != HostState::Online {
                 if state.isolation_response(&w.spec) == IsolationResponse::LeaveRunning {
                     wanted.insert(key.clone());
-                    if self.lock_held(&key, &w.spec.name, a, &o, now_ms, &timing, at_ms, cmds) {
+                    let held = Held {
+                        key: key.clone(),
+                        workload: &w.spec.name,
+                        host: &a.host,
+                        generation: a.generation,
+                        unknown_is_held: true,
+                        stays: "stays assigned to",
+                    };
+                    if self.lock_held(held, &o, now_ms, &timing, at_ms, cmds) {
                         fresh_locks.insert((w.spec.name.clone(), a.generation));
                     }
                 }
@@ -1084,44 +1112,99 @@ impl Coordinator {
                 });
             }
         }
+        self.watch_stopping(state, hosts, now_ms, at_ms, wanted, cmds, &mut fresh_locks);
         (fresh_locks, failed)
     }
 
-    /// Does the host of a `leave-running` workload still hold its lock
-    /// file? A lock that cannot be read counts as held: whether its host
-    /// still holds it is unknown, so it stays there (never twice), said
-    /// once in an event.
+    /// An instance being stopped on a host not online whose lock file that
+    /// host still refreshes is alive there, whatever its isolation
+    /// response: its stop is not confirmed meanwhile (found by haven-sim:
+    /// a `leave-running` one deleted while its host was cut off was
+    /// confirmed gone by the lease rules and started elsewhere beside it).
+    /// Unreadable, a `leave-running` one counts as held.
     #[allow(clippy::too_many_arguments)]
+    fn watch_stopping(
+        &mut self,
+        state: &ClusterState,
+        hosts: &BTreeMap<String, HostObservation>,
+        now_ms: u64,
+        at_ms: u64,
+        wanted: &mut BTreeSet<String>,
+        cmds: &mut Vec<Command>,
+        fresh_locks: &mut BTreeSet<(String, Generation)>,
+    ) {
+        let timing = state.settings.timing;
+        if !self.datastore {
+            return;
+        }
+        for (name, st) in &state.stopping {
+            let o = hosts.get(&st.host).copied().unwrap_or_default();
+            if o.state(&timing) == HostState::Online {
+                continue;
+            }
+            let isolation = state
+                .workloads
+                .get(name)
+                .map_or(state.settings.isolation_response, |w| {
+                    state.isolation_response(&w.spec)
+                });
+            let key = format!("lock:{name}");
+            wanted.insert(key.clone());
+            let held = Held {
+                key,
+                workload: name,
+                host: &st.host,
+                generation: st.generation,
+                unknown_is_held: isolation == IsolationResponse::LeaveRunning,
+                stays: "is not confirmed stopped on",
+            };
+            if self.lock_held(held, &o, now_ms, &timing, at_ms, cmds) {
+                fresh_locks.insert((name.clone(), st.generation));
+            }
+        }
+    }
+
+    /// Does `held.host` still hold the lock file of an instance of
+    /// `held.workload` at `held.generation` or an older one (a host cut
+    /// off before a re-spec in place still runs, and locks, the older)?
+    /// A lock that cannot be read counts as held when `unknown_is_held`:
+    /// whether its host still holds it is unknown, so it stays there
+    /// (never twice), said once in an event.
     fn lock_held(
         &mut self,
-        key: &str,
-        workload: &str,
-        a: &crate::model::Assignment,
+        held: Held<'_>,
         o: &HostObservation,
         now_ms: u64,
         timing: &Timing,
         at_ms: u64,
         cmds: &mut Vec<Command>,
     ) -> bool {
+        let key = &held.key;
         match recent_read(&self.reads, key, now_ms, timing) {
-            Some((rec, at)) => {
+            Some((rec, from, until)) => {
                 self.locks_unread.remove(key);
                 let seq = rec
                     .as_ref()
-                    .filter(|r| r.host == a.host && r.generation == Some(a.generation))
+                    .filter(|r| {
+                        r.host == held.host && r.generation.is_some_and(|g| g <= held.generation)
+                    })
                     .map(|r| r.seq);
-                self.freshness.observe_lock(key, seq, *at, timing.lease_ms)
+                self.freshness
+                    .observe_lock(key, seq, *from, *until, timing.lease_ms)
             }
+            None if !held.unknown_is_held => false,
             None => {
                 if o.silence_ms >= o.failed_after_ms(timing)
-                    && self.locks_unread.insert(key.to_owned())
+                    && self.locks_unread.insert(key.clone())
                 {
                     cmds.push(Command::RecordEvent {
                         message: format!(
-                            "{workload} stays assigned to {} (leave-running): the datastore cannot be read ({}), so whether {} still holds it is unknown",
-                            a.host,
+                            "{} {} {} (leave-running): the datastore cannot be read ({}), so whether {} still holds it is unknown",
+                            held.workload,
+                            held.stays,
+                            held.host,
                             self.read_problem.clone().unwrap_or_else(|| "no recent read".into()),
-                            a.host
+                            held.host
                         ),
                         at_ms,
                     });

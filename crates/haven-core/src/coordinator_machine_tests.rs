@@ -651,6 +651,164 @@ fn leave_running_workloads_with_a_fresh_lock_stay_put() {
     assert!(moved_at <= 4_000 + 1_100, "{moved_at}");
 }
 
+/// Found by haven-sim (a slow datastore read, stamped with its round's
+/// start, saw a lock write made near the round's end): a read round's
+/// result says what a file held at some moment up to the round's end, so
+/// a change it shows is counted from the end, not the start. Here h1's
+/// last write starts at 4,000, its keeper holds `w` until 4,000 + lease
+/// − margin = 4,750; a read round from 3,600 to 4,090 sees that write.
+/// Counted from 3,600, the lock looked still at the round of 4,600 and
+/// `w` moved while h1 still ran it.
+#[test]
+fn a_change_seen_by_a_slow_read_counts_from_the_end_of_its_round() {
+    let mut sim = with_datastore(&["h1", "h2"], vec![leave_running("w")]);
+    let mut seq = 0;
+    let mut moved_at = None;
+    let round_at = |sim: &mut Sim, started: u64, handed: u64, seq: u64| {
+        let keys = sim_wanted(sim, handed);
+        let generation = sim.s.workloads["w"].generation;
+        let results = keys
+            .into_iter()
+            .map(|k| {
+                let host = k == "host:h1";
+                let rec = (host || k == "lock:w").then(|| Record {
+                    host: "h1".into(),
+                    seq,
+                    generation: (!host).then_some(generation),
+                });
+                (k, rec)
+            })
+            .collect();
+        let round = DatastoreRound::Read(results);
+        let read = CoordinatorInput::DatastoreRead {
+            started_ms: started,
+            round,
+        };
+        sim.input(read, handed);
+    };
+    silent_from_1000(&mut sim, &["h2"], 6_000, |sim, t| {
+        if t % 100 == 0 && t < 3_600 {
+            seq += 1;
+            round_at(sim, t, t, seq);
+        }
+        if t == 4_090 {
+            // The slow round of 3,600, which read the write of 4,000.
+            seq += 1;
+            round_at(sim, 3_600, t, seq);
+        }
+        if t > 4_090 && t % 100 == 90 {
+            round_at(sim, t, t, seq);
+        }
+        if t % 10 == 0 {
+            sim.tick(t);
+        }
+        if moved_at.is_none() && sim.host_of("w").as_deref() != Some("h1") {
+            moved_at = Some(t);
+        }
+    });
+    let moved_at = moved_at.expect("moved once the lock stood still");
+    assert!(
+        moved_at >= 4_750,
+        "moved at {moved_at}, while h1's keeper holds it until 4,750"
+    );
+}
+
+/// A read round at `t` in which h1 still refreshes its heartbeat and the
+/// lock of `w` at generation `generation` (`seq` grows).
+fn h1_still_writes(sim: &mut Sim, t: u64, seq: u64, generation: Generation) {
+    let keys = sim_wanted(sim, t);
+    let results = keys
+        .into_iter()
+        .map(|k| {
+            let host = k == "host:h1";
+            let rec = (host || k == "lock:w").then(|| Record {
+                host: "h1".into(),
+                seq,
+                generation: (!host).then_some(generation),
+            });
+            (k, rec)
+        })
+        .collect();
+    let round = DatastoreRound::Read(results);
+    let read = CoordinatorInput::DatastoreRead {
+        started_ms: t,
+        round,
+    };
+    sim.input(read, t);
+}
+
+/// Found by haven-sim (seeds 105, 143, 438; two instances of one
+/// workload): a `leave-running` workload re-specced in place while its
+/// host is cut off gets a new generation on that host, which the host
+/// never hears of; it keeps running, and locking, the old one. Judged by
+/// the new generation's lock (none), the workload moved beside it. A lock
+/// its assigned host still refreshes for an older generation of the
+/// workload keeps it where it is.
+#[test]
+fn a_leave_running_workload_re_specced_while_its_host_is_cut_off_stays() {
+    let mut sim = with_datastore(&["h1", "h2"], vec![leave_running("w")]);
+    let old = sim.s.workloads["w"].assignment.as_ref().unwrap().generation;
+    let mut seq = 0;
+    silent_from_1000(&mut sim, &["h2"], 8_000, |sim, t| {
+        if t == 2_500 {
+            let mut changed = leave_running("w");
+            changed.memory_mib += 128;
+            sim.s.apply(&Command::ApplyWorkloads {
+                specs: vec![changed],
+                source: "t".into(),
+                at_ms: t,
+            });
+            let now = sim.s.workloads["w"].assignment.as_ref().unwrap();
+            assert!(
+                now.host == "h1" && now.generation > old,
+                "in place: {now:?}"
+            );
+        }
+        if t % 100 == 0 {
+            seq += 1;
+            h1_still_writes(sim, t, seq, old);
+        }
+    });
+    assert_eq!(
+        sim.host_of("w").as_deref(),
+        Some("h1"),
+        "{:?}",
+        sim.events()
+    );
+}
+
+/// Found by haven-sim (seed 273; two instances of one workload): a
+/// `leave-running` workload deleted (and applied again) while its host is
+/// cut off waits in `stopping`; its stop was confirmed by the lease rules
+/// alone, its lock file never looked at, while the host kept it running.
+/// A stop is not confirmed while its host still refreshes the lock.
+#[test]
+fn a_leave_running_instance_being_stopped_on_a_cut_off_host_is_not_confirmed_gone() {
+    let mut sim = with_datastore(&["h1", "h2"], vec![leave_running("w")]);
+    let old = sim.s.workloads["w"].assignment.as_ref().unwrap().generation;
+    let mut seq = 0;
+    silent_from_1000(&mut sim, &["h2"], 8_000, |sim, t| {
+        if t == 2_500 {
+            sim.s.apply(&Command::DeleteWorkload {
+                name: "w".into(),
+                at_ms: t,
+            });
+            sim.s.apply(&Command::ApplyWorkloads {
+                specs: vec![leave_running("w")],
+                source: "t".into(),
+                at_ms: t,
+            });
+            assert!(sim.s.stopping.contains_key("w"));
+        }
+        if t % 100 == 0 {
+            seq += 1;
+            h1_still_writes(sim, t, seq, old);
+        }
+    });
+    assert!(sim.s.stopping.contains_key("w"), "{:?}", sim.events());
+    assert_eq!(sim.host_of("w"), None, "{:?}", sim.events());
+}
+
 #[test]
 fn a_leave_running_workload_whose_lock_cannot_be_read_stays_and_is_said_once() {
     let mut sim = with_datastore(&["h1", "h2"], vec![leave_running("w")]);

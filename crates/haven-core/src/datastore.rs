@@ -29,10 +29,22 @@ pub struct Freshness {
 }
 
 impl Freshness {
-    /// Record what was read now; returns whether the file changed within
-    /// `window_ms` of `now_ms`. A file seen for the first time is not yet
-    /// known to advance.
-    pub fn observe(&mut self, key: &str, seq: Option<u64>, now_ms: u64, window_ms: u64) -> bool {
+    /// Record what a round of reads between `read_from_ms` and
+    /// `read_until_ms` found; returns whether the file changed within
+    /// `window_ms` of the round's start. The round read the file at some
+    /// moment within it, so a change counts from its end (a slow read may
+    /// return what was written just before it ended: counted from the
+    /// start, a writer's last round would look a round older than it is);
+    /// standing still counts from its start. A file seen for the first
+    /// time is not yet known to advance.
+    pub fn observe(
+        &mut self,
+        key: &str,
+        seq: Option<u64>,
+        read_from_ms: u64,
+        read_until_ms: u64,
+        window_ms: u64,
+    ) -> bool {
         let Some(seq) = seq else {
             self.seen.remove(key);
             return false;
@@ -41,9 +53,9 @@ impl Freshness {
             Some((last, changed_at)) => {
                 if *last != seq {
                     *last = seq;
-                    *changed_at = now_ms;
+                    *changed_at = (*changed_at).max(read_until_ms);
                 }
-                now_ms.saturating_sub(*changed_at) < window_ms
+                read_from_ms.saturating_sub(*changed_at) < window_ms
             }
             None => {
                 // Unknown history: count it as stale until it moves.
@@ -61,15 +73,16 @@ impl Freshness {
         &mut self,
         key: &str,
         seq: Option<u64>,
-        now_ms: u64,
+        read_from_ms: u64,
+        read_until_ms: u64,
         window_ms: u64,
     ) -> bool {
         if seq.is_some() && !self.seen.contains_key(key) {
             self.seen
-                .insert(key.to_owned(), (seq.unwrap_or_default(), now_ms));
+                .insert(key.to_owned(), (seq.unwrap_or_default(), read_until_ms));
             return true;
         }
-        self.observe(key, seq, now_ms, window_ms)
+        self.observe(key, seq, read_from_ms, read_until_ms, window_ms)
     }
 
     pub fn forget(&mut self, key: &str) {
@@ -85,23 +98,39 @@ mod tests {
     fn freshness_needs_the_sequence_to_move() {
         let mut f = Freshness::default();
         assert!(
-            !f.observe("h1", Some(1), 1_000, 1_000),
+            !f.observe("h1", Some(1), 1_000, 1_000, 1_000),
             "first sight is not proof of life"
         );
-        assert!(!f.observe("h1", Some(1), 1_500, 1_000));
-        assert!(f.observe("h1", Some(2), 1_600, 1_000));
-        assert!(f.observe("h1", Some(2), 2_599, 1_000));
-        assert!(!f.observe("h1", Some(2), 2_600, 1_000), "stopped advancing");
-        assert!(!f.observe("h1", None, 2_700, 1_000));
+        assert!(!f.observe("h1", Some(1), 1_500, 1_500, 1_000));
+        assert!(f.observe("h1", Some(2), 1_600, 1_600, 1_000));
+        assert!(f.observe("h1", Some(2), 2_599, 2_599, 1_000));
+        assert!(
+            !f.observe("h1", Some(2), 2_600, 2_600, 1_000),
+            "stopped advancing"
+        );
+        assert!(!f.observe("h1", None, 2_700, 2_700, 1_000));
+    }
+
+    #[test]
+    fn a_change_counts_from_the_end_of_the_round_that_saw_it() {
+        let mut f = Freshness::default();
+        assert!(f.observe_lock("w", Some(1), 1_000, 1_010, 1_000));
+        // A slow round (1,100..1,590) saw a write made near its end.
+        assert!(f.observe_lock("w", Some(2), 1_100, 1_590, 1_000));
+        assert!(f.observe_lock("w", Some(2), 2_500, 2_510, 1_000));
+        assert!(!f.observe_lock("w", Some(2), 2_590, 2_600, 1_000));
     }
 
     #[test]
     fn a_lock_file_first_seen_counts_as_changed_then() {
         let mut f = Freshness::default();
-        assert!(f.observe_lock("w", Some(5), 1_000, 1_000));
-        assert!(f.observe_lock("w", Some(5), 1_999, 1_000));
-        assert!(!f.observe_lock("w", Some(5), 2_000, 1_000), "stood still");
-        assert!(f.observe_lock("w", Some(6), 2_100, 1_000));
-        assert!(!f.observe_lock("w", None, 2_200, 1_000), "gone");
+        assert!(f.observe_lock("w", Some(5), 1_000, 1_000, 1_000));
+        assert!(f.observe_lock("w", Some(5), 1_999, 1_999, 1_000));
+        assert!(
+            !f.observe_lock("w", Some(5), 2_000, 2_000, 1_000),
+            "stood still"
+        );
+        assert!(f.observe_lock("w", Some(6), 2_100, 2_100, 1_000));
+        assert!(!f.observe_lock("w", None, 2_200, 2_200, 1_000), "gone");
     }
 }

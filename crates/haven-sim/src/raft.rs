@@ -30,7 +30,7 @@
 
 use crate::net::Network;
 use crate::rng::Rng;
-use haven_core::state::{ClusterState, Command};
+use haven_core::state::{ClusterState, Command, CommandResult};
 
 pub const RAFT_HEARTBEAT_INTERVAL_MS: u64 = 50;
 pub const ELECTION_TIMEOUT_MIN_MS: u64 = 4 * RAFT_HEARTBEAT_INTERVAL_MS;
@@ -44,7 +44,20 @@ pub const HANDOVER_DRIFT_DIVISOR: u64 = 20;
 pub struct Entry {
     pub term: u64,
     pub id: u64,
+    /// The node whose proposer waits for its result (`None`: bootstrap,
+    /// or nobody waits).
+    pub origin: Option<usize>,
     pub command: Command,
+}
+
+/// An entry a node proposed, applied on that node: the result its
+/// proposer waits for (openraft's `client_write` answer).
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub node: usize,
+    pub term: u64,
+    pub id: u64,
+    pub result: CommandResult,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +124,8 @@ pub struct RaftModel {
     /// Model invariant failures (committed entries lost, ...).
     pub violations: Vec<String>,
     pub elections: u64,
+    /// Proposals applied on their proposer since the world last took them.
+    pub applied: Vec<Applied>,
 }
 
 impl RaftModel {
@@ -123,6 +138,7 @@ impl RaftModel {
             .map(|(i, command)| Entry {
                 term: 1,
                 id: i as u64,
+                origin: None,
                 command,
             })
             .collect();
@@ -156,6 +172,7 @@ impl RaftModel {
             committed,
             violations: vec![],
             elections: 0,
+            applied: vec![],
         }
     }
 
@@ -168,19 +185,23 @@ impl RaftModel {
     }
 
     /// Propose on `node` if it believes it leads: appended to its own log;
-    /// committed only by a later round. `false` if it does not lead.
-    pub fn propose(&mut self, node: usize, command: Command) -> bool {
+    /// committed only by a later round. The entry's id, or `None` if it
+    /// does not lead. `answer`: its result goes to `applied` once it is
+    /// applied there.
+    pub fn propose(&mut self, node: usize, command: Command, answer: bool) -> Option<u64> {
         let n = &mut self.nodes[node];
         if n.role != Role::Leader {
-            return false;
+            return None;
         }
+        let id = self.next_id;
         n.tail.push(Entry {
             term: n.term,
-            id: self.next_id,
+            id,
+            origin: answer.then_some(node),
             command,
         });
         self.next_id += 1;
-        true
+        Some(id)
     }
 
     /// The host crashed: volatile state goes, the log and vote stay
@@ -213,7 +234,16 @@ impl RaftModel {
     fn apply_up_to_known(&mut self, n: usize) {
         let node = &mut self.nodes[n];
         while node.applied < node.known {
-            node.state.apply(&self.committed[node.applied].command);
+            let e = &self.committed[node.applied];
+            let result = node.state.apply(&e.command);
+            if e.origin == Some(n) {
+                self.applied.push(Applied {
+                    node: n,
+                    term: e.term,
+                    id: e.id,
+                    result,
+                });
+            }
             node.applied += 1;
         }
     }

@@ -6,17 +6,22 @@
 //! So one seed is one run, replayed exactly.
 
 use crate::clock::Clock;
-use crate::coordinator_adapter::{CoordinatorAdapter, Faults};
+use crate::coordinator_runtime::{CoordinatorRuntime, Faults};
 use crate::net::Network;
-use crate::raft::{RaftEvent, RaftModel, Role, RAFT_HEARTBEAT_INTERVAL_MS};
+use crate::raft::{Applied, RaftEvent, RaftModel, Role, RAFT_HEARTBEAT_INTERVAL_MS};
 use crate::rng::Rng;
+use haven_core::coordinator::HostReport;
+use haven_core::coordinator_machine::{
+    CoordinatorEffect, CoordinatorInput, DatastoreRound, Heartbeat, HeartbeatAnswer, ProbeOutcome,
+};
+use haven_core::datastore::{op_timeout_ms, Record};
 use haven_core::host_agent::{
-    check_inherited, Ack, HeartbeatReport, HostAgent, HostAgentConfig, HostEffect, HostEvent,
-    HostInput, InheritedLease, StopHow,
+    check_inherited, Ack, Authority, DesiredInstance, HeartbeatReport, HostAgent, HostAgentConfig,
+    HostEffect, HostEvent, HostInput, InheritedLease, StopHow,
 };
 use haven_core::model::{
-    Capacity, ClusterSettings, Generation, HostRecord, IsolationResponse, Priority, RestartPolicy,
-    Role as HostRole, WorkloadKind, WorkloadSpec,
+    Capacity, ClusterSettings, FenceDevice, Generation, HostRecord, IsolationResponse, Priority,
+    RestartPolicy, Role as HostRole, WorkloadKind, WorkloadSpec,
 };
 use haven_core::state::{ClusterState, Command};
 use std::cmp::Reverse;
@@ -32,6 +37,24 @@ pub const WATCHDOG_TIMEOUT_MS: u64 = 1_000;
 pub const STOP_GRACE_MS: u64 = 3_000;
 /// A kill empties a cgroup within this (the test bed measures ~10 ms).
 pub const KILL_MS_MAX: u64 = 10;
+/// The agent's bound on one fence (`haven agent --fence-timeout-ms`'s
+/// default): off, then status.
+pub const FENCE_TIMEOUT_MS: u64 = 10_000;
+/// The agent's probe timing (`haven-agent`'s `coordinator.rs`): each
+/// probe waits this long, a round starts every gap, at most this many
+/// rounds wait at once.
+const PROBE_TIMEOUT_MS: u64 = 300;
+const PROBE_GAP_MS: u64 = 100;
+const PROBE_ROUNDS_IN_FLIGHT_MAX: usize = 4;
+/// How often each agent writes its datastore files (`haven-agent`'s
+/// `datastore::WRITE_INTERVAL_MS`).
+const DS_WRITE_INTERVAL_MS: u64 = 250;
+/// Where the simulated shared datastore is mounted (the cluster setting).
+const DATASTORE_PATH: &str = "/srv/haven-datastore";
+/// Seeds the stream the world's equipment is drawn from.
+const FEATURES_STREAM: u64 = 0x6665_6174_7572_6573;
+/// The coordinator's tick: the cluster's heartbeat interval (default).
+const COORDINATOR_TICK_MS: u64 = 100;
 /// How often the lease invariant is checked.
 const SWEEP_MS: u64 = 100;
 /// How often replicas are compared.
@@ -62,6 +85,11 @@ pub struct SimConfig {
     pub setup: Option<Setup>,
     /// Keep what happened on the hosts (`Outcome::happened`).
     pub record: bool,
+    /// Which hosts have a fence device, and how each behaves.
+    pub fencing: Fencing,
+    /// Whether the cluster has a shared datastore (`None`: drawn from the
+    /// seed, in half the seeds).
+    pub datastore: Option<bool>,
 }
 
 /// A given cluster: its hosts (managers first), settings and workloads.
@@ -111,6 +139,30 @@ pub struct HappenedAt {
     pub what: Happened,
 }
 
+/// How a host's simulated fence device behaves when asked to fence it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FenceBehaviour {
+    /// Powers the host off within a few hundred ms and confirms it.
+    Works,
+    /// Fails (exit 1) without touching the host.
+    Fails,
+    /// Answers nothing within the fence timeout; half the time it powers
+    /// the host off anyway, later.
+    Slow,
+}
+
+/// Which hosts have fence devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fencing {
+    /// Drawn from the seed: in half the seeds, about 60% of the hosts
+    /// have one (60% work, 20% fail, 20% are slow).
+    Random,
+    /// No host has one.
+    None,
+    /// Every host has one that behaves so.
+    Every(FenceBehaviour),
+}
+
 impl SimConfig {
     pub fn new(seed: u64) -> SimConfig {
         SimConfig {
@@ -124,6 +176,8 @@ impl SimConfig {
             drift_max: 1e-4,
             scenario: vec![],
             stop_at_first: true,
+            fencing: Fencing::Random,
+            datastore: None,
             setup: None,
             record: false,
         }
@@ -137,6 +191,8 @@ impl SimConfig {
             workloads: setup.workloads.len(),
             chaos: false,
             setup: Some(setup),
+            fencing: Fencing::None,
+            datastore: Some(false),
             ..SimConfig::new(seed)
         }
     }
@@ -173,6 +229,16 @@ pub enum Action {
     Loss(f64, u64),
     DelaySpike(u64, u64),
     Drift(Target),
+    /// One host's I/O to the datastore hangs for this long.
+    DatastoreStall(Target, u64),
+    /// The whole datastore hangs for this long.
+    DatastoreStallAll(u64),
+    /// Every datastore operation takes up to this much longer, for this
+    /// long.
+    DatastoreSlow(u64, u64),
+    /// Half the coordinator's read rounds take this much longer, for this
+    /// long.
+    DatastoreSlowReads(u64, u64),
     ApplyNew,
     Respec,
     Delete,
@@ -206,6 +272,10 @@ impl Action {
             | Action::Flap(_, s)
             | Action::Loss(_, s)
             | Action::DelaySpike(_, s)
+            | Action::DatastoreStall(_, s)
+            | Action::DatastoreStallAll(s)
+            | Action::DatastoreSlow(_, s)
+            | Action::DatastoreSlowReads(_, s)
             | Action::CrashLoop(_, _, s) => *s,
             _ => 0,
         }
@@ -246,8 +316,62 @@ enum Io {
     },
 }
 
+/// The shared datastore (DESIGN §1): one heartbeat file per host and one
+/// lock file per held workload, each with a growing sequence number; and
+/// its faults.
+#[derive(Default)]
+struct Datastore {
+    heartbeats: BTreeMap<String, u64>,
+    locks: BTreeMap<String, Record>,
+    /// Hosts whose I/O to it hangs, until (real ms).
+    stalled: BTreeMap<usize, u64>,
+    /// Every host's I/O to it hangs, until.
+    stalled_all: Option<u64>,
+    /// Every operation takes up to this much longer, until.
+    slow: Option<(u64, u64)>,
+    /// Half the read rounds block this much longer (a file server that
+    /// stalls now and then), until.
+    slow_reads: Option<(u64, u64)>,
+}
+
+impl Datastore {
+    /// How long one round of `host`'s I/O takes at `now_ms`, or `None` if
+    /// it hangs.
+    fn round_ms(&self, host: usize, now_ms: u64, rng: &mut Rng) -> Option<u64> {
+        let hung = |until: Option<&u64>| until.is_some_and(|u| now_ms < *u);
+        if hung(self.stalled.get(&host)) || hung(self.stalled_all.as_ref()) {
+            return None;
+        }
+        let mut ms = rng.range(1, 20);
+        if let Some((extra, until)) = self.slow {
+            if now_ms < until {
+                ms += rng.range(0, extra);
+            }
+        }
+        Some(ms)
+    }
+
+    /// How long a round of reads takes: like any round, and sometimes
+    /// much longer while reads are slow.
+    fn read_round_ms(&self, host: usize, now_ms: u64, rng: &mut Rng) -> Option<u64> {
+        let ms = self.round_ms(host, now_ms, rng)?;
+        match self.slow_reads {
+            Some((extra, until)) if now_ms < until && rng.chance(0.5) => Some(ms + extra),
+            _ => Some(ms),
+        }
+    }
+}
+
 struct Host {
     name: String,
+    /// What its heartbeats say about it (address, capacity, fence device,
+    /// watchdog), as its agent's configuration would.
+    record: HostRecord,
+    /// Its fence device, if it has one.
+    fence: Option<FenceBehaviour>,
+    /// Held off by its fence device: nothing powers it on but the device's
+    /// release (a fenced host does not come back by itself).
+    fenced_off: bool,
     node: Option<usize>,
     on: bool,
     frozen: bool,
@@ -258,6 +382,13 @@ struct Host {
     clock: Clock,
     instances: BTreeMap<(String, Generation), Inst>,
     keeper_deadline_ms: Option<u64>,
+    /// The keeper's hold for `leave-running` instances while the host
+    /// still writes the datastore (`haven-agent`'s `Node::keeper_renew`).
+    keeper_hold_ms: Option<u64>,
+    /// The datastore: the sequence number of its next write round, and
+    /// when (local) its last complete round started.
+    ds_seq: u64,
+    ds_ok_at_ms: Option<u64>,
     /// The lease expiry the agent last wrote to its data dir (local ms).
     lease_file: Option<u64>,
     wake_at: Option<u64>,
@@ -300,7 +431,54 @@ enum Ev {
     RaftRound,
     /// A leader replicates what it was just asked to propose.
     RaftAppend(usize),
+    /// Every manager's regular coordinator tick.
     CoordTick,
+    /// A tick one office asked for (`next_wakeup_ms`).
+    CoordWake(usize),
+    /// A host's agent starts a round of datastore writes.
+    DsWrite(usize),
+    DsWriteDone {
+        host: usize,
+        incarnation: u64,
+        started_ms: u64,
+        ok: bool,
+        locks: Vec<(String, Generation)>,
+    },
+    /// A manager's datastore reader starts a round.
+    DsRead(usize),
+    DsReadDone {
+        node: usize,
+        started_ms: u64,
+        keys: Option<Vec<String>>,
+    },
+    /// A fence device powers its host off and holds it off. `late`: a
+    /// slow device, after its fence timed out (a fault of its own: none
+    /// once the faults healed).
+    FenceOff {
+        host: usize,
+        late: bool,
+    },
+    /// The fenced host is powered on again (an operator, after a while).
+    FenceRelease(usize),
+    /// A fence that manager `node`'s office of `term` asked for ended.
+    FenceDone {
+        node: usize,
+        term: u64,
+        host: String,
+        outcome: Result<u64, String>,
+    },
+    /// Time for manager `node`'s next probe round of `host`.
+    ProbeDue {
+        node: usize,
+        term: u64,
+        host: String,
+    },
+    ProbeDone {
+        node: usize,
+        term: u64,
+        host: String,
+        outcomes: Vec<(String, ProbeOutcome)>,
+    },
     StartDone(usize, String, Generation, u64),
     StopDone {
         host: usize,
@@ -356,6 +534,8 @@ pub struct Stats {
     pub elections: u64,
     pub committed: u64,
     pub resets: u64,
+    /// Hosts powered off by their fence device.
+    pub fenced: u64,
 }
 
 /// What one run produced.
@@ -390,7 +570,22 @@ pub struct World {
     managers: Vec<usize>,
     net: Network,
     raft: RaftModel,
-    coord: Vec<CoordinatorAdapter>,
+    /// Per manager node: its coordinator runtime.
+    coord: Vec<CoordinatorRuntime>,
+    /// Per manager node: the newest confirmation round fed to its office.
+    confirmed_fed: Vec<Option<u64>>,
+    /// Per manager node: the entries of its last tick not applied yet (a
+    /// tick's proposals are awaited before the next tick, as the agent's
+    /// runtime does).
+    awaiting: Vec<BTreeSet<u64>>,
+    /// Per manager node: when its office's asked-for tick is due (real).
+    coord_wake: Vec<Option<u64>>,
+    /// Probe rounds waiting for answers, per (manager node, probed host).
+    probes_in_flight: BTreeMap<(usize, String), usize>,
+    /// The shared datastore, if the cluster has one.
+    datastore: Option<Datastore>,
+    /// Per manager node: the datastore files its office wants read.
+    ds_wanted: Vec<BTreeSet<String>>,
     /// The operator's own list of what it applied (for re-spec, delete).
     catalog: BTreeMap<String, WorkloadSpec>,
     deleted: Vec<WorkloadSpec>,
@@ -419,9 +614,18 @@ fn fnv(hash: u64, text: &str) -> u64 {
     h
 }
 
+/// An agent process's `boot` id: one per incarnation.
+fn boot_id(incarnation: u64) -> String {
+    format!("boot-{incarnation}")
+}
+
 /// A command in a few words, for the trace.
 fn summary(c: &Command) -> String {
     match c {
+        Command::Batch { commands } => {
+            let parts: Vec<String> = commands.iter().map(summary).collect();
+            parts.join("; ")
+        }
         Command::Place { placements, .. } => {
             let p: Vec<String> = placements
                 .iter()
@@ -446,11 +650,13 @@ fn summary(c: &Command) -> String {
             ..
         } => format!("failed {workload}@{generation}"),
         Command::SetPending { workload, .. } => format!("pending {workload}"),
+        Command::RecordEvent { message, .. } => format!("event {message:?}"),
+        Command::RecordWorkloadEvent { message, .. } => format!("event {message:?}"),
         other => format!("{:?}", std::mem::discriminant(other)),
     }
 }
 
-fn spec(name: String, rng: &mut Rng) -> WorkloadSpec {
+fn spec(name: String, rng: &mut Rng, datastore: bool) -> WorkloadSpec {
     let priority = [
         Priority::Highest,
         Priority::High,
@@ -467,7 +673,12 @@ fn spec(name: String, rng: &mut Rng) -> WorkloadSpec {
         memory_mib: 128 * rng.range(1, 2),
         priority,
         restart: RestartPolicy::default(),
-        isolation_response: rng.chance(0.2).then_some(IsolationResponse::Shutdown),
+        isolation_response: match rng.index(10) {
+            0 | 1 => Some(IsolationResponse::Shutdown),
+            // Only with a datastore (settings and specs refuse it without).
+            2 | 3 if datastore => Some(IsolationResponse::LeaveRunning),
+            _ => None,
+        },
         log_max_bytes: haven_core::logs::LOG_MAX_BYTES_DEFAULT,
         user: None,
         group: None,
@@ -494,31 +705,63 @@ impl World {
             });
         }
         let mut hosts = vec![];
+        // What the world is made of comes from its own stream, so that
+        // adding a kind of equipment leaves the rest of a seed's draws alone.
+        let mut features = Rng::new(cfg.seed ^ FEATURES_STREAM);
+        let fenced_world = features.chance(0.5);
+        let datastore = cfg.datastore.unwrap_or_else(|| features.chance(0.5));
+        if datastore {
+            let settings = ClusterSettings {
+                datastore: Some(DATASTORE_PATH.into()),
+                ..ClusterSettings::default()
+            };
+            boot.push(Command::SetSettings { settings, at_ms: 0 });
+        }
         for i in 0..cfg.hosts {
             let given = cfg.setup.as_ref().and_then(|s| s.hosts.get(i));
             let name = given.map_or_else(|| format!("h{}", i + 1), |g| g.name.clone());
-            boot.push(Command::RegisterHost {
-                host: HostRecord {
-                    name: name.clone(),
-                    node_id: i as u64 + 1,
-                    address: format!("10.0.{}.{}:7000", i / 250, i % 250 + 1),
-                    role: if i < managers.len() {
-                        HostRole::Manager
-                    } else {
-                        HostRole::Worker
-                    },
-                    capacity: given.map_or(capacity, |g| g.capacity),
-                    labels: given.map_or_else(BTreeMap::new, |g| g.labels.clone()),
-                    instance_id: name.clone(),
-                    fence: None,
-                    watchdog_timeout_ms: WATCHDOG_TIMEOUT_MS,
-                    restart_grace: None,
+            let fence = match cfg.fencing {
+                Fencing::None => None,
+                Fencing::Every(b) => Some(b),
+                Fencing::Random => {
+                    let has = features.chance(0.6);
+                    let b = match features.index(10) {
+                        0 | 1 => FenceBehaviour::Fails,
+                        2 | 3 => FenceBehaviour::Slow,
+                        _ => FenceBehaviour::Works,
+                    };
+                    (fenced_world && has).then_some(b)
+                }
+            };
+            let record = HostRecord {
+                name: name.clone(),
+                node_id: i as u64 + 1,
+                address: format!("10.0.{}.{}:7000", i / 250, i % 250 + 1),
+                role: if i < managers.len() {
+                    HostRole::Manager
+                } else {
+                    HostRole::Worker
                 },
+                capacity: given.map_or(capacity, |g| g.capacity),
+                labels: given.map_or_else(BTreeMap::new, |g| g.labels.clone()),
+                instance_id: name.clone(),
+                fence: fence.map(|_| FenceDevice {
+                    agent: "/usr/sbin/fence_sim".into(),
+                    args: BTreeMap::from([("host".to_string(), name.clone())]),
+                }),
+                watchdog_timeout_ms: WATCHDOG_TIMEOUT_MS,
+                restart_grace: None,
+            };
+            boot.push(Command::RegisterHost {
+                host: record.clone(),
                 at_ms: 0,
             });
             let rate = 1.0 + (rng.unit() * 2.0 - 1.0) * cfg.drift_max;
             hosts.push(Host {
                 name,
+                record,
+                fence,
+                fenced_off: false,
                 node: (i < managers.len()).then_some(i),
                 on: true,
                 frozen: false,
@@ -528,6 +771,9 @@ impl World {
                 clock: Clock::new(rng.range(1_000_000, 1_000_000_000), 0, rate),
                 instances: BTreeMap::new(),
                 keeper_deadline_ms: None,
+                keeper_hold_ms: None,
+                ds_seq: 0,
+                ds_ok_at_ms: None,
                 lease_file: None,
                 wake_at: None,
                 last_pet_ms: 0,
@@ -544,7 +790,7 @@ impl World {
         let specs: Vec<WorkloadSpec> = match &cfg.setup {
             Some(setup) => setup.workloads.clone(),
             None => (0..cfg.workloads)
-                .map(|i| spec(format!("w{i:05}"), &mut rng))
+                .map(|i| spec(format!("w{i:05}"), &mut rng, datastore))
                 .collect(),
         };
         for (n, part) in specs.chunks(1_000).enumerate() {
@@ -563,13 +809,14 @@ impl World {
         let raft = RaftModel::new(&managers, boot);
         let coord = managers
             .iter()
-            .map(|_| CoordinatorAdapter::new(cfg.faults))
+            .map(|m| CoordinatorRuntime::new(&hosts[*m].name, datastore, cfg.faults))
             .collect();
         let chaos_until = if cfg.chaos {
             cfg.duration_ms.saturating_sub(RECOVERY_BOUND_MS + 5_000) * 7 / 10
         } else {
             0
         };
+        let managers_len = managers.len();
         let mut w = World {
             next_workload: cfg.workloads,
             cfg,
@@ -582,6 +829,12 @@ impl World {
             net: Network::new((1, 5)),
             raft,
             coord,
+            confirmed_fed: vec![None; managers_len],
+            awaiting: vec![BTreeSet::new(); managers_len],
+            coord_wake: vec![None; managers_len],
+            probes_in_flight: BTreeMap::new(),
+            datastore: datastore.then(Datastore::default),
+            ds_wanted: vec![BTreeSet::new(); managers_len],
             catalog,
             deleted: vec![],
             placed: BTreeMap::new(),
@@ -608,6 +861,15 @@ impl World {
         }
         w.schedule(0, Ev::RaftRound);
         w.schedule(0, Ev::CoordTick);
+        if w.datastore.is_some() {
+            for h in 0..w.hosts.len() {
+                let at = w.rng.range(0, DS_WRITE_INTERVAL_MS);
+                w.schedule(at, Ev::DsWrite(h));
+            }
+            for n in 0..w.raft.nodes.len() {
+                w.schedule(COORDINATOR_TICK_MS, Ev::DsRead(n));
+            }
+        }
         w.schedule(SWEEP_MS, Ev::Sweep);
         w.schedule(REPLICA_CHECK_MS, Ev::ReplicaCheck);
         for (at, a) in w.cfg.scenario.clone() {
@@ -685,7 +947,8 @@ impl World {
                 _ => Target::Host(self.rng.index(self.hosts.len())),
             };
             let span = self.rng.range(200, 8_000);
-            let action = match self.rng.index(16) {
+            let kinds = if self.datastore.is_some() { 20 } else { 16 };
+            let action = match self.rng.index(kinds) {
                 0 => Action::Crash(target, span),
                 1 => Action::Freeze(target, span),
                 2 => Action::AgentCrash(target, span),
@@ -700,7 +963,11 @@ impl World {
                 12 => Action::ApplyNew,
                 13 => Action::Respec,
                 14 => Action::Delete,
-                _ => Action::DeleteAndReapply,
+                15 => Action::DeleteAndReapply,
+                16 => Action::DatastoreStall(target, span),
+                17 => Action::DatastoreStallAll(span),
+                18 => Action::DatastoreSlow(self.rng.range(50, 800), span),
+                _ => Action::DatastoreSlowReads(self.rng.range(100, 490), span),
             };
             self.schedule(t, Ev::Do(action));
         }
@@ -803,11 +1070,81 @@ impl World {
                     &mut events,
                 );
                 self.raft_events(events, &local);
+                self.after_raft();
                 self.take_raft_violations();
             }
             Ev::CoordTick => {
                 self.coordinator_ticks();
-                self.schedule(self.now + 100, Ev::CoordTick);
+                self.schedule(self.now + COORDINATOR_TICK_MS, Ev::CoordTick);
+            }
+            Ev::CoordWake(n) => {
+                if self.coord_wake[n] == Some(self.now) {
+                    self.coord_wake[n] = None;
+                    self.coordinator_tick(n);
+                }
+            }
+            Ev::FenceOff { host: h, late } => {
+                // A late power-off after the heal would be a fault after it.
+                let skip = self.hosts[h].fenced_off || (late && self.healed);
+                if !skip {
+                    self.stats.fenced += 1;
+                    self.note(format!(
+                        "{} powered off by its fence device",
+                        self.hosts[h].name
+                    ));
+                    self.power_off(h);
+                    self.hosts[h].fenced_off = true;
+                    let back = self.now + self.rng.range(2_000, 6_000);
+                    self.schedule(back, Ev::FenceRelease(h));
+                }
+            }
+            Ev::FenceRelease(h) => {
+                self.hosts[h].fenced_off = false;
+                self.power_on(h);
+            }
+            Ev::FenceDone {
+                node,
+                term,
+                host,
+                outcome,
+            } => {
+                // `status` reads the host as it is now.
+                let outcome = match outcome {
+                    Ok(_) if !self.fence_status(&host) => {
+                        Err("/usr/sbin/fence_sim reports the host still on after action=off".into())
+                    }
+                    o => o,
+                };
+                self.note(format!("fence of {host}: {outcome:?}"));
+                let input = CoordinatorInput::FenceResult { host, outcome };
+                self.feed_office(node, term, input);
+            }
+            Ev::ProbeDue { node, term, host } => self.probe_due(node, term, host),
+            Ev::DsWrite(h) => self.ds_write(h),
+            Ev::DsWriteDone {
+                host,
+                incarnation,
+                started_ms,
+                ok,
+                locks,
+            } => self.ds_write_done(host, incarnation, started_ms, ok, locks),
+            Ev::DsRead(n) => self.ds_read(n),
+            Ev::DsReadDone {
+                node,
+                started_ms,
+                keys,
+            } => self.ds_read_done(node, started_ms, keys),
+            Ev::ProbeDone {
+                node,
+                term,
+                host,
+                outcomes,
+            } => {
+                if let Some(c) = self.probes_in_flight.get_mut(&(node, host.clone())) {
+                    *c = c.saturating_sub(1);
+                }
+                let input = CoordinatorInput::ProbeResult { host, outcomes };
+                self.feed_office(node, term, input);
             }
             Ev::StartDone(h, w, g, id) => self.start_done(h, w, g, id),
             Ev::StopDone {
@@ -895,6 +1232,9 @@ impl World {
         };
         let host = &mut self.hosts[h];
         host.incarnation += 1;
+        // Its datastore sequence numbers start from its clock, as the
+        // agent's do: they grow across restarts.
+        host.ds_seq = host.ds_seq.max(now_local);
         host.agent_frozen = false;
         host.backlog.clear();
         let (agent, effects) = HostAgent::new(
@@ -927,8 +1267,16 @@ impl World {
         let now_local = self.local(h);
         let agent = self.hosts[h].agent.as_mut().expect("running");
         let effects = agent.handle(input, now_local);
-        let pet = !agent.lapsed(now_local);
+        let lapsed = agent.lapsed(now_local);
+        let datastore_ok = lapsed
+            && matches!(
+                agent.authority(now_local),
+                Authority::Lapsed { datastore_ok: true }
+            );
         let wake = agent.next_wakeup_ms();
+        // Petted while the lease holds, or while workloads are left
+        // running with the datastore written (`haven-agent`'s supervisor).
+        let pet = !lapsed || (datastore_ok && self.leaves_running(h));
         if pet {
             self.hosts[h].last_pet_ms = self.now;
             if !self.hosts[h].watchdog_armed {
@@ -1011,10 +1359,8 @@ impl World {
                     how,
                 } => self.stop_instance(h, workload, generation, how),
                 HostEffect::RenewKeeper { deadline_ms } => {
-                    let host = &mut self.hosts[h];
-                    host.keeper_deadline_ms = Some(deadline_ms);
-                    host.lease_file = Some(deadline_ms);
-                    self.arm_keeper(h);
+                    self.hosts[h].lease_file = Some(deadline_ms);
+                    self.renew_keeper(h, deadline_ms);
                 }
                 HostEffect::Event(e) => {
                     let text = format!("{} {e:?}", self.hosts[h].name);
@@ -1065,16 +1411,8 @@ impl World {
                     return;
                 }
                 let Some(n) = host.node else { return };
-                let local = self.local(to);
-                let node = &self.raft.nodes[n];
-                let leads = node.role == Role::Leader;
-                let grant = leads
-                    && self.coord[n].term() == Some(node.term)
-                    && self.coord[n].may_grant(node.confirmed_at_ms, local, &node.state);
-                let reply = if grant {
-                    let name = self.hosts[from].name.clone();
-                    let state = &self.raft.nodes[n].state;
-                    match self.coord[n].heartbeat(&name, &report, local, state) {
+                let reply = if self.lease_granting(n) {
+                    match self.answer_heartbeat(n, from, incarnation, &report) {
                         Some(ack) => {
                             self.stats.acks += 1;
                             Msg::Ack {
@@ -1086,6 +1424,7 @@ impl World {
                         None => return,
                     }
                 } else {
+                    let node = &self.raft.nodes[n];
                     let hint = node
                         .leader
                         .filter(|l| *l != n)
@@ -1340,16 +1679,18 @@ impl World {
         let Some(deadline) = host.keeper_deadline_ms else {
             return;
         };
-        if host.clock.local(self.now) < deadline {
+        let local = host.clock.local(self.now);
+        if local < deadline {
             self.arm_keeper(h);
             return;
         }
         // A graceful stop in progress is cut short too: the keeper kills
-        // the cgroup.
+        // the cgroup. `leave-running` ones go at the end of their hold.
+        let hold = host.keeper_hold_ms.unwrap_or(deadline).max(deadline);
         let victims: Vec<(String, Generation, u64)> = host
             .instances
             .iter()
-            .filter(|(_, i)| i.isolation != IsolationResponse::LeaveRunning)
+            .filter(|(_, i)| i.isolation != IsolationResponse::LeaveRunning || local >= hold)
             .map(|((w, g), i)| (w.clone(), *g, i.id))
             .collect();
         for (w, g, id) in victims {
@@ -1415,18 +1756,20 @@ impl World {
         host.agent = None;
         host.agent_frozen = false;
         host.keeper_deadline_ms = None;
+        host.keeper_hold_ms = None;
+        host.ds_ok_at_ms = None;
         host.wake_at = None;
         host.backlog.clear();
         host.deferred.clear();
         host.hint = None;
         if let Some(n) = host.node {
             self.raft.crash(n);
-            self.coord[n].leave_office();
+            self.leave_office(n);
         }
     }
 
     fn power_on(&mut self, h: usize) {
-        if self.hosts[h].on {
+        if self.hosts[h].on || self.hosts[h].fenced_off {
             return;
         }
         // The monotonic clock starts again from somewhere else.
@@ -1510,6 +1853,7 @@ impl World {
             .raft
             .round(self.now, &up, &local, &self.net, &mut self.rng);
         self.raft_events(events, &local);
+        self.after_raft();
         self.take_raft_violations();
     }
 
@@ -1526,13 +1870,14 @@ impl World {
                         "{name} elected, term {term}, credit {credit_ms} ms"
                     ));
                     self.leader_terms.push((term, name));
+                    self.leave_office(node);
                     let state = &self.raft.nodes[node].state;
                     self.coord[node].take_office(term, local[node], credit_ms, state);
                 }
                 RaftEvent::SteppedDown { node, term } => {
                     let name = self.hosts[self.raft.nodes[node].host].name.clone();
                     self.note(format!("{name} steps down from term {term}"));
-                    self.coord[node].leave_office();
+                    self.leave_office(node);
                 }
             }
         }
@@ -1551,34 +1896,565 @@ impl World {
         }
     }
 
+    /// Every manager that leads ticks its office.
     fn coordinator_ticks(&mut self) {
         for n in 0..self.raft.nodes.len() {
-            let h = self.raft.nodes[n].host;
-            if !self.agent_running(h) || self.raft.nodes[n].role != Role::Leader {
-                continue;
-            }
-            let local = self.local(h);
-            let node = &self.raft.nodes[n];
-            if self.coord[n].term() != Some(node.term)
-                || !self.coord[n].may_grant(node.confirmed_at_ms, local, &node.state)
-            {
-                continue;
-            }
-            let cmds = self.coord[n].tick(&node.state, local, self.now);
-            if !cmds.is_empty() {
-                let what: Vec<String> = cmds.iter().map(summary).collect();
-                let text = format!("{} proposes {}", self.hosts[h].name, what.join("; "));
-                self.note(text);
-            }
-            let mut proposed = false;
-            for entry in Command::batches(cmds) {
-                self.stats.proposals += 1;
-                proposed |= self.raft.propose(n, entry);
-            }
-            if proposed {
-                self.replicate_soon(n);
+            self.coordinator_tick(n);
+        }
+    }
+
+    /// Does manager `n` lead with an office of its term, its agent
+    /// running, and may it extend leases now (the machine's lease gate)?
+    fn lease_granting(&mut self, n: usize) -> bool {
+        let node = &self.raft.nodes[n];
+        let h = node.host;
+        if node.role != Role::Leader
+            || self.coord[n].term() != Some(node.term)
+            || !self.agent_running(h)
+        {
+            return false;
+        }
+        let local = self.local(h);
+        self.coord[n].may_grant(local, &self.raft.nodes[n].state)
+    }
+
+    /// One tick of manager `n`'s office, as the agent's runtime does it:
+    /// only while it may extend leases, and not while the last tick's
+    /// proposals are still in flight.
+    fn coordinator_tick(&mut self, n: usize) {
+        if !self.awaiting[n].is_empty() || !self.lease_granting(n) {
+            return;
+        }
+        let h = self.raft.nodes[n].host;
+        let local = self.local(h);
+        let state = &self.raft.nodes[n].state;
+        let effects = self.coord[n].handle(CoordinatorInput::Tick, state, local, self.now);
+        self.perform_coordinator(n, effects, true);
+        if let Some(due) = self.coord[n].next_wakeup_ms() {
+            let at = self.hosts[h].clock.real_at(due, self.now).max(self.now + 1);
+            if self.coord_wake[n].is_none_or(|w| at < w || w < self.now) {
+                self.coord_wake[n] = Some(at);
+                self.schedule(at, Ev::CoordWake(n));
             }
         }
+    }
+
+    /// A heartbeat from host `from` reached manager `n`, which may extend
+    /// leases: the machine's answer, as the host receives it.
+    fn answer_heartbeat(
+        &mut self,
+        n: usize,
+        from: usize,
+        incarnation: u64,
+        report: &HeartbeatReport,
+    ) -> Option<Ack> {
+        let h = self.raft.nodes[n].host;
+        let local = self.local(h);
+        let host = &self.hosts[from];
+        let r = &host.record;
+        let hb = Heartbeat {
+            host: host.name.clone(),
+            instance_id: r.instance_id.clone(),
+            node_id: r.node_id,
+            boot: boot_id(incarnation),
+            address: r.address.clone(),
+            capacity: r.capacity,
+            labels: r.labels.clone(),
+            fence: r.fence.clone(),
+            watchdog_timeout_ms: r.watchdog_timeout_ms,
+            keeper: true,
+            tls: Default::default(),
+            problems: vec![],
+            report: HostReport {
+                applied_revision: report.applied_revision,
+                observed: report.observed.clone(),
+                stopped: report.stopped.clone(),
+            },
+            cluster_bundle_sha256: None,
+        };
+        let state = &self.raft.nodes[n].state;
+        let (answer, effects) = self.coord[n].heartbeat(hb, state, local, self.now)?;
+        let settings = state.settings.clone();
+        self.perform_coordinator(n, effects, false);
+        match answer {
+            HeartbeatAnswer::Ack(ack) => Some(Ack {
+                sent_ms: report.sent_ms,
+                lease_ms: ack.lease_ms,
+                revision: ack.revision,
+                desired: ack
+                    .desired
+                    .into_iter()
+                    .map(|d| DesiredInstance {
+                        restart: d.spec.restart,
+                        workload: d.spec.name,
+                        generation: d.generation,
+                        isolation: d.isolation,
+                    })
+                    .collect(),
+                settings,
+            }),
+            HeartbeatAnswer::Refused(r) => {
+                let name = self.hosts[from].name.clone();
+                self.violate(
+                    "members' heartbeats are answered",
+                    format!("{name}'s heartbeat refused: {}", r.message),
+                );
+                None
+            }
+        }
+    }
+
+    /// Perform the effects of manager `n`'s office. `tick`: they come
+    /// from a tick, whose proposals the next tick waits for.
+    fn perform_coordinator(&mut self, n: usize, effects: Vec<CoordinatorEffect>, tick: bool) {
+        for effect in effects {
+            match effect {
+                CoordinatorEffect::Propose(entries) => self.propose_entries(n, entries, tick),
+                CoordinatorEffect::Fence { host, announce, .. } => {
+                    // The runtime commits the announcement, then runs the
+                    // fence agent (whether or not the commit succeeded).
+                    self.propose_entries(n, vec![*announce], false);
+                    self.start_fence(n, host);
+                }
+                CoordinatorEffect::ReadDatastore { keys } => self.ds_wanted[n] = keys,
+                CoordinatorEffect::StartProbing { host } => {
+                    let term = self.coord[n].term().unwrap_or(0);
+                    self.schedule(
+                        self.now,
+                        Ev::ProbeDue {
+                            node: n,
+                            term,
+                            host,
+                        },
+                    );
+                }
+                other => {
+                    let text = format!(
+                        "{}: effect not performed by the simulator: {other:?}",
+                        self.hosts[self.raft.nodes[n].host].name
+                    );
+                    self.note(text);
+                }
+            }
+        }
+    }
+
+    /// Propose `entries` in order on manager `n`; stop at the first it
+    /// cannot (it no longer leads). Each result goes back to its office.
+    fn propose_entries(&mut self, n: usize, entries: Vec<Command>, tick: bool) {
+        let what: Vec<String> = entries.iter().map(summary).collect();
+        let text = format!(
+            "{} proposes {}",
+            self.hosts[self.raft.nodes[n].host].name,
+            what.join("; ")
+        );
+        self.note(text);
+        let mut proposed = false;
+        for entry in entries {
+            self.stats.proposals += 1;
+            let Some(id) = self.raft.propose(n, entry, true) else {
+                break;
+            };
+            proposed = true;
+            if tick {
+                self.awaiting[n].insert(id);
+            }
+        }
+        if proposed {
+            self.replicate_soon(n);
+        }
+    }
+
+    /// After the Raft model moved: each leader's newest confirmation round
+    /// to its office, and each applied proposal's result to the office
+    /// that proposed it (if it still holds that term).
+    fn after_raft(&mut self) {
+        for n in 0..self.raft.nodes.len() {
+            let node = &self.raft.nodes[n];
+            let Some(sent_ms) = node.confirmed_at_ms else {
+                continue;
+            };
+            if node.role != Role::Leader || self.confirmed_fed[n] == Some(sent_ms) {
+                continue;
+            }
+            self.confirmed_fed[n] = Some(sent_ms);
+            let local = self.local(node.host);
+            let input = CoordinatorInput::LeadershipConfirmed { sent_ms };
+            let effects = self.coord[n].handle(input, &node.state, local, self.now);
+            self.perform_coordinator(n, effects, false);
+        }
+        for Applied {
+            node,
+            term,
+            id,
+            result,
+        } in std::mem::take(&mut self.raft.applied)
+        {
+            self.awaiting[node].remove(&id);
+            if self.coord[node].term() != Some(term) {
+                continue;
+            }
+            let local = self.local(self.raft.nodes[node].host);
+            let input = CoordinatorInput::ProposalResult { result };
+            let state = &self.raft.nodes[node].state;
+            let effects = self.coord[node].handle(input, state, local, self.now);
+            self.perform_coordinator(node, effects, false);
+        }
+    }
+
+    /// Hand `input` to manager `n`'s office of `term` and perform what it
+    /// returns; nothing if that office is gone or its agent is not running.
+    fn feed_office(&mut self, n: usize, term: u64, input: CoordinatorInput) {
+        let h = self.raft.nodes[n].host;
+        if self.coord[n].term() != Some(term) || !self.agent_running(h) {
+            return;
+        }
+        let local = self.local(h);
+        let state = &self.raft.nodes[n].state;
+        let effects = self.coord[n].handle(input, state, local, self.now);
+        self.perform_coordinator(n, effects, false);
+    }
+
+    /// The host named `name`.
+    fn host_index(&self, name: &str) -> Option<usize> {
+        let i = name.strip_prefix('h')?.parse::<usize>().ok()?;
+        (1..=self.hosts.len()).contains(&i).then(|| i - 1)
+    }
+
+    /// Manager `n` runs `host`'s fence device: off, then status, bounded
+    /// by `FENCE_TIMEOUT_MS`; the outcome goes back to the office.
+    fn start_fence(&mut self, n: usize, host: String) {
+        let term = self.coord[n].term().unwrap_or(0);
+        let target = self.host_index(&host);
+        let device = target.and_then(|t| self.hosts[t].fence);
+        let (off_at_ms, done_ms, outcome) = match device {
+            Some(FenceBehaviour::Works) => {
+                let off = self.rng.range(50, 400);
+                let status = self.rng.range(20, 200);
+                (Some(off), off + status, Ok(off + status))
+            }
+            Some(FenceBehaviour::Fails) => {
+                let d = self.rng.range(50, 2_000);
+                (
+                    None,
+                    d,
+                    Err("/usr/sbin/fence_sim action=off exited with 1".to_string()),
+                )
+            }
+            Some(FenceBehaviour::Slow) => {
+                let late = self.rng.range(FENCE_TIMEOUT_MS, 2 * FENCE_TIMEOUT_MS);
+                let off = self.rng.chance(0.5).then_some(late);
+                let why = format!("/usr/sbin/fence_sim: no answer within {FENCE_TIMEOUT_MS} ms");
+                (off, FENCE_TIMEOUT_MS, Err(why))
+            }
+            None => (None, 1, Err("no fence device".to_string())),
+        };
+        if let (Some(t), Some(off)) = (target, off_at_ms) {
+            let late = off >= done_ms;
+            self.schedule(self.now + off, Ev::FenceOff { host: t, late });
+        }
+        self.schedule(
+            self.now + done_ms,
+            Ev::FenceDone {
+                node: n,
+                term,
+                host,
+                outcome,
+            },
+        );
+    }
+
+    /// Manager `n`'s office of `term` is asked whether to probe `host`
+    /// again; if so, a round starts (at most `PROBE_ROUNDS_IN_FLIGHT_MAX`
+    /// waiting) and the next is asked for a gap later.
+    fn probe_due(&mut self, n: usize, term: u64, host: String) {
+        let h = self.raft.nodes[n].host;
+        if self.coord[n].term() != Some(term) || !self.agent_running(h) {
+            return;
+        }
+        let local = self.local(h);
+        let input = CoordinatorInput::ProbeDue { host: host.clone() };
+        let state = &self.raft.nodes[n].state;
+        let effects = self.coord[n].handle(input, state, local, self.now);
+        let round = effects.into_iter().find_map(|e| match e {
+            CoordinatorEffect::Probe { probers, .. } => Some(probers),
+            _ => None,
+        });
+        let Some(probers) = round else {
+            self.probes_in_flight.remove(&(n, host));
+            return;
+        };
+        let in_flight = self.probes_in_flight.entry((n, host.clone())).or_default();
+        if *in_flight < PROBE_ROUNDS_IN_FLIGHT_MAX {
+            *in_flight += 1;
+            self.probe_round(n, term, &host, &probers);
+        }
+        self.schedule(
+            self.now + PROBE_GAP_MS,
+            Ev::ProbeDue {
+                node: n,
+                term,
+                host,
+            },
+        );
+    }
+
+    /// The device's `status` after a fence that went through: whether the
+    /// host is really off now.
+    fn fence_status(&self, host: &str) -> bool {
+        self.host_index(host).is_some_and(|t| !self.hosts[t].on)
+    }
+
+    /// One probe of `target`'s agent from host `from`: what it finds and
+    /// how long it takes. Decided when it starts (the world as it is then).
+    fn probe_once(&mut self, from: usize, target: usize) -> (ProbeOutcome, u64) {
+        let there = self.net.deliver(from, target, self.now, &mut self.rng);
+        let back = self.net.deliver(target, from, self.now, &mut self.rng);
+        let t = &self.hosts[target];
+        match (there, back) {
+            (Some(a), Some(b)) if t.on && !t.frozen => {
+                if t.agent.is_none() {
+                    // Its kernel refuses the connection: no agent listens.
+                    (ProbeOutcome::Refused, a + b)
+                } else if t.agent_frozen {
+                    (ProbeOutcome::NoAnswer, PROBE_TIMEOUT_MS)
+                } else {
+                    (ProbeOutcome::Reached, a + b)
+                }
+            }
+            _ => (ProbeOutcome::NoAnswer, PROBE_TIMEOUT_MS),
+        }
+    }
+
+    /// One round: manager `n`'s host and each prober ask `host`'s agent;
+    /// the round ends when one reaches it or all have answered.
+    fn probe_round(&mut self, n: usize, term: u64, host: &str, probers: &[(String, String)]) {
+        let Some(target) = self.host_index(host) else {
+            return;
+        };
+        let me = self.raft.nodes[n].host;
+        let mut found = vec![];
+        let (outcome, took) = self.probe_once(me, target);
+        found.push((took, self.hosts[me].name.clone(), outcome));
+        for (name, _) in probers {
+            let Some(p) = self.host_index(name) else {
+                continue;
+            };
+            let ask = self.net.deliver(me, p, self.now, &mut self.rng);
+            let reply = self.net.deliver(p, me, self.now, &mut self.rng);
+            let found_by_p = match (ask, reply) {
+                (Some(a), Some(b)) if self.agent_running(p) => {
+                    let (o, took) = self.probe_once(p, target);
+                    (o, a + took + b)
+                }
+                _ => (ProbeOutcome::NoAnswer, PROBE_TIMEOUT_MS + PROBE_GAP_MS),
+            };
+            found.push((found_by_p.1, name.clone(), found_by_p.0));
+        }
+        found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut outcomes = vec![];
+        let mut ended_ms = 0;
+        for (at, who, o) in found {
+            outcomes.push((who, o));
+            ended_ms = at;
+            if o == ProbeOutcome::Reached {
+                break;
+            }
+        }
+        self.schedule(
+            self.now + ended_ms.max(1),
+            Ev::ProbeDone {
+                node: n,
+                term,
+                host: host.to_owned(),
+                outcomes,
+            },
+        );
+    }
+
+    /// Whether any instance on host `h` runs under `leave-running`.
+    fn leaves_running(&self, h: usize) -> bool {
+        self.hosts[h].instances.values().any(|i| {
+            i.isolation == IsolationResponse::LeaveRunning && i.phase == InstPhase::Running
+        })
+    }
+
+    /// Whether host `h`'s agent wrote the datastore within a lease.
+    fn datastore_ok(&self, h: usize) -> bool {
+        let host = &self.hosts[h];
+        let Some(agent) = &host.agent else {
+            return false;
+        };
+        let lease_ms = agent.settings().timing.lease_ms;
+        let local = host.clock.local(self.now);
+        host.ds_ok_at_ms
+            .is_some_and(|at| local.saturating_sub(at) < lease_ms)
+    }
+
+    /// The agent renews its keeper to `deadline_ms`; while it writes the
+    /// datastore and leaves workloads running, the keeper holds those
+    /// until a margin before their lock files could look stale
+    /// (`haven-agent`'s `Node::keeper_renew`).
+    fn renew_keeper(&mut self, h: usize, deadline_ms: u64) {
+        let hold_ms = match (&self.hosts[h].agent, self.hosts[h].ds_ok_at_ms) {
+            (Some(agent), Some(ok_at)) if self.datastore_ok(h) && self.leaves_running(h) => {
+                let t = agent.settings().timing;
+                (ok_at + t.lease_ms)
+                    .saturating_sub(t.margin_ms)
+                    .max(deadline_ms)
+            }
+            _ => deadline_ms,
+        };
+        let host = &mut self.hosts[h];
+        host.keeper_deadline_ms = Some(deadline_ms);
+        host.keeper_hold_ms = Some(hold_ms);
+        self.arm_keeper(h);
+        if hold_ms > deadline_ms {
+            let at = self.hosts[h].clock.real_at(hold_ms, self.now);
+            self.schedule(at, Ev::Keeper(h));
+        }
+    }
+
+    /// Host `h`'s agent starts a round of datastore writes (its heartbeat
+    /// file, a lock file per instance it holds), bounded by half a lease.
+    fn ds_write(&mut self, h: usize) {
+        let Some(ds) = &self.datastore else { return };
+        if !self.agent_running(h) {
+            self.schedule(self.now + DS_WRITE_INTERVAL_MS, Ev::DsWrite(h));
+            return;
+        }
+        let timeout_ms = op_timeout_ms(self.raft.nodes[0].state.settings.timing.lease_ms);
+        let (ok, took_ms) = match ds.round_ms(h, self.now, &mut self.rng) {
+            Some(ms) if ms < timeout_ms => (true, ms),
+            _ => (false, timeout_ms),
+        };
+        let host = &self.hosts[h];
+        let locks = host
+            .instances
+            .iter()
+            .map(|((w, g), _)| (w.clone(), *g))
+            .collect();
+        let done = Ev::DsWriteDone {
+            host: h,
+            incarnation: host.incarnation,
+            started_ms: host.clock.local(self.now),
+            ok,
+            locks,
+        };
+        self.schedule(self.now + took_ms, done);
+        let next = self.now + took_ms.max(DS_WRITE_INTERVAL_MS);
+        self.schedule(next, Ev::DsWrite(h));
+    }
+
+    fn ds_write_done(
+        &mut self,
+        h: usize,
+        incarnation: u64,
+        started_ms: u64,
+        ok: bool,
+        locks: Vec<(String, Generation)>,
+    ) {
+        if incarnation != self.hosts[h].incarnation || !self.agent_running(h) {
+            return;
+        }
+        if ok {
+            let host = &mut self.hosts[h];
+            host.ds_seq += 1;
+            host.ds_ok_at_ms = Some(host.ds_ok_at_ms.unwrap_or(0).max(started_ms));
+            let (name, seq) = (host.name.clone(), host.ds_seq);
+            let ds = self.datastore.as_mut().expect("a datastore");
+            ds.heartbeats.insert(name.clone(), seq);
+            ds.locks
+                .retain(|w, r| r.host != name || locks.iter().any(|(x, _)| x == w));
+            for (w, g) in locks {
+                let record = Record {
+                    host: name.clone(),
+                    seq,
+                    generation: Some(g),
+                };
+                ds.locks.insert(w, record);
+            }
+        }
+        self.run_agent(h, HostInput::DatastoreWrite { ok, started_ms });
+        if ok && self.datastore_ok(h) && self.leaves_running(h) {
+            let expiry = self.hosts[h]
+                .agent
+                .as_ref()
+                .and_then(|a| a.lease_expires_at_ms());
+            let local = self.local(h);
+            self.renew_keeper(h, expiry.unwrap_or(local));
+        }
+    }
+
+    /// Manager `n`'s datastore reader: a round over the files its office
+    /// wants, one per heartbeat interval, bounded by half a lease; idle
+    /// when it wants none or does not lead.
+    fn ds_read(&mut self, n: usize) {
+        let h = self.raft.nodes[n].host;
+        let leads = self.raft.nodes[n].role == Role::Leader;
+        if !self.agent_running(h) || self.ds_wanted[n].is_empty() || !leads {
+            if self.agent_running(h) {
+                self.ds_to_office(n, 0, DatastoreRound::Idle);
+            }
+            self.schedule(self.now + COORDINATOR_TICK_MS, Ev::DsRead(n));
+            return;
+        }
+        let Some(ds) = &self.datastore else { return };
+        let timeout_ms = op_timeout_ms(self.raft.nodes[n].state.settings.timing.lease_ms);
+        let keys: Vec<String> = self.ds_wanted[n].iter().cloned().collect();
+        let (keys, took_ms) = match ds.read_round_ms(h, self.now, &mut self.rng) {
+            Some(ms) if ms < timeout_ms => (Some(keys), ms),
+            _ => (None, timeout_ms),
+        };
+        let done = Ev::DsReadDone {
+            node: n,
+            started_ms: self.local(h),
+            keys,
+        };
+        self.schedule(self.now + took_ms, done);
+    }
+
+    /// A round of reads ends: the files as they are now (the last moment
+    /// the round may have read them), stamped with its start, as the
+    /// agent's reader stamps them.
+    fn ds_read_done(&mut self, n: usize, started_ms: u64, keys: Option<Vec<String>>) {
+        self.schedule(self.now + COORDINATOR_TICK_MS, Ev::DsRead(n));
+        let ds = self.datastore.as_ref().expect("a datastore");
+        let round = match keys {
+            Some(keys) => DatastoreRound::Read(
+                keys.into_iter()
+                    .map(|k| {
+                        let rec = match (k.strip_prefix("host:"), k.strip_prefix("lock:")) {
+                            (Some(host), _) => ds.heartbeats.get(host).map(|seq| Record {
+                                host: host.to_owned(),
+                                seq: *seq,
+                                generation: None,
+                            }),
+                            (_, Some(w)) => ds.locks.get(w).cloned(),
+                            _ => None,
+                        };
+                        (k, rec)
+                    })
+                    .collect(),
+            ),
+            None => DatastoreRound::Failed(format!("datastore {DATASTORE_PATH}: timed out")),
+        };
+        self.ds_to_office(n, started_ms, round);
+    }
+
+    /// A round of datastore reads, to whichever office manager `n` holds.
+    fn ds_to_office(&mut self, n: usize, started_ms: u64, round: DatastoreRound) {
+        if let Some(term) = self.coord[n].term() {
+            let input = CoordinatorInput::DatastoreRead { started_ms, round };
+            self.feed_office(n, term, input);
+        }
+    }
+
+    /// Manager `n`'s office ends (deposed, crashed, its agent gone).
+    fn leave_office(&mut self, n: usize) {
+        self.coord[n].leave_office();
+        self.confirmed_fed[n] = None;
+        self.awaiting[n].clear();
     }
 
     /// The node that leads with the highest term, if any runs.
@@ -1596,7 +2472,7 @@ impl World {
         self.stats.operator_actions += 1;
         match self.leader() {
             Some(n) => {
-                if self.raft.propose(n, command) {
+                if self.raft.propose(n, command, false).is_some() {
                     self.replicate_soon(n);
                 }
             }
@@ -1645,7 +2521,7 @@ impl World {
                     host.agent = None;
                     host.wake_at = None;
                     if let Some(n) = host.node {
-                        self.coord[n].leave_office();
+                        self.leave_office(n);
                         self.raft.crash(n);
                     }
                     self.note(format!("{} agent crashes", self.hosts[h].name));
@@ -1715,10 +2591,35 @@ impl World {
                     self.hosts[h].clock.set_rate(self.now, rate);
                 }
             }
+            Action::DatastoreStall(t, span) => {
+                if let (Some(h), true) = (self.resolve(t), self.datastore.is_some()) {
+                    self.stats.faults += 1;
+                    let ds = self.datastore.as_mut().expect("a datastore");
+                    ds.stalled.insert(h, self.now + span);
+                }
+            }
+            Action::DatastoreStallAll(span) => {
+                if let Some(ds) = self.datastore.as_mut() {
+                    self.stats.faults += 1;
+                    ds.stalled_all = Some(self.now + span);
+                }
+            }
+            Action::DatastoreSlow(extra, span) => {
+                if let Some(ds) = self.datastore.as_mut() {
+                    self.stats.faults += 1;
+                    ds.slow = Some((extra, self.now + span));
+                }
+            }
+            Action::DatastoreSlowReads(extra, span) => {
+                if let Some(ds) = self.datastore.as_mut() {
+                    self.stats.faults += 1;
+                    ds.slow_reads = Some((extra, self.now + span));
+                }
+            }
             Action::ApplyNew => {
                 let name = format!("w{:05}", self.next_workload);
                 self.next_workload += 1;
-                let s = spec(name, &mut self.rng);
+                let s = spec(name, &mut self.rng, self.datastore.is_some());
                 self.apply(vec![s]);
             }
             Action::Respec => {
@@ -1756,6 +2657,12 @@ impl World {
             Action::Heal => {
                 self.healed = true;
                 self.net.heal();
+                if let Some(ds) = self.datastore.as_mut() {
+                    ds.stalled.clear();
+                    ds.stalled_all = None;
+                    ds.slow = None;
+                    ds.slow_reads = None;
+                }
                 self.chaos_until = self.chaos_until.min(self.now);
                 for h in 0..self.hosts.len() {
                     if !self.hosts[h].on {
@@ -1884,19 +2791,22 @@ impl World {
             .unwrap_or(0);
             let local = host.clock.local(self.now);
             let shutdown_ms = self.raft.nodes[0].state.settings.shutdown_timeout_ms;
+            // `leave-running`: past the lease only while the host writes
+            // the datastore, and its keeper holds them no longer.
+            let held = host.keeper_hold_ms.unwrap_or(0).max(expiry);
             for ((w, g), i) in &host.instances {
-                let allowance = match i.isolation {
-                    IsolationResponse::LeaveRunning => continue,
-                    IsolationResponse::Shutdown => shutdown_ms + KILL_MS_MAX + SWEEP_MS,
-                    IsolationResponse::PowerOff => KILL_MS_MAX + SWEEP_MS,
+                let (until, allowance) = match i.isolation {
+                    IsolationResponse::LeaveRunning => (held, KILL_MS_MAX + SWEEP_MS),
+                    IsolationResponse::Shutdown => (expiry, shutdown_ms + KILL_MS_MAX + SWEEP_MS),
+                    IsolationResponse::PowerOff => (expiry, KILL_MS_MAX + SWEEP_MS),
                 };
                 // A stop under way ends within its bound (the keeper cuts
                 // a graceful one at the deadline).
-                if local > expiry + allowance && i.phase != InstPhase::Stopping {
+                if local > until + allowance && i.phase != InstPhase::Stopping {
                     bad.push(format!(
                         "{} runs {w}@{g} {} ms past its lease (by its clock)",
                         host.name,
-                        local - expiry
+                        local - until
                     ));
                 }
             }

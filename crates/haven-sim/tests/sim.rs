@@ -2,7 +2,7 @@
 //! rules under it: a crash, a leader partition, a batch of random seeds,
 //! and proof that a broken rule is found.
 
-use haven_sim::{run, Action, Faults, SimConfig, Target, World};
+use haven_sim::{run, Action, Faults, FenceBehaviour, Fencing, SimConfig, Target, World};
 
 fn quiet(seed: u64, duration_ms: u64) -> SimConfig {
     let mut cfg = SimConfig::new(seed);
@@ -87,9 +87,10 @@ fn random_seeds_break_no_invariant() {
     }
 }
 
-/// The fixes of issue 10's first wave, reverted one at a time in the
-/// coordinator adapter: for each, one of the first 20 seeds finds a second
-/// instance of a workload.
+/// The fixes of issue 10's first wave, reverted one at a time on the
+/// simulator's side of the real coordinator machine (its inputs, the state
+/// it reads, its effects: `coordinator_runtime::Faults`): for each, one of
+/// the first 20 seeds finds a second instance of a workload.
 #[test]
 fn a_broken_rule_is_found() {
     let cases = [
@@ -129,8 +130,7 @@ fn a_broken_rule_is_found() {
 /// coordinator has the same window (tick, then propose; the heartbeat
 /// handler reads the applied state). Fixed in the coordinator machine
 /// (`coordinator_machine::tests::a_heartbeat_racing_an_unassign_in_flight…`,
-/// which failed before the fix) and the same rule in this simulator's
-/// coordinator adapter (`releasing`).
+/// which failed before the fix); the simulator now runs that machine.
 #[test]
 fn an_ack_racing_an_unassign_does_not_restart_the_workload() {
     let out = run(SimConfig::new(736));
@@ -156,4 +156,143 @@ fn a_restarted_agent_re_adopts_its_workloads_and_nothing_moves() {
     assert!(out.violations.is_empty(), "{:?}", out.violations);
     assert_eq!(out.stats.resets, 0);
     assert_eq!(out.assignments, before);
+}
+
+/// Fencing on evidence (DESIGN §2.7): a crashed host with a working fence
+/// device is probed, fenced and its workloads freed well before the lease
+/// wait (lease + margin + watchdog, 2,250 ms) would free them; with a
+/// device that fails, the coordinator falls back to that wait.
+#[test]
+fn a_crashed_host_is_fenced_and_its_workloads_move_before_the_lease_wait() {
+    let crash_at = 5_000;
+    let unassigned_at = |behaviour| {
+        let mut cfg = quiet(5, 30_000);
+        cfg.fencing = Fencing::Every(behaviour);
+        cfg.scenario = vec![(crash_at, Action::Crash(Target::Host(4), 20_000))];
+        let mut world = World::new(cfg);
+        world.trace = Some(vec![]);
+        let (out, trace) = world.run_keeping_trace();
+        assert!(out.violations.is_empty(), "{:?}", out.violations);
+        let trace = trace.unwrap_or_default();
+        let line = trace
+            .iter()
+            .find(|l| l.contains("unassign") && l.contains("host h5 is"))
+            .unwrap_or_else(|| panic!("h5's workloads never freed"))
+            .clone();
+        let at: u64 = line.split_whitespace().next().unwrap().parse().unwrap();
+        (at - crash_at, line)
+    };
+    let (fenced_ms, line) = unassigned_at(FenceBehaviour::Works);
+    assert!(line.contains("fenced"), "{line}");
+    assert!(
+        fenced_ms < 1_500,
+        "freed {fenced_ms} ms after the crash: {line}"
+    );
+    let (waited_ms, line) = unassigned_at(FenceBehaviour::Fails);
+    assert!(!line.contains("fenced"), "{line}");
+    // Counted from the last acknowledged heartbeat, up to an interval
+    // before the crash.
+    assert!(
+        waited_ms >= 2_150,
+        "freed {waited_ms} ms after the crash: {line}"
+    );
+    eprintln!("freed {fenced_ms} ms after the crash with a fence device, {waited_ms} ms without");
+}
+
+/// `leave-running` with a datastore (DESIGN §2.4): a host cut off from the
+/// network but still writing the datastore is `isolated`, keeps its
+/// `leave-running` workloads (the coordinator sees their lock files
+/// advance) and loses the others; when its datastore I/O hangs too, the
+/// keeper stops them before the coordinator moves them. Nothing runs twice.
+#[test]
+fn an_isolated_host_keeps_its_leave_running_workloads_while_it_writes_the_datastore() {
+    let run_with = |seed: u64, scenario: Vec<(u64, Action)>| {
+        let mut cfg = quiet(seed, 40_000);
+        cfg.datastore = Some(true);
+        cfg.fencing = Fencing::None;
+        cfg.scenario = scenario;
+        let mut world = World::new(cfg);
+        world.trace = Some(vec![]);
+        let (out, trace) = world.run_keeping_trace();
+        assert!(
+            out.violations.is_empty(),
+            "seed {seed}: {:?}",
+            out.violations
+        );
+        (out.assignments, trace.unwrap_or_default())
+    };
+    let cut = (5_000, Action::Isolate(Target::Host(4), 15_000));
+    let stall = (5_000, Action::DatastoreStall(Target::Host(4), 15_000));
+    // Workloads draw their isolation response from the seed: the first
+    // seed that puts both kinds on h5.
+    let mut found = false;
+    for seed in 1..=20 {
+        let (before, _) = run_with(seed, vec![]);
+        let on_h5: Vec<&String> = before
+            .iter()
+            .filter(|(_, h)| h.as_str() == "h5")
+            .map(|(w, _)| w)
+            .collect();
+        let (kept, trace) = run_with(seed, vec![cut.clone()]);
+        let stayed = |after: &std::collections::BTreeMap<String, String>| {
+            on_h5
+                .iter()
+                .filter(|w| after.get(**w).map(String::as_str) == Some("h5"))
+                .count()
+        };
+        if stayed(&kept) == 0 || stayed(&kept) == on_h5.len() {
+            continue;
+        }
+        assert!(trace.iter().any(|l| l.contains("host h5 is isolated")));
+        let (moved, _) = run_with(seed, vec![cut.clone(), stall.clone()]);
+        assert_eq!(stayed(&moved), 0, "seed {seed}: {moved:?}");
+        found = true;
+        break;
+    }
+    assert!(found, "no seed of 20 put both kinds of workload on h5");
+}
+
+/// Found by the simulator (seed 237 of this scenario; invariant: two
+/// instances of one workload): h7 is cut off and keeps a leave-running
+/// workload while it writes the datastore; half the coordinator's read
+/// rounds take ~480 ms; then h7's datastore I/O hangs. A slow round that
+/// started before h7's last write read it near its end, and the change was
+/// counted from the round's start: the lock looked still a lease later
+/// while h7's keeper still held the workload (until its last write + lease
+/// − margin), and the workload started on h3 beside it. Fixed in
+/// `datastore::Freshness` (a change counts from the end of the round that
+/// saw it; `coordinator_machine::tests::a_change_seen_by_a_slow_read…`).
+#[test]
+fn a_lock_write_seen_by_a_slow_read_is_not_counted_older_than_it_is() {
+    let mut cfg = quiet(237, 20_000);
+    cfg.datastore = Some(true);
+    cfg.fencing = Fencing::None;
+    cfg.scenario = vec![
+        (5_000, Action::Isolate(Target::Host(6), 20_000)),
+        (5_000, Action::DatastoreSlowReads(477, 20_000)),
+        (9_369, Action::DatastoreStall(Target::Host(6), 10_000)),
+    ];
+    let out = run(cfg);
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+}
+
+/// Found by the simulator (random seeds 143 and 105, 438; invariant: two
+/// instances of one workload): a leave-running workload re-specced in place
+/// while its host was cut off but writing the datastore moved beside the
+/// older generation that host kept running (its lock named the older one).
+/// And (seed 273) a leave-running workload deleted and applied again while
+/// its host was cut off had its stop confirmed by the lease rules alone and
+/// started beside the instance the host kept. Fixed in the coordinator
+/// machine (`…re_specced_while_its_host_is_cut_off_stays`,
+/// `…being_stopped_on_a_cut_off_host_is_not_confirmed_gone`).
+#[test]
+fn leave_running_instances_kept_by_a_cut_off_host_are_not_started_twice() {
+    for seed in [105, 143, 273, 438] {
+        let out = run(SimConfig::new(seed));
+        assert!(
+            out.violations.is_empty(),
+            "seed {seed}: {:?}",
+            out.violations
+        );
+    }
 }
