@@ -4,10 +4,11 @@
 //! leader runs the real `haven_core::coordinator_machine::Coordinator`, fed
 //! and performed as the agent's runtime does (`coordinator_runtime`); the
 //! managers agree through a model of Raft's guarantees (`raft`); the
-//! network, clocks, workloads, watchdogs and faults are simulated
-//! (`world`). One seed determines a run; a failing seed replays exactly.
-//! Scenarios (`scenario`) are exact runs written as data: a cluster, its
-//! workloads, timed commands and the expected outcome.
+//! network, clocks, workloads, watchdogs, fence devices, the shared
+//! datastore and faults are simulated (`world`). One seed determines a
+//! run; a failing seed replays exactly. Scenarios (`scenario`) are exact
+//! runs written as data: a cluster, its workloads, timed commands and the
+//! expected outcome.
 
 pub mod clock;
 pub mod coordinator_runtime;

@@ -1,7 +1,10 @@
 //! The simulated world: hosts (each running the real `HostAgent`), their
-//! clocks, workloads and watchdogs, the network, the Raft model among the
-//! managers and the coordinator on its leader, driven by one discrete-event
-//! loop over simulated real time (ms). Everything random comes from one
+//! clocks, workloads, lease keepers, watchdogs and fence devices, the
+//! shared datastore, the network, the Raft model among the managers and
+//! the real coordinator machine on its leader (`coordinator_runtime`),
+//! whose effects are performed here: proposals through the Raft model,
+//! answers over the network, probes, fences, datastore reads. Driven by
+//! one discrete-event loop over simulated real time (ms). Everything random comes from one
 //! `Rng` seeded by the run's seed; maps are ordered; there are no threads.
 //! So one seed is one run, replayed exactly.
 
