@@ -139,7 +139,9 @@ pub struct HeartbeatResponse {
     /// The state revision `desired` was read at: an agent acts only on
     /// the newest revision it was sent.
     pub revision: u64,
-    pub desired: Vec<Desired>,
+    /// Shared with the coordinator's cache of answers (serialized as the
+    /// list).
+    pub desired: std::sync::Arc<Vec<Desired>>,
     pub settings: ClusterSettings,
     /// The cluster's CA bundle, sent when the host's differs (CA rotation).
     #[serde(default)]

@@ -102,12 +102,12 @@ impl LeaseState {
         self.lease.on_ack(resp.sent_ms, lease_ms);
         self.ever_held = true;
         if resp.revision >= self.revision {
-            for d in &resp.desired {
+            for d in resp.desired.iter() {
                 let h = self.highest_seen.entry(d.spec.name.clone()).or_default();
                 *h = (*h).max(d.generation);
             }
             self.revision = resp.revision;
-            self.desired = Some(resp.desired.clone());
+            self.desired = Some(resp.desired.as_ref().clone());
             if haven_core::settings::validate(&resp.settings).is_ok() {
                 self.settings = resp.settings.clone();
             }

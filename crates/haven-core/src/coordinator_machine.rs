@@ -21,6 +21,7 @@ use crate::model::{
 use crate::state::{ClusterState, Command, CommandResult};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// How many other hosts give a second opinion before a fence.
 pub const SECOND_OPINIONS: usize = 2;
@@ -124,7 +125,8 @@ pub struct Ack {
     pub term: u64,
     /// The state revision `desired` was read at.
     pub revision: u64,
-    pub desired: Vec<Desired>,
+    /// Shared with the office's cache of answers.
+    pub desired: Arc<Vec<Desired>>,
     /// The cluster's CA bundle, when the host's differs (CA rotation).
     pub ca_bundle_pem: Option<String>,
 }
@@ -302,6 +304,13 @@ pub struct Coordinator {
     /// entry commits within its term or the office ends, so each entry
     /// goes once the state no longer assigns that generation there.
     releasing: BTreeMap<String, (String, Generation)>,
+    /// Changes whenever `releasing` does.
+    releasing_version: u64,
+    /// host → its last answer's desired instances, with the state
+    /// revision and `releasing_version` they were read at: a heartbeat
+    /// answer costs nothing while neither changed (the common case: a
+    /// thousand hosts heartbeat ten times a second).
+    answers: BTreeMap<String, (u64, u64, Arc<Vec<Desired>>)>,
 }
 
 /// An instance whose lock file `Coordinator::lock_held` judges.
@@ -466,6 +475,8 @@ impl Coordinator {
             locks_unread: BTreeSet::new(),
             memo: coordinator::PlacementMemo::default(),
             releasing: BTreeMap::new(),
+            releasing_version: 0,
+            answers: BTreeMap::new(),
         }
     }
 
@@ -661,24 +672,35 @@ impl Coordinator {
                 at_ms,
             }]));
         }
-        self.releasing.retain(|w, (h, g)| {
-            state.workloads.get(w).is_some_and(|r| {
-                r.assignment
-                    .as_ref()
-                    .is_some_and(|a| a.host == *h && a.generation == *g)
-            })
-        });
-        let releasing = &self.releasing;
-        let desired = state
-            .assigned_to(&host)
-            .filter(|(w, a)| releasing.get(&w.spec.name) != Some(&(host.clone(), a.generation)))
-            .map(|(w, a)| Desired {
-                spec: w.spec.clone(),
-                generation: a.generation,
-                isolation: state.isolation_response(&w.spec),
-                released_by: w.released_by.clone(),
-            })
-            .collect();
+        let desired = match self.answers.get(&host) {
+            Some((revision, version, desired))
+                if *revision == state.revision && *version == self.releasing_version =>
+            {
+                desired.clone()
+            }
+            _ => {
+                let releasing = &self.releasing;
+                let desired: Arc<Vec<Desired>> = Arc::new(
+                    state
+                        .assigned_to(&host)
+                        .filter(|(w, a)| {
+                            releasing.get(&w.spec.name) != Some(&(host.clone(), a.generation))
+                        })
+                        .map(|(w, a)| Desired {
+                            spec: w.spec.clone(),
+                            generation: a.generation,
+                            isolation: state.isolation_response(&w.spec),
+                            released_by: w.released_by.clone(),
+                        })
+                        .collect(),
+                );
+                self.answers.insert(
+                    host.clone(),
+                    (state.revision, self.releasing_version, desired.clone()),
+                );
+                desired
+            }
+        };
         // Sent only when the host's differs (a CA rotation step).
         let ca_bundle_pem = state
             .ca
@@ -821,6 +843,19 @@ impl Coordinator {
             at_ms,
         };
         cmds.extend(coordinator::tick_remembering(&input, &mut self.memo));
+        // An entry goes once the state no longer assigns that generation
+        // there (its Unassign applied, or something newer did).
+        let before = self.releasing.len();
+        self.releasing.retain(|w, (h, g)| {
+            state.workloads.get(w).is_some_and(|r| {
+                r.assignment
+                    .as_ref()
+                    .is_some_and(|a| a.host == *h && a.generation == *g)
+            })
+        });
+        if self.releasing.len() != before {
+            self.releasing_version += 1;
+        }
         for c in &cmds {
             if let Command::Unassign { workloads, .. } = c {
                 for (name, generation) in workloads {
@@ -832,6 +867,7 @@ impl Coordinator {
                     if let Some(a) = on {
                         self.releasing
                             .insert(name.clone(), (a.host.clone(), *generation));
+                        self.releasing_version += 1;
                     }
                 }
             }

@@ -1986,10 +1986,10 @@ impl World {
                 revision: ack.revision,
                 desired: ack
                     .desired
-                    .into_iter()
+                    .iter()
                     .map(|d| DesiredInstance {
                         restart: d.spec.restart,
-                        workload: d.spec.name,
+                        workload: d.spec.name.clone(),
                         generation: d.generation,
                         isolation: d.isolation,
                     })
