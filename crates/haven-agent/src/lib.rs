@@ -29,6 +29,7 @@ pub mod supervisor;
 pub mod tokens;
 pub mod vm;
 pub mod watchdog;
+pub mod wire;
 
 pub use config::{AgentConfig, StartMode};
 pub use node::run;

@@ -976,7 +976,7 @@ pub fn status_table(s: &StatusResponse) -> String {
                 h.role,
                 if h.voter {
                     ""
-                } else if h.role == haven_core::model::Role::Manager {
+                } else if h.role == haven_api::v1::Role::Manager {
                     " (joining)"
                 } else {
                     ""
