@@ -203,7 +203,7 @@ fn the_ca_rotates_and_every_host_renews_while_nothing_moves() {
     // admin.json on h1, whose CA the agent updated) still works.
     assert_eq!(placement(&s), placement(&bed.status().unwrap()));
     let ev = events(&bed, "h1");
-    assert!(!ev.any(|k| is_failed(k)), "{ev}");
+    assert!(!ev.any(is_failed), "{ev}");
     assert!(
         ev.any(|k| matches!(
             k,
@@ -296,7 +296,7 @@ fn certificates_age_and_are_renewed_while_nothing_moves() {
         assert_eq!(host_state(&s, &h), "online", "{h}");
     }
     let ev = events(&bed, "h1");
-    assert!(!ev.any(|k| is_failed(k)), "{ev}");
+    assert!(!ev.any(is_failed), "{ev}");
     let report = never_twice(&bed);
     for (w, _) in FOUR {
         assert_eq!(
