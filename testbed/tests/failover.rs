@@ -27,8 +27,8 @@ fn host_crash_restarts_its_workloads_elsewhere_once() {
         }
     }
     let ev = events(&bed, "h1");
-    assert!(ev.contains(&format!("host {victim} is failed")), "{ev}");
-    assert!(ev.contains("started on"), "{ev}");
+    assert!(ev.any(|k| host_is(k, &victim, HostState::Failed)), "{ev}");
+    assert!(ev.any(|k| matches!(k, EventKind::Started { .. })), "{ev}");
     never_twice(&bed);
 }
 
@@ -89,9 +89,15 @@ fn whole_host_hang_with_a_fence_device_is_fenced_at_once() {
     let s = moved_off(&bed, &victim, 4);
     assert_eq!(host_state(&s, &victim), "fenced");
     let ev = events(&bed, "h1");
-    assert!(ev.contains(&format!("fenced {victim}")), "{ev}");
     assert!(
-        ev.contains(&format!("host {victim} is fenced: its host was fenced")),
+        ev.any(|k| matches!(k, EventKind::Fenced { host, .. } if *host == victim)),
+        "{ev}"
+    );
+    assert!(
+        ev.any(
+            |k| matches!(k, EventKind::WorkloadsUnassigned { reason, .. }
+            if reason.starts_with(&format!("host {victim} is fenced: its host was fenced")))
+        ),
         "{ev}"
     );
     bed.resume(&victim);
@@ -109,12 +115,15 @@ fn fence_device_that_fails_falls_back_to_the_lease() {
     bed.crash(&victim);
     moved_off(&bed, &victim, 4);
     let ev = events(&bed, "h1");
-    assert!(ev.contains(&format!("fencing {victim} failed")), "{ev}");
-    assert!(ev.contains("falling back to the lease"), "{ev}");
     assert!(
-        ev.contains(&format!(
-            "host {victim} is failed: no heartbeat acknowledged"
-        )),
+        ev.any(|k| matches!(k, EventKind::FenceFailed { host, .. } if *host == victim)),
+        "{ev}"
+    );
+    assert!(
+        ev.any(
+            |k| matches!(k, EventKind::WorkloadsUnassigned { reason, .. }
+            if reason.starts_with(&format!("host {victim} is failed: no heartbeat acknowledged")))
+        ),
         "{ev}"
     );
     never_twice(&bed);
@@ -309,7 +318,10 @@ fn coordinator_crash_in_the_middle_of_a_failover() {
         });
     assert_ne!(s["leader"].as_str().unwrap(), leader);
     let ev = events(&bed, s["leader"].as_str().unwrap());
-    assert!(ev.contains("took office as coordinator"), "{ev}");
+    assert!(
+        ev.any(|k| matches!(k, EventKind::TookOffice { .. })),
+        "{ev}"
+    );
     never_twice(&bed);
 }
 
@@ -381,7 +393,13 @@ fn flapping_link_causes_no_ping_pong() {
         assert_eq!((&after[w].0, after[w].1), (h, *g), "{w} moved");
     }
     let ev = events(&bed, "h1");
-    assert!(!ev.contains("unassigned"), "{ev}");
+    assert!(
+        !ev.any(|k| matches!(
+            k,
+            EventKind::Unassigned { .. } | EventKind::WorkloadsUnassigned { .. }
+        )),
+        "{ev}"
+    );
     never_twice(&bed);
 }
 

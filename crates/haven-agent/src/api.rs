@@ -1,11 +1,22 @@
-//! Wire types of the agent's HTTP API: what the CLI sends, what agents send
-//! each other (join, heartbeat), and what comes back. JSON over HTTP.
+//! Wire types of the agent's HTTP API. What operators, the CLI, the test
+//! bed and the benchmarks send and receive is `haven_api::v1` (re-exported
+//! here); what agents send each other (join, heartbeat, probes) and the
+//! apply request (its specs are `haven-core`'s, checked by the one
+//! validation, `spec::check_apply`) are defined here. JSON over HTTP.
 
 use haven_core::model::{
-    Capacity, ClusterSettings, FenceDevice, Generation, NodeId, Observed, Role, WorkloadSpec,
+    Capacity, ClusterSettings, FenceDevice, NodeId, Observed, Role, WorkloadSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+pub use haven_api::v1::{
+    ApplyResponse, CaResponse, CertCreateRequest, CertCreateResponse, DeleteRequest,
+    DeleteResponse, ErrorBody, Event, EventKind, EventsResponse, HostStatus, RotateRequest,
+    RotateResponse, SettingView, SettingsRequest, SettingsResponse, StatusResponse, StoppingView,
+    TokenCreateRequest, TokenCreateResponse, TokenListResponse, TokenRevokeRequest,
+    TokenRevokeResponse, TokenView, WorkloadStatus,
+};
 
 /// Header set on a request one agent forwards to the leader on behalf of a
 /// client, so that a request is forwarded at most once.
@@ -15,12 +26,6 @@ pub const FORWARDED_HEADER: &str = "x-haven-forwarded";
 /// the host holding it (naming that host in `host=`): that host answers
 /// itself or refuses, never passes it on.
 pub const LOG_PROXY_HEADER: &str = "x-haven-log-proxied";
-
-/// Every error response body.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JoinRequest {
@@ -50,12 +55,6 @@ pub struct RenewRequest {
 pub struct RenewResponse {
     pub cert_pem: String,
     pub ca_bundle_pem: String,
-}
-
-/// `GET /v1/ca`: the CA certificates hosts of this cluster trust (public).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CaResponse {
-    pub bundle_pem: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -164,154 +163,11 @@ pub struct RestartGraceResponse {
     pub grace_ms: u64,
 }
 
-/// `haven settings`: every cluster setting with its value and meaning.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SettingsResponse {
-    pub settings: Vec<SettingView>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SettingView {
-    pub key: String,
-    pub value: String,
-    pub meaning: String,
-}
-
-/// `haven settings set key=value …`: all or nothing.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SettingsRequest {
-    pub set: Vec<(String, String)>,
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApplyRequest {
     /// File name, for messages and events.
     pub source: String,
     pub specs: Vec<WorkloadSpec>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ApplyResponse {
-    pub created: Vec<String>,
-    pub updated: Vec<String>,
-    pub unchanged: Vec<String>,
-    /// What happens to each updated workload's running instance, e.g.
-    /// `web: stopping generation 4 on h1 before placing it elsewhere`.
-    #[serde(default)]
-    pub notes: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DeleteResponse {
-    pub deleted: String,
-    /// The instance being stopped, if it was placed.
-    #[serde(default)]
-    pub stopping: Option<StoppingView>,
-}
-
-/// An instance being stopped before its workload may be placed again
-/// (stop-before-start).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoppingView {
-    pub workload: String,
-    pub host: String,
-    pub generation: Generation,
-    pub why: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DeleteRequest {
-    pub name: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct HostStatus {
-    pub name: String,
-    pub address: String,
-    pub role: Role,
-    /// `online`, `degraded` (online, with `problems`), `suspect`,
-    /// `isolated`, `failed`, `fenced`, or `unknown` (not heard from yet by
-    /// this coordinator).
-    pub state: String,
-    pub capacity: Capacity,
-    pub allocated: Capacity,
-    pub node_id: NodeId,
-    pub labels: BTreeMap<String, String>,
-    pub voter: bool,
-    /// What stops this host's workloads if its agent fails: `keeper`,
-    /// `watchdog`, `fence` (empty: unknown or none).
-    #[serde(default)]
-    pub protection: Vec<String>,
-    /// Why the host is `degraded`, as its last heartbeat said.
-    #[serde(default)]
-    pub problems: Vec<String>,
-    /// Its TLS material, as its last heartbeat said.
-    #[serde(default)]
-    pub tls: Option<TlsReport>,
-}
-
-/// `POST /v1/ca/rotate`: one step of a CA rotation (see `pki`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RotateRequest {
-    /// `start`, `switch` or `finish`.
-    pub step: String,
-    /// Go on although some hosts have not caught up.
-    #[serde(default)]
-    pub force: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RotateResponse {
-    pub message: String,
-    /// SHA-256 of the CA that signs from now on (new join tokens pin it).
-    pub signing_ca_sha256: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct WorkloadStatus {
-    pub name: String,
-    pub kind: String,
-    pub host: Option<String>,
-    /// Observed state on its host (`running`, `starting`, `restarting`,
-    /// `failed`, `stopping`), or `pending` / `assigned` (not yet reported).
-    pub state: String,
-    pub generation: Generation,
-    pub priority: String,
-    pub vcpus: u32,
-    pub memory_mib: u64,
-    pub restarts: u32,
-    pub pid: Option<u32>,
-    pub reason: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StatusResponse {
-    pub cluster_id: String,
-    pub leader: String,
-    pub term: u64,
-    pub hosts: Vec<HostStatus>,
-    pub workloads: Vec<WorkloadStatus>,
-    /// Instances being stopped (deleted, re-specced elsewhere, failed).
-    #[serde(default)]
-    pub stopping: Vec<StoppingView>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EventView {
-    pub seq: u64,
-    pub at_ms: u64,
-    /// The state revision (Raft entry) that recorded it.
-    #[serde(default)]
-    pub revision: u64,
-    /// The workload it is about; none for a cluster event.
-    #[serde(default)]
-    pub workload: Option<String>,
-    pub message: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EventsResponse {
-    pub events: Vec<EventView>,
 }
 
 /// `GET /v1/ping`: the agent answering, for a second opinion on a silent
@@ -349,84 +205,4 @@ pub struct KnownWorkloadsRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KnownWorkloadsResponse {
     pub known: Vec<String>,
-}
-
-/// `POST /v1/tokens`: a new API token (`role` admin, operator or viewer)
-/// or join token (`role` manager or worker).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TokenCreateRequest {
-    /// Default: derived from the role and the token id.
-    #[serde(default)]
-    pub name: Option<String>,
-    pub role: String,
-    /// A join token buys one join only.
-    #[serde(default)]
-    pub once: bool,
-    /// Lifetime; `None`: an API token never expires, a join token lasts
-    /// `JOIN_TOKEN_TTL_MS_DEFAULT`.
-    #[serde(default)]
-    pub ttl_ms: Option<u64>,
-}
-
-/// The token's text is in this answer only: the cluster keeps its hash.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct TokenCreateResponse {
-    pub token: String,
-    pub view: TokenView,
-}
-
-/// `POST /v1/certs`: sign an operator's client certificate for the key of
-/// `csr_pem` (the key never leaves the operator).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CertCreateRequest {
-    pub name: String,
-    /// admin, operator or viewer.
-    pub role: String,
-    /// Lifetime; default `pki::USER_CERT_VALID_MS_DEFAULT`.
-    #[serde(default)]
-    pub ttl_ms: Option<u64>,
-    pub csr_pem: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CertCreateResponse {
-    pub cert_pem: String,
-    /// The CA bundle the cluster's hosts present certificates from.
-    pub ca_pem: String,
-    pub view: TokenView,
-}
-
-/// A token as listed: never its secret.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenView {
-    pub id: String,
-    pub name: String,
-    /// `api`, `join` or `cert` (an operator's client certificate).
-    pub kind: String,
-    /// admin, operator, viewer (API); manager, worker (join).
-    pub role: String,
-    #[serde(default)]
-    pub once: bool,
-    pub created_at_ms: u64,
-    #[serde(default)]
-    pub expires_at_ms: Option<u64>,
-    pub revoked: bool,
-    pub used: bool,
-    pub created_by: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TokenListResponse {
-    pub tokens: Vec<TokenView>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TokenRevokeRequest {
-    /// A token's name (the one not yet revoked) or id.
-    pub token: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TokenRevokeResponse {
-    pub revoked: TokenView,
 }

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Extension, Json, Router};
+use haven_core::events::CaRotationStep;
 use haven_core::model::{Generation, Role};
 use haven_core::placement::HostView;
 use haven_core::spec::{
@@ -31,6 +32,7 @@ use crate::rpc::NotLeaderBody;
 use haven_core::coordinator_machine::{
     check_boot, check_member, CoordinatorInput, Heartbeat, HeartbeatAnswer, Refusal, RefusalKind,
 };
+use haven_wire::ToWire;
 
 /// Most managers (Raft voters) a cluster can have.
 pub const MANAGERS_MAX: usize = 5;
@@ -652,7 +654,7 @@ async fn rotate_ca(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body
             .filter(|h| !slot.as_ref().and_then(|o| o.tls(h)).is_some_and(want))
             .collect()
     };
-    let (new, message) = match req.step.as_str() {
+    let (new, step) = match req.step.as_str() {
         "start" => {
             if ca.next.is_some() {
                 return error(StatusCode::CONFLICT, "a CA rotation is under way: go on with `haven ca rotate --switch`, then `--finish`");
@@ -676,7 +678,7 @@ async fn rotate_ca(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body
                     key_pem: ca.key_pem.clone(),
                     next: Some((fresh.cert_pem, fresh.key_pem)),
                 },
-                "CA rotation started: every host now trusts the new CA too; once `haven status` shows all on the new bundle, run `haven ca rotate --switch`",
+                CaRotationStep::Started,
             )
         }
         "switch" => {
@@ -702,7 +704,7 @@ async fn rotate_ca(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body
                     key_pem: next_key,
                     next: None,
                 },
-                "CA rotation switched: the new CA signs; every host renews its certificate now; once `haven status` shows all renewed, run `haven ca rotate --finish`",
+                CaRotationStep::Switched,
             )
         }
         "finish" => {
@@ -723,7 +725,7 @@ async fn rotate_ca(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body
                     key_pem: ca.key_pem.clone(),
                     next: None,
                 },
-                "CA rotation finished: the old CA is no longer trusted",
+                CaRotationStep::Finished,
             )
         }
         other => {
@@ -735,19 +737,16 @@ async fn rotate_ca(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body
     };
     let signing = crate::pki::ca_sha256_hex(&new.bundle_pem).unwrap_or_default();
     let at_ms = node.clock.wall_ms();
+    let event = haven_core::events::EventKind::CaRotation { step };
+    // The answer says what the event says.
+    let message = event.to_wire().to_string();
     let cmd = Command::Batch {
-        commands: vec![
-            Command::SetCa { ca: new },
-            Command::RecordEvent {
-                message: message.to_string(),
-                at_ms,
-            },
-        ],
+        commands: vec![Command::SetCa { ca: new }, Command::Record { event, at_ms }],
     };
     match propose(&node, cmd).await {
         Ok(CommandResult::Rejected(m)) => error(StatusCode::CONFLICT, m),
         Ok(_) => Json(RotateResponse {
-            message: message.to_string(),
+            message,
             signing_ca_sha256: signing,
         })
         .into_response(),
@@ -1058,12 +1057,12 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
             .map(|h| HostStatus {
                 name: h.name.clone(),
                 address: h.address.clone(),
-                role: h.role,
+                role: h.role.to_wire(),
                 state: office
                     .map_or("unknown", |o| o.shown_state(&h.name))
                     .to_string(),
-                capacity: h.capacity,
-                allocated: s.allocated(&h.name),
+                capacity: h.capacity.to_wire(),
+                allocated: s.allocated(&h.name).to_wire(),
                 node_id: h.node_id,
                 labels: h.labels.clone(),
                 voter: voters.contains(&h.node_id),
@@ -1072,18 +1071,20 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                     .and_then(|o| o.problems(&h.name))
                     .map(|p| p.to_vec())
                     .unwrap_or_default(),
-                tls: office.and_then(|o| o.tls(&h.name).cloned()),
+                tls: office.and_then(|o| o.tls(&h.name)).map(ToWire::to_wire),
             })
             .collect::<Vec<HostStatus>>();
         // Live free figures are shown, never committed (pending reasons
         // stay stable so that nothing is recommitted when they change).
-        let views: Vec<HostView> = hosts
-            .iter()
-            .map(|h| HostView {
+        let views: Vec<HostView> = s
+            .hosts
+            .values()
+            .zip(&hosts)
+            .map(|(h, shown)| HostView {
                 name: h.name.clone(),
                 capacity: h.capacity,
-                allocated: h.allocated,
-                eligible: h.state == "online",
+                allocated: s.allocated(&h.name),
+                eligible: shown.state == "online",
             })
             .collect();
         let most_free = haven_core::placement::most_free(&views);
@@ -1114,7 +1115,8 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                         .as_ref()
                         .map(|a| a.generation)
                         .unwrap_or(Generation(0))
-                        .max(w.generation),
+                        .max(w.generation)
+                        .to_wire(),
                     priority: w.spec.priority.as_str().to_string(),
                     vcpus: w.spec.vcpus,
                     memory_mib: w.spec.memory_mib,
@@ -1170,7 +1172,7 @@ fn stopping_view(workload: &str, st: &haven_core::state::Stopping) -> StoppingVi
     StoppingView {
         workload: workload.to_owned(),
         host: st.host.clone(),
-        generation: st.generation,
+        generation: st.generation.to_wire(),
         why: st.why.clone(),
     }
 }
@@ -1385,18 +1387,7 @@ async fn events(
         };
         return forward(&node, &headers, reqwest::Method::GET, &path, None).await;
     };
-    let events = c.read(|s| {
-        s.events(q.after)
-            .into_iter()
-            .map(|e| EventView {
-                seq: e.seq,
-                at_ms: e.at_ms,
-                revision: e.revision,
-                workload: e.workload.clone(),
-                message: e.message.clone(),
-            })
-            .collect()
-    });
+    let events = c.read(|s| s.events(q.after).into_iter().map(|e| e.to_wire()).collect());
     Json(EventsResponse { events }).into_response()
 }
 

@@ -3,7 +3,7 @@
 
 use haven_consensus::{Consensus, ConsensusConfig, ConsensusError, ProposeError};
 use haven_core::model::{Capacity, HostRecord, NodeId, Role};
-use haven_core::state::{ClusterState, Command, CommandResult, COMMAND_BYTES_MAX};
+use haven_core::state::{ClusterState, Command, CommandResult, EventKind, COMMAND_BYTES_MAX};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
@@ -285,7 +285,7 @@ async fn three_nodes_replicate_fail_over_and_recover() {
     assert!(snapshot_of(&n1.consensus)
         .events(None)
         .iter()
-        .any(|e| e.message == "after fail-over"));
+        .any(|e| matches!(&e.kind, EventKind::Legacy { message } if message == "after fail-over")));
 
     n1.stop().await;
     n2.stop().await;

@@ -413,6 +413,7 @@ fn place(
 mod tests {
     use super::*;
     use crate::model::*;
+    use crate::state::EventKind;
 
     fn host(name: &str, id: u64) -> HostRecord {
         HostRecord {
@@ -603,12 +604,12 @@ mod tests {
         assert_eq!(w.host_of("batch").as_deref(), Some("h1"));
         let events = w.s.events(None);
         assert!(events.iter().any(|e| e.workload.as_deref() == Some("web")
-            && e.message
-                .starts_with("unassigned web from h1: host h1 is failed")));
+            && matches!(&e.kind, EventKind::Unassigned { workload, host, reason, .. }
+                if workload == "web" && host == "h1" && reason.starts_with("host h1 is failed"))));
         assert!(
             events.iter().any(|e| e.workload.is_none()
-                && e.message.contains("host h1 is failed")
-                && e.message.ends_with("unassigned 1 workload(s): web")),
+                && matches!(&e.kind, EventKind::WorkloadsUnassigned { reason, count: 1, workloads }
+                    if reason.starts_with("host h1 is failed") && *workloads == ["web"])),
             "the cluster history has the gist: {events:?}"
         );
     }

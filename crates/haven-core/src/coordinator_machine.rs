@@ -18,7 +18,7 @@ use crate::model::{
     Capacity, FenceDevice, Generation, HostRecord, InstanceState, IsolationResponse, NodeId,
     Observed, WorkloadSpec,
 };
-use crate::state::{ClusterState, Command, CommandResult};
+use crate::state::{ClusterState, Command, CommandResult, EventKind};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -322,8 +322,9 @@ struct Held<'a> {
     generation: Generation,
     /// Whether an unreadable lock counts as held.
     unknown_is_held: bool,
-    /// What the event about an unreadable lock says happens to it.
-    stays: &'static str,
+    /// Being stopped there (rather than assigned), for the event about an
+    /// unreadable lock.
+    stopping: bool,
 }
 
 /// Is `host` the member it claims to be: does its data dir's
@@ -647,13 +648,16 @@ impl Coordinator {
         self.keepers.insert(host.clone(), hb.keeper);
         self.tls.insert(host.clone(), hb.tls.clone());
         if let Some(now) = self.on_problems(&host, hb.problems.clone()) {
-            let message = if now.is_empty() {
-                format!("host {host} is no longer degraded")
+            let event = if now.is_empty() {
+                EventKind::HostNoLongerDegraded { host: host.clone() }
             } else {
-                format!("host {host} is degraded: {}", now.join("; "))
+                EventKind::HostDegraded {
+                    host: host.clone(),
+                    problems: now,
+                }
             };
-            effects.push(CoordinatorEffect::Propose(vec![Command::RecordEvent {
-                message,
+            effects.push(CoordinatorEffect::Propose(vec![Command::Record {
+                event,
                 at_ms,
             }]));
         }
@@ -742,18 +746,22 @@ impl Coordinator {
             .fencing
             .remove(&host)
             .unwrap_or_else(|| "its fence device".to_owned());
-        let message = match outcome {
+        let event = match outcome {
             Ok(took_ms) => {
                 self.fenced.insert(host.clone());
-                format!("fenced {host}: {agent} confirmed it off in {took_ms} ms")
+                EventKind::Fenced {
+                    host,
+                    agent,
+                    took_ms,
+                }
             }
-            Err(e) => {
+            Err(error) => {
                 self.fence_failed.insert(host.clone());
-                format!("fencing {host} failed: {e}; falling back to the lease (lease + margin)")
+                EventKind::FenceFailed { host, error }
             }
         };
-        vec![CoordinatorEffect::Propose(vec![Command::RecordEvent {
-            message,
+        vec![CoordinatorEffect::Propose(vec![Command::Record {
+            event,
             at_ms,
         }])]
     }
@@ -896,11 +904,13 @@ impl Coordinator {
         let credit_ms = self.credit_ms;
         let wait_ms = (timing.lease_ms.max(state.prior_lease_ms) + timing.margin_ms)
             .saturating_sub(credit_ms);
-        Command::RecordEvent {
-            message: format!(
-                "{} took office as coordinator (term {}); no host is declared failed for {wait_ms} ms (lease + margin, less the {credit_ms} ms the electing voters had already not heard from the old leader, less drift)",
-                self.me, self.term,
-            ),
+        Command::Record {
+            event: EventKind::TookOffice {
+                host: self.me.clone(),
+                term: self.term,
+                wait_ms,
+                credit_ms,
+            },
             at_ms,
         }
     }
@@ -967,11 +977,12 @@ impl Coordinator {
         let st = o.state(&timing);
         let prev = self.last_state.insert(name.clone(), st);
         if prev.is_some_and(|p| p != st) {
-            cmds.push(Command::RecordEvent {
-                message: format!(
-                    "host {name} is {}: last heartbeat acknowledged {silence_ms} ms ago",
-                    st.as_str()
-                ),
+            cmds.push(Command::Record {
+                event: EventKind::HostStateChanged {
+                    host: name.clone(),
+                    state: st,
+                    silent_ms: silence_ms,
+                },
                 at_ms,
             });
         }
@@ -1035,11 +1046,12 @@ impl Coordinator {
                     host: name.clone(),
                     device: dev.clone(),
                     silence_ms,
-                    announce: Box::new(Command::RecordEvent {
-                        message: format!(
-                            "fencing {name} with {}: silent for {silence_ms} ms",
-                            dev.agent
-                        ),
+                    announce: Box::new(Command::Record {
+                        event: EventKind::Fencing {
+                            host: name.clone(),
+                            agent: dev.agent.clone(),
+                            silent_ms: silence_ms,
+                        },
                         at_ms,
                     }),
                 });
@@ -1047,10 +1059,12 @@ impl Coordinator {
             Some(t) => {
                 if let (Some(who), false) = (&t.reached_by, t.said) {
                     t.said = true;
-                    cmds.push(Command::RecordEvent {
-                        message: format!(
-                            "not fencing {name}: silent for {silence_ms} ms, but {who} reached its agent (a lossy link, not a dead host); fenced only if it stops answering probes, else it keeps the lease rules"
-                        ),
+                    cmds.push(Command::Record {
+                        event: EventKind::NotFencing {
+                            host: name.clone(),
+                            silent_ms: silence_ms,
+                            reached_by: who.clone(),
+                        },
                         at_ms,
                     });
                 }
@@ -1092,7 +1106,7 @@ impl Coordinator {
                         host: &a.host,
                         generation: a.generation,
                         unknown_is_held: true,
-                        stays: "stays assigned to",
+                        stopping: false,
                     };
                     if self.lock_held(held, &o, now_ms, &timing, at_ms, cmds) {
                         fresh_locks.insert((w.spec.name.clone(), a.generation));
@@ -1115,14 +1129,13 @@ impl Coordinator {
                 .insert(w.spec.name.clone(), (a.generation, restarts));
             if let Some((g, n)) = seen {
                 if g == a.generation && restarts > n {
-                    cmds.push(Command::RecordWorkloadEvent {
-                        workload: w.spec.name.clone(),
-                        message: format!(
-                            "{} restarted in place on {} (restart {restarts}): {}",
-                            w.spec.name,
-                            a.host,
-                            detail.clone().unwrap_or_default()
-                        ),
+                    cmds.push(Command::Record {
+                        event: EventKind::Restarted {
+                            workload: w.spec.name.clone(),
+                            host: a.host.clone(),
+                            restarts,
+                            detail: detail.clone().unwrap_or_default(),
+                        },
                         at_ms,
                     });
                 }
@@ -1138,12 +1151,12 @@ impl Coordinator {
                 && self.placed.get(&w.spec.name) == Some(&a.generation)
             {
                 self.placed.remove(&w.spec.name);
-                cmds.push(Command::RecordWorkloadEvent {
-                    workload: w.spec.name.clone(),
-                    message: format!(
-                        "{} started on {} (generation {})",
-                        w.spec.name, a.host, a.generation
-                    ),
+                cmds.push(Command::Record {
+                    event: EventKind::Started {
+                        workload: w.spec.name.clone(),
+                        host: a.host.clone(),
+                        generation: a.generation,
+                    },
                     at_ms,
                 });
             }
@@ -1192,7 +1205,7 @@ impl Coordinator {
                 host: &st.host,
                 generation: st.generation,
                 unknown_is_held: isolation == IsolationResponse::LeaveRunning,
-                stays: "is not confirmed stopped on",
+                stopping: true,
             };
             if self.lock_held(held, &o, now_ms, &timing, at_ms, cmds) {
                 fresh_locks.insert((name.clone(), st.generation));
@@ -1233,15 +1246,16 @@ impl Coordinator {
                 if o.silence_ms >= o.failed_after_ms(timing)
                     && self.locks_unread.insert(key.clone())
                 {
-                    cmds.push(Command::RecordEvent {
-                        message: format!(
-                            "{} {} {} (leave-running): the datastore cannot be read ({}), so whether {} still holds it is unknown",
-                            held.workload,
-                            held.stays,
-                            held.host,
-                            self.read_problem.clone().unwrap_or_else(|| "no recent read".into()),
-                            held.host
-                        ),
+                    cmds.push(Command::Record {
+                        event: EventKind::LockUnknown {
+                            workload: held.workload.to_owned(),
+                            host: held.host.to_owned(),
+                            problem: self
+                                .read_problem
+                                .clone()
+                                .unwrap_or_else(|| "no recent read".into()),
+                            stopping: held.stopping,
+                        },
                         at_ms,
                     });
                 }
@@ -1267,14 +1281,13 @@ impl Coordinator {
                 .map(|x| x.detail.clone());
             if let Some(detail) = step {
                 if self.stop_steps_seen.insert((name.clone(), st.generation)) {
-                    cmds.push(Command::RecordWorkloadEvent {
-                        workload: name.clone(),
-                        message: format!(
-                            "{name} generation {} on {}: {}",
-                            st.generation,
-                            st.host,
-                            detail.unwrap_or_else(|| "stopping".into())
-                        ),
+                    cmds.push(Command::Record {
+                        event: EventKind::StopStep {
+                            workload: name.clone(),
+                            host: st.host.clone(),
+                            generation: st.generation,
+                            step: detail.unwrap_or_else(|| "stopping".into()),
+                        },
                         at_ms,
                     });
                 }

@@ -188,16 +188,17 @@ impl Sim {
             .map(|a| a.host.clone())
     }
 
-    fn events(&self) -> Vec<String> {
+    fn events(&self) -> Vec<EventKind> {
         self.s
             .events(None)
             .into_iter()
-            .map(|e| e.message.clone())
+            .map(|e| e.kind.clone())
             .collect()
     }
 
-    fn said(&self, text: &str) -> usize {
-        self.events().iter().filter(|m| m.contains(text)).count()
+    /// How many kept events are `what`.
+    fn said(&self, what: impl Fn(&EventKind) -> bool) -> usize {
+        self.events().iter().filter(|k| what(k)).count()
     }
 }
 
@@ -298,8 +299,8 @@ fn a_silent_hosts_workloads_move_only_after_lease_plus_margin_since_its_last_ack
         }
         // The state says the host is gone before anything leaves it.
         assert_eq!(sim.c.shown_state(&victim), "failed");
-        let declared = format!("host {victim} is failed: last heartbeat acknowledged");
-        assert_eq!(sim.said(&declared), 1, "{:?}", sim.events());
+        let declared = |k: &EventKind| matches!(k, EventKind::HostStateChanged { host, state: HostState::Failed, .. } if *host == victim);
+        assert_eq!(sim.said(declared), 1, "{:?}", sim.events());
         assert_eq!(
             reasons,
             vec![format!(
@@ -314,7 +315,7 @@ fn a_silent_hosts_workloads_move_only_after_lease_plus_margin_since_its_last_ack
     assert_eq!(sim.host_of("w").as_deref(), Some(survivor.as_str()));
     // Suspect first, failed at lease + margin: each change one event.
     assert_eq!(
-        sim.said(&format!("host {victim} is suspect: last heartbeat")),
+        sim.said(|k| matches!(k, EventKind::HostStateChanged { host, state: HostState::Suspect, .. } if *host == victim)),
         1
     );
 }
@@ -353,14 +354,11 @@ fn a_new_coordinator_waits_lease_plus_margin_less_the_credit_from_taking_office(
         }
     }
     assert_eq!(sim.host_of("w").as_deref(), Some(survivor.as_str()));
-    let took = format!(
-        "h2 took office as coordinator (term 2); no host is declared failed for {wait_ms} ms"
+    let took = |k: &EventKind| matches!(k, EventKind::TookOffice { host, term: 2, wait_ms: w, .. } if host == "h2" && *w == wait_ms);
+    assert_eq!(sim.said(took), 1, "{:?}", sim.events());
+    assert!(
+        sim.said(|k| matches!(k, EventKind::HostStateChanged { host, state: HostState::Failed, .. } if *host == victim)) > 0
     );
-    assert_eq!(sim.said(&took), 1, "{:?}", sim.events());
-    assert!(sim
-        .events()
-        .iter()
-        .any(|e| e.starts_with(&format!("host {victim} is failed"))));
 }
 
 /// Silent `victim` (last heard at 1,000) while the others keep beating.
@@ -453,7 +451,7 @@ fn a_fence_fires_only_past_fence_after_ms_with_no_second_opinion_and_frees_at_on
             fenced_at = Some(t);
             assert_eq!((host.as_str(), *silence_ms), ("h1", 400));
             assert!(
-                matches!(announce, Command::RecordEvent { message, .. } if message == "fencing h1 with /usr/sbin/fence_test: silent for 400 ms")
+                matches!(announce, Command::Record { event: EventKind::Fencing { host, agent, silent_ms: 400 }, .. } if host == "h1" && agent == "/usr/sbin/fence_test")
             );
             let r = sim.input(
                 CoordinatorInput::FenceResult {
@@ -474,7 +472,7 @@ fn a_fence_fires_only_past_fence_after_ms_with_no_second_opinion_and_frees_at_on
     });
     assert_eq!(fenced_at, Some(1_400));
     assert_eq!(
-        sim.said("fenced h1: /usr/sbin/fence_test confirmed it off in 120 ms"),
+        sim.said(|k| matches!(k, EventKind::Fenced { host, agent, took_ms: 120 } if host == "h1" && agent == "/usr/sbin/fence_test")),
         1
     );
     assert!(
@@ -515,7 +513,7 @@ fn no_fence_when_a_second_opinion_reached_the_agent() {
     });
     assert_eq!(moved_at, Some(1_000 + LEASE_PLUS_MARGIN_MS));
     assert_eq!(
-        sim.said("not fencing h1: silent for 400 ms, but h3 reached its agent"),
+        sim.said(|k| matches!(k, EventKind::NotFencing { host, silent_ms: 400, reached_by } if host == "h1" && reached_by == "h3")),
         1,
         "{:?}",
         sim.events()
@@ -645,7 +643,7 @@ fn leave_running_workloads_with_a_fresh_lock_stay_put() {
             moved_at = Some(t);
         }
     });
-    assert!(sim.said("host h1 is isolated") >= 1, "{:?}", sim.events());
+    assert!(sim.said(|k| matches!(k, EventKind::HostStateChanged { host, state: HostState::Isolated, .. } if host == "h1")) >= 1, "{:?}", sim.events());
     let moved_at = moved_at.expect("moved once the lock stood still");
     assert!(moved_at > 4_000 + 900, "{moved_at}");
     assert!(moved_at <= 4_000 + 1_100, "{moved_at}");
@@ -831,7 +829,7 @@ fn a_leave_running_workload_whose_lock_cannot_be_read_stays_and_is_said_once() {
     });
     assert_eq!(sim.host_of("w").as_deref(), Some("h1"));
     assert_eq!(
-        sim.said("w stays assigned to h1 (leave-running): the datastore cannot be read (datastore /srv: timed out), so whether h1 still holds it is unknown"),
+        sim.said(|k| matches!(k, EventKind::LockUnknown { workload, host, problem, stopping: false } if workload == "w" && host == "h1" && problem == "datastore /srv: timed out")),
         1,
         "{:?}",
         sim.events()
@@ -850,7 +848,12 @@ fn an_old_read_counts_as_unknown() {
         }
     });
     assert_eq!(sim.host_of("w").as_deref(), Some("h1"));
-    assert_eq!(sim.said("the datastore cannot be read (no recent read)"), 1);
+    assert_eq!(
+        sim.said(
+            |k| matches!(k, EventKind::LockUnknown { problem, .. } if problem == "no recent read")
+        ),
+        1
+    );
 }
 
 #[test]
@@ -864,7 +867,7 @@ fn a_power_off_workload_moves_whatever_the_datastore_says() {
         }
     });
     assert_eq!(sim.host_of("w").as_deref(), Some("h2"));
-    assert!(sim.said("host h1 is isolated") >= 1);
+    assert!(sim.said(|k| matches!(k, EventKind::HostStateChanged { host, state: HostState::Isolated, .. } if host == "h1")) >= 1);
 }
 
 /// A gracefully restarting agent's host keeps its workloads and is not
@@ -989,8 +992,14 @@ fn a_heartbeat_with_a_changed_record_registers_it_and_problems_are_said_on_chang
     sim.tick(50);
     assert_eq!(sim.c.shown_state("h1"), "degraded");
     sim.send(sim.heartbeat_of("h1"), 60);
-    assert_eq!(sim.said("host h1 is degraded: datastore unavailable"), 1);
-    assert_eq!(sim.said("host h1 is no longer degraded"), 1);
+    assert_eq!(
+        sim.said(|k| matches!(k, EventKind::HostDegraded { host, problems } if host == "h1" && problems[0].starts_with("datastore unavailable"))),
+        1
+    );
+    assert_eq!(
+        sim.said(|k| matches!(k, EventKind::HostNoLongerDegraded { host } if host == "h1")),
+        1
+    );
 }
 
 #[test]
@@ -1044,7 +1053,10 @@ fn starts_restarts_and_stop_steps_are_said_once() {
     sim.tick(250);
     sim.tick(300);
     let g = sim.s.workloads["w"].generation;
-    assert_eq!(sim.said(&format!("w started on {on} (generation {g})")), 1);
+    assert_eq!(
+        sim.said(|k| matches!(k, EventKind::Started { workload, host, generation } if workload == "w" && *host == on && *generation == g)),
+        1
+    );
     let mut hb = sim.heartbeat_of(&on);
     hb.report.observed[0].restarts = 1;
     hb.report.observed[0].detail = Some("exited with 1".into());
@@ -1052,9 +1064,7 @@ fn starts_restarts_and_stop_steps_are_said_once() {
     sim.tick(450);
     sim.tick(500);
     assert_eq!(
-        sim.said(&format!(
-            "w restarted in place on {on} (restart 1): exited with 1"
-        )),
+        sim.said(|k| matches!(k, EventKind::Restarted { workload, host, restarts: 1, detail } if workload == "w" && *host == on && detail == "exited with 1")),
         1
     );
     // Deleted: its host reports the first step of the stop.
@@ -1068,7 +1078,7 @@ fn starts_restarts_and_stop_steps_are_said_once() {
     sim.tick(650);
     sim.tick(700);
     assert_eq!(
-        sim.said(&format!("w generation {g} on {on}: SIGTERM sent")),
+        sim.said(|k| matches!(k, EventKind::StopStep { workload, host, generation, step } if workload == "w" && *host == on && *generation == g && step == "SIGTERM sent")),
         1
     );
 }
@@ -1081,10 +1091,10 @@ fn took_office_is_said_once_in_the_first_tick() {
         panic!("{first:?}")
     };
     assert!(
-        matches!(&entries[0], Command::RecordEvent { message, .. } if message.starts_with("h1 took office as coordinator (term 1); no host is declared failed for 1250 ms"))
+        matches!(&entries[0], Command::Record { event: EventKind::TookOffice { host, term: 1, wait_ms: 1250, .. }, .. } if host == "h1")
     );
     sim.tick(100);
-    assert_eq!(sim.said("took office"), 1);
+    assert_eq!(sim.said(|k| matches!(k, EventKind::TookOffice { .. })), 1);
 }
 
 mod prop {

@@ -9,6 +9,7 @@ pub mod changes;
 pub mod coordinator;
 pub mod coordinator_machine;
 pub mod datastore;
+pub mod events;
 pub mod host_agent;
 pub mod liveness;
 pub mod logs;

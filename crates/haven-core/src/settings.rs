@@ -2,6 +2,7 @@
 //! range checks and change descriptions. One validation, used by the
 //! bootstrap flags, `haven settings set` and the state machine alike.
 
+use crate::events::SettingChange;
 use crate::liveness::Timing;
 use crate::model::{ClusterSettings, IsolationResponse};
 
@@ -213,13 +214,17 @@ pub fn validate(s: &ClusterSettings) -> Result<(), Vec<String>> {
     }
 }
 
-/// `key old → new` for each setting that differs.
-pub fn changes(old: &ClusterSettings, new: &ClusterSettings) -> Vec<String> {
+/// Each setting that differs: its key, old and new value.
+pub fn changes(old: &ClusterSettings, new: &ClusterSettings) -> Vec<SettingChange> {
     describe(old)
         .into_iter()
         .zip(describe(new))
         .filter(|((_, a), (_, b))| a != b)
-        .map(|((k, a), (_, b))| format!("{k} {a} → {b}"))
+        .map(|((k, from), (_, to))| SettingChange {
+            key: k.to_string(),
+            from,
+            to,
+        })
         .collect()
 }
 
@@ -360,7 +365,7 @@ mod tests {
         );
         assert_eq!(
             changes(&d, &off),
-            vec!["allow_root_workloads true → false".to_string()]
+            vec![change("allow_root_workloads", "true", "false")]
         );
         // Settings stored before the key existed read it as on.
         let mut json = serde_json::to_value(&off).unwrap();
@@ -373,6 +378,14 @@ mod tests {
     fn changes_lists_only_what_differs() {
         let d = ClusterSettings::default();
         let s = set(&d, "lease_ms", "2000").unwrap();
-        assert_eq!(changes(&d, &s), vec!["lease_ms 1000 → 2000".to_string()]);
+        assert_eq!(changes(&d, &s), vec![change("lease_ms", "1000", "2000")]);
+    }
+
+    fn change(key: &str, from: &str, to: &str) -> SettingChange {
+        SettingChange {
+            key: key.into(),
+            from: from.into(),
+            to: to.into(),
+        }
     }
 }

@@ -28,9 +28,9 @@ pub const WORKLOAD_EVENTS_KEPT_MAX: usize = 2_000;
 /// enough for the Raft timing.
 pub const BATCH_COMMANDS_MAX: usize = 256;
 pub const BATCH_BYTES_MAX: usize = 64 * 1024;
-/// Longest event message kept (bytes; a longer one is cut, ending in `…`):
-/// with the kept counts, the whole history stays about a megabyte
-/// whatever a command carried.
+/// Most bytes of free text an event keeps (its reasons and details; the
+/// longest is cut first, ending in `…`): with the kept counts, the whole
+/// history stays about a megabyte whatever a command carried.
 pub const EVENT_MESSAGE_BYTES_MAX: usize = 512;
 /// Largest command the Raft log takes, serialized (JSON). Checked before a
 /// command is proposed (`haven-consensus` refuses a larger one, and derives
@@ -104,21 +104,7 @@ pub struct Keyed {
     pub workload_events: VecDeque<Event>,
 }
 
-/// One decision, with the wall-clock time the coordinator made it and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub seq: u64,
-    pub at_ms: u64,
-    /// The state revision (Raft entry) that recorded it: the events of
-    /// one coordinator tick share it.
-    #[serde(default)]
-    pub revision: u64,
-    /// The workload it is about; `None` for a cluster event. The two kinds
-    /// are kept apart (`CLUSTER_EVENTS_KEPT_MAX`, `WORKLOAD_EVENTS_KEPT_MAX`).
-    #[serde(default)]
-    pub workload: Option<String>,
-    pub message: String,
-}
+pub use crate::events::{Event, EventKind};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -350,12 +336,19 @@ pub enum Command {
         by: String,
         command: Box<Command>,
     },
-    /// Record a decision that changes no intent (e.g. "h3 is suspect").
+    /// Record a decision that changes no intent (e.g. "h3 is suspect"),
+    /// about a workload if its kind names one.
+    Record {
+        event: EventKind,
+        at_ms: u64,
+    },
+    /// A cluster event as a sentence only (`EventKind::Legacy`): what
+    /// entries written before events had kinds hold.
     RecordEvent {
         message: String,
         at_ms: u64,
     },
-    /// Likewise, about one workload (e.g. "web started on h2").
+    /// Likewise, about one workload.
     RecordWorkloadEvent {
         workload: String,
         message: String,
@@ -396,6 +389,7 @@ impl Command {
             | Command::CreateToken { .. }
             | Command::RevokeToken { .. }
             | Command::UseToken { .. }
+            | Command::Record { .. }
             | Command::RecordEvent { .. }
             | Command::RecordWorkloadEvent { .. } => false,
         }
@@ -472,15 +466,6 @@ impl CommandResult {
 
 /// How many names a cluster event lists before "and N more".
 const NAMES_IN_EVENT_MAX: usize = 8;
-
-/// `names` for an event: the first few, then how many more.
-fn names_bounded(names: &[&str]) -> String {
-    let shown = names[..names.len().min(NAMES_IN_EVENT_MAX)].join(", ");
-    match names.len().saturating_sub(NAMES_IN_EVENT_MAX) {
-        0 => shown,
-        more => format!("{shown} and {more} more"),
-    }
-}
 
 impl ClusterState {
     /// Where the workloads are (built on first use after a load).
@@ -637,22 +622,14 @@ impl ClusterState {
         }
     }
 
-    /// Record a cluster event.
-    fn event(&mut self, at_ms: u64, message: String) {
-        self.record(None, at_ms, message);
+    /// Record an event: about a workload if its kind names one.
+    fn event(&mut self, at_ms: u64, kind: EventKind) {
+        let workload = kind.workload().map(str::to_owned);
+        self.record(workload, at_ms, kind);
     }
 
-    /// Record an event about `workload`.
-    fn workload_event(&mut self, workload: &str, at_ms: u64, message: String) {
-        self.record(Some(workload.to_owned()), at_ms, message);
-    }
-
-    fn record(&mut self, workload: Option<String>, at_ms: u64, message: String) {
-        let message = if message.len() > EVENT_MESSAGE_BYTES_MAX {
-            crate::spec::shorten(&message, EVENT_MESSAGE_BYTES_MAX - '…'.len_utf8())
-        } else {
-            message
-        };
+    fn record(&mut self, workload: Option<String>, at_ms: u64, mut kind: EventKind) {
+        kind.bound_text(EVENT_MESSAGE_BYTES_MAX);
         let (kept, kept_max) = if workload.is_some() {
             (&mut self.workload_events, WORKLOAD_EVENTS_KEPT_MAX)
         } else {
@@ -663,7 +640,7 @@ impl ClusterState {
             at_ms,
             revision: self.revision,
             workload,
-            message,
+            kind,
         });
         self.next_event_seq += 1;
         while kept.len() > kept_max {
@@ -710,7 +687,12 @@ impl ClusterState {
                 if self.next_node_id == 0 {
                     self.next_node_id = 1;
                 }
-                self.event(*at_ms, format!("cluster {cluster_id} created"));
+                self.event(
+                    *at_ms,
+                    EventKind::ClusterCreated {
+                        cluster_id: cluster_id.clone(),
+                    },
+                );
                 CommandResult::Ok
             }
             Command::SetSettings { settings, at_ms } => {
@@ -725,16 +707,20 @@ impl ClusterState {
                     if settings.shutdown_timeout_ms < self.settings.shutdown_timeout_ms {
                         self.prior_shutdown_timeout_ms = self.settings.shutdown_timeout_ms;
                     }
-                    let root_note =
+                    let (runs_as_root_count, runs_as_root) =
                         if self.settings.allow_root_workloads && !settings.allow_root_workloads {
-                            self.implicit_root_note()
+                            self.implicit_root()
                         } else {
-                            String::new()
+                            (0, vec![])
                         };
                     self.settings = settings.clone();
                     self.event(
                         *at_ms,
-                        format!("cluster settings: {}{root_note}", changes.join(", ")),
+                        EventKind::SettingsChanged {
+                            changes,
+                            runs_as_root_count,
+                            runs_as_root,
+                        },
                     );
                 }
                 CommandResult::Ok
@@ -762,12 +748,14 @@ impl ClusterState {
                     }
                 }
                 w.pending_reason = Some(format!("failed on {}: {reason}", a.host));
-                self.workload_event(workload,
+                self.event(
                     *at_ms,
-                    format!(
-                        "{workload} failed on {} (generation {generation}): {reason}; stopping it there before moving it to another host",
-                        a.host
-                    ),
+                    EventKind::Failed {
+                        workload: workload.clone(),
+                        host: a.host.clone(),
+                        generation: *generation,
+                        reason: reason.clone(),
+                    },
                 );
                 self.begin_stopping(workload, a, format!("failed on its host: {reason}"));
                 self.reindex_workload(workload);
@@ -848,21 +836,16 @@ impl ClusterState {
                 Some(w) => {
                     self.tracker.0.workloads.insert(name.clone());
                     self.reindex_workload(name);
-                    let on = match w.assignment {
-                        Some(a) => {
-                            let on = format!(
-                                "; stopping it on {} (generation {})",
-                                a.host, a.generation
-                            );
-                            self.begin_stopping(name, a, "deleted".into());
-                            on
-                        }
-                        None => String::new(),
-                    };
-                    self.workload_event(
-                        name,
+                    let stopping = w.assignment;
+                    if let Some(a) = &stopping {
+                        self.begin_stopping(name, a.clone(), "deleted".into());
+                    }
+                    self.event(
                         *at_ms,
-                        format!("deleted {name}{on}: operator request"),
+                        EventKind::Deleted {
+                            workload: name.clone(),
+                            stopping,
+                        },
                     );
                     CommandResult::Ok
                 }
@@ -887,22 +870,30 @@ impl ClusterState {
                     w.released_by = Some(host.clone());
                     w.pending_reason = Some(reason.clone());
                     self.reindex_workload(name);
-                    self.workload_event(
-                        name,
+                    self.event(
                         *at_ms,
-                        format!("unassigned {name} from {host}: {reason}"),
+                        EventKind::Unassigned {
+                            workload: name.clone(),
+                            host,
+                            generation: *expected,
+                            reason: reason.clone(),
+                        },
                     );
                     unassigned.push(name.as_str());
                 }
                 // The cluster history keeps the gist, however many
                 // workload events follow.
                 if !unassigned.is_empty() {
-                    let message = format!(
-                        "{reason}: unassigned {} workload(s): {}",
-                        unassigned.len(),
-                        names_bounded(&unassigned)
-                    );
-                    self.event(*at_ms, message);
+                    let kind = EventKind::WorkloadsUnassigned {
+                        reason: reason.clone(),
+                        count: unassigned.len() as u64,
+                        workloads: unassigned
+                            .iter()
+                            .take(NAMES_IN_EVENT_MAX)
+                            .map(|n| n.to_string())
+                            .collect(),
+                    };
+                    self.event(*at_ms, kind);
                 }
                 CommandResult::Ok
             }
@@ -919,11 +910,22 @@ impl ClusterState {
                     return CommandResult::Ok;
                 }
                 w.pending_reason = Some(reason.clone());
-                self.workload_event(workload, *at_ms, format!("{workload} pending: {reason}"));
+                self.event(
+                    *at_ms,
+                    EventKind::Pending {
+                        workload: workload.clone(),
+                        reason: reason.clone(),
+                    },
+                );
+                CommandResult::Ok
+            }
+            Command::Record { event, at_ms } => {
+                self.event(*at_ms, event.clone());
                 CommandResult::Ok
             }
             Command::RecordEvent { message, at_ms } => {
-                self.event(*at_ms, message.clone());
+                let message = message.clone();
+                self.record(None, *at_ms, EventKind::Legacy { message });
                 CommandResult::Ok
             }
             Command::RecordWorkloadEvent {
@@ -931,7 +933,12 @@ impl ClusterState {
                 message,
                 at_ms,
             } => {
-                self.workload_event(workload, *at_ms, message.clone());
+                let message = message.clone();
+                self.record(
+                    Some(workload.clone()),
+                    *at_ms,
+                    EventKind::Legacy { message },
+                );
                 CommandResult::Ok
             }
             Command::StopConfirmed {
@@ -954,13 +961,14 @@ impl ClusterState {
                     }
                     w.released_by = Some(st.host.clone());
                 }
-                self.workload_event(
-                    workload,
+                self.event(
                     *at_ms,
-                    format!(
-                        "{workload} generation {generation} is stopped on {}: {how}",
-                        st.host
-                    ),
+                    EventKind::Stopped {
+                        workload: workload.clone(),
+                        host: st.host,
+                        generation: *generation,
+                        how: how.clone(),
+                    },
                 );
                 CommandResult::Ok
             }
@@ -981,7 +989,10 @@ impl ClusterState {
                 });
                 self.event(
                     *at_ms,
-                    format!("{host}: agent stopping for a restart; its workloads stay where they are for up to {grace_ms} ms (restart grace)"),
+                    EventKind::RestartGraceBegun {
+                        host: host.clone(),
+                        grace_ms,
+                    },
                 );
                 CommandResult::Ok
             }
@@ -997,7 +1008,13 @@ impl ClusterState {
                 };
                 if h.restart_grace.as_ref().is_some_and(|g| g.boot == *boot) {
                     h.restart_grace = None;
-                    self.event(*at_ms, format!("{host}: restart grace over: {why}"));
+                    self.event(
+                        *at_ms,
+                        EventKind::RestartGraceOver {
+                            host: host.clone(),
+                            why: why.clone(),
+                        },
+                    );
                 }
                 CommandResult::Ok
             }
@@ -1095,10 +1112,12 @@ impl ClusterState {
         let record = record.clone();
         self.event(
             at_ms,
-            format!(
-                "{} {:?} (id {}) created by {}",
-                record.kind, record.name, record.id, record.created_by
-            ),
+            EventKind::TokenCreated {
+                token: record.kind,
+                name: record.name.clone(),
+                id: record.id.clone(),
+                created_by: record.created_by.clone(),
+            },
         );
         self.tokens.insert(record.id.clone(), record);
         CommandResult::Ok
@@ -1116,12 +1135,12 @@ impl ClusterState {
             return CommandResult::Ok;
         }
         t.revoked = true;
-        let message = format!(
-            "token {:?} (id {id}) revoked by {}",
-            t.name,
-            crate::spec::shorten(by, TOKEN_BY_LEN_MAX)
-        );
-        self.event(at_ms, message);
+        let kind = EventKind::TokenRevoked {
+            name: t.name.clone(),
+            id,
+            by: crate::spec::shorten(by, TOKEN_BY_LEN_MAX),
+        };
+        self.event(at_ms, kind);
         CommandResult::Ok
     }
 
@@ -1163,6 +1182,7 @@ impl ClusterState {
             );
         }
         let result = self.apply_one(command);
+        let by = by.to_owned();
         let done = match (command, &result) {
             (_, CommandResult::Rejected(_)) => return result,
             (
@@ -1175,32 +1195,46 @@ impl ClusterState {
                 },
             ) => Some((
                 *at_ms,
-                format!(
-                    "applied {}: {} created, {} updated, {} unchanged",
-                    crate::spec::shorten(source, crate::spec::SOURCE_LEN_MAX),
-                    created.len(),
-                    updated.len(),
-                    unchanged.len()
-                ),
+                EventKind::AuditApplied {
+                    source: crate::spec::shorten(source, crate::spec::SOURCE_LEN_MAX),
+                    created: created.len() as u64,
+                    updated: updated.len() as u64,
+                    unchanged: unchanged.len() as u64,
+                    by,
+                },
             )),
-            (Command::DeleteWorkload { name, at_ms }, _) => {
-                Some((*at_ms, format!("deleted workload {name}")))
-            }
+            (Command::DeleteWorkload { name, at_ms }, _) => Some((
+                *at_ms,
+                EventKind::AuditDeleted {
+                    workload: name.clone(),
+                    by,
+                },
+            )),
             (Command::SetSettings { at_ms, .. }, _) => {
-                Some((*at_ms, "changed the cluster settings".to_string()))
+                Some((*at_ms, EventKind::AuditSettings { by }))
             }
             (Command::RegisterHost { host, at_ms }, _) => Some((
                 *at_ms,
-                format!("registered host {} ({})", host.name, host.role),
+                EventKind::AuditHostRegistered {
+                    host: host.name.clone(),
+                    role: host.role,
+                    by,
+                },
             )),
             (Command::UseToken { id, at_ms }, _) => {
                 let name = self.tokens.get(id).map_or("", |t| t.name.as_str());
-                Some((*at_ms, format!("used join token {name:?}")))
+                Some((
+                    *at_ms,
+                    EventKind::AuditJoinTokenUsed {
+                        name: name.to_owned(),
+                        by,
+                    },
+                ))
             }
             _ => None,
         };
-        if let Some((at_ms, what)) = done {
-            self.event(at_ms, format!("{what} (by {by})"));
+        if let Some((at_ms, kind)) = done {
+            self.event(at_ms, kind);
         }
         result
     }
@@ -1318,10 +1352,11 @@ impl ClusterState {
                 known.watchdog_timeout_ms = host.watchdog_timeout_ms;
                 self.event(
                     at_ms,
-                    format!(
-                        "host {} updated: address {}, {}",
-                        host.name, host.address, host.capacity
-                    ),
+                    EventKind::HostUpdated {
+                        host: host.name.clone(),
+                        address: host.address.clone(),
+                        capacity: host.capacity,
+                    },
                 );
             }
             return CommandResult::HostRegistered { node_id };
@@ -1342,10 +1377,13 @@ impl ClusterState {
         self.hosts.insert(record.name.clone(), record);
         self.event(
             at_ms,
-            format!(
-                "host {} joined as {} (node {node_id}) at {} with {}",
-                host.name, host.role, host.address, host.capacity
-            ),
+            EventKind::HostJoined {
+                host: host.name.clone(),
+                role: host.role,
+                node_id,
+                address: host.address.clone(),
+                capacity: host.capacity,
+            },
         );
         CommandResult::HostRegistered { node_id }
     }
@@ -1364,27 +1402,17 @@ impl ClusterState {
     /// What turning `allow_root_workloads` off means for the workloads
     /// already stored without a `user`: they keep running as root (nothing
     /// is stopped or refused behind the operator's back), and their next
-    /// apply must name a user.
-    fn implicit_root_note(&self) -> String {
+    /// apply must name a user. How many, and the first few names.
+    fn implicit_root(&self) -> (u64, Vec<String>) {
         const NAMED_MAX: usize = 4;
-        let implicit: Vec<&str> = self
+        let implicit: Vec<&String> = self
             .workloads
             .iter()
             .filter(|(_, w)| w.spec.user.is_none())
-            .map(|(n, _)| n.as_str())
+            .map(|(n, _)| n)
             .collect();
-        if implicit.is_empty() {
-            return String::new();
-        }
-        let more = match implicit.len().saturating_sub(NAMED_MAX) {
-            0 => String::new(),
-            n => format!(" and {n} more"),
-        };
-        format!(
-            "; {} workload(s) name no user and keep running as root: {}{more}; applying them again needs user = \"NAME\" (or user = \"root\")",
-            implicit.len(),
-            implicit[..implicit.len().min(NAMED_MAX)].join(", ")
-        )
+        let named = implicit.iter().take(NAMED_MAX).map(|n| n.to_string());
+        (implicit.len() as u64, named.collect())
     }
 
     fn apply_workloads(
@@ -1419,10 +1447,12 @@ impl ClusterState {
                     );
                     self.reindex_workload(&spec.name);
                     created.push(spec.name.clone());
-                    self.workload_event(
-                        &spec.name,
+                    self.event(
                         at_ms,
-                        format!("created {} from {source}", spec.name),
+                        EventKind::Created {
+                            workload: spec.name.clone(),
+                            source: source.to_owned(),
+                        },
                     );
                 }
             }
@@ -1457,7 +1487,8 @@ impl ClusterState {
         };
         w.spec = spec.clone();
         w.failed_hosts.clear();
-        let message = match (old, in_place) {
+        let (workload, source) = (spec.name.clone(), source.to_owned());
+        let kind = match (old, in_place) {
             (Some((a, _)), Some(host)) => {
                 w.generation = next;
                 w.assignment = Some(Assignment {
@@ -1466,29 +1497,34 @@ impl ClusterState {
                 });
                 w.pending_reason = None;
                 self.last_generation = next;
-                format!(
-                    "updated {} from {source}: restarting it in place on {host} (generation {} → {next})",
-                    spec.name, a.generation
-                )
+                EventKind::UpdatedInPlace {
+                    workload,
+                    source,
+                    host,
+                    from_generation: a.generation,
+                    to_generation: next,
+                }
             }
             (Some((a, _)), None) => {
                 w.assignment = None;
-                let msg = format!(
-                    "updated {} from {source}: it no longer fits {}; stopping generation {} there before placing it elsewhere",
-                    spec.name, a.host, a.generation
-                );
+                let kind = EventKind::UpdatedElsewhere {
+                    workload,
+                    source,
+                    host: a.host.clone(),
+                    generation: a.generation,
+                };
                 self.begin_stopping(&spec.name, a, "spec changed".into());
                 let reason = self.waiting_for_stop(&spec.name);
                 self.tracker.0.workloads.insert(spec.name.clone());
                 if let Some(w) = self.workloads.get_mut(&spec.name) {
                     w.pending_reason = reason;
                 }
-                msg
+                kind
             }
-            (None, _) => format!("updated {} from {source}", spec.name),
+            (None, _) => EventKind::Updated { workload, source },
         };
         self.reindex_workload(&spec.name);
-        self.workload_event(&spec.name, at_ms, message);
+        self.event(at_ms, kind);
     }
 
     /// The generation the next assignment of `workload` gets: larger than
@@ -1527,13 +1563,14 @@ impl ClusterState {
             w.pending_reason = None;
             self.reindex_workload(&p.workload);
             placed.push((p.workload.clone(), generation));
-            self.workload_event(
-                &p.workload,
+            self.event(
                 at_ms,
-                format!(
-                    "placed {} on {} (generation {generation}): {}",
-                    p.workload, p.host, p.reason
-                ),
+                EventKind::Placed {
+                    workload: p.workload.clone(),
+                    host: p.host.clone(),
+                    generation,
+                    reason: p.reason.clone(),
+                },
             );
         }
         CommandResult::Placed { placed, refused }
@@ -1685,12 +1722,11 @@ mod tests {
             s.prior_lease_ms, 1_000,
             "a new coordinator waits the longer lease"
         );
-        assert!(s
-            .cluster_events
-            .back()
-            .unwrap()
-            .message
-            .contains("lease_ms 1000 → 600"));
+        assert!(matches!(
+            &s.cluster_events.back().unwrap().kind,
+            EventKind::SettingsChanged { changes, .. }
+                if changes.iter().any(|c| (c.key.as_str(), c.from.as_str(), c.to.as_str()) == ("lease_ms", "1000", "600"))
+        ));
     }
 
     #[test]
@@ -1745,12 +1781,12 @@ mod tests {
             settings: settings_with("allow_root_workloads", "false"),
             at_ms: 2,
         });
-        let event = &s.cluster_events.back().unwrap().message;
+        let event = &s.cluster_events.back().unwrap().kind;
         assert!(
-            event.contains("allow_root_workloads true → false")
-                && event.contains("1 workload(s) name no user and keep running as root: old")
-                && event.contains("user = \"root\""),
-            "{event}"
+            matches!(event, EventKind::SettingsChanged { changes, runs_as_root_count: 1, runs_as_root }
+                if changes.iter().any(|c| c.key == "allow_root_workloads" && c.to == "false")
+                    && *runs_as_root == ["old"]),
+            "{event:?}"
         );
         assert!(s.workloads.contains_key("old"), "a stored workload stays");
         // Neither a new workload nor the old one again, without a user.
@@ -1788,8 +1824,13 @@ mod tests {
     #[test]
     fn a_bulk_apply_does_not_flush_a_host_failure_from_the_events() {
         let mut s = ClusterState::default();
-        s.apply(&Command::RecordEvent {
-            message: "host h3 is failed: last heartbeat acknowledged 1250 ms ago".into(),
+        let failed = EventKind::HostStateChanged {
+            host: "h3".into(),
+            state: crate::liveness::HostState::Failed,
+            silent_ms: 1250,
+        };
+        s.apply(&Command::Record {
+            event: failed.clone(),
             at_ms: 1,
         });
         let names: Vec<String> = (0..5_000).map(|i| format!("w{i:04}")).collect();
@@ -1831,9 +1872,7 @@ mod tests {
         });
         let events = s.events(None);
         assert!(
-            events
-                .iter()
-                .any(|e| e.message.starts_with("host h3 is failed")),
+            events.iter().any(|e| e.kind == failed),
             "the host failure was flushed by {} workload events",
             events.len()
         );
@@ -2050,7 +2089,9 @@ mod tests {
             message: "é".repeat(1_000_000),
             at_ms: 1,
         });
-        let m = s.events(None).last().unwrap().message.clone();
+        let EventKind::Legacy { message: m } = &s.events(None).last().unwrap().kind else {
+            panic!("a sentence recorded as such")
+        };
         assert!(m.len() <= EVENT_MESSAGE_BYTES_MAX, "{}", m.len());
         assert!(m.ends_with('…'));
         let kept_max = CLUSTER_EVENTS_KEPT_MAX + WORKLOAD_EVENTS_KEPT_MAX;
@@ -2363,8 +2404,11 @@ mod token_store_tests {
             s.verify_token("00000000000000aa", &secret(1), 2_000),
             Err(TokenError::Revoked { .. })
         ));
-        let last = s.events(None).last().unwrap().message.clone();
-        assert!(last.contains("revoked by root@h1 from 10.0.0.5"), "{last}");
+        let last = &s.events(None).last().unwrap().kind;
+        assert!(
+            matches!(last, EventKind::TokenRevoked { by, .. } if by == "root@h1 from 10.0.0.5:4000"),
+            "{last:?}"
+        );
         let ok = s.apply(&Command::CreateToken {
             record: again,
             at_ms: 3_000,
@@ -2520,10 +2564,11 @@ mod token_store_tests {
             }),
         });
         assert_eq!(ok, CommandResult::Ok);
-        let m = &s.events(None).last().unwrap().message;
         assert_eq!(
-            m,
-            "changed the cluster settings (by ops@h1 from 10.0.0.5:4000)"
+            s.events(None).last().unwrap().kind,
+            EventKind::AuditSettings {
+                by: "ops@h1 from 10.0.0.5:4000".into()
+            }
         );
         let long = s.apply(&Command::Audited {
             by: "x".repeat(crate::tokens::TOKEN_BY_LEN_MAX + 1),

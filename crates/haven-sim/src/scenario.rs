@@ -13,6 +13,7 @@ use crate::world::{Action, Happened, HappenedAt, HostSetup, Outcome, Setup, SimC
 use crate::Faults;
 use haven_core::host_agent::{HostEvent, StopHow};
 use haven_core::model::{Capacity, ClusterSettings, WorkloadSpec};
+use haven_wire::ToWire;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -453,7 +454,7 @@ pub fn timeline(out: &Outcome) -> Vec<Line> {
         .into_iter()
         .map(|e| Line {
             at_ms: e.at_ms,
-            text: e.message.clone(),
+            text: e.to_wire().message,
         })
         .collect();
     lines.extend(out.happened.iter().map(|h| Line {

@@ -66,7 +66,9 @@ pub enum Cmd {
         #[arg(long)]
         follow: bool,
         /// `json`: one JSON object per event and line (seq, at_ms,
-        /// revision, workload, message).
+        /// revision, workload, kind: what happened as `{"kind": NAME,
+        /// fields…}`, message: the sentence, for humans), as
+        /// `haven_api::v1::Event`.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -976,7 +978,7 @@ pub fn status_table(s: &StatusResponse) -> String {
                 h.role,
                 if h.voter {
                     ""
-                } else if h.role == haven_core::model::Role::Manager {
+                } else if h.role == haven_api::v1::Role::Manager {
                     " (joining)"
                 } else {
                     ""

@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use haven::localcluster::LocalCluster;
-use haven_agent::api::EventsResponse;
 use haven_agent::credential::Credential;
+use haven_api::v1::{EventKind, EventsResponse};
 use std::path::Path;
 use std::process::Command;
 
@@ -65,11 +65,11 @@ fn haven(credential: Option<&Path>, home: &Path, args: &[&str]) -> (bool, String
     )
 }
 
-fn events(server: &str, token: &str) -> Vec<String> {
+fn events(server: &str, token: &str) -> Vec<EventKind> {
     let (status, body) = http(reqwest::Method::GET, server, "/v1/events", Some(token), "");
     assert_eq!(status, 200, "{body}");
     let r: EventsResponse = serde_json::from_str(&body).unwrap();
-    r.events.into_iter().map(|e| e.message).collect()
+    r.events.into_iter().map(|e| e.kind).collect()
 }
 
 #[test]
@@ -181,9 +181,10 @@ fn operators_authenticate_and_every_change_says_who_made_it() {
     assert!(ok, "{out}{err}");
     let applied = events(&server, &viewer);
     assert!(
-        applied.iter().any(|m| m.starts_with("applied ")
-            && m.contains("1 created")
-            && m.contains("(by ops from 127.0.0.1:")),
+        applied.iter().any(
+            |k| matches!(k, EventKind::AuditApplied { created: 1, by, .. }
+            if by.starts_with("ops from 127.0.0.1:"))
+        ),
         "{applied:#?}"
     );
     let (ok, _, err) = haven(None, &dir, &["token", "list"]);
@@ -202,7 +203,8 @@ fn operators_authenticate_and_every_change_says_who_made_it() {
     let last = events(&server, &admin);
     assert!(
         last.iter()
-            .any(|m| m.contains("\"grafana\"") && m.contains("revoked by root@h1 from 127.0.0.1:")),
+            .any(|k| matches!(k, EventKind::TokenRevoked { name, by, .. }
+            if name == "grafana" && by.starts_with("root@h1 from 127.0.0.1:"))),
         "{last:#?}"
     );
 
@@ -324,8 +326,8 @@ fn an_operator_can_use_a_client_certificate_instead_of_a_token() {
     assert!(
         events(&server, &admin)
             .iter()
-            .any(|m| m.starts_with("applied ")
-                && m.contains("(by alice (certificate) from 127.0.0.1:")),
+            .any(|k| matches!(k, EventKind::AuditApplied { by, .. }
+                if by.starts_with("alice (certificate) from 127.0.0.1:"))),
         "{:#?}",
         events(&server, &admin)
     );

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use haven_api::v1::EventKind;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -134,8 +135,11 @@ fn bad_workload_files_are_rejected_whole_and_change_nothing() {
         workload(&after, "ok").generation,
         workload(&before, "ok").generation
     );
-    let events = c.cli(&server, &["events"]).unwrap();
-    assert!(!events.contains("fine"), "{events}");
+    let events = events(&c, &server);
+    assert!(
+        events.iter().all(|e| e.workload.as_deref() != Some("fine")),
+        "{events:#?}"
+    );
 }
 
 #[test]
@@ -501,6 +505,13 @@ fn timing_flags_that_disagree_with_the_cluster_are_refused() {
     );
     let out = c.cli(&via, &["settings"]).unwrap();
     assert!(out.contains("lease_ms") && out.contains("1000"), "{out}");
-    let events = c.cli(&via, &["events"]).unwrap();
-    assert!(events.contains("restart_grace_ms 30000 → 5000"), "{events}");
+    let events = events(&c, &via);
+    assert!(
+        events.iter().any(
+            |e| matches!(&e.kind, EventKind::SettingsChanged { changes, .. }
+            if changes.iter().any(|c| (c.key.as_str(), c.from.as_str(), c.to.as_str())
+                == ("restart_grace_ms", "30000", "5000")))
+        ),
+        "{events:#?}"
+    );
 }

@@ -10,6 +10,7 @@ mod common;
 use common::*;
 use haven::localcluster::LocalCluster;
 use haven_agent::api::StatusResponse;
+use haven_api::v1::{Event, EventKind, HostState};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -157,23 +158,18 @@ fn error_text(body: &str) -> String {
 
 /// The events, without the coordinator's observations of the hosts (an
 /// "is online" may land at any time after the status shows it online).
-fn committed_text(c: &LocalCluster, server: &str) -> String {
-    events_text(c, server)
-        .lines()
-        .filter(|l| !l.contains("  host h1 is "))
-        .map(|l| format!("{l}\n"))
+fn committed(c: &LocalCluster, server: &str) -> Vec<Event> {
+    events(c, server)
+        .into_iter()
+        .filter(|e| !matches!(&e.kind, EventKind::HostStateChanged { host, .. } if host == "h1"))
         .collect()
-}
-
-fn events_text(c: &LocalCluster, server: &str) -> String {
-    c.cli(server, &["events"]).unwrap()
 }
 
 #[test]
 fn the_api_refuses_every_out_of_range_field_before_the_log() {
     let mut c = one_host("apibounds");
     let server = c.host("h1").address();
-    let seq_before = committed_text(&c, &server).lines().count();
+    let seq_before = committed(&c, &server).len();
 
     type Mutate = fn(&mut Value);
     let cases: Vec<(&str, Value, Mutate)> = vec![
@@ -258,8 +254,8 @@ fn the_api_refuses_every_out_of_range_field_before_the_log() {
     // Nothing reached the log: no workload, no new event.
     let s: StatusResponse = c.status(&server).unwrap();
     assert!(s.workloads.is_empty(), "{:?}", s.workloads);
-    let after = committed_text(&c, &server);
-    assert_eq!(after.lines().count(), seq_before, "no new event: {after}");
+    let after = committed(&c, &server);
+    assert_eq!(after.len(), seq_before, "no new event: {after:#?}");
 
     // A valid spec still goes through.
     let (status, body) = post_apply(&server, "api.toml", &[process_spec("fine")]);
@@ -272,7 +268,7 @@ fn the_api_refuses_every_out_of_range_field_before_the_log() {
 fn a_huge_source_or_body_is_refused_naming_the_limit_and_commits_nothing() {
     let c = one_host("hugesrc");
     let server = c.host("h1").address();
-    let before = committed_text(&c, &server);
+    let before = committed(&c, &server);
 
     // Finding 4: a 1.9 MB `source` was committed and copied into events.
     let huge = "s".repeat(1_900_000);
@@ -310,9 +306,10 @@ fn a_huge_source_or_body_is_refused_naming_the_limit_and_commits_nothing() {
 
     let s = c.status(&server).unwrap();
     assert!(s.workloads.is_empty());
-    let after = committed_text(&c, &server);
+    let after = committed(&c, &server);
     assert_eq!(after, before, "nothing was committed");
-    assert!(after.len() < 10_000, "events stay small");
+    let text_bytes: usize = after.iter().map(|e| e.message.len()).sum();
+    assert!(text_bytes < 10_000, "events stay small");
 }
 
 /// `name` workloads of the smallest kind, as one TOML file.
@@ -409,7 +406,7 @@ fn a_burst_of_large_applies_keeps_one_leader_and_every_lease() {
                     .all(|h| s.workloads.iter().any(|w| w.host.as_deref() == Some(h)))
         })
         .unwrap();
-    let events_before = events_text(&c, &server).lines().count();
+    let events_before = events(&c, &server).len();
 
     // The bodies are built first: the burst measures the agents, not the
     // test's own JSON encoding.
@@ -487,17 +484,26 @@ fn a_burst_of_large_applies_keeps_one_leader_and_every_lease() {
         );
         assert!(pid_alive(w.pid.unwrap()));
     }
-    let events = events_text(&c, &server);
-    let new: Vec<&str> = events.lines().skip(events_before).collect();
+    let new: Vec<Event> = events(&c, &server)
+        .into_iter()
+        .skip(events_before)
+        .collect();
     // A late heartbeat may show a host `suspect` for a moment on a loaded
     // test machine (that takes no action); what the burst must not cause
-    // is a lapsed lease, a failed, isolated or emptied host.
-    for bad in ["lapsed", "failed", "unassigned", "isolated"] {
-        assert!(
-            !new.iter().any(|l| l.contains(bad)),
-            "no {bad:?} event after the burst: {new:?}"
-        );
-    }
+    // is a failed, isolated or emptied host, or a failed workload.
+    let bad = |k: &EventKind| match k {
+        EventKind::HostStateChanged { state, .. } => {
+            matches!(state, HostState::Failed | HostState::Isolated)
+        }
+        EventKind::Unassigned { .. }
+        | EventKind::WorkloadsUnassigned { .. }
+        | EventKind::Failed { .. } => true,
+        _ => false,
+    };
+    assert!(
+        !new.iter().any(|e| bad(&e.kind)),
+        "no failure event after the burst: {new:#?}"
+    );
     for (status, body) in &in_source {
         assert_eq!(*status, 400, "{}", &body[..body.len().min(300)]);
     }
@@ -511,7 +517,8 @@ fn a_burst_of_large_applies_keeps_one_leader_and_every_lease() {
         &multi_body[..multi_body.len().min(300)]
     );
     // The event history stays small whatever the applies carried.
-    assert!(events.len() < 1_000_000, "{} bytes of events", events.len());
+    let text_bytes: usize = events(&c, &server).iter().map(|e| e.message.len()).sum();
+    assert!(text_bytes < 1_000_000, "{text_bytes} bytes of events");
 }
 
 fn all_hosts_online(s: &StatusResponse) -> bool {

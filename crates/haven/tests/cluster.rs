@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use haven_api::v1::{EventKind, Generation};
 use std::time::Duration;
 
 #[test]
@@ -55,11 +56,17 @@ fn cluster_forms_places_and_runs_workloads() {
         table.contains("WORKLOAD") && table.contains("running"),
         "{table}"
     );
-    let events = c.cli(&c.host("h2").address(), &["events"]).unwrap();
-    assert!(events.contains("placed a on"), "{events}");
+    let events = events(&c, &c.host("h2").address());
     assert!(
-        events.contains("(generation 1): most free memory"),
-        "{events}"
+        events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Placed { workload, .. } if workload == "a")),
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| matches!(&e.kind,
+            EventKind::Placed { generation: Generation(1), reason, .. } if reason.starts_with("most free memory"))),
+        "{events:#?}"
     );
 }
 
@@ -216,10 +223,12 @@ fn full_restart_recovers_every_spec_and_assignment() {
         );
         assert_eq!(instances_of(&c, &w.name).len(), 1);
     }
-    let events = c.cli(&c.host("h2").address(), &["events"]).unwrap();
+    let events = events(&c, &c.host("h2").address());
     assert!(
-        events.contains("created m from"),
-        "events survive: {events}"
+        events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Created { workload, .. } if workload == "m")),
+        "events survive: {events:#?}"
     );
 }
 

@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::{exe, instances_of, workload, write, FORM_TIMEOUT, WAIT};
+use common::{events, exe, instances_of, workload, write, FORM_TIMEOUT, WAIT};
 use haven::localcluster::LocalCluster;
+use haven_api::v1::EventKind;
 
 fn one_host(tag: &str) -> LocalCluster {
     let mut c = LocalCluster::new(&exe(), tag).expect("local cluster");
@@ -53,11 +54,13 @@ fn without_root_allowed_an_apply_names_its_user_and_the_workload_runs_as_it() {
     .unwrap();
     c.cli(&server, &["settings", "set", "allow_root_workloads=false"])
         .unwrap();
-    let events = c.cli(&server, &["events"]).unwrap();
+    let events = events(&c, &server);
     assert!(
-        events.contains("allow_root_workloads true → false")
-            && events.contains("keep running as root: old"),
-        "{events}"
+        events.iter().any(|e| matches!(&e.kind,
+            EventKind::SettingsChanged { changes, runs_as_root, .. }
+                if changes.iter().any(|c| c.key == "allow_root_workloads" && c.to == "false")
+                    && runs_as_root.iter().any(|n| n == "old"))),
+        "{events:#?}"
     );
 
     let implicit = write(&c.dir, "implicit.toml", &process("web", ""));
@@ -112,14 +115,13 @@ fn a_user_unknown_on_the_host_is_a_start_failure_with_the_reason_in_the_events()
         })
         .unwrap();
     let reason = workload(&s, "ghost").reason.clone().unwrap_or_default();
-    let events = c.cli(&server, &["events"]).unwrap();
+    let events = events(&c, &server);
     assert!(
-        events.contains("ghost failed on h1")
-            && events.contains(
-                "user \"haven-no-such-user\" of workload ghost is not known on this host"
-            )
-            && events.contains("useradd --system"),
-        "reason: {reason}\n{events}"
+        events.iter().any(|e| matches!(&e.kind, EventKind::Failed { workload, host, reason, .. }
+            if workload == "ghost" && host == "h1"
+                && reason.contains("user \"haven-no-such-user\" of workload ghost is not known on this host")
+                && reason.contains("useradd --system"))),
+        "reason: {reason}\n{events:#?}"
     );
     assert!(instances_of(&c, "ghost").is_empty(), "nothing ran");
     c.cleanup();

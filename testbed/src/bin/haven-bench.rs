@@ -21,6 +21,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use haven_api::v1::{Event, EventKind, HostState};
 use haven_testbed::{check_witness, witness_workload, Testbed, TestbedConfig, WitnessReport};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::Value;
@@ -514,72 +515,57 @@ fn summarize(s: &Value) -> String {
 
 // ---- events ----
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Event {
-    at_ms: u64,
-    message: String,
-}
-
-/// `haven events` via the first of `via` that answers.
+/// `haven events -o json` via the first of `via` that answers: typed, so
+/// the bench decides by kinds and fields, never by the sentence.
 fn events(bed: &Testbed, via: &[String]) -> Result<Vec<Event>> {
     let mut errors = vec![];
     for h in via {
-        match bed.cli(h, &["events"]) {
-            Ok(text) => return Ok(text.lines().filter_map(parse_event).collect()),
+        match bed.cli(h, &["events", "-o", "json"]) {
+            Ok(text) => {
+                return text
+                    .lines()
+                    .map(|l| serde_json::from_str(l).with_context(|| format!("event {l:?}")))
+                    .collect()
+            }
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
     bail!("`haven events` failed: {}", errors.join("; "))
 }
 
-/// `2026-11-18T11:06:40.123Z  message`.
-fn parse_event(line: &str) -> Option<Event> {
-    let (stamp, message) = line.split_once("  ")?;
-    Some(Event {
-        at_ms: parse_rfc3339_ms(stamp)?,
-        message: message.to_owned(),
-    })
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, as the CLI prints) to Unix ms.
-fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() != 24 || b[4] != b'-' || b[10] != b'T' || b[19] != b'.' || b[23] != b'Z' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    // Days since 1970-01-01 (proleptic Gregorian), H. Hinnant's algorithm.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3_600 + mm * 60 + ss;
-    u64::try_from(secs * 1_000 + ms).ok()
-}
-
-/// The coordinator's first word that `host` is gone: `host <h> is failed`,
-/// `host <h> is fenced` or `fenced <h>: …`, at or after `since_ms`.
+/// The coordinator's first word that `host` is gone: it is failed or
+/// fenced, at or after `since_ms`.
 fn detection_event<'a>(events: &'a [Event], host: &str, since_ms: u64) -> Option<&'a Event> {
-    let failed = format!("host {host} is failed");
-    let fenced_state = format!("host {host} is fenced");
-    let fenced = format!("fenced {host}:");
     events
         .iter()
         .filter(|e| e.at_ms >= since_ms)
-        .filter(|e| {
-            e.message.starts_with(&failed)
-                || e.message.starts_with(&fenced_state)
-                || e.message.starts_with(&fenced)
+        .filter(|e| match &e.kind {
+            EventKind::HostStateChanged { host: h, state, .. } => {
+                h == host && matches!(state, HostState::Failed | HostState::Fenced)
+            }
+            EventKind::Fenced { host: h, .. } => h == host,
+            _ => false,
         })
         .min_by_key(|e| e.at_ms)
+}
+
+/// An event that says a host other than `victim` is not well, or was
+/// fenced or lost a workload.
+fn unexpected(kind: &EventKind, victim: &str, hosts: &[String]) -> bool {
+    let about = match kind {
+        EventKind::HostStateChanged { host, state, .. } => {
+            (*state != HostState::Online).then_some(host)
+        }
+        EventKind::Fencing { host, .. }
+        | EventKind::Fenced { host, .. }
+        | EventKind::Unassigned { host, .. } => Some(host),
+        _ => None,
+    };
+    about.is_some_and(|h| h != victim && hosts.contains(h))
+}
+
+fn took_office(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::TookOffice { .. })
 }
 
 // ---- statistics ----
@@ -1138,12 +1124,11 @@ fn one_crash(
                 if let Some(e) = detection_event(&ev, &victim, crash_wall_ms) {
                     detection_ms = Some(e.at_ms as f64 - crash_wall_ms as f64);
                     detection_what = e.message.clone();
-                    let from = format!(" from {victim}:");
                     unassigned_ms = ev
                         .iter()
                         .filter(|e| e.at_ms >= crash_wall_ms)
                         .filter(|e| {
-                            e.message.starts_with("unassigned ") && e.message.contains(&from)
+                            matches!(&e.kind, EventKind::Unassigned { host, .. } if *host == victim)
                         })
                         .map(|e| e.at_ms - crash_wall_ms)
                         .min();
@@ -1221,18 +1206,18 @@ fn one_crash(
             let expected_elections = usize::from(a.coordinator);
             let elections = ev
                 .iter()
-                .filter(|e| e.at_ms >= crash_wall_ms && e.message.contains("took office"))
+                .filter(|e| e.at_ms >= crash_wall_ms && took_office(&e.kind))
                 .count();
             for e in ev.iter().filter(|e| e.at_ms >= crash_wall_ms) {
-                if a.coordinator && e.message.contains("took office") {
+                if a.coordinator && took_office(&e.kind) {
                     eprintln!(
                         "crash {k} ({victim}): +{} ms: {}",
                         e.at_ms as i64 - crash_wall_ms as i64,
                         e.message
                     );
                 }
-                if unexpected(&e.message, &victim, &all)
-                    || (elections > expected_elections && e.message.contains("took office"))
+                if unexpected(&e.kind, &victim, &all)
+                    || (elections > expected_elections && took_office(&e.kind))
                 {
                     let note = format!(
                         "crash {k} ({victim}): event at +{} ms: {}",
@@ -1251,18 +1236,6 @@ fn one_crash(
         moved: moving.len(),
         detection_ms,
         recovery_ms,
-    })
-}
-
-/// An event that says a host other than `victim` is not well, or was
-/// fenced or lost a workload.
-fn unexpected(message: &str, victim: &str, hosts: &[String]) -> bool {
-    hosts.iter().filter(|h| *h != victim).any(|h| {
-        (message.starts_with(&format!("host {h} is "))
-            && !message.starts_with(&format!("host {h} is online")))
-            || message.starts_with(&format!("fencing {h} "))
-            || message.starts_with(&format!("fenced {h}:"))
-            || (message.starts_with("unassigned ") && message.contains(&format!(" from {h}:")))
     })
 }
 
@@ -1660,7 +1633,8 @@ struct SoakObserver {
     via: Vec<String>,
     gen_changes: Vec<String>,
     changed: BTreeSet<String>,
-    seen: BTreeSet<Event>,
+    /// Events already looked at, by sequence number.
+    seen: BTreeSet<u64>,
     false_events: Vec<Event>,
     suspects: usize,
     other_events: Vec<Event>,
@@ -1713,22 +1687,30 @@ impl SoakObserver {
         match events(bed, &self.via) {
             Ok(ev) => {
                 for e in ev {
-                    if e.at_ms < self.start_wall || !self.seen.insert(e.clone()) {
+                    if e.at_ms < self.start_wall || !self.seen.insert(e.seq) {
                         continue;
                     }
-                    let m = &e.message;
+                    let m = e.message.clone();
                     let when = fmt_event_time(e.at_ms, self.start_wall);
+                    let state = match &e.kind {
+                        EventKind::HostStateChanged { state, .. } => Some(*state),
+                        _ => None,
+                    };
                     // Fencing a live host is a false failover too (--fence).
-                    if m.starts_with("unassigned ")
-                        || m.contains(" is failed")
-                        || m.contains("isolated")
-                        || m.starts_with("fencing ")
-                        || m.starts_with("fenced ")
-                        || m.contains(" is fenced")
-                    {
+                    let false_failover = matches!(
+                        e.kind,
+                        EventKind::Unassigned { .. }
+                            | EventKind::WorkloadsUnassigned { .. }
+                            | EventKind::Fencing { .. }
+                            | EventKind::Fenced { .. }
+                    ) || matches!(
+                        state,
+                        Some(HostState::Failed | HostState::Isolated | HostState::Fenced)
+                    );
+                    if false_failover {
                         println!("FALSE FAILOVER event {when}  {m}");
                         self.false_events.push(e);
-                    } else if m.contains(" is suspect") {
+                    } else if state == Some(HostState::Suspect) {
                         self.suspects += 1;
                         eprintln!("event {when}  {m}");
                     } else {
@@ -1785,65 +1767,66 @@ fn longest_tick_gaps(dir: &Path) -> BTreeMap<String, (f64, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use haven_api::v1::Generation;
 
-    #[test]
-    fn rfc3339_round_trip_of_known_dates() {
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00.000Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_ms("2026-11-18T11:06:40.123Z"),
-            Some(1_795_000_000_123)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2000-02-29T00:00:00.000Z"),
-            Some(951_782_400_000)
-        );
-        assert_eq!(parse_rfc3339_ms("2000-02-29 00:00:00"), None);
+    fn event(at_ms: u64, kind: EventKind) -> Event {
+        Event::new(at_ms, at_ms, 0, None, kind)
+    }
+
+    fn state(host: &str, state: HostState) -> EventKind {
+        EventKind::HostStateChanged {
+            host: host.into(),
+            state,
+            silent_ms: 1300,
+        }
+    }
+
+    fn unassigned(from: &str) -> EventKind {
+        EventKind::Unassigned {
+            workload: "w01".into(),
+            host: from.into(),
+            generation: Generation(2),
+            reason: "host failed".into(),
+        }
+    }
+
+    fn fenced(host: &str) -> EventKind {
+        EventKind::Fenced {
+            host: host.into(),
+            agent: "fence-cgroup".into(),
+            took_ms: 20,
+        }
     }
 
     #[test]
-    fn events_parse_and_detection_takes_the_first_matching() {
-        let text = "2026-11-18T11:06:40.000Z  host h2 is suspect: last heartbeat acknowledged 400 ms ago\n\
-                    2026-11-18T11:06:41.000Z  host h2 is failed: last heartbeat acknowledged 1300 ms ago\n\
-                    2026-11-18T11:06:41.100Z  unassigned w01 from h2: host failed\n\
-                    2026-11-18T11:06:42.000Z  host h22 is failed: x\n";
-        let ev: Vec<Event> = text.lines().filter_map(parse_event).collect();
-        assert_eq!(ev.len(), 4);
-        let d = detection_event(&ev, "h2", 1_795_000_000_000).unwrap();
-        assert_eq!(d.at_ms, 1_795_000_001_000);
-        assert!(detection_event(&ev, "h2", 1_795_000_001_001).is_none());
-        let fenced = vec![Event {
-            at_ms: 5,
-            message: "fenced h3: fence-cgroup confirmed it off in 20 ms".into(),
-        }];
-        assert_eq!(detection_event(&fenced, "h3", 0).unwrap().at_ms, 5);
+    fn detection_takes_the_first_failure_or_fence_of_the_host() {
+        let ev = vec![
+            event(1_000, state("h2", HostState::Suspect)),
+            event(2_000, state("h2", HostState::Failed)),
+            event(2_100, unassigned("h2")),
+            event(3_000, state("h22", HostState::Failed)),
+        ];
+        assert_eq!(detection_event(&ev, "h2", 0).unwrap().at_ms, 2_000);
+        assert!(detection_event(&ev, "h2", 2_001).is_none());
+        let by_fence = vec![event(5, fenced("h3"))];
+        assert_eq!(detection_event(&by_fence, "h3", 0).unwrap().at_ms, 5);
     }
 
     #[test]
     fn events_about_other_hosts_are_unexpected() {
         let hosts: Vec<String> = ["h1", "h2", "h3"].map(String::from).to_vec();
-        assert!(!unexpected("host h2 is failed: x", "h2", &hosts));
-        assert!(!unexpected(
-            "unassigned w01 from h2: host failed",
-            "h2",
-            &hosts
-        ));
-        assert!(!unexpected("host h1 is online: x", "h2", &hosts));
-        assert!(unexpected(
-            "fenced h1: fence-cgroup confirmed it off in 6 ms",
-            "h2",
-            &hosts
-        ));
-        assert!(unexpected(
-            "fencing h1 with x: silent for 400 ms",
-            "h2",
-            &hosts
-        ));
-        assert!(unexpected("host h3 is suspect: x", "h2", &hosts));
-        assert!(unexpected(
-            "unassigned w01 from h1: host fenced",
-            "h2",
-            &hosts
-        ));
+        assert!(!unexpected(&state("h2", HostState::Failed), "h2", &hosts));
+        assert!(!unexpected(&unassigned("h2"), "h2", &hosts));
+        assert!(!unexpected(&state("h1", HostState::Online), "h2", &hosts));
+        assert!(unexpected(&fenced("h1"), "h2", &hosts));
+        let fencing = EventKind::Fencing {
+            host: "h1".into(),
+            agent: "x".into(),
+            silent_ms: 400,
+        };
+        assert!(unexpected(&fencing, "h2", &hosts));
+        assert!(unexpected(&state("h3", HostState::Suspect), "h2", &hosts));
+        assert!(unexpected(&unassigned("h1"), "h2", &hosts));
     }
 
     #[test]

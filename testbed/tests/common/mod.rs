@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub use haven_api::v1::{Event, EventKind, HostState};
 use haven_testbed::{check_witness, witness_workload, Testbed, TestbedConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -227,8 +228,49 @@ pub fn moved_off(bed: &Testbed, host: &str, n: usize) -> Value {
     })
 }
 
-pub fn events(bed: &Testbed, via: &str) -> String {
-    bed.cli(via, &["events"]).unwrap_or_default()
+/// The kept events, read through `via` (`haven events -o json`): typed,
+/// so a test matches kinds and fields, never the sentence. None when the
+/// CLI fails.
+pub fn events(bed: &Testbed, via: &str) -> Events {
+    let text = bed.cli(via, &["events", "-o", "json"]).unwrap_or_default();
+    Events(
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect(),
+    )
+}
+
+/// Events as a test asks about them; shown as their sentences.
+pub struct Events(pub Vec<Event>);
+
+impl Events {
+    /// How many are `what`.
+    pub fn count(&self, what: impl Fn(&EventKind) -> bool) -> usize {
+        self.0.iter().filter(|e| what(&e.kind)).count()
+    }
+
+    pub fn any(&self, what: impl Fn(&EventKind) -> bool) -> bool {
+        self.count(what) > 0
+    }
+
+    /// The events after the first `n`.
+    pub fn after(self, n: usize) -> Events {
+        Events(self.0.into_iter().skip(n).collect())
+    }
+}
+
+impl std::fmt::Display for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for e in &self.0 {
+            writeln!(f, "{}", e.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// `k` says that `host` is now `state`.
+pub fn host_is(k: &EventKind, host: &str, state: HostState) -> bool {
+    matches!(k, EventKind::HostStateChanged { host: h, state: s, .. } if h == host && *s == state)
 }
 
 /// Give every witness a little time to tick where it now runs, then check.

@@ -5,6 +5,7 @@
 
 use haven::localcluster::LocalCluster;
 use haven_agent::api::{StatusResponse, WorkloadStatus};
+use haven_api::v1::Event;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -86,4 +87,14 @@ pub fn instances_of(c: &LocalCluster, workload: &str) -> Vec<(String, String, Ve
         }
     }
     out
+}
+
+/// The kept events as `haven events -o json` prints them: typed, so a test
+/// matches kinds and fields, never the sentence.
+pub fn events(c: &LocalCluster, server: &str) -> Vec<Event> {
+    c.cli(server, &["events", "-o", "json"])
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }

@@ -1,0 +1,470 @@
+//! The edge between what the cluster persists (haven-core: Raft log, redb)
+//! and what the API shows (haven-api): one conversion per type, so either
+//! side can change without the other. The agent's server handlers use it,
+//! and the simulator, to show events as the API words them.
+
+use haven_api::v1;
+use haven_core::events::{CaRotationStep, EventKind, SettingChange};
+use haven_core::{liveness, model, state, tokens};
+
+/// The API's form of a persisted or internal value.
+pub trait ToWire {
+    type Wire;
+    fn to_wire(&self) -> Self::Wire;
+}
+
+impl ToWire for model::Generation {
+    type Wire = v1::Generation;
+    fn to_wire(&self) -> v1::Generation {
+        v1::Generation(self.0)
+    }
+}
+
+impl ToWire for model::Capacity {
+    type Wire = v1::Capacity;
+    fn to_wire(&self) -> v1::Capacity {
+        v1::Capacity {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+        }
+    }
+}
+
+impl ToWire for model::Role {
+    type Wire = v1::Role;
+    fn to_wire(&self) -> v1::Role {
+        match self {
+            model::Role::Manager => v1::Role::Manager,
+            model::Role::Worker => v1::Role::Worker,
+        }
+    }
+}
+
+impl ToWire for haven_core::coordinator_machine::TlsReport {
+    type Wire = v1::TlsReport;
+    fn to_wire(&self) -> v1::TlsReport {
+        v1::TlsReport {
+            bundle_sha256: self.bundle_sha256.clone(),
+            cert_ca_sha256: self.cert_ca_sha256.clone(),
+            cert_not_after_unix: self.cert_not_after_unix,
+        }
+    }
+}
+
+impl ToWire for liveness::HostState {
+    type Wire = v1::HostState;
+    fn to_wire(&self) -> v1::HostState {
+        match self {
+            liveness::HostState::Online => v1::HostState::Online,
+            liveness::HostState::Suspect => v1::HostState::Suspect,
+            liveness::HostState::Isolated => v1::HostState::Isolated,
+            liveness::HostState::Failed => v1::HostState::Failed,
+            liveness::HostState::Fenced => v1::HostState::Fenced,
+        }
+    }
+}
+
+impl ToWire for tokens::ApiRole {
+    type Wire = v1::ApiRole;
+    fn to_wire(&self) -> v1::ApiRole {
+        match self {
+            tokens::ApiRole::Admin => v1::ApiRole::Admin,
+            tokens::ApiRole::Operator => v1::ApiRole::Operator,
+            tokens::ApiRole::Viewer => v1::ApiRole::Viewer,
+        }
+    }
+}
+
+impl ToWire for tokens::TokenKind {
+    type Wire = v1::TokenKind;
+    fn to_wire(&self) -> v1::TokenKind {
+        match self {
+            tokens::TokenKind::Api { role } => v1::TokenKind::Api {
+                role: role.to_wire(),
+            },
+            tokens::TokenKind::Join { role, once } => v1::TokenKind::Join {
+                role: role.to_wire(),
+                once: *once,
+            },
+            tokens::TokenKind::Cert { role } => v1::TokenKind::Cert {
+                role: role.to_wire(),
+            },
+        }
+    }
+}
+
+impl ToWire for SettingChange {
+    type Wire = v1::SettingChange;
+    fn to_wire(&self) -> v1::SettingChange {
+        v1::SettingChange {
+            key: self.key.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+        }
+    }
+}
+
+impl ToWire for model::Assignment {
+    type Wire = v1::Instance;
+    fn to_wire(&self) -> v1::Instance {
+        v1::Instance {
+            host: self.host.clone(),
+            generation: self.generation.to_wire(),
+        }
+    }
+}
+
+impl ToWire for state::Event {
+    type Wire = v1::Event;
+    fn to_wire(&self) -> v1::Event {
+        v1::Event::new(
+            self.seq,
+            self.at_ms,
+            self.revision,
+            self.workload.clone(),
+            self.kind.to_wire(),
+        )
+    }
+}
+
+impl ToWire for EventKind {
+    type Wire = v1::EventKind;
+    fn to_wire(&self) -> v1::EventKind {
+        use v1::EventKind as W;
+        use EventKind as P;
+        let s = |t: &String| t.clone();
+        match self {
+            P::ClusterCreated { cluster_id } => W::ClusterCreated {
+                cluster_id: s(cluster_id),
+            },
+            P::SettingsChanged {
+                changes,
+                runs_as_root_count,
+                runs_as_root,
+            } => W::SettingsChanged {
+                changes: changes.iter().map(ToWire::to_wire).collect(),
+                runs_as_root_count: *runs_as_root_count,
+                runs_as_root: runs_as_root.clone(),
+            },
+            P::TookOffice {
+                host,
+                term,
+                wait_ms,
+                credit_ms,
+            } => W::TookOffice {
+                host: s(host),
+                term: *term,
+                wait_ms: *wait_ms,
+                credit_ms: *credit_ms,
+            },
+            P::CaRotation { step } => W::CaRotation {
+                step: match step {
+                    CaRotationStep::Started => v1::CaRotationStep::Started,
+                    CaRotationStep::Switched => v1::CaRotationStep::Switched,
+                    CaRotationStep::Finished => v1::CaRotationStep::Finished,
+                },
+            },
+            P::TokenCreated {
+                token,
+                name,
+                id,
+                created_by,
+            } => W::TokenCreated {
+                token: token.to_wire(),
+                name: s(name),
+                id: s(id),
+                created_by: s(created_by),
+            },
+            P::TokenRevoked { name, id, by } => W::TokenRevoked {
+                name: s(name),
+                id: s(id),
+                by: s(by),
+            },
+            P::AuditApplied {
+                source,
+                created,
+                updated,
+                unchanged,
+                by,
+            } => W::AuditApplied {
+                source: s(source),
+                created: *created,
+                updated: *updated,
+                unchanged: *unchanged,
+                by: s(by),
+            },
+            P::AuditDeleted { workload, by } => W::AuditDeleted {
+                workload: s(workload),
+                by: s(by),
+            },
+            P::AuditSettings { by } => W::AuditSettings { by: s(by) },
+            P::AuditHostRegistered { host, role, by } => W::AuditHostRegistered {
+                host: s(host),
+                role: role.to_wire(),
+                by: s(by),
+            },
+            P::AuditJoinTokenUsed { name, by } => W::AuditJoinTokenUsed {
+                name: s(name),
+                by: s(by),
+            },
+            P::HostJoined {
+                host,
+                role,
+                node_id,
+                address,
+                capacity,
+            } => W::HostJoined {
+                host: s(host),
+                role: role.to_wire(),
+                node_id: *node_id,
+                address: s(address),
+                capacity: capacity.to_wire(),
+            },
+            P::HostUpdated {
+                host,
+                address,
+                capacity,
+            } => W::HostUpdated {
+                host: s(host),
+                address: s(address),
+                capacity: capacity.to_wire(),
+            },
+            P::HostStateChanged {
+                host,
+                state,
+                silent_ms,
+            } => W::HostStateChanged {
+                host: s(host),
+                state: state.to_wire(),
+                silent_ms: *silent_ms,
+            },
+            P::HostDegraded { host, problems } => W::HostDegraded {
+                host: s(host),
+                problems: problems.clone(),
+            },
+            P::HostNoLongerDegraded { host } => W::HostNoLongerDegraded { host: s(host) },
+            P::RestartGraceBegun { host, grace_ms } => W::RestartGraceBegun {
+                host: s(host),
+                grace_ms: *grace_ms,
+            },
+            P::RestartGraceOver { host, why } => W::RestartGraceOver {
+                host: s(host),
+                why: s(why),
+            },
+            P::Fencing {
+                host,
+                agent,
+                silent_ms,
+            } => W::Fencing {
+                host: s(host),
+                agent: s(agent),
+                silent_ms: *silent_ms,
+            },
+            P::NotFencing {
+                host,
+                silent_ms,
+                reached_by,
+            } => W::NotFencing {
+                host: s(host),
+                silent_ms: *silent_ms,
+                reached_by: s(reached_by),
+            },
+            P::Fenced {
+                host,
+                agent,
+                took_ms,
+            } => W::Fenced {
+                host: s(host),
+                agent: s(agent),
+                took_ms: *took_ms,
+            },
+            P::FenceFailed { host, error } => W::FenceFailed {
+                host: s(host),
+                error: s(error),
+            },
+            P::WorkloadsUnassigned {
+                reason,
+                count,
+                workloads,
+            } => W::WorkloadsUnassigned {
+                reason: s(reason),
+                count: *count,
+                workloads: workloads.clone(),
+            },
+            P::LockUnknown {
+                workload,
+                host,
+                problem,
+                stopping,
+            } => W::LockUnknown {
+                workload: s(workload),
+                host: s(host),
+                problem: s(problem),
+                stopping: *stopping,
+            },
+            P::Created { workload, source } => W::Created {
+                workload: s(workload),
+                source: s(source),
+            },
+            P::Updated { workload, source } => W::Updated {
+                workload: s(workload),
+                source: s(source),
+            },
+            P::UpdatedInPlace {
+                workload,
+                source,
+                host,
+                from_generation,
+                to_generation,
+            } => W::UpdatedInPlace {
+                workload: s(workload),
+                source: s(source),
+                host: s(host),
+                from_generation: from_generation.to_wire(),
+                to_generation: to_generation.to_wire(),
+            },
+            P::UpdatedElsewhere {
+                workload,
+                source,
+                host,
+                generation,
+            } => W::UpdatedElsewhere {
+                workload: s(workload),
+                source: s(source),
+                host: s(host),
+                generation: generation.to_wire(),
+            },
+            P::Deleted { workload, stopping } => W::Deleted {
+                workload: s(workload),
+                stopping: stopping.as_ref().map(ToWire::to_wire),
+            },
+            P::Placed {
+                workload,
+                host,
+                generation,
+                reason,
+            } => W::Placed {
+                workload: s(workload),
+                host: s(host),
+                generation: generation.to_wire(),
+                reason: s(reason),
+            },
+            P::Pending { workload, reason } => W::Pending {
+                workload: s(workload),
+                reason: s(reason),
+            },
+            P::Unassigned {
+                workload,
+                host,
+                generation,
+                reason,
+            } => W::Unassigned {
+                workload: s(workload),
+                host: s(host),
+                generation: generation.to_wire(),
+                reason: s(reason),
+            },
+            P::Failed {
+                workload,
+                host,
+                generation,
+                reason,
+            } => W::Failed {
+                workload: s(workload),
+                host: s(host),
+                generation: generation.to_wire(),
+                reason: s(reason),
+            },
+            P::Started {
+                workload,
+                host,
+                generation,
+            } => W::Started {
+                workload: s(workload),
+                host: s(host),
+                generation: generation.to_wire(),
+            },
+            P::Restarted {
+                workload,
+                host,
+                restarts,
+                detail,
+            } => W::Restarted {
+                workload: s(workload),
+                host: s(host),
+                restarts: *restarts,
+                detail: s(detail),
+            },
+            P::StopStep {
+                workload,
+                host,
+                generation,
+                step,
+            } => W::StopStep {
+                workload: s(workload),
+                host: s(host),
+                generation: generation.to_wire(),
+                step: s(step),
+            },
+            P::Stopped {
+                workload,
+                host,
+                generation,
+                how,
+            } => W::Stopped {
+                workload: s(workload),
+                host: s(host),
+                generation: generation.to_wire(),
+                how: s(how),
+            },
+            P::Legacy { message } => W::Legacy {
+                message: s(message),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use haven_core::model::Generation;
+
+    #[test]
+    fn an_event_reaches_the_api_with_its_kind_and_its_sentence() {
+        let e = state::Event {
+            seq: 4,
+            at_ms: 10,
+            revision: 2,
+            workload: Some("web".into()),
+            kind: EventKind::Placed {
+                workload: "web".into(),
+                host: "h2".into(),
+                generation: Generation(3),
+                reason: "most free memory".into(),
+            },
+        };
+        let w = e.to_wire();
+        assert_eq!((w.seq, w.at_ms, w.revision), (4, 10, 2));
+        assert_eq!(w.workload.as_deref(), Some("web"));
+        assert!(matches!(
+            &w.kind,
+            v1::EventKind::Placed {
+                generation: v1::Generation(3),
+                ..
+            }
+        ));
+        assert_eq!(
+            w.message,
+            "placed web on h2 (generation 3): most free memory"
+        );
+    }
+
+    #[test]
+    fn an_old_sentence_only_event_reaches_the_api_as_it_was() {
+        let old: state::Event =
+            serde_json::from_str(r#"{"seq":1,"at_ms":2,"message":"cluster c created"}"#).unwrap();
+        let w = old.to_wire();
+        assert_eq!(w.message, "cluster c created");
+        assert!(matches!(w.kind, v1::EventKind::Legacy { .. }));
+    }
+}
