@@ -1093,10 +1093,14 @@ impl Coordinator {
         let timing = state.settings.timing;
         let mut fresh_locks = BTreeSet::new();
         let mut failed = vec![];
+        // One buffer for the lock keys: a tick visits every workload.
+        let mut key = String::new();
         for w in state.workloads.values() {
             let Some(a) = &w.assignment else { continue };
             let o = hosts.get(&a.host).copied().unwrap_or_default();
-            let key = format!("lock:{}", w.spec.name);
+            key.clear();
+            key.push_str("lock:");
+            key.push_str(&w.spec.name);
             if self.datastore && o.state(&timing) != HostState::Online {
                 if state.isolation_response(&w.spec) == IsolationResponse::LeaveRunning {
                     wanted.insert(key.clone());
@@ -1124,9 +1128,12 @@ impl Coordinator {
             };
             let (restarts, state_now, detail) = (x.restarts, x.state, x.detail.clone());
             let no_failover = x.no_failover;
-            let seen = self
-                .restarts_seen
-                .insert(w.spec.name.clone(), (a.generation, restarts));
+            let seen = match self.restarts_seen.get_mut(&w.spec.name) {
+                Some(seen) => Some(std::mem::replace(seen, (a.generation, restarts))),
+                None => self
+                    .restarts_seen
+                    .insert(w.spec.name.clone(), (a.generation, restarts)),
+            };
             if let Some((g, n)) = seen {
                 if g == a.generation && restarts > n {
                     cmds.push(Command::Record {
