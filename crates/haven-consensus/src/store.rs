@@ -33,8 +33,9 @@
 use crate::error::ConsensusError;
 use crate::{TypeConfig, RAFT_DB_FILE};
 use haven_core::changes::{records, Changes, Record};
+use haven_core::model::HostRecord;
 use haven_core::model::NodeId;
-use haven_core::state::{ClusterState, CommandResult, Keyed};
+use haven_core::state::{ClusterState, CommandResult, Event, Keyed, StagedApply, WorkloadRecord};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
@@ -323,8 +324,7 @@ impl Store {
                 state: SharedState(Arc::new(RwLock::new(state))),
                 persisted_at: Arc::default(),
                 persist_interval: Duration::from_millis(STATE_RECORD_INTERVAL_MS),
-                persisted_bytes: Arc::default(),
-                whole_next: Arc::default(),
+                writer: StateWriter::default(),
             },
         })
     }
@@ -365,8 +365,8 @@ struct StateWrites {
     /// `state_rest`.
     rest: Vec<u8>,
     /// Key → record, or `None` to remove the key.
-    hosts: Vec<(String, Option<Vec<u8>>)>,
-    workloads: Vec<(String, Option<Vec<u8>>)>,
+    hosts: KeyedBytes,
+    workloads: KeyedBytes,
     /// Every staged apply, when they changed.
     staged: Option<Vec<(String, Vec<u8>)>>,
     /// New events, and the first sequence number kept, of each kind.
@@ -374,10 +374,26 @@ struct StateWrites {
     events_below: [u64; 2],
 }
 
-impl StateWrites {
+/// Key → record bytes, or `None` to remove the key.
+type KeyedBytes = Vec<(String, Option<Vec<u8>>)>;
+
+/// The records a write of the state needs, copied out of it under its
+/// lock (cheap: what changed, and the small rest) and serialized after.
+struct Taken {
+    whole: bool,
+    /// The state machine without its keyed collections.
+    rest: StateMachineData,
+    hosts: Vec<(String, Option<HostRecord>)>,
+    workloads: Vec<(String, Option<WorkloadRecord>)>,
+    staged: Option<BTreeMap<String, StagedApply>>,
+    events: [Vec<Event>; 2],
+    events_below: [u64; 2],
+}
+
+impl Taken {
     /// What changed in `sm` since its last write (the whole state if
-    /// `whole`), ready to write; the state starts a new record of changes.
-    fn of(sm: &mut StateMachineData, whole: bool) -> Result<StateWrites, serde_json::Error> {
+    /// `whole`); the state starts a new record of changes.
+    fn of(sm: &mut StateMachineData, whole: bool) -> Taken {
         let changes = if whole {
             sm.state.take_changes();
             Changes {
@@ -389,40 +405,71 @@ impl StateWrites {
         } else {
             sm.state.take_changes()
         };
-        let mut w = StateWrites {
+        let keyed = sm.state.take_keyed();
+        let rest = sm.clone();
+        sm.state.restore_keyed(keyed);
+        let mut t = Taken {
             whole,
+            rest,
+            hosts: vec![],
+            workloads: vec![],
+            staged: None,
+            events: [vec![], vec![]],
             events_below: [u64::MAX; 2],
-            ..StateWrites::default()
         };
-        fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
-            serde_json::to_vec(v)
-        }
         for record in records(&sm.state, &changes) {
             match record {
-                Record::Host(name, h) => w.hosts.push((name.into(), h.map(json).transpose()?)),
-                Record::Workload(name, r) => {
-                    w.workloads.push((name.into(), r.map(json).transpose()?))
-                }
-                Record::Staged(all) => {
-                    w.staged = Some(
-                        all.iter()
-                            .map(|(id, s)| Ok((id.clone(), json(s)?)))
-                            .collect::<Result<_, serde_json::Error>>()?,
-                    )
-                }
-                Record::Event(e) => {
-                    w.events[usize::from(e.workload.is_some())].push((e.seq, json(e)?))
-                }
+                Record::Host(name, h) => t.hosts.push((name.into(), h.cloned())),
+                Record::Workload(name, r) => t.workloads.push((name.into(), r.cloned())),
+                Record::Staged(all) => t.staged = Some(all.clone()),
+                Record::Event(e) => t.events[usize::from(e.workload.is_some())].push(e.clone()),
                 Record::EventsBelow { workload, seq } => {
-                    w.events_below[usize::from(workload)] = seq
+                    t.events_below[usize::from(workload)] = seq
                 }
             }
         }
-        let keyed = sm.state.take_keyed();
-        let rest = serde_json::to_vec(&*sm);
-        sm.state.restore_keyed(keyed);
-        w.rest = rest?;
-        Ok(w)
+        t
+    }
+
+    fn serialize(self) -> Result<StateWrites, serde_json::Error> {
+        fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
+            serde_json::to_vec(v)
+        }
+        fn keyed<T: Serialize>(
+            records: Vec<(String, Option<T>)>,
+        ) -> Result<KeyedBytes, serde_json::Error> {
+            records
+                .into_iter()
+                .map(|(k, r)| Ok((k, r.as_ref().map(json).transpose()?)))
+                .collect()
+        }
+        let events = |es: &[Event]| -> Result<Vec<(u64, Vec<u8>)>, serde_json::Error> {
+            es.iter().map(|e| Ok((e.seq, json(e)?))).collect()
+        };
+        Ok(StateWrites {
+            whole: self.whole,
+            rest: json(&self.rest)?,
+            hosts: keyed(self.hosts)?,
+            workloads: keyed(self.workloads)?,
+            staged: self
+                .staged
+                .map(|all| {
+                    all.iter()
+                        .map(|(id, s)| Ok((id.clone(), json(s)?)))
+                        .collect::<Result<_, serde_json::Error>>()
+                })
+                .transpose()?,
+            events: [events(&self.events[0])?, events(&self.events[1])?],
+            events_below: self.events_below,
+        })
+    }
+}
+
+impl StateWrites {
+    /// What changed in `sm` since its last write (the whole state if
+    /// `whole`), ready to write; the state starts a new record of changes.
+    fn of(sm: &mut StateMachineData, whole: bool) -> Result<StateWrites, serde_json::Error> {
+        Taken::of(sm, whole).serialize()
     }
 
     /// Bytes of records this write puts on disk.
@@ -846,11 +893,87 @@ pub struct StateMachineStore {
     persisted_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     /// How often the state is written at most (`STATE_RECORD_INTERVAL_MS`).
     persist_interval: Duration,
-    /// Bytes of state records the last write of the state put on disk.
-    persisted_bytes: Arc<AtomicU64>,
-    /// A write of the state failed: the next one writes it whole (the
-    /// changes it carried are no longer recorded).
-    whole_next: Arc<AtomicBool>,
+    writer: StateWriter,
+}
+
+/// Writes the state's records on a thread of its own, one write at a time,
+/// so that `apply` never waits for the disk (the records are a cache of
+/// the log: a restart re-applies what they lack). While a write is in
+/// flight the next is skipped, and the changes it would have carried wait
+/// in the state's record of changes for the one after.
+#[derive(Clone, Default)]
+struct StateWriter(Arc<WriterInner>);
+
+#[derive(Default)]
+struct WriterInner {
+    /// A write is in flight (or an installed snapshot is being written).
+    busy: AtomicBool,
+    /// A write failed: the next one writes the state whole (the changes
+    /// it carried are no longer recorded).
+    whole_next: AtomicBool,
+    /// Bytes of state records the last write put on disk.
+    persisted_bytes: AtomicU64,
+}
+
+impl StateWriter {
+    fn try_begin(&self) -> bool {
+        self.0
+            .busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Wait for the write in flight, if any, and hold off the next ones
+    /// (until `end`).
+    fn begin_waiting(&self) {
+        while !self.try_begin() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn end(&self) {
+        self.0.busy.store(false, Ordering::Release);
+    }
+
+    /// Serialize and write `taken` on the writer thread, then `end`.
+    fn spawn(&self, db: Arc<DbHandle>, file: Arc<PathBuf>, taken: Taken) {
+        let writer = self.clone();
+        let run = move || {
+            let result = taken
+                .serialize()
+                .map_err(|e| e.to_string())
+                .and_then(|writes| {
+                    write_txn(&db, Durability::Immediate, |txn| writes.write(txn))
+                        .map(|()| writes.bytes())
+                        .map_err(|e| e.to_string())
+                });
+            match result {
+                Ok(bytes) => writer
+                    .0
+                    .persisted_bytes
+                    .store(bytes as u64, Ordering::Relaxed),
+                Err(e) => {
+                    writer.0.whole_next.store(true, Ordering::Relaxed);
+                    tracing::error!(
+                        "writing the state's records to {} failed: {e}; the next write rewrites them all (the log keeps every entry they lack)",
+                        file.display()
+                    );
+                }
+            }
+            // The database handle goes before the writer says it is done:
+            // once idle, the file can be closed.
+            drop(db);
+            writer.end();
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("haven-state-writer".into())
+            .spawn(run)
+        {
+            self.0.whole_next.store(true, Ordering::Relaxed);
+            self.end();
+            tracing::error!("could not start the state writer thread: {e}");
+        }
+    }
 }
 
 /// The state machine record is a cache of the log (a restart re-applies
@@ -866,9 +989,16 @@ impl StateMachineStore {
         self.state.clone()
     }
 
+    /// Wait until no write of the state is in flight.
+    pub async fn written(&self) {
+        while self.writer.0.busy.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Bytes of state records the last write of the state put on disk.
     pub fn persisted_bytes(&self) -> u64 {
-        self.persisted_bytes.load(Ordering::Relaxed)
+        self.writer.0.persisted_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -996,42 +1126,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         let (db, file, state) = (self.db.clone(), self.file.clone(), self.state.clone());
         let persisted_at = self.persisted_at.clone();
-        let (interval, persisted_bytes) = (self.persist_interval, self.persisted_bytes.clone());
-        let whole_next = self.whole_next.clone();
+        let (interval, writer) = (self.persist_interval, self.writer.clone());
         blocking(move || {
-            let (results, writes) = {
-                let mut sm = state.write();
-                let mut results = Vec::with_capacity(entries.len());
-                for entry in entries {
-                    sm.last_applied = Some(entry.log_id);
-                    let result = match entry.payload {
-                        EntryPayload::Blank => CommandResult::Ok,
-                        EntryPayload::Normal(cmd) => sm.state.apply(&cmd),
-                        EntryPayload::Membership(membership) => {
-                            sm.last_membership =
-                                StoredMembership::new(Some(entry.log_id), membership);
-                            CommandResult::Ok
-                        }
-                    };
-                    results.push(result);
-                }
-                let mut at = persisted_at.lock().unwrap_or_else(|e| e.into_inner());
-                if at.is_some_and(|t| t.elapsed() < interval) {
-                    return Ok(results);
-                }
-                *at = Some(std::time::Instant::now());
-                let whole = whole_next.swap(false, Ordering::Relaxed);
-                let writes = StateWrites::of(&mut sm, whole).map_err(|e| {
-                    whole_next.store(true, Ordering::Relaxed);
-                    StorageIOError::write_state_machine(AnyError::new(&e))
-                })?;
-                (results, writes)
-            };
-            write_txn(&db, Durability::Immediate, |txn| writes.write(txn)).map_err(|e| {
-                whole_next.store(true, Ordering::Relaxed);
-                StorageIOError::write_state_machine(in_file(&file, e))
-            })?;
-            persisted_bytes.store(writes.bytes() as u64, Ordering::Relaxed);
+            let mut sm = state.write();
+            let mut results = Vec::with_capacity(entries.len());
+            for entry in entries {
+                sm.last_applied = Some(entry.log_id);
+                let result = match entry.payload {
+                    EntryPayload::Blank => CommandResult::Ok,
+                    EntryPayload::Normal(cmd) => sm.state.apply(&cmd),
+                    EntryPayload::Membership(membership) => {
+                        sm.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                        CommandResult::Ok
+                    }
+                };
+                results.push(result);
+            }
+            let mut at = persisted_at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.is_some_and(|t| t.elapsed() < interval) || !writer.try_begin() {
+                return Ok(results);
+            }
+            *at = Some(std::time::Instant::now());
+            let whole = writer.0.whole_next.swap(false, Ordering::Relaxed);
+            let taken = Taken::of(&mut sm, whole);
+            drop(sm);
+            writer.spawn(db, file, taken);
             Ok(results)
         })
         .await
@@ -1062,12 +1181,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         sm.last_applied = meta.last_log_id;
         sm.last_membership = meta.last_membership.clone();
         let (db, file, meta2) = (self.db.clone(), self.file.clone(), meta.clone());
-        // The keyed tables are written whole, with the snapshot.
+        let writer = self.writer.clone();
+        // The keyed tables are written whole, with the snapshot, once the
+        // write in flight (of the state being replaced) is done.
         let sm = blocking(move || {
-            let writes = StateWrites::of(&mut sm, true)
-                .map_err(|e| StorageIOError::write_snapshot(sig, AnyError::new(&e)))?;
-            persist_snapshot(&db, &file, &meta2, &data, Some(&writes))?;
-            Ok(sm)
+            writer.begin_waiting();
+            let result = StateWrites::of(&mut sm, true)
+                .map_err(|e| StorageIOError::write_snapshot(sig, AnyError::new(&e)).into())
+                .and_then(|writes| persist_snapshot(&db, &file, &meta2, &data, Some(&writes)));
+            writer.end();
+            result.map(|()| sm)
         })
         .await?;
         // Swap in memory only once the new state is durable.
@@ -1220,6 +1343,7 @@ mod tests {
         sm.apply(vec![entry(1, index, EntryPayload::Normal(apply))])
             .await
             .unwrap();
+        sm.written().await;
     }
 
     /// A file of layout 1 (the state machine as one record) opens with its
@@ -1320,6 +1444,7 @@ mod tests {
         ])
         .await
         .unwrap();
+        sm.written().await;
     }
 
     #[tokio::test]
@@ -1393,6 +1518,7 @@ mod tests {
         sm.apply(vec![entry(1, 3, EntryPayload::Normal(apply))])
             .await
             .unwrap();
+        sm.written().await;
         let whole = sm.persisted_bytes();
         assert!(whole > 200_000, "the apply wrote {whole} bytes");
         let one = Command::SetPending {
@@ -1403,6 +1529,7 @@ mod tests {
         sm.apply(vec![entry(1, 4, EntryPayload::Normal(one))])
             .await
             .unwrap();
+        sm.written().await;
         let small = sm.persisted_bytes();
         assert!(small < 4_000, "one change wrote {small} bytes");
         let state = sm.shared_state().read().clone();
