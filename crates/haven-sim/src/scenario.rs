@@ -9,7 +9,10 @@
 //! `bless` are the only functions here that touch files, and only before
 //! or after a run.
 
-use crate::world::{Action, Happened, HappenedAt, HostSetup, Outcome, Setup, SimConfig, Target};
+use crate::world::{
+    Action, FenceBehaviour, Happened, HappenedAt, HostSetup, Outcome, Setup, SimConfig, Target,
+    DATASTORE_PATH,
+};
 use crate::Faults;
 use haven_core::host_agent::{HostEvent, StopHow};
 use haven_core::model::{Capacity, ClusterSettings, WorkloadSpec};
@@ -36,6 +39,9 @@ pub const EXPECTED_FILE: &str = "expected.toml";
 #[serde(deny_unknown_fields)]
 struct HostsFile {
     host: Vec<HostEntry>,
+    /// The cluster has a shared datastore (as `--datastore` at bootstrap).
+    #[serde(default)]
+    datastore: bool,
     /// Cluster settings by their `haven settings set` keys.
     #[serde(default)]
     settings: toml::Table,
@@ -50,6 +56,27 @@ struct HostEntry {
     memory_mib: u64,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Its fence device: `works`, `fails` or `slow`.
+    #[serde(default)]
+    fence: Option<FenceKind>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum FenceKind {
+    Works,
+    Fails,
+    Slow,
+}
+
+impl FenceKind {
+    fn behaviour(self) -> FenceBehaviour {
+        match self {
+            FenceKind::Works => FenceBehaviour::Works,
+            FenceKind::Fails => FenceBehaviour::Fails,
+            FenceKind::Slow => FenceBehaviour::Slow,
+        }
+    }
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +142,27 @@ enum Step {
     },
     Flap {
         host: String,
+        for_ms: u64,
+    },
+    /// The link between `host` and `from` is cut both ways.
+    Cut {
+        host: String,
+        from: String,
+        for_ms: Option<u64>,
+    },
+    /// `host`'s I/O to the datastore hangs (every host's, if none named).
+    DatastoreStall {
+        host: Option<String>,
+        for_ms: Option<u64>,
+    },
+    /// Every datastore operation takes up to `extra_ms` longer.
+    DatastoreSlow {
+        extra_ms: u64,
+        for_ms: u64,
+    },
+    /// Half the coordinator's datastore read rounds take `extra_ms` longer.
+    DatastoreSlowReads {
+        extra_ms: u64,
         for_ms: u64,
     },
     Loss {
@@ -269,7 +317,10 @@ impl Scenario {
                 "{HOSTS_FILE}: {managers} managers; a cluster has 1 to 5"
             ));
         }
-        let mut settings = ClusterSettings::default();
+        let mut settings = ClusterSettings {
+            datastore: hosts.datastore.then(|| DATASTORE_PATH.to_owned()),
+            ..ClusterSettings::default()
+        };
         for (key, value) in &hosts.settings {
             let text = match value {
                 toml::Value::String(s) => s.clone(),
@@ -291,6 +342,7 @@ impl Scenario {
                     memory_mib: h.memory_mib,
                 },
                 labels: h.labels,
+                fence: h.fence.map(FenceKind::behaviour),
             })
             .collect();
         for h in &host_setups {
@@ -344,6 +396,7 @@ impl Scenario {
                 hosts: host_setups,
                 settings,
                 workloads,
+                datastore: hosts.datastore,
             },
             steps,
             expected,
@@ -383,6 +436,15 @@ fn action(
         _ => Err(format!("{name:?}: name a host")),
     };
     let span = |for_ms: Option<u64>| for_ms.unwrap_or(FOREVER_MS);
+    let needs_datastore = matches!(
+        step,
+        Step::DatastoreStall { .. } | Step::DatastoreSlow { .. } | Step::DatastoreSlowReads { .. }
+    );
+    if needs_datastore && settings.datastore.is_none() {
+        return Err(format!(
+            "{step:?}: the cluster has no datastore (datastore = true in {HOSTS_FILE})"
+        ));
+    }
     Ok(match step {
         Step::PowerOff { host, for_ms } => Action::Crash(target(&host)?, span(for_ms)),
         Step::Hang { host, for_ms } => Action::Freeze(target(&host)?, span(for_ms)),
@@ -392,6 +454,17 @@ fn action(
         Step::Mute { host, for_ms } => Action::Mute(target(&host)?, span(for_ms)),
         Step::Deafen { host, for_ms } => Action::Deafen(target(&host)?, span(for_ms)),
         Step::Flap { host, for_ms } => Action::Flap(target(&host)?, for_ms),
+        Step::Cut { host, from, for_ms } => {
+            Action::CutLink(target(&host)?, target(&from)?, span(for_ms))
+        }
+        Step::DatastoreStall { host, for_ms } => match host {
+            Some(h) => Action::DatastoreStall(target(&h)?, span(for_ms)),
+            None => Action::DatastoreStallAll(span(for_ms)),
+        },
+        Step::DatastoreSlow { extra_ms, for_ms } => Action::DatastoreSlow(extra_ms, for_ms),
+        Step::DatastoreSlowReads { extra_ms, for_ms } => {
+            Action::DatastoreSlowReads(extra_ms, for_ms)
+        }
         Step::Loss { percent, for_ms } => {
             if percent > 100 {
                 return Err(format!("percent must be 0 to 100; got {percent}"));

@@ -53,7 +53,7 @@ const PROBE_ROUNDS_IN_FLIGHT_MAX: usize = 4;
 /// `datastore::WRITE_INTERVAL_MS`).
 const DS_WRITE_INTERVAL_MS: u64 = 250;
 /// Where the simulated shared datastore is mounted (the cluster setting).
-const DATASTORE_PATH: &str = "/srv/haven-datastore";
+pub const DATASTORE_PATH: &str = "/srv/haven-datastore";
 /// Seeds the stream the world's equipment is drawn from.
 const FEATURES_STREAM: u64 = 0x6665_6174_7572_6573;
 /// The coordinator's tick: the cluster's heartbeat interval (default).
@@ -102,6 +102,8 @@ pub struct Setup {
     pub hosts: Vec<HostSetup>,
     pub settings: ClusterSettings,
     pub workloads: Vec<WorkloadSpec>,
+    /// The cluster has a shared datastore.
+    pub datastore: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +112,8 @@ pub struct HostSetup {
     pub manager: bool,
     pub capacity: Capacity,
     pub labels: BTreeMap<String, String>,
+    /// Its fence device, if it has one.
+    pub fence: Option<FenceBehaviour>,
 }
 
 /// Something that happened on a host, kept when `SimConfig::record` is on.
@@ -164,6 +168,8 @@ pub enum Fencing {
     None,
     /// Every host has one that behaves so.
     Every(FenceBehaviour),
+    /// As the given cluster's hosts say (`HostSetup::fence`).
+    AsGiven,
 }
 
 impl SimConfig {
@@ -193,9 +199,9 @@ impl SimConfig {
             managers: setup.hosts.iter().filter(|h| h.manager).count(),
             workloads: setup.workloads.len(),
             chaos: false,
+            fencing: Fencing::AsGiven,
+            datastore: Some(setup.datastore),
             setup: Some(setup),
-            fencing: Fencing::None,
-            datastore: Some(false),
             ..SimConfig::new(seed)
         }
     }
@@ -229,6 +235,8 @@ pub enum Action {
     Deafen(Target, u64),
     /// Its link goes down and up every few hundred ms, for this long.
     Flap(Target, u64),
+    /// The link between two hosts is cut both ways for this long.
+    CutLink(Target, Target, u64),
     Loss(f64, u64),
     DelaySpike(u64, u64),
     Drift(Target),
@@ -273,6 +281,7 @@ impl Action {
             | Action::Mute(_, s)
             | Action::Deafen(_, s)
             | Action::Flap(_, s)
+            | Action::CutLink(_, _, s)
             | Action::Loss(_, s)
             | Action::DelaySpike(_, s)
             | Action::DatastoreStall(_, s)
@@ -714,9 +723,11 @@ impl World {
         let fenced_world = features.chance(0.5);
         let datastore = cfg.datastore.unwrap_or_else(|| features.chance(0.5));
         if datastore {
+            // Fixed at bootstrap, beside a given cluster's settings.
+            let given = cfg.setup.as_ref().map(|s| s.settings.clone());
             let settings = ClusterSettings {
                 datastore: Some(DATASTORE_PATH.into()),
-                ..ClusterSettings::default()
+                ..given.unwrap_or_default()
             };
             boot.push(Command::SetSettings { settings, at_ms: 0 });
         }
@@ -726,6 +737,7 @@ impl World {
             let fence = match cfg.fencing {
                 Fencing::None => None,
                 Fencing::Every(b) => Some(b),
+                Fencing::AsGiven => given.and_then(|g| g.fence),
                 Fencing::Random => {
                     let has = features.chance(0.6);
                     let b = match features.index(10) {
@@ -2576,6 +2588,12 @@ impl World {
                 if let Some(h) = self.resolve(t) {
                     self.stats.faults += 1;
                     self.schedule(self.now, Ev::FlapToggle(h, self.now + span, true));
+                }
+            }
+            Action::CutLink(a, b, span) => {
+                if let (Some(a), Some(b)) = (self.resolve(a), self.resolve(b)) {
+                    self.stats.faults += 1;
+                    self.net.cut_link(a, b, self.now + span);
                 }
             }
             Action::Loss(p, span) => {
