@@ -3,10 +3,12 @@
 //!
 //!   haven-sim --seeds N [--first S] [--hosts H] [--managers M]
 //!             [--workloads W] [--minutes M] [--fault NAME]
-//!   haven-sim --seed S [the same options] [--trace]
+//!   haven-sim --seed S [the same options] [--trace] [--without-later-faults]
 //!   haven-sim --scenarios DIR [--only NAME] [--update] [--list] [--timeline]
 //!             [--fault NAME] [--trace]
 //!
+//! `--without-later-faults` replays a seed found before graceful agent
+//! restarts and slow Raft storage were added, as it ran then.
 //! `--update` writes each scenario's `expected.toml` from its run (to be
 //! reviewed); `--timeline` prints each run's decisions and host events.
 //!
@@ -18,7 +20,7 @@ use haven_sim::{run, scenario, Faults, SimConfig};
 use std::process::ExitCode;
 use std::time::Instant;
 
-const USAGE: &str = "usage: haven-sim (--seeds N [--first S] | --seed S [--trace]) [--hosts H] [--managers M] [--workloads W] [--minutes M] [--fault skip-lease-wait|confirm-stops-without-proof|ack-without-confirmed-leadership]
+const USAGE: &str = "usage: haven-sim (--seeds N [--first S] | --seed S [--trace]) [--without-later-faults] [--hosts H] [--managers M] [--workloads W] [--minutes M] [--fault skip-lease-wait|confirm-stops-without-proof|ack-without-confirmed-leadership]
        haven-sim --scenarios DIR [--only NAME] [--update] [--list] [--timeline] [--fault NAME] [--trace]";
 
 struct Args {
@@ -36,6 +38,7 @@ struct Args {
     update: bool,
     list: bool,
     timeline: bool,
+    without_later_faults: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -54,10 +57,15 @@ fn parse() -> Result<Args, String> {
         update: false,
         list: false,
         timeline: false,
+        without_later_faults: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
+            "--without-later-faults" => {
+                a.without_later_faults = true;
+                continue;
+            }
             "--trace" | "--update" | "--list" | "--timeline" => {
                 a.trace |= flag == "--trace";
                 a.timeline |= flag == "--timeline";
@@ -136,6 +144,7 @@ fn config(a: &Args, seed: u64) -> Result<SimConfig, String> {
     cfg.workloads = a.workloads;
     cfg.duration_ms = (a.minutes * 60_000.0) as u64;
     cfg.faults = faults(a.fault.as_deref())?;
+    cfg.later_faults = !a.without_later_faults;
     Ok(cfg)
 }
 

@@ -125,6 +125,12 @@ enum Step {
         host: String,
         for_ms: Option<u64>,
     },
+    /// The agent stops gracefully (asking for a restart grace) and starts
+    /// again `down_ms` after it stopped.
+    AgentRestart {
+        host: String,
+        down_ms: u64,
+    },
     /// Its network is cut both ways.
     Isolate {
         host: String,
@@ -450,6 +456,9 @@ fn action(
         Step::Hang { host, for_ms } => Action::Freeze(target(&host)?, span(for_ms)),
         Step::AgentCrash { host, for_ms } => Action::AgentCrash(target(&host)?, span(for_ms)),
         Step::AgentHang { host, for_ms } => Action::AgentFreeze(target(&host)?, span(for_ms)),
+        Step::AgentRestart { host, down_ms } => {
+            Action::AgentGracefulRestart(target(&host)?, down_ms)
+        }
         Step::Isolate { host, for_ms } => Action::Isolate(target(&host)?, span(for_ms)),
         Step::Mute { host, for_ms } => Action::Mute(target(&host)?, span(for_ms)),
         Step::Deafen { host, for_ms } => Action::Deafen(target(&host)?, span(for_ms)),
@@ -585,6 +594,13 @@ pub fn happened_text(h: &HappenedAt) -> String {
             generation,
         } => format!("keeper killed {workload}@{generation}"),
         Happened::WatchdogReset => "watchdog reset".to_owned(),
+        Happened::AgentStopped { grace_ms: Some(g) } => {
+            format!("agent stopped gracefully (restart grace {g} ms)")
+        }
+        Happened::AgentStopped { grace_ms: None } => {
+            "agent stopped gracefully (no restart grace)".to_owned()
+        }
+        Happened::AgentStarted => "agent running again".to_owned(),
         Happened::Started {
             workload,
             generation,

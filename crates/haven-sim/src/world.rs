@@ -26,7 +26,8 @@ use haven_core::model::{
     Capacity, ClusterSettings, FenceDevice, Generation, HostRecord, IsolationResponse, Priority,
     RestartPolicy, Role as HostRole, WorkloadKind, WorkloadSpec,
 };
-use haven_core::state::{ClusterState, Command};
+use haven_core::settings::RESTART_GRACE_MS_MAX;
+use haven_core::state::{ClusterState, Command, CommandResult};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
@@ -34,6 +35,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 const ATTEMPTS_PER_HEARTBEAT_MAX: u32 = 4;
 /// Unanswered heartbeats to one manager before trying the next.
 const UNANSWERED_MAX: u32 = 3;
+/// Coordinators asked for a restart grace at a graceful stop
+/// (`haven-agent`'s `ATTEMPTS_RESTART_GRACE_MAX`).
+const ATTEMPTS_RESTART_GRACE_MAX: u32 = 3;
 /// The simulated watchdog's timeout (each host has one, like the test bed).
 pub const WATCHDOG_TIMEOUT_MS: u64 = 1_000;
 /// How a graceful stop ends: the agent's stop grace.
@@ -56,6 +60,10 @@ const DS_WRITE_INTERVAL_MS: u64 = 250;
 pub const DATASTORE_PATH: &str = "/srv/haven-datastore";
 /// Seeds the stream the world's equipment is drawn from.
 const FEATURES_STREAM: u64 = 0x6665_6174_7572_6573;
+/// The stream of the faults added after the first ones (graceful agent
+/// restarts, slow Raft storage): drawn apart, so that each seed's earlier
+/// faults, and the regression seeds that replay them, stay as they were.
+const LATER_FAULTS_STREAM: u64 = 0x6c61_7465_725f_6661;
 /// The coordinator's tick: the cluster's heartbeat interval (default).
 const COORDINATOR_TICK_MS: u64 = 100;
 /// How often the lease invariant is checked.
@@ -76,6 +84,10 @@ pub struct SimConfig {
     pub duration_ms: u64,
     /// Random faults and operator actions from the seed.
     pub chaos: bool,
+    /// With `chaos`: the faults added later too (graceful agent restarts,
+    /// slow Raft storage), drawn from a stream of their own. Off, a seed
+    /// runs as it did before they were added (regression seeds replay so).
+    pub later_faults: bool,
     /// Broken rules switched on (to prove the simulator finds them).
     pub faults: Faults,
     /// Largest clock-rate difference from real time (DESIGN's bound).
@@ -128,6 +140,11 @@ pub enum Happened {
     },
     /// The watchdog reset the host.
     WatchdogReset,
+    /// The agent exited after a graceful stop, with the restart grace it
+    /// was granted (`None`: none).
+    AgentStopped { grace_ms: Option<u64> },
+    /// An agent process started again (after a crash or a stop).
+    AgentStarted,
     /// An instance started / ended (any reason).
     Started {
         workload: String,
@@ -181,6 +198,7 @@ impl SimConfig {
             workloads: 20,
             duration_ms: 120_000,
             chaos: true,
+            later_faults: true,
             faults: Faults::default(),
             drift_max: 1e-4,
             scenario: vec![],
@@ -227,6 +245,10 @@ pub enum Action {
     AgentRestart(usize),
     AgentFreeze(Target, u64),
     AgentThaw(usize),
+    /// The agent stops gracefully (asking for a restart grace first, as
+    /// `haven-agent`'s `node.rs` does) and starts again this long after
+    /// it stopped.
+    AgentGracefulRestart(Target, u64),
     /// Cut a host off both ways for this long.
     Isolate(Target, u64),
     /// Only its outgoing messages are lost.
@@ -277,6 +299,7 @@ impl Action {
             | Action::Freeze(_, s)
             | Action::AgentCrash(_, s)
             | Action::AgentFreeze(_, s)
+            | Action::AgentGracefulRestart(_, s)
             | Action::Isolate(_, s)
             | Action::Mute(_, s)
             | Action::Deafen(_, s)
@@ -406,12 +429,32 @@ struct Host {
     wake_at: Option<u64>,
     last_pet_ms: u64,
     watchdog_armed: bool,
-    keeper_armed: bool,
+    /// When (real ms) the keeper's next look is scheduled: a renewal to an
+    /// earlier deadline (a new agent after a restart grace) arms an
+    /// earlier one.
+    keeper_armed_at: Option<u64>,
     hint: Option<usize>,
     next_manager: usize,
+    /// A graceful stop under way: the agent's tasks have stopped and it
+    /// asks the coordinator for a restart grace before it exits.
+    stopping: Option<Stopping>,
+    /// The agent disarmed the watchdog on a graceful stop (until an agent
+    /// starts again).
+    watchdog_disarmed: bool,
     unanswered: u32,
     backlog: Vec<Io>,
     deferred: Vec<Ev>,
+}
+
+/// A graceful agent stop asking for its restart grace.
+#[derive(Clone, Copy, Debug)]
+struct Stopping {
+    /// The request's send time (local): the grace counts from it.
+    sent_ms: u64,
+    /// The attempt under way (1-based).
+    attempt: u32,
+    /// How long the agent stays away after it exits.
+    down_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -433,6 +476,19 @@ enum Msg {
         report: HeartbeatReport,
         attempt: u32,
         target: usize,
+    },
+    /// `POST /v1/restart-grace` from a gracefully stopping agent.
+    GraceAsk {
+        from: usize,
+        incarnation: u64,
+        attempt: u32,
+    },
+    /// Its answer: the grace granted (0: none), or `None`: refused (not
+    /// the leader, or not now).
+    GraceAnswer {
+        incarnation: u64,
+        attempt: u32,
+        grace_ms: Option<u64>,
     },
 }
 
@@ -503,6 +559,12 @@ enum Ev {
     Exit(usize, String, Generation, u64),
     Keeper(usize),
     Watchdog(usize),
+    /// A restart-grace request's attempt got no answer in time.
+    GraceTimeout {
+        host: usize,
+        incarnation: u64,
+        attempt: u32,
+    },
     Do(Action),
     FlapToggle(usize, u64, bool),
     Sweep,
@@ -615,6 +677,9 @@ pub struct World {
     happened: Vec<HappenedAt>,
     /// Crash loops: workload, host (any if `None`), until (real ms).
     crash_loops: Vec<(String, Option<usize>, u64)>,
+    /// Restart-grace proposals awaited: entry id → (asking host, its
+    /// incarnation, the attempt).
+    grace_waits: BTreeMap<u64, (usize, u64, u32)>,
 }
 
 fn fnv(hash: u64, text: &str) -> u64 {
@@ -793,9 +858,11 @@ impl World {
                 wake_at: None,
                 last_pet_ms: 0,
                 watchdog_armed: false,
-                keeper_armed: false,
+                keeper_armed_at: None,
                 hint: None,
                 next_manager: rng.index(managers.len().max(1)),
+                stopping: None,
+                watchdog_disarmed: false,
                 unanswered: 0,
                 backlog: vec![],
                 deferred: vec![],
@@ -863,6 +930,7 @@ impl World {
             healed: false,
             happened: vec![],
             crash_loops: vec![],
+            grace_waits: BTreeMap::new(),
         };
         // Node 0 leads term 1 from the start.
         if !w.managers.is_empty() {
@@ -892,6 +960,9 @@ impl World {
         }
         if w.cfg.chaos {
             w.plan_chaos();
+            if w.cfg.later_faults {
+                w.plan_later_faults();
+            }
         }
         let end = w.cfg.duration_ms;
         if end > RECOVERY_BOUND_MS {
@@ -988,6 +1059,31 @@ impl World {
         }
     }
 
+    /// The faults added later, from their own stream: a graceful agent
+    /// restart every 15 s or so, back within the restart grace or (one in
+    /// four) not.
+    fn plan_later_faults(&mut self) {
+        let mut rng = Rng::new(self.cfg.seed ^ LATER_FAULTS_STREAM);
+        let grace_ms = self.raft.nodes[0].state.settings.restart_grace_ms;
+        let mut t = 2_000;
+        loop {
+            t += rng.range(5_000, 25_000);
+            if t >= self.chaos_until {
+                break;
+            }
+            let target = match rng.index(3) {
+                0 => Target::Leader,
+                1 => Target::SomeWorker,
+                _ => Target::Host(rng.index(self.hosts.len())),
+            };
+            let down_ms = match rng.index(4) {
+                0 => grace_ms + rng.range(1, 10_000),
+                _ => rng.range(200, grace_ms.max(201)),
+            };
+            self.schedule(t, Ev::Do(Action::AgentGracefulRestart(target, down_ms)));
+        }
+    }
+
     /// Run to the end (or the first violation when asked).
     pub fn run(self) -> Outcome {
         self.run_keeping_trace().0
@@ -1046,7 +1142,7 @@ impl World {
         // A frozen host does nothing; what would have happened there waits.
         let host_of = match &ev {
             Ev::Wake(h) | Ev::StartDone(h, ..) | Ev::Exit(h, ..) | Ev::Keeper(h) => Some(*h),
-            Ev::StopDone { host, .. } => Some(*host),
+            Ev::StopDone { host, .. } | Ev::GraceTimeout { host, .. } => Some(*host),
             _ => None,
         };
         if let Some(h) = host_of {
@@ -1207,6 +1303,17 @@ impl World {
             }
             Ev::Keeper(h) => self.keeper(h),
             Ev::Watchdog(h) => self.watchdog(h),
+            Ev::GraceTimeout {
+                host,
+                incarnation,
+                attempt,
+            } => {
+                let st = self.hosts[host].stopping;
+                let current = st.is_some_and(|st| st.attempt == attempt);
+                if current && self.hosts[host].incarnation == incarnation {
+                    self.ask_grace(host);
+                }
+            }
             Ev::Do(a) => self.act(a),
             Ev::FlapToggle(h, until, down) => {
                 if self.now < until && !self.healed {
@@ -1247,6 +1354,8 @@ impl World {
         };
         let host = &mut self.hosts[h];
         host.incarnation += 1;
+        host.stopping = None;
+        host.watchdog_disarmed = false;
         // Its datastore sequence numbers start from its clock, as the
         // agent's do: they grow across restarts.
         host.ds_seq = host.ds_seq.max(now_local);
@@ -1272,7 +1381,11 @@ impl World {
 
     fn agent_running(&self, h: usize) -> bool {
         let host = &self.hosts[h];
-        host.on && !host.frozen && !host.agent_frozen && host.agent.is_some()
+        host.on
+            && !host.frozen
+            && !host.agent_frozen
+            && host.agent.is_some()
+            && host.stopping.is_none()
     }
 
     fn run_agent(&mut self, h: usize, input: HostInput) {
@@ -1490,6 +1603,26 @@ impl World {
                     self.send_heartbeat(to, report, attempt + 1);
                 }
             }
+            Msg::GraceAsk {
+                from,
+                incarnation,
+                attempt,
+            } => self.grace_asked(to, from, incarnation, attempt),
+            Msg::GraceAnswer {
+                incarnation,
+                attempt,
+                grace_ms,
+            } => {
+                let st = host.stopping;
+                let current = st.is_some_and(|st| st.attempt == attempt);
+                if !current || incarnation != host.incarnation {
+                    return;
+                }
+                match grace_ms {
+                    None => self.ask_grace(to),
+                    Some(g) => self.agent_exits(to, (g > 0).then_some(g)),
+                }
+            }
         }
     }
 
@@ -1681,15 +1814,18 @@ impl World {
     /// in progress included).
     fn arm_keeper(&mut self, h: usize) {
         let host = &mut self.hosts[h];
-        if let (false, Some(d)) = (host.keeper_armed, host.keeper_deadline_ms) {
-            host.keeper_armed = true;
-            let at = host.clock.real_at(d, self.now);
+        let Some(d) = host.keeper_deadline_ms else {
+            return;
+        };
+        let at = host.clock.real_at(d, self.now);
+        if host.keeper_armed_at.is_none_or(|armed| at < armed) {
+            host.keeper_armed_at = Some(at);
             self.schedule(at, Ev::Keeper(h));
         }
     }
 
     fn keeper(&mut self, h: usize) {
-        self.hosts[h].keeper_armed = false;
+        self.hosts[h].keeper_armed_at = None;
         let host = &self.hosts[h];
         let Some(deadline) = host.keeper_deadline_ms else {
             return;
@@ -1739,7 +1875,7 @@ impl World {
     fn watchdog(&mut self, h: usize) {
         let host = &mut self.hosts[h];
         host.watchdog_armed = false;
-        if !host.on {
+        if !host.on || host.watchdog_disarmed {
             return;
         }
         if self.now < host.last_pet_ms + WATCHDOG_TIMEOUT_MS {
@@ -1794,7 +1930,7 @@ impl World {
         host.clock = Clock::new(base, self.now, rate);
         host.on = true;
         host.last_pet_ms = self.now;
-        host.keeper_armed = false;
+        host.keeper_armed_at = None;
         if let Some(n) = host.node {
             let local = self.hosts[h].clock.local(self.now);
             self.raft.restart(n, local, &mut self.rng);
@@ -1823,6 +1959,155 @@ impl World {
         for w in names {
             self.check_single(&w);
         }
+    }
+
+    /// A gracefully stopping agent asks the leader it knows for a restart
+    /// grace: up to `ATTEMPTS_RESTART_GRACE_MAX` attempts, each bounded by
+    /// a lease; it exits without one if it knows no leader or all fail.
+    fn ask_grace(&mut self, h: usize) {
+        let host = &mut self.hosts[h];
+        let Some(st) = host.stopping.as_mut() else {
+            return;
+        };
+        let target = host.hint;
+        let (Some(target), true) = (target, st.attempt < ATTEMPTS_RESTART_GRACE_MAX) else {
+            self.agent_exits(h, None);
+            return;
+        };
+        st.attempt += 1;
+        let (attempt, incarnation) = (st.attempt, host.incarnation);
+        let lease_ms = host
+            .agent
+            .as_ref()
+            .map_or(1_000, |a| a.settings().timing.lease_ms);
+        let msg = Msg::GraceAsk {
+            from: h,
+            incarnation,
+            attempt,
+        };
+        self.send(h, target, msg);
+        let timeout = Ev::GraceTimeout {
+            host: h,
+            incarnation,
+            attempt,
+        };
+        self.schedule(self.now + lease_ms, timeout);
+    }
+
+    /// Manager host `to` gets a restart-grace request: while it may grant
+    /// leases, it commits `BeginRestartGrace`; refused otherwise (its HTTP
+    /// server still answers while its own agent stops).
+    fn grace_asked(&mut self, to: usize, from: usize, incarnation: u64, attempt: u32) {
+        let host = &self.hosts[to];
+        if host.agent.is_none() || host.agent_frozen {
+            return;
+        }
+        let refused = Msg::GraceAnswer {
+            incarnation,
+            attempt,
+            grace_ms: None,
+        };
+        let Some(n) = host.node else {
+            self.send(to, from, refused);
+            return;
+        };
+        let local = self.local(to);
+        let node = &self.raft.nodes[n];
+        let granting = node.role == Role::Leader
+            && self.coord[n].term() == Some(node.term)
+            && self.coord[n].may_grant(local, &node.state);
+        let command = Command::BeginRestartGrace {
+            host: self.hosts[from].name.clone(),
+            boot: boot_id(incarnation),
+            at_ms: self.now,
+        };
+        match granting
+            .then(|| self.raft.propose(n, command, true))
+            .flatten()
+        {
+            Some(id) => {
+                self.grace_waits.insert(id, (from, incarnation, attempt));
+                self.replicate_soon(n);
+            }
+            None => self.send(to, from, refused),
+        }
+    }
+
+    /// A restart grace was committed on manager `n`: its office counts the
+    /// host's silence from now with the grace as its lease, and the answer
+    /// goes back.
+    fn grace_committed(
+        &mut self,
+        n: usize,
+        term: u64,
+        h: usize,
+        incarnation: u64,
+        attempt: u32,
+        result: CommandResult,
+    ) {
+        let me = self.raft.nodes[n].host;
+        let name = self.hosts[h].name.clone();
+        let state = &self.raft.nodes[n].state;
+        let grace_ms = match result {
+            CommandResult::Rejected(_) => 0,
+            _ => state
+                .hosts
+                .get(&name)
+                .and_then(|r| r.restart_grace.as_ref())
+                .map_or(0, |g| g.grace_ms),
+        };
+        let here = &self.hosts[me];
+        if here.agent.is_none() || here.agent_frozen || !here.on || here.frozen {
+            return;
+        }
+        if grace_ms > 0 && self.coord[n].term() == Some(term) {
+            let local = self.local(me);
+            let input = CoordinatorInput::RestartGraceGranted {
+                host: name,
+                grace_ms,
+            };
+            let state = &self.raft.nodes[n].state;
+            let effects = self.coord[n].handle(input, state, local, self.now);
+            self.perform_coordinator(n, effects, false);
+        }
+        let answer = Msg::GraceAnswer {
+            incarnation,
+            attempt,
+            grace_ms: Some(grace_ms),
+        };
+        self.send(me, h, answer);
+    }
+
+    /// The gracefully stopping agent exits: with a grace, its keeper (and
+    /// the lease file a new agent inherits) hold the workloads until the
+    /// request's send time + the grace; the watchdog is disarmed; a new
+    /// agent starts `down_ms` later (at once once the faults healed).
+    fn agent_exits(&mut self, h: usize, grace_ms: Option<u64>) {
+        let Some(st) = self.hosts[h].stopping else {
+            return;
+        };
+        if let Some(g) = grace_ms {
+            let deadline = st.sent_ms + g.min(RESTART_GRACE_MS_MAX);
+            self.hosts[h].lease_file = Some(deadline);
+            self.renew_keeper(h, deadline);
+        }
+        self.note(format!(
+            "{} agent exits (restart grace {grace_ms:?})",
+            self.hosts[h].name
+        ));
+        self.happen(h, Happened::AgentStopped { grace_ms });
+        let host = &mut self.hosts[h];
+        host.agent = None;
+        host.stopping = None;
+        host.wake_at = None;
+        host.watchdog_disarmed = true;
+        if let Some(n) = host.node {
+            self.leave_office(n);
+            self.raft.crash(n);
+        }
+        self.arm_keeper(h);
+        let back = if self.healed { 0 } else { st.down_ms };
+        self.schedule(self.now + back, Ev::Do(Action::AgentRestart(h)));
     }
 
     fn agent_thaw(&mut self, h: usize) {
@@ -2105,6 +2390,10 @@ impl World {
             result,
         } in std::mem::take(&mut self.raft.applied)
         {
+            if let Some((h, incarnation, attempt)) = self.grace_waits.remove(&id) {
+                self.grace_committed(node, term, h, incarnation, attempt, result);
+                continue;
+            }
             self.awaiting[node].remove(&id);
             if self.coord[node].term() != Some(term) {
                 continue;
@@ -2552,6 +2841,7 @@ impl World {
                         let local = self.local(h);
                         self.raft.restart(n, local, &mut self.rng);
                     }
+                    self.happen(h, Happened::AgentStarted);
                     self.start_agent(h, adopted);
                 }
             }
@@ -2565,6 +2855,21 @@ impl World {
                 }
             }
             Action::AgentThaw(h) => self.agent_thaw(h),
+            Action::AgentGracefulRestart(t, down_ms) => {
+                if let Some(h) = self.resolve(t).filter(|h| self.agent_running(*h)) {
+                    self.stats.faults += 1;
+                    let sent_ms = self.local(h);
+                    let host = &mut self.hosts[h];
+                    host.wake_at = None;
+                    host.stopping = Some(Stopping {
+                        sent_ms,
+                        attempt: 0,
+                        down_ms,
+                    });
+                    self.note(format!("{} agent stops gracefully", self.hosts[h].name));
+                    self.ask_grace(h);
+                }
+            }
             Action::Isolate(t, span) => {
                 if let Some(h) = self.resolve(t) {
                     self.stats.faults += 1;
