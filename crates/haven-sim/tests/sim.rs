@@ -305,3 +305,23 @@ fn leave_running_instances_kept_by_a_cut_off_host_are_not_started_twice() {
         );
     }
 }
+
+/// Found by the simulator (seeds 142 and 355, with graceful agent
+/// restarts; invariant: two instances of one workload): a restarted
+/// agent's first heartbeat ended its restart grace, and its workloads
+/// moved a lease + margin after it; but the answer never reached the host
+/// (cut off just then), and the new agent ran on the grace it inherited.
+/// Fixed in the coordinator machine: the grace ends once the new agent
+/// shows it acted under a lease of its own
+/// (`…grace_ends_only_once_it_holds_a_lease_of_its_own`).
+#[test]
+fn a_restarted_agent_cut_off_before_its_first_answer_keeps_its_grace() {
+    for seed in [142, 355] {
+        let out = run(SimConfig::new(seed));
+        assert!(
+            out.violations.is_empty(),
+            "seed {seed}: {:?}",
+            out.violations
+        );
+    }
+}
