@@ -150,6 +150,12 @@ enum Step {
         host: String,
         for_ms: u64,
     },
+    /// A manager's Raft storage writes take up to `extra_ms` longer.
+    RaftSlow {
+        host: String,
+        extra_ms: u64,
+        for_ms: u64,
+    },
     /// The link between `host` and `from` is cut both ways.
     Cut {
         host: String,
@@ -463,6 +469,11 @@ fn action(
         Step::Mute { host, for_ms } => Action::Mute(target(&host)?, span(for_ms)),
         Step::Deafen { host, for_ms } => Action::Deafen(target(&host)?, span(for_ms)),
         Step::Flap { host, for_ms } => Action::Flap(target(&host)?, for_ms),
+        Step::RaftSlow {
+            host,
+            extra_ms,
+            for_ms,
+        } => Action::RaftStorageSlow(target(&host)?, extra_ms, for_ms),
         Step::Cut { host, from, for_ms } => {
             Action::CutLink(target(&host)?, target(&from)?, span(for_ms))
         }

@@ -64,6 +64,10 @@ const FEATURES_STREAM: u64 = 0x6665_6174_7572_6573;
 /// restarts, slow Raft storage): drawn apart, so that each seed's earlier
 /// faults, and the regression seeds that replay them, stay as they were.
 const LATER_FAULTS_STREAM: u64 = 0x6c61_7465_725f_6661;
+/// Slow Raft storage's own stream.
+const SLOW_STORAGE_STREAM: u64 = 0x736c_6f77_5f72_6166;
+/// Every kind of fault added later (`SimConfig::later_faults`).
+pub const LATER_FAULTS_ALL: u8 = 2;
 /// The coordinator's tick: the cluster's heartbeat interval (default).
 const COORDINATOR_TICK_MS: u64 = 100;
 /// How often the lease invariant is checked.
@@ -84,10 +88,11 @@ pub struct SimConfig {
     pub duration_ms: u64,
     /// Random faults and operator actions from the seed.
     pub chaos: bool,
-    /// With `chaos`: the faults added later too (graceful agent restarts,
-    /// slow Raft storage), drawn from a stream of their own. Off, a seed
-    /// runs as it did before they were added (regression seeds replay so).
-    pub later_faults: bool,
+    /// With `chaos`: how many of the kinds of fault added later run too
+    /// (1: graceful agent restarts, 2: and slow Raft storage), each drawn
+    /// from a stream of its own. Fewer, a seed runs as it did before the
+    /// others were added (regression seeds replay so).
+    pub later_faults: u8,
     /// Broken rules switched on (to prove the simulator finds them).
     pub faults: Faults,
     /// Largest clock-rate difference from real time (DESIGN's bound).
@@ -198,7 +203,7 @@ impl SimConfig {
             workloads: 20,
             duration_ms: 120_000,
             chaos: true,
-            later_faults: true,
+            later_faults: LATER_FAULTS_ALL,
             faults: Faults::default(),
             drift_max: 1e-4,
             scenario: vec![],
@@ -249,6 +254,9 @@ pub enum Action {
     /// `haven-agent`'s `node.rs` does) and starts again this long after
     /// it stopped.
     AgentGracefulRestart(Target, u64),
+    /// A manager's Raft storage writes take up to this much longer, for
+    /// this long.
+    RaftStorageSlow(Target, u64, u64),
     /// Cut a host off both ways for this long.
     Isolate(Target, u64),
     /// Only its outgoing messages are lost.
@@ -305,6 +313,7 @@ impl Action {
             | Action::Deafen(_, s)
             | Action::Flap(_, s)
             | Action::CutLink(_, _, s)
+            | Action::RaftStorageSlow(_, _, s)
             | Action::Loss(_, s)
             | Action::DelaySpike(_, s)
             | Action::DatastoreStall(_, s)
@@ -499,6 +508,8 @@ enum Ev {
     RaftRound,
     /// A leader replicates what it was just asked to propose.
     RaftAppend(usize),
+    /// Rounds answered late (slow storage) fall due.
+    RaftLate,
     /// Every manager's regular coordinator tick.
     CoordTick,
     /// A tick one office asked for (`next_wakeup_ms`).
@@ -960,8 +971,11 @@ impl World {
         }
         if w.cfg.chaos {
             w.plan_chaos();
-            if w.cfg.later_faults {
-                w.plan_later_faults();
+            if w.cfg.later_faults >= 1 {
+                w.plan_graceful_restarts();
+            }
+            if w.cfg.later_faults >= 2 {
+                w.plan_slow_raft_storage();
             }
         }
         let end = w.cfg.duration_ms;
@@ -1059,10 +1073,9 @@ impl World {
         }
     }
 
-    /// The faults added later, from their own stream: a graceful agent
-    /// restart every 15 s or so, back within the restart grace or (one in
-    /// four) not.
-    fn plan_later_faults(&mut self) {
+    /// Graceful agent restarts, from their own stream: one every 15 s or
+    /// so, back within the restart grace or (one in four) not.
+    fn plan_graceful_restarts(&mut self) {
         let mut rng = Rng::new(self.cfg.seed ^ LATER_FAULTS_STREAM);
         let grace_ms = self.raft.nodes[0].state.settings.restart_grace_ms;
         let mut t = 2_000;
@@ -1081,6 +1094,27 @@ impl World {
                 _ => rng.range(200, grace_ms.max(201)),
             };
             self.schedule(t, Ev::Do(Action::AgentGracefulRestart(target, down_ms)));
+        }
+    }
+
+    /// Slow Raft storage on a manager, from its own stream: every 20 s or
+    /// so, writes 20–3,000 ms late for 0.5–8 s.
+    fn plan_slow_raft_storage(&mut self) {
+        let mut rng = Rng::new(self.cfg.seed ^ SLOW_STORAGE_STREAM);
+        let managers = self.managers.len().max(1);
+        let mut t = 2_000;
+        loop {
+            t += rng.range(5_000, 35_000);
+            if t >= self.chaos_until {
+                break;
+            }
+            let target = match rng.index(2) {
+                0 => Target::Leader,
+                _ => Target::Host(rng.index(managers)),
+            };
+            let extra_ms = rng.range(20, 3_000);
+            let span = rng.range(500, 8_000);
+            self.schedule(t, Ev::Do(Action::RaftStorageSlow(target, extra_ms, span)));
         }
     }
 
@@ -1181,6 +1215,11 @@ impl World {
                     &mut events,
                 );
                 self.raft_events(events, &local);
+                self.after_raft();
+                self.take_raft_violations();
+            }
+            Ev::RaftLate => {
+                self.raft.complete_late(self.now);
                 self.after_raft();
                 self.take_raft_violations();
             }
@@ -2369,6 +2408,9 @@ impl World {
     /// to its office, and each applied proposal's result to the office
     /// that proposed it (if it still holds that term).
     fn after_raft(&mut self) {
+        for due in std::mem::take(&mut self.raft.late_due) {
+            self.schedule(due, Ev::RaftLate);
+        }
         for n in 0..self.raft.nodes.len() {
             let node = &self.raft.nodes[n];
             let Some(sent_ms) = node.confirmed_at_ms else {
@@ -2895,6 +2937,13 @@ impl World {
                     self.schedule(self.now, Ev::FlapToggle(h, self.now + span, true));
                 }
             }
+            Action::RaftStorageSlow(t, extra_ms, span) => {
+                let node = self.resolve(t).and_then(|h| self.hosts[h].node);
+                if let Some(n) = node {
+                    self.stats.faults += 1;
+                    self.raft.slow_storage(n, extra_ms, self.now + span);
+                }
+            }
             Action::CutLink(a, b, span) => {
                 if let (Some(a), Some(b)) = (self.resolve(a), self.resolve(b)) {
                     self.stats.faults += 1;
@@ -2983,6 +3032,7 @@ impl World {
             Action::Heal => {
                 self.healed = true;
                 self.net.heal();
+                self.raft.heal_storage();
                 if let Some(ds) = self.datastore.as_mut() {
                     ds.stalled.clear();
                     ds.stalled_all = None;
