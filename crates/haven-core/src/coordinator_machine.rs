@@ -947,9 +947,17 @@ impl Coordinator {
                 .get(name)
                 .is_some_and(|r| r.applied_revision >= self.shutdown_timeout.1),
         };
-        // The restarted agent is back: the grace is over.
+        // The restarted agent is back and holds a lease of its own: the
+        // grace is over. Not before: until an answer reaches it, it runs on
+        // the grace it inherited, and an answer can be lost. A revision
+        // applied is the proof (only done under a lease from an answer).
         if let Some(g) = grace {
-            if self.boots.get(name).is_some_and(|b| *b != g.boot) {
+            let back = self.boots.get(name).is_some_and(|b| *b != g.boot);
+            let holds = self
+                .reports
+                .get(name)
+                .is_some_and(|r| r.applied_revision > 0);
+            if back && holds {
                 cmds.push(Command::EndRestartGrace {
                     host: name.clone(),
                     boot: g.boot.clone(),

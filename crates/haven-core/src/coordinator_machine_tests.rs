@@ -904,6 +904,62 @@ fn a_host_in_restart_grace_keeps_its_workloads_until_its_new_agent_is_back() {
     assert!(sim.s.hosts["h1"].restart_grace.is_none());
 }
 
+/// Found by haven-sim (seed 142 with graceful restarts; invariant: two
+/// instances of one workload): the restarted agent's first heartbeat ended
+/// the grace, and the host's workloads moved a lease + margin after it; but
+/// the answer never reached the host (cut off just then), and an agent that
+/// has had no answer yet runs on the lease it inherited: the grace. The
+/// grace ends only once the new agent's report shows it acted under a
+/// lease of its own (a revision applied: only done while a lease from an
+/// answer is held).
+#[test]
+fn a_restarted_agent_s_grace_ends_only_once_it_holds_a_lease_of_its_own() {
+    let mut sim = Sim::new(&["h1", "h2", "h3"], true, vec![spec("w")], "h2");
+    sim.beat(&["h1", "h2", "h3"], 0);
+    place_on_h1(&mut sim);
+    silent_from_1000(&mut sim, &["h2", "h3"], 1_020, |_, _| {});
+    sim.s.apply(&Command::BeginRestartGrace {
+        host: "h1".into(),
+        boot: "boot-h1".into(),
+        at_ms: 1_020,
+    });
+    let grace_ms = sim.s.hosts["h1"].restart_grace.as_ref().unwrap().grace_ms;
+    sim.input(
+        CoordinatorInput::RestartGraceGranted {
+            host: "h1".into(),
+            grace_ms,
+        },
+        1_020,
+    );
+    // The new agent heartbeats once, before any answer reached it, and is
+    // cut off.
+    sim.boots.insert("h1".into(), "boot-h1-2".into());
+    let mut first = sim.heartbeat_of("h1");
+    first.report.applied_revision = 0;
+    let (answer, _) = sim.send(first, 5_000);
+    assert!(matches!(answer, HeartbeatAnswer::Ack(_)), "{answer:?}");
+    let held_until = 1_020 + grace_ms;
+    let mut moved_at = None;
+    for t in (5_100..held_until + 10_000).step_by(100) {
+        sim.beat(&["h2", "h3"], t);
+        let effects = sim.tick(t);
+        if moved_at.is_none() && !unassigns(&effects).is_empty() {
+            moved_at = Some(t);
+        }
+    }
+    let moved_at = moved_at.expect("moved once the grace ran out");
+    assert!(
+        moved_at > held_until,
+        "moved at {moved_at}, grace until {held_until}"
+    );
+    // Back, and holding a lease of its own: the grace is over.
+    assert!(sim.s.hosts["h1"].restart_grace.is_some());
+    let t = held_until + 10_000;
+    sim.beat(&["h1"], t);
+    sim.tick(t + 50);
+    assert!(sim.s.hosts["h1"].restart_grace.is_none());
+}
+
 #[test]
 fn a_heartbeat_is_refused_unless_it_comes_from_the_member_it_claims_to_be() {
     let mut sim = Sim::new(&["h1", "h2"], false, vec![], "h2");

@@ -3,10 +3,13 @@
 //!
 //!   haven-sim --seeds N [--first S] [--hosts H] [--managers M]
 //!             [--workloads W] [--minutes M] [--fault NAME]
-//!   haven-sim --seed S [the same options] [--trace]
+//!   haven-sim --seed S [the same options] [--trace] [--later-faults K]
 //!   haven-sim --scenarios DIR [--only NAME] [--update] [--list] [--timeline]
 //!             [--fault NAME] [--trace]
 //!
+//! `--later-faults K` replays a seed found before the kinds of fault added
+//! later were: 0 without graceful agent restarts and slow Raft storage, 1
+//! without slow Raft storage.
 //! `--update` writes each scenario's `expected.toml` from its run (to be
 //! reviewed); `--timeline` prints each run's decisions and host events.
 //!
@@ -18,7 +21,7 @@ use haven_sim::{run, scenario, Faults, SimConfig};
 use std::process::ExitCode;
 use std::time::Instant;
 
-const USAGE: &str = "usage: haven-sim (--seeds N [--first S] | --seed S [--trace]) [--hosts H] [--managers M] [--workloads W] [--minutes M] [--fault skip-lease-wait|confirm-stops-without-proof|ack-without-confirmed-leadership]
+const USAGE: &str = "usage: haven-sim (--seeds N [--first S] | --seed S [--trace]) [--later-faults K] [--hosts H] [--managers M] [--workloads W] [--minutes M] [--fault skip-lease-wait|confirm-stops-without-proof|ack-without-confirmed-leadership]
        haven-sim --scenarios DIR [--only NAME] [--update] [--list] [--timeline] [--fault NAME] [--trace]";
 
 struct Args {
@@ -36,6 +39,7 @@ struct Args {
     update: bool,
     list: bool,
     timeline: bool,
+    later_faults: u8,
 }
 
 fn parse() -> Result<Args, String> {
@@ -54,6 +58,7 @@ fn parse() -> Result<Args, String> {
         update: false,
         list: false,
         timeline: false,
+        later_faults: haven_sim::world::LATER_FAULTS_ALL,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -87,6 +92,7 @@ fn parse() -> Result<Args, String> {
                     .map_err(|_| format!("--minutes {value}: not a number\n{USAGE}"))?
             }
             "--fault" => a.fault = Some(value),
+            "--later-faults" => a.later_faults = num(&value)?.min(255) as u8,
             "--scenarios" => a.scenarios = Some(value),
             "--only" => a.only = Some(value),
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
@@ -136,6 +142,7 @@ fn config(a: &Args, seed: u64) -> Result<SimConfig, String> {
     cfg.workloads = a.workloads;
     cfg.duration_ms = (a.minutes * 60_000.0) as u64;
     cfg.faults = faults(a.fault.as_deref())?;
+    cfg.later_faults = a.later_faults;
     Ok(cfg)
 }
 

@@ -1,7 +1,8 @@
 //! The simulated network between hosts: one-way delay, random loss, and
 //! cuts: a host deaf (hears nothing), mute (is heard by nobody), both (a
-//! full partition of that host), or the cluster split in two sides. Every
-//! message, the Raft model's included, passes `deliver`.
+//! full partition of that host), the link between two hosts (each still
+//! hears the others), or the cluster split in two sides. Every message,
+//! the Raft model's included, passes `deliver`.
 
 use crate::rng::Rng;
 use std::collections::BTreeMap;
@@ -20,6 +21,8 @@ pub struct Network {
     mute: BTreeMap<usize, u64>,
     /// A split: each host's side, until.
     split: Option<(Vec<bool>, u64)>,
+    /// Links cut both ways between two hosts (lower index first), until.
+    links: BTreeMap<(usize, usize), u64>,
 }
 
 impl Network {
@@ -31,7 +34,14 @@ impl Network {
             deaf: BTreeMap::new(),
             mute: BTreeMap::new(),
             split: None,
+            links: BTreeMap::new(),
         }
+    }
+
+    /// The link between `a` and `b` is cut both ways; each still hears the
+    /// others.
+    pub fn cut_link(&mut self, a: usize, b: usize, until_ms: u64) {
+        self.links.insert((a.min(b), a.max(b)), until_ms);
     }
 
     pub fn cut_incoming(&mut self, host: usize, until_ms: u64) {
@@ -53,6 +63,7 @@ impl Network {
         self.deaf.clear();
         self.mute.clear();
         self.split = None;
+        self.links.clear();
         self.loss = 0.0;
         self.spike = None;
     }
@@ -64,6 +75,10 @@ impl Network {
         }
         let active = |m: &BTreeMap<usize, u64>, h: usize| m.get(&h).is_some_and(|u| now_ms < *u);
         if active(&self.mute, from) || active(&self.deaf, to) {
+            return true;
+        }
+        let link = (from.min(to), from.max(to));
+        if self.links.get(&link).is_some_and(|u| now_ms < *u) {
             return true;
         }
         matches!(&self.split, Some((side, until)) if now_ms < *until && side[from] != side[to])

@@ -25,7 +25,13 @@
 //!
 //! The model runs in rounds of the Raft heartbeat interval (50 ms): a
 //! round is one AppendEntries (or vote) exchange, taken as instant within
-//! the round. Its own checks ("committed entries lost", "two leaders
+//! the round. A manager's storage can be slow (a fault): while it is, the
+//! node answers an AppendEntries that carries entries only once it has
+//! written them (`extra_ms` later), and as leader it counts itself for a
+//! commit only then; a round that needs it for a majority commits and
+//! confirms the leadership that much later (the confirmation still dated
+//! from the round's send time, as openraft's leader lease is). Empty rounds
+//! are answered at once. Slow vote writes are not modelled. Its own checks ("committed entries lost", "two leaders
 //! committed in one term") are invariants like the others.
 
 use crate::net::Network;
@@ -92,6 +98,14 @@ pub struct RaftNode {
     led_round_ms: u64,
     /// Leader only: the credit this office started with.
     pub credit_ms: u64,
+    /// Its storage writes take this much longer, until (real ms).
+    storage_slow: Option<(u64, u64)>,
+    /// Leader only: a round of its term has committed (its term's first
+    /// entry, in openraft). Until then a confirmation waits for the
+    /// commit: openraft's read-index round (how the agent confirms its
+    /// leadership) waits until that entry is applied, so a new leader's
+    /// state holds every entry before its term when it first grants leases.
+    term_committed: bool,
 }
 
 impl RaftNode {
@@ -100,6 +114,18 @@ impl RaftNode {
     fn last_answer_ms(&self) -> u64 {
         self.last_heard_ms.max(self.led_round_ms)
     }
+}
+
+/// A round answered late (slow storage): what completes when.
+#[derive(Clone, Debug)]
+struct Late {
+    due_ms: u64,
+    leader: usize,
+    term: u64,
+    /// The leader's clock when the round was sent: its confirmation.
+    sent_ms: u64,
+    /// Commit the leader's entries up to this id (`None`: confirm only).
+    upto_id: Option<u64>,
 }
 
 /// What a round changed, for the world to act on.
@@ -126,6 +152,10 @@ pub struct RaftModel {
     pub elections: u64,
     /// Proposals applied on their proposer since the world last took them.
     pub applied: Vec<Applied>,
+    /// Rounds answered late, waiting.
+    late: Vec<Late>,
+    /// When late rounds fall due (real ms), for the world to schedule.
+    pub late_due: Vec<u64>,
 }
 
 impl RaftModel {
@@ -164,6 +194,8 @@ impl RaftModel {
                 confirmed_at_ms: None,
                 led_round_ms: 0,
                 credit_ms: 0,
+                storage_slow: None,
+                term_committed: i == 0,
             })
             .collect();
         RaftModel {
@@ -173,6 +205,64 @@ impl RaftModel {
             violations: vec![],
             elections: 0,
             applied: vec![],
+            late: vec![],
+            late_due: vec![],
+        }
+    }
+
+    /// Node `node`'s storage writes take up to `extra_ms` longer until
+    /// `until_ms` (real).
+    pub fn slow_storage(&mut self, node: usize, extra_ms: u64, until_ms: u64) {
+        self.nodes[node].storage_slow = Some((extra_ms, until_ms));
+    }
+
+    /// No storage is slow any more.
+    pub fn heal_storage(&mut self) {
+        for n in &mut self.nodes {
+            n.storage_slow = None;
+        }
+    }
+
+    /// How much later node `n` has written what it was just sent.
+    fn write_delay_ms(&self, n: usize, now_ms: u64, rng: &mut Rng) -> u64 {
+        match self.nodes[n].storage_slow {
+            Some((extra, until)) if now_ms < until => rng.range(extra / 2, extra.max(1)),
+            _ => 0,
+        }
+    }
+
+    /// Complete the late rounds due by `now_ms`: each confirms its
+    /// leader's office (if it still leads in that term) and commits its
+    /// entries (if nothing was committed by another leader meanwhile).
+    pub fn complete_late(&mut self, now_ms: u64) {
+        let (due, waiting): (Vec<Late>, Vec<Late>) = std::mem::take(&mut self.late)
+            .into_iter()
+            .partition(|l| l.due_ms <= now_ms);
+        self.late = waiting;
+        for l in due {
+            // A newer term began meanwhile: its leader may already count on
+            // these entries being uncommitted in its own log; they are
+            // committed by it, or lost (both happen in Raft).
+            let newer = self.nodes.iter().any(|n| n.term > l.term);
+            let node = &mut self.nodes[l.leader];
+            if node.role != Role::Leader || node.term != l.term || newer {
+                continue;
+            }
+            node.confirmed_at_ms =
+                Some(node.confirmed_at_ms.map_or(l.sent_ms, |t| t.max(l.sent_ms)));
+            node.led_round_ms = node.led_round_ms.max(l.sent_ms);
+            let Some(upto) = l.upto_id else { continue };
+            if node.known != self.committed.len() {
+                continue;
+            }
+            let Some(k) = node.tail.iter().position(|e| e.id == upto) else {
+                continue;
+            };
+            let entries: Vec<Entry> = node.tail.drain(..=k).collect();
+            node.term_committed = true;
+            self.committed.extend(entries);
+            self.nodes[l.leader].known = self.committed.len();
+            self.apply_up_to_known(l.leader);
         }
     }
 
@@ -409,6 +499,46 @@ impl RaftModel {
             self.replicate(l, f);
         }
         if reached.len() + 1 >= self.majority() {
+            // Slow storage: a round carrying entries is answered (and the
+            // leader counts itself) only once they are written.
+            if let Some(last) = self.nodes[l].tail.last().map(|e| e.id) {
+                let answer = |me: u64, rng: &mut Rng| {
+                    let mut d: Vec<u64> = std::iter::once(me)
+                        .chain(reached.iter().map(|f| self.write_delay_ms(*f, now_ms, rng)))
+                        .collect();
+                    d.sort_unstable();
+                    d[self.majority() - 1]
+                };
+                let mine = self.write_delay_ms(l, now_ms, rng);
+                let confirm_ms = answer(0, rng);
+                let commit_ms = answer(mine, rng).max(confirm_ms);
+                let confirm_ms = match self.nodes[l].term_committed {
+                    true => confirm_ms,
+                    false => commit_ms,
+                };
+                if commit_ms > 0 {
+                    let sent_ms = local_ms[l];
+                    let mut push = |due_ms: u64, upto_id: Option<u64>| {
+                        self.late.push(Late {
+                            due_ms,
+                            leader: l,
+                            term,
+                            sent_ms,
+                            upto_id,
+                        });
+                        self.late_due.push(due_ms);
+                    };
+                    if confirm_ms > 0 {
+                        push(now_ms + confirm_ms, None);
+                    }
+                    push(now_ms + commit_ms, Some(last));
+                    if confirm_ms == 0 {
+                        self.nodes[l].confirmed_at_ms = Some(local_ms[l]);
+                        self.nodes[l].led_round_ms = local_ms[l];
+                    }
+                    return;
+                }
+            }
             // Commit the leader's log.
             if self.nodes[l].known != self.committed.len() {
                 self.violations.push(format!(
@@ -427,6 +557,7 @@ impl RaftModel {
             }
             self.nodes[l].confirmed_at_ms = Some(local_ms[l]);
             self.nodes[l].led_round_ms = local_ms[l];
+            self.nodes[l].term_committed = true;
         }
     }
 
@@ -498,6 +629,7 @@ impl RaftModel {
         node.role = Role::Leader;
         node.leader = Some(c);
         node.credit_ms = credit_ms;
+        node.term_committed = false;
         node.confirmed_at_ms = None;
         self.take_office(c);
         events.push(RaftEvent::Elected {

@@ -9,7 +9,10 @@
 //! `bless` are the only functions here that touch files, and only before
 //! or after a run.
 
-use crate::world::{Action, Happened, HappenedAt, HostSetup, Outcome, Setup, SimConfig, Target};
+use crate::world::{
+    Action, FenceBehaviour, Happened, HappenedAt, HostSetup, Outcome, Setup, SimConfig, Target,
+    DATASTORE_PATH,
+};
 use crate::Faults;
 use haven_core::host_agent::{HostEvent, StopHow};
 use haven_core::model::{Capacity, ClusterSettings, WorkloadSpec};
@@ -37,6 +40,9 @@ pub const EXPECTED_FILE: &str = "expected.toml";
 #[serde(deny_unknown_fields)]
 struct HostsFile {
     host: Vec<HostEntry>,
+    /// The cluster has a shared datastore (as `--datastore` at bootstrap).
+    #[serde(default)]
+    datastore: bool,
     /// Cluster settings by their `haven settings set` keys.
     #[serde(default)]
     settings: toml::Table,
@@ -51,6 +57,27 @@ struct HostEntry {
     memory_mib: u64,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Its fence device: `works`, `fails` or `slow`.
+    #[serde(default)]
+    fence: Option<FenceKind>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum FenceKind {
+    Works,
+    Fails,
+    Slow,
+}
+
+impl FenceKind {
+    fn behaviour(self) -> FenceBehaviour {
+        match self {
+            FenceKind::Works => FenceBehaviour::Works,
+            FenceKind::Fails => FenceBehaviour::Fails,
+            FenceKind::Slow => FenceBehaviour::Slow,
+        }
+    }
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +126,12 @@ enum Step {
         host: String,
         for_ms: Option<u64>,
     },
+    /// The agent stops gracefully (asking for a restart grace) and starts
+    /// again `down_ms` after it stopped.
+    AgentRestart {
+        host: String,
+        down_ms: u64,
+    },
     /// Its network is cut both ways.
     Isolate {
         host: String,
@@ -116,6 +149,33 @@ enum Step {
     },
     Flap {
         host: String,
+        for_ms: u64,
+    },
+    /// A manager's Raft storage writes take up to `extra_ms` longer.
+    RaftSlow {
+        host: String,
+        extra_ms: u64,
+        for_ms: u64,
+    },
+    /// The link between `host` and `from` is cut both ways.
+    Cut {
+        host: String,
+        from: String,
+        for_ms: Option<u64>,
+    },
+    /// `host`'s I/O to the datastore hangs (every host's, if none named).
+    DatastoreStall {
+        host: Option<String>,
+        for_ms: Option<u64>,
+    },
+    /// Every datastore operation takes up to `extra_ms` longer.
+    DatastoreSlow {
+        extra_ms: u64,
+        for_ms: u64,
+    },
+    /// Half the coordinator's datastore read rounds take `extra_ms` longer.
+    DatastoreSlowReads {
+        extra_ms: u64,
         for_ms: u64,
     },
     Loss {
@@ -270,7 +330,10 @@ impl Scenario {
                 "{HOSTS_FILE}: {managers} managers; a cluster has 1 to 5"
             ));
         }
-        let mut settings = ClusterSettings::default();
+        let mut settings = ClusterSettings {
+            datastore: hosts.datastore.then(|| DATASTORE_PATH.to_owned()),
+            ..ClusterSettings::default()
+        };
         for (key, value) in &hosts.settings {
             let text = match value {
                 toml::Value::String(s) => s.clone(),
@@ -292,6 +355,7 @@ impl Scenario {
                     memory_mib: h.memory_mib,
                 },
                 labels: h.labels,
+                fence: h.fence.map(FenceKind::behaviour),
             })
             .collect();
         for h in &host_setups {
@@ -345,6 +409,7 @@ impl Scenario {
                 hosts: host_setups,
                 settings,
                 workloads,
+                datastore: hosts.datastore,
             },
             steps,
             expected,
@@ -384,15 +449,43 @@ fn action(
         _ => Err(format!("{name:?}: name a host")),
     };
     let span = |for_ms: Option<u64>| for_ms.unwrap_or(FOREVER_MS);
+    let needs_datastore = matches!(
+        step,
+        Step::DatastoreStall { .. } | Step::DatastoreSlow { .. } | Step::DatastoreSlowReads { .. }
+    );
+    if needs_datastore && settings.datastore.is_none() {
+        return Err(format!(
+            "{step:?}: the cluster has no datastore (datastore = true in {HOSTS_FILE})"
+        ));
+    }
     Ok(match step {
         Step::PowerOff { host, for_ms } => Action::Crash(target(&host)?, span(for_ms)),
         Step::Hang { host, for_ms } => Action::Freeze(target(&host)?, span(for_ms)),
         Step::AgentCrash { host, for_ms } => Action::AgentCrash(target(&host)?, span(for_ms)),
         Step::AgentHang { host, for_ms } => Action::AgentFreeze(target(&host)?, span(for_ms)),
+        Step::AgentRestart { host, down_ms } => {
+            Action::AgentGracefulRestart(target(&host)?, down_ms)
+        }
         Step::Isolate { host, for_ms } => Action::Isolate(target(&host)?, span(for_ms)),
         Step::Mute { host, for_ms } => Action::Mute(target(&host)?, span(for_ms)),
         Step::Deafen { host, for_ms } => Action::Deafen(target(&host)?, span(for_ms)),
         Step::Flap { host, for_ms } => Action::Flap(target(&host)?, for_ms),
+        Step::RaftSlow {
+            host,
+            extra_ms,
+            for_ms,
+        } => Action::RaftStorageSlow(target(&host)?, extra_ms, for_ms),
+        Step::Cut { host, from, for_ms } => {
+            Action::CutLink(target(&host)?, target(&from)?, span(for_ms))
+        }
+        Step::DatastoreStall { host, for_ms } => match host {
+            Some(h) => Action::DatastoreStall(target(&h)?, span(for_ms)),
+            None => Action::DatastoreStallAll(span(for_ms)),
+        },
+        Step::DatastoreSlow { extra_ms, for_ms } => Action::DatastoreSlow(extra_ms, for_ms),
+        Step::DatastoreSlowReads { extra_ms, for_ms } => {
+            Action::DatastoreSlowReads(extra_ms, for_ms)
+        }
         Step::Loss { percent, for_ms } => {
             if percent > 100 {
                 return Err(format!("percent must be 0 to 100; got {percent}"));
@@ -513,6 +606,13 @@ pub fn happened_text(h: &HappenedAt) -> String {
             generation,
         } => format!("keeper killed {workload}@{generation}"),
         Happened::WatchdogReset => "watchdog reset".to_owned(),
+        Happened::AgentStopped { grace_ms: Some(g) } => {
+            format!("agent stopped gracefully (restart grace {g} ms)")
+        }
+        Happened::AgentStopped { grace_ms: None } => {
+            "agent stopped gracefully (no restart grace)".to_owned()
+        }
+        Happened::AgentStarted => "agent running again".to_owned(),
         Happened::Started {
             workload,
             generation,

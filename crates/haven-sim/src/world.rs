@@ -26,7 +26,8 @@ use haven_core::model::{
     Capacity, ClusterSettings, FenceDevice, Generation, HostRecord, IsolationResponse, Priority,
     RestartPolicy, Role as HostRole, WorkloadKind, WorkloadSpec,
 };
-use haven_core::state::{ClusterState, Command};
+use haven_core::settings::RESTART_GRACE_MS_MAX;
+use haven_core::state::{ClusterState, Command, CommandResult};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
@@ -34,6 +35,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 const ATTEMPTS_PER_HEARTBEAT_MAX: u32 = 4;
 /// Unanswered heartbeats to one manager before trying the next.
 const UNANSWERED_MAX: u32 = 3;
+/// Coordinators asked for a restart grace at a graceful stop
+/// (`haven-agent`'s `ATTEMPTS_RESTART_GRACE_MAX`).
+const ATTEMPTS_RESTART_GRACE_MAX: u32 = 3;
 /// The simulated watchdog's timeout (each host has one, like the test bed).
 pub const WATCHDOG_TIMEOUT_MS: u64 = 1_000;
 /// How a graceful stop ends: the agent's stop grace.
@@ -53,9 +57,17 @@ const PROBE_ROUNDS_IN_FLIGHT_MAX: usize = 4;
 /// `datastore::WRITE_INTERVAL_MS`).
 const DS_WRITE_INTERVAL_MS: u64 = 250;
 /// Where the simulated shared datastore is mounted (the cluster setting).
-const DATASTORE_PATH: &str = "/srv/haven-datastore";
+pub const DATASTORE_PATH: &str = "/srv/haven-datastore";
 /// Seeds the stream the world's equipment is drawn from.
 const FEATURES_STREAM: u64 = 0x6665_6174_7572_6573;
+/// The stream of the faults added after the first ones (graceful agent
+/// restarts, slow Raft storage): drawn apart, so that each seed's earlier
+/// faults, and the regression seeds that replay them, stay as they were.
+const LATER_FAULTS_STREAM: u64 = 0x6c61_7465_725f_6661;
+/// Slow Raft storage's own stream.
+const SLOW_STORAGE_STREAM: u64 = 0x736c_6f77_5f72_6166;
+/// Every kind of fault added later (`SimConfig::later_faults`).
+pub const LATER_FAULTS_ALL: u8 = 2;
 /// The coordinator's tick: the cluster's heartbeat interval (default).
 const COORDINATOR_TICK_MS: u64 = 100;
 /// How often the lease invariant is checked.
@@ -76,6 +88,11 @@ pub struct SimConfig {
     pub duration_ms: u64,
     /// Random faults and operator actions from the seed.
     pub chaos: bool,
+    /// With `chaos`: how many of the kinds of fault added later run too
+    /// (1: graceful agent restarts, 2: and slow Raft storage), each drawn
+    /// from a stream of its own. Fewer, a seed runs as it did before the
+    /// others were added (regression seeds replay so).
+    pub later_faults: u8,
     /// Broken rules switched on (to prove the simulator finds them).
     pub faults: Faults,
     /// Largest clock-rate difference from real time (DESIGN's bound).
@@ -102,6 +119,8 @@ pub struct Setup {
     pub hosts: Vec<HostSetup>,
     pub settings: ClusterSettings,
     pub workloads: Vec<WorkloadSpec>,
+    /// The cluster has a shared datastore.
+    pub datastore: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +129,8 @@ pub struct HostSetup {
     pub manager: bool,
     pub capacity: Capacity,
     pub labels: BTreeMap<String, String>,
+    /// Its fence device, if it has one.
+    pub fence: Option<FenceBehaviour>,
 }
 
 /// Something that happened on a host, kept when `SimConfig::record` is on.
@@ -124,6 +145,11 @@ pub enum Happened {
     },
     /// The watchdog reset the host.
     WatchdogReset,
+    /// The agent exited after a graceful stop, with the restart grace it
+    /// was granted (`None`: none).
+    AgentStopped { grace_ms: Option<u64> },
+    /// An agent process started again (after a crash or a stop).
+    AgentStarted,
     /// An instance started / ended (any reason).
     Started {
         workload: String,
@@ -164,6 +190,8 @@ pub enum Fencing {
     None,
     /// Every host has one that behaves so.
     Every(FenceBehaviour),
+    /// As the given cluster's hosts say (`HostSetup::fence`).
+    AsGiven,
 }
 
 impl SimConfig {
@@ -175,6 +203,7 @@ impl SimConfig {
             workloads: 20,
             duration_ms: 120_000,
             chaos: true,
+            later_faults: LATER_FAULTS_ALL,
             faults: Faults::default(),
             drift_max: 1e-4,
             scenario: vec![],
@@ -193,9 +222,9 @@ impl SimConfig {
             managers: setup.hosts.iter().filter(|h| h.manager).count(),
             workloads: setup.workloads.len(),
             chaos: false,
+            fencing: Fencing::AsGiven,
+            datastore: Some(setup.datastore),
             setup: Some(setup),
-            fencing: Fencing::None,
-            datastore: Some(false),
             ..SimConfig::new(seed)
         }
     }
@@ -221,6 +250,13 @@ pub enum Action {
     AgentRestart(usize),
     AgentFreeze(Target, u64),
     AgentThaw(usize),
+    /// The agent stops gracefully (asking for a restart grace first, as
+    /// `haven-agent`'s `node.rs` does) and starts again this long after
+    /// it stopped.
+    AgentGracefulRestart(Target, u64),
+    /// A manager's Raft storage writes take up to this much longer, for
+    /// this long.
+    RaftStorageSlow(Target, u64, u64),
     /// Cut a host off both ways for this long.
     Isolate(Target, u64),
     /// Only its outgoing messages are lost.
@@ -229,6 +265,8 @@ pub enum Action {
     Deafen(Target, u64),
     /// Its link goes down and up every few hundred ms, for this long.
     Flap(Target, u64),
+    /// The link between two hosts is cut both ways for this long.
+    CutLink(Target, Target, u64),
     Loss(f64, u64),
     DelaySpike(u64, u64),
     Drift(Target),
@@ -269,10 +307,13 @@ impl Action {
             | Action::Freeze(_, s)
             | Action::AgentCrash(_, s)
             | Action::AgentFreeze(_, s)
+            | Action::AgentGracefulRestart(_, s)
             | Action::Isolate(_, s)
             | Action::Mute(_, s)
             | Action::Deafen(_, s)
             | Action::Flap(_, s)
+            | Action::CutLink(_, _, s)
+            | Action::RaftStorageSlow(_, _, s)
             | Action::Loss(_, s)
             | Action::DelaySpike(_, s)
             | Action::DatastoreStall(_, s)
@@ -397,12 +438,32 @@ struct Host {
     wake_at: Option<u64>,
     last_pet_ms: u64,
     watchdog_armed: bool,
-    keeper_armed: bool,
+    /// When (real ms) the keeper's next look is scheduled: a renewal to an
+    /// earlier deadline (a new agent after a restart grace) arms an
+    /// earlier one.
+    keeper_armed_at: Option<u64>,
     hint: Option<usize>,
     next_manager: usize,
+    /// A graceful stop under way: the agent's tasks have stopped and it
+    /// asks the coordinator for a restart grace before it exits.
+    stopping: Option<Stopping>,
+    /// The agent disarmed the watchdog on a graceful stop (until an agent
+    /// starts again).
+    watchdog_disarmed: bool,
     unanswered: u32,
     backlog: Vec<Io>,
     deferred: Vec<Ev>,
+}
+
+/// A graceful agent stop asking for its restart grace.
+#[derive(Clone, Copy, Debug)]
+struct Stopping {
+    /// The request's send time (local): the grace counts from it.
+    sent_ms: u64,
+    /// The attempt under way (1-based).
+    attempt: u32,
+    /// How long the agent stays away after it exits.
+    down_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -425,6 +486,19 @@ enum Msg {
         attempt: u32,
         target: usize,
     },
+    /// `POST /v1/restart-grace` from a gracefully stopping agent.
+    GraceAsk {
+        from: usize,
+        incarnation: u64,
+        attempt: u32,
+    },
+    /// Its answer: the grace granted (0: none), or `None`: refused (not
+    /// the leader, or not now).
+    GraceAnswer {
+        incarnation: u64,
+        attempt: u32,
+        grace_ms: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -434,6 +508,8 @@ enum Ev {
     RaftRound,
     /// A leader replicates what it was just asked to propose.
     RaftAppend(usize),
+    /// Rounds answered late (slow storage) fall due.
+    RaftLate,
     /// Every manager's regular coordinator tick.
     CoordTick,
     /// A tick one office asked for (`next_wakeup_ms`).
@@ -494,6 +570,12 @@ enum Ev {
     Exit(usize, String, Generation, u64),
     Keeper(usize),
     Watchdog(usize),
+    /// A restart-grace request's attempt got no answer in time.
+    GraceTimeout {
+        host: usize,
+        incarnation: u64,
+        attempt: u32,
+    },
     Do(Action),
     FlapToggle(usize, u64, bool),
     Sweep,
@@ -606,6 +688,9 @@ pub struct World {
     happened: Vec<HappenedAt>,
     /// Crash loops: workload, host (any if `None`), until (real ms).
     crash_loops: Vec<(String, Option<usize>, u64)>,
+    /// Restart-grace proposals awaited: entry id → (asking host, its
+    /// incarnation, the attempt).
+    grace_waits: BTreeMap<u64, (usize, u64, u32)>,
 }
 
 fn fnv(hash: u64, text: &str) -> u64 {
@@ -714,9 +799,11 @@ impl World {
         let fenced_world = features.chance(0.5);
         let datastore = cfg.datastore.unwrap_or_else(|| features.chance(0.5));
         if datastore {
+            // Fixed at bootstrap, beside a given cluster's settings.
+            let given = cfg.setup.as_ref().map(|s| s.settings.clone());
             let settings = ClusterSettings {
                 datastore: Some(DATASTORE_PATH.into()),
-                ..ClusterSettings::default()
+                ..given.unwrap_or_default()
             };
             boot.push(Command::SetSettings { settings, at_ms: 0 });
         }
@@ -726,6 +813,7 @@ impl World {
             let fence = match cfg.fencing {
                 Fencing::None => None,
                 Fencing::Every(b) => Some(b),
+                Fencing::AsGiven => given.and_then(|g| g.fence),
                 Fencing::Random => {
                     let has = features.chance(0.6);
                     let b = match features.index(10) {
@@ -781,9 +869,11 @@ impl World {
                 wake_at: None,
                 last_pet_ms: 0,
                 watchdog_armed: false,
-                keeper_armed: false,
+                keeper_armed_at: None,
                 hint: None,
                 next_manager: rng.index(managers.len().max(1)),
+                stopping: None,
+                watchdog_disarmed: false,
                 unanswered: 0,
                 backlog: vec![],
                 deferred: vec![],
@@ -851,6 +941,7 @@ impl World {
             healed: false,
             happened: vec![],
             crash_loops: vec![],
+            grace_waits: BTreeMap::new(),
         };
         // Node 0 leads term 1 from the start.
         if !w.managers.is_empty() {
@@ -880,6 +971,12 @@ impl World {
         }
         if w.cfg.chaos {
             w.plan_chaos();
+            if w.cfg.later_faults >= 1 {
+                w.plan_graceful_restarts();
+            }
+            if w.cfg.later_faults >= 2 {
+                w.plan_slow_raft_storage();
+            }
         }
         let end = w.cfg.duration_ms;
         if end > RECOVERY_BOUND_MS {
@@ -976,6 +1073,51 @@ impl World {
         }
     }
 
+    /// Graceful agent restarts, from their own stream: one every 15 s or
+    /// so, back within the restart grace or (one in four) not.
+    fn plan_graceful_restarts(&mut self) {
+        let mut rng = Rng::new(self.cfg.seed ^ LATER_FAULTS_STREAM);
+        let grace_ms = self.raft.nodes[0].state.settings.restart_grace_ms;
+        let mut t = 2_000;
+        loop {
+            t += rng.range(5_000, 25_000);
+            if t >= self.chaos_until {
+                break;
+            }
+            let target = match rng.index(3) {
+                0 => Target::Leader,
+                1 => Target::SomeWorker,
+                _ => Target::Host(rng.index(self.hosts.len())),
+            };
+            let down_ms = match rng.index(4) {
+                0 => grace_ms + rng.range(1, 10_000),
+                _ => rng.range(200, grace_ms.max(201)),
+            };
+            self.schedule(t, Ev::Do(Action::AgentGracefulRestart(target, down_ms)));
+        }
+    }
+
+    /// Slow Raft storage on a manager, from its own stream: every 20 s or
+    /// so, writes 20–3,000 ms late for 0.5–8 s.
+    fn plan_slow_raft_storage(&mut self) {
+        let mut rng = Rng::new(self.cfg.seed ^ SLOW_STORAGE_STREAM);
+        let managers = self.managers.len().max(1);
+        let mut t = 2_000;
+        loop {
+            t += rng.range(5_000, 35_000);
+            if t >= self.chaos_until {
+                break;
+            }
+            let target = match rng.index(2) {
+                0 => Target::Leader,
+                _ => Target::Host(rng.index(managers)),
+            };
+            let extra_ms = rng.range(20, 3_000);
+            let span = rng.range(500, 8_000);
+            self.schedule(t, Ev::Do(Action::RaftStorageSlow(target, extra_ms, span)));
+        }
+    }
+
     /// Run to the end (or the first violation when asked).
     pub fn run(self) -> Outcome {
         self.run_keeping_trace().0
@@ -1034,7 +1176,7 @@ impl World {
         // A frozen host does nothing; what would have happened there waits.
         let host_of = match &ev {
             Ev::Wake(h) | Ev::StartDone(h, ..) | Ev::Exit(h, ..) | Ev::Keeper(h) => Some(*h),
-            Ev::StopDone { host, .. } => Some(*host),
+            Ev::StopDone { host, .. } | Ev::GraceTimeout { host, .. } => Some(*host),
             _ => None,
         };
         if let Some(h) = host_of {
@@ -1073,6 +1215,11 @@ impl World {
                     &mut events,
                 );
                 self.raft_events(events, &local);
+                self.after_raft();
+                self.take_raft_violations();
+            }
+            Ev::RaftLate => {
+                self.raft.complete_late(self.now);
                 self.after_raft();
                 self.take_raft_violations();
             }
@@ -1195,6 +1342,17 @@ impl World {
             }
             Ev::Keeper(h) => self.keeper(h),
             Ev::Watchdog(h) => self.watchdog(h),
+            Ev::GraceTimeout {
+                host,
+                incarnation,
+                attempt,
+            } => {
+                let st = self.hosts[host].stopping;
+                let current = st.is_some_and(|st| st.attempt == attempt);
+                if current && self.hosts[host].incarnation == incarnation {
+                    self.ask_grace(host);
+                }
+            }
             Ev::Do(a) => self.act(a),
             Ev::FlapToggle(h, until, down) => {
                 if self.now < until && !self.healed {
@@ -1235,6 +1393,8 @@ impl World {
         };
         let host = &mut self.hosts[h];
         host.incarnation += 1;
+        host.stopping = None;
+        host.watchdog_disarmed = false;
         // Its datastore sequence numbers start from its clock, as the
         // agent's do: they grow across restarts.
         host.ds_seq = host.ds_seq.max(now_local);
@@ -1260,7 +1420,11 @@ impl World {
 
     fn agent_running(&self, h: usize) -> bool {
         let host = &self.hosts[h];
-        host.on && !host.frozen && !host.agent_frozen && host.agent.is_some()
+        host.on
+            && !host.frozen
+            && !host.agent_frozen
+            && host.agent.is_some()
+            && host.stopping.is_none()
     }
 
     fn run_agent(&mut self, h: usize, input: HostInput) {
@@ -1478,6 +1642,26 @@ impl World {
                     self.send_heartbeat(to, report, attempt + 1);
                 }
             }
+            Msg::GraceAsk {
+                from,
+                incarnation,
+                attempt,
+            } => self.grace_asked(to, from, incarnation, attempt),
+            Msg::GraceAnswer {
+                incarnation,
+                attempt,
+                grace_ms,
+            } => {
+                let st = host.stopping;
+                let current = st.is_some_and(|st| st.attempt == attempt);
+                if !current || incarnation != host.incarnation {
+                    return;
+                }
+                match grace_ms {
+                    None => self.ask_grace(to),
+                    Some(g) => self.agent_exits(to, (g > 0).then_some(g)),
+                }
+            }
         }
     }
 
@@ -1669,15 +1853,18 @@ impl World {
     /// in progress included).
     fn arm_keeper(&mut self, h: usize) {
         let host = &mut self.hosts[h];
-        if let (false, Some(d)) = (host.keeper_armed, host.keeper_deadline_ms) {
-            host.keeper_armed = true;
-            let at = host.clock.real_at(d, self.now);
+        let Some(d) = host.keeper_deadline_ms else {
+            return;
+        };
+        let at = host.clock.real_at(d, self.now);
+        if host.keeper_armed_at.is_none_or(|armed| at < armed) {
+            host.keeper_armed_at = Some(at);
             self.schedule(at, Ev::Keeper(h));
         }
     }
 
     fn keeper(&mut self, h: usize) {
-        self.hosts[h].keeper_armed = false;
+        self.hosts[h].keeper_armed_at = None;
         let host = &self.hosts[h];
         let Some(deadline) = host.keeper_deadline_ms else {
             return;
@@ -1727,7 +1914,7 @@ impl World {
     fn watchdog(&mut self, h: usize) {
         let host = &mut self.hosts[h];
         host.watchdog_armed = false;
-        if !host.on {
+        if !host.on || host.watchdog_disarmed {
             return;
         }
         if self.now < host.last_pet_ms + WATCHDOG_TIMEOUT_MS {
@@ -1782,7 +1969,7 @@ impl World {
         host.clock = Clock::new(base, self.now, rate);
         host.on = true;
         host.last_pet_ms = self.now;
-        host.keeper_armed = false;
+        host.keeper_armed_at = None;
         if let Some(n) = host.node {
             let local = self.hosts[h].clock.local(self.now);
             self.raft.restart(n, local, &mut self.rng);
@@ -1811,6 +1998,155 @@ impl World {
         for w in names {
             self.check_single(&w);
         }
+    }
+
+    /// A gracefully stopping agent asks the leader it knows for a restart
+    /// grace: up to `ATTEMPTS_RESTART_GRACE_MAX` attempts, each bounded by
+    /// a lease; it exits without one if it knows no leader or all fail.
+    fn ask_grace(&mut self, h: usize) {
+        let host = &mut self.hosts[h];
+        let Some(st) = host.stopping.as_mut() else {
+            return;
+        };
+        let target = host.hint;
+        let (Some(target), true) = (target, st.attempt < ATTEMPTS_RESTART_GRACE_MAX) else {
+            self.agent_exits(h, None);
+            return;
+        };
+        st.attempt += 1;
+        let (attempt, incarnation) = (st.attempt, host.incarnation);
+        let lease_ms = host
+            .agent
+            .as_ref()
+            .map_or(1_000, |a| a.settings().timing.lease_ms);
+        let msg = Msg::GraceAsk {
+            from: h,
+            incarnation,
+            attempt,
+        };
+        self.send(h, target, msg);
+        let timeout = Ev::GraceTimeout {
+            host: h,
+            incarnation,
+            attempt,
+        };
+        self.schedule(self.now + lease_ms, timeout);
+    }
+
+    /// Manager host `to` gets a restart-grace request: while it may grant
+    /// leases, it commits `BeginRestartGrace`; refused otherwise (its HTTP
+    /// server still answers while its own agent stops).
+    fn grace_asked(&mut self, to: usize, from: usize, incarnation: u64, attempt: u32) {
+        let host = &self.hosts[to];
+        if host.agent.is_none() || host.agent_frozen {
+            return;
+        }
+        let refused = Msg::GraceAnswer {
+            incarnation,
+            attempt,
+            grace_ms: None,
+        };
+        let Some(n) = host.node else {
+            self.send(to, from, refused);
+            return;
+        };
+        let local = self.local(to);
+        let node = &self.raft.nodes[n];
+        let granting = node.role == Role::Leader
+            && self.coord[n].term() == Some(node.term)
+            && self.coord[n].may_grant(local, &node.state);
+        let command = Command::BeginRestartGrace {
+            host: self.hosts[from].name.clone(),
+            boot: boot_id(incarnation),
+            at_ms: self.now,
+        };
+        match granting
+            .then(|| self.raft.propose(n, command, true))
+            .flatten()
+        {
+            Some(id) => {
+                self.grace_waits.insert(id, (from, incarnation, attempt));
+                self.replicate_soon(n);
+            }
+            None => self.send(to, from, refused),
+        }
+    }
+
+    /// A restart grace was committed on manager `n`: its office counts the
+    /// host's silence from now with the grace as its lease, and the answer
+    /// goes back.
+    fn grace_committed(
+        &mut self,
+        n: usize,
+        term: u64,
+        h: usize,
+        incarnation: u64,
+        attempt: u32,
+        result: CommandResult,
+    ) {
+        let me = self.raft.nodes[n].host;
+        let name = self.hosts[h].name.clone();
+        let state = &self.raft.nodes[n].state;
+        let grace_ms = match result {
+            CommandResult::Rejected(_) => 0,
+            _ => state
+                .hosts
+                .get(&name)
+                .and_then(|r| r.restart_grace.as_ref())
+                .map_or(0, |g| g.grace_ms),
+        };
+        let here = &self.hosts[me];
+        if here.agent.is_none() || here.agent_frozen || !here.on || here.frozen {
+            return;
+        }
+        if grace_ms > 0 && self.coord[n].term() == Some(term) {
+            let local = self.local(me);
+            let input = CoordinatorInput::RestartGraceGranted {
+                host: name,
+                grace_ms,
+            };
+            let state = &self.raft.nodes[n].state;
+            let effects = self.coord[n].handle(input, state, local, self.now);
+            self.perform_coordinator(n, effects, false);
+        }
+        let answer = Msg::GraceAnswer {
+            incarnation,
+            attempt,
+            grace_ms: Some(grace_ms),
+        };
+        self.send(me, h, answer);
+    }
+
+    /// The gracefully stopping agent exits: with a grace, its keeper (and
+    /// the lease file a new agent inherits) hold the workloads until the
+    /// request's send time + the grace; the watchdog is disarmed; a new
+    /// agent starts `down_ms` later (at once once the faults healed).
+    fn agent_exits(&mut self, h: usize, grace_ms: Option<u64>) {
+        let Some(st) = self.hosts[h].stopping else {
+            return;
+        };
+        if let Some(g) = grace_ms {
+            let deadline = st.sent_ms + g.min(RESTART_GRACE_MS_MAX);
+            self.hosts[h].lease_file = Some(deadline);
+            self.renew_keeper(h, deadline);
+        }
+        self.note(format!(
+            "{} agent exits (restart grace {grace_ms:?})",
+            self.hosts[h].name
+        ));
+        self.happen(h, Happened::AgentStopped { grace_ms });
+        let host = &mut self.hosts[h];
+        host.agent = None;
+        host.stopping = None;
+        host.wake_at = None;
+        host.watchdog_disarmed = true;
+        if let Some(n) = host.node {
+            self.leave_office(n);
+            self.raft.crash(n);
+        }
+        self.arm_keeper(h);
+        let back = if self.healed { 0 } else { st.down_ms };
+        self.schedule(self.now + back, Ev::Do(Action::AgentRestart(h)));
     }
 
     fn agent_thaw(&mut self, h: usize) {
@@ -2072,6 +2408,9 @@ impl World {
     /// to its office, and each applied proposal's result to the office
     /// that proposed it (if it still holds that term).
     fn after_raft(&mut self) {
+        for due in std::mem::take(&mut self.raft.late_due) {
+            self.schedule(due, Ev::RaftLate);
+        }
         for n in 0..self.raft.nodes.len() {
             let node = &self.raft.nodes[n];
             let Some(sent_ms) = node.confirmed_at_ms else {
@@ -2093,6 +2432,10 @@ impl World {
             result,
         } in std::mem::take(&mut self.raft.applied)
         {
+            if let Some((h, incarnation, attempt)) = self.grace_waits.remove(&id) {
+                self.grace_committed(node, term, h, incarnation, attempt, result);
+                continue;
+            }
             self.awaiting[node].remove(&id);
             if self.coord[node].term() != Some(term) {
                 continue;
@@ -2540,6 +2883,7 @@ impl World {
                         let local = self.local(h);
                         self.raft.restart(n, local, &mut self.rng);
                     }
+                    self.happen(h, Happened::AgentStarted);
                     self.start_agent(h, adopted);
                 }
             }
@@ -2553,6 +2897,21 @@ impl World {
                 }
             }
             Action::AgentThaw(h) => self.agent_thaw(h),
+            Action::AgentGracefulRestart(t, down_ms) => {
+                if let Some(h) = self.resolve(t).filter(|h| self.agent_running(*h)) {
+                    self.stats.faults += 1;
+                    let sent_ms = self.local(h);
+                    let host = &mut self.hosts[h];
+                    host.wake_at = None;
+                    host.stopping = Some(Stopping {
+                        sent_ms,
+                        attempt: 0,
+                        down_ms,
+                    });
+                    self.note(format!("{} agent stops gracefully", self.hosts[h].name));
+                    self.ask_grace(h);
+                }
+            }
             Action::Isolate(t, span) => {
                 if let Some(h) = self.resolve(t) {
                     self.stats.faults += 1;
@@ -2576,6 +2935,19 @@ impl World {
                 if let Some(h) = self.resolve(t) {
                     self.stats.faults += 1;
                     self.schedule(self.now, Ev::FlapToggle(h, self.now + span, true));
+                }
+            }
+            Action::RaftStorageSlow(t, extra_ms, span) => {
+                let node = self.resolve(t).and_then(|h| self.hosts[h].node);
+                if let Some(n) = node {
+                    self.stats.faults += 1;
+                    self.raft.slow_storage(n, extra_ms, self.now + span);
+                }
+            }
+            Action::CutLink(a, b, span) => {
+                if let (Some(a), Some(b)) = (self.resolve(a), self.resolve(b)) {
+                    self.stats.faults += 1;
+                    self.net.cut_link(a, b, self.now + span);
                 }
             }
             Action::Loss(p, span) => {
@@ -2660,6 +3032,7 @@ impl World {
             Action::Heal => {
                 self.healed = true;
                 self.net.heal();
+                self.raft.heal_storage();
                 if let Some(ds) = self.datastore.as_mut() {
                     ds.stalled.clear();
                     ds.stalled_all = None;
