@@ -1877,6 +1877,22 @@ impl World {
         // A graceful stop in progress is cut short too: the keeper kills
         // the cgroup. `leave-running` ones go at the end of their hold.
         let hold = host.keeper_hold_ms.unwrap_or(deadline).max(deadline);
+        // Held `leave-running` ones: the keeper wakes again at the end of
+        // their hold (a disarmed watchdog, after a graceful exit, resets
+        // nothing meanwhile).
+        if local < hold
+            && host
+                .instances
+                .values()
+                .any(|i| i.isolation == IsolationResponse::LeaveRunning)
+        {
+            let at = host.clock.real_at(hold, self.now);
+            if host.keeper_armed_at.is_none_or(|armed| at < armed) {
+                self.hosts[h].keeper_armed_at = Some(at);
+                self.schedule(at, Ev::Keeper(h));
+            }
+        }
+        let host = &self.hosts[h];
         let victims: Vec<(String, Generation, u64)> = host
             .instances
             .iter()

@@ -326,3 +326,21 @@ fn a_restarted_agent_cut_off_before_its_first_answer_keeps_its_grace() {
         );
     }
 }
+
+/// Found by CI's random seeds (796244846 and 796245080; invariant: a
+/// `leave-running` instance ran past its keeper's hold): after a graceful
+/// agent exit whose grace was not granted, the simulated keeper killed
+/// what it had to at the lease deadline but never woke again at the end of
+/// the `leave-running` hold, and the disarmed watchdog reset nothing. A
+/// fault of the simulator's keeper, fixed there: it wakes at the hold.
+#[test]
+fn a_held_leave_running_instance_ends_at_the_end_of_its_hold() {
+    for seed in [796_244_846, 796_245_080] {
+        let out = run(SimConfig::new(seed));
+        assert!(
+            out.violations.is_empty(),
+            "seed {seed}: {:?}",
+            out.violations
+        );
+    }
+}
