@@ -529,9 +529,12 @@ impl StateWrites {
             }
             table.retain_in(..self.events_below[i], |_, _| false)?;
         }
-        txn.open_table(META)?
-            .insert(KEY_STATE_REST, self.rest.as_slice())?;
-        txn.open_table(META)?.remove(KEY_STATE_MACHINE)?;
+        let mut meta = txn.open_table(META)?;
+        meta.insert(KEY_STATE_REST, self.rest.as_slice())?;
+        if self.whole {
+            // Layout 1's one record, if this file had it.
+            meta.remove(KEY_STATE_MACHINE)?;
+        }
         Ok(())
     }
 }

@@ -35,13 +35,6 @@ impl Changes {
             ..Changes::default()
         }
     }
-
-    pub fn is_empty(&self, next_event_seq: u64) -> bool {
-        self.hosts.is_empty()
-            && self.workloads.is_empty()
-            && !self.staged
-            && self.events_from >= next_event_seq
-    }
 }
 
 /// The tracker inside the state: never serialized nor compared.

@@ -1951,6 +1951,17 @@ impl World {
         self.schedule(back, Ev::Do(Action::PowerOn(h)));
     }
 
+    /// The running instances of workload `w` on host `h`: (generation,
+    /// instance id).
+    fn running_instances(&self, h: usize, w: &str) -> Vec<(Generation, u64)> {
+        self.hosts[h]
+            .instances
+            .iter()
+            .filter(|((x, _), i)| x == w && i.phase == InstPhase::Running)
+            .map(|((_, g), i)| (*g, i.id))
+            .collect()
+    }
+
     fn power_off(&mut self, h: usize) {
         let keys: Vec<(String, Generation)> = self.hosts[h].instances.keys().cloned().collect();
         for (w, g) in keys {
@@ -3103,12 +3114,7 @@ impl World {
                     if !self.hosts[h].on || self.hosts[h].frozen {
                         continue;
                     }
-                    let running: Vec<(Generation, u64)> = self.hosts[h]
-                        .instances
-                        .iter()
-                        .filter(|((x, _), i)| *x == w && i.phase == InstPhase::Running)
-                        .map(|((_, g), i)| (*g, i.id))
-                        .collect();
+                    let running = self.running_instances(h, &w);
                     for (g, id) in running {
                         self.end_instance(h, &w, g, Some(id));
                         self.report_io(
@@ -3129,12 +3135,7 @@ impl World {
                     if on.is_some_and(|on| on != h) {
                         continue;
                     }
-                    let running: Vec<(Generation, u64)> = self.hosts[h]
-                        .instances
-                        .iter()
-                        .filter(|((x, _), i)| *x == w && i.phase == InstPhase::Running)
-                        .map(|((_, g), i)| (*g, i.id))
-                        .collect();
+                    let running = self.running_instances(h, &w);
                     for (g, id) in running {
                         self.schedule(self.now, Ev::Exit(h, w.clone(), g, id));
                     }
