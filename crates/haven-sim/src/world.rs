@@ -2180,6 +2180,15 @@ impl World {
         if !self.hosts[h].agent_frozen {
             return;
         }
+        // A process cannot resume while its whole host is frozen: the thaw
+        // waits for the host's, and the results kept for the agent with
+        // it. (Handed over now, they went to an agent that could not run
+        // and were lost: a stop's result among them, the agent kept that
+        // instance stopping for good; found by seed 5392.)
+        if self.hosts[h].frozen {
+            self.hosts[h].deferred.push(Ev::Do(Action::AgentThaw(h)));
+            return;
+        }
         self.hosts[h].agent_frozen = false;
         let backlog = std::mem::take(&mut self.hosts[h].backlog);
         self.run_agent(h, HostInput::Tick);
@@ -3257,3 +3266,6 @@ impl World {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
