@@ -365,9 +365,6 @@ impl Consensus {
         let term = self.leader_term();
         let sent = std::time::Instant::now();
         match tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable()).await {
-            // Still leading in the same term once the round is answered
-            // (a vote granted meanwhile ends the term): only then does the
-            // round count, for leases and for refusing votes.
             // Still leading in the same term once the round is answered,
             // and no vote granted since it was sent (a vote ends the
             // term): only then does the round count, for leases and for

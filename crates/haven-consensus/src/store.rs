@@ -42,6 +42,7 @@ use openraft::{
     RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership, Vote,
 };
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use redb::{
     Database, Durability, ReadableTable, TableDefinition, TableError, TableHandle, WriteTransaction,
 };
@@ -55,7 +56,7 @@ use std::ops::Deref;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -100,21 +101,21 @@ pub struct StateMachineData {
 }
 
 /// The applied state, shared between the state machine task (writer) and
-/// readers such as `Consensus::read`. A std lock: it is never held across
-/// an await point.
+/// readers such as `Consensus::read`. A blocking lock, never held across an
+/// await point, and fair (parking_lot's): the writer hands it to waiting
+/// readers between two entries (`RwLockWriteGuard::bump`), so a reader on
+/// an async worker (the heartbeat handler) waits for at most one entry's
+/// apply, and a stream of readers cannot starve the writer either.
 #[derive(Clone, Debug, Default)]
 pub struct SharedState(Arc<RwLock<StateMachineData>>);
 
 impl SharedState {
     pub fn read(&self) -> RwLockReadGuard<'_, StateMachineData> {
-        // A panic while holding the lock cannot leave the data half-written
-        // (apply never panics; replacement is a single assignment), so a
-        // poisoned lock is still safe to use.
-        self.0.read().unwrap_or_else(|e| e.into_inner())
+        self.0.read()
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, StateMachineData> {
-        self.0.write().unwrap_or_else(|e| e.into_inner())
+        self.0.write()
     }
 }
 
@@ -1133,7 +1134,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         blocking(move || {
             let mut sm = state.write();
             let mut results = Vec::with_capacity(entries.len());
-            for entry in entries {
+            for (i, entry) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    // Readers waiting meanwhile go first: one entry (at
+                    // most `COMMAND_BYTES_MAX` of commands) is the longest
+                    // any reader waits, whatever the batch.
+                    RwLockWriteGuard::bump(&mut sm);
+                }
                 sm.last_applied = Some(entry.log_id);
                 let result = match entry.payload {
                     EntryPayload::Blank => CommandResult::Ok,
@@ -1334,6 +1341,71 @@ mod tests {
             "{msg}"
         );
         assert!(before == std::fs::read(dir.path().join(RAFT_DB_FILE)).unwrap());
+    }
+
+    /// A batch of entries is applied one entry per hold of the state lock:
+    /// a reader waiting meanwhile gets in between two entries, so it waits
+    /// for one entry, not for the whole batch (a burst of large applies
+    /// once held every reader, the heartbeat handler's included, for most
+    /// of a second, and the agent's async workers with them: finding of
+    /// `a_burst_of_large_applies_keeps_one_leader_and_every_lease`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_gets_in_between_the_entries_of_a_batch() {
+        let dir = TempDir::new().unwrap();
+        let Store {
+            state_machine: mut sm,
+            ..
+        } = Store::open(dir.path(), BATCH).unwrap();
+        apply_two(&mut sm).await;
+        const ENTRIES: u64 = 40;
+        // Entries that take a while to apply: each re-specs large workloads.
+        let batch: Vec<Entry<TypeConfig>> = (0..ENTRIES)
+            .map(|i| {
+                let specs = (0..4)
+                    .map(|w| {
+                        let mut s = spec(&format!("big{w}"));
+                        s.kind = haven_core::model::WorkloadKind::Process {
+                            command: vec!["/bin/sleep".into(), "infinity".into()],
+                            env: [("PAD".to_string(), format!("{i}{}", "p".repeat(30_000)))].into(),
+                        };
+                        s
+                    })
+                    .collect();
+                let cmd = Command::ApplyWorkloads {
+                    specs,
+                    source: "t".into(),
+                    at_ms: 10 + i,
+                };
+                entry(1, 3 + i, EntryPayload::Normal(cmd))
+            })
+            .collect();
+        let last = 3 + ENTRIES - 1;
+        let state = sm.shared_state();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (state, done) = (state.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut seen = BTreeSet::new();
+                while !done.load(Ordering::Relaxed) {
+                    seen.insert(state.read().last_applied.map_or(0, |l| l.index));
+                }
+                seen
+            })
+        };
+        // The reader is spinning on the lock before the batch starts.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sm.apply(batch).await.unwrap();
+        done.store(true, Ordering::Relaxed);
+        let seen = reader.join().unwrap();
+        let between: Vec<u64> = seen
+            .iter()
+            .copied()
+            .filter(|i| *i > 2 && *i < last)
+            .collect();
+        assert!(
+            !between.is_empty(),
+            "the reader saw only {seen:?}: it waited for the whole batch of {ENTRIES} entries"
+        );
     }
 
     /// Apply `names` as workloads at log index `index` (term 1).
