@@ -827,7 +827,16 @@ impl ClusterState {
                         staged.specs.len()
                     ));
                 }
-                match self.check_apply(source, &staged.specs) {
+                // Each spec was checked as its part was staged.
+                let checked =
+                    crate::spec::check_staged_apply(source, &staged.specs).and_then(|()| {
+                        crate::spec::check_root_allowed(
+                            source,
+                            &staged.specs,
+                            self.settings.allow_root_workloads,
+                        )
+                    });
+                match checked {
                     Ok(()) => self.apply_workloads(&staged.specs, source, *at_ms),
                     Err(e) => CommandResult::Rejected(e.to_string()),
                 }
@@ -2192,6 +2201,50 @@ mod tests {
             "{r:?}"
         );
         assert!(s.workloads.is_empty());
+    }
+
+    /// The commit of a staged apply checks what spans its parts (a name in
+    /// two parts, the settings as they are at the commit); each spec was
+    /// checked alone as its part was staged.
+    #[test]
+    fn a_staged_apply_is_checked_across_its_parts_at_the_commit() {
+        let stage = |s: &mut ClusterState, names: &[&str]| {
+            s.apply(&Command::StageWorkloads {
+                apply_id: "a1".into(),
+                specs: names.iter().map(|n| spec(n)).collect(),
+                at_ms: 1,
+            })
+        };
+        let commit = |s: &mut ClusterState, count: usize| {
+            s.apply(&Command::ApplyStaged {
+                apply_id: "a1".into(),
+                count,
+                source: "w.toml".into(),
+                at_ms: 2,
+            })
+        };
+        let mut s = ClusterState::default();
+        assert_eq!(stage(&mut s, &["a", "b"]), CommandResult::Ok);
+        assert_eq!(stage(&mut s, &["c", "a"]), CommandResult::Ok);
+        let r = commit(&mut s, 4);
+        assert!(
+            matches!(r, CommandResult::Rejected(ref m) if m.contains("duplicate name")),
+            "{r:?}"
+        );
+        assert!(s.workloads.is_empty());
+        // Root refused by the settings in force at the commit.
+        let mut s = ClusterState::default();
+        assert_eq!(stage(&mut s, &["a", "b"]), CommandResult::Ok);
+        s.settings.allow_root_workloads = false;
+        let r = commit(&mut s, 2);
+        assert!(
+            matches!(r, CommandResult::Rejected(ref m) if m.contains("allow_root_workloads")),
+            "{r:?}"
+        );
+        s.settings.allow_root_workloads = true;
+        assert_eq!(stage(&mut s, &["a", "b"]), CommandResult::Ok);
+        assert!(matches!(commit(&mut s, 2), CommandResult::Applied { .. }));
+        assert_eq!(s.workloads.len(), 2);
     }
 
     #[test]
