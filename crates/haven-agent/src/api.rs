@@ -163,7 +163,9 @@ pub struct RestartGraceResponse {
     pub grace_ms: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// An apply as the agent checks and stores it: the API's request
+/// (`haven_api::v1::ApplyRequest`) with its specs converted.
+#[derive(Clone, Debug)]
 pub struct ApplyRequest {
     /// File name, for messages and events.
     pub source: String,

@@ -1279,7 +1279,15 @@ async fn apply(
 /// host, and a VM's files are where every host can open them. Runs on the
 /// blocking pool.
 fn prepare_apply(node: &Node, bytes: &[u8]) -> Result<Vec<Command>, Reply> {
-    let req: ApplyRequest = parse_json("/v1/apply", bytes)?;
+    let wire: haven_api::v1::ApplyRequest = parse_json("/v1/apply", bytes)?;
+    let req = ApplyRequest {
+        source: wire.source,
+        specs: wire
+            .specs
+            .into_iter()
+            .map(haven_wire::spec_from_wire)
+            .collect(),
+    };
     if let Err(e) = check_apply(&req.source, &req.specs) {
         return Err(error(
             StatusCode::BAD_REQUEST,

@@ -424,10 +424,277 @@ impl ToWire for EventKind {
     }
 }
 
+/// A workload's spec as the API carries it.
+impl ToWire for model::WorkloadSpec {
+    type Wire = v1::WorkloadSpec;
+    fn to_wire(&self) -> v1::WorkloadSpec {
+        v1::WorkloadSpec {
+            name: self.name.clone(),
+            kind: match &self.kind {
+                model::WorkloadKind::Process { command, env } => v1::WorkloadKind::Process {
+                    command: command.clone(),
+                    env: env.clone(),
+                },
+                model::WorkloadKind::Vm(vm) => v1::WorkloadKind::Vm(v1::VmSpec {
+                    disks: vm.disks.clone(),
+                    kernel: vm.kernel.clone(),
+                    initrd: vm.initrd.clone(),
+                    append: vm.append.clone(),
+                    network: match &vm.network {
+                        model::VmNetwork::None => v1::VmNetwork::None,
+                        model::VmNetwork::User { forward } => v1::VmNetwork::User {
+                            forward: forward.clone(),
+                        },
+                        model::VmNetwork::Bridge { bridge, mac } => v1::VmNetwork::Bridge {
+                            bridge: bridge.clone(),
+                            mac: mac.clone(),
+                        },
+                    },
+                    heartbeat: match vm.heartbeat {
+                        model::GuestHeartbeat::Haven => v1::GuestHeartbeat::Haven,
+                        model::GuestHeartbeat::QemuGuestAgent => v1::GuestHeartbeat::QemuGuestAgent,
+                        model::GuestHeartbeat::None => v1::GuestHeartbeat::None,
+                    },
+                    accel: match vm.accel {
+                        model::Accel::Auto => v1::Accel::Auto,
+                        model::Accel::Kvm => v1::Accel::Kvm,
+                        model::Accel::Tcg => v1::Accel::Tcg,
+                    },
+                    monitoring: {
+                        let m = vm.monitoring;
+                        v1::VmMonitoring {
+                            failure_interval_s: m.failure_interval_s,
+                            min_uptime_s: m.min_uptime_s,
+                            max_resets: m.max_resets,
+                            reset_window_s: m.reset_window_s,
+                            failover_after_max_resets: m.failover_after_max_resets,
+                            restart_on_guest_shutdown: m.restart_on_guest_shutdown,
+                        }
+                    },
+                }),
+            },
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            priority: self.priority.to_wire(),
+            restart: {
+                let r = self.restart;
+                v1::RestartPolicy {
+                    max_restarts: r.max_restarts,
+                    restart_window_s: r.restart_window_s,
+                    backoff_initial_ms: r.backoff_initial_ms,
+                    backoff_max_ms: r.backoff_max_ms,
+                }
+            },
+            isolation_response: self.isolation_response.map(|r| r.to_wire()),
+            log_max_bytes: Some(self.log_max_bytes),
+            user: self.user.clone(),
+            group: self.group.clone(),
+        }
+    }
+}
+
+impl ToWire for model::Priority {
+    type Wire = v1::Priority;
+    fn to_wire(&self) -> v1::Priority {
+        match self {
+            model::Priority::Highest => v1::Priority::Highest,
+            model::Priority::High => v1::Priority::High,
+            model::Priority::Medium => v1::Priority::Medium,
+            model::Priority::Low => v1::Priority::Low,
+            model::Priority::Lowest => v1::Priority::Lowest,
+            model::Priority::Disabled => v1::Priority::Disabled,
+        }
+    }
+}
+
+impl ToWire for model::IsolationResponse {
+    type Wire = v1::IsolationResponse;
+    fn to_wire(&self) -> v1::IsolationResponse {
+        match self {
+            model::IsolationResponse::PowerOff => v1::IsolationResponse::PowerOff,
+            model::IsolationResponse::Shutdown => v1::IsolationResponse::Shutdown,
+            model::IsolationResponse::LeaveRunning => v1::IsolationResponse::LeaveRunning,
+        }
+    }
+}
+
+/// The spec to check and store, from the API's form. Takes every field as
+/// it came (checking is `haven_core::spec`'s, after this); a field the
+/// request left out gets the cluster's default.
+pub fn spec_from_wire(w: v1::WorkloadSpec) -> model::WorkloadSpec {
+    model::WorkloadSpec {
+        name: w.name,
+        kind: match w.kind {
+            v1::WorkloadKind::Process { command, env } => {
+                model::WorkloadKind::Process { command, env }
+            }
+            v1::WorkloadKind::Vm(vm) => model::WorkloadKind::Vm(model::VmSpec {
+                disks: vm.disks,
+                kernel: vm.kernel,
+                initrd: vm.initrd,
+                append: vm.append,
+                network: match vm.network {
+                    v1::VmNetwork::None => model::VmNetwork::None,
+                    v1::VmNetwork::User { forward } => model::VmNetwork::User { forward },
+                    v1::VmNetwork::Bridge { bridge, mac } => {
+                        model::VmNetwork::Bridge { bridge, mac }
+                    }
+                },
+                heartbeat: match vm.heartbeat {
+                    v1::GuestHeartbeat::Haven => model::GuestHeartbeat::Haven,
+                    v1::GuestHeartbeat::QemuGuestAgent => model::GuestHeartbeat::QemuGuestAgent,
+                    v1::GuestHeartbeat::None => model::GuestHeartbeat::None,
+                },
+                accel: match vm.accel {
+                    v1::Accel::Auto => model::Accel::Auto,
+                    v1::Accel::Kvm => model::Accel::Kvm,
+                    v1::Accel::Tcg => model::Accel::Tcg,
+                },
+                monitoring: model::VmMonitoring {
+                    failure_interval_s: vm.monitoring.failure_interval_s,
+                    min_uptime_s: vm.monitoring.min_uptime_s,
+                    max_resets: vm.monitoring.max_resets,
+                    reset_window_s: vm.monitoring.reset_window_s,
+                    failover_after_max_resets: vm.monitoring.failover_after_max_resets,
+                    restart_on_guest_shutdown: vm.monitoring.restart_on_guest_shutdown,
+                },
+            }),
+        },
+        vcpus: w.vcpus,
+        memory_mib: w.memory_mib,
+        priority: match w.priority {
+            v1::Priority::Highest => model::Priority::Highest,
+            v1::Priority::High => model::Priority::High,
+            v1::Priority::Medium => model::Priority::Medium,
+            v1::Priority::Low => model::Priority::Low,
+            v1::Priority::Lowest => model::Priority::Lowest,
+            v1::Priority::Disabled => model::Priority::Disabled,
+        },
+        restart: model::RestartPolicy {
+            max_restarts: w.restart.max_restarts,
+            restart_window_s: w.restart.restart_window_s,
+            backoff_initial_ms: w.restart.backoff_initial_ms,
+            backoff_max_ms: w.restart.backoff_max_ms,
+        },
+        isolation_response: w.isolation_response.map(|r| match r {
+            v1::IsolationResponse::PowerOff => model::IsolationResponse::PowerOff,
+            v1::IsolationResponse::Shutdown => model::IsolationResponse::Shutdown,
+            v1::IsolationResponse::LeaveRunning => model::IsolationResponse::LeaveRunning,
+        }),
+        log_max_bytes: w
+            .log_max_bytes
+            .unwrap_or(haven_core::logs::LOG_MAX_BYTES_DEFAULT),
+        user: w.user,
+        group: w.group,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use haven_core::model::Generation;
+
+    /// Stored specs of every shape: a process with everything set, and a
+    /// VM with each network mode, heartbeat and accelerator.
+    fn every_shape() -> Vec<model::WorkloadSpec> {
+        let base = model::WorkloadSpec {
+            name: "web".into(),
+            kind: model::WorkloadKind::Process {
+                command: vec!["/bin/sleep".into(), "infinity".into()],
+                env: [("A".to_string(), "1".to_string())].into(),
+            },
+            vcpus: 2,
+            memory_mib: 512,
+            priority: model::Priority::High,
+            restart: model::RestartPolicy {
+                max_restarts: 3,
+                restart_window_s: 30,
+                backoff_initial_ms: 200,
+                backoff_max_ms: 1_000,
+            },
+            isolation_response: Some(model::IsolationResponse::LeaveRunning),
+            log_max_bytes: 4096,
+            user: Some("www-data".into()),
+            group: Some("www-data".into()),
+        };
+        let vm = |network, heartbeat, accel| model::WorkloadSpec {
+            name: "vm".into(),
+            kind: model::WorkloadKind::Vm(model::VmSpec {
+                disks: vec!["/data/a.qcow2".into()],
+                kernel: Some("/k".into()),
+                initrd: None,
+                append: Some("console=ttyS0".into()),
+                network,
+                heartbeat,
+                accel,
+                monitoring: model::VmMonitoring::default(),
+            }),
+            priority: model::Priority::Disabled,
+            isolation_response: None,
+            user: None,
+            group: None,
+            ..base.clone()
+        };
+        vec![
+            base.clone(),
+            vm(
+                model::VmNetwork::None,
+                model::GuestHeartbeat::Haven,
+                model::Accel::Auto,
+            ),
+            vm(
+                model::VmNetwork::User {
+                    forward: vec!["tcp:127.0.0.1:8081-:80".into()],
+                },
+                model::GuestHeartbeat::QemuGuestAgent,
+                model::Accel::Kvm,
+            ),
+            vm(
+                model::VmNetwork::Bridge {
+                    bridge: "br0".into(),
+                    mac: Some("52:54:00:12:34:56".into()),
+                },
+                model::GuestHeartbeat::None,
+                model::Accel::Tcg,
+            ),
+        ]
+    }
+
+    /// The API's spec is its own type with the same JSON: what a CLI of an
+    /// earlier version sends is read unchanged, and the conversion loses
+    /// nothing either way.
+    #[test]
+    fn a_spec_crosses_the_api_unchanged() {
+        for spec in every_shape() {
+            let wire = spec.to_wire();
+            assert_eq!(
+                serde_json::to_value(&wire).unwrap(),
+                serde_json::to_value(&spec).unwrap(),
+                "{}",
+                spec.name
+            );
+            let read: v1::WorkloadSpec =
+                serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+            assert_eq!(spec_from_wire(read), spec);
+        }
+    }
+
+    /// A request that leaves out what has a default gets the cluster's.
+    #[test]
+    fn a_spec_without_its_defaulted_fields_gets_the_defaults() {
+        let mut json = serde_json::to_value(&every_shape()[0]).unwrap();
+        let o = json.as_object_mut().unwrap();
+        for k in ["log_max_bytes", "isolation_response", "user", "group"] {
+            o.remove(k);
+        }
+        let read: v1::WorkloadSpec = serde_json::from_value(json).unwrap();
+        let spec = spec_from_wire(read);
+        assert_eq!(spec.log_max_bytes, haven_core::logs::LOG_MAX_BYTES_DEFAULT);
+        assert_eq!(
+            (spec.isolation_response, spec.user, spec.group),
+            (None, None, None)
+        );
+    }
 
     #[test]
     fn an_event_reaches_the_api_with_its_kind_and_its_sentence() {

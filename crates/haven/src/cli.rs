@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use haven_agent::api::*;
 use haven_agent::config::{self, AgentConfig, ConfigFile, StartMode};
 use haven_agent::rpc;
+use haven_wire::ToWire;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -778,7 +779,10 @@ async fn apply(r: &Remote, file: &PathBuf, wait_s: Option<u64>) -> Result<()> {
         &http,
         &r.server,
         "/v1/apply",
-        &ApplyRequest { source, specs },
+        &haven_api::v1::ApplyRequest {
+            source,
+            specs: specs.iter().map(ToWire::to_wire).collect(),
+        },
         false,
         None,
     )

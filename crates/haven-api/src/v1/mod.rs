@@ -5,9 +5,15 @@
 //! else is a new version beside this one.
 
 mod event;
+mod spec;
 
 pub use event::{
     ApiRole, CaRotationStep, Event, EventKind, HostState, Instance, SettingChange, TokenKind,
+};
+
+pub use spec::{
+    Accel, ApplyRequest, GuestHeartbeat, IsolationResponse, Priority, RestartPolicy, VmMonitoring,
+    VmNetwork, VmSpec, WorkloadKind, WorkloadSpec,
 };
 
 use serde::{Deserialize, Serialize};
@@ -142,8 +148,7 @@ pub struct StoppingView {
     pub why: String,
 }
 
-/// `POST /v1/apply`'s answer (the request carries the specs the CLI
-/// checked: `haven_agent::api::ApplyRequest`).
+/// `POST /v1/apply`'s answer (to an `ApplyRequest`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApplyResponse {
     pub created: Vec<String>,

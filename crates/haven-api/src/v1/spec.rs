@@ -1,0 +1,126 @@
+//! A workload's declaration as the API carries it (`POST /v1/apply`): the
+//! same JSON the CLI has always sent, declared here apart from what the
+//! cluster persists, so that the stored form can change without the API.
+//! The agent checks every field (`haven_core::spec`) after converting it
+//! (`haven_wire`); nothing here validates.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `POST /v1/apply`: the workloads of one file, applied all or nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// The file's name, for messages and events.
+    pub source: String,
+    pub specs: Vec<WorkloadSpec>,
+}
+
+/// One workload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: WorkloadKind,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub priority: Priority,
+    pub restart: RestartPolicy,
+    /// Overrides the cluster's isolation response for this workload.
+    #[serde(default)]
+    pub isolation_response: Option<IsolationResponse>,
+    /// Most bytes its logs may take on a host; absent: the cluster's
+    /// default (1 MiB at this version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_max_bytes: Option<u64>,
+    /// The user it runs as (name or uid); absent: root, if the cluster
+    /// allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Its primary group (name or gid); absent: the user's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum WorkloadKind {
+    Process {
+        command: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+    Vm(VmSpec),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub disks: Vec<String>,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub append: Option<String>,
+    pub network: VmNetwork,
+    pub heartbeat: GuestHeartbeat,
+    pub accel: Accel,
+    pub monitoring: VmMonitoring,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum VmNetwork {
+    None,
+    User { forward: Vec<String> },
+    Bridge { bridge: String, mac: Option<String> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestHeartbeat {
+    Haven,
+    QemuGuestAgent,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmMonitoring {
+    pub failure_interval_s: u64,
+    pub min_uptime_s: u64,
+    pub max_resets: u32,
+    pub reset_window_s: u64,
+    pub failover_after_max_resets: bool,
+    pub restart_on_guest_shutdown: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub max_restarts: u32,
+    pub restart_window_s: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Highest,
+    High,
+    Medium,
+    Low,
+    Lowest,
+    Disabled,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationResponse {
+    PowerOff,
+    Shutdown,
+    LeaveRunning,
+}
