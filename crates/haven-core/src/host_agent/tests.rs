@@ -831,3 +831,33 @@ fn the_watchdog_and_the_keepers_hold_follow_the_lease_and_leave_running() {
     b.handle(HostInput::Tick, 1_000);
     assert!(!b.may_pet_watchdog(1_000));
 }
+
+#[test]
+fn a_restart_that_waits_for_the_disks_lock_counts_once() {
+    // Before the machine took it, the agent's supervisor did not count such
+    // a restart at all (its detail said the lock was being checked).
+    let mut a = vm_agent();
+    let desired = || vec![want_vm("v", 2)];
+    a.handle(ack(0, 1, desired()), 10);
+    a.handle(lock_read("v", 2, Ok(None)), 20);
+    started(&mut a, "v", 2, 30);
+    a.handle(
+        HostInput::InstanceExited {
+            workload: "v".into(),
+            generation: g(2),
+            how: "exited".into(),
+        },
+        40,
+    );
+    // The backoff is over when the next acknowledgement comes.
+    assert_eq!(reads(&a.handle(ack(100, 1, desired()), 140)), 1);
+    // Someone else's lock showed up meanwhile: a second look.
+    a.handle(lock_read("v", 2, Ok(lock_of("h2", 1, 5))), 150);
+    assert_eq!(reads(&a.handle(ack(700, 1, desired()), 750)), 1);
+    let fx = a.handle(lock_read("v", 2, Ok(lock_of("h2", 1, 5))), 760);
+    assert_eq!(starts(&fx).len(), 1);
+    started(&mut a, "v", 2, 770);
+    let o = &a.report(770).observed[0];
+    assert_eq!(o.restarts, 1);
+    assert_eq!(o.detail.as_deref(), Some("last exit: exited"));
+}
