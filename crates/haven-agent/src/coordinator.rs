@@ -219,7 +219,7 @@ async fn propose_entries(node: &Arc<Node>, term: u64, entries: Vec<Command>) {
 /// counts as unknown.
 async fn read_datastore(node: Arc<Node>, io: Arc<DatastoreIo>) {
     loop {
-        let t = node.lease.lock().unwrap().settings.timing;
+        let t = node.settings().timing;
         let (hb_ms, lease_ms) = (t.heartbeat_interval_ms, t.lease_ms);
         tokio::time::sleep(Duration::from_millis(hb_ms)).await;
         let wanted: Vec<String> = io.wanted.lock().unwrap().iter().cloned().collect();

@@ -1,128 +1,58 @@
 //! Heartbeats to the coordinator and the lease they earn (DESIGN.md §2.2).
 //!
-//! Each acknowledged heartbeat extends the lease to `lease` after its *send*
-//! time and brings back what the coordinator wants on this host. The lease
-//! expiry is also written to the data dir (on the system-wide monotonic
-//! clock), so a restarted agent knows how long its predecessor's lease still
-//! covers the workloads it re-adopts.
+//! Each heartbeat carries the host machine's report; each acknowledgement
+//! goes to the machine (`Supervisor::acknowledged`), which extends the lease
+//! to `lease` after the heartbeat's *send* time and takes what the
+//! coordinator wants on this host. The lease expiry is also written to the
+//! data dir (on the system-wide monotonic clock), so a restarted agent
+//! knows how long its predecessor's lease still covers the workloads it
+//! re-adopts.
 
-use haven_core::liveness::Lease;
 use haven_core::model::{ClusterSettings, Generation};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::{Desired, HeartbeatRequest, HeartbeatResponse};
+use crate::api::{HeartbeatRequest, HeartbeatResponse};
 use crate::datadir::DataDir;
 use crate::node::Node;
 use crate::rpc::{self, RpcError};
-use crate::supervisor::Authority;
 
 const LEASE_FILE: &str = "lease-expiry";
 /// Managers tried per heartbeat tick when the leader does not answer.
 const ATTEMPTS_PER_TICK_MAX: usize = 4;
 
-pub struct LeaseState {
-    lease: Lease,
-    /// Expiry inherited from a previous agent process (monotonic ms).
-    inherited_expiry_ms: Option<u64>,
-    /// Desired instances from the newest revision acknowledged.
-    pub desired: Option<Vec<Desired>>,
-    /// The state revision `desired` was read at.
-    pub revision: u64,
-    /// Newest generation ever received per workload.
-    pub highest_seen: BTreeMap<String, Generation>,
-    /// The cluster's settings as last told (or last known on disk).
-    pub settings: ClusterSettings,
-    ever_held: bool,
-}
-
 pub use haven_core::host_agent::{check_inherited, InheritedLease};
 
-impl LeaseState {
-    pub fn load(datadir: &DataDir, now_ms: u64, settings: ClusterSettings) -> LeaseState {
-        let path = datadir.path().join(LEASE_FILE);
-        let text = std::fs::read_to_string(&path).ok();
-        let inherited = match check_inherited(text.as_deref(), now_ms, &settings) {
-            InheritedLease::Valid(e) => Some(e),
-            InheritedLease::None => None,
-            InheritedLease::TooFar {
-                expiry_ms,
-                allowed_ms,
-            } => {
-                tracing::warn!(
-                    "{}: lease expiry {expiry_ms} lies {} ms ahead, more than the cluster allows ({allowed_ms} ms): treated as expired",
-                    path.display(),
-                    expiry_ms - now_ms
-                );
-                None
-            }
-        };
-        LeaseState {
-            lease: Lease::default(),
-            inherited_expiry_ms: inherited,
-            desired: None,
-            revision: 0,
-            highest_seen: BTreeMap::new(),
-            settings,
-            ever_held: false,
+/// The lease expiry a previous agent process left in the data dir, if the
+/// cluster's settings allow it (`check_inherited`): the host's machine
+/// starts under it.
+pub fn inherited_expiry(datadir: &DataDir, now_ms: u64, settings: &ClusterSettings) -> Option<u64> {
+    let path = datadir.path().join(LEASE_FILE);
+    let text = std::fs::read_to_string(&path).ok();
+    match check_inherited(text.as_deref(), now_ms, settings) {
+        InheritedLease::Valid(e) => Some(e),
+        InheritedLease::None => None,
+        InheritedLease::TooFar {
+            expiry_ms,
+            allowed_ms,
+        } => {
+            tracing::warn!(
+                "{}: lease expiry {expiry_ms} lies {} ms ahead, more than the cluster allows ({allowed_ms} ms): treated as expired",
+                path.display(),
+                expiry_ms - now_ms
+            );
+            None
         }
-    }
-
-    pub fn is_held(&self, now_ms: u64) -> bool {
-        self.lease.is_held(now_ms)
-    }
-
-    pub fn expires_at_ms(&self) -> Option<u64> {
-        self.lease.expires_at_ms().or(self.inherited_expiry_ms)
-    }
-
-    /// What the supervisor may do now, and the revision it acts on.
-    pub fn authority(&self, now_ms: u64, datastore_ok: bool) -> Authority {
-        if self.lease.is_held(now_ms) {
-            let desired = self
-                .desired
-                .iter()
-                .flatten()
-                .map(|d| (d.spec.name.clone(), d.generation))
-                .collect();
-            return Authority::Held(desired);
-        }
-        if !self.ever_held && self.inherited_expiry_ms.is_some_and(|e| now_ms < e) {
-            return Authority::Unknown;
-        }
-        Authority::Lapsed { datastore_ok }
-    }
-
-    /// An acknowledgement: extend the lease; take the desired instances
-    /// and settings only if they are at least as new as those held (acks
-    /// can arrive out of order, and from a deposed coordinator).
-    fn on_ack(&mut self, resp: &HeartbeatResponse) -> Option<u64> {
-        let lease_ms = resp.lease_ms.min(haven_core::settings::LEASE_MS_MAX);
-        self.lease.on_ack(resp.sent_ms, lease_ms);
-        self.ever_held = true;
-        if resp.revision >= self.revision {
-            for d in resp.desired.iter() {
-                let h = self.highest_seen.entry(d.spec.name.clone()).or_default();
-                *h = (*h).max(d.generation);
-            }
-            self.revision = resp.revision;
-            self.desired = Some(resp.desired.as_ref().clone());
-            if haven_core::settings::validate(&resp.settings).is_ok() {
-                self.settings = resp.settings.clone();
-            }
-        }
-        self.lease.expires_at_ms()
     }
 }
 
 pub async fn run(node: Arc<Node>) -> String {
-    let mut persisted_expiry = 0;
     let mut interval_ms = 0;
     let (mut checked, mut told_stale) = (false, false);
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     loop {
-        let settings = node.lease.lock().unwrap().settings.clone();
+        let settings = node.settings();
         let hb_ms = settings.timing.heartbeat_interval_ms;
         if hb_ms != interval_ms {
             interval_ms = hb_ms;
@@ -135,7 +65,9 @@ pub async fn run(node: Arc<Node>) -> String {
             let Some(target) = next_target(&node) else {
                 break;
             };
-            let (applied_revision, observed, stopped) = node.supervisor.report();
+            let sent_ms = node.clock.now_ms();
+            node.supervisor.heartbeat_sent(sent_ms);
+            let report = node.supervisor.report();
             let req = HeartbeatRequest {
                 host: node.identity.name.clone(),
                 instance_id: node.identity.instance_id.clone(),
@@ -145,13 +77,13 @@ pub async fn run(node: Arc<Node>) -> String {
                 labels: node.cfg.labels.clone(),
                 fence: node.cfg.fence.clone(),
                 watchdog_timeout_ms: node.watchdog_timeout_ms,
-                sent_ms: node.clock.now_ms(),
+                sent_ms,
                 boot: node.boot.clone(),
-                applied_revision,
+                applied_revision: report.applied_revision,
                 keeper: node.keeper_ok.load(std::sync::atomic::Ordering::Relaxed),
-                stopped,
+                stopped: report.stopped,
                 problems: node.problems(),
-                observed,
+                observed: report.observed,
                 tls: node.tls.report(),
             };
             let sent = rpc::post::<_, HeartbeatResponse>(
@@ -183,15 +115,10 @@ pub async fn run(node: Arc<Node>) -> String {
                     }
                     told_stale = !disagree.is_empty();
                     checked = true;
-                    let (expiry, now_settings, newer) = {
-                        let mut l = node.lease.lock().unwrap();
-                        let before = l.revision;
-                        let expiry = l.on_ack(&resp);
-                        (expiry, l.settings.clone(), l.revision > before)
-                    };
-                    if newer {
-                        node.supervisor_wake.notify_one();
-                    }
+                    // The machine takes it; the supervisor is woken if it
+                    // decided something.
+                    let expiry = node.supervisor.acknowledged(&resp);
+                    let now_settings = node.settings();
                     // The data dir's files are written in the background:
                     // a stalled local disk must not hold up the lease.
                     if now_settings.host_cert_validity_s != settings.host_cert_validity_s {
@@ -217,8 +144,8 @@ pub async fn run(node: Arc<Node>) -> String {
                             crate::node::record_store(&n).map_err(|e| format!("{e:#}"))
                         });
                     }
-                    if let Some(e) = expiry.filter(|e| *e > persisted_expiry) {
-                        persisted_expiry = e;
+                    // Only ever later (the machine's `RenewKeeper`).
+                    if let Some(e) = expiry {
                         node.keeper_renew(e);
                         let path = node.datadir.path().join(LEASE_FILE);
                         node.write_in_background("record the lease expiry", move || {
@@ -309,7 +236,7 @@ fn update_peers(node: &Node, resp: &HeartbeatResponse) {
 /// fresh. Runs whether or not the lease is held: that is what lets the
 /// coordinator tell an isolated host from a dead one. Each round runs on
 /// the datastore's write lane, bounded by half a lease; only a complete
-/// round on the marked datastore counts (`Node::datastore_ok`), from the
+/// round on the marked datastore counts (the machine's `datastore_ok`), from the
 /// time it started.
 pub async fn run_datastore(node: Arc<Node>) {
     let Some(io) = node.datastore.as_ref() else {
@@ -324,7 +251,7 @@ pub async fn run_datastore(node: Arc<Node>) {
         ticker.tick().await;
         seq += 1;
         let started_ms = node.clock.now_ms();
-        let lease_ms = node.lease.lock().unwrap().settings.timing.lease_ms;
+        let lease_ms = node.settings().timing.lease_ms;
         let holding: BTreeMap<String, Generation> = node.supervisor.holding().into_iter().collect();
         let release: Vec<String> = locked
             .keys()
@@ -353,16 +280,21 @@ pub async fn run_datastore(node: Arc<Node>) {
             .await;
         match round {
             Ok(Ok(())) => {
-                node.datastore_ok_at_ms
-                    .store(started_ms, std::sync::atomic::Ordering::Relaxed);
+                node.supervisor.datastore_written(true, started_ms);
                 locked = holding;
                 io.set_problem(None);
             }
-            Ok(Err(why)) => io.set_problem(Some(why)),
-            Err(e) => io.set_problem(Some(format!(
-                "datastore {}: {e}",
-                io.store.base().display()
-            ))),
+            Ok(Err(why)) => {
+                node.supervisor.datastore_written(false, started_ms);
+                io.set_problem(Some(why));
+            }
+            Err(e) => {
+                node.supervisor.datastore_written(false, started_ms);
+                io.set_problem(Some(format!(
+                    "datastore {}: {e}",
+                    io.store.base().display()
+                )));
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use haven_core::spec::check_name;
 use haven_core::state::{Command, CommandResult};
 use haven_drivers::process::{ProcessDriver, WorkloadLogs};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -20,7 +20,6 @@ use crate::api::{
 use crate::clock::{Clock, SystemClock};
 use crate::config::{detect_capacity, AgentConfig, StartMode};
 use crate::datadir::{random_hex, DataDir, Identity};
-use crate::heartbeat::LeaseState;
 use crate::pki::Tls;
 use crate::rpc;
 use crate::supervisor::Supervisor;
@@ -105,13 +104,11 @@ pub struct Node {
     pub clock: Arc<dyn Clock>,
     pub office: Mutex<Option<Coordinator>>,
     pub peers: Mutex<Peers>,
-    pub lease: Mutex<LeaseState>,
+    /// The host's machine and the runtime that performs its effects; the
+    /// lease is the machine's.
     pub supervisor: Supervisor,
     pub datadir: DataDir,
     pub datastore: Option<Arc<crate::datastore::DatastoreIo>>,
-    /// Monotonic ms when the last complete round of datastore writes
-    /// started (0: none yet).
-    pub datastore_ok_at_ms: AtomicU64,
     pub watchdog: Mutex<Option<Watchdog>>,
     /// 0 without a watchdog.
     pub watchdog_timeout_ms: u64,
@@ -132,8 +129,6 @@ pub struct Node {
     /// Why this manager stopped its Raft core itself (a nearly full data
     /// dir while it led).
     pub stepped_down: Mutex<Option<String>>,
-    /// Wakes the supervisor when a newer revision arrives.
-    pub supervisor_wake: tokio::sync::Notify,
     /// `haven logs` and the removal of deleted workloads' logs.
     pub logs: crate::logs::LogService,
     /// This host's TLS material (`pki`).
@@ -159,23 +154,7 @@ impl Node {
 
     /// The cluster's settings as this host knows them.
     pub fn settings(&self) -> haven_core::model::ClusterSettings {
-        self.lease.lock().unwrap().settings.clone()
-    }
-
-    /// Did this host write the datastore recently (within a lease)?
-    pub fn datastore_ok(&self, now_ms: u64) -> bool {
-        let lease_ms = self.lease.lock().unwrap().settings.timing.lease_ms;
-        let ok_at = self.datastore_ok_at_ms.load(Ordering::Relaxed);
-        self.datastore.is_some() && ok_at > 0 && now_ms.saturating_sub(ok_at) < lease_ms
-    }
-
-    /// How long the keeper may let `leave-running` workloads run on a host
-    /// cut off from the coordinator: until a margin before the coordinator
-    /// could see this host's lock files go stale (a lease after the last
-    /// datastore write).
-    pub fn leave_running_deadline_ms(&self) -> u64 {
-        let t = self.lease.lock().unwrap().settings.timing;
-        self.datastore_ok_at_ms.load(Ordering::Relaxed) + t.lease_ms - t.margin_ms
+        self.supervisor.settings()
     }
 
     /// Move the lease keeper's deadline (DESIGN.md §2a). A keeper that does
@@ -222,12 +201,9 @@ impl Node {
         // `leave-running` instances may outlive the lease while this host
         // still writes the datastore (DESIGN.md §2.4): the keeper holds them
         // until a margin before their lock files could look stale.
-        let now_ms = self.clock.now_ms();
-        let hold_ms = if self.datastore_ok(now_ms) && self.supervisor.leaves_running() {
-            self.leave_running_deadline_ms().max(deadline_ms)
-        } else {
-            deadline_ms
-        };
+        let hold_ms = self
+            .supervisor
+            .keeper_hold_ms(deadline_ms, self.clock.now_ms());
         let ok = k.renew_with_hold(deadline_ms, hold_ms).is_ok();
         let was_ok = self.keeper_ok.swap(ok, Ordering::Relaxed);
         if !ok && was_ok {
@@ -667,7 +643,11 @@ pub async fn run(
     let driver = ProcessDriver::new(cgroup_root.clone(), logs)
         .with_context(|| format!("workload cgroups under {}", cgroup_root.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let supervisor = Supervisor::new(
+    // The host's machine starts under the lease its predecessor left, with
+    // the instances it left running.
+    let inherited_expiry_ms =
+        crate::heartbeat::inherited_expiry(&datadir, clock.now_ms(), &settings);
+    let (supervisor, adopted) = Supervisor::adopt(
         driver,
         crate::supervisor::SupervisorConfig {
             host: identity.name.clone(),
@@ -676,9 +656,11 @@ pub async fn run(
             datastore: datastore.clone(),
             vm_witness_dir: cfg.vm_witness_dir.clone(),
             data_dir: datadir.path().to_owned(),
+            settings,
+            inherited_expiry_ms,
         },
         clock.clone(),
-    );
+    )?;
     let watchdog = match cfg.watchdog_mode {
         WatchdogMode::Off => None,
         WatchdogMode::Required => Some(
@@ -696,8 +678,6 @@ pub async fn run(
         },
     };
     let watchdog_timeout_ms = watchdog.as_ref().map_or(0, |w| w.timeout_ms);
-    let adopted = supervisor.adopt()?;
-    let lease = LeaseState::load(&datadir, clock.now_ms(), settings);
     let keeper = haven_keeper::KeeperClient::new(datadir.path())
         .map_err(|e| anyhow!("lease keeper socket: {e}"))?;
 
@@ -721,11 +701,9 @@ pub async fn run(
             managers: identity.managers.clone(),
             next: 0,
         }),
-        lease: Mutex::new(lease),
         supervisor,
         datadir,
         datastore,
-        datastore_ok_at_ms: AtomicU64::new(0),
         watchdog: Mutex::new(watchdog),
         watchdog_timeout_ms,
         boot: random_hex(8),
@@ -735,7 +713,6 @@ pub async fn run(
         files: crate::lane::Lane::new("data dir writes", Duration::from_secs(2)),
         disk_problem: Mutex::new(None),
         stepped_down: Mutex::new(None),
-        supervisor_wake: tokio::sync::Notify::new(),
         tls: tls.clone(),
         identity,
         cfg,

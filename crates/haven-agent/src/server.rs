@@ -1438,7 +1438,7 @@ async fn probe(State(node): State<Arc<Node>>, body: Body) -> Reply {
 
 async fn health(State(node): State<Arc<Node>>) -> Reply {
     let now = node.clock.now_ms();
-    let lease_held = node.lease.lock().unwrap().is_held(now);
+    let lease_held = node.supervisor.lease_held(now);
     Json(serde_json::json!({
         "name": node.identity.name,
         "cluster_id": node.identity.cluster_id,

@@ -1,135 +1,164 @@
-//! The agent side of the reconciler: make what runs on this host match what
-//! the coordinator wants, restart exits in place, and carry out the
-//! isolation response when the lease lapses (DESIGN.md §2.2, §2.4).
+//! The runtime of the host's decisions (DESIGN.md §3b): the core's
+//! `HostAgent` machine decides what runs here, what restarts in place, what
+//! fails, what stops and how (the isolation response included: DESIGN.md
+//! §2.2, §2.4); this module feeds it its inputs and performs its effects.
 //!
-//! `decide` is the pure decision; `Supervisor` holds the per-instance state
-//! and performs the decisions through the process driver.
+//! Inputs: acknowledgements and heartbeat sends (`heartbeat.rs`), timer
+//! ticks with the monotonic time, exits noticed through the process driver,
+//! the results of starts and stops, the disks' lock reads a VM start needs,
+//! the verdicts of each VM's monitor (`vm.rs`), datastore writes. Effects:
+//! starts and stops through the process driver (a VM's through QEMU), lock
+//! reads on the datastore's lane, the lease keeper's deadline. What the
+//! runtime keeps is mechanism only: the pids of what it started, the specs
+//! to start from, the VM watch tasks, the keeper's policy file.
+//!
+//! Nothing blocking runs on the async workers or under the machine's lock
+//! (the heartbeat path takes it): effects that fork, resolve users, read
+//! the datastore or write files are queued, in the order decided, for the
+//! supervisor's blocking thread (`run`), which feeds back their results.
 
-use haven_core::model::{
-    Generation, InstanceState, IsolationResponse, Observed, Stopped, WorkloadKind,
+use haven_core::host_agent::{
+    Adopted, HeartbeatReport, HostAgent, HostAgentConfig, HostEffect, HostEvent, HostInput,
+    KeeperPolicy, StopHow,
 };
-use haven_core::restart::{RestartDecision, RestartTracker};
+use haven_core::model::{ClusterSettings, Generation, Observed, WorkloadKind};
 use haven_drivers::process::{InstanceKey, ProcessDriver};
 use haven_drivers::Identity;
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::api::Desired;
+use crate::api::{Desired, HeartbeatResponse};
 use crate::clock::Clock;
 use crate::datastore::DatastoreIo;
 use crate::node::Node;
-use crate::vm::LockVerdict;
 use haven_drivers::vm::VmPaths;
 use std::path::PathBuf;
 
-// The decisions (what to start, stop or kill given the lease) are the
-// core's, shared with the `HostAgent` machine that the simulator runs.
 pub use haven_core::host_agent::{decide, Action, Authority, Local, Phase};
 
-/// Per-instance bookkeeping kept by the agent.
-pub struct Instance {
-    pub generation: Generation,
-    pub phase: Phase,
-    pub isolation: IsolationResponse,
-    pub tracker: RestartTracker,
-    pub pid: Option<u32>,
-    pub restarts: u32,
-    pub detail: Option<String>,
-    /// The VM watch task that runs for it (its epoch), if any.
-    pub vm_watch: Option<u64>,
-    /// The guest shut itself down and stays stopped.
-    pub guest_stopped: bool,
-    /// VM monitoring gave up: (why, fail over?).
-    pub give_up: Option<(String, bool)>,
-    pub no_failover: bool,
+/// How long a VM start waits for its disks' lock file to be read.
+const LOCK_READ_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The shortest supervisor tick, whatever the heartbeat interval.
+const TICK_MS_MIN: u64 = 20;
+
+/// The machine and the mechanism that goes with it, under one lock.
+struct HostState {
+    machine: HostAgent,
+    /// The desired instances' specs of the revision the machine holds:
+    /// what a start runs.
+    specs: BTreeMap<String, Desired>,
+    /// Effects for the supervisor's blocking thread, in the order decided
+    /// (a stop decided after a start is performed after it).
+    queue: VecDeque<HostEffect>,
+    /// The main process of each instance started or adopted (workload →
+    /// generation, pid).
+    pids: BTreeMap<String, (Generation, u32)>,
+    /// The VM watch running for an instance (workload → generation,
+    /// epoch).
+    vm_watches: BTreeMap<String, (Generation, u64)>,
 }
 
-impl Instance {
-    fn new(
-        generation: Generation,
-        isolation: IsolationResponse,
-        policy: haven_core::model::RestartPolicy,
-    ) -> Instance {
-        Instance {
+/// The host's machine as the tasks that feed it share it.
+#[derive(Clone)]
+pub struct HostMachine {
+    state: Arc<Mutex<HostState>>,
+    clock: Arc<dyn Clock>,
+    /// Wakes the supervisor's loop when effects wait for it.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl HostMachine {
+    fn lock(&self) -> MutexGuard<'_, HostState> {
+        self.state.lock().unwrap()
+    }
+
+    /// Hand the machine one input, at the monotonic time read under its
+    /// lock (inputs from several tasks never go back in time). Returns the
+    /// lease keeper's new deadline if the input moved it.
+    pub fn feed(&self, input: HostInput) -> Option<u64> {
+        self.feed_with(input, |_| {})
+    }
+
+    /// `feed`, then `after` under the same lock (the runtime's mechanism
+    /// kept in step with what the machine took).
+    fn feed_with(&self, input: HostInput, after: impl FnOnce(&mut HostState)) -> Option<u64> {
+        let (keeper, wake) = {
+            let mut s = self.lock();
+            let now_ms = self.clock.now_ms();
+            let effects = s.machine.handle(input, now_ms);
+            after(&mut s);
+            let mut keeper = None;
+            for e in effects {
+                match e {
+                    HostEffect::RenewKeeper { deadline_ms } => keeper = Some(deadline_ms),
+                    // The heartbeat task keeps the cadence (with retries to
+                    // other managers) and reads `report`.
+                    HostEffect::SendHeartbeat { .. } => {}
+                    HostEffect::Event(e) => log_event(&e),
+                    e @ (HostEffect::Start { .. }
+                    | HostEffect::Stop { .. }
+                    | HostEffect::ReadDiskLock { .. }) => s.queue.push_back(e),
+                }
+            }
+            let unperformed =
+                !s.queue.is_empty() || s.machine.acted_revision() > s.machine.applied_revision();
+            (keeper, unperformed)
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        keeper
+    }
+}
+
+fn log_event(e: &HostEvent) {
+    match e {
+        HostEvent::LeaseLapsed { expired_at_ms } => {
+            tracing::warn!("lease lapsed at {expired_at_ms}: isolation response")
+        }
+        HostEvent::LeaseHeld { expires_at_ms } => {
+            tracing::info!("lease held (until {expires_at_ms})")
+        }
+        HostEvent::Isolation {
+            workload,
             generation,
-            phase: Phase::Running,
-            isolation,
-            tracker: RestartTracker::new(policy),
-            pid: None,
-            restarts: 0,
-            detail: None,
-            vm_watch: None,
-            guest_stopped: false,
-            give_up: None,
-            no_failover: false,
-        }
-    }
-
-    pub fn observed(&self, workload: &str) -> Observed {
-        Observed {
-            workload: workload.to_owned(),
-            generation: self.generation,
-            state: match self.phase {
-                // The agent starts synchronously: never in this phase.
-                Phase::Starting | Phase::Running => InstanceState::Running,
-                Phase::Restarting { .. } => InstanceState::Restarting,
-                Phase::Failed => InstanceState::Failed,
-                Phase::Stopping => InstanceState::Stopping,
-                Phase::Stopped => InstanceState::Stopped,
-            },
-            pid: self.pid,
-            restarts: self.restarts,
-            detail: self.detail.clone(),
-            no_failover: self.no_failover,
-        }
-    }
-
-    /// The instance exited at `now_ms`: restart later or give up.
-    pub fn on_exit(&mut self, now_ms: u64, how: String) {
-        self.pid = None;
-        if self.guest_stopped {
-            self.phase = Phase::Stopped;
-            return;
-        }
-        if let Some((why, failover)) = self.give_up.take() {
-            self.phase = Phase::Failed;
-            self.no_failover = !failover;
-            self.detail = Some(why);
-            return;
-        }
-        match self.tracker.on_exit(now_ms) {
-            RestartDecision::RestartAfter { delay_ms, .. } => {
-                self.phase = Phase::Restarting {
-                    at_ms: now_ms + delay_ms,
-                };
-                self.detail = Some(format!("{how}; restarting in {delay_ms} ms"));
-            }
-            RestartDecision::GiveUp { restarts_in_window } => {
-                self.phase = Phase::Failed;
-                self.detail = Some(format!(
-                    "{how}; gave up after {restarts_in_window} restarts within the restart window"
-                ));
-            }
-        }
-    }
-}
-
-/// What the lease keeper must know of `map`'s instances.
-fn keeper_policy(
-    map: &BTreeMap<String, Instance>,
-    shutdown_timeout_ms: u64,
-) -> haven_keeper::Policy {
-    let with = |response: IsolationResponse| {
-        map.iter()
-            .filter(|(_, i)| i.isolation == response)
-            .map(|(w, i)| key(w, i.generation).dir_name())
-            .collect()
-    };
-    haven_keeper::Policy {
-        shutdown_timeout_ms,
-        graceful: with(IsolationResponse::Shutdown),
-        hold: with(IsolationResponse::LeaveRunning),
+            how,
+        } => tracing::warn!("isolation response for {workload}@{generation}: {how:?}"),
+        HostEvent::StaleGenerationRefused {
+            workload,
+            generation,
+            highest_seen,
+        } => tracing::warn!(
+            "refused to start {workload}@{generation}: generation {highest_seen} was seen already"
+        ),
+        HostEvent::RestartScheduled {
+            workload,
+            generation,
+            delay_ms,
+            restarts_in_window,
+        } => tracing::info!(
+            "{workload}@{generation}: restarting in {delay_ms} ms ({restarts_in_window} in the window)"
+        ),
+        HostEvent::GaveUp {
+            workload,
+            generation,
+            restarts_in_window,
+        } => tracing::warn!(
+            "{workload}@{generation}: gave up after {restarts_in_window} restarts within the restart window"
+        ),
+        HostEvent::OlderInstanceKilled {
+            workload,
+            generation,
+        } => tracing::warn!(
+            "found an older instance {workload}@{generation} next to a newer one: killing it"
+        ),
+        HostEvent::SettingsRefused { why } => tracing::warn!(
+            "the coordinator sent settings that fail validation; keeping those held: {}",
+            why.join("; ")
+        ),
     }
 }
 
@@ -140,26 +169,26 @@ fn key(workload: &str, generation: Generation) -> InstanceKey {
     }
 }
 
+fn keeper_policy(p: KeeperPolicy) -> haven_keeper::Policy {
+    let names =
+        |v: Vec<(String, Generation)>| v.into_iter().map(|(w, g)| key(&w, g).dir_name()).collect();
+    haven_keeper::Policy {
+        shutdown_timeout_ms: p.shutdown_timeout_ms,
+        graceful: names(p.graceful),
+        hold: names(p.hold),
+    }
+}
+
 pub struct Supervisor {
     driver: Arc<ProcessDriver>,
     host: String,
-    stop_grace_ms: u64,
-    instances: Arc<Mutex<BTreeMap<String, Instance>>>,
+    machine: HostMachine,
     /// Where VM instances keep their sockets and console logs.
     run_dir: PathBuf,
     datastore: Option<Arc<DatastoreIo>>,
     vm_witness_dir: Option<PathBuf>,
-    clock: Arc<dyn Clock>,
-    /// Disk-lock probes in progress: workload -> (seq seen, look again at).
-    lock_probes: Mutex<BTreeMap<String, (u64, u64)>>,
-    next_watch: std::sync::atomic::AtomicU64,
-    /// The state revision whose desired instances the last tick with a
-    /// held lease acted on. Written and read only under the `instances`
-    /// lock, so a report pairs it with the instances as they were then.
-    applied_revision: Mutex<u64>,
-    /// Recent stops and how each ended, newest last (bounded).
-    stopped: Arc<Mutex<std::collections::VecDeque<Stopped>>>,
-    /// What the lease keeper was last told to stop gracefully.
+    next_watch: AtomicU64,
+    /// What the lease keeper was last told to stop gracefully or hold.
     keeper_policy: Mutex<Option<haven_keeper::Policy>>,
     data_dir: PathBuf,
 }
@@ -172,189 +201,228 @@ pub struct SupervisorConfig {
     pub vm_witness_dir: Option<PathBuf>,
     /// Where the lease keeper reads its policy.
     pub data_dir: PathBuf,
+    /// The cluster's settings as last known (the data dir's cache).
+    pub settings: ClusterSettings,
+    /// A lease expiry the previous agent process left, already checked.
+    pub inherited_expiry_ms: Option<u64>,
 }
 
 impl Supervisor {
-    pub fn new(driver: ProcessDriver, cfg: SupervisorConfig, clock: Arc<dyn Clock>) -> Supervisor {
-        Supervisor {
+    /// The runtime and its machine, taking over the instances a previous
+    /// agent process left running. Returns it and how many were adopted.
+    /// Leftover empty groups are removed; of two generations of one
+    /// workload, the machine keeps the newest and kills the other at once.
+    pub fn adopt(
+        driver: ProcessDriver,
+        cfg: SupervisorConfig,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<(Supervisor, usize)> {
+        let mut adopted = vec![];
+        let mut pids = BTreeMap::new();
+        for info in driver.instances()? {
+            if !info.populated {
+                let _ = driver.cleanup(&info.key);
+                continue;
+            }
+            let vm = VmPaths::new(&cfg.run_dir.join(info.key.to_string()))
+                .qmp_ops
+                .exists();
+            if let Some(pid) = info.pids.first() {
+                let newer = pids
+                    .get(&info.key.workload)
+                    .is_some_and(|(g, _)| *g > info.key.generation);
+                if !newer {
+                    pids.insert(info.key.workload.clone(), (info.key.generation, *pid));
+                }
+            }
+            adopted.push(Adopted {
+                workload: info.key.workload,
+                generation: info.key.generation,
+                vm,
+            });
+        }
+        let (machine, effects) = HostAgent::new(
+            HostAgentConfig {
+                settings: cfg.settings,
+                stop_grace_ms: cfg.stop_grace_ms,
+                inherited_expiry_ms: cfg.inherited_expiry_ms,
+                adopted,
+                host: cfg.host.clone(),
+                disk_locks: cfg.datastore.is_some(),
+                confirms_effects: true,
+            },
+            clock.now_ms(),
+        );
+        let count = machine.instances().count();
+        let sup = Supervisor {
             driver: Arc::new(driver),
             host: cfg.host,
-            stop_grace_ms: cfg.stop_grace_ms,
-            instances: Arc::new(Mutex::new(BTreeMap::new())),
+            machine: HostMachine {
+                state: Arc::new(Mutex::new(HostState {
+                    machine,
+                    specs: BTreeMap::new(),
+                    queue: VecDeque::new(),
+                    pids,
+                    vm_watches: BTreeMap::new(),
+                })),
+                clock,
+                wake: Arc::new(tokio::sync::Notify::new()),
+            },
             run_dir: cfg.run_dir,
             datastore: cfg.datastore,
             vm_witness_dir: cfg.vm_witness_dir,
-            clock,
-            lock_probes: Mutex::new(BTreeMap::new()),
-            next_watch: std::sync::atomic::AtomicU64::new(1),
-            applied_revision: Mutex::new(0),
-            stopped: Arc::new(Mutex::new(Default::default())),
+            next_watch: AtomicU64::new(1),
             keeper_policy: Mutex::new(None),
             data_dir: cfg.data_dir,
+        };
+        // Only kills of older generations: nothing is being started, so
+        // they need not wait for the supervisor's thread.
+        for e in effects {
+            match e {
+                HostEffect::Stop {
+                    workload,
+                    generation,
+                    how,
+                } => sup.spawn_stop(workload, generation, how),
+                HostEffect::Event(e) => log_event(&e),
+                _ => {}
+            }
         }
+        Ok((sup, count))
     }
 
     pub fn cgroup_root(&self) -> PathBuf {
         self.driver.cgroup_root().to_owned()
     }
 
-    /// Take over instances a previous agent process left running. Returns
-    /// how many were adopted. Leftover empty groups are removed; if two
-    /// generations of one workload are found, only the newest is kept.
-    pub fn adopt(&self) -> anyhow::Result<usize> {
-        let mut found = self.driver.instances()?;
-        found.sort_by_key(|i| std::cmp::Reverse(i.key.generation));
-        let mut map = self.instances.lock().unwrap();
-        for info in found {
-            if !info.populated {
-                let _ = self.driver.cleanup(&info.key);
-                continue;
+    pub fn machine(&self) -> &HostMachine {
+        &self.machine
+    }
+
+    /// The cluster's settings as this host knows them.
+    pub fn settings(&self) -> ClusterSettings {
+        self.machine.lock().machine.settings().clone()
+    }
+
+    /// A heartbeat is being sent at `sent_ms`.
+    pub fn heartbeat_sent(&self, sent_ms: u64) {
+        self.machine.feed(HostInput::HeartbeatSent { sent_ms });
+    }
+
+    /// An acknowledgement: the machine takes the lease and, if newest, the
+    /// desired instances, whose specs the runtime keeps to start them.
+    /// Returns the lease keeper's new deadline if it moved.
+    pub fn acknowledged(&self, resp: &HeartbeatResponse) -> Option<u64> {
+        let ack = haven_core::host_agent::Ack {
+            sent_ms: resp.sent_ms,
+            lease_ms: resp.lease_ms,
+            revision: resp.revision,
+            desired: resp.desired.iter().map(Into::into).collect(),
+            settings: resp.settings.clone(),
+        };
+        self.machine.feed_with(HostInput::Ack(ack), |s| {
+            if s.machine.revision() == resp.revision {
+                s.specs = resp
+                    .desired
+                    .iter()
+                    .map(|d| (d.spec.name.clone(), d.clone()))
+                    .collect();
             }
-            if map.contains_key(&info.key.workload) {
-                tracing::warn!(
-                    "found an older instance {} next to a newer one: killing it",
-                    info.key
-                );
-                let d = self.driver.clone();
-                tokio::spawn(async move {
-                    let _ = d.kill(&info.key).await;
-                });
-                continue;
-            }
-            let mut inst = Instance::new(
-                info.key.generation,
-                IsolationResponse::PowerOff,
-                Default::default(),
-            );
-            inst.pid = info.pids.first().copied();
-            inst.detail = Some("re-adopted after agent restart".into());
-            map.insert(info.key.workload.clone(), inst);
-        }
-        Ok(map.len())
+        })
+    }
+
+    /// A round of datastore writes that started at `started_ms` ended.
+    pub fn datastore_written(&self, ok: bool, started_ms: u64) {
+        self.machine
+            .feed(HostInput::DatastoreWrite { ok, started_ms });
+    }
+
+    /// Did this host complete a round of datastore writes within a lease?
+    pub fn datastore_ok(&self, now_ms: u64) -> bool {
+        self.machine.lock().machine.datastore_ok(now_ms)
+    }
+
+    pub fn lease_held(&self, now_ms: u64) -> bool {
+        self.machine.lock().machine.lease_held(now_ms)
+    }
+
+    /// How long the keeper, renewed to `deadline_ms`, holds `leave-running`
+    /// instances (`HostAgent::keeper_hold_ms`).
+    pub fn keeper_hold_ms(&self, deadline_ms: u64, now_ms: u64) -> u64 {
+        self.machine
+            .lock()
+            .machine
+            .keeper_hold_ms(deadline_ms, now_ms)
     }
 
     pub fn observed(&self) -> Vec<Observed> {
-        self.report().1
+        self.report().observed
     }
 
-    /// What a heartbeat reports: the revision acted on, and every instance
-    /// this host has (in any phase), read together.
-    pub fn report(&self) -> (u64, Vec<Observed>, Vec<Stopped>) {
-        let map = self.instances.lock().unwrap();
-        let applied = *self.applied_revision.lock().unwrap();
-        let stopped = self.stopped.lock().unwrap().iter().cloned().collect();
-        (
-            applied,
-            map.iter().map(|(w, i)| i.observed(w)).collect(),
-            stopped,
-        )
-    }
-
-    /// Tell the lease keeper which instances it must stop gracefully (the
-    /// `shutdown` isolation response) rather than kill, when it changed.
-    /// Called without the instances lock (it writes a file).
-    fn update_keeper_policy(&self, policy: haven_keeper::Policy) {
-        let mut last = self.keeper_policy.lock().unwrap();
-        if last.as_ref() != Some(&policy) {
-            match haven_keeper::Policy::write_atomic(&self.data_dir, &policy) {
-                Ok(()) => *last = Some(policy),
-                Err(e) => tracing::warn!("could not write the lease keeper's policy: {e}"),
-            }
+    /// What a heartbeat reports: the revision acted on (its effects
+    /// performed), every instance this host has (in any phase, with the
+    /// pid of its main process), and recent stops, read together.
+    pub fn report(&self) -> HeartbeatReport {
+        let s = self.machine.lock();
+        let mut r = s.machine.report(self.machine.clock.now_ms());
+        for o in &mut r.observed {
+            o.pid = s
+                .pids
+                .get(&o.workload)
+                .filter(|(g, _)| *g == o.generation)
+                .map(|(_, pid)| *pid);
         }
+        r
     }
 
     /// (workload, generation) of instances whose processes may be running:
     /// what the datastore lock files must cover.
     pub fn holding(&self) -> Vec<(String, Generation)> {
-        self.instances
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, i)| !matches!(i.phase, Phase::Failed))
-            .map(|(w, i)| (w.clone(), i.generation))
-            .collect()
+        self.machine.lock().machine.holding()
     }
 
-    /// Whether any instance is left running under `leave-running`.
-    pub fn leaves_running(&self) -> bool {
-        self.instances
-            .lock()
-            .unwrap()
-            .values()
-            .any(|i| i.isolation == IsolationResponse::LeaveRunning && i.phase == Phase::Running)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn tick(
-        &self,
-        authority: &Authority,
-        desired: &[Desired],
-        revision: u64,
-        highest_seen: &BTreeMap<String, Generation>,
-        shutdown_timeout_ms: u64,
-        now_ms: u64,
-    ) {
-        let starts = self.decide_and_stop(
-            authority,
-            desired,
-            highest_seen,
-            shutdown_timeout_ms,
-            now_ms,
-        );
-        // Starts with no lock held: a VM's disk-lock check reads the
-        // datastore (bounded, on its lane) and a start forks; the heartbeat
-        // path's `report` never waits for either.
-        for (workload, generation) in starts {
-            self.start(desired, &workload, generation, now_ms);
-        }
-        let policy = {
-            let map = self.instances.lock().unwrap();
-            keeper_policy(&map, shutdown_timeout_ms)
-        };
-        self.update_keeper_policy(policy);
-        if matches!(authority, Authority::Held(_)) {
-            // Every start and stop of this revision has been taken, and the
-            // keeper holds its settings (the coordinator counts on a host
-            // that acted on a revision knowing its shutdown timeout): from
-            // now on the report shows it.
-            let mut applied = self.applied_revision.lock().unwrap();
-            *applied = (*applied).max(revision);
-        }
-    }
-
-    /// Under the instances lock: note exits, decide, and begin the stops
-    /// (in the background). Returns the starts to make.
-    fn decide_and_stop(
-        &self,
-        authority: &Authority,
-        desired: &[Desired],
-        highest_seen: &BTreeMap<String, Generation>,
-        shutdown_timeout_ms: u64,
-        now_ms: u64,
-    ) -> Vec<(String, Generation)> {
-        let mut map = self.instances.lock().unwrap();
-        let mut starts = vec![];
-        // The coordinator's current isolation response per instance.
-        for d in desired {
-            if let Some(i) = map.get_mut(&d.spec.name) {
-                if i.generation == d.generation {
-                    i.isolation = d.isolation;
-                    if let (WorkloadKind::Vm(vm), Phase::Running, None) =
-                        (&d.spec.kind, i.phase, i.vm_watch)
-                    {
-                        i.vm_watch = Some(self.watch_vm(&d.spec.name, d.generation, vm));
-                    }
+    /// One supervisor tick, on its blocking thread: note exits, let the
+    /// machine look at the time, perform what it decided, tell the keeper,
+    /// and confirm the revision performed.
+    fn tick(&self) {
+        self.notice_exits();
+        self.machine.feed(HostInput::Tick);
+        let (acted, policy) = loop {
+            let next = {
+                let mut s = self.machine.lock();
+                match s.queue.pop_front() {
+                    Some(e) => Ok(e),
+                    None => Err((s.machine.acted_revision(), s.machine.keeper_policy())),
                 }
+            };
+            match next {
+                Ok(effect) => self.perform(effect),
+                Err(done) => break done,
             }
-        }
-        // Notice exits: the main process ended (known for instances this
-        // agent started), or the group emptied (adopted ones). What the main
-        // process left behind in its group is killed, as a unit.
-        for (w, inst) in map.iter_mut() {
-            if inst.phase != Phase::Running {
-                continue;
-            }
-            let k = key(w, inst.generation);
+        };
+        self.watch_adopted_vms();
+        // The keeper holds the settings of the revision before the report
+        // says it was acted on (the coordinator counts on a host that acted
+        // on a revision knowing its shutdown timeout).
+        self.update_keeper_policy(keeper_policy(policy));
+        self.machine.feed(HostInput::Performed { revision: acted });
+    }
+
+    /// Exits of running instances: the main process ended (known for
+    /// instances this agent started), or the group emptied (adopted ones).
+    /// What the main process left behind in its group is killed, as a
+    /// unit.
+    fn notice_exits(&self) {
+        let running: Vec<(String, Generation)> = self
+            .machine
+            .lock()
+            .machine
+            .instances()
+            .filter(|i| i.phase == Phase::Running)
+            .map(|i| (i.workload, i.generation))
+            .collect();
+        for (workload, generation) in running {
+            let k = key(&workload, generation);
             let exit = self.driver.take_exit(&k);
             let running = self.driver.is_running(&k);
             if exit.is_none() && running {
@@ -376,79 +444,74 @@ impl Supervisor {
                 None => "exited".to_string(),
             };
             tracing::info!("{k} {how}");
-            inst.on_exit(now_ms, how);
+            self.machine.feed_with(
+                HostInput::InstanceExited {
+                    workload,
+                    generation,
+                    how,
+                },
+                |s| forget_pid(s, &k),
+            );
         }
-        let local = map
-            .iter()
-            .map(|(w, i)| {
-                (
-                    w.clone(),
-                    Local {
-                        generation: i.generation,
-                        phase: i.phase,
-                        isolation: i.isolation,
-                    },
-                )
-            })
-            .collect();
-        for action in decide(authority, &local, highest_seen, now_ms) {
-            let (workload, generation, how) = match action {
-                Action::Start {
+    }
+
+    fn perform(&self, effect: HostEffect) {
+        match effect {
+            HostEffect::Start {
+                workload,
+                generation,
+            } => self.start(&workload, generation),
+            HostEffect::ReadDiskLock {
+                workload,
+                generation,
+            } => {
+                let read = self.read_disk_lock(&workload);
+                self.machine.feed(HostInput::DiskLockRead {
                     workload,
                     generation,
-                } => {
-                    starts.push((workload, generation));
-                    continue;
-                }
-                Action::Stop {
-                    workload,
-                    generation,
-                } => (workload, generation, StopHow::Graceful(self.stop_grace_ms)),
-                Action::Shutdown {
-                    workload,
-                    generation,
-                } => (workload, generation, StopHow::Graceful(shutdown_timeout_ms)),
-                Action::Kill {
-                    workload,
-                    generation,
-                } => (workload, generation, StopHow::Kill),
-            };
-            let is_vm = self
-                .run_dir
-                .join(key(&workload, generation).to_string())
-                .join("qmp-ops.sock")
-                .exists();
-            if let Some(i) = map.get_mut(&workload) {
-                i.phase = Phase::Stopping;
-                let why = match authority {
-                    Authority::Lapsed { .. } => "lease lost: isolation response",
-                    _ => "no longer assigned here",
-                };
-                i.detail = Some(format!("{why}; {}", how.first_step(is_vm)));
+                    read,
+                });
             }
-            self.spawn_stop(workload, generation, how);
+            HostEffect::Stop {
+                workload,
+                generation,
+                how,
+            } => self.spawn_stop(workload, generation, how),
+            HostEffect::RenewKeeper { .. } | HostEffect::SendHeartbeat { .. } => {}
+            HostEffect::Event(e) => log_event(&e),
         }
-        starts
+    }
+
+    /// Tell the lease keeper which instances it must stop gracefully (the
+    /// `shutdown` isolation response) rather than kill, and which it holds,
+    /// when that changed. Called without the machine's lock (it writes a
+    /// file).
+    fn update_keeper_policy(&self, policy: haven_keeper::Policy) {
+        let mut last = self.keeper_policy.lock().unwrap();
+        if last.as_ref() != Some(&policy) {
+            match haven_keeper::Policy::write_atomic(&self.data_dir, &policy) {
+                Ok(()) => *last = Some(policy),
+                Err(e) => tracing::warn!("could not write the lease keeper's policy: {e}"),
+            }
+        }
     }
 
     /// Stop an instance in the background (bounded: SIGTERM or ACPI
-    /// power-down, the grace, then the kill of its cgroup), then forget it
-    /// and remember for a while how it ended, for the coordinator's events.
+    /// power-down, the grace, then the kill of its cgroup), then tell the
+    /// machine how it ended.
     fn spawn_stop(&self, workload: String, generation: Generation, how: StopHow) {
         let driver = self.driver.clone();
-        let instances = self.instances.clone();
-        let stopped = self.stopped.clone();
-        let clock = self.clock.clone();
+        let machine = self.machine.clone();
         let qmp_ops =
             VmPaths::new(&self.run_dir.join(key(&workload, generation).to_string())).qmp_ops;
         let vm = qmp_ops.exists();
         tokio::spawn(async move {
             let k = key(&workload, generation);
-            let started_ms = clock.now_ms();
-            let r = match how {
-                StopHow::Kill => driver.kill(&k).await,
+            let started_ms = machine.clock.now_ms();
+            let r = match how.grace_ms() {
+                None => driver.kill(&k).await,
                 // A VM: ACPI power button, bounded wait, then kill.
-                StopHow::Graceful(ms) if vm => {
+                Some(ms) if vm => {
                     crate::vm::power_down(&qmp_ops).await;
                     let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
                     while driver.is_running(&k) && tokio::time::Instant::now() < deadline {
@@ -456,62 +519,62 @@ impl Supervisor {
                     }
                     driver.kill(&k).await
                 }
-                StopHow::Graceful(ms) => driver.stop(&k, Duration::from_millis(ms)).await,
+                Some(ms) => driver.stop(&k, Duration::from_millis(ms)).await,
             };
-            let took_ms = clock.now_ms().saturating_sub(started_ms);
+            let took_ms = machine.clock.now_ms().saturating_sub(started_ms);
             match r {
                 Ok(()) => {
                     tracing::info!("stopped {k} in {took_ms} ms");
-                    let mut m = instances.lock().unwrap();
-                    if m.get(&workload).is_some_and(|i| i.generation == generation) {
-                        m.remove(&workload);
-                    }
-                    let mut recent = stopped.lock().unwrap();
-                    recent.push_back(Stopped {
-                        workload,
-                        generation,
-                        how: how.outcome(vm, took_ms),
-                    });
-                    while recent.len() > STOPPED_KEPT_MAX {
-                        recent.pop_front();
-                    }
+                    machine.feed_with(
+                        HostInput::InstanceStopped {
+                            workload,
+                            generation,
+                            how: how.outcome(vm, took_ms),
+                        },
+                        |s| forget_pid(s, &k),
+                    );
                 }
                 Err(e) => tracing::error!("could not stop {k}: {e}"),
             }
         });
     }
 
-    /// Start one instance. Runs without the instances lock, taking it only
-    /// to record the outcome (ticks never overlap, so nobody else inserts
-    /// this workload meanwhile).
-    fn start(&self, desired: &[Desired], workload: &str, generation: Generation, now_ms: u64) {
-        let Some(d) = desired.iter().find(|d| d.spec.name == workload) else {
+    /// Start one instance (the machine asked for it). Runs without the
+    /// machine's lock, taking it only to read the spec and to record the
+    /// pid with the result.
+    fn start(&self, workload: &str, generation: Generation) {
+        let spec = self
+            .machine
+            .lock()
+            .specs
+            .get(workload)
+            .filter(|d| d.generation == generation)
+            .cloned();
+        let Some(d) = spec else {
+            // A newer revision moved it on; the machine stops what it
+            // asked to start, in order after this.
+            tracing::debug!("{workload}@{generation}: no longer desired, not started");
             return;
         };
         let k = key(workload, generation);
+        let failed = |why: String, lasting: bool| {
+            tracing::warn!("start of {k} failed: {why}");
+            self.machine.feed(HostInput::StartFailed {
+                workload: workload.to_owned(),
+                generation,
+                why,
+                lasting,
+            });
+        };
         let _ = self.driver.cleanup(&k);
         // Resolved at each start: the host's users may change. A user this
-        // host does not know fails the instance here at once (retrying
-        // will not help; another host may know it).
+        // host does not know fails the instance at once (retrying will not
+        // help; another host may know it).
         let identity = match d.spec.user.as_deref() {
             None => None,
             Some(user) => match Identity::resolve(workload, user, d.spec.group.as_deref()) {
                 Ok(id) => Some(id),
-                Err(e) => {
-                    tracing::warn!("start of {k} failed: {e}");
-                    let mut map = self.instances.lock().unwrap();
-                    let entry = map
-                        .entry(workload.to_owned())
-                        .or_insert_with(|| Instance::new(generation, d.isolation, d.spec.restart));
-                    if e.is_unknown_identity() {
-                        entry.phase = Phase::Failed;
-                        entry.pid = None;
-                        entry.detail = Some(format!("not started: {e}"));
-                    } else {
-                        entry.on_exit(now_ms, format!("start failed: {e}"));
-                    }
-                    return;
-                }
+                Err(e) => return failed(e.to_string(), e.is_unknown_identity()),
             },
         };
         let mut env = BTreeMap::new();
@@ -522,33 +585,6 @@ impl Supervisor {
                 command.clone()
             }
             WorkloadKind::Vm(vm) => {
-                let verdict =
-                    self.disk_lock_check(workload, generation, d.released_by.as_deref(), now_ms);
-                if verdict != LockVerdict::Start {
-                    let mut map = self.instances.lock().unwrap();
-                    let entry = map
-                        .entry(workload.to_owned())
-                        .or_insert_with(|| Instance::new(generation, d.isolation, d.spec.restart));
-                    match verdict {
-                        LockVerdict::Refuse(why) => {
-                            entry.phase = Phase::Failed;
-                            entry.detail = Some(format!("not started: {why}"));
-                        }
-                        LockVerdict::Unreadable(why) => {
-                            entry.phase = Phase::Restarting {
-                                at_ms: now_ms + crate::vm::LOCK_PROBE_MS,
-                            };
-                            entry.detail = Some(format!("{LOCK_CHECK}: {why}; trying again"));
-                        }
-                        _ => {
-                            entry.phase = Phase::Restarting {
-                                at_ms: now_ms + crate::vm::LOCK_PROBE_MS,
-                            };
-                            entry.detail = Some(LOCK_CHECK.into());
-                        }
-                    }
-                    return;
-                }
                 let paths = VmPaths::new(&self.run_dir.join(k.to_string()));
                 let _ = std::fs::create_dir_all(&paths.dir);
                 for p in [
@@ -580,53 +616,75 @@ impl Supervisor {
         let started = self
             .driver
             .start(&k, &command, &env, d.spec.log_max_bytes, process_identity);
-        let mut map = self.instances.lock().unwrap();
-        let entry = map
-            .entry(workload.to_owned())
-            .or_insert_with(|| Instance::new(generation, d.isolation, d.spec.restart));
-        if matches!(entry.phase, Phase::Restarting { .. })
-            && !entry
-                .detail
-                .as_deref()
-                .is_some_and(|d| d.starts_with(LOCK_CHECK))
-        {
-            entry.restarts += 1;
-        }
-        entry.guest_stopped = false;
-        entry.give_up = None;
         match started {
             Ok(pid) => {
                 tracing::info!("started {k} pid {pid}");
-                entry.phase = Phase::Running;
-                entry.pid = Some(pid);
-                // Keep why it last exited, without the "restarting in" part.
-                entry.detail = entry.detail.take().and_then(|d| {
-                    let why = d.split("; restarting in").next().unwrap_or_default();
-                    (!why.is_empty() && !why.starts_with(LOCK_CHECK))
-                        .then(|| format!("last exit: {why}"))
-                });
+                self.machine.feed_with(
+                    HostInput::InstanceStarted {
+                        workload: workload.to_owned(),
+                        generation,
+                    },
+                    |s| {
+                        s.pids.insert(workload.to_owned(), (generation, pid));
+                    },
+                );
                 if let WorkloadKind::Vm(vm) = &d.spec.kind {
-                    entry.vm_watch = Some(self.watch_vm(workload, generation, vm));
+                    self.watch_vm(workload, generation, vm);
                 }
             }
-            Err(e) => {
-                tracing::warn!("start of {k} failed: {e}");
-                entry.on_exit(now_ms, format!("start failed: {e}"));
-            }
+            Err(e) => failed(e.to_string(), false),
         }
     }
 
-    /// Start watching a VM instance; returns the watch's epoch.
-    fn watch_vm(
-        &self,
-        workload: &str,
-        generation: Generation,
-        vm: &haven_core::model::VmSpec,
-    ) -> u64 {
+    /// The workload's lock file on the datastore, read on its lane
+    /// (bounded); no datastore: no lock.
+    fn read_disk_lock(&self, workload: &str) -> Result<Option<crate::datastore::Record>, String> {
+        let Some(ds) = self.datastore.as_ref() else {
+            return Ok(None);
+        };
+        let (store, w) = (ds.store.clone(), workload.to_owned());
+        match ds
+            .reader
+            .run_blocking(LOCK_READ_TIMEOUT, move || store.try_read_lock(&w))
+        {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(format!("datastore: {e}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Watch running VMs that have no watch yet (adopted ones, once their
+    /// spec is known).
+    fn watch_adopted_vms(&self) {
+        let unwatched: Vec<(String, Generation, haven_core::model::VmSpec)> = {
+            let s = self.machine.lock();
+            s.machine
+                .instances()
+                .filter(|i| i.phase == Phase::Running && !s.vm_watches.contains_key(&i.workload))
+                .filter_map(|i| {
+                    let d = s.specs.get(&i.workload)?;
+                    match &d.spec.kind {
+                        WorkloadKind::Vm(vm) if d.generation == i.generation => {
+                            Some((i.workload, i.generation, vm.clone()))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect()
+        };
+        for (workload, generation, vm) in unwatched {
+            self.watch_vm(&workload, generation, &vm);
+        }
+    }
+
+    /// Start watching a VM instance.
+    fn watch_vm(&self, workload: &str, generation: Generation, vm: &haven_core::model::VmSpec) {
         let k = key(workload, generation);
-        let epoch = self
-            .next_watch
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let epoch = self.next_watch.fetch_add(1, Ordering::Relaxed);
+        self.machine
+            .lock()
+            .vm_watches
+            .insert(workload.to_owned(), (generation, epoch));
         let watch = crate::vm::VmWatch {
             epoch,
             workload: workload.to_owned(),
@@ -635,174 +693,107 @@ impl Supervisor {
             paths: VmPaths::new(&self.run_dir.join(k.to_string())),
             policy: vm.monitoring,
             heartbeat: vm.heartbeat,
-            instances: self.instances.clone(),
-            clock: self.clock.clone(),
+            machine: self.machine.clone(),
             witness_dir: self.vm_witness_dir.clone(),
         };
         tokio::spawn(watch.run());
-        epoch
+    }
+}
+
+fn forget_pid(s: &mut HostState, k: &InstanceKey) {
+    if s.pids
+        .get(&k.workload)
+        .is_some_and(|(g, _)| *g == k.generation)
+    {
+        s.pids.remove(&k.workload);
+    }
+}
+
+impl HostMachine {
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
-    /// Disk safety before a VM start (no datastore: nothing to check).
-    /// A probe of a foreign lock in progress answers `Probe` until it is due.
-    fn disk_lock_check(
+    /// A VM watch's verdict, if that watch is still the instance's current
+    /// one.
+    pub fn vm_decided(
         &self,
+        epoch: u64,
         workload: &str,
         generation: Generation,
-        released_by: Option<&str>,
-        now_ms: u64,
-    ) -> LockVerdict {
-        let Some(ds) = self.datastore.as_ref() else {
-            return LockVerdict::Start;
-        };
-        let mut probes = self.lock_probes.lock().unwrap();
-        let probe = probes.get(workload).copied();
-        if let Some((seq, _)) = probe.filter(|(_, at)| now_ms < *at) {
-            return LockVerdict::Probe { seq };
+        decision: haven_core::vm_monitor::VmDecision,
+    ) {
+        if !self.watching(epoch, workload, generation) {
+            return;
         }
-        let (store, w) = (ds.store.clone(), workload.to_owned());
-        let read = ds
-            .reader
-            .run_blocking(LOCK_READ_TIMEOUT, move || store.try_read_lock(&w));
-        let current = match read {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return LockVerdict::Unreadable(format!("datastore: {e}")),
-            Err(e) => return LockVerdict::Unreadable(e.to_string()),
-        };
-        let verdict = crate::vm::lock_verdict(
-            current.as_ref(),
-            &self.host,
+        self.feed(HostInput::VmMonitor {
+            workload: workload.to_owned(),
             generation,
-            released_by,
-            probe.map(|(s, _)| s),
-        );
-        match &verdict {
-            LockVerdict::Probe { seq } => {
-                probes.insert(
-                    workload.to_owned(),
-                    (*seq, now_ms + crate::vm::LOCK_PROBE_MS),
-                );
-            }
-            _ => {
-                probes.remove(workload);
-            }
-        }
-        verdict
-    }
-}
-
-const LOCK_CHECK: &str = "checking the disks' lock on the datastore";
-
-/// How long a VM start waits for its disks' lock file to be read.
-const LOCK_READ_TIMEOUT: Duration = Duration::from_millis(500);
-
-#[derive(Clone, Copy)]
-enum StopHow {
-    Kill,
-    Graceful(u64),
-}
-
-impl StopHow {
-    fn first_step(&self, vm: bool) -> String {
-        match (self, vm) {
-            (StopHow::Kill, _) => "killing it".into(),
-            (StopHow::Graceful(ms), true) => {
-                format!("ACPI power-down sent; killed if still running after {ms} ms")
-            }
-            (StopHow::Graceful(ms), false) => {
-                format!("SIGTERM sent; killed if still running after {ms} ms")
-            }
-        }
+            decision,
+        });
     }
 
-    /// How a stop went, first step included (a quick stop may end before
-    /// any heartbeat reports the instance `stopping`).
-    fn outcome(&self, vm: bool, took_ms: u64) -> String {
-        let step = if vm {
-            "ACPI power-down sent"
-        } else {
-            "SIGTERM sent"
-        };
-        match self {
-            StopHow::Kill => format!("killed ({took_ms} ms)"),
-            StopHow::Graceful(ms) if took_ms >= *ms => {
-                format!("{step}; still running after the {ms} ms grace: killed")
-            }
-            StopHow::Graceful(_) => format!("{step}; exited {took_ms} ms after it"),
+    fn watching(&self, epoch: u64, workload: &str, generation: Generation) -> bool {
+        self.lock().vm_watches.get(workload) == Some(&(generation, epoch))
+    }
+
+    /// A VM watch ended.
+    pub fn vm_watch_ended(&self, epoch: u64, workload: &str, generation: Generation) {
+        let mut s = self.lock();
+        if s.vm_watches.get(workload) == Some(&(generation, epoch)) {
+            s.vm_watches.remove(workload);
         }
     }
 }
-
-/// How many recent stops an agent keeps to report (each once per
-/// heartbeat until it falls out).
-const STOPPED_KEPT_MAX: usize = 32;
 
 pub async fn run(node: Arc<Node>) {
-    let mut interval_ms = 0;
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    let machine = node.supervisor.machine().clone();
     loop {
-        let hb_ms = node
-            .lease
-            .lock()
-            .unwrap()
-            .settings
-            .timing
-            .heartbeat_interval_ms;
-        if hb_ms != interval_ms {
-            interval_ms = hb_ms;
-            ticker = tokio::time::interval(Duration::from_millis(hb_ms.max(20)));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        }
-        // Every heartbeat interval, and at once when an acknowledgement
-        // brings a newer revision (a placement starts without waiting).
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = node.supervisor_wake.notified() => {}
-        }
-        let now = node.clock.now_ms();
-        let datastore_ok = node.datastore_ok(now);
-        let (authority, desired, revision, seen, shutdown_timeout_ms) = {
-            let l = node.lease.lock().unwrap();
+        let (interval_ms, wakeup_ms) = {
+            let s = machine.lock();
             (
-                l.authority(now, datastore_ok),
-                l.desired.clone().unwrap_or_default(),
-                l.revision,
-                l.highest_seen.clone(),
-                l.settings.shutdown_timeout_ms,
+                s.machine
+                    .settings()
+                    .timing
+                    .heartbeat_interval_ms
+                    .max(TICK_MS_MIN),
+                s.machine.next_wakeup_ms(),
             )
         };
+        // When the machine asked to be woken (the next heartbeat, a
+        // restart's backoff, the lease's expiry), at least every heartbeat
+        // interval (exits are noticed then), and at once when effects wait
+        // (a placement starts without waiting). A wakeup already past was
+        // dealt with by the tick just made.
+        let now = node.clock.now_ms();
+        let wait_ms = wakeup_ms
+            .filter(|w| *w > now)
+            .map_or(interval_ms, |w| (w - now).min(interval_ms));
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+            _ = machine.wake.notified() => {}
+        }
         // Off the async workers: a tick forks, and may read the datastore.
         let n = node.clone();
-        let authority2 = authority.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            n.supervisor.tick(
-                &authority2,
-                &desired,
-                revision,
-                &seen,
-                shutdown_timeout_ms,
-                now,
+        let _ = tokio::task::spawn_blocking(move || n.supervisor.tick()).await;
+        let now = node.clock.now_ms();
+        let (renew, expiry_ms, pet) = {
+            let s = machine.lock();
+            (
+                s.machine.datastore_ok(now) && s.machine.leaves_running(),
+                s.machine.lease_expires_at_ms(),
+                s.machine.may_pet_watchdog(now),
             )
-        })
-        .await;
+        };
         // While `leave-running` instances may outlive the lease (the
         // datastore is written), keep moving the keeper's hold deadline with
         // each datastore write, even with no lease: the coordinator judges
         // them by their lock files (`Node::keeper_renew`).
-        if datastore_ok && node.supervisor.leaves_running() {
-            let expiry_ms = node.lease.lock().unwrap().expires_at_ms().unwrap_or(now);
-            node.keeper_renew(expiry_ms);
+        if renew {
+            node.keeper_renew(expiry_ms.unwrap_or(now));
         }
-        // Pet the watchdog only while the lease allows running workloads:
-        // a hung agent, or one cut off without leave-running, gets reset.
-        if let Some(w) = node.watchdog.lock().unwrap().as_mut() {
-            let pet = match authority {
-                Authority::Held(_) | Authority::Unknown => true,
-                Authority::Lapsed { datastore_ok } => {
-                    datastore_ok && node.supervisor.leaves_running()
-                }
-            };
-            if pet {
+        if pet {
+            if let Some(w) = node.watchdog.lock().unwrap().as_mut() {
                 if let Err(e) = w.pet() {
                     tracing::error!("{e}");
                 }

@@ -1,86 +1,29 @@
 //! The agent side of a `vm` workload: the QEMU process itself is run by the
 //! process driver like any instance; this module watches it. One task per
 //! running VM reads QMP events and the guest heartbeat, feeds them to the
-//! pure `VmMonitor`, and carries out its decisions (reset in place, leave
-//! stopped, give up so the coordinator fails it over).
+//! pure `VmMonitor`, does its part on the guest (reset in place, quit on
+//! giving up) and hands each verdict to the host's machine, which decides
+//! what follows (left stopped, failed, moved).
 //!
-//! It also guards the disks (DESIGN.md §2.1 for VMs): before a start, the
-//! workload's lock file on the datastore must not be held by another live
-//! host with the same or a newer generation.
+//! The disks' guard before a start (DESIGN.md §2.1 for VMs) is the
+//! machine's too (`haven_core::datastore::lock_verdict`).
 
 use haven_core::model::{Generation, GuestHeartbeat, VmMonitoring};
 use haven_core::vm_monitor::{GuestSignal, VmDecision, VmMonitor};
 use haven_drivers::qmp::Qmp;
 use haven_drivers::vm::VmPaths;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::clock::Clock;
-use crate::datastore::Record;
-use crate::supervisor::Instance;
+use crate::supervisor::HostMachine;
 
 const QMP_CONNECT_MS: u64 = 15_000;
 const QMP_COMMAND_MS: u64 = 5_000;
 const MONITOR_TICK_MS: u64 = 100;
 const GUEST_PING_INTERVAL_MS: u64 = 1_000;
-/// Time to watch a foreign lock file for signs of life.
-pub const LOCK_PROBE_MS: u64 = 600;
-
-/// What to do about the disks' lock before starting `generation` here.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LockVerdict {
-    Start,
-    /// Look again after `LOCK_PROBE_MS`: is its holder alive?
-    Probe {
-        seq: u64,
-    },
-    Refuse(String),
-    /// The lock file could not be read (datastore unavailable): wait.
-    Unreadable(String),
-}
-
-/// `current`: the lock file now; `probe`: the sequence number seen at the
-/// previous look, if this is the second one.
-pub fn lock_verdict(
-    current: Option<&Record>,
-    me: &str,
-    generation: Generation,
-    released_by: Option<&str>,
-    probe: Option<u64>,
-) -> LockVerdict {
-    let Some(r) = current else {
-        return LockVerdict::Start;
-    };
-    let theirs = r.generation.unwrap_or(Generation(0));
-    if r.host == me {
-        return LockVerdict::Start;
-    }
-    // The cluster established that this host's older instance is gone
-    // (stopped, or its host failed or fenced under the lease rules): its
-    // lock is a leftover, no need to watch it.
-    if released_by == Some(r.host.as_str()) && theirs < generation {
-        return LockVerdict::Start;
-    }
-    // Another host's lock, whatever its generation: start only once it is
-    // seen stale. A live holder of an older generation is still stopping
-    // it: wait (probe again); a live holder of the same or a newer one
-    // owns the disks: refuse.
-    match probe {
-        None => LockVerdict::Probe { seq: r.seq },
-        Some(seen) if seen == r.seq => LockVerdict::Start,
-        Some(_) if theirs < generation => LockVerdict::Probe { seq: r.seq },
-        Some(_) => LockVerdict::Refuse(format!(
-            "the disks are locked by live host {} (generation {theirs}, not older than {generation})",
-            r.host
-        )),
-    }
-}
-
 pub struct VmWatch {
     /// Tells this watch from a later one of the same instance.
     pub epoch: u64,
@@ -90,27 +33,25 @@ pub struct VmWatch {
     pub paths: VmPaths,
     pub policy: VmMonitoring,
     pub heartbeat: GuestHeartbeat,
-    pub instances: Arc<Mutex<BTreeMap<String, Instance>>>,
-    pub clock: Arc<dyn Clock>,
+    pub machine: HostMachine,
     /// Test bed: append a witness tick per guest heartbeat here.
     pub witness_dir: Option<PathBuf>,
 }
 
 impl VmWatch {
-    fn update(&self, f: impl FnOnce(&mut Instance)) {
-        let mut m = self.instances.lock().unwrap();
-        if let Some(i) = m
-            .get_mut(&self.workload)
-            // An instance being stopped is the agent's business now: the
-            // guest's shutdown is the one it asked for, not the guest's own.
-            .filter(|i| {
-                i.generation == self.generation
-                    && i.vm_watch == Some(self.epoch)
-                    && i.phase != crate::supervisor::Phase::Stopping
-            })
-        {
-            f(i);
-        }
+    /// Hand the machine a verdict (if this watch is still the instance's).
+    fn decided(&self, decision: VmDecision) {
+        self.machine
+            .vm_decided(self.epoch, &self.workload, self.generation, decision);
+    }
+
+    fn ended(&self) {
+        self.machine
+            .vm_watch_ended(self.epoch, &self.workload, self.generation);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.machine.clock().now_ms()
     }
 
     fn witness_tick(&self) {
@@ -136,7 +77,7 @@ impl VmWatch {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!("{key}: QMP: {e}");
-                    self.update(|i| i.vm_watch = None);
+                    self.ended();
                     return;
                 }
             };
@@ -155,7 +96,7 @@ impl VmWatch {
         let mut monitor = VmMonitor::new(
             self.policy,
             self.heartbeat != GuestHeartbeat::None,
-            self.clock.now_ms(),
+            self.now_ms(),
         );
         let mut ticker = tokio::time::interval(Duration::from_millis(MONITOR_TICK_MS));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -164,54 +105,45 @@ impl VmWatch {
             let decision = tokio::select! {
                 Some(()) = hb_rx.recv() => {
                     self.witness_tick();
-                    monitor.on_signal(GuestSignal::Heartbeat, self.clock.now_ms())
+                    monitor.on_signal(GuestSignal::Heartbeat, self.now_ms())
                 }
                 ev = events.recv() => match ev {
                     None => break,
                     Some(ev) if ev.event == "GUEST_PANICKED" => {
-                        monitor.on_signal(GuestSignal::Panicked, self.clock.now_ms())
+                        monitor.on_signal(GuestSignal::Panicked, self.now_ms())
                     }
                     Some(ev) if ev.event == "SHUTDOWN"
                         && ev.data.get("reason").and_then(|r| r.as_str()) == Some("guest-shutdown") => {
-                        monitor.on_signal(GuestSignal::ShutdownByGuest, self.clock.now_ms())
+                        monitor.on_signal(GuestSignal::ShutdownByGuest, self.now_ms())
                     }
                     Some(_) => VmDecision::Nothing,
                 },
-                _ = ticker.tick() => monitor.tick(self.clock.now_ms()),
+                _ = ticker.tick() => monitor.tick(self.now_ms()),
             };
-            match decision {
-                VmDecision::Nothing => {}
+            match &decision {
+                VmDecision::Nothing => continue,
                 VmDecision::Reset { reason } => {
                     tracing::warn!("{key}: resetting: {reason}");
                     let _ = qmp.execute("system_reset", None, cmd_timeout).await;
                     let _ = qmp.execute("cont", None, cmd_timeout).await;
-                    self.update(|i| {
-                        i.restarts += 1;
-                        i.detail = Some(format!("reset: {reason}"));
-                    });
                 }
-                VmDecision::Stopped { reason } => {
+                VmDecision::Stopped { reason } | VmDecision::Restart { reason } => {
                     tracing::info!("{key}: {reason}");
-                    self.update(|i| {
-                        i.guest_stopped = true;
-                        i.detail = Some(reason);
-                    });
                 }
-                VmDecision::Restart { reason } => {
-                    tracing::info!("{key}: {reason}");
-                    self.update(|i| i.detail = Some(reason));
-                }
-                VmDecision::GiveUp { reason, failover } => {
+                VmDecision::GiveUp { reason, .. } => {
                     tracing::warn!("{key}: giving up: {reason}");
-                    self.update(|i| i.give_up = Some((reason, failover)));
-                    let _ = qmp.execute("quit", None, cmd_timeout).await;
                 }
+            }
+            let quit = matches!(decision, VmDecision::GiveUp { .. });
+            self.decided(decision);
+            if quit {
+                let _ = qmp.execute("quit", None, cmd_timeout).await;
             }
         }
         if let Some(t) = hb_task {
             t.abort();
         }
-        self.update(|i| i.vm_watch = None);
+        self.ended();
     }
 }
 
@@ -287,111 +219,5 @@ async fn ping_guest_agent(path: PathBuf, tx: tokio::sync::mpsc::Sender<()>) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(host: &str, generation: u64, seq: u64) -> Record {
-        Record {
-            host: host.into(),
-            seq,
-            generation: Some(Generation(generation)),
-        }
-    }
-
-    #[test]
-    fn a_lock_left_by_a_host_the_cluster_released_does_not_block() {
-        // Failover after a host failure: no probe needed.
-        assert_eq!(
-            lock_verdict(
-                Some(&rec("h2", 1, 5)),
-                "h1",
-                Generation(2),
-                Some("h2"),
-                None
-            ),
-            LockVerdict::Start
-        );
-        // Not for another host's lock, nor a newer generation.
-        assert!(matches!(
-            lock_verdict(
-                Some(&rec("h3", 1, 5)),
-                "h1",
-                Generation(2),
-                Some("h2"),
-                None
-            ),
-            LockVerdict::Probe { .. }
-        ));
-        assert!(matches!(
-            lock_verdict(
-                Some(&rec("h2", 3, 5)),
-                "h1",
-                Generation(2),
-                Some("h2"),
-                None
-            ),
-            LockVerdict::Probe { .. }
-        ));
-    }
-
-    #[test]
-    fn own_or_missing_locks_do_not_block() {
-        assert_eq!(
-            lock_verdict(None, "h1", Generation(2), None, None),
-            LockVerdict::Start
-        );
-        assert_eq!(
-            lock_verdict(Some(&rec("h1", 3, 5)), "h1", Generation(2), None, None),
-            LockVerdict::Start
-        );
-    }
-
-    #[test]
-    fn an_older_generation_held_by_a_live_host_is_waited_for() {
-        // Before: an older generation's lock let the start through at once,
-        // while that host could still be powering the VM down.
-        let old = rec("h2", 1, 5);
-        assert_eq!(
-            lock_verdict(Some(&old), "h1", Generation(2), None, None),
-            LockVerdict::Probe { seq: 5 }
-        );
-        // Still refreshed: wait and look again.
-        assert_eq!(
-            lock_verdict(Some(&rec("h2", 1, 6)), "h1", Generation(2), None, Some(5)),
-            LockVerdict::Probe { seq: 6 }
-        );
-        // Released or stale: start.
-        assert_eq!(
-            lock_verdict(Some(&old), "h1", Generation(2), None, Some(5)),
-            LockVerdict::Start
-        );
-        assert_eq!(
-            lock_verdict(None, "h1", Generation(2), None, Some(5)),
-            LockVerdict::Start
-        );
-    }
-
-    #[test]
-    fn a_newer_or_equal_lock_is_probed_and_refused_if_alive() {
-        let r = rec("h2", 2, 5);
-        assert_eq!(
-            lock_verdict(Some(&r), "h1", Generation(2), None, None),
-            LockVerdict::Probe { seq: 5 }
-        );
-        // Its holder kept writing: alive.
-        let v = lock_verdict(Some(&rec("h2", 2, 6)), "h1", Generation(2), None, Some(5));
-        assert!(
-            matches!(v, LockVerdict::Refuse(ref m) if m.contains("live host h2")),
-            "{v:?}"
-        );
-        // Nobody wrote it since: stale.
-        assert_eq!(
-            lock_verdict(Some(&r), "h1", Generation(2), None, Some(5)),
-            LockVerdict::Start
-        );
     }
 }

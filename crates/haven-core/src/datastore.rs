@@ -1,8 +1,10 @@
 //! What the coordinator learns from the shared datastore (DESIGN.md §2.4):
 //! the content of a heartbeat or lock file, and whether a file still
 //! advances, judged by seeing its sequence number change on the reader's
-//! own clock (hosts' clocks never need to agree). The files themselves are
-//! read and written by the agent (`haven-agent`'s `datastore.rs`).
+//! own clock (hosts' clocks never need to agree); and, for a host about to
+//! start a VM, whether the disks' lock file lets it (`lock_verdict`). The
+//! files themselves are read and written by the agent (`haven-agent`'s
+//! `datastore.rs`).
 
 use crate::model::Generation;
 use std::collections::BTreeMap;
@@ -90,6 +92,62 @@ impl Freshness {
     }
 }
 
+/// Disk safety before a VM start (DESIGN.md §2.1 for VMs): the workload's
+/// lock file on the datastore must not be held by another live host,
+/// whatever the generation. Time to watch a foreign lock file for signs of
+/// life.
+pub const LOCK_PROBE_MS: u64 = 600;
+
+/// What to do about the disks' lock before starting `generation` here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockVerdict {
+    Start,
+    /// Look again after `LOCK_PROBE_MS`: is its holder alive?
+    Probe {
+        seq: u64,
+    },
+    Refuse(String),
+    /// The lock file could not be read (datastore unavailable): wait.
+    Unreadable(String),
+}
+
+/// `current`: the lock file now; `probe`: the sequence number seen at the
+/// previous look, if this is the second one.
+pub fn lock_verdict(
+    current: Option<&Record>,
+    me: &str,
+    generation: Generation,
+    released_by: Option<&str>,
+    probe: Option<u64>,
+) -> LockVerdict {
+    let Some(r) = current else {
+        return LockVerdict::Start;
+    };
+    let theirs = r.generation.unwrap_or(Generation(0));
+    if r.host == me {
+        return LockVerdict::Start;
+    }
+    // The cluster established that this host's older instance is gone
+    // (stopped, or its host failed or fenced under the lease rules): its
+    // lock is a leftover, no need to watch it.
+    if released_by == Some(r.host.as_str()) && theirs < generation {
+        return LockVerdict::Start;
+    }
+    // Another host's lock, whatever its generation: start only once it is
+    // seen stale. A live holder of an older generation is still stopping
+    // it: wait (probe again); a live holder of the same or a newer one
+    // owns the disks: refuse.
+    match probe {
+        None => LockVerdict::Probe { seq: r.seq },
+        Some(seen) if seen == r.seq => LockVerdict::Start,
+        Some(_) if theirs < generation => LockVerdict::Probe { seq: r.seq },
+        Some(_) => LockVerdict::Refuse(format!(
+            "the disks are locked by live host {} (generation {theirs}, not older than {generation})",
+            r.host
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +190,106 @@ mod tests {
         );
         assert!(f.observe_lock("w", Some(6), 2_100, 2_100, 1_000));
         assert!(!f.observe_lock("w", None, 2_200, 2_200, 1_000), "gone");
+    }
+
+    fn rec(host: &str, generation: u64, seq: u64) -> Record {
+        Record {
+            host: host.into(),
+            seq,
+            generation: Some(Generation(generation)),
+        }
+    }
+
+    #[test]
+    fn a_lock_left_by_a_host_the_cluster_released_does_not_block() {
+        // Failover after a host failure: no probe needed.
+        assert_eq!(
+            lock_verdict(
+                Some(&rec("h2", 1, 5)),
+                "h1",
+                Generation(2),
+                Some("h2"),
+                None
+            ),
+            LockVerdict::Start
+        );
+        // Not for another host's lock, nor a newer generation.
+        assert!(matches!(
+            lock_verdict(
+                Some(&rec("h3", 1, 5)),
+                "h1",
+                Generation(2),
+                Some("h2"),
+                None
+            ),
+            LockVerdict::Probe { .. }
+        ));
+        assert!(matches!(
+            lock_verdict(
+                Some(&rec("h2", 3, 5)),
+                "h1",
+                Generation(2),
+                Some("h2"),
+                None
+            ),
+            LockVerdict::Probe { .. }
+        ));
+    }
+
+    #[test]
+    fn own_or_missing_locks_do_not_block() {
+        assert_eq!(
+            lock_verdict(None, "h1", Generation(2), None, None),
+            LockVerdict::Start
+        );
+        assert_eq!(
+            lock_verdict(Some(&rec("h1", 3, 5)), "h1", Generation(2), None, None),
+            LockVerdict::Start
+        );
+    }
+
+    #[test]
+    fn an_older_generation_held_by_a_live_host_is_waited_for() {
+        // Before: an older generation's lock let the start through at once,
+        // while that host could still be powering the VM down.
+        let old = rec("h2", 1, 5);
+        assert_eq!(
+            lock_verdict(Some(&old), "h1", Generation(2), None, None),
+            LockVerdict::Probe { seq: 5 }
+        );
+        // Still refreshed: wait and look again.
+        assert_eq!(
+            lock_verdict(Some(&rec("h2", 1, 6)), "h1", Generation(2), None, Some(5)),
+            LockVerdict::Probe { seq: 6 }
+        );
+        // Released or stale: start.
+        assert_eq!(
+            lock_verdict(Some(&old), "h1", Generation(2), None, Some(5)),
+            LockVerdict::Start
+        );
+        assert_eq!(
+            lock_verdict(None, "h1", Generation(2), None, Some(5)),
+            LockVerdict::Start
+        );
+    }
+
+    #[test]
+    fn a_newer_or_equal_lock_is_probed_and_refused_if_alive() {
+        let r = rec("h2", 2, 5);
+        assert_eq!(
+            lock_verdict(Some(&r), "h1", Generation(2), None, None),
+            LockVerdict::Probe { seq: 5 }
+        );
+        // Its holder kept writing: alive.
+        let v = lock_verdict(Some(&rec("h2", 2, 6)), "h1", Generation(2), None, Some(5));
+        assert!(
+            matches!(v, LockVerdict::Refuse(ref m) if m.contains("live host h2")),
+            "{v:?}"
+        );
+        // Nobody wrote it since: stale.
+        assert_eq!(
+            lock_verdict(Some(&r), "h1", Generation(2), None, Some(5)),
+            LockVerdict::Start
+        );
     }
 }

@@ -5,19 +5,23 @@
 //! when the lease lapses (DESIGN.md §2 rules 1, 2, 4 and 9).
 //!
 //! `HostAgent::handle` takes one input (a timer, an acknowledgement, the
-//! result of a start or a stop, a datastore write) with the host's
-//! monotonic time and returns the effects to perform; `next_wakeup_ms`
-//! says when it must be called again even if nothing happens. It does no
-//! I/O and reads no clock: the agent performs its effects on the host, the
-//! simulator in a deterministic world. `decide` is the pure per-tick
-//! decision the machine is built around, the same rules the agent's
-//! supervisor follows.
+//! result of a start or a stop, an exit, a VM monitor's verdict, a disks'
+//! lock read, a datastore write) with the host's monotonic time and returns
+//! the effects to perform; `next_wakeup_ms` says when it must be called
+//! again even if nothing happens. It does no I/O and reads no clock: the
+//! agent's supervisor performs its effects on the host, the simulator in a
+//! deterministic world. `decide` is the pure per-tick decision the machine
+//! is built around.
 
+use crate::coordinator_machine::Desired;
+use crate::datastore::{lock_verdict, LockVerdict, Record, LOCK_PROBE_MS};
 use crate::liveness::Lease;
 use crate::model::{
-    ClusterSettings, Generation, InstanceState, IsolationResponse, Observed, RestartPolicy, Stopped,
+    ClusterSettings, Generation, InstanceState, IsolationResponse, Observed, RestartPolicy,
+    Stopped, WorkloadKind,
 };
 use crate::restart::{RestartDecision, RestartTracker};
+use crate::vm_monitor::VmDecision;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// How many recent stops a host keeps to report (each once per heartbeat
@@ -204,6 +208,25 @@ pub struct DesiredInstance {
     /// Effective isolation response (the spec's, or the cluster's).
     pub isolation: IsolationResponse,
     pub restart: RestartPolicy,
+    /// A VM (its stop is an ACPI power-down; its start may need the disks'
+    /// lock checked first).
+    pub vm: bool,
+    /// A host the cluster has established no longer runs this workload
+    /// (`WorkloadRecord::released_by`): its lock file needs no second look.
+    pub released_by: Option<String>,
+}
+
+impl From<&Desired> for DesiredInstance {
+    fn from(d: &Desired) -> DesiredInstance {
+        DesiredInstance {
+            workload: d.spec.name.clone(),
+            generation: d.generation,
+            isolation: d.isolation,
+            restart: d.spec.restart,
+            vm: matches!(d.spec.kind, WorkloadKind::Vm(_)),
+            released_by: d.released_by.clone(),
+        }
+    }
 }
 
 /// A heartbeat's acknowledgement, as the host received it.
@@ -237,6 +260,30 @@ pub enum HostInput {
         workload: String,
         generation: Generation,
         why: String,
+        /// The cause lasts (a user this host does not know): starting again
+        /// here cannot help, so the instance fails at once, for the
+        /// coordinator to move it, without spending the restart budget.
+        lasting: bool,
+    },
+    /// The disks' lock file a `ReadDiskLock` asked for: what it holds
+    /// (`None`: no lock), or why it could not be read.
+    DiskLockRead {
+        workload: String,
+        generation: Generation,
+        read: Result<Option<Record>, String>,
+    },
+    /// What a VM's monitor (`vm_monitor::VmMonitor`, run by the runtime's
+    /// watch of the guest) decided. The runtime does its part on the guest
+    /// (reset, quit); the machine records what follows from it.
+    VmMonitor {
+        workload: String,
+        generation: Generation,
+        decision: VmDecision,
+    },
+    /// The runtime has performed every effect of the decisions up to
+    /// `revision` (`HostAgentConfig::confirms_effects`).
+    Performed {
+        revision: u64,
     },
     /// The instance ended on its own.
     InstanceExited {
@@ -267,6 +314,46 @@ pub enum StopHow {
     Shutdown { timeout_ms: u64 },
     /// Kill its cgroup at once.
     Kill,
+}
+
+impl StopHow {
+    /// The grace before the kill (none for `Kill`).
+    pub fn grace_ms(&self) -> Option<u64> {
+        match self {
+            StopHow::Graceful { grace_ms } => Some(*grace_ms),
+            StopHow::Shutdown { timeout_ms } => Some(*timeout_ms),
+            StopHow::Kill => None,
+        }
+    }
+
+    /// The first step of a stop, as the instance's detail reports it (the
+    /// coordinator makes it a `StopStep` event).
+    pub fn first_step(&self, vm: bool) -> String {
+        match (self.grace_ms(), vm) {
+            (None, _) => "killing it".into(),
+            (Some(ms), true) => {
+                format!("ACPI power-down sent; killed if still running after {ms} ms")
+            }
+            (Some(ms), false) => format!("SIGTERM sent; killed if still running after {ms} ms"),
+        }
+    }
+
+    /// How a stop that took `took_ms` went, first step included (a quick
+    /// stop may end before any heartbeat reports the instance `stopping`).
+    pub fn outcome(&self, vm: bool, took_ms: u64) -> String {
+        let step = if vm {
+            "ACPI power-down sent"
+        } else {
+            "SIGTERM sent"
+        };
+        match self.grace_ms() {
+            None => format!("killed ({took_ms} ms)"),
+            Some(ms) if took_ms >= ms => {
+                format!("{step}; still running after the {ms} ms grace: killed")
+            }
+            Some(_) => format!("{step}; exited {took_ms} ms after it"),
+        }
+    }
 }
 
 /// What a heartbeat carries about this host.
@@ -340,6 +427,13 @@ pub enum HostEffect {
         generation: Generation,
         how: StopHow,
     },
+    /// Read the workload's lock file on the datastore (bounded) and answer
+    /// with `DiskLockRead`: a VM starts only once no other live host holds
+    /// its disks.
+    ReadDiskLock {
+        workload: String,
+        generation: Generation,
+    },
     /// Tell the lease keeper the lease now runs until `deadline_ms`.
     RenewKeeper {
         deadline_ms: u64,
@@ -357,9 +451,52 @@ pub struct HostAgentConfig {
     /// A lease expiry left by the previous agent process, already checked
     /// (`check_inherited`).
     pub inherited_expiry_ms: Option<u64>,
-    /// Instances found running at start (workload, generation).
-    pub adopted: Vec<(String, Generation)>,
+    /// Instances found running at start.
+    pub adopted: Vec<Adopted>,
+    /// This host's name (whose lock files are its own).
+    pub host: String,
+    /// The host writes a datastore: a VM's start first checks its disks'
+    /// lock there (`ReadDiskLock`).
+    pub disk_locks: bool,
+    /// The runtime performs effects after `handle` returns (the agent, on
+    /// its own thread) and says when with `Performed`: the applied revision
+    /// a report carries waits for it. Without, effects count as performed
+    /// as they are returned (the simulator performs them at once, in
+    /// order).
+    pub confirms_effects: bool,
 }
+
+/// An instance a previous agent process left running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adopted {
+    pub workload: String,
+    pub generation: Generation,
+    pub vm: bool,
+}
+
+/// What the lease keeper must know of the instances when the agent is not
+/// there: which it stops gracefully (the `shutdown` response), bounded by
+/// `shutdown_timeout_ms`, and which it holds (`leave-running`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeeperPolicy {
+    pub shutdown_timeout_ms: u64,
+    pub graceful: Vec<(String, Generation)>,
+    pub hold: Vec<(String, Generation)>,
+}
+
+/// One instance as a runtime sees it (`HostAgent::instances`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceView {
+    pub workload: String,
+    pub generation: Generation,
+    pub phase: Phase,
+    pub isolation: IsolationResponse,
+    pub vm: bool,
+}
+
+/// What an instance's detail says while its start waits for the disks'
+/// lock.
+const LOCK_CHECK: &str = "checking the disks' lock on the datastore";
 
 #[derive(Clone, Debug)]
 struct Instance {
@@ -369,10 +506,31 @@ struct Instance {
     tracker: RestartTracker,
     restarts: u32,
     detail: Option<String>,
+    vm: bool,
+    /// How it last exited (shown as "last exit" once started again).
+    last_exit: Option<String>,
+    /// The guest shut itself down: its exit leaves it `Stopped`.
+    guest_stopped: bool,
+    /// VM monitoring gave up (why, fail over?): its exit leaves it
+    /// `Failed`.
+    give_up: Option<(String, bool)>,
+    /// Failed, and the coordinator is not to move it (VM monitoring gave
+    /// up without failover).
+    no_failover: bool,
+    /// Its start waits for the disks' lock: the wait is no restart.
+    lock_wait: bool,
+    /// The lock file's sequence number at the previous look, if a second
+    /// look is due (is its holder alive?).
+    lock_probe: Option<u64>,
 }
 
 impl Instance {
-    fn new(generation: Generation, isolation: IsolationResponse, policy: RestartPolicy) -> Self {
+    fn new(
+        generation: Generation,
+        isolation: IsolationResponse,
+        policy: RestartPolicy,
+        vm: bool,
+    ) -> Self {
         Instance {
             generation,
             phase: Phase::Starting,
@@ -380,6 +538,13 @@ impl Instance {
             tracker: RestartTracker::new(policy),
             restarts: 0,
             detail: None,
+            vm,
+            last_exit: None,
+            guest_stopped: false,
+            give_up: None,
+            no_failover: false,
+            lock_wait: false,
+            lock_probe: None,
         }
     }
 
@@ -398,7 +563,7 @@ impl Instance {
             pid: None,
             restarts: self.restarts,
             detail: self.detail.clone(),
-            no_failover: false,
+            no_failover: self.no_failover,
         }
     }
 }
@@ -408,6 +573,9 @@ impl Instance {
 pub struct HostAgent {
     settings: ClusterSettings,
     stop_grace_ms: u64,
+    host: String,
+    disk_locks: bool,
+    confirms_effects: bool,
     lease: Lease,
     inherited_expiry_ms: Option<u64>,
     ever_held: bool,
@@ -415,6 +583,10 @@ pub struct HostAgent {
     /// none acknowledged yet).
     desired: Option<Vec<DesiredInstance>>,
     revision: u64,
+    /// The newest revision a tick with a held lease acted on.
+    acted_revision: u64,
+    /// What a report says was acted on: `acted_revision`, once the runtime
+    /// performed its effects (`confirms_effects`).
     applied_revision: u64,
     /// Newest generation ever received per workload: only grows.
     highest_seen: BTreeMap<String, Generation>,
@@ -448,11 +620,15 @@ impl HostAgent {
         let mut agent = HostAgent {
             settings: config.settings,
             stop_grace_ms: config.stop_grace_ms,
+            host: config.host,
+            disk_locks: config.disk_locks,
+            confirms_effects: config.confirms_effects,
             lease: Lease::default(),
             inherited_expiry_ms: config.inherited_expiry_ms.filter(|e| *e > now_ms),
             ever_held: false,
             desired: None,
             revision: 0,
+            acted_revision: 0,
             applied_revision: 0,
             highest_seen: BTreeMap::new(),
             instances: BTreeMap::new(),
@@ -467,8 +643,13 @@ impl HostAgent {
         };
         let mut out = vec![];
         let mut adopted = config.adopted;
-        adopted.sort_by_key(|(w, g)| (w.clone(), std::cmp::Reverse(*g)));
-        for (workload, generation) in adopted {
+        adopted.sort_by_key(|a| (a.workload.clone(), std::cmp::Reverse(a.generation)));
+        for Adopted {
+            workload,
+            generation,
+            vm,
+        } in adopted
+        {
             if agent.instances.contains_key(&workload) {
                 out.push(HostEffect::Event(HostEvent::OlderInstanceKilled {
                     workload: workload.clone(),
@@ -485,6 +666,7 @@ impl HostAgent {
                 generation,
                 IsolationResponse::PowerOff,
                 RestartPolicy::default(),
+                vm,
             );
             i.phase = Phase::Running;
             i.detail = Some("re-adopted after agent restart".into());
@@ -499,7 +681,10 @@ impl HostAgent {
         // An acknowledgement marks itself dirty only if it brings news.
         if !matches!(
             input,
-            HostInput::Tick | HostInput::HeartbeatSent { .. } | HostInput::Ack(_)
+            HostInput::Tick
+                | HostInput::HeartbeatSent { .. }
+                | HostInput::Ack(_)
+                | HostInput::Performed { .. }
         ) {
             self.dirty = true;
         }
@@ -517,6 +702,8 @@ impl HostAgent {
                 if let Some(i) = self.instance_mut(&workload, generation) {
                     if i.phase == Phase::Starting {
                         i.phase = Phase::Running;
+                        i.lock_wait = false;
+                        i.detail = i.last_exit.as_ref().map(|how| format!("last exit: {how}"));
                     }
                 }
             }
@@ -524,6 +711,21 @@ impl HostAgent {
                 workload,
                 generation,
                 why,
+                lasting: true,
+            } => {
+                if let Some(i) = self.instance_mut(&workload, generation) {
+                    if i.phase == Phase::Starting {
+                        i.phase = Phase::Failed;
+                        i.lock_wait = false;
+                        i.detail = Some(format!("not started: {why}"));
+                    }
+                }
+            }
+            HostInput::StartFailed {
+                workload,
+                generation,
+                why,
+                lasting: false,
             } => self.on_exit(
                 &workload,
                 generation,
@@ -531,6 +733,20 @@ impl HostAgent {
                 now_ms,
                 &mut out,
             ),
+            HostInput::DiskLockRead {
+                workload,
+                generation,
+                read,
+            } => self.on_disk_lock(&workload, generation, read, now_ms, &mut out),
+            HostInput::VmMonitor {
+                workload,
+                generation,
+                decision,
+            } => self.on_vm_decision(&workload, generation, decision),
+            HostInput::Performed { revision } => {
+                let performed = revision.min(self.acted_revision);
+                self.applied_revision = self.applied_revision.max(performed);
+            }
             HostInput::InstanceExited {
                 workload,
                 generation,
@@ -626,6 +842,104 @@ impl HostAgent {
         matches!(self.authority_kind(now_ms), AuthorityKind::Lapsed { .. })
     }
 
+    /// Is the lease held at `now_ms`?
+    pub fn lease_held(&self, now_ms: u64) -> bool {
+        self.lease.is_held(now_ms)
+    }
+
+    /// May the watchdog be petted at `now_ms`: while the lease allows
+    /// running workloads, or while `leave-running` instances outlive it
+    /// with the datastore written. A hung agent, or one cut off without
+    /// `leave-running`, stops petting and its host is reset.
+    pub fn may_pet_watchdog(&self, now_ms: u64) -> bool {
+        match self.authority_kind(now_ms) {
+            AuthorityKind::Held | AuthorityKind::Unknown => true,
+            AuthorityKind::Lapsed { datastore_ok } => datastore_ok && self.leaves_running(),
+        }
+    }
+
+    /// Whether any instance runs under `leave-running`.
+    pub fn leaves_running(&self) -> bool {
+        self.instances
+            .values()
+            .any(|i| i.isolation == IsolationResponse::LeaveRunning && i.phase == Phase::Running)
+    }
+
+    /// How long the keeper, renewed to `deadline_ms`, holds `leave-running`
+    /// instances: while this host writes the datastore and runs some, until
+    /// a margin before the coordinator could see their lock files go stale
+    /// (a lease after the last good round of writes); otherwise the
+    /// deadline itself.
+    pub fn keeper_hold_ms(&self, deadline_ms: u64, now_ms: u64) -> u64 {
+        match self.datastore_ok_at_ms {
+            Some(ok_at) if self.datastore_ok(now_ms) && self.leaves_running() => {
+                let t = self.settings.timing;
+                (ok_at + t.lease_ms)
+                    .saturating_sub(t.margin_ms)
+                    .max(deadline_ms)
+            }
+            _ => deadline_ms,
+        }
+    }
+
+    /// The instances whose processes may be running (any phase but
+    /// `Failed`): what the datastore lock files must cover.
+    pub fn holding(&self) -> Vec<(String, Generation)> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| i.phase != Phase::Failed)
+            .map(|(w, i)| (w.clone(), i.generation))
+            .collect()
+    }
+
+    /// Every instance this host has, in any phase.
+    pub fn instances(&self) -> impl Iterator<Item = InstanceView> + '_ {
+        self.instances.iter().map(|(w, i)| InstanceView {
+            workload: w.clone(),
+            generation: i.generation,
+            phase: i.phase,
+            isolation: i.isolation,
+            vm: i.vm,
+        })
+    }
+
+    /// What the lease keeper must know of the instances now.
+    pub fn keeper_policy(&self) -> KeeperPolicy {
+        let with = |response: IsolationResponse| {
+            self.instances
+                .iter()
+                .filter(|(_, i)| i.isolation == response)
+                .map(|(w, i)| (w.clone(), i.generation))
+                .collect()
+        };
+        KeeperPolicy {
+            shutdown_timeout_ms: self.settings.shutdown_timeout_ms,
+            graceful: with(IsolationResponse::Shutdown),
+            hold: with(IsolationResponse::LeaveRunning),
+        }
+    }
+
+    /// The newest revision a tick with a held lease acted on (its effects
+    /// returned, perhaps not yet performed).
+    pub fn acted_revision(&self) -> u64 {
+        self.acted_revision
+    }
+
+    /// The newest revision a report says was acted on.
+    pub fn applied_revision(&self) -> u64 {
+        self.applied_revision
+    }
+
+    /// The revision of the desired instances held.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// When the last good round of datastore writes started.
+    pub fn datastore_ok_at_ms(&self) -> Option<u64> {
+        self.datastore_ok_at_ms
+    }
+
     /// What the host may do at `now_ms`.
     pub fn authority(&self, now_ms: u64) -> Authority {
         if self.lease.is_held(now_ms) {
@@ -673,7 +987,8 @@ impl HostAgent {
         self.settings.timing.heartbeat_interval_ms.max(1)
     }
 
-    fn datastore_ok(&self, now_ms: u64) -> bool {
+    /// Did this host complete a round of datastore writes within a lease?
+    pub fn datastore_ok(&self, now_ms: u64) -> bool {
         self.datastore_ok_at_ms
             .is_some_and(|at| now_ms.saturating_sub(at) < self.settings.timing.lease_ms)
     }
@@ -734,6 +1049,20 @@ impl HostAgent {
             // Ended while being stopped: the stop's result says it.
             return;
         }
+        i.lock_wait = false;
+        if i.guest_stopped {
+            // The guest shut itself down: left stopped by policy.
+            i.phase = Phase::Stopped;
+            return;
+        }
+        if let Some((why, failover)) = i.give_up.take() {
+            // VM monitoring gave up on it; the coordinator moves it, or
+            // leaves it failed here.
+            i.phase = Phase::Failed;
+            i.no_failover = !failover;
+            i.detail = Some(why);
+            return;
+        }
         match i.tracker.on_exit(now_ms) {
             RestartDecision::RestartAfter {
                 delay_ms,
@@ -743,6 +1072,7 @@ impl HostAgent {
                     at_ms: now_ms + delay_ms,
                 };
                 i.detail = Some(format!("{how}; restarting in {delay_ms} ms"));
+                i.last_exit = Some(how);
                 out.push(HostEffect::Event(HostEvent::RestartScheduled {
                     workload: workload.to_owned(),
                     generation,
@@ -761,6 +1091,94 @@ impl HostAgent {
                     restarts_in_window,
                 }));
             }
+        }
+    }
+
+    /// The disks' lock file was read for a VM's start: start, look again
+    /// later (its holder may be alive, or the file could not be read), or
+    /// refuse (a live host holds the disks for this generation or a newer
+    /// one).
+    fn on_disk_lock(
+        &mut self,
+        workload: &str,
+        generation: Generation,
+        read: Result<Option<Record>, String>,
+        now_ms: u64,
+        out: &mut Vec<HostEffect>,
+    ) {
+        let released_by = self
+            .desired
+            .iter()
+            .flatten()
+            .find(|d| d.workload == workload && d.generation == generation)
+            .and_then(|d| d.released_by.clone());
+        let host = self.host.clone();
+        let Some(i) = self
+            .instance_mut(workload, generation)
+            .filter(|i| i.phase == Phase::Starting)
+        else {
+            return;
+        };
+        let verdict = match read {
+            Ok(current) => lock_verdict(
+                current.as_ref(),
+                &host,
+                generation,
+                released_by.as_deref(),
+                i.lock_probe,
+            ),
+            Err(why) => LockVerdict::Unreadable(why),
+        };
+        let again_at_ms = now_ms + LOCK_PROBE_MS;
+        match verdict {
+            LockVerdict::Start => {
+                i.lock_probe = None;
+                out.push(HostEffect::Start {
+                    workload: workload.to_owned(),
+                    generation,
+                });
+            }
+            LockVerdict::Probe { seq } => {
+                i.lock_probe = Some(seq);
+                i.lock_wait = true;
+                i.phase = Phase::Restarting { at_ms: again_at_ms };
+                i.detail = Some(LOCK_CHECK.into());
+            }
+            LockVerdict::Unreadable(why) => {
+                i.lock_wait = true;
+                i.phase = Phase::Restarting { at_ms: again_at_ms };
+                i.detail = Some(format!("{LOCK_CHECK}: {why}; trying again"));
+            }
+            LockVerdict::Refuse(why) => {
+                i.lock_probe = None;
+                i.lock_wait = false;
+                i.phase = Phase::Failed;
+                i.detail = Some(format!("not started: {why}"));
+            }
+        }
+    }
+
+    /// A VM's monitor decided about its guest. An instance being stopped is
+    /// the agent's business: the guest's shutdown is the one it asked for.
+    fn on_vm_decision(&mut self, workload: &str, generation: Generation, decision: VmDecision) {
+        let Some(i) = self
+            .instance_mut(workload, generation)
+            .filter(|i| i.phase != Phase::Stopping)
+        else {
+            return;
+        };
+        match decision {
+            VmDecision::Nothing => {}
+            VmDecision::Reset { reason } => {
+                i.restarts += 1;
+                i.detail = Some(format!("reset: {reason}"));
+            }
+            VmDecision::Stopped { reason } => {
+                i.guest_stopped = true;
+                i.detail = Some(reason);
+            }
+            VmDecision::Restart { reason } => i.detail = Some(reason),
+            VmDecision::GiveUp { reason, failover } => i.give_up = Some((reason, failover)),
         }
     }
 
@@ -839,14 +1257,12 @@ impl HostAgent {
             };
             if let Some(i) = self.instances.get_mut(&workload) {
                 i.phase = Phase::Stopping;
-                i.detail = Some(
-                    if lapsed {
-                        "lease lost: isolation response"
-                    } else {
-                        "no longer assigned here"
-                    }
-                    .into(),
-                );
+                let why = if lapsed {
+                    "lease lost: isolation response"
+                } else {
+                    "no longer assigned here"
+                };
+                i.detail = Some(format!("{why}; {}", how.first_step(i.vm)));
             }
             if lapsed {
                 out.push(HostEffect::Event(HostEvent::Isolation {
@@ -863,8 +1279,12 @@ impl HostAgent {
         }
         if held {
             // Every start and stop of this revision has been taken; from
-            // now on the report shows it.
-            self.applied_revision = self.applied_revision.max(self.revision);
+            // now on the report shows it (once performed, for a runtime
+            // that confirms it: `Performed`).
+            self.acted_revision = self.acted_revision.max(self.revision);
+            if !self.confirms_effects {
+                self.applied_revision = self.acted_revision;
+            }
         }
     }
 
@@ -877,19 +1297,29 @@ impl HostAgent {
         else {
             return;
         };
-        let (isolation, restart) = (d.isolation, d.restart);
+        let (isolation, restart, vm) = (d.isolation, d.restart, d.vm);
         let i = self
             .instances
             .entry(workload.clone())
-            .or_insert_with(|| Instance::new(generation, isolation, restart));
-        if matches!(i.phase, Phase::Restarting { .. }) {
+            .or_insert_with(|| Instance::new(generation, isolation, restart, vm));
+        // Waiting for the disks' lock is no restart.
+        if matches!(i.phase, Phase::Restarting { .. }) && !i.lock_wait {
             i.restarts += 1;
         }
         i.phase = Phase::Starting;
-        out.push(HostEffect::Start {
-            workload,
-            generation,
-        });
+        i.guest_stopped = false;
+        i.give_up = None;
+        if vm && self.disk_locks {
+            out.push(HostEffect::ReadDiskLock {
+                workload,
+                generation,
+            });
+        } else {
+            out.push(HostEffect::Start {
+                workload,
+                generation,
+            });
+        }
     }
 
     /// Say once per (workload, generation) that a start was refused as

@@ -19,8 +19,8 @@ use haven_core::coordinator_machine::{
 };
 use haven_core::datastore::{op_timeout_ms, Record};
 use haven_core::host_agent::{
-    check_inherited, Ack, Authority, DesiredInstance, HeartbeatReport, HostAgent, HostAgentConfig,
-    HostEffect, HostEvent, HostInput, InheritedLease, StopHow,
+    check_inherited, Ack, Adopted, Authority, DesiredInstance, HeartbeatReport, HostAgent,
+    HostAgentConfig, HostEffect, HostEvent, HostInput, InheritedLease, StopHow,
 };
 use haven_core::model::{
     Capacity, ClusterSettings, FenceDevice, Generation, HostRecord, IsolationResponse, Priority,
@@ -1405,7 +1405,19 @@ impl World {
                 settings,
                 stop_grace_ms: STOP_GRACE_MS,
                 inherited_expiry_ms: inherited,
-                adopted,
+                adopted: adopted
+                    .into_iter()
+                    .map(|(workload, generation)| Adopted {
+                        workload,
+                        generation,
+                        vm: false,
+                    })
+                    .collect(),
+                host: host.name.clone(),
+                // No VMs in this world.
+                disk_locks: false,
+                // Effects are performed at once, in order.
+                confirms_effects: false,
             },
             now_local,
         );
@@ -1525,6 +1537,23 @@ impl World {
                     generation,
                     how,
                 } => self.stop_instance(h, workload, generation, how),
+                HostEffect::ReadDiskLock {
+                    workload,
+                    generation,
+                } => {
+                    // Not asked in this world (no VMs); answered from the
+                    // datastore's lock files all the same.
+                    let record = self
+                        .datastore
+                        .as_ref()
+                        .and_then(|ds| ds.locks.get(&workload).cloned());
+                    let read = HostInput::DiskLockRead {
+                        workload,
+                        generation,
+                        read: Ok(record),
+                    };
+                    self.run_agent(h, read);
+                }
                 HostEffect::RenewKeeper { deadline_ms } => {
                     self.hosts[h].lease_file = Some(deadline_ms);
                     self.renew_keeper(h, deadline_ms);
@@ -2356,16 +2385,7 @@ impl World {
                 sent_ms: report.sent_ms,
                 lease_ms: ack.lease_ms,
                 revision: ack.revision,
-                desired: ack
-                    .desired
-                    .iter()
-                    .map(|d| DesiredInstance {
-                        restart: d.spec.restart,
-                        workload: d.spec.name.clone(),
-                        generation: d.generation,
-                        isolation: d.isolation,
-                    })
-                    .collect(),
+                desired: ack.desired.iter().map(DesiredInstance::from).collect(),
                 settings,
             }),
             HeartbeatAnswer::Refused(r) => {

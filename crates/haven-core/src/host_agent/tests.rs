@@ -162,6 +162,9 @@ fn config() -> HostAgentConfig {
         stop_grace_ms: GRACE_MS,
         inherited_expiry_ms: None,
         adopted: vec![],
+        host: "h1".into(),
+        disk_locks: false,
+        confirms_effects: false,
     }
 }
 
@@ -180,6 +183,16 @@ fn want(workload: &str, generation: u64, isolation: IsolationResponse) -> Desire
             backoff_initial_ms: 100,
             backoff_max_ms: 1_000,
         },
+        vm: false,
+        released_by: None,
+    }
+}
+
+fn adopted(workload: &str, generation: u64) -> Adopted {
+    Adopted {
+        workload: workload.into(),
+        generation: g(generation),
+        vm: false,
     }
 }
 
@@ -300,6 +313,7 @@ fn only_the_newest_revision_is_acted_on_and_highest_seen_only_grows() {
             workload: "a".into(),
             generation: g(5),
             why: "x".into(),
+            lasting: false,
         },
         20,
     );
@@ -420,7 +434,7 @@ fn leave_running_holds_only_while_the_datastore_is_written() {
 fn a_restarted_agent_touches_nothing_until_its_first_ack() {
     let mut cfg = config();
     cfg.inherited_expiry_ms = Some(900);
-    cfg.adopted = vec![("a".into(), g(3)), ("a".into(), g(2)), ("b".into(), g(1))];
+    cfg.adopted = vec![adopted("a", 3), adopted("a", 2), adopted("b", 1)];
     let (mut a, fx) = HostAgent::new(cfg, 100);
     // Two generations of one workload: the older one is killed at once.
     assert_eq!(stops(&fx), vec![("a".to_string(), g(2), StopHow::Kill)]);
@@ -445,7 +459,7 @@ fn a_restarted_agent_touches_nothing_until_its_first_ack() {
     // Without any ack, the inherited lease runs out like any other.
     let mut cfg = config();
     cfg.inherited_expiry_ms = Some(900);
-    cfg.adopted = vec![("a".into(), g(3))];
+    cfg.adopted = vec![adopted("a", 3)];
     let (mut a, _) = HostAgent::new(cfg, 100);
     assert_eq!(a.next_wakeup_ms(), Some(100));
     a.handle(HostInput::Tick, 100);
@@ -585,4 +599,313 @@ fn an_instance_whose_stop_ended_while_the_lease_was_lapsed_starts_again_under_th
     assert!(a.report(6_000).observed.is_empty());
     let fx = a.handle(ack(9_000, 3, want_a()), 9_050);
     assert_eq!(starts(&fx), vec![("a".to_string(), g(1))]);
+}
+
+#[test]
+fn a_start_that_cannot_succeed_here_fails_at_once_without_spending_the_budget() {
+    let mut a = agent();
+    a.handle(
+        ack(0, 1, vec![want("a", 1, IsolationResponse::PowerOff)]),
+        10,
+    );
+    // A user this host does not know: failed, for the coordinator to move.
+    let fx = a.handle(
+        HostInput::StartFailed {
+            workload: "a".into(),
+            generation: g(1),
+            why: "unknown user svc".into(),
+            lasting: true,
+        },
+        20,
+    );
+    assert!(fx.iter().all(|e| !matches!(e, HostEffect::Event(_))));
+    let o = &a.report(20).observed[0];
+    assert_eq!(o.state, InstanceState::Failed);
+    assert_eq!(o.detail.as_deref(), Some("not started: unknown user svc"));
+    assert!(starts(&a.handle(HostInput::Tick, 5_000)).is_empty());
+}
+
+#[test]
+fn a_restarted_instance_says_how_it_last_exited_and_a_stop_its_first_step() {
+    let mut a = running(IsolationResponse::PowerOff);
+    let desired = vec![want("a", 1, IsolationResponse::PowerOff)];
+    a.handle(ack(100, 1, desired), 100);
+    a.handle(
+        HostInput::InstanceExited {
+            workload: "a".into(),
+            generation: g(1),
+            how: "exited with code 3".into(),
+        },
+        100,
+    );
+    assert_eq!(
+        a.report(100).observed[0].detail.as_deref(),
+        Some("exited with code 3; restarting in 100 ms")
+    );
+    assert_eq!(starts(&a.handle(HostInput::Tick, 200)).len(), 1);
+    started(&mut a, "a", 1, 210);
+    assert_eq!(
+        a.report(210).observed[0].detail.as_deref(),
+        Some("last exit: exited with code 3")
+    );
+    // Moved away: the detail says why and the stop's first step (the
+    // coordinator's `StopStep` event).
+    a.handle(ack(300, 2, vec![]), 300);
+    assert_eq!(
+        a.report(300).observed[0].detail.as_deref(),
+        Some("no longer assigned here; SIGTERM sent; killed if still running after 2000 ms")
+    );
+}
+
+fn vm_agent() -> HostAgent {
+    let mut cfg = config();
+    cfg.disk_locks = true;
+    HostAgent::new(cfg, 0).0
+}
+
+fn want_vm(workload: &str, generation: u64) -> DesiredInstance {
+    DesiredInstance {
+        vm: true,
+        ..want(workload, generation, IsolationResponse::PowerOff)
+    }
+}
+
+fn lock_read(workload: &str, generation: u64, read: Result<Option<Record>, String>) -> HostInput {
+    HostInput::DiskLockRead {
+        workload: workload.into(),
+        generation: g(generation),
+        read,
+    }
+}
+
+fn lock_of(host: &str, generation: u64, seq: u64) -> Option<Record> {
+    Some(Record {
+        host: host.into(),
+        seq,
+        generation: Some(g(generation)),
+    })
+}
+
+fn reads(effects: &[HostEffect]) -> usize {
+    effects
+        .iter()
+        .filter(|e| matches!(e, HostEffect::ReadDiskLock { .. }))
+        .count()
+}
+
+#[test]
+fn a_vm_starts_only_once_no_other_live_host_holds_its_disks() {
+    let mut a = vm_agent();
+    let fx = a.handle(ack(0, 1, vec![want_vm("v", 2)]), 10);
+    // The lock first, not the start.
+    assert_eq!(reads(&fx), 1);
+    assert!(starts(&fx).is_empty());
+    assert_eq!(a.report(10).observed[0].state, InstanceState::Starting);
+    // Another host's lock of an older generation: look again later.
+    let fx = a.handle(lock_read("v", 2, Ok(lock_of("h2", 1, 5))), 20);
+    assert!(starts(&fx).is_empty());
+    let o = &a.report(20).observed[0];
+    assert_eq!(o.state, InstanceState::Restarting);
+    assert_eq!(
+        o.detail.as_deref(),
+        Some("checking the disks' lock on the datastore")
+    );
+    a.handle(HostInput::HeartbeatSent { sent_ms: 600 }, 600);
+    assert_eq!(a.next_wakeup_ms(), Some(20 + LOCK_PROBE_MS));
+    a.handle(ack(500, 1, vec![want_vm("v", 2)]), 600);
+    let fx = a.handle(HostInput::Tick, 20 + LOCK_PROBE_MS);
+    assert_eq!(reads(&fx), 1);
+    // Still written: its holder is alive and still stopping it; wait.
+    a.handle(lock_read("v", 2, Ok(lock_of("h2", 1, 6))), 630);
+    let fx = a.handle(HostInput::Tick, 630 + LOCK_PROBE_MS);
+    assert_eq!(reads(&fx), 1);
+    // Stood still: stale; start. Waiting was no restart.
+    let fx = a.handle(lock_read("v", 2, Ok(lock_of("h2", 1, 6))), 1_240);
+    assert_eq!(starts(&fx), vec![("v".to_string(), g(2))]);
+    started(&mut a, "v", 2, 1_250);
+    let o = &a.report(1_250).observed[0];
+    assert_eq!(
+        (o.state, o.restarts, o.detail.clone()),
+        (InstanceState::Running, 0, None)
+    );
+}
+
+#[test]
+fn a_vm_whose_disks_a_live_host_holds_for_its_generation_is_refused_and_an_unreadable_lock_waits() {
+    let mut a = vm_agent();
+    a.handle(ack(0, 1, vec![want_vm("v", 2)]), 10);
+    a.handle(lock_read("v", 2, Err("datastore: stalled".into())), 20);
+    let o = &a.report(20).observed[0];
+    assert_eq!(o.state, InstanceState::Restarting);
+    assert!(o
+        .detail
+        .as_deref()
+        .unwrap()
+        .contains("stalled; trying again"));
+    a.handle(ack(600, 1, vec![want_vm("v", 2)]), 600);
+    assert_eq!(reads(&a.handle(HostInput::Tick, 620)), 1);
+    a.handle(lock_read("v", 2, Ok(lock_of("h2", 2, 5))), 630);
+    a.handle(ack(1_200, 1, vec![want_vm("v", 2)]), 1_200);
+    assert_eq!(reads(&a.handle(HostInput::Tick, 1_230)), 1);
+    a.handle(lock_read("v", 2, Ok(lock_of("h2", 2, 6))), 1_240);
+    let o = &a.report(1_240).observed[0];
+    assert_eq!(o.state, InstanceState::Failed);
+    assert!(
+        o.detail.as_deref().unwrap().contains("live host h2"),
+        "{o:?}"
+    );
+    // A lock its host was released from needs no second look.
+    let mut b = vm_agent();
+    let released = DesiredInstance {
+        released_by: Some("h2".into()),
+        ..want_vm("v", 2)
+    };
+    b.handle(ack(0, 1, vec![released]), 10);
+    let fx = b.handle(lock_read("v", 2, Ok(lock_of("h2", 1, 5))), 20);
+    assert_eq!(starts(&fx), vec![("v".to_string(), g(2))]);
+}
+
+fn vm_decided(a: &mut HostAgent, decision: VmDecision, now_ms: u64) {
+    a.handle(
+        HostInput::VmMonitor {
+            workload: "a".into(),
+            generation: g(1),
+            decision,
+        },
+        now_ms,
+    );
+}
+
+fn exited(a: &mut HostAgent, now_ms: u64) -> Vec<HostEffect> {
+    a.handle(
+        HostInput::InstanceExited {
+            workload: "a".into(),
+            generation: g(1),
+            how: "exited".into(),
+        },
+        now_ms,
+    )
+}
+
+#[test]
+fn vm_monitor_verdicts_decide_what_an_exit_leads_to() {
+    // A reset in place counts as a restart.
+    let mut a = running(IsolationResponse::PowerOff);
+    let reason = || "no guest heartbeat".to_string();
+    vm_decided(&mut a, VmDecision::Reset { reason: reason() }, 30);
+    let o = &a.report(30).observed[0];
+    assert_eq!(
+        (o.restarts, o.detail.as_deref()),
+        (1, Some("reset: no guest heartbeat"))
+    );
+    // A guest that shut itself down stays stopped.
+    vm_decided(&mut a, VmDecision::Stopped { reason: reason() }, 40);
+    exited(&mut a, 50);
+    a.handle(
+        ack(100, 1, vec![want("a", 1, IsolationResponse::PowerOff)]),
+        100,
+    );
+    assert!(starts(&a.handle(HostInput::Tick, 1_000)).is_empty());
+    assert_eq!(a.report(1_000).observed[0].state, InstanceState::Stopped);
+    // Giving up without failover: failed, and the coordinator leaves it.
+    let mut a = running(IsolationResponse::PowerOff);
+    vm_decided(
+        &mut a,
+        VmDecision::GiveUp {
+            reason: reason(),
+            failover: false,
+        },
+        30,
+    );
+    assert_eq!(a.report(30).observed[0].state, InstanceState::Running);
+    exited(&mut a, 40);
+    let o = &a.report(40).observed[0];
+    assert_eq!((o.state, o.no_failover), (InstanceState::Failed, true));
+    // While the agent stops it, the guest's shutdown is the one asked for.
+    let mut a = running(IsolationResponse::PowerOff);
+    a.handle(ack(100, 2, vec![]), 100);
+    vm_decided(&mut a, VmDecision::Stopped { reason: reason() }, 110);
+    assert_eq!(a.report(110).observed[0].state, InstanceState::Stopping);
+    exited(&mut a, 120);
+    assert_eq!(a.report(120).observed[0].state, InstanceState::Stopping);
+}
+
+#[test]
+fn a_runtime_that_confirms_effects_reports_a_revision_only_once_performed() {
+    let mut cfg = config();
+    cfg.confirms_effects = true;
+    let mut a = HostAgent::new(cfg, 0).0;
+    let fx = a.handle(
+        ack(0, 4, vec![want("a", 1, IsolationResponse::Shutdown)]),
+        10,
+    );
+    assert_eq!(starts(&fx).len(), 1);
+    assert_eq!(a.acted_revision(), 4);
+    assert_eq!(a.report(10).applied_revision, 0);
+    // Never beyond what was acted on.
+    a.handle(HostInput::Performed { revision: 9 }, 20);
+    assert_eq!(a.report(20).applied_revision, 4);
+    assert_eq!(
+        a.keeper_policy(),
+        KeeperPolicy {
+            shutdown_timeout_ms: ClusterSettings::default().shutdown_timeout_ms,
+            graceful: vec![("a".into(), g(1))],
+            hold: vec![],
+        }
+    );
+}
+
+#[test]
+fn the_watchdog_and_the_keepers_hold_follow_the_lease_and_leave_running() {
+    let mut a = running(IsolationResponse::LeaveRunning);
+    assert!(a.may_pet_watchdog(500));
+    assert_eq!(a.keeper_hold_ms(1_000, 500), 1_000);
+    a.handle(
+        HostInput::DatastoreWrite {
+            ok: true,
+            started_ms: 900,
+        },
+        950,
+    );
+    // Held by the datastore until a margin before its lock files could
+    // look stale (a lease after the write).
+    let t = ClusterSettings::default().timing;
+    assert_eq!(a.keeper_hold_ms(1_000, 950), 900 + t.lease_ms - t.margin_ms);
+    a.handle(HostInput::Tick, 1_000);
+    assert!(a.lapsed(1_000) && a.may_pet_watchdog(1_000));
+    assert!(!a.may_pet_watchdog(1_900), "no datastore write for a lease");
+    // Power-off instances only: no petting once lapsed.
+    let mut b = running(IsolationResponse::PowerOff);
+    b.handle(HostInput::Tick, 1_000);
+    assert!(!b.may_pet_watchdog(1_000));
+}
+
+#[test]
+fn a_restart_that_waits_for_the_disks_lock_counts_once() {
+    // Before the machine took it, the agent's supervisor did not count such
+    // a restart at all (its detail said the lock was being checked).
+    let mut a = vm_agent();
+    let desired = || vec![want_vm("v", 2)];
+    a.handle(ack(0, 1, desired()), 10);
+    a.handle(lock_read("v", 2, Ok(None)), 20);
+    started(&mut a, "v", 2, 30);
+    a.handle(
+        HostInput::InstanceExited {
+            workload: "v".into(),
+            generation: g(2),
+            how: "exited".into(),
+        },
+        40,
+    );
+    // The backoff is over when the next acknowledgement comes.
+    assert_eq!(reads(&a.handle(ack(100, 1, desired()), 140)), 1);
+    // Someone else's lock showed up meanwhile: a second look.
+    a.handle(lock_read("v", 2, Ok(lock_of("h2", 1, 5))), 150);
+    assert_eq!(reads(&a.handle(ack(700, 1, desired()), 750)), 1);
+    let fx = a.handle(lock_read("v", 2, Ok(lock_of("h2", 1, 5))), 760);
+    assert_eq!(starts(&fx).len(), 1);
+    started(&mut a, "v", 2, 770);
+    let o = &a.report(770).observed[0];
+    assert_eq!(o.restarts, 1);
+    assert_eq!(o.detail.as_deref(), Some("last exit: exited"));
 }
