@@ -1,5 +1,6 @@
 //! The agent API's request decoders: any bytes as the JSON body of
-//! `POST /v1/apply` (decoded, then `spec::check_apply`, the one validation
+//! `POST /v1/apply` (decoded as the API's request, converted as the agent
+//! converts it, then `spec::check_apply`, the one validation
 //! of the CLI, the API and the state machine) and of `POST /v1/heartbeat`
 //! (decoded, the host record it may change checked with `spec::check_host`,
 //! its problems bounded as the coordinator bounds them). Nothing panics,
@@ -7,7 +8,8 @@
 
 #![no_main]
 
-use haven_agent::api::{ApplyRequest, HeartbeatRequest};
+use haven_agent::api::HeartbeatRequest;
+use haven_api::v1::ApplyRequest;
 use haven_core::model::{HostRecord, Role};
 use haven_core::spec::{check_apply, check_host, SOURCE_LEN_MAX, WORKLOADS_PER_FILE_MAX};
 use libfuzzer_sys::fuzz_target;
@@ -19,15 +21,17 @@ fn apply(data: &[u8]) {
     let Ok(req) = serde_json::from_slice::<ApplyRequest>(data) else {
         return;
     };
-    let verdict = check_apply(&req.source, &req.specs);
+    let specs: Vec<_> = req
+        .specs
+        .into_iter()
+        .map(haven_wire::spec_from_wire)
+        .collect();
+    let verdict = check_apply(&req.source, &specs);
     if verdict.is_ok() {
-        assert!(req.specs.len() <= WORKLOADS_PER_FILE_MAX);
+        assert!(specs.len() <= WORKLOADS_PER_FILE_MAX);
         assert!(req.source.len() <= SOURCE_LEN_MAX);
     }
-    assert_eq!(
-        check_apply(&req.source, &req.specs).is_ok(),
-        verdict.is_ok()
-    );
+    assert_eq!(check_apply(&req.source, &specs).is_ok(), verdict.is_ok());
 }
 
 fn heartbeat(data: &[u8]) {
