@@ -26,6 +26,13 @@ if [ ! -s "$HAVEN_TEST_VM_DIR/vmlinux" ] || [ ! -s "$HAVEN_TEST_VM_DIR/initrd.gz
   vm/build-test-vm.sh "$HAVEN_TEST_VM_DIR"
 fi
 
+# One clean build, not an edited one: incremental caches would double the
+# debug target's size on disk (and CI has a bounded disk).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+free_kib=$(df -Pk "${CARGO_TARGET_DIR:-target}/.." 2>/dev/null | awk 'NR==2 {print $4}')
+if [ -n "${free_kib:-}" ] && [ "$free_kib" -lt $((8 * 1024 * 1024)) ]; then
+  echo "scripts/test.sh: warning: only $((free_kib / 1024)) MiB free where the build goes; a clean build with the simulator and the fuzz targets needs about 8 GiB" >&2
+fi
 cargo build --workspace --locked --all-targets
 # Unit and loopback tests in parallel; the multi-host test bed one test at a
 # time (its timing is real, and the machine has two cores).
