@@ -253,9 +253,11 @@ pub fn run_dir(dir: &Path, haven_exe: PathBuf) -> Result<BedRun> {
     })
 }
 
-/// Every scenario under `root` the bed can play, and those it refuses
-/// (name, why).
-pub fn bed_capable(root: &Path) -> Result<(Vec<PathBuf>, Vec<(String, String)>)> {
+/// Scenarios the bed refuses: (name, why).
+pub type Refused = Vec<(String, String)>;
+
+/// Every scenario under `root` the bed can play, and those it refuses.
+pub fn bed_capable(root: &Path) -> Result<(Vec<PathBuf>, Refused)> {
     let mut ok = vec![];
     let mut refused = vec![];
     for dir in haven_sim::scenario::list(root).map_err(|e| anyhow!(e))? {
