@@ -9,12 +9,15 @@
 //!   every host has the same one (`works`, or `fails`). `[settings]` are
 //!   set with `haven settings set` once the cluster formed, before the
 //!   workloads are applied.
-//! - **Time**: `workloads.toml` is applied with `haven apply`; t = 0 is
-//!   the moment every workload first runs (or is pending), and each step
-//!   plays at t0 + `at_ms` in real time. The simulator counts from its
-//!   start, with the workloads applied at 0; its first instances start a
-//!   few hundred ms later, so bed times are that much later than the
-//!   simulator's for the same step.
+//! - **Time**: `workloads.toml` is applied with `haven apply` (from the
+//!   scenario's directory, so the events name the file as the simulator
+//!   does); t = 0 is the moment that apply returned, committed: the
+//!   simulator's 0 has the workloads created, and both place them about
+//!   100 ms later and hear of them running about 300 ms later. The runner
+//!   then waits until every workload runs (or is pending with a reason),
+//!   and plays each step at t0 + `at_ms` in real time (a step played more
+//!   than 200 ms late is noted). Event times are the events' `at_ms` (the
+//!   coordinator's wall clock; one machine, one clock) less t0's.
 //! - **Steps** the bed can do: `power-off` (cgroup.kill of the host; back
 //!   after `for_ms`: its agent starts again), `hang` (cgroup freeze),
 //!   `agent-crash` (SIGKILL; back after `for_ms`), `agent-hang` (freeze of
@@ -29,15 +32,18 @@
 //!   `duration_ms` + [`END_SLACK_MS`]: every workload where `expected.toml`
 //!   says (`haven status`; an instance is a populated `NAME@GEN` cgroup
 //!   under a host's workloads cgroup), the `[[event]]`s in order and no
-//!   `[[no_event]]`, against `haven events` (typed). Lines about a host
-//!   (`h4: …`) are the simulator's host happenings; the bed has the
-//!   replicated `started`/`stopped` events for `HOST: started W@G` and
-//!   `HOST: ended W@G` (recorded when the coordinator hears of them, so
-//!   they are checked for presence only, not order nor window); any other
-//!   host line (`lease lapsed`, `isolation kill`, `restart … in`, …) is not
-//!   seen by the bed and is listed as not checked. Windows: `after_ms` as
-//!   is, `before_ms` + [`BEFORE_SLACK_MS`]. `failed_on` is not shown by
-//!   `haven status` and is listed as not checked.
+//!   `[[no_event]]`, against one timeline: `haven events -o json` (typed,
+//!   as `haven_api::v1::Event`; their sentences are the simulator's) and
+//!   the host lines the bed can see: `HOST: started W@G` and `HOST: ended
+//!   W@G` from the agents' logs (the supervisor's `started W@G pid …`, the
+//!   driver's `process exited instance=W@G`, with their UTC time stamps),
+//!   `HOST: watchdog reset` from the bed's simulated watchdogs. Any other
+//!   host line (`lease lapsed`, `isolation kill`, `restart … in`, `gave
+//!   up`, `keeper killed`, …) is not seen by the bed: it is listed as not
+//!   checked. Windows: `after_ms` as is, `before_ms` + [`BEFORE_SLACK_MS`].
+//!   `failed_on` is not shown by `haven status` and is listed as not
+//!   checked; a scenario that expects `violations` (the simulator's
+//!   invariants) or names a `known_bug` is refused.
 //! - **Never twice**: at every tick of the run (every [`TICK_MS`]) the
 //!   instance cgroups of the hosts not hung are listed; two instances of
 //!   one workload at once is a difference.
@@ -51,8 +57,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The simulator's watchdog timeout (`haven_sim::world::WATCHDOG_TIMEOUT_MS`).
-pub const WATCHDOG_TIMEOUT_MS: u64 = 1_000;
+/// Every host's watchdog timeout: the simulator's.
+pub const WATCHDOG_TIMEOUT_MS: u64 = haven_sim::world::WATCHDOG_TIMEOUT_MS;
 /// A host reset by its watchdog powers on again this long after.
 pub const WATCHDOG_REBOOT_MS: u64 = 4_000;
 /// Until every workload first runs, after the apply.
@@ -110,7 +116,7 @@ impl BedRun {
             s += &format!("  note: {n}\n");
         }
         if !self.passed() {
-            s += "  timeline (ms from t0 = every workload first running):\n";
+            s += "  timeline (ms from t0 = the apply of workloads.toml):\n";
             for (t, line) in &self.timeline {
                 s += &format!("  {t:>7} {line}\n");
             }
@@ -282,7 +288,7 @@ struct Runner<'a> {
     bed: Testbed,
     s: &'a Scenario,
     dir: &'a Path,
-    /// t0: every workload first running.
+    /// t0: the apply of `workloads.toml` returned.
     t0: Instant,
     t0_wall_ms: i64,
     ops: Vec<(u64, Op)>,
@@ -348,6 +354,11 @@ impl<'a> Runner<'a> {
         if !self.s.setup.workloads.is_empty() {
             self.cli_in(Some(self.dir), &["apply", "-f", file])?;
         }
+        // t0: the apply committed, as the simulator's 0 has the workloads
+        // created (both place them ~100 ms later and hear of them running
+        // ~300 ms later).
+        self.t0 = Instant::now();
+        self.t0_wall_ms = wall_ms();
         let n = self.s.setup.workloads.len();
         self.bed
             .wait_for(
@@ -358,15 +369,18 @@ impl<'a> Runner<'a> {
                         return false;
                     };
                     st.workloads.len() == n
-                        && st
-                            .workloads
-                            .iter()
-                            .all(|w| w.state == "running" || w.state == "pending")
+                        && st.workloads.iter().all(|w| {
+                            w.state == "running" || (w.state == "pending" && w.reason.is_some())
+                        })
                 },
             )
             .context("the workloads of workloads.toml did not all start")?;
-        self.t0 = Instant::now();
-        self.t0_wall_ms = wall_ms();
+        let first_run_ms = self.now_ms();
+        if steps.first().is_some_and(|(at, _)| *at < first_run_ms) {
+            self.notes.push(format!(
+                "the workloads first ran at {first_run_ms} ms, after the first step's time"
+            ));
+        }
         self.ops = steps.iter().map(|(t, a)| (*t, Op::Do(a.clone()))).collect();
         let mut last_op_ms = 0;
         loop {
