@@ -40,7 +40,8 @@
 //!   `HOST: watchdog reset` from the bed's simulated watchdogs. Any other
 //!   host line (`lease lapsed`, `isolation kill`, `restart … in`, `gave
 //!   up`, `keeper killed`, …) is not seen by the bed: it is listed as not
-//!   checked. Windows: `after_ms` as is, `before_ms` + [`BEFORE_SLACK_MS`].
+//!   checked. Windows: `after_ms` as is, an `[[event]]`'s `before_ms` +
+//!   [`BEFORE_SLACK_MS`] (a `[[no_event]]`'s as is).
 //!   `failed_on` is not shown by `haven status` and is listed as not
 //!   checked; a scenario that expects `violations` (the simulator's
 //!   invariants) or names a `known_bug` is refused.
@@ -762,10 +763,12 @@ impl<'a> Runner<'a> {
             let rest = text.split_once(": ").map_or("", |(_, r)| r);
             rest.starts_with("started") || rest.starts_with("ended") || rest == "watchdog reset"
         };
-        let within = |t: i64, line: &str, e: &EventExpect| {
+        // An event's window is widened by the slack; a no_event's is not
+        // (widening it would forbid more than the scenario does).
+        let within = |t: i64, line: &str, e: &EventExpect, slack: i64| {
             line.contains(&e.text)
                 && e.after_ms.is_none_or(|a| t >= a as i64)
-                && e.before_ms.is_none_or(|b| t <= b as i64 + BEFORE_SLACK_MS)
+                && e.before_ms.is_none_or(|b| t <= b as i64 + slack)
         };
         let mut from = 0;
         for (i, e) in expected.event.iter().enumerate() {
@@ -777,7 +780,10 @@ impl<'a> Runner<'a> {
                 ));
                 continue;
             }
-            match lines[from..].iter().position(|(t, l)| within(*t, l, e)) {
+            match lines[from..]
+                .iter()
+                .position(|(t, l)| within(*t, l, e, BEFORE_SLACK_MS))
+            {
                 Some(p) => from += p + 1,
                 None => {
                     let anywhere = lines.iter().find(|(_, l)| l.contains(&e.text));
@@ -801,8 +807,8 @@ impl<'a> Runner<'a> {
                 ));
                 continue;
             }
-            if let Some((t, l)) = lines.iter().find(|(t, l)| within(*t, l, e)) {
-                diffs.push(format!("no_event found: {} at {t} ms: {l}", shown(e)));
+            if let Some((t, l)) = lines.iter().find(|(t, l)| within(*t, l, e, 0)) {
+                diffs.push(format!("no_event found: {} at {t} ms: {l}", shown_no(e)));
             }
         }
         self.timeline = lines;
@@ -876,6 +882,17 @@ fn shown(e: &EventExpect) -> String {
     }
     if let Some(t) = e.before_ms {
         s += &format!(" before {t} ms (+{BEFORE_SLACK_MS} on the bed)");
+    }
+    s
+}
+
+fn shown_no(e: &EventExpect) -> String {
+    let mut s = format!("{:?}", e.text);
+    if let Some(t) = e.after_ms {
+        s += &format!(" after {t} ms");
+    }
+    if let Some(t) = e.before_ms {
+        s += &format!(" before {t} ms");
     }
     s
 }
