@@ -36,7 +36,9 @@
 //!   as `haven_api::v1::Event`; their sentences are the simulator's) and
 //!   the host lines the bed can see: `HOST: started W@G` and `HOST: ended
 //!   W@G` from the agents' logs (the supervisor's `started W@G pid …`, the
-//!   driver's `process exited instance=W@G`, with their UTC time stamps),
+//!   driver's `process exited instance=W@G`, with their UTC time stamps)
+//!   and from the instance cgroups sampled every [`TICK_MS`] (populated:
+//!   started; empty again: ended, also when no agent was there to log it),
 //!   `HOST: watchdog reset` from the bed's simulated watchdogs. Any other
 //!   host line (`lease lapsed`, `isolation kill`, `restart … in`, `gave
 //!   up`, `keeper killed`, …) is not seen by the bed: it is listed as not
@@ -307,6 +309,10 @@ struct Runner<'a> {
     twice_seen: BTreeSet<String>,
     /// `HOST: watchdog reset` lines, ms from t0.
     resets: Vec<(i64, String)>,
+    /// Instances seen populated at the last sample (`HOST: W@G`).
+    seen: BTreeSet<String>,
+    /// `HOST: started W@G` / `HOST: ended W@G` from the samples.
+    sampled: Vec<(i64, String)>,
 }
 
 fn wall_ms() -> i64 {
@@ -336,6 +342,8 @@ impl<'a> Runner<'a> {
             timeline: vec![],
             twice_seen: BTreeSet::new(),
             resets: vec![],
+            seen: BTreeSet::new(),
+            sampled: vec![],
         }
     }
 
@@ -649,9 +657,15 @@ impl<'a> Runner<'a> {
     /// Workload → instances (host, generation): populated `NAME@GEN`
     /// cgroups of the hosts not hung (a frozen instance is not running).
     fn instances(&self) -> BTreeMap<String, Vec<(String, u64)>> {
+        self.populated(false)
+    }
+
+    /// Workload → (host, generation) of every populated instance cgroup,
+    /// those of hung hosts too if `hung_too`.
+    fn populated(&self, hung_too: bool) -> BTreeMap<String, Vec<(String, u64)>> {
         let mut out: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
         for h in self.bed.host_names() {
-            if self.hung.contains(&h) {
+            if !hung_too && self.hung.contains(&h) {
                 continue;
             }
             let root = self.bed.workloads_cgroup(&h);
@@ -677,8 +691,26 @@ impl<'a> Runner<'a> {
         out
     }
 
+    /// The never-twice check, and `HOST: started W@G` / `HOST: ended W@G`
+    /// when an instance cgroup becomes populated / empty (a hung host's
+    /// instances have not ended).
     fn sample_instances(&mut self) {
         let now = self.now_ms();
+        let all: BTreeSet<String> = self
+            .populated(true)
+            .into_iter()
+            .flat_map(|(w, i)| i.into_iter().map(move |(h, g)| format!("{h}: {w}@{g}")))
+            .collect();
+        for k in all.difference(&self.seen) {
+            let (h, key) = k.split_once(": ").unwrap_or_default();
+            self.sampled
+                .push((now as i64, format!("{h}: started {key}")));
+        }
+        for k in self.seen.difference(&all) {
+            let (h, key) = k.split_once(": ").unwrap_or_default();
+            self.sampled.push((now as i64, format!("{h}: ended {key}")));
+        }
+        self.seen = all;
         for (w, i) in self.instances() {
             if i.len() > 1 && self.twice_seen.insert(w.clone()) {
                 self.diffs.push(format!(
@@ -819,9 +851,13 @@ impl<'a> Runner<'a> {
     /// What happened on the hosts, as the simulator's timeline says it:
     /// `HOST: started W@G` and `HOST: ended W@G` from the agents' logs
     /// (the supervisor's `started W@G pid …`, the driver's `process exited
-    /// instance=W@G`), `HOST: watchdog reset` from the bed; ms from t0.
+    /// instance=W@G`) and from the samples of the instance cgroups (an
+    /// instance that ends while its agent is hung or gone, or with its
+    /// host, is logged by no one), `HOST: watchdog reset` from the bed; ms
+    /// from t0.
     fn host_happenings(&self) -> Vec<(i64, String)> {
         let mut out = self.resets.clone();
+        out.extend(self.sampled.iter().cloned());
         for h in self.bed.host_names() {
             let Ok(text) = std::fs::read_to_string(self.bed.log_path(&h)) else {
                 continue;
