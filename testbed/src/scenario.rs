@@ -138,7 +138,8 @@ enum Op {
     Resume(String),
     AgentBack(String),
     AgentResume(String),
-    Reconnect(String),
+    /// Network faults of these hosts removed.
+    Reconnect(Vec<String>),
 }
 
 /// The scenario's steps as the bed plays them, or why the bed cannot run
@@ -299,6 +300,8 @@ struct Runner<'a> {
     hung: BTreeSet<String>,
     agent_hung: BTreeSet<String>,
     agent_down: BTreeSet<String>,
+    /// Hosts isolated, or on one side of a cut link.
+    cut_off: BTreeSet<String>,
     /// Resets seen so far (the watchdog's count).
     resets_seen: usize,
     settings_now: haven_core::model::ClusterSettings,
@@ -334,6 +337,7 @@ impl<'a> Runner<'a> {
             hung: BTreeSet::new(),
             agent_hung: BTreeSet::new(),
             agent_down: BTreeSet::new(),
+            cut_off: BTreeSet::new(),
             resets_seen: 0,
             settings_now: s.setup.settings.clone(),
             diffs: vec![],
@@ -448,7 +452,11 @@ impl<'a> Runner<'a> {
     /// [`Runner::cli`] run from `cwd`.
     fn cli_in(&self, cwd: Option<&Path>, args: &[&str]) -> Result<String> {
         let mut last = None;
-        for h in self.bed.host_names() {
+        // Hosts with a network fault last: one cut off cannot commit, and
+        // its CLI call would wait for the CLI timeout.
+        let mut hosts = self.bed.host_names();
+        hosts.sort_by_key(|h| self.cut_off.contains(h));
+        for h in hosts {
             if self.off.contains(&h) || self.hung.contains(&h) || self.agent_down.contains(&h) {
                 continue;
             }
@@ -530,7 +538,12 @@ impl<'a> Runner<'a> {
                     self.bed.resume_agent(&h);
                 }
             }
-            Op::Reconnect(h) => self.bed.heal(&h),
+            Op::Reconnect(hosts) => {
+                for h in hosts {
+                    self.cut_off.remove(&h);
+                    self.bed.heal(&h);
+                }
+            }
         }
         Ok(())
     }
@@ -589,12 +602,14 @@ impl<'a> Runner<'a> {
             Action::Isolate(t, span) => {
                 let h = self.host_of(&t)?;
                 self.bed.partition(&h);
-                self.later(span, Op::Reconnect(h));
+                self.cut_off.insert(h.clone());
+                self.later(span, Op::Reconnect(vec![h]));
             }
             Action::CutLink(a, b, span) => {
                 let (a, b) = (self.host_of(&a)?, self.host_of(&b)?);
                 self.bed.split(&[&[a.as_str()], &[b.as_str()]]);
-                self.later(span, Op::Reconnect(a));
+                self.cut_off.extend([a.clone(), b.clone()]);
+                self.later(span, Op::Reconnect(vec![a, b]));
             }
             Action::Apply(file, _) => {
                 self.cli_in(Some(self.dir), &["apply", "-f", &file])?;
@@ -620,6 +635,7 @@ impl<'a> Runner<'a> {
             }
             Action::Heal => {
                 self.bed.heal_all();
+                self.cut_off.clear();
                 for h in self.bed.host_names() {
                     if self.off.contains(&h) {
                         self.power_on(&h)?;
