@@ -19,6 +19,7 @@ pub mod claim;
 pub mod eventlog;
 pub mod netfault;
 pub mod netns;
+pub mod scenario;
 mod testbed;
 pub mod watchdog;
 pub mod witness;

@@ -665,7 +665,24 @@ impl Testbed {
         self.cli_bounded(self.index(via), args, Duration::from_millis(CLI_TIMEOUT_MS))
     }
 
+    /// [`Testbed::cli`] run from directory `cwd`: relative paths in `args`
+    /// (and the source an `apply` records) are as given.
+    pub fn cli_in(&self, via: &str, cwd: &Path, args: &[&str]) -> Result<String> {
+        let timeout = Duration::from_millis(CLI_TIMEOUT_MS);
+        self.cli_bounded_in(self.index(via), Some(cwd), args, timeout)
+    }
+
     fn cli_bounded(&self, i: usize, args: &[&str], timeout: Duration) -> Result<String> {
+        self.cli_bounded_in(i, None, args, timeout)
+    }
+
+    fn cli_bounded_in(
+        &self,
+        i: usize,
+        cwd: Option<&Path>,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<String> {
         let h = &self.hosts[i];
         let api = h.api();
         let credential = self.credential();
@@ -676,7 +693,15 @@ impl Testbed {
             credential.as_str(),
         ];
         full.extend_from_slice(args);
-        let out = h.ns().run(&self.cfg.haven_exe, &full, timeout)?;
+        let out = match cwd {
+            None => h.ns().run(&self.cfg.haven_exe, &full, timeout)?,
+            Some(dir) => {
+                let mut cmd = Command::new(&self.cfg.haven_exe);
+                cmd.args(&full).current_dir(dir);
+                h.ns().enter_before_exec(&mut cmd, None)?;
+                netns::run_bounded(cmd, &self.cfg.haven_exe, timeout)?
+            }
+        };
         if !out.status.success() {
             bail!(
                 "`haven {}` via {} failed ({}): {}",

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use haven_testbed::{Testbed, TestbedConfig};
+use haven_testbed::{scenario, Testbed, TestbedConfig};
 use nix::sys::signal::{SigSet, Signal};
 use std::path::PathBuf;
 
@@ -45,6 +45,23 @@ enum Cmd {
         /// Extra agent flag, repeatable (e.g. --agent-arg=--lease-ms=2000).
         #[arg(long = "agent-arg", allow_hyphen_values = true)]
         agent_args: Vec<String>,
+    },
+    /// Run haven-sim scenario directories on a new bed each (see
+    /// crates/haven-sim/scenarios/README.md); with `--all`, every scenario
+    /// under the directory given the bed can play. Exits 1 if one fails.
+    Scenario {
+        /// Scenario directories [default with --all: crates/haven-sim/scenarios].
+        dirs: Vec<PathBuf>,
+        /// Every scenario under the (one) directory given the bed can play;
+        /// lists those it refuses and why.
+        #[arg(long)]
+        all: bool,
+        /// Only list what would run and what is refused.
+        #[arg(long)]
+        list: bool,
+        /// The haven binary [default: env HAVEN_EXE, else target/debug/haven].
+        #[arg(long)]
+        haven: Option<PathBuf>,
     },
     /// Remove the test beds whose owning process is gone.
     Sweep,
@@ -106,6 +123,56 @@ fn main() -> Result<()> {
             let signal = signals.wait()?;
             eprintln!("{signal}: tearing the test bed down");
             drop(bed);
+        }
+        Cmd::Scenario {
+            dirs,
+            all,
+            list,
+            haven,
+        } => {
+            let haven = match haven {
+                Some(p) => p,
+                None => haven_testbed::find_haven_exe()?,
+            };
+            let dirs = if all || list {
+                let root = match dirs.as_slice() {
+                    [] => scenario::scenarios_root(),
+                    [one] => one.clone(),
+                    _ => anyhow::bail!("--all / --list take one scenarios directory"),
+                };
+                let (ok, refused) = scenario::bed_capable(&root)?;
+                for (name, why) in &refused {
+                    println!("refused: {name}: {why}");
+                }
+                for d in &ok {
+                    println!("bed-capable: {}", d.display());
+                }
+                if list {
+                    return Ok(());
+                }
+                ok
+            } else {
+                dirs
+            };
+            let mut failed = vec![];
+            for dir in dirs {
+                match scenario::run_dir(&dir, haven.clone()) {
+                    Ok(run) => {
+                        print!("{}", run.report());
+                        if !run.passed() {
+                            failed.push(run.name);
+                        }
+                    }
+                    Err(e) => {
+                        println!("scenario {}: {e:#}", dir.display());
+                        failed.push(dir.display().to_string());
+                    }
+                }
+            }
+            if !failed.is_empty() {
+                eprintln!("failed on the test bed: {}", failed.join(", "));
+                std::process::exit(1);
+            }
         }
         Cmd::Sweep => {
             let swept = haven_testbed::sweep_stale()?;
