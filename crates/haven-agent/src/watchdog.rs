@@ -1,5 +1,7 @@
-//! The host watchdog (DESIGN.md §2.5): petted only while the agent holds
-//! its lease, so a hung agent gets its host reset.
+//! The host watchdog (DESIGN.md §2.5): petted only while the host machine
+//! allows it (`HostAgent::may_pet_watchdog`: while the lease is held, or
+//! once it lapsed while nothing could run twice), so a hung agent gets its
+//! host reset.
 //!
 //! Two kinds of device: the Linux watchdog API (`/dev/watchdog`: set the
 //! timeout with WDIOC_SETTIMEOUT, keepalive writes, magic close 'V' on a clean

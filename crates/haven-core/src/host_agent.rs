@@ -522,6 +522,10 @@ struct Instance {
     /// The lock file's sequence number at the previous look, if a second
     /// look is due (is its holder alive?).
     lock_probe: Option<u64>,
+    /// Being stopped by the `shutdown` isolation response: the watchdog is
+    /// petted for it until this time (the lease's expiry + the shutdown
+    /// timeout, which the coordinator waits out too).
+    shutdown_until_ms: Option<u64>,
 }
 
 impl Instance {
@@ -545,7 +549,17 @@ impl Instance {
             no_failover: false,
             lock_wait: false,
             lock_probe: None,
+            shutdown_until_ms: None,
         }
+    }
+
+    /// May it have a process: starting (its result not back), running, or
+    /// being stopped.
+    fn may_run(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Starting | Phase::Running | Phase::Stopping
+        )
     }
 
     fn observed(&self, workload: &str) -> Observed {
@@ -848,13 +862,23 @@ impl HostAgent {
     }
 
     /// May the watchdog be petted at `now_ms`: while the lease allows
-    /// running workloads, or while `leave-running` instances outlive it
-    /// with the datastore written. A hung agent, or one cut off without
-    /// `leave-running`, stops petting and its host is reset.
+    /// running workloads; once it has lapsed, while `leave-running`
+    /// instances outlive it with the datastore written, or while every
+    /// instance that may still run is in its `shutdown` isolation response
+    /// within the shutdown timeout (a reset would cut the graceful
+    /// shutdown short), or once nothing is left that could run (a reset
+    /// would protect nothing, and a host cut off for long would be reset
+    /// again and again). A hung agent, or one cut off while an instance
+    /// may run past those bounds, stops petting and its host is reset.
     pub fn may_pet_watchdog(&self, now_ms: u64) -> bool {
         match self.authority_kind(now_ms) {
             AuthorityKind::Held | AuthorityKind::Unknown => true,
-            AuthorityKind::Lapsed { datastore_ok } => datastore_ok && self.leaves_running(),
+            AuthorityKind::Lapsed { datastore_ok } => {
+                (datastore_ok && self.leaves_running())
+                    || self.instances.values().all(|i| {
+                        !i.may_run() || i.shutdown_until_ms.is_some_and(|until| now_ms < until)
+                    })
+            }
         }
     }
 
@@ -1257,6 +1281,15 @@ impl HostAgent {
             };
             if let Some(i) = self.instances.get_mut(&workload) {
                 i.phase = Phase::Stopping;
+                i.shutdown_until_ms = match how {
+                    StopHow::Shutdown { timeout_ms } if lapsed => Some(
+                        self.lease
+                            .expires_at_ms()
+                            .unwrap_or(now_ms)
+                            .saturating_add(timeout_ms),
+                    ),
+                    _ => None,
+                };
                 let why = if lapsed {
                     "lease lost: isolation response"
                 } else {

@@ -881,6 +881,87 @@ fn the_watchdog_and_the_keepers_hold_follow_the_lease_and_leave_running() {
 }
 
 #[test]
+fn a_cut_off_host_with_nothing_left_running_keeps_its_watchdog_petted() {
+    // Found by the scenario fence-second-opinion-reaches-the-agent-no-fence
+    // on the test bed: the agent stopped petting whenever its lease lapsed,
+    // so a worker cut off from the coordinator was reset by its watchdog
+    // again and again after its workloads were already stopped, though a
+    // reset protects nothing then.
+    let mut a = running(IsolationResponse::PowerOff);
+    a.handle(HostInput::Tick, 1_000);
+    assert!(a.lapsed(1_000));
+    assert!(!a.may_pet_watchdog(1_000), "an instance is being killed");
+    // The isolation kill's exit: it is not yet the stop's result.
+    exited(&mut a, 1_005);
+    assert!(!a.may_pet_watchdog(1_005));
+    a.handle(
+        HostInput::InstanceStopped {
+            workload: "a".into(),
+            generation: g(1),
+            how: "killed".into(),
+        },
+        1_010,
+    );
+    assert!(
+        a.may_pet_watchdog(1_010),
+        "nothing left that could run twice"
+    );
+    // An instance whose start has not come back may still run.
+    let mut b = agent();
+    b.handle(
+        ack(0, 1, vec![want("a", 1, IsolationResponse::PowerOff)]),
+        10,
+    );
+    b.handle(HostInput::Tick, 1_000);
+    assert!(b.lapsed(1_000) && !b.may_pet_watchdog(1_000));
+    // An agent that never held a lease has nothing to protect either.
+    let mut c = agent();
+    c.handle(HostInput::Tick, 0);
+    assert!(c.may_pet_watchdog(5_000));
+}
+
+#[test]
+fn a_shutdown_isolation_response_keeps_the_watchdog_petted_for_its_timeout() {
+    // Before: the agent stopped petting at the lapse, so the watchdog (2 s
+    // by default) reset the host in the middle of the graceful shutdown
+    // (5 s by default) the `shutdown` response promises.
+    let mut a = running(IsolationResponse::Shutdown);
+    let fx = a.handle(HostInput::Tick, 1_000);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        HostEffect::Stop {
+            how: StopHow::Shutdown { .. },
+            ..
+        }
+    )));
+    let timeout = ClusterSettings::default().shutdown_timeout_ms;
+    assert!(a.may_pet_watchdog(1_000));
+    assert!(a.may_pet_watchdog(1_000 + timeout - 1));
+    assert!(
+        !a.may_pet_watchdog(1_000 + timeout),
+        "past the timeout the coordinator counts on, a hung stop gets its host reset"
+    );
+    // A power-off instance beside it is killed at once: no grace for the
+    // host.
+    let mut b = agent();
+    b.handle(
+        ack(
+            0,
+            1,
+            vec![
+                want("a", 1, IsolationResponse::Shutdown),
+                want("b", 1, IsolationResponse::PowerOff),
+            ],
+        ),
+        10,
+    );
+    started(&mut b, "a", 1, 20);
+    started(&mut b, "b", 1, 20);
+    b.handle(HostInput::Tick, 1_000);
+    assert!(!b.may_pet_watchdog(1_000));
+}
+
+#[test]
 fn a_restart_that_waits_for_the_disks_lock_counts_once() {
     // Before the machine took it, the agent's supervisor did not count such
     // a restart at all (its detail said the lock was being checked).
