@@ -312,6 +312,8 @@ struct Runner<'a> {
     twice_seen: BTreeSet<String>,
     /// `HOST: watchdog reset` lines, ms from t0.
     resets: Vec<(i64, String)>,
+    /// `operator: apply refused: …` lines, ms from t0.
+    operator: Vec<(i64, String)>,
     /// Instances seen populated at the last sample (`HOST: W@G`).
     seen: BTreeSet<String>,
     /// `HOST: started W@G` / `HOST: ended W@G` from the samples.
@@ -346,6 +348,7 @@ impl<'a> Runner<'a> {
             timeline: vec![],
             twice_seen: BTreeSet::new(),
             resets: vec![],
+            operator: vec![],
             seen: BTreeSet::new(),
             sampled: vec![],
         }
@@ -612,7 +615,14 @@ impl<'a> Runner<'a> {
                 self.later(span, Op::Reconnect(vec![a, b]));
             }
             Action::Apply(file, _) => {
-                self.cli_in(Some(self.dir), &["apply", "-f", &file])?;
+                let at = self.now_ms() as i64;
+                if let Err(e) = self.cli_in(Some(self.dir), &["apply", "-f", &file]) {
+                    // A refusal is an outcome the scenario may expect (the
+                    // simulator's `operator: apply refused: …`).
+                    let why = refused_apply(&format!("{e:#}")).ok_or(e)?;
+                    self.operator
+                        .push((at, format!("operator: apply refused: {why}")));
+                }
             }
             Action::DeleteNamed(w) => {
                 self.cli(&["delete", &w])?;
@@ -874,6 +884,7 @@ impl<'a> Runner<'a> {
     fn host_happenings(&self) -> Vec<(i64, String)> {
         let mut out = self.resets.clone();
         out.extend(self.sampled.iter().cloned());
+        out.extend(self.operator.iter().cloned());
         for h in self.bed.host_names() {
             let Ok(text) = std::fs::read_to_string(self.bed.log_path(&h)) else {
                 continue;
@@ -901,6 +912,18 @@ impl<'a> Runner<'a> {
         }
         out
     }
+}
+
+/// What a refused `haven apply` said, as the simulator words it: `nothing
+/// was applied: PROBLEM; PROBLEM` (`None`: the apply failed otherwise).
+fn refused_apply(error: &str) -> Option<String> {
+    let (_, rest) = error.split_once("nothing was applied:")?;
+    let problems: Vec<&str> = rest
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    Some(format!("nothing was applied: {}", problems.join("; ")))
 }
 
 /// Unix ms of an agent log line's timestamp (`2026-12-03T04:51:44.396683Z`,
@@ -1001,6 +1024,16 @@ fn mismatch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_apply_reads_as_the_simulator_words_it() {
+        let e = "`haven apply -f huge.toml` via h1 failed (exit status: 1): error: nothing was applied:\nhuge.toml: workload \"huge\": too big\nhuge.toml: workload \"x\": too\n";
+        assert_eq!(
+            refused_apply(e).as_deref(),
+            Some("nothing was applied: huge.toml: workload \"huge\": too big; huge.toml: workload \"x\": too")
+        );
+        assert_eq!(refused_apply("connection refused"), None);
+    }
 
     #[test]
     fn a_log_stamp_reads_as_unix_ms() {

@@ -621,6 +621,7 @@ pub fn happened_text(h: &HappenedAt) -> String {
             workload,
             generation,
         } => format!("ended {workload}@{generation}"),
+        Happened::ApplyRefused { why } => format!("apply refused: {why}"),
     };
     format!("{}: {what}", h.host)
 }

@@ -19,14 +19,15 @@ use haven_core::coordinator_machine::{
 };
 use haven_core::datastore::{op_timeout_ms, Record};
 use haven_core::host_agent::{
-    check_inherited, Ack, Adopted, Authority, DesiredInstance, HeartbeatReport, HostAgent,
-    HostAgentConfig, HostEffect, HostEvent, HostInput, InheritedLease, StopHow,
+    check_inherited, Ack, Adopted, DesiredInstance, HeartbeatReport, HostAgent, HostAgentConfig,
+    HostEffect, HostEvent, HostInput, InheritedLease, StopHow,
 };
 use haven_core::model::{
     Capacity, ClusterSettings, FenceDevice, Generation, HostRecord, IsolationResponse, Priority,
     RestartPolicy, Role as HostRole, WorkloadKind, WorkloadSpec,
 };
 use haven_core::settings::RESTART_GRACE_MS_MAX;
+use haven_core::spec::check_fits_cluster;
 use haven_core::state::{ClusterState, Command, CommandResult};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -159,6 +160,10 @@ pub enum Happened {
         workload: String,
         generation: Generation,
     },
+    /// The operator's apply was refused as the agent's API refuses it
+    /// (`spec::check_fits_cluster`, against the leader's state); its host
+    /// is `operator`.
+    ApplyRefused { why: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1446,16 +1451,10 @@ impl World {
         let now_local = self.local(h);
         let agent = self.hosts[h].agent.as_mut().expect("running");
         let effects = agent.handle(input, now_local);
-        let lapsed = agent.lapsed(now_local);
-        let datastore_ok = lapsed
-            && matches!(
-                agent.authority(now_local),
-                Authority::Lapsed { datastore_ok: true }
-            );
         let wake = agent.next_wakeup_ms();
-        // Petted while the lease holds, or while workloads are left
-        // running with the datastore written (`haven-agent`'s supervisor).
-        let pet = !lapsed || (datastore_ok && self.leaves_running(h));
+        // Petted as `haven-agent`'s supervisor pets it: when the machine
+        // says so.
+        let pet = agent.may_pet_watchdog(now_local);
         if pet {
             self.hosts[h].last_pet_ms = self.now;
             if !self.hosts[h].watchdog_armed {
@@ -1966,10 +1965,6 @@ impl World {
             host.watchdog_armed = true;
             let at = host.last_pet_ms + WATCHDOG_TIMEOUT_MS;
             self.schedule(at, Ev::Watchdog(h));
-            return;
-        }
-        // Only a host whose workloads may run needs resetting.
-        if host.instances.is_empty() {
             return;
         }
         self.stats.resets += 1;
@@ -3116,6 +3111,23 @@ impl World {
     fn act_named(&mut self, a: Action) {
         match a {
             Action::Apply(source, specs) => {
+                // The API's admission, as `haven apply` meets it (what needs
+                // no I/O and the simulator models: a workload that fits no
+                // host of the cluster is refused, with the rest of its file).
+                let n = self.leader().unwrap_or(0);
+                let hosts = self.raft.nodes[n].state.hosts.values();
+                if let Err(e) = check_fits_cluster(&source, &specs, hosts) {
+                    let why = format!("nothing was applied: {}", e.0.join("; "));
+                    self.note(format!("apply refused: {why}"));
+                    if self.cfg.record {
+                        self.happened.push(HappenedAt {
+                            at_ms: self.now,
+                            host: "operator".into(),
+                            what: Happened::ApplyRefused { why },
+                        });
+                    }
+                    return;
+                }
                 for s in &specs {
                     self.catalog.insert(s.name.clone(), s.clone());
                 }
