@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
 use crate::api::{HeartbeatRequest, HeartbeatResponse};
 use crate::datadir::DataDir;
 use crate::node::Node;
@@ -21,6 +24,8 @@ use crate::rpc::{self, RpcError};
 const LEASE_FILE: &str = "lease-expiry";
 /// Managers tried per heartbeat tick when the leader does not answer.
 const ATTEMPTS_PER_TICK_MAX: usize = 4;
+/// Heartbeats waiting for an answer at once, at most.
+const IN_FLIGHT_MAX: usize = 3;
 
 pub use haven_core::host_agent::{check_inherited, InheritedLease};
 
@@ -47,10 +52,22 @@ pub fn inherited_expiry(datadir: &DataDir, now_ms: u64, settings: &ClusterSettin
     }
 }
 
+/// One heartbeat's answer: the manager it went to and what came back.
+type Answer = (String, Result<HeartbeatResponse, RpcError>);
+
 pub async fn run(node: Arc<Node>) -> String {
     let mut interval_ms = 0;
     let (mut checked, mut told_stale) = (false, false);
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    // Heartbeats overlap: a new one goes out every interval while earlier
+    // ones still wait (up to IN_FLIGHT_MAX), so one lost in a short cut (a
+    // connection waiting out TCP's retransmission, up to its attempt
+    // timeout) does not hold up the next, and the lease is renewed within
+    // an interval once the network carries again.
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Answer>> = FuturesUnordered::new();
+    // Attempts since the last tick: a failed one is retried at once with
+    // the next manager, up to ATTEMPTS_PER_TICK_MAX per tick.
+    let mut attempts = 0;
     loop {
         let settings = node.settings();
         let hb_ms = settings.timing.heartbeat_interval_ms;
@@ -59,129 +76,178 @@ pub async fn run(node: Arc<Node>) -> String {
             ticker = tokio::time::interval(Duration::from_millis(hb_ms));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
-        let attempt_timeout = Duration::from_millis((hb_ms * 3).max(300));
-        ticker.tick().await;
-        for _ in 0..ATTEMPTS_PER_TICK_MAX {
-            let Some(target) = next_target(&node) else {
-                break;
-            };
-            let sent_ms = node.clock.now_ms();
-            node.supervisor.heartbeat_sent(sent_ms);
-            let report = node.supervisor.report();
-            let req = HeartbeatRequest {
-                host: node.identity.name.clone(),
-                instance_id: node.identity.instance_id.clone(),
-                node_id: node.identity.node_id,
-                address: node.address.clone(),
-                capacity: node.capacity,
-                labels: node.cfg.labels.clone(),
-                fence: node.cfg.fence.clone(),
-                watchdog_timeout_ms: node.watchdog_timeout_ms,
-                sent_ms,
-                boot: node.boot.clone(),
-                applied_revision: report.applied_revision,
-                keeper: node.keeper_ok.load(std::sync::atomic::Ordering::Relaxed),
-                stopped: report.stopped,
-                problems: node.problems(),
-                observed: report.observed,
-                tls: node.tls.report(),
-            };
-            let sent = rpc::post::<_, HeartbeatResponse>(
-                &node.http,
-                &target,
-                "/v1/heartbeat",
-                &req,
-                false,
-                Some(attempt_timeout),
-            )
-            .await;
-            match sent {
-                Ok(resp) => {
-                    // An agent whose flags disagree with the cluster refuses
-                    // to run; a later change of the cluster's settings only
-                    // makes the flags stale, which is said once.
-                    let disagree = haven_core::settings::disagreements(
-                        &resp.settings,
-                        &node.cfg.settings_flags,
-                    );
-                    if !disagree.is_empty() && !told_stale {
-                        let msg = disagree.join("\n");
-                        if !checked {
-                            return format!(
-                                "this host's flags disagree with the cluster's settings:\n{msg}"
-                            );
-                        }
-                        tracing::warn!("the cluster's settings changed; this host's flags are stale (they apply only at bootstrap):\n{msg}");
-                    }
-                    told_stale = !disagree.is_empty();
-                    checked = true;
-                    // The machine takes it; the supervisor is woken if it
-                    // decided something.
-                    let expiry = node.supervisor.acknowledged(&resp);
-                    let now_settings = node.settings();
-                    // The data dir's files are written in the background:
-                    // a stalled local disk must not hold up the lease.
-                    if now_settings.host_cert_validity_s != settings.host_cert_validity_s {
-                        crate::renew::policy_changed();
-                    }
-                    if now_settings != settings {
-                        let dir = node.datadir.clone();
-                        node.write_in_background("cache the cluster's settings", move || {
-                            dir.write_settings(&now_settings).map_err(|e| e.to_string())
-                        });
-                    }
-                    update_peers(&node, &resp);
-                    if let Some(bundle) = &resp.ca_bundle_pem {
-                        crate::renew::take_bundle(&node, bundle);
-                    }
-                    if node.consensus.is_some()
-                        && !node
-                            .store_recorded
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                    {
-                        let n = node.clone();
-                        node.write_in_background("record the Raft store in node.json", move || {
-                            crate::node::record_store(&n).map_err(|e| format!("{e:#}"))
-                        });
-                    }
-                    // Only ever later (the machine's `RenewKeeper`).
-                    if let Some(e) = expiry {
-                        node.keeper_renew(e);
-                        let path = node.datadir.path().join(LEASE_FILE);
-                        node.write_in_background("record the lease expiry", move || {
-                            std::fs::write(path, e.to_string()).map_err(|e| e.to_string())
-                        });
-                    }
-                    break;
-                }
-                // The coordinator says this data dir is not the member it
-                // claims to be (changed node.json, another cluster's data
-                // dir): refuse to run rather than retry forever.
-                Err(RpcError::Refused {
-                    status: 403,
-                    message,
-                    ..
-                }) => return format!("the coordinator at {target} refuses this host: {message}"),
-                Err(RpcError::Refused {
-                    status: 421,
-                    leader,
-                    ..
-                }) => {
-                    let mut p = node.peers.lock().unwrap();
-                    p.leader_hint = leader.filter(|l| *l != target);
-                    if p.leader_hint.is_none() {
-                        p.next += 1;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!("heartbeat to {target}: {e}");
-                    let mut p = node.peers.lock().unwrap();
-                    if p.leader_hint.as_deref() == Some(target.as_str()) {
-                        p.leader_hint = None;
-                    }
-                    p.next += 1;
+        let send = tokio::select! {
+            _ = ticker.tick() => {
+                attempts = 0;
+                true
+            }
+            Some((target, answer)) = in_flight.next(), if !in_flight.is_empty() => {
+                match on_answer(&node, &settings, &target, answer, &mut checked, &mut told_stale) {
+                    Answered::Fatal(why) => return why,
+                    Answered::Renewed => false,
+                    Answered::Failed => attempts < ATTEMPTS_PER_TICK_MAX,
                 }
             }
+        };
+        if !send || in_flight.len() >= IN_FLIGHT_MAX {
+            continue;
+        }
+        let Some(target) = next_target(&node) else {
+            continue;
+        };
+        attempts += 1;
+        let attempt_timeout = Duration::from_millis((hb_ms * 3).max(300));
+        in_flight.push(send_one(&node, target, attempt_timeout).boxed());
+    }
+}
+
+/// Send one heartbeat to `target`, carrying the machine's report now.
+fn send_one(
+    node: &Arc<Node>,
+    target: String,
+    attempt_timeout: Duration,
+) -> impl std::future::Future<Output = Answer> + Send + 'static {
+    let sent_ms = node.clock.now_ms();
+    node.supervisor.heartbeat_sent(sent_ms);
+    let report = node.supervisor.report();
+    let req = HeartbeatRequest {
+        host: node.identity.name.clone(),
+        instance_id: node.identity.instance_id.clone(),
+        node_id: node.identity.node_id,
+        address: node.address.clone(),
+        capacity: node.capacity,
+        labels: node.cfg.labels.clone(),
+        fence: node.cfg.fence.clone(),
+        watchdog_timeout_ms: node.watchdog_timeout_ms,
+        sent_ms,
+        boot: node.boot.clone(),
+        applied_revision: report.applied_revision,
+        keeper: node.keeper_ok.load(std::sync::atomic::Ordering::Relaxed),
+        stopped: report.stopped,
+        problems: node.problems(),
+        observed: report.observed,
+        tls: node.tls.report(),
+    };
+    let node = node.clone();
+    async move {
+        let sent = rpc::post::<_, HeartbeatResponse>(
+            &node.http,
+            &target,
+            "/v1/heartbeat",
+            &req,
+            false,
+            Some(attempt_timeout),
+        )
+        .await;
+        (target, sent)
+    }
+}
+
+enum Answered {
+    /// Acknowledged: the lease runs from its send time.
+    Renewed,
+    /// No acknowledgement; the next attempt goes to the next manager.
+    Failed,
+    /// This host must not run on (the reason).
+    Fatal(String),
+}
+
+fn on_answer(
+    node: &Arc<Node>,
+    settings: &ClusterSettings,
+    target: &str,
+    answer: Result<HeartbeatResponse, RpcError>,
+    checked: &mut bool,
+    told_stale: &mut bool,
+) -> Answered {
+    match answer {
+        Ok(resp) => {
+            // An agent whose flags disagree with the cluster refuses to run;
+            // a later change of the cluster's settings only makes the flags
+            // stale, which is said once.
+            let disagree =
+                haven_core::settings::disagreements(&resp.settings, &node.cfg.settings_flags);
+            if !disagree.is_empty() && !*told_stale {
+                let msg = disagree.join("\n");
+                if !*checked {
+                    return Answered::Fatal(format!(
+                        "this host's flags disagree with the cluster's settings:\n{msg}"
+                    ));
+                }
+                tracing::warn!("the cluster's settings changed; this host's flags are stale (they apply only at bootstrap):\n{msg}");
+            }
+            *told_stale = !disagree.is_empty();
+            *checked = true;
+            // The machine takes it (an older answer than one taken already
+            // changes nothing but what is later); the supervisor is woken if
+            // it decided something.
+            let expiry = node.supervisor.acknowledged(&resp);
+            let now_settings = node.settings();
+            // The data dir's files are written in the background: a stalled
+            // local disk must not hold up the lease.
+            if now_settings.host_cert_validity_s != settings.host_cert_validity_s {
+                crate::renew::policy_changed();
+            }
+            if now_settings != *settings {
+                let dir = node.datadir.clone();
+                node.write_in_background("cache the cluster's settings", move || {
+                    dir.write_settings(&now_settings).map_err(|e| e.to_string())
+                });
+            }
+            update_peers(node, &resp);
+            if let Some(bundle) = &resp.ca_bundle_pem {
+                crate::renew::take_bundle(node, bundle);
+            }
+            if node.consensus.is_some()
+                && !node
+                    .store_recorded
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                let n = node.clone();
+                node.write_in_background("record the Raft store in node.json", move || {
+                    crate::node::record_store(&n).map_err(|e| format!("{e:#}"))
+                });
+            }
+            // Only ever later (the machine's `RenewKeeper`).
+            if let Some(e) = expiry {
+                node.keeper_renew(e);
+                let path = node.datadir.path().join(LEASE_FILE);
+                node.write_in_background("record the lease expiry", move || {
+                    std::fs::write(path, e.to_string()).map_err(|e| e.to_string())
+                });
+            }
+            Answered::Renewed
+        }
+        // The coordinator says this data dir is not the member it claims to
+        // be (changed node.json, another cluster's data dir): refuse to run
+        // rather than retry forever.
+        Err(RpcError::Refused {
+            status: 403,
+            message,
+            ..
+        }) => Answered::Fatal(format!(
+            "the coordinator at {target} refuses this host: {message}"
+        )),
+        Err(RpcError::Refused {
+            status: 421,
+            leader,
+            ..
+        }) => {
+            let mut p = node.peers.lock().unwrap();
+            p.leader_hint = leader.filter(|l| l != target);
+            if p.leader_hint.is_none() {
+                p.next += 1;
+            }
+            Answered::Failed
+        }
+        Err(e) => {
+            tracing::debug!("heartbeat to {target}: {e}");
+            let mut p = node.peers.lock().unwrap();
+            if p.leader_hint.as_deref() == Some(target) {
+                p.leader_hint = None;
+            }
+            p.next += 1;
+            Answered::Failed
         }
     }
 }
