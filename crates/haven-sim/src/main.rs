@@ -17,106 +17,80 @@
 //! wall-clock time is read here only, to print the speed; it never reaches
 //! the simulation.
 
+use clap::Parser;
 use haven_sim::{run, scenario, Faults, SimConfig};
 use std::process::ExitCode;
 use std::time::Instant;
 
-const USAGE: &str = "usage: haven-sim (--seeds N [--first S] | --seed S [--trace]) [--later-faults K] [--hosts H] [--managers M] [--workloads W] [--minutes M] [--fault skip-lease-wait|confirm-stops-without-proof|ack-without-confirmed-leadership]
-       haven-sim --scenarios DIR [--only NAME] [--update] [--list] [--timeline] [--fault NAME] [--trace]";
+/// The simulator's broken rules (`coordinator_runtime::Faults`), one at a
+/// time: the scenarios and seeds written for each must then fail.
+const FAULTS: [&str; 3] = [
+    "skip-lease-wait",
+    "confirm-stops-without-proof",
+    "ack-without-confirmed-leadership",
+];
 
+/// Run random seeds of the whole-cluster simulation, replay one, or run the
+/// scenario directories. Every failing seed is printed with the command
+/// that replays it.
+#[derive(Parser, Debug)]
+#[command(name = "haven-sim", version)]
 struct Args {
+    /// Run N random seeds.
+    #[arg(long, value_name = "N", conflicts_with_all = ["seed", "scenarios"],
+          required_unless_present_any = ["seed", "scenarios"])]
     seeds: Option<u64>,
+    /// The first of the N seeds (default: one from the wall clock).
+    #[arg(long, value_name = "S", requires = "seeds")]
     first: Option<u64>,
+    /// Replay one seed.
+    #[arg(long, value_name = "S", conflicts_with = "scenarios")]
     seed: Option<u64>,
-    hosts: usize,
-    managers: usize,
+    /// Hosts in the cluster.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..))]
+    hosts: u64,
+    /// Managers among them (1 to 5).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=5))]
+    managers: u64,
+    /// Workloads applied at the start.
+    #[arg(long, default_value_t = 20)]
     workloads: usize,
+    /// Simulated minutes per seed.
+    #[arg(long, default_value_t = 2.0)]
     minutes: f64,
+    /// Switch one of the simulator's broken rules on.
+    #[arg(long, value_name = "NAME", value_parser = FAULTS)]
     fault: Option<String>,
+    /// Print the replayed seed's (or each scenario's) trace.
+    #[arg(long)]
     trace: bool,
-    scenarios: Option<String>,
-    only: Option<String>,
-    update: bool,
-    list: bool,
-    timeline: bool,
+    /// Replay a seed found before later kinds of fault were added: 0
+    /// without graceful agent restarts and slow Raft storage, 1 without
+    /// slow Raft storage.
+    #[arg(long, value_name = "K", default_value_t = haven_sim::world::LATER_FAULTS_ALL)]
     later_faults: u8,
+    /// Run every scenario directory under DIR (each with its own seed).
+    #[arg(long, value_name = "DIR")]
+    scenarios: Option<String>,
+    /// Only the scenario NAME.
+    #[arg(long, value_name = "NAME", requires = "scenarios")]
+    only: Option<String>,
+    /// Write each scenario's expected.toml from its run (review it).
+    #[arg(long, requires = "scenarios")]
+    update: bool,
+    /// List the scenarios, with what each is about.
+    #[arg(long, requires = "scenarios")]
+    list: bool,
+    /// Print each scenario run's decisions and host events.
+    #[arg(long, requires = "scenarios")]
+    timeline: bool,
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        seeds: None,
-        first: None,
-        seed: None,
-        hosts: 7,
-        managers: 3,
-        workloads: 20,
-        minutes: 2.0,
-        fault: None,
-        trace: false,
-        scenarios: None,
-        only: None,
-        update: false,
-        list: false,
-        timeline: false,
-        later_faults: haven_sim::world::LATER_FAULTS_ALL,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--trace" | "--update" | "--list" | "--timeline" => {
-                a.trace |= flag == "--trace";
-                a.timeline |= flag == "--timeline";
-                a.update |= flag == "--update";
-                a.list |= flag == "--list";
-                continue;
-            }
-            _ => {}
-        }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let num = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{flag} {v}: not a whole number\n{USAGE}"))
-        };
-        match flag.as_str() {
-            "--seeds" => a.seeds = Some(num(&value)?),
-            "--first" => a.first = Some(num(&value)?),
-            "--seed" => a.seed = Some(num(&value)?),
-            "--hosts" => a.hosts = num(&value)? as usize,
-            "--managers" => a.managers = num(&value)? as usize,
-            "--workloads" => a.workloads = num(&value)? as usize,
-            "--minutes" => {
-                a.minutes = value
-                    .parse()
-                    .map_err(|_| format!("--minutes {value}: not a number\n{USAGE}"))?
-            }
-            "--fault" => a.fault = Some(value),
-            "--later-faults" => a.later_faults = num(&value)?.min(255) as u8,
-            "--scenarios" => a.scenarios = Some(value),
-            "--only" => a.only = Some(value),
-            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
-        }
-    }
-    if a.scenarios.is_some() {
-        if a.seeds.is_some() || a.seed.is_some() {
-            return Err(format!(
-                "--scenarios runs each scenario's own seed\n{USAGE}"
-            ));
-        }
-        return Ok(a);
-    }
-    if a.update || a.list || a.timeline || a.only.is_some() {
+    let a = Args::parse();
+    if a.managers > a.hosts {
         return Err(format!(
-            "--update, --list, --timeline and --only go with --scenarios\n{USAGE}"
-        ));
-    }
-    if a.seeds.is_none() == a.seed.is_none() {
-        return Err(format!("give --seeds N or --seed S\n{USAGE}"));
-    }
-    if a.hosts == 0 || !(1..=5).contains(&a.managers) || a.managers > a.hosts {
-        return Err(format!(
-            "--hosts {} --managers {}: need 1 to 5 managers, no more than the hosts",
+            "--hosts {} --managers {}: no more managers than hosts; lower --managers or raise --hosts",
             a.hosts, a.managers
         ));
     }
@@ -130,15 +104,15 @@ fn faults(name: Option<&str>) -> Result<Faults, String> {
         Some("skip-lease-wait") => f.skip_lease_wait = true,
         Some("confirm-stops-without-proof") => f.confirm_stops_without_proof = true,
         Some("ack-without-confirmed-leadership") => f.ack_without_confirmed_leadership = true,
-        Some(other) => return Err(format!("--fault {other}: unknown\n{USAGE}")),
+        Some(other) => return Err(format!("--fault {other}: unknown; one of {FAULTS:?}")),
     }
     Ok(f)
 }
 
 fn config(a: &Args, seed: u64) -> Result<SimConfig, String> {
     let mut cfg = SimConfig::new(seed);
-    cfg.hosts = a.hosts;
-    cfg.managers = a.managers;
+    cfg.hosts = a.hosts as usize;
+    cfg.managers = a.managers as usize;
     cfg.workloads = a.workloads;
     cfg.duration_ms = (a.minutes * 60_000.0) as u64;
     cfg.faults = faults(a.fault.as_deref())?;
