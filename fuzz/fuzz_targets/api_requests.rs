@@ -8,7 +8,14 @@
 
 #![no_main]
 
-use haven_agent::api::HeartbeatRequest;
+// The agent's request types, compiled here from their own source (they
+// need only haven-core and serde): the fuzz build then does not build the
+// whole agent (HTTP, TLS, Raft), most of its time in CI.
+#[path = "../../crates/haven-agent/src/api.rs"]
+#[allow(dead_code)]
+mod agent_api;
+
+use agent_api::HeartbeatRequest;
 use haven_api::v1::ApplyRequest;
 use haven_core::model::{HostRecord, Role};
 use haven_core::spec::{check_apply, check_host, SOURCE_LEN_MAX, WORKLOADS_PER_FILE_MAX};
