@@ -850,8 +850,9 @@ impl HostAgent {
         }
     }
 
-    /// Has the lease lapsed at `now_ms` (what a watchdog is petted by:
-    /// not while it has)? `authority` without building the desired map.
+    /// Has the lease lapsed at `now_ms`? `authority` without building the
+    /// desired map. (Whether the watchdog may be petted is more than this:
+    /// `may_pet_watchdog`.)
     pub fn lapsed(&self, now_ms: u64) -> bool {
         matches!(self.authority_kind(now_ms), AuthorityKind::Lapsed { .. })
     }
