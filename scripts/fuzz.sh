@@ -43,13 +43,22 @@ trap 'rm -rf "$corpus_root"' EXIT
 for t in "${TARGETS[@]}"; do
     mkdir -p "$corpus_root/$t" "artifacts/$t" "corpus/$t"
     echo "fuzzing $t for ${SECONDS_PER_TARGET} s"
-    "$CARGO_TARGET_DIR/$triple/release/$t" \
+    # libFuzzer prints a line per new input; keep that in a file and show
+    # its end only when the target crashed, so a CI log's tail stays the
+    # summary of the tests.
+    log="$corpus_root/$t.log"
+    if ! "$CARGO_TARGET_DIR/$triple/release/$t" \
         -max_total_time="$SECONDS_PER_TARGET" \
         -timeout="$INPUT_TIMEOUT_S" \
         -rss_limit_mb="$RSS_LIMIT_MB" \
         -max_len="$INPUT_BYTES_MAX" \
         -artifact_prefix="artifacts/$t/" \
         -print_final_stats=1 \
-        "$corpus_root/$t" "corpus/$t"
+        "$corpus_root/$t" "corpus/$t" >"$log" 2>&1; then
+        tail -n 60 "$log" >&2
+        echo "fuzz: $t crashed; the input is in fuzz/artifacts/$t/" >&2
+        exit 1
+    fi
+    grep -E '^(Done|stat::number_of_executed_units)' "$log" | sed "s/^/  $t: /"
 done
 echo "fuzz: ${#TARGETS[@]} targets ran ${SECONDS_PER_TARGET} s each without a crash"
