@@ -105,8 +105,15 @@ fn a_burst_of_large_applies_keeps_one_leader_and_every_lease() {
         assert_eq!(report.instances_of(name).count(), 1, "{name}: one instance");
     }
     let new = events(&bed, "h1").after(events_before);
+    // `suspect` is allowed: it only says a heartbeat came late, and does
+    // nothing. On a loaded CI machine one can come a few hundred ms late
+    // during the burst (seen: 351 ms, with a build running beside it; a
+    // quiet machine shows none in 3 of 3 runs). What the burst must never
+    // do is cost a lease: a host failed or isolated, a workload moved.
     let bad = |k: &EventKind| match k {
-        EventKind::HostStateChanged { state, .. } => *state != HostState::Online,
+        EventKind::HostStateChanged { state, .. } => {
+            !matches!(state, HostState::Online | HostState::Suspect)
+        }
         EventKind::Unassigned { .. }
         | EventKind::WorkloadsUnassigned { .. }
         | EventKind::Failed { .. } => true,
@@ -114,7 +121,7 @@ fn a_burst_of_large_applies_keeps_one_leader_and_every_lease() {
     };
     assert!(
         !new.any(bad),
-        "no suspect, failed, isolated or emptied host: {new}"
+        "no failed, isolated or emptied host: {new}"
     );
     for r in results {
         r.unwrap();
