@@ -522,6 +522,9 @@ async fn heartbeat_loop(
     let mut running: BTreeMap<String, u64> = BTreeMap::new();
     let mut stopped: Vec<Stopped> = vec![];
     let mut revision = 0;
+    // The version of `running` as the coordinator named it: echoed, so
+    // that answers leave the list out while it is unchanged, as the agent's.
+    let mut version = None;
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0usize;
@@ -561,6 +564,7 @@ async fn heartbeat_loop(
                     no_failover: false,
                 })
                 .collect(),
+            desired_version: version,
         };
         let sent = haven_agent::rpc::post::<_, HeartbeatResponse>(
             &p.client,
@@ -588,9 +592,19 @@ async fn heartbeat_loop(
         if resp.revision < revision {
             continue;
         }
+        let Some(desired) = resp.desired else {
+            // The list left out: the same as the version echoed, if this
+            // player still holds it.
+            if resp.desired_version == version {
+                revision = resp.revision;
+            } else {
+                version = None;
+            }
+            continue;
+        };
         revision = resp.revision;
-        let now: BTreeMap<String, u64> = resp
-            .desired
+        version = resp.desired_version;
+        let now: BTreeMap<String, u64> = desired
             .iter()
             .map(|d| (d.spec.name.clone(), d.generation.0))
             .collect();
