@@ -42,6 +42,11 @@ pub struct ScaleArgs {
     /// Seconds over which idle CPU is measured.
     #[arg(long, default_value_t = 20)]
     pub idle_s: u64,
+    /// The cluster's heartbeat interval (`heartbeat_interval_ms`, set
+    /// before the hosts join; default: the cluster's default, 100 ms). The
+    /// lease and margin stay as they are.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(20..=10_000))]
+    pub heartbeat_ms: Option<u64>,
     /// Keep the cluster's directory (logs) afterwards.
     #[arg(long)]
     pub keep: bool,
@@ -168,6 +173,11 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
         "3 managers up in {:.1} s; coordinator {leader_name} (pid {leader_pid})",
         t0.elapsed().as_secs_f64()
     );
+    if let Some(ms) = args.heartbeat_ms {
+        let set = format!("heartbeat_interval_ms={ms}");
+        tokio::task::block_in_place(|| c.cli(&h1, &["settings", "set", &set]))
+            .context("setting the heartbeat interval")?;
+    }
     let token = tokio::task::block_in_place(|| {
         c.cli(
             &h1,
@@ -413,9 +423,10 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
         timing.margin_ms
     );
     println!(
-        "summary: hosts={} workloads={} idle_cpu={:.1}% busy_cpu={:.1}% rss_mib={} apply_s={placed_s:.1} status_ms={:.0}",
+        "summary: hosts={} workloads={} heartbeat_ms={} idle_cpu={:.1}% busy_cpu={:.1}% rss_mib={} apply_s={placed_s:.1} status_ms={:.0}",
         args.hosts + 3,
         args.workloads,
+        timing.heartbeat_interval_ms,
         idle_cpu * 100.0,
         busy_cpu * 100.0,
         busy_rss.max(idle_rss) / 1024,
