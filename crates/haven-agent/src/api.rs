@@ -5,7 +5,7 @@
 //! validation, `spec::check_apply`) are defined here. JSON over HTTP.
 
 use haven_core::model::{
-    Capacity, ClusterSettings, FenceDevice, NodeId, Observed, Role, WorkloadSpec,
+    Capacity, ClusterSettings, DesiredVersion, FenceDevice, NodeId, Observed, Role, WorkloadSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -121,6 +121,11 @@ pub struct HeartbeatRequest {
     #[serde(default)]
     pub problems: Vec<String>,
     pub observed: Vec<Observed>,
+    /// The version of the desired instances the agent holds (from the
+    /// answer it took them from): while it is the coordinator's current
+    /// one, the answer leaves the list out.
+    #[serde(default)]
+    pub desired_version: Option<DesiredVersion>,
 }
 
 /// What the coordinator wants running on the heartbeating host, and what
@@ -139,8 +144,12 @@ pub struct HeartbeatResponse {
     /// the newest revision it was sent.
     pub revision: u64,
     /// Shared with the coordinator's cache of answers (serialized as the
-    /// list).
-    pub desired: std::sync::Arc<Vec<Desired>>,
+    /// list). `null`: the same as the version the heartbeat echoed (an
+    /// agent that echoes none always gets the list).
+    pub desired: Option<std::sync::Arc<Vec<Desired>>>,
+    /// The version of `desired`, for the next heartbeat to echo.
+    #[serde(default)]
+    pub desired_version: Option<DesiredVersion>,
     pub settings: ClusterSettings,
     /// The cluster's CA bundle, sent when the host's differs (CA rotation).
     #[serde(default)]

@@ -126,6 +126,7 @@ fn send_one(
         stopped: report.stopped,
         problems: node.problems(),
         observed: report.observed,
+        desired_version: report.desired_version,
         tls: node.tls.report(),
     };
     let node = node.clone();

@@ -884,6 +884,7 @@ async fn heartbeat(
             stopped: req.stopped,
         },
         cluster_bundle_sha256,
+        desired_version: req.desired_version,
     };
     let now = node.clock.now_ms();
     let at_ms = node.clock.wall_ms();
@@ -909,6 +910,7 @@ async fn heartbeat(
         managers: managers(&node),
         revision: ack.revision,
         desired: ack.desired,
+        desired_version: Some(ack.desired_version),
         settings,
     })
     .into_response()

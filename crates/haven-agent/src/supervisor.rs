@@ -317,16 +317,25 @@ impl Supervisor {
             sent_ms: resp.sent_ms,
             lease_ms: resp.lease_ms,
             revision: resp.revision,
-            desired: resp.desired.iter().map(Into::into).collect(),
+            desired: resp
+                .desired
+                .as_ref()
+                .map(|d| d.iter().map(Into::into).collect()),
+            desired_version: resp.desired_version,
             settings: resp.settings.clone(),
         };
         self.machine.feed_with(HostInput::Ack(ack), |s| {
-            if s.machine.revision() == resp.revision {
-                s.specs = resp
-                    .desired
-                    .iter()
-                    .map(|d| (d.spec.name.clone(), d.clone()))
-                    .collect();
+            // A list taken: its specs are what starts run. (An answer
+            // without one stands for the specs already kept.)
+            if let Some(desired) = &resp.desired {
+                if s.machine.revision() == resp.revision
+                    && s.machine.desired_version() == resp.desired_version
+                {
+                    s.specs = desired
+                        .iter()
+                        .map(|d| (d.spec.name.clone(), d.clone()))
+                        .collect();
+                }
             }
         })
     }

@@ -15,8 +15,8 @@ use crate::coordinator::{self, HostReport, TickInput};
 use crate::datastore::{op_timeout_ms, Freshness, Record};
 use crate::liveness::{Detector, HostObservation, HostState, Timing};
 use crate::model::{
-    Capacity, FenceDevice, Generation, HostRecord, InstanceState, IsolationResponse, NodeId,
-    Observed, WorkloadSpec,
+    Capacity, DesiredVersion, FenceDevice, Generation, HostRecord, InstanceState,
+    IsolationResponse, NodeId, Observed, WorkloadSpec,
 };
 use crate::state::{ClusterState, Command, CommandResult, EventKind};
 use serde::{Deserialize, Serialize};
@@ -91,6 +91,9 @@ pub struct Heartbeat {
     pub problems: Vec<String>,
     /// What runs there, what it stopped, the revision it acted on.
     pub report: HostReport,
+    /// The version of the desired instances the host holds (`None`: none
+    /// yet, or it could not use an answer that left them out).
+    pub desired_version: Option<DesiredVersion>,
     /// SHA-256 of the cluster's CA bundle (`None`: no CA in the state),
     /// computed by the runtime: the bundle is sent when the host's differs.
     pub cluster_bundle_sha256: Option<String>,
@@ -125,8 +128,12 @@ pub struct Ack {
     pub term: u64,
     /// The state revision `desired` was read at.
     pub revision: u64,
-    /// Shared with the office's cache of answers.
-    pub desired: Arc<Vec<Desired>>,
+    /// What should run there (shared with the office's cache of answers);
+    /// `None`: the same as the host holds (its heartbeat echoed
+    /// `desired_version`).
+    pub desired: Option<Arc<Vec<Desired>>>,
+    /// The version of those desired instances.
+    pub desired_version: DesiredVersion,
     /// The cluster's CA bundle, when the host's differs (CA rotation).
     pub ca_bundle_pem: Option<String>,
 }
@@ -307,10 +314,22 @@ pub struct Coordinator {
     /// Changes whenever `releasing` does.
     releasing_version: u64,
     /// host → its last answer's desired instances, with the state
-    /// revision and `releasing_version` they were read at: a heartbeat
-    /// answer costs nothing while neither changed (the common case: a
-    /// thousand hosts heartbeat ten times a second).
-    answers: BTreeMap<String, (u64, u64, Arc<Vec<Desired>>)>,
+    /// revision and `releasing_version` they were read at, and their
+    /// version: a heartbeat answer costs nothing while neither changed
+    /// (the common case: a thousand hosts heartbeat ten times a second),
+    /// and leaves the list out when the host echoes the version.
+    answers: BTreeMap<String, Answered>,
+    /// The last `DesiredVersion::seq` given out in this term.
+    desired_seq: u64,
+}
+
+/// A host's last answered desired instances (see `Coordinator::answers`).
+#[derive(Debug)]
+struct Answered {
+    revision: u64,
+    releasing_version: u64,
+    desired: Arc<Vec<Desired>>,
+    version: DesiredVersion,
 }
 
 /// An instance whose lock file `Coordinator::lock_held` judges.
@@ -478,6 +497,7 @@ impl Coordinator {
             releasing: BTreeMap::new(),
             releasing_version: 0,
             answers: BTreeMap::new(),
+            desired_seq: 0,
         }
     }
 
@@ -676,35 +696,65 @@ impl Coordinator {
                 at_ms,
             }]));
         }
-        let desired = match self.answers.get(&host) {
-            Some((revision, version, desired))
-                if *revision == state.revision && *version == self.releasing_version =>
-            {
-                desired.clone()
-            }
-            _ => {
+        let fresh = self.answers.get(&host).filter(|a| {
+            a.revision == state.revision && a.releasing_version == self.releasing_version
+        });
+        let (desired, version) = match fresh {
+            Some(a) => (a.desired.clone(), a.version),
+            None => {
                 let releasing = &self.releasing;
-                let desired: Arc<Vec<Desired>> = Arc::new(
-                    state
-                        .assigned_to(&host)
-                        .filter(|(w, a)| {
-                            releasing.get(&w.spec.name) != Some(&(host.clone(), a.generation))
+                let current = || {
+                    state.assigned_to(&host).filter(|(w, a)| {
+                        releasing.get(&w.spec.name) != Some(&(host.clone(), a.generation))
+                    })
+                };
+                // The same content keeps its version (a change elsewhere in
+                // the cluster changes nothing here), compared in place: a
+                // thousand hosts' lists are not copied on every revision.
+                let same = self.answers.get(&host).filter(|a| {
+                    let mut held = a.desired.iter();
+                    current().all(|(w, asg)| {
+                        held.next().is_some_and(|d| {
+                            d.generation == asg.generation
+                                && d.released_by == w.released_by
+                                && d.isolation == state.isolation_response(&w.spec)
+                                && d.spec == w.spec
                         })
-                        .map(|(w, a)| Desired {
-                            spec: w.spec.clone(),
-                            generation: a.generation,
-                            isolation: state.isolation_response(&w.spec),
-                            released_by: w.released_by.clone(),
-                        })
-                        .collect(),
-                );
+                    }) && held.next().is_none()
+                });
+                let (desired, version) = match same {
+                    Some(a) => (a.desired.clone(), a.version),
+                    None => {
+                        self.desired_seq += 1;
+                        let version = DesiredVersion {
+                            term: self.term,
+                            seq: self.desired_seq,
+                        };
+                        let desired: Vec<Desired> = current()
+                            .map(|(w, a)| Desired {
+                                spec: w.spec.clone(),
+                                generation: a.generation,
+                                isolation: state.isolation_response(&w.spec),
+                                released_by: w.released_by.clone(),
+                            })
+                            .collect();
+                        (Arc::new(desired), version)
+                    }
+                };
                 self.answers.insert(
                     host.clone(),
-                    (state.revision, self.releasing_version, desired.clone()),
+                    Answered {
+                        revision: state.revision,
+                        releasing_version: self.releasing_version,
+                        desired: desired.clone(),
+                        version,
+                    },
                 );
-                desired
+                (desired, version)
             }
         };
+        // Left out when the host holds exactly this content.
+        let desired = (hb.desired_version != Some(version)).then_some(desired);
         // Sent only when the host's differs (a CA rotation step).
         let ca_bundle_pem = state
             .ca
@@ -720,6 +770,7 @@ impl Coordinator {
             term: self.term,
             revision: state.revision,
             desired,
+            desired_version: version,
             ca_bundle_pem,
         })));
         effects

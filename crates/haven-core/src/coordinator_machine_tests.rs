@@ -154,6 +154,7 @@ impl Sim {
                 stopped: vec![],
             },
             cluster_bundle_sha256: None,
+            desired_version: None,
         }
     }
 
@@ -1020,10 +1021,104 @@ fn a_heartbeat_is_answered_with_the_lease_and_what_should_run_there() {
         .assigned_to(&on)
         .map(|(w, _)| w.spec.name.as_str())
         .collect();
-    let desired: Vec<&str> = ack.desired.iter().map(|d| d.spec.name.as_str()).collect();
+    let desired: Vec<&str> = ack
+        .desired
+        .as_deref()
+        .expect("a heartbeat that echoes no version gets the list")
+        .iter()
+        .map(|d| d.spec.name.as_str())
+        .collect();
     assert_eq!(desired, mine);
     assert!(desired.contains(&"w"));
     assert_eq!(ack.ca_bundle_pem, None);
+}
+
+/// The answer leaves the desired list out while the host echoes the
+/// version of the content it holds, and only then: a change anywhere else
+/// keeps the version, a change on the host gives a new one (and the list),
+/// and a new office names every content anew.
+#[test]
+fn a_heartbeat_that_echoes_the_version_it_holds_gets_the_list_only_when_it_changed() {
+    let mut sim = Sim::new(&["h1", "h2"], false, vec![spec("w")], "h2");
+    let (on, other) = placed(&mut sim, &["h1", "h2"]);
+    let ack_of = |answer: HeartbeatAnswer| match answer {
+        HeartbeatAnswer::Ack(a) => a,
+        HeartbeatAnswer::Refused(r) => panic!("{r:?}"),
+    };
+    let names = |ack: &Ack| -> Option<Vec<String>> {
+        ack.desired
+            .as_ref()
+            .map(|d| d.iter().map(|d| d.spec.name.clone()).collect())
+    };
+    let beat = |sim: &mut Sim, version: Option<DesiredVersion>, now_ms: u64| {
+        let mut hb = sim.heartbeat_of(&on);
+        hb.desired_version = version;
+        ack_of(sim.send(hb, now_ms).0)
+    };
+    // No version echoed: the list, and its version.
+    let first = beat(&mut sim, None, 200);
+    assert_eq!(names(&first), Some(vec!["w".to_owned()]));
+    let v = first.desired_version;
+    assert_eq!(v.term, 1);
+    // Echoed: left out, same version, the revision as always.
+    let same = beat(&mut sim, Some(v), 300);
+    assert_eq!((names(&same), same.desired_version), (None, v));
+    assert_eq!(same.revision, sim.s.revision);
+    // Another version echoed (an older content, or another office's): the
+    // list.
+    let stale = DesiredVersion {
+        term: 1,
+        seq: v.seq + 100,
+    };
+    assert_eq!(
+        names(&beat(&mut sim, Some(stale), 350)),
+        Some(vec!["w".to_owned()])
+    );
+    // A change elsewhere in the cluster: a new revision, nothing new here.
+    let before = sim.s.revision;
+    sim.s.apply(&Command::ApplyWorkloads {
+        specs: vec![spec("w"), spec("x")],
+        source: "t".into(),
+        at_ms: 400,
+    });
+    sim.s.apply(&Command::Place {
+        placements: vec![crate::state::Placement {
+            workload: "x".into(),
+            host: other.clone(),
+            expected_generation: sim.s.workloads["x"].generation,
+            reason: "t".into(),
+        }],
+        at_ms: 400,
+    });
+    assert!(sim.s.revision > before);
+    let elsewhere = beat(&mut sim, Some(v), 450);
+    assert_eq!((names(&elsewhere), elsewhere.desired_version), (None, v));
+    assert_eq!(elsewhere.revision, sim.s.revision);
+    // A change on this host: a new version, and the list, even to a host
+    // echoing the old one.
+    sim.s.apply(&Command::ApplyWorkloads {
+        specs: vec![spec("w"), spec("x"), spec("y")],
+        source: "t".into(),
+        at_ms: 500,
+    });
+    sim.s.apply(&Command::Place {
+        placements: vec![crate::state::Placement {
+            workload: "y".into(),
+            host: on.clone(),
+            expected_generation: sim.s.workloads["y"].generation,
+            reason: "t".into(),
+        }],
+        at_ms: 500,
+    });
+    let changed = beat(&mut sim, Some(v), 550);
+    assert_eq!(names(&changed), Some(vec!["w".to_owned(), "y".to_owned()]));
+    assert_ne!(changed.desired_version, v);
+    // A new office (another term) has no versions of its own yet: the list,
+    // under a version of its term.
+    sim.c = Coordinator::new(2, 600, 0, "h2", false, &sim.s);
+    let anew = beat(&mut sim, Some(changed.desired_version), 650);
+    assert_eq!(names(&anew), Some(vec!["w".to_owned(), "y".to_owned()]));
+    assert_eq!(anew.desired_version.term, 2);
 }
 
 #[test]
@@ -1225,6 +1320,8 @@ fn a_heartbeat_racing_an_unassign_in_flight_does_not_get_the_workloads_back() {
     let desired_in = |answer: &HeartbeatAnswer| match answer {
         HeartbeatAnswer::Ack(a) => a
             .desired
+            .as_deref()
+            .expect("no version echoed: the list")
             .iter()
             .map(|d| (d.spec.name.clone(), d.generation))
             .collect::<Vec<_>>(),

@@ -17,8 +17,8 @@ use crate::coordinator_machine::Desired;
 use crate::datastore::{lock_verdict, LockVerdict, Record, LOCK_PROBE_MS};
 use crate::liveness::Lease;
 use crate::model::{
-    ClusterSettings, Generation, InstanceState, IsolationResponse, Observed, RestartPolicy,
-    Stopped, WorkloadKind,
+    ClusterSettings, DesiredVersion, Generation, InstanceState, IsolationResponse, Observed,
+    RestartPolicy, Stopped, WorkloadKind,
 };
 use crate::restart::{RestartDecision, RestartTracker};
 use crate::vm_monitor::VmDecision;
@@ -238,7 +238,12 @@ pub struct Ack {
     pub lease_ms: u64,
     /// The state revision `desired` was read at.
     pub revision: u64,
-    pub desired: Vec<DesiredInstance>,
+    /// `None`: the same as the version this host echoed (the coordinator
+    /// left the list out); usable only if it still holds that version.
+    pub desired: Option<Vec<DesiredInstance>>,
+    /// The version of `desired` (`None` from a coordinator that names
+    /// none: nothing to echo).
+    pub desired_version: Option<DesiredVersion>,
     pub settings: ClusterSettings,
 }
 
@@ -367,6 +372,8 @@ pub struct HeartbeatReport {
     pub observed: Vec<Observed>,
     /// Recent stops and how each ended, newest last.
     pub stopped: Vec<Stopped>,
+    /// The version of the desired instances held, to echo.
+    pub desired_version: Option<DesiredVersion>,
 }
 
 /// Typed events: the sentence is the runtime's to derive.
@@ -597,6 +604,8 @@ pub struct HostAgent {
     /// none acknowledged yet).
     desired: Option<Vec<DesiredInstance>>,
     revision: u64,
+    /// The coordinator's version of `desired`, echoed in heartbeats.
+    desired_version: Option<DesiredVersion>,
     /// The newest revision a tick with a held lease acted on.
     acted_revision: u64,
     /// What a report says was acted on: `acted_revision`, once the runtime
@@ -641,6 +650,7 @@ impl HostAgent {
             inherited_expiry_ms: config.inherited_expiry_ms.filter(|e| *e > now_ms),
             ever_held: false,
             desired: None,
+            desired_version: None,
             revision: 0,
             acted_revision: 0,
             applied_revision: 0,
@@ -950,6 +960,12 @@ impl HostAgent {
         self.acted_revision
     }
 
+    /// The version of the desired instances held, for the next heartbeat
+    /// to echo.
+    pub fn desired_version(&self) -> Option<DesiredVersion> {
+        self.desired_version
+    }
+
     /// The newest revision a report says was acted on.
     pub fn applied_revision(&self) -> u64 {
         self.applied_revision
@@ -1005,6 +1021,7 @@ impl HostAgent {
             applied_revision: self.applied_revision,
             observed: self.instances.iter().map(|(w, i)| i.observed(w)).collect(),
             stopped: self.stopped.iter().cloned().collect(),
+            desired_version: self.desired_version,
         }
     }
 
@@ -1031,25 +1048,46 @@ impl HostAgent {
         let lease_ms = ack.lease_ms.min(crate::settings::LEASE_MS_MAX);
         self.lease.on_ack(ack.sent_ms, lease_ms);
         self.ever_held = true;
-        let news = ack.revision > self.revision
-            || (ack.revision == self.revision
-                && (self.desired.as_ref() != Some(&ack.desired) || self.settings != ack.settings));
-        if news {
-            self.dirty = true;
-            for d in &ack.desired {
-                let h = self.highest_seen.entry(d.workload.clone()).or_default();
-                *h = (*h).max(d.generation);
+        // An answer that left the list out means the version this host
+        // echoed; an overlapping heartbeat's answer may have replaced that
+        // version meanwhile, and then it says nothing about what to run
+        // (the next heartbeat echoes the version held and gets the list).
+        let desired = match ack.desired {
+            Some(d) => Some(d),
+            None if ack.desired_version.is_some()
+                && ack.desired_version == self.desired_version =>
+            {
+                self.desired.clone()
             }
-            self.revision = ack.revision;
-            match crate::settings::validate(&ack.settings) {
-                Ok(()) => self.settings = ack.settings,
-                Err(why) => {
-                    if self.settings != ack.settings {
-                        out.push(HostEffect::Event(HostEvent::SettingsRefused { why }))
+            None => None,
+        };
+        if let Some(desired) = desired {
+            let news = ack.revision > self.revision
+                || (ack.revision == self.revision
+                    && (self.desired.as_ref() != Some(&desired) || self.settings != ack.settings));
+            if news {
+                self.dirty = true;
+                for d in &desired {
+                    let h = self.highest_seen.entry(d.workload.clone()).or_default();
+                    *h = (*h).max(d.generation);
+                }
+                self.revision = ack.revision;
+                match crate::settings::validate(&ack.settings) {
+                    Ok(()) => self.settings = ack.settings,
+                    Err(why) => {
+                        if self.settings != ack.settings {
+                            out.push(HostEffect::Event(HostEvent::SettingsRefused { why }))
+                        }
                     }
                 }
+                self.desired = Some(desired);
+                self.desired_version = ack.desired_version;
+            } else if ack.revision == self.revision && self.desired.as_ref() == Some(&desired) {
+                // The content held, at the revision held, under the version
+                // this coordinator gave it (a new one names it anew): echo
+                // that from now.
+                self.desired_version = ack.desired_version;
             }
-            self.desired = Some(ack.desired);
         }
         if let Some(e) = self.lease.expires_at_ms() {
             if e > self.keeper_deadline_ms {

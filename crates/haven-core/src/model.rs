@@ -32,6 +32,17 @@ impl fmt::Display for Generation {
     }
 }
 
+/// Names one content of a host's desired instances, as a coordinator
+/// answered it: the coordinator's term and a number it never reuses in
+/// that term. A heartbeat that echoes the version its host holds lets the
+/// answer leave the list out while it is unchanged (a thousand hosts
+/// heartbeat ten times a second; most answers would repeat the last).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DesiredVersion {
+    pub term: u64,
+    pub seq: u64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

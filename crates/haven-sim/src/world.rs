@@ -2370,6 +2370,7 @@ impl World {
                 stopped: report.stopped.clone(),
             },
             cluster_bundle_sha256: None,
+            desired_version: report.desired_version,
         };
         let state = &self.raft.nodes[n].state;
         let (answer, effects) = self.coord[n].heartbeat(hb, state, local, self.now)?;
@@ -2380,7 +2381,11 @@ impl World {
                 sent_ms: report.sent_ms,
                 lease_ms: ack.lease_ms,
                 revision: ack.revision,
-                desired: ack.desired.iter().map(DesiredInstance::from).collect(),
+                desired: ack
+                    .desired
+                    .as_ref()
+                    .map(|d| d.iter().map(DesiredInstance::from).collect()),
+                desired_version: Some(ack.desired_version),
                 settings,
             }),
             HeartbeatAnswer::Refused(r) => {

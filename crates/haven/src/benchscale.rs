@@ -42,6 +42,11 @@ pub struct ScaleArgs {
     /// Seconds over which idle CPU is measured.
     #[arg(long, default_value_t = 20)]
     pub idle_s: u64,
+    /// The cluster's heartbeat interval (`heartbeat_interval_ms`, set
+    /// before the hosts join; default: the cluster's default, 100 ms). The
+    /// lease and margin stay as they are.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(20..=10_000))]
+    pub heartbeat_ms: Option<u64>,
     /// Keep the cluster's directory (logs) afterwards.
     #[arg(long)]
     pub keep: bool,
@@ -168,6 +173,11 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
         "3 managers up in {:.1} s; coordinator {leader_name} (pid {leader_pid})",
         t0.elapsed().as_secs_f64()
     );
+    if let Some(ms) = args.heartbeat_ms {
+        let set = format!("heartbeat_interval_ms={ms}");
+        tokio::task::block_in_place(|| c.cli(&h1, &["settings", "set", &set]))
+            .context("setting the heartbeat interval")?;
+    }
     let token = tokio::task::block_in_place(|| {
         c.cli(
             &h1,
@@ -413,9 +423,10 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
         timing.margin_ms
     );
     println!(
-        "summary: hosts={} workloads={} idle_cpu={:.1}% busy_cpu={:.1}% rss_mib={} apply_s={placed_s:.1} status_ms={:.0}",
+        "summary: hosts={} workloads={} heartbeat_ms={} idle_cpu={:.1}% busy_cpu={:.1}% rss_mib={} apply_s={placed_s:.1} status_ms={:.0}",
         args.hosts + 3,
         args.workloads,
+        timing.heartbeat_interval_ms,
         idle_cpu * 100.0,
         busy_cpu * 100.0,
         busy_rss.max(idle_rss) / 1024,
@@ -522,6 +533,9 @@ async fn heartbeat_loop(
     let mut running: BTreeMap<String, u64> = BTreeMap::new();
     let mut stopped: Vec<Stopped> = vec![];
     let mut revision = 0;
+    // The version of `running` as the coordinator named it: echoed, so
+    // that answers leave the list out while it is unchanged, as the agent's.
+    let mut version = None;
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0usize;
@@ -561,6 +575,7 @@ async fn heartbeat_loop(
                     no_failover: false,
                 })
                 .collect(),
+            desired_version: version,
         };
         let sent = haven_agent::rpc::post::<_, HeartbeatResponse>(
             &p.client,
@@ -588,9 +603,19 @@ async fn heartbeat_loop(
         if resp.revision < revision {
             continue;
         }
+        let Some(desired) = resp.desired else {
+            // The list left out: the same as the version echoed, if this
+            // player still holds it.
+            if resp.desired_version == version {
+                revision = resp.revision;
+            } else {
+                version = None;
+            }
+            continue;
+        };
         revision = resp.revision;
-        let now: BTreeMap<String, u64> = resp
-            .desired
+        version = resp.desired_version;
+        let now: BTreeMap<String, u64> = desired
             .iter()
             .map(|d| (d.spec.name.clone(), d.generation.0))
             .collect();

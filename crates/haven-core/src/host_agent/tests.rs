@@ -201,7 +201,8 @@ fn ack(sent_ms: u64, revision: u64, desired: Vec<DesiredInstance>) -> HostInput 
         sent_ms,
         lease_ms: 1_000,
         revision,
-        desired,
+        desired: Some(desired),
+        desired_version: None,
         settings: ClusterSettings::default(),
     })
 }
@@ -551,6 +552,90 @@ fn a_newer_revision_that_changes_nothing_here_is_still_reported_applied() {
     // coordinator's proof that a stop elsewhere is done counts on it).
     a.handle(ack(200, 9, desired()), 250);
     assert_eq!(a.report(250).applied_revision, 9);
+}
+
+fn versioned(
+    sent_ms: u64,
+    revision: u64,
+    desired: Option<Vec<DesiredInstance>>,
+    seq: u64,
+) -> HostInput {
+    HostInput::Ack(Ack {
+        sent_ms,
+        lease_ms: 1_000,
+        revision,
+        desired,
+        desired_version: Some(DesiredVersion { term: 1, seq }),
+        settings: ClusterSettings::default(),
+    })
+}
+
+/// An answer that leaves the desired list out means the content of the
+/// version the heartbeat echoed: taken (with its newer revision, acted on
+/// and reported) only while the host still holds that version; under
+/// overlapping heartbeats another answer may have replaced it, and then
+/// the answer only extends the lease.
+#[test]
+fn an_answer_without_the_list_stands_for_the_version_held_and_nothing_else() {
+    let mut a = agent();
+    let one = || vec![want("a", 1, IsolationResponse::PowerOff)];
+    let fx = a.handle(versioned(0, 1, Some(one()), 7), 10);
+    assert_eq!(starts(&fx), vec![("a".to_string(), g(1))]);
+    started(&mut a, "a", 1, 20);
+    // Echoed in the next report.
+    assert_eq!(
+        a.report(30).desired_version,
+        Some(DesiredVersion { term: 1, seq: 7 })
+    );
+    // Left out at a newer revision, same version: nothing stops, the
+    // revision is acted on.
+    let fx = a.handle(versioned(100, 5, None, 7), 150);
+    assert!(stops(&fx).is_empty() && starts(&fx).is_empty(), "{fx:?}");
+    assert_eq!(a.report(150).applied_revision, 5);
+    // An overlapping heartbeat's answer moves `a` away (version 8)...
+    let fx = a.handle(versioned(200, 6, Some(vec![]), 8), 250);
+    assert_eq!(stops(&fx).len(), 1);
+    a.handle(
+        HostInput::InstanceStopped {
+            workload: "a".into(),
+            generation: g(1),
+            how: "SIGTERM sent; exited 5 ms after it".into(),
+        },
+        260,
+    );
+    // ...then the answer to the heartbeat that echoed 7 arrives, newer
+    // still: it stands for version 7's content, which this host no longer
+    // holds. It starts nothing; it extends the lease; the revision stays.
+    let fx = a.handle(versioned(300, 9, None, 7), 350);
+    assert!(starts(&fx).is_empty(), "{fx:?}");
+    assert_eq!(a.revision(), 6);
+    assert_eq!(a.lease_expires_at_ms(), Some(1_300));
+    assert_eq!(
+        a.report(350).desired_version,
+        Some(DesiredVersion { term: 1, seq: 8 })
+    );
+    // The same content under another office's version: echoed from now.
+    a.handle(
+        HostInput::Ack(Ack {
+            sent_ms: 400,
+            lease_ms: 1_000,
+            revision: 6,
+            desired: Some(vec![]),
+            desired_version: Some(DesiredVersion { term: 2, seq: 1 }),
+            settings: ClusterSettings::default(),
+        }),
+        450,
+    );
+    assert_eq!(
+        a.report(450).desired_version,
+        Some(DesiredVersion { term: 2, seq: 1 })
+    );
+    // A fresh agent holds no version: an answer without the list is of no
+    // use to it.
+    let mut b = agent();
+    let fx = b.handle(versioned(0, 3, None, 7), 10);
+    assert!(starts(&fx).is_empty());
+    assert_eq!(b.revision(), 0);
 }
 
 /// h6's inputs in haven-sim seed 5392, had its stop result reached it: the
