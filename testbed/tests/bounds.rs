@@ -119,10 +119,7 @@ fn a_burst_of_large_applies_keeps_one_leader_and_every_lease() {
         | EventKind::Failed { .. } => true,
         _ => false,
     };
-    assert!(
-        !new.any(bad),
-        "no failed, isolated or emptied host: {new}"
-    );
+    assert!(!new.any(bad), "no failed, isolated or emptied host: {new}");
     for r in results {
         r.unwrap();
     }

@@ -225,15 +225,29 @@ fn a_live_host_behind_a_lossy_link_is_not_fenced() {
     let mut bed = start(3, |c| c.fence = true);
     let s = apply(&mut bed, FOUR);
     let victim = busy_non_leader(&s);
-    bed.loss(&victim, 15);
+    bed.loss(&victim, 20);
     std::thread::sleep(Duration::from_secs(60));
+    // The loss makes hosts look silent now and then, not on a schedule:
+    // heartbeats overlap and retry, and since answers leave out the
+    // unchanged desired list they are a packet or two (at 15 % loss CI saw
+    // no silence at all in 60 s; at 35 % the victim is rightly declared
+    // failed and fenced). Keep the loss until the probes were asked at
+    // least once, a while longer at most, so that the run tests what it is
+    // about. The victim is a manager: it may win an election, and then the
+    // others look silent through its link; no one may be fenced either way.
+    let asked = |ev: &Events| ev.any(|k| matches!(k, EventKind::NotFencing { .. }));
+    for _ in 0..45 {
+        if asked(&events(&bed, "h1")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
     bed.heal(&victim);
     let ev = events(&bed, "h1");
     let fences = std::fs::read_to_string(bed.fence_log()).unwrap_or_default();
     assert!(
-        !ev.any(|k| matches!(k, EventKind::Fencing { host, .. } if *host == victim))
-            && !fences.contains("off"),
-        "a live host was fenced:\n{ev}\n{fences}"
+        !ev.any(|k| matches!(k, EventKind::Fencing { .. })) && !fences.contains("off"),
+        "a live host was fenced (lossy link at {victim}):\n{ev}\n{fences}"
     );
     let s = bed
         .wait_for("all online", RECOVER, |s| {
@@ -247,8 +261,8 @@ fn a_live_host_behind_a_lossy_link_is_not_fenced() {
             panic!("{e:#}")
         });
     assert!(
-        ev.any(|k| matches!(k, EventKind::NotFencing { host, .. } if *host == victim)),
-        "the probes were asked (the loss made {victim} look silent):\n{ev}"
+        asked(&ev),
+        "the probes were asked (the loss at {victim} made a host look silent):\n{ev}"
     );
     assert_eq!(running(&s), 4);
     never_twice(&bed);
