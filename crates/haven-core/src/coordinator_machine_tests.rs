@@ -1033,6 +1033,26 @@ fn a_heartbeat_is_answered_with_the_lease_and_what_should_run_there() {
     assert_eq!(ack.ca_bundle_pem, None);
 }
 
+/// Apply `names` (the last one new) and place the new one on `host`.
+fn add_and_place(sim: &mut Sim, names: &[&str], host: &str, at_ms: u64) {
+    let new = *names.last().expect("a workload");
+    sim.s.apply(&Command::ApplyWorkloads {
+        specs: names.iter().map(|n| spec(n)).collect(),
+        source: "t".into(),
+        at_ms,
+    });
+    sim.s.apply(&Command::Place {
+        placements: vec![crate::state::Placement {
+            workload: new.into(),
+            host: host.into(),
+            expected_generation: sim.s.workloads[new].generation,
+            reason: "t".into(),
+        }],
+        at_ms,
+    });
+    assert_eq!(sim.host_of(new).as_deref(), Some(host));
+}
+
 /// The answer leaves the desired list out while the host echoes the
 /// version of the content it holds, and only then: a change anywhere else
 /// keeps the version, a change on the host gives a new one (and the list),
@@ -1076,40 +1096,14 @@ fn a_heartbeat_that_echoes_the_version_it_holds_gets_the_list_only_when_it_chang
     );
     // A change elsewhere in the cluster: a new revision, nothing new here.
     let before = sim.s.revision;
-    sim.s.apply(&Command::ApplyWorkloads {
-        specs: vec![spec("w"), spec("x")],
-        source: "t".into(),
-        at_ms: 400,
-    });
-    sim.s.apply(&Command::Place {
-        placements: vec![crate::state::Placement {
-            workload: "x".into(),
-            host: other.clone(),
-            expected_generation: sim.s.workloads["x"].generation,
-            reason: "t".into(),
-        }],
-        at_ms: 400,
-    });
+    add_and_place(&mut sim, &["w", "x"], &other, 400);
     assert!(sim.s.revision > before);
     let elsewhere = beat(&mut sim, Some(v), 450);
     assert_eq!((names(&elsewhere), elsewhere.desired_version), (None, v));
     assert_eq!(elsewhere.revision, sim.s.revision);
     // A change on this host: a new version, and the list, even to a host
     // echoing the old one.
-    sim.s.apply(&Command::ApplyWorkloads {
-        specs: vec![spec("w"), spec("x"), spec("y")],
-        source: "t".into(),
-        at_ms: 500,
-    });
-    sim.s.apply(&Command::Place {
-        placements: vec![crate::state::Placement {
-            workload: "y".into(),
-            host: on.clone(),
-            expected_generation: sim.s.workloads["y"].generation,
-            reason: "t".into(),
-        }],
-        at_ms: 500,
-    });
+    add_and_place(&mut sim, &["w", "x", "y"], &on, 500);
     let changed = beat(&mut sim, Some(v), 550);
     assert_eq!(names(&changed), Some(vec!["w".to_owned(), "y".to_owned()]));
     assert_ne!(changed.desired_version, v);
