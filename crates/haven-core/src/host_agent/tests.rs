@@ -244,6 +244,18 @@ fn started(a: &mut HostAgent, w: &str, generation: u64, now_ms: u64) -> Vec<Host
     )
 }
 
+/// The stop of `w` at `generation` ended: SIGTERM, and it exited.
+fn stopped_by_sigterm(a: &mut HostAgent, w: &str, generation: u64, now_ms: u64) {
+    a.handle(
+        HostInput::InstanceStopped {
+            workload: w.into(),
+            generation: g(generation),
+            how: "SIGTERM sent; exited 5 ms after it".into(),
+        },
+        now_ms,
+    );
+}
+
 /// An agent running `a` generation 1 under a lease from an ack of a
 /// heartbeat sent at 0.
 fn running(isolation: IsolationResponse) -> HostAgent {
@@ -289,14 +301,7 @@ fn only_the_newest_revision_is_acted_on_and_highest_seen_only_grows() {
     // Revision 3 moves `a` on to generation 5 elsewhere...
     let fx = a.handle(ack(200, 3, vec![]), 250);
     assert_eq!(stops(&fx).len(), 1);
-    a.handle(
-        HostInput::InstanceStopped {
-            workload: "a".into(),
-            generation: g(1),
-            how: "SIGTERM sent; exited 5 ms after it".into(),
-        },
-        260,
-    );
+    stopped_by_sigterm(&mut a, "a", 1, 260);
     let fx = a.handle(
         ack(300, 4, vec![want("a", 5, IsolationResponse::PowerOff)]),
         350,
@@ -595,14 +600,7 @@ fn an_answer_without_the_list_stands_for_the_version_held_and_nothing_else() {
     // An overlapping heartbeat's answer moves `a` away (version 8)...
     let fx = a.handle(versioned(200, 6, Some(vec![]), 8), 250);
     assert_eq!(stops(&fx).len(), 1);
-    a.handle(
-        HostInput::InstanceStopped {
-            workload: "a".into(),
-            generation: g(1),
-            how: "SIGTERM sent; exited 5 ms after it".into(),
-        },
-        260,
-    );
+    stopped_by_sigterm(&mut a, "a", 1, 260);
     // ...then the answer to the heartbeat that echoed 7 arrives, newer
     // still: it stands for version 7's content, which this host no longer
     // holds. It starts nothing; it extends the lease; the revision stays.
