@@ -705,7 +705,11 @@ impl Coordinator {
                 let releasing = &self.releasing;
                 let current = || {
                     state.assigned_to(&host).filter(|(w, a)| {
-                        releasing.get(&w.spec.name) != Some(&(host.clone(), a.generation))
+                        // (No allocation: this runs per assigned workload
+                        // of every host heartbeating after a new revision.)
+                        !releasing
+                            .get(&w.spec.name)
+                            .is_some_and(|(h, g)| *h == host && *g == a.generation)
                     })
                 };
                 // The same content keeps its version (a change elsewhere in
