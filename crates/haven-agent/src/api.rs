@@ -120,7 +120,15 @@ pub struct HeartbeatRequest {
     /// full, its Raft store failed): shown as `degraded` with the reasons.
     #[serde(default)]
     pub problems: Vec<String>,
-    pub observed: Vec<Observed>,
+    /// Every instance the host has, in any phase; `null`: left out, the
+    /// same as the list numbered `observed_seq`, which the answer to an
+    /// earlier heartbeat said the coordinator holds. (A coordinator that
+    /// numbers no lists never says so, and so always gets the list; one
+    /// that cannot parse `null` refuses rather than take it as empty.)
+    pub observed: Option<Vec<Observed>>,
+    /// The number of the instance list (growing per agent process).
+    #[serde(default)]
+    pub observed_seq: Option<u64>,
     /// The version of the desired instances the agent holds (from the
     /// answer it took them from): while it is the coordinator's current
     /// one, the answer leaves the list out.
@@ -150,6 +158,11 @@ pub struct HeartbeatResponse {
     /// The version of `desired`, for the next heartbeat to echo.
     #[serde(default)]
     pub desired_version: Option<DesiredVersion>,
+    /// The number of this host's instance list the coordinator holds
+    /// (for the agent process that sent the heartbeat): while it is the
+    /// current one, the next heartbeat may leave the list out.
+    #[serde(default)]
+    pub observed_seq: Option<u64>,
     pub settings: ClusterSettings,
     /// The cluster's CA bundle, sent when the host's differs (CA rotation).
     #[serde(default)]

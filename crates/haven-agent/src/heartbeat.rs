@@ -109,7 +109,7 @@ fn send_one(
 ) -> impl std::future::Future<Output = Answer> + Send + 'static {
     let sent_ms = node.clock.now_ms();
     node.supervisor.heartbeat_sent(sent_ms);
-    let report = node.supervisor.report();
+    let (report, observed) = node.supervisor.heartbeat_report();
     let req = HeartbeatRequest {
         host: node.identity.name.clone(),
         instance_id: node.identity.instance_id.clone(),
@@ -125,7 +125,8 @@ fn send_one(
         keeper: node.keeper_ok.load(std::sync::atomic::Ordering::Relaxed),
         stopped: report.stopped,
         problems: node.problems(),
-        observed: report.observed,
+        observed: observed.list,
+        observed_seq: Some(observed.seq),
         desired_version: report.desired_version,
         tls: node.tls.report(),
     };

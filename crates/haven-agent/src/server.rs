@@ -878,13 +878,15 @@ async fn heartbeat(
         keeper: req.keeper,
         tls: req.tls,
         problems: req.problems,
+        observed_left_out: req.observed.is_none(),
         report: haven_core::coordinator::HostReport {
             applied_revision: req.applied_revision,
-            observed: req.observed,
+            observed: req.observed.unwrap_or_default(),
             stopped: req.stopped,
         },
         cluster_bundle_sha256,
         desired_version: req.desired_version,
+        observed_seq: req.observed_seq,
     };
     let now = node.clock.now_ms();
     let at_ms = node.clock.wall_ms();
@@ -911,6 +913,7 @@ async fn heartbeat(
         revision: ack.revision,
         desired: ack.desired,
         desired_version: Some(ack.desired_version),
+        observed_seq: ack.observed_seq,
         settings,
     })
     .into_response()

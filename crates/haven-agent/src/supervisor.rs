@@ -19,7 +19,7 @@
 
 use haven_core::host_agent::{
     Adopted, HeartbeatReport, HostAgent, HostAgentConfig, HostEffect, HostEvent, HostInput,
-    KeeperPolicy, StopHow,
+    KeeperPolicy, ObservedSender, ObservedToSend, StopHow,
 };
 use haven_core::model::{ClusterSettings, Generation, Observed, WorkloadKind};
 use haven_drivers::process::{InstanceKey, ProcessDriver};
@@ -59,6 +59,9 @@ struct HostState {
     /// The VM watch running for an instance (workload → generation,
     /// epoch).
     vm_watches: BTreeMap<String, (Generation, u64)>,
+    /// Leaves the instance list out of heartbeats while the coordinator
+    /// holds it.
+    observed_sender: ObservedSender,
 }
 
 /// The host's machine as the tasks that feed it share it.
@@ -264,6 +267,7 @@ impl Supervisor {
                     queue: VecDeque::new(),
                     pids,
                     vm_watches: BTreeMap::new(),
+                    observed_sender: ObservedSender::default(),
                 })),
                 clock,
                 wake: Arc::new(tokio::sync::Notify::new()),
@@ -325,6 +329,7 @@ impl Supervisor {
             settings: resp.settings.clone(),
         };
         self.machine.feed_with(HostInput::Ack(ack), |s| {
+            s.observed_sender.acked(resp.observed_seq);
             // A list taken: its specs are what starts run. (An answer
             // without one stands for the specs already kept.)
             if let Some(desired) = &resp.desired {
@@ -365,23 +370,19 @@ impl Supervisor {
     }
 
     pub fn observed(&self) -> Vec<Observed> {
-        self.report().observed
+        let s = self.machine.lock();
+        report_with_pids(&s, self.machine.clock.now_ms()).observed
     }
 
     /// What a heartbeat reports: the revision acted on (its effects
     /// performed), every instance this host has (in any phase, with the
-    /// pid of its main process), and recent stops, read together.
-    pub fn report(&self) -> HeartbeatReport {
-        let s = self.machine.lock();
-        let mut r = s.machine.report(self.machine.clock.now_ms());
-        for o in &mut r.observed {
-            o.pid = s
-                .pids
-                .get(&o.workload)
-                .filter(|(g, _)| *g == o.generation)
-                .map(|(_, pid)| *pid);
-        }
-        r
+    /// pid of its main process) unless the coordinator holds that list,
+    /// and recent stops, read together.
+    pub fn heartbeat_report(&self) -> (HeartbeatReport, ObservedToSend) {
+        let mut s = self.machine.lock();
+        let mut r = report_with_pids(&s, self.machine.clock.now_ms());
+        let observed = s.observed_sender.next(std::mem::take(&mut r.observed));
+        (r, observed)
     }
 
     /// (workload, generation) of instances whose processes may be running:
@@ -707,6 +708,19 @@ impl Supervisor {
         };
         tokio::spawn(watch.run());
     }
+}
+
+/// The machine's report, each instance with the pid of its main process.
+fn report_with_pids(s: &HostState, now_ms: u64) -> HeartbeatReport {
+    let mut r = s.machine.report(now_ms);
+    for o in &mut r.observed {
+        o.pid = s
+            .pids
+            .get(&o.workload)
+            .filter(|(g, _)| *g == o.generation)
+            .map(|(_, pid)| *pid);
+    }
+    r
 }
 
 fn forget_pid(s: &mut HostState, k: &InstanceKey) {

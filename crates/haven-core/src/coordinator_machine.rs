@@ -97,6 +97,13 @@ pub struct Heartbeat {
     /// SHA-256 of the cluster's CA bundle (`None`: no CA in the state),
     /// computed by the runtime: the bundle is sent when the host's differs.
     pub cluster_bundle_sha256: Option<String>,
+    /// The number the host's agent process gave its instance list (it
+    /// grows with each change; `None`: an agent that numbers none).
+    pub observed_seq: Option<u64>,
+    /// The host left its instance list out (`report.observed` is empty
+    /// here): it is the list it numbered `observed_seq`, which an answer
+    /// said this office holds.
+    pub observed_left_out: bool,
 }
 
 /// What a refused request gets.
@@ -136,6 +143,10 @@ pub struct Ack {
     pub desired_version: DesiredVersion,
     /// The cluster's CA bundle, when the host's differs (CA rotation).
     pub ca_bundle_pem: Option<String>,
+    /// The number of the host's instance list this office holds for the
+    /// agent process that sent the heartbeat: while it is the host's
+    /// current one, the host may leave its list out.
+    pub observed_seq: Option<u64>,
 }
 
 /// What one probe of a silent host's agent found.
@@ -260,6 +271,9 @@ pub struct Coordinator {
     reports: BTreeMap<String, HostReport>,
     /// host → the agent process (boot) that sent its last heartbeat.
     boots: BTreeMap<String, String>,
+    /// host → the number its agent process (the one in `boots`) gave the
+    /// instance list in `reports`.
+    report_seqs: BTreeMap<String, u64>,
     /// host → whether its lease keeper answered, as last reported.
     keepers: BTreeMap<String, bool>,
     /// host → what is wrong there, as last reported (bounded).
@@ -397,17 +411,21 @@ pub fn bounded_text(mut text: String, max: usize) -> String {
 /// A peer's report, bounded before use: the most recent stops, and each
 /// text that may end up in an event.
 fn bounded_report(mut report: HostReport) -> HostReport {
-    let excess = report.stopped.len().saturating_sub(STOPS_REPORTED_MAX);
-    report.stopped.drain(..excess);
-    for s in &mut report.stopped {
-        bound(&mut s.how, STOP_HOW_LEN_MAX);
-    }
+    bound_stops(&mut report.stopped);
     for o in &mut report.observed {
         if let Some(d) = &mut o.detail {
             bound(d, OBSERVED_DETAIL_LEN_MAX);
         }
     }
     report
+}
+
+fn bound_stops(stopped: &mut Vec<crate::model::Stopped>) {
+    let excess = stopped.len().saturating_sub(STOPS_REPORTED_MAX);
+    stopped.drain(..excess);
+    for s in stopped {
+        bound(&mut s.how, STOP_HOW_LEN_MAX);
+    }
 }
 
 fn bound(text: &mut String, max: usize) {
@@ -473,6 +491,7 @@ impl Coordinator {
             detector,
             reports: BTreeMap::new(),
             boots: BTreeMap::new(),
+            report_seqs: BTreeMap::new(),
             keepers: BTreeMap::new(),
             problems: BTreeMap::new(),
             tls: BTreeMap::new(),
@@ -682,9 +701,7 @@ impl Coordinator {
             }]));
         }
         self.detector.on_ack(&host, now_ms, lease_ms);
-        self.reports
-            .insert(host.clone(), bounded_report(hb.report.clone()));
-        self.boots.insert(host.clone(), hb.boot.clone());
+        let observed_seq = self.take_report(&hb);
         // Back from the dead: a later silence is a new episode.
         self.fenced.remove(&host);
         self.fence_failed.remove(&host);
@@ -776,8 +793,49 @@ impl Coordinator {
             desired,
             desired_version: version,
             ca_bundle_pem,
+            observed_seq,
         })));
         effects
+    }
+
+    /// Keep what `hb` reports of its host's instances, unless the office
+    /// holds a newer list from the same agent process; returns the number
+    /// of the list now held. A list left out stands for the one held only
+    /// when the numbers match: an office that lacks it (new in its term,
+    /// or it never got the list) keeps what it had, and the answer tells
+    /// the host to send the list.
+    fn take_report(&mut self, hb: &Heartbeat) -> Option<u64> {
+        let host = &hb.host;
+        let same_boot = self.boots.get(host).is_some_and(|b| *b == hb.boot);
+        if !same_boot {
+            self.boots.insert(host.clone(), hb.boot.clone());
+            self.report_seqs.remove(host);
+        }
+        let report = &hb.report;
+        match (self.report_seqs.get(host).copied(), hb.observed_seq) {
+            // The list held, left out or sent again: the host acted on
+            // this revision with it, and stopped these meanwhile.
+            (Some(held), Some(seq)) if seq == held => {
+                if let Some(r) = self.reports.get_mut(host) {
+                    r.applied_revision = r.applied_revision.max(report.applied_revision);
+                    r.stopped.clone_from(&report.stopped);
+                    bound_stops(&mut r.stopped);
+                }
+            }
+            // Made before the list held: a reordered heartbeat.
+            (Some(held), Some(seq)) if seq < held => {}
+            // Left out, and not held here: nothing new is known.
+            _ if hb.observed_left_out => {}
+            (_, seq) => {
+                self.reports
+                    .insert(host.clone(), bounded_report(report.clone()));
+                match seq {
+                    Some(s) => self.report_seqs.insert(host.clone(), s),
+                    None => self.report_seqs.remove(host),
+                };
+            }
+        }
+        self.report_seqs.get(host).copied()
     }
 
     /// Record what `host` reports wrong; returns the new list if it changed.

@@ -155,6 +155,8 @@ impl Sim {
             },
             cluster_bundle_sha256: None,
             desired_version: None,
+            observed_seq: None,
+            observed_left_out: false,
         }
     }
 
@@ -1113,6 +1115,82 @@ fn a_heartbeat_that_echoes_the_version_it_holds_gets_the_list_only_when_it_chang
     let anew = beat(&mut sim, Some(changed.desired_version), 650);
     assert_eq!(names(&anew), Some(vec!["w".to_owned(), "y".to_owned()]));
     assert_eq!(anew.desired_version.term, 2);
+}
+
+/// A heartbeat may leave out the instance list the office holds (by its
+/// number, from that agent process); a list left out that the office does
+/// not hold says nothing, and is never taken as empty: a stop is confirmed
+/// only by a list that lacks the instance. An older list arriving late
+/// does not replace a newer one.
+#[test]
+fn a_heartbeat_leaves_out_only_the_instance_list_the_office_holds() {
+    let mut sim = Sim::new(&["h1", "h2"], false, vec![spec("w")], "h2");
+    let (on, _) = placed(&mut sim, &["h1", "h2"]);
+    let seq_held = |answer: HeartbeatAnswer| match answer {
+        HeartbeatAnswer::Ack(a) => a.observed_seq,
+        HeartbeatAnswer::Refused(r) => panic!("{r:?}"),
+    };
+    let beat = |sim: &mut Sim, seq: u64, list: bool, now_ms: u64| {
+        let mut hb = sim.heartbeat_of(&on);
+        hb.observed_seq = Some(seq);
+        hb.observed_left_out = !list;
+        if !list {
+            hb.report.observed.clear();
+        }
+        seq_held(sim.send(hb, now_ms).0)
+    };
+    let listed = |sim: &Sim| -> Vec<String> {
+        sim.c
+            .observed(&on)
+            .unwrap_or_default()
+            .iter()
+            .map(|o| o.workload.clone())
+            .collect()
+    };
+    assert_eq!(beat(&mut sim, 1, true, 200), Some(1));
+    assert_eq!(beat(&mut sim, 1, false, 300), Some(1));
+    assert_eq!(listed(&sim), vec!["w".to_owned()]);
+    // Deleted and applied again: the old instance must be seen gone first.
+    sim.s.apply(&Command::DeleteWorkload {
+        name: "w".into(),
+        at_ms: 400,
+    });
+    sim.s.apply(&Command::ApplyWorkloads {
+        specs: vec![spec("w")],
+        source: "t".into(),
+        at_ms: 400,
+    });
+    assert!(sim.s.stopping.contains_key("w"));
+    // A list the office does not hold, left out, with the newest revision
+    // acted on: nothing new is known, and the answer asks for the list.
+    assert_eq!(beat(&mut sim, 2, false, 500), Some(1));
+    sim.tick(550);
+    assert_eq!(listed(&sim), vec!["w".to_owned()]);
+    // The list held, left out: the host still runs it.
+    assert_eq!(beat(&mut sim, 1, false, 600), Some(1));
+    sim.tick(650);
+    assert!(sim.s.stopping.contains_key("w"), "{:?}", sim.events());
+    assert_eq!(sim.host_of("w"), None);
+    // A newer list without it confirms the stop; an older one arriving
+    // after it changes nothing.
+    let mut gone = sim.heartbeat_of(&on);
+    gone.report.observed.clear();
+    gone.observed_seq = Some(3);
+    assert_eq!(seq_held(sim.send(gone, 700).0), Some(3));
+    assert_eq!(beat(&mut sim, 2, true, 710), Some(3));
+    assert_eq!(listed(&sim), Vec::<String>::new());
+    sim.tick(750);
+    assert!(!sim.s.stopping.contains_key("w"), "{:?}", sim.events());
+    // A new agent process numbers its lists anew; so does a new office.
+    let mut reborn = sim.heartbeat_of(&on);
+    reborn.boot = "boot-again".into();
+    reborn.observed_seq = Some(3);
+    reborn.observed_left_out = true;
+    reborn.report.observed.clear();
+    assert_eq!(seq_held(sim.send(reborn, 800).0), None);
+    sim.c = Coordinator::new(2, 900, 0, "h2", false, &sim.s);
+    assert_eq!(beat(&mut sim, 3, false, 950), None);
+    assert_eq!(sim.c.observed(&on), None);
 }
 
 #[test]

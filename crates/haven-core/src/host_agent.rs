@@ -376,6 +376,49 @@ pub struct HeartbeatReport {
     pub desired_version: Option<DesiredVersion>,
 }
 
+/// Leaves an unchanged instance list out of heartbeats. Each content of
+/// the list gets a number (growing, per agent process); the coordinator's
+/// answers say which number it holds; a heartbeat carries the list unless
+/// that is the current one. Kept by the runtime beside the machine, since
+/// the list it reports carries what only the runtime knows (pids).
+#[derive(Clone, Debug, Default)]
+pub struct ObservedSender {
+    seq: u64,
+    last: Vec<Observed>,
+    /// The number the newest answer said its office holds.
+    held: Option<u64>,
+}
+
+/// What a heartbeat says of the host's instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedToSend {
+    pub seq: u64,
+    /// `None`: the coordinator holds this list (`seq`); left out.
+    pub list: Option<Vec<Observed>>,
+}
+
+impl ObservedSender {
+    /// The list a heartbeat made now reports.
+    pub fn next(&mut self, observed: Vec<Observed>) -> ObservedToSend {
+        if observed != self.last || self.seq == 0 {
+            self.seq += 1;
+            self.last = observed;
+        }
+        let list = (self.held != Some(self.seq)).then(|| self.last.clone());
+        ObservedToSend {
+            seq: self.seq,
+            list,
+        }
+    }
+
+    /// An answer said which list its office holds (`None`: none, or a
+    /// coordinator that numbers none). Answers may come out of order: one
+    /// out of date only makes the next heartbeat carry the list.
+    pub fn acked(&mut self, held: Option<u64>) {
+        self.held = held;
+    }
+}
+
 /// Typed events: the sentence is the runtime's to derive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostEvent {

@@ -20,7 +20,7 @@ use haven_core::coordinator_machine::{
 use haven_core::datastore::{op_timeout_ms, Record};
 use haven_core::host_agent::{
     check_inherited, Ack, Adopted, DesiredInstance, HeartbeatReport, HostAgent, HostAgentConfig,
-    HostEffect, HostEvent, HostInput, InheritedLease, StopHow,
+    HostEffect, HostEvent, HostInput, InheritedLease, ObservedSender, ObservedToSend, StopHow,
 };
 use haven_core::model::{
     Capacity, ClusterSettings, FenceDevice, Generation, HostRecord, IsolationResponse, Priority,
@@ -426,6 +426,8 @@ struct Host {
     frozen: bool,
     agent_frozen: bool,
     agent: Option<HostAgent>,
+    /// The agent process's instance lists as its heartbeats carry them.
+    observed_sender: ObservedSender,
     /// The agent process (grows at each start).
     incarnation: u64,
     clock: Clock,
@@ -476,18 +478,20 @@ enum Msg {
     Heartbeat {
         from: usize,
         incarnation: u64,
-        report: HeartbeatReport,
+        report: Box<(HeartbeatReport, ObservedToSend)>,
         attempt: u32,
     },
     Ack {
         incarnation: u64,
         ack: Ack,
+        /// The number of the host's instance list the office holds.
+        observed_seq: Option<u64>,
         leader: usize,
     },
     Refused {
         incarnation: u64,
         hint: Option<usize>,
-        report: HeartbeatReport,
+        report: Box<(HeartbeatReport, ObservedToSend)>,
         attempt: u32,
         target: usize,
     },
@@ -863,6 +867,7 @@ impl World {
                 frozen: false,
                 agent_frozen: false,
                 agent: None,
+                observed_sender: ObservedSender::default(),
                 incarnation: 0,
                 clock: Clock::new(rng.range(1_000_000, 1_000_000_000), 0, rate),
                 instances: BTreeMap::new(),
@@ -1398,6 +1403,7 @@ impl World {
         };
         let host = &mut self.hosts[h];
         host.incarnation += 1;
+        host.observed_sender = ObservedSender::default();
         host.stopping = None;
         host.watchdog_disarmed = false;
         // Its datastore sequence numbers start from its clock, as the
@@ -1516,9 +1522,13 @@ impl World {
     fn perform(&mut self, h: usize, effects: Vec<HostEffect>) {
         for e in effects {
             match e {
-                HostEffect::SendHeartbeat { report } => {
+                HostEffect::SendHeartbeat { mut report } => {
                     self.stats.heartbeats += 1;
                     let host = &mut self.hosts[h];
+                    let observed = host
+                        .observed_sender
+                        .next(std::mem::take(&mut report.observed));
+                    let report = Box::new((report, observed));
                     host.unanswered += 1;
                     if host.unanswered > UNANSWERED_MAX {
                         host.unanswered = 0;
@@ -1566,7 +1576,12 @@ impl World {
         }
     }
 
-    fn send_heartbeat(&mut self, h: usize, report: HeartbeatReport, attempt: u32) {
+    fn send_heartbeat(
+        &mut self,
+        h: usize,
+        report: Box<(HeartbeatReport, ObservedToSend)>,
+        attempt: u32,
+    ) {
         if self.managers.is_empty() {
             return;
         }
@@ -1607,12 +1622,13 @@ impl World {
                 }
                 let Some(n) = host.node else { return };
                 let reply = if self.lease_granting(n) {
-                    match self.answer_heartbeat(n, from, incarnation, &report) {
-                        Some(ack) => {
+                    match self.answer_heartbeat(n, from, incarnation, &report.0, &report.1) {
+                        Some((ack, observed_seq)) => {
                             self.stats.acks += 1;
                             Msg::Ack {
                                 incarnation,
                                 ack,
+                                observed_seq,
                                 leader: to,
                             }
                         }
@@ -1637,12 +1653,14 @@ impl World {
             Msg::Ack {
                 incarnation,
                 ack,
+                observed_seq,
                 leader,
             } => {
                 if incarnation != host.incarnation {
                     return;
                 }
                 let host = &mut self.hosts[to];
+                host.observed_sender.acked(observed_seq);
                 host.hint = Some(leader);
                 host.unanswered = 0;
                 self.run_agent(to, HostInput::Ack(ack));
@@ -2346,7 +2364,8 @@ impl World {
         from: usize,
         incarnation: u64,
         report: &HeartbeatReport,
-    ) -> Option<Ack> {
+        observed: &ObservedToSend,
+    ) -> Option<(Ack, Option<u64>)> {
         let h = self.raft.nodes[n].host;
         let local = self.local(h);
         let host = &self.hosts[from];
@@ -2366,28 +2385,33 @@ impl World {
             problems: vec![],
             report: HostReport {
                 applied_revision: report.applied_revision,
-                observed: report.observed.clone(),
+                observed: observed.list.clone().unwrap_or_default(),
                 stopped: report.stopped.clone(),
             },
             cluster_bundle_sha256: None,
             desired_version: report.desired_version,
+            observed_seq: Some(observed.seq),
+            observed_left_out: observed.list.is_none(),
         };
         let state = &self.raft.nodes[n].state;
         let (answer, effects) = self.coord[n].heartbeat(hb, state, local, self.now)?;
         let settings = state.settings.clone();
         self.perform_coordinator(n, effects, false);
         match answer {
-            HeartbeatAnswer::Ack(ack) => Some(Ack {
-                sent_ms: report.sent_ms,
-                lease_ms: ack.lease_ms,
-                revision: ack.revision,
-                desired: ack
-                    .desired
-                    .as_ref()
-                    .map(|d| d.iter().map(DesiredInstance::from).collect()),
-                desired_version: Some(ack.desired_version),
-                settings,
-            }),
+            HeartbeatAnswer::Ack(ack) => Some((
+                Ack {
+                    sent_ms: report.sent_ms,
+                    lease_ms: ack.lease_ms,
+                    revision: ack.revision,
+                    desired: ack
+                        .desired
+                        .as_ref()
+                        .map(|d| d.iter().map(DesiredInstance::from).collect()),
+                    desired_version: Some(ack.desired_version),
+                    settings,
+                },
+                ack.observed_seq,
+            )),
             HeartbeatAnswer::Refused(r) => {
                 let name = self.hosts[from].name.clone();
                 self.violate(

@@ -536,6 +536,8 @@ async fn heartbeat_loop(
     // The version of `running` as the coordinator named it: echoed, so
     // that answers leave the list out while it is unchanged, as the agent's.
     let mut version = None;
+    // The instance list, left out while the coordinator holds it.
+    let mut observed_sender = haven_core::host_agent::ObservedSender::default();
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0usize;
@@ -544,6 +546,20 @@ async fn heartbeat_loop(
         if p.silent.load(Ordering::Relaxed) {
             continue;
         }
+        let observed = observed_sender.next(
+            running
+                .iter()
+                .map(|(w, g)| Observed {
+                    workload: w.clone(),
+                    generation: haven_core::model::Generation(*g),
+                    state: InstanceState::Running,
+                    pid: Some(1),
+                    restarts: 0,
+                    detail: None,
+                    no_failover: false,
+                })
+                .collect(),
+        );
         let req = HeartbeatRequest {
             host: p.name.clone(),
             instance_id: p.instance_id.clone(),
@@ -563,18 +579,8 @@ async fn heartbeat_loop(
             tls: p.tls.clone(),
             stopped: std::mem::take(&mut stopped),
             problems: vec![],
-            observed: running
-                .iter()
-                .map(|(w, g)| Observed {
-                    workload: w.clone(),
-                    generation: haven_core::model::Generation(*g),
-                    state: InstanceState::Running,
-                    pid: Some(1),
-                    restarts: 0,
-                    detail: None,
-                    no_failover: false,
-                })
-                .collect(),
+            observed: observed.list,
+            observed_seq: Some(observed.seq),
             desired_version: version,
         };
         let sent = haven_agent::rpc::post::<_, HeartbeatResponse>(
@@ -597,6 +603,7 @@ async fn heartbeat_loop(
                 continue;
             }
         };
+        observed_sender.acked(resp.observed_seq);
         if !resp.leader.is_empty() && resp.leader != leader {
             leader = resp.leader.clone();
         }

@@ -1073,3 +1073,52 @@ fn a_restart_that_waits_for_the_disks_lock_counts_once() {
     assert_eq!(o.restarts, 1);
     assert_eq!(o.detail.as_deref(), Some("last exit: exited"));
 }
+
+/// The instance list goes out until an answer says the coordinator holds
+/// its number, then is left out until it changes; an answer saying the
+/// coordinator holds none, or an older number, brings it back.
+#[test]
+fn the_instance_list_is_left_out_only_while_the_coordinator_holds_it() {
+    let instance = |state: InstanceState| Observed {
+        workload: "w".into(),
+        generation: Generation(1),
+        state,
+        pid: None,
+        restarts: 0,
+        detail: None,
+        no_failover: false,
+    };
+    let mut sender = ObservedSender::default();
+    let first = sender.next(vec![]);
+    assert_eq!(first.list, Some(vec![]), "the first list always goes out");
+    sender.acked(Some(first.seq));
+    assert_eq!(sender.next(vec![]).list, None);
+    let starting = sender.next(vec![instance(InstanceState::Starting)]);
+    assert!(starting.seq > first.seq);
+    assert_eq!(starting.list, Some(vec![instance(InstanceState::Starting)]));
+    // A late answer for the older list: still sent.
+    sender.acked(Some(first.seq));
+    assert!(sender
+        .next(vec![instance(InstanceState::Starting)])
+        .list
+        .is_some());
+    sender.acked(Some(starting.seq));
+    assert_eq!(
+        sender.next(vec![instance(InstanceState::Starting)]).list,
+        None
+    );
+    // Any change is a new number, and the list.
+    let running = sender.next(vec![instance(InstanceState::Running)]);
+    assert!(running.seq > starting.seq && running.list.is_some());
+    sender.acked(Some(running.seq));
+    assert_eq!(
+        sender.next(vec![instance(InstanceState::Running)]).list,
+        None
+    );
+    // A new office holds nothing.
+    sender.acked(None);
+    assert!(sender
+        .next(vec![instance(InstanceState::Running)])
+        .list
+        .is_some());
+}
