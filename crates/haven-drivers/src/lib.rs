@@ -7,12 +7,14 @@
 //! size-capped, rotated log ([`logfile`]).
 //! An instance runs as its spec's user ([`identity`]), or as the agent.
 //! [`cgroup`] is the thin cgroupfs layer underneath.
+//! [`ocf`] runs OCF resource agents (the Linux-HA standard's `resource-agents`).
 
 pub mod cgroup;
 pub mod error;
 pub mod identity;
 pub mod logcopy;
 pub mod logfile;
+pub mod ocf;
 pub mod process;
 pub mod qmp;
 pub mod vm;
