@@ -15,6 +15,7 @@ pub mod liveness;
 pub mod logs;
 pub mod model;
 pub mod placement;
+pub mod probe;
 pub mod restart;
 pub mod settings;
 pub mod spec;
