@@ -2,7 +2,8 @@
 # Installs the Debian packages the tests and the demo need, only those that
 # are missing: iproute2, nftables, python3, and for VM workloads QEMU
 # (qemu-system-x86 from bookworm-backports, matching the preinstalled
-# qemu-utils), busybox-static, cpio and xz-utils (to build the test VM).
+# qemu-utils), busybox-static, cpio and xz-utils (to build the test VM), and
+# resource-agents (the OCF agents the OCF driver's tests run: Dummy, …).
 #
 # APT sources: only the machine's own. When bookworm-backports is needed and
 # not configured, its source is derived from the machine's Debian bookworm
@@ -122,6 +123,7 @@ command -v nft >/dev/null || need+=(nftables)
 command -v python3 >/dev/null || need+=(python3)
 command -v cpio >/dev/null || need+=(cpio)
 command -v xz >/dev/null || need+=(xz-utils)
+[ -x /usr/lib/ocf/resource.d/heartbeat/Dummy ] || need+=(resource-agents)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
 need_qemu=0
 command -v qemu-system-x86_64 >/dev/null || need_qemu=1

@@ -19,6 +19,7 @@ scripts/install-deps.sh
 for tool in ip nft qemu-system-x86_64 qemu-img busybox cpio python3; do
   command -v "$tool" >/dev/null || { echo "scripts/test.sh: $tool is still missing after scripts/install-deps.sh" >&2; exit 1; }
 done
+[ -x /usr/lib/ocf/resource.d/heartbeat/Dummy ] || { echo "scripts/test.sh: the OCF agent Dummy (package resource-agents) is still missing after scripts/install-deps.sh" >&2; exit 1; }
 
 # The test VM (Debian kernel + busybox initramfs), built once.
 export HAVEN_TEST_VM_DIR=${HAVEN_TEST_VM_DIR:-$PWD/target/test-vm}

@@ -1317,6 +1317,11 @@ fn prepare_apply(node: &Node, bytes: &[u8]) -> Result<Vec<Command>, Reply> {
             problems.extend(check_vm_files(&req.source, s, vm, datastore.as_deref()));
         }
     }
+    problems.extend(check_ocf_params(
+        &node.identity.name,
+        &req.source,
+        &req.specs,
+    ));
     if let Err(e) = c.read(|s| check_fits_cluster(&req.source, &req.specs, s.hosts.values())) {
         problems.extend(e.0);
     }
@@ -1459,6 +1464,49 @@ async fn health(State(node): State<Arc<Node>>) -> Reply {
 /// A VM's files must exist (the datastore is mounted at the same path on
 /// every host, so what this host sees is what the others see), and a VM that
 /// may fail over must keep its disks on the datastore.
+/// OCF workloads' parameters against their agents' meta-data on this host
+/// (the coordinator; each agent asked once per apply), with the agent's
+/// own descriptions in the errors. Runs on a blocking thread.
+fn check_ocf_params(
+    me: &str,
+    source: &str,
+    specs: &[haven_core::model::WorkloadSpec],
+) -> Vec<String> {
+    use haven_drivers::ocf;
+    let root = std::path::Path::new(ocf::DEFAULT_OCF_ROOT);
+    let mut metas: std::collections::BTreeMap<String, Result<ocf::AgentMetadata, String>> =
+        Default::default();
+    let mut out = vec![];
+    for s in specs {
+        let haven_core::model::WorkloadKind::Ocf(o) = &s.kind else {
+            continue;
+        };
+        let at = format!("{source}: workload {:?}", s.name);
+        let meta = metas.entry(o.agent.clone()).or_insert_with(|| {
+            let agent = ocf::OcfAgent::parse(&o.agent).map_err(|e| e.to_string())?;
+            agent.resolve(root).map_err(|e| {
+                format!("{e} (checked on {me}, the coordinator: every host that may run it needs the agent)")
+            })?;
+            tokio::runtime::Handle::current()
+                .block_on(ocf::fetch_metadata(root, &agent, ocf::run::METADATA_TIMEOUT_MS))
+                .map_err(|e| format!("reading the agent's meta-data on {me}: {e}"))
+        });
+        match meta {
+            Err(e) => out.push(format!("{at}: field \"agent\": {e}")),
+            Ok(m) => {
+                if let Err(errors) = ocf::validate_params(m, &o.params) {
+                    out.extend(
+                        errors
+                            .iter()
+                            .map(|e| format!("{at}: field \"params\": {e}")),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
 fn check_vm_files(
     source: &str,
     spec: &haven_core::model::WorkloadSpec,

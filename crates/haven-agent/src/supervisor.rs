@@ -37,6 +37,8 @@ use haven_drivers::vm::VmPaths;
 use std::path::PathBuf;
 
 pub use haven_core::host_agent::{decide, Action, Authority, Local, Phase};
+use haven_drivers::ocf;
+use haven_drivers::ocf::instance::Ended;
 
 /// How long a VM start waits for its disks' lock file to be read.
 const LOCK_READ_TIMEOUT: Duration = Duration::from_millis(500);
@@ -454,15 +456,37 @@ impl Supervisor {
                 None => "exited".to_string(),
             };
             tracing::info!("{k} {how}");
-            self.machine.feed_with(
-                HostInput::InstanceExited {
+            // An OCF instance's exit code says whether restarting it here
+            // can help (`ocf::instance::Ended`).
+            let ocf_end = self
+                .is_ocf(&workload, generation)
+                .then(|| exit.and_then(|e| e.code).and_then(Ended::from_code))
+                .flatten();
+            let input = match ocf_end.and_then(|e| e.gives_up().map(|f| (e, f))) {
+                Some((end, failover)) => HostInput::InstanceFailed {
+                    workload,
+                    generation,
+                    why: format!(
+                        "{how}: {}; `haven logs` shows the agent's reason",
+                        end.meaning()
+                    ),
+                    failover,
+                },
+                None => HostInput::InstanceExited {
                     workload,
                     generation,
                     how,
                 },
-                |s| forget_pid(s, &k),
-            );
+            };
+            self.machine.feed_with(input, |s| forget_pid(s, &k));
         }
+    }
+
+    /// Whether this instance runs an OCF agent (its spec is held).
+    fn is_ocf(&self, workload: &str, generation: Generation) -> bool {
+        self.machine.lock().specs.get(workload).is_some_and(|d| {
+            d.generation == generation && matches!(d.spec.kind, WorkloadKind::Ocf(_))
+        })
     }
 
     fn perform(&self, effect: HostEffect) {
@@ -616,11 +640,21 @@ impl Supervisor {
                 argv.extend(haven_drivers::vm::run_as_args(identity.as_ref()));
                 argv
             }
+            WorkloadKind::Ocf(o) => {
+                // The agent's parameters in the environment, not on the
+                // command line every user can read.
+                let params = serde_json::to_string(&o.params).unwrap_or_default();
+                env.insert(ocf::instance::PARAMS_ENV.to_owned(), params);
+                match ocf_instance_argv(workload, o) {
+                    Ok(argv) => argv,
+                    Err(e) => return failed(e, true),
+                }
+            }
         };
         // QEMU starts as the agent and drops to the identity itself, once
         // it has opened its disks and sockets (`vm::run_as_args`).
         let process_identity = match &d.spec.kind {
-            WorkloadKind::Process { .. } => identity.as_ref(),
+            WorkloadKind::Process { .. } | WorkloadKind::Ocf(_) => identity.as_ref(),
             WorkloadKind::Vm(_) => None,
         };
         let started = self
@@ -708,6 +742,28 @@ impl Supervisor {
         };
         tokio::spawn(watch.run());
     }
+}
+
+/// The command line of an OCF instance (`haven ocf-instance …`): the
+/// agent's name checked again here, its path resolved by the instance.
+fn ocf_instance_argv(
+    workload: &str,
+    o: &haven_core::model::OcfSpec,
+) -> Result<Vec<String>, String> {
+    let agent = ocf::OcfAgent::parse(&o.agent).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("finding the haven binary to run the OCF agent: {e}"))?;
+    let cfg = ocf::instance::InstanceConfig {
+        ocf_root: std::path::PathBuf::from(ocf::DEFAULT_OCF_ROOT),
+        agent,
+        instance: workload.to_owned(),
+        params: Default::default(),
+        monitor_interval_ms: o.monitor_interval_ms,
+        start_timeout_ms: o.start_timeout_ms,
+        stop_timeout_ms: o.stop_timeout_ms,
+        monitor_timeout_ms: o.monitor_timeout_ms,
+    };
+    Ok(ocf::instance::command_line(&exe.to_string_lossy(), &cfg))
 }
 
 /// The machine's report, each instance with the pid of its main process.

@@ -296,6 +296,16 @@ pub enum HostInput {
         generation: Generation,
         how: String,
     },
+    /// The instance ended, and its driver says that starting it here
+    /// again will not help: an OCF agent's hard error (`failover`: another
+    /// host may do better) or fatal one (its configuration is wrong
+    /// anywhere). It is `failed` at once, without restarts in place.
+    InstanceFailed {
+        workload: String,
+        generation: Generation,
+        why: String,
+        failover: bool,
+    },
     /// A stop this machine asked for is done: the instance is gone.
     InstanceStopped {
         workload: String,
@@ -819,6 +829,22 @@ impl HostAgent {
                 generation,
                 how,
             } => self.on_exit(&workload, generation, how, now_ms, &mut out),
+            HostInput::InstanceFailed {
+                workload,
+                generation,
+                why,
+                failover,
+            } => {
+                if let Some(i) = self
+                    .instance_mut(&workload, generation)
+                    .filter(|i| i.phase != Phase::Stopping)
+                {
+                    i.lock_wait = false;
+                    i.phase = Phase::Failed;
+                    i.no_failover = !failover;
+                    i.detail = Some(why);
+                }
+            }
             HostInput::InstanceStopped {
                 workload,
                 generation,

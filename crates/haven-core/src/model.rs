@@ -288,6 +288,9 @@ pub enum WorkloadKind {
     },
     /// A QEMU/KVM virtual machine, driven over QMP.
     Vm(VmSpec),
+    /// An OCF resource agent (`/usr/lib/ocf/resource.d/PROVIDER/TYPE`),
+    /// run unchanged: start, a recurring monitor, stop.
+    Ocf(OcfSpec),
 }
 
 impl WorkloadKind {
@@ -295,7 +298,45 @@ impl WorkloadKind {
         match self {
             WorkloadKind::Process { .. } => "process",
             WorkloadKind::Vm(_) => "vm",
+            WorkloadKind::Ocf(_) => "ocf",
         }
+    }
+}
+
+/// An OCF resource agent and how it is run. The agent's own `monitor` is
+/// the instance's liveness check: a failure the agent calls soft restarts
+/// it in place (within the restart policy), a hard one moves it off the
+/// host, a fatal one (its configuration is wrong) leaves it failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OcfSpec {
+    /// `PROVIDER:TYPE`, e.g. `heartbeat:IPaddr2`.
+    pub agent: String,
+    /// The agent's parameters (`OCF_RESKEY_<name>`), checked against its
+    /// meta-data when applied.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default = "OcfSpec::default_monitor_interval_ms")]
+    pub monitor_interval_ms: u64,
+    #[serde(default = "OcfSpec::default_action_timeout_ms")]
+    pub start_timeout_ms: u64,
+    #[serde(default = "OcfSpec::default_action_timeout_ms")]
+    pub stop_timeout_ms: u64,
+    #[serde(default = "OcfSpec::default_action_timeout_ms")]
+    pub monitor_timeout_ms: u64,
+}
+
+impl OcfSpec {
+    /// Pacemaker's usual monitor interval in its examples.
+    pub const MONITOR_INTERVAL_MS_DEFAULT: u64 = 10_000;
+    /// Pacemaker's default operation timeout.
+    pub const ACTION_TIMEOUT_MS_DEFAULT: u64 = 20_000;
+
+    fn default_monitor_interval_ms() -> u64 {
+        Self::MONITOR_INTERVAL_MS_DEFAULT
+    }
+
+    fn default_action_timeout_ms() -> u64 {
+        Self::ACTION_TIMEOUT_MS_DEFAULT
     }
 }
 

@@ -12,8 +12,8 @@
 //! `check_fits_cluster`.
 
 use crate::model::{
-    Accel, Capacity, GuestHeartbeat, HostRecord, IsolationResponse, Priority, RestartPolicy,
-    VmMonitoring, VmNetwork, VmSpec, WorkloadKind, WorkloadSpec,
+    Accel, Capacity, GuestHeartbeat, HostRecord, IsolationResponse, OcfSpec, Priority,
+    RestartPolicy, VmMonitoring, VmNetwork, VmSpec, WorkloadKind, WorkloadSpec,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -150,6 +150,7 @@ pub fn check_spec(spec: &WorkloadSpec) -> Vec<FieldProblem> {
             check_env(env, &mut out);
         }
         WorkloadKind::Vm(vm) => check_vm(vm, &mut out),
+        WorkloadKind::Ocf(ocf) => check_ocf(ocf, &mut out),
     }
     if out.0.is_empty() {
         let bytes = encoded_len(spec);
@@ -163,6 +164,7 @@ pub fn check_spec(spec: &WorkloadSpec) -> Vec<FieldProblem> {
                 }
                 WorkloadKind::Process { .. } => "command",
                 WorkloadKind::Vm(_) => "disks",
+                WorkloadKind::Ocf(_) => "params",
             };
             out.push(
                 field,
@@ -524,6 +526,83 @@ fn check_env(env: &BTreeMap<String, String>, out: &mut Problems) {
     }
 }
 
+/// `PROVIDER:TYPE` (an optional leading `ocf:` taken off by the parser):
+/// each part letters, digits, `_`, `-` and `.`, not only dots, so that the
+/// agent's path stays under `resource.d`.
+pub fn check_ocf_agent(agent: &str) -> Result<(), String> {
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= OCF_NAME_PART_LEN_MAX
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            && !p.chars().all(|c| c == '.')
+    };
+    match agent.split_once(':') {
+        Some((provider, kind)) if part_ok(provider) && part_ok(kind) => Ok(()),
+        _ => Err(format!(
+            "{:?} is not an OCF agent name: write PROVIDER:TYPE, each part 1-{OCF_NAME_PART_LEN_MAX} letters, digits, '_', '-' or '.', e.g. \"heartbeat:IPaddr2\" (`haven ocf list` shows the agents installed)",
+            shorten(agent, 80)
+        )),
+    }
+}
+
+fn check_ocf(ocf: &OcfSpec, out: &mut Problems) {
+    if let Err(m) = check_ocf_agent(&ocf.agent) {
+        out.push("agent", m);
+    }
+    if ocf.params.len() > OCF_PARAMS_MAX {
+        out.push(
+            "params",
+            format!("{} parameters; at most {OCF_PARAMS_MAX}", ocf.params.len()),
+        );
+    }
+    for (k, v) in &ocf.params {
+        let name_ok = !k.is_empty()
+            && k.len() <= OCF_PARAM_NAME_LEN_MAX
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !k.starts_with("CRM_meta_");
+        if !name_ok {
+            out.push(
+                "params",
+                format!(
+                    "parameter {:?}: a name is 1-{OCF_PARAM_NAME_LEN_MAX} letters, digits or '_', not starting with CRM_meta_ (those are Haven's to set)",
+                    shorten(k, 80)
+                ),
+            );
+        }
+        if v.len() > OCF_PARAM_VALUE_LEN_MAX || v.contains('\0') {
+            out.push(
+                "params",
+                format!(
+                    "parameter {:?}: the value is {} bytes; at most {OCF_PARAM_VALUE_LEN_MAX}, without NUL",
+                    shorten(k, 80),
+                    v.len()
+                ),
+            );
+        }
+    }
+    out.bounds(
+        "monitor_interval_ms",
+        OCF_MONITOR_INTERVAL_MS,
+        ocf.monitor_interval_ms,
+    );
+    out.bounds(
+        "start_timeout_ms",
+        OCF_ACTION_TIMEOUT_MS,
+        ocf.start_timeout_ms,
+    );
+    out.bounds(
+        "stop_timeout_ms",
+        OCF_ACTION_TIMEOUT_MS,
+        ocf.stop_timeout_ms,
+    );
+    out.bounds(
+        "monitor_timeout_ms",
+        OCF_ACTION_TIMEOUT_MS,
+        ocf.monitor_timeout_ms,
+    );
+}
+
 fn check_vm(vm: &VmSpec, out: &mut Problems) {
     if vm.disks.len() > DISKS_MAX {
         out.push(
@@ -652,6 +731,14 @@ const COMMON_FIELDS: &[&str] = &[
     "group",
 ];
 const PROCESS_FIELDS: &[&str] = &["command", "env"];
+const OCF_FIELDS: &[&str] = &[
+    "agent",
+    "params",
+    "monitor_interval_ms",
+    "start_timeout_ms",
+    "stop_timeout_ms",
+    "monitor_timeout_ms",
+];
 const VM_FIELDS: &[&str] = &[
     "disks",
     "kernel",
@@ -797,6 +884,77 @@ impl Entry<'_> {
     /// An integer field within `bounds` (the same bounds `check_spec`
     /// holds the spec to; checked here too because a TOML integer may not
     /// even fit the spec's type).
+    /// A table of strings (`env`, `params`); absent: empty.
+    fn string_table(&mut self, field: &str, example: &str) -> Option<BTreeMap<String, String>> {
+        match self.t.get(field) {
+            None => Some(BTreeMap::new()),
+            Some(toml::Value::Table(t)) => {
+                let mut out = BTreeMap::new();
+                let mut ok = true;
+                for (k, v) in t {
+                    match v.as_str() {
+                        Some(s) => {
+                            out.insert(k.clone(), s.to_owned());
+                        }
+                        None => {
+                            self.err(field, format!("entry {k:?} must be a string value"));
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(out)
+            }
+            Some(v) => {
+                self.err(
+                    field,
+                    format!("must be a table of strings, e.g. {example}; got {v}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The fields of `kind = "ocf"`.
+    fn ocf(&mut self) -> Option<OcfSpec> {
+        let agent = match self.required("agent", self.t.get("agent")) {
+            Some(toml::Value::String(a)) => {
+                let a = a.strip_prefix("ocf:").unwrap_or(a).to_owned();
+                match check_ocf_agent(&a) {
+                    Ok(()) => Some(a),
+                    Err(m) => {
+                        self.err("agent", m);
+                        None
+                    }
+                }
+            }
+            Some(v) => {
+                self.err(
+                    "agent",
+                    format!("must be a string PROVIDER:TYPE, e.g. \"heartbeat:IPaddr2\"; got {v}"),
+                );
+                None
+            }
+            None => None,
+        };
+        let params = self.string_table("params", "params = { ip = \"10.0.0.50\" }");
+        let interval = self.integer("monitor_interval_ms", OCF_MONITOR_INTERVAL_MS, false);
+        let timeout = |me: &mut Self, f: &str| {
+            me.integer(f, OCF_ACTION_TIMEOUT_MS, false)
+                .unwrap_or(OcfSpec::ACTION_TIMEOUT_MS_DEFAULT)
+        };
+        let start_timeout_ms = timeout(self, "start_timeout_ms");
+        let stop_timeout_ms = timeout(self, "stop_timeout_ms");
+        let monitor_timeout_ms = timeout(self, "monitor_timeout_ms");
+        Some(OcfSpec {
+            agent: agent?,
+            params: params?,
+            monitor_interval_ms: interval.unwrap_or(OcfSpec::MONITOR_INTERVAL_MS_DEFAULT),
+            start_timeout_ms,
+            stop_timeout_ms,
+            monitor_timeout_ms,
+        })
+    }
+
     fn integer(&mut self, field: &str, bounds: Bounds, required: bool) -> Option<u64> {
         let v = self.t.get(field);
         let v = if required {
@@ -838,13 +996,13 @@ impl Entry<'_> {
             None => None,
         };
         let kind = match self.required("kind", self.t.get("kind")) {
-            Some(toml::Value::String(s)) if s == "process" || s == "vm" => Some(s.as_str()),
+            Some(toml::Value::String(s)) if ["process", "vm", "ocf"].contains(&s.as_str()) => {
+                Some(s.as_str())
+            }
             Some(v) => {
                 self.err(
                     "kind",
-                    format!(
-                        "unsupported kind {v}; allowed: \"process\", \"vm\" (\"ocf\" comes later)"
-                    ),
+                    format!("unsupported kind {v}; allowed: \"process\", \"vm\", \"ocf\""),
                 );
                 None
             }
@@ -852,6 +1010,7 @@ impl Entry<'_> {
         };
         let specific: &[&str] = match kind {
             Some("vm") => VM_FIELDS,
+            Some("ocf") => OCF_FIELDS,
             _ => PROCESS_FIELDS,
         };
         for key in self.t.keys() {
@@ -866,8 +1025,13 @@ impl Entry<'_> {
             }
         }
         let vm = if kind == Some("vm") { self.vm() } else { None };
+        let ocf = if kind == Some("ocf") {
+            self.ocf()
+        } else {
+            None
+        };
         let command = match self.t.get("command") {
-            None if kind == Some("vm") => Some(vec![]),
+            None if kind == Some("vm") || kind == Some("ocf") => Some(vec![]),
             None if kind == Some("process") => {
                 self.err("command", "missing; a process workload needs a command, e.g. [\"/usr/bin/python3\", \"-m\", \"http.server\"]");
                 None
@@ -889,34 +1053,7 @@ impl Entry<'_> {
                 None
             }
         };
-        let env = match self.t.get("env") {
-            None => Some(BTreeMap::new()),
-            Some(toml::Value::Table(t)) => {
-                let mut env = BTreeMap::new();
-                let mut ok = true;
-                for (k, v) in t {
-                    match v.as_str() {
-                        Some(s) => {
-                            env.insert(k.clone(), s.to_owned());
-                        }
-                        None => {
-                            self.err("env", format!("entry {k:?} must be a string value"));
-                            ok = false;
-                        }
-                    }
-                }
-                ok.then_some(env)
-            }
-            Some(v) => {
-                self.err(
-                    "env",
-                    format!(
-                        "must be a table of strings, e.g. env = {{ PORT = \"8080\" }}; got {v}"
-                    ),
-                );
-                None
-            }
-        };
+        let env = self.string_table("env", "env = { PORT = \"8080\" }");
         let vcpus = self.integer("vcpus", VCPUS, true);
         let memory_mib = self.integer("memory_mib", MEMORY_MIB, true);
         let priority = match self.t.get("priority") {
@@ -982,6 +1119,7 @@ impl Entry<'_> {
         }
         let kind = match kind? {
             "vm" => WorkloadKind::Vm(vm?),
+            "ocf" => WorkloadKind::Ocf(ocf?),
             _ => WorkloadKind::Process {
                 command: command?,
                 env: env?,
@@ -1200,6 +1338,22 @@ pub const HOST_VCPUS_MAX: u32 = 1 << 20;
 pub const HOST_MEMORY_MIB_MAX: u64 = 1 << 40;
 /// A host's watchdog timeout (ms); part of the coordinator's wait.
 pub const WATCHDOG_TIMEOUT_MS_MAX: u64 = 600_000;
+/// An OCF agent's name, `PROVIDER:TYPE`: each part 1-64 bytes.
+pub const OCF_NAME_PART_LEN_MAX: usize = 64;
+/// An OCF agent's parameters: how many, and how long each (Pacemaker
+/// passes them in the environment).
+pub const OCF_PARAMS_MAX: usize = 128;
+pub const OCF_PARAM_NAME_LEN_MAX: usize = 128;
+pub const OCF_PARAM_VALUE_LEN_MAX: usize = 4_096;
+/// An OCF agent's monitor interval, and each action's timeout.
+pub const OCF_MONITOR_INTERVAL_MS: Bounds = Bounds {
+    min: 1_000,
+    max: 24 * 3_600_000,
+};
+pub const OCF_ACTION_TIMEOUT_MS: Bounds = Bounds {
+    min: 1_000,
+    max: 3_600_000,
+};
 
 /// Every bound of a host record, as its agent's flags set it (the field
 /// names the flag). Run by the join handler and by the state machine.
@@ -1339,6 +1493,37 @@ priority = "high"
         assert_eq!(specs[0].name, "web");
         assert_eq!(specs[0].priority, Priority::High);
         assert_eq!(specs[0].restart, RestartPolicy::default());
+    }
+
+    #[test]
+    fn an_ocf_workload_parses_with_defaults_and_its_fields_are_bounded() {
+        let ocf = "[[workload]]\nname = \"ip\"\nkind = \"ocf\"\nagent = \"ocf:heartbeat:IPaddr2\"\nparams = { ip = \"10.0.0.50\" }\nvcpus = 1\nmemory_mib = 64\n";
+        let specs = parse_workloads("w.toml", ocf).unwrap();
+        let WorkloadKind::Ocf(o) = &specs[0].kind else {
+            panic!("{:?}", specs[0].kind)
+        };
+        assert_eq!(o.agent, "heartbeat:IPaddr2", "the ocf: class is taken off");
+        assert_eq!(o.params["ip"], "10.0.0.50");
+        assert_eq!(o.monitor_interval_ms, OcfSpec::MONITOR_INTERVAL_MS_DEFAULT);
+        assert_eq!(o.stop_timeout_ms, OcfSpec::ACTION_TIMEOUT_MS_DEFAULT);
+        for (from, to, field) in [
+            ("ocf:heartbeat:IPaddr2", "../x:y", "agent"),
+            ("ocf:heartbeat:IPaddr2", "IPaddr2", "agent"),
+            ("ip = ", "CRM_meta_ip = ", "params"),
+            ("vcpus = 1", "vcpus = 1\nmonitor_interval_ms = 10", "monitor_interval_ms"),
+            ("vcpus = 1", "vcpus = 1\ncommand = [\"/bin/true\"]", "command"),
+        ] {
+            let e = errs(&ocf.replace(from, to));
+            assert!(
+                e.iter().any(|e| e.contains(&format!("field {field:?}"))),
+                "{to}: {e:?}"
+            );
+        }
+        let mut huge = specs[0].clone();
+        if let WorkloadKind::Ocf(o) = &mut huge.kind {
+            o.params.insert("v".into(), "x".repeat(OCF_PARAM_VALUE_LEN_MAX + 1));
+        }
+        assert!(check_spec(&huge).iter().any(|p| p.field == "params"));
     }
 
     #[test]

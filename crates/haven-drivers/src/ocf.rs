@@ -15,6 +15,8 @@
 //!   resource's parameters against it (pure).
 //! - [`run`]: running one action in its own process group, bounded in time
 //!   and output.
+//! - [`instance`]: one workload instance as a process (`haven
+//!   ocf-instance`): start, the recurring monitor, stop on SIGTERM.
 
 use std::fmt;
 use std::fs;
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub mod exit;
+pub mod instance;
 pub mod metadata;
 pub mod run;
 

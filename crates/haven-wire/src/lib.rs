@@ -435,6 +435,14 @@ impl ToWire for model::WorkloadSpec {
                     command: command.clone(),
                     env: env.clone(),
                 },
+                model::WorkloadKind::Ocf(o) => v1::WorkloadKind::Ocf(v1::OcfSpec {
+                    agent: o.agent.clone(),
+                    params: o.params.clone(),
+                    monitor_interval_ms: o.monitor_interval_ms,
+                    start_timeout_ms: o.start_timeout_ms,
+                    stop_timeout_ms: o.stop_timeout_ms,
+                    monitor_timeout_ms: o.monitor_timeout_ms,
+                }),
                 model::WorkloadKind::Vm(vm) => v1::WorkloadKind::Vm(v1::VmSpec {
                     disks: vm.disks.clone(),
                     kernel: vm.kernel.clone(),
@@ -528,6 +536,14 @@ pub fn spec_from_wire(w: v1::WorkloadSpec) -> model::WorkloadSpec {
             v1::WorkloadKind::Process { command, env } => {
                 model::WorkloadKind::Process { command, env }
             }
+            v1::WorkloadKind::Ocf(o) => model::WorkloadKind::Ocf(model::OcfSpec {
+                agent: o.agent,
+                params: o.params,
+                monitor_interval_ms: o.monitor_interval_ms,
+                start_timeout_ms: o.start_timeout_ms,
+                stop_timeout_ms: o.stop_timeout_ms,
+                monitor_timeout_ms: o.monitor_timeout_ms,
+            }),
             v1::WorkloadKind::Vm(vm) => model::WorkloadKind::Vm(model::VmSpec {
                 disks: vm.disks,
                 kernel: vm.kernel,

@@ -142,6 +142,36 @@ pub enum Cmd {
     /// agent with each instance; reads stdin until end of file).
     #[command(name = haven_drivers::logcopy::SUBCOMMAND, hide = true)]
     LogCopier(LogCopierArgs),
+    /// Runs one OCF workload instance (started by the agent into the
+    /// instance's cgroup): start, monitor every interval, stop on SIGTERM.
+    #[command(name = haven_drivers::ocf::instance::SUBCOMMAND, hide = true)]
+    OcfInstance {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The OCF resource agents installed on this host (`ocf list`), and
+    /// one agent's parameters and actions (`ocf describe PROVIDER:TYPE`).
+    Ocf {
+        #[command(subcommand)]
+        action: OcfCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OcfCmd {
+    /// Every agent under the OCF root, as PROVIDER:TYPE.
+    List {
+        #[arg(long, default_value = haven_drivers::ocf::DEFAULT_OCF_ROOT)]
+        ocf_root: PathBuf,
+    },
+    /// An agent's description, parameters (required ones marked, with
+    /// defaults) and actions with their default timeouts, from its meta-data.
+    Describe {
+        /// PROVIDER:TYPE, e.g. heartbeat:IPaddr2.
+        agent: String,
+        #[arg(long, default_value = haven_drivers::ocf::DEFAULT_OCF_ROOT)]
+        ocf_root: PathBuf,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -705,7 +735,80 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::LogCopier(_) => {
             unreachable!("the log copier runs before the runtime starts (main.rs)")
         }
+        Cmd::OcfInstance { .. } => {
+            unreachable!("an OCF instance runs before the runtime starts (main.rs)")
+        }
+        Cmd::Ocf { action } => ocf(action).await,
     }
+}
+
+async fn ocf(action: OcfCmd) -> Result<()> {
+    use haven_drivers::ocf;
+    match action {
+        OcfCmd::List { ocf_root } => {
+            for a in ocf::list_agents(&ocf_root)? {
+                println!("{}:{}", a.provider(), a.kind());
+            }
+        }
+        OcfCmd::Describe { agent, ocf_root } => {
+            let agent = ocf::OcfAgent::parse(&agent)?;
+            agent.resolve(&ocf_root)?;
+            let meta =
+                ocf::fetch_metadata(&ocf_root, &agent, ocf::run::METADATA_TIMEOUT_MS).await?;
+            print!("{}", describe(&agent, &meta));
+        }
+    }
+    Ok(())
+}
+
+/// An agent's meta-data, as `haven ocf describe` shows it.
+fn describe(
+    agent: &haven_drivers::ocf::OcfAgent,
+    meta: &haven_drivers::ocf::AgentMetadata,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ocf:{}:{} - {}",
+        agent.provider(),
+        agent.kind(),
+        meta.shortdesc.trim()
+    );
+    if !meta.longdesc.trim().is_empty() {
+        let _ = writeln!(out, "\n{}", meta.longdesc.trim());
+    }
+    let _ = writeln!(out, "\nparameters (params = {{ NAME = \"VALUE\", … }}):");
+    for p in &meta.parameters {
+        let required = if p.required { " (required)" } else { "" };
+        let default = p
+            .default
+            .as_deref()
+            .map(|d| format!(" [default: {d}]"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {}{required}{default}: {}",
+            p.name,
+            p.shortdesc.trim()
+        );
+    }
+    let _ = writeln!(out, "\nactions:");
+    for a in &meta.actions {
+        let timeout = a
+            .timeout_ms
+            .map(|t| format!(" timeout {t} ms"))
+            .unwrap_or_default();
+        let interval = a
+            .interval_ms
+            .map(|t| format!(" interval {t} ms"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  {}{timeout}{interval}", a.name);
+    }
+    if meta.promotable {
+        let _ = writeln!(out, "\npromotable: yes (promote and demote)");
+    }
+    out
 }
 
 async fn settings(r: &Remote, action: Option<SettingsAction>) -> Result<()> {

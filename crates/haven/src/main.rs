@@ -23,6 +23,10 @@ fn main() {
         haven_drivers::logcopy::run(&a.copier_args());
         return;
     }
+    // And an OCF instance: its own small runtime, started in main.
+    if let cli::Cmd::OcfInstance { args } = &args.command {
+        haven_drivers::ocf::instance::main(args);
+    }
     // A client command whose reader leaves (`haven events | head`) ends
     // quietly, as other command-line tools do, instead of panicking on the
     // closed pipe. The agent keeps SIGPIPE ignored: its sockets report

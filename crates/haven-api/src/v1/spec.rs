@@ -50,6 +50,21 @@ pub enum WorkloadKind {
         env: BTreeMap<String, String>,
     },
     Vm(VmSpec),
+    /// An OCF resource agent run unchanged.
+    Ocf(OcfSpec),
+}
+
+/// `kind = "ocf"`: the agent (`PROVIDER:TYPE`), its parameters, and how
+/// it is run; timings in ms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OcfSpec {
+    pub agent: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    pub monitor_interval_ms: u64,
+    pub start_timeout_ms: u64,
+    pub stop_timeout_ms: u64,
+    pub monitor_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -684,6 +684,41 @@ fn an_instance_whose_stop_ended_while_the_lease_was_lapsed_starts_again_under_th
     assert_eq!(starts(&fx), vec![("a".to_string(), g(1))]);
 }
 
+/// An instance whose driver says a restart here cannot help (an OCF
+/// agent's hard or fatal error) is failed at once, its budget unspent:
+/// moved when another host may do better, else left failed here.
+#[test]
+fn an_instance_that_cannot_recover_here_fails_at_once_and_says_whether_to_move_it() {
+    for failover in [true, false] {
+        let mut a = running(IsolationResponse::PowerOff);
+        a.handle(
+            ack(100, 1, vec![want("a", 1, IsolationResponse::PowerOff)]),
+            100,
+        );
+        let fx = a.handle(
+            HostInput::InstanceFailed {
+                workload: "a".into(),
+                generation: g(1),
+                why: "hard error".into(),
+                failover,
+            },
+            200,
+        );
+        assert!(fx
+            .iter()
+            .all(|e| !matches!(e, HostEffect::Event(HostEvent::RestartScheduled { .. }))));
+        let o = &a.report(200).observed[0];
+        assert_eq!(o.state, InstanceState::Failed);
+        assert_eq!((o.restarts, o.no_failover), (0, !failover));
+        assert_eq!(o.detail.as_deref(), Some("hard error"));
+        a.handle(
+            ack(300, 1, vec![want("a", 1, IsolationResponse::PowerOff)]),
+            300,
+        );
+        assert!(starts(&a.handle(HostInput::Tick, 5_000)).is_empty());
+    }
+}
+
 #[test]
 fn a_start_that_cannot_succeed_here_fails_at_once_without_spending_the_budget() {
     let mut a = agent();
