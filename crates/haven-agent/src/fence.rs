@@ -63,12 +63,22 @@ async fn run(dev: &FenceDevice, action: &str, timeout: Duration) -> Result<i32, 
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use std::os::unix::fs::PermissionsExt;
 
+    /// Write an executable script at `path` through a child process (`install`):
+    /// a file this (multi-threaded) process held open for writing could be
+    /// inherited by a child another thread forks at that moment, and running
+    /// the script then fails with ETXTBSY ("Text file busy").
     fn script(dir: &std::path::Path, body: &str) -> FenceDevice {
         let p = dir.join("fence");
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let text = dir.join("fence.text");
+        std::fs::write(&text, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let installed = std::process::Command::new("install")
+            .args(["-m", "0755"])
+            .arg(&text)
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(installed.success());
         FenceDevice {
             agent: p.display().to_string(),
             args: BTreeMap::from([("state".to_string(), dir.join("state").display().to_string())]),

@@ -1090,6 +1090,7 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                 capacity: h.capacity,
                 allocated: s.allocated(&h.name),
                 eligible: shown.state == "online",
+                labels: Default::default(),
             })
             .collect();
         let most_free = haven_core::placement::most_free(&views);

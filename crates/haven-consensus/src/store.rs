@@ -1647,6 +1647,8 @@ mod tests {
             log_max_bytes: haven_core::logs::LOG_MAX_BYTES_DEFAULT,
             user: None,
             group: None,
+            required_labels: Default::default(),
+            preferred_hosts: vec![],
         }
     }
 

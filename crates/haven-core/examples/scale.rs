@@ -50,6 +50,8 @@ fn spec(i: usize, vcpus: u32, memory_mib: u64) -> WorkloadSpec {
         log_max_bytes: haven_core::logs::LOG_MAX_BYTES_DEFAULT,
         user: None,
         group: None,
+        required_labels: Default::default(),
+        preferred_hosts: vec![],
     }
 }
 

@@ -233,6 +233,8 @@ mod tests {
                 log_max_bytes: crate::logs::LOG_MAX_BYTES_DEFAULT,
                 user: None,
                 group: None,
+                required_labels: Default::default(),
+                preferred_hosts: vec![],
             },
             assignment: host.map(|h| Assignment {
                 host: h.into(),

@@ -379,6 +379,7 @@ fn place(
                 .allocated(&h.name)
                 .saturating_sub(&leaving.get(h.name.as_str()).copied().unwrap_or_default()),
             eligible: *eligible,
+            labels: h.labels.clone(),
         })
         .collect();
     let plan = placement::plan(&views, &unplaced);
@@ -448,6 +449,8 @@ mod tests {
             log_max_bytes: crate::logs::LOG_MAX_BYTES_DEFAULT,
             user: None,
             group: None,
+            required_labels: Default::default(),
+            preferred_hosts: vec![],
         }
     }
 

@@ -48,6 +48,8 @@ fn spec(name: &str) -> WorkloadSpec {
         log_max_bytes: crate::logs::LOG_MAX_BYTES_DEFAULT,
         user: None,
         group: None,
+        required_labels: Default::default(),
+        preferred_hosts: vec![],
     }
 }
 

@@ -466,6 +466,14 @@ pub struct WorkloadSpec {
     /// Its primary group (name or gid); default: the user's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Placement: labels a host must carry to run it (`key = "value"`);
+    /// a workload no online host satisfies stays pending, naming them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub required_labels: BTreeMap<String, String>,
+    /// Placement: hosts to run it on, best first, when they can (online,
+    /// room, labels, not avoided); else the usual choice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_hosts: Vec<String>,
 }
 
 fn default_log_max_bytes() -> u64 {

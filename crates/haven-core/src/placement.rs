@@ -2,9 +2,12 @@
 //!
 //! Pure and deterministic: the same hosts and workloads always give the same
 //! decisions. Workloads are taken in priority order (highest first, then by
-//! name); each goes to the eligible host with the most free memory that fits
-//! it, ties broken by free vcpus and then host name. Capacity is allocated as
-//! decisions are made, so a plan never puts a host over capacity.
+//! name); each goes to the first of its `preferred_hosts` that can take it,
+//! else to the eligible host with the most free memory that fits it, ties
+//! broken by free vcpus and then host name; only hosts carrying its
+//! `required_labels` and not avoided for it count. Capacity is allocated as
+//! decisions are made, so a plan never puts a host over capacity. Each
+//! placement's reason names the rule that decided it.
 //!
 //! Why a workload fits nowhere is a stable category (`Unplaceable`): it
 //! names what the workload needs, never the hosts' live free figures, so
@@ -14,7 +17,7 @@
 use crate::model::{Capacity, Generation, WorkloadSpec};
 use crate::state::Placement;
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// A host as the placer sees it.
@@ -25,6 +28,8 @@ pub struct HostView {
     pub allocated: Capacity,
     /// Online and allowed to take new workloads.
     pub eligible: bool,
+    /// What `required_labels` are matched against.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A workload that needs a host, with the generation its placement must
@@ -47,6 +52,8 @@ pub enum Unplaceable {
     /// It failed on every online host (they are avoided until its spec
     /// changes).
     FailedOnEveryOnlineHost { hosts: Vec<String> },
+    /// No online host carries the labels it requires.
+    NoHostWithLabels { labels: BTreeMap<String, String> },
     /// No online host it has not failed on has this much free.
     NoRoom { demand: Capacity },
 }
@@ -57,6 +64,14 @@ impl fmt::Display for Unplaceable {
             Unplaceable::NoOnlineHost => write!(f, "no online host"),
             Unplaceable::FailedOnEveryOnlineHost { hosts } => {
                 write!(f, "failed on every online host ({})", hosts.join(", "))
+            }
+            Unplaceable::NoHostWithLabels { labels } => {
+                let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(
+                    f,
+                    "required_labels: no online host has {}; label a host (haven agent --label KEY=VALUE) or change the workload's required_labels",
+                    wanted.join(", ")
+                )
             }
             Unplaceable::NoRoom { demand } => write!(
                 f,
@@ -104,12 +119,21 @@ fn rank<'a>(hosts: &'a [HostView], i: usize, free: &Capacity) -> Rank<'a> {
     )
 }
 
+/// Does `host` carry every label in `required`?
+fn carries(host: &HostView, required: &BTreeMap<String, String>) -> bool {
+    required.iter().all(|(k, v)| host.labels.get(k) == Some(v))
+}
+
 pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
     let mut free: Vec<Capacity> = hosts
         .iter()
         .map(|h| h.capacity.saturating_sub(&h.allocated))
         .collect();
     let online: Vec<usize> = (0..hosts.len()).filter(|i| hosts[*i].eligible).collect();
+    let by_name: BTreeMap<&str, usize> = online
+        .iter()
+        .map(|i| (hosts[*i].name.as_str(), *i))
+        .collect();
     // Best first, so the host a workload goes to is the first that fits
     // and is not avoided: usually the very first, and the search stops at
     // the first host with less memory free than it needs.
@@ -119,22 +143,50 @@ pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
     let mut out = Plan::default();
     for u in order {
         let demand = u.spec.demand();
-        let best = ranked
+        let allowed = |i: usize| {
+            carries(&hosts[i], &u.spec.required_labels) && !u.avoid.contains(&hosts[i].name)
+        };
+        let preferred = u
+            .spec
+            .preferred_hosts
             .iter()
-            .take_while(|(Reverse(memory_mib), ..)| *memory_mib >= demand.memory_mib)
-            .find(|(_, Reverse(vcpus), name, _)| {
-                *vcpus >= demand.vcpus && !u.avoid.iter().any(|a| a == name)
-            })
-            .copied();
+            .enumerate()
+            .find_map(|(k, name)| {
+                let i = *by_name.get(name.as_str())?;
+                (free[i].fits(&demand) && allowed(i)).then_some((k, i))
+            });
+        let best = preferred.map(|(_, i)| i).or_else(|| {
+            ranked
+                .iter()
+                .take_while(|(Reverse(memory_mib), ..)| *memory_mib >= demand.memory_mib)
+                .find(|(_, Reverse(vcpus), _, Reverse(i))| *vcpus >= demand.vcpus && allowed(*i))
+                .map(|key| (key.3).0)
+        });
         match best {
-            Some(key) => {
-                let i = (key.3).0;
+            Some(i) => {
                 let f = free[i];
-                let reason = format!(
-                    "most free memory ({} MiB free of {} MiB, {} of {} vcpus free)",
-                    f.memory_mib, hosts[i].capacity.memory_mib, f.vcpus, hosts[i].capacity.vcpus
-                );
-                ranked.remove(&key);
+                let reason = match preferred {
+                    Some((k, _)) => format!(
+                        "preferred_hosts: choice {} of {} ({} MiB and {} vcpus free)",
+                        k + 1,
+                        u.spec.preferred_hosts.len(),
+                        f.memory_mib,
+                        f.vcpus
+                    ),
+                    None => format!(
+                        "most free memory ({} MiB free of {} MiB, {} of {} vcpus free){}",
+                        f.memory_mib,
+                        hosts[i].capacity.memory_mib,
+                        f.vcpus,
+                        hosts[i].capacity.vcpus,
+                        if u.spec.preferred_hosts.is_empty() {
+                            ""
+                        } else {
+                            "; none of its preferred_hosts could take it"
+                        }
+                    ),
+                };
+                ranked.remove(&rank(hosts, i, &f));
                 free[i] = f.saturating_sub(&demand);
                 ranked.insert(rank(hosts, i, &free[i]));
                 out.placements.push(Placement {
@@ -145,9 +197,18 @@ pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
                 });
             }
             None => {
+                let labelled: Vec<usize> = online
+                    .iter()
+                    .copied()
+                    .filter(|i| carries(&hosts[*i], &u.spec.required_labels))
+                    .collect();
                 let reason = if online.is_empty() {
                     Unplaceable::NoOnlineHost
-                } else if online.iter().all(|i| u.avoid.contains(&hosts[*i].name)) {
+                } else if labelled.is_empty() {
+                    Unplaceable::NoHostWithLabels {
+                        labels: u.spec.required_labels.clone(),
+                    }
+                } else if labelled.iter().all(|i| u.avoid.contains(&hosts[*i].name)) {
                     Unplaceable::FailedOnEveryOnlineHost {
                         hosts: u.avoid.to_vec(),
                     }
@@ -183,6 +244,8 @@ mod tests {
             log_max_bytes: crate::logs::LOG_MAX_BYTES_DEFAULT,
             user: None,
             group: None,
+            required_labels: Default::default(),
+            preferred_hosts: vec![],
         }
     }
 
@@ -192,6 +255,7 @@ mod tests {
             capacity: Capacity { vcpus, memory_mib },
             allocated: Capacity::default(),
             eligible: true,
+            labels: Default::default(),
         }
     }
 
@@ -210,6 +274,95 @@ mod tests {
         assert_eq!(p.placements.len(), 1);
         assert_eq!(p.placements[0].host, "h2");
         assert!(p.placements[0].reason.starts_with("most free memory"));
+    }
+
+    fn one(hosts: &[HostView], s: &WorkloadSpec, avoid: &[String]) -> Plan {
+        plan(
+            hosts,
+            &[Unplaced {
+                spec: s,
+                generation: Generation(0),
+                avoid,
+            }],
+        )
+    }
+
+    /// Only hosts carrying every required label take the workload, however
+    /// much room others have; with none online it stays pending, the reason
+    /// naming the rule and the labels.
+    #[test]
+    fn required_labels_limit_the_hosts_and_none_online_keeps_it_pending_naming_them() {
+        let mut small = host("h1", 4, 1000);
+        small.labels.insert("zone".into(), "a".into());
+        let mut hosts = vec![small, host("h2", 4, 8000)];
+        let mut s = spec("db", 1, 256, Priority::High);
+        s.required_labels.insert("zone".into(), "a".into());
+        let p = one(&hosts, &s, &[]);
+        assert_eq!(p.placements[0].host, "h1", "{p:?}");
+        hosts[0].eligible = false;
+        let p = one(&hosts, &s, &[]);
+        assert!(p.placements.is_empty());
+        let why = p.pending[0].1.to_string();
+        assert!(
+            why.starts_with("required_labels: no online host has zone=a"),
+            "{why}"
+        );
+        // Labelled but failed there: avoided, as any host.
+        hosts[0].eligible = true;
+        let p = one(&hosts, &s, &["h1".to_string()]);
+        assert!(matches!(
+            p.pending[0].1,
+            Unplaceable::FailedOnEveryOnlineHost { .. }
+        ));
+    }
+
+    /// The first preferred host that can take it wins over the one with
+    /// most room; one that is offline, full, avoided or lacks the labels is
+    /// passed over; with none able, the usual choice, and each reason says
+    /// which rule decided.
+    #[test]
+    fn the_first_preferred_host_that_can_take_it_wins_and_the_reason_names_the_rule() {
+        let mut hosts = vec![
+            host("h1", 4, 1000),
+            host("h2", 4, 2000),
+            host("h3", 4, 8000),
+        ];
+        let mut s = spec("web", 1, 512, Priority::High);
+        s.preferred_hosts = vec!["h9".into(), "h1".into(), "h2".into()];
+        let p = one(&hosts, &s, &[]);
+        assert_eq!(p.placements[0].host, "h1");
+        assert!(
+            p.placements[0]
+                .reason
+                .starts_with("preferred_hosts: choice 2 of 3"),
+            "{p:?}"
+        );
+        hosts[0].allocated.memory_mib = 900; // full for it
+        assert_eq!(one(&hosts, &s, &[]).placements[0].host, "h2");
+        assert_eq!(one(&hosts, &s, &["h2".into()]).placements[0].host, "h3");
+        hosts[1].eligible = false;
+        let p = one(&hosts, &s, &[]);
+        assert_eq!(p.placements[0].host, "h3");
+        assert!(
+            p.placements[0]
+                .reason
+                .contains("none of its preferred_hosts could take it"),
+            "{p:?}"
+        );
+        // Two workloads preferring h2: the second goes elsewhere once h2 is full.
+        hosts[1].eligible = true;
+        let mut t = spec("web2", 1, 1500, Priority::High);
+        t.preferred_hosts = vec!["h2".into()];
+        let mut u = spec("web3", 1, 1500, Priority::High);
+        u.preferred_hosts = vec!["h2".into()];
+        let both = [&t, &u].map(|s| Unplaced {
+            spec: s,
+            generation: Generation(0),
+            avoid: &[],
+        });
+        let p = plan(&hosts, &both);
+        let on: Vec<&str> = p.placements.iter().map(|p| p.host.as_str()).collect();
+        assert_eq!(on, vec!["h2", "h3"]);
     }
 
     #[test]
@@ -312,6 +465,7 @@ mod tests {
                 capacity: Capacity { vcpus: c, memory_mib: m },
                 allocated: Capacity { vcpus: ac.min(c), memory_mib: am.min(m) },
                 eligible: e,
+                labels: Default::default(),
             }).collect();
             let specs = loads.into_iter().enumerate()
                 .map(|(i, (c, m, p))| spec(&format!("w{i:02}"), c, m, p)).collect();
@@ -387,6 +541,7 @@ mod tests {
                 capacity: Capacity { vcpus: c * 2, memory_mib: m * 512 },
                 allocated: Capacity { vcpus: ac, memory_mib: u64::from(ac) * 256 },
                 eligible: e,
+                labels: Default::default(),
             }).collect();
             let loads = loads.into_iter().enumerate().map(|(i, (c, m, p, avoid))| (
                 spec(&format!("w{i:02}"), c, m * 256, p),

@@ -144,6 +144,7 @@ pub fn check_spec(spec: &WorkloadSpec) -> Vec<FieldProblem> {
     if let Some(Err(m)) = spec.group.as_deref().map(principal) {
         out.push("group", m);
     }
+    check_placement_rules(spec, &mut out);
     match &spec.kind {
         WorkloadKind::Process { command, env } => {
             check_command(command, &mut out);
@@ -526,6 +527,54 @@ fn check_env(env: &BTreeMap<String, String>, out: &mut Problems) {
     }
 }
 
+/// Labels (a host's, or those a workload requires): how many, and each
+/// key and value; one problem per bad one.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = vec![];
+    if labels.len() > LABELS_MAX {
+        out.push(format!("{} labels; at most {LABELS_MAX}", labels.len()));
+    }
+    for (k, v) in labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= LABEL_KEY_LEN_MAX
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        if !key_ok || v.len() > LABEL_VALUE_LEN_MAX || v.chars().any(char::is_control) {
+            out.push(format!("{:?}: a key is 1-{LABEL_KEY_LEN_MAX} characters of a-z, A-Z, 0-9, '-', '_', '.', '/'; a value at most {LABEL_VALUE_LEN_MAX} bytes without control characters", shorten(k, 80)));
+        }
+    }
+    out
+}
+
+/// Most hosts a workload may prefer.
+pub const PREFERRED_HOSTS_MAX: usize = 16;
+
+/// `required_labels` as a host's labels are bounded; `preferred_hosts`
+/// host names, at most [`PREFERRED_HOSTS_MAX`], each once.
+fn check_placement_rules(spec: &WorkloadSpec, out: &mut Problems) {
+    for m in check_labels(&spec.required_labels) {
+        out.push("required_labels", m);
+    }
+    let hosts = &spec.preferred_hosts;
+    if hosts.len() > PREFERRED_HOSTS_MAX {
+        out.push(
+            "preferred_hosts",
+            format!("{} hosts; at most {PREFERRED_HOSTS_MAX}", hosts.len()),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for h in hosts {
+        if let Err(m) = check_name(h) {
+            out.push("preferred_hosts", format!("host {:?}: {m}", shorten(h, 80)));
+        } else if !seen.insert(h) {
+            out.push(
+                "preferred_hosts",
+                format!("host {h:?} is named twice; name each host once, best first"),
+            );
+        }
+    }
+}
+
 /// `PROVIDER:TYPE` (an optional leading `ocf:` taken off by the parser):
 /// each part letters, digits, `_`, `-` and `.`, not only dots, so that the
 /// agent's path stays under `resource.d`.
@@ -729,6 +778,8 @@ const COMMON_FIELDS: &[&str] = &[
     "log_max_bytes",
     "user",
     "group",
+    "required_labels",
+    "preferred_hosts",
 ];
 const PROCESS_FIELDS: &[&str] = &["command", "env"];
 const OCF_FIELDS: &[&str] = &[
@@ -1114,6 +1165,12 @@ impl Entry<'_> {
         };
         let user = self.principal("user");
         let group = self.principal("group");
+        let required_labels =
+            self.string_table("required_labels", "required_labels = { zone = \"a\" }");
+        let preferred_hosts = match self.t.get("preferred_hosts") {
+            None => Some(vec![]),
+            Some(v) => self.strings("preferred_hosts", v, "[\"h1\", \"h2\"]"),
+        };
         if self.errors.len() > before {
             return None;
         }
@@ -1140,6 +1197,8 @@ impl Entry<'_> {
             log_max_bytes: log_max_bytes?,
             user,
             group,
+            required_labels: required_labels?,
+            preferred_hosts: preferred_hosts?,
         };
         for p in check_spec(&spec) {
             self.err(p.field, p.problem);
@@ -1388,23 +1447,8 @@ pub fn check_host(h: &HostRecord) -> Vec<FieldProblem> {
             ),
         );
     }
-    if h.labels.len() > LABELS_MAX {
-        out.push(
-            "--label",
-            format!("{} labels; at most {LABELS_MAX}", h.labels.len()),
-        );
-    }
-    for (k, v) in &h.labels {
-        let key_ok = !k.is_empty()
-            && k.len() <= LABEL_KEY_LEN_MAX
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-        if !key_ok || v.len() > LABEL_VALUE_LEN_MAX || v.chars().any(char::is_control) {
-            out.push(
-                "--label",
-                format!("{:?}: a key is 1-{LABEL_KEY_LEN_MAX} characters of a-z, A-Z, 0-9, '-', '_', '.', '/'; a value at most {LABEL_VALUE_LEN_MAX} bytes without control characters", shorten(k, 80)),
-            );
-        }
+    for m in check_labels(&h.labels) {
+        out.push("--label", m);
     }
     if let Some(f) = &h.fence {
         out.path("--fence-agent", "the fence agent", &f.agent);
@@ -1496,6 +1540,33 @@ priority = "high"
     }
 
     #[test]
+    fn placement_rules_parse_and_are_bounded() {
+        let text = GOOD.replace(
+            "vcpus = 1",
+            "vcpus = 1\nrequired_labels = { zone = \"a\" }\npreferred_hosts = [\"h2\", \"h1\"]",
+        );
+        let specs = parse_workloads("w.toml", &text).unwrap();
+        assert_eq!(specs[0].required_labels["zone"], "a");
+        assert_eq!(specs[0].preferred_hosts, vec!["h2", "h1"]);
+        for (bad, field) in [
+            (
+                "required_labels = { \"bad key\" = \"a\" }",
+                "required_labels",
+            ),
+            ("required_labels = { zone = 1 }", "required_labels"),
+            ("preferred_hosts = [\"h1\", \"h1\"]", "preferred_hosts"),
+            ("preferred_hosts = [\"-x\"]", "preferred_hosts"),
+            ("preferred_hosts = \"h1\"", "preferred_hosts"),
+        ] {
+            let e = errs(&GOOD.replace("vcpus = 1", &format!("vcpus = 1\n{bad}")));
+            assert!(
+                e.iter().any(|e| e.contains(&format!("field {field:?}"))),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
     fn an_ocf_workload_parses_with_defaults_and_its_fields_are_bounded() {
         let ocf = "[[workload]]\nname = \"ip\"\nkind = \"ocf\"\nagent = \"ocf:heartbeat:IPaddr2\"\nparams = { ip = \"10.0.0.50\" }\nvcpus = 1\nmemory_mib = 64\n";
         let specs = parse_workloads("w.toml", ocf).unwrap();
@@ -1510,8 +1581,16 @@ priority = "high"
             ("ocf:heartbeat:IPaddr2", "../x:y", "agent"),
             ("ocf:heartbeat:IPaddr2", "IPaddr2", "agent"),
             ("ip = ", "CRM_meta_ip = ", "params"),
-            ("vcpus = 1", "vcpus = 1\nmonitor_interval_ms = 10", "monitor_interval_ms"),
-            ("vcpus = 1", "vcpus = 1\ncommand = [\"/bin/true\"]", "command"),
+            (
+                "vcpus = 1",
+                "vcpus = 1\nmonitor_interval_ms = 10",
+                "monitor_interval_ms",
+            ),
+            (
+                "vcpus = 1",
+                "vcpus = 1\ncommand = [\"/bin/true\"]",
+                "command",
+            ),
         ] {
             let e = errs(&ocf.replace(from, to));
             assert!(
@@ -1521,7 +1600,8 @@ priority = "high"
         }
         let mut huge = specs[0].clone();
         if let WorkloadKind::Ocf(o) = &mut huge.kind {
-            o.params.insert("v".into(), "x".repeat(OCF_PARAM_VALUE_LEN_MAX + 1));
+            o.params
+                .insert("v".into(), "x".repeat(OCF_PARAM_VALUE_LEN_MAX + 1));
         }
         assert!(check_spec(&huge).iter().any(|p| p.field == "params"));
     }

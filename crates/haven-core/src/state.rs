@@ -1475,7 +1475,7 @@ impl ClusterState {
 
     /// A changed spec: restart in place (new generation on the same host,
     /// whose agent stops the old instance before starting the new one) when
-    /// it still fits there; otherwise stop it there first and place it
+    /// it still fits there and the host carries its required labels; otherwise stop it there first and place it
     /// afresh once it is gone.
     fn update_workload(&mut self, spec: &WorkloadSpec, source: &str, at_ms: u64) {
         let old = self
@@ -1487,7 +1487,12 @@ impl ClusterState {
             let free = h
                 .capacity
                 .saturating_sub(&self.allocated(&a.host).saturating_sub(old_demand));
-            free.fits(&spec.demand()).then(|| a.host.clone())
+            // (A host without the labels the spec now requires is left too.)
+            let labelled = spec
+                .required_labels
+                .iter()
+                .all(|(k, v)| h.labels.get(k) == Some(v));
+            (free.fits(&spec.demand()) && labelled).then(|| a.host.clone())
         });
         let next = self.next_generation(&spec.name);
         self.tracker.0.workloads.insert(spec.name.clone());
@@ -1768,6 +1773,8 @@ mod tests {
             log_max_bytes: crate::logs::LOG_MAX_BYTES_DEFAULT,
             user: None,
             group: None,
+            required_labels: Default::default(),
+            preferred_hosts: vec![],
         }
     }
 
@@ -1777,6 +1784,53 @@ mod tests {
             source: "w.toml".into(),
             at_ms: 1,
         })
+    }
+
+    /// A re-spec requiring labels its host lacks is not restarted in place:
+    /// the old instance is stopped there first, and it is placed afresh.
+    /// One whose host carries them restarts in place.
+    #[test]
+    fn a_respec_requiring_labels_its_host_lacks_moves_it_stop_first() {
+        for (labels, in_place) in [(vec![], false), (vec![("zone", "a")], true)] {
+            let mut s = ClusterState::default();
+            s.apply(&Command::RegisterHost {
+                host: HostRecord {
+                    name: "h1".into(),
+                    node_id: 1,
+                    address: "127.0.0.1:1".into(),
+                    role: crate::model::Role::Manager,
+                    capacity: crate::model::Capacity {
+                        vcpus: 8,
+                        memory_mib: 8_000,
+                    },
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    instance_id: "h1".into(),
+                    fence: None,
+                    watchdog_timeout_ms: 0,
+                    restart_grace: None,
+                },
+                at_ms: 1,
+            });
+            apply(&mut s, vec![process("w")]);
+            s.apply(&Command::Place {
+                placements: vec![Placement {
+                    workload: "w".into(),
+                    host: "h1".into(),
+                    expected_generation: s.workloads["w"].generation,
+                    reason: "test".into(),
+                }],
+                at_ms: 2,
+            });
+            let mut zoned = process("w");
+            zoned.required_labels.insert("zone".into(), "a".into());
+            apply(&mut s, vec![zoned]);
+            let w = &s.workloads["w"];
+            assert_eq!(w.assignment.is_some(), in_place, "{labels:?}: {w:?}");
+            assert_eq!(s.stopping.contains_key("w"), !in_place, "{labels:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,14 +44,30 @@ impl FakeRoot {
     /// Install agent `test:<kind>` running `body` under /bin/sh.
     fn agent(&self, kind: &str, body: &str) -> OcfAgent {
         let path = self.path().join("resource.d/test").join(kind);
-        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        install_script(&path, &format!("#!/bin/sh\n{body}\n"));
         OcfAgent::new("test", kind).unwrap()
     }
 
     fn scratch(&self, name: &str) -> PathBuf {
         self.path().join(name)
     }
+}
+
+/// Write an executable script at `path` through a child process (`install`):
+/// a file this (multi-threaded) process held open for writing could be
+/// inherited by a child another thread forks at that moment, and running
+/// the script then fails with ETXTBSY ("Text file busy").
+fn install_script(path: &Path, text: &str) {
+    let staged = path.with_extension("text");
+    fs::write(&staged, text).unwrap();
+    let installed = std::process::Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&staged)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(installed.success(), "install {}", path.display());
+    fs::remove_file(&staged).unwrap();
 }
 
 fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -546,8 +561,7 @@ fn list_agents_returns_the_executable_agents_sorted() {
     .unwrap();
     fs::create_dir_all(root.path().join("resource.d/other")).unwrap();
     let other = root.path().join("resource.d/other/Mid");
-    fs::write(&other, "#!/bin/sh\n").unwrap();
-    fs::set_permissions(&other, fs::Permissions::from_mode(0o755)).unwrap();
+    install_script(&other, "#!/bin/sh\n");
     let names: Vec<String> = list_agents(root.path())
         .unwrap()
         .iter()

@@ -779,6 +779,8 @@ fn spec(name: String, rng: &mut Rng, datastore: bool) -> WorkloadSpec {
         log_max_bytes: haven_core::logs::LOG_MAX_BYTES_DEFAULT,
         user: None,
         group: None,
+        required_labels: Default::default(),
+        preferred_hosts: vec![],
     }
 }
 

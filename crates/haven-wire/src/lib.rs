@@ -497,6 +497,8 @@ impl ToWire for model::WorkloadSpec {
             log_max_bytes: Some(self.log_max_bytes),
             user: self.user.clone(),
             group: self.group.clone(),
+            required_labels: self.required_labels.clone(),
+            preferred_hosts: self.preferred_hosts.clone(),
         }
     }
 }
@@ -602,6 +604,8 @@ pub fn spec_from_wire(w: v1::WorkloadSpec) -> model::WorkloadSpec {
             .unwrap_or(haven_core::logs::LOG_MAX_BYTES_DEFAULT),
         user: w.user,
         group: w.group,
+        required_labels: w.required_labels,
+        preferred_hosts: w.preferred_hosts,
     }
 }
 
@@ -632,6 +636,8 @@ mod tests {
             log_max_bytes: 4096,
             user: Some("www-data".into()),
             group: Some("www-data".into()),
+            required_labels: Default::default(),
+            preferred_hosts: vec![],
         };
         let vm = |network, heartbeat, accel| model::WorkloadSpec {
             name: "vm".into(),

@@ -236,10 +236,18 @@ monitor)
 *) exit 3 ;;
 esac
 "#;
-        let path = provider_dir.join("Flaky");
-        std::fs::write(&path, script).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Written by a child process: a write handle of this process
+        // could be inherited by a child another test thread forks, and
+        // running the agent would then fail with "Text file busy".
+        let staged = dir.join("Flaky.text");
+        std::fs::write(&staged, script).unwrap();
+        let installed = std::process::Command::new("install")
+            .args(["-m", "0755"])
+            .arg(&staged)
+            .arg(provider_dir.join("Flaky"))
+            .status()
+            .unwrap();
+        assert!(installed.success());
         TestAgent {
             provider_dir,
             name: format!("{provider}:Flaky"),

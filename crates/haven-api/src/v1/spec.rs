@@ -39,6 +39,12 @@ pub struct WorkloadSpec {
     /// Its primary group (name or gid); absent: the user's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Labels a host must carry to run it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub required_labels: BTreeMap<String, String>,
+    /// Hosts to run it on when they can, best first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
