@@ -21,6 +21,7 @@ pub mod logs;
 pub mod node;
 pub mod peer;
 pub mod pki;
+pub mod probe;
 pub mod renew;
 pub mod rpc;
 pub mod serve;

@@ -105,7 +105,8 @@ impl HostMachine {
                     HostEffect::Event(e) => log_event(&e),
                     e @ (HostEffect::Start { .. }
                     | HostEffect::Stop { .. }
-                    | HostEffect::ReadDiskLock { .. }) => s.queue.push_back(e),
+                    | HostEffect::ReadDiskLock { .. }
+                    | HostEffect::RunProbe { .. }) => s.queue.push_back(e),
                 }
             }
             let unperformed =
@@ -193,6 +194,8 @@ pub struct Supervisor {
     datastore: Option<Arc<DatastoreIo>>,
     vm_witness_dir: Option<PathBuf>,
     next_watch: AtomicU64,
+    /// The HTTP client of probes' `http` checks.
+    probe_http: reqwest::Client,
     /// What the lease keeper was last told to stop gracefully or hold.
     keeper_policy: Mutex<Option<haven_keeper::Policy>>,
     data_dir: PathBuf,
@@ -278,6 +281,7 @@ impl Supervisor {
             datastore: cfg.datastore,
             vm_witness_dir: cfg.vm_witness_dir,
             next_watch: AtomicU64::new(1),
+            probe_http: crate::probe::http_client(),
             keeper_policy: Mutex::new(None),
             data_dir: cfg.data_dir,
         };
@@ -511,6 +515,27 @@ impl Supervisor {
                 generation,
                 how,
             } => self.spawn_stop(workload, generation, how),
+            HostEffect::RunProbe {
+                workload,
+                generation,
+                probe,
+                check,
+                spec,
+                timeout_ms,
+            } => {
+                let machine = self.machine.clone();
+                let http = self.probe_http.clone();
+                tokio::spawn(async move {
+                    let outcome = crate::probe::run(&spec, timeout_ms, &http).await;
+                    machine.feed(HostInput::ProbeResult {
+                        workload,
+                        generation,
+                        probe,
+                        check,
+                        outcome,
+                    });
+                });
+            }
             HostEffect::RenewKeeper { .. } | HostEffect::SendHeartbeat { .. } => {}
             HostEffect::Event(e) => log_event(&e),
         }

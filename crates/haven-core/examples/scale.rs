@@ -52,6 +52,7 @@ fn spec(i: usize, vcpus: u32, memory_mib: u64) -> WorkloadSpec {
         group: None,
         required_labels: Default::default(),
         preferred_hosts: vec![],
+        probes: vec![],
     }
 }
 

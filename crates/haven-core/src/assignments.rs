@@ -235,6 +235,7 @@ mod tests {
                 group: None,
                 required_labels: Default::default(),
                 preferred_hosts: vec![],
+                probes: vec![],
             },
             assignment: host.map(|h| Assignment {
                 host: h.into(),

@@ -50,6 +50,7 @@ fn spec(name: &str) -> WorkloadSpec {
         group: None,
         required_labels: Default::default(),
         preferred_hosts: vec![],
+        probes: vec![],
     }
 }
 

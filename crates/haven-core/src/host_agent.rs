@@ -20,6 +20,7 @@ use crate::model::{
     ClusterSettings, DesiredVersion, Generation, InstanceState, IsolationResponse, Observed,
     RestartPolicy, Stopped, WorkloadKind,
 };
+use crate::probe::{CheckId, CheckOutcome, ProbeCheck, ProbeSet, ProbeSpec};
 use crate::restart::{RestartDecision, RestartTracker};
 use crate::vm_monitor::VmDecision;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -214,6 +215,8 @@ pub struct DesiredInstance {
     /// A host the cluster has established no longer runs this workload
     /// (`WorkloadRecord::released_by`): its lock file needs no second look.
     pub released_by: Option<String>,
+    /// Its health probes, run while an instance runs.
+    pub probes: Vec<ProbeSpec>,
 }
 
 impl From<&Desired> for DesiredInstance {
@@ -225,6 +228,7 @@ impl From<&Desired> for DesiredInstance {
             restart: d.spec.restart,
             vm: matches!(d.spec.kind, WorkloadKind::Vm(_)),
             released_by: d.released_by.clone(),
+            probes: d.spec.probes.clone(),
         }
     }
 }
@@ -305,6 +309,15 @@ pub enum HostInput {
         generation: Generation,
         why: String,
         failover: bool,
+    },
+    /// A check a `RunProbe` asked for ended (or the runtime gave up on it
+    /// at its timeout).
+    ProbeResult {
+        workload: String,
+        generation: Generation,
+        probe: usize,
+        check: CheckId,
+        outcome: CheckOutcome,
     },
     /// A stop this machine asked for is done: the instance is gone.
     InstanceStopped {
@@ -482,6 +495,16 @@ pub enum HostEffect {
         workload: String,
         generation: Generation,
     },
+    /// Run one check of a probe of a running instance, bounded by
+    /// `timeout_ms`; answer with `ProbeResult`.
+    RunProbe {
+        workload: String,
+        generation: Generation,
+        probe: usize,
+        check: CheckId,
+        spec: ProbeCheck,
+        timeout_ms: u64,
+    },
     Stop {
         workload: String,
         generation: Generation,
@@ -586,6 +609,18 @@ struct Instance {
     /// petted for it until this time (the lease's expiry + the shutdown
     /// timeout, which the coordinator waits out too).
     shutdown_until_ms: Option<u64>,
+    /// Its probes, while it runs.
+    probes: Option<ProbeSet>,
+    /// Stopped because its liveness probe failed: what follows the stop
+    /// (it stays, as an exit's restart does).
+    after_stop: Option<AfterStop>,
+}
+
+/// What follows the stop of an instance whose liveness probe failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterStop {
+    RestartAt { at_ms: u64 },
+    Fail,
 }
 
 impl Instance {
@@ -610,6 +645,8 @@ impl Instance {
             lock_wait: false,
             lock_probe: None,
             shutdown_until_ms: None,
+            probes: None,
+            after_stop: None,
         }
     }
 
@@ -762,6 +799,7 @@ impl HostAgent {
                 | HostInput::HeartbeatSent { .. }
                 | HostInput::Ack(_)
                 | HostInput::Performed { .. }
+                | HostInput::ProbeResult { .. }
         ) {
             self.dirty = true;
         }
@@ -776,11 +814,13 @@ impl HostAgent {
                 workload,
                 generation,
             } => {
+                let probes = self.desired_probes(&workload, generation);
                 if let Some(i) = self.instance_mut(&workload, generation) {
                     if i.phase == Phase::Starting {
                         i.phase = Phase::Running;
                         i.lock_wait = false;
                         i.detail = i.last_exit.as_ref().map(|how| format!("last exit: {how}"));
+                        i.probes = (!probes.is_empty()).then(|| ProbeSet::new(&probes, now_ms));
                     }
                 }
             }
@@ -845,13 +885,40 @@ impl HostAgent {
                     i.detail = Some(why);
                 }
             }
+            HostInput::ProbeResult {
+                workload,
+                generation,
+                probe,
+                check,
+                outcome,
+            } => {
+                if let Some(set) = self
+                    .instance_mut(&workload, generation)
+                    .filter(|i| i.phase == Phase::Running)
+                    .and_then(|i| i.probes.as_mut())
+                {
+                    set.on_result(now_ms, probe, check, outcome);
+                }
+            }
             HostInput::InstanceStopped {
                 workload,
                 generation,
                 how,
             } => {
-                if self.instance_mut(&workload, generation).is_some() {
-                    self.instances.remove(&workload);
+                if let Some(i) = self.instance_mut(&workload, generation) {
+                    match i.after_stop.take() {
+                        // Stopped for its failed liveness probe: restarted
+                        // after its backoff, or failed, as after an exit.
+                        Some(AfterStop::RestartAt { at_ms }) => {
+                            i.phase = Phase::Restarting {
+                                at_ms: at_ms.max(now_ms),
+                            };
+                        }
+                        Some(AfterStop::Fail) => i.phase = Phase::Failed,
+                        None => {
+                            self.instances.remove(&workload);
+                        }
+                    }
                 }
                 self.stopped.push_back(Stopped {
                     workload,
@@ -868,6 +935,9 @@ impl HostAgent {
                     self.datastore_ok_at_ms = Some(at);
                 }
             }
+        }
+        if self.lease.is_held(now_ms) {
+            self.run_probes(now_ms, &mut out);
         }
         let kind = self.authority_kind(now_ms);
         let restart_due = self
@@ -912,6 +982,9 @@ impl HostAgent {
         for i in self.instances.values() {
             if let Phase::Restarting { at_ms } = i.phase {
                 at(at_ms);
+            }
+            if let Some(due) = i.probes.as_ref().and_then(ProbeSet::next_due_ms) {
+                at(due);
             }
         }
         Some(t)
@@ -1427,6 +1500,98 @@ impl HostAgent {
                 self.applied_revision = self.acted_revision;
             }
         }
+    }
+
+    /// The probes the desired instance `workload`@`generation` has.
+    fn desired_probes(&self, workload: &str, generation: Generation) -> Vec<ProbeSpec> {
+        self.desired
+            .iter()
+            .flatten()
+            .find(|d| d.workload == workload && d.generation == generation)
+            .map(|d| d.probes.clone())
+            .unwrap_or_default()
+    }
+
+    /// Each running instance's probes: the checks due now, and the
+    /// recovery of one whose liveness failed. Only under a held lease (a
+    /// host that lost it stops everything anyway).
+    fn run_probes(&mut self, now_ms: u64, out: &mut Vec<HostEffect>) {
+        let mut failed = vec![];
+        for (w, i) in &mut self.instances {
+            let Some(set) = i.probes.as_mut().filter(|_| i.phase == Phase::Running) else {
+                continue;
+            };
+            set.on_tick(now_ms);
+            if let Some(reason) = set.liveness_failed() {
+                failed.push((w.clone(), reason));
+                continue;
+            }
+            for (probe, check) in set.start_due_checks(now_ms) {
+                let spec = &set.monitors()[probe].spec();
+                out.push(HostEffect::RunProbe {
+                    workload: w.clone(),
+                    generation: i.generation,
+                    probe,
+                    check,
+                    spec: spec.check.clone(),
+                    timeout_ms: spec.timeout_ms,
+                });
+            }
+        }
+        for (w, reason) in failed {
+            self.liveness_failed(&w, reason, now_ms, out);
+        }
+    }
+
+    /// A running instance's liveness probe failed: counted as an exit
+    /// against its restart budget; stopped, then restarted after the
+    /// backoff, or `failed` (and moved by the coordinator) once the budget
+    /// is spent.
+    fn liveness_failed(&mut self, w: &str, reason: String, now_ms: u64, out: &mut Vec<HostEffect>) {
+        let grace_ms = self.stop_grace_ms;
+        let Some(i) = self.instances.get_mut(w) else {
+            return;
+        };
+        let how = StopHow::Graceful { grace_ms };
+        let (after, event) = match i.tracker.on_exit(now_ms) {
+            RestartDecision::RestartAfter {
+                delay_ms,
+                restarts_in_window,
+            } => (
+                AfterStop::RestartAt {
+                    at_ms: now_ms + delay_ms,
+                },
+                HostEvent::RestartScheduled {
+                    workload: w.to_owned(),
+                    generation: i.generation,
+                    delay_ms,
+                    restarts_in_window,
+                },
+            ),
+            RestartDecision::GiveUp { restarts_in_window } => (
+                AfterStop::Fail,
+                HostEvent::GaveUp {
+                    workload: w.to_owned(),
+                    generation: i.generation,
+                    restarts_in_window,
+                },
+            ),
+        };
+        let verdict = match after {
+            AfterStop::RestartAt { .. } => "restarting it",
+            AfterStop::Fail => "gave up after the restarts the restart window allows",
+        };
+        i.detail = Some(format!("{reason}; {verdict}"));
+        i.last_exit = Some(reason);
+        i.after_stop = Some(after);
+        i.probes = None;
+        i.phase = Phase::Stopping;
+        out.push(HostEffect::Event(event));
+        out.push(HostEffect::Stop {
+            workload: w.to_owned(),
+            generation: i.generation,
+            how,
+        });
     }
 
     fn start(&mut self, workload: String, generation: Generation, out: &mut Vec<HostEffect>) {

@@ -474,6 +474,11 @@ pub struct WorkloadSpec {
     /// room, labels, not avoided); else the usual choice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preferred_hosts: Vec<String>,
+    /// Health probes of its instances (`probe.rs`): a liveness failure
+    /// restarts it as an exit does (in place within `restart`, then it is
+    /// `failed` and moved); readiness is reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<crate::probe::ProbeSpec>,
 }
 
 fn default_log_max_bytes() -> u64 {

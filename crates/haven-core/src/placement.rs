@@ -246,6 +246,7 @@ mod tests {
             group: None,
             required_labels: Default::default(),
             preferred_hosts: vec![],
+            probes: vec![],
         }
     }
 

@@ -145,6 +145,11 @@ pub fn check_spec(spec: &WorkloadSpec) -> Vec<FieldProblem> {
         out.push("group", m);
     }
     check_placement_rules(spec, &mut out);
+    check_workload_probes(
+        &spec.probes,
+        matches!(spec.kind, WorkloadKind::Vm(_)),
+        &mut out,
+    );
     match &spec.kind {
         WorkloadKind::Process { command, env } => {
             check_command(command, &mut out);
@@ -546,6 +551,30 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Vec<String> {
     out
 }
 
+/// A workload's probes: `probe::check_probes`, and what the agent runs
+/// today (checks from the host: `tcp`, `http`, `exec`; not yet in a
+/// guest, nor the application's own heartbeat).
+fn check_workload_probes(probes: &[crate::probe::ProbeSpec], vm: bool, out: &mut Problems) {
+    use crate::probe::ProbeCheck;
+    for p in crate::probe::check_probes(probes, vm) {
+        out.push("probes", p.to_string());
+    }
+    for (i, p) in probes.iter().enumerate() {
+        if vm && matches!(p.check, ProbeCheck::Exec { in_guest: true, .. }) {
+            out.push(
+                "probes",
+                format!("probes[{i}].in_guest: a probe inside the guest is not supported yet; run the command on the host (in_guest = false) or use a tcp or http probe"),
+            );
+        }
+        if p.check == ProbeCheck::Heartbeat {
+            out.push(
+                "probes",
+                format!("probes[{i}]: kind \"heartbeat\" (the application reporting itself) is not supported yet; use tcp, http or exec"),
+            );
+        }
+    }
+}
+
 /// Most hosts a workload may prefer.
 pub const PREFERRED_HOSTS_MAX: usize = 16;
 
@@ -780,6 +809,7 @@ const COMMON_FIELDS: &[&str] = &[
     "group",
     "required_labels",
     "preferred_hosts",
+    "probes",
 ];
 const PROCESS_FIELDS: &[&str] = &["command", "env"];
 const OCF_FIELDS: &[&str] = &[
@@ -963,6 +993,37 @@ impl Entry<'_> {
                 None
             }
         }
+    }
+
+    /// `probes`: an array of tables, each a probe (`probe::ProbeSpec`);
+    /// their bounds are `check_spec`'s.
+    fn probes(&mut self) -> Option<Vec<crate::probe::ProbeSpec>> {
+        let list = match self.t.get("probes") {
+            None => return Some(vec![]),
+            Some(toml::Value::Array(a)) => a,
+            Some(v) => {
+                self.err(
+                    "probes",
+                    format!("must be an array of tables, e.g. probes = [{{ role = \"liveness\", kind = \"http\", port = 8080, path = \"/health\" }}]; got {v}"),
+                );
+                return None;
+            }
+        };
+        let mut out = vec![];
+        let mut ok = true;
+        for (i, v) in list.iter().enumerate() {
+            match v.clone().try_into::<crate::probe::ProbeSpec>() {
+                Ok(p) => out.push(p),
+                Err(e) => {
+                    self.err(
+                        &format!("probes[{i}]"),
+                        format!("{e} (a probe has role = \"liveness\" | \"readiness\" | \"startup\" and kind = \"tcp\" | \"http\" | \"exec\", with its fields)"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     /// The fields of `kind = "ocf"`.
@@ -1167,6 +1228,7 @@ impl Entry<'_> {
         let group = self.principal("group");
         let required_labels =
             self.string_table("required_labels", "required_labels = { zone = \"a\" }");
+        let probes = self.probes();
         let preferred_hosts = match self.t.get("preferred_hosts") {
             None => Some(vec![]),
             Some(v) => self.strings("preferred_hosts", v, "[\"h1\", \"h2\"]"),
@@ -1199,6 +1261,7 @@ impl Entry<'_> {
             group,
             required_labels: required_labels?,
             preferred_hosts: preferred_hosts?,
+            probes: probes?,
         };
         for p in check_spec(&spec) {
             self.err(p.field, p.problem);
@@ -1537,6 +1600,28 @@ priority = "high"
         assert_eq!(specs[0].name, "web");
         assert_eq!(specs[0].priority, Priority::High);
         assert_eq!(specs[0].restart, RestartPolicy::default());
+    }
+
+    #[test]
+    fn probes_parse_with_defaults_and_bad_ones_name_the_probe_and_field() {
+        let text = GOOD.replace(
+            "vcpus = 1",
+            "vcpus = 1\nprobes = [{ role = \"liveness\", kind = \"http\", port = 8080, path = \"/health\" }]",
+        );
+        let specs = parse_workloads("w.toml", &text).unwrap();
+        let p = &specs[0].probes[0];
+        assert_eq!(p.role, crate::probe::ProbeRole::Liveness);
+        assert_eq!((p.interval_ms, p.failure_threshold), (1_000, 3));
+        for (bad, needle) in [
+            ("{ role = \"liveness\", kind = \"smoke\" }", "probes[0]"),
+            ("{ role = \"liveness\", kind = \"tcp\", port = 0 }", "probes[0].port"),
+            ("{ role = \"liveness\", kind = \"tcp\", port = 80, interval_ms = 50 }", "probes[0].interval_ms"),
+            ("{ role = \"liveness\", kind = \"heartbeat\" }", "not supported yet"),
+            ("{ role = \"liveness\", kind = \"exec\", command = [\"/bin/true\"], in_guest = true }", "probes[0].in_guest"),
+        ] {
+            let e = errs(&GOOD.replace("vcpus = 1", &format!("vcpus = 1\nprobes = [{bad}]")));
+            assert!(e.iter().any(|e| e.contains(needle)), "{bad}: {e:?}");
+        }
     }
 
     #[test]

@@ -1775,6 +1775,7 @@ mod tests {
             group: None,
             required_labels: Default::default(),
             preferred_hosts: vec![],
+            probes: vec![],
         }
     }
 

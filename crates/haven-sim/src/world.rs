@@ -781,6 +781,16 @@ fn spec(name: String, rng: &mut Rng, datastore: bool) -> WorkloadSpec {
         group: None,
         required_labels: Default::default(),
         preferred_hosts: vec![],
+        // Every simulated workload has a liveness probe: its checks pass
+        // while the instance is there (`HostEffect::RunProbe`), and run
+        // through every fault.
+        probes: vec![haven_core::probe::ProbeSpec::new(
+            haven_core::probe::ProbeRole::Liveness,
+            haven_core::probe::ProbeCheck::Tcp {
+                port: 8080,
+                host: None,
+            },
+        )],
     }
 }
 
@@ -1564,6 +1574,34 @@ impl World {
                         read: Ok(record),
                     };
                     self.run_agent(h, read);
+                }
+                HostEffect::RunProbe {
+                    workload,
+                    generation,
+                    probe,
+                    check,
+                    ..
+                } => {
+                    // A simulated workload answers while its instance is
+                    // there (no workload of this world has probes yet).
+                    let there = self.hosts[h]
+                        .instances
+                        .contains_key(&(workload.clone(), generation));
+                    let outcome = if there {
+                        haven_core::probe::CheckOutcome::Pass
+                    } else {
+                        haven_core::probe::CheckOutcome::Fail {
+                            reason: "no instance".into(),
+                        }
+                    };
+                    let result = HostInput::ProbeResult {
+                        workload,
+                        generation,
+                        probe,
+                        check,
+                        outcome,
+                    };
+                    self.run_agent(h, result);
                 }
                 HostEffect::RenewKeeper { deadline_ms } => {
                     self.hosts[h].lease_file = Some(deadline_ms);

@@ -499,6 +499,7 @@ impl ToWire for model::WorkloadSpec {
             group: self.group.clone(),
             required_labels: self.required_labels.clone(),
             preferred_hosts: self.preferred_hosts.clone(),
+            probes: self.probes.iter().map(probe_to_wire).collect(),
         }
     }
 }
@@ -525,6 +526,74 @@ impl ToWire for model::IsolationResponse {
             model::IsolationResponse::Shutdown => v1::IsolationResponse::Shutdown,
             model::IsolationResponse::LeaveRunning => v1::IsolationResponse::LeaveRunning,
         }
+    }
+}
+
+fn probe_to_wire(p: &haven_core::probe::ProbeSpec) -> v1::ProbeSpec {
+    use haven_core::probe::{ProbeCheck as C, ProbeRole as R};
+    v1::ProbeSpec {
+        role: match p.role {
+            R::Liveness => v1::ProbeRole::Liveness,
+            R::Readiness => v1::ProbeRole::Readiness,
+            R::Startup => v1::ProbeRole::Startup,
+        },
+        check: match p.check.clone() {
+            C::Tcp { port, host } => v1::ProbeCheck::Tcp { port, host },
+            C::Http {
+                port,
+                path,
+                expect_status,
+                body_contains,
+                https,
+            } => v1::ProbeCheck::Http {
+                port,
+                path,
+                expect_status,
+                body_contains,
+                https,
+            },
+            C::Exec { command, in_guest } => v1::ProbeCheck::Exec { command, in_guest },
+            C::Heartbeat => v1::ProbeCheck::Heartbeat,
+        },
+        interval_ms: p.interval_ms,
+        timeout_ms: p.timeout_ms,
+        initial_delay_ms: p.initial_delay_ms,
+        failure_threshold: p.failure_threshold,
+        success_threshold: p.success_threshold,
+    }
+}
+
+fn probe_from_wire(p: v1::ProbeSpec) -> haven_core::probe::ProbeSpec {
+    use haven_core::probe::{ProbeCheck as C, ProbeRole as R};
+    haven_core::probe::ProbeSpec {
+        role: match p.role {
+            v1::ProbeRole::Liveness => R::Liveness,
+            v1::ProbeRole::Readiness => R::Readiness,
+            v1::ProbeRole::Startup => R::Startup,
+        },
+        check: match p.check {
+            v1::ProbeCheck::Tcp { port, host } => C::Tcp { port, host },
+            v1::ProbeCheck::Http {
+                port,
+                path,
+                expect_status,
+                body_contains,
+                https,
+            } => C::Http {
+                port,
+                path,
+                expect_status,
+                body_contains,
+                https,
+            },
+            v1::ProbeCheck::Exec { command, in_guest } => C::Exec { command, in_guest },
+            v1::ProbeCheck::Heartbeat => C::Heartbeat,
+        },
+        interval_ms: p.interval_ms,
+        timeout_ms: p.timeout_ms,
+        initial_delay_ms: p.initial_delay_ms,
+        failure_threshold: p.failure_threshold,
+        success_threshold: p.success_threshold,
     }
 }
 
@@ -606,6 +675,7 @@ pub fn spec_from_wire(w: v1::WorkloadSpec) -> model::WorkloadSpec {
         group: w.group,
         required_labels: w.required_labels,
         preferred_hosts: w.preferred_hosts,
+        probes: w.probes.into_iter().map(probe_from_wire).collect(),
     }
 }
 
@@ -638,6 +708,7 @@ mod tests {
             group: Some("www-data".into()),
             required_labels: Default::default(),
             preferred_hosts: vec![],
+            probes: vec![],
         };
         let vm = |network, heartbeat, accel| model::WorkloadSpec {
             name: "vm".into(),

@@ -12,8 +12,9 @@ pub use event::{
 };
 
 pub use spec::{
-    Accel, ApplyRequest, GuestHeartbeat, IsolationResponse, OcfSpec, Priority, RestartPolicy,
-    VmMonitoring, VmNetwork, VmSpec, WorkloadKind, WorkloadSpec,
+    Accel, ApplyRequest, GuestHeartbeat, IsolationResponse, OcfSpec, Priority, ProbeCheck,
+    ProbeRole, ProbeSpec, RestartPolicy, VmMonitoring, VmNetwork, VmSpec, WorkloadKind,
+    WorkloadSpec,
 };
 
 use serde::{Deserialize, Serialize};

@@ -45,6 +45,58 @@ pub struct WorkloadSpec {
     /// Hosts to run it on when they can, best first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preferred_hosts: Vec<String>,
+    /// Health probes of its instances.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeSpec>,
+}
+
+/// What a probe's verdict acts on: `liveness` (recover), `readiness`
+/// (ready), `startup` (holds the others back until it first passes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeRole {
+    Liveness,
+    Readiness,
+    Startup,
+}
+
+/// How one check is made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProbeCheck {
+    Tcp {
+        port: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+    },
+    Http {
+        port: u32,
+        path: String,
+        expect_status: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body_contains: Option<String>,
+        #[serde(default)]
+        https: bool,
+    },
+    Exec {
+        command: Vec<String>,
+        #[serde(default)]
+        in_guest: bool,
+    },
+    Heartbeat,
+}
+
+/// One probe; timings in ms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    pub role: ProbeRole,
+    #[serde(flatten)]
+    pub check: ProbeCheck,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub initial_delay_ms: u64,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

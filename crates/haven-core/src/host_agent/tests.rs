@@ -185,6 +185,7 @@ fn want(workload: &str, generation: u64, isolation: IsolationResponse) -> Desire
         },
         vm: false,
         released_by: None,
+        probes: vec![],
     }
 }
 
@@ -1156,4 +1157,90 @@ fn the_instance_list_is_left_out_only_while_the_coordinator_holds_it() {
         .next(vec![instance(InstanceState::Running)])
         .list
         .is_some());
+}
+
+/// A liveness probe that keeps failing on a running instance: the
+/// instance is stopped (not left running), restarted in place after the
+/// backoff, counted against the same budget as exits, and `failed` once
+/// that is spent (the coordinator then moves it). A probe that passes
+/// changes nothing.
+#[test]
+fn a_failing_liveness_probe_restarts_the_instance_in_place_then_fails_it() {
+    use crate::probe::{CheckOutcome, ProbeCheck, ProbeRole, ProbeSpec};
+    let mut probe = ProbeSpec::new(
+        ProbeRole::Liveness,
+        ProbeCheck::Tcp {
+            port: 80,
+            host: None,
+        },
+    );
+    probe.interval_ms = 100;
+    probe.timeout_ms = 100;
+    probe.failure_threshold = 2;
+    let desired = || {
+        let mut w = want("a", 1, IsolationResponse::PowerOff);
+        w.probes = vec![probe.clone()];
+        vec![w]
+    };
+    let mut a = agent();
+    a.handle(ack(0, 1, desired()), 0);
+    started(&mut a, "a", 1, 10);
+    let (mut stops_seen, mut healthy_until_ms) = (0, 1_000);
+    for t in (20..6_000).step_by(10) {
+        if t % 300 == 0 {
+            a.handle(ack(t, 1, desired()), t);
+        }
+        let fx = a.handle(HostInput::Tick, t);
+        for e in &fx {
+            match e {
+                HostEffect::RunProbe {
+                    workload,
+                    generation,
+                    probe,
+                    check,
+                    ..
+                } => {
+                    let outcome = if t < healthy_until_ms {
+                        CheckOutcome::Pass
+                    } else {
+                        CheckOutcome::Fail {
+                            reason: "refused".into(),
+                        }
+                    };
+                    let result = HostInput::ProbeResult {
+                        workload: workload.clone(),
+                        generation: *generation,
+                        probe: *probe,
+                        check: *check,
+                        outcome,
+                    };
+                    a.handle(result, t + 1);
+                }
+                HostEffect::Start { .. } => {
+                    started(&mut a, "a", 1, t + 2);
+                    // Healthy for a while after each start.
+                    healthy_until_ms = t + 500;
+                }
+                _ => {}
+            }
+        }
+        // A stop asked for (by the result's handling or the tick).
+        let stopping = a.report(t).observed[0].state == InstanceState::Stopping;
+        if stopping {
+            assert!(t >= 1_000, "a passing probe stopped it at {t}");
+            stops_seen += 1;
+            stopped_by_sigterm(&mut a, "a", 1, t + 3);
+        }
+    }
+    let o = &a.report(6_000).observed[0];
+    assert_eq!(o.state, InstanceState::Failed, "{o:?}");
+    assert_eq!(
+        o.restarts, 2,
+        "two restarts in place (the budget), then failed"
+    );
+    assert_eq!(stops_seen, 3, "stopped each time its liveness failed");
+    assert!(
+        o.detail.as_deref().unwrap_or("").contains("liveness probe"),
+        "{o:?}"
+    );
 }

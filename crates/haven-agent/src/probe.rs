@@ -1,0 +1,124 @@
+//! Running one check of a workload's probe (`HostEffect::RunProbe`): a
+//! TCP connect, an HTTP GET, or a command on this host, bounded by the
+//! probe's timeout. What the outcome means is the core's (`probe.rs`).
+
+use haven_core::probe::{CheckOutcome, ProbeCheck};
+use std::time::Duration;
+
+/// The most of an HTTP answer's body read for `body_contains`.
+const BODY_READ_MAX_BYTES: usize = 64 * 1024;
+
+/// Run `check` against an instance on this host, within `timeout_ms`.
+pub async fn run(check: &ProbeCheck, timeout_ms: u64, http: &reqwest::Client) -> CheckOutcome {
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    match tokio::time::timeout(timeout, check_once(check, timeout, http)).await {
+        Ok(outcome) => outcome,
+        Err(_) => CheckOutcome::TimedOut,
+    }
+}
+
+async fn check_once(check: &ProbeCheck, timeout: Duration, http: &reqwest::Client) -> CheckOutcome {
+    match check {
+        ProbeCheck::Tcp { port, host } => {
+            let host = host.as_deref().unwrap_or("127.0.0.1");
+            match tokio::net::TcpStream::connect((host, *port as u16)).await {
+                Ok(_) => CheckOutcome::Pass,
+                Err(e) => fail(format!("connect to {host}:{port}: {e}")),
+            }
+        }
+        ProbeCheck::Http {
+            port,
+            path,
+            expect_status,
+            body_contains,
+            https,
+        } => {
+            let scheme = if *https { "https" } else { "http" };
+            let url = format!("{scheme}://127.0.0.1:{port}{path}");
+            http_check(
+                http,
+                &url,
+                timeout,
+                *expect_status,
+                body_contains.as_deref(),
+            )
+            .await
+        }
+        ProbeCheck::Exec { command, .. } => exec_check(command).await,
+        // Refused when applied (`spec::check_workload_probes`).
+        ProbeCheck::Heartbeat => fail("heartbeat probes are not supported yet".into()),
+    }
+}
+
+async fn http_check(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    expect_status: u32,
+    body_contains: Option<&str>,
+) -> CheckOutcome {
+    let resp = match http.get(url).timeout(timeout).send().await {
+        Ok(r) => r,
+        Err(e) => return fail(format!("GET {url}: {e}")),
+    };
+    let status = u32::from(resp.status().as_u16());
+    if status != expect_status {
+        return fail(format!(
+            "GET {url}: status {status}, expected {expect_status}"
+        ));
+    }
+    let Some(wanted) = body_contains else {
+        return CheckOutcome::Pass;
+    };
+    let mut body = Vec::new();
+    let mut resp = resp;
+    while body.len() < BODY_READ_MAX_BYTES {
+        match resp.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c),
+            Ok(None) => break,
+            Err(e) => return fail(format!("GET {url}: reading the body: {e}")),
+        }
+    }
+    if String::from_utf8_lossy(&body).contains(wanted) {
+        CheckOutcome::Pass
+    } else {
+        fail(format!("GET {url}: the body does not contain {wanted:?}"))
+    }
+}
+
+/// A command that exits 0; killed (with its process group) if the check
+/// times out, as the future is dropped.
+async fn exec_check(command: &[String]) -> CheckOutcome {
+    let Some((program, args)) = command.split_first() else {
+        return fail("no command".into());
+    };
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .status();
+    match child.await {
+        Ok(s) if s.success() => CheckOutcome::Pass,
+        Ok(s) => fail(format!("{program} {s}")),
+        Err(e) => fail(format!("{program}: {e}")),
+    }
+}
+
+fn fail(reason: String) -> CheckOutcome {
+    CheckOutcome::Fail { reason }
+}
+
+/// The client HTTP checks use: no proxy, no redirects followed (an
+/// answer is judged as it comes), any certificate accepted for `https`
+/// (the check asks whether the service answers, not who it is).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap_or_default()
+}
