@@ -197,18 +197,20 @@ pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
                 });
             }
             None => {
-                let labelled: Vec<usize> = online
-                    .iter()
-                    .copied()
-                    .filter(|i| carries(&hosts[*i], &u.spec.required_labels))
-                    .collect();
+                // (Short-circuiting: this runs for every pending workload
+                // at every tick.)
+                let labelled = |i: &&usize| carries(&hosts[**i], &u.spec.required_labels);
                 let reason = if online.is_empty() {
                     Unplaceable::NoOnlineHost
-                } else if labelled.is_empty() {
+                } else if !online.iter().any(|i| labelled(&i)) {
                     Unplaceable::NoHostWithLabels {
                         labels: u.spec.required_labels.clone(),
                     }
-                } else if labelled.iter().all(|i| u.avoid.contains(&hosts[*i].name)) {
+                } else if online
+                    .iter()
+                    .filter(labelled)
+                    .all(|i| u.avoid.contains(&hosts[*i].name))
+                {
                     Unplaceable::FailedOnEveryOnlineHost {
                         hosts: u.avoid.to_vec(),
                     }
