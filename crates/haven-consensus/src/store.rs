@@ -1403,11 +1403,12 @@ mod tests {
         };
         // The reader is spinning on the lock before the batches start. One
         // the machine does not schedule during a batch cannot be let in (a
-        // loaded test machine): up to ten batches, until one let it in.
-        // With the lock held for whole batches, none would.
+        // loaded test machine; a CI run saw ten batches in a row pass it
+        // by): up to sixty batches, until one let it in. With the lock held
+        // for whole batches, none would.
         tokio::time::sleep(Duration::from_millis(20)).await;
         let mut batches = vec![];
-        for round in 0..10 {
+        for round in 0..60 {
             let first = 3 + round * ENTRIES;
             sm.apply(batch(first)).await.unwrap();
             batches.push((first, first + ENTRIES - 1));
