@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub use haven_api::v1::{
-    ApplyResponse, CaResponse, CertCreateRequest, CertCreateResponse, DeleteRequest,
-    DeleteResponse, ErrorBody, Event, EventKind, EventsResponse, HostStatus, RotateRequest,
-    RotateResponse, SettingView, SettingsRequest, SettingsResponse, StatusResponse, StoppingView,
-    TokenCreateRequest, TokenCreateResponse, TokenListResponse, TokenRevokeRequest,
-    TokenRevokeResponse, TokenView, WorkloadStatus,
+    ApplyResponse, CaResponse, CertCreateRequest, CertCreateResponse, CleanupRequest,
+    CleanupResponse, DeleteRequest, DeleteResponse, ErrorBody, Event, EventKind, EventsResponse,
+    HostStatus, RotateRequest, RotateResponse, SettingView, SettingsRequest, SettingsResponse,
+    StatusResponse, StoppingView, TokenCreateRequest, TokenCreateResponse, TokenListResponse,
+    TokenRevokeRequest, TokenRevokeResponse, TokenView, WorkloadStatus,
 };
 
 /// Header set on a request one agent forwards to the leader on behalf of a

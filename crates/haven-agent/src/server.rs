@@ -136,6 +136,10 @@ pub(crate) fn routes() -> (Router<Arc<Node>>, Vec<&'static str>) {
         "/v1/delete",
         post(delete).layer(limit(REQUEST_BODY_BYTES_MAX)),
     )
+    .route(
+        "/v1/cleanup",
+        post(cleanup).layer(limit(REQUEST_BODY_BYTES_MAX)),
+    )
     .route("/v1/events", get(events))
     .route("/v1/logs/{name}", get(crate::logs::logs))
     .route(
@@ -1055,6 +1059,7 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
     let voters: Vec<u64> = c.voters().into_iter().map(|(id, _)| id).collect();
     let office = node.office.lock().unwrap();
     let office = office.as_ref().filter(|o| o.term() == term);
+    let now_ms = node.clock.wall_ms();
     let resp = c.read(|s| {
         let hosts = s
             .hosts
@@ -1110,8 +1115,23 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                     (Some(_), Some(o)) => o.state.to_string(),
                     (Some(_), None) => "assigned".to_string(),
                 };
+                let state = if w.gave_up.is_some() && state == "pending" {
+                    "failed".to_string()
+                } else {
+                    state
+                };
                 let pending = state == "pending";
+                let timeout_ms = w.spec.escalation.failure_timeout_s.saturating_mul(1_000);
                 WorkloadStatus {
+                    ready: observed.map(|o| o.is_ready()),
+                    avoided_hosts: w
+                        .avoided_hosts(now_ms)
+                        .map(|f| haven_api::v1::AvoidedHost {
+                            host: f.host.clone(),
+                            until_ms: f.at_ms.saturating_add(timeout_ms),
+                        })
+                        .collect(),
+                    after: w.spec.after.clone(),
                     name: w.spec.name.clone(),
                     kind: w.spec.kind.name().to_string(),
                     host: w.assignment.as_ref().map(|a| a.host.clone()),
@@ -1326,6 +1346,9 @@ fn prepare_apply(node: &Node, bytes: &[u8]) -> Result<Vec<Command>, Reply> {
     if let Err(e) = c.read(|s| check_fits_cluster(&req.source, &req.specs, s.hosts.values())) {
         problems.extend(e.0);
     }
+    if let Err(e) = c.read(|s| s.check_dependencies(&req.source, &req.specs)) {
+        problems.extend(e.0);
+    }
     if !problems.is_empty() {
         return Err(error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1382,6 +1405,54 @@ async fn delete(
             Json(DeleteResponse {
                 deleted: req.name,
                 stopping,
+            })
+            .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn cleanup(
+    State(node): State<Arc<Node>>,
+    Extension(auth): Extension<Authenticated>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let req: CleanupRequest = match parse_body("/v1/cleanup", REQUEST_BODY_BYTES_MAX, body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Some(r) = unless_leader(&node, &headers, "/v1/cleanup", &req).await {
+        return r;
+    }
+    let before = node.consensus.as_ref().and_then(|c| {
+        c.read(|s| {
+            s.workloads.get(&req.name).map(|w| {
+                let hosts: Vec<String> = w.failed_hosts.iter().map(|f| f.host.clone()).collect();
+                (hosts, w.gave_up.is_some())
+            })
+        })
+    });
+    match propose(
+        &node,
+        Command::Cleanup {
+            workload: req.name.clone(),
+            by: auth.audit(),
+            at_ms: node.clock.wall_ms(),
+        },
+    )
+    .await
+    {
+        Ok(CommandResult::Rejected(m)) => error(
+            StatusCode::NOT_FOUND,
+            format!("{m}; `haven status` lists the workloads"),
+        ),
+        Ok(_) => {
+            let (hosts, was_failed) = before.unwrap_or_default();
+            Json(CleanupResponse {
+                name: req.name,
+                hosts,
+                was_failed,
             })
             .into_response()
         }

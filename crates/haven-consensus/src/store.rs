@@ -1650,6 +1650,9 @@ mod tests {
             group: None,
             required_labels: Default::default(),
             preferred_hosts: vec![],
+            escalation: Default::default(),
+            after: vec![],
+            after_delay_s: 0,
             probes: vec![],
         }
     }

@@ -52,6 +52,9 @@ fn spec(i: usize, vcpus: u32, memory_mib: u64) -> WorkloadSpec {
         group: None,
         required_labels: Default::default(),
         preferred_hosts: vec![],
+        escalation: Default::default(),
+        after: vec![],
+        after_delay_s: 0,
         probes: vec![],
     }
 }

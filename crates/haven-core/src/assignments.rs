@@ -39,6 +39,8 @@ pub struct AssignmentIndex {
     /// Workloads without a host, in placement order: priority, then name.
     unassigned: BTreeSet<(Priority, String)>,
     counted: HashMap<String, Counted>,
+    /// Workloads placed and started `after` others.
+    ordered: BTreeSet<String>,
 }
 
 impl AssignmentIndex {
@@ -51,8 +53,20 @@ impl AssignmentIndex {
         index
     }
 
+    /// Workloads with an `after` list, by name.
+    pub fn ordered(&self) -> impl Iterator<Item = &str> + '_ {
+        self.ordered.iter().map(String::as_str)
+    }
+
     /// Bring `name`'s entry in line with its record (`None`: it is gone).
     pub fn sync(&mut self, name: &str, record: Option<&WorkloadRecord>) {
+        if record.is_some_and(|w| !w.spec.after.is_empty()) {
+            if !self.ordered.contains(name) {
+                self.ordered.insert(name.to_owned());
+            }
+        } else {
+            self.ordered.remove(name);
+        }
         let now = record.map(|w| Counted {
             host: w.assignment.as_ref().map(|a| a.host.clone()),
             demand: w.spec.demand(),
@@ -235,6 +249,9 @@ mod tests {
                 group: None,
                 required_labels: Default::default(),
                 preferred_hosts: vec![],
+                escalation: Default::default(),
+                after: vec![],
+                after_delay_s: 0,
                 probes: vec![],
             },
             assignment: host.map(|h| Assignment {
@@ -244,6 +261,7 @@ mod tests {
             generation: Generation(1),
             pending_reason: None,
             failed_hosts: vec![],
+            gave_up: None,
             released_by: None,
         }
     }

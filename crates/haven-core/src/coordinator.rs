@@ -181,6 +181,13 @@ fn confirm_stops(input: &TickInput<'_>, cmds: &mut Vec<Command>) -> BTreeSet<Str
 #[derive(Clone, Debug, Default)]
 pub struct PlacementMemo {
     nothing_to_do: Option<PlacementKey>,
+    /// The remembered conclusion holds until then: a host a workload
+    /// failed on is allowed again, or a dependency's `after_delay_s` ends.
+    until_ms: Option<u64>,
+    /// Workloads placed `after` others, and since when (this office's
+    /// clock) those have all been running and ready: `after_delay_s` runs
+    /// from then.
+    dependencies_ready_since: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,19 +264,23 @@ pub fn tick_remembering(input: &TickInput<'_>, memo: &mut PlacementMemo) -> Vec<
         eligible: eligible.clone(),
         view_settled,
     });
-    if key.is_some() && memo.nothing_to_do == key {
+    if key.is_some() && memo.nothing_to_do == key && memo.until_ms.is_none_or(|t| input.at_ms < t) {
         return cmds;
     }
     let decided = cmds.len();
-    place(
+    let outcome = place(
         input,
         &eligible,
         view_settled,
         &freed,
         &confirmed,
+        &mut memo.dependencies_ready_since,
         &mut cmds,
     );
-    memo.nothing_to_do = key.filter(|_| cmds.len() == decided);
+    // While a workload waits for others to be ready, what their hosts
+    // report decides: no conclusion is remembered.
+    memo.nothing_to_do = key.filter(|_| cmds.len() == decided && !outcome.waits_for_reports);
+    memo.until_ms = outcome.until_ms;
     cmds
 }
 
@@ -328,36 +339,205 @@ fn unassign_from_gone_hosts<'a>(
     freed
 }
 
-/// Step 3 of a tick: place what has no host (and what step 2 freed); a
-/// settled view also commits the pending reasons that changed.
-fn place(
-    input: &TickInput<'_>,
+/// What step 3 found beyond its commands.
+struct PlaceOutcome {
+    /// When the time alone may change the outcome: an avoided host is
+    /// allowed again, or an `after_delay_s` ends.
+    until_ms: Option<u64>,
+    /// Some workload waits for others to be ready.
+    waits_for_reports: bool,
+}
+
+/// Assigned workloads whose host must not start them yet: placed `after`
+/// others that are not ready (after a full-cluster restart every host
+/// starts what it was assigned at once; the order holds this way). One
+/// whose host already lists an instance of its generation is not held
+/// (its host would ignore it: what was started keeps its restarts).
+/// Workload → why.
+pub fn holds(
+    state: &ClusterState,
+    reports: &BTreeMap<String, HostReport>,
+    at_ms: u64,
+    memo: &mut PlacementMemo,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut until_ms = None;
+    for name in state.assignments().ordered() {
+        let Some(w) = state.workloads.get(name) else {
+            continue;
+        };
+        let Some(a) = &w.assignment else {
+            continue;
+        };
+        let started = reports.get(&a.host).is_some_and(|r| {
+            r.observed
+                .iter()
+                .any(|o| o.workload == name && o.generation == a.generation)
+        });
+        if started {
+            continue;
+        }
+        let since = &mut memo.dependencies_ready_since;
+        if let Some(why) = waiting_for_dependencies(state, reports, at_ms, w, since, &mut until_ms)
+        {
+            out.insert(name.to_owned(), why);
+        }
+    }
+    out
+}
+
+/// Why `w` may not be placed (or started) yet because of its `after`
+/// list (`None`: it may). `since` keeps when its dependencies were first
+/// seen all ready.
+fn waiting_for_dependencies(
+    state: &ClusterState,
+    reports: &BTreeMap<String, HostReport>,
+    at_ms: u64,
+    w: &WorkloadRecord,
+    since: &mut BTreeMap<String, u64>,
+    until_ms: &mut Option<u64>,
+) -> Option<String> {
+    let not_ready: Vec<String> = w
+        .spec
+        .after
+        .iter()
+        .filter_map(|d| {
+            let Some(dep) = state.workloads.get(d) else {
+                return Some(format!("{d} (no such workload)"));
+            };
+            let Some(a) = &dep.assignment else {
+                return Some(format!("{d} (not placed)"));
+            };
+            let ready = reports.get(&a.host).is_some_and(|r| {
+                r.observed
+                    .iter()
+                    .any(|o| o.workload == *d && o.generation == a.generation && o.is_ready())
+            });
+            (!ready).then(|| format!("{d} (on {}, not ready)", a.host))
+        })
+        .collect();
+    if !not_ready.is_empty() {
+        since.remove(&w.spec.name);
+        return Some(format!(
+            "waiting for {} to run and be ready (after)",
+            not_ready.join(", ")
+        ));
+    }
+    if w.spec.after_delay_s == 0 {
+        return None;
+    }
+    let from = *since.entry(w.spec.name.clone()).or_insert(at_ms);
+    let end = from.saturating_add(w.spec.after_delay_s.saturating_mul(1_000));
+    if at_ms >= end {
+        return None;
+    }
+    *until_ms = Some(until_ms.map_or(end, |u| u.min(end)));
+    Some(format!(
+        "waiting after_delay_s ({} s) once {} are ready",
+        w.spec.after_delay_s,
+        w.spec.after.join(", ")
+    ))
+}
+
+/// Step 3 of a tick: place what has no host (and what step 2 freed), each
+/// once the workloads it is placed `after` are ready; a settled view also
+/// commits the pending reasons that changed.
+fn place<'a>(
+    input: &TickInput<'a>,
     eligible: &[bool],
     view_settled: bool,
     freed: &BTreeSet<&str>,
     confirmed: &BTreeSet<String>,
+    dependencies_ready_since: &mut BTreeMap<String, u64>,
     cmds: &mut Vec<Command>,
-) {
+) -> PlaceOutcome {
     let state = input.state;
     let freed: Vec<&WorkloadRecord> = freed
         .iter()
         .filter_map(|n| state.workloads.get(*n))
         .collect();
+    // A workload given up on waits for an operator (its reason says so).
     let may_place = |w: &&WorkloadRecord| {
-        !state.stopping.contains_key(&w.spec.name) || confirmed.contains(&w.spec.name)
+        w.gave_up.is_none()
+            && (!state.stopping.contains_key(&w.spec.name) || confirmed.contains(&w.spec.name))
     };
-    let unplaced: Vec<Unplaced> = state
+    let mut until_ms: Option<u64> = None;
+    let mut waiting: Vec<(&str, String)> = vec![];
+    let mut placeable = |w: &'a WorkloadRecord| {
+        if !may_place(&w) {
+            return false;
+        }
+        if w.spec.after.is_empty() {
+            return true;
+        }
+        let why = waiting_for_dependencies(
+            state,
+            input.reports,
+            input.at_ms,
+            w,
+            dependencies_ready_since,
+            &mut until_ms,
+        );
+        match why {
+            Some(why) => {
+                waiting.push((w.spec.name.as_str(), why));
+                false
+            }
+            None => true,
+        }
+    };
+    let candidates: Vec<&WorkloadRecord> = state
         .unassigned()
         .chain(freed.iter().copied())
-        .filter(may_place)
-        .map(|w| Unplaced {
-            spec: &w.spec,
-            generation: w.generation,
-            avoid: &w.failed_hosts,
+        .filter(|w| placeable(w))
+        .collect();
+    drop(placeable);
+    let candidates: Vec<(&WorkloadRecord, Vec<String>)> = candidates
+        .into_iter()
+        .map(|w| {
+            let avoid: Vec<String> = if w.failed_hosts.is_empty() {
+                vec![]
+            } else {
+                if let Some(t) = w.next_avoidance_end_ms(input.at_ms) {
+                    until_ms = Some(until_ms.map_or(t, |u| u.min(t)));
+                }
+                w.avoided_hosts(input.at_ms)
+                    .map(|f| f.host.clone())
+                    .collect()
+            };
+            (w, avoid)
         })
         .collect();
+    let unplaced: Vec<Unplaced> = candidates
+        .iter()
+        .map(|(w, avoid)| Unplaced {
+            spec: &w.spec,
+            generation: w.generation,
+            avoid,
+        })
+        .collect();
+    let waits_for_reports = !waiting.is_empty();
+    if view_settled {
+        for (workload, reason) in waiting {
+            let current = state
+                .workloads
+                .get(workload)
+                .and_then(|w| w.pending_reason.as_deref());
+            if current != Some(reason.as_str()) {
+                cmds.push(Command::SetPending {
+                    workload: workload.to_owned(),
+                    reason,
+                    at_ms: input.at_ms,
+                });
+            }
+        }
+    }
+    let outcome = |until_ms| PlaceOutcome {
+        until_ms,
+        waits_for_reports,
+    };
     if unplaced.is_empty() {
-        return;
+        return outcome(until_ms);
     }
     // Each host's allocation, less what step 2 freed there: O(hosts +
     // freed), not a scan of each host's workloads.
@@ -392,7 +572,7 @@ fn place(
         });
     }
     if !view_settled {
-        return;
+        return outcome(until_ms);
     }
     for (workload, why) in plan.pending {
         let reason = why.to_string();
@@ -408,6 +588,7 @@ fn place(
             });
         }
     }
+    outcome(until_ms)
 }
 
 #[cfg(test)]
@@ -451,6 +632,9 @@ mod tests {
             group: None,
             required_labels: Default::default(),
             preferred_hosts: vec![],
+            escalation: Default::default(),
+            after: vec![],
+            after_delay_s: 0,
             probes: vec![],
         }
     }
@@ -489,6 +673,7 @@ mod tests {
                     restarts: 0,
                     detail: None,
                     no_failover: false,
+                    ready: true,
                 })
                 .collect(),
             stopped: vec![],
@@ -506,16 +691,23 @@ mod tests {
         failed: Vec<(String, Generation, String)>,
         reports: BTreeMap<String, HostReport>,
         timing: Timing,
+        at_ms: u64,
+        /// `run` remembers as a coordinator in office does.
+        memo: PlacementMemo,
     }
 
     impl World {
         fn new(specs: Vec<WorkloadSpec>) -> World {
+            World::with_hosts(specs, &["h1", "h2"])
+        }
+
+        fn with_hosts(specs: Vec<WorkloadSpec>, hosts: &[&str]) -> World {
             let mut s = ClusterState::default();
             s.apply(&Command::InitCluster {
                 cluster_id: "c".into(),
                 at_ms: 0,
             });
-            for (i, h) in ["h1", "h2"].iter().enumerate() {
+            for (i, h) in hosts.iter().enumerate() {
                 s.apply(&Command::RegisterHost {
                     host: host(h, i as u64 + 1),
                     at_ms: 0,
@@ -533,23 +725,32 @@ mod tests {
                 failed: vec![],
                 reports: BTreeMap::new(),
                 timing: Timing::default(),
+                at_ms: 1,
+                memo: PlacementMemo::default(),
             }
         }
 
-        fn cmds(&self) -> Vec<Command> {
-            tick(&TickInput {
+        fn input(&self) -> TickInput<'_> {
+            TickInput {
                 state: &self.s,
                 hosts: &self.hosts,
                 timing: &self.timing,
                 fresh_locks: &self.locks,
                 failed: &self.failed,
                 reports: &self.reports,
-                at_ms: 1,
-            })
+                at_ms: self.at_ms,
+            }
+        }
+
+        fn cmds(&self) -> Vec<Command> {
+            tick(&self.input())
         }
 
         fn run(&mut self) {
-            for c in self.cmds() {
+            let mut memo = std::mem::take(&mut self.memo);
+            let cmds = tick_remembering(&self.input(), &mut memo);
+            self.memo = memo;
+            for c in cmds {
                 self.s.apply(&c);
             }
         }
@@ -713,6 +914,7 @@ mod tests {
                     restarts: 0,
                     detail: None,
                     no_failover: false,
+                    ready: true,
                 })
                 .collect();
             self.reports.insert(
@@ -751,7 +953,12 @@ mod tests {
         w.report("h1", &[]);
         w.run();
         assert_eq!(w.host_of("web").as_deref(), Some("h2"));
-        assert_eq!(w.s.workloads["web"].failed_hosts, vec!["h1".to_string()]);
+        let failed: Vec<&str> = w.s.workloads["web"]
+            .failed_hosts
+            .iter()
+            .map(|f| f.host.as_str())
+            .collect();
+        assert_eq!(failed, ["h1"]);
         // Failing on h2 too leaves it pending with the reason.
         w.failed = vec![("web".into(), Generation(2), "start failed".into())];
         w.run();
@@ -760,6 +967,209 @@ mod tests {
         assert_eq!(w.host_of("web"), None);
         let reason = w.s.workloads["web"].pending_reason.clone().unwrap();
         assert!(reason.contains("failed on"), "{reason}");
+    }
+
+    impl World {
+        /// Its instance fails where it runs; once that host reports it
+        /// gone, the next tick places it (or not). Returns the host.
+        fn fail_where_it_runs(&mut self, name: &str) -> String {
+            let host = self.host_of(name).expect("placed");
+            let generation = self.s.workloads[name].generation;
+            self.report(&host, &[(name, generation.0)]);
+            self.failed = vec![(name.into(), generation, "liveness probe failed".into())];
+            self.run();
+            self.failed.clear();
+            self.report(&host, &[]);
+            self.run();
+            host
+        }
+    }
+
+    /// Issue 11 (escalation): a workload failing on one host after another
+    /// moves `max_relocations` times, each host avoided; the next failure
+    /// leaves it `failed` (no more moves, whatever the time) until an
+    /// operator cleans it up; a re-spec also starts it afresh.
+    #[test]
+    fn failing_everywhere_moves_max_relocations_times_then_waits_for_cleanup() {
+        let mut w = World::with_hosts(vec![spec("web", Priority::High)], &["h1", "h2", "h3", "h4"]);
+        for h in ["h1", "h2", "h3", "h4"] {
+            w.hosts.insert(h.into(), online());
+        }
+        w.run();
+        let mut failed_on = vec![];
+        for moves in 1..=2 {
+            failed_on.push(w.fail_where_it_runs("web"));
+            let now = w.host_of("web").expect("moved");
+            assert!(
+                !failed_on.contains(&now),
+                "move {moves}: avoids {failed_on:?}, on {now}"
+            );
+        }
+        failed_on.push(w.fail_where_it_runs("web"));
+        assert_eq!(w.host_of("web"), None, "a third failure: no third move");
+        let rec = &w.s.workloads["web"];
+        let why = rec.gave_up.clone().expect("given up on");
+        assert!(why.contains("max_relocations is 2"), "{why}");
+        assert!(
+            rec.pending_reason
+                .as_deref()
+                .unwrap()
+                .starts_with("failed: failed on 3 hosts"),
+            "{:?}",
+            rec.pending_reason
+        );
+        assert!(w.s.events(None).iter().any(|e| matches!(&e.kind,
+            EventKind::GaveUp { workload, .. } if workload == "web")));
+        // A free host (h4) and time past failure_timeout_s change nothing.
+        w.at_ms += 601_000;
+        w.run();
+        w.run();
+        assert_eq!(w.host_of("web"), None, "failed stays failed");
+        // The operator's cleanup: placed again, anywhere.
+        w.s.apply(&Command::Cleanup {
+            workload: "web".into(),
+            by: "token ops".into(),
+            at_ms: w.at_ms,
+        });
+        w.run();
+        assert!(w.host_of("web").is_some(), "cleaned up, placed");
+        assert!(w.s.workloads["web"].failed_hosts.is_empty());
+        assert!(w.s.events(None).iter().any(|e| matches!(&e.kind,
+            EventKind::CleanedUp { workload, hosts, was_failed: true, .. }
+                if workload == "web" && hosts.len() == 3)));
+        // Given up on again, then re-specced: placed again too.
+        for _ in 0..3 {
+            w.fail_where_it_runs("web");
+        }
+        assert!(w.s.workloads["web"].gave_up.is_some());
+        w.s.apply(&Command::ApplyWorkloads {
+            specs: vec![WorkloadSpec {
+                memory_mib: 300,
+                ..spec("web", Priority::High)
+            }],
+            source: "t".into(),
+            at_ms: w.at_ms,
+        });
+        w.run();
+        assert!(w.host_of("web").is_some(), "re-specced, placed");
+    }
+
+    /// Issue 11 (escalation): a host it failed on is allowed again once
+    /// `failure_timeout_s` has passed, though nothing else changed (the
+    /// coordinator's memo of "nothing to place" must not outlive it).
+    #[test]
+    fn an_avoided_host_is_allowed_again_after_failure_timeout() {
+        let mut s = spec("web", Priority::High);
+        s.escalation.max_relocations = 5;
+        s.escalation.failure_timeout_s = 60;
+        let mut w = on_h1(vec![s]);
+        w.fail_where_it_runs("web");
+        assert_eq!(w.host_of("web").as_deref(), Some("h2"));
+        w.at_ms += 30_000;
+        w.fail_where_it_runs("web");
+        assert_eq!(w.host_of("web"), None, "both hosts avoided");
+        let reason = w.s.workloads["web"].pending_reason.clone().unwrap();
+        assert!(reason.contains("failed on every online host"), "{reason}");
+        w.run();
+        w.at_ms += 29_000;
+        w.run();
+        assert_eq!(w.host_of("web"), None, "h1 is avoided for 60 s");
+        w.at_ms += 1_000;
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h1"), "h1 allowed again");
+        assert!(w.s.workloads["web"].gave_up.is_none());
+    }
+
+    impl World {
+        /// `host` reports `name`'s current instance running, ready or not.
+        fn report_running(&mut self, host: &str, name: &str, ready: bool) {
+            let generation = self.s.workloads[name].generation.0;
+            self.report(host, &[(name, generation)]);
+            let r = self.reports.get_mut(host).expect("just reported");
+            r.observed[0].ready = ready;
+        }
+
+        fn pending_reason(&self, name: &str) -> String {
+            self.s.workloads[name]
+                .pending_reason
+                .clone()
+                .unwrap_or_default()
+        }
+    }
+
+    /// Issue 11 (dependencies): a workload placed `after` another waits
+    /// until that one runs and is ready, then `after_delay_s` more; after
+    /// its host fails, the order holds again.
+    #[test]
+    fn a_dependent_is_placed_once_its_dependency_is_ready_and_the_delay_is_over() {
+        let web = WorkloadSpec {
+            after: vec!["db".into()],
+            after_delay_s: 5,
+            preferred_hosts: vec!["h1".into()],
+            ..spec("web", Priority::Highest)
+        };
+        let db = WorkloadSpec {
+            preferred_hosts: vec!["h1".into()],
+            ..spec("db", Priority::Low)
+        };
+        let mut w = World::new(vec![db, web]);
+        w.hosts.insert("h1".into(), online());
+        w.hosts.insert("h2".into(), online());
+        w.run();
+        assert!(
+            w.pending_reason("web").contains("db (not placed)"),
+            "{}",
+            w.pending_reason("web")
+        );
+        w.run();
+        let db_host = w.host_of("db").expect("db placed");
+        assert_eq!(w.host_of("web"), None, "higher priority, but after db");
+        assert!(
+            w.pending_reason("web").contains("db (on"),
+            "{}",
+            w.pending_reason("web")
+        );
+        w.report_running(&db_host, "db", false);
+        w.run();
+        w.run();
+        assert_eq!(w.host_of("web"), None, "db runs, not ready");
+        assert!(
+            w.pending_reason("web").contains("not ready"),
+            "{}",
+            w.pending_reason("web")
+        );
+        w.report_running(&db_host, "db", true);
+        w.run();
+        assert_eq!(w.host_of("web"), None, "ready: now the delay");
+        assert!(
+            w.pending_reason("web").contains("after_delay_s (5 s)"),
+            "{}",
+            w.pending_reason("web")
+        );
+        w.at_ms += 4_999;
+        w.run();
+        assert_eq!(w.host_of("web"), None);
+        w.at_ms += 1;
+        w.run();
+        assert_eq!(
+            w.host_of("web").as_deref(),
+            Some("h1"),
+            "placed once the delay is over"
+        );
+        assert_eq!(db_host, "h1");
+        // h1 fails: both move to h2, web again only once db is ready.
+        w.reports.clear();
+        w.hosts.insert("h1".into(), silent(60_000));
+        w.run();
+        assert_eq!(w.host_of("db").as_deref(), Some("h2"), "db moved");
+        assert_eq!(w.host_of("web"), None, "web waits for db again");
+        w.run();
+        assert_eq!(w.host_of("web"), None);
+        w.report_running("h2", "db", true);
+        w.run();
+        w.at_ms += 5_000;
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h2"));
     }
 
     fn bigger(name: &str) -> WorkloadSpec {

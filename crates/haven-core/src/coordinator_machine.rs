@@ -68,6 +68,10 @@ pub struct Desired {
     /// (see `WorkloadRecord::released_by`).
     #[serde(default)]
     pub released_by: Option<String>,
+    /// Not to be started yet, and why: it is placed `after` workloads not
+    /// ready (`coordinator::holds`). An instance already there is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// One heartbeat, as the coordinator judges it (already authenticated as
@@ -325,8 +329,15 @@ pub struct Coordinator {
     /// entry commits within its term or the office ends, so each entry
     /// goes once the state no longer assigns that generation there.
     releasing: BTreeMap<String, (String, Generation)>,
-    /// Changes whenever `releasing` does.
+    /// Changes whenever `releasing` or `holds` does.
     releasing_version: u64,
+    /// Assigned workloads their host must not start yet
+    /// (`coordinator::holds`): workload → why.
+    holds: BTreeMap<String, String>,
+    /// The state revision `holds` was worked out at: an answer at a newer
+    /// one works it out first (a new office answers before its first tick,
+    /// and a new assignment must not reach its host unheld).
+    holds_revision: Option<u64>,
     /// host → its last answer's desired instances, with the state
     /// revision and `releasing_version` they were read at, and their
     /// version: a heartbeat answer costs nothing while neither changed
@@ -515,6 +526,8 @@ impl Coordinator {
             memo: coordinator::PlacementMemo::default(),
             releasing: BTreeMap::new(),
             releasing_version: 0,
+            holds: BTreeMap::new(),
+            holds_revision: None,
             answers: BTreeMap::new(),
             desired_seq: 0,
         }
@@ -713,6 +726,9 @@ impl Coordinator {
                 at_ms,
             }]));
         }
+        if self.holds_revision != Some(state.revision) {
+            self.update_holds(state, at_ms);
+        }
         let fresh = self.answers.get(&host).filter(|a| {
             a.revision == state.revision && a.releasing_version == self.releasing_version
         });
@@ -738,6 +754,7 @@ impl Coordinator {
                         held.next().is_some_and(|d| {
                             d.generation == asg.generation
                                 && d.released_by == w.released_by
+                                && d.held.as_ref() == self.holds.get(&w.spec.name)
                                 && d.isolation == state.isolation_response(&w.spec)
                                 && d.spec == w.spec
                         })
@@ -757,6 +774,7 @@ impl Coordinator {
                                 generation: a.generation,
                                 isolation: state.isolation_response(&w.spec),
                                 released_by: w.released_by.clone(),
+                                held: self.holds.get(&w.spec.name).cloned(),
                             })
                             .collect();
                         (Arc::new(desired), version)
@@ -936,6 +954,17 @@ impl Coordinator {
     }
 
     /// The decisions of one tick.
+    /// `coordinator::holds` now; a change makes every host's next answer
+    /// carry its list again.
+    fn update_holds(&mut self, state: &ClusterState, at_ms: u64) {
+        let holds = coordinator::holds(state, &self.reports, at_ms, &mut self.memo);
+        self.holds_revision = Some(state.revision);
+        if holds != self.holds {
+            self.holds = holds;
+            self.releasing_version += 1;
+        }
+    }
+
     fn tick(&mut self, state: &ClusterState, now_ms: u64, at_ms: u64) -> Vec<CoordinatorEffect> {
         let timing = state.settings.timing;
         self.last_tick = Some((now_ms, timing));
@@ -964,6 +993,7 @@ impl Coordinator {
             at_ms,
         };
         cmds.extend(coordinator::tick_remembering(&input, &mut self.memo));
+        self.update_holds(state, at_ms);
         // An entry goes once the state no longer assigns that generation
         // there (its Unassign applied, or something newer did).
         let before = self.releasing.len();

@@ -50,6 +50,9 @@ fn spec(name: &str) -> WorkloadSpec {
         group: None,
         required_labels: Default::default(),
         preferred_hosts: vec![],
+        escalation: Default::default(),
+        after: vec![],
+        after_delay_s: 0,
         probes: vec![],
     }
 }
@@ -136,6 +139,7 @@ impl Sim {
                 restarts: 0,
                 detail: None,
                 no_failover: false,
+                ready: true,
             })
             .collect();
         Heartbeat {

@@ -260,6 +260,21 @@ pub enum EventKind {
         generation: Generation,
         reason: String,
     },
+    /// It failed on more hosts than `max_relocations` allows within
+    /// `failure_timeout_s`: not placed again until cleaned up or
+    /// re-specced.
+    GaveUp {
+        workload: String,
+        reason: String,
+    },
+    /// An operator's `haven cleanup`: the hosts it had failed on are
+    /// allowed again, and a workload given up on may run again.
+    CleanedUp {
+        workload: String,
+        by: String,
+        hosts: Vec<String>,
+        was_failed: bool,
+    },
     Started {
         workload: String,
         host: String,
@@ -308,6 +323,8 @@ impl EventKind {
             | Pending { workload, .. }
             | Unassigned { workload, .. }
             | Failed { workload, .. }
+            | GaveUp { workload, .. }
+            | CleanedUp { workload, .. }
             | Started { workload, .. }
             | Restarted { workload, .. }
             | StopStep { workload, .. }
@@ -364,6 +381,8 @@ impl EventKind {
             | Pending { reason: t, .. }
             | Unassigned { reason: t, .. }
             | Failed { reason: t, .. }
+            | GaveUp { reason: t, .. }
+            | CleanedUp { by: t, .. }
             | Restarted { detail: t, .. }
             | StopStep { step: t, .. }
             | Stopped { how: t, .. }

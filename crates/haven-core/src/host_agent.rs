@@ -217,6 +217,9 @@ pub struct DesiredInstance {
     pub released_by: Option<String>,
     /// Its health probes, run while an instance runs.
     pub probes: Vec<ProbeSpec>,
+    /// Not to be started yet (it waits for the workloads it is placed
+    /// `after`); an instance of this generation already here is kept.
+    pub held: bool,
 }
 
 impl From<&Desired> for DesiredInstance {
@@ -229,6 +232,7 @@ impl From<&Desired> for DesiredInstance {
             vm: matches!(d.spec.kind, WorkloadKind::Vm(_)),
             released_by: d.released_by.clone(),
             probes: d.spec.probes.clone(),
+            held: d.held.is_some(),
         }
     }
 }
@@ -675,6 +679,8 @@ impl Instance {
             restarts: self.restarts,
             detail: self.detail.clone(),
             no_failover: self.no_failover,
+            ready: self.phase == Phase::Running
+                && self.probes.as_ref().is_none_or(|p| p.is_ready()),
         }
     }
 }
@@ -1603,6 +1609,14 @@ impl HostAgent {
         else {
             return;
         };
+        // Held: nothing new starts; what already ran restarts as usual.
+        let ran = self
+            .instances
+            .get(&workload)
+            .is_some_and(|i| i.generation == generation);
+        if d.held && !ran {
+            return;
+        }
         let (isolation, restart, vm) = (d.isolation, d.restart, d.vm);
         let i = self
             .instances

@@ -216,6 +216,7 @@ mod tests {
             generation: Generation(3),
             pending_reason: None,
             failed_hosts: vec![],
+            gave_up: None,
             released_by: None,
         }
     }

@@ -479,6 +479,21 @@ pub struct WorkloadSpec {
     /// `failed` and moved); readiness is reported.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<crate::probe::ProbeSpec>,
+    /// What follows failures on one host after another: moves allowed
+    /// (`max_relocations`) and how long a host it failed on is avoided
+    /// (`failure_timeout_s`); past that it is `failed` until cleaned up.
+    #[serde(default, flatten)]
+    pub escalation: crate::probe::Escalation,
+    /// Ordering: placed only once each of these workloads runs and is
+    /// ready (its readiness probes pass), and `after_delay_s` more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub after_delay_s: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn default_log_max_bytes() -> u64 {
@@ -546,6 +561,22 @@ pub struct Observed {
     /// `failed`, and policy says not to move it (VM `on_max_resets = "fail"`).
     #[serde(default)]
     pub no_failover: bool,
+    /// Running, and its readiness (and startup) probes pass; without such
+    /// probes, running. Gates the workloads that are placed `after` it.
+    /// An agent before readiness says nothing: running counts as ready.
+    #[serde(default = "ready_unless_said")]
+    pub ready: bool,
+}
+
+fn ready_unless_said() -> bool {
+    true
+}
+
+impl Observed {
+    /// Running and ready (what a workload placed `after` it waits for).
+    pub fn is_ready(&self) -> bool {
+        self.state == InstanceState::Running && self.ready
+    }
 }
 
 /// An instance its host stopped recently, and how it ended (for events).

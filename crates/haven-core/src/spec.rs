@@ -145,6 +145,10 @@ pub fn check_spec(spec: &WorkloadSpec) -> Vec<FieldProblem> {
         out.push("group", m);
     }
     check_placement_rules(spec, &mut out);
+    for p in crate::probe::check_escalation(&spec.escalation) {
+        out.push(p.field, p.problem);
+    }
+    check_after(spec, &mut out);
     check_workload_probes(
         &spec.probes,
         matches!(spec.kind, WorkloadKind::Vm(_)),
@@ -577,6 +581,118 @@ fn check_workload_probes(probes: &[crate::probe::ProbeSpec], vm: bool, out: &mut
 
 /// Most hosts a workload may prefer.
 pub const PREFERRED_HOSTS_MAX: usize = 16;
+/// Most workloads one may wait for (`after`).
+pub const AFTER_MAX: usize = 16;
+/// Longest wait after its dependencies are ready: an hour.
+pub const AFTER_DELAY_S: Bounds = Bounds { min: 0, max: 3_600 };
+
+/// `after`: workload names, each once, not its own, at most
+/// [`AFTER_MAX`]; `after_delay_s` bounded. Whether they exist and form no
+/// cycle depends on the other workloads (`check_dependencies`).
+fn check_after(spec: &WorkloadSpec, out: &mut Problems) {
+    if spec.after.len() > AFTER_MAX {
+        out.push(
+            "after",
+            format!("{} workloads; at most {AFTER_MAX}", spec.after.len()),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for d in &spec.after {
+        if let Err(m) = check_name(d) {
+            out.push("after", format!("workload {:?}: {m}", shorten(d, 80)));
+        } else if *d == spec.name {
+            out.push(
+                "after",
+                format!("names the workload itself ({d:?}): a workload cannot wait for itself"),
+            );
+        } else if !seen.insert(d) {
+            out.push("after", format!("names {d:?} twice"));
+        }
+    }
+    out.bounds("after_delay_s", AFTER_DELAY_S, spec.after_delay_s);
+    if spec.after_delay_s > 0 && spec.after.is_empty() {
+        out.push(
+            "after_delay_s",
+            "is set but `after` names no workload to wait for: add after = [\"NAME\"] or remove it",
+        );
+    }
+}
+
+/// `after` across workloads: each names a workload that exists (stored or
+/// in the same apply) and no chain of them leads back to where it began.
+/// `lookup` gives the `after` list of a workload by name (`None`: no such
+/// workload). One problem per workload that names a missing one, and one
+/// per cycle, naming it (`a → b → a`).
+pub fn check_dependencies<'a>(
+    source: &str,
+    applied: &'a [WorkloadSpec],
+    lookup: impl Fn(&str) -> Option<&'a [String]>,
+) -> Result<(), SpecErrors> {
+    let at = shown_source(source);
+    let mut problems = vec![];
+    for s in applied {
+        for d in &s.after {
+            if lookup(d).is_none() {
+                problems.push(format!(
+                    "{at}: workload {:?}: field \"after\": no workload is named {d:?}; apply it first or in the same file",
+                    shown_name(&s.name)
+                ));
+            }
+        }
+    }
+    // Depth-first from each applied workload; a cycle through stored
+    // workloads only was refused when they were applied.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Active,
+        Done,
+    }
+    let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
+    let mut reported = BTreeSet::new();
+    for s in applied {
+        let mut path: Vec<&str> = vec![];
+        let mut stack: Vec<(&str, usize)> = vec![(s.name.as_str(), 0)];
+        while let Some((node, next)) = stack.pop() {
+            if next == 0 {
+                if marks.contains_key(node) {
+                    continue;
+                }
+                marks.insert(node, Mark::Active);
+                path.push(node);
+            }
+            let deps = lookup(node).unwrap_or(&[]);
+            if let Some(d) = deps.get(next) {
+                stack.push((node, next + 1));
+                match marks.get(d.as_str()) {
+                    None if lookup(d).is_some() => stack.push((d.as_str(), 0)),
+                    Some(Mark::Active) => {
+                        let from = path.iter().position(|p| *p == d).unwrap_or(0);
+                        let mut cycle: Vec<&str> = path[from..].to_vec();
+                        cycle.push(d.as_str());
+                        // One report per cycle, whichever member it was met from.
+                        let mut key: Vec<&str> = cycle[..cycle.len() - 1].to_vec();
+                        key.sort_unstable();
+                        if reported.insert(key) {
+                            problems.push(format!(
+                                "{at}: field \"after\": a dependency cycle: {}; remove one of these `after` entries",
+                                cycle.join(" → ")
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            } else {
+                marks.insert(node, Mark::Done);
+                path.pop();
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecErrors(problems))
+    }
+}
 
 /// `required_labels` as a host's labels are bounded; `preferred_hosts`
 /// host names, at most [`PREFERRED_HOSTS_MAX`], each once.
@@ -810,6 +926,10 @@ const COMMON_FIELDS: &[&str] = &[
     "required_labels",
     "preferred_hosts",
     "probes",
+    "max_relocations",
+    "failure_timeout_s",
+    "after",
+    "after_delay_s",
 ];
 const PROCESS_FIELDS: &[&str] = &["command", "env"];
 const OCF_FIELDS: &[&str] = &[
@@ -1233,6 +1353,21 @@ impl Entry<'_> {
             None => Some(vec![]),
             Some(v) => self.strings("preferred_hosts", v, "[\"h1\", \"h2\"]"),
         };
+        let escalation = crate::probe::Escalation {
+            max_relocations: self
+                .integer("max_relocations", crate::probe::MAX_RELOCATIONS, false)
+                .map_or(crate::probe::MAX_RELOCATIONS_DEFAULT, |n| n as u32),
+            failure_timeout_s: self
+                .integer("failure_timeout_s", crate::probe::FAILURE_TIMEOUT_S, false)
+                .unwrap_or(crate::probe::FAILURE_TIMEOUT_S_DEFAULT),
+        };
+        let after = match self.t.get("after") {
+            None => Some(vec![]),
+            Some(v) => self.strings("after", v, "[\"db\"]"),
+        };
+        let after_delay_s = self
+            .integer("after_delay_s", AFTER_DELAY_S, false)
+            .unwrap_or(0);
         if self.errors.len() > before {
             return None;
         }
@@ -1262,6 +1397,9 @@ impl Entry<'_> {
             required_labels: required_labels?,
             preferred_hosts: preferred_hosts?,
             probes: probes?,
+            escalation,
+            after: after?,
+            after_delay_s,
         };
         for p in check_spec(&spec) {
             self.err(p.field, p.problem);
@@ -1649,6 +1787,97 @@ priority = "high"
                 "{bad}: {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn escalation_and_ordering_parse_and_are_bounded() {
+        let specs = parse_workloads("w.toml", GOOD).unwrap();
+        assert_eq!(specs[0].escalation, crate::probe::Escalation::default());
+        assert_eq!(
+            (
+                specs[0].escalation.max_relocations,
+                specs[0].escalation.failure_timeout_s
+            ),
+            (2, 600)
+        );
+        let text = GOOD.replace(
+            "vcpus = 1",
+            "vcpus = 1\nmax_relocations = 0\nfailure_timeout_s = 120\nafter = [\"db\", \"cache\"]\nafter_delay_s = 5",
+        );
+        let specs = parse_workloads("w.toml", &text).unwrap();
+        assert_eq!(specs[0].escalation.max_relocations, 0);
+        assert_eq!(specs[0].escalation.failure_timeout_s, 120);
+        assert_eq!(specs[0].after, vec!["db", "cache"]);
+        assert_eq!(specs[0].after_delay_s, 5);
+        for (bad, field) in [
+            ("max_relocations = 101", "max_relocations"),
+            ("max_relocations = \"two\"", "max_relocations"),
+            ("failure_timeout_s = 5", "failure_timeout_s"),
+            ("after = [\"web\"]", "after"),
+            ("after = [\"db\", \"db\"]", "after"),
+            ("after = \"db\"", "after"),
+            ("after = [\"-x\"]", "after"),
+            ("after = [\"db\"]\nafter_delay_s = 3601", "after_delay_s"),
+            ("after_delay_s = 5", "after_delay_s"),
+        ] {
+            let e = errs(&GOOD.replace("vcpus = 1", &format!("vcpus = 1\n{bad}")));
+            assert!(
+                e.iter().any(|e| e.contains(&format!("field {field:?}"))),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    fn after(name: &str, deps: &[&str]) -> WorkloadSpec {
+        let mut s = parse_workloads("w.toml", GOOD).unwrap().remove(0);
+        s.name = name.into();
+        s.after = deps.iter().map(|d| d.to_string()).collect();
+        s
+    }
+
+    /// Issue 11: a dependency cycle is refused at apply time, naming it;
+    /// so is a dependency on a workload that does not exist.
+    #[test]
+    fn dependency_cycles_and_missing_dependencies_are_refused_naming_them() {
+        let stored = [after("db", &[]), after("cache", &["db"])];
+        let check = |applied: &[WorkloadSpec]| {
+            check_dependencies("w.toml", applied, |n| {
+                applied
+                    .iter()
+                    .chain(
+                        stored
+                            .iter()
+                            .filter(|s| !applied.iter().any(|a| a.name == s.name)),
+                    )
+                    .find(|s| s.name == n)
+                    .map(|s| s.after.as_slice())
+            })
+        };
+        assert!(check(&[after("web", &["cache", "db"])]).is_ok());
+        // web → cache → db → web, through two stored workloads.
+        let e = check(&[after("web", &["cache"]), after("db", &["web"])]).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(
+            e.0[0].contains("field \"after\": a dependency cycle: "),
+            "{e}"
+        );
+        assert!(
+            e.0[0].contains("web → cache → db → web") || e.0[0].contains("db → web → cache → db"),
+            "{e}"
+        );
+        let e = check(&[
+            after("a", &["b"]),
+            after("b", &["a"]),
+            after("c", &["c2"]),
+            after("c2", &["c"]),
+        ])
+        .unwrap_err();
+        assert_eq!(e.0.len(), 2, "one problem per cycle: {e}");
+        let e = check(&[after("web", &["queue"])]).unwrap_err();
+        assert!(
+            e.0[0].contains("workload \"web\": field \"after\": no workload is named \"queue\""),
+            "{e}"
+        );
     }
 
     #[test]

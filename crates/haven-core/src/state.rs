@@ -58,15 +58,68 @@ pub struct WorkloadRecord {
     pub generation: Generation,
     /// Why the workload is not placed, when it is not.
     pub pending_reason: Option<String>,
-    /// Hosts where it failed (start failures or restart budget spent): the
-    /// placer avoids them until the spec changes.
+    /// Hosts where it failed (start failures, restart budget spent, or
+    /// failing probes), each with when: the placer avoids each for the
+    /// spec's `failure_timeout_s`, or until the spec changes or an
+    /// operator cleans it up.
     #[serde(default)]
-    pub failed_hosts: Vec<String>,
+    pub failed_hosts: Vec<FailedHost>,
+    /// It failed on more hosts within `failure_timeout_s` than
+    /// `max_relocations` allows: not placed again until the spec changes
+    /// or `haven cleanup`. Why, as shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gave_up: Option<String>,
     /// The host whose instance the cluster has established is gone (stop
     /// confirmed, or the host failed or fenced under the lease rules): its
     /// leftover disk lock need not be watched before the next start.
     #[serde(default)]
     pub released_by: Option<String>,
+}
+
+/// A host a workload failed on, and when (the coordinator's clock).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "FailedHostRecord")]
+pub struct FailedHost {
+    pub host: String,
+    pub at_ms: u64,
+}
+
+/// A failed host as stored: by this version, or by an older one (only the
+/// name; it counts as failed long ago, so it is no longer avoided).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FailedHostRecord {
+    Full { host: String, at_ms: u64 },
+    Name(String),
+}
+
+impl From<FailedHostRecord> for FailedHost {
+    fn from(r: FailedHostRecord) -> FailedHost {
+        match r {
+            FailedHostRecord::Full { host, at_ms } => FailedHost { host, at_ms },
+            FailedHostRecord::Name(host) => FailedHost { host, at_ms: 0 },
+        }
+    }
+}
+
+impl WorkloadRecord {
+    /// Hosts the placer avoids for it at `now_ms`: those it failed on
+    /// within its `failure_timeout_s`.
+    pub fn avoided_hosts(&self, now_ms: u64) -> impl Iterator<Item = &FailedHost> + '_ {
+        let timeout_ms = self.spec.escalation.failure_timeout_s.saturating_mul(1_000);
+        self.failed_hosts
+            .iter()
+            .filter(move |f| f.at_ms.saturating_add(timeout_ms) > now_ms)
+    }
+
+    /// When the first of its avoided hosts is allowed again (`None`: none
+    /// is avoided).
+    pub fn next_avoidance_end_ms(&self, now_ms: u64) -> Option<u64> {
+        let timeout_ms = self.spec.escalation.failure_timeout_s.saturating_mul(1_000);
+        self.avoided_hosts(now_ms)
+            .map(|f| f.at_ms.saturating_add(timeout_ms))
+            .min()
+    }
 }
 
 /// An instance taken off its host that may still run there: the workload's
@@ -270,6 +323,14 @@ pub enum Command {
         name: String,
         at_ms: u64,
     },
+    /// An operator's `haven cleanup`: forget the hosts the workload failed
+    /// on and, if it was given up on, let it be placed again. `by`: who
+    /// (as audited).
+    Cleanup {
+        workload: String,
+        by: String,
+        at_ms: u64,
+    },
     Place {
         placements: Vec<Placement>,
         at_ms: u64,
@@ -377,6 +438,7 @@ impl Command {
             | Command::ApplyWorkloads { .. }
             | Command::ApplyStaged { .. }
             | Command::DeleteWorkload { .. }
+            | Command::Cleanup { .. }
             | Command::Place { .. }
             | Command::Unassign { .. }
             | Command::SetPending { .. }
@@ -741,13 +803,39 @@ impl ClusterState {
                 let Some(a) = w.assignment.take() else {
                     return CommandResult::Ok;
                 };
-                if !w.failed_hosts.contains(&a.host) {
-                    w.failed_hosts.push(a.host.clone());
-                    if w.failed_hosts.len() > FAILED_HOSTS_MAX {
-                        w.failed_hosts.remove(0);
-                    }
+                // Escalation (DESIGN.md §3, issue 11): each host it failed
+                // on is avoided for `failure_timeout_s`; a failure on a new
+                // host while `max_relocations` others are still avoided
+                // ends the moves.
+                let timeout_ms = w.spec.escalation.failure_timeout_s.saturating_mul(1_000);
+                w.failed_hosts
+                    .retain(|f| f.host != a.host && f.at_ms.saturating_add(timeout_ms) > *at_ms);
+                let moves = w.failed_hosts.len();
+                w.failed_hosts.push(FailedHost {
+                    host: a.host.clone(),
+                    at_ms: *at_ms,
+                });
+                if w.failed_hosts.len() > FAILED_HOSTS_MAX {
+                    w.failed_hosts.remove(0);
                 }
-                w.pending_reason = Some(format!("failed on {}: {reason}", a.host));
+                let max = w.spec.escalation.max_relocations;
+                let gave_up = (moves as u64 >= u64::from(max)).then(|| {
+                    format!(
+                        "failed on {} hosts within failure_timeout_s ({} s): {}; max_relocations is {max}. `haven cleanup {workload}` lets it run again",
+                        moves + 1,
+                        w.spec.escalation.failure_timeout_s,
+                        w.failed_hosts
+                            .iter()
+                            .map(|f| f.host.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    )
+                });
+                w.pending_reason = Some(match &gave_up {
+                    Some(why) => format!("failed: {why}"),
+                    None => format!("failed on {}: {reason}", a.host),
+                });
+                w.gave_up = gave_up.clone();
                 self.event(
                     *at_ms,
                     EventKind::Failed {
@@ -757,10 +845,24 @@ impl ClusterState {
                         reason: reason.clone(),
                     },
                 );
+                if let Some(why) = gave_up {
+                    self.event(
+                        *at_ms,
+                        EventKind::GaveUp {
+                            workload: workload.clone(),
+                            reason: why,
+                        },
+                    );
+                }
                 self.begin_stopping(workload, a, format!("failed on its host: {reason}"));
                 self.reindex_workload(workload);
                 CommandResult::Ok
             }
+            Command::Cleanup {
+                workload,
+                by,
+                at_ms,
+            } => self.cleanup(workload, by, *at_ms),
             Command::CreateToken { record, at_ms } => self.create_token(record, *at_ms),
             Command::RevokeToken {
                 name_or_id,
@@ -828,14 +930,15 @@ impl ClusterState {
                     ));
                 }
                 // Each spec was checked as its part was staged.
-                let checked =
-                    crate::spec::check_staged_apply(source, &staged.specs).and_then(|()| {
+                let checked = crate::spec::check_staged_apply(source, &staged.specs)
+                    .and_then(|()| {
                         crate::spec::check_root_allowed(
                             source,
                             &staged.specs,
                             self.settings.allow_root_workloads,
                         )
-                    });
+                    })
+                    .and_then(|()| self.check_dependencies(source, &staged.specs));
                 match checked {
                     Ok(()) => self.apply_workloads(&staged.specs, source, *at_ms),
                     Err(e) => CommandResult::Rejected(e.to_string()),
@@ -965,7 +1068,9 @@ impl ClusterState {
                 };
                 self.tracker.0.workloads.insert(workload.clone());
                 if let Some(w) = self.workloads.get_mut(workload) {
-                    if w.assignment.is_none() {
+                    if let Some(why) = &w.gave_up {
+                        w.pending_reason = Some(format!("failed: {why}"));
+                    } else if w.assignment.is_none() {
                         w.pending_reason = Some("waiting for placement".into());
                     }
                     w.released_by = Some(st.host.clone());
@@ -1248,6 +1353,35 @@ impl ClusterState {
         result
     }
 
+    fn cleanup(&mut self, workload: &str, by: &str, at_ms: u64) -> CommandResult {
+        if by.len() > TOKEN_BY_LEN_MAX {
+            return CommandResult::Rejected(format!(
+                "field \"by\": at most {TOKEN_BY_LEN_MAX} bytes"
+            ));
+        }
+        let waiting = self.waiting_for_stop(workload);
+        let Some(w) = self.workloads.get_mut(workload) else {
+            return CommandResult::Rejected(format!("no workload is named {workload:?}"));
+        };
+        self.tracker.0.workloads.insert(workload.to_owned());
+        let hosts: Vec<String> = w.failed_hosts.drain(..).map(|f| f.host).collect();
+        let was_failed = w.gave_up.take().is_some();
+        if w.assignment.is_none() {
+            w.pending_reason = Some(waiting.unwrap_or_else(|| "waiting for placement".into()));
+        }
+        self.reindex_workload(workload);
+        self.event(
+            at_ms,
+            EventKind::CleanedUp {
+                workload: workload.to_owned(),
+                by: by.to_owned(),
+                hosts,
+                was_failed,
+            },
+        );
+        CommandResult::Ok
+    }
+
     /// Keep one part of a large apply aside. Bounded: at most
     /// `STAGED_APPLIES_MAX` applies (the oldest evicted), parts older than
     /// `STAGED_APPLY_TTL_MS` dropped, and no more specs than one apply may
@@ -1405,7 +1539,28 @@ impl ClusterState {
         specs: &[WorkloadSpec],
     ) -> Result<(), crate::spec::SpecErrors> {
         crate::spec::check_apply(source, specs)?;
-        crate::spec::check_root_allowed(source, specs, self.settings.allow_root_workloads)
+        crate::spec::check_root_allowed(source, specs, self.settings.allow_root_workloads)?;
+        self.check_dependencies(source, specs)
+    }
+
+    /// `spec::check_dependencies` of an apply against the stored
+    /// workloads (a spec applied replaces the stored one of its name).
+    pub fn check_dependencies(
+        &self,
+        source: &str,
+        specs: &[WorkloadSpec],
+    ) -> Result<(), crate::spec::SpecErrors> {
+        if specs.iter().all(|s| s.after.is_empty()) {
+            return Ok(());
+        }
+        let applied: BTreeMap<&str, &WorkloadSpec> =
+            specs.iter().map(|s| (s.name.as_str(), s)).collect();
+        crate::spec::check_dependencies(source, specs, |name| {
+            applied
+                .get(name)
+                .map(|s| s.after.as_slice())
+                .or_else(|| self.workloads.get(name).map(|w| w.spec.after.as_slice()))
+        })
     }
 
     /// What turning `allow_root_workloads` off means for the workloads
@@ -1451,6 +1606,7 @@ impl ClusterState {
                                     .unwrap_or_else(|| "waiting for placement".into()),
                             ),
                             failed_hosts: vec![],
+                            gave_up: None,
                             released_by: None,
                         },
                     );
@@ -1501,6 +1657,9 @@ impl ClusterState {
         };
         w.spec = spec.clone();
         w.failed_hosts.clear();
+        if w.gave_up.take().is_some() && w.assignment.is_none() {
+            w.pending_reason = Some("waiting for placement".into());
+        }
         let (workload, source) = (spec.name.clone(), source.to_owned());
         let kind = match (old, in_place) {
             (Some((a, _)), Some(host)) => {
@@ -1775,6 +1934,9 @@ mod tests {
             group: None,
             required_labels: Default::default(),
             preferred_hosts: vec![],
+            escalation: Default::default(),
+            after: vec![],
+            after_delay_s: 0,
             probes: vec![],
         }
     }

@@ -193,6 +193,10 @@ enum Step {
     Delete {
         workload: String,
     },
+    /// `haven cleanup NAME`.
+    Cleanup {
+        workload: String,
+    },
     /// `haven settings set` with these keys.
     Settings {
         set: toml::Table,
@@ -503,6 +507,7 @@ fn action(
             Action::Apply(file, specs)
         }
         Step::Delete { workload } => Action::DeleteNamed(workload),
+        Step::Cleanup { workload } => Action::CleanupNamed(workload),
         Step::Settings { set } => {
             let mut s = settings.clone();
             for (key, value) in &set {
@@ -649,7 +654,7 @@ pub fn actual(out: &Outcome, previous: &Expected) -> Expected {
         workload.insert(
             name.clone(),
             WorkloadEnd {
-                failed_on: w.failed_hosts.clone(),
+                failed_on: failed_on(w),
                 ..end
             },
         );
@@ -818,9 +823,17 @@ fn describe(name: &str, out: &Outcome) -> String {
         None => format!("pending {:?}", w.pending_reason.clone().unwrap_or_default()),
     };
     if !w.failed_hosts.is_empty() {
-        let _ = write!(s, ", failed on {}", w.failed_hosts.join(","));
+        let _ = write!(s, ", failed on {}", failed_on(w).join(","));
+    }
+    if let Some(why) = &w.gave_up {
+        let _ = write!(s, ", given up on: {why}");
     }
     s + &instances
+}
+
+/// The hosts a workload failed on, oldest first.
+fn failed_on(w: &haven_core::state::WorkloadRecord) -> Vec<String> {
+    w.failed_hosts.iter().map(|f| f.host.clone()).collect()
 }
 
 /// Why `out` does not match `want` for this workload, if it does not.
@@ -838,8 +851,8 @@ fn mismatch(name: &str, want: &WorkloadEnd, out: &Outcome) -> Option<String> {
     let Some(w) = record else {
         return Some("not in the state".into());
     };
-    if w.failed_hosts != want.failed_on {
-        return Some(format!("failed on {:?}", w.failed_hosts));
+    if failed_on(w) != want.failed_on {
+        return Some(format!("failed on {:?}", failed_on(w)));
     }
     match (&want.host, &want.pending, &w.assignment) {
         (Some(h), _, Some(a)) => {

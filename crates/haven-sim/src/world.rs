@@ -295,6 +295,8 @@ pub enum Action {
     Apply(String, Vec<WorkloadSpec>),
     /// The operator deletes this workload.
     DeleteNamed(String),
+    /// The operator cleans this workload up (`haven cleanup`).
+    CleanupNamed(String),
     /// The operator changes the cluster's settings.
     Settings(ClusterSettings),
     /// The workload's running instance exits (code 1), wherever it runs.
@@ -781,6 +783,9 @@ fn spec(name: String, rng: &mut Rng, datastore: bool) -> WorkloadSpec {
         group: None,
         required_labels: Default::default(),
         preferred_hosts: vec![],
+        escalation: Default::default(),
+        after: vec![],
+        after_delay_s: 0,
         // Every simulated workload has a liveness probe: its checks pass
         // while the instance is there (`HostEffect::RunProbe`), and run
         // through every fault.
@@ -3146,6 +3151,7 @@ impl World {
             }
             Action::Apply(..)
             | Action::DeleteNamed(_)
+            | Action::CleanupNamed(_)
             | Action::Settings(_)
             | Action::Exit(_)
             | Action::CrashLoop(..) => self.act_named(a),
@@ -3215,6 +3221,11 @@ impl World {
                     at_ms: self.now,
                 });
             }
+            Action::CleanupNamed(workload) => self.propose(Command::Cleanup {
+                workload,
+                by: "operator".into(),
+                at_ms: self.now,
+            }),
             Action::Settings(settings) => self.propose(Command::SetSettings {
                 settings,
                 at_ms: self.now,
@@ -3332,7 +3343,11 @@ impl World {
         let state = &self.raft.nodes[n].state;
         let mut missing = vec![];
         for (name, w) in &state.workloads {
-            if w.spec.priority == Priority::Disabled || w.failed_hosts.len() >= state.hosts.len() {
+            // (A workload given up on waits for an operator's cleanup.)
+            if w.spec.priority == Priority::Disabled
+                || w.failed_hosts.len() >= state.hosts.len()
+                || w.gave_up.is_some()
+            {
                 continue;
             }
             let runs = w.assignment.as_ref().is_some_and(|a| {

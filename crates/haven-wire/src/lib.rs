@@ -375,6 +375,21 @@ impl ToWire for EventKind {
                 generation: generation.to_wire(),
                 reason: s(reason),
             },
+            P::GaveUp { workload, reason } => W::GaveUp {
+                workload: s(workload),
+                reason: s(reason),
+            },
+            P::CleanedUp {
+                workload,
+                by,
+                hosts,
+                was_failed,
+            } => W::CleanedUp {
+                workload: s(workload),
+                by: s(by),
+                hosts: hosts.clone(),
+                was_failed: *was_failed,
+            },
             P::Started {
                 workload,
                 host,
@@ -500,6 +515,10 @@ impl ToWire for model::WorkloadSpec {
             required_labels: self.required_labels.clone(),
             preferred_hosts: self.preferred_hosts.clone(),
             probes: self.probes.iter().map(probe_to_wire).collect(),
+            max_relocations: Some(self.escalation.max_relocations),
+            failure_timeout_s: Some(self.escalation.failure_timeout_s),
+            after: self.after.clone(),
+            after_delay_s: (self.after_delay_s != 0).then_some(self.after_delay_s),
         }
     }
 }
@@ -676,6 +695,16 @@ pub fn spec_from_wire(w: v1::WorkloadSpec) -> model::WorkloadSpec {
         required_labels: w.required_labels,
         preferred_hosts: w.preferred_hosts,
         probes: w.probes.into_iter().map(probe_from_wire).collect(),
+        escalation: haven_core::probe::Escalation {
+            max_relocations: w
+                .max_relocations
+                .unwrap_or(haven_core::probe::MAX_RELOCATIONS_DEFAULT),
+            failure_timeout_s: w
+                .failure_timeout_s
+                .unwrap_or(haven_core::probe::FAILURE_TIMEOUT_S_DEFAULT),
+        },
+        after: w.after,
+        after_delay_s: w.after_delay_s.unwrap_or(0),
     }
 }
 
@@ -708,6 +737,9 @@ mod tests {
             group: Some("www-data".into()),
             required_labels: Default::default(),
             preferred_hosts: vec![],
+            escalation: Default::default(),
+            after: vec![],
+            after_delay_s: 0,
             probes: vec![],
         };
         let vm = |network, heartbeat, accel| model::WorkloadSpec {

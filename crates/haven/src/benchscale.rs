@@ -557,6 +557,7 @@ async fn heartbeat_loop(
                     restarts: 0,
                     detail: None,
                     no_failover: false,
+                    ready: true,
                 })
                 .collect(),
         );

@@ -56,6 +56,13 @@ pub enum Cmd {
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
     },
+    /// Forget the hosts a workload failed on (placement avoids them for
+    /// its failure_timeout_s) and, if it is `failed` (it failed on more
+    /// hosts than max_relocations allows), let it be placed again.
+    Cleanup { name: String },
+    /// Why a workload is where it is (or nowhere): its state, readiness,
+    /// the workloads it waits for, the hosts it avoids, and its history.
+    Explain { name: String },
     /// Show hosts and workloads.
     Status {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
@@ -656,6 +663,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             wait,
             timeout_s,
         } => delete(&remote()?, &name, wait.then_some(timeout_s)).await,
+        Cmd::Cleanup { name } => cleanup(&remote()?, &name).await,
+        Cmd::Explain { name } => explain(&remote()?, &name).await,
         Cmd::Status { output } => {
             let s = fetch_status(&remote()?).await?;
             match output {
@@ -987,6 +996,123 @@ async fn wait_until(
 /// How often `--wait` looks at the status.
 const WAIT_POLL_MS: u64 = 200;
 
+async fn cleanup(r: &Remote, name: &str) -> Result<()> {
+    haven_core::spec::check_name(name).map_err(|m| anyhow!("workload name: {m}"))?;
+    let http = r.http(30_000)?;
+    let resp: haven_api::v1::CleanupResponse = rpc::post(
+        &http,
+        &r.server,
+        "/v1/cleanup",
+        &haven_api::v1::CleanupRequest {
+            name: name.to_owned(),
+        },
+        false,
+        None,
+    )
+    .await?;
+    let mut said = vec![];
+    if resp.was_failed {
+        said.push("it may be placed again".to_string());
+    }
+    if !resp.hosts.is_empty() {
+        said.push(format!("{} allowed again", resp.hosts.join(", ")));
+    }
+    if said.is_empty() {
+        println!("{name}: nothing to clean up (it had failed nowhere)");
+    } else {
+        println!("{name}: {}", said.join("; "));
+    }
+    Ok(())
+}
+
+async fn explain(r: &Remote, name: &str) -> Result<()> {
+    haven_core::spec::check_name(name).map_err(|m| anyhow!("workload name: {m}"))?;
+    let status = fetch_status(r).await?;
+    let Some(w) = status.workloads.iter().find(|w| w.name == name) else {
+        bail!("no workload is named {name:?}; `haven status` lists the workloads");
+    };
+    let http = r.http(10_000)?;
+    let events: EventsResponse = rpc::get(&http, &r.server, "/v1/events", false).await?;
+    let history: Vec<&haven_api::v1::Event> = events
+        .events
+        .iter()
+        .filter(|e| e.workload.as_deref() == Some(name))
+        .collect();
+    print!("{}", explanation(w, &status, &history));
+    Ok(())
+}
+
+/// `haven explain`'s text: the workload's state and what decided it, then
+/// its kept history.
+pub fn explanation(
+    w: &WorkloadStatus,
+    s: &StatusResponse,
+    history: &[&haven_api::v1::Event],
+) -> String {
+    let mut out = format!(
+        "{} ({}, priority {}): {}",
+        w.name, w.kind, w.priority, w.state
+    );
+    match &w.host {
+        Some(h) => out.push_str(&format!(" on {h}, generation {}\n", w.generation)),
+        None => out.push('\n'),
+    }
+    if let Some(ready) = w.ready {
+        out.push_str(&format!(
+            "  ready: {}\n",
+            if ready {
+                "yes"
+            } else {
+                "no (a readiness or startup probe has not passed)"
+            }
+        ));
+    }
+    if let Some(r) = &w.reason {
+        out.push_str(&format!("  why: {r}\n"));
+    }
+    if w.state == "failed" && w.host.is_none() {
+        out.push_str(&format!(
+            "  it is not moved again until `haven cleanup {}` (or a new spec)\n",
+            w.name
+        ));
+    }
+    for d in &w.after {
+        let dep = s.workloads.iter().find(|x| x.name == *d);
+        let how = match dep {
+            None => "no such workload".to_string(),
+            Some(x) => match (&x.host, x.ready) {
+                (Some(h), Some(true)) => format!("ready on {h}"),
+                (Some(h), _) => format!("{} on {h}, not ready", x.state),
+                (None, _) => x.state.clone(),
+            },
+        };
+        out.push_str(&format!("  after {d}: {how}\n"));
+    }
+    for a in &w.avoided_hosts {
+        out.push_str(&format!(
+            "  avoids {} until {} (it failed there; `haven cleanup {}` allows it now)\n",
+            a.host,
+            rfc3339_ms(a.until_ms),
+            w.name
+        ));
+    }
+    if let Some(st) = s.stopping.iter().find(|st| st.workload == w.name) {
+        out.push_str(&format!(
+            "  stopping generation {} on {} first: {}\n",
+            st.generation, st.host, st.why
+        ));
+    }
+    if history.is_empty() {
+        out.push_str("history: none kept\n");
+    } else {
+        out.push_str("history (oldest first):\n");
+        for e in history {
+            out.push_str(&format!("  {}  {}\n", rfc3339_ms(e.at_ms), e.message));
+        }
+    }
+    out
+}
+
 async fn events(r: &Remote, follow: bool, output: Output) -> Result<()> {
     let http = r.http(10_000)?;
     let mut after: Option<u64> = None;
@@ -1113,6 +1239,7 @@ pub fn status_table(s: &StatusResponse) -> String {
         "KIND".into(),
         "HOST".into(),
         "STATE".into(),
+        "READY".into(),
         "GEN".into(),
         "PRIORITY".into(),
         "RESTARTS".into(),
@@ -1124,6 +1251,11 @@ pub fn status_table(s: &StatusResponse) -> String {
             w.kind.clone(),
             w.host.clone().unwrap_or_else(|| "-".into()),
             w.state.clone(),
+            match w.ready {
+                Some(true) => "yes".into(),
+                Some(false) => "no".into(),
+                None => "-".into(),
+            },
             w.generation.to_string(),
             w.priority.clone(),
             w.restarts.to_string(),

@@ -325,6 +325,21 @@ pub enum EventKind {
         generation: Generation,
         reason: String,
     },
+    /// It failed on more hosts than `max_relocations` allows within
+    /// `failure_timeout_s`: not placed again until cleaned up or
+    /// re-specced.
+    GaveUp {
+        workload: String,
+        reason: String,
+    },
+    /// An operator's `haven cleanup`: the hosts it had failed on are
+    /// allowed again, and a workload given up on may run again.
+    CleanedUp {
+        workload: String,
+        by: String,
+        hosts: Vec<String>,
+        was_failed: bool,
+    },
     Started {
         workload: String,
         host: String,
@@ -557,8 +572,27 @@ impl fmt::Display for EventKind {
                 reason,
             } => write!(
                 f,
-                "{workload} failed on {host} (generation {generation}): {reason}; stopping it there before moving it to another host"
+                "{workload} failed on {host} (generation {generation}): {reason}; stopping it there"
             ),
+            GaveUp { workload, reason } => {
+                write!(f, "{workload} is failed, not moved again: {reason}")
+            }
+            CleanedUp {
+                workload,
+                by,
+                hosts,
+                was_failed,
+            } => {
+                write!(f, "{workload} cleaned up (by {by})")?;
+                match (hosts.is_empty(), *was_failed) {
+                    (true, false) => f.write_str(": it had failed nowhere"),
+                    (true, true) => f.write_str(": it may run again"),
+                    (false, false) => write!(f, ": {} allowed again", hosts.join(", ")),
+                    (false, true) => {
+                        write!(f, ": it may run again; {} allowed again", hosts.join(", "))
+                    }
+                }
+            }
             Started {
                 workload,
                 host,

@@ -283,7 +283,23 @@ fn examples() -> Vec<(EventKind, &'static str)> {
                 generation: Generation(1),
                 reason: s("no such user"),
             },
-            "ghost failed on h1 (generation 1): no such user; stopping it there before moving it to another host",
+            "ghost failed on h1 (generation 1): no such user; stopping it there",
+        ),
+        (
+            GaveUp {
+                workload: s("web"),
+                reason: s("failed on 3 hosts within failure_timeout_s (600 s): h1, h2, h3; max_relocations is 2"),
+            },
+            "web is failed, not moved again: failed on 3 hosts within failure_timeout_s (600 s): h1, h2, h3; max_relocations is 2",
+        ),
+        (
+            CleanedUp {
+                workload: s("web"),
+                by: s("token ops"),
+                hosts: vec![s("h1"), s("h2")],
+                was_failed: true,
+            },
+            "web cleaned up (by token ops): it may run again; h1, h2 allowed again",
         ),
         (
             Started {
@@ -372,9 +388,11 @@ fn ordinal(k: &EventKind) -> usize {
         StopStep { .. } => 35,
         Stopped { .. } => 36,
         Legacy { .. } => 37,
+        GaveUp { .. } => 38,
+        CleanedUp { .. } => 39,
     }
 }
-const KINDS: usize = 38;
+const KINDS: usize = 40;
 
 #[test]
 fn every_kind_renders_its_sentence() {

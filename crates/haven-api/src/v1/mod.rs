@@ -137,6 +137,23 @@ pub struct WorkloadStatus {
     pub restarts: u32,
     pub pid: Option<u32>,
     pub reason: Option<String>,
+    /// Running and its readiness probes pass (without any: running);
+    /// absent while its host has not said (or it does not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// Hosts it failed on that placement avoids, each until when (ms since
+    /// the epoch, the coordinator's clock).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoided_hosts: Vec<AvoidedHost>,
+    /// Workloads it is placed after.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AvoidedHost {
+    pub host: String,
+    pub until_ms: u64,
 }
 
 /// An instance being stopped before its workload may be placed again
@@ -173,6 +190,22 @@ pub struct DeleteResponse {
     /// The instance being stopped, if it was placed.
     #[serde(default)]
     pub stopping: Option<StoppingView>,
+}
+
+/// `POST /v1/cleanup`: forget the hosts a workload failed on and, if it
+/// is `failed` (given up on), let it be placed again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CleanupRequest {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CleanupResponse {
+    pub name: String,
+    /// The hosts allowed again.
+    pub hosts: Vec<String>,
+    /// It had been given up on (`failed`).
+    pub was_failed: bool,
 }
 
 /// `GET /v1/events[?after=SEQ]`: the kept events newer than `after`,

@@ -48,6 +48,20 @@ pub struct WorkloadSpec {
     /// Health probes of its instances.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<ProbeSpec>,
+    /// Moves to another host after failures before it is `failed`;
+    /// absent: 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_relocations: Option<u32>,
+    /// How long a host it failed on is avoided (and the move counted);
+    /// absent: 600 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_timeout_s: Option<u64>,
+    /// Workloads that must run and be ready before it is placed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Seconds to wait once they are all ready; absent: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_delay_s: Option<u64>,
 }
 
 /// What a probe's verdict acts on: `liveness` (recover), `readiness`

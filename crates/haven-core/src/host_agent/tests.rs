@@ -186,6 +186,7 @@ fn want(workload: &str, generation: u64, isolation: IsolationResponse) -> Desire
         vm: false,
         released_by: None,
         probes: vec![],
+        held: false,
     }
 }
 
@@ -1123,6 +1124,7 @@ fn the_instance_list_is_left_out_only_while_the_coordinator_holds_it() {
         restarts: 0,
         detail: None,
         no_failover: false,
+        ready: true,
     };
     let mut sender = ObservedSender::default();
     let first = sender.next(vec![]);
@@ -1243,4 +1245,141 @@ fn a_failing_liveness_probe_restarts_the_instance_in_place_then_fails_it() {
         o.detail.as_deref().unwrap_or("").contains("liveness probe"),
         "{o:?}"
     );
+}
+
+/// Issue 11 (readiness): an instance with a readiness probe is reported
+/// ready only while that probe passes; one without is ready once running.
+#[test]
+fn an_instance_is_reported_ready_only_while_its_readiness_probe_passes() {
+    use crate::probe::{CheckOutcome, ProbeCheck, ProbeRole, ProbeSpec};
+    let mut probe = ProbeSpec::new(
+        ProbeRole::Readiness,
+        ProbeCheck::Tcp {
+            port: 80,
+            host: None,
+        },
+    );
+    probe.interval_ms = 100;
+    probe.timeout_ms = 100;
+    probe.failure_threshold = 1;
+    let desired = || {
+        let mut w = want("a", 1, IsolationResponse::PowerOff);
+        w.probes = vec![probe.clone()];
+        vec![w, want("b", 1, IsolationResponse::PowerOff)]
+    };
+    let mut a = agent();
+    a.handle(ack(0, 1, desired()), 0);
+    started(&mut a, "a", 1, 10);
+    started(&mut a, "b", 1, 10);
+    let ready = |a: &HostAgent, w: &str, t: u64| {
+        let r = a.report(t);
+        r.observed
+            .iter()
+            .find(|o| o.workload == w)
+            .expect("listed")
+            .is_ready()
+    };
+    assert!(!ready(&a, "a", 11), "not ready before its probe passed");
+    assert!(ready(&a, "b", 11), "no readiness probe: ready when running");
+    let mut passing = true;
+    let mut seen = vec![];
+    for t in (20..2_000).step_by(10) {
+        if t % 300 == 0 {
+            a.handle(ack(t, 1, desired()), t);
+        }
+        if t == 1_000 {
+            passing = false;
+        }
+        for e in a.handle(HostInput::Tick, t) {
+            if let HostEffect::RunProbe {
+                workload,
+                generation,
+                probe,
+                check,
+                ..
+            } = e
+            {
+                let outcome = if passing {
+                    CheckOutcome::Pass
+                } else {
+                    CheckOutcome::Fail {
+                        reason: "refused".into(),
+                    }
+                };
+                a.handle(
+                    HostInput::ProbeResult {
+                        workload,
+                        generation,
+                        probe,
+                        check,
+                        outcome,
+                    },
+                    t + 1,
+                );
+            }
+        }
+        seen.push((t, ready(&a, "a", t + 2)));
+    }
+    assert!(
+        seen.iter().any(|(t, r)| *t < 1_000 && *r),
+        "ready while passing"
+    );
+    assert!(!seen.last().unwrap().1, "not ready once it fails");
+    let o = a.report(2_000);
+    let inst = o.observed.iter().find(|o| o.workload == "a").unwrap();
+    assert_eq!(
+        inst.state,
+        InstanceState::Running,
+        "readiness never stops it"
+    );
+}
+
+/// Issue 11 (ordering): a held instance (it waits for the workloads it
+/// is placed `after`) is not started; once the hold lifts it is. One that
+/// already ran is restarted as usual though held meanwhile.
+#[test]
+fn a_held_instance_is_not_started_until_the_hold_lifts() {
+    let held = |h: bool| {
+        let mut w = want("b", 1, IsolationResponse::PowerOff);
+        w.held = h;
+        vec![w]
+    };
+    let mut a = agent();
+    let fx = a.handle(ack(0, 1, held(true)), 0);
+    assert!(
+        !fx.iter().any(|e| matches!(e, HostEffect::Start { .. })),
+        "{fx:?}"
+    );
+    let fx = a.handle(HostInput::Tick, 100);
+    assert!(
+        !fx.iter().any(|e| matches!(e, HostEffect::Start { .. })),
+        "{fx:?}"
+    );
+    assert!(
+        a.report(100).observed.is_empty(),
+        "nothing runs: nothing listed"
+    );
+    let fx = a.handle(ack(200, 1, held(false)), 200);
+    assert!(
+        fx.iter().any(|e| matches!(e, HostEffect::Start { .. })),
+        "{fx:?}"
+    );
+    started(&mut a, "b", 1, 210);
+    // Held again (a dependency went away): what runs keeps running, and
+    // an exit restarts it in place.
+    a.handle(ack(300, 1, held(true)), 300);
+    a.handle(
+        HostInput::InstanceExited {
+            workload: "b".into(),
+            generation: g(1),
+            how: "exit code 1".into(),
+        },
+        310,
+    );
+    let mut restarted = false;
+    for t in (320..2_000).step_by(10) {
+        let fx = a.handle(HostInput::Tick, t);
+        restarted |= fx.iter().any(|e| matches!(e, HostEffect::Start { .. }));
+    }
+    assert!(restarted, "an instance that ran restarts though held");
 }
