@@ -19,6 +19,7 @@ pub mod heartbeat;
 pub mod lane;
 pub mod logs;
 pub mod node;
+pub mod notify;
 pub mod peer;
 pub mod pki;
 pub mod probe;

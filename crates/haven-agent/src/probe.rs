@@ -1,6 +1,7 @@
 //! Running one check of a workload's probe (`HostEffect::RunProbe`): a
 //! TCP connect, an HTTP GET, or a command on this host, bounded by the
 //! probe's timeout. What the outcome means is the core's (`probe.rs`).
+//! A heartbeat probe has no check: its reports come through `notify.rs`.
 
 use haven_core::probe::{CheckOutcome, ProbeCheck};
 use std::time::Duration;
@@ -45,8 +46,10 @@ async fn check_once(check: &ProbeCheck, timeout: Duration, http: &reqwest::Clien
             .await
         }
         ProbeCheck::Exec { command, .. } => exec_check(command).await,
-        // Refused when applied (`spec::check_workload_probes`).
-        ProbeCheck::Heartbeat => fail("heartbeat probes are not supported yet".into()),
+        // Never asked for: the core judges a heartbeat probe by the
+        // application's reports (`notify.rs`, `HostInput::AppHeartbeat`)
+        // and never makes it a `RunProbe` (`ProbeMonitor::check_due`).
+        ProbeCheck::Heartbeat => fail("a heartbeat probe is not a check the agent runs".into()),
     }
 }
 

@@ -6,7 +6,9 @@
 //! Inputs: acknowledgements and heartbeat sends (`heartbeat.rs`), timer
 //! ticks with the monotonic time, exits noticed through the process driver,
 //! the results of starts and stops, the disks' lock reads a VM start needs,
-//! the verdicts of each VM's monitor (`vm.rs`), datastore writes. Effects:
+//! the verdicts of each VM's monitor (`vm.rs`), datastore writes, the
+//! applications' heartbeats on their notify sockets (`notify.rs`, opened
+//! with the start of an instance that has a heartbeat probe). Effects:
 //! starts and stops through the process driver (a VM's through QEMU), lock
 //! reads on the datastore's lane, the lease keeper's deadline. What the
 //! runtime keeps is mechanism only: the pids of what it started, the specs
@@ -37,6 +39,7 @@ use haven_drivers::vm::VmPaths;
 use std::path::PathBuf;
 
 pub use haven_core::host_agent::{decide, Action, Authority, Local, Phase};
+use haven_drivers::notify;
 use haven_drivers::ocf;
 use haven_drivers::ocf::instance::Ended;
 
@@ -199,6 +202,8 @@ pub struct Supervisor {
     /// What the lease keeper was last told to stop gracefully or hold.
     keeper_policy: Mutex<Option<haven_keeper::Policy>>,
     data_dir: PathBuf,
+    /// The notify sockets of instances with a heartbeat probe.
+    notify: crate::notify::NotifySockets,
 }
 
 pub struct SupervisorConfig {
@@ -283,6 +288,7 @@ impl Supervisor {
             next_watch: AtomicU64::new(1),
             probe_http: crate::probe::http_client(),
             keeper_policy: Mutex::new(None),
+            notify: crate::notify::NotifySockets::new(&cfg.data_dir),
             data_dir: cfg.data_dir,
         };
         // Only kills of older generations: nothing is being started, so
@@ -417,6 +423,7 @@ impl Supervisor {
             }
         };
         self.watch_adopted_vms();
+        self.sync_notify_sockets();
         // The keeper holds the settings of the revision before the report
         // says it was acted on (the coordinator counts on a host that acted
         // on a revision knowing its shutdown timeout).
@@ -676,6 +683,19 @@ impl Supervisor {
                 }
             }
         };
+        // After the spec's own environment: these are the agent's to set.
+        if let Some(interval_ms) = heartbeat_interval_ms(&d.spec) {
+            let path = match self.open_notify(&k, identity.as_ref().map(|id| id.uid)) {
+                Ok(p) => p.display().to_string(),
+                Err(e) => return failed(format!("its notify socket: {e}"), false),
+            };
+            env.insert(notify::NOTIFY_SOCKET_ENV.into(), path.clone());
+            env.insert(notify::HAVEN_NOTIFY_SOCKET_ENV.into(), path);
+            env.insert(
+                notify::WATCHDOG_USEC_ENV.into(),
+                interval_ms.saturating_mul(1_000).to_string(),
+            );
+        }
         // QEMU starts as the agent and drops to the identity itself, once
         // it has opened its disks and sockets (`vm::run_as_args`).
         let process_identity = match &d.spec.kind {
@@ -746,6 +766,73 @@ impl Supervisor {
         }
     }
 
+    /// The notify socket of instance `k` (of a spec with a heartbeat
+    /// probe), opened now or already open; its heartbeats go to the
+    /// machine.
+    fn open_notify(&self, k: &InstanceKey, owner: Option<u32>) -> std::io::Result<PathBuf> {
+        let machine = self.machine.clone();
+        let (workload, generation) = (k.workload.clone(), k.generation);
+        let on_heartbeat = Box::new(move || {
+            machine.feed(HostInput::AppHeartbeat {
+                workload: workload.clone(),
+                generation,
+            });
+        });
+        self.notify
+            .open(k, owner, self.driver.cgroup(k).path(), on_heartbeat)
+    }
+
+    /// Notify sockets follow the instances: closed once an instance is
+    /// gone or failed; opened again for one adopted from a previous agent
+    /// process (at the path its processes were given), once its spec is
+    /// known.
+    fn sync_notify_sockets(&self) {
+        let live: Vec<InstanceKey> = self
+            .machine
+            .lock()
+            .machine
+            .instances()
+            .filter(|i| {
+                matches!(
+                    i.phase,
+                    Phase::Starting | Phase::Running | Phase::Stopping | Phase::Restarting { .. }
+                )
+            })
+            .map(|i| key(&i.workload, i.generation))
+            .collect();
+        self.notify
+            .retain(|w, g| live.iter().any(|k| k.workload == w && k.generation == g));
+        let adopted: Vec<(InstanceKey, Desired)> = {
+            let s = self.machine.lock();
+            s.machine
+                .instances()
+                .filter(|i| i.phase == Phase::Running)
+                .filter(|i| !self.notify.is_open(&i.workload, i.generation))
+                .filter_map(|i| {
+                    let d = s.specs.get(&i.workload)?;
+                    (d.generation == i.generation && heartbeat_interval_ms(&d.spec).is_some())
+                        .then(|| (key(&i.workload, i.generation), d.clone()))
+                })
+                .collect()
+        };
+        // Tried again at each tick while it fails.
+        for (k, d) in adopted {
+            let owner = match d.spec.user.as_deref() {
+                None => None,
+                Some(user) => match Identity::resolve(&k.workload, user, d.spec.group.as_deref()) {
+                    Ok(id) => Some(id.uid),
+                    Err(e) => {
+                        tracing::debug!("{k}: no notify socket yet: {e}");
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = self.open_notify(&k, owner) {
+                tracing::debug!("{k}: no notify socket yet: {e}");
+            }
+        }
+    }
+
     /// Start watching a VM instance.
     fn watch_vm(&self, workload: &str, generation: Generation, vm: &haven_core::model::VmSpec) {
         let k = key(workload, generation);
@@ -789,6 +876,21 @@ fn ocf_instance_argv(
         monitor_timeout_ms: o.monitor_timeout_ms,
     };
     Ok(ocf::instance::command_line(&exe.to_string_lossy(), &cfg))
+}
+
+/// The shortest interval of the heartbeat probes of a process or OCF
+/// spec (`None`: it has none): the `WATCHDOG_USEC` its processes are given,
+/// so that programs written for systemd's watchdog report every half of it.
+fn heartbeat_interval_ms(spec: &haven_core::model::WorkloadSpec) -> Option<u64> {
+    if matches!(spec.kind, WorkloadKind::Vm(_)) {
+        // Refused when applied: a guest cannot reach the socket.
+        return None;
+    }
+    spec.probes
+        .iter()
+        .filter(|p| p.check == haven_core::probe::ProbeCheck::Heartbeat)
+        .map(|p| p.interval_ms)
+        .min()
 }
 
 /// The machine's report, each instance with the pid of its main process.

@@ -323,6 +323,14 @@ pub enum HostInput {
         check: CheckId,
         outcome: CheckOutcome,
     },
+    /// The application of `workload`@`generation` reported it is alive
+    /// (sd_notify `WATCHDOG=1` on its notify socket, or `haven notify`).
+    /// Counts for its heartbeat probes; ignored unless that instance is
+    /// the one here and running, and has one.
+    AppHeartbeat {
+        workload: String,
+        generation: Generation,
+    },
     /// A stop this machine asked for is done: the instance is gone.
     InstanceStopped {
         workload: String,
@@ -806,6 +814,7 @@ impl HostAgent {
                 | HostInput::Ack(_)
                 | HostInput::Performed { .. }
                 | HostInput::ProbeResult { .. }
+                | HostInput::AppHeartbeat { .. }
         ) {
             self.dirty = true;
         }
@@ -906,6 +915,20 @@ impl HostAgent {
                     set.on_result(now_ms, probe, check, outcome);
                 }
             }
+            HostInput::AppHeartbeat {
+                workload,
+                generation,
+            } => {
+                // Its silence is judged at each tick (`run_probes`), by
+                // the deadline `next_wakeup_ms` names.
+                if let Some(set) = self
+                    .instance_mut(&workload, generation)
+                    .filter(|i| i.phase == Phase::Running)
+                    .and_then(|i| i.probes.as_mut())
+                {
+                    set.on_notify(now_ms);
+                }
+            }
             HostInput::InstanceStopped {
                 workload,
                 generation,
@@ -966,7 +989,9 @@ impl HostAgent {
 
     /// When the machine must be called again (with `Tick`) if no other
     /// input comes: the next heartbeat, the lease's expiry, a restart's
-    /// backoff, the datastore's freshness running out.
+    /// backoff, the datastore's freshness running out, a probe's check
+    /// due or deadline (a heartbeat probe's: the end of its allowed
+    /// silence).
     pub fn next_wakeup_ms(&self) -> Option<u64> {
         let mut t = self.next_heartbeat_ms;
         let mut at = |x: u64| t = t.min(x);
@@ -1534,6 +1559,10 @@ impl HostAgent {
             }
             for (probe, check) in set.start_due_checks(now_ms) {
                 let spec = &set.monitors()[probe].spec();
+                // A heartbeat probe is never due as a check
+                // (`ProbeMonitor::check_due`): the application's reports
+                // come as `AppHeartbeat`, its silence is judged above.
+                debug_assert_ne!(spec.check, ProbeCheck::Heartbeat);
                 out.push(HostEffect::RunProbe {
                     workload: w.clone(),
                     generation: i.generation,

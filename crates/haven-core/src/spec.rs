@@ -556,8 +556,10 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Vec<String> {
 }
 
 /// A workload's probes: `probe::check_probes`, and what the agent runs
-/// today (checks from the host: `tcp`, `http`, `exec`; not yet in a
-/// guest, nor the application's own heartbeat).
+/// today: checks from the host (`tcp`, `http`, `exec`; not yet in a
+/// guest), and the application's own heartbeat on its notify socket,
+/// which only a process or an OCF instance on the host has (a VM's guest
+/// has no way to it yet).
 fn check_workload_probes(probes: &[crate::probe::ProbeSpec], vm: bool, out: &mut Problems) {
     use crate::probe::ProbeCheck;
     for p in crate::probe::check_probes(probes, vm) {
@@ -570,10 +572,10 @@ fn check_workload_probes(probes: &[crate::probe::ProbeSpec], vm: bool, out: &mut
                 format!("probes[{i}].in_guest: a probe inside the guest is not supported yet; run the command on the host (in_guest = false) or use a tcp or http probe"),
             );
         }
-        if p.check == ProbeCheck::Heartbeat {
+        if vm && p.check == ProbeCheck::Heartbeat {
             out.push(
                 "probes",
-                format!("probes[{i}]: kind \"heartbeat\" (the application reporting itself) is not supported yet; use tcp, http or exec"),
+                format!("probes[{i}].kind: \"heartbeat\" (the application reporting itself on a notify socket) is for process and ocf workloads; a VM's guest cannot reach the socket (a guest-channel heartbeat is not built): use a tcp or http probe for a VM"),
             );
         }
     }
@@ -1754,7 +1756,6 @@ priority = "high"
             ("{ role = \"liveness\", kind = \"smoke\" }", "probes[0]"),
             ("{ role = \"liveness\", kind = \"tcp\", port = 0 }", "probes[0].port"),
             ("{ role = \"liveness\", kind = \"tcp\", port = 80, interval_ms = 50 }", "probes[0].interval_ms"),
-            ("{ role = \"liveness\", kind = \"heartbeat\" }", "not supported yet"),
             ("{ role = \"liveness\", kind = \"exec\", command = [\"/bin/true\"], in_guest = true }", "probes[0].in_guest"),
         ] {
             let e = errs(&GOOD.replace("vcpus = 1", &format!("vcpus = 1\nprobes = [{bad}]")));
@@ -2125,6 +2126,30 @@ min_uptime_s = 10
         assert_eq!(
             serde_json::from_str::<WorkloadSpec>(&json).unwrap(),
             specs[0]
+        );
+    }
+
+    /// The application's heartbeat reaches the agent through a socket on
+    /// the host: a process or an OCF instance has it, a VM's guest does not.
+    #[test]
+    fn a_heartbeat_probe_is_taken_for_a_process_or_ocf_workload_and_refused_for_a_vm() {
+        let probe = "probes = [{ role = \"liveness\", kind = \"heartbeat\", interval_ms = 2000, timeout_ms = 500 }]";
+        let process = GOOD.replace("vcpus = 1", &format!("vcpus = 1\n{probe}"));
+        let specs = parse_workloads("w.toml", &process).unwrap();
+        assert_eq!(
+            specs[0].probes[0].check,
+            crate::probe::ProbeCheck::Heartbeat
+        );
+        assert_eq!(specs[0].probes[0].interval_ms, 2_000);
+        let ocf = format!("[[workload]]\nname = \"ip\"\nkind = \"ocf\"\nagent = \"ocf:heartbeat:IPaddr2\"\nparams = {{ ip = \"10.0.0.50\" }}\nvcpus = 1\nmemory_mib = 64\n{probe}\n");
+        parse_workloads("w.toml", &ocf).unwrap();
+        let e = errs(&VM.replace("min_uptime_s = 10", &format!("min_uptime_s = 10\n{probe}")));
+        assert!(
+            e.iter().any(
+                |e| e.contains("field \"probes\": probes[0].kind: \"heartbeat\"")
+                    && e.contains("use a tcp or http probe")
+            ),
+            "{e:?}"
         );
     }
 

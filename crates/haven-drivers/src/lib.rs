@@ -8,12 +8,14 @@
 //! An instance runs as its spec's user ([`identity`]), or as the agent.
 //! [`cgroup`] is the thin cgroupfs layer underneath.
 //! [`ocf`] runs OCF resource agents (the Linux-HA standard's `resource-agents`).
+//! [`notify`] is the notify socket an application reports its liveness on.
 
 pub mod cgroup;
 pub mod error;
 pub mod identity;
 pub mod logcopy;
 pub mod logfile;
+pub mod notify;
 pub mod ocf;
 pub mod process;
 pub mod qmp;

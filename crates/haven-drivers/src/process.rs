@@ -448,6 +448,11 @@ impl ProcessDriver {
                 cmd.env("HOME", home);
             }
         }
+        // The notify socket's variables are only ever the ones `env`
+        // gives (a heartbeat probe's), never the agent's own.
+        for name in crate::notify::PROTOCOL_ENV {
+            cmd.env_remove(name);
+        }
         cmd.envs(env)
             .env("HAVEN_WORKLOAD", &key.workload)
             .env("HAVEN_GENERATION", key.generation.to_string())

@@ -142,6 +142,10 @@ pub enum Cmd {
         #[arg(long)]
         ca_sha256: Option<String>,
     },
+    /// Inside a workload with a heartbeat probe: report that it is alive
+    /// (sd_notify `WATCHDOG=1` to $HAVEN_NOTIFY_SOCKET, else
+    /// $NOTIFY_SOCKET), and wait until the agent has taken it.
+    Notify,
     /// The lease keeper of a host (started by `haven agent`; see docs/lease-keeper.md).
     #[command(hide = true)]
     Keeper(KeeperArgs),
@@ -740,6 +744,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Notify => unreachable!("haven notify runs before the runtime starts (main.rs)"),
         Cmd::Keeper(_) => unreachable!("the keeper runs before the runtime starts (main.rs)"),
         Cmd::LogCopier(_) => {
             unreachable!("the log copier runs before the runtime starts (main.rs)")

@@ -5,5 +5,6 @@ pub mod benchscale;
 pub mod cli;
 pub mod demo;
 pub mod localcluster;
+pub mod notify;
 pub mod token;
 pub use haven_core::timefmt;

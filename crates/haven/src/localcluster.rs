@@ -351,6 +351,10 @@ impl LocalCluster {
             }
         }
         remove_cgroup_tree(&self.cgroup);
+        for h in &self.hosts {
+            // Outside the run's directory: the notify sockets' (under /run).
+            let _ = fs::remove_dir_all(haven_agent::notify::runtime_dir(&h.data_dir));
+        }
         if !self.keep_dir {
             let _ = fs::remove_dir_all(&self.dir);
         }

@@ -23,6 +23,10 @@ fn main() {
         haven_drivers::logcopy::run(&a.copier_args());
         return;
     }
+    // And `haven notify`, run in a workload's loop at each report.
+    if let cli::Cmd::Notify = &args.command {
+        std::process::exit(haven::notify::run());
+    }
     // And an OCF instance: its own small runtime, started in main.
     if let cli::Cmd::OcfInstance { args } = &args.command {
         haven_drivers::ocf::instance::main(args);

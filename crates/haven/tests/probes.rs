@@ -79,3 +79,110 @@ fn a_process_that_stops_answering_its_liveness_probe_is_restarted_then_moved() {
     );
     assert_eq!(instances_of(&c, "web").len(), 1, "never two instances");
 }
+
+fn one_host(tag: &str) -> haven::localcluster::LocalCluster {
+    let mut c = haven::localcluster::LocalCluster::new(&exe(), tag).expect("local cluster");
+    c.define("h1", true).unwrap();
+    c.bootstrap("h1").unwrap();
+    c.wait_for("h1 online", FORM_TIMEOUT, |s| {
+        s.hosts.len() == 1 && s.hosts[0].state == "online"
+    })
+    .unwrap();
+    c
+}
+
+/// The process of the instance of `name` that runs (one main process).
+fn main_pid(c: &haven::localcluster::LocalCluster, name: &str) -> u32 {
+    let s = c.status(&c.host("h1").address()).unwrap();
+    workload(&s, name)
+        .pid
+        .expect("a running instance has a pid")
+}
+
+/// The application's own heartbeat (`kind = "heartbeat"`), reported by
+/// `haven notify` from a shell loop through the instance's notify socket:
+/// one that keeps reporting, as its own user, keeps running; one whose
+/// process lives on but stops reporting is restarted in place. The
+/// socket goes with its instance.
+#[test]
+fn an_application_that_stops_notifying_is_restarted_in_place_and_one_that_keeps_on_runs_on() {
+    let mut c = one_host("probe-heartbeat");
+    let server = c.host("h1").address();
+    let haven = exe().display().to_string();
+    let probe = "probes = [{ role = \"liveness\", kind = \"heartbeat\", interval_ms = 500, timeout_ms = 300, failure_threshold = 2 }]";
+    let process = |name: &str, script: &str, extra: &str| {
+        format!(
+            "[[workload]]\nname = \"{name}\"\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", \"{script}\"]\nvcpus = 1\nmemory_mib = 64\n{extra}\n{probe}\n\n"
+        )
+    };
+    // A failed report ends it: it would be restarted, which the test sees.
+    let steady = process(
+        "steady",
+        &format!("while true; do {haven} notify || exit 1; sleep 0.2; done"),
+        "user = \"nobody\"\ngroup = \"nogroup\"",
+    );
+    let fading = process(
+        "fading",
+        &format!("for i in 1 2 3 4 5 6 7 8; do {haven} notify || exit 1; sleep 0.2; done; exec sleep infinity"),
+        "",
+    );
+    let file = write(&c.dir, "w.toml", &format!("{steady}{fading}"));
+    c.cli(&server, &["apply", "-f", &file]).unwrap();
+    let s = c
+        .wait_for("both running", WAIT, |s| all_running(s, 2))
+        .unwrap();
+    let steady_generation = workload(&s, "steady").generation;
+    let steady_pid = main_pid(&c, "steady");
+    let fading_pid = main_pid(&c, "fading");
+
+    // The socket: the instance's own, for its user only.
+    let dir = haven_agent::notify::runtime_dir(&c.host("h1").data_dir);
+    let socket = dir.join(format!("steady@{steady_generation}"));
+    {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let m = std::fs::metadata(&socket).unwrap();
+        assert!(m.file_type().is_socket(), "{socket:?}");
+        assert_eq!((m.uid(), m.mode() & 0o777), (65534, 0o600), "{socket:?}");
+        let env = std::fs::read(format!("/proc/{steady_pid}/environ")).unwrap();
+        let env = String::from_utf8_lossy(&env);
+        for var in ["NOTIFY_SOCKET", "HAVEN_NOTIFY_SOCKET"] {
+            assert!(
+                env.split('\0')
+                    .any(|v| v == format!("{var}={}", socket.display())),
+                "{var}: {env}"
+            );
+        }
+        assert!(
+            env.split('\0').any(|v| v == "WATCHDOG_USEC=500000"),
+            "{env}"
+        );
+    }
+
+    c.wait_for("fading restarted in place", WAIT, |s| {
+        let w = workload(s, "fading");
+        w.restarts >= 1 && w.state == "running" && w.host.as_deref() == Some("h1")
+    })
+    .unwrap();
+    assert_ne!(main_pid(&c, "fading"), fading_pid, "a new process");
+    let s = c.status(&server).unwrap();
+    let w = workload(&s, "fading");
+    assert!(
+        w.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("liveness probe (heartbeat)")),
+        "it says why: {w:?}"
+    );
+    // Long enough for a missed heartbeat to have stopped `steady` too.
+    let s = c.status(&server).unwrap();
+    let w = workload(&s, "steady");
+    assert_eq!(
+        (w.state.as_str(), w.restarts, w.pid),
+        ("running", 0, Some(steady_pid)),
+        "reports every 200 ms keep it running: {w:?}"
+    );
+
+    c.cli(&server, &["delete", "steady", "--wait"]).unwrap();
+    c.wait_for("socket removed", WAIT, |_| !socket.exists())
+        .unwrap();
+    c.cleanup();
+}

@@ -1247,6 +1247,166 @@ fn a_failing_liveness_probe_restarts_the_instance_in_place_then_fails_it() {
     );
 }
 
+/// A liveness probe of kind heartbeat, every timing short.
+fn heartbeat_probe() -> crate::probe::ProbeSpec {
+    use crate::probe::{ProbeCheck, ProbeRole, ProbeSpec};
+    let mut probe = ProbeSpec::new(ProbeRole::Liveness, ProbeCheck::Heartbeat);
+    probe.interval_ms = 200;
+    probe.timeout_ms = 100;
+    probe.failure_threshold = 2;
+    probe
+}
+
+fn app_heartbeat(w: &str, generation: u64) -> HostInput {
+    HostInput::AppHeartbeat {
+        workload: w.into(),
+        generation: g(generation),
+    }
+}
+
+/// When the instance was started and stopped in a run.
+#[derive(Debug, Default)]
+struct Lifecycle {
+    starts_ms: Vec<u64>,
+    stops_ms: Vec<u64>,
+}
+
+/// Runs `a` from `from_ms` to `to_ms` in 10 ms ticks, renewing its lease;
+/// every 100 ms the application reports as generation `reports(t,
+/// started again since the last call)` (`None`: silent). Starts and stops asked for are done at
+/// once. No heartbeat probe is ever run as a check.
+fn run_with_reports(
+    a: &mut HostAgent,
+    desired: &dyn Fn() -> Vec<DesiredInstance>,
+    generation: u64,
+    (from_ms, to_ms): (u64, u64),
+    reports: &mut dyn FnMut(u64, bool) -> Option<u64>,
+) -> Lifecycle {
+    let mut seen = Lifecycle::default();
+    // Started again since the last report.
+    let mut restarted = false;
+    for t in (from_ms..to_ms).step_by(10) {
+        if t % 300 == 0 {
+            a.handle(ack(t, 1, desired()), t);
+        }
+        let fx = a.handle(HostInput::Tick, t);
+        for e in &fx {
+            match e {
+                HostEffect::RunProbe { spec, .. } => panic!("ran {spec:?} as a check"),
+                HostEffect::Start { .. } => {
+                    started(a, "a", generation, t + 2);
+                    seen.starts_ms.push(t);
+                    restarted = true;
+                }
+                _ => {}
+            }
+        }
+        if t % 100 == 0 {
+            if let Some(reported) = reports(t, std::mem::take(&mut restarted)) {
+                a.handle(app_heartbeat("a", reported), t + 5);
+            }
+        }
+        if a.report(t).observed[0].state == InstanceState::Stopping {
+            seen.stops_ms.push(t);
+            stopped_by_sigterm(a, "a", generation, t + 3);
+        }
+    }
+    seen
+}
+
+/// The application's own heartbeat as a liveness probe: an instance whose
+/// application stops reporting is stopped and restarted in place, counted
+/// against the same budget as exits, then `failed`. Mirrors
+/// `a_failing_liveness_probe_restarts_the_instance_in_place_then_fails_it`.
+#[test]
+fn an_application_that_stops_reporting_is_restarted_in_place_then_failed() {
+    let desired = || {
+        let mut w = want("a", 1, IsolationResponse::PowerOff);
+        w.probes = vec![heartbeat_probe()];
+        vec![w]
+    };
+    let mut a = agent();
+    a.handle(ack(0, 1, desired()), 0);
+    started(&mut a, "a", 1, 10);
+    // It reports for 500 ms after each start, then falls silent.
+    let mut reporting_until_ms = 500;
+    let mut reports = |t: u64, restarted: bool| {
+        if restarted {
+            reporting_until_ms = t + 500;
+        }
+        (t < reporting_until_ms).then_some(1)
+    };
+    let seen = run_with_reports(&mut a, &desired, 1, (20, 6_000), &mut reports);
+    let o = &a.report(6_000).observed[0];
+    assert_eq!(o.state, InstanceState::Failed, "{o:?}");
+    assert_eq!(
+        o.restarts, 2,
+        "two restarts in place (the budget), then failed"
+    );
+    assert_eq!(seen.stops_ms.len(), 3, "stopped each time it fell silent");
+    // Never while it reported: each stop comes after its 500 ms of
+    // reports, then two silences (interval + timeout, then interval).
+    let started_ms = [10].iter().chain(&seen.starts_ms);
+    for (start, stop) in started_ms.zip(&seen.stops_ms) {
+        assert!(stop - start >= 500 + 300 + 200 - 100, "{seen:?}");
+    }
+    let detail = o.detail.as_deref().unwrap_or("");
+    assert!(
+        detail.contains("liveness probe (heartbeat)") && detail.contains("no heartbeat"),
+        "{o:?}"
+    );
+}
+
+/// Reports within the interval keep the instance running, with nothing
+/// run as a check; once they stop, two missed deadlines stop it.
+#[test]
+fn application_heartbeats_keep_the_instance_alive() {
+    let desired = || {
+        let mut w = want("a", 1, IsolationResponse::PowerOff);
+        w.probes = vec![heartbeat_probe()];
+        vec![w]
+    };
+    let mut a = agent();
+    a.handle(ack(0, 1, desired()), 0);
+    started(&mut a, "a", 1, 10);
+    let seen = run_with_reports(&mut a, &desired, 1, (20, 10_000), &mut |_, _| Some(1));
+    let o = &a.report(10_000).observed[0];
+    assert!(seen.stops_ms.is_empty(), "{seen:?}");
+    assert_eq!((o.state, o.restarts), (InstanceState::Running, 0));
+    // The machine asks to be woken when the allowed silence ends (the
+    // last report, at 9_905, + interval + timeout), if nothing else comes
+    // first.
+    assert!(a.next_wakeup_ms().unwrap() <= 9_905 + 300);
+
+    let seen = run_with_reports(&mut a, &desired, 1, (10_000, 10_700), &mut |_, _| None);
+    assert_eq!(
+        seen.stops_ms,
+        vec![10_410],
+        "9_905 + 300, + 200: two misses"
+    );
+}
+
+/// A report from an older generation's application (a leftover process,
+/// or one started before a move) says nothing about the current instance.
+#[test]
+fn a_heartbeat_of_an_older_generation_is_ignored() {
+    let desired = || {
+        let mut w = want("a", 2, IsolationResponse::PowerOff);
+        w.probes = vec![heartbeat_probe()];
+        vec![w]
+    };
+    let mut a = agent();
+    a.handle(ack(0, 1, desired()), 0);
+    started(&mut a, "a", 2, 10);
+    let seen = run_with_reports(&mut a, &desired, 2, (20, 1_000), &mut |_, _| Some(1));
+    assert_eq!(seen.stops_ms, vec![510], "only generation 1 reported");
+    // Reports of the generation that runs keep its restarted instance.
+    let seen = run_with_reports(&mut a, &desired, 2, (1_000, 4_000), &mut |_, _| Some(2));
+    assert!(seen.stops_ms.is_empty(), "{seen:?}");
+    let o = &a.report(4_000).observed[0];
+    assert_eq!((o.generation, o.state), (g(2), InstanceState::Running));
+}
+
 /// Issue 11 (readiness): an instance with a readiness probe is reported
 /// ready only while that probe passes; one without is ready once running.
 #[test]

@@ -137,7 +137,7 @@ pub async fn run(cfg: &InstanceConfig) -> Ended {
 type Outcome = Result<ActionOutcome, super::OcfError>;
 
 async fn action(cfg: &InstanceConfig, action: OcfAction, timeout_ms: u64) -> Outcome {
-    let env = BTreeMap::new();
+    let env = notify_env();
     let request = ActionRequest {
         agent: &cfg.agent,
         action,
@@ -147,6 +147,17 @@ async fn action(cfg: &InstanceConfig, action: OcfAction, timeout_ms: u64) -> Out
         env: &env,
     };
     run_action(&cfg.ocf_root, &request).await
+}
+
+/// The notify socket's variables this instance was given (a heartbeat
+/// probe's), passed on to every action: the runner gives an agent a clean
+/// environment, and the daemon its `start` leaves running is what reports
+/// that it is alive.
+fn notify_env() -> BTreeMap<String, String> {
+    crate::notify::PROTOCOL_ENV
+        .iter()
+        .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+        .collect()
 }
 
 /// `None` when the action succeeded; else the stop that follows a failure
