@@ -491,7 +491,6 @@ fn place<'a>(
         .chain(freed.iter().copied())
         .filter(|w| placeable(w))
         .collect();
-    drop(placeable);
     let candidates: Vec<(&WorkloadRecord, Vec<String>)> = candidates
         .into_iter()
         .map(|w| {

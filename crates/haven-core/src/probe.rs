@@ -1,6 +1,7 @@
-//! Health probes of a workload instance (`tcp`, `http`, `exec`, `heartbeat`)
-//! and the escalation a liveness failure leads to: restart in place, then
-//! relocate to another host, then give up.
+//! Health probes of a workload instance (`tcp`, `http`, `exec`, `heartbeat`),
+//! and the bounds of the escalation a failure leads to (`Escalation`: the
+//! host machine restarts in place within the restart policy; the
+//! replicated state moves it and gives up, `state.rs` `FailedOn`).
 //!
 //! Pure, like `restart.rs` and `vm_monitor.rs`: the agent runs each check
 //! and passes in its outcome and the time (`now_ms`); this module decides
@@ -9,11 +10,8 @@
 //! Roles follow Kubernetes: `liveness` failing means recover, `readiness`
 //! gates `ready`, `startup` holds both back until it first passes.
 
-use crate::model::RestartPolicy;
-use crate::restart::{RestartDecision, RestartTracker};
 use crate::spec::{shorten, Bounds, FieldProblem};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// DESIGN.md §3: probe interval 1 s, 3 failures to act.
@@ -73,7 +71,7 @@ pub const FAILURE_TIMEOUT_S: Bounds = Bounds {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeRole {
-    /// Unhealthy: the instance is recovered (`EscalationTracker`).
+    /// Unhealthy: the instance is recovered (restarted in place, then moved: `Escalation`).
     Liveness,
     /// Healthy: the instance is `ready` (dependencies may start).
     Readiness,
@@ -898,127 +896,6 @@ impl ProbeSet {
                 .iter()
                 .filter(|m| m.spec.role == ProbeRole::Readiness)
                 .all(|m| m.health == ProbeHealth::Healthy)
-    }
-}
-
-/// What a liveness failure leads to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EscalationDecision {
-    /// Restart on the same host after `delay_ms` (the n-th in the window).
-    RestartInPlace {
-        delay_ms: u64,
-        restarts_in_window: u32,
-    },
-    /// Move it; place it anywhere but `avoid_host` until `until_ms`.
-    Relocate {
-        avoid_host: String,
-        until_ms: u64,
-        relocations: u32,
-    },
-    /// Mark it `failed`; only an operator's cleanup brings it back.
-    GiveUp { reason: String },
-}
-
-/// One workload's escalation, kept by the coordinator: restarts in place
-/// per host within the window, then relocations, each avoiding the host
-/// it failed on for `failure_timeout_s`, then `failed`.
-#[derive(Clone, Debug)]
-pub struct EscalationTracker {
-    restart: RestartPolicy,
-    escalation: Escalation,
-    /// The in-place budget of the host it last failed on: each host gives
-    /// a fresh one, as Pacemaker counts failures per node.
-    in_place: Option<(String, RestartTracker)>,
-    /// Hosts it was moved off, each until when. A move counts as long as
-    /// its host is avoided, so a fault that stopped recurring is forgotten
-    /// and at most `max_relocations` hosts are ever kept here.
-    avoided_until_ms: BTreeMap<String, u64>,
-    given_up: bool,
-}
-
-impl EscalationTracker {
-    pub fn new(restart: RestartPolicy, escalation: Escalation) -> EscalationTracker {
-        EscalationTracker {
-            restart,
-            escalation,
-            in_place: None,
-            avoided_until_ms: BTreeMap::new(),
-            given_up: false,
-        }
-    }
-
-    /// An instance on `host` failed its liveness (or startup) probe.
-    pub fn on_liveness_failure(&mut self, host: &str, now_ms: u64) -> EscalationDecision {
-        if self.given_up {
-            return EscalationDecision::GiveUp {
-                reason: "already failed; an operator's cleanup lets it run again".into(),
-            };
-        }
-        self.avoided_until_ms
-            .retain(|_, until_ms| *until_ms > now_ms);
-        let restarts_in_window = match self.in_place_budget(host).on_exit(now_ms) {
-            RestartDecision::RestartAfter {
-                delay_ms,
-                restarts_in_window,
-            } => {
-                return EscalationDecision::RestartInPlace {
-                    delay_ms,
-                    restarts_in_window,
-                }
-            }
-            RestartDecision::GiveUp { restarts_in_window } => restarts_in_window,
-        };
-        // Failing again on a host already avoided (placed there by hand)
-        // renews its avoidance; it is not one more move.
-        let relocations = self.avoided_until_ms.keys().filter(|h| *h != host).count() as u32;
-        if relocations >= self.escalation.max_relocations {
-            self.given_up = true;
-            return EscalationDecision::GiveUp {
-                reason: format!(
-                    "{restarts_in_window} restarts within {} s on host {host}, after {relocations} moves within {} s (max_relocations {})",
-                    self.restart.restart_window_s,
-                    self.escalation.failure_timeout_s,
-                    self.escalation.max_relocations
-                ),
-            };
-        }
-        let until_ms =
-            now_ms.saturating_add(self.escalation.failure_timeout_s.saturating_mul(1_000));
-        self.avoided_until_ms.insert(host.to_string(), until_ms);
-        self.in_place = None;
-        EscalationDecision::Relocate {
-            avoid_host: host.to_string(),
-            until_ms,
-            relocations: relocations + 1,
-        }
-    }
-
-    fn in_place_budget(&mut self, host: &str) -> &mut RestartTracker {
-        if self.in_place.as_ref().is_none_or(|(h, _)| h != host) {
-            self.in_place = Some((host.to_string(), RestartTracker::new(self.restart)));
-        }
-        let (_, tracker) = self.in_place.as_mut().expect("set just above");
-        tracker
-    }
-
-    /// Hosts placement must not choose for this workload at `now_ms`.
-    pub fn avoided_hosts(&self, now_ms: u64) -> Vec<&str> {
-        self.avoided_until_ms
-            .iter()
-            .filter(|(_, until_ms)| **until_ms > now_ms)
-            .map(|(h, _)| h.as_str())
-            .collect()
-    }
-
-    pub fn is_given_up(&self) -> bool {
-        self.given_up
-    }
-
-    /// The operator's cleanup: every host allowed again, every count reset.
-    pub fn cleanup(&mut self) {
-        self.in_place = None;
-        self.avoided_until_ms.clear();
-        self.given_up = false;
     }
 }
 

@@ -186,3 +186,118 @@ fn an_application_that_stops_notifying_is_restarted_in_place_and_one_that_keeps_
         .unwrap();
     c.cleanup();
 }
+
+/// Issue 11 (escalation): a workload whose liveness probe fails on every
+/// host it is moved to is moved `max_relocations` times, then `failed`
+/// (not moved again, though a host never had it); `haven explain` says
+/// why and what to do, `haven cleanup` lets it run again.
+#[test]
+fn a_workload_failing_wherever_it_goes_is_failed_after_max_relocations_until_cleanup() {
+    let mut c = three_managers("probe-escalation");
+    let server = c.host("h1").address();
+    let script = write(&c.dir, "server.py", SERVER);
+    let marks = c.dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let port = free_port();
+    let spec = format!(
+        "[[workload]]\nname = \"web\"\nkind = \"process\"\ncommand = [\"/usr/bin/python3\", \"{script}\", \"{port}\", \"{}\"]\nvcpus = 1\nmemory_mib = 64\nmax_restarts = 0\nmax_relocations = 1\nprobes = [{{ role = \"liveness\", kind = \"http\", port = {port}, path = \"/\", initial_delay_ms = 1000, interval_ms = 300, timeout_ms = 300, failure_threshold = 2 }}]\n",
+        marks.display()
+    );
+    let file = write(&c.dir, "w.toml", &spec);
+    c.cli(&server, &["apply", "-f", &file]).unwrap();
+    let s = c.wait_for("running", WAIT, |s| all_running(s, 1)).unwrap();
+    let first = workload(&s, "web").host.clone().unwrap();
+    for h in ["h1", "h2", "h3"] {
+        std::fs::write(marks.join(format!("hang-{h}")), "").unwrap();
+    }
+    let s = c
+        .wait_for("failed, given up on", WAIT, |s| {
+            let w = workload(s, "web");
+            w.state == "failed" && w.host.is_none()
+        })
+        .unwrap();
+    let w = workload(&s, "web");
+    assert_eq!(w.host, None);
+    assert_eq!(w.avoided_hosts.len(), 2, "{w:?}");
+    assert!(w.avoided_hosts.iter().any(|a| a.host == first), "{w:?}");
+    // It stays failed, though one host never had it.
+    std::thread::sleep(std::time::Duration::from_millis(2_000));
+    let s = c.status(&server).unwrap();
+    assert_eq!(workload(&s, "web").state, "failed");
+    let told = c.cli(&server, &["explain", "web"]).unwrap();
+    for needle in [
+        "web (process, priority medium): failed",
+        "max_relocations is 1",
+        "haven cleanup web",
+        &format!("avoids {first} until"),
+        "history (oldest first):",
+    ] {
+        assert!(told.contains(needle), "{needle:?} in:\n{told}");
+    }
+    for h in ["h1", "h2", "h3"] {
+        std::fs::remove_file(marks.join(format!("hang-{h}"))).unwrap();
+    }
+    let said = c.cli(&server, &["cleanup", "web"]).unwrap();
+    assert!(said.contains("it may be placed again"), "{said}");
+    let s = c
+        .wait_for("running again", WAIT, |s| all_running(s, 1))
+        .unwrap();
+    assert!(workload(&s, "web").avoided_hosts.is_empty());
+    assert_eq!(instances_of(&c, "web").len(), 1, "never two instances");
+    let e = c.cli(&server, &["cleanup", "nosuch"]).unwrap_err();
+    assert!(format!("{e:#}").contains("no workload is named"), "{e:#}");
+}
+
+/// Issue 11 (ordering): a workload placed `after` another is not started
+/// while that one runs but is not ready (its readiness probe fails), and
+/// is once it is; a dependency cycle is refused at apply, naming it.
+#[test]
+fn a_dependent_starts_once_its_dependency_is_ready_and_a_cycle_is_refused() {
+    let mut c = one_host("probe-after");
+    let server = c.host("h1").address();
+    let script = write(&c.dir, "server.py", SERVER);
+    let marks = c.dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    std::fs::write(marks.join("hang-h1"), "").unwrap();
+    let port = free_port();
+    let db = format!(
+        "[[workload]]\nname = \"db\"\nkind = \"process\"\ncommand = [\"/usr/bin/python3\", \"{script}\", \"{port}\", \"{}\"]\nvcpus = 1\nmemory_mib = 64\nprobes = [{{ role = \"readiness\", kind = \"http\", port = {port}, path = \"/\", interval_ms = 300, timeout_ms = 300, failure_threshold = 1 }}]\n\n",
+        marks.display()
+    );
+    let web = "[[workload]]\nname = \"web\"\nkind = \"process\"\ncommand = [\"/bin/sleep\", \"infinity\"]\nvcpus = 1\nmemory_mib = 64\nafter = [\"db\"]\n";
+    let file = write(&c.dir, "w.toml", &format!("{db}{web}"));
+    c.cli(&server, &["apply", "-f", &file]).unwrap();
+    c.wait_for("db running, web waiting", WAIT, |s| {
+        let (d, w) = (workload(s, "db"), workload(s, "web"));
+        d.state == "running"
+            && d.ready == Some(false)
+            && w.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("waiting for db"))
+    })
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let s = c.status(&server).unwrap();
+    assert_ne!(workload(&s, "web").state, "running", "db is not ready");
+    let told = c.cli(&server, &["explain", "web"]).unwrap();
+    assert!(
+        told.contains("after db: running on h1, not ready"),
+        "{told}"
+    );
+    std::fs::remove_file(marks.join("hang-h1")).unwrap();
+    let s = c
+        .wait_for("both running", WAIT, |s| all_running(s, 2))
+        .unwrap();
+    assert_eq!(workload(&s, "db").ready, Some(true));
+    // db after web closes a cycle: refused, nothing changes.
+    let cycle = write(
+        &c.dir,
+        "cycle.toml",
+        &db.replace("vcpus = 1\n", "vcpus = 1\nafter = [\"web\"]\n"),
+    );
+    let e = c.cli(&server, &["apply", "-f", &cycle]).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("a dependency cycle: db → web → db"), "{e}");
+    let s = c.status(&server).unwrap();
+    assert!(all_running(&s, 2));
+}
