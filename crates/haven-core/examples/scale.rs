@@ -55,6 +55,9 @@ fn spec(i: usize, vcpus: u32, memory_mib: u64) -> WorkloadSpec {
         escalation: Default::default(),
         after: vec![],
         after_delay_s: 0,
+        affinity: vec![],
+        anti_affinity: vec![],
+        affinity_strict: false,
         probes: vec![],
     }
 }

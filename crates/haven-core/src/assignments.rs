@@ -41,6 +41,8 @@ pub struct AssignmentIndex {
     counted: HashMap<String, Counted>,
     /// Workloads placed and started `after` others.
     ordered: BTreeSet<String>,
+    /// Workloads with `affinity` or `anti_affinity` rules.
+    ruled: BTreeSet<String>,
 }
 
 impl AssignmentIndex {
@@ -51,6 +53,11 @@ impl AssignmentIndex {
             index.sync(name, Some(w));
         }
         index
+    }
+
+    /// Workloads with affinity rules, by name.
+    pub fn ruled(&self) -> impl Iterator<Item = &str> + '_ {
+        self.ruled.iter().map(String::as_str)
     }
 
     /// Workloads with an `after` list, by name.
@@ -66,6 +73,13 @@ impl AssignmentIndex {
             }
         } else {
             self.ordered.remove(name);
+        }
+        if record.is_some_and(|w| !w.spec.affinity.is_empty() || !w.spec.anti_affinity.is_empty()) {
+            if !self.ruled.contains(name) {
+                self.ruled.insert(name.to_owned());
+            }
+        } else {
+            self.ruled.remove(name);
         }
         let now = record.map(|w| Counted {
             host: w.assignment.as_ref().map(|a| a.host.clone()),
@@ -252,6 +266,9 @@ mod tests {
                 escalation: Default::default(),
                 after: vec![],
                 after_delay_s: 0,
+                affinity: vec![],
+                anti_affinity: vec![],
+                affinity_strict: false,
                 probes: vec![],
             },
             assignment: host.map(|h| Assignment {

@@ -339,6 +339,40 @@ fn unassign_from_gone_hosts<'a>(
     freed
 }
 
+/// `w`'s affinity rules, both ways: those it declares, and those of
+/// `ruled` (the workloads with rules) that name it. A rule one side holds
+/// strict is strict.
+fn affinity_rules(w: &WorkloadRecord, ruled: &[&WorkloadRecord]) -> Vec<placement::Rule> {
+    let mut rules: BTreeMap<(String, bool), bool> = BTreeMap::new();
+    let mut add = |other: &str, together: bool, strict: bool| {
+        let s = rules.entry((other.to_owned(), together)).or_insert(false);
+        *s |= strict;
+    };
+    for o in &w.spec.affinity {
+        add(o, true, w.spec.affinity_strict);
+    }
+    for o in &w.spec.anti_affinity {
+        add(o, false, w.spec.affinity_strict);
+    }
+    let name = &w.spec.name;
+    for r in ruled.iter().filter(|r| r.spec.name != *name) {
+        if r.spec.affinity.contains(name) {
+            add(&r.spec.name, true, r.spec.affinity_strict);
+        }
+        if r.spec.anti_affinity.contains(name) {
+            add(&r.spec.name, false, r.spec.affinity_strict);
+        }
+    }
+    rules
+        .into_iter()
+        .map(|((workload, together), strict)| placement::Rule {
+            workload,
+            together,
+            strict,
+        })
+        .collect()
+}
+
 /// What step 3 found beyond its commands.
 struct PlaceOutcome {
     /// When the time alone may change the outcome: an avoided host is
@@ -507,12 +541,40 @@ fn place<'a>(
             (w, avoid)
         })
         .collect();
+    // Affinity rules, both ways: those a candidate declares and those
+    // that name it; and where the workloads they name run.
+    let ruled: Vec<&WorkloadRecord> = state
+        .assignments()
+        .ruled()
+        .filter_map(|n| state.workloads.get(n))
+        .collect();
+    let mut placed: BTreeMap<String, String> = BTreeMap::new();
     let unplaced: Vec<Unplaced> = candidates
         .iter()
-        .map(|(w, avoid)| Unplaced {
-            spec: &w.spec,
-            generation: w.generation,
-            avoid,
+        .map(|(w, avoid)| {
+            let rules = if ruled.is_empty() {
+                vec![]
+            } else {
+                affinity_rules(w, &ruled)
+            };
+            // (What step 2 frees is leaving its host: where it goes is
+            // this plan's.)
+            for r in &rules {
+                let assigned = state
+                    .workloads
+                    .get(&r.workload)
+                    .filter(|o| !freed.iter().any(|f| f.spec.name == o.spec.name))
+                    .and_then(|o| o.assignment.as_ref());
+                if let Some(a) = assigned {
+                    placed.insert(r.workload.clone(), a.host.clone());
+                }
+            }
+            Unplaced {
+                spec: &w.spec,
+                generation: w.generation,
+                avoid,
+                rules,
+            }
         })
         .collect();
     let waits_for_reports = !waiting.is_empty();
@@ -561,7 +623,7 @@ fn place<'a>(
             labels: h.labels.clone(),
         })
         .collect();
-    let plan = placement::plan(&views, &unplaced);
+    let plan = placement::plan_with(&views, &unplaced, &placed);
     // In priority order, a bounded number per command (one Raft entry
     // holds a bounded number of bytes: `state::BATCH_BYTES_MAX`).
     for placements in plan.placements.chunks(PLACEMENTS_PER_COMMAND_MAX) {
@@ -634,6 +696,9 @@ mod tests {
             escalation: Default::default(),
             after: vec![],
             after_delay_s: 0,
+            affinity: vec![],
+            anti_affinity: vec![],
+            affinity_strict: false,
             probes: vec![],
         }
     }
@@ -1169,6 +1234,76 @@ mod tests {
         w.at_ms += 5_000;
         w.run();
         assert_eq!(w.host_of("web").as_deref(), Some("h2"));
+    }
+
+    /// Issue 11 (placement rules): affinity and anti-affinity hold both
+    /// ways, whichever workload declares them, and a host failure keeps
+    /// them: replicas that all prefer h1 are spread by anti-affinity, and
+    /// a db that prefers h2 goes where the app that names it runs.
+    #[test]
+    fn affinity_rules_hold_both_ways_and_after_a_failover() {
+        let replica = |name: &str, apart: &[&str]| WorkloadSpec {
+            preferred_hosts: vec!["h1".into()],
+            anti_affinity: apart.iter().map(|a| a.to_string()).collect(),
+            ..spec(name, Priority::High)
+        };
+        let app = WorkloadSpec {
+            affinity: vec!["db".into()],
+            affinity_strict: true,
+            ..spec("app", Priority::Highest)
+        };
+        let db = WorkloadSpec {
+            preferred_hosts: vec!["h2".into()],
+            ..spec("db", Priority::Low)
+        };
+        let mut w = World::with_hosts(
+            vec![
+                replica("r1", &["r2", "r3"]),
+                replica("r2", &["r3"]),
+                replica("r3", &[]),
+                app,
+                db,
+            ],
+            &["h1", "h2", "h3", "h4"],
+        );
+        for h in ["h1", "h2", "h3", "h4"] {
+            w.hosts.insert(h.into(), online());
+        }
+        w.run();
+        w.run();
+        let on = |w: &World, n: &str| w.host_of(n).unwrap_or_default();
+        let replicas: BTreeSet<String> = ["r1", "r2", "r3"].iter().map(|r| on(&w, r)).collect();
+        assert_eq!(replicas.len(), 3, "apart: {replicas:?}");
+        assert_eq!(on(&w, "r1"), "h1", "the first keeps its preferred host");
+        assert_eq!(on(&w, "db"), on(&w, "app"), "db with the app that names it");
+        let reason = w.s.events(None).iter().find_map(|e| match &e.kind {
+            EventKind::Placed {
+                workload, reason, ..
+            } if workload == "db" => Some(reason.clone()),
+            _ => None,
+        });
+        assert!(
+            reason
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("affinity: with app"),
+            "{reason:?}"
+        );
+        // The host of r1 fails: r1 moves to the one host without a replica.
+        let r1_host = on(&w, "r1");
+        assert_eq!(on(&w, "app"), r1_host, "app, db and r1 share h1");
+        w.hosts.insert(r1_host.clone(), silent(60_000));
+        w.run();
+        let now: BTreeSet<String> = ["r1", "r2", "r3"].iter().map(|r| on(&w, r)).collect();
+        assert_eq!(now.len(), 3, "still apart: {now:?}");
+        assert!(!now.contains(&r1_host));
+        // In the same decision, the strict app and its db land together.
+        assert!(
+            w.host_of("app").is_some(),
+            "{:?}",
+            w.s.workloads["app"].pending_reason
+        );
+        assert_eq!(on(&w, "db"), on(&w, "app"));
     }
 
     fn bigger(name: &str) -> WorkloadSpec {

@@ -53,6 +53,9 @@ fn spec(name: &str) -> WorkloadSpec {
         escalation: Default::default(),
         after: vec![],
         after_delay_s: 0,
+        affinity: vec![],
+        anti_affinity: vec![],
+        affinity_strict: false,
         probes: vec![],
     }
 }

@@ -490,6 +490,21 @@ pub struct WorkloadSpec {
     pub after: Vec<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub after_delay_s: u64,
+    /// Placement: on the host where these workloads run (either may name
+    /// the other: the rule holds both ways).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<String>,
+    /// Placement: never on a host where one of these runs (both ways).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anti_affinity: Vec<String>,
+    /// `true`: pending rather than break `affinity` / `anti_affinity`;
+    /// `false` (soft): kept when some host allows it, else broken, saying so.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub affinity_strict: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &u64) -> bool {

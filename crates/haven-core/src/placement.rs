@@ -5,7 +5,11 @@
 //! name); each goes to the first of its `preferred_hosts` that can take it,
 //! else to the eligible host with the most free memory that fits it, ties
 //! broken by free vcpus and then host name; only hosts carrying its
-//! `required_labels` and not avoided for it count. Capacity is allocated as
+//! `required_labels` and not avoided for it count; its affinity rules
+//! (`Rule`, both ways) put it with the workloads it goes with first and
+//! never beside those it keeps apart from (a soft rule is broken, saying
+//! so, when no host keeps it; a strict one leaves it pending). What this
+//! plan places counts for the rules as it goes. Capacity is allocated as
 //! decisions are made, so a plan never puts a host over capacity. Each
 //! placement's reason names the rule that decided it.
 //!
@@ -40,6 +44,30 @@ pub struct Unplaced<'a> {
     pub generation: Generation,
     /// Hosts it failed on: not used for it.
     pub avoid: &'a [String],
+    /// Its affinity rules, both ways (the ones it declares and the ones
+    /// declared naming it), each with whether it is strict.
+    pub rules: Vec<Rule>,
+}
+
+/// One affinity rule as the placer applies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// The other workload.
+    pub workload: String,
+    /// `true`: on its host; `false`: not on its host.
+    pub together: bool,
+    /// Pending rather than break it.
+    pub strict: bool,
+}
+
+impl Rule {
+    fn name(&self) -> &'static str {
+        if self.together {
+            "affinity"
+        } else {
+            "anti_affinity"
+        }
+    }
 }
 
 /// Why a workload fits on no host now. Free of live figures on purpose:
@@ -56,6 +84,8 @@ pub enum Unplaceable {
     NoHostWithLabels { labels: BTreeMap<String, String> },
     /// No online host it has not failed on has this much free.
     NoRoom { demand: Capacity },
+    /// A strict affinity rule leaves no host that could take it.
+    Affinity { rule: String },
 }
 
 impl fmt::Display for Unplaceable {
@@ -77,6 +107,10 @@ impl fmt::Display for Unplaceable {
                 f,
                 "no online host has {} vcpus and {} MiB free",
                 demand.vcpus, demand.memory_mib
+            ),
+            Unplaceable::Affinity { rule } => write!(
+                f,
+                "{rule} (strict): no host that could take it keeps the rule"
             ),
         }
     }
@@ -124,7 +158,19 @@ fn carries(host: &HostView, required: &BTreeMap<String, String>) -> bool {
     required.iter().all(|(k, v)| host.labels.get(k) == Some(v))
 }
 
+/// `plan` where no workload has affinity rules.
 pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
+    plan_with(hosts, unplaced, &BTreeMap::new())
+}
+
+/// The plan. `placed`: where the workloads the rules name run now
+/// (workload → host); what this plan places counts too, as it goes.
+pub fn plan_with(
+    hosts: &[HostView],
+    unplaced: &[Unplaced<'_>],
+    placed: &BTreeMap<String, String>,
+) -> Plan {
+    let mut placed_now: BTreeMap<String, String> = BTreeMap::new();
     let mut free: Vec<Capacity> = hosts
         .iter()
         .map(|h| h.capacity.saturating_sub(&h.allocated))
@@ -143,37 +189,78 @@ pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
     let mut out = Plan::default();
     for u in order {
         let demand = u.spec.demand();
-        let allowed = |i: usize| {
+        let base = |i: usize| {
             carries(&hosts[i], &u.spec.required_labels) && !u.avoid.contains(&hosts[i].name)
         };
-        let preferred = u
-            .spec
-            .preferred_hosts
+        // Where each rule's other workload runs (or was placed just now).
+        let rule_hosts: Vec<(&Rule, Option<&str>)> = u
+            .rules
             .iter()
-            .enumerate()
-            .find_map(|(k, name)| {
-                let i = *by_name.get(name.as_str())?;
-                (free[i].fits(&demand) && allowed(i)).then_some((k, i))
-            });
-        let best = preferred.map(|(_, i)| i).or_else(|| {
-            ranked
+            .map(|r| {
+                let h = placed_now
+                    .get(&r.workload)
+                    .or_else(|| placed.get(&r.workload))
+                    .map(String::as_str);
+                (r, h)
+            })
+            .collect();
+        // Rules kept on host i (all, or only the strict ones).
+        let keeps = |i: usize, strict_only: bool| {
+            rule_hosts
                 .iter()
-                .take_while(|(Reverse(memory_mib), ..)| *memory_mib >= demand.memory_mib)
-                .find(|(_, Reverse(vcpus), _, Reverse(i))| *vcpus >= demand.vcpus && allowed(*i))
-                .map(|key| (key.3).0)
-        });
-        match best {
-            Some(i) => {
+                .all(|(r, h)| (strict_only && !r.strict) || keeps_one(r, *h, &hosts[i].name))
+        };
+        let choose = |allowed: &dyn Fn(usize) -> bool| -> Option<(Chosen, usize)> {
+            let fits = |i: usize| free[i].fits(&demand) && allowed(i);
+            // With the workloads it goes with, first.
+            let with = rule_hosts.iter().find_map(|(r, h)| {
+                let i = *by_name.get((*h)?)?;
+                (r.together && fits(i)).then(|| (Chosen::With(r.workload.clone()), i))
+            });
+            with.or_else(|| {
+                u.spec
+                    .preferred_hosts
+                    .iter()
+                    .enumerate()
+                    .find_map(|(k, name)| {
+                        let i = *by_name.get(name.as_str())?;
+                        fits(i).then_some((Chosen::Preferred(k), i))
+                    })
+            })
+            .or_else(|| {
+                ranked
+                    .iter()
+                    .take_while(|(Reverse(memory_mib), ..)| *memory_mib >= demand.memory_mib)
+                    .find(|(_, Reverse(vcpus), _, Reverse(i))| {
+                        *vcpus >= demand.vcpus && allowed(*i)
+                    })
+                    .map(|key| (Chosen::MostFree, (key.3).0))
+            })
+        };
+        let kept_all = choose(&|i| base(i) && keeps(i, false));
+        let (chosen, broken) = match kept_all {
+            Some(c) => (Some(c), false),
+            None if u.rules.iter().any(|r| !r.strict) => {
+                (choose(&|i| base(i) && keeps(i, true)), true)
+            }
+            None => (None, false),
+        };
+        match chosen {
+            Some((how, i)) => {
                 let f = free[i];
-                let reason = match preferred {
-                    Some((k, _)) => format!(
+                let mut reason = match how {
+                    Chosen::With(w) => format!(
+                        "affinity: with {w} ({} MiB and {} vcpus free)",
+                        f.memory_mib, f.vcpus
+                    ),
+                    Chosen::Preferred(k) => format!(
                         "preferred_hosts: choice {} of {} ({} MiB and {} vcpus free)",
                         k + 1,
                         u.spec.preferred_hosts.len(),
                         f.memory_mib,
                         f.vcpus
                     ),
-                    None => format!(
+                    Chosen::MostFree => format!(
                         "most free memory ({} MiB free of {} MiB, {} of {} vcpus free){}",
                         f.memory_mib,
                         hosts[i].capacity.memory_mib,
@@ -186,6 +273,18 @@ pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
                         }
                     ),
                 };
+                if broken {
+                    let names: Vec<String> = rule_hosts
+                        .iter()
+                        .filter(|(r, h)| !r.strict && !keeps_one(r, *h, &hosts[i].name))
+                        .map(|(r, _)| format!("{} {}", r.name(), r.workload))
+                        .collect();
+                    reason.push_str(&format!(
+                        "; soft rule broken, no host could keep it: {}",
+                        names.join(", ")
+                    ));
+                }
+                placed_now.insert(u.spec.name.clone(), hosts[i].name.clone());
                 ranked.remove(&rank(hosts, i, &f));
                 free[i] = f.saturating_sub(&demand);
                 ranked.insert(rank(hosts, i, &free[i]));
@@ -214,6 +313,16 @@ pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
                     Unplaceable::FailedOnEveryOnlineHost {
                         hosts: u.avoid.to_vec(),
                     }
+                } else if u.rules.iter().any(|r| r.strict) && choose(&|i| base(i)).is_some() {
+                    Unplaceable::Affinity {
+                        rule: u
+                            .rules
+                            .iter()
+                            .filter(|r| r.strict)
+                            .map(|r| format!("{} with {}", r.name(), r.workload))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }
                 } else {
                     Unplaceable::NoRoom { demand }
                 };
@@ -222,6 +331,22 @@ pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
         }
     }
     out
+}
+
+/// How a host was chosen.
+enum Chosen {
+    With(String),
+    Preferred(usize),
+    MostFree,
+}
+
+/// Does a host named `host` keep `rule`, its other workload on `other`?
+fn keeps_one(rule: &Rule, other: Option<&str>, host: &str) -> bool {
+    match (rule.together, other) {
+        (true, Some(h)) => h == host,
+        (false, Some(h)) => h != host,
+        (_, None) => true,
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +376,9 @@ mod tests {
             escalation: Default::default(),
             after: vec![],
             after_delay_s: 0,
+            affinity: vec![],
+            anti_affinity: vec![],
+            affinity_strict: false,
             probes: vec![],
         }
     }
@@ -275,11 +403,106 @@ mod tests {
                 spec: &s,
                 generation: Generation(0),
                 avoid: &[],
+                rules: vec![],
             }],
         );
         assert_eq!(p.placements.len(), 1);
         assert_eq!(p.placements[0].host, "h2");
         assert!(p.placements[0].reason.starts_with("most free memory"));
+    }
+
+    fn rule(workload: &str, together: bool, strict: bool) -> Rule {
+        Rule {
+            workload: workload.into(),
+            together,
+            strict,
+        }
+    }
+
+    /// Issue 11 (placement rules): anti-affinity keeps two workloads
+    /// apart though one host has more room, within one plan as across
+    /// plans; a soft rule is broken, saying so, when no host can keep it;
+    /// a strict one leaves the workload pending, naming the rule.
+    #[test]
+    fn anti_affinity_keeps_workloads_apart_soft_or_strict() {
+        let hosts = [host("h1", 8, 8000), host("h2", 8, 2000)];
+        let (a, b) = (
+            spec("web-a", 1, 256, Priority::High),
+            spec("web-b", 1, 256, Priority::High),
+        );
+        let un = |strict| {
+            [
+                Unplaced {
+                    spec: &a,
+                    generation: Generation(0),
+                    avoid: &[],
+                    rules: vec![rule("web-b", false, strict)],
+                },
+                Unplaced {
+                    spec: &b,
+                    generation: Generation(0),
+                    avoid: &[],
+                    rules: vec![rule("web-a", false, strict)],
+                },
+            ]
+        };
+        let p = plan(&hosts, &un(false));
+        let on: Vec<&str> = p.placements.iter().map(|p| p.host.as_str()).collect();
+        assert_eq!(on, ["h1", "h2"], "apart, though h1 has room for both");
+        // web-a already runs on h2: web-b goes to h1.
+        let placed = BTreeMap::from([("web-a".to_string(), "h2".to_string())]);
+        let p = plan_with(&hosts, &un(false)[1..], &placed);
+        assert_eq!(p.placements[0].host, "h1");
+        // One host: soft is broken, saying so; strict waits, naming it.
+        let one_host = [host("h1", 8, 8000)];
+        let p = plan(&one_host, &un(false));
+        assert_eq!(p.placements.len(), 2);
+        assert!(
+            p.placements[1]
+                .reason
+                .contains("soft rule broken, no host could keep it: anti_affinity web-a"),
+            "{}",
+            p.placements[1].reason
+        );
+        let p = plan(&one_host, &un(true));
+        assert_eq!(p.placements.len(), 1);
+        assert_eq!(
+            p.pending[0].1.to_string(),
+            "anti_affinity with web-a (strict): no host that could take it keeps the rule"
+        );
+    }
+
+    /// Affinity: with the workload it names, though another host has more
+    /// room; strict, and that host full: pending rather than elsewhere.
+    #[test]
+    fn affinity_places_a_workload_with_the_one_it_names() {
+        let hosts = [host("h1", 8, 8000), host("h2", 2, 1000)];
+        let app = spec("app", 1, 256, Priority::High);
+        let placed = BTreeMap::from([("db".to_string(), "h2".to_string())]);
+        let with = |strict| Unplaced {
+            spec: &app,
+            generation: Generation(0),
+            avoid: &[],
+            rules: vec![rule("db", true, strict)],
+        };
+        let p = plan_with(&hosts, &[with(false)], &placed);
+        assert_eq!(p.placements[0].host, "h2");
+        assert!(
+            p.placements[0].reason.starts_with("affinity: with db"),
+            "{}",
+            p.placements[0].reason
+        );
+        let full = [host("h1", 8, 8000), host("h2", 2, 100)];
+        let p = plan_with(&full, &[with(false)], &placed);
+        assert_eq!(p.placements[0].host, "h1", "soft: elsewhere");
+        let p = plan_with(&full, &[with(true)], &placed);
+        assert!(p.placements.is_empty());
+        assert!(
+            matches!(&p.pending[0].1, Unplaceable::Affinity { rule } if rule == "affinity with db")
+        );
+        // Not placed anywhere yet: nothing to keep; placed as usual.
+        let p = plan(&hosts, &[with(true)]);
+        assert_eq!(p.placements[0].host, "h1");
     }
 
     fn one(hosts: &[HostView], s: &WorkloadSpec, avoid: &[String]) -> Plan {
@@ -289,6 +512,7 @@ mod tests {
                 spec: s,
                 generation: Generation(0),
                 avoid,
+                rules: vec![],
             }],
         )
     }
@@ -365,6 +589,7 @@ mod tests {
             spec: s,
             generation: Generation(0),
             avoid: &[],
+            rules: vec![],
         });
         let p = plan(&hosts, &both);
         let on: Vec<&str> = p.placements.iter().map(|p| p.host.as_str()).collect();
@@ -382,6 +607,7 @@ mod tests {
                 spec: &s,
                 generation: Generation(0),
                 avoid: &[],
+                rules: vec![],
             }],
         );
         assert!(p.placements.is_empty());
@@ -401,11 +627,13 @@ mod tests {
                     spec: &lo,
                     generation: Generation(0),
                     avoid: &[],
+                    rules: vec![],
                 },
                 Unplaced {
                     spec: &hi,
                     generation: Generation(0),
                     avoid: &[],
+                    rules: vec![],
                 },
             ],
         );
@@ -430,6 +658,7 @@ mod tests {
                 spec: &big,
                 generation: Generation(0),
                 avoid: &[],
+                rules: vec![],
             }];
             plan(&[h], &un).pending[0].1.clone()
         };
@@ -560,13 +789,13 @@ mod tests {
     proptest! {
         #[test]
         fn ranked_hosts_decide_as_a_scan_of_every_host((hosts, loads) in arb_tied_case()) {
-            let un: Vec<_> = loads.iter().map(|(s, avoid)| Unplaced { spec: s, generation: Generation(3), avoid }).collect();
+            let un: Vec<_> = loads.iter().map(|(s, avoid)| Unplaced { spec: s, generation: Generation(3), avoid, rules: vec![] }).collect();
             prop_assert_eq!(plan(&hosts, &un), plan_by_scan(&hosts, &un));
         }
 
         #[test]
         fn never_over_capacity_and_only_eligible((hosts, specs) in arb_case()) {
-            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0), avoid: &[] }).collect();
+            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0), avoid: &[], rules: vec![] }).collect();
             let p = plan(&hosts, &un);
             let mut used: BTreeMap<&str, Capacity> = hosts.iter().map(|h| (h.name.as_str(), h.allocated)).collect();
             for pl in &p.placements {
@@ -583,7 +812,7 @@ mod tests {
 
         #[test]
         fn priority_order_is_respected((hosts, specs) in arb_case()) {
-            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0), avoid: &[] }).collect();
+            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0), avoid: &[], rules: vec![] }).collect();
             let p = plan(&hosts, &un);
             // Decisions come out in priority order...
             let prio = |n: &str| specs.iter().find(|s| s.name == n).unwrap().priority;
@@ -605,7 +834,7 @@ mod tests {
 
         #[test]
         fn deterministic_for_same_input((hosts, specs) in arb_case(), seed in any::<u64>()) {
-            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0), avoid: &[] }).collect();
+            let un: Vec<_> = specs.iter().map(|s| Unplaced { spec: s, generation: Generation(0), avoid: &[], rules: vec![] }).collect();
             let mut shuffled = un.clone();
             // Input order must not matter either.
             let n = shuffled.len();

@@ -612,6 +612,43 @@ fn check_after(spec: &WorkloadSpec, out: &mut Problems) {
         }
     }
     out.bounds("after_delay_s", AFTER_DELAY_S, spec.after_delay_s);
+    for (field, names) in [
+        ("affinity", &spec.affinity),
+        ("anti_affinity", &spec.anti_affinity),
+    ] {
+        if names.len() > AFTER_MAX {
+            out.push(
+                field,
+                format!("{} workloads; at most {AFTER_MAX}", names.len()),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for d in names {
+            if let Err(m) = check_name(d) {
+                out.push(field, format!("workload {:?}: {m}", shorten(d, 80)));
+            } else if *d == spec.name {
+                out.push(field, format!("names the workload itself ({d:?})"));
+            } else if !seen.insert(d) {
+                out.push(field, format!("names {d:?} twice"));
+            }
+        }
+    }
+    if let Some(d) = spec
+        .affinity
+        .iter()
+        .find(|d| spec.anti_affinity.contains(d))
+    {
+        out.push(
+            "anti_affinity",
+            format!("names {d:?}, which affinity names too: a workload cannot be both with and apart from it"),
+        );
+    }
+    if spec.affinity_strict && spec.affinity.is_empty() && spec.anti_affinity.is_empty() {
+        out.push(
+            "affinity_strict",
+            "is set but neither affinity nor anti_affinity names a workload: add one or remove it",
+        );
+    }
     if spec.after_delay_s > 0 && spec.after.is_empty() {
         out.push(
             "after_delay_s",
@@ -932,6 +969,9 @@ const COMMON_FIELDS: &[&str] = &[
     "failure_timeout_s",
     "after",
     "after_delay_s",
+    "affinity",
+    "anti_affinity",
+    "affinity_strict",
 ];
 const PROCESS_FIELDS: &[&str] = &["command", "env"];
 const OCF_FIELDS: &[&str] = &[
@@ -1370,6 +1410,22 @@ impl Entry<'_> {
         let after_delay_s = self
             .integer("after_delay_s", AFTER_DELAY_S, false)
             .unwrap_or(0);
+        let affinity = match self.t.get("affinity") {
+            None => Some(vec![]),
+            Some(v) => self.strings("affinity", v, "[\"db\"]"),
+        };
+        let anti_affinity = match self.t.get("anti_affinity") {
+            None => Some(vec![]),
+            Some(v) => self.strings("anti_affinity", v, "[\"web-b\"]"),
+        };
+        let affinity_strict = match self.t.get("affinity_strict") {
+            None => Some(false),
+            Some(toml::Value::Boolean(b)) => Some(*b),
+            Some(v) => {
+                self.err("affinity_strict", format!("must be true or false; got {v}"));
+                None
+            }
+        };
         if self.errors.len() > before {
             return None;
         }
@@ -1402,6 +1458,9 @@ impl Entry<'_> {
             escalation,
             after: after?,
             after_delay_s,
+            affinity: affinity?,
+            anti_affinity: anti_affinity?,
+            affinity_strict: affinity_strict?,
         };
         for p in check_spec(&spec) {
             self.err(p.field, p.problem);
@@ -1820,6 +1879,39 @@ priority = "high"
             ("after = [\"-x\"]", "after"),
             ("after = [\"db\"]\nafter_delay_s = 3601", "after_delay_s"),
             ("after_delay_s = 5", "after_delay_s"),
+        ] {
+            let e = errs(&GOOD.replace("vcpus = 1", &format!("vcpus = 1\n{bad}")));
+            assert!(
+                e.iter().any(|e| e.contains(&format!("field {field:?}"))),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn affinity_rules_parse_and_are_bounded() {
+        let text = GOOD.replace(
+            "vcpus = 1",
+            "vcpus = 1\naffinity = [\"db\"]\nanti_affinity = [\"web-b\"]\naffinity_strict = true",
+        );
+        let specs = parse_workloads("w.toml", &text).unwrap();
+        assert_eq!(specs[0].affinity, vec!["db"]);
+        assert_eq!(specs[0].anti_affinity, vec!["web-b"]);
+        assert!(specs[0].affinity_strict);
+        assert!(
+            !parse_workloads("w.toml", GOOD).unwrap()[0].affinity_strict,
+            "soft by default"
+        );
+        for (bad, field) in [
+            ("affinity = [\"web\"]", "affinity"),
+            ("anti_affinity = [\"b\", \"b\"]", "anti_affinity"),
+            ("affinity = \"db\"", "affinity"),
+            (
+                "affinity = [\"db\"]\nanti_affinity = [\"db\"]",
+                "anti_affinity",
+            ),
+            ("affinity_strict = \"yes\"", "affinity_strict"),
+            ("affinity_strict = true", "affinity_strict"),
         ] {
             let e = errs(&GOOD.replace("vcpus = 1", &format!("vcpus = 1\n{bad}")));
             assert!(

@@ -1937,6 +1937,9 @@ mod tests {
             escalation: Default::default(),
             after: vec![],
             after_delay_s: 0,
+            affinity: vec![],
+            anti_affinity: vec![],
+            affinity_strict: false,
             probes: vec![],
         }
     }

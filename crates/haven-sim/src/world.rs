@@ -786,6 +786,9 @@ fn spec(name: String, rng: &mut Rng, datastore: bool) -> WorkloadSpec {
         escalation: Default::default(),
         after: vec![],
         after_delay_s: 0,
+        affinity: vec![],
+        anti_affinity: vec![],
+        affinity_strict: false,
         // Every simulated workload has a liveness probe: its checks pass
         // while the instance is there (`HostEffect::RunProbe`), and run
         // through every fault.

@@ -519,6 +519,9 @@ impl ToWire for model::WorkloadSpec {
             failure_timeout_s: Some(self.escalation.failure_timeout_s),
             after: self.after.clone(),
             after_delay_s: (self.after_delay_s != 0).then_some(self.after_delay_s),
+            affinity: self.affinity.clone(),
+            anti_affinity: self.anti_affinity.clone(),
+            affinity_strict: self.affinity_strict.then_some(true),
         }
     }
 }
@@ -705,6 +708,9 @@ pub fn spec_from_wire(w: v1::WorkloadSpec) -> model::WorkloadSpec {
         },
         after: w.after,
         after_delay_s: w.after_delay_s.unwrap_or(0),
+        affinity: w.affinity,
+        anti_affinity: w.anti_affinity,
+        affinity_strict: w.affinity_strict.unwrap_or(false),
     }
 }
 
@@ -740,6 +746,9 @@ mod tests {
             escalation: Default::default(),
             after: vec![],
             after_delay_s: 0,
+            affinity: vec![],
+            anti_affinity: vec![],
+            affinity_strict: false,
             probes: vec![],
         };
         let vm = |network, heartbeat, accel| model::WorkloadSpec {

@@ -62,6 +62,15 @@ pub struct WorkloadSpec {
     /// Seconds to wait once they are all ready; absent: 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_delay_s: Option<u64>,
+    /// On the host where these workloads run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<String>,
+    /// Never on a host where one of these runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anti_affinity: Vec<String>,
+    /// Pending rather than break those rules; absent: false (soft).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_strict: Option<bool>,
 }
 
 /// What a probe's verdict acts on: `liveness` (recover), `readiness`
