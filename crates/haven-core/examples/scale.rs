@@ -58,6 +58,7 @@ fn spec(i: usize, vcpus: u32, memory_mib: u64) -> WorkloadSpec {
         affinity: vec![],
         anti_affinity: vec![],
         affinity_strict: false,
+        failback: false,
         probes: vec![],
     }
 }

@@ -43,6 +43,8 @@ pub struct AssignmentIndex {
     ordered: BTreeSet<String>,
     /// Workloads with `affinity` or `anti_affinity` rules.
     ruled: BTreeSet<String>,
+    /// Workloads with `failback` (and `preferred_hosts`).
+    failing_back: BTreeSet<String>,
 }
 
 impl AssignmentIndex {
@@ -53,6 +55,11 @@ impl AssignmentIndex {
             index.sync(name, Some(w));
         }
         index
+    }
+
+    /// Workloads with `failback`, by name.
+    pub fn failing_back(&self) -> impl Iterator<Item = &str> + '_ {
+        self.failing_back.iter().map(String::as_str)
     }
 
     /// Workloads with affinity rules, by name.
@@ -80,6 +87,13 @@ impl AssignmentIndex {
             }
         } else {
             self.ruled.remove(name);
+        }
+        if record.is_some_and(|w| w.spec.failback && !w.spec.preferred_hosts.is_empty()) {
+            if !self.failing_back.contains(name) {
+                self.failing_back.insert(name.to_owned());
+            }
+        } else {
+            self.failing_back.remove(name);
         }
         let now = record.map(|w| Counted {
             host: w.assignment.as_ref().map(|a| a.host.clone()),
@@ -269,6 +283,7 @@ mod tests {
                 affinity: vec![],
                 anti_affinity: vec![],
                 affinity_strict: false,
+                failback: false,
                 probes: vec![],
             },
             assignment: host.map(|h| Assignment {

@@ -188,7 +188,18 @@ pub struct PlacementMemo {
     /// clock) those have all been running and ready: `after_delay_s` runs
     /// from then.
     dependencies_ready_since: BTreeMap<String, u64>,
+    /// Since when each host has been eligible without a break, as this
+    /// office saw it: `failback` waits for `FAILBACK_STABLE_MS` of it.
+    eligible_since: BTreeMap<String, u64>,
 }
+
+/// How long a host must have been online (as the coordinator in office
+/// saw it) before workloads move back to it: a host that comes and goes
+/// does not drag them along.
+pub const FAILBACK_STABLE_MS: u64 = 30_000;
+/// Most failbacks decided in one tick: each stops a running instance, so
+/// a host coming back takes its workloads back a few at a time.
+pub const FAILBACKS_PER_TICK_MAX: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PlacementKey {
@@ -251,6 +262,15 @@ pub fn tick_remembering(input: &TickInput<'_>, memo: &mut PlacementMemo) -> Vec<
     // places what fits on the hosts it heard from but leaves the reasons
     // as they are until the others are heard from or given up on, so a
     // failover does not rewrite (and then restore) every pending reason.
+    // 2b. Workloads that go back to a preferred host that is back.
+    for (h, e) in state.hosts.keys().zip(&eligible) {
+        if *e {
+            memo.eligible_since.entry(h.clone()).or_insert(input.at_ms);
+        } else {
+            memo.eligible_since.remove(h);
+        }
+    }
+    fail_back(input, &memo.eligible_since, &mut cmds);
     let view_settled = state.hosts.keys().all(|h| {
         let o = obs(h);
         o.heard
@@ -337,6 +357,108 @@ fn unassign_from_gone_hosts<'a>(
         });
     }
     freed
+}
+
+/// Step 2b: for each running workload with `failback`, the first host
+/// earlier in its `preferred_hosts` than the one it runs on that has been
+/// eligible `FAILBACK_STABLE_MS`, has room, carries its labels, is not
+/// avoided for it and keeps its affinity rules: a `FailBack` there (its
+/// instance is stopped first, then placement prefers that host). At most
+/// `FAILBACKS_PER_TICK_MAX` per tick.
+fn fail_back(
+    input: &TickInput<'_>,
+    eligible_since: &BTreeMap<String, u64>,
+    cmds: &mut Vec<Command>,
+) {
+    let state = input.state;
+    let mut ruled: Option<Vec<&WorkloadRecord>> = None;
+    let mut taken: BTreeMap<&str, Capacity> = BTreeMap::new();
+    let mut decided = 0;
+    for name in state.assignments().failing_back() {
+        if decided >= FAILBACKS_PER_TICK_MAX {
+            return;
+        }
+        let Some(w) = state.workloads.get(name) else {
+            continue;
+        };
+        let Some(a) = &w.assignment else {
+            continue;
+        };
+        // Only a healthy instance moves, and never one already stopping.
+        let running = input.reports.get(&a.host).is_some_and(|r| {
+            r.observed.iter().any(|o| {
+                o.workload == name
+                    && o.generation == a.generation
+                    && o.state == crate::model::InstanceState::Running
+            })
+        });
+        if !running || state.stopping.contains_key(name) {
+            continue;
+        }
+        let prefs = &w.spec.preferred_hosts;
+        let here = prefs
+            .iter()
+            .position(|p| *p == a.host)
+            .unwrap_or(prefs.len());
+        let rules = if w.spec.affinity.is_empty()
+            && w.spec.anti_affinity.is_empty()
+            && state.assignments().ruled().next().is_none()
+        {
+            vec![]
+        } else {
+            let ruled = ruled.get_or_insert_with(|| {
+                state
+                    .assignments()
+                    .ruled()
+                    .filter_map(|n| state.workloads.get(n))
+                    .collect()
+            });
+            affinity_rules(w, ruled)
+        };
+        let demand = w.spec.demand();
+        let to = prefs[..here].iter().find(|p| {
+            let Some(h) = state.hosts.get(p.as_str()) else {
+                return false;
+            };
+            let stable = eligible_since
+                .get(p.as_str())
+                .is_some_and(|s| input.at_ms.saturating_sub(*s) >= FAILBACK_STABLE_MS);
+            let free = h
+                .capacity
+                .saturating_sub(&state.allocated(p))
+                .saturating_sub(&taken.get(p.as_str()).copied().unwrap_or_default());
+            let labelled = w
+                .spec
+                .required_labels
+                .iter()
+                .all(|(k, v)| h.labels.get(k) == Some(v));
+            let avoided = w.avoided_hosts(input.at_ms).any(|f| f.host == **p);
+            let keeps = rules.iter().all(|r| {
+                let other = state
+                    .workloads
+                    .get(&r.workload)
+                    .and_then(|o| o.assignment.as_ref())
+                    .map(|o| o.host.as_str());
+                match (r.together, other) {
+                    (true, Some(o)) => o == p.as_str(),
+                    (false, Some(o)) => o != p.as_str(),
+                    (_, None) => true,
+                }
+            });
+            stable && free.fits(&demand) && labelled && !avoided && keeps
+        });
+        if let Some(to) = to {
+            let t = taken.entry(to.as_str()).or_default();
+            *t = t.add(&demand);
+            decided += 1;
+            cmds.push(Command::FailBack {
+                workload: name.to_owned(),
+                generation: a.generation,
+                to: to.clone(),
+                at_ms: input.at_ms,
+            });
+        }
+    }
 }
 
 /// `w`'s affinity rules, both ways: those it declares, and those of
@@ -699,6 +821,7 @@ mod tests {
             affinity: vec![],
             anti_affinity: vec![],
             affinity_strict: false,
+            failback: false,
             probes: vec![],
         }
     }
@@ -1304,6 +1427,61 @@ mod tests {
             w.s.workloads["app"].pending_reason
         );
         assert_eq!(on(&w, "db"), on(&w, "app"));
+    }
+
+    /// Issue 11 (failback): a workload with `failback` that moved off its
+    /// preferred host goes back, stop first, once that host has been
+    /// online `FAILBACK_STABLE_MS`; one without stays where it is.
+    #[test]
+    fn failback_returns_a_workload_to_its_preferred_host_once_it_is_back_a_while() {
+        let pinned = |name: &str, failback: bool| WorkloadSpec {
+            preferred_hosts: vec!["h1".into()],
+            failback,
+            ..spec(name, Priority::High)
+        };
+        let mut w = on_h1(vec![pinned("web", true), pinned("batch", false)]);
+        assert_eq!(w.host_of("web").as_deref(), Some("h1"));
+        w.hosts.insert("h1".into(), silent(60_000));
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h2"));
+        assert_eq!(w.host_of("batch").as_deref(), Some("h2"));
+        let running = |w: &mut World| {
+            let (web, batch) = (
+                w.s.workloads["web"].generation.0,
+                w.s.workloads["batch"].generation.0,
+            );
+            w.report("h2", &[("web", web), ("batch", batch)]);
+        };
+        running(&mut w);
+        // h1 is back.
+        w.at_ms += 10_000;
+        w.hosts.insert("h1".into(), online());
+        w.run();
+        w.at_ms += FAILBACK_STABLE_MS - 1;
+        w.run();
+        assert_eq!(
+            w.host_of("web").as_deref(),
+            Some("h2"),
+            "not before h1 is back a while"
+        );
+        w.at_ms += 1;
+        w.run();
+        assert_eq!(w.host_of("web"), None, "stopping on h2 first");
+        assert!(w.s.stopping.contains_key("web"));
+        assert!(w.s.events(None).iter().any(|e| matches!(&e.kind,
+            EventKind::FailingBack { workload, from, to, .. } if workload == "web" && from == "h2" && to == "h1")));
+        let batch = w.s.workloads["batch"].generation.0;
+        w.report("h2", &[("batch", batch)]);
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h1"), "back on h1");
+        assert_eq!(
+            w.host_of("batch").as_deref(),
+            Some("h2"),
+            "without failback: stays"
+        );
+        w.at_ms += 60_000;
+        w.run();
+        assert!(w.cmds().is_empty(), "nothing more to do");
     }
 
     fn bigger(name: &str) -> WorkloadSpec {

@@ -56,6 +56,7 @@ fn spec(name: &str) -> WorkloadSpec {
         affinity: vec![],
         anti_affinity: vec![],
         affinity_strict: false,
+        failback: false,
         probes: vec![],
     }
 }

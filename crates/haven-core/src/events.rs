@@ -275,6 +275,14 @@ pub enum EventKind {
         hosts: Vec<String>,
         was_failed: bool,
     },
+    /// `failback`: a host earlier in its `preferred_hosts` is back; it is
+    /// stopped where it runs, then placed there.
+    FailingBack {
+        workload: String,
+        from: String,
+        to: String,
+        generation: Generation,
+    },
     Started {
         workload: String,
         host: String,
@@ -325,6 +333,7 @@ impl EventKind {
             | Failed { workload, .. }
             | GaveUp { workload, .. }
             | CleanedUp { workload, .. }
+            | FailingBack { workload, .. }
             | Started { workload, .. }
             | Restarted { workload, .. }
             | StopStep { workload, .. }
@@ -402,6 +411,7 @@ impl EventKind {
             | NotFencing { .. }
             | Fenced { .. }
             | Deleted { .. }
+            | FailingBack { .. }
             | Started { .. } => vec![],
         }
     }

@@ -501,6 +501,10 @@ pub struct WorkloadSpec {
     /// `false` (soft): kept when some host allows it, else broken, saying so.
     #[serde(default, skip_serializing_if = "is_false")]
     pub affinity_strict: bool,
+    /// Placement: when a host earlier in `preferred_hosts` than its own is
+    /// back (online a while, room, labels), move it there, stop first.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub failback: bool,
 }
 
 fn is_false(b: &bool) -> bool {

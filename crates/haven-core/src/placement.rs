@@ -379,6 +379,7 @@ mod tests {
             affinity: vec![],
             anti_affinity: vec![],
             affinity_strict: false,
+            failback: false,
             probes: vec![],
         }
     }

@@ -643,6 +643,12 @@ fn check_after(spec: &WorkloadSpec, out: &mut Problems) {
             format!("names {d:?}, which affinity names too: a workload cannot be both with and apart from it"),
         );
     }
+    if spec.failback && spec.preferred_hosts.is_empty() {
+        out.push(
+            "failback",
+            "is set but preferred_hosts names no host to go back to: add preferred_hosts = [\"h1\"] or remove it",
+        );
+    }
     if spec.affinity_strict && spec.affinity.is_empty() && spec.anti_affinity.is_empty() {
         out.push(
             "affinity_strict",
@@ -972,6 +978,7 @@ const COMMON_FIELDS: &[&str] = &[
     "affinity",
     "anti_affinity",
     "affinity_strict",
+    "failback",
 ];
 const PROCESS_FIELDS: &[&str] = &["command", "env"];
 const OCF_FIELDS: &[&str] = &[
@@ -1418,14 +1425,8 @@ impl Entry<'_> {
             None => Some(vec![]),
             Some(v) => self.strings("anti_affinity", v, "[\"web-b\"]"),
         };
-        let affinity_strict = match self.t.get("affinity_strict") {
-            None => Some(false),
-            Some(toml::Value::Boolean(b)) => Some(*b),
-            Some(v) => {
-                self.err("affinity_strict", format!("must be true or false; got {v}"));
-                None
-            }
-        };
+        let affinity_strict = self.boolean("affinity_strict");
+        let failback = self.boolean("failback");
         if self.errors.len() > before {
             return None;
         }
@@ -1461,11 +1462,24 @@ impl Entry<'_> {
             affinity: affinity?,
             anti_affinity: anti_affinity?,
             affinity_strict: affinity_strict?,
+            failback: failback?,
         };
         for p in check_spec(&spec) {
             self.err(p.field, p.problem);
         }
         (self.errors.len() == before).then_some(spec)
+    }
+
+    /// A field that is `true` or `false`, default false.
+    fn boolean(&mut self, field: &str) -> Option<bool> {
+        match self.t.get(field) {
+            None => Some(false),
+            Some(toml::Value::Boolean(b)) => Some(*b),
+            Some(v) => {
+                self.err(field, format!("must be true or false; got {v}"));
+                None
+            }
+        }
     }
 
     /// `user` or `group`: a string, or an integer (a numeric id) kept as
@@ -1902,6 +1916,11 @@ priority = "high"
             !parse_workloads("w.toml", GOOD).unwrap()[0].affinity_strict,
             "soft by default"
         );
+        let text = GOOD.replace(
+            "vcpus = 1",
+            "vcpus = 1\npreferred_hosts = [\"h1\"]\nfailback = true",
+        );
+        assert!(parse_workloads("w.toml", &text).unwrap()[0].failback);
         for (bad, field) in [
             ("affinity = [\"web\"]", "affinity"),
             ("anti_affinity = [\"b\", \"b\"]", "anti_affinity"),
@@ -1912,6 +1931,8 @@ priority = "high"
             ),
             ("affinity_strict = \"yes\"", "affinity_strict"),
             ("affinity_strict = true", "affinity_strict"),
+            ("failback = true", "failback"),
+            ("preferred_hosts = [\"h1\"]\nfailback = 1", "failback"),
         ] {
             let e = errs(&GOOD.replace("vcpus = 1", &format!("vcpus = 1\n{bad}")));
             assert!(

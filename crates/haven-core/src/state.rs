@@ -331,6 +331,15 @@ pub enum Command {
         by: String,
         at_ms: u64,
     },
+    /// `failback`: take `workload` (at `generation`) off its host to move
+    /// it to `to`, earlier in its `preferred_hosts` (stop first; placement
+    /// then prefers `to`).
+    FailBack {
+        workload: String,
+        generation: Generation,
+        to: String,
+        at_ms: u64,
+    },
     Place {
         placements: Vec<Placement>,
         at_ms: u64,
@@ -439,6 +448,7 @@ impl Command {
             | Command::ApplyStaged { .. }
             | Command::DeleteWorkload { .. }
             | Command::Cleanup { .. }
+            | Command::FailBack { .. }
             | Command::Place { .. }
             | Command::Unassign { .. }
             | Command::SetPending { .. }
@@ -863,6 +873,48 @@ impl ClusterState {
                 by,
                 at_ms,
             } => self.cleanup(workload, by, *at_ms),
+            Command::FailBack {
+                workload,
+                generation,
+                to,
+                at_ms,
+            } => {
+                let Some(w) = self.workloads.get_mut(workload) else {
+                    return CommandResult::Ok;
+                };
+                // Only the instance it was decided for, and only while the
+                // host it goes to is still preferred over where it runs.
+                let Some(a) = w.assignment.clone().filter(|a| a.generation == *generation) else {
+                    return CommandResult::Ok;
+                };
+                let rank = |h: &str| w.spec.preferred_hosts.iter().position(|p| p == h);
+                let better = match (rank(to), rank(&a.host)) {
+                    (Some(t), Some(f)) => t < f,
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                if !w.spec.failback || !better {
+                    return CommandResult::Ok;
+                }
+                self.tracker.0.workloads.insert(workload.clone());
+                w.assignment = None;
+                self.event(
+                    *at_ms,
+                    EventKind::FailingBack {
+                        workload: workload.clone(),
+                        from: a.host.clone(),
+                        to: to.clone(),
+                        generation: *generation,
+                    },
+                );
+                self.begin_stopping(workload, a, format!("failback to {to}"));
+                let reason = self.waiting_for_stop(workload);
+                if let Some(w) = self.workloads.get_mut(workload) {
+                    w.pending_reason = reason;
+                }
+                self.reindex_workload(workload);
+                CommandResult::Ok
+            }
             Command::CreateToken { record, at_ms } => self.create_token(record, *at_ms),
             Command::RevokeToken {
                 name_or_id,
@@ -1940,6 +1992,7 @@ mod tests {
             affinity: vec![],
             anti_affinity: vec![],
             affinity_strict: false,
+            failback: false,
             probes: vec![],
         }
     }

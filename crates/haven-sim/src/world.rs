@@ -789,6 +789,7 @@ fn spec(name: String, rng: &mut Rng, datastore: bool) -> WorkloadSpec {
         affinity: vec![],
         anti_affinity: vec![],
         affinity_strict: false,
+        failback: false,
         // Every simulated workload has a liveness probe: its checks pass
         // while the instance is there (`HostEffect::RunProbe`), and run
         // through every fault.

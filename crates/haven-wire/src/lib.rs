@@ -390,6 +390,17 @@ impl ToWire for EventKind {
                 hosts: hosts.clone(),
                 was_failed: *was_failed,
             },
+            P::FailingBack {
+                workload,
+                from,
+                to,
+                generation,
+            } => W::FailingBack {
+                workload: s(workload),
+                from: s(from),
+                to: s(to),
+                generation: generation.to_wire(),
+            },
             P::Started {
                 workload,
                 host,
@@ -522,6 +533,7 @@ impl ToWire for model::WorkloadSpec {
             affinity: self.affinity.clone(),
             anti_affinity: self.anti_affinity.clone(),
             affinity_strict: self.affinity_strict.then_some(true),
+            failback: self.failback.then_some(true),
         }
     }
 }
@@ -711,6 +723,7 @@ pub fn spec_from_wire(w: v1::WorkloadSpec) -> model::WorkloadSpec {
         affinity: w.affinity,
         anti_affinity: w.anti_affinity,
         affinity_strict: w.affinity_strict.unwrap_or(false),
+        failback: w.failback.unwrap_or(false),
     }
 }
 
@@ -749,6 +762,7 @@ mod tests {
             affinity: vec![],
             anti_affinity: vec![],
             affinity_strict: false,
+            failback: false,
             probes: vec![],
         };
         let vm = |network, heartbeat, accel| model::WorkloadSpec {

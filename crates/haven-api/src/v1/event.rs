@@ -340,6 +340,14 @@ pub enum EventKind {
         hosts: Vec<String>,
         was_failed: bool,
     },
+    /// `failback`: a host earlier in its `preferred_hosts` is back; it is
+    /// stopped where it runs, then placed there.
+    FailingBack {
+        workload: String,
+        from: String,
+        to: String,
+        generation: Generation,
+    },
     Started {
         workload: String,
         host: String,
@@ -593,6 +601,15 @@ impl fmt::Display for EventKind {
                     }
                 }
             }
+            FailingBack {
+                workload,
+                from,
+                to,
+                generation,
+            } => write!(
+                f,
+                "moving {workload} back to {to}, earlier in its preferred_hosts (failback): stopping generation {generation} on {from} first"
+            ),
             Started {
                 workload,
                 host,

@@ -302,6 +302,15 @@ fn examples() -> Vec<(EventKind, &'static str)> {
             "web cleaned up (by token ops): it may run again; h1, h2 allowed again",
         ),
         (
+            FailingBack {
+                workload: s("web"),
+                from: s("h2"),
+                to: s("h1"),
+                generation: Generation(4),
+            },
+            "moving web back to h1, earlier in its preferred_hosts (failback): stopping generation 4 on h2 first",
+        ),
+        (
             Started {
                 workload: s("web"),
                 host: s("h2"),
@@ -390,9 +399,10 @@ fn ordinal(k: &EventKind) -> usize {
         Legacy { .. } => 37,
         GaveUp { .. } => 38,
         CleanedUp { .. } => 39,
+        FailingBack { .. } => 40,
     }
 }
-const KINDS: usize = 40;
+const KINDS: usize = 41;
 
 #[test]
 fn every_kind_renders_its_sentence() {

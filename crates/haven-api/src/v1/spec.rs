@@ -71,6 +71,10 @@ pub struct WorkloadSpec {
     /// Pending rather than break those rules; absent: false (soft).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity_strict: Option<bool>,
+    /// Move back to an earlier preferred host once it is back; absent:
+    /// false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failback: Option<bool>,
 }
 
 /// What a probe's verdict acts on: `liveness` (recover), `readiness`
