@@ -263,11 +263,13 @@ pub fn tick_remembering(input: &TickInput<'_>, memo: &mut PlacementMemo) -> Vec<
     // as they are until the others are heard from or given up on, so a
     // failover does not rewrite (and then restore) every pending reason.
     // 2b. Workloads that go back to a preferred host that is back.
+    // (No allocation for a host already counted: this runs per host at
+    // every tick.)
     for (h, e) in state.hosts.keys().zip(&eligible) {
-        if *e {
-            memo.eligible_since.entry(h.clone()).or_insert(input.at_ms);
-        } else {
+        if !*e {
             memo.eligible_since.remove(h);
+        } else if !memo.eligible_since.contains_key(h) {
+            memo.eligible_since.insert(h.clone(), input.at_ms);
         }
     }
     fail_back(input, &memo.eligible_since, &mut cmds);

@@ -248,6 +248,7 @@ pub fn plan_with(
         match chosen {
             Some((how, i)) => {
                 let f = free[i];
+                let went_with = matches!(how, Chosen::With(_));
                 let mut reason = match how {
                     Chosen::With(w) => format!(
                         "affinity: with {w} ({} MiB and {} vcpus free)",
@@ -273,6 +274,24 @@ pub fn plan_with(
                         }
                     ),
                 };
+                // A rule that moved it off the host it would otherwise
+                // have had is named too.
+                if !broken && !went_with && !u.rules.is_empty() {
+                    if let Some((_, j)) = choose(&base).filter(|(_, j)| *j != i) {
+                        let kept: Vec<String> = rule_hosts
+                            .iter()
+                            .filter(|(r, h)| !keeps_one(r, *h, &hosts[j].name))
+                            .map(|(r, _)| format!("{} {}", r.name(), r.workload))
+                            .collect();
+                        if !kept.is_empty() {
+                            reason.push_str(&format!(
+                                "; not {}: {}",
+                                hosts[j].name,
+                                kept.join(", ")
+                            ));
+                        }
+                    }
+                }
                 if broken {
                     let names: Vec<String> = rule_hosts
                         .iter()
@@ -450,6 +469,13 @@ mod tests {
         let p = plan(&hosts, &un(false));
         let on: Vec<&str> = p.placements.iter().map(|p| p.host.as_str()).collect();
         assert_eq!(on, ["h1", "h2"], "apart, though h1 has room for both");
+        assert!(
+            p.placements[1]
+                .reason
+                .ends_with("; not h1: anti_affinity web-a"),
+            "the rule that decided is named: {}",
+            p.placements[1].reason
+        );
         // web-a already runs on h2: web-b goes to h1.
         let placed = BTreeMap::from([("web-a".to_string(), "h2".to_string())]);
         let p = plan_with(&hosts, &un(false)[1..], &placed);
