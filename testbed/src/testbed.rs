@@ -44,6 +44,9 @@ pub const HOSTS_MAX: usize = 64;
 pub const MANAGERS_MAX: usize = 5;
 /// Bridge inside the bridge namespace.
 const BRIDGE: &str = "br0";
+/// The bridge namespace's own address on `br0`: a client outside every
+/// host (no fault reaches it), [`Testbed::client_can_connect`].
+pub const CLIENT_ADDRESS: &str = "10.199.0.250";
 
 /// Bootstrap of the first host: until its join token is written.
 pub const BOOTSTRAP_WAIT_MS: u64 = 30_000;
@@ -324,6 +327,15 @@ impl Testbed {
         self.bridge = Some(bridge);
         ip(&["-n", &br, "link", "add", BRIDGE, "type", "bridge"])?;
         ip(&["-n", &br, "link", "set", BRIDGE, "up"])?;
+        ip(&[
+            "-n",
+            &br,
+            "addr",
+            "add",
+            &format!("{CLIENT_ADDRESS}/{PREFIX_LEN}"),
+            "dev",
+            BRIDGE,
+        ])?;
         for n in 1..=self.cfg.hosts {
             self.add_host(n, &br)?;
         }
@@ -790,6 +802,44 @@ impl Testbed {
         }
     }
 
+    /// Whether a TCP connection from the client outside every host (the
+    /// bridge's namespace, [`CLIENT_ADDRESS`]) to `target` gets an answer
+    /// within `timeout`.
+    pub fn client_can_connect(&self, target: SocketAddr, timeout: Duration) -> bool {
+        let br = self.bridge.as_ref().expect("a started bed has its bridge");
+        br.can_connect(target, timeout)
+            .unwrap_or_else(|e| panic!("probing {target} from the client: {e:#}"))
+    }
+
+    /// The IPv4 addresses on `host`'s `eth0`, with their prefix
+    /// (`10.199.0.11/24`, then any floating address a workload added).
+    pub fn addresses(&self, host: &str) -> Vec<String> {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                self.netns(host),
+                "-o",
+                "-4",
+                "addr",
+                "show",
+                "dev",
+                "eth0",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("ip addr show in {host}: {e}"));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.iter()
+                    .position(|x| *x == "inet")
+                    .and_then(|i| w.get(i + 1))
+                    .map(|a| a.to_string())
+            })
+            .collect()
+    }
+
     /// Whether a TCP connection from `from`'s namespace to `to`'s agent
     /// port gets an answer (accepted or refused) within
     /// [`REACH_TIMEOUT_MS`].
@@ -819,6 +869,18 @@ impl Testbed {
             w.power_cycle();
         }
         cgroups::kill_and_wait(&h.cgroup)?;
+        // Power loss takes what was configured at run time with it: the
+        // addresses workloads added (a floating address) go; the host's
+        // own, set at boot, stays.
+        ip(&[
+            "-n",
+            h.ns().name(),
+            "addr",
+            "flush",
+            "dev",
+            "eth0",
+            "secondary",
+        ])?;
         // A host hung before it lost power boots unfrozen.
         cgroups::set_frozen(&h.agent_cgroup(), false)?;
         h.reap();

@@ -1120,6 +1120,16 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                 } else {
                     state
                 };
+                // A group: where its members are (a spread group runs
+                // nothing of its own) and which one is active.
+                let members = match &w.spec.kind {
+                    haven_core::model::WorkloadKind::Group(g) => {
+                        Some(group_members(s, g, w.assignment.as_ref().map(|a| a.host.as_str())))
+                    }
+                    _ => None,
+                };
+                let spread = matches!(&w.spec.kind, haven_core::model::WorkloadKind::Group(g) if g.mode == haven_core::model::GroupMode::Spread);
+                let state = if spread { "spread".to_string() } else { state };
                 let pending = state == "pending";
                 let timeout_ms = w.spec.escalation.failure_timeout_s.saturating_mul(1_000);
                 WorkloadStatus {
@@ -1148,8 +1158,9 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Reply {
                     memory_mib: w.spec.memory_mib,
                     restarts: observed.map(|o| o.restarts).unwrap_or(0),
                     pid: observed.and_then(|o| o.pid),
-                    reason: observed
-                        .and_then(|o| o.detail.clone())
+                    reason: members
+                        .filter(|_| spread || w.assignment.is_some())
+                        .or_else(|| observed.and_then(|o| o.detail.clone()))
                         .or_else(|| w.pending_reason.clone())
                         .map(|r| match most_free {
                             Some((h, free)) if pending && !free.fits(&w.spec.demand()) => {
@@ -1607,4 +1618,26 @@ fn check_vm_files(
         }
     }
     out
+}
+
+/// A group's members as status shows them: `db-a on h1 (active), db-b
+/// on h2, db-c pending`.
+fn group_members(
+    s: &haven_core::state::ClusterState,
+    g: &haven_core::model::GroupSpec,
+    active_host: Option<&str>,
+) -> String {
+    let shown: Vec<String> = g
+        .members
+        .iter()
+        .map(|m| match s.workloads.get(m).map(|w| &w.assignment) {
+            None => format!("{m} (no such workload)"),
+            Some(None) => format!("{m} pending"),
+            Some(Some(a)) if Some(a.host.as_str()) == active_host => {
+                format!("{m} on {} (active)", a.host)
+            }
+            Some(Some(a)) => format!("{m} on {}", a.host),
+        })
+        .collect();
+    format!("members: {}", shown.join(", "))
 }

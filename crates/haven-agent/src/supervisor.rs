@@ -489,7 +489,25 @@ impl Supervisor {
                     how,
                 },
             };
+            self.release_address(&k.workload, generation);
             self.machine.feed_with(input, |s| forget_pid(s, &k));
+        }
+    }
+
+    /// The floating address of a group whose instance here is gone
+    /// (exited, killed, stopped): removed, before anything restarts it.
+    fn release_address(&self, workload: &str, generation: Generation) {
+        let address = self
+            .machine
+            .lock()
+            .specs
+            .get(workload)
+            .and_then(|d| match &d.spec.kind {
+                WorkloadKind::Group(g) if d.generation == generation => g.address.clone(),
+                _ => None,
+            });
+        if let Some(a) = address {
+            release_address(workload, &a);
         }
     }
 
@@ -566,6 +584,15 @@ impl Supervisor {
     /// power-down, the grace, then the kill of its cgroup), then tell the
     /// machine how it ended.
     fn spawn_stop(&self, workload: String, generation: Generation, how: StopHow) {
+        let address = self
+            .machine
+            .lock()
+            .specs
+            .get(&workload)
+            .and_then(|d| match &d.spec.kind {
+                WorkloadKind::Group(g) => g.address.clone(),
+                _ => None,
+            });
         let driver = self.driver.clone();
         let machine = self.machine.clone();
         let qmp_ops =
@@ -588,6 +615,9 @@ impl Supervisor {
                 Some(ms) => driver.stop(&k, Duration::from_millis(ms)).await,
             };
             let took_ms = machine.clock.now_ms().saturating_sub(started_ms);
+            if let Some(a) = &address {
+                release_address(&workload, a);
+            }
             match r {
                 Ok(()) => {
                     tracing::info!("stopped {k} in {took_ms} ms");
@@ -672,6 +702,38 @@ impl Supervisor {
                 argv.extend(haven_drivers::vm::run_as_args(identity.as_ref()));
                 argv
             }
+            WorkloadKind::Group(g) => {
+                let member = {
+                    let s = self.machine.lock();
+                    g.members.iter().find(|m| s.specs.contains_key(*m)).cloned()
+                };
+                let Some(member) = member else {
+                    return failed(
+                        format!("no member of group {workload} runs on this host"),
+                        false,
+                    );
+                };
+                let cfg = haven_drivers::group::Config {
+                    group: workload.to_owned(),
+                    member,
+                    promote: g.promote.clone(),
+                    demote: g.demote.clone(),
+                    address: g.address.clone(),
+                    interface: g.interface.clone(),
+                };
+                let exe = match std::env::current_exe() {
+                    Ok(e) => e,
+                    Err(e) => return failed(format!("finding the haven binary: {e}"), false),
+                };
+                env.insert(
+                    haven_drivers::group::CONFIG_ENV.to_owned(),
+                    serde_json::to_string(&cfg).unwrap_or_default(),
+                );
+                vec![
+                    exe.to_string_lossy().into_owned(),
+                    haven_drivers::group::SUBCOMMAND.to_owned(),
+                ]
+            }
             WorkloadKind::Ocf(o) => {
                 // The agent's parameters in the environment, not on the
                 // command line every user can read.
@@ -699,7 +761,9 @@ impl Supervisor {
         // QEMU starts as the agent and drops to the identity itself, once
         // it has opened its disks and sockets (`vm::run_as_args`).
         let process_identity = match &d.spec.kind {
-            WorkloadKind::Process { .. } | WorkloadKind::Ocf(_) => identity.as_ref(),
+            WorkloadKind::Process { .. } | WorkloadKind::Ocf(_) | WorkloadKind::Group(_) => {
+                identity.as_ref()
+            }
             WorkloadKind::Vm(_) => None,
         };
         let started = self
@@ -904,6 +968,17 @@ fn report_with_pids(s: &HostState, now_ms: u64) -> HeartbeatReport {
             .map(|(_, pid)| *pid);
     }
     r
+}
+
+/// `group::release`, logged.
+fn release_address(workload: &str, address: &str) {
+    match haven_drivers::group::release(address) {
+        Ok(true) => tracing::info!("{workload}: removed its floating address {address}"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!("{workload}: could not remove its floating address {address}: {e}")
+        }
+    }
 }
 
 fn forget_pid(s: &mut HostState, k: &InstanceKey) {

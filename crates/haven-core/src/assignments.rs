@@ -41,7 +41,8 @@ pub struct AssignmentIndex {
     counted: HashMap<String, Counted>,
     /// Workloads placed and started `after` others.
     ordered: BTreeSet<String>,
-    /// Workloads with `affinity` or `anti_affinity` rules.
+    /// Workloads with `affinity` or `anti_affinity` rules, and groups
+    /// (which rule their members).
     ruled: BTreeSet<String>,
     /// Workloads with `failback` (and `preferred_hosts`).
     failing_back: BTreeSet<String>,
@@ -81,7 +82,11 @@ impl AssignmentIndex {
         } else {
             self.ordered.remove(name);
         }
-        if record.is_some_and(|w| !w.spec.affinity.is_empty() || !w.spec.anti_affinity.is_empty()) {
+        if record.is_some_and(|w| {
+            !w.spec.affinity.is_empty()
+                || !w.spec.anti_affinity.is_empty()
+                || matches!(w.spec.kind, crate::model::WorkloadKind::Group(_))
+        }) {
             if !self.ruled.contains(name) {
                 self.ruled.insert(name.to_owned());
             }
@@ -295,6 +300,7 @@ mod tests {
             failed_hosts: vec![],
             gave_up: None,
             released_by: None,
+            switched_from: None,
         }
     }
 

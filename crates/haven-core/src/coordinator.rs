@@ -8,7 +8,9 @@
 //! simulator runs the same function.
 
 use crate::liveness::{HostObservation, HostState, Timing};
-use crate::model::{Capacity, Generation, IsolationResponse, Observed, Priority};
+use crate::model::{
+    Capacity, Generation, GroupMode, IsolationResponse, Observed, Priority, WorkloadKind,
+};
 use crate::placement::{self, HostView, Unplaced};
 use crate::state::{ClusterState, Command, WorkloadRecord};
 use std::collections::{BTreeMap, BTreeSet};
@@ -273,6 +275,8 @@ pub fn tick_remembering(input: &TickInput<'_>, memo: &mut PlacementMemo) -> Vec<
         }
     }
     fail_back(input, &memo.eligible_since, &mut cmds);
+    // 2c. Active-standby groups whose active member stopped being ready.
+    switch_over(input, &freed, &mut cmds);
     let view_settled = state.hosts.keys().all(|h| {
         let o = obs(h);
         o.heard
@@ -463,6 +467,121 @@ fn fail_back(
     }
 }
 
+/// The host where `member` runs and is ready, as its host last
+/// reported (not one step 2 is freeing this tick).
+fn ready_member_host<'s>(
+    state: &'s ClusterState,
+    reports: &BTreeMap<String, HostReport>,
+    freed: &BTreeSet<&str>,
+    member: &str,
+) -> Option<&'s str> {
+    let a = state.workloads.get(member)?.assignment.as_ref()?;
+    if freed.contains(member) {
+        return None;
+    }
+    let r = reports.get(&a.host)?;
+    r.observed
+        .iter()
+        .any(|o| o.workload == member && o.generation == a.generation && o.is_ready())
+        .then_some(a.host.as_str())
+}
+
+/// An active-standby group's active member: its first member (in the
+/// order the group lists them) that runs and is ready; else why none is.
+fn active_member<'s>(
+    state: &'s ClusterState,
+    reports: &BTreeMap<String, HostReport>,
+    freed: &BTreeSet<&str>,
+    group: &'s WorkloadRecord,
+    at_ms: u64,
+) -> Result<&'s str, String> {
+    let WorkloadKind::Group(g) = &group.spec.kind else {
+        return Err("not a group".into());
+    };
+    // Not with a member on a host the group itself failed on; after a
+    // switchover, a member elsewhere first.
+    let avoided = |h: &str| group.avoided_hosts(at_ms).any(|f| f.host == h);
+    let from = group.switched_from.as_deref();
+    let ready = |m: &&String| ready_member_host(state, reports, freed, m).filter(|h| !avoided(h));
+    let elsewhere = g
+        .members
+        .iter()
+        .find(|m| ready(m).is_some_and(|h| Some(h) != from));
+    if let Some(m) = elsewhere.or_else(|| g.members.iter().find(|m| ready(m).is_some())) {
+        return Ok(m);
+    }
+    let why: Vec<String> = g
+        .members
+        .iter()
+        .map(|m| match state.workloads.get(m).map(|w| &w.assignment) {
+            None => format!("{m} (no such workload)"),
+            Some(None) => format!("{m} (not placed)"),
+            Some(Some(a)) if avoided(&a.host) => {
+                format!("{m} (on {}, where the group failed)", a.host)
+            }
+            Some(Some(a)) => format!("{m} (on {}, not ready)", a.host),
+        })
+        .collect();
+    Err(format!(
+        "waiting for a member to run and be ready: {}",
+        why.join(", ")
+    ))
+}
+
+/// Step 2c: each placed active-standby group whose host no longer has a
+/// running, ready member of it (the member failed, stopped, moved, or
+/// its readiness probe fails) while another member is ready elsewhere:
+/// a `Switchover` (stop there first; step 3 then places it with the
+/// ready member). Only on a fresh report from the group's host.
+fn switch_over(input: &TickInput<'_>, freed: &BTreeSet<&str>, cmds: &mut Vec<Command>) {
+    let state = input.state;
+    for name in state.assignments().ruled() {
+        let Some(w) = state.workloads.get(name) else {
+            continue;
+        };
+        let (WorkloadKind::Group(g), Some(a)) = (&w.spec.kind, &w.assignment) else {
+            continue;
+        };
+        if g.mode != GroupMode::ActiveStandby
+            || freed.contains(name)
+            || state.stopping.contains_key(name)
+            || !input.reports.contains_key(&a.host)
+        {
+            continue;
+        }
+        let here = g
+            .members
+            .iter()
+            .find(|m| ready_member_host(state, input.reports, freed, m) == Some(a.host.as_str()));
+        if here.is_some() {
+            continue;
+        }
+        let Ok(next) = active_member(state, input.reports, freed, w, input.at_ms) else {
+            continue;
+        };
+        let was = g
+            .members
+            .iter()
+            .find(|m| {
+                state
+                    .workloads
+                    .get(*m)
+                    .and_then(|m| m.assignment.as_ref())
+                    .is_some_and(|ma| ma.host == a.host)
+            })
+            .map_or_else(
+                || format!("no member runs on {} any more", a.host),
+                |m| format!("{m} on {} is not running and ready", a.host),
+            );
+        cmds.push(Command::Switchover {
+            workload: name.to_owned(),
+            generation: a.generation,
+            reason: format!("{was}; {next} is"),
+            at_ms: input.at_ms,
+        });
+    }
+}
+
 /// `w`'s affinity rules, both ways: those it declares, and those of
 /// `ruled` (the workloads with rules) that name it. A rule one side holds
 /// strict is strict.
@@ -485,6 +604,14 @@ fn affinity_rules(w: &WorkloadRecord, ruled: &[&WorkloadRecord]) -> Vec<placemen
         }
         if r.spec.anti_affinity.contains(name) {
             add(&r.spec.name, false, r.spec.affinity_strict);
+        }
+        // A group's members keep apart.
+        if let WorkloadKind::Group(g) = &r.spec.kind {
+            if g.members.contains(name) {
+                for m in g.members.iter().filter(|m| *m != name) {
+                    add(m, false, g.strict);
+                }
+            }
         }
     }
     rules
@@ -610,10 +737,13 @@ fn place<'a>(
     cmds: &mut Vec<Command>,
 ) -> PlaceOutcome {
     let state = input.state;
+    let freed_names = freed;
     let freed: Vec<&WorkloadRecord> = freed
         .iter()
         .filter_map(|n| state.workloads.get(*n))
         .collect();
+    // An active-standby group goes with its active member.
+    let mut group_with: BTreeMap<&str, &str> = BTreeMap::new();
     // A workload given up on waits for an operator (its reason says so).
     let may_place = |w: &&WorkloadRecord| {
         w.gave_up.is_none()
@@ -624,6 +754,22 @@ fn place<'a>(
     let mut placeable = |w: &'a WorkloadRecord| {
         if !may_place(&w) {
             return false;
+        }
+        if let WorkloadKind::Group(g) = &w.spec.kind {
+            // A spread group is its members: nothing of its own runs.
+            if g.mode == GroupMode::Spread {
+                return false;
+            }
+            return match active_member(state, input.reports, freed_names, w, input.at_ms) {
+                Ok(m) => {
+                    group_with.insert(w.spec.name.as_str(), m);
+                    true
+                }
+                Err(why) => {
+                    waiting.push((w.spec.name.as_str(), why));
+                    false
+                }
+            };
         }
         if w.spec.after.is_empty() {
             return true;
@@ -676,7 +822,13 @@ fn place<'a>(
     let unplaced: Vec<Unplaced> = candidates
         .iter()
         .map(|(w, avoid)| {
-            let rules = if ruled.is_empty() {
+            let rules = if let Some(m) = group_with.get(w.spec.name.as_str()) {
+                vec![placement::Rule {
+                    workload: (*m).to_owned(),
+                    together: true,
+                    strict: true,
+                }]
+            } else if ruled.is_empty() {
                 vec![]
             } else {
                 affinity_rules(w, &ruled)
@@ -1484,6 +1636,75 @@ mod tests {
         w.at_ms += 60_000;
         w.run();
         assert!(w.cmds().is_empty(), "nothing more to do");
+    }
+
+    /// An active-standby group: its members are kept apart; it runs with
+    /// the first ready member; when that member stops being ready while
+    /// another is, it is stopped there first (`Switchover`) and placed with
+    /// the other, even if the first is ready again by then.
+    #[test]
+    fn an_active_standby_group_goes_with_a_ready_member_and_switches_over_stop_first() {
+        let text =
+            "[[group]]\nname = \"db\"\nmode = \"active-standby\"\nmembers = [\"db-a\", \"db-b\"]\n";
+        let group = crate::spec::parse_workloads("g.toml", text)
+            .unwrap()
+            .remove(0);
+        let pinned = |name: &str| WorkloadSpec {
+            preferred_hosts: vec!["h1".into()],
+            ..spec(name, Priority::High)
+        };
+        let mut w = World::with_hosts(
+            vec![pinned("db-a"), pinned("db-b"), group],
+            &["h1", "h2", "h3"],
+        );
+        for h in ["h1", "h2", "h3"] {
+            w.hosts.insert(h.into(), online());
+        }
+        w.run();
+        let (a, b) = (w.host_of("db-a").unwrap(), w.host_of("db-b").unwrap());
+        assert_ne!(a, b, "members apart, though both prefer h1");
+        assert_eq!(w.host_of("db"), None);
+        assert!(
+            w.pending_reason("db")
+                .contains("waiting for a member to run and be ready"),
+            "{}",
+            w.pending_reason("db")
+        );
+        let (ga, gb) = (
+            w.generation_of("db-a").unwrap(),
+            w.generation_of("db-b").unwrap(),
+        );
+        w.report(&a, &[("db-a", ga)]);
+        w.report(&b, &[("db-b", gb)]);
+        w.run();
+        assert_eq!(
+            w.host_of("db").as_ref(),
+            Some(&a),
+            "with the first ready member"
+        );
+        let gdb = w.generation_of("db").unwrap();
+        // db-a stops being ready: the role leaves its host, stop first.
+        w.report(&a, &[("db-a", ga), ("db", gdb)]);
+        w.reports.get_mut(&a).unwrap().observed[0].ready = false;
+        w.run();
+        assert_eq!(w.host_of("db"), None, "stopping on {a} first");
+        assert!(w.s.stopping.contains_key("db"));
+        assert!(w.s.events(None).iter().any(|e| matches!(&e.kind,
+            EventKind::SwitchingOver { group, from, .. } if group == "db" && *from == a)));
+        // Not placed while its old instance may still run.
+        w.run();
+        assert_eq!(w.host_of("db"), None);
+        // Gone from there, and db-a ready again: it goes with db-b.
+        w.report(&a, &[("db-a", ga)]);
+        w.run();
+        assert_eq!(
+            w.host_of("db").as_ref(),
+            Some(&b),
+            "with the member elsewhere"
+        );
+        w.report(&b, &[("db-b", gb), ("db", w.generation_of("db").unwrap())]);
+        w.run();
+        assert!(w.cmds().is_empty(), "settled: {:?}", w.cmds());
     }
 
     fn bigger(name: &str) -> WorkloadSpec {

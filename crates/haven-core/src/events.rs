@@ -283,6 +283,14 @@ pub enum EventKind {
         to: String,
         generation: Generation,
     },
+    /// An active-standby group moves its active role: stopped (demoted)
+    /// where it runs first, then placed with a ready member.
+    SwitchingOver {
+        group: String,
+        from: String,
+        generation: Generation,
+        reason: String,
+    },
     Started {
         workload: String,
         host: String,
@@ -334,6 +342,9 @@ impl EventKind {
             | GaveUp { workload, .. }
             | CleanedUp { workload, .. }
             | FailingBack { workload, .. }
+            | SwitchingOver {
+                group: workload, ..
+            }
             | Started { workload, .. }
             | Restarted { workload, .. }
             | StopStep { workload, .. }
@@ -393,6 +404,7 @@ impl EventKind {
             | GaveUp { reason: t, .. }
             | CleanedUp { by: t, .. }
             | Restarted { detail: t, .. }
+            | SwitchingOver { reason: t, .. }
             | StopStep { step: t, .. }
             | Stopped { how: t, .. }
             | Legacy { message: t } => vec![t],

@@ -218,6 +218,7 @@ mod tests {
             failed_hosts: vec![],
             gave_up: None,
             released_by: None,
+            switched_from: None,
         }
     }
 

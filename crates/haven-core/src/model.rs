@@ -291,6 +291,14 @@ pub enum WorkloadKind {
     /// An OCF resource agent (`/usr/lib/ocf/resource.d/PROVIDER/TYPE`),
     /// run unchanged: start, a recurring monitor, stop.
     Ocf(OcfSpec),
+    /// A redundancy group (`[[group]]` in a workloads file): its members
+    /// are workloads of their own, kept on separate hosts. In
+    /// `active-standby` mode the group itself is placed like a workload
+    /// with no resources, on the host of one running and ready member:
+    /// that member is the active one. Its instance there promotes it
+    /// (and holds the floating address) and demotes it when stopped, so
+    /// generations, leases and stop-before-start keep it to one host.
+    Group(GroupSpec),
 }
 
 impl WorkloadKind {
@@ -299,8 +307,64 @@ impl WorkloadKind {
             WorkloadKind::Process { .. } => "process",
             WorkloadKind::Vm(_) => "vm",
             WorkloadKind::Ocf(_) => "ocf",
+            WorkloadKind::Group(_) => "group",
         }
     }
+}
+
+/// How a redundancy group keeps its members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupMode {
+    /// Every member runs (on its own host); one of them, running and
+    /// ready, is active at a time.
+    ActiveStandby,
+    /// Every member runs, each on its own host; a failed one is replaced
+    /// like any workload.
+    Spread,
+}
+
+impl GroupMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GroupMode::ActiveStandby => "active-standby",
+            GroupMode::Spread => "spread",
+        }
+    }
+}
+
+/// A redundancy group's declaration (see `WorkloadKind::Group`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    pub mode: GroupMode,
+    /// Its member workloads, in order of preference for the active role.
+    pub members: Vec<String>,
+    /// `true` (the default): a member stays pending rather than share a
+    /// host with another member; `false`: shares one only when no host
+    /// keeps them apart.
+    #[serde(default = "yes")]
+    pub strict: bool,
+    /// `active-standby`: the floating address (`10.0.0.100/24`, IPv4 or
+    /// IPv6 with its prefix) added where the active member runs, with
+    /// gratuitous ARP (IPv4), and removed when it stops there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The interface the address goes on; absent: the one that holds an
+    /// address in the same subnet on that host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// `active-standby`: run on the active member's host when it becomes
+    /// active (argv; `HAVEN_GROUP`, `HAVEN_MEMBER` in its environment); a
+    /// failure fails the group's instance there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promote: Vec<String>,
+    /// Run there when it stops being active.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub demote: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An OCF resource agent and how it is run. The agent's own `monitor` is

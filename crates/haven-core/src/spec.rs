@@ -15,6 +15,7 @@ use crate::model::{
     Accel, Capacity, GuestHeartbeat, HostRecord, IsolationResponse, OcfSpec, Priority,
     RestartPolicy, VmMonitoring, VmNetwork, VmSpec, WorkloadKind, WorkloadSpec,
 };
+use crate::model::{GroupMode, GroupSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -132,8 +133,12 @@ pub fn check_spec(spec: &WorkloadSpec) -> Vec<FieldProblem> {
     if let Err(m) = check_name(&spec.name) {
         out.push("name", m);
     }
-    out.bounds("vcpus", VCPUS, spec.vcpus);
-    out.bounds("memory_mib", MEMORY_MIB, spec.memory_mib);
+    if let WorkloadKind::Group(g) = &spec.kind {
+        check_group(spec, g, &mut out);
+    } else {
+        out.bounds("vcpus", VCPUS, spec.vcpus);
+        out.bounds("memory_mib", MEMORY_MIB, spec.memory_mib);
+    }
     check_restart(&spec.restart, &mut out);
     if let Err(m) = crate::logs::check_log_max_bytes(spec.log_max_bytes) {
         out.push("log_max_bytes", m);
@@ -161,6 +166,7 @@ pub fn check_spec(spec: &WorkloadSpec) -> Vec<FieldProblem> {
         }
         WorkloadKind::Vm(vm) => check_vm(vm, &mut out),
         WorkloadKind::Ocf(ocf) => check_ocf(ocf, &mut out),
+        WorkloadKind::Group(_) => {}
     }
     if out.0.is_empty() {
         let bytes = encoded_len(spec);
@@ -175,6 +181,7 @@ pub fn check_spec(spec: &WorkloadSpec) -> Vec<FieldProblem> {
                 WorkloadKind::Process { .. } => "command",
                 WorkloadKind::Vm(_) => "disks",
                 WorkloadKind::Ocf(_) => "params",
+                WorkloadKind::Group(_) => "members",
             };
             out.push(
                 field,
@@ -265,7 +272,7 @@ pub fn check_root_allowed(
     let at = shown_source(source);
     let errors: Vec<String> = specs
         .iter()
-        .filter(|s| s.user.is_none())
+        .filter(|s| s.user.is_none() && runs_something(s))
         .map(|s| {
             format!(
                 "{at}: workload {:?}: field \"user\": missing, and this cluster runs nothing as root by default (setting allow_root_workloads = false): name the user it runs as, e.g. user = \"www-data\", or write user = \"root\" to run it as root",
@@ -277,6 +284,17 @@ pub fn check_root_allowed(
         Ok(())
     } else {
         Err(SpecErrors(errors))
+    }
+}
+
+/// Whether the spec runs anything on a host: every workload does; a
+/// group only with a floating address or promote/demote commands.
+fn runs_something(s: &WorkloadSpec) -> bool {
+    match &s.kind {
+        WorkloadKind::Group(g) => {
+            g.address.is_some() || !g.promote.is_empty() || !g.demote.is_empty()
+        }
+        _ => true,
     }
 }
 
@@ -469,16 +487,21 @@ fn check_restart(r: &RestartPolicy, out: &mut Problems) {
 }
 
 fn check_command(command: &[String], out: &mut Problems) {
+    check_argv("command", command, out)
+}
+
+/// An argv run with no shell: an absolute program, bounded arguments.
+fn check_argv(field: &'static str, command: &[String], out: &mut Problems) {
     let Some(program) = command.first().filter(|p| !p.is_empty()) else {
         out.push(
-            "command",
+            field,
             "is empty; give the program and its arguments, e.g. [\"/bin/sleep\", \"infinity\"]",
         );
         return;
     };
     if !program.starts_with('/') {
         out.push(
-            "command",
+            field,
             format!(
                 "the program must be an absolute path (no PATH lookup); got {:?}",
                 shorten(program, 80)
@@ -487,13 +510,13 @@ fn check_command(command: &[String], out: &mut Problems) {
     }
     if command.len() > COMMAND_ARGS_MAX {
         out.push(
-            "command",
+            field,
             format!("{} arguments; at most {COMMAND_ARGS_MAX}", command.len()),
         );
     }
     if let Some(a) = command.iter().find(|a| a.len() > ARG_LEN_MAX) {
         out.push(
-            "command",
+            field,
             format!(
                 "an argument is {} bytes long; at most {ARG_LEN_MAX}",
                 a.len()
@@ -501,7 +524,7 @@ fn check_command(command: &[String], out: &mut Problems) {
         );
     }
     if command.iter().any(|a| a.contains('\0')) {
-        out.push("command", "an argument contains a NUL byte");
+        out.push(field, "an argument contains a NUL byte");
     }
 }
 
@@ -587,6 +610,178 @@ pub const PREFERRED_HOSTS_MAX: usize = 16;
 pub const AFTER_MAX: usize = 16;
 /// Longest wait after its dependencies are ready: an hour.
 pub const AFTER_DELAY_S: Bounds = Bounds { min: 0, max: 3_600 };
+
+/// Most members a redundancy group may have.
+pub const GROUP_MEMBERS_MAX: usize = 16;
+/// Longest interface name Linux allows (`IFNAMSIZ` - 1).
+pub const INTERFACE_LEN_MAX: usize = 15;
+
+/// A `[[group]]`: no resources of its own, 2 to [`GROUP_MEMBERS_MAX`]
+/// distinct members, not itself; the floating address and the
+/// promote/demote commands only in `active-standby` mode. Whether the
+/// members exist, and are in no other group, depends on the other
+/// workloads (`check_groups`).
+fn check_group(spec: &WorkloadSpec, g: &GroupSpec, out: &mut Problems) {
+    if spec.vcpus != 0 || spec.memory_mib != 0 {
+        out.push(
+            "vcpus",
+            "a group has no resources of its own: its members declare theirs",
+        );
+    }
+    if g.members.len() < 2 || g.members.len() > GROUP_MEMBERS_MAX {
+        out.push(
+            "members",
+            format!(
+                "{} members; a group has 2 to {GROUP_MEMBERS_MAX}, e.g. members = [\"db-a\", \"db-b\"]",
+                g.members.len()
+            ),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for m in &g.members {
+        if let Err(e) = check_name(m) {
+            out.push("members", format!("member {:?}: {e}", shorten(m, 80)));
+        } else if *m == spec.name {
+            out.push(
+                "members",
+                format!("names the group itself ({m:?}): members are other workloads"),
+            );
+        } else if !seen.insert(m) {
+            out.push("members", format!("names {m:?} twice"));
+        }
+    }
+    if g.mode == GroupMode::Spread {
+        for (field, set) in [
+            ("address", g.address.is_some()),
+            ("interface", g.interface.is_some()),
+            ("promote", !g.promote.is_empty()),
+            ("demote", !g.demote.is_empty()),
+        ] {
+            if set {
+                out.push(
+                    field,
+                    "only an active-standby group has one: a spread group has no active member",
+                );
+            }
+        }
+    }
+    if let Some(a) = &g.address {
+        if let Err(m) = parse_address(a) {
+            out.push("address", m);
+        } else if !spec.runs_as_root() {
+            out.push(
+                "address",
+                "adding an address to an interface needs root: remove user, or write user = \"root\"",
+            );
+        }
+    }
+    if let Some(i) = &g.interface {
+        let ok = !i.is_empty()
+            && i.len() <= INTERFACE_LEN_MAX
+            && i.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && i != "."
+            && i != "..";
+        if !ok {
+            out.push(
+                "interface",
+                format!(
+                    "must be an interface name of 1-{INTERFACE_LEN_MAX} characters (a-z, A-Z, 0-9, '.', '_', '-'), e.g. \"eth0\"; got {:?}",
+                    shorten(i, 40)
+                ),
+            );
+        }
+        if g.address.is_none() {
+            out.push(
+                "interface",
+                "is set but the group has no address: add address = \"10.0.0.100/24\" or remove it",
+            );
+        }
+    }
+    if !g.promote.is_empty() {
+        check_argv("promote", &g.promote, out);
+    }
+    if !g.demote.is_empty() {
+        check_argv("demote", &g.demote, out);
+    }
+}
+
+/// A floating address: `ADDRESS/PREFIX`, IPv4 (prefix 1-32) or IPv6
+/// (1-128), a unicast host address.
+pub fn parse_address(text: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let bad = || {
+        format!(
+            "must be an address with its prefix length, e.g. \"10.0.0.100/24\" or \"fd00::10/64\"; got {:?}",
+            shorten(text, 60)
+        )
+    };
+    let (ip, prefix) = text.split_once('/').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if prefix == 0 || prefix > max {
+        return Err(format!(
+            "prefix /{prefix} out of range: 1-{max}; got {text:?}"
+        ));
+    }
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+        return Err(format!(
+            "{ip} cannot float: give a unicast address of the hosts' network"
+        ));
+    }
+    Ok((ip, prefix))
+}
+
+/// Redundancy groups across workloads: each member of a group applied
+/// here exists (stored or in the same apply) and is not a group, and no
+/// workload is a member of two groups. `lookup` gives a workload's kind by
+/// name (the applied spec over the stored one); `groups` every group the
+/// cluster would hold after the apply.
+pub fn check_groups<'a>(
+    source: &str,
+    applied: &[WorkloadSpec],
+    groups: impl Iterator<Item = (&'a str, &'a GroupSpec)>,
+    lookup: impl Fn(&str) -> Option<&'a WorkloadKind>,
+) -> Result<(), SpecErrors> {
+    let at = shown_source(source);
+    let mut problems = vec![];
+    for s in applied {
+        let WorkloadKind::Group(g) = &s.kind else {
+            continue;
+        };
+        for m in &g.members {
+            match lookup(m) {
+                None => problems.push(format!(
+                    "{at}: group {:?}: field \"members\": no workload is named {m:?}; declare it as a [[workload]] in this file or apply it first",
+                    shown_name(&s.name)
+                )),
+                Some(WorkloadKind::Group(_)) => problems.push(format!(
+                    "{at}: group {:?}: field \"members\": {m:?} is a group; members are workloads",
+                    shown_name(&s.name)
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    let mut member_of: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, g) in groups {
+        for m in &g.members {
+            if let Some(other) = member_of.insert(m.as_str(), name) {
+                if other != name {
+                    problems.push(format!(
+                        "{at}: group {:?}: field \"members\": {m:?} is already a member of group {other:?}; a workload is in at most one group",
+                        shown_name(name)
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecErrors(problems))
+    }
+}
 
 /// `after`: workload names, each once, not its own, at most
 /// [`AFTER_MAX`]; `after_delay_s` bounded. Whether they exist and form no
@@ -981,6 +1176,21 @@ const COMMON_FIELDS: &[&str] = &[
     "failback",
 ];
 const PROCESS_FIELDS: &[&str] = &["command", "env"];
+const GROUP_FIELDS: &[&str] = &[
+    "name",
+    "mode",
+    "members",
+    "strict",
+    "address",
+    "interface",
+    "promote",
+    "demote",
+    "priority",
+    "probes",
+    "max_restarts",
+    "restart_window_s",
+    "user",
+];
 const OCF_FIELDS: &[&str] = &[
     "agent",
     "params",
@@ -1048,36 +1258,52 @@ pub fn parse_workloads(file: &str, text: &str) -> Result<Vec<WorkloadSpec>, Spec
         .parse()
         .map_err(|e: toml::de::Error| SpecErrors(vec![format!("{file}: not valid TOML: {e}")]))?;
     let mut errors = vec![];
-    for key in table.keys().filter(|k| *k != "workload") {
+    for key in table.keys().filter(|k| *k != "workload" && *k != "group") {
         errors.push(format!(
-            "{file}: unknown top-level key {key:?}: a workloads file holds only [[workload]] tables"
+            "{file}: unknown top-level key {key:?}: a workloads file holds only [[workload]] and [[group]] tables"
         ));
     }
-    let entries = match table.get("workload") {
-        None => {
-            errors.push(format!(
-                "{file}: no [[workload]] tables found: declare at least one workload"
-            ));
-            return Err(SpecErrors(errors));
-        }
-        Some(toml::Value::Array(a)) => a.as_slice(),
-        Some(_) => {
-            errors.push(format!(
-                "{file}: \"workload\" must be an array of tables: write [[workload]], not [workload]"
-            ));
-            return Err(SpecErrors(errors));
+    let mut tables = |key: &str, what: &str| -> &[toml::Value] {
+        match table.get(key) {
+            None => &[],
+            Some(toml::Value::Array(a)) => a.as_slice(),
+            Some(_) => {
+                errors.push(format!(
+                    "{file}: \"{key}\" must be an array of tables: write [[{key}]], not [{key}] ({what})"
+                ));
+                &[]
+            }
         }
     };
-    if entries.len() > WORKLOADS_PER_FILE_MAX {
-        errors.push(too_many_workloads(file, entries.len()));
+    let entries = tables("workload", "a workload");
+    let group_entries = tables("group", "a redundancy group");
+    if entries.is_empty() && group_entries.is_empty() && errors.is_empty() {
+        errors.push(format!(
+            "{file}: no [[workload]] tables found: declare at least one workload"
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(SpecErrors(errors));
+    }
+    if entries.len() + group_entries.len() > WORKLOADS_PER_FILE_MAX {
+        errors.push(too_many_workloads(
+            file,
+            entries.len() + group_entries.len(),
+        ));
         return Err(SpecErrors(errors));
     }
     let mut specs = vec![];
     let mut seen = BTreeSet::new();
-    for (i, entry) in entries.iter().enumerate() {
+    let all = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (false, i, e))
+        .chain(group_entries.iter().enumerate().map(|(i, e)| (true, i, e)));
+    for (is_group, i, entry) in all {
+        let what = if is_group { "group" } else { "workload" };
         let at = |name: Option<&str>| match name {
-            Some(n) => format!("{file}: workload {:?} (entry {})", shown_name(n), i + 1),
-            None => format!("{file}: workload entry {}", i + 1),
+            Some(n) => format!("{file}: {what} {:?} (entry {})", shown_name(n), i + 1),
+            None => format!("{file}: {what} entry {}", i + 1),
         };
         let Some(t) = entry.as_table() else {
             errors.push(format!("{}: must be a table", at(None)));
@@ -1089,10 +1315,11 @@ pub fn parse_workloads(file: &str, text: &str) -> Result<Vec<WorkloadSpec>, Spec
             at: at(name),
             errors: &mut errors,
         };
-        if let Some(spec) = e.spec() {
+        let spec = if is_group { e.group() } else { e.spec() };
+        if let Some(spec) = spec {
             if !seen.insert(spec.name.clone()) {
                 errors.push(format!(
-                    "{}: duplicate name: another workload in this file is also named {:?}; names must be unique",
+                    "{}: duplicate name: another workload or group in this file is also named {:?}; names must be unique",
                     at(Some(&spec.name)),
                     spec.name
                 ));
@@ -1470,6 +1697,125 @@ impl Entry<'_> {
         (self.errors.len() == before).then_some(spec)
     }
 
+    /// One `[[group]]` table: a `WorkloadKind::Group` spec with no
+    /// resources; its bounds are `check_spec`'s.
+    fn group(&mut self) -> Option<WorkloadSpec> {
+        let before = self.errors.len();
+        for key in self.t.keys() {
+            if !GROUP_FIELDS.contains(&key.as_str()) {
+                let msg = format!(
+                    "unknown field for a group; allowed fields: {}",
+                    GROUP_FIELDS.join(", ")
+                );
+                self.err(key, msg);
+            }
+        }
+        let name = match self.required("name", self.t.get("name")) {
+            Some(toml::Value::String(s)) => Some(s.clone()),
+            Some(v) => {
+                self.err("name", format!("must be a string; got {v}"));
+                None
+            }
+            None => None,
+        };
+        let mode = match self.required("mode", self.t.get("mode")) {
+            Some(toml::Value::String(s)) if s == "active-standby" => Some(GroupMode::ActiveStandby),
+            Some(toml::Value::String(s)) if s == "spread" => Some(GroupMode::Spread),
+            Some(v) => {
+                self.err(
+                    "mode",
+                    format!("must be \"active-standby\" or \"spread\"; got {v}"),
+                );
+                None
+            }
+            None => None,
+        };
+        let members = match self.required("members", self.t.get("members")) {
+            Some(v) => self.strings("members", v, "[\"db-a\", \"db-b\"]"),
+            None => None,
+        };
+        let strict = match self.t.get("strict") {
+            None => Some(true),
+            Some(toml::Value::Boolean(b)) => Some(*b),
+            Some(v) => {
+                self.err("strict", format!("must be true or false; got {v}"));
+                None
+            }
+        };
+        let address = self.string("address");
+        let interface = self.string("interface");
+        let argv = |me: &mut Self, f: &str| match me.t.get(f) {
+            None => Some(vec![]),
+            Some(v) => me.strings(f, v, "[\"/usr/local/bin/promote-db\"]"),
+        };
+        let promote = argv(self, "promote");
+        let demote = argv(self, "demote");
+        let priority = match self.t.get("priority") {
+            None => Some(Priority::Medium),
+            Some(toml::Value::String(s)) => match Priority::ALL.iter().find(|(n, _)| n == s) {
+                Some((_, p)) => Some(*p),
+                None => {
+                    self.err("priority", format!("unknown priority {s:?}; allowed: highest, high, medium, low, lowest, disabled"));
+                    None
+                }
+            },
+            Some(v) => {
+                self.err("priority", format!("must be a string; got {v}"));
+                None
+            }
+        };
+        let defaults = RestartPolicy::default();
+        let max_restarts = self
+            .integer("max_restarts", MAX_RESTARTS, false)
+            .map_or(defaults.max_restarts, |n| n as u32);
+        let restart_window_s = self
+            .integer("restart_window_s", RESTART_WINDOW_S, false)
+            .unwrap_or(defaults.restart_window_s);
+        let probes = self.probes();
+        let user = self.principal("user");
+        if self.errors.len() > before {
+            return None;
+        }
+        let spec = WorkloadSpec {
+            name: name?,
+            kind: WorkloadKind::Group(GroupSpec {
+                mode: mode?,
+                members: members?,
+                strict: strict?,
+                address,
+                interface,
+                promote: promote?,
+                demote: demote?,
+            }),
+            vcpus: 0,
+            memory_mib: 0,
+            priority: priority?,
+            restart: RestartPolicy {
+                max_restarts,
+                restart_window_s,
+                ..defaults
+            },
+            isolation_response: None,
+            log_max_bytes: crate::logs::LOG_MAX_BYTES_DEFAULT,
+            user,
+            group: None,
+            required_labels: BTreeMap::new(),
+            preferred_hosts: vec![],
+            probes: probes?,
+            escalation: Default::default(),
+            after: vec![],
+            after_delay_s: 0,
+            affinity: vec![],
+            anti_affinity: vec![],
+            affinity_strict: false,
+            failback: false,
+        };
+        for p in check_spec(&spec) {
+            self.err(p.field, p.problem);
+        }
+        (self.errors.len() == before).then_some(spec)
+    }
+
     /// A field that is `true` or `false`, default false.
     fn boolean(&mut self, field: &str) -> Option<bool> {
         match self.t.get(field) {
@@ -1804,6 +2150,142 @@ priority = "high"
 
     fn errs(text: &str) -> Vec<String> {
         parse_workloads("w.toml", text).unwrap_err().0
+    }
+
+    const GROUP: &str = r#"
+[[workload]]
+name = "db-a"
+kind = "process"
+command = ["/bin/sleep", "infinity"]
+vcpus = 1
+memory_mib = 256
+
+[[workload]]
+name = "db-b"
+kind = "process"
+command = ["/bin/sleep", "infinity"]
+vcpus = 1
+memory_mib = 256
+
+[[group]]
+name = "db"
+mode = "active-standby"
+members = ["db-a", "db-b"]
+address = "10.0.0.100/24"
+promote = ["/usr/local/bin/promote"]
+"#;
+
+    #[test]
+    fn a_group_parses_as_a_workload_of_its_own_with_no_resources() {
+        let specs = parse_workloads("w.toml", GROUP).unwrap();
+        let db = specs.iter().find(|s| s.name == "db").unwrap();
+        let WorkloadKind::Group(g) = &db.kind else {
+            panic!("a group: {db:?}")
+        };
+        assert_eq!(g.mode, GroupMode::ActiveStandby);
+        assert_eq!(g.members, ["db-a", "db-b"]);
+        assert!(g.strict, "members are kept apart strictly by default");
+        assert_eq!(g.address.as_deref(), Some("10.0.0.100/24"));
+        assert_eq!((db.vcpus, db.memory_mib), (0, 0));
+        // A group alone, naming stored workloads, is a valid file too.
+        let alone = &GROUP[GROUP.find("[[group]]").unwrap()..];
+        assert_eq!(parse_workloads("w.toml", alone).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bad_groups_are_refused_naming_the_field_and_the_fix() {
+        for (from, to, needle) in [
+            (
+                "mode = \"active-standby\"",
+                "mode = \"mirror\"",
+                "field \"mode\": must be \"active-standby\" or \"spread\"",
+            ),
+            (
+                "members = [\"db-a\", \"db-b\"]",
+                "members = [\"db-a\"]",
+                "1 members; a group has 2 to 16",
+            ),
+            (
+                "members = [\"db-a\", \"db-b\"]",
+                "members = [\"db-a\", \"db-a\"]",
+                "names \"db-a\" twice",
+            ),
+            (
+                "members = [\"db-a\", \"db-b\"]",
+                "members = [\"db\", \"db-b\"]",
+                "names the group itself",
+            ),
+            (
+                "10.0.0.100/24",
+                "10.0.0.100",
+                "must be an address with its prefix length",
+            ),
+            ("10.0.0.100/24", "10.0.0.100/33", "prefix /33 out of range"),
+            ("10.0.0.100/24", "127.0.0.5/8", "cannot float"),
+            (
+                "promote = [\"/usr/local/bin/promote\"]",
+                "promote = [\"promote\"]",
+                "field \"promote\": the program must be an absolute path",
+            ),
+            (
+                "mode = \"active-standby\"",
+                "mode = \"spread\"",
+                "field \"address\": only an active-standby group has one",
+            ),
+            (
+                "mode = \"active-standby\"",
+                "mode = \"active-standby\"\nvcpus = 2",
+                "unknown field for a group",
+            ),
+            (
+                "address = \"10.0.0.100/24\"",
+                "address = \"10.0.0.100/24\"\nuser = \"nobody\"",
+                "adding an address to an interface needs root",
+            ),
+        ] {
+            let text = GROUP.replace(from, to);
+            assert_ne!(text, GROUP, "{from}");
+            let e = errs(&text).join("\n");
+            assert!(e.contains(needle), "{to}: {e}");
+            assert!(e.contains("group \"db\""), "names the group: {e}");
+        }
+    }
+
+    #[test]
+    fn group_members_must_exist_and_belong_to_one_group() {
+        let specs = parse_workloads("w.toml", GROUP).unwrap();
+        let lookup = |n: &str| specs.iter().find(|s| s.name == n).map(|s| &s.kind);
+        let groups = || {
+            specs.iter().filter_map(|s| match &s.kind {
+                WorkloadKind::Group(g) => Some((s.name.as_str(), g)),
+                _ => None,
+            })
+        };
+        assert!(check_groups("w.toml", &specs, groups(), lookup).is_ok());
+        // A member nobody declared.
+        let alone: Vec<WorkloadSpec> = specs.iter().filter(|s| s.name != "db-b").cloned().collect();
+        let e = check_groups("w.toml", &alone, groups(), |n| {
+            alone.iter().find(|s| s.name == n).map(|s| &s.kind)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no workload is named \"db-b\""), "{e}");
+        // A second group claiming db-a.
+        let mut other = specs.iter().find(|s| s.name == "db").unwrap().clone();
+        other.name = "db2".into();
+        let both: Vec<WorkloadSpec> = specs.iter().cloned().chain([other]).collect();
+        let e = check_groups(
+            "w.toml",
+            &both,
+            both.iter().filter_map(|s| match &s.kind {
+                WorkloadKind::Group(g) => Some((s.name.as_str(), g)),
+                _ => None,
+            }),
+            |n| both.iter().find(|s| s.name == n).map(|s| &s.kind),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is already a member of group \"db\""), "{e}");
     }
 
     #[test]

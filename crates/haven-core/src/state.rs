@@ -74,6 +74,10 @@ pub struct WorkloadRecord {
     /// leftover disk lock need not be watched before the next start.
     #[serde(default)]
     pub released_by: Option<String>,
+    /// A group switched over away from this host (`Switchover`): placed
+    /// again with a member elsewhere when one is ready. Cleared when placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_from: Option<String>,
 }
 
 /// A host a workload failed on, and when (the coordinator's clock).
@@ -340,6 +344,16 @@ pub enum Command {
         to: String,
         at_ms: u64,
     },
+    /// An active-standby group's active member is no longer running and
+    /// ready where the group runs (or gone from there) while another
+    /// member is: take the group (at `generation`) off that host, stop
+    /// first, so it is placed with a ready member.
+    Switchover {
+        workload: String,
+        generation: Generation,
+        reason: String,
+        at_ms: u64,
+    },
     Place {
         placements: Vec<Placement>,
         at_ms: u64,
@@ -449,6 +463,7 @@ impl Command {
             | Command::DeleteWorkload { .. }
             | Command::Cleanup { .. }
             | Command::FailBack { .. }
+            | Command::Switchover { .. }
             | Command::Place { .. }
             | Command::Unassign { .. }
             | Command::SetPending { .. }
@@ -908,6 +923,41 @@ impl ClusterState {
                     },
                 );
                 self.begin_stopping(workload, a, format!("failback to {to}"));
+                let reason = self.waiting_for_stop(workload);
+                if let Some(w) = self.workloads.get_mut(workload) {
+                    w.pending_reason = reason;
+                }
+                self.reindex_workload(workload);
+                CommandResult::Ok
+            }
+            Command::Switchover {
+                workload,
+                generation,
+                reason,
+                at_ms,
+            } => {
+                let Some(w) = self.workloads.get_mut(workload) else {
+                    return CommandResult::Ok;
+                };
+                let Some(a) = w.assignment.clone().filter(|a| a.generation == *generation) else {
+                    return CommandResult::Ok;
+                };
+                if !matches!(w.spec.kind, crate::model::WorkloadKind::Group(_)) {
+                    return CommandResult::Rejected(format!("{workload} is not a group"));
+                }
+                self.tracker.0.workloads.insert(workload.clone());
+                w.assignment = None;
+                w.switched_from = Some(a.host.clone());
+                self.event(
+                    *at_ms,
+                    EventKind::SwitchingOver {
+                        group: workload.clone(),
+                        from: a.host.clone(),
+                        generation: *generation,
+                        reason: reason.clone(),
+                    },
+                );
+                self.begin_stopping(workload, a, format!("switchover: {reason}"));
                 let reason = self.waiting_for_stop(workload);
                 if let Some(w) = self.workloads.get_mut(workload) {
                     w.pending_reason = reason;
@@ -1602,11 +1652,37 @@ impl ClusterState {
         source: &str,
         specs: &[WorkloadSpec],
     ) -> Result<(), crate::spec::SpecErrors> {
+        let applied: BTreeMap<&str, &WorkloadSpec> =
+            specs.iter().map(|s| (s.name.as_str(), s)).collect();
+        if specs
+            .iter()
+            .any(|s| matches!(s.kind, crate::model::WorkloadKind::Group(_)))
+        {
+            // Every group after the apply: the applied ones, and the
+            // stored ones it does not replace (groups are `ruled`).
+            let stored = self
+                .assignments()
+                .ruled()
+                .filter(|n| !applied.contains_key(n))
+                .filter_map(|n| self.workloads.get_key_value(n));
+            let groups = specs
+                .iter()
+                .map(|s| (s.name.as_str(), s))
+                .chain(stored.map(|(n, w)| (n.as_str(), &w.spec)))
+                .filter_map(|(n, s)| match &s.kind {
+                    crate::model::WorkloadKind::Group(g) => Some((n, g)),
+                    _ => None,
+                });
+            crate::spec::check_groups(source, specs, groups, |name| {
+                applied
+                    .get(name)
+                    .map(|s| &s.kind)
+                    .or_else(|| self.workloads.get(name).map(|w| &w.spec.kind))
+            })?;
+        }
         if specs.iter().all(|s| s.after.is_empty()) {
             return Ok(());
         }
-        let applied: BTreeMap<&str, &WorkloadSpec> =
-            specs.iter().map(|s| (s.name.as_str(), s)).collect();
         crate::spec::check_dependencies(source, specs, |name| {
             applied
                 .get(name)
@@ -1655,11 +1731,13 @@ impl ClusterState {
                             generation: Generation(0),
                             pending_reason: Some(
                                 self.waiting_for_stop(&spec.name)
+                                    .or_else(|| spread_reason(spec))
                                     .unwrap_or_else(|| "waiting for placement".into()),
                             ),
                             failed_hosts: vec![],
                             gave_up: None,
                             released_by: None,
+                            switched_from: None,
                         },
                     );
                     self.reindex_workload(&spec.name);
@@ -1700,7 +1778,8 @@ impl ClusterState {
                 .required_labels
                 .iter()
                 .all(|(k, v)| h.labels.get(k) == Some(v));
-            (free.fits(&spec.demand()) && labelled).then(|| a.host.clone())
+            (free.fits(&spec.demand()) && labelled && spread_reason(spec).is_none())
+                .then(|| a.host.clone())
         });
         let next = self.next_generation(&spec.name);
         self.tracker.0.workloads.insert(spec.name.clone());
@@ -1711,6 +1790,11 @@ impl ClusterState {
         w.failed_hosts.clear();
         if w.gave_up.take().is_some() && w.assignment.is_none() {
             w.pending_reason = Some("waiting for placement".into());
+        }
+        if w.assignment.is_none() {
+            if let Some(r) = spread_reason(spec) {
+                w.pending_reason = Some(r);
+            }
         }
         let (workload, source) = (spec.name.clone(), source.to_owned());
         let kind = match (old, in_place) {
@@ -1786,6 +1870,7 @@ impl ClusterState {
                 generation,
             });
             w.pending_reason = None;
+            w.switched_from = None;
             self.reindex_workload(&p.workload);
             placed.push((p.workload.clone(), generation));
             self.event(
@@ -1915,6 +2000,16 @@ fn usable(t: &TokenRecord, now_ms: u64) -> Result<(), TokenError> {
         });
     }
     Ok(())
+}
+
+/// A spread group is never placed itself: this is its reason.
+fn spread_reason(spec: &WorkloadSpec) -> Option<String> {
+    match &spec.kind {
+        crate::model::WorkloadKind::Group(g) if g.mode == crate::model::GroupMode::Spread => {
+            Some("a spread group: only its members run, each on its own host".into())
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

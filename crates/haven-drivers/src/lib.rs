@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod error;
+pub mod group;
 pub mod identity;
 pub mod logcopy;
 pub mod logfile;

@@ -755,6 +755,22 @@ fn summary(c: &Command) -> String {
     }
 }
 
+/// An active-standby group of `members` (soft: small clusters place
+/// them anyway), with a floating address.
+fn group_spec(name: &str, members: &[&str]) -> WorkloadSpec {
+    let text = format!(
+        "[[group]]\nname = \"{name}\"\nmode = \"active-standby\"\nmembers = [{}]\nstrict = false\naddress = \"10.77.0.100/24\"\n",
+        members
+            .iter()
+            .map(|m| format!("\"{m}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut specs = haven_core::spec::parse_workloads("group.toml", &text)
+        .expect("the simulator's group is a valid spec");
+    specs.remove(0)
+}
+
 fn spec(name: String, rng: &mut Rng, datastore: bool) -> WorkloadSpec {
     let priority = [
         Priority::Highest,
@@ -913,9 +929,17 @@ impl World {
         let mut catalog = BTreeMap::new();
         let specs: Vec<WorkloadSpec> = match &cfg.setup {
             Some(setup) => setup.workloads.clone(),
-            None => (0..cfg.workloads)
-                .map(|i| spec(format!("w{i:05}"), &mut rng, datastore))
-                .collect(),
+            None => {
+                let mut specs: Vec<WorkloadSpec> = (0..cfg.workloads)
+                    .map(|i| spec(format!("w{i:05}"), &mut rng, datastore))
+                    .collect();
+                // Half the seeds hold an active-standby group of the
+                // first two workloads: its role moves with them.
+                if specs.len() >= 4 && rng.index(2) == 0 {
+                    specs.push(group_spec("g0", &["w00000", "w00001"]));
+                }
+                specs
+            }
         };
         for (n, part) in specs.chunks(1_000).enumerate() {
             boot.push(Command::ApplyWorkloads {
@@ -3128,7 +3152,10 @@ impl World {
             }
             Action::Respec => {
                 if let Some(mut s) = self.pick_workload() {
-                    s.memory_mib = if s.memory_mib == 128 { 256 } else { 128 };
+                    match &mut s.kind {
+                        WorkloadKind::Group(g) => g.strict = !g.strict,
+                        _ => s.memory_mib = if s.memory_mib == 128 { 256 } else { 128 },
+                    }
                     self.apply(vec![s]);
                 }
             }

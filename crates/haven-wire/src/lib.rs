@@ -401,6 +401,17 @@ impl ToWire for EventKind {
                 to: s(to),
                 generation: generation.to_wire(),
             },
+            P::SwitchingOver {
+                group,
+                from,
+                generation,
+                reason,
+            } => W::SwitchingOver {
+                group: s(group),
+                from: s(from),
+                generation: generation.to_wire(),
+                reason: s(reason),
+            },
             P::Started {
                 workload,
                 host,
@@ -461,6 +472,18 @@ impl ToWire for model::WorkloadSpec {
                     command: command.clone(),
                     env: env.clone(),
                 },
+                model::WorkloadKind::Group(g) => v1::WorkloadKind::Group(v1::GroupSpec {
+                    mode: match g.mode {
+                        model::GroupMode::ActiveStandby => v1::GroupMode::ActiveStandby,
+                        model::GroupMode::Spread => v1::GroupMode::Spread,
+                    },
+                    members: g.members.clone(),
+                    strict: g.strict,
+                    address: g.address.clone(),
+                    interface: g.interface.clone(),
+                    promote: g.promote.clone(),
+                    demote: g.demote.clone(),
+                }),
                 model::WorkloadKind::Ocf(o) => v1::WorkloadKind::Ocf(v1::OcfSpec {
                     agent: o.agent.clone(),
                     params: o.params.clone(),
@@ -641,6 +664,18 @@ pub fn spec_from_wire(w: v1::WorkloadSpec) -> model::WorkloadSpec {
             v1::WorkloadKind::Process { command, env } => {
                 model::WorkloadKind::Process { command, env }
             }
+            v1::WorkloadKind::Group(g) => model::WorkloadKind::Group(model::GroupSpec {
+                mode: match g.mode {
+                    v1::GroupMode::ActiveStandby => model::GroupMode::ActiveStandby,
+                    v1::GroupMode::Spread => model::GroupMode::Spread,
+                },
+                members: g.members,
+                strict: g.strict,
+                address: g.address,
+                interface: g.interface,
+                promote: g.promote,
+                demote: g.demote,
+            }),
             v1::WorkloadKind::Ocf(o) => model::WorkloadKind::Ocf(model::OcfSpec {
                 agent: o.agent,
                 params: o.params,

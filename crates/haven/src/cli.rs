@@ -160,6 +160,11 @@ pub enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Holds an active-standby group's active role on its host (started by
+    /// the agent into the group's cgroup): promote, the floating address;
+    /// on SIGTERM the address goes, then demote.
+    #[command(name = haven_drivers::group::SUBCOMMAND, hide = true)]
+    GroupActive,
     /// The OCF resource agents installed on this host (`ocf list`), and
     /// one agent's parameters and actions (`ocf describe PROVIDER:TYPE`).
     Ocf {
@@ -751,6 +756,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::OcfInstance { .. } => {
             unreachable!("an OCF instance runs before the runtime starts (main.rs)")
+        }
+        Cmd::GroupActive => {
+            unreachable!("a group's active role runs before the runtime starts (main.rs)")
         }
         Cmd::Ocf { action } => ocf(action).await,
     }

@@ -31,6 +31,10 @@ fn main() {
     if let cli::Cmd::OcfInstance { args } = &args.command {
         haven_drivers::ocf::instance::main(args);
     }
+    // And an active-standby group's active role: no runtime at all.
+    if let cli::Cmd::GroupActive = &args.command {
+        haven_drivers::group::main();
+    }
     // A client command whose reader leaves (`haven events | head`) ends
     // quietly, as other command-line tools do, instead of panicking on the
     // closed pipe. The agent keeps SIGPIPE ignored: its sockets report

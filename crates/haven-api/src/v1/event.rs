@@ -348,6 +348,14 @@ pub enum EventKind {
         to: String,
         generation: Generation,
     },
+    /// An active-standby group's active role moves: stopped (demoted)
+    /// where it runs first, then placed with a ready member.
+    SwitchingOver {
+        group: String,
+        from: String,
+        generation: Generation,
+        reason: String,
+    },
     Started {
         workload: String,
         host: String,
@@ -609,6 +617,15 @@ impl fmt::Display for EventKind {
             } => write!(
                 f,
                 "moving {workload} back to {to}, earlier in its preferred_hosts (failback): stopping generation {generation} on {from} first"
+            ),
+            SwitchingOver {
+                group,
+                from,
+                generation,
+                reason,
+            } => write!(
+                f,
+                "switching group {group} over: {reason}; demoting generation {generation} on {from} first"
             ),
             Started {
                 workload,

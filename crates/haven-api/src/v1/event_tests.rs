@@ -311,6 +311,15 @@ fn examples() -> Vec<(EventKind, &'static str)> {
             "moving web back to h1, earlier in its preferred_hosts (failback): stopping generation 4 on h2 first",
         ),
         (
+            SwitchingOver {
+                group: s("db"),
+                from: s("h1"),
+                generation: Generation(4),
+                reason: s("db-a on h1 is not running and ready; db-b is"),
+            },
+            "switching group db over: db-a on h1 is not running and ready; db-b is; demoting generation 4 on h1 first",
+        ),
+        (
             Started {
                 workload: s("web"),
                 host: s("h2"),
@@ -400,9 +409,10 @@ fn ordinal(k: &EventKind) -> usize {
         GaveUp { .. } => 38,
         CleanedUp { .. } => 39,
         FailingBack { .. } => 40,
+        SwitchingOver { .. } => 41,
     }
 }
-const KINDS: usize = 41;
+const KINDS: usize = 42;
 
 #[test]
 fn every_kind_renders_its_sentence() {

@@ -12,9 +12,9 @@ pub use event::{
 };
 
 pub use spec::{
-    Accel, ApplyRequest, GuestHeartbeat, IsolationResponse, OcfSpec, Priority, ProbeCheck,
-    ProbeRole, ProbeSpec, RestartPolicy, VmMonitoring, VmNetwork, VmSpec, WorkloadKind,
-    WorkloadSpec,
+    Accel, ApplyRequest, GroupMode, GroupSpec, GuestHeartbeat, IsolationResponse, OcfSpec,
+    Priority, ProbeCheck, ProbeRole, ProbeSpec, RestartPolicy, VmMonitoring, VmNetwork, VmSpec,
+    WorkloadKind, WorkloadSpec,
 };
 
 use serde::{Deserialize, Serialize};

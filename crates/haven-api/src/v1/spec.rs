@@ -137,6 +137,37 @@ pub enum WorkloadKind {
     Vm(VmSpec),
     /// An OCF resource agent run unchanged.
     Ocf(OcfSpec),
+    /// A redundancy group (`[[group]]`): its members are workloads of
+    /// their own; in `active-standby` mode the group runs with its active
+    /// member (promote, the floating address).
+    Group(GroupSpec),
+}
+
+/// `[[group]]`: how it keeps its members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupMode {
+    ActiveStandby,
+    Spread,
+}
+
+/// `kind = "group"`: its mode and members (in order of preference for
+/// the active role), whether they are kept apart strictly, and in
+/// `active-standby` mode the floating address and promote/demote
+/// commands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    pub mode: GroupMode,
+    pub members: Vec<String>,
+    pub strict: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promote: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub demote: Vec<String>,
 }
 
 /// `kind = "ocf"`: the agent (`PROVIDER:TYPE`), its parameters, and how

@@ -1,0 +1,224 @@
+//! Redundancy groups on the real test bed (issue 11): an active-standby
+//! group with a floating address in the bed's network. A client loop
+//! outside every host (the bridge's namespace) keeps connecting to the address while the
+//! active member's host crashes (one gap, no longer than the failover) or
+//! is cut off; at every sample at most one host holds the address. Run
+//! with `--test-threads=1`: timing is real.
+
+mod common;
+
+use common::*;
+use haven_testbed::Testbed;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// In the bed's /24, above every host's own address.
+const FLOAT: &str = "10.199.0.200";
+const PORT: u16 = 8080;
+
+/// db-a prefers h2, db-b h3 (h1 bootstraps and leads, and holds no
+/// member); the group `db` floats FLOAT.
+fn group_file() -> String {
+    let member = |name: &str, host: &str| {
+        format!(
+            "[[workload]]\nname = \"{name}\"\nkind = \"process\"\ncommand = [\"/usr/bin/python3\", \"-m\", \"http.server\", \"{PORT}\", \"--bind\", \"0.0.0.0\", \"--directory\", \"/\"]\nvcpus = 1\nmemory_mib = 64\npriority = \"high\"\npreferred_hosts = [\"{host}\"]\n\n"
+        )
+    };
+    format!(
+        "{}{}[[group]]\nname = \"db\"\nmode = \"active-standby\"\nmembers = [\"db-a\", \"db-b\"]\naddress = \"{FLOAT}/24\"\npriority = \"highest\"\n",
+        member("db-a", "h2"),
+        member("db-b", "h3")
+    )
+}
+
+fn host_of(s: &serde_json::Value, w: &str) -> Option<String> {
+    placement(s)
+        .get(w)
+        .filter(|(_, _, state)| state == "running")
+        .map(|(h, _, _)| h.clone())
+}
+
+/// One sample of the client loop: when, whether the address answered,
+/// and which hosts held it.
+#[derive(Clone, Debug)]
+struct Sample {
+    at: Instant,
+    answered: bool,
+    holders: Vec<String>,
+}
+
+/// A client outside every host connecting to FLOAT every 50 ms, and who
+/// holds it, until stopped.
+struct ClientLoop {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClientLoop {
+    fn start(bed: &Arc<RwLock<Testbed>>) -> ClientLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(vec![]));
+        let bed = bed.clone();
+        let (s, out) = (stop.clone(), samples.clone());
+        let thread = std::thread::spawn(move || {
+            let target: SocketAddr = format!("{FLOAT}:{PORT}").parse().unwrap();
+            while !s.load(Ordering::Relaxed) {
+                let sample = {
+                    let bed = bed.read().unwrap();
+                    let holders = bed
+                        .host_names()
+                        .into_iter()
+                        .filter(|h| bed.addresses(h).iter().any(|a| a.starts_with(FLOAT)))
+                        .collect();
+                    Sample {
+                        at: Instant::now(),
+                        answered: bed.client_can_connect(target, Duration::from_millis(200)),
+                        holders,
+                    }
+                };
+                out.lock().unwrap().push(sample);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        ClientLoop {
+            stop,
+            samples,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the client loop ends");
+        }
+        self.samples.lock().unwrap().clone()
+    }
+}
+
+/// Apply the group and wait until the role runs; returns the active host.
+fn group_running(bed: &Arc<RwLock<Testbed>>) -> String {
+    let b = bed.read().unwrap();
+    let file = b.dir().join("group.toml");
+    std::fs::write(&file, group_file()).unwrap();
+    b.cli("h1", &["apply", "-f", &file.display().to_string()])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let s = b
+        .wait_for("the group active", RECOVER, |s| running(s) == 3)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let active = host_of(&s, "db").expect("db runs");
+    assert!(
+        eventually(Duration::from_secs(10), || b
+            .addresses(&active)
+            .iter()
+            .any(|a| a == &format!("{FLOAT}/24"))),
+        "{FLOAT} on {active}: {:?}",
+        b.addresses(&active)
+    );
+    active
+}
+
+fn never_two_holders(samples: &[Sample]) {
+    for s in samples {
+        assert!(
+            s.holders.len() <= 1,
+            "{FLOAT} held by {:?} at once",
+            s.holders
+        );
+    }
+}
+
+#[test]
+fn the_floating_address_follows_the_active_member_when_its_host_crashes() {
+    let bed = Arc::new(RwLock::new(start(3, |_| {})));
+    let active = group_running(&bed);
+    assert_ne!(active, "h1", "members prefer h2 and h3");
+    let client = ClientLoop::start(&bed);
+    std::thread::sleep(Duration::from_millis(1_000));
+    let crashed_at = Instant::now();
+    bed.write().unwrap().crash(&active);
+    let s = {
+        let b = bed.read().unwrap();
+        b.wait_for("the role elsewhere", RECOVER, |s| {
+            host_of(s, "db").is_some_and(|h| h != active)
+        })
+        .unwrap_or_else(|e| {
+            b.print_diagnostics();
+            panic!("{e:#}")
+        })
+    };
+    let now_on = host_of(&s, "db").unwrap();
+    std::thread::sleep(Duration::from_millis(2_000));
+    let samples = client.finish();
+    never_two_holders(&samples);
+    assert!(samples
+        .iter()
+        .take_while(|s| s.at < crashed_at)
+        .all(|s| s.answered));
+    // One gap: from the first unanswered sample on, once it answers again
+    // it keeps answering.
+    let first_miss = samples.iter().position(|s| !s.answered);
+    let back = first_miss.and_then(|i| samples[i..].iter().position(|s| s.answered).map(|j| i + j));
+    let (Some(miss), Some(back)) = (first_miss, back) else {
+        panic!("the client never lost, or never regained, the address: {samples:?}")
+    };
+    assert!(
+        samples[back..].iter().all(|s| s.answered),
+        "one gap only: {samples:?}"
+    );
+    let gap = samples[back].at - samples[miss].at;
+    println!("client gap across the failover: {gap:?} (address now on {now_on})");
+    assert!(gap <= RECOVER, "gap {gap:?}");
+    let b = bed.read().unwrap();
+    assert_eq!(
+        b.host_names()
+            .into_iter()
+            .filter(|h| b.addresses(h).iter().any(|a| a.starts_with(FLOAT)))
+            .collect::<Vec<_>>(),
+        [now_on],
+        "the address where the role runs, only there"
+    );
+}
+
+#[test]
+fn a_cut_off_active_host_never_leaves_the_address_on_two_hosts() {
+    let bed = Arc::new(RwLock::new(start(3, |_| {})));
+    let active = group_running(&bed);
+    let client = ClientLoop::start(&bed);
+    std::thread::sleep(Duration::from_millis(500));
+    bed.write().unwrap().partition(&active);
+    let s = {
+        let b = bed.read().unwrap();
+        b.wait_for("the role elsewhere", RECOVER, |s| {
+            host_of(s, "db").is_some_and(|h| h != active)
+        })
+        .unwrap_or_else(|e| {
+            b.print_diagnostics();
+            panic!("{e:#}")
+        })
+    };
+    let now_on = host_of(&s, "db").unwrap();
+    assert!(
+        !bed.read()
+            .unwrap()
+            .addresses(&active)
+            .iter()
+            .any(|a| a.starts_with(FLOAT)),
+        "the cut-off host gave the address up"
+    );
+    std::thread::sleep(Duration::from_millis(1_000));
+    bed.write().unwrap().heal(&active);
+    std::thread::sleep(Duration::from_millis(3_000));
+    let samples = client.finish();
+    never_two_holders(&samples);
+    assert!(
+        samples
+            .last()
+            .is_some_and(|s| s.answered && s.holders == [now_on.clone()]),
+        "answering from {now_on} after the heal: {:?}",
+        samples.last()
+    );
+}
