@@ -107,6 +107,46 @@ impl Netns {
         }
     }
 
+    /// Whether an HTTP/1.0 `GET /` from inside this namespace to `target`
+    /// gets a `200` status line within `timeout` (connect, send and read
+    /// together): an application that accepts but hangs does not count.
+    pub fn http_ok(&self, target: SocketAddr, timeout: Duration) -> Result<bool> {
+        use std::io::Write;
+        let netns = self.file.try_clone()?;
+        let name = self.name.clone();
+        let probe = std::thread::spawn(move || -> Result<bool> {
+            nix::sched::setns(&netns, CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering network namespace {name}"))?;
+            let deadline = Instant::now() + timeout;
+            let Ok(mut s) = TcpStream::connect_timeout(&target, timeout) else {
+                return Ok(false);
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            s.set_read_timeout(Some(left))?;
+            s.set_write_timeout(Some(left))?;
+            if s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
+                return Ok(false);
+            }
+            let mut head = [0u8; 16];
+            let mut got = 0;
+            while got < head.len() {
+                match s.read(&mut head[got..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+            let line = String::from_utf8_lossy(&head[..got]);
+            Ok(line.starts_with("HTTP/") && line.split_whitespace().nth(1) == Some("200"))
+        });
+        match probe.join() {
+            Ok(result) => result,
+            Err(_) => bail!("the HTTP probe thread in {} panicked", self.name),
+        }
+    }
+
     /// `ip netns del`; fine if already gone.
     pub fn delete(self) -> Result<()> {
         let Netns { name, file } = self;

@@ -811,6 +811,14 @@ impl Testbed {
             .unwrap_or_else(|e| panic!("probing {target} from the client: {e:#}"))
     }
 
+    /// Whether the client outside every host gets `200` for `GET /` from
+    /// `target` within `timeout` ([`Netns::http_ok`]).
+    pub fn client_http_ok(&self, target: SocketAddr, timeout: Duration) -> bool {
+        let br = self.bridge.as_ref().expect("a started bed has its bridge");
+        br.http_ok(target, timeout)
+            .unwrap_or_else(|e| panic!("GET {target} from the client: {e:#}"))
+    }
+
     /// The IPv4 addresses on `host`'s `eth0`, with their prefix
     /// (`10.199.0.11/24`, then any floating address a workload added).
     pub fn addresses(&self, host: &str) -> Vec<String> {

@@ -121,6 +121,20 @@ fn group_running(bed: &Arc<RwLock<Testbed>>) -> String {
     active
 }
 
+/// Until the role runs on a host other than `active`; that host.
+fn role_moved_off(bed: &Arc<RwLock<Testbed>>, active: &str) -> String {
+    let b = bed.read().unwrap();
+    let s = b
+        .wait_for("the role elsewhere", RECOVER, |s| {
+            host_of(s, "db").is_some_and(|h| h != active)
+        })
+        .unwrap_or_else(|e| {
+            b.print_diagnostics();
+            panic!("{e:#}")
+        });
+    host_of(&s, "db").expect("the role runs")
+}
+
 fn never_two_holders(samples: &[Sample]) {
     for s in samples {
         assert!(
@@ -140,17 +154,7 @@ fn the_floating_address_follows_the_active_member_when_its_host_crashes() {
     std::thread::sleep(Duration::from_millis(1_000));
     let crashed_at = Instant::now();
     bed.write().unwrap().crash(&active);
-    let s = {
-        let b = bed.read().unwrap();
-        b.wait_for("the role elsewhere", RECOVER, |s| {
-            host_of(s, "db").is_some_and(|h| h != active)
-        })
-        .unwrap_or_else(|e| {
-            b.print_diagnostics();
-            panic!("{e:#}")
-        })
-    };
-    let now_on = host_of(&s, "db").unwrap();
+    let now_on = role_moved_off(&bed, &active);
     std::thread::sleep(Duration::from_millis(2_000));
     let samples = client.finish();
     never_two_holders(&samples);
@@ -190,17 +194,7 @@ fn a_cut_off_active_host_never_leaves_the_address_on_two_hosts() {
     let client = ClientLoop::start(&bed);
     std::thread::sleep(Duration::from_millis(500));
     bed.write().unwrap().partition(&active);
-    let s = {
-        let b = bed.read().unwrap();
-        b.wait_for("the role elsewhere", RECOVER, |s| {
-            host_of(s, "db").is_some_and(|h| h != active)
-        })
-        .unwrap_or_else(|e| {
-            b.print_diagnostics();
-            panic!("{e:#}")
-        })
-    };
-    let now_on = host_of(&s, "db").unwrap();
+    let now_on = role_moved_off(&bed, &active);
     assert!(
         !bed.read()
             .unwrap()

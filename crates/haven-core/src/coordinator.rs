@@ -690,6 +690,17 @@ fn waiting_for_dependencies(
             let Some(dep) = state.workloads.get(d) else {
                 return Some(format!("{d} (no such workload)"));
             };
+            // A spread group runs nothing itself: ready once a member is.
+            if let WorkloadKind::Group(g) = &dep.spec.kind {
+                if g.mode == GroupMode::Spread {
+                    let none = BTreeSet::new();
+                    let any = g
+                        .members
+                        .iter()
+                        .any(|m| ready_member_host(state, reports, &none, m).is_some());
+                    return (!any).then(|| format!("{d} (no member ready)"));
+                }
+            }
             let Some(a) = &dep.assignment else {
                 return Some(format!("{d} (not placed)"));
             };
@@ -1705,6 +1716,62 @@ mod tests {
         w.report(&b, &[("db-b", gb), ("db", w.generation_of("db").unwrap())]);
         w.run();
         assert!(w.cmds().is_empty(), "settled: {:?}", w.cmds());
+    }
+
+    /// A spread group runs nothing itself: a workload placed `after` it
+    /// waits until one of its members runs and is ready. A member placed
+    /// `after` its own group would wait forever: refused as a cycle.
+    #[test]
+    fn after_a_spread_group_waits_for_a_ready_member_and_a_member_after_its_group_is_a_cycle() {
+        let text =
+            "[[group]]\nname = \"web\"\nmode = \"spread\"\nmembers = [\"web-1\", \"web-2\"]\n";
+        let group = crate::spec::parse_workloads("g.toml", text)
+            .unwrap()
+            .remove(0);
+        let app = WorkloadSpec {
+            after: vec!["web".into()],
+            ..spec("app", Priority::Low)
+        };
+        let mut w = World::new(vec![
+            spec("web-1", Priority::High),
+            spec("web-2", Priority::High),
+            group,
+            app,
+        ]);
+        w.hosts.insert("h1".into(), online());
+        w.hosts.insert("h2".into(), online());
+        w.run();
+        w.run();
+        assert_eq!(w.host_of("web"), None, "a spread group is never placed");
+        assert!(
+            w.pending_reason("web").contains("a spread group"),
+            "{}",
+            w.pending_reason("web")
+        );
+        assert_eq!(w.host_of("app"), None);
+        assert!(
+            w.pending_reason("app").contains("web (no member ready)"),
+            "{}",
+            w.pending_reason("app")
+        );
+        let h = w.host_of("web-2").expect("placed");
+        w.report_running(&h, "web-2", true);
+        w.run();
+        assert!(
+            w.host_of("app").is_some(),
+            "one member ready: {}",
+            w.pending_reason("app")
+        );
+        // web-1 placed after its own group: a cycle, refused, nothing changes.
+        let looped = WorkloadSpec {
+            after: vec!["web".into()],
+            ..spec("web-1", Priority::High)
+        };
+        let e =
+            w.s.check_dependencies("t", std::slice::from_ref(&looped))
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("a dependency cycle: web-1 → web → web-1"), "{e}");
     }
 
     fn bigger(name: &str) -> WorkloadSpec {

@@ -637,19 +637,17 @@ fn check_group(spec: &WorkloadSpec, g: &GroupSpec, out: &mut Problems) {
             ),
         );
     }
-    let mut seen = BTreeSet::new();
-    for m in &g.members {
-        if let Err(e) = check_name(m) {
-            out.push("members", format!("member {:?}: {e}", shorten(m, 80)));
-        } else if *m == spec.name {
-            out.push(
-                "members",
-                format!("names the group itself ({m:?}): members are other workloads"),
-            );
-        } else if !seen.insert(m) {
-            out.push("members", format!("names {m:?} twice"));
-        }
-    }
+    check_other_names(
+        "members",
+        &g.members,
+        &spec.name,
+        (
+            "member",
+            "the group itself",
+            ": members are other workloads",
+        ),
+        out,
+    );
     if g.mode == GroupMode::Spread {
         for (field, set) in [
             ("address", g.address.is_some()),
@@ -703,6 +701,29 @@ fn check_group(spec: &WorkloadSpec, g: &GroupSpec, out: &mut Problems) {
     }
     if !g.demote.is_empty() {
         check_argv("demote", &g.demote, out);
+    }
+}
+
+/// `names` of other workloads in `field`: each a valid name, not `own`,
+/// and named once. `words`: what one is called, what `own` is called,
+/// and what follows when a name is `own`.
+fn check_other_names(
+    field: &'static str,
+    names: &[String],
+    own: &str,
+    words: (&str, &str, &str),
+    out: &mut Problems,
+) {
+    let (one, itself, why) = words;
+    let mut seen = BTreeSet::new();
+    for n in names {
+        if let Err(e) = check_name(n) {
+            out.push(field, format!("{one} {:?}: {e}", shorten(n, 80)));
+        } else if n == own {
+            out.push(field, format!("names {itself} ({n:?}){why}"));
+        } else if !seen.insert(n) {
+            out.push(field, format!("names {n:?} twice"));
+        }
     }
 }
 
@@ -793,19 +814,17 @@ fn check_after(spec: &WorkloadSpec, out: &mut Problems) {
             format!("{} workloads; at most {AFTER_MAX}", spec.after.len()),
         );
     }
-    let mut seen = BTreeSet::new();
-    for d in &spec.after {
-        if let Err(m) = check_name(d) {
-            out.push("after", format!("workload {:?}: {m}", shorten(d, 80)));
-        } else if *d == spec.name {
-            out.push(
-                "after",
-                format!("names the workload itself ({d:?}): a workload cannot wait for itself"),
-            );
-        } else if !seen.insert(d) {
-            out.push("after", format!("names {d:?} twice"));
-        }
-    }
+    check_other_names(
+        "after",
+        &spec.after,
+        &spec.name,
+        (
+            "workload",
+            "the workload itself",
+            ": a workload cannot wait for itself",
+        ),
+        out,
+    );
     out.bounds("after_delay_s", AFTER_DELAY_S, spec.after_delay_s);
     for (field, names) in [
         ("affinity", &spec.affinity),
@@ -817,16 +836,13 @@ fn check_after(spec: &WorkloadSpec, out: &mut Problems) {
                 format!("{} workloads; at most {AFTER_MAX}", names.len()),
             );
         }
-        let mut seen = BTreeSet::new();
-        for d in names {
-            if let Err(m) = check_name(d) {
-                out.push(field, format!("workload {:?}: {m}", shorten(d, 80)));
-            } else if *d == spec.name {
-                out.push(field, format!("names the workload itself ({d:?})"));
-            } else if !seen.insert(d) {
-                out.push(field, format!("names {d:?} twice"));
-            }
-        }
+        check_other_names(
+            field,
+            names,
+            &spec.name,
+            ("workload", "the workload itself", ""),
+            out,
+        );
     }
     if let Some(d) = spec
         .affinity

@@ -922,12 +922,7 @@ impl ClusterState {
                         generation: *generation,
                     },
                 );
-                self.begin_stopping(workload, a, format!("failback to {to}"));
-                let reason = self.waiting_for_stop(workload);
-                if let Some(w) = self.workloads.get_mut(workload) {
-                    w.pending_reason = reason;
-                }
-                self.reindex_workload(workload);
+                self.take_off_to_move(workload, a, format!("failback to {to}"));
                 CommandResult::Ok
             }
             Command::Switchover {
@@ -957,12 +952,7 @@ impl ClusterState {
                         reason: reason.clone(),
                     },
                 );
-                self.begin_stopping(workload, a, format!("switchover: {reason}"));
-                let reason = self.waiting_for_stop(workload);
-                if let Some(w) = self.workloads.get_mut(workload) {
-                    w.pending_reason = reason;
-                }
-                self.reindex_workload(workload);
+                self.take_off_to_move(workload, a, format!("switchover: {reason}"));
                 CommandResult::Ok
             }
             Command::CreateToken { record, at_ms } => self.create_token(record, *at_ms),
@@ -1647,10 +1637,10 @@ impl ClusterState {
 
     /// `spec::check_dependencies` of an apply against the stored
     /// workloads (a spec applied replaces the stored one of its name).
-    pub fn check_dependencies(
-        &self,
+    pub fn check_dependencies<'a>(
+        &'a self,
         source: &str,
-        specs: &[WorkloadSpec],
+        specs: &'a [WorkloadSpec],
     ) -> Result<(), crate::spec::SpecErrors> {
         let applied: BTreeMap<&str, &WorkloadSpec> =
             specs.iter().map(|s| (s.name.as_str(), s)).collect();
@@ -1680,14 +1670,24 @@ impl ClusterState {
                     .or_else(|| self.workloads.get(name).map(|w| &w.spec.kind))
             })?;
         }
-        if specs.iter().all(|s| s.after.is_empty()) {
+        let is_group = |s: &WorkloadSpec| matches!(s.kind, crate::model::WorkloadKind::Group(_));
+        if specs.iter().all(|s| s.after.is_empty() && !is_group(s)) {
             return Ok(());
         }
+        // A group waits for its members (it runs only with a ready one):
+        // a member placed `after` its own group would wait forever, a
+        // cycle like any other.
+        let edges = |s: &'a WorkloadSpec| -> &'a [String] {
+            match &s.kind {
+                crate::model::WorkloadKind::Group(g) => g.members.as_slice(),
+                _ => s.after.as_slice(),
+            }
+        };
         crate::spec::check_dependencies(source, specs, |name| {
             applied
                 .get(name)
-                .map(|s| s.after.as_slice())
-                .or_else(|| self.workloads.get(name).map(|w| w.spec.after.as_slice()))
+                .map(|s| edges(s))
+                .or_else(|| self.workloads.get(name).map(|w| edges(&w.spec)))
         })
     }
 
@@ -1834,6 +1834,17 @@ impl ClusterState {
         };
         self.reindex_workload(&spec.name);
         self.event(at_ms, kind);
+    }
+
+    /// A move decided while the instance runs (failback, switchover): stop
+    /// it on its host first; placed again once it is gone.
+    fn take_off_to_move(&mut self, workload: &str, a: Assignment, why: String) {
+        self.begin_stopping(workload, a, why);
+        let reason = self.waiting_for_stop(workload);
+        if let Some(w) = self.workloads.get_mut(workload) {
+            w.pending_reason = reason;
+        }
+        self.reindex_workload(workload);
     }
 
     /// The generation the next assignment of `workload` gets: larger than

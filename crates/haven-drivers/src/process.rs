@@ -697,15 +697,28 @@ fn is_log_cgroup(cg: &Cgroup) -> bool {
 }
 
 /// Runs in the forked child before exec: join the cgroup (writing "0" to
-/// `cgroup.procs` means "the writing process") and start a new session.
-/// Only raw syscalls, no allocation: the parent may be multi-threaded.
+/// `cgroup.procs` means "the writing process"), start a new session, and
+/// start from clean signal handling: nothing blocked, nothing ignored
+/// (an agent started with SIGTERM blocked, by a supervisor or a test bed,
+/// would otherwise hand that on, and every graceful stop would wait out
+/// its grace). Only raw syscalls, no allocation: the parent may be
+/// multi-threaded.
 fn join_cgroup_and_new_session(procs: &File) -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow};
     const SELF_PID: &[u8] = b"0";
     let written = nix::unistd::write(procs, SELF_PID)?;
     if written != SELF_PID.len() {
         return Err(io::Error::from(io::ErrorKind::WriteZero));
     }
     nix::unistd::setsid()?;
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if !matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            // SAFETY: the default disposition runs no handler code.
+            let _ = unsafe { sigaction(sig, &default) };
+        }
+    }
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     Ok(())
 }
 

@@ -810,3 +810,44 @@ fn a_user_or_group_the_host_does_not_know_is_refused_naming_it_and_the_fix() {
         (3_999_999, 65534, vec![65534], None)
     );
 }
+
+/// An agent started with signals blocked or ignored (a supervisor's mask,
+/// a test bed's) must not pass them on: a workload that inherited a
+/// blocked SIGTERM would outlive every graceful stop until the kill, a
+/// whole grace later (seen in `bench/failover --probe`: 10 s per restart).
+#[tokio::test]
+async fn a_workload_starts_with_no_signal_blocked_or_ignored_whatever_the_agent_has() {
+    use nix::sys::signal::{signal, SigHandler, SigSet, SigmaskHow, Signal};
+    let root = TestRoot::new();
+    let driver = root.driver();
+    let k = key("masked", 1);
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    let mut old = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).unwrap();
+    // SAFETY: ignoring installs no handler; no other test uses SIGUSR2.
+    let before = unsafe { signal(Signal::SIGUSR2, SigHandler::SigIgn) }.unwrap();
+    let started = driver.start(&k, &argv(&["sleep", "30"]), &no_env(), CAP, None);
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).unwrap();
+    // SAFETY: restores what was there.
+    unsafe { signal(Signal::SIGUSR2, before) }.unwrap();
+    let pid = started.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap()
+    };
+    assert_eq!(field("SigBlk:"), 0, "nothing blocked: {status}");
+    let usr2 = 1u64 << (Signal::SIGUSR2 as i32 - 1);
+    assert_eq!(field("SigIgn:") & usr2, 0, "SIGUSR2 not ignored: {status}");
+    let t = Instant::now();
+    driver.stop(&k, Duration::from_secs(10)).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "SIGTERM ended it at once: {:?}",
+        t.elapsed()
+    );
+}

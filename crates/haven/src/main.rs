@@ -5,6 +5,14 @@ use clap::Parser;
 use haven::cli;
 
 fn main() {
+    // Whatever started us may have blocked signals (a test bed or a
+    // supervisor blocking SIGTERM for itself): the agent's shutdown and
+    // the CLI's Ctrl-C need them delivered.
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
     let args = cli::Cli::parse();
     // The lease keeper runs without an async runtime (DESIGN.md §2a).
     if let cli::Cmd::Keeper(k) = &args.command {
