@@ -216,3 +216,37 @@ fn a_cut_off_active_host_never_leaves_the_address_on_two_hosts() {
         samples.last()
     );
 }
+
+/// The agent of the active member's host hangs: its keeper ends the role
+/// at the lease's end, and since the role's isolation response is the
+/// graceful one (SIGTERM first), the role removes the address itself
+/// before the coordinator may place it elsewhere. Never on two hosts.
+#[test]
+fn a_hung_agent_gives_the_address_up_through_its_keeper() {
+    let bed = Arc::new(RwLock::new(start(3, |_| {})));
+    let active = group_running(&bed);
+    let client = ClientLoop::start(&bed);
+    std::thread::sleep(Duration::from_millis(500));
+    bed.write().unwrap().hang_agent(&active);
+    let now_on = role_moved_off(&bed, &active);
+    std::thread::sleep(Duration::from_millis(2_000));
+    assert!(
+        !bed.read()
+            .unwrap()
+            .addresses(&active)
+            .iter()
+            .any(|a| a.starts_with(FLOAT)),
+        "the hung host gave the address up"
+    );
+    bed.write().unwrap().resume_agent(&active);
+    std::thread::sleep(Duration::from_millis(2_000));
+    let samples = client.finish();
+    never_two_holders(&samples);
+    assert!(
+        samples
+            .last()
+            .is_some_and(|s| s.answered && s.holders == [now_on.clone()]),
+        "answering from {now_on}: {:?}",
+        samples.last()
+    );
+}

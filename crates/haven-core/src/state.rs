@@ -678,10 +678,20 @@ impl ClusterState {
             .filter_map(|n| self.workloads.get(n))
     }
 
-    /// The isolation response that applies to a workload.
+    /// The isolation response that applies to a workload. A group's role
+    /// with a floating address is always shut down gracefully: only its
+    /// own stop removes the address (SIGTERM from the keeper of a host
+    /// whose agent hangs, too), and the coordinator waits the shutdown out
+    /// before placing the role elsewhere.
     pub fn isolation_response(&self, spec: &WorkloadSpec) -> IsolationResponse {
-        spec.isolation_response
-            .unwrap_or(self.settings.isolation_response)
+        match &spec.kind {
+            crate::model::WorkloadKind::Group(g) if g.address.is_some() => {
+                IsolationResponse::Shutdown
+            }
+            _ => spec
+                .isolation_response
+                .unwrap_or(self.settings.isolation_response),
+        }
     }
 
     pub fn host_by_node_id(&self, id: NodeId) -> Option<&HostRecord> {
@@ -2058,6 +2068,36 @@ mod tests {
             EventKind::SettingsChanged { changes, .. }
                 if changes.iter().any(|c| (c.key.as_str(), c.from.as_str(), c.to.as_str()) == ("lease_ms", "1000", "600"))
         ));
+    }
+
+    /// A group's role with a floating address shuts down gracefully when
+    /// its host is isolated, whatever the cluster's response, so that it
+    /// removes the address itself; one without, and any workload, follows
+    /// the cluster's.
+    #[test]
+    fn a_role_with_an_address_always_shuts_down_gracefully() {
+        let text = "[[group]]\nname = \"db\"\nmode = \"active-standby\"\nmembers = [\"a\", \"b\"]\naddress = \"10.0.0.100/24\"\n";
+        let with = crate::spec::parse_workloads("g.toml", text)
+            .unwrap()
+            .remove(0);
+        let mut without = with.clone();
+        if let crate::model::WorkloadKind::Group(g) = &mut without.kind {
+            g.address = None;
+        }
+        let mut s = ClusterState::default();
+        for response in ["power-off", "leave-running", "shutdown"] {
+            s.settings = settings_with("isolation_response", response);
+            assert_eq!(
+                s.isolation_response(&with),
+                IsolationResponse::Shutdown,
+                "{response}"
+            );
+            assert_eq!(
+                s.isolation_response(&without),
+                s.settings.isolation_response,
+                "{response}"
+            );
+        }
     }
 
     #[test]
