@@ -187,24 +187,31 @@ fn the_floating_address_follows_the_active_member_when_its_host_crashes() {
     );
 }
 
-#[test]
-fn a_cut_off_active_host_never_leaves_the_address_on_two_hosts() {
+/// The active member's host is cut off (`fault`) and later healed
+/// (`heal`): the role moves, that host gives the address up, and at every
+/// sample at most one host holds it; in the end it answers from the new
+/// active only.
+fn the_address_moves_once_off(
+    fault: fn(&mut Testbed, &str),
+    heal: fn(&mut Testbed, &str),
+    what: &str,
+) {
     let bed = Arc::new(RwLock::new(start(3, |_| {})));
     let active = group_running(&bed);
     let client = ClientLoop::start(&bed);
     std::thread::sleep(Duration::from_millis(500));
-    bed.write().unwrap().partition(&active);
+    fault(&mut bed.write().unwrap(), &active);
     let now_on = role_moved_off(&bed, &active);
+    std::thread::sleep(Duration::from_millis(1_000));
     assert!(
         !bed.read()
             .unwrap()
             .addresses(&active)
             .iter()
             .any(|a| a.starts_with(FLOAT)),
-        "the cut-off host gave the address up"
+        "the {what} host gave the address up"
     );
-    std::thread::sleep(Duration::from_millis(1_000));
-    bed.write().unwrap().heal(&active);
+    heal(&mut bed.write().unwrap(), &active);
     std::thread::sleep(Duration::from_millis(3_000));
     let samples = client.finish();
     never_two_holders(&samples);
@@ -212,41 +219,23 @@ fn a_cut_off_active_host_never_leaves_the_address_on_two_hosts() {
         samples
             .last()
             .is_some_and(|s| s.answered && s.holders == [now_on.clone()]),
-        "answering from {now_on} after the heal: {:?}",
+        "answering from {now_on} once the {what} host is back: {:?}",
         samples.last()
     );
+}
+
+/// Cut off, the host's agent loses its lease and stops the role, which
+/// removes the address, before the coordinator may place it elsewhere.
+#[test]
+fn a_cut_off_active_host_never_leaves_the_address_on_two_hosts() {
+    the_address_moves_once_off(Testbed::partition, Testbed::heal, "cut-off");
 }
 
 /// The agent of the active member's host hangs: its keeper ends the role
 /// at the lease's end, and since the role's isolation response is the
 /// graceful one (SIGTERM first), the role removes the address itself
-/// before the coordinator may place it elsewhere. Never on two hosts.
+/// before the coordinator may place it elsewhere.
 #[test]
 fn a_hung_agent_gives_the_address_up_through_its_keeper() {
-    let bed = Arc::new(RwLock::new(start(3, |_| {})));
-    let active = group_running(&bed);
-    let client = ClientLoop::start(&bed);
-    std::thread::sleep(Duration::from_millis(500));
-    bed.write().unwrap().hang_agent(&active);
-    let now_on = role_moved_off(&bed, &active);
-    std::thread::sleep(Duration::from_millis(2_000));
-    assert!(
-        !bed.read()
-            .unwrap()
-            .addresses(&active)
-            .iter()
-            .any(|a| a.starts_with(FLOAT)),
-        "the hung host gave the address up"
-    );
-    bed.write().unwrap().resume_agent(&active);
-    std::thread::sleep(Duration::from_millis(2_000));
-    let samples = client.finish();
-    never_two_holders(&samples);
-    assert!(
-        samples
-            .last()
-            .is_some_and(|s| s.answered && s.holders == [now_on.clone()]),
-        "answering from {now_on}: {:?}",
-        samples.last()
-    );
+    the_address_moves_once_off(Testbed::hang_agent, Testbed::resume_agent, "hung");
 }

@@ -46,6 +46,17 @@ pub struct AssignmentIndex {
     ruled: BTreeSet<String>,
     /// Workloads with `failback` (and `preferred_hosts`).
     failing_back: BTreeSet<String>,
+    /// Redundancy groups.
+    groups: BTreeSet<String>,
+}
+
+/// `name` in `set` exactly when `member` (no allocation when it already is).
+fn keep(set: &mut BTreeSet<String>, name: &str, member: bool) {
+    if !member {
+        set.remove(name);
+    } else if !set.contains(name) {
+        set.insert(name.to_owned());
+    }
 }
 
 impl AssignmentIndex {
@@ -68,6 +79,11 @@ impl AssignmentIndex {
         self.ruled.iter().map(String::as_str)
     }
 
+    /// Redundancy groups, by name.
+    pub fn groups(&self) -> impl Iterator<Item = &str> + '_ {
+        self.groups.iter().map(String::as_str)
+    }
+
     /// Workloads with an `after` list, by name.
     pub fn ordered(&self) -> impl Iterator<Item = &str> + '_ {
         self.ordered.iter().map(String::as_str)
@@ -75,31 +91,27 @@ impl AssignmentIndex {
 
     /// Bring `name`'s entry in line with its record (`None`: it is gone).
     pub fn sync(&mut self, name: &str, record: Option<&WorkloadRecord>) {
-        if record.is_some_and(|w| !w.spec.after.is_empty()) {
-            if !self.ordered.contains(name) {
-                self.ordered.insert(name.to_owned());
-            }
-        } else {
-            self.ordered.remove(name);
-        }
-        if record.is_some_and(|w| {
-            !w.spec.affinity.is_empty()
-                || !w.spec.anti_affinity.is_empty()
-                || matches!(w.spec.kind, crate::model::WorkloadKind::Group(_))
-        }) {
-            if !self.ruled.contains(name) {
-                self.ruled.insert(name.to_owned());
-            }
-        } else {
-            self.ruled.remove(name);
-        }
-        if record.is_some_and(|w| w.spec.failback && !w.spec.preferred_hosts.is_empty()) {
-            if !self.failing_back.contains(name) {
-                self.failing_back.insert(name.to_owned());
-            }
-        } else {
-            self.failing_back.remove(name);
-        }
+        let is_group =
+            record.is_some_and(|w| matches!(w.spec.kind, crate::model::WorkloadKind::Group(_)));
+        keep(
+            &mut self.ordered,
+            name,
+            record.is_some_and(|w| !w.spec.after.is_empty()),
+        );
+        keep(
+            &mut self.ruled,
+            name,
+            is_group
+                || record.is_some_and(|w| {
+                    !w.spec.affinity.is_empty() || !w.spec.anti_affinity.is_empty()
+                }),
+        );
+        keep(&mut self.groups, name, is_group);
+        keep(
+            &mut self.failing_back,
+            name,
+            record.is_some_and(|w| w.spec.failback && !w.spec.preferred_hosts.is_empty()),
+        );
         let now = record.map(|w| Counted {
             host: w.assignment.as_ref().map(|a| a.host.clone()),
             demand: w.spec.demand(),

@@ -535,7 +535,7 @@ fn active_member<'s>(
 /// ready member). Only on a fresh report from the group's host.
 fn switch_over(input: &TickInput<'_>, freed: &BTreeSet<&str>, cmds: &mut Vec<Command>) {
     let state = input.state;
-    for name in state.assignments().ruled() {
+    for name in state.assignments().groups() {
         let Some(w) = state.workloads.get(name) else {
             continue;
         };
@@ -586,41 +586,53 @@ fn switch_over(input: &TickInput<'_>, freed: &BTreeSet<&str>, cmds: &mut Vec<Com
 /// `ruled` (the workloads with rules) that name it. A rule one side holds
 /// strict is strict.
 fn affinity_rules(w: &WorkloadRecord, ruled: &[&WorkloadRecord]) -> Vec<placement::Rule> {
-    let mut rules: BTreeMap<(String, bool), bool> = BTreeMap::new();
-    let mut add = |other: &str, together: bool, strict: bool| {
-        let s = rules.entry((other.to_owned(), together)).or_insert(false);
+    // (other, together) → (strict, the group it comes from unless a spec
+    // declares it too).
+    let mut rules: BTreeMap<(String, bool), (bool, Option<String>, bool)> = BTreeMap::new();
+    let mut add = |other: &str, together: bool, strict: bool, group: Option<&str>| {
+        let (s, g, declared) = rules
+            .entry((other.to_owned(), together))
+            .or_insert((false, None, false));
         *s |= strict;
+        match group {
+            None => *declared = true,
+            Some(name) if g.is_none() => *g = Some(name.to_owned()),
+            Some(_) => {}
+        }
     };
     for o in &w.spec.affinity {
-        add(o, true, w.spec.affinity_strict);
+        add(o, true, w.spec.affinity_strict, None);
     }
     for o in &w.spec.anti_affinity {
-        add(o, false, w.spec.affinity_strict);
+        add(o, false, w.spec.affinity_strict, None);
     }
     let name = &w.spec.name;
     for r in ruled.iter().filter(|r| r.spec.name != *name) {
         if r.spec.affinity.contains(name) {
-            add(&r.spec.name, true, r.spec.affinity_strict);
+            add(&r.spec.name, true, r.spec.affinity_strict, None);
         }
         if r.spec.anti_affinity.contains(name) {
-            add(&r.spec.name, false, r.spec.affinity_strict);
+            add(&r.spec.name, false, r.spec.affinity_strict, None);
         }
         // A group's members keep apart.
         if let WorkloadKind::Group(g) = &r.spec.kind {
             if g.members.contains(name) {
                 for m in g.members.iter().filter(|m| *m != name) {
-                    add(m, false, g.strict);
+                    add(m, false, g.strict, Some(&r.spec.name));
                 }
             }
         }
     }
     rules
         .into_iter()
-        .map(|((workload, together), strict)| placement::Rule {
-            workload,
-            together,
-            strict,
-        })
+        .map(
+            |((workload, together), (strict, group, declared))| placement::Rule {
+                workload,
+                together,
+                strict,
+                group: group.filter(|_| !declared),
+            },
+        )
         .collect()
 }
 
@@ -838,6 +850,7 @@ fn place<'a>(
                     workload: (*m).to_owned(),
                     together: true,
                     strict: true,
+                    group: None,
                 }]
             } else if ruled.is_empty() {
                 vec![]
@@ -1674,6 +1687,11 @@ mod tests {
         w.run();
         let (a, b) = (w.host_of("db-a").unwrap(), w.host_of("db-b").unwrap());
         assert_ne!(a, b, "members apart, though both prefer h1");
+        assert!(
+            w.s.events(None).iter().any(|e| matches!(&e.kind,
+                EventKind::Placed { reason, .. } if reason.contains("; not h1: group db (apart from db-a)"))),
+            "the placement names the group that decided it"
+        );
         assert_eq!(w.host_of("db"), None);
         assert!(
             w.pending_reason("db")

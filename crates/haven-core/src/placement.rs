@@ -58,6 +58,9 @@ pub struct Rule {
     pub together: bool,
     /// Pending rather than break it.
     pub strict: bool,
+    /// The redundancy group it comes from (members keep apart), if no
+    /// spec declares it itself.
+    pub group: Option<String>,
 }
 
 impl Rule {
@@ -66,6 +69,14 @@ impl Rule {
             "affinity"
         } else {
             "anti_affinity"
+        }
+    }
+
+    /// `anti_affinity web-b`, or `group web (apart from web-b)`.
+    fn named(&self) -> String {
+        match &self.group {
+            Some(g) => format!("group {g} (apart from {})", self.workload),
+            None => format!("{} {}", self.name(), self.workload),
         }
     }
 }
@@ -281,7 +292,7 @@ pub fn plan_with(
                         let kept: Vec<String> = rule_hosts
                             .iter()
                             .filter(|(r, h)| !keeps_one(r, *h, &hosts[j].name))
-                            .map(|(r, _)| format!("{} {}", r.name(), r.workload))
+                            .map(|(r, _)| r.named())
                             .collect();
                         if !kept.is_empty() {
                             reason.push_str(&format!(
@@ -296,7 +307,7 @@ pub fn plan_with(
                     let names: Vec<String> = rule_hosts
                         .iter()
                         .filter(|(r, h)| !r.strict && !keeps_one(r, *h, &hosts[i].name))
-                        .map(|(r, _)| format!("{} {}", r.name(), r.workload))
+                        .map(|(r, _)| r.named())
                         .collect();
                     reason.push_str(&format!(
                         "; soft rule broken, no host could keep it: {}",
@@ -338,7 +349,10 @@ pub fn plan_with(
                             .rules
                             .iter()
                             .filter(|r| r.strict)
-                            .map(|r| format!("{} with {}", r.name(), r.workload))
+                            .map(|r| match &r.group {
+                                Some(_) => r.named(),
+                                None => format!("{} with {}", r.name(), r.workload),
+                            })
                             .collect::<Vec<_>>()
                             .join(", "),
                     }
@@ -436,6 +450,7 @@ mod tests {
             workload: workload.into(),
             together,
             strict,
+            group: None,
         }
     }
 

@@ -1659,10 +1659,10 @@ impl ClusterState {
             .any(|s| matches!(s.kind, crate::model::WorkloadKind::Group(_)))
         {
             // Every group after the apply: the applied ones, and the
-            // stored ones it does not replace (groups are `ruled`).
+            // stored ones it does not replace.
             let stored = self
                 .assignments()
-                .ruled()
+                .groups()
                 .filter(|n| !applied.contains_key(n))
                 .filter_map(|n| self.workloads.get_key_value(n));
             let groups = specs
