@@ -23,7 +23,9 @@ done
 
 # The test VM (Debian kernel + busybox initramfs), built once.
 export HAVEN_TEST_VM_DIR=${HAVEN_TEST_VM_DIR:-$PWD/target/test-vm}
-if [ ! -s "$HAVEN_TEST_VM_DIR/vmlinux" ] || [ ! -s "$HAVEN_TEST_VM_DIR/initrd.gz" ]; then
+# Built again when vm/init or the build script changed since.
+if [ ! -s "$HAVEN_TEST_VM_DIR/vmlinux" ] || [ ! -s "$HAVEN_TEST_VM_DIR/initrd.gz" ] \
+  || ! grep -qx "source: $(vm/build-test-vm.sh --source-id)" "$HAVEN_TEST_VM_DIR/manifest.txt" 2>/dev/null; then
   vm/build-test-vm.sh "$HAVEN_TEST_VM_DIR"
 fi
 

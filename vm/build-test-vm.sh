@@ -22,6 +22,10 @@ cache=${HAVEN_VM_CACHE:-/var/cache/haven-vm}
 t_start=$(date +%s.%N)
 
 die() { echo "build-test-vm: $*" >&2; exit 1; }
+# What the image is built from, so that a stale one is rebuilt
+# (scripts/test.sh compares it with the manifest's "source:" line).
+source_id() { cat "$here/init" "$here/build-test-vm.sh" | sha256sum | cut -c1-16; }
+if [ "$out" = --source-id ]; then source_id; exit 0; fi
 say() { echo "build-test-vm: $*" >&2; }
 
 busybox=/bin/busybox
@@ -241,7 +245,15 @@ cat > "$r/www/cgi-bin/panic" <<'EOF'
 printf 'Content-Type: text/plain\r\n\r\npanicking\n'
 ( sleep 0.2; echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger ) </dev/null >/dev/null 2>&1 &
 EOF
-chmod 755 "$r/www/cgi-bin/poweroff" "$r/www/cgi-bin/panic"
+# A hung application: the web server stops (SIGSTOP) but its processes
+# stay, and the kernel and its heartbeat go on. No reply: this CGI's own
+# server stops too.
+cat > "$r/www/cgi-bin/hang" <<'EOF'
+#!/bin/sh
+echo "haven-init: /cgi-bin/hang: stopping httpd" > /dev/console
+kill -STOP $(pidof httpd)
+EOF
+chmod 755 "$r/www/cgi-bin/poweroff" "$r/www/cgi-bin/panic" "$r/www/cgi-bin/hang"
 echo "haven test vm" > "$r/www/index.html"   # /init rewrites it with the hostname
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$r/etc/passwd"
 printf 'root:x:0:\n' > "$r/etc/group"
@@ -258,7 +270,8 @@ mv -f "$work/initrd.gz" "$out/initrd.gz"
   echo "modules (load order): ${order[*]}"
   echo "modules skipped: ${skipped[*]:-none}"
   echo "busybox: $("$busybox" 2>&1 | head -1)"
-  echo "cmdline: console=ttyS0 quiet haven.hb_ms=1000 haven.hostname=NAME"
+  echo "cmdline: console=ttyS0 quiet haven.hb_ms=1000 haven.hostname=NAME [haven.app=http]"
+  echo "source: $(source_id)"
 } > "$out/manifest.txt"
 
 t_end=$(date +%s.%N)

@@ -48,6 +48,11 @@ fn start(hosts: usize) -> Testbed {
 /// A test VM named `name`: heartbeats every 200 ms, reset after 2 s of
 /// silence, web server on port 8080 of its host.
 fn vm_spec(bed: &Testbed, name: &str, extra: &str) -> String {
+    vm_spec_booted_with(bed, name, "", extra)
+}
+
+/// [`vm_spec`] with `args` added to the guest kernel's command line.
+fn vm_spec_booted_with(bed: &Testbed, name: &str, args: &str, extra: &str) -> String {
     let img = test_vm_dir();
     let ds = bed.datastore().unwrap();
     let disk = ds.join(format!("{name}.qcow2"));
@@ -72,7 +77,7 @@ priority = "high"
 disks = ["{disk}"]
 kernel = "{kernel}"
 initrd = "{initrd}"
-append = "console=ttyS0 quiet haven.hb_ms=200"
+append = "console=ttyS0 quiet haven.hb_ms=200{args}"
 network = {{ mode = "user", forward = ["tcp::8080-:80"] }}
 heartbeat = "haven"
 failure_interval_s = 2
@@ -222,6 +227,69 @@ fn hung_guest_is_reset_after_the_failure_interval() {
     assert!(
         ev.any(|k| matches!(k, EventKind::Restarted { workload, .. } if workload == "vm1")),
         "{ev}"
+    );
+    check_witness(&bed.witness_dir()).assert_never_twice();
+}
+
+/// Issue 11: the application inside a healthy guest hangs (its web server
+/// stopped; the kernel and its heartbeat go on). The guest's helper stops
+/// reporting it ("haven-app" lines on the guest channel, a
+/// `kind = "heartbeat"` liveness probe), so the VM is restarted in place,
+/// not reset for a hung guest, and the new boot's application reports
+/// again. The startup probe gives the boot its time.
+#[test]
+fn a_hung_application_inside_the_guest_restarts_the_vm() {
+    let bed = start(3);
+    let probes = "probes = [\n  { role = \"startup\", kind = \"heartbeat\", interval_ms = 1000, timeout_ms = 1000, failure_threshold = 60 },\n  { role = \"liveness\", kind = \"heartbeat\", interval_ms = 500, timeout_ms = 500, failure_threshold = 2 },\n]\n";
+    apply(
+        &bed,
+        "vm1",
+        &vm_spec_booted_with(&bed, "vm1", " haven.app=http", probes),
+    );
+    let (host, generation) = heartbeating(&bed, "vm1", None);
+    let s = bed
+        .wait_for("the application ready", BOOT, |s| {
+            workload(s, "vm1")["ready"] == true
+        })
+        .unwrap_or_else(|e| {
+            bed.print_diagnostics();
+            panic!("{e:#}")
+        });
+    assert_eq!(workload(&s, "vm1")["restarts"].as_u64(), Some(0), "{s}");
+    let from = if host == "h1" { "h2" } else { "h1" };
+    // Stops the web server; the request itself never gets its answer.
+    assert_eq!(http(&bed, from, &host, "/cgi-bin/hang"), None);
+    let s = bed
+        .wait_for("a restart for the application", BOOT, |s| {
+            workload(s, "vm1")["restarts"].as_u64() >= Some(1)
+        })
+        .unwrap_or_else(|e| {
+            bed.print_diagnostics();
+            panic!("{e:#}")
+        });
+    let w = workload(&s, "vm1");
+    assert_eq!(w["host"].as_str(), Some(host.as_str()), "in place: {w}");
+    assert_eq!(w["generation"].as_u64(), Some(generation), "{w}");
+    assert!(
+        w["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("liveness probe (heartbeat)"),
+        "the application's silence, not the guest's: {w}"
+    );
+    // The new boot serves and reports again.
+    bed.wait_for("ready again", BOOT, |s| {
+        let w = workload(s, "vm1");
+        w["ready"] == true && w["state"] == "running"
+    })
+    .unwrap_or_else(|e| {
+        bed.print_diagnostics();
+        panic!("{e:#}")
+    });
+    assert!(
+        eventually(BOOT, || http(&bed, from, &host, "/")
+            .is_some_and(|b| b.contains("haven test vm"))),
+        "the web server answers again on {host}"
     );
     check_witness(&bed.witness_dir()).assert_never_twice();
 }

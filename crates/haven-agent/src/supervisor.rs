@@ -947,7 +947,8 @@ fn ocf_instance_argv(
 /// so that programs written for systemd's watchdog report every half of it.
 fn heartbeat_interval_ms(spec: &haven_core::model::WorkloadSpec) -> Option<u64> {
     if matches!(spec.kind, WorkloadKind::Vm(_)) {
-        // Refused when applied: a guest cannot reach the socket.
+        // A guest reports its application on the guest channel
+        // (`vm::VmWatch`), not on a notify socket.
         return None;
     }
     spec.probes

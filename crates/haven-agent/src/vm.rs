@@ -8,8 +8,10 @@
 //! The disks' guard before a start (DESIGN.md §2.1 for VMs) is the
 //! machine's too (`haven_core::datastore::lock_verdict`).
 
+use haven_core::host_agent::HostInput;
 use haven_core::model::{Generation, GuestHeartbeat, VmMonitoring};
 use haven_core::vm_monitor::{GuestSignal, VmDecision, VmMonitor};
+use haven_drivers::guest_channel::{self, GuestLine};
 use haven_drivers::qmp::Qmp;
 use haven_drivers::vm::VmPaths;
 use std::io::Write;
@@ -24,6 +26,10 @@ const QMP_CONNECT_MS: u64 = 15_000;
 const QMP_COMMAND_MS: u64 = 5_000;
 const MONITOR_TICK_MS: u64 = 100;
 const GUEST_PING_INTERVAL_MS: u64 = 1_000;
+/// The guest application's reports within this of the last one taken are
+/// one (a probe's interval is at least 100 ms): a guest that floods the
+/// channel costs the host's machine one input per round.
+const APP_ROUND_MS: u64 = 20;
 pub struct VmWatch {
     /// Tells this watch from a later one of the same instance.
     pub epoch: u64,
@@ -81,7 +87,9 @@ impl VmWatch {
                     return;
                 }
             };
-        let (hb_tx, mut hb_rx) = tokio::sync::mpsc::channel::<()>(64);
+        let (hb_tx, mut hb_rx) = tokio::sync::mpsc::channel::<GuestLine>(64);
+        // The application's reports, taken at most once a round.
+        let mut app_fed_ms: Option<u64> = None;
         let hb_task = match self.heartbeat {
             GuestHeartbeat::Haven => Some(tokio::spawn(read_heartbeats(
                 self.paths.heartbeat.clone(),
@@ -103,10 +111,23 @@ impl VmWatch {
         let cmd_timeout = Duration::from_millis(QMP_COMMAND_MS);
         loop {
             let decision = tokio::select! {
-                Some(()) = hb_rx.recv() => {
-                    self.witness_tick();
-                    monitor.on_signal(GuestSignal::Heartbeat, self.now_ms())
-                }
+                Some(line) = hb_rx.recv() => match line {
+                    GuestLine::Heartbeat => {
+                        self.witness_tick();
+                        monitor.on_signal(GuestSignal::Heartbeat, self.now_ms())
+                    }
+                    GuestLine::App => {
+                        let now = self.now_ms();
+                        if app_fed_ms.is_none_or(|at| now >= at + APP_ROUND_MS) {
+                            app_fed_ms = Some(now);
+                            self.machine.feed(HostInput::AppHeartbeat {
+                                workload: self.workload.clone(),
+                                generation: self.generation,
+                            });
+                        }
+                        VmDecision::Nothing
+                    }
+                },
                 ev = events.recv() => match ev {
                     None => break,
                     Some(ev) if ev.event == "GUEST_PANICKED" => {
@@ -167,14 +188,16 @@ pub async fn power_down(qmp_ops: &std::path::Path) {
     }
 }
 
-/// Lines from the `org.haven.heartbeat` port's host socket; any line counts.
-async fn read_heartbeats(path: PathBuf, tx: tokio::sync::mpsc::Sender<()>) {
+/// Lines from the `org.haven.heartbeat` port's host socket, each the
+/// guest's heartbeat or its application's (`haven_drivers::guest_channel`).
+async fn read_heartbeats(path: PathBuf, tx: tokio::sync::mpsc::Sender<GuestLine>) {
+    let mut buf = Vec::with_capacity(guest_channel::LINE_MAX_BYTES);
     loop {
         match UnixStream::connect(&path).await {
             Ok(s) => {
-                let mut lines = BufReader::new(s).lines();
-                while let Ok(Some(_)) = lines.next_line().await {
-                    if tx.send(()).await.is_err() {
+                let mut r = BufReader::new(s);
+                while let Ok(Some(line)) = guest_channel::next_line(&mut r, &mut buf).await {
+                    if tx.send(line).await.is_err() {
                         return;
                     }
                 }
@@ -188,7 +211,7 @@ async fn read_heartbeats(path: PathBuf, tx: tokio::sync::mpsc::Sender<()>) {
 }
 
 /// `guest-ping` through the QEMU guest agent; each answer is a heartbeat.
-async fn ping_guest_agent(path: PathBuf, tx: tokio::sync::mpsc::Sender<()>) {
+async fn ping_guest_agent(path: PathBuf, tx: tokio::sync::mpsc::Sender<GuestLine>) {
     loop {
         if let Ok(s) = UnixStream::connect(&path).await {
             let (r, mut w) = s.into_split();
@@ -206,7 +229,10 @@ async fn ping_guest_agent(path: PathBuf, tx: tokio::sync::mpsc::Sender<()>) {
                 )
                 .await;
                 match answer {
-                    Ok(Ok(Some(l))) if l.contains("\"return\"") && tx.send(()).await.is_err() => {
+                    Ok(Ok(Some(l)))
+                        if l.contains("\"return\"")
+                            && tx.send(GuestLine::Heartbeat).await.is_err() =>
+                    {
                         return;
                     }
                     Ok(Ok(None)) | Ok(Err(_)) => break,

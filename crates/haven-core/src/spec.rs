@@ -154,11 +154,7 @@ pub fn check_spec(spec: &WorkloadSpec) -> Vec<FieldProblem> {
         out.push(p.field, p.problem);
     }
     check_after(spec, &mut out);
-    check_workload_probes(
-        &spec.probes,
-        matches!(spec.kind, WorkloadKind::Vm(_)),
-        &mut out,
-    );
+    check_workload_probes(&spec.probes, &spec.kind, &mut out);
     match &spec.kind {
         WorkloadKind::Process { command, env } => {
             check_command(command, &mut out);
@@ -580,26 +576,41 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Vec<String> {
 
 /// A workload's probes: `probe::check_probes`, and what the agent runs
 /// today: checks from the host (`tcp`, `http`, `exec`; not yet in a
-/// guest), and the application's own heartbeat on its notify socket,
-/// which only a process or an OCF instance on the host has (a VM's guest
-/// has no way to it yet).
-fn check_workload_probes(probes: &[crate::probe::ProbeSpec], vm: bool, out: &mut Problems) {
+/// guest), and the application's own heartbeat: on its notify socket for
+/// a process or an OCF instance, as `haven-app` lines on the guest channel
+/// for a VM (docs/guest-heartbeat.md), which only a VM with
+/// `heartbeat = "haven"` has.
+fn check_workload_probes(
+    probes: &[crate::probe::ProbeSpec],
+    kind: &WorkloadKind,
+    out: &mut Problems,
+) {
     use crate::probe::ProbeCheck;
-    for p in crate::probe::check_probes(probes, vm) {
+    let vm = match kind {
+        WorkloadKind::Vm(vm) => Some(vm),
+        _ => None,
+    };
+    for p in crate::probe::check_probes(probes, vm.is_some()) {
         out.push("probes", p.to_string());
     }
     for (i, p) in probes.iter().enumerate() {
-        if vm && matches!(p.check, ProbeCheck::Exec { in_guest: true, .. }) {
+        if vm.is_some() && matches!(p.check, ProbeCheck::Exec { in_guest: true, .. }) {
             out.push(
                 "probes",
-                format!("probes[{i}].in_guest: a probe inside the guest is not supported yet; run the command on the host (in_guest = false) or use a tcp or http probe"),
+                format!("probes[{i}].in_guest: a probe inside the guest is not supported yet; run the command on the host (in_guest = false), use a tcp or http probe, or have the guest report its application (kind = \"heartbeat\": \"haven-app\" lines on the guest channel, docs/guest-heartbeat.md)"),
             );
         }
-        if vm && p.check == ProbeCheck::Heartbeat {
-            out.push(
-                "probes",
-                format!("probes[{i}].kind: \"heartbeat\" (the application reporting itself on a notify socket) is for process and ocf workloads; a VM's guest cannot reach the socket (a guest-channel heartbeat is not built): use a tcp or http probe for a VM"),
-            );
+        if p.check == ProbeCheck::Heartbeat {
+            if let Some(vm) = vm.filter(|vm| vm.heartbeat != GuestHeartbeat::Haven) {
+                let set = match vm.heartbeat {
+                    GuestHeartbeat::QemuGuestAgent => "qemu-guest-agent",
+                    _ => "none",
+                };
+                out.push(
+                    "probes",
+                    format!("probes[{i}].kind: \"heartbeat\" on a VM is the guest reporting its application on the Haven guest channel, which this VM does not have (heartbeat = \"{set}\"): set heartbeat = \"haven\" and send \"haven-app\" lines from the guest (docs/guest-heartbeat.md), or use a tcp or http probe"),
+                );
+            }
         }
     }
 }
@@ -2741,9 +2752,10 @@ min_uptime_s = 10
     }
 
     /// The application's heartbeat reaches the agent through a socket on
-    /// the host: a process or an OCF instance has it, a VM's guest does not.
+    /// the host (a process or an OCF instance), or through the Haven guest
+    /// channel (a VM): a VM without that channel is refused, naming it.
     #[test]
-    fn a_heartbeat_probe_is_taken_for_a_process_or_ocf_workload_and_refused_for_a_vm() {
+    fn a_heartbeat_probe_is_taken_where_the_application_can_report() {
         let probe = "probes = [{ role = \"liveness\", kind = \"heartbeat\", interval_ms = 2000, timeout_ms = 500 }]";
         let process = GOOD.replace("vcpus = 1", &format!("vcpus = 1\n{probe}"));
         let specs = parse_workloads("w.toml", &process).unwrap();
@@ -2754,14 +2766,25 @@ min_uptime_s = 10
         assert_eq!(specs[0].probes[0].interval_ms, 2_000);
         let ocf = format!("[[workload]]\nname = \"ip\"\nkind = \"ocf\"\nagent = \"ocf:heartbeat:IPaddr2\"\nparams = {{ ip = \"10.0.0.50\" }}\nvcpus = 1\nmemory_mib = 64\n{probe}\n");
         parse_workloads("w.toml", &ocf).unwrap();
-        let e = errs(&VM.replace("min_uptime_s = 10", &format!("min_uptime_s = 10\n{probe}")));
-        assert!(
-            e.iter().any(
-                |e| e.contains("field \"probes\": probes[0].kind: \"heartbeat\"")
-                    && e.contains("use a tcp or http probe")
-            ),
-            "{e:?}"
+        let vm = VM.replace("min_uptime_s = 10", &format!("min_uptime_s = 10\n{probe}"));
+        assert!(vm.contains("heartbeat = \"haven\""));
+        let specs = parse_workloads("w.toml", &vm).unwrap();
+        assert_eq!(
+            specs[0].probes[0].check,
+            crate::probe::ProbeCheck::Heartbeat
         );
+        for other in ["qemu-guest-agent", "none"] {
+            let e = errs(&vm.replace("heartbeat = \"haven\"", &format!("heartbeat = \"{other}\"")));
+            assert!(
+                e.iter().any(
+                    |e| e.contains("field \"probes\": probes[0].kind: \"heartbeat\"")
+                        && e.contains(&format!(
+                            "(heartbeat = \"{other}\"): set heartbeat = \"haven\""
+                        ))
+                ),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod cgroup;
 pub mod error;
 pub mod group;
+pub mod guest_channel;
 pub mod identity;
 pub mod logcopy;
 pub mod logfile;
