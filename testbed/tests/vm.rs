@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::{events, eventually, haven_exe, EventKind};
+use common::{events, eventually, haven_exe, workload, EventKind};
 use haven_testbed::{check_witness, Testbed, TestbedConfig};
-use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -95,16 +94,6 @@ fn apply(bed: &Testbed, name: &str, text: &str) {
     std::fs::write(&file, text).unwrap();
     bed.cli("h1", &["apply", "-f", &file.display().to_string()])
         .unwrap();
-}
-
-fn workload(s: &Value, name: &str) -> Value {
-    s["workloads"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|w| w["name"] == name)
-        .cloned()
-        .unwrap_or(Value::Null)
 }
 
 /// Ticks (guest heartbeats) of `name` on `host` at `generation`.

@@ -32,6 +32,50 @@ struct Args {
     /// Keep running on SIGTERM (a workload that ignores a graceful stop).
     #[arg(long)]
     ignore_sigterm: bool,
+    /// The workload, host and generation ticked, instead of
+    /// `HAVEN_WORKLOAD`, `HAVEN_HOST` and `HAVEN_GENERATION` (for a start
+    /// that clears the environment, as OCF's `anything` does with `su -`).
+    #[arg(long)]
+    workload: Option<String>,
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    generation: Option<String>,
+    /// Also serve HTTP on 127.0.0.1:PORT (the host's own loopback): `200
+    /// ok` to every request, for a workload's probes.
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// With --http-port: answer nothing (hold each request) while the file
+    /// `DIR/hang-<host>` exists: an application that hangs on one host.
+    #[arg(long, requires = "http_port")]
+    hang_marks: Option<PathBuf>,
+    /// With --http-port: refuse connections (nothing listens) for this
+    /// long after the start: an application that takes time to be ready.
+    #[arg(long, default_value_t = 0, requires = "http_port")]
+    ready_after_ms: u64,
+}
+
+/// The service of --http-port, on its own thread: one request at a time
+/// (a held one holds the others, as a hung server does).
+fn serve(port: u16, hang_mark: Option<PathBuf>, ready_after: Duration) -> Result<()> {
+    std::thread::sleep(ready_after);
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .with_context(|| format!("listening on 127.0.0.1:{port}"))?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            while hang_mark.as_ref().is_some_and(|m| m.exists()) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut request = [0u8; 1024];
+            let _ = std::io::Read::read(&mut conn, &mut request);
+            let _ = conn.write_all(
+                b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n",
+            );
+        }
+    });
+    Ok(())
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -61,14 +105,37 @@ fn main() -> Result<()> {
         }
         .context("ignoring SIGTERM")?;
     }
-    let workload = env_or("HAVEN_WORKLOAD", "unknown");
-    let host = env_or("HAVEN_HOST", "unknown");
-    let generation = env_or("HAVEN_GENERATION", "0");
+    let workload = args
+        .workload
+        .clone()
+        .unwrap_or_else(|| env_or("HAVEN_WORKLOAD", "unknown"));
+    let host = args
+        .host
+        .clone()
+        .unwrap_or_else(|| env_or("HAVEN_HOST", "unknown"));
+    let generation = args
+        .generation
+        .clone()
+        .unwrap_or_else(|| env_or("HAVEN_GENERATION", "0"));
     if generation.parse::<u64>().is_err() {
         bail!("HAVEN_GENERATION={generation:?} is not a number");
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
+    if let Some(port) = args.http_port {
+        let mark = args
+            .hang_marks
+            .as_ref()
+            .map(|d| d.join(format!("hang-{host}")));
+        let ready_after = Duration::from_millis(args.ready_after_ms);
+        // Ticks start now; the service when it is ready.
+        std::thread::spawn(move || {
+            if let Err(e) = serve(port, mark, ready_after) {
+                eprintln!("haven-witness: {e:#}");
+                std::process::exit(1);
+            }
+        });
+    }
     let path = args.dir.join(format!("{workload}.ticks"));
     let mut file = OpenOptions::new()
         .create(true)

@@ -161,6 +161,17 @@ pub fn apply(bed: &mut Testbed, workloads: &[(&str, &str)]) -> Value {
         .unwrap()
 }
 
+/// The status entry of workload `name` (`Value::Null` when absent).
+pub fn workload(s: &Value, name: &str) -> Value {
+    s["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| w["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 /// workload → (host, generation, state)
 pub fn placement(s: &Value) -> BTreeMap<String, (String, u64, String)> {
     s["workloads"]

@@ -137,7 +137,7 @@ pub async fn run(cfg: &InstanceConfig) -> Ended {
 type Outcome = Result<ActionOutcome, super::OcfError>;
 
 async fn action(cfg: &InstanceConfig, action: OcfAction, timeout_ms: u64) -> Outcome {
-    let env = notify_env();
+    let env = passed_env();
     let request = ActionRequest {
         agent: &cfg.agent,
         action,
@@ -149,13 +149,20 @@ async fn action(cfg: &InstanceConfig, action: OcfAction, timeout_ms: u64) -> Out
     run_action(&cfg.ocf_root, &request).await
 }
 
-/// The notify socket's variables this instance was given (a heartbeat
-/// probe's), passed on to every action: the runner gives an agent a clean
-/// environment, and the daemon its `start` leaves running is what reports
-/// that it is alive.
-fn notify_env() -> BTreeMap<String, String> {
+/// Which instance this is, as every workload is told: passed on to the
+/// agent's actions, so the daemon its `start` leaves running knows it too
+/// (Pacemaker passes the node's name the same way, as
+/// `OCF_RESKEY_CRM_meta_on_node`).
+pub const INSTANCE_ENV: [&str; 3] = ["HAVEN_WORKLOAD", "HAVEN_GENERATION", "HAVEN_HOST"];
+
+/// What this instance was given that every action gets: the runner gives
+/// an agent a clean environment. The notify socket's variables (a
+/// heartbeat probe's): the daemon its `start` leaves running is what
+/// reports that it is alive; and [`INSTANCE_ENV`].
+fn passed_env() -> BTreeMap<String, String> {
     crate::notify::PROTOCOL_ENV
         .iter()
+        .chain(INSTANCE_ENV.iter())
         .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
         .collect()
 }
