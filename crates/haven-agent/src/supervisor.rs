@@ -181,10 +181,20 @@ fn key(workload: &str, generation: Generation) -> InstanceKey {
 fn keeper_policy(p: KeeperPolicy) -> haven_keeper::Policy {
     let names =
         |v: Vec<(String, Generation)>| v.into_iter().map(|(w, g)| key(&w, g).dir_name()).collect();
+    let own_timeouts_ms = p
+        .graceful
+        .iter()
+        .filter_map(|(w, g, ms)| Some((key(w, *g).dir_name(), (*ms)?)))
+        .collect();
     haven_keeper::Policy {
         shutdown_timeout_ms: p.shutdown_timeout_ms,
-        graceful: names(p.graceful),
+        graceful: p
+            .graceful
+            .into_iter()
+            .map(|(w, g, _)| key(&w, g).dir_name())
+            .collect(),
         hold: names(p.hold),
+        own_timeouts_ms,
     }
 }
 

@@ -68,6 +68,7 @@ pub fn may_reassign(
     workload: &str,
     generation: Generation,
     isolation: IsolationResponse,
+    own_shutdown_ms: Option<u64>,
     priority: Priority,
 ) -> Option<String> {
     if priority == Priority::Disabled {
@@ -76,11 +77,13 @@ pub fn may_reassign(
     if host.fenced {
         return Some("its host was fenced (confirmed off)".into());
     }
-    let extra_ms = match isolation {
-        IsolationResponse::Shutdown if host.knows_shutdown_timeout => {
+    let extra_ms = match (isolation, own_shutdown_ms) {
+        // Its own bound, which every host's machine and keeper apply.
+        (IsolationResponse::Shutdown, Some(ms)) => ms,
+        (IsolationResponse::Shutdown, None) if host.knows_shutdown_timeout => {
             input.state.settings.shutdown_timeout_ms
         }
-        IsolationResponse::Shutdown => input
+        (IsolationResponse::Shutdown, None) => input
             .state
             .settings
             .shutdown_timeout_ms
@@ -137,9 +140,13 @@ fn confirm_stops(input: &TickInput<'_>, cmds: &mut Vec<Command>) -> BTreeSet<Str
             Some(format!("its host reports it gone{how}"))
         } else {
             let h = input.hosts.get(&st.host).copied().unwrap_or_default();
-            let (isolation, priority) = match state.workloads.get(name) {
-                Some(w) => (state.isolation_response(&w.spec), w.spec.priority),
-                None => (state.settings.isolation_response, Priority::Medium),
+            let (isolation, own_shutdown_ms, priority) = match state.workloads.get(name) {
+                Some(w) => (
+                    state.isolation_response(&w.spec),
+                    crate::model::own_shutdown_timeout_ms(&w.spec),
+                    w.spec.priority,
+                ),
+                None => (state.settings.isolation_response, None, Priority::Medium),
             };
             // A lock file its host still refreshes says it runs there,
             // whatever its isolation response (`fresh_locks` names the
@@ -150,15 +157,25 @@ fn confirm_stops(input: &TickInput<'_>, cmds: &mut Vec<Command>) -> BTreeSet<Str
                     h.state(input.timing),
                     HostState::Online | HostState::Suspect
                 );
-            gone.then(|| may_reassign(input, &h, name, st.generation, isolation, priority))
-                .flatten()
-                .map(|why| {
-                    format!(
-                        "host {} is {}: {why}",
-                        st.host,
-                        h.state(input.timing).as_str()
-                    )
-                })
+            gone.then(|| {
+                may_reassign(
+                    input,
+                    &h,
+                    name,
+                    st.generation,
+                    isolation,
+                    own_shutdown_ms,
+                    priority,
+                )
+            })
+            .flatten()
+            .map(|why| {
+                format!(
+                    "host {} is {}: {why}",
+                    st.host,
+                    h.state(input.timing).as_str()
+                )
+            })
         };
         if let Some(how) = how {
             confirmed.insert(name.clone());
@@ -337,6 +354,7 @@ fn unassign_from_gone_hosts<'a>(
                 &w.spec.name,
                 w.generation,
                 isolation,
+                crate::model::own_shutdown_timeout_ms(&w.spec),
                 w.spec.priority,
             ) {
                 unassign
@@ -1256,6 +1274,38 @@ mod tests {
         w.hosts.insert("h1".into(), silent(4_250));
         w.run();
         assert_eq!(w.host_of("svc").as_deref(), Some("h2"));
+    }
+
+    /// A group's role with a floating address stops within its own
+    /// bound (`ROLE_SHUTDOWN_TIMEOUT_MS`), which its host's machine and
+    /// keeper apply: the coordinator waits that out, not the cluster's
+    /// longer `shutdown_timeout_ms`, before placing it elsewhere.
+    #[test]
+    fn a_role_with_an_address_is_waited_for_its_own_shutdown_bound() {
+        let text = "[[group]]\nname = \"db\"\nmode = \"active-standby\"\nmembers = [\"db-a\", \"db-b\"]\naddress = \"10.0.0.9/24\"\n";
+        let role = crate::spec::parse_workloads("g.toml", text)
+            .unwrap()
+            .remove(0);
+        let mut w = on_h1(vec![
+            spec("db", Priority::High),
+            spec("web", Priority::High),
+        ]);
+        // `db` became the role while it ran on h1 (its members are not
+        // needed for the wait).
+        w.s.workloads.get_mut("db").unwrap().spec.kind = role.kind;
+        let mut svc = w.s.workloads["web"].spec.clone();
+        svc.isolation_response = Some(IsolationResponse::Shutdown);
+        w.s.workloads.get_mut("web").unwrap().spec = svc;
+        assert_eq!(w.s.settings.shutdown_timeout_ms, 5_000);
+        let bound = crate::model::ROLE_SHUTDOWN_TIMEOUT_MS;
+        w.hosts.insert("h1".into(), silent(1_250 + bound - 10));
+        assert!(w.cmds().is_empty(), "{:?}", w.cmds());
+        w.hosts.insert("h1".into(), silent(1_250 + bound));
+        let cmds = format!("{:?}", w.cmds());
+        assert!(
+            cmds.contains("\"db\"") && !cmds.contains("\"web\""),
+            "{cmds}"
+        );
     }
 
     #[test]

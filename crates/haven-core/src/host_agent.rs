@@ -208,6 +208,9 @@ pub struct DesiredInstance {
     pub generation: Generation,
     /// Effective isolation response (the spec's, or the cluster's).
     pub isolation: IsolationResponse,
+    /// Its own bound on the `shutdown` response, in place of the
+    /// cluster's (`model::own_shutdown_timeout_ms`).
+    pub shutdown_timeout_ms: Option<u64>,
     pub restart: RestartPolicy,
     /// A VM (its stop is an ACPI power-down; its start may need the disks'
     /// lock checked first).
@@ -228,6 +231,7 @@ impl From<&Desired> for DesiredInstance {
             workload: d.spec.name.clone(),
             generation: d.generation,
             isolation: d.isolation,
+            shutdown_timeout_ms: crate::model::own_shutdown_timeout_ms(&d.spec),
             restart: d.spec.restart,
             vm: matches!(d.spec.kind, WorkloadKind::Vm(_)),
             released_by: d.released_by.clone(),
@@ -571,11 +575,13 @@ pub struct Adopted {
 
 /// What the lease keeper must know of the instances when the agent is not
 /// there: which it stops gracefully (the `shutdown` response), bounded by
-/// `shutdown_timeout_ms`, and which it holds (`leave-running`).
+/// `shutdown_timeout_ms` or by the instance's own bound, and which it
+/// holds (`leave-running`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeeperPolicy {
     pub shutdown_timeout_ms: u64,
-    pub graceful: Vec<(String, Generation)>,
+    /// Each with its own bound, if it has one.
+    pub graceful: Vec<(String, Generation, Option<u64>)>,
     pub hold: Vec<(String, Generation)>,
 }
 
@@ -598,6 +604,9 @@ struct Instance {
     generation: Generation,
     phase: Phase,
     isolation: IsolationResponse,
+    /// Its own bound on the `shutdown` response, if any (the cluster's
+    /// `shutdown_timeout_ms` otherwise).
+    own_shutdown_ms: Option<u64>,
     tracker: RestartTracker,
     restarts: u32,
     detail: Option<String>,
@@ -646,6 +655,7 @@ impl Instance {
             generation,
             phase: Phase::Starting,
             isolation,
+            own_shutdown_ms: None,
             tracker: RestartTracker::new(policy),
             restarts: 0,
             detail: None,
@@ -1116,14 +1126,16 @@ impl HostAgent {
         let with = |response: IsolationResponse| {
             self.instances
                 .iter()
-                .filter(|(_, i)| i.isolation == response)
-                .map(|(w, i)| (w.clone(), i.generation))
-                .collect()
+                .filter(move |(_, i)| i.isolation == response)
         };
         KeeperPolicy {
             shutdown_timeout_ms: self.settings.shutdown_timeout_ms,
-            graceful: with(IsolationResponse::Shutdown),
-            hold: with(IsolationResponse::LeaveRunning),
+            graceful: with(IsolationResponse::Shutdown)
+                .map(|(w, i)| (w.clone(), i.generation, i.own_shutdown_ms))
+                .collect(),
+            hold: with(IsolationResponse::LeaveRunning)
+                .map(|(w, i)| (w.clone(), i.generation))
+                .collect(),
         }
     }
 
@@ -1437,6 +1449,7 @@ impl HostAgent {
                 if let Some(i) = self.instances.get_mut(&d.workload) {
                     if i.generation == d.generation {
                         i.isolation = d.isolation;
+                        i.own_shutdown_ms = d.shutdown_timeout_ms;
                     }
                 }
             }
@@ -1479,13 +1492,14 @@ impl HostAgent {
                 Action::Shutdown {
                     workload,
                     generation,
-                } => (
-                    workload,
-                    generation,
-                    StopHow::Shutdown {
-                        timeout_ms: self.settings.shutdown_timeout_ms,
-                    },
-                ),
+                } => {
+                    let timeout_ms = self
+                        .instances
+                        .get(&workload)
+                        .and_then(|i| i.own_shutdown_ms)
+                        .unwrap_or(self.settings.shutdown_timeout_ms);
+                    (workload, generation, StopHow::Shutdown { timeout_ms })
+                }
                 Action::Kill {
                     workload,
                     generation,
@@ -1647,10 +1661,12 @@ impl HostAgent {
             return;
         }
         let (isolation, restart, vm) = (d.isolation, d.restart, d.vm);
+        let own_shutdown_ms = d.shutdown_timeout_ms;
         let i = self
             .instances
             .entry(workload.clone())
             .or_insert_with(|| Instance::new(generation, isolation, restart, vm));
+        i.own_shutdown_ms = own_shutdown_ms;
         // Waiting for the disks' lock is no restart.
         if matches!(i.phase, Phase::Restarting { .. }) && !i.lock_wait {
             i.restarts += 1;

@@ -206,6 +206,23 @@ pub struct ClusterSettings {
 }
 
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
+/// The graceful stop of a group's role with a floating address in the
+/// `shutdown` isolation response, whatever the cluster's
+/// `shutdown_timeout_ms`: its SIGTERM handler removes the address first
+/// (milliseconds), then runs the group's `demote`, which is cut short past
+/// this when its host is cut off. The coordinator waits this, not the
+/// cluster's timeout, before placing the role elsewhere.
+pub const ROLE_SHUTDOWN_TIMEOUT_MS: u64 = 1_000;
+
+/// A workload's own bound on its `shutdown` isolation response, in place
+/// of the cluster's `shutdown_timeout_ms`: a group's role with a floating
+/// address has [`ROLE_SHUTDOWN_TIMEOUT_MS`]; every other workload, none.
+pub fn own_shutdown_timeout_ms(spec: &WorkloadSpec) -> Option<u64> {
+    match &spec.kind {
+        WorkloadKind::Group(g) if g.address.is_some() => Some(ROLE_SHUTDOWN_TIMEOUT_MS),
+        _ => None,
+    }
+}
 pub const DEFAULT_FENCE_AFTER_MS: u64 = 400;
 pub const DEFAULT_RESTART_GRACE_MS: u64 = 30_000;
 

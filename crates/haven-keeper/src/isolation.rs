@@ -85,26 +85,45 @@ pub(crate) fn respond(cgroup_root: &Path, data_dir: &Path, spare_held: bool) {
             .iter()
             .for_each(|g| signal_tree(&g.path, Signal::SIGTERM, 0));
         log!(
-            "shutdown: sent SIGTERM to {}, waiting up to {} ms",
+            "shutdown: sent SIGTERM to {}, waiting up to {} ms{}",
             names(&graceful),
-            policy.shutdown_timeout_ms
+            policy.shutdown_timeout_ms,
+            own_bounds(&graceful, &policy)
         );
         let term_ms = monotonic_now_ms();
-        let left = wait_empty(&graceful, policy.shutdown_timeout_ms);
-        let waited_ms = monotonic_now_ms() - term_ms;
-        if left.is_empty() {
-            log!("shutdown: every graceful instance exited within {waited_ms} ms");
-        } else {
-            left.iter().for_each(|g| kill_group(g));
-            log!(
-                "shutdown: killed {} after {waited_ms} ms",
-                names(left.iter().copied())
-            );
+        // Each bound in turn, shortest first: those whose bound passed and
+        // still run are killed, the others waited for until theirs.
+        let mut bounds: Vec<u64> = graceful
+            .iter()
+            .map(|g| policy.timeout_ms(&g.name))
+            .collect();
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut waiting: Vec<&Group> = graceful.iter().collect();
+        for bound_ms in bounds {
+            let waited_ms = monotonic_now_ms() - term_ms;
+            let left = wait_empty(&waiting, bound_ms.saturating_sub(waited_ms));
+            let (due, later): (Vec<&Group>, Vec<&Group>) = left
+                .into_iter()
+                .partition(|g| policy.timeout_ms(&g.name) <= bound_ms);
+            let waited_ms = monotonic_now_ms() - term_ms;
+            if !due.is_empty() {
+                due.iter().for_each(|g| kill_group(g));
+                log!(
+                    "shutdown: killed {} after {waited_ms} ms",
+                    names(due.iter().copied())
+                );
+            }
+            if later.is_empty() {
+                log!("shutdown: every graceful instance is done within {waited_ms} ms");
+                break;
+            }
+            waiting = later;
         }
     }
 
     let all: Vec<Group> = power_off.into_iter().chain(graceful).collect();
-    let stuck = wait_empty(&all, KILL_SETTLE_MAX_MS);
+    let stuck = wait_empty(&all.iter().collect::<Vec<_>>(), KILL_SETTLE_MAX_MS);
     let took_ms = monotonic_now_ms() - started_ms;
     if stuck.is_empty() {
         log!("isolation response done in {took_ms} ms: every workload cgroup is empty");
@@ -147,10 +166,14 @@ fn populated_children(cgroup_root: &Path) -> io::Result<Vec<Group>> {
 }
 
 /// The groups of `groups` still populated after up to `timeout_ms`.
-fn wait_empty(groups: &[Group], timeout_ms: u64) -> Vec<&Group> {
+fn wait_empty<'a>(groups: &[&'a Group], timeout_ms: u64) -> Vec<&'a Group> {
     let until_ms = monotonic_now_ms().saturating_add(timeout_ms);
     loop {
-        let left: Vec<&Group> = groups.iter().filter(|g| populated(&g.path)).collect();
+        let left: Vec<&Group> = groups
+            .iter()
+            .copied()
+            .filter(|g| populated(&g.path))
+            .collect();
         let now_ms = monotonic_now_ms();
         if left.is_empty() || now_ms >= until_ms {
             return left;
@@ -204,6 +227,22 @@ fn signal_tree(dir: &Path, signal: Signal, depth: usize) {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             signal_tree(&entry.path(), signal, depth + 1);
         }
+    }
+}
+
+/// The graceful instances with a bound of their own, for the log.
+fn own_bounds(graceful: &[Group], policy: &Policy) -> String {
+    let own: Vec<String> = graceful
+        .iter()
+        .filter_map(|g| {
+            let ms = policy.own_timeouts_ms.get(&g.name)?;
+            Some(format!("{} {ms} ms", g.name))
+        })
+        .collect();
+    if own.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", own.join(", "))
     }
 }
 

@@ -7,14 +7,16 @@
 //! ```text
 //! shutdown_timeout_ms 30000
 //! graceful web@7
-//! graceful db@3
+//! graceful db@3 1000
 //! hold files@2
 //! ```
+//! A `graceful` line may end with the instance's own bound in ms, in place
+//! of `shutdown_timeout_ms` (a group's role with a floating address).
 //! Every instance not named `graceful` is powered off (killed at once).
 //! `hold` instances (the `leave-running` response) are left until the
 //! renewal's hold deadline rather than the lease deadline.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -38,9 +40,20 @@ pub struct Policy {
     /// Cgroup directory names whose isolation response is `leave-running`:
     /// acted on at the hold deadline.
     pub hold: BTreeSet<String>,
+    /// Graceful instances with a bound of their own, in place of
+    /// `shutdown_timeout_ms`.
+    pub own_timeouts_ms: BTreeMap<String, u64>,
 }
 
 impl Policy {
+    /// How long graceful instance `name` gets between SIGTERM and the kill.
+    pub fn timeout_ms(&self, name: &str) -> u64 {
+        self.own_timeouts_ms
+            .get(name)
+            .copied()
+            .unwrap_or(self.shutdown_timeout_ms)
+    }
+
     /// Replace `<data_dir>/keeper-policy` atomically (temporary file, fsync,
     /// rename, fsync of the directory), so the keeper never reads half a file.
     pub fn write_atomic(data_dir: &Path, policy: &Policy) -> io::Result<()> {
@@ -60,6 +73,13 @@ impl Policy {
             text.push_str(kind);
             text.push(' ');
             text.push_str(name);
+            if let Some(ms) = policy
+                .own_timeouts_ms
+                .get(name)
+                .filter(|_| kind == "graceful")
+            {
+                text.push_str(&format!(" {ms}"));
+            }
             text.push('\n');
         }
         let path = data_dir.join(POLICY_FILE);
@@ -97,6 +117,7 @@ impl Policy {
         let mut shutdown_timeout_ms = None;
         let mut graceful = BTreeSet::new();
         let mut hold = BTreeSet::new();
+        let mut own_timeouts_ms = BTreeMap::new();
         for (index, line) in text.lines().enumerate() {
             let line_number = index + 1;
             match line.split_once(' ') {
@@ -106,7 +127,20 @@ impl Policy {
                     })?;
                     shutdown_timeout_ms = Some(ms.min(SHUTDOWN_TIMEOUT_MAX_MS));
                 }
-                Some(("graceful", name)) if is_cgroup_name(name) => {
+                Some(("graceful", rest)) => {
+                    let (name, own) = match rest.split_once(' ') {
+                        Some((name, ms)) => (name, Some(ms)),
+                        None => (rest, None),
+                    };
+                    if !is_cgroup_name(name) {
+                        return Err(corrupt(line_number, format!("unknown line {line:?}")));
+                    }
+                    if let Some(ms) = own {
+                        let ms: u64 = ms.parse().map_err(|_| {
+                            corrupt(line_number, format!("timeout {ms:?} is not whole ms"))
+                        })?;
+                        own_timeouts_ms.insert(name.to_owned(), ms.min(SHUTDOWN_TIMEOUT_MAX_MS));
+                    }
                     graceful.insert(name.to_owned());
                 }
                 Some(("hold", name)) if is_cgroup_name(name) => {
@@ -122,6 +156,7 @@ impl Policy {
             shutdown_timeout_ms,
             graceful,
             hold,
+            own_timeouts_ms,
         })
     }
 }
@@ -148,9 +183,18 @@ mod tests {
             shutdown_timeout_ms: 2000,
             graceful: ["a@1".to_owned(), "web@12".to_owned()].into(),
             hold: ["files@3".to_owned()].into(),
+            own_timeouts_ms: [("web@12".to_owned(), 700)].into(),
         };
         Policy::write_atomic(dir.path(), &policy).unwrap();
-        assert_eq!(Policy::read(dir.path()).unwrap(), policy);
+        assert!(fs::read_to_string(dir.path().join(POLICY_FILE))
+            .unwrap()
+            .contains("graceful web@12 700\n"));
+        let read = Policy::read(dir.path()).unwrap();
+        assert_eq!(read, policy);
+        assert_eq!(
+            (read.timeout_ms("a@1"), read.timeout_ms("web@12")),
+            (2000, 700)
+        );
         assert!(!dir.path().join("keeper-policy.tmp").exists());
     }
 
@@ -177,6 +221,8 @@ mod tests {
             "shutdown_timeout_ms 10\ngraceful a/b\n",
             "shutdown_timeout_ms 10\npoweroff a@1\n",
             "shutdown_timeout_ms 10\ngraceful \n",
+            "shutdown_timeout_ms 10\ngraceful a@1 soon\n",
+            "shutdown_timeout_ms 10\ngraceful a@1 10 20\n",
         ] {
             fs::write(dir.path().join(POLICY_FILE), bad).unwrap();
             let err = Policy::read(dir.path()).unwrap_err();
@@ -212,6 +258,7 @@ mod tests {
             hold: Default::default(),
             shutdown_timeout_ms: 10,
             graceful: ["a@1\nshutdown_timeout_ms 0".to_owned()].into(),
+            own_timeouts_ms: Default::default(),
         };
         assert!(Policy::write_atomic(dir.path(), &policy).is_err());
     }

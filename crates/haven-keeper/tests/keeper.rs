@@ -224,6 +224,7 @@ fn graceful_instances_get_sigterm_then_kill_after_the_shutdown_timeout() {
         shutdown_timeout_ms: 2_000,
         graceful: ["a@1".to_owned()].into(),
         hold: Default::default(),
+        own_timeouts_ms: Default::default(),
     };
     Policy::write_atomic(s.data_dir(), &policy).unwrap();
     let honours_term = s.spawn("a@1", "exec sleep infinity");
@@ -247,6 +248,42 @@ fn graceful_instances_get_sigterm_then_kill_after_the_shutdown_timeout() {
         "killed {} ms after the deadline, before the 2000 ms shutdown timeout",
         killed_ms - deadline_ms
     );
+}
+
+/// A graceful instance with its own, shorter bound (a group's role with a
+/// floating address) is killed when that bound passes, while another
+/// still has the cluster's timeout: the coordinator waits only the role's
+/// bound out before placing it elsewhere.
+#[test]
+fn a_graceful_instance_with_its_own_bound_is_killed_when_it_passes() {
+    let _serial = serial();
+    let mut s = Scratch::new("ownbound");
+    let policy = Policy {
+        shutdown_timeout_ms: 3_000,
+        graceful: ["a@1".to_owned(), "b@2".to_owned()].into(),
+        hold: Default::default(),
+        own_timeouts_ms: [("a@1".to_owned(), 300)].into(),
+    };
+    Policy::write_atomic(s.data_dir(), &policy).unwrap();
+    let role = s.spawn("a@1", "trap '' TERM; exec sleep infinity");
+    let web = s.spawn("b@2", "trap '' TERM; exec sleep infinity");
+    s.start_keeper();
+    let client = KeeperClient::new(s.data_dir()).unwrap();
+
+    let deadline_ms = keep_renewing(&client, 300, 300);
+    let killed_ms = s
+        .death_ms(role, deadline_ms + 300 + ACT_WITHIN_MS)
+        .expect("the role killed once its own bound passed");
+    assert!(
+        killed_ms >= deadline_ms + 300,
+        "killed {} ms after the deadline, before its 300 ms",
+        killed_ms - deadline_ms
+    );
+    assert!(s.alive(web), "web still has the cluster's 3000 ms");
+    let killed_ms = s
+        .death_ms(web, deadline_ms + 3_000 + ACT_WITHIN_MS)
+        .expect("web killed after the cluster's timeout");
+    assert!(killed_ms >= deadline_ms + 3_000);
 }
 
 #[test]
@@ -372,6 +409,7 @@ fn held_instances_outlive_the_lease_deadline_until_the_hold_deadline() {
         shutdown_timeout_ms: 0,
         graceful: Default::default(),
         hold: ["a@1".to_owned()].into(),
+        own_timeouts_ms: Default::default(),
     };
     Policy::write_atomic(s.data_dir(), &policy).unwrap();
     let held = s.spawn("a@1", "exec sleep infinity");

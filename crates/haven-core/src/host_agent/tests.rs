@@ -177,6 +177,7 @@ fn want(workload: &str, generation: u64, isolation: IsolationResponse) -> Desire
         workload: workload.into(),
         generation: g(generation),
         isolation,
+        shutdown_timeout_ms: None,
         restart: RestartPolicy {
             max_restarts: 2,
             restart_window_s: 60,
@@ -406,6 +407,64 @@ fn shutdown_is_graceful_and_bounded_by_the_clusters_timeout() {
                 timeout_ms: ClusterSettings::default().shutdown_timeout_ms
             }
         )]
+    );
+}
+
+/// An instance with its own bound (a group's role with an address) is
+/// shut down within it, by the machine and by the keeper's policy: the
+/// coordinator waits only that out before placing it elsewhere.
+#[test]
+fn an_instance_with_its_own_shutdown_bound_is_stopped_within_it() {
+    let mut a = agent();
+    let role = DesiredInstance {
+        shutdown_timeout_ms: Some(crate::model::ROLE_SHUTDOWN_TIMEOUT_MS),
+        ..want("db", 1, IsolationResponse::Shutdown)
+    };
+    let fx = a.handle(
+        ack(
+            0,
+            1,
+            vec![role, want("web", 1, IsolationResponse::Shutdown)],
+        ),
+        10,
+    );
+    assert_eq!(starts(&fx).len(), 2);
+    started(&mut a, "db", 1, 20);
+    started(&mut a, "web", 1, 20);
+    let cluster = ClusterSettings::default().shutdown_timeout_ms;
+    assert!(crate::model::ROLE_SHUTDOWN_TIMEOUT_MS < cluster);
+    assert_eq!(
+        a.keeper_policy().graceful,
+        vec![
+            (
+                "db".into(),
+                g(1),
+                Some(crate::model::ROLE_SHUTDOWN_TIMEOUT_MS)
+            ),
+            ("web".into(), g(1), None)
+        ]
+    );
+    let fx = a.handle(HostInput::Tick, 1_000);
+    let mut stopped = stops(&fx);
+    stopped.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        stopped,
+        vec![
+            (
+                "db".to_string(),
+                g(1),
+                StopHow::Shutdown {
+                    timeout_ms: crate::model::ROLE_SHUTDOWN_TIMEOUT_MS
+                }
+            ),
+            (
+                "web".to_string(),
+                g(1),
+                StopHow::Shutdown {
+                    timeout_ms: cluster
+                }
+            )
+        ]
     );
 }
 
@@ -969,7 +1028,7 @@ fn a_runtime_that_confirms_effects_reports_a_revision_only_once_performed() {
         a.keeper_policy(),
         KeeperPolicy {
             shutdown_timeout_ms: ClusterSettings::default().shutdown_timeout_ms,
-            graceful: vec![("a".into(), g(1))],
+            graceful: vec![("a".into(), g(1), None)],
             hold: vec![],
         }
     );
