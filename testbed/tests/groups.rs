@@ -239,3 +239,40 @@ fn a_cut_off_active_host_never_leaves_the_address_on_two_hosts() {
 fn a_hung_agent_gives_the_address_up_through_its_keeper() {
     the_address_moves_once_off(Testbed::hang_agent, Testbed::resume_agent, "hung");
 }
+
+/// The agent of the active member's host hangs and the role is killed
+/// outright (as by the OOM killer), so it never removes the address: the
+/// keeper removes it at the lease's end (the agent lists the role's
+/// address in the keeper's policy), before the coordinator may place the
+/// role elsewhere.
+#[test]
+fn a_role_killed_while_its_agent_hangs_leaves_no_address_behind() {
+    fn hang_agent_and_kill_the_role(bed: &mut Testbed, host: &str) {
+        bed.hang_agent(host);
+        let roles: Vec<u32> = haven_drivers::Cgroup::open(bed.workloads_cgroup(host))
+            .procs_recursive()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).contains(haven_drivers::group::SUBCOMMAND)
+                })
+            })
+            .collect();
+        assert_eq!(roles.len(), 1, "the role's process on {host}: {roles:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(roles[0] as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert!(
+            bed.addresses(host).iter().any(|a| a.starts_with(FLOAT)),
+            "killed outright, the role left the address on {host}"
+        );
+    }
+    the_address_moves_once_off(
+        hang_agent_and_kill_the_role,
+        Testbed::resume_agent,
+        "hung (its role killed)",
+    );
+}

@@ -195,6 +195,11 @@ fn keeper_policy(p: KeeperPolicy) -> haven_keeper::Policy {
             .collect(),
         hold: names(p.hold),
         own_timeouts_ms,
+        addresses: p
+            .addresses
+            .into_iter()
+            .map(|(w, g, cidr)| (key(&w, g).dir_name(), cidr))
+            .collect(),
     }
 }
 

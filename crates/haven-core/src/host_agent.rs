@@ -211,6 +211,9 @@ pub struct DesiredInstance {
     /// Its own bound on the `shutdown` response, in place of the
     /// cluster's (`model::own_shutdown_timeout_ms`).
     pub shutdown_timeout_ms: Option<u64>,
+    /// The floating address it holds (a group's role), which the keeper
+    /// removes if the instance could not.
+    pub floating_address: Option<String>,
     pub restart: RestartPolicy,
     /// A VM (its stop is an ACPI power-down; its start may need the disks'
     /// lock checked first).
@@ -232,6 +235,15 @@ impl From<&Desired> for DesiredInstance {
             generation: d.generation,
             isolation: d.isolation,
             shutdown_timeout_ms: crate::model::own_shutdown_timeout_ms(&d.spec),
+            // As `ip` prints it (checked when applied).
+            floating_address: match &d.spec.kind {
+                WorkloadKind::Group(g) => g
+                    .address
+                    .as_deref()
+                    .and_then(|a| crate::spec::parse_address(a).ok())
+                    .map(|(addr, prefix)| format!("{addr}/{prefix}")),
+                _ => None,
+            },
             restart: d.spec.restart,
             vm: matches!(d.spec.kind, WorkloadKind::Vm(_)),
             released_by: d.released_by.clone(),
@@ -583,6 +595,10 @@ pub struct KeeperPolicy {
     /// Each with its own bound, if it has one.
     pub graceful: Vec<(String, Generation, Option<u64>)>,
     pub hold: Vec<(String, Generation)>,
+    /// The floating addresses of instances here (`ADDRESS/PREFIX`), for
+    /// the keeper to remove once it stopped them: one killed outright
+    /// could not.
+    pub addresses: Vec<(String, Generation, String)>,
 }
 
 /// One instance as a runtime sees it (`HostAgent::instances`).
@@ -607,6 +623,8 @@ struct Instance {
     /// Its own bound on the `shutdown` response, if any (the cluster's
     /// `shutdown_timeout_ms` otherwise).
     own_shutdown_ms: Option<u64>,
+    /// Its floating address (a group's role), if any.
+    floating_address: Option<String>,
     tracker: RestartTracker,
     restarts: u32,
     detail: Option<String>,
@@ -656,6 +674,7 @@ impl Instance {
             phase: Phase::Starting,
             isolation,
             own_shutdown_ms: None,
+            floating_address: None,
             tracker: RestartTracker::new(policy),
             restarts: 0,
             detail: None,
@@ -1136,6 +1155,11 @@ impl HostAgent {
             hold: with(IsolationResponse::LeaveRunning)
                 .map(|(w, i)| (w.clone(), i.generation))
                 .collect(),
+            addresses: self
+                .instances
+                .iter()
+                .filter_map(|(w, i)| Some((w.clone(), i.generation, i.floating_address.clone()?)))
+                .collect(),
         }
     }
 
@@ -1450,6 +1474,7 @@ impl HostAgent {
                     if i.generation == d.generation {
                         i.isolation = d.isolation;
                         i.own_shutdown_ms = d.shutdown_timeout_ms;
+                        i.floating_address = d.floating_address.clone();
                     }
                 }
             }
@@ -1662,11 +1687,13 @@ impl HostAgent {
         }
         let (isolation, restart, vm) = (d.isolation, d.restart, d.vm);
         let own_shutdown_ms = d.shutdown_timeout_ms;
+        let floating_address = d.floating_address.clone();
         let i = self
             .instances
             .entry(workload.clone())
             .or_insert_with(|| Instance::new(generation, isolation, restart, vm));
         i.own_shutdown_ms = own_shutdown_ms;
+        i.floating_address = floating_address;
         // Waiting for the disks' lock is no restart.
         if matches!(i.phase, Phase::Restarting { .. }) && !i.lock_wait {
             i.restarts += 1;

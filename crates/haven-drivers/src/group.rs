@@ -23,7 +23,7 @@ pub const SUBCOMMAND: &str = "group-active";
 /// The environment variable carrying the configuration (JSON).
 pub const CONFIG_ENV: &str = "HAVEN_GROUP_CONFIG";
 /// `ip` from iproute2.
-pub const IP: &str = "/usr/sbin/ip";
+pub const IP: &str = haven_keeper::address::IP;
 /// resource-agents' ARP announcer (what IPaddr2 uses).
 pub const SEND_ARP: &str = "/usr/libexec/heartbeat/send_arp";
 
@@ -128,19 +128,7 @@ fn activate(cfg: &Config) -> Result<Option<(String, String)>, String> {
 /// it ended: a killed instance could not). `Ok(true)`: it was there.
 pub fn release(cidr: &str) -> Result<bool, String> {
     let (addr, prefix) = haven_core::spec::parse_address(cidr)?;
-    let out = ip(&["-o", "addr", "show", "to", &addr.to_string()])?;
-    let mut removed = false;
-    for line in out.lines() {
-        let Some(dev) = line.split_whitespace().nth(1) else {
-            continue;
-        };
-        let dev = dev.trim_end_matches(':');
-        // `ip` shows `dev@peer` for a veth.
-        let dev = dev.split('@').next().unwrap_or(dev);
-        ip(&["addr", "del", &format!("{addr}/{prefix}"), "dev", dev])?;
-        removed = true;
-    }
-    Ok(removed)
+    haven_keeper::address::release(&format!("{addr}/{prefix}"))
 }
 
 /// Gratuitous ARP so that neighbours update their caches at once; best
@@ -207,19 +195,7 @@ pub fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
 }
 
 fn ip(args: &[&str]) -> Result<String, String> {
-    let o = Command::new(IP)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{IP}: {e}"))?;
-    if o.status.success() {
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ))
-    }
+    haven_keeper::address::ip(args)
 }
 
 /// A promote or demote command, with the group and member in its

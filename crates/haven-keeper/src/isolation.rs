@@ -49,11 +49,14 @@ pub(crate) fn respond(cgroup_root: &Path, data_dir: &Path, spare_held: bool) {
                 "cannot list workload cgroups in {}: {e}",
                 cgroup_root.display()
             );
+            release_addresses(data_dir, spare_held);
             return;
         }
     };
     if groups.is_empty() {
         log!("no populated workload cgroup in {}", cgroup_root.display());
+        // An instance killed before (its address left behind) is gone.
+        release_addresses(data_dir, spare_held);
         return;
     }
     let policy = Policy::read(data_dir).unwrap_or_else(|e| {
@@ -121,6 +124,11 @@ pub(crate) fn respond(cgroup_root: &Path, data_dir: &Path, spare_held: bool) {
             waiting = later;
         }
     }
+
+    // Every instance is stopped or killed: a floating address one of them
+    // could not remove (killed outright) goes now, before the coordinator
+    // may place its owner elsewhere.
+    remove_addresses(&policy, spare_held);
 
     let all: Vec<Group> = power_off.into_iter().chain(graceful).collect();
     let stuck = wait_empty(&all.iter().collect::<Vec<_>>(), KILL_SETTLE_MAX_MS);
@@ -227,6 +235,28 @@ fn signal_tree(dir: &Path, signal: Signal, depth: usize) {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             signal_tree(&entry.path(), signal, depth + 1);
         }
+    }
+}
+
+/// The floating addresses the policy names, removed from this host (but
+/// those of held instances, with `spare_held`).
+fn remove_addresses(policy: &Policy, spare_held: bool) {
+    for (name, cidr) in &policy.addresses {
+        if spare_held && policy.hold.contains(name) {
+            continue;
+        }
+        match crate::address::release(cidr) {
+            Ok(true) => log!("removed {name}'s floating address {cidr}"),
+            Ok(false) => {}
+            Err(e) => log!("cannot remove {name}'s floating address {cidr}: {e}"),
+        }
+    }
+}
+
+/// [`remove_addresses`] of the policy in `data_dir`, if it can be read.
+fn release_addresses(data_dir: &Path, spare_held: bool) {
+    if let Ok(policy) = Policy::read(data_dir) {
+        remove_addresses(&policy, spare_held);
     }
 }
 

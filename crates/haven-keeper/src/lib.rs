@@ -38,6 +38,7 @@
 //! Only one keeper runs per data dir: it holds an exclusive `flock` on
 //! `keeper.lock` for its lifetime and writes its pid to `keeper.pid`.
 
+pub mod address;
 mod client;
 mod error;
 mod isolation;

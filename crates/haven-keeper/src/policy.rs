@@ -9,12 +9,15 @@
 //! graceful web@7
 //! graceful db@3 1000
 //! hold files@2
+//! address db@3 10.0.0.9/24
 //! ```
 //! A `graceful` line may end with the instance's own bound in ms, in place
 //! of `shutdown_timeout_ms` (a group's role with a floating address).
 //! Every instance not named `graceful` is powered off (killed at once).
 //! `hold` instances (the `leave-running` response) are left until the
-//! renewal's hold deadline rather than the lease deadline.
+//! renewal's hold deadline rather than the lease deadline. An `address`
+//! line names an instance's floating address, removed from the host once
+//! the instance is stopped (`crate::address`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -43,6 +46,9 @@ pub struct Policy {
     /// Graceful instances with a bound of their own, in place of
     /// `shutdown_timeout_ms`.
     pub own_timeouts_ms: BTreeMap<String, u64>,
+    /// Instances' floating addresses (`ADDRESS/PREFIX`), removed once the
+    /// instances are stopped.
+    pub addresses: BTreeMap<String, String>,
 }
 
 impl Policy {
@@ -82,6 +88,15 @@ impl Policy {
             }
             text.push('\n');
         }
+        for (name, cidr) in &policy.addresses {
+            if !is_cgroup_name(name) || !crate::address::is_cidr(cidr) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("address {cidr:?} of instance {name:?} would not fit the line format"),
+                ));
+            }
+            text.push_str(&format!("address {name} {cidr}\n"));
+        }
         let path = data_dir.join(POLICY_FILE);
         let tmp = data_dir.join(format!("{POLICY_FILE}.tmp"));
         let mut file = File::create(&tmp)?;
@@ -118,6 +133,7 @@ impl Policy {
         let mut graceful = BTreeSet::new();
         let mut hold = BTreeSet::new();
         let mut own_timeouts_ms = BTreeMap::new();
+        let mut addresses = BTreeMap::new();
         for (index, line) in text.lines().enumerate() {
             let line_number = index + 1;
             match line.split_once(' ') {
@@ -146,6 +162,12 @@ impl Policy {
                 Some(("hold", name)) if is_cgroup_name(name) => {
                     hold.insert(name.to_owned());
                 }
+                Some(("address", rest)) => match rest.split_once(' ') {
+                    Some((name, cidr)) if is_cgroup_name(name) && crate::address::is_cidr(cidr) => {
+                        addresses.insert(name.to_owned(), cidr.to_owned());
+                    }
+                    _ => return Err(corrupt(line_number, format!("unknown line {line:?}"))),
+                },
                 _ if line.is_empty() => {}
                 _ => return Err(corrupt(line_number, format!("unknown line {line:?}"))),
             }
@@ -157,6 +179,7 @@ impl Policy {
             graceful,
             hold,
             own_timeouts_ms,
+            addresses,
         })
     }
 }
@@ -184,11 +207,15 @@ mod tests {
             graceful: ["a@1".to_owned(), "web@12".to_owned()].into(),
             hold: ["files@3".to_owned()].into(),
             own_timeouts_ms: [("web@12".to_owned(), 700)].into(),
+            addresses: [("web@12".to_owned(), "10.0.0.9/24".to_owned())].into(),
         };
         Policy::write_atomic(dir.path(), &policy).unwrap();
         assert!(fs::read_to_string(dir.path().join(POLICY_FILE))
             .unwrap()
             .contains("graceful web@12 700\n"));
+        assert!(fs::read_to_string(dir.path().join(POLICY_FILE))
+            .unwrap()
+            .contains("address web@12 10.0.0.9/24\n"));
         let read = Policy::read(dir.path()).unwrap();
         assert_eq!(read, policy);
         assert_eq!(
@@ -223,6 +250,9 @@ mod tests {
             "shutdown_timeout_ms 10\ngraceful \n",
             "shutdown_timeout_ms 10\ngraceful a@1 soon\n",
             "shutdown_timeout_ms 10\ngraceful a@1 10 20\n",
+            "shutdown_timeout_ms 10\naddress a@1\n",
+            "shutdown_timeout_ms 10\naddress a@1 10.0.0.9/24 dev lo\n",
+            "shutdown_timeout_ms 10\naddress a@1 -h\n",
         ] {
             fs::write(dir.path().join(POLICY_FILE), bad).unwrap();
             let err = Policy::read(dir.path()).unwrap_err();
@@ -259,6 +289,12 @@ mod tests {
             shutdown_timeout_ms: 10,
             graceful: ["a@1\nshutdown_timeout_ms 0".to_owned()].into(),
             own_timeouts_ms: Default::default(),
+            addresses: Default::default(),
+        };
+        assert!(Policy::write_atomic(dir.path(), &policy).is_err());
+        let policy = Policy {
+            addresses: [("a@1".to_owned(), "10.0.0.9/24\nhold b@2".to_owned())].into(),
+            ..Policy::default()
         };
         assert!(Policy::write_atomic(dir.path(), &policy).is_err());
     }

@@ -225,6 +225,7 @@ fn graceful_instances_get_sigterm_then_kill_after_the_shutdown_timeout() {
         graceful: ["a@1".to_owned()].into(),
         hold: Default::default(),
         own_timeouts_ms: Default::default(),
+        addresses: Default::default(),
     };
     Policy::write_atomic(s.data_dir(), &policy).unwrap();
     let honours_term = s.spawn("a@1", "exec sleep infinity");
@@ -263,6 +264,7 @@ fn a_graceful_instance_with_its_own_bound_is_killed_when_it_passes() {
         graceful: ["a@1".to_owned(), "b@2".to_owned()].into(),
         hold: Default::default(),
         own_timeouts_ms: [("a@1".to_owned(), 300)].into(),
+        addresses: Default::default(),
     };
     Policy::write_atomic(s.data_dir(), &policy).unwrap();
     let role = s.spawn("a@1", "trap '' TERM; exec sleep infinity");
@@ -410,6 +412,7 @@ fn held_instances_outlive_the_lease_deadline_until_the_hold_deadline() {
         graceful: Default::default(),
         hold: ["a@1".to_owned()].into(),
         own_timeouts_ms: Default::default(),
+        addresses: Default::default(),
     };
     Policy::write_atomic(s.data_dir(), &policy).unwrap();
     let held = s.spawn("a@1", "exec sleep infinity");

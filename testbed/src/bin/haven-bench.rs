@@ -104,10 +104,6 @@ struct GroupArgs {
     /// Crashes of the active member's host.
     #[arg(long, default_value_t = 10)]
     crashes: usize,
-    /// Set the cluster's `shutdown_timeout_ms` first (the role shuts down
-    /// gracefully, and a crashed host's role moves only after it).
-    #[arg(long)]
-    shutdown_timeout_ms: Option<u64>,
     #[command(flatten)]
     common: Common,
 }
@@ -1824,12 +1820,6 @@ fn group_failover(a: &GroupArgs) -> Result<()> {
     let mut bed = start_bed(&a.common, false, false, None)?;
     let file = bed.dir().join("group.toml");
     fs::write(&file, group_spec())?;
-    if let Some(ms) = a.shutdown_timeout_ms {
-        bed.cli(
-            "h1",
-            &["settings", "set", &format!("shutdown_timeout_ms={ms}")],
-        )?;
-    }
     bed.cli("h1", &["apply", "-f", &file.display().to_string()])?;
     let target: std::net::SocketAddr = format!("{GROUP_FLOAT}:{GROUP_PORT}").parse()?;
     let mut gaps_ms = vec![];
@@ -1910,9 +1900,8 @@ fn group_failover(a: &GroupArgs) -> Result<()> {
         v[v.len() - 1]
     );
     println!(
-        "  settings: heartbeat 100 ms, lease 1 s (+ margin and watchdog allowance: the lease rules of DESIGN §2), then the role's graceful shutdown timeout ({}), gratuitous ARP by send_arp",
-        a.shutdown_timeout_ms
-            .map_or("shutdown_timeout_ms 5000, the default".to_string(), |ms| format!("shutdown_timeout_ms {ms}"))
+        "  settings: heartbeat 100 ms, lease 1 s (+ margin and watchdog allowance: the lease rules of DESIGN §2), then the role's own graceful shutdown bound ({} ms, whatever the cluster's shutdown_timeout_ms), gratuitous ARP by send_arp",
+        haven_core::model::ROLE_SHUTDOWN_TIMEOUT_MS
     );
     println!(
         "  Pacemaker 2.1 + Corosync 3 (IPaddr2 in a group, defaults): a node crash is noticed after the token timeout (3 s) and consensus, then fenced before IPaddr2 starts elsewhere; its host-crash recovery measured on this machine kind is {:.1} s median (DESIGN §7): ratio {:.1}x",

@@ -178,6 +178,7 @@ fn want(workload: &str, generation: u64, isolation: IsolationResponse) -> Desire
         generation: g(generation),
         isolation,
         shutdown_timeout_ms: None,
+        floating_address: None,
         restart: RestartPolicy {
             max_restarts: 2,
             restart_window_s: 60,
@@ -418,6 +419,7 @@ fn an_instance_with_its_own_shutdown_bound_is_stopped_within_it() {
     let mut a = agent();
     let role = DesiredInstance {
         shutdown_timeout_ms: Some(crate::model::ROLE_SHUTDOWN_TIMEOUT_MS),
+        floating_address: Some("10.0.0.9/24".into()),
         ..want("db", 1, IsolationResponse::Shutdown)
     };
     let fx = a.handle(
@@ -443,6 +445,11 @@ fn an_instance_with_its_own_shutdown_bound_is_stopped_within_it() {
             ),
             ("web".into(), g(1), None)
         ]
+    );
+    assert_eq!(
+        a.keeper_policy().addresses,
+        vec![("db".into(), g(1), "10.0.0.9/24".into())],
+        "the keeper removes the address if the role could not"
     );
     let fx = a.handle(HostInput::Tick, 1_000);
     let mut stopped = stops(&fx);
@@ -1030,6 +1037,7 @@ fn a_runtime_that_confirms_effects_reports_a_revision_only_once_performed() {
             shutdown_timeout_ms: ClusterSettings::default().shutdown_timeout_ms,
             graceful: vec![("a".into(), g(1), None)],
             hold: vec![],
+            addresses: vec![],
         }
     );
 }
