@@ -732,6 +732,12 @@ fn waiting_for_dependencies(
                 }
             }
             let Some(a) = &dep.assignment else {
+                // Given up on: nothing changes until an operator acts.
+                if dep.gave_up.is_some() {
+                    return Some(format!(
+                        "{d} (failed; `haven cleanup {d}` lets it run again)"
+                    ));
+                }
                 return Some(format!("{d} (not placed)"));
             };
             let ready = reports.get(&a.host).is_some_and(|r| {
@@ -1515,6 +1521,30 @@ mod tests {
     /// Issue 11 (dependencies): a workload placed `after` another waits
     /// until that one runs and is ready, then `after_delay_s` more; after
     /// its host fails, the order holds again.
+    /// A dependency given up on (failed past `max_relocations`) will not
+    /// run until an operator acts: its dependents say so and what to do,
+    /// rather than only "not placed".
+    #[test]
+    fn a_dependent_of_a_failed_workload_names_the_failure_and_the_cleanup() {
+        let web = WorkloadSpec {
+            after: vec!["db".into()],
+            ..spec("web", Priority::High)
+        };
+        let mut w = World::new(vec![spec("db", Priority::High), web]);
+        w.s.workloads.get_mut("db").unwrap().gave_up =
+            Some("failed on h1, h2 (max_relocations = 1)".into());
+        w.hosts.insert("h1".into(), online());
+        w.hosts.insert("h2".into(), online());
+        w.run();
+        assert_eq!(w.host_of("db"), None);
+        assert_eq!(w.host_of("web"), None);
+        let why = w.pending_reason("web");
+        assert!(
+            why.contains("db (failed; `haven cleanup db` lets it run again)"),
+            "{why}"
+        );
+    }
+
     #[test]
     fn a_dependent_is_placed_once_its_dependency_is_ready_and_the_delay_is_over() {
         let web = WorkloadSpec {
