@@ -645,7 +645,14 @@ impl Supervisor {
                         |s| forget_pid(s, &k),
                     );
                 }
-                Err(e) => tracing::error!("could not stop {k}: {e}"),
+                Err(e) => {
+                    tracing::error!("could not stop {k}: {e}; the machine tries a kill again");
+                    machine.feed(HostInput::StopFailed {
+                        workload,
+                        generation,
+                        error: e.to_string(),
+                    });
+                }
             }
         });
     }

@@ -28,6 +28,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// How many recent stops a host keeps to report (each once per heartbeat
 /// until it falls out).
 pub const STOPPED_KEPT_MAX: usize = 32;
+/// A stop the runtime could not carry out is tried again, as a kill,
+/// this long after.
+pub const STOP_RETRY_MS: u64 = 1_000;
 
 /// What the host may do right now, given its lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -347,6 +350,13 @@ pub enum HostInput {
         workload: String,
         generation: Generation,
     },
+    /// A stop this machine asked for could not be carried out (the driver
+    /// failed): tried again, as a kill, after [`STOP_RETRY_MS`].
+    StopFailed {
+        workload: String,
+        generation: Generation,
+        error: String,
+    },
     /// A stop this machine asked for is done: the instance is gone.
     InstanceStopped {
         workload: String,
@@ -625,6 +635,8 @@ struct Instance {
     own_shutdown_ms: Option<u64>,
     /// Its floating address (a group's role), if any.
     floating_address: Option<String>,
+    /// Its stop failed: a kill is tried at this time.
+    stop_retry_at_ms: Option<u64>,
     tracker: RestartTracker,
     restarts: u32,
     detail: Option<String>,
@@ -675,6 +687,7 @@ impl Instance {
             isolation,
             own_shutdown_ms: None,
             floating_address: None,
+            stop_retry_at_ms: None,
             tracker: RestartTracker::new(policy),
             restarts: 0,
             detail: None,
@@ -987,6 +1000,22 @@ impl HostAgent {
                     self.stopped.pop_front();
                 }
             }
+            HostInput::StopFailed {
+                workload,
+                generation,
+                error,
+            } => {
+                if let Some(i) = self
+                    .instance_mut(&workload, generation)
+                    .filter(|i| i.phase == Phase::Stopping)
+                {
+                    i.detail = Some(format!(
+                        "its stop failed ({}); a kill follows in {STOP_RETRY_MS} ms",
+                        crate::spec::shorten(&error, 200)
+                    ));
+                    i.stop_retry_at_ms = Some(now_ms.saturating_add(STOP_RETRY_MS));
+                }
+            }
             HostInput::DatastoreWrite { ok, started_ms } => {
                 if ok {
                     let at = self.datastore_ok_at_ms.unwrap_or(0).max(started_ms);
@@ -997,6 +1026,7 @@ impl HostAgent {
         if self.lease.is_held(now_ms) {
             self.run_probes(now_ms, &mut out);
         }
+        self.retry_failed_stops(now_ms, &mut out);
         let kind = self.authority_kind(now_ms);
         let restart_due = self
             .instances
@@ -1042,6 +1072,9 @@ impl HostAgent {
         for i in self.instances.values() {
             if let Phase::Restarting { at_ms } = i.phase {
                 at(at_ms);
+            }
+            if let Some(retry) = i.stop_retry_at_ms {
+                at(retry);
             }
             if let Some(due) = i.probes.as_ref().and_then(ProbeSet::next_due_ms) {
                 at(due);
@@ -1455,6 +1488,25 @@ impl HostAgent {
     }
 
     /// Decide and record: every input ends here.
+    /// The stops that failed and are due again: a kill each, once (a
+    /// failed kill reports again).
+    fn retry_failed_stops(&mut self, now_ms: u64, out: &mut Vec<HostEffect>) {
+        for (w, i) in &mut self.instances {
+            if i.phase != Phase::Stopping {
+                i.stop_retry_at_ms = None;
+                continue;
+            }
+            if i.stop_retry_at_ms.is_some_and(|at| now_ms >= at) {
+                i.stop_retry_at_ms = None;
+                out.push(HostEffect::Stop {
+                    workload: w.clone(),
+                    generation: i.generation,
+                    how: StopHow::Kill,
+                });
+            }
+        }
+    }
+
     fn reconcile(&mut self, now_ms: u64, out: &mut Vec<HostEffect>) {
         let authority = self.authority(now_ms);
         let held = matches!(authority, Authority::Held(_));

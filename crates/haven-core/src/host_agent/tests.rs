@@ -1610,3 +1610,54 @@ fn a_held_instance_is_not_started_until_the_hold_lifts() {
     }
     assert!(restarted, "an instance that ran restarts though held");
 }
+
+/// A stop the runtime could not carry out (the driver failed) is tried
+/// again, as a kill, after `STOP_RETRY_MS`, rather than leaving the
+/// instance `stopping` for ever (its workload could then never move).
+#[test]
+fn a_failed_stop_is_tried_again_as_a_kill() {
+    let mut a = running(IsolationResponse::PowerOff);
+    let fx = a.handle(ack(100, 2, vec![]), 100);
+    assert_eq!(
+        stops(&fx),
+        vec![(
+            "a".to_string(),
+            g(1),
+            StopHow::Graceful {
+                grace_ms: config().stop_grace_ms
+            }
+        )]
+    );
+    a.handle(
+        HostInput::StopFailed {
+            workload: "a".into(),
+            generation: g(1),
+            error: "cgroup.kill: permission denied".into(),
+        },
+        200,
+    );
+    let o = &a.report(200).observed[0];
+    assert_eq!(o.state, InstanceState::Stopping);
+    assert!(
+        o.detail
+            .as_deref()
+            .is_some_and(|d| d.contains("permission denied")),
+        "{o:?}"
+    );
+    let retry = 200 + crate::host_agent::STOP_RETRY_MS;
+    assert!(a.next_wakeup_ms().is_some_and(|t| t <= retry));
+    assert!(stops(&a.handle(HostInput::Tick, retry - 1)).is_empty());
+    let fx = a.handle(HostInput::Tick, retry);
+    assert_eq!(stops(&fx), vec![("a".to_string(), g(1), StopHow::Kill)]);
+    // Once: not again at the next tick.
+    assert!(stops(&a.handle(HostInput::Tick, retry + 10)).is_empty());
+    a.handle(
+        HostInput::InstanceStopped {
+            workload: "a".into(),
+            generation: g(1),
+            how: "killed".into(),
+        },
+        retry + 20,
+    );
+    assert!(a.report(retry + 20).observed.is_empty());
+}
