@@ -1584,6 +1584,17 @@ fn check_ocf_params(
                             .map(|e| format!("{at}: field \"params\": {e}")),
                     );
                 }
+                let missing: Vec<&str> = ["promote", "demote"]
+                    .into_iter()
+                    .filter(|a| m.action(a).is_none())
+                    .collect();
+                if o.promotable && !missing.is_empty() {
+                    out.push(format!(
+                        "{at}: field \"promotable\": the agent {} has no {} action in its meta-data, so it cannot be promoted; remove promotable, or use an agent with a promoted role",
+                        o.agent,
+                        missing.join(" or ")
+                    ));
+                }
             }
         }
     }

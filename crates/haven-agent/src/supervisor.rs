@@ -735,11 +735,39 @@ impl Supervisor {
                         false,
                     );
                 };
+                // A promotable OCF member: its agent's promote and demote,
+                // with its parameters (the role's environment).
+                let ocf_member =
+                    self.machine
+                        .lock()
+                        .specs
+                        .get(&member)
+                        .and_then(|d| match &d.spec.kind {
+                            WorkloadKind::Ocf(o) if o.promotable => Some(o.clone()),
+                            _ => None,
+                        });
+                let (promote, demote) = match &ocf_member {
+                    Some(o) => {
+                        let (exe, cfg) = match ocf_instance_config(&member, o) {
+                            Ok(x) => x,
+                            Err(e) => return failed(e, true),
+                        };
+                        env.insert(
+                            ocf::instance::PARAMS_ENV.to_owned(),
+                            serde_json::to_string(&o.params).unwrap_or_default(),
+                        );
+                        (
+                            ocf::instance::action_command_line(&exe, ocf::OcfAction::Promote, &cfg),
+                            ocf::instance::action_command_line(&exe, ocf::OcfAction::Demote, &cfg),
+                        )
+                    }
+                    None => (g.promote.clone(), g.demote.clone()),
+                };
                 let cfg = haven_drivers::group::Config {
                     group: workload.to_owned(),
                     member,
-                    promote: g.promote.clone(),
-                    demote: g.demote.clone(),
+                    promote,
+                    demote,
                     address: g.address.clone(),
                     interface: g.interface.clone(),
                 };
@@ -948,6 +976,16 @@ fn ocf_instance_argv(
     workload: &str,
     o: &haven_core::model::OcfSpec,
 ) -> Result<Vec<String>, String> {
+    let (exe, cfg) = ocf_instance_config(workload, o)?;
+    Ok(ocf::instance::command_line(&exe, &cfg))
+}
+
+/// The `haven` binary and the configuration of workload `workload`'s OCF
+/// instance (its parameters go in the environment).
+fn ocf_instance_config(
+    workload: &str,
+    o: &haven_core::model::OcfSpec,
+) -> Result<(String, ocf::instance::InstanceConfig), String> {
     let agent = ocf::OcfAgent::parse(&o.agent).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe()
         .map_err(|e| format!("finding the haven binary to run the OCF agent: {e}"))?;
@@ -960,8 +998,9 @@ fn ocf_instance_argv(
         start_timeout_ms: o.start_timeout_ms,
         stop_timeout_ms: o.stop_timeout_ms,
         monitor_timeout_ms: o.monitor_timeout_ms,
+        promotable: o.promotable,
     };
-    Ok(ocf::instance::command_line(&exe.to_string_lossy(), &cfg))
+    Ok((exe.to_string_lossy().into_owned(), cfg))
 }
 
 /// The shortest interval of the heartbeat probes of a process or OCF

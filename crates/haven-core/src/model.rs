@@ -404,6 +404,11 @@ pub struct OcfSpec {
     pub stop_timeout_ms: u64,
     #[serde(default = "OcfSpec::default_action_timeout_ms")]
     pub monitor_timeout_ms: u64,
+    /// The agent has a promoted role (Pacemaker's promotable clone): as a
+    /// member of an active-standby group, the group's role runs its
+    /// `promote` on activation and `demote` on deactivation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promotable: bool,
 }
 
 impl OcfSpec {

@@ -796,7 +796,24 @@ pub fn check_groups<'a>(
         }
     }
     let mut member_of: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut active_standby: BTreeSet<&str> = BTreeSet::new();
     for (name, g) in groups {
+        if g.mode == GroupMode::ActiveStandby {
+            active_standby.insert(name);
+        }
+        let promotable: Vec<&str> = g
+            .members
+            .iter()
+            .filter(|m| matches!(lookup(m), Some(WorkloadKind::Ocf(o)) if o.promotable))
+            .map(String::as_str)
+            .collect();
+        if !promotable.is_empty() && (!g.promote.is_empty() || !g.demote.is_empty()) {
+            problems.push(format!(
+                "{at}: group {:?}: field \"promote\": its member {} is a promotable OCF workload, whose agent's promote and demote the group's role runs; remove promote and demote from the group, or promotable from the member",
+                shown_name(name),
+                promotable.join(", ")
+            ));
+        }
         for m in &g.members {
             if let Some(other) = member_of.insert(m.as_str(), name) {
                 if other != name {
@@ -806,6 +823,20 @@ pub fn check_groups<'a>(
                     ));
                 }
             }
+        }
+    }
+    for s in applied {
+        let WorkloadKind::Ocf(o) = &s.kind else {
+            continue;
+        };
+        let in_active_standby = member_of
+            .get(s.name.as_str())
+            .is_some_and(|g| active_standby.contains(g));
+        if o.promotable && !in_active_standby {
+            problems.push(format!(
+                "{at}: workload {:?}: field \"promotable\": only a member of an active-standby [[group]] is promoted (by the group's role); add it to one, or remove promotable",
+                shown_name(&s.name)
+            ));
         }
     }
     if problems.is_empty() {
@@ -1225,6 +1256,7 @@ const OCF_FIELDS: &[&str] = &[
     "start_timeout_ms",
     "stop_timeout_ms",
     "monitor_timeout_ms",
+    "promotable",
 ];
 const VM_FIELDS: &[&str] = &[
     "disks",
@@ -1480,6 +1512,7 @@ impl Entry<'_> {
         let start_timeout_ms = timeout(self, "start_timeout_ms");
         let stop_timeout_ms = timeout(self, "stop_timeout_ms");
         let monitor_timeout_ms = timeout(self, "monitor_timeout_ms");
+        let promotable = self.boolean("promotable").unwrap_or(false);
         Some(OcfSpec {
             agent: agent?,
             params: params?,
@@ -1487,6 +1520,7 @@ impl Entry<'_> {
             start_timeout_ms,
             stop_timeout_ms,
             monitor_timeout_ms,
+            promotable,
         })
     }
 

@@ -1654,10 +1654,13 @@ impl ClusterState {
     ) -> Result<(), crate::spec::SpecErrors> {
         let applied: BTreeMap<&str, &WorkloadSpec> =
             specs.iter().map(|s| (s.name.as_str(), s)).collect();
-        if specs
-            .iter()
-            .any(|s| matches!(s.kind, crate::model::WorkloadKind::Group(_)))
-        {
+        // Groups, and promotable OCF workloads, which only a group's role
+        // promotes.
+        if specs.iter().any(|s| match &s.kind {
+            crate::model::WorkloadKind::Group(_) => true,
+            crate::model::WorkloadKind::Ocf(o) => o.promotable,
+            _ => false,
+        }) {
             // Every group after the apply: the applied ones, and the
             // stored ones it does not replace.
             let stored = self

@@ -491,6 +491,7 @@ impl ToWire for model::WorkloadSpec {
                     start_timeout_ms: o.start_timeout_ms,
                     stop_timeout_ms: o.stop_timeout_ms,
                     monitor_timeout_ms: o.monitor_timeout_ms,
+                    promotable: o.promotable,
                 }),
                 model::WorkloadKind::Vm(vm) => v1::WorkloadKind::Vm(v1::VmSpec {
                     disks: vm.disks.clone(),
@@ -683,6 +684,7 @@ pub fn spec_from_wire(w: v1::WorkloadSpec) -> model::WorkloadSpec {
                 start_timeout_ms: o.start_timeout_ms,
                 stop_timeout_ms: o.stop_timeout_ms,
                 monitor_timeout_ms: o.monitor_timeout_ms,
+                promotable: o.promotable,
             }),
             v1::WorkloadKind::Vm(vm) => model::WorkloadKind::Vm(model::VmSpec {
                 disks: vm.disks,

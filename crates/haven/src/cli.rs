@@ -160,6 +160,13 @@ pub enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Runs one `promote` or `demote` of a promotable OCF member's agent
+    /// (run by its group's role).
+    #[command(name = haven_drivers::ocf::instance::ACTION_SUBCOMMAND, hide = true)]
+    OcfAction {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Holds an active-standby group's active role on its host (started by
     /// the agent into the group's cgroup): promote, the floating address;
     /// on SIGTERM the address goes, then demote.
@@ -759,6 +766,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::GroupActive => {
             unreachable!("a group's active role runs before the runtime starts (main.rs)")
+        }
+        Cmd::OcfAction { .. } => {
+            unreachable!(
+                "an OCF member's promote or demote runs before the runtime starts (main.rs)"
+            )
         }
         Cmd::Ocf { action } => ocf(action).await,
     }

@@ -39,6 +39,10 @@ fn main() {
     if let cli::Cmd::OcfInstance { args } = &args.command {
         haven_drivers::ocf::instance::main(args);
     }
+    // And one promote or demote of a promotable OCF member's agent.
+    if let cli::Cmd::OcfAction { args } = &args.command {
+        haven_drivers::ocf::instance::action_main(args);
+    }
     // And an active-standby group's active role: no runtime at all.
     if let cli::Cmd::GroupActive = &args.command {
         haven_drivers::group::main();

@@ -98,6 +98,156 @@ fn an_ocf_hard_error_moves_the_workload_off_the_host() {
     assert_eq!(instances_of(&c, "svc").len(), 1);
 }
 
+/// A promotable agent of the test's own: its state file (per instance and
+/// host) says `unpromoted` or `promoted`; monitor answers 0 or 8 (running
+/// promoted); each action is logged with the instance, the host and
+/// whether it was told it is promotable.
+const PROMOTABLE: &str = r#"#!/bin/sh
+state="$OCF_RESKEY_dir/$OCF_RESOURCE_INSTANCE-$HAVEN_HOST"
+log() { echo "$1 $OCF_RESOURCE_INSTANCE $HAVEN_HOST $OCF_RESKEY_CRM_meta_promotable" >> "$OCF_RESKEY_dir/actions.log"; }
+case "$1" in
+meta-data)
+    cat <<EOF
+<?xml version="1.0"?>
+<resource-agent name="Stateful" version="1">
+<version>1.1</version>
+<shortdesc lang="en">promotable test agent</shortdesc>
+<longdesc lang="en">A test agent.</longdesc>
+<parameters>
+<parameter name="dir" required="1"><shortdesc lang="en">state</shortdesc><longdesc lang="en">dir</longdesc><content type="string"/></parameter>
+</parameters>
+<actions>
+<action name="start" timeout="20s"/><action name="stop" timeout="20s"/>
+<action name="promote" timeout="20s"/><action name="demote" timeout="20s"/>
+<action name="monitor" timeout="20s" interval="10s"/><action name="meta-data" timeout="5s"/>
+</actions>
+</resource-agent>
+EOF
+    exit 0 ;;
+start) log start; echo unpromoted > "$state"; exit 0 ;;
+stop) log stop; rm -f "$state"; exit 0 ;;
+promote) log promote; echo promoted > "$state"; exit 0 ;;
+demote) log demote; echo unpromoted > "$state"; exit 0 ;;
+monitor)
+    [ -e "$state" ] || exit 7
+    [ "$(cat "$state")" = promoted ] && exit 8
+    exit 0 ;;
+*) exit 3 ;;
+esac
+"#;
+
+/// Promotable OCF members of an active-standby group: both run
+/// unpromoted; the group's role promotes the one on its host through its
+/// agent's own `promote` (told it is promotable), whose monitor then says
+/// "running promoted" (8) and is healthy; the role's stop demotes it.
+/// Misuse is refused at apply, naming the field.
+#[test]
+fn a_promotable_ocf_member_is_promoted_and_demoted_by_its_groups_role() {
+    need_resource_agents();
+    let mut c = three_managers("ocf-promotable");
+    let agent = TestAgent::install_as(&c.dir, "Stateful", PROMOTABLE);
+    let dir = c.dir.join("stateful");
+    std::fs::create_dir_all(&dir).unwrap();
+    let member = |name: &str| {
+        format!(
+            "[[workload]]\nname = \"{name}\"\nkind = \"ocf\"\nagent = \"{}\"\nparams = {{ dir = \"{}\" }}\npromotable = true\nmonitor_interval_ms = 1000\nvcpus = 1\nmemory_mib = 64\n\n",
+            agent.name,
+            dir.display()
+        )
+    };
+    let group =
+        "[[group]]\nname = \"db\"\nmode = \"active-standby\"\nmembers = [\"db-a\", \"db-b\"]\n";
+    let server = c.host("h1").address();
+
+    // Misuse first: nothing is stored.
+    let refused = |c: &haven::localcluster::LocalCluster, text: &str, expected: &[&str]| {
+        let file = write(&c.dir, "bad.toml", text);
+        let err = format!(
+            "{:#}",
+            c.cli(&server, &["apply", "-f", &file])
+                .expect_err("refused")
+        );
+        for e in expected {
+            assert!(err.contains(e), "{e:?} missing from: {err}");
+        }
+    };
+    refused(
+        &c,
+        &member("db-a"),
+        &["field \"promotable\"", "active-standby"],
+    );
+    refused(
+        &c,
+        &format!(
+            "{}{}{group}promote = [\"/bin/true\"]\n",
+            member("db-a"),
+            member("db-b")
+        ),
+        &["field \"promote\"", "promotable"],
+    );
+    refused(
+        &c,
+        &format!(
+            "{}{}{group}",
+            member("db-a")
+                .replace(&agent.name, "heartbeat:Dummy")
+                .replace(
+                    &format!("dir = \"{}\"", dir.display()),
+                    "state = \"/tmp/x\""
+                ),
+            member("db-b")
+        ),
+        &["field \"promotable\"", "promote or demote"],
+    );
+
+    let file = write(
+        &c.dir,
+        "w.toml",
+        &format!("{}{}{group}", member("db-a"), member("db-b")),
+    );
+    c.cli(&server, &["apply", "-f", &file]).unwrap();
+    let s = c
+        .wait_for("the group active", WAIT, |s| all_running(s, 3))
+        .unwrap();
+    let on = workload(&s, "db").host.clone().unwrap();
+    let active = ["db-a", "db-b"]
+        .into_iter()
+        .find(|m| workload(&s, m).host.as_deref() == Some(on.as_str()))
+        .expect("the role runs with a member");
+    let log = dir.join("actions.log");
+    wait_until("promoted", || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains(&format!("promote {active} {on} true")))
+    });
+    assert_eq!(
+        std::fs::read_to_string(dir.join(format!("{active}-{on}")))
+            .unwrap()
+            .trim(),
+        "promoted"
+    );
+    // Several monitors later: "running promoted" is healthy.
+    std::thread::sleep(std::time::Duration::from_millis(3_000));
+    let s = c.status(&server).unwrap();
+    for m in ["db-a", "db-b"] {
+        let w = workload(&s, m);
+        assert_eq!((w.state.as_str(), w.restarts), ("running", 0), "{m}: {w:?}");
+    }
+    // The role goes: its member is demoted, and keeps running.
+    c.cli(&server, &["delete", "db"]).unwrap();
+    wait_until("demoted", || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains(&format!("demote {active} {on} true")))
+    });
+    assert_eq!(
+        std::fs::read_to_string(dir.join(format!("{active}-{on}")))
+            .unwrap()
+            .trim(),
+        "unpromoted"
+    );
+    let s = c.status(&server).unwrap();
+    assert_eq!(workload(&s, active).state, "running");
+}
+
 /// Parameters are checked against the agent's meta-data when applied:
 /// an unknown one is refused naming the known ones, a missing required
 /// one with the agent's own description, a missing agent naming how to
@@ -185,22 +335,7 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
 /// file `bad-HOST` exists in its `dir` parameter; the host is read from
 /// the instance's cgroup (the local cluster gives each host its own
 /// cgroup root). Removed when dropped.
-struct TestAgent {
-    provider_dir: PathBuf,
-    name: String,
-}
-
-impl TestAgent {
-    fn install(dir: &Path) -> TestAgent {
-        let tag = dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .replace(|c: char| !c.is_ascii_alphanumeric(), "");
-        let provider = format!("haventest{}", &tag[tag.len().saturating_sub(12)..]);
-        let provider_dir = PathBuf::from("/usr/lib/ocf/resource.d").join(&provider);
-        std::fs::create_dir_all(&provider_dir).unwrap();
-        let script = r#"#!/bin/sh
+const FLAKY: &str = r#"#!/bin/sh
 state="$OCF_RESKEY_dir/running-$OCF_RESOURCE_INSTANCE"
 bad() {
     cg=$(cat /proc/self/cgroup)
@@ -236,21 +371,42 @@ monitor)
 *) exit 3 ;;
 esac
 "#;
+
+struct TestAgent {
+    provider_dir: PathBuf,
+    name: String,
+}
+
+impl TestAgent {
+    fn install(dir: &Path) -> TestAgent {
+        TestAgent::install_as(dir, "Flaky", FLAKY)
+    }
+
+    /// `script` as agent `TYPE` of a provider of the test's own.
+    fn install_as(dir: &Path, kind: &str, script: &str) -> TestAgent {
+        let tag = dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+        let provider = format!("haventest{}", &tag[tag.len().saturating_sub(12)..]);
+        let provider_dir = PathBuf::from("/usr/lib/ocf/resource.d").join(&provider);
+        std::fs::create_dir_all(&provider_dir).unwrap();
         // Written by a child process: a write handle of this process
         // could be inherited by a child another test thread forks, and
         // running the agent would then fail with "Text file busy".
-        let staged = dir.join("Flaky.text");
+        let staged = dir.join(format!("{kind}.text"));
         std::fs::write(&staged, script).unwrap();
         let installed = std::process::Command::new("install")
             .args(["-m", "0755"])
             .arg(&staged)
-            .arg(provider_dir.join("Flaky"))
+            .arg(provider_dir.join(kind))
             .status()
             .unwrap();
         assert!(installed.success());
         TestAgent {
             provider_dir,
-            name: format!("{provider}:Flaky"),
+            name: format!("{provider}:{kind}"),
         }
     }
 }

@@ -181,6 +181,10 @@ pub struct OcfSpec {
     pub start_timeout_ms: u64,
     pub stop_timeout_ms: u64,
     pub monitor_timeout_ms: u64,
+    /// Its agent's `promote` and `demote` are run by its active-standby
+    /// group's role.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promotable: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

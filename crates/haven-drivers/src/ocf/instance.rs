@@ -92,7 +92,17 @@ pub struct InstanceConfig {
     pub start_timeout_ms: u64,
     pub stop_timeout_ms: u64,
     pub monitor_timeout_ms: u64,
+    /// The agent has a promoted role: its actions are told so, as
+    /// Pacemaker tells a promotable clone's (`OCF_RESKEY_CRM_meta_promotable`
+    /// and one promoted instance at most), and its group's role runs its
+    /// `promote` and `demote` (`ACTION_SUBCOMMAND`).
+    pub promotable: bool,
 }
+
+/// `haven ocf-action ACTION FLAGS…`: one `promote` or `demote` of an
+/// instance's agent, run by its active-standby group's role (the flags
+/// and the parameters' variable are the instance's).
+pub const ACTION_SUBCOMMAND: &str = "ocf-action";
 
 /// Run the instance until it fails or is asked to stop; returns how it
 /// ended. Prints one line per action whose outcome changed (its log).
@@ -137,7 +147,17 @@ pub async fn run(cfg: &InstanceConfig) -> Ended {
 type Outcome = Result<ActionOutcome, super::OcfError>;
 
 async fn action(cfg: &InstanceConfig, action: OcfAction, timeout_ms: u64) -> Outcome {
-    let env = passed_env();
+    let mut env = passed_env();
+    if cfg.promotable {
+        for (k, v) in [
+            ("OCF_RESKEY_CRM_meta_promotable", "true"),
+            ("OCF_RESKEY_CRM_meta_promoted_max", "1"),
+            // The name older agents read.
+            ("OCF_RESKEY_CRM_meta_master_max", "1"),
+        ] {
+            env.insert(k.to_owned(), v.to_owned());
+        }
+    }
     let request = ActionRequest {
         agent: &cfg.agent,
         action,
@@ -271,12 +291,32 @@ pub fn config_from(args: &[String], params_json: Option<&str>) -> Result<Instanc
         start_timeout_ms: ms("--start-timeout-ms")?,
         stop_timeout_ms: ms("--stop-timeout-ms")?,
         monitor_timeout_ms: ms("--monitor-timeout-ms")?,
+        promotable: flags.get("--promotable") == Some(&"true"),
     })
 }
 
 /// The command line that runs an instance (`exe` is the `haven` binary).
 pub fn command_line(exe: &str, cfg: &InstanceConfig) -> Vec<String> {
     let mut argv = vec![exe.to_owned(), SUBCOMMAND.to_owned()];
+    argv.extend(flags(cfg));
+    argv
+}
+
+/// The command line of one `promote` or `demote` of the instance's agent
+/// (`haven ocf-action`); the parameters go in [`PARAMS_ENV`], as the
+/// instance's.
+pub fn action_command_line(exe: &str, action: OcfAction, cfg: &InstanceConfig) -> Vec<String> {
+    let mut argv = vec![
+        exe.to_owned(),
+        ACTION_SUBCOMMAND.to_owned(),
+        action.as_str().to_owned(),
+    ];
+    argv.extend(flags(cfg));
+    argv
+}
+
+fn flags(cfg: &InstanceConfig) -> Vec<String> {
+    let mut argv = vec![];
     for (flag, value) in [
         (
             "--agent",
@@ -292,7 +332,68 @@ pub fn command_line(exe: &str, cfg: &InstanceConfig) -> Vec<String> {
         argv.push(flag.to_owned());
         argv.push(value);
     }
+    if cfg.promotable {
+        argv.extend(["--promotable".to_owned(), "true".to_owned()]);
+    }
     argv
+}
+
+/// `haven ocf-action promote|demote FLAGS…`: runs that action of the
+/// instance's agent once, bounded by the start (promote) or stop (demote)
+/// timeout; exits 0 when the agent succeeded, 1 otherwise (saying why).
+pub fn action_main(args: &[String]) -> ! {
+    let (which, timeout_of): (OcfAction, fn(&InstanceConfig) -> u64) =
+        match args.first().map(String::as_str) {
+            Some("promote") => (OcfAction::Promote, |c| c.start_timeout_ms),
+            Some("demote") => (OcfAction::Demote, |c| c.stop_timeout_ms),
+            other => {
+                println!("ocf-action: {other:?}: the action is promote or demote");
+                std::process::exit(1);
+            }
+        };
+    let params = std::env::var(PARAMS_ENV).ok();
+    let cfg = match config_from(&args[1..], params.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("ocf-action: {e}");
+            std::process::exit(1);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let outcome = match rt {
+        Ok(rt) => rt.block_on(action(&cfg, which, timeout_of(&cfg))),
+        Err(e) => {
+            println!("ocf-action: cannot start a runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match outcome {
+        Ok(o) if o.exit == super::OcfExit::Success => {
+            println!(
+                "ocf: {} {}: done in {} ms",
+                cfg.instance,
+                which.as_str(),
+                o.duration_ms
+            );
+            std::process::exit(0)
+        }
+        Ok(o) => {
+            println!(
+                "ocf: {} {}: {}{}",
+                cfg.instance,
+                which.as_str(),
+                o.exit,
+                o.exit_reason.map(|r| format!(": {r}")).unwrap_or_default()
+            );
+            std::process::exit(1)
+        }
+        Err(e) => {
+            println!("ocf: {} {}: {e}", cfg.instance, which.as_str());
+            std::process::exit(1)
+        }
+    }
 }
 
 /// The process's entry: reads its configuration, runs on a small runtime
