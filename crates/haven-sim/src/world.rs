@@ -3381,6 +3381,21 @@ impl World {
             {
                 continue;
             }
+            // A group's role runs only with a member: one whose members
+            // were all deleted (or are not placeable) waits for one to be
+            // applied; a spread group runs nothing itself.
+            if let haven_core::model::WorkloadKind::Group(g) = &w.spec.kind {
+                let member_placeable = g.members.iter().any(|m| {
+                    state.workloads.get(m).is_some_and(|m| {
+                        m.spec.priority != Priority::Disabled
+                            && m.gave_up.is_none()
+                            && m.failed_hosts.len() < state.hosts.len()
+                    })
+                });
+                if g.mode == haven_core::model::GroupMode::Spread || !member_placeable {
+                    continue;
+                }
+            }
             let runs = w.assignment.as_ref().is_some_and(|a| {
                 self.hosts.iter().any(|h| {
                     h.name == a.host
