@@ -28,13 +28,6 @@ fn app(bed: &Testbed, name: &str, marks: &Path, ready_after_ms: u64, fields: &st
     )
 }
 
-fn apply_text(bed: &Testbed, text: &str) {
-    let file = bed.dir().join("apps.toml");
-    std::fs::write(&file, text).unwrap();
-    bed.cli("h1", &["apply", "-f", &file.display().to_string()])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
 fn marks(bed: &Testbed) -> PathBuf {
     let dir = bed.dir().join("marks");
     std::fs::create_dir_all(&dir).unwrap();
@@ -50,17 +43,6 @@ fn first_tick_after(dir: &Path, workload: &str, after_ns: u64) -> Option<u64> {
         .min()
 }
 
-fn wait(
-    bed: &Testbed,
-    what: &str,
-    cond: impl FnMut(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    bed.wait_for(what, RECOVER, cond).unwrap_or_else(|e| {
-        bed.print_diagnostics();
-        panic!("{e:#}")
-    })
-}
-
 /// A process that keeps running but stops answering HTTP: its liveness
 /// probe fails, it is restarted in place (`max_restarts = 1`), fails
 /// again there, and is moved to another host, where it answers; the
@@ -70,8 +52,8 @@ fn a_process_that_stops_answering_is_restarted_in_place_then_moved() {
     let bed = start(3, |_| {});
     let marks = marks(&bed);
     let probe = format!("max_restarts = 1\nrestart_window_s = 600\nprobes = [{{ role = \"liveness\", kind = \"http\", port = {PORT}, path = \"/\", interval_ms = 300, timeout_ms = 300, failure_threshold = 2 }}]");
-    apply_text(&bed, &app(&bed, "web", &marks, 0, &probe));
-    let s = wait(&bed, "web running", |s| running(s) == 1);
+    apply_toml(&bed, "apps.toml", &app(&bed, "web", &marks, 0, &probe));
+    let s = wait_or_diagnose(&bed, "web running", |s| running(s) == 1);
     let first = workload(&s, "web");
     let on = first["host"].as_str().unwrap().to_owned();
     // Healthy: probes pass for a while, nothing restarts.
@@ -80,13 +62,13 @@ fn a_process_that_stops_answering_is_restarted_in_place_then_moved() {
     assert_eq!(workload(&s, "web")["restarts"], 0, "{s}");
 
     std::fs::write(marks.join(format!("hang-{on}")), "").unwrap();
-    let s = wait(&bed, "restarted in place", |s| {
+    let s = wait_or_diagnose(&bed, "restarted in place", |s| {
         let w = workload(s, "web");
         w["restarts"].as_u64() >= Some(1) && w["host"] == on.as_str()
     });
     let w = workload(&s, "web");
     assert_eq!(w["generation"], first["generation"], "in place: {w}");
-    let s = wait(&bed, "moved", |s| {
+    let s = wait_or_diagnose(&bed, "moved", |s| {
         let w = workload(s, "web");
         w["state"] == "running" && w["host"].as_str().is_some_and(|h| h != on)
     });
@@ -135,8 +117,8 @@ fn dependencies_start_in_order_after_a_full_cluster_restart() {
         app(&bed, "db", &marks, 2_000, &ready),
         app(&bed, "web", &marks, 0, "after = [\"db\"]")
     );
-    apply_text(&bed, &text);
-    wait(&bed, "both running", |s| running(s) == 2);
+    apply_toml(&bed, "apps.toml", &text);
+    wait_or_diagnose(&bed, "both running", |s| running(s) == 2);
 
     for h in bed.host_names() {
         bed.crash(&h);

@@ -29,24 +29,6 @@ fn need_resource_agents() {
     }
 }
 
-fn apply_text(bed: &Testbed, text: &str) {
-    let file = bed.dir().join("ocf.toml");
-    std::fs::write(&file, text).unwrap();
-    bed.cli("h1", &["apply", "-f", &file.display().to_string()])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-fn wait(
-    bed: &Testbed,
-    what: &str,
-    cond: impl FnMut(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    bed.wait_for(what, RECOVER, cond).unwrap_or_else(|e| {
-        bed.print_diagnostics();
-        panic!("{e:#}")
-    })
-}
-
 /// `anything`'s parameters to run the witness as workload `name`. Its
 /// start goes through `su -`, which clears the environment: the witness
 /// is told who it is on its command line, from the variables every
@@ -82,8 +64,9 @@ fn dummy_anything_and_delay_run_unchanged_and_recover_behind_the_agents_back() {
     let ocf = |name: &str, agent: &str, params: &str| {
         format!("[[workload]]\nname = \"{name}\"\nkind = \"ocf\"\nagent = \"{agent}\"\nparams = {{ {params} }}\nmonitor_interval_ms = 1000\nvcpus = 1\nmemory_mib = 64\n\n")
     };
-    apply_text(
+    apply_toml(
         &bed,
+        "ocf.toml",
         &format!(
             "{}{}{}",
             ocf(
@@ -99,7 +82,7 @@ fn dummy_anything_and_delay_run_unchanged_and_recover_behind_the_agents_back() {
             ),
         ),
     );
-    let s = wait(&bed, "all three running", |s| running(s) == 3);
+    let s = wait_or_diagnose(&bed, "all three running", |s| running(s) == 3);
     assert!(state.exists(), "Dummy's start made its state file");
     let any = workload(&s, "any");
     let any_host = any["host"].as_str().unwrap().to_owned();
@@ -120,7 +103,7 @@ fn dummy_anything_and_delay_run_unchanged_and_recover_behind_the_agents_back() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let s = wait(&bed, "both restarted in place", |s| {
+    let s = wait_or_diagnose(&bed, "both restarted in place", |s| {
         ["dummy", "any"].iter().all(|w| {
             let w = workload(s, w);
             w["state"] == "running" && w["restarts"].as_u64() >= Some(1)
@@ -145,7 +128,7 @@ fn dummy_anything_and_delay_run_unchanged_and_recover_behind_the_agents_back() {
     for w in ["dummy", "any", "delay"] {
         bed.cli("h1", &["delete", w]).unwrap();
     }
-    wait(&bed, "all deleted", |s| placement(s).is_empty());
+    wait_or_diagnose(&bed, "all deleted", |s| placement(s).is_empty());
     assert!(
         eventually(RECOVER, || !state.exists()
             && witnesses_on(&bed, &any_host).is_empty()),
@@ -161,8 +144,9 @@ fn dummy_anything_and_delay_run_unchanged_and_recover_behind_the_agents_back() {
 fn ipaddr2_follows_its_workload_when_the_host_crashes() {
     need_resource_agents();
     let mut bed = start(3, |_| {});
-    apply_text(
+    apply_toml(
         &bed,
+        "ocf.toml",
         &format!("[[workload]]\nname = \"vip\"\nkind = \"ocf\"\nagent = \"heartbeat:IPaddr2\"\nparams = {{ ip = \"{IP}\", cidr_netmask = \"24\", nic = \"eth0\" }}\nmonitor_interval_ms = 1000\npriority = \"high\"\nvcpus = 1\nmemory_mib = 64\n"),
     );
     let holders = |bed: &Testbed| -> Vec<String> {
@@ -171,7 +155,7 @@ fn ipaddr2_follows_its_workload_when_the_host_crashes() {
             .filter(|h| bed.addresses(h).iter().any(|a| a == &format!("{IP}/24")))
             .collect()
     };
-    let s = wait(&bed, "vip running", |s| running(s) == 1);
+    let s = wait_or_diagnose(&bed, "vip running", |s| running(s) == 1);
     let on = workload(&s, "vip")["host"].as_str().unwrap().to_owned();
     assert!(
         eventually(Duration::from_secs(10), || holders(&bed) == [on.clone()]),
@@ -187,7 +171,7 @@ fn ipaddr2_follows_its_workload_when_the_host_crashes() {
     });
     assert!(moved, "{IP} never came up elsewhere: {seen:?}");
     assert!(seen.iter().all(|h| h.len() <= 1), "held twice: {seen:?}");
-    let s = wait(&bed, "vip running elsewhere", |s| {
+    let s = wait_or_diagnose(&bed, "vip running elsewhere", |s| {
         workload(s, "vip")["state"] == "running" && workload(s, "vip")["host"] != on.as_str()
     });
     assert_eq!(
@@ -273,8 +257,9 @@ fn an_ocf_hard_error_moves_the_workload_and_keeps_it_off_the_host() {
     let agent = FlakyAgent::install(&bed);
     let marks = bed.dir().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
-    apply_text(
+    apply_toml(
         &bed,
+        "ocf.toml",
         &format!(
             "[[workload]]\nname = \"svc\"\nkind = \"ocf\"\nagent = \"{}\"\nparams = {{ marks = \"{}\", {} }}\nmonitor_interval_ms = 1000\nvcpus = 1\nmemory_mib = 64\n",
             agent.name,
@@ -282,12 +267,12 @@ fn an_ocf_hard_error_moves_the_workload_and_keeps_it_off_the_host() {
             witness_params(&bed, "svc")
         ),
     );
-    let s = wait(&bed, "svc running", |s| running(s) == 1);
+    let s = wait_or_diagnose(&bed, "svc running", |s| running(s) == 1);
     let first = workload(&s, "svc");
     let on = first["host"].as_str().unwrap().to_owned();
     assert!(eventually(RECOVER, || last_tick(&bed, "svc", &on).is_some()));
     std::fs::write(marks.join(format!("bad-{on}")), "").unwrap();
-    let s = wait(&bed, "svc moved", |s| {
+    let s = wait_or_diagnose(&bed, "svc moved", |s| {
         let w = workload(s, "svc");
         w["state"] == "running" && w["host"].as_str().is_some_and(|h| h != on)
     });

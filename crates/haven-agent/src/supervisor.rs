@@ -181,18 +181,18 @@ fn key(workload: &str, generation: Generation) -> InstanceKey {
 fn keeper_policy(p: KeeperPolicy) -> haven_keeper::Policy {
     let names =
         |v: Vec<(String, Generation)>| v.into_iter().map(|(w, g)| key(&w, g).dir_name()).collect();
-    let own_timeouts_ms = p
-        .graceful
-        .iter()
-        .filter_map(|(w, g, ms)| Some((key(w, *g).dir_name(), (*ms)?)))
-        .collect();
+    let mut graceful = std::collections::BTreeSet::new();
+    let mut own_timeouts_ms = std::collections::BTreeMap::new();
+    for (w, g, own) in p.graceful {
+        let name = key(&w, g).dir_name();
+        if let Some(ms) = own {
+            own_timeouts_ms.insert(name.clone(), ms);
+        }
+        graceful.insert(name);
+    }
     haven_keeper::Policy {
         shutdown_timeout_ms: p.shutdown_timeout_ms,
-        graceful: p
-            .graceful
-            .into_iter()
-            .map(|(w, g, _)| key(&w, g).dir_name())
-            .collect(),
+        graceful,
         hold: names(p.hold),
         own_timeouts_ms,
         addresses: p

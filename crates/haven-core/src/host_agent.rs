@@ -704,6 +704,13 @@ impl Instance {
         }
     }
 
+    /// What the coordinator's current word says of its stop: its own
+    /// shutdown bound and its floating address (the keeper's policy).
+    fn follow(&mut self, own_shutdown_ms: Option<u64>, floating_address: Option<String>) {
+        self.own_shutdown_ms = own_shutdown_ms;
+        self.floating_address = floating_address;
+    }
+
     /// May it have a process: starting (its result not back), running, or
     /// being stopped.
     fn may_run(&self) -> bool {
@@ -1487,7 +1494,6 @@ impl HostAgent {
         }
     }
 
-    /// Decide and record: every input ends here.
     /// The stops that failed and are due again: a kill each, once (a
     /// failed kill reports again).
     fn retry_failed_stops(&mut self, now_ms: u64, out: &mut Vec<HostEffect>) {
@@ -1507,6 +1513,7 @@ impl HostAgent {
         }
     }
 
+    /// Decide and record: every input ends here.
     fn reconcile(&mut self, now_ms: u64, out: &mut Vec<HostEffect>) {
         let authority = self.authority(now_ms);
         let held = matches!(authority, Authority::Held(_));
@@ -1525,8 +1532,7 @@ impl HostAgent {
                 if let Some(i) = self.instances.get_mut(&d.workload) {
                     if i.generation == d.generation {
                         i.isolation = d.isolation;
-                        i.own_shutdown_ms = d.shutdown_timeout_ms;
-                        i.floating_address = d.floating_address.clone();
+                        i.follow(d.shutdown_timeout_ms, d.floating_address.clone());
                     }
                 }
             }
@@ -1738,14 +1744,12 @@ impl HostAgent {
             return;
         }
         let (isolation, restart, vm) = (d.isolation, d.restart, d.vm);
-        let own_shutdown_ms = d.shutdown_timeout_ms;
-        let floating_address = d.floating_address.clone();
+        let (own_shutdown_ms, address) = (d.shutdown_timeout_ms, d.floating_address.clone());
         let i = self
             .instances
             .entry(workload.clone())
             .or_insert_with(|| Instance::new(generation, isolation, restart, vm));
-        i.own_shutdown_ms = own_shutdown_ms;
-        i.floating_address = floating_address;
+        i.follow(own_shutdown_ms, address);
         // Waiting for the disks' lock is no restart.
         if matches!(i.phase, Phase::Restarting { .. }) && !i.lock_wait {
             i.restarts += 1;

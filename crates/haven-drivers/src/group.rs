@@ -14,6 +14,7 @@
 //! declared failed only under DESIGN §2's rules (its lease expired, its
 //! keeper acted, or it was fenced).
 
+use haven_keeper::address::ip;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::process::Command;
@@ -192,10 +193,6 @@ pub fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
         }
         _ => false,
     }
-}
-
-fn ip(args: &[&str]) -> Result<String, String> {
-    haven_keeper::address::ip(args)
 }
 
 /// A promote or demote command, with the group and member in its

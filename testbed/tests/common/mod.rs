@@ -227,6 +227,23 @@ pub fn on_host(s: &Value, host: &str) -> Vec<String> {
         .collect()
 }
 
+/// Write `text` to `<bed>/<file>` and apply it through h1.
+pub fn apply_toml(bed: &Testbed, file: &str, text: &str) {
+    let file = bed.dir().join(file);
+    std::fs::write(&file, text).unwrap();
+    bed.cli("h1", &["apply", "-f", &file.display().to_string()])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// `wait_for` within [`RECOVER`]; on a timeout the bed's diagnostics are
+/// printed before the panic.
+pub fn wait_or_diagnose(bed: &Testbed, what: &str, cond: impl FnMut(&Value) -> bool) -> Value {
+    bed.wait_for(what, RECOVER, cond).unwrap_or_else(|e| {
+        bed.print_diagnostics();
+        panic!("{e:#}")
+    })
+}
+
 /// All `n` running, none on `host`.
 pub fn moved_off(bed: &Testbed, host: &str, n: usize) -> Value {
     let host = host.to_owned();
