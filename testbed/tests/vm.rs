@@ -228,13 +228,26 @@ fn hung_guest_is_reset_after_the_failure_interval() {
 /// again. The startup probe gives the boot its time.
 #[test]
 fn a_hung_application_inside_the_guest_restarts_the_vm() {
-    let bed = start(3);
+    // The guest's helper reports the web server alive ("haven-app").
     let probes = "probes = [\n  { role = \"startup\", kind = \"heartbeat\", interval_ms = 1000, timeout_ms = 1000, failure_threshold = 60 },\n  { role = \"liveness\", kind = \"heartbeat\", interval_ms = 500, timeout_ms = 500, failure_threshold = 2 },\n]\n";
-    apply(
-        &bed,
-        "vm1",
-        &vm_spec_booted_with(&bed, "vm1", " haven.app=http", probes),
-    );
+    a_hung_application_restarts_the_vm(" haven.app=http", probes, "liveness probe (heartbeat)");
+}
+
+#[test]
+fn a_command_inside_the_guest_that_fails_restarts_the_vm() {
+    // The host asks the guest to fetch its own page ("haven-exec").
+    let wget = "kind = \"exec\", in_guest = true, command = [\"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1/\"]";
+    let probes = format!("probes = [\n  {{ role = \"startup\", {wget}, interval_ms = 1000, timeout_ms = 1000, failure_threshold = 60 }},\n  {{ role = \"liveness\", {wget}, interval_ms = 1000, timeout_ms = 1000, failure_threshold = 2 }},\n]\n");
+    a_hung_application_restarts_the_vm("", &probes, "liveness probe (exec wget in the guest)");
+}
+
+/// The web server inside the guest hangs (`/cgi-bin/hang`: SIGSTOP) while
+/// the guest's kernel and heartbeat go on: the liveness probe of `probes`
+/// (booted with `args`) restarts the VM in place, for `reason`, and the
+/// new boot serves again.
+fn a_hung_application_restarts_the_vm(args: &str, probes: &str, reason: &str) {
+    let bed = start(3);
+    apply(&bed, "vm1", &vm_spec_booted_with(&bed, "vm1", args, probes));
     let (host, generation) = heartbeating(&bed, "vm1", None);
     let s = bed
         .wait_for("the application ready", BOOT, |s| {
@@ -260,13 +273,10 @@ fn a_hung_application_inside_the_guest_restarts_the_vm() {
     assert_eq!(w["host"].as_str(), Some(host.as_str()), "in place: {w}");
     assert_eq!(w["generation"].as_u64(), Some(generation), "{w}");
     assert!(
-        w["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("liveness probe (heartbeat)"),
-        "the application's silence, not the guest's: {w}"
+        w["reason"].as_str().unwrap_or_default().contains(reason),
+        "the application's failure, not the guest's: {w}"
     );
-    // The new boot serves and reports again.
+    // The new boot serves and passes its probes again.
     bed.wait_for("ready again", BOOT, |s| {
         let w = workload(s, "vm1");
         w["ready"] == true && w["state"] == "running"

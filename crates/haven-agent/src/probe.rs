@@ -1,24 +1,37 @@
 //! Running one check of a workload's probe (`HostEffect::RunProbe`): a
-//! TCP connect, an HTTP GET, or a command on this host, bounded by the
-//! probe's timeout. What the outcome means is the core's (`probe.rs`).
+//! TCP connect, an HTTP GET, a command on this host or inside a VM's guest
+//! (through its guest channel), bounded by the probe's timeout. What the outcome means is the core's (`probe.rs`).
 //! A heartbeat probe has no check: its reports come through `notify.rs`.
 
 use haven_core::probe::{CheckOutcome, ProbeCheck};
+use haven_drivers::guest_channel::GuestExec;
 use std::time::Duration;
 
 /// The most of an HTTP answer's body read for `body_contains`.
 const BODY_READ_MAX_BYTES: usize = 64 * 1024;
 
-/// Run `check` against an instance on this host, within `timeout_ms`.
-pub async fn run(check: &ProbeCheck, timeout_ms: u64, http: &reqwest::Client) -> CheckOutcome {
+/// Run `check` against an instance on this host, within `timeout_ms`;
+/// `guest`: the way into the instance's guest, if it is a VM watched with
+/// the Haven guest channel.
+pub async fn run(
+    check: &ProbeCheck,
+    timeout_ms: u64,
+    http: &reqwest::Client,
+    guest: Option<GuestExec>,
+) -> CheckOutcome {
     let timeout = Duration::from_millis(timeout_ms.max(1));
-    match tokio::time::timeout(timeout, check_once(check, timeout, http)).await {
+    match tokio::time::timeout(timeout, check_once(check, timeout, http, guest)).await {
         Ok(outcome) => outcome,
         Err(_) => CheckOutcome::TimedOut,
     }
 }
 
-async fn check_once(check: &ProbeCheck, timeout: Duration, http: &reqwest::Client) -> CheckOutcome {
+async fn check_once(
+    check: &ProbeCheck,
+    timeout: Duration,
+    http: &reqwest::Client,
+    guest: Option<GuestExec>,
+) -> CheckOutcome {
     match check {
         ProbeCheck::Tcp { port, host } => {
             let host = host.as_deref().unwrap_or("127.0.0.1");
@@ -45,6 +58,10 @@ async fn check_once(check: &ProbeCheck, timeout: Duration, http: &reqwest::Clien
             )
             .await
         }
+        ProbeCheck::Exec {
+            command,
+            in_guest: true,
+        } => guest_check(command, timeout, guest).await,
         ProbeCheck::Exec { command, .. } => exec_check(command).await,
         // Never asked for: the core judges a heartbeat probe by the
         // application's reports (`notify.rs`, `HostInput::AppHeartbeat`)
@@ -107,6 +124,27 @@ async fn exec_check(command: &[String]) -> CheckOutcome {
         Ok(s) if s.success() => CheckOutcome::Pass,
         Ok(s) => fail(format!("{program} {s}")),
         Err(e) => fail(format!("{program}: {e}")),
+    }
+}
+
+/// A command inside the guest that exits 0. The guest is told the
+/// probe's timeout, to end the command when it passes; the host stops
+/// waiting then anyway.
+async fn guest_check(
+    command: &[String],
+    timeout: Duration,
+    guest: Option<GuestExec>,
+) -> CheckOutcome {
+    let program = command.first().map_or("", String::as_str);
+    let Some(guest) = guest else {
+        return fail(format!(
+            "{program} in the guest: the VM is not watched with the Haven guest channel (yet)"
+        ));
+    };
+    match guest.run(command, timeout.as_millis() as u64).await {
+        Ok(0) => CheckOutcome::Pass,
+        Ok(status) => fail(format!("{program} in the guest: exit status {status}")),
+        Err(e) => fail(format!("{program} in the guest: {e}")),
     }
 }
 

@@ -35,6 +35,7 @@ use crate::api::{Desired, HeartbeatResponse};
 use crate::clock::Clock;
 use crate::datastore::DatastoreIo;
 use crate::node::Node;
+use haven_drivers::guest_channel::GuestExec;
 use haven_drivers::vm::VmPaths;
 use std::path::PathBuf;
 
@@ -62,8 +63,8 @@ struct HostState {
     /// generation, pid).
     pids: BTreeMap<String, (Generation, u32)>,
     /// The VM watch running for an instance (workload → generation,
-    /// epoch).
-    vm_watches: BTreeMap<String, (Generation, u64)>,
+    /// epoch, the way to its guest's commands).
+    vm_watches: BTreeMap<String, (Generation, u64, GuestExec)>,
     /// Leaves the instance list out of heartbeats while the coordinator
     /// holds it.
     observed_sender: ObservedSender,
@@ -565,8 +566,16 @@ impl Supervisor {
             } => {
                 let machine = self.machine.clone();
                 let http = self.probe_http.clone();
+                // A command inside a VM's guest goes through its watch.
+                let guest = self
+                    .machine
+                    .lock()
+                    .vm_watches
+                    .get(&workload)
+                    .filter(|w| w.0 == generation)
+                    .map(|w| w.2.clone());
                 tokio::spawn(async move {
-                    let outcome = crate::probe::run(&spec, timeout_ms, &http).await;
+                    let outcome = crate::probe::run(&spec, timeout_ms, &http, guest).await;
                     machine.feed(HostInput::ProbeResult {
                         workload,
                         generation,
@@ -951,10 +960,11 @@ impl Supervisor {
     fn watch_vm(&self, workload: &str, generation: Generation, vm: &haven_core::model::VmSpec) {
         let k = key(workload, generation);
         let epoch = self.next_watch.fetch_add(1, Ordering::Relaxed);
+        let guest_exec = GuestExec::default();
         self.machine
             .lock()
             .vm_watches
-            .insert(workload.to_owned(), (generation, epoch));
+            .insert(workload.to_owned(), (generation, epoch, guest_exec.clone()));
         let watch = crate::vm::VmWatch {
             epoch,
             workload: workload.to_owned(),
@@ -964,6 +974,7 @@ impl Supervisor {
             policy: vm.monitoring,
             heartbeat: vm.heartbeat,
             machine: self.machine.clone(),
+            guest_exec,
             witness_dir: self.vm_witness_dir.clone(),
         };
         tokio::spawn(watch.run());
@@ -1077,13 +1088,19 @@ impl HostMachine {
     }
 
     fn watching(&self, epoch: u64, workload: &str, generation: Generation) -> bool {
-        self.lock().vm_watches.get(workload) == Some(&(generation, epoch))
+        self.lock()
+            .vm_watches
+            .get(workload)
+            .is_some_and(|w| (w.0, w.1) == (generation, epoch))
     }
 
     /// A VM watch ended.
     pub fn vm_watch_ended(&self, epoch: u64, workload: &str, generation: Generation) {
         let mut s = self.lock();
-        if s.vm_watches.get(workload) == Some(&(generation, epoch)) {
+        if s.vm_watches
+            .get(workload)
+            .is_some_and(|w| (w.0, w.1) == (generation, epoch))
+        {
             s.vm_watches.remove(workload);
         }
     }

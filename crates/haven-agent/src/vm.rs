@@ -11,7 +11,7 @@
 use haven_core::host_agent::HostInput;
 use haven_core::model::{Generation, GuestHeartbeat, VmMonitoring};
 use haven_core::vm_monitor::{GuestSignal, VmDecision, VmMonitor};
-use haven_drivers::guest_channel::{self, GuestLine};
+use haven_drivers::guest_channel::{self, GuestExec, GuestLine};
 use haven_drivers::qmp::Qmp;
 use haven_drivers::vm::VmPaths;
 use std::io::Write;
@@ -40,6 +40,9 @@ pub struct VmWatch {
     pub policy: VmMonitoring,
     pub heartbeat: GuestHeartbeat,
     pub machine: HostMachine,
+    /// The commands probes run inside the guest go through here (a VM
+    /// with the Haven guest channel).
+    pub guest_exec: GuestExec,
     /// Test bed: append a witness tick per guest heartbeat here.
     pub witness_dir: Option<PathBuf>,
 }
@@ -94,6 +97,7 @@ impl VmWatch {
             GuestHeartbeat::Haven => Some(tokio::spawn(read_heartbeats(
                 self.paths.heartbeat.clone(),
                 hb_tx,
+                self.guest_exec.clone(),
             ))),
             GuestHeartbeat::QemuGuestAgent => Some(tokio::spawn(ping_guest_agent(
                 self.paths.guest_agent.clone(),
@@ -112,7 +116,9 @@ impl VmWatch {
         loop {
             let decision = tokio::select! {
                 Some(line) = hb_rx.recv() => match line {
-                    GuestLine::Heartbeat => {
+                    // An answer was handed over by the reader; the guest
+                    // is alive too.
+                    GuestLine::Heartbeat | GuestLine::ExecDone { .. } => {
                         self.witness_tick();
                         monitor.on_signal(GuestSignal::Heartbeat, self.now_ms())
                     }
@@ -189,18 +195,27 @@ pub async fn power_down(qmp_ops: &std::path::Path) {
 }
 
 /// Lines from the `org.haven.heartbeat` port's host socket, each the
-/// guest's heartbeat or its application's (`haven_drivers::guest_channel`).
-async fn read_heartbeats(path: PathBuf, tx: tokio::sync::mpsc::Sender<GuestLine>) {
+/// guest's heartbeat, its application's, or the end of a command a probe
+/// asked it to run (`haven_drivers::guest_channel`), answered to `exec`,
+/// which writes its requests on the same socket while it is connected.
+async fn read_heartbeats(path: PathBuf, tx: tokio::sync::mpsc::Sender<GuestLine>, exec: GuestExec) {
     let mut buf = Vec::with_capacity(guest_channel::LINE_MAX_BYTES);
     loop {
         match UnixStream::connect(&path).await {
             Ok(s) => {
-                let mut r = BufReader::new(s);
+                let (r, w) = s.into_split();
+                exec.connected(w).await;
+                let mut r = BufReader::new(r);
                 while let Ok(Some(line)) = guest_channel::next_line(&mut r, &mut buf).await {
+                    if let GuestLine::ExecDone { id, status } = line {
+                        exec.answered(id, status);
+                    }
                     if tx.send(line).await.is_err() {
+                        exec.disconnected().await;
                         return;
                     }
                 }
+                exec.disconnected().await;
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }

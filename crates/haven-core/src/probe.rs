@@ -36,6 +36,10 @@ pub const PROBES_PER_WORKLOAD_MAX: usize = 8;
 pub const STARTUP_PROBES_MAX: usize = 1;
 pub const EXEC_ARGS_MAX: usize = 64;
 pub const EXEC_ARG_LEN_MAX: usize = 4_096;
+/// A command inside a VM's guest travels as one line of words on the
+/// Haven guest channel (docs/guest-heartbeat.md): its words and the spaces
+/// between them, at most this long.
+pub const GUEST_COMMAND_LEN_MAX: usize = 200;
 pub const HTTP_PATH_LEN_MAX: usize = 2_048;
 pub const BODY_CONTAINS_LEN_MAX: usize = 1_024;
 /// A DNS name (RFC 1035) or an address literal.
@@ -114,7 +118,8 @@ pub enum ProbeCheck {
         https: bool,
     },
     /// A command that exits 0; `in_guest`: run in a VM's guest (through
-    /// its guest agent) rather than on the host.
+    /// the Haven guest channel's `haven-exec` lines) rather than on the
+    /// host.
     Exec {
         command: Vec<String>,
         #[serde(default)]
@@ -439,6 +444,34 @@ fn check_body_contains(text: &str, at: &mut At) {
             ),
         );
     }
+}
+
+/// What keeps `command` from travelling to a guest as one line of
+/// space-separated words, if anything: a word that is empty or holds
+/// whitespace or a control character, or a line over
+/// [`GUEST_COMMAND_LEN_MAX`].
+pub fn guest_command_problem(command: &[String]) -> Option<String> {
+    let fix = "put the command in a script inside the guest and run that";
+    for (i, a) in command.iter().enumerate() {
+        if a.is_empty() {
+            return Some(format!("argument {} is empty; {fix}", i + 1));
+        }
+        if a.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Some(format!(
+                "argument {} {:?} holds a space or control character, but the guest channel passes words separated by spaces; {fix}",
+                i + 1,
+                shorten(a, 80)
+            ));
+        }
+    }
+    let len = command
+        .iter()
+        .map(|a| a.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    (len > GUEST_COMMAND_LEN_MAX).then(|| {
+        format!("is {len} bytes as a line of words; at most {GUEST_COMMAND_LEN_MAX} go to the guest: {fix}")
+    })
 }
 
 fn check_exec(command: &[String], in_guest: bool, has_guest: bool, at: &mut At) {

@@ -574,12 +574,13 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Vec<String> {
     out
 }
 
-/// A workload's probes: `probe::check_probes`, and what the agent runs
-/// today: checks from the host (`tcp`, `http`, `exec`; not yet in a
-/// guest), and the application's own heartbeat: on its notify socket for
-/// a process or an OCF instance, as `haven-app` lines on the guest channel
-/// for a VM (docs/guest-heartbeat.md), which only a VM with
-/// `heartbeat = "haven"` has.
+/// A workload's probes: `probe::check_probes`, and what the agent runs:
+/// checks from the host (`tcp`, `http`, `exec`), commands inside a VM's
+/// guest (`haven-exec` lines on the guest channel), and the application's
+/// own heartbeat: on its notify socket for a process or an OCF instance,
+/// as `haven-app` lines on the guest channel for a VM
+/// (docs/guest-heartbeat.md). Only a VM with `heartbeat = "haven"` has
+/// that channel.
 fn check_workload_probes(
     probes: &[crate::probe::ProbeSpec],
     kind: &WorkloadKind,
@@ -594,11 +595,26 @@ fn check_workload_probes(
         out.push("probes", p.to_string());
     }
     for (i, p) in probes.iter().enumerate() {
-        if vm.is_some() && matches!(p.check, ProbeCheck::Exec { in_guest: true, .. }) {
-            out.push(
-                "probes",
-                format!("probes[{i}].in_guest: a probe inside the guest is not supported yet; run the command on the host (in_guest = false), use a tcp or http probe, or have the guest report its application (kind = \"heartbeat\": \"haven-app\" lines on the guest channel, docs/guest-heartbeat.md)"),
-            );
+        if let (
+            Some(vm),
+            ProbeCheck::Exec {
+                command,
+                in_guest: true,
+            },
+        ) = (vm, &p.check)
+        {
+            if vm.heartbeat != GuestHeartbeat::Haven {
+                let set = match vm.heartbeat {
+                    GuestHeartbeat::QemuGuestAgent => "qemu-guest-agent",
+                    _ => "none",
+                };
+                out.push(
+                    "probes",
+                    format!("probes[{i}].in_guest: a command inside the guest goes through the Haven guest channel, which this VM does not have (heartbeat = \"{set}\"): set heartbeat = \"haven\" and run the guest helper that answers \"haven-exec\" lines (docs/guest-heartbeat.md), or run the command on the host (in_guest = false)"),
+                );
+            } else if let Some(why) = crate::probe::guest_command_problem(command) {
+                out.push("probes", format!("probes[{i}].command: {why}"));
+            }
         }
         if p.check == ProbeCheck::Heartbeat {
             if let Some(vm) = vm.filter(|vm| vm.heartbeat != GuestHeartbeat::Haven) {
@@ -2819,6 +2835,62 @@ min_uptime_s = 10
                 "{e:?}"
             );
         }
+    }
+
+    /// A command inside the guest goes through the Haven guest channel as
+    /// one line of space-separated words (docs/guest-heartbeat.md): a VM
+    /// without that channel, or a command that cannot be such a line, is
+    /// refused naming the field and the fix.
+    #[test]
+    fn a_command_inside_the_guest_goes_through_the_haven_channel() {
+        let probe = |command: &str| {
+            VM.replace(
+                "min_uptime_s = 10",
+                &format!("min_uptime_s = 10\nprobes = [{{ role = \"liveness\", kind = \"exec\", command = {command}, in_guest = true }}]"),
+            )
+        };
+        let vm = probe("[\"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1/\"]");
+        let specs = parse_workloads("w.toml", &vm).unwrap();
+        assert_eq!(
+            specs[0].probes[0].check,
+            crate::probe::ProbeCheck::Exec {
+                command: ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"]
+                    .map(String::from)
+                    .to_vec(),
+                in_guest: true
+            }
+        );
+        for other in ["qemu-guest-agent", "none"] {
+            let e = errs(&vm.replace("heartbeat = \"haven\"", &format!("heartbeat = \"{other}\"")));
+            assert!(
+                e.iter()
+                    .any(|e| e.contains("field \"probes\": probes[0].in_guest")
+                        && e.contains(&format!(
+                            "(heartbeat = \"{other}\"): set heartbeat = \"haven\""
+                        ))),
+                "{e:?}"
+            );
+        }
+        for (bad, needle) in [
+            ("[\"grep\", \"a b\", \"/f\"]", "argument 2 \"a b\""),
+            ("[\"/bin/check\", \"x\\ty\"]", "argument 2 \"x?y\""),
+            ("[\"/bin/check\", \"\"]", "argument 2 is empty"),
+        ] {
+            let e = errs(&probe(bad));
+            assert!(
+                e.iter().any(|e| e.contains("probes[0].command")
+                    && e.contains(needle)
+                    && e.contains("script inside the guest")),
+                "{bad}: {e:?}"
+            );
+        }
+        let long = format!("[\"/bin/check\", \"{}\"]", "x".repeat(300));
+        let e = errs(&probe(&long));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("probes[0].command") && e.contains("at most 200")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -1,20 +1,31 @@
-//! The lines a guest writes on its `org.haven.heartbeat` port
-//! (docs/guest-heartbeat.md): `haven-hb <seq>`, the guest's own
-//! heartbeat, and `haven-app [WORDS]`, its application reporting itself
-//! alive (a workload's `kind = "heartbeat"` probe). Any other line counts
-//! as a guest heartbeat, as it always has.
+//! The lines on a VM's `org.haven.heartbeat` port
+//! (docs/guest-heartbeat.md). The guest writes `haven-hb <seq>`, its own
+//! heartbeat; `haven-app [WORDS]`, its application reporting itself alive
+//! (a workload's `kind = "heartbeat"` probe); and `haven-exec-done <id>
+//! <status>`, the end of a command the host asked it to run. Any other line
+//! counts as a guest heartbeat, as it always has. The host writes
+//! `haven-exec <id> <timeout_ms> <word>...`: run that command (an `exec`
+//! probe with `in_guest = true`).
 //!
 //! The guest is not trusted: a line is read up to [`LINE_MAX_BYTES`], the
 //! rest of a longer one is skipped to its end (it still counts as a guest
 //! heartbeat, never as the application's), so a guest that never ends a
 //! line costs the host a fixed buffer.
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
 
 /// The longest line looked at; the rest of a longer one is skipped.
 pub const LINE_MAX_BYTES: usize = 256;
 /// What a line the guest's application sends starts with.
 pub const APP_LINE: &str = "haven-app";
+
+/// What the host's request to run a command starts with.
+pub const EXEC_LINE: &str = "haven-exec";
+/// What the guest's answer to it starts with.
+pub const EXEC_DONE_LINE: &str = "haven-exec-done";
 
 /// What one line says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,17 +34,45 @@ pub enum GuestLine {
     Heartbeat,
     /// The guest's application is alive.
     App,
+    /// The command of request `id` ended with exit status `status` (the
+    /// guest is alive too).
+    ExecDone { id: u64, status: u8 },
 }
 
 /// `haven-app` alone or followed by a space or tab and anything is the
-/// application's; every other line the guest's.
+/// application's; `haven-exec-done ID STATUS` (decimal, STATUS 0-255) a
+/// command's end; every other line the guest's.
 pub fn classify(line: &[u8]) -> GuestLine {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if let Some(done) = exec_done(line) {
+        return done;
+    }
     match line.strip_prefix(APP_LINE.as_bytes()) {
         Some(rest) if rest.is_empty() || rest[0] == b' ' || rest[0] == b'\t' => GuestLine::App,
         _ => GuestLine::Heartbeat,
     }
+}
+
+fn exec_done(line: &[u8]) -> Option<GuestLine> {
+    let rest = line.strip_prefix(EXEC_DONE_LINE.as_bytes())?;
+    let rest = std::str::from_utf8(rest.strip_prefix(b" ")?).ok()?;
+    let (id, status) = rest.split_once(' ')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(id) || !digits(status) {
+        return None;
+    }
+    Some(GuestLine::ExecDone {
+        id: id.parse().ok()?,
+        status: status.parse().ok()?,
+    })
+}
+
+/// The line asking the guest to run `command` (its words checked at apply:
+/// `haven_core::probe::guest_command_problem`) as request `id`, within
+/// `timeout_ms`.
+pub fn exec_request(id: u64, timeout_ms: u64, command: &[String]) -> String {
+    format!("{EXEC_LINE} {id} {timeout_ms} {}\n", command.join(" "))
 }
 
 /// The next line of `r`, classified; `Ok(None)` at the end of the stream
@@ -66,6 +105,90 @@ pub async fn next_line<R: AsyncBufRead + Unpin>(
     }
 }
 
+/// The most commands of one VM waiting for the guest's answer at once; a
+/// guest that answers none keeps a fixed number of entries.
+pub const EXEC_WAITING_MAX: usize = 16;
+
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The host's side of the commands it asks a guest to run: the way to the
+/// guest (while the channel is connected) and the requests waiting for
+/// their `haven-exec-done`. Cloned between the task reading the channel
+/// and the probes.
+#[derive(Clone, Default)]
+pub struct GuestExec {
+    writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
+    waiting: Arc<Mutex<Waiting>>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    next_id: u64,
+    by_id: HashMap<u64, oneshot::Sender<u8>>,
+}
+
+impl GuestExec {
+    /// The channel is (re)connected: requests go to `w` from now on; those
+    /// sent before never get their answer (their ids are not used again).
+    pub async fn connected(&self, w: impl AsyncWrite + Send + Unpin + 'static) {
+        let mut writer = self.writer.lock().await;
+        self.waiting.lock().unwrap().by_id.clear();
+        *writer = Some(Box::new(w));
+    }
+
+    /// The channel is gone: requests fail at once until it is back.
+    pub async fn disconnected(&self) {
+        let mut writer = self.writer.lock().await;
+        self.waiting.lock().unwrap().by_id.clear();
+        *writer = None;
+    }
+
+    /// The guest's answer to request `id` (one not waited for is dropped).
+    pub fn answered(&self, id: u64, status: u8) {
+        if let Some(tx) = self.waiting.lock().unwrap().by_id.remove(&id) {
+            let _ = tx.send(status);
+        }
+    }
+
+    /// Ask the guest to run `command` and wait for its exit status. The
+    /// caller bounds the wait (dropping the future forgets the request);
+    /// `timeout_ms` tells the guest how long to let the command run.
+    pub async fn run(&self, command: &[String], timeout_ms: u64) -> Result<u8, String> {
+        let mut writer = self.writer.lock().await;
+        let Some(w) = writer.as_mut() else {
+            return Err("the guest channel is not connected (is the VM still booting?)".into());
+        };
+        let (id, rx) = {
+            let mut waiting = self.waiting.lock().unwrap();
+            waiting.by_id.retain(|_, tx| !tx.is_closed());
+            if waiting.by_id.len() >= EXEC_WAITING_MAX {
+                return Err(format!(
+                    "{EXEC_WAITING_MAX} commands already wait for the guest's answer"
+                ));
+            }
+            let id = waiting.next_id;
+            waiting.next_id += 1;
+            let (tx, rx) = oneshot::channel();
+            waiting.by_id.insert(id, tx);
+            (id, rx)
+        };
+        let line = exec_request(id, timeout_ms, command);
+        if let Err(e) = async {
+            w.write_all(line.as_bytes()).await?;
+            w.flush().await
+        }
+        .await
+        {
+            self.waiting.lock().unwrap().by_id.remove(&id);
+            return Err(format!("writing to the guest channel: {e}"));
+        }
+        drop(writer);
+        rx.await.map_err(|_| {
+            "the guest channel was closed or reconnected before the guest answered".to_string()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +218,119 @@ mod tests {
                 "{guest:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_commands_end_is_read_and_anything_like_it_is_a_heartbeat() {
+        assert_eq!(
+            classify(b"haven-exec-done 7 0\n"),
+            GuestLine::ExecDone { id: 7, status: 0 }
+        );
+        assert_eq!(
+            classify(b"haven-exec-done 18446744073709551615 255\r\n"),
+            GuestLine::ExecDone {
+                id: u64::MAX,
+                status: 255
+            }
+        );
+        for other in [
+            "haven-exec-done 7\n",
+            "haven-exec-done 7 256\n",
+            "haven-exec-done 7 -1\n",
+            "haven-exec-done x 0\n",
+            "haven-exec-done 7 0 extra\n",
+            "haven-exec-done  7 0\n",
+            "haven-exec-done 18446744073709551616 0\n",
+            "haven-exec 7 1000 true\n",
+        ] {
+            assert_eq!(
+                classify(other.as_bytes()),
+                GuestLine::Heartbeat,
+                "{other:?}"
+            );
+        }
+        let words = ["wget", "-q", "http://127.0.0.1/"].map(String::from);
+        assert_eq!(
+            exec_request(3, 1500, &words),
+            "haven-exec 3 1500 wget -q http://127.0.0.1/\n"
+        );
+    }
+
+    /// A request goes out as one line, the guest's answer (by id) ends
+    /// it; a reconnection fails what waited; with the channel gone, or
+    /// too many waiting, a request fails at once rather than hang.
+    #[tokio::test]
+    async fn commands_go_to_the_guest_and_their_answers_come_back_by_id() {
+        let exec = GuestExec::default();
+        let words = ["true"].map(String::from);
+        let e = exec.run(&words, 1000).await.unwrap_err();
+        assert!(e.contains("not connected"), "{e}");
+
+        let (host, guest) = tokio::io::duplex(4096);
+        exec.connected(host).await;
+        let mut guest = tokio::io::BufReader::new(guest);
+        let asked = tokio::spawn({
+            let exec = exec.clone();
+            async move { exec.run(&["check", "-q"].map(String::from), 1500).await }
+        });
+        let mut line = String::new();
+        guest.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "haven-exec 0 1500 check -q\n");
+        exec.answered(99, 0); // not asked: ignored
+        exec.answered(0, 3);
+        assert_eq!(asked.await.unwrap(), Ok(3));
+
+        // Waiting when the guest side reconnects: the answer never comes.
+        let asked = tokio::spawn({
+            let exec = exec.clone();
+            let words = words.clone();
+            async move { exec.run(&words, 1000).await }
+        });
+        line.clear();
+        guest.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "haven-exec 1 1000 true\n");
+        let (host2, _guest2) = tokio::io::duplex(4096);
+        exec.connected(host2).await;
+        exec.answered(1, 0); // the old request's answer, too late
+        let e = asked.await.unwrap().unwrap_err();
+        assert!(e.contains("reconnected"), "{e}");
+
+        // A guest that never answers keeps at most EXEC_WAITING_MAX.
+        let mut stuck = vec![];
+        for _ in 0..EXEC_WAITING_MAX {
+            let exec = exec.clone();
+            let words = words.clone();
+            stuck.push(tokio::spawn(async move { exec.run(&words, 1000).await }));
+        }
+        let full = loop {
+            tokio::task::yield_now().await;
+            if exec.waiting.lock().unwrap().by_id.len() == EXEC_WAITING_MAX {
+                break exec.run(&words, 1000).await.unwrap_err();
+            }
+        };
+        assert!(full.contains("already wait"), "{full}");
+        // Requests given up on (their futures dropped) make room again.
+        for t in &stuck {
+            t.abort();
+        }
+        for t in stuck {
+            let _ = t.await;
+        }
+        let again = tokio::spawn({
+            let exec = exec.clone();
+            async move { exec.run(&words, 1000).await }
+        });
+        loop {
+            tokio::task::yield_now().await;
+            let ids: Vec<u64> = exec.waiting.lock().unwrap().by_id.keys().copied().collect();
+            if let [id] = ids[..] {
+                exec.answered(id, 0);
+                break;
+            }
+        }
+        assert_eq!(again.await.unwrap(), Ok(0));
+        exec.disconnected().await;
+        assert!(exec.run(&["true".to_string()], 1000).await.is_err());
     }
 
     #[tokio::test]
