@@ -26,7 +26,7 @@ use haven_core::host_agent::{
 use haven_core::model::{ClusterSettings, Generation, Observed, WorkloadKind};
 use haven_drivers::process::{InstanceKey, ProcessDriver};
 use haven_drivers::Identity;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -68,7 +68,31 @@ struct HostState {
     /// Leaves the instance list out of heartbeats while the coordinator
     /// holds it.
     observed_sender: ObservedSender,
+    /// How to demote the member of each group role started here (role →
+    /// generation, command), should the role end without doing so.
+    role_demotes: BTreeMap<String, (Generation, RoleDemote)>,
+    /// Roles whose end is not reported yet: their member is being demoted
+    /// first.
+    demoting: BTreeSet<String>,
 }
+
+/// A group role's `demote`, run by the agent when the role ended without
+/// running it (killed, crashed, a failed promote): the role's own binary
+/// in demote-only mode (`group::DEMOTE_ONLY_ENV`) with the role's
+/// environment. Until it has run, the role's end is not reported, so the
+/// group is promoted nowhere else while its member here may still be.
+#[derive(Clone, Debug)]
+struct RoleDemote {
+    argv: Vec<String>,
+    env: BTreeMap<String, String>,
+    member: String,
+    member_generation: Generation,
+}
+
+/// The longest the agent waits for a demote it runs itself; a demote that
+/// fails or takes longer has the member stopped here (Pacemaker's recovery
+/// for a failed demote).
+const ROLE_DEMOTE_BOUND: Duration = Duration::from_secs(30);
 
 /// The host's machine as the tasks that feed it share it.
 #[derive(Clone)]
@@ -294,6 +318,8 @@ impl Supervisor {
                     pids,
                     vm_watches: BTreeMap::new(),
                     observed_sender: ObservedSender::default(),
+                    role_demotes: BTreeMap::new(),
+                    demoting: BTreeSet::new(),
                 })),
                 clock,
                 wake: Arc::new(tokio::sync::Notify::new()),
@@ -460,7 +486,11 @@ impl Supervisor {
             .filter(|i| i.phase == Phase::Running)
             .map(|i| (i.workload, i.generation))
             .collect();
+        let demoting = self.machine.lock().demoting.clone();
         for (workload, generation) in running {
+            if demoting.contains(&workload) {
+                continue;
+            }
             let k = key(&workload, generation);
             let exit = self.driver.take_exit(&k);
             let running = self.driver.is_running(&k);
@@ -506,8 +536,89 @@ impl Supervisor {
                 },
             };
             self.release_address(&k.workload, generation);
-            self.machine.feed_with(input, |s| forget_pid(s, &k));
+            let clean = exit.is_some_and(|e| e.code == Some(0));
+            match self.role_demote(&k.workload, generation).filter(|_| !clean) {
+                Some(demote) => {
+                    // Reported once the member is demoted (or stopped).
+                    self.machine.lock().demoting.insert(k.workload.clone());
+                    let driver = self.driver.clone();
+                    let machine = self.machine.clone();
+                    tokio::spawn(async move {
+                        demote_left_behind(&driver, &machine, &k, demote).await;
+                        machine.feed_with(input, |s| {
+                            forget_pid(s, &k);
+                            s.demoting.remove(&k.workload);
+                        });
+                    });
+                }
+                None => {
+                    self.machine.feed_with(input, |s| forget_pid(s, &k));
+                }
+            }
         }
+    }
+
+    /// How to demote the member of group role `workload` here, if it has a
+    /// demote: as recorded when this agent started the role, else (a role
+    /// adopted from an earlier agent process) from the spec held.
+    fn role_demote(&self, workload: &str, generation: Generation) -> Option<RoleDemote> {
+        let recorded = self
+            .machine
+            .lock()
+            .role_demotes
+            .get(workload)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, d)| d.clone());
+        if recorded.is_some() {
+            return recorded;
+        }
+        let g = self
+            .machine
+            .lock()
+            .specs
+            .get(workload)
+            .filter(|d| d.generation == generation)
+            .and_then(|d| match &d.spec.kind {
+                WorkloadKind::Group(g) => Some(g.clone()),
+                _ => None,
+            })?;
+        let mut env = BTreeMap::new();
+        env.insert("HAVEN_HOST".to_string(), self.host.clone());
+        let (cfg, argv) = self.role_command(workload, &g, &mut env).ok()?;
+        self.demote_command(cfg, argv, env)
+    }
+
+    /// The demote-only command of a role started as `argv` with `env`
+    /// (`None` if the group has no demote).
+    fn demote_command(
+        &self,
+        cfg: haven_drivers::group::Config,
+        argv: Vec<String>,
+        mut env: BTreeMap<String, String>,
+    ) -> Option<RoleDemote> {
+        if cfg.demote.is_empty() {
+            return None;
+        }
+        let member_generation = self
+            .machine
+            .lock()
+            .specs
+            .get(&cfg.member)
+            .map(|d| d.generation)?;
+        env.insert(
+            haven_drivers::group::CONFIG_ENV.to_owned(),
+            serde_json::to_string(&cfg).unwrap_or_default(),
+        );
+        env.insert(
+            haven_drivers::group::DEMOTE_ONLY_ENV.to_owned(),
+            "1".to_owned(),
+        );
+        Some(RoleDemote {
+            argv,
+            env,
+            member: cfg.member,
+            member_generation,
+        })
     }
 
     /// The floating address of a group whose instance here is gone
@@ -525,6 +636,70 @@ impl Supervisor {
         if let Some(a) = address {
             release_address(workload, &a);
         }
+    }
+
+    /// The command line of group `workload`'s role on this host and its
+    /// configuration (the member here, its promote and demote, the
+    /// address); `env` gets what the commands need. `Err((why, lasting))`
+    /// if it cannot run here.
+    fn role_command(
+        &self,
+        workload: &str,
+        g: &haven_core::model::GroupSpec,
+        env: &mut BTreeMap<String, String>,
+    ) -> Result<(haven_drivers::group::Config, Vec<String>), (String, bool)> {
+        let member = {
+            let s = self.machine.lock();
+            g.members.iter().find(|m| s.specs.contains_key(*m)).cloned()
+        };
+        let Some(member) = member else {
+            return Err((
+                format!("no member of group {workload} runs on this host"),
+                false,
+            ));
+        };
+        // A promotable OCF member: its agent's promote and demote, with its
+        // parameters (the role's environment).
+        let ocf_member = self
+            .machine
+            .lock()
+            .specs
+            .get(&member)
+            .and_then(|d| match &d.spec.kind {
+                WorkloadKind::Ocf(o) if o.promotable => Some(o.clone()),
+                _ => None,
+            });
+        let (promote, demote) = match &ocf_member {
+            Some(o) => {
+                let (exe, cfg) = ocf_instance_config(&member, o).map_err(|e| (e, true))?;
+                env.insert(
+                    ocf::instance::PARAMS_ENV.to_owned(),
+                    serde_json::to_string(&o.params).unwrap_or_default(),
+                );
+                (
+                    ocf::instance::action_command_line(&exe, ocf::OcfAction::Promote, &cfg),
+                    ocf::instance::action_command_line(&exe, ocf::OcfAction::Demote, &cfg),
+                )
+            }
+            None => (g.promote.clone(), g.demote.clone()),
+        };
+        let cfg = haven_drivers::group::Config {
+            group: workload.to_owned(),
+            member,
+            promote,
+            demote,
+            address: g.address.clone(),
+            interface: g.interface.clone(),
+        };
+        let exe = std::env::current_exe()
+            .map_err(|e| (format!("finding the haven binary: {e}"), false))?;
+        Ok((
+            cfg,
+            vec![
+                exe.to_string_lossy().into_owned(),
+                haven_drivers::group::SUBCOMMAND.to_owned(),
+            ],
+        ))
     }
 
     /// Whether this instance runs an OCF agent (its spec is held).
@@ -617,6 +792,7 @@ impl Supervisor {
                 WorkloadKind::Group(g) => g.address.clone(),
                 _ => None,
             });
+        let demote = self.role_demote(&workload, generation);
         let driver = self.driver.clone();
         let machine = self.machine.clone();
         let qmp_ops =
@@ -641,6 +817,13 @@ impl Supervisor {
             let took_ms = machine.clock.now_ms().saturating_sub(started_ms);
             if let Some(a) = &address {
                 release_address(&workload, a);
+            }
+            if let Some(d) = demote.filter(|_| r.is_ok()) {
+                // A role that exited 0 demoted its member itself; one
+                // killed (past its bound, or outright) may not have.
+                if !exited_cleanly(&driver, &k).await {
+                    demote_left_behind(&driver, &machine, &k, d).await;
+                }
             }
             match r {
                 Ok(()) => {
@@ -734,64 +917,22 @@ impl Supervisor {
                 argv
             }
             WorkloadKind::Group(g) => {
-                let member = {
-                    let s = self.machine.lock();
-                    g.members.iter().find(|m| s.specs.contains_key(*m)).cloned()
+                let (cfg, argv) = match self.role_command(workload, g, &mut env) {
+                    Ok(x) => x,
+                    Err((why, lasting)) => return failed(why, lasting),
                 };
-                let Some(member) = member else {
-                    return failed(
-                        format!("no member of group {workload} runs on this host"),
-                        false,
-                    );
+                let demote = self.demote_command(cfg.clone(), argv.clone(), env.clone());
+                let mut s = self.machine.lock();
+                match demote {
+                    Some(d) => s.role_demotes.insert(workload.to_owned(), (generation, d)),
+                    None => s.role_demotes.remove(workload),
                 };
-                // A promotable OCF member: its agent's promote and demote,
-                // with its parameters (the role's environment).
-                let ocf_member =
-                    self.machine
-                        .lock()
-                        .specs
-                        .get(&member)
-                        .and_then(|d| match &d.spec.kind {
-                            WorkloadKind::Ocf(o) if o.promotable => Some(o.clone()),
-                            _ => None,
-                        });
-                let (promote, demote) = match &ocf_member {
-                    Some(o) => {
-                        let (exe, cfg) = match ocf_instance_config(&member, o) {
-                            Ok(x) => x,
-                            Err(e) => return failed(e, true),
-                        };
-                        env.insert(
-                            ocf::instance::PARAMS_ENV.to_owned(),
-                            serde_json::to_string(&o.params).unwrap_or_default(),
-                        );
-                        (
-                            ocf::instance::action_command_line(&exe, ocf::OcfAction::Promote, &cfg),
-                            ocf::instance::action_command_line(&exe, ocf::OcfAction::Demote, &cfg),
-                        )
-                    }
-                    None => (g.promote.clone(), g.demote.clone()),
-                };
-                let cfg = haven_drivers::group::Config {
-                    group: workload.to_owned(),
-                    member,
-                    promote,
-                    demote,
-                    address: g.address.clone(),
-                    interface: g.interface.clone(),
-                };
-                let exe = match std::env::current_exe() {
-                    Ok(e) => e,
-                    Err(e) => return failed(format!("finding the haven binary: {e}"), false),
-                };
+                drop(s);
                 env.insert(
                     haven_drivers::group::CONFIG_ENV.to_owned(),
                     serde_json::to_string(&cfg).unwrap_or_default(),
                 );
-                vec![
-                    exe.to_string_lossy().into_owned(),
-                    haven_drivers::group::SUBCOMMAND.to_owned(),
-                ]
+                argv
             }
             WorkloadKind::Ocf(o) => {
                 // The agent's parameters in the environment, not on the
@@ -1051,6 +1192,69 @@ fn release_address(workload: &str, address: &str) {
         Err(e) => {
             tracing::warn!("{workload}: could not remove its floating address {address}: {e}")
         }
+    }
+}
+
+/// Whether `k`'s main process exited with code 0 (its exit is recorded
+/// by the driver's reaper as its group empties: waited for briefly).
+async fn exited_cleanly(driver: &ProcessDriver, k: &InstanceKey) -> bool {
+    for _ in 0..10 {
+        if let Some(e) = driver.take_exit(k) {
+            return e.code == Some(0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Run the demote of role `role`'s member here, bounded; if it fails or
+/// overruns, stop the member (its own stop: an OCF agent's `stop` runs),
+/// which the machine then sees end and starts again, unpromoted.
+async fn demote_left_behind(
+    driver: &ProcessDriver,
+    machine: &HostMachine,
+    role: &InstanceKey,
+    d: RoleDemote,
+) {
+    tracing::warn!(
+        "{role} ended without demoting {}: demoting it here",
+        d.member
+    );
+    let Some((program, args)) = d.argv.split_first() else {
+        return;
+    };
+    let run = tokio::process::Command::new(program)
+        .args(args)
+        .envs(&d.env)
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .output();
+    let failed = match tokio::time::timeout(ROLE_DEMOTE_BOUND, run).await {
+        Ok(Ok(out)) if out.status.success() => None,
+        Ok(Ok(out)) => Some(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(1024)]).trim()
+        )),
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!(
+            "no answer within {} s",
+            ROLE_DEMOTE_BOUND.as_secs()
+        )),
+    };
+    let Some(why) = failed else {
+        tracing::info!("{role}: demoted {} here", d.member);
+        return;
+    };
+    let member = key(&d.member, d.member_generation);
+    tracing::error!(
+        "{role}: demoting {} failed ({why}); stopping {member}",
+        d.member
+    );
+    let grace = Duration::from_millis(machine.lock().machine.settings().shutdown_timeout_ms);
+    if let Err(e) = driver.stop(&member, grace).await {
+        tracing::error!("{member}: could not stop it after its failed demote: {e}");
     }
 }
 

@@ -23,6 +23,11 @@ use std::process::Command;
 pub const SUBCOMMAND: &str = "group-active";
 /// The environment variable carrying the configuration (JSON).
 pub const CONFIG_ENV: &str = "HAVEN_GROUP_CONFIG";
+/// Set (to anything) in the environment: only run `demote` and exit (0 if
+/// it succeeded). The agent runs this after a role ended without its own
+/// demote (killed, crashed, or a failed promote), before the group may be
+/// promoted anywhere again.
+pub const DEMOTE_ONLY_ENV: &str = "HAVEN_GROUP_DEMOTE_ONLY";
 /// `ip` from iproute2.
 pub const IP: &str = haven_keeper::address::IP;
 /// resource-agents' ARP announcer (what IPaddr2 uses).
@@ -58,6 +63,20 @@ pub fn main() -> ! {
             std::process::exit(1);
         }
     };
+    if std::env::var_os(DEMOTE_ONLY_ENV).is_some() {
+        println!(
+            "group {}: demoting member {} after its role ended without doing so",
+            cfg.group, cfg.member
+        );
+        if cfg.demote.is_empty() {
+            std::process::exit(0);
+        }
+        if let Err(e) = run(&cfg, &cfg.demote) {
+            println!("group {}: demote: {e}", cfg.group);
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
     // Block the stop signals before anything runs, then wait for one.
     let mut signals = nix::sys::signal::SigSet::empty();
     signals.add(nix::sys::signal::Signal::SIGTERM);

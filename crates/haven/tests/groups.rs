@@ -110,3 +110,108 @@ fn an_active_standby_group_promotes_one_member_and_switches_over_demoting_first(
     );
     assert_eq!(instances_of(&c, "db").len(), 1, "never two active");
 }
+
+/// A role stopped while its demote runs, and killed before that demote
+/// ends (past its bound, or by the OOM killer): its host's agent runs the
+/// demote again, to its end, before the role's end is reported, so the
+/// member is never left promoted while the group may be promoted
+/// elsewhere.
+#[test]
+fn a_role_killed_while_demoting_has_its_member_demoted_by_its_host() {
+    let mut c = three_managers("group-demote-killed");
+    let marks = c.dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let log = c.dir.join("roles.log");
+    let member = |name: &str| {
+        format!(
+            "[[workload]]\nname = \"{name}\"\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", \"{}\", \"{}\"]\nvcpus = 1\nmemory_mib = 64\n\n",
+            MEMBER.replace('"', "\\\""),
+            marks.display()
+        )
+    };
+    let log_line =
+        |what: &str| format!("echo {what} $HAVEN_MEMBER $HAVEN_HOST >> {}", log.display());
+    let spec = format!(
+        "{}{}[[group]]\nname = \"db\"\nmode = \"active-standby\"\nmembers = [\"db-a\", \"db-b\"]\npromote = [\"/bin/sh\", \"-c\", \"{}\"]\ndemote = [\"/bin/sh\", \"-c\", \"{}; sleep 2; {}\"]\n",
+        member("db-a"),
+        member("db-b"),
+        log_line("promote"),
+        log_line("demote-begin"),
+        log_line("demote-end"),
+    );
+    let server = c.host("h1").address();
+    let file = write(&c.dir, "w.toml", &spec);
+    c.cli(&server, &["apply", "-f", &file]).unwrap();
+    let s = c
+        .wait_for("the group active", WAIT, |s| all_running(s, 3))
+        .unwrap();
+    let db = workload(&s, "db");
+    let (a, pid) = (db.host.clone().unwrap(), db.pid.expect("the role's pid"));
+    let m = ["db-a", "db-b"]
+        .into_iter()
+        .find(|m| workload(&s, m).host.as_deref() == Some(a.as_str()))
+        .unwrap();
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    c.wait_for("promoted", WAIT, |_| lines().len() == 1)
+        .unwrap();
+    c.cli(&server, &["delete", "db"]).unwrap();
+    c.wait_for("demoting", WAIT, |_| lines().len() == 2)
+        .unwrap();
+    // The role and its demote, killed as a unit (their process group).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(-(pid as i32)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.wait_for("demoted by the host", WAIT, |_| lines().len() >= 4)
+        .unwrap();
+    assert_eq!(
+        lines(),
+        [
+            format!("promote {m} {a}"),
+            format!("demote-begin {m} {a}"),
+            format!("demote-begin {m} {a}"),
+            format!("demote-end {m} {a}"),
+        ]
+    );
+    c.wait_for("the role gone", WAIT, |s| {
+        s.workloads.iter().all(|w| w.name != "db")
+    })
+    .unwrap();
+
+    // A demote that fails has its member stopped (Pacemaker's recovery
+    // for a failed demote), and started again, unpromoted.
+    let failing = spec.replace("sleep 2; ", "exit 1; ");
+    assert_ne!(failing, spec);
+    let file = write(&c.dir, "w.toml", &failing);
+    c.cli(&server, &["apply", "-f", &file]).unwrap();
+    let s = c
+        .wait_for("the group active again", WAIT, |s| all_running(s, 3))
+        .unwrap();
+    let db = workload(&s, "db");
+    let (a, pid) = (db.host.clone().unwrap(), db.pid.expect("the role's pid"));
+    let m = ["db-a", "db-b"]
+        .into_iter()
+        .find(|m| workload(&s, m).host.as_deref() == Some(a.as_str()))
+        .unwrap();
+    let member_pid = workload(&s, m).pid.expect("the member's pid");
+    c.wait_for("promoted again", WAIT, |_| lines().len() == 5)
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(-(pid as i32)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.wait_for("its member stopped and started again", WAIT, |s| {
+        let w = workload(s, m);
+        w.state == "running" && w.pid.is_some_and(|p| p != member_pid)
+    })
+    .unwrap();
+    assert_eq!(lines()[5], format!("demote-begin {m} {a}"), "{:?}", lines());
+}

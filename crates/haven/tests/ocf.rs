@@ -232,11 +232,54 @@ fn a_promotable_ocf_member_is_promoted_and_demoted_by_its_groups_role() {
         let w = workload(&s, m);
         assert_eq!((w.state.as_str(), w.restarts), ("running", 0), "{m}: {w:?}");
     }
+    // The role killed outright (as by the OOM killer): it had no chance
+    // to demote, so its host's agent does, before the role may run again.
+    let role = workload(&s, "db");
+    let pid = role.pid.expect("the role's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let s = c
+        .wait_for("the role back", WAIT, |s| {
+            let w = workload(s, "db");
+            w.state == "running" && w.pid.is_some_and(|p| p != pid)
+        })
+        .unwrap();
+    let host = workload(&s, "db").host.clone().unwrap();
+    let promoted_on = ["db-a", "db-b"]
+        .into_iter()
+        .find(|m| workload(&s, m).host.as_deref() == Some(host.as_str()))
+        .unwrap();
+    wait_until("promoted again", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| {
+            l.matches(&format!("promote {promoted_on} {host} true"))
+                .count()
+                > usize::from(promoted_on == active)
+        })
+    });
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let actions: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.starts_with("promote ") || l.starts_with("demote "))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            format!("promote {active} {on} true"),
+            format!("demote {active} {on} true"),
+            format!("promote {promoted_on} {host} true"),
+        ],
+        "the killed role's member is demoted before a member is promoted again: {lines}"
+    );
+    let (active, on) = (promoted_on, host);
+    let demotes = |l: &str| l.matches(&format!("demote {active} {on} true")).count();
+    let before = demotes(&lines);
     // The role goes: its member is demoted, and keeps running.
     c.cli(&server, &["delete", "db"]).unwrap();
     wait_until("demoted", || {
-        std::fs::read_to_string(&log)
-            .is_ok_and(|l| l.contains(&format!("demote {active} {on} true")))
+        std::fs::read_to_string(&log).is_ok_and(|l| demotes(&l) > before)
     });
     assert_eq!(
         std::fs::read_to_string(dir.join(format!("{active}-{on}")))
