@@ -515,3 +515,102 @@ fn timing_flags_that_disagree_with_the_cluster_are_refused() {
         "{events:#?}"
     );
 }
+
+/// The helper commands the agent runs (hidden from `--help`: `ocf-action`,
+/// `group-active`) refuse bad input naming it and exit non-zero, rather
+/// than act on a guess: a misspelt flag is not silently dropped.
+#[test]
+fn the_agents_helper_commands_refuse_bad_input_naming_it() {
+    let run = |args: &[&str], env: &[(&str, &str)]| -> String {
+        let out = Command::new(exe())
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("HAVEN_GROUP_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {said}");
+        said
+    };
+    let flags = |agent: &str, extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "ocf-action",
+            "promote",
+            "--agent",
+            agent,
+            "--instance",
+            "db-a",
+            "--monitor-interval-ms",
+            "1000",
+            "--start-timeout-ms",
+            "1000",
+            "--stop-timeout-ms",
+            "1000",
+            "--monitor-timeout-ms",
+            "1000",
+        ]
+        .map(String::from)
+        .to_vec();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let strs = |v: &[String]| -> Vec<String> { v.to_vec() };
+    let call = |v: Vec<String>, env: &[(&str, &str)]| {
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        run(&refs, env)
+    };
+    for (args, env, needle) in [
+        (
+            vec!["ocf-action".to_string(), "restart".into()],
+            vec![],
+            "promote or demote",
+        ),
+        (
+            vec!["ocf-action".to_string(), "promote".into()],
+            vec![],
+            "--agent is missing",
+        ),
+        (
+            vec!["ocf-action".to_string(), "promote".into(), "--agent".into()],
+            vec![],
+            "--agent: a value is missing",
+        ),
+        (strs(&flags("../x:y", &[])), vec![], "../x:y"),
+        (
+            strs(&flags("heartbeat:Dummy", &["--stop-timeout-ms", "soon"])),
+            vec![],
+            "--stop-timeout-ms: not a number of milliseconds",
+        ),
+        (
+            strs(&flags("heartbeat:Dummy", &["--promotabel", "true"])),
+            vec![],
+            "--promotabel: not a flag (known: --agent,",
+        ),
+        (
+            strs(&flags("heartbeat:Dummy", &[])),
+            vec![("HAVEN_OCF_PARAMS", "{")],
+            "HAVEN_OCF_PARAMS",
+        ),
+        (
+            vec!["group-active".to_string()],
+            vec![],
+            "no usable HAVEN_GROUP_CONFIG",
+        ),
+        (
+            vec!["group-active".to_string()],
+            vec![("HAVEN_GROUP_CONFIG", "[1]")],
+            "no usable HAVEN_GROUP_CONFIG",
+        ),
+    ] {
+        let said = call(args.clone(), &env);
+        assert!(
+            said.contains(needle),
+            "{args:?}: {needle:?} missing from: {said}"
+        );
+    }
+}

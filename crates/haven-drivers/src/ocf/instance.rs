@@ -253,9 +253,22 @@ fn say(what: OcfAction, outcome: &Outcome) {
 /// `--agent P:T --instance NAME --monitor-interval-ms N --start-timeout-ms N
 /// --stop-timeout-ms N --monitor-timeout-ms N [--ocf-root DIR]`.
 pub fn config_from(args: &[String], params_json: Option<&str>) -> Result<InstanceConfig, String> {
+    const KNOWN: [&str; 8] = [
+        "--agent",
+        "--instance",
+        "--monitor-interval-ms",
+        "--start-timeout-ms",
+        "--stop-timeout-ms",
+        "--monitor-timeout-ms",
+        "--ocf-root",
+        "--promotable",
+    ];
     let mut flags: BTreeMap<&str, &str> = BTreeMap::new();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if !KNOWN.contains(&flag.as_str()) {
+            return Err(format!("{flag}: not a flag (known: {})", KNOWN.join(", ")));
+        }
         let value = it
             .next()
             .ok_or_else(|| format!("{flag}: a value is missing"))?;
