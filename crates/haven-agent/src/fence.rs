@@ -28,13 +28,15 @@ pub async fn fence_off(dev: &FenceDevice, timeout: Duration) -> Result<Duration,
 }
 
 async fn run(dev: &FenceDevice, action: &str, timeout: Duration) -> Result<i32, String> {
-    let mut child = Command::new(&dev.agent)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run fence agent {}: {e}", dev.agent))?;
+    // Killed with everything it started if it overruns (or the fence is
+    // given up on).
+    let (mut child, group) = crate::child::GroupKill::spawn(
+        Command::new(&dev.agent)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
+    .map_err(|e| format!("cannot run fence agent {}: {e}", dev.agent))?;
     let mut input = format!("action={action}\n");
     for (k, v) in &dev.args {
         input.push_str(&format!("{k}={v}\n"));
@@ -49,7 +51,10 @@ async fn run(dev: &FenceDevice, action: &str, timeout: Duration) -> Result<i32, 
         }
     }
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => Ok(out.status.code().unwrap_or(-1)),
+        Ok(Ok(out)) => {
+            group.disarm();
+            Ok(out.status.code().unwrap_or(-1))
+        }
         Ok(Err(e)) => Err(format!("fence agent {}: {e}", dev.agent)),
         Err(_) => Err(format!(
             "fence agent {} action={action} did not finish within {} ms",

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod child;
 pub mod clock;
 pub mod config;
 pub mod coordinator;

@@ -106,21 +106,26 @@ async fn http_check(
     }
 }
 
-/// A command that exits 0; killed (with its process group) if the check
-/// times out, as the future is dropped.
+/// A command that exits 0; killed with its whole process group if the
+/// check times out, as the future is dropped.
 async fn exec_check(command: &[String]) -> CheckOutcome {
     let Some((program, args)) = command.split_first() else {
         return fail("no command".into());
     };
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .status();
-    match child.await {
+    let spawned = crate::child::GroupKill::spawn(
+        tokio::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let (mut child, group) = match spawned {
+        Ok(x) => x,
+        Err(e) => return fail(format!("{program}: {e}")),
+    };
+    let status = child.wait().await;
+    group.disarm();
+    match status {
         Ok(s) if s.success() => CheckOutcome::Pass,
         Ok(s) => fail(format!("{program} {s}")),
         Err(e) => fail(format!("{program}: {e}")),
@@ -162,4 +167,47 @@ pub fn http_client() -> reqwest::Client {
         .danger_accept_invalid_certs(true)
         .build()
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `pid` still runs (gone, or a zombie waiting to be reaped,
+    /// counts as ended).
+    fn runs(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.to_owned()))
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    }
+
+    /// A check that overruns its timeout is ended with everything it
+    /// started: a shell's background child too, not only the shell (one
+    /// stuck command left behind per interval would pile up for ever).
+    #[tokio::test]
+    async fn an_exec_check_that_times_out_leaves_no_process_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let check = ProbeCheck::Exec {
+            command: vec!["/bin/sh".into(), "-c".into(), script],
+            in_guest: false,
+        };
+        let outcome = run(&check, 500, &http_client(), None).await;
+        assert_eq!(outcome, CheckOutcome::TimedOut);
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while runs(pid) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !runs(pid),
+            "the check's background sleep ({pid}) still runs"
+        );
+    }
 }

@@ -1223,25 +1223,33 @@ async fn demote_left_behind(
     let Some((program, args)) = d.argv.split_first() else {
         return;
     };
-    let run = tokio::process::Command::new(program)
-        .args(args)
-        .envs(&d.env)
-        .stdin(std::process::Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .output();
-    let failed = match tokio::time::timeout(ROLE_DEMOTE_BOUND, run).await {
-        Ok(Ok(out)) if out.status.success() => None,
-        Ok(Ok(out)) => Some(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(1024)]).trim()
-        )),
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some(format!(
-            "no answer within {} s",
-            ROLE_DEMOTE_BOUND.as_secs()
-        )),
+    let spawned = crate::child::GroupKill::spawn(
+        tokio::process::Command::new(program)
+            .args(args)
+            .envs(&d.env)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null()),
+    );
+    let failed = match spawned {
+        Err(e) => Some(e.to_string()),
+        // Past the bound, the demote and whatever it started are killed.
+        Ok((child, group)) => {
+            match tokio::time::timeout(ROLE_DEMOTE_BOUND, child.wait_with_output()).await {
+                Ok(Ok(out)) => {
+                    group.disarm();
+                    (!out.status.success()).then(|| {
+                        let said = &out.stdout[..out.stdout.len().min(1024)];
+                        format!("{}: {}", out.status, String::from_utf8_lossy(said).trim())
+                    })
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!(
+                    "no answer within {} s",
+                    ROLE_DEMOTE_BOUND.as_secs()
+                )),
+            }
+        }
     };
     let Some(why) = failed else {
         tracing::info!("{role}: demoted {} here", d.member);
