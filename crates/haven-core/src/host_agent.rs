@@ -214,6 +214,10 @@ pub struct DesiredInstance {
     /// Its own bound on the `shutdown` response, in place of the
     /// cluster's (`model::own_shutdown_timeout_ms`).
     pub shutdown_timeout_ms: Option<u64>,
+    /// What its graceful stop needs at least, when that is more than the
+    /// host's stop grace (`model::own_stop_grace_ms`: an OCF agent's stop
+    /// timeout).
+    pub stop_grace_ms: Option<u64>,
     /// The floating address it holds (a group's role), which the keeper
     /// removes if the instance could not.
     pub floating_address: Option<String>,
@@ -238,6 +242,7 @@ impl From<&Desired> for DesiredInstance {
             generation: d.generation,
             isolation: d.isolation,
             shutdown_timeout_ms: crate::model::own_shutdown_timeout_ms(&d.spec),
+            stop_grace_ms: crate::model::own_stop_grace_ms(&d.spec),
             // As `ip` prints it (checked when applied).
             floating_address: match &d.spec.kind {
                 WorkloadKind::Group(g) => g
@@ -633,6 +638,9 @@ struct Instance {
     /// Its own bound on the `shutdown` response, if any (the cluster's
     /// `shutdown_timeout_ms` otherwise).
     own_shutdown_ms: Option<u64>,
+    /// What its graceful stop needs at least, if more than the host's
+    /// stop grace.
+    own_stop_grace_ms: Option<u64>,
     /// Its floating address (a group's role), if any.
     floating_address: Option<String>,
     /// Its stop failed: a kill is tried at this time.
@@ -686,6 +694,7 @@ impl Instance {
             phase: Phase::Starting,
             isolation,
             own_shutdown_ms: None,
+            own_stop_grace_ms: None,
             floating_address: None,
             stop_retry_at_ms: None,
             tracker: RestartTracker::new(policy),
@@ -706,9 +715,16 @@ impl Instance {
 
     /// What the coordinator's current word says of its stop: its own
     /// shutdown bound and its floating address (the keeper's policy).
-    fn follow(&mut self, own_shutdown_ms: Option<u64>, floating_address: Option<String>) {
-        self.own_shutdown_ms = own_shutdown_ms;
-        self.floating_address = floating_address;
+    fn follow(&mut self, d: &DesiredInstance) {
+        self.own_shutdown_ms = d.shutdown_timeout_ms;
+        self.own_stop_grace_ms = d.stop_grace_ms;
+        self.floating_address = d.floating_address.clone();
+    }
+
+    /// Its graceful stop's grace: the host's, or its own if longer.
+    fn stop_grace_ms(&self, host_grace_ms: u64) -> u64 {
+        self.own_stop_grace_ms
+            .map_or(host_grace_ms, |own| own.max(host_grace_ms))
     }
 
     /// May it have a process: starting (its result not back), running, or
@@ -1532,7 +1548,7 @@ impl HostAgent {
                 if let Some(i) = self.instances.get_mut(&d.workload) {
                     if i.generation == d.generation {
                         i.isolation = d.isolation;
-                        i.follow(d.shutdown_timeout_ms, d.floating_address.clone());
+                        i.follow(d);
                     }
                 }
             }
@@ -1565,13 +1581,13 @@ impl HostAgent {
                 Action::Stop {
                     workload,
                     generation,
-                } => (
-                    workload,
-                    generation,
-                    StopHow::Graceful {
-                        grace_ms: self.stop_grace_ms,
-                    },
-                ),
+                } => {
+                    let grace_ms = self
+                        .instances
+                        .get(&workload)
+                        .map_or(self.stop_grace_ms, |i| i.stop_grace_ms(self.stop_grace_ms));
+                    (workload, generation, StopHow::Graceful { grace_ms })
+                }
                 Action::Shutdown {
                     workload,
                     generation,
@@ -1680,11 +1696,13 @@ impl HostAgent {
     /// backoff, or `failed` (and moved by the coordinator) once the budget
     /// is spent.
     fn liveness_failed(&mut self, w: &str, reason: String, now_ms: u64, out: &mut Vec<HostEffect>) {
-        let grace_ms = self.stop_grace_ms;
+        let host_grace_ms = self.stop_grace_ms;
         let Some(i) = self.instances.get_mut(w) else {
             return;
         };
-        let how = StopHow::Graceful { grace_ms };
+        let how = StopHow::Graceful {
+            grace_ms: i.stop_grace_ms(host_grace_ms),
+        };
         let (after, event) = match i.tracker.on_exit(now_ms) {
             RestartDecision::RestartAfter {
                 delay_ms,
@@ -1744,12 +1762,11 @@ impl HostAgent {
             return;
         }
         let (isolation, restart, vm) = (d.isolation, d.restart, d.vm);
-        let (own_shutdown_ms, address) = (d.shutdown_timeout_ms, d.floating_address.clone());
         let i = self
             .instances
             .entry(workload.clone())
             .or_insert_with(|| Instance::new(generation, isolation, restart, vm));
-        i.follow(own_shutdown_ms, address);
+        i.follow(d);
         // Waiting for the disks' lock is no restart.
         if matches!(i.phase, Phase::Restarting { .. }) && !i.lock_wait {
             i.restarts += 1;

@@ -223,6 +223,21 @@ pub fn own_shutdown_timeout_ms(spec: &WorkloadSpec) -> Option<u64> {
         _ => None,
     }
 }
+/// What an OCF instance needs beyond its agent's `stop` timeout to end
+/// once told to stop (its own exit, the log copier's).
+pub const OCF_STOP_OVERHEAD_MS: u64 = 2_000;
+
+/// What a workload's graceful stop needs at least, whatever the host's
+/// stop grace (`--stop-grace-ms`): an OCF instance runs its agent's `stop`
+/// for up to `stop_timeout_ms` when told to stop, which the kill of its
+/// cgroup must not cut short. Every other workload: none.
+pub fn own_stop_grace_ms(spec: &WorkloadSpec) -> Option<u64> {
+    match &spec.kind {
+        WorkloadKind::Ocf(o) => Some(o.stop_timeout_ms.saturating_add(OCF_STOP_OVERHEAD_MS)),
+        _ => None,
+    }
+}
+
 pub const DEFAULT_FENCE_AFTER_MS: u64 = 400;
 pub const DEFAULT_RESTART_GRACE_MS: u64 = 30_000;
 

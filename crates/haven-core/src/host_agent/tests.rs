@@ -178,6 +178,7 @@ fn want(workload: &str, generation: u64, isolation: IsolationResponse) -> Desire
         generation: g(generation),
         isolation,
         shutdown_timeout_ms: None,
+        stop_grace_ms: None,
         floating_address: None,
         restart: RestartPolicy {
             max_restarts: 2,
@@ -406,6 +407,106 @@ fn shutdown_is_graceful_and_bounded_by_the_clusters_timeout() {
             g(1),
             StopHow::Shutdown {
                 timeout_ms: ClusterSettings::default().shutdown_timeout_ms
+            }
+        )]
+    );
+}
+
+/// An instance whose own stop needs longer than the host's stop grace (an
+/// OCF agent's `stop_timeout_ms`) is given that long when it is stopped,
+/// whether it goes from the desired list or its liveness probe fails: its
+/// agent's stop is not cut short by the kill of its cgroup. One that needs
+/// less keeps the host's grace.
+#[test]
+fn an_instance_is_given_its_own_longer_stop_grace() {
+    let mut a = agent();
+    let slow = DesiredInstance {
+        stop_grace_ms: Some(GRACE_MS + 50_000),
+        ..want("db", 1, IsolationResponse::PowerOff)
+    };
+    let quick = DesiredInstance {
+        stop_grace_ms: Some(GRACE_MS / 2),
+        ..want("web", 1, IsolationResponse::PowerOff)
+    };
+    let fx = a.handle(ack(0, 1, vec![slow.clone(), quick.clone()]), 10);
+    assert_eq!(starts(&fx).len(), 2);
+    started(&mut a, "db", 1, 20);
+    started(&mut a, "web", 1, 20);
+    let fx = a.handle(ack(30, 2, vec![]), 40);
+    let mut stopped = stops(&fx);
+    stopped.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        stopped,
+        vec![
+            (
+                "db".to_string(),
+                g(1),
+                StopHow::Graceful {
+                    grace_ms: GRACE_MS + 50_000
+                }
+            ),
+            (
+                "web".to_string(),
+                g(1),
+                StopHow::Graceful { grace_ms: GRACE_MS }
+            ),
+        ]
+    );
+
+    // A failed liveness probe stops it with the same grace.
+    use crate::probe::{CheckOutcome, ProbeCheck, ProbeRole, ProbeSpec};
+    let mut probe = ProbeSpec::new(
+        ProbeRole::Liveness,
+        ProbeCheck::Tcp {
+            port: 5432,
+            host: None,
+        },
+    );
+    probe.interval_ms = 100;
+    probe.timeout_ms = 100;
+    probe.failure_threshold = 1;
+    let mut a = agent();
+    let probed = DesiredInstance {
+        probes: vec![probe],
+        ..slow
+    };
+    a.handle(ack(0, 1, vec![probed]), 10);
+    let mut fx = started(&mut a, "db", 1, 20);
+    let mut seen = vec![];
+    for t in (30..900).step_by(10) {
+        fx.extend(a.handle(HostInput::Tick, t));
+        for e in std::mem::take(&mut fx) {
+            if let HostEffect::RunProbe {
+                workload,
+                generation,
+                probe,
+                check,
+                ..
+            } = e
+            {
+                let failed = CheckOutcome::Fail {
+                    reason: "refused".into(),
+                };
+                let result = HostInput::ProbeResult {
+                    workload,
+                    generation,
+                    probe,
+                    check,
+                    outcome: failed,
+                };
+                fx.extend(a.handle(result, t + 1));
+            } else {
+                seen.push(e);
+            }
+        }
+    }
+    assert_eq!(
+        stops(&seen),
+        vec![(
+            "db".to_string(),
+            g(1),
+            StopHow::Graceful {
+                grace_ms: GRACE_MS + 50_000
             }
         )]
     );
