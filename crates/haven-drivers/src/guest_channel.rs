@@ -108,6 +108,10 @@ pub async fn next_line<R: AsyncBufRead + Unpin>(
 /// The most commands of one VM waiting for the guest's answer at once; a
 /// guest that answers none keeps a fixed number of entries.
 pub const EXEC_WAITING_MAX: usize = 16;
+/// The longest a request's line may take to be written: longer, and the
+/// guest is not reading its channel (its buffers are full). The way to
+/// the guest is never held longer than this, whatever a probe's timeout.
+pub const EXEC_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
@@ -173,14 +177,21 @@ impl GuestExec {
             (id, rx)
         };
         let line = exec_request(id, timeout_ms, command);
-        if let Err(e) = async {
+        let write = async {
             w.write_all(line.as_bytes()).await?;
             w.flush().await
-        }
-        .await
-        {
+        };
+        let written = match tokio::time::timeout(EXEC_WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("writing to the guest channel: {e}")),
+            Err(_) => Err(format!(
+                "the guest has not read its channel for {} ms (is its helper running?)",
+                EXEC_WRITE_TIMEOUT.as_millis()
+            )),
+        };
+        if let Err(e) = written {
             self.waiting.lock().unwrap().by_id.remove(&id);
-            return Err(format!("writing to the guest channel: {e}"));
+            return Err(e);
         }
         drop(writer);
         rx.await.map_err(|_| {
@@ -331,6 +342,19 @@ mod tests {
         assert_eq!(again.await.unwrap(), Ok(0));
         exec.disconnected().await;
         assert!(exec.run(&["true".to_string()], 1000).await.is_err());
+
+        // A guest that does not read: the request fails once the line
+        // cannot be written, rather than hold the way to the guest.
+        let (host, _guest) = tokio::io::duplex(8);
+        exec.connected(host).await;
+        let started = std::time::Instant::now();
+        let e = exec.run(&["true".to_string()], 60_000).await.unwrap_err();
+        assert!(e.contains("has not read its channel"), "{e}");
+        assert!(started.elapsed() < EXEC_WRITE_TIMEOUT * 5);
+        let (host, _guest) = tokio::io::duplex(4096);
+        tokio::time::timeout(EXEC_WRITE_TIMEOUT, exec.connected(host))
+            .await
+            .expect("the way to the guest is free again");
     }
 
     #[tokio::test]
