@@ -119,7 +119,17 @@ pub async fn run(args: ScaleArgs) -> Result<()> {
     let exe = std::env::current_exe().context("finding the haven binary")?;
     let mut c = LocalCluster::new(&exe, "scale")?;
     c.keep_dir(args.keep);
-    let result = scale(&mut c, &args).await;
+    // Ended by a signal, the cluster is removed all the same (the players'
+    // tasks die with this process).
+    let result = tokio::select! {
+        r = scale(&mut c, &args) => r,
+        _ = crate::localcluster::interrupted() => {
+            eprintln!("interrupted: removing the cluster");
+            c.keep_dir(args.keep);
+            tokio::task::block_in_place(|| c.cleanup());
+            return Err(anyhow!("interrupted"));
+        }
+    };
     if result.is_err() {
         let h1 = c.host("h1").address();
         if let Ok(ev) = tokio::task::block_in_place(|| c.cli(&h1, &["events"])) {

@@ -30,7 +30,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let script = tokio::task::spawn_blocking(move || script(&c2, args.hold_s));
     let outcome = tokio::select! {
         r = script => r.unwrap_or_else(|e| Err(anyhow::anyhow!("demo panicked: {e}"))),
-        _ = tokio::signal::ctrl_c() => {
+        _ = crate::localcluster::interrupted() => {
             eprintln!("\ninterrupted: cleaning up");
             Err(anyhow::anyhow!("interrupted"))
         }

@@ -367,6 +367,25 @@ impl Drop for LocalCluster {
     }
 }
 
+/// Completes at the first SIGINT or SIGTERM (Ctrl-C, `kill`, `timeout`):
+/// what the demo and the benchmarks wait for beside their work, so that
+/// they remove the cluster they made however they are ended (short of
+/// SIGKILL).
+pub async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Kill everything in a cgroup subtree and remove it, deepest first.
 pub fn remove_cgroup_tree(path: &Path) {
     if !path.exists() {
