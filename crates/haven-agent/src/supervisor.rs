@@ -818,7 +818,15 @@ impl Supervisor {
             if let Some(a) = &address {
                 release_address(&workload, a);
             }
-            if let Some(d) = demote.filter(|_| r.is_ok()) {
+            // Its exit already seen, and its member's demote under way
+            // (`notice_exits`): that one is waited for, not run again.
+            let held = || machine.lock().demoting.contains(&workload);
+            if held() {
+                let until = tokio::time::Instant::now() + ROLE_DEMOTE_BOUND * 2;
+                while held() && tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            } else if let Some(d) = demote.filter(|_| r.is_ok()) {
                 // A role that exited 0 demoted its member itself; one
                 // killed (past its bound, or outright) may not have.
                 if !exited_cleanly(&driver, &k).await {
