@@ -29,8 +29,9 @@ impl GroupKill {
 
 impl Drop for GroupKill {
     fn drop(&mut self) {
-        // The leader is not reaped before this guard has run (it is
-        // waited for after), so its pgid cannot have been given to others.
+        // Callers wait with `Child::wait` on a child they keep, declared
+        // before this guard: dropped after it, so the leader is not reaped
+        // (its pgid not free to be given to others) before this has run.
         if let Some(pgid) = self.0.take() {
             let _ = killpg(pgid, Signal::SIGKILL);
         }

@@ -34,7 +34,7 @@ async fn run(dev: &FenceDevice, action: &str, timeout: Duration) -> Result<i32, 
         Command::new(&dev.agent)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
+            .stderr(Stdio::null()),
     )
     .map_err(|e| format!("cannot run fence agent {}: {e}", dev.agent))?;
     let mut input = format!("action={action}\n");
@@ -50,10 +50,10 @@ async fn run(dev: &FenceDevice, action: &str, timeout: Duration) -> Result<i32, 
             }
         }
     }
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => {
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) => {
             group.disarm();
-            Ok(out.status.code().unwrap_or(-1))
+            Ok(status.code().unwrap_or(-1))
         }
         Ok(Err(e)) => Err(format!("fence agent {}: {e}", dev.agent)),
         Err(_) => Err(format!(

@@ -87,11 +87,14 @@ struct RoleDemote {
     env: BTreeMap<String, String>,
     member: String,
     member_generation: Generation,
+    /// How long it may take: [`ROLE_DEMOTE_BOUND`], or a promotable OCF
+    /// member's own demote timeout (plus its overhead) if longer.
+    bound: Duration,
 }
 
-/// The longest the agent waits for a demote it runs itself; a demote that
-/// fails or takes longer has the member stopped here (Pacemaker's recovery
-/// for a failed demote).
+/// The longest the agent waits for a demote it runs itself (unless the
+/// member's agent is allowed longer); a demote that fails or takes longer
+/// has the member stopped here (Pacemaker's recovery for a failed demote).
 const ROLE_DEMOTE_BOUND: Duration = Duration::from_secs(30);
 
 /// The host's machine as the tasks that feed it share it.
@@ -478,19 +481,18 @@ impl Supervisor {
     /// What the main process left behind in its group is killed, as a
     /// unit.
     fn notice_exits(&self) {
-        let running: Vec<(String, Generation)> = self
-            .machine
-            .lock()
-            .machine
-            .instances()
-            .filter(|i| i.phase == Phase::Running)
-            .map(|i| (i.workload, i.generation))
-            .collect();
-        let demoting = self.machine.lock().demoting.clone();
+        // One snapshot: a role whose member is being demoted is reported
+        // (and leaves `demoting`) under one lock, so it is either still in
+        // `demoting` here or no longer `Running`.
+        let running: Vec<(String, Generation)> = {
+            let s = self.machine.lock();
+            s.machine
+                .instances()
+                .filter(|i| i.phase == Phase::Running && !s.demoting.contains(&i.workload))
+                .map(|i| (i.workload, i.generation))
+                .collect()
+        };
         for (workload, generation) in running {
-            if demoting.contains(&workload) {
-                continue;
-            }
             let k = key(&workload, generation);
             let exit = self.driver.take_exit(&k);
             let running = self.driver.is_running(&k);
@@ -599,12 +601,15 @@ impl Supervisor {
         if cfg.demote.is_empty() {
             return None;
         }
-        let member_generation = self
+        let (member_generation, member_grace_ms) = self
             .machine
             .lock()
             .specs
             .get(&cfg.member)
-            .map(|d| d.generation)?;
+            .map(|d| (d.generation, haven_core::model::own_stop_grace_ms(&d.spec)))?;
+        let bound = member_grace_ms.map_or(ROLE_DEMOTE_BOUND, |ms| {
+            ROLE_DEMOTE_BOUND.max(Duration::from_millis(ms))
+        });
         env.insert(
             haven_drivers::group::CONFIG_ENV.to_owned(),
             serde_json::to_string(&cfg).unwrap_or_default(),
@@ -618,6 +623,7 @@ impl Supervisor {
             env,
             member: cfg.member,
             member_generation,
+            bound,
         })
     }
 
@@ -822,7 +828,8 @@ impl Supervisor {
             // (`notice_exits`): that one is waited for, not run again.
             let held = || machine.lock().demoting.contains(&workload);
             if held() {
-                let until = tokio::time::Instant::now() + ROLE_DEMOTE_BOUND * 2;
+                let bound = demote.as_ref().map_or(ROLE_DEMOTE_BOUND, |d| d.bound);
+                let until = tokio::time::Instant::now() + bound * 2;
                 while held() && tokio::time::Instant::now() < until {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -1231,33 +1238,27 @@ async fn demote_left_behind(
     let Some((program, args)) = d.argv.split_first() else {
         return;
     };
+    // Its output is the role's (none of it is read here): waiting for the
+    // exit, not for the end of a pipe a background process may hold.
     let spawned = crate::child::GroupKill::spawn(
         tokio::process::Command::new(program)
             .args(args)
             .envs(&d.env)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null()),
     );
     let failed = match spawned {
         Err(e) => Some(e.to_string()),
         // Past the bound, the demote and whatever it started are killed.
-        Ok((child, group)) => {
-            match tokio::time::timeout(ROLE_DEMOTE_BOUND, child.wait_with_output()).await {
-                Ok(Ok(out)) => {
-                    group.disarm();
-                    (!out.status.success()).then(|| {
-                        let said = &out.stdout[..out.stdout.len().min(1024)];
-                        format!("{}: {}", out.status, String::from_utf8_lossy(said).trim())
-                    })
-                }
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!(
-                    "no answer within {} s",
-                    ROLE_DEMOTE_BOUND.as_secs()
-                )),
+        Ok((mut child, group)) => match tokio::time::timeout(d.bound, child.wait()).await {
+            Ok(Ok(status)) => {
+                group.disarm();
+                (!status.success()).then(|| status.to_string())
             }
-        }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {} s", d.bound.as_secs())),
+        },
     };
     let Some(why) = failed else {
         tracing::info!("{role}: demoted {} here", d.member);
@@ -1268,7 +1269,7 @@ async fn demote_left_behind(
         "{role}: demoting {} failed ({why}); stopping {member}",
         d.member
     );
-    let grace = Duration::from_millis(machine.lock().machine.settings().shutdown_timeout_ms);
+    let grace = Duration::from_millis(machine.lock().machine.stop_grace_ms_of(&d.member));
     if let Err(e) = driver.stop(&member, grace).await {
         tracing::error!("{member}: could not stop it after its failed demote: {e}");
     }

@@ -207,6 +207,7 @@ async fn read_heartbeats(path: PathBuf, tx: tokio::sync::mpsc::Sender<GuestLine>
                 exec.connected(w).await;
                 let mut r = BufReader::new(r);
                 while let Ok(Some(line)) = guest_channel::next_line(&mut r, &mut buf).await {
+                    exec.heard();
                     if let GuestLine::ExecDone { id, status } = line {
                         exec.answered(id, status);
                     }

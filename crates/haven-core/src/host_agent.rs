@@ -805,6 +805,14 @@ enum AuthorityKind {
 }
 
 impl HostAgent {
+    /// The grace a graceful stop of `workload`'s instance here gets: the
+    /// host's stop grace, or its own if longer (`model::own_stop_grace_ms`).
+    pub fn stop_grace_ms_of(&self, workload: &str) -> u64 {
+        self.instances
+            .get(workload)
+            .map_or(self.stop_grace_ms, |i| i.stop_grace_ms(self.stop_grace_ms))
+    }
+
     /// A host agent starting at `now_ms`, with what its predecessor left.
     /// Returns the machine and the effects of starting (an older adopted
     /// generation next to a newer one is killed).

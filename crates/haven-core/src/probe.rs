@@ -463,6 +463,15 @@ pub fn guest_command_problem(command: &[String]) -> Option<String> {
                 shorten(a, 80)
             ));
         }
+        // The guest checks the line's length, which its shell may count in
+        // characters.
+        if !a.is_ascii() {
+            return Some(format!(
+                "argument {} {:?} is not printable ASCII, which is all the guest channel passes; {fix}",
+                i + 1,
+                shorten(a, 80)
+            ));
+        }
     }
     let len = command
         .iter()

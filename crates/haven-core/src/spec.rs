@@ -2875,6 +2875,10 @@ min_uptime_s = 10
             ("[\"grep\", \"a b\", \"/f\"]", "argument 2 \"a b\""),
             ("[\"/bin/check\", \"x\\ty\"]", "argument 2 \"x?y\""),
             ("[\"/bin/check\", \"\"]", "argument 2 is empty"),
+            (
+                "[\"/bin/check\", \"café\"]",
+                "argument 2 \"café\" is not printable ASCII",
+            ),
         ] {
             let e = errs(&probe(bad));
             assert!(

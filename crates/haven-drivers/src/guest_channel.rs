@@ -70,10 +70,19 @@ fn exec_done(line: &[u8]) -> Option<GuestLine> {
 
 /// The line asking the guest to run `command` (its words checked at apply:
 /// `haven_core::probe::guest_command_problem`) as request `id`, within
-/// `timeout_ms`.
+/// `timeout_ms`: `haven-exec ID TIMEOUT_MS LENGTH WORD...`, LENGTH the
+/// bytes of the words and the spaces between them, which the guest checks,
+/// so that a line cut off by a write given up on, and the next line joined
+/// to it, is never run.
 pub fn exec_request(id: u64, timeout_ms: u64, command: &[String]) -> String {
-    format!("{EXEC_LINE} {id} {timeout_ms} {}\n", command.join(" "))
+    let words = command.join(" ");
+    format!("{EXEC_LINE} {id} {timeout_ms} {} {words}\n", words.len())
 }
+
+/// A request is sent only if the guest said something on the channel this
+/// recently (its heartbeat): otherwise its side is not open (booting, or
+/// no helper), and requests would only pile up, to run late all at once.
+pub const EXEC_HEARD_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The next line of `r`, classified; `Ok(None)` at the end of the stream
 /// (a partial last line is dropped). At most [`LINE_MAX_BYTES`] of it are
@@ -123,6 +132,8 @@ type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 pub struct GuestExec {
     writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
     waiting: Arc<Mutex<Waiting>>,
+    /// When the guest last said anything on this connection.
+    heard: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 #[derive(Default)]
@@ -137,7 +148,13 @@ impl GuestExec {
     pub async fn connected(&self, w: impl AsyncWrite + Send + Unpin + 'static) {
         let mut writer = self.writer.lock().await;
         self.waiting.lock().unwrap().by_id.clear();
+        *self.heard.lock().unwrap() = None;
         *writer = Some(Box::new(w));
+    }
+
+    /// The guest said something (any line) on the channel.
+    pub fn heard(&self) {
+        *self.heard.lock().unwrap() = Some(std::time::Instant::now());
     }
 
     /// The channel is gone: requests fail at once until it is back.
@@ -162,6 +179,13 @@ impl GuestExec {
         let Some(w) = writer.as_mut() else {
             return Err("the guest channel is not connected (is the VM still booting?)".into());
         };
+        let heard = *self.heard.lock().unwrap();
+        if heard.is_none_or(|at| at.elapsed() > EXEC_HEARD_WITHIN) {
+            return Err(format!(
+                "the guest has said nothing on its channel for {} s (still booting, or no heartbeat writer there)",
+                EXEC_HEARD_WITHIN.as_secs()
+            ));
+        }
         let (id, rx) = {
             let mut waiting = self.waiting.lock().unwrap();
             waiting.by_id.retain(|_, tx| !tx.is_closed());
@@ -263,7 +287,8 @@ mod tests {
         let words = ["wget", "-q", "http://127.0.0.1/"].map(String::from);
         assert_eq!(
             exec_request(3, 1500, &words),
-            "haven-exec 3 1500 wget -q http://127.0.0.1/\n"
+            "haven-exec 3 1500 25 wget -q http://127.0.0.1/\n",
+            "the words' length in bytes: a line joined to a cut-off one fails it"
         );
     }
 
@@ -279,6 +304,11 @@ mod tests {
 
         let (host, guest) = tokio::io::duplex(4096);
         exec.connected(host).await;
+        // Nothing heard from the guest on this connection yet (its port is
+        // not open: booting): nothing is sent, to run late all at once.
+        let e = exec.run(&words, 1000).await.unwrap_err();
+        assert!(e.contains("said nothing"), "{e}");
+        exec.heard();
         let mut guest = tokio::io::BufReader::new(guest);
         let asked = tokio::spawn({
             let exec = exec.clone();
@@ -286,7 +316,7 @@ mod tests {
         });
         let mut line = String::new();
         guest.read_line(&mut line).await.unwrap();
-        assert_eq!(line, "haven-exec 0 1500 check -q\n");
+        assert_eq!(line, "haven-exec 0 1500 8 check -q\n");
         exec.answered(99, 0); // not asked: ignored
         exec.answered(0, 3);
         assert_eq!(asked.await.unwrap(), Ok(3));
@@ -299,9 +329,10 @@ mod tests {
         });
         line.clear();
         guest.read_line(&mut line).await.unwrap();
-        assert_eq!(line, "haven-exec 1 1000 true\n");
+        assert_eq!(line, "haven-exec 1 1000 4 true\n");
         let (host2, _guest2) = tokio::io::duplex(4096);
         exec.connected(host2).await;
+        exec.heard();
         exec.answered(1, 0); // the old request's answer, too late
         let e = asked.await.unwrap().unwrap_err();
         assert!(e.contains("reconnected"), "{e}");
@@ -347,6 +378,7 @@ mod tests {
         // cannot be written, rather than hold the way to the guest.
         let (host, _guest) = tokio::io::duplex(8);
         exec.connected(host).await;
+        exec.heard();
         let started = std::time::Instant::now();
         let e = exec.run(&["true".to_string()], 60_000).await.unwrap_err();
         assert!(e.contains("has not read its channel"), "{e}");

@@ -592,6 +592,11 @@ fn the_agents_helper_commands_refuse_bad_input_naming_it() {
             "--promotabel: not a flag (known: --agent,",
         ),
         (
+            strs(&flags("heartbeat:Dummy", &["--promotable", "yes"])),
+            vec![],
+            "--promotable: \"yes\" is not true or false",
+        ),
+        (
             strs(&flags("heartbeat:Dummy", &[])),
             vec![("HAVEN_OCF_PARAMS", "{")],
             "HAVEN_OCF_PARAMS",

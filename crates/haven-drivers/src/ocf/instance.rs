@@ -304,7 +304,11 @@ pub fn config_from(args: &[String], params_json: Option<&str>) -> Result<Instanc
         start_timeout_ms: ms("--start-timeout-ms")?,
         stop_timeout_ms: ms("--stop-timeout-ms")?,
         monitor_timeout_ms: ms("--monitor-timeout-ms")?,
-        promotable: flags.get("--promotable") == Some(&"true"),
+        promotable: match flags.get("--promotable").copied() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(format!("--promotable: {other:?} is not true or false")),
+        },
     })
 }
 
