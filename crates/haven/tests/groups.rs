@@ -6,11 +6,45 @@
 mod common;
 
 use common::*;
+use std::path::Path;
 
 /// A member that runs until a mark file for its host exists (then every
 /// start exits at once).
 const MEMBER: &str =
     "if [ -e \"$0/crash-$HAVEN_HOST\" ]; then exit 1; fi; exec /bin/sleep infinity";
+
+/// `echo WHAT $HAVEN_MEMBER $HAVEN_HOST >> LOG`: a role command's line in
+/// the test's log.
+fn log_line(log: &Path, what: &str) -> String {
+    format!("echo {what} $HAVEN_MEMBER $HAVEN_HOST >> {}", log.display())
+}
+
+/// Members db-a and db-b (each `MEMBER` with its marks in `marks`, `extra`
+/// added to their spec) and active-standby group db, whose `promote` and
+/// `demote` run the shell lines given.
+fn db_group(marks: &Path, extra: &str, promote: &str, demote: &str) -> String {
+    let member = |name: &str| {
+        format!(
+            "[[workload]]\nname = \"{name}\"\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", \"{}\", \"{}\"]\nvcpus = 1\nmemory_mib = 64\n{extra}\n",
+            MEMBER.replace('"', "\\\""),
+            marks.display()
+        )
+    };
+    format!(
+        "{}{}[[group]]\nname = \"db\"\nmode = \"active-standby\"\nmembers = [\"db-a\", \"db-b\"]\npromote = [\"/bin/sh\", \"-c\", \"{promote}\"]\ndemote = [\"/bin/sh\", \"-c\", \"{demote}\"]\n",
+        member("db-a"),
+        member("db-b"),
+    )
+}
+
+/// The lines of the roles' log so far.
+fn log_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
 
 #[test]
 fn an_active_standby_group_promotes_one_member_and_switches_over_demoting_first() {
@@ -18,25 +52,11 @@ fn an_active_standby_group_promotes_one_member_and_switches_over_demoting_first(
     let marks = c.dir.join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let log = c.dir.join("roles.log");
-    let member = |name: &str| {
-        format!(
-            "[[workload]]\nname = \"{name}\"\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", \"{}\", \"{}\"]\nvcpus = 1\nmemory_mib = 64\nmax_restarts = 1\n\n",
-            MEMBER.replace('"', "\\\""),
-            marks.display()
-        )
-    };
-    let role = |what: &str| {
-        format!(
-            "[\"/bin/sh\", \"-c\", \"echo {what} $HAVEN_MEMBER $HAVEN_HOST >> {}\"]",
-            log.display()
-        )
-    };
-    let spec = format!(
-        "{}{}[[group]]\nname = \"db\"\nmode = \"active-standby\"\nmembers = [\"db-a\", \"db-b\"]\npromote = {}\ndemote = {}\n",
-        member("db-a"),
-        member("db-b"),
-        role("promote"),
-        role("demote"),
+    let spec = db_group(
+        &marks,
+        "max_restarts = 1\n",
+        &log_line(&log, "promote"),
+        &log_line(&log, "demote"),
     );
     let file = write(&c.dir, "w.toml", &spec);
     c.cli(&c.host("h1").address(), &["apply", "-f", &file])
@@ -64,13 +84,7 @@ fn an_active_standby_group_promotes_one_member_and_switches_over_demoting_first(
         "status names the members: {:?}",
         db.reason
     );
-    let lines = || -> Vec<String> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    };
+    let lines = || log_lines(&log);
     c.wait_for("promoted", WAIT, |_| lines().len() == 1)
         .unwrap();
     assert_eq!(lines(), [format!("promote {m} {a}")]);
@@ -122,23 +136,12 @@ fn a_role_killed_while_demoting_has_its_member_demoted_by_its_host() {
     let marks = c.dir.join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let log = c.dir.join("roles.log");
-    let member = |name: &str| {
-        format!(
-            "[[workload]]\nname = \"{name}\"\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", \"{}\", \"{}\"]\nvcpus = 1\nmemory_mib = 64\n\n",
-            MEMBER.replace('"', "\\\""),
-            marks.display()
-        )
-    };
-    let log_line =
-        |what: &str| format!("echo {what} $HAVEN_MEMBER $HAVEN_HOST >> {}", log.display());
-    let spec = format!(
-        "{}{}[[group]]\nname = \"db\"\nmode = \"active-standby\"\nmembers = [\"db-a\", \"db-b\"]\npromote = [\"/bin/sh\", \"-c\", \"{}\"]\ndemote = [\"/bin/sh\", \"-c\", \"{}; sleep 2; {}\"]\n",
-        member("db-a"),
-        member("db-b"),
-        log_line("promote"),
-        log_line("demote-begin"),
-        log_line("demote-end"),
+    let demote = format!(
+        "{}; sleep 2; {}",
+        log_line(&log, "demote-begin"),
+        log_line(&log, "demote-end")
     );
+    let spec = db_group(&marks, "", &log_line(&log, "promote"), &demote);
     let server = c.host("h1").address();
     let file = write(&c.dir, "w.toml", &spec);
     c.cli(&server, &["apply", "-f", &file]).unwrap();
@@ -151,13 +154,7 @@ fn a_role_killed_while_demoting_has_its_member_demoted_by_its_host() {
         .into_iter()
         .find(|m| workload(&s, m).host.as_deref() == Some(a.as_str()))
         .unwrap();
-    let lines = || -> Vec<String> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    };
+    let lines = || log_lines(&log);
     c.wait_for("promoted", WAIT, |_| lines().len() == 1)
         .unwrap();
     c.cli(&server, &["delete", "db"]).unwrap();

@@ -454,17 +454,8 @@ fn an_instance_is_given_its_own_longer_stop_grace() {
     );
 
     // A failed liveness probe stops it with the same grace.
-    use crate::probe::{CheckOutcome, ProbeCheck, ProbeRole, ProbeSpec};
-    let mut probe = ProbeSpec::new(
-        ProbeRole::Liveness,
-        ProbeCheck::Tcp {
-            port: 5432,
-            host: None,
-        },
-    );
-    probe.interval_ms = 100;
-    probe.timeout_ms = 100;
-    probe.failure_threshold = 1;
+    use crate::probe::{CheckOutcome, ProbeRole};
+    let probe = tcp_probe(ProbeRole::Liveness, 5432, 1);
     let mut a = agent();
     let probed = DesiredInstance {
         probes: vec![probe],
@@ -1336,17 +1327,8 @@ fn the_instance_list_is_left_out_only_while_the_coordinator_holds_it() {
 /// changes nothing.
 #[test]
 fn a_failing_liveness_probe_restarts_the_instance_in_place_then_fails_it() {
-    use crate::probe::{CheckOutcome, ProbeCheck, ProbeRole, ProbeSpec};
-    let mut probe = ProbeSpec::new(
-        ProbeRole::Liveness,
-        ProbeCheck::Tcp {
-            port: 80,
-            host: None,
-        },
-    );
-    probe.interval_ms = 100;
-    probe.timeout_ms = 100;
-    probe.failure_threshold = 2;
+    use crate::probe::{CheckOutcome, ProbeRole};
+    let probe = tcp_probe(ProbeRole::Liveness, 80, 2);
     let desired = || {
         let mut w = want("a", 1, IsolationResponse::PowerOff);
         w.probes = vec![probe.clone()];
@@ -1413,6 +1395,21 @@ fn a_failing_liveness_probe_restarts_the_instance_in_place_then_fails_it() {
         o.detail.as_deref().unwrap_or("").contains("liveness probe"),
         "{o:?}"
     );
+}
+
+/// A probe of `role` connecting to `port` every 100 ms (100 ms timeout),
+/// acting after `failure_threshold` failures in a row.
+fn tcp_probe(
+    role: crate::probe::ProbeRole,
+    port: u32,
+    failure_threshold: u32,
+) -> crate::probe::ProbeSpec {
+    use crate::probe::{ProbeCheck, ProbeSpec};
+    let mut probe = ProbeSpec::new(role, ProbeCheck::Tcp { port, host: None });
+    probe.interval_ms = 100;
+    probe.timeout_ms = 100;
+    probe.failure_threshold = failure_threshold;
+    probe
 }
 
 /// A liveness probe of kind heartbeat, every timing short.
@@ -1579,17 +1576,8 @@ fn a_heartbeat_of_an_older_generation_is_ignored() {
 /// ready only while that probe passes; one without is ready once running.
 #[test]
 fn an_instance_is_reported_ready_only_while_its_readiness_probe_passes() {
-    use crate::probe::{CheckOutcome, ProbeCheck, ProbeRole, ProbeSpec};
-    let mut probe = ProbeSpec::new(
-        ProbeRole::Readiness,
-        ProbeCheck::Tcp {
-            port: 80,
-            host: None,
-        },
-    );
-    probe.interval_ms = 100;
-    probe.timeout_ms = 100;
-    probe.failure_threshold = 1;
+    use crate::probe::{CheckOutcome, ProbeRole};
+    let probe = tcp_probe(ProbeRole::Readiness, 80, 1);
     let desired = || {
         let mut w = want("a", 1, IsolationResponse::PowerOff);
         w.probes = vec![probe.clone()];
