@@ -37,6 +37,28 @@ fn db_group(marks: &Path, extra: &str, promote: &str, demote: &str) -> String {
     )
 }
 
+/// Apply `spec` (group db and its members), wait until all three run, and
+/// return the status then, the role's host, the role's pid and the member
+/// active there.
+fn apply_and_find_active(
+    c: &mut haven::localcluster::LocalCluster,
+    spec: &str,
+) -> (haven_agent::api::StatusResponse, String, u32, &'static str) {
+    let file = write(&c.dir, "w.toml", spec);
+    c.cli(&c.host("h1").address(), &["apply", "-f", &file])
+        .unwrap();
+    let s = c
+        .wait_for("the group active", WAIT, |s| all_running(s, 3))
+        .unwrap();
+    let db = workload(&s, "db");
+    let (a, pid) = (db.host.clone().unwrap(), db.pid.expect("the role's pid"));
+    let m = ["db-a", "db-b"]
+        .into_iter()
+        .find(|m| workload(&s, m).host.as_deref() == Some(a.as_str()))
+        .expect("a member runs with the role");
+    (s, a, pid, m)
+}
+
 /// The lines of the roles' log so far.
 fn log_lines(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
@@ -143,17 +165,7 @@ fn a_role_killed_while_demoting_has_its_member_demoted_by_its_host() {
     );
     let spec = db_group(&marks, "", &log_line(&log, "promote"), &demote);
     let server = c.host("h1").address();
-    let file = write(&c.dir, "w.toml", &spec);
-    c.cli(&server, &["apply", "-f", &file]).unwrap();
-    let s = c
-        .wait_for("the group active", WAIT, |s| all_running(s, 3))
-        .unwrap();
-    let db = workload(&s, "db");
-    let (a, pid) = (db.host.clone().unwrap(), db.pid.expect("the role's pid"));
-    let m = ["db-a", "db-b"]
-        .into_iter()
-        .find(|m| workload(&s, m).host.as_deref() == Some(a.as_str()))
-        .unwrap();
+    let (_, a, pid, m) = apply_and_find_active(&mut c, &spec);
     let lines = || log_lines(&log);
     c.wait_for("promoted", WAIT, |_| lines().len() == 1)
         .unwrap();
@@ -186,17 +198,7 @@ fn a_role_killed_while_demoting_has_its_member_demoted_by_its_host() {
     // for a failed demote), and started again, unpromoted.
     let failing = spec.replace("sleep 2; ", "exit 1; ");
     assert_ne!(failing, spec);
-    let file = write(&c.dir, "w.toml", &failing);
-    c.cli(&server, &["apply", "-f", &file]).unwrap();
-    let s = c
-        .wait_for("the group active again", WAIT, |s| all_running(s, 3))
-        .unwrap();
-    let db = workload(&s, "db");
-    let (a, pid) = (db.host.clone().unwrap(), db.pid.expect("the role's pid"));
-    let m = ["db-a", "db-b"]
-        .into_iter()
-        .find(|m| workload(&s, m).host.as_deref() == Some(a.as_str()))
-        .unwrap();
+    let (s, a, pid, m) = apply_and_find_active(&mut c, &failing);
     let member_pid = workload(&s, m).pid.expect("the member's pid");
     c.wait_for("promoted again", WAIT, |_| lines().len() == 5)
         .unwrap();

@@ -239,6 +239,13 @@ fn stops(effects: &[HostEffect]) -> Vec<(String, Generation, StopHow)> {
         .collect()
 }
 
+/// `stops`, by workload name.
+fn sorted_stops(effects: &[HostEffect]) -> Vec<(String, Generation, StopHow)> {
+    let mut stopped = stops(effects);
+    stopped.sort_by(|x, y| x.0.cmp(&y.0));
+    stopped
+}
+
 fn started(a: &mut HostAgent, w: &str, generation: u64, now_ms: u64) -> Vec<HostEffect> {
     a.handle(
         HostInput::InstanceStarted {
@@ -433,8 +440,7 @@ fn an_instance_is_given_its_own_longer_stop_grace() {
     started(&mut a, "db", 1, 20);
     started(&mut a, "web", 1, 20);
     let fx = a.handle(ack(30, 2, vec![]), 40);
-    let mut stopped = stops(&fx);
-    stopped.sort_by(|x, y| x.0.cmp(&y.0));
+    let stopped = sorted_stops(&fx);
     assert_eq!(
         stopped,
         vec![
@@ -544,8 +550,7 @@ fn an_instance_with_its_own_shutdown_bound_is_stopped_within_it() {
         "the keeper removes the address if the role could not"
     );
     let fx = a.handle(HostInput::Tick, 1_000);
-    let mut stopped = stops(&fx);
-    stopped.sort_by(|x, y| x.0.cmp(&y.0));
+    let stopped = sorted_stops(&fx);
     assert_eq!(
         stopped,
         vec![
