@@ -89,6 +89,11 @@ impl AssignmentIndex {
         self.ordered.iter().map(String::as_str)
     }
 
+    /// The host `name` is counted on, if any.
+    pub fn host_of(&self, name: &str) -> Option<&str> {
+        self.counted.get(name).and_then(|c| c.host.as_deref())
+    }
+
     /// Bring `name`'s entry in line with its record (`None`: it is gone).
     pub fn sync(&mut self, name: &str, record: Option<&WorkloadRecord>) {
         let is_group =
@@ -187,6 +192,22 @@ pub struct PlacementStamp {
     revision: u64,
 }
 
+impl PlacementStamp {
+    pub(crate) fn index_id(&self) -> u64 {
+        self.index_id
+    }
+}
+
+/// Names what one host is to run in one state (`ClusterState::host_stamp`):
+/// two equal stamps mean that nothing assigned there, or taken off it,
+/// changed in between. Like `PlacementStamp`, under the id of the index
+/// that saw the change, so that stamps of different states never match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostStamp {
+    pub(crate) index_id: u64,
+    pub(crate) revision: u64,
+}
+
 /// Ids of built or cloned indexes, unique within the process.
 static NEXT_INDEX_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -205,6 +226,28 @@ pub struct Derived {
 pub(crate) struct Kept {
     pub(crate) index: AssignmentIndex,
     pub(crate) stamp: PlacementStamp,
+    /// host → the revision at which a workload assigned there, or taken
+    /// off it, was last touched (`ClusterState::host_stamp`); history,
+    /// not derived from the workloads, so kept beside the index.
+    host_changed: HashMap<String, u64>,
+}
+
+impl Kept {
+    /// The revision at which something assigned to `host` (or taken off
+    /// it) was last touched; 0 if nothing was since the index was built.
+    pub(crate) fn host_changed(&self, host: &str) -> u64 {
+        self.host_changed.get(host).copied().unwrap_or(0)
+    }
+
+    /// Something assigned to `host` was touched at `revision`.
+    pub(crate) fn stamp_host(&mut self, host: &str, revision: u64) {
+        match self.host_changed.get_mut(host) {
+            Some(r) => *r = revision,
+            None => {
+                self.host_changed.insert(host.to_owned(), revision);
+            }
+        }
+    }
 }
 
 impl Derived {
@@ -216,6 +259,7 @@ impl Derived {
                 index_id: next_index_id(),
                 revision,
             },
+            host_changed: HashMap::new(),
         })
     }
 
@@ -247,6 +291,7 @@ impl Clone for Derived {
                     index_id: next_index_id(),
                     revision: k.stamp.revision,
                 },
+                host_changed: k.host_changed.clone(),
             });
         }
         Derived { cell }
@@ -416,6 +461,7 @@ mod tests {
         SetPending(usize),
         Grace(usize),
         Event(usize),
+        Cleanup(usize),
         /// Stage part of apply `id` (0..2) with these workloads.
         Stage(usize, Vec<usize>),
         /// Apply what is staged under `id`, if that many specs arrived.
@@ -439,6 +485,7 @@ mod tests {
             w.clone().prop_map(Step::SetPending),
             (0usize..3).prop_map(Step::Grace),
             w.clone().prop_map(Step::Event),
+            w.clone().prop_map(Step::Cleanup),
             (0usize..2, prop::collection::vec(w, 1..3)).prop_map(|(id, ws)| Step::Stage(id, ws)),
             (0usize..2, 1usize..5).prop_map(|(id, n)| Step::ApplyStaged(id, n)),
         ];
@@ -538,6 +585,11 @@ mod tests {
                 message: "t".into(),
                 at_ms,
             },
+            Step::Cleanup(w) => Command::Cleanup {
+                workload: name(*w),
+                by: "t".into(),
+                at_ms,
+            },
             Step::Stage(id, ws) => Command::StageWorkloads {
                 apply_id: format!("a{id}"),
                 specs: ws
@@ -562,6 +614,16 @@ mod tests {
         }
     }
 
+    /// The records of the workloads assigned to `host`, whole: what its
+    /// heartbeat answer is made of.
+    fn held_by(s: &ClusterState, host: &str) -> Vec<WorkloadRecord> {
+        s.workloads
+            .values()
+            .filter(|w| w.assignment.as_ref().is_some_and(|a| a.host == host))
+            .cloned()
+            .collect()
+    }
+
     fn new_cluster() -> ClusterState {
         let mut s = ClusterState::default();
         s.apply(&Command::InitCluster {
@@ -573,8 +635,8 @@ mod tests {
 
     proptest! {
         /// After every command, the index is what a scan of the state
-        /// gives, and the placement stamp moved if anything placement
-        /// reads changed.
+        /// gives, the placement stamp moved if anything placement reads
+        /// changed, and a host's stamp if anything assigned there did.
         #[test]
         fn the_index_follows_every_command(steps in prop::collection::vec(arb_step(), 1..40)) {
             let mut s = new_cluster();
@@ -582,10 +644,16 @@ mod tests {
             for step in &steps {
                 let cmd = command(&s, step);
                 let (before, stamp) = (placement_inputs(&s), s.placement_stamp());
+                let held_before: Vec<_> = HOSTS.iter().map(|h| (held_by(&s, h), s.host_stamp(h))).collect();
                 s.apply(&cmd);
                 assert_in_sync(&s);
                 if placement_inputs(&s) != before {
                     prop_assert_ne!(s.placement_stamp(), stamp, "{:?}", cmd);
+                }
+                for (h, (held, stamp)) in HOSTS.iter().zip(held_before) {
+                    if held_by(&s, h) != held {
+                        prop_assert_ne!(s.host_stamp(h), stamp, "{} after {:?}", h, cmd);
+                    }
                 }
             }
             // A state loaded from its text builds the same index, and its

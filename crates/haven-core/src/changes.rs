@@ -37,9 +37,20 @@ impl Changes {
     }
 }
 
-/// The tracker inside the state: never serialized nor compared.
+/// The tracker inside the state: never serialized nor compared. Besides
+/// the store's `Changes`, the workloads touched by the command being
+/// applied (`ClusterState::apply` stamps their hosts in the assignment
+/// index, then clears the list).
 #[derive(Clone, Default)]
-pub(crate) struct Tracker(pub(crate) Changes);
+pub(crate) struct Tracker(pub(crate) Changes, pub(crate) Vec<String>);
+
+impl Tracker {
+    /// `name`'s record may have changed, appeared or gone.
+    pub(crate) fn workload(&mut self, name: String) {
+        self.1.push(name.clone());
+        self.0.workloads.insert(name);
+    }
+}
 
 impl PartialEq for Tracker {
     fn eq(&self, _: &Tracker) -> bool {

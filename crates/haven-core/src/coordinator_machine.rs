@@ -11,14 +11,15 @@
 //! clock (silences, leases, freshness), and `at_ms`, the wall clock that
 //! stamps decisions.
 
+use crate::assignments::HostStamp;
 use crate::coordinator::{self, HostReport, TickInput};
 use crate::datastore::{op_timeout_ms, Freshness, Record};
 use crate::liveness::{Detector, HostObservation, HostState, Timing};
 use crate::model::{
-    Capacity, DesiredVersion, FenceDevice, Generation, HostRecord, InstanceState,
+    Assignment, Capacity, DesiredVersion, FenceDevice, Generation, HostRecord, InstanceState,
     IsolationResponse, NodeId, Observed, WorkloadSpec,
 };
-use crate::state::{ClusterState, Command, CommandResult, EventKind};
+use crate::state::{ClusterState, Command, CommandResult, EventKind, WorkloadRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -338,20 +339,60 @@ pub struct Coordinator {
     /// one works it out first (a new office answers before its first tick,
     /// and a new assignment must not reach its host unheld).
     holds_revision: Option<u64>,
-    /// host → its last answer's desired instances, with the state
-    /// revision and `releasing_version` they were read at, and their
-    /// version: a heartbeat answer costs nothing while neither changed
-    /// (the common case: a thousand hosts heartbeat ten times a second),
-    /// and leaves the list out when the host echoes the version.
+    /// host → its last answer's desired instances, with the host's stamp
+    /// (`ClusterState::host_stamp`), `releasing_version` and the default
+    /// isolation response they were read at, and their version: a
+    /// heartbeat answer costs nothing while none of those changed (the
+    /// common case: a thousand hosts heartbeat ten times a second while
+    /// commits elsewhere move the revision), and leaves the list out when
+    /// the host echoes the version.
     answers: BTreeMap<String, Answered>,
     /// The last `DesiredVersion::seq` given out in this term.
     desired_seq: u64,
+    /// What this office's work has cost so far, counted.
+    cost: Cost,
+    /// What the tick's watch of reports needs to look at again.
+    watch: Watch,
+}
+
+/// The tick's watch of the hosts' reports (`watch_workloads`) looks at a
+/// host's instances only when something it reads about them may have
+/// changed since it last did: the host's report, what is assigned there
+/// (its stamp), whether it is online, or a placement there that just
+/// committed. What it found stays here meanwhile.
+#[derive(Debug, Default)]
+struct Watch {
+    /// host → its stamp when last looked at.
+    stamps: BTreeMap<String, HostStamp>,
+    /// Hosts whose report was taken anew since they were last looked at.
+    reports_new: BTreeSet<String>,
+    /// Hosts not online when last looked at (looked at every tick while
+    /// so, and once more when back).
+    offline: BTreeSet<String>,
+    /// Workloads whose placement committed since the last tick.
+    placed_new: Vec<String>,
+    /// host → the instances there its report says failed: (workload,
+    /// generation, why).
+    failed: BTreeMap<String, Vec<(String, Generation, String)>>,
+}
+
+/// Work a coordinator did, counted: what the control plane's cost grows
+/// with (issue 10: with what changes, not with what exists). Tests assert
+/// on it; a benchmark may show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Desired instances compared with a host's last answer, to tell
+    /// whether its content changed.
+    pub answer_entries_compared: u64,
+    /// Assigned workloads a tick looked at against their host's report.
+    pub workloads_watched: u64,
 }
 
 /// A host's last answered desired instances (see `Coordinator::answers`).
 #[derive(Debug)]
 struct Answered {
-    revision: u64,
+    stamp: HostStamp,
+    isolation_default: IsolationResponse,
     releasing_version: u64,
     desired: Arc<Vec<Desired>>,
     version: DesiredVersion,
@@ -530,6 +571,8 @@ impl Coordinator {
             holds_revision: None,
             answers: BTreeMap::new(),
             desired_seq: 0,
+            cost: Cost::default(),
+            watch: Watch::default(),
         }
     }
 
@@ -539,6 +582,11 @@ impl Coordinator {
 
     pub fn credit_ms(&self) -> u64 {
         self.credit_ms
+    }
+
+    /// What this office's work has cost so far.
+    pub fn cost(&self) -> Cost {
+        self.cost
     }
 
     /// Handle one input at `now_ms` (monotonic) and `at_ms` (wall clock);
@@ -578,7 +626,10 @@ impl Coordinator {
                 vec![]
             }
             CoordinatorInput::ProposalResult { result } => {
-                self.placed.extend(result.placed());
+                for (w, g) in result.placed() {
+                    self.watch.placed_new.push(w.clone());
+                    self.placed.insert(w, g);
+                }
                 vec![]
             }
         }
@@ -729,8 +780,12 @@ impl Coordinator {
         if self.holds_revision != Some(state.revision) {
             self.update_holds(state, at_ms);
         }
+        let stamp = state.host_stamp(&host);
+        let isolation_default = state.settings.isolation_response;
         let fresh = self.answers.get(&host).filter(|a| {
-            a.revision == state.revision && a.releasing_version == self.releasing_version
+            a.stamp == stamp
+                && a.releasing_version == self.releasing_version
+                && a.isolation_default == isolation_default
         });
         let (desired, version) = match fresh {
             Some(a) => (a.desired.clone(), a.version),
@@ -748,9 +803,11 @@ impl Coordinator {
                 // The same content keeps its version (a change elsewhere in
                 // the cluster changes nothing here), compared in place: a
                 // thousand hosts' lists are not copied on every revision.
+                let compared = &mut self.cost.answer_entries_compared;
                 let same = self.answers.get(&host).filter(|a| {
                     let mut held = a.desired.iter();
                     current().all(|(w, asg)| {
+                        *compared += 1;
                         held.next().is_some_and(|d| {
                             d.generation == asg.generation
                                 && d.released_by == w.released_by
@@ -783,7 +840,8 @@ impl Coordinator {
                 self.answers.insert(
                     host.clone(),
                     Answered {
-                        revision: state.revision,
+                        stamp,
+                        isolation_default,
                         releasing_version: self.releasing_version,
                         desired: desired.clone(),
                         version,
@@ -845,6 +903,7 @@ impl Coordinator {
             // Left out, and not held here: nothing new is known.
             _ if hb.observed_left_out => {}
             (_, seq) => {
+                self.watch.reports_new.insert(host.clone());
                 self.reports
                     .insert(host.clone(), bounded_report(report.clone()));
                 match seq {
@@ -1243,84 +1302,149 @@ impl Coordinator {
     ) {
         let timing = state.settings.timing;
         let mut fresh_locks = BTreeSet::new();
-        let mut failed = vec![];
-        // One buffer for the lock keys: a tick visits every workload.
+        let online = |h: &str| {
+            hosts
+                .get(h)
+                .is_some_and(|o| o.state(&timing) == HostState::Online)
+        };
+        // The hosts to look at: see `Watch`.
+        let index = state.assignments();
+        let mut visit: BTreeSet<&str> = index
+            .hosts()
+            .filter(|h| {
+                !online(h)
+                    || self.watch.offline.contains(*h)
+                    || self.watch.reports_new.contains(*h)
+                    || self.watch.stamps.get(*h) != Some(&state.host_stamp(h))
+            })
+            .collect();
+        for w in std::mem::take(&mut self.watch.placed_new) {
+            if let Some(a) = state.workloads.get(&w).and_then(|r| r.assignment.as_ref()) {
+                visit.insert(&a.host);
+            }
+        }
+        self.watch.reports_new.clear();
+        // Hosts nothing is assigned to any more are forgotten.
+        self.watch.failed.retain(|h, _| index.host(h).is_some());
+        self.watch.offline.retain(|h| index.host(h).is_some());
+        if self.watch.stamps.len() > index.hosts().count() {
+            self.watch.stamps.retain(|h, _| index.host(h).is_some());
+        }
+        // Events in workload-name order, as a scan of every workload said
+        // them (one buffer of commands per workload looked at).
+        let mut said: BTreeMap<&str, Vec<Command>> = BTreeMap::new();
+        // One buffer for the lock keys.
         let mut key = String::new();
-        for w in state.workloads.values() {
-            let Some(a) = &w.assignment else { continue };
-            let o = hosts.get(&a.host).copied().unwrap_or_default();
-            key.clear();
-            key.push_str("lock:");
-            key.push_str(&w.spec.name);
-            if self.datastore && o.state(&timing) != HostState::Online {
-                if state.isolation_response(&w.spec) == IsolationResponse::LeaveRunning {
-                    wanted.insert(key.clone());
-                    let held = Held {
-                        key: key.clone(),
-                        workload: &w.spec.name,
-                        host: &a.host,
-                        generation: a.generation,
-                        unknown_is_held: true,
-                        stopping: false,
-                    };
-                    if self.lock_held(held, &o, now_ms, &timing, at_ms, cmds) {
-                        fresh_locks.insert((w.spec.name.clone(), a.generation));
-                    }
-                }
+        for h in visit {
+            self.watch.stamps.insert(h.to_owned(), state.host_stamp(h));
+            if online(h) {
+                self.watch.offline.remove(h);
             } else {
-                self.freshness.forget(&key);
+                self.watch.offline.insert(h.to_owned());
             }
-            let Some(x) = self.reports.get(&a.host).and_then(|r| {
-                r.observed
-                    .iter()
-                    .find(|x| x.workload == w.spec.name && x.generation == a.generation)
-            }) else {
-                continue;
-            };
-            let (restarts, state_now, detail) = (x.restarts, x.state, x.detail.clone());
-            let no_failover = x.no_failover;
-            let seen = match self.restarts_seen.get_mut(&w.spec.name) {
-                Some(seen) => Some(std::mem::replace(seen, (a.generation, restarts))),
-                None => self
-                    .restarts_seen
-                    .insert(w.spec.name.clone(), (a.generation, restarts)),
-            };
-            if let Some((g, n)) = seen {
-                if g == a.generation && restarts > n {
-                    cmds.push(Command::Record {
-                        event: EventKind::Restarted {
-                            workload: w.spec.name.clone(),
-                            host: a.host.clone(),
-                            restarts,
-                            detail: detail.clone().unwrap_or_default(),
-                        },
-                        at_ms,
-                    });
+            let mut failed_here = vec![];
+            for (w, a) in state.assigned_to(h) {
+                self.cost.workloads_watched += 1;
+                let mut cmds_here = vec![];
+                let o = hosts.get(&a.host).copied().unwrap_or_default();
+                key.clear();
+                key.push_str("lock:");
+                key.push_str(&w.spec.name);
+                if self.datastore && o.state(&timing) != HostState::Online {
+                    if state.isolation_response(&w.spec) == IsolationResponse::LeaveRunning {
+                        wanted.insert(key.clone());
+                        let held = Held {
+                            key: key.clone(),
+                            workload: &w.spec.name,
+                            host: &a.host,
+                            generation: a.generation,
+                            unknown_is_held: true,
+                            stopping: false,
+                        };
+                        if self.lock_held(held, &o, now_ms, &timing, at_ms, &mut cmds_here) {
+                            fresh_locks.insert((w.spec.name.clone(), a.generation));
+                        }
+                    }
+                } else {
+                    self.freshness.forget(&key);
+                }
+                self.watch_report(w, a, at_ms, &mut cmds_here, &mut failed_here);
+                if !cmds_here.is_empty() {
+                    said.entry(&w.spec.name).or_default().extend(cmds_here);
                 }
             }
-            if state_now == InstanceState::Failed && !no_failover {
-                failed.push((
-                    w.spec.name.clone(),
-                    a.generation,
-                    detail.unwrap_or_else(|| "failed".into()),
-                ));
+            if failed_here.is_empty() {
+                self.watch.failed.remove(h);
+            } else {
+                self.watch.failed.insert(h.to_owned(), failed_here);
             }
-            if state_now == InstanceState::Running
-                && self.placed.get(&w.spec.name) == Some(&a.generation)
-            {
-                self.placed.remove(&w.spec.name);
+        }
+        cmds.extend(said.into_values().flatten());
+        let mut failed: Vec<(String, Generation, String)> =
+            self.watch.failed.values().flatten().cloned().collect();
+        failed.sort();
+        self.watch_stopping(state, hosts, now_ms, at_ms, wanted, cmds, &mut fresh_locks);
+        (fresh_locks, failed)
+    }
+
+    /// What `w`'s instance at `a` is, as its host last reported: a new
+    /// restart, a failure, its first start at this generation.
+    fn watch_report(
+        &mut self,
+        w: &WorkloadRecord,
+        a: &Assignment,
+        at_ms: u64,
+        cmds: &mut Vec<Command>,
+        failed: &mut Vec<(String, Generation, String)>,
+    ) {
+        let Some(x) = self.reports.get(&a.host).and_then(|r| {
+            r.observed
+                .iter()
+                .find(|x| x.workload == w.spec.name && x.generation == a.generation)
+        }) else {
+            return;
+        };
+        let (restarts, state_now, detail) = (x.restarts, x.state, x.detail.clone());
+        let no_failover = x.no_failover;
+        let seen = match self.restarts_seen.get_mut(&w.spec.name) {
+            Some(seen) => Some(std::mem::replace(seen, (a.generation, restarts))),
+            None => self
+                .restarts_seen
+                .insert(w.spec.name.clone(), (a.generation, restarts)),
+        };
+        if let Some((g, n)) = seen {
+            if g == a.generation && restarts > n {
                 cmds.push(Command::Record {
-                    event: EventKind::Started {
+                    event: EventKind::Restarted {
                         workload: w.spec.name.clone(),
                         host: a.host.clone(),
-                        generation: a.generation,
+                        restarts,
+                        detail: detail.clone().unwrap_or_default(),
                     },
                     at_ms,
                 });
             }
         }
-        self.watch_stopping(state, hosts, now_ms, at_ms, wanted, cmds, &mut fresh_locks);
-        (fresh_locks, failed)
+        if state_now == InstanceState::Failed && !no_failover {
+            failed.push((
+                w.spec.name.clone(),
+                a.generation,
+                detail.unwrap_or_else(|| "failed".into()),
+            ));
+        }
+        if state_now == InstanceState::Running
+            && self.placed.get(&w.spec.name) == Some(&a.generation)
+        {
+            self.placed.remove(&w.spec.name);
+            cmds.push(Command::Record {
+                event: EventKind::Started {
+                    workload: w.spec.name.clone(),
+                    host: a.host.clone(),
+                    generation: a.generation,
+                },
+                at_ms,
+            });
+        }
     }
 
     /// An instance being stopped on a host not online whose lock file that

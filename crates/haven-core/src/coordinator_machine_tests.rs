@@ -1491,3 +1491,95 @@ fn a_lowered_shutdown_timeout_counts_once_the_host_knows_it() {
         LEASE_PLUS_MARGIN_MS + 5_000
     );
 }
+
+/// Issue 10: the coordinator's cost grows with what changes. A change
+/// that touches no host's instances (an event) costs the hosts' answers
+/// and the tick's watch of reports nothing; a re-spec on one host costs
+/// that host's instances only, and still reaches it.
+#[test]
+fn a_change_on_one_host_costs_the_others_nothing() {
+    let hosts: Vec<String> = (1..=20).map(|i| format!("h{i}")).collect();
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let specs: Vec<WorkloadSpec> = (0..60).map(|i| spec(&format!("w{i:03}"))).collect();
+    let mut sim = Sim::new(&hosts, false, specs, "h1");
+    // Agents as they are: each holds its instance list's number, so an
+    // unchanged list is not taken again.
+    let beat_all = |sim: &mut Sim, t: u64| {
+        for h in &hosts {
+            let mut hb = sim.heartbeat_of(h);
+            hb.observed_seq = Some(sim.s.revision);
+            let (answer, _) = sim.send(hb, t);
+            assert!(matches!(answer, HeartbeatAnswer::Ack(_)), "{answer:?}");
+        }
+    };
+    let mut t = 0;
+    // Past the new office's wait (lease + margin), then placed and started.
+    for _ in 0..20 {
+        t += 100;
+        beat_all(&mut sim, t);
+        sim.tick(t);
+    }
+    assert!(sim.s.workloads.values().all(|w| w.assignment.is_some()));
+    // Quiet from here on: the reports stay the same.
+    let quiet = |sim: &mut Sim, t: u64| {
+        for h in &hosts {
+            let mut hb = sim.heartbeat_of(h);
+            hb.observed_seq = Some(1);
+            sim.send(hb, t);
+        }
+        sim.tick(t + 50);
+    };
+    t += 100;
+    quiet(&mut sim, t);
+    t += 100;
+    quiet(&mut sim, t);
+    let before = sim.c.cost();
+    // A revision that changes nothing any host runs.
+    sim.s.apply(&Command::Record {
+        event: EventKind::ClusterCreated {
+            cluster_id: "c".into(),
+        },
+        at_ms: t,
+    });
+    t += 100;
+    quiet(&mut sim, t);
+    assert_eq!(sim.c.cost(), before, "an event costs the hosts nothing");
+    // A re-spec of one workload: only its host's instances are looked at.
+    let on = sim.host_of("w007").unwrap();
+    let on_host = sim.s.assigned_to(&on).count() as u64;
+    let mut respec = spec("w007");
+    respec.kind = WorkloadKind::Process {
+        command: vec!["/bin/false".into()],
+        env: Default::default(),
+    };
+    sim.s.apply(&Command::ApplyWorkloads {
+        specs: vec![respec.clone()],
+        source: "t".into(),
+        at_ms: t,
+    });
+    t += 100;
+    let mut told = None;
+    for h in &hosts {
+        let mut hb = sim.heartbeat_of(h);
+        hb.observed_seq = Some(1);
+        let (answer, _) = sim.send(hb, t);
+        if *h == on {
+            told = Some(answer);
+        }
+    }
+    sim.tick(t + 50);
+    let cost = sim.c.cost();
+    // (The comparison stops at the first entry that differs.)
+    let compared = cost.answer_entries_compared - before.answer_entries_compared;
+    assert!((1..=on_host).contains(&compared), "{cost:?} {before:?}");
+    assert_eq!(
+        cost.workloads_watched - before.workloads_watched,
+        on_host,
+        "{cost:?} {before:?}"
+    );
+    let Some(HeartbeatAnswer::Ack(ack)) = told else {
+        panic!("{told:?}")
+    };
+    let desired = ack.desired.expect("the changed list is sent");
+    assert!(desired.iter().any(|d| d.spec == respec), "{desired:?}");
+}

@@ -5,7 +5,7 @@
 //! must never panic on any command a client can send, because every manager
 //! applies the same log.
 
-use crate::assignments::{AssignmentIndex, Derived, PlacementStamp};
+use crate::assignments::{AssignmentIndex, Derived, HostStamp, PlacementStamp};
 use crate::changes::{Changes, Tracker};
 use crate::model::{
     Assignment, Capacity, ClusterSettings, Generation, HostRecord, IsolationResponse, NodeId,
@@ -567,6 +567,20 @@ impl ClusterState {
         self.derived.get(&self.workloads, self.revision).stamp
     }
 
+    /// Changes whenever what `host` is to run may have changed: a
+    /// workload assigned to it, or taken off it, was touched (its spec,
+    /// generation, `released_by`, …). Equal stamps mean the same
+    /// assignments and records there; the coordinator's cached answers
+    /// and its watch of reports rely on it (issue 10: a change elsewhere
+    /// costs a host nothing).
+    pub fn host_stamp(&self, host: &str) -> HostStamp {
+        let kept = self.derived.get(&self.workloads, self.revision);
+        HostStamp {
+            index_id: kept.stamp.index_id(),
+            revision: kept.host_changed(host),
+        }
+    }
+
     /// What changed since the last call (or since `mark_stored`): the keys
     /// a per-key store must write; starts a new record.
     pub fn take_changes(&mut self) -> Changes {
@@ -613,7 +627,18 @@ impl ClusterState {
     /// After `workload`'s record changed (or went): its index entry.
     fn reindex_workload(&mut self, workload: &str) {
         if let Some(k) = self.derived.built_mut() {
+            // The host it was on and the host it is on now.
+            if let Some(h) = k.index.host_of(workload).map(str::to_owned) {
+                k.stamp_host(&h, self.revision);
+            }
             k.index.sync(workload, self.workloads.get(workload));
+            if let Some(a) = self
+                .workloads
+                .get(workload)
+                .and_then(|w| w.assignment.as_ref())
+            {
+                k.stamp_host(&a.host, self.revision);
+            }
         }
     }
 
@@ -752,7 +777,7 @@ impl ClusterState {
         if cmd.may_change_placement() {
             self.derived.touch(self.revision);
         }
-        match cmd {
+        let result = match cmd {
             Command::Batch { commands } => CommandResult::Batch(
                 commands
                     .iter()
@@ -765,6 +790,23 @@ impl ClusterState {
                     .collect(),
             ),
             c => self.apply_one(c),
+        };
+        self.stamp_touched_hosts();
+        result
+    }
+
+    /// The hosts of the workloads this command touched may have been told
+    /// something else now: their stamps (`host_stamp`) change. A workload
+    /// that changed host was re-indexed, which stamped the host it left.
+    fn stamp_touched_hosts(&mut self) {
+        let touched = std::mem::take(&mut self.tracker.1);
+        let Some(k) = self.derived.built_mut() else {
+            return;
+        };
+        for name in &touched {
+            if let Some(a) = self.workloads.get(name).and_then(|w| w.assignment.as_ref()) {
+                k.stamp_host(&a.host, self.revision);
+            }
         }
     }
 
@@ -828,7 +870,7 @@ impl ClusterState {
                 reason,
                 at_ms,
             } => {
-                self.tracker.0.workloads.insert(workload.clone());
+                self.tracker.workload(workload.clone());
                 let Some(w) = self.workloads.get_mut(workload) else {
                     return CommandResult::Ok;
                 };
@@ -921,7 +963,7 @@ impl ClusterState {
                 if !w.spec.failback || !better {
                     return CommandResult::Ok;
                 }
-                self.tracker.0.workloads.insert(workload.clone());
+                self.tracker.workload(workload.clone());
                 w.assignment = None;
                 self.event(
                     *at_ms,
@@ -950,7 +992,7 @@ impl ClusterState {
                 if !matches!(w.spec.kind, crate::model::WorkloadKind::Group(_)) {
                     return CommandResult::Rejected(format!("{workload} is not a group"));
                 }
-                self.tracker.0.workloads.insert(workload.clone());
+                self.tracker.workload(workload.clone());
                 w.assignment = None;
                 w.switched_from = Some(a.host.clone());
                 self.event(
@@ -1048,7 +1090,7 @@ impl ClusterState {
             }
             Command::DeleteWorkload { name, at_ms } => match self.workloads.remove(name) {
                 Some(w) => {
-                    self.tracker.0.workloads.insert(name.clone());
+                    self.tracker.workload(name.clone());
                     self.reindex_workload(name);
                     let stopping = w.assignment;
                     if let Some(a) = &stopping {
@@ -1073,7 +1115,7 @@ impl ClusterState {
             } => {
                 let mut unassigned = vec![];
                 for (name, expected) in workloads {
-                    self.tracker.0.workloads.insert(name.clone());
+                    self.tracker.workload(name.clone());
                     let Some(w) = self.workloads.get_mut(name) else {
                         continue;
                     };
@@ -1116,7 +1158,7 @@ impl ClusterState {
                 reason,
                 at_ms,
             } => {
-                self.tracker.0.workloads.insert(workload.clone());
+                self.tracker.workload(workload.clone());
                 let Some(w) = self.workloads.get_mut(workload) else {
                     return CommandResult::Rejected(format!("no workload named {workload:?}"));
                 };
@@ -1168,7 +1210,7 @@ impl ClusterState {
                 else {
                     return CommandResult::Ok;
                 };
-                self.tracker.0.workloads.insert(workload.clone());
+                self.tracker.workload(workload.clone());
                 if let Some(w) = self.workloads.get_mut(workload) {
                     if let Some(why) = &w.gave_up {
                         w.pending_reason = Some(format!("failed: {why}"));
@@ -1465,7 +1507,7 @@ impl ClusterState {
         let Some(w) = self.workloads.get_mut(workload) else {
             return CommandResult::Rejected(format!("no workload is named {workload:?}"));
         };
-        self.tracker.0.workloads.insert(workload.to_owned());
+        self.tracker.workload(workload.to_owned());
         let hosts: Vec<String> = w.failed_hosts.drain(..).map(|f| f.host).collect();
         let was_failed = w.gave_up.take().is_some();
         if w.assignment.is_none() {
@@ -1728,7 +1770,7 @@ impl ClusterState {
     ) -> CommandResult {
         let (mut created, mut updated, mut unchanged) = (vec![], vec![], vec![]);
         for spec in specs {
-            self.tracker.0.workloads.insert(spec.name.clone());
+            self.tracker.workload(spec.name.clone());
             match self.workloads.get_mut(&spec.name) {
                 Some(w) if w.spec == *spec => unchanged.push(spec.name.clone()),
                 Some(_) => {
@@ -1795,7 +1837,7 @@ impl ClusterState {
                 .then(|| a.host.clone())
         });
         let next = self.next_generation(&spec.name);
-        self.tracker.0.workloads.insert(spec.name.clone());
+        self.tracker.workload(spec.name.clone());
         let Some(w) = self.workloads.get_mut(&spec.name) else {
             return;
         };
@@ -1837,7 +1879,7 @@ impl ClusterState {
                 };
                 self.begin_stopping(&spec.name, a, "spec changed".into());
                 let reason = self.waiting_for_stop(&spec.name);
-                self.tracker.0.workloads.insert(spec.name.clone());
+                self.tracker.workload(spec.name.clone());
                 if let Some(w) = self.workloads.get_mut(&spec.name) {
                     w.pending_reason = reason;
                 }
@@ -1874,7 +1916,7 @@ impl ClusterState {
         let (mut placed, mut refused) = (vec![], vec![]);
         for p in placements {
             let known_host = self.hosts.contains_key(&p.host);
-            self.tracker.0.workloads.insert(p.workload.clone());
+            self.tracker.workload(p.workload.clone());
             let Some(w) = self.workloads.get_mut(&p.workload) else {
                 refused.push(p.workload.clone());
                 continue;
