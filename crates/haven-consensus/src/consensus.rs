@@ -151,6 +151,74 @@ struct Inner {
     sticky: Arc<network::Stickiness>,
     /// `shutdown` was called: the core's stop is no failure.
     shut_down: AtomicBool,
+    /// The threads openraft's tasks run on (see `RaftThreads`); last, so
+    /// that it goes after the handles above.
+    _threads: RaftThreads,
+}
+
+/// Worker threads of the runtime the Raft core, its replication to peers
+/// and its log store run on.
+const RAFT_THREADS: usize = 2;
+
+/// The Raft threads' nice value: ahead of the agent's own threads (0) and
+/// of anything else on a busy host, as their deadlines are tens of ms.
+/// They use little CPU, so they delay nothing much in turn.
+const RAFT_THREADS_NICE: i32 = -5;
+
+/// Give the calling thread `RAFT_THREADS_NICE`, if allowed (root, or
+/// CAP_SYS_NICE); otherwise it keeps the agent's.
+fn raise_thread_priority() {
+    let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+    // SAFETY: setpriority reads only its arguments; on Linux, PRIO_PROCESS
+    // with a thread id sets that thread's nice value alone.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, RAFT_THREADS_NICE) };
+    if r != 0 {
+        tracing::debug!(
+            "the Raft threads keep the agent's priority: setpriority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A runtime of its own for openraft's tasks: the core, replication to
+/// each peer (with its HTTP client's connections) and the log store's
+/// blocking writes. On the agent's runtime they queued behind whatever
+/// else was ready there: with a thousand hosts heartbeating the
+/// coordinator, an AppendEntries answer waited past its deadline (the
+/// Raft heartbeat interval), the peer was taken as unreachable and
+/// replication backed off, so commits and the leadership confirmation
+/// the lease gate needs stalled (issue 10, `haven bench scale` at 50,000
+/// workloads). Threads the kernel schedules when they wake do not wait
+/// behind the agent's queue.
+struct RaftThreads(Option<tokio::runtime::Runtime>);
+
+impl RaftThreads {
+    fn new(node_id: NodeId) -> std::io::Result<RaftThreads> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RAFT_THREADS)
+            .thread_name(format!("raft-{node_id}"))
+            .on_thread_start(raise_thread_priority)
+            .enable_all()
+            .build()
+            .map(|rt| RaftThreads(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the Raft runtime lives as long as its node")
+            .handle()
+    }
+}
+
+impl Drop for RaftThreads {
+    /// Dropped from async code (the last handle to the node), a runtime
+    /// must not block: its tasks are dropped in the background.
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 fn stopped(node_id: NodeId, fatal: &Fatal<NodeId>) -> ConsensusError {
@@ -231,15 +299,23 @@ impl Consensus {
         let network = HttpNetwork::new(sticky.clone(), tls).map_err(|e| {
             ConsensusError::Config(format!("cannot build the Raft HTTP client: {e}"))
         })?;
-        let raft = Raft::new(
-            node_id,
-            Arc::new(raft_config),
-            network,
-            store.log,
-            store.state_machine,
-        )
-        .await
-        .map_err(|e| stopped(node_id, &e))?;
+        let threads = RaftThreads::new(node_id).map_err(|source| ConsensusError::Io {
+            path: data_dir.to_path_buf(),
+            source: std::io::Error::other(format!("starting the Raft threads failed: {source}")),
+        })?;
+        // Spawned there, openraft's tasks (and what they spawn) stay there.
+        let (log, state_machine) = (store.log, store.state_machine);
+        let raft = threads
+            .handle()
+            .spawn(async move {
+                Raft::new(node_id, Arc::new(raft_config), network, log, state_machine).await
+            })
+            .await
+            .map_err(|e| ConsensusError::Stopped {
+                node_id,
+                detail: format!("starting the Raft core failed: {e}"),
+            })?
+            .map_err(|e| stopped(node_id, &e))?;
         // Answered by the core task, so its first metrics report (which it
         // publishes before serving requests) is visible once this returns.
         let initialized = raft
@@ -258,6 +334,7 @@ impl Consensus {
                 closed,
                 sticky,
                 shut_down: AtomicBool::new(false),
+                _threads: threads,
             }),
         })
     }

@@ -857,3 +857,56 @@ mod hostile {
         }
     }
 }
+
+/// Issue 10: Raft's tasks run on threads of their own. On the agent's
+/// runtime they waited behind whatever else was ready there: with a
+/// thousand hosts heartbeating the coordinator, AppendEntries answers
+/// missed their deadline and commits stalled. Here the runtime that opened
+/// the node is not driven at all after opening it; a proposal from another
+/// thread still commits.
+#[test]
+fn raft_commits_while_the_runtime_that_opened_it_is_busy() {
+    let dir = TempDir::new().unwrap();
+    let agent = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = agent.block_on(async {
+        let c = Consensus::open(dir.path(), 7, CONFIG).await.unwrap();
+        c.initialize("127.0.0.1:1").await.unwrap();
+        assert!(c
+            .wait_for_leader(Duration::from_millis(WAIT_MS))
+            .await
+            .is_some());
+        let init = Command::InitCluster {
+            cluster_id: "solo".into(),
+            at_ms: 1,
+        };
+        c.propose(init).await.unwrap();
+        c
+    });
+    // `agent`'s one thread does something else from here on.
+    let proposer = c.clone();
+    let other = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_millis(WAIT_MS),
+                proposer.propose(register("h7", 7, "127.0.0.1:1")),
+            )
+            .await
+        })
+    });
+    let committed = other.join().unwrap();
+    assert!(
+        matches!(
+            committed,
+            Ok(Ok(CommandResult::HostRegistered { node_id: 7 }))
+        ),
+        "{committed:?}"
+    );
+    agent.block_on(c.shutdown());
+}
