@@ -8,6 +8,7 @@
 //!   cargo run --release -p haven-core --example scale [-- --runs N]
 
 use haven_core::coordinator::{self, HostReport, PlacementMemo, TickInput};
+use haven_core::coordinator_machine::{Coordinator, Heartbeat, HeartbeatAnswer, TlsReport};
 use haven_core::liveness::{HostObservation, Timing};
 use haven_core::model::{
     Capacity, Generation, HostRecord, Priority, RestartPolicy, Role, WorkloadKind, WorkloadSpec,
@@ -68,7 +69,7 @@ struct View {
     hosts: BTreeMap<String, HostObservation>,
     timing: Timing,
     locks: BTreeSet<(String, Generation)>,
-    reports: BTreeMap<String, HostReport>,
+    reports: haven_core::HostMap<HostReport>,
 }
 
 impl View {
@@ -81,7 +82,7 @@ impl View {
             hosts: s.hosts.keys().map(|h| (h.clone(), online)).collect(),
             timing: Timing::default(),
             locks: BTreeSet::new(),
-            reports: BTreeMap::new(),
+            reports: Default::default(),
         }
     }
 
@@ -231,6 +232,72 @@ fn failover(base: &ClusterState, failing: usize, runs: usize) {
     .print();
 }
 
+/// Steady heartbeats through the real coordinator machine: each host once
+/// a round (1,000 hosts heartbeat ten rounds a second), leaving out the
+/// instance list the office holds and echoing the desired list's version,
+/// as hosts do between changes. Times a round, heartbeats built beforehand.
+fn heartbeats(s: &ClusterState, runs: usize) {
+    let mut office = Coordinator::new(1, 0, 0, "h0000", false, s);
+    let beat = |h: &HostRecord| Heartbeat {
+        host: h.name.clone(),
+        instance_id: h.instance_id.clone(),
+        node_id: h.node_id,
+        boot: format!("boot-{}", h.name),
+        address: h.address.clone(),
+        capacity: h.capacity,
+        labels: h.labels.clone(),
+        tls: TlsReport {
+            bundle_sha256: "ab".repeat(32),
+            cert_ca_sha256: "cd".repeat(32),
+            cert_not_after_unix: 2_000_000_000,
+        },
+        report: HostReport {
+            applied_revision: s.revision,
+            ..Default::default()
+        },
+        observed_seq: Some(1),
+        ..Default::default()
+    };
+    // The first round sends everything; the answers say what to leave out.
+    let mut steady = vec![];
+    for h in s.hosts.values() {
+        let (answer, _) = office.heartbeat(beat(h), s, 100, 100);
+        let HeartbeatAnswer::Ack(ack) = answer else {
+            panic!("{} refused: {answer:?}", h.name);
+        };
+        steady.push(Heartbeat {
+            desired_version: Some(ack.desired_version),
+            observed_left_out: true,
+            ..beat(h)
+        });
+    }
+    let mut now_ms = 100;
+    let samples = (0..runs.max(21))
+        .map(|_| {
+            now_ms += 100;
+            let round = steady.clone();
+            let (t, left_out) = time(|| {
+                round
+                    .into_iter()
+                    .map(|hb| office.heartbeat(hb, s, now_ms, now_ms).0)
+                    .filter(|a| matches!(a, HeartbeatAnswer::Ack(ack) if ack.desired.is_none()))
+                    .count()
+            });
+            assert_eq!(
+                left_out,
+                steady.len(),
+                "steady: every desired list left out"
+            );
+            t
+        })
+        .collect();
+    Figures {
+        name: format!("a round of {} steady heartbeats (machine)", steady.len()),
+        samples,
+    }
+    .print();
+}
+
 /// A steady tick (nothing to decide), from scratch and remembering the
 /// last one.
 fn steady(s: &ClusterState, view: &View, what: &str, runs: usize) {
@@ -307,6 +374,7 @@ fn main() {
         samples,
     }
     .print();
+    heartbeats(&s, runs);
 
     failover(&s, 1, runs);
     failover(&s, 100, runs);

@@ -13,6 +13,7 @@ use crate::model::{
 };
 use crate::placement::{self, HostView, Unplaced};
 use crate::state::{ClusterState, Command, WorkloadRecord};
+use crate::HostMap;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// At most this many placements go into one `Command::Place`.
@@ -56,7 +57,7 @@ pub struct TickInput<'a> {
     /// (workload, generation, why).
     pub failed: &'a [(String, Generation, String)],
     /// Each host's last report in this term of office.
-    pub reports: &'a BTreeMap<String, HostReport>,
+    pub reports: &'a HostMap<HostReport>,
     pub at_ms: u64,
 }
 
@@ -489,7 +490,7 @@ fn fail_back(
 /// reported (not one step 2 is freeing this tick).
 fn ready_member_host<'s>(
     state: &'s ClusterState,
-    reports: &BTreeMap<String, HostReport>,
+    reports: &HostMap<HostReport>,
     freed: &BTreeSet<&str>,
     member: &str,
 ) -> Option<&'s str> {
@@ -508,7 +509,7 @@ fn ready_member_host<'s>(
 /// order the group lists them) that runs and is ready; else why none is.
 fn active_member<'s>(
     state: &'s ClusterState,
-    reports: &BTreeMap<String, HostReport>,
+    reports: &HostMap<HostReport>,
     freed: &BTreeSet<&str>,
     group: &'s WorkloadRecord,
     at_ms: u64,
@@ -671,7 +672,7 @@ struct PlaceOutcome {
 /// Workload → why.
 pub fn holds(
     state: &ClusterState,
-    reports: &BTreeMap<String, HostReport>,
+    reports: &HostMap<HostReport>,
     at_ms: u64,
     memo: &mut PlacementMemo,
 ) -> BTreeMap<String, String> {
@@ -706,7 +707,7 @@ pub fn holds(
 /// seen all ready.
 fn waiting_for_dependencies(
     state: &ClusterState,
-    reports: &BTreeMap<String, HostReport>,
+    reports: &HostMap<HostReport>,
     at_ms: u64,
     w: &WorkloadRecord,
     since: &mut BTreeMap<String, u64>,
@@ -1078,7 +1079,7 @@ mod tests {
         hosts: BTreeMap<String, HostObservation>,
         locks: BTreeSet<(String, Generation)>,
         failed: Vec<(String, Generation, String)>,
-        reports: BTreeMap<String, HostReport>,
+        reports: HostMap<HostReport>,
         timing: Timing,
         at_ms: u64,
         /// `run` remembers as a coordinator in office does.
@@ -1112,7 +1113,7 @@ mod tests {
                 hosts: BTreeMap::new(),
                 locks: BTreeSet::new(),
                 failed: vec![],
-                reports: BTreeMap::new(),
+                reports: HostMap::default(),
                 timing: Timing::default(),
                 at_ms: 1,
                 memo: PlacementMemo::default(),

@@ -20,6 +20,7 @@ use crate::model::{
     IsolationResponse, NodeId, Observed, WorkloadSpec,
 };
 use crate::state::{ClusterState, Command, CommandResult, EventKind, WorkloadRecord};
+use crate::HostMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -273,18 +274,18 @@ pub struct Coordinator {
     credit_ms: u64,
     detector: Detector,
     /// host → its last report in this office.
-    reports: BTreeMap<String, HostReport>,
+    reports: HostMap<HostReport>,
     /// host → the agent process (boot) that sent its last heartbeat.
-    boots: BTreeMap<String, String>,
+    boots: HostMap<String>,
     /// host → the number its agent process (the one in `boots`) gave the
     /// instance list in `reports`.
-    report_seqs: BTreeMap<String, u64>,
+    report_seqs: HostMap<u64>,
     /// host → whether its lease keeper answered, as last reported.
-    keepers: BTreeMap<String, bool>,
+    keepers: HostMap<bool>,
     /// host → what is wrong there, as last reported (bounded).
-    problems: BTreeMap<String, Vec<String>>,
+    problems: HostMap<Vec<String>>,
     /// host → its TLS material, as last reported.
-    tls: BTreeMap<String, TlsReport>,
+    tls: HostMap<TlsReport>,
     /// The cluster's `shutdown_timeout_ms` as this office last saw it, and
     /// a revision from which every state carries it: a host that acted on
     /// that revision or a later one knows it.
@@ -346,7 +347,7 @@ pub struct Coordinator {
     /// common case: a thousand hosts heartbeat ten times a second while
     /// commits elsewhere move the revision), and leaves the list out when
     /// the host echoes the version.
-    answers: BTreeMap<String, Answered>,
+    answers: HostMap<Answered>,
     /// The last `DesiredVersion::seq` given out in this term.
     desired_seq: u64,
     /// What this office's work has cost so far, counted.
@@ -427,6 +428,17 @@ pub fn check_member<'a>(
             kind: RefusalKind::Forbidden,
             message: format!("host {host:?} with this data dir is not a member of this cluster"),
         })
+}
+
+/// Set `host`'s entry to `value`, allocating its key only the first time
+/// (this runs for every heartbeat).
+fn put<V>(map: &mut HostMap<V>, host: &str, value: V) {
+    match map.get_mut(host) {
+        Some(v) => *v = value,
+        None => {
+            map.insert(host.to_owned(), value);
+        }
+    }
 }
 
 /// An agent process's `boot` id is within bounds.
@@ -541,12 +553,12 @@ impl Coordinator {
             term,
             credit_ms,
             detector,
-            reports: BTreeMap::new(),
-            boots: BTreeMap::new(),
-            report_seqs: BTreeMap::new(),
-            keepers: BTreeMap::new(),
-            problems: BTreeMap::new(),
-            tls: BTreeMap::new(),
+            reports: HostMap::default(),
+            boots: HostMap::default(),
+            report_seqs: HostMap::default(),
+            keepers: HostMap::default(),
+            problems: HostMap::default(),
+            tls: HostMap::default(),
             shutdown_timeout: (state.settings.shutdown_timeout_ms, state.revision),
             confirmed_at_ms: None,
             last_obs: BTreeMap::new(),
@@ -569,7 +581,7 @@ impl Coordinator {
             releasing_version: 0,
             holds: BTreeMap::new(),
             holds_revision: None,
-            answers: BTreeMap::new(),
+            answers: HostMap::default(),
             desired_seq: 0,
             cost: Cost::default(),
             watch: Watch::default(),
@@ -723,7 +735,7 @@ impl Coordinator {
 
     fn on_heartbeat(
         &mut self,
-        hb: Heartbeat,
+        mut hb: Heartbeat,
         state: &ClusterState,
         now_ms: u64,
         at_ms: u64,
@@ -748,9 +760,9 @@ impl Coordinator {
         let mut effects = vec![];
         let lease_ms = state.settings.timing.lease_ms;
         let host = hb.host.clone();
-        self.keepers.insert(host.clone(), hb.keeper);
-        self.tls.insert(host.clone(), hb.tls.clone());
-        if let Some(now) = self.on_problems(&host, hb.problems.clone()) {
+        put(&mut self.keepers, &host, hb.keeper);
+        put(&mut self.tls, &host, std::mem::take(&mut hb.tls));
+        if let Some(now) = self.on_problems(&host, std::mem::take(&mut hb.problems)) {
             let event = if now.is_empty() {
                 EventKind::HostNoLongerDegraded { host: host.clone() }
             } else {
@@ -922,8 +934,19 @@ impl Coordinator {
             .take(PROBLEMS_MAX)
             .map(|p| bounded_text(p, PROBLEM_TEXT_MAX))
             .collect();
-        let old = self.problems.insert(host.to_owned(), problems.clone());
-        (old.unwrap_or_default() != problems).then_some(problems)
+        // Every heartbeat: no copy of the list, no key allocated, unless
+        // the list changed.
+        match self.problems.get(host) {
+            Some(held) if *held == problems => None,
+            None if problems.is_empty() => {
+                self.problems.insert(host.to_owned(), problems);
+                None
+            }
+            _ => {
+                put(&mut self.problems, host, problems.clone());
+                Some(problems)
+            }
+        }
     }
 
     fn on_fence_result(

@@ -7,8 +7,8 @@
 //! gives every host that long after taking office. The margin absorbs clock
 //! rate drift between the two clocks and the watchdog timeout.
 
+use crate::HostMap;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// Cluster-wide timing, one struct, units in names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,22 +161,22 @@ impl HostObservation {
 pub struct Detector {
     /// Coordinator monotonic time when this node took office.
     office_since_ms: u64,
-    last_ack_ms: BTreeMap<String, u64>,
+    last_ack_ms: HostMap<u64>,
     /// The lease granted with each host's last acknowledgement.
-    granted_lease_ms: BTreeMap<String, u64>,
+    granted_lease_ms: HostMap<u64>,
     /// When this office first learnt of a host: a host that joins later is
     /// given a full `lease + margin` from then, like every host at office
     /// start.
-    first_seen_ms: BTreeMap<String, u64>,
+    first_seen_ms: HostMap<u64>,
 }
 
 impl Detector {
     pub fn new(took_office_ms: u64) -> Self {
         Detector {
             office_since_ms: took_office_ms,
-            last_ack_ms: BTreeMap::new(),
-            granted_lease_ms: BTreeMap::new(),
-            first_seen_ms: BTreeMap::new(),
+            last_ack_ms: HostMap::default(),
+            granted_lease_ms: HostMap::default(),
+            first_seen_ms: HostMap::default(),
         }
     }
 
@@ -196,7 +196,12 @@ impl Detector {
                 self.last_ack_ms.insert(host.to_owned(), now_ms);
             }
         }
-        self.granted_lease_ms.insert(host.to_owned(), lease_ms);
+        match self.granted_lease_ms.get_mut(host) {
+            Some(l) => *l = lease_ms,
+            None => {
+                self.granted_lease_ms.insert(host.to_owned(), lease_ms);
+            }
+        }
     }
 
     /// The lease granted with `host`'s last acknowledgement in this office.
