@@ -520,15 +520,25 @@ impl Supervisor {
             let ocf_end = self
                 .is_ocf(&workload, generation)
                 .then(|| exit.and_then(|e| e.code).and_then(Ended::from_code))
-                .flatten();
+                .flatten()
+                .filter(|e| *e != Ended::Stopped);
+            // Its reason, which the instance printed last in its log (this
+            // runs on a blocking thread).
+            let how = match ocf_end {
+                Some(_) => {
+                    let log = self.driver.log_path(&workload);
+                    match ocf::instance::read_last_reason(&log) {
+                        Some(reason) => format!("{how} ({reason})"),
+                        None => format!("{how}; `haven logs {workload}` may tell why"),
+                    }
+                }
+                None => how,
+            };
             let input = match ocf_end.and_then(|e| e.gives_up().map(|f| (e, f))) {
                 Some((end, failover)) => HostInput::InstanceFailed {
                     workload,
                     generation,
-                    why: format!(
-                        "{how}: {}; `haven logs` shows the agent's reason",
-                        end.meaning()
-                    ),
+                    why: format!("{how}: {}", end.meaning()),
                     failover,
                 },
                 None => HostInput::InstanceExited {

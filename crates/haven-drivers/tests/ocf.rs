@@ -8,6 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use haven_drivers::ocf::instance::{self, Ended, InstanceConfig};
 use haven_drivers::ocf::{
     self, fetch_metadata, list_agents, run_action, validate_params, ActionOutcome, ActionRequest,
     MonitorState, OcfAction, OcfAgent, OcfError, OcfExit, ParamError, Recovery,
@@ -617,4 +618,106 @@ async fn the_real_dummy_agent_runs_a_start_monitor_stop_cycle() {
         Some("No process state file found")
     );
     assert_eq!(after.exit.severity(recurring), Some(Recovery::Soft));
+}
+
+/// An instance's configuration for agent `test:<kind>` under `root`.
+fn instance_config(root: &FakeRoot, agent: OcfAgent, dir: &Path) -> InstanceConfig {
+    InstanceConfig {
+        ocf_root: root.path().to_path_buf(),
+        agent,
+        instance: "svc".into(),
+        params: params(&[("dir", dir.to_str().unwrap())]),
+        monitor_interval_ms: 100,
+        start_timeout_ms: QUICK_TIMEOUT_MS,
+        stop_timeout_ms: QUICK_TIMEOUT_MS,
+        monitor_timeout_ms: QUICK_TIMEOUT_MS,
+        promotable: false,
+    }
+}
+
+/// Logs each action to `$OCF_RESKEY_dir/actions`; `validate-all` answers
+/// what `$OCF_RESKEY_dir/validate` holds (0 when missing), with a reason.
+const VALIDATING: &str = r#"echo "$1" >> "$OCF_RESKEY_dir/actions"
+case "$1" in
+validate-all)
+    code=$(cat "$OCF_RESKEY_dir/validate" 2>/dev/null || echo 0)
+    [ "$code" = 0 ] || echo "ocf-exit-reason:parameter dir is not what I want" >&2
+    exit "$code" ;;
+start) touch "$OCF_RESKEY_dir/on"; exit 0 ;;
+stop) rm -f "$OCF_RESKEY_dir/on"; exit 0 ;;
+monitor) [ -e "$OCF_RESKEY_dir/on" ] || { echo "ocf-exit-reason:it went away" >&2; exit 7; }; exit 0 ;;
+*) exit 3 ;;
+esac"#;
+
+/// The instance runs the agent's `validate-all` before `start`: a
+/// configuration it calls wrong (6) ends the instance as fatal, with the
+/// agent's reason, and nothing is started; "not implemented" (3) passes.
+#[tokio::test]
+async fn an_instance_validates_before_it_starts_and_ends_with_the_agents_reason() {
+    let root = FakeRoot::new();
+    let agent = root.agent("Validating", VALIDATING);
+    let dir = root.scratch("state");
+    fs::create_dir_all(&dir).unwrap();
+    let cfg = instance_config(&root, agent, &dir);
+    let actions = || fs::read_to_string(dir.join("actions")).unwrap_or_default();
+
+    fs::write(dir.join("validate"), "6").unwrap();
+    let finished = instance::run(&cfg).await;
+    assert_eq!(finished.end, Ended::Fatal);
+    assert_eq!(
+        finished.reason.as_deref(),
+        Some("validate-all: parameter dir is not what I want")
+    );
+    assert_eq!(
+        actions(),
+        "validate-all\n",
+        "nothing started, nothing stopped"
+    );
+
+    // Without validate-all (3), it starts; then the resource vanishes: a
+    // soft end with the monitor's reason, after a stop.
+    fs::write(dir.join("validate"), "3").unwrap();
+    fs::write(dir.join("actions"), "").unwrap();
+    let run = tokio::spawn(async move { instance::run(&cfg).await });
+    let on = dir.join("on");
+    let started = Instant::now();
+    while !on.exists() {
+        assert!(started.elapsed() < GONE_WAIT_MAX, "started");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    fs::remove_file(&on).unwrap();
+    let finished = run.await.unwrap();
+    assert_eq!(finished.end, Ended::Soft);
+    assert_eq!(finished.reason.as_deref(), Some("monitor: it went away"));
+    assert!(actions().starts_with("validate-all\nstart\nmonitor\n"));
+    assert!(actions().ends_with("monitor\nstop\n"));
+}
+
+/// The agent reads a failed instance's reason back from the end of its
+/// log: the last one printed, cut to its bound.
+#[test]
+fn the_last_reason_in_an_instances_log_is_read_back() {
+    let root = FakeRoot::new();
+    let log = root.scratch("svc.log");
+    assert_eq!(instance::read_last_reason(&log), None, "no log");
+    let old = format!("{}an earlier instance's reason\n", instance::REASON_PREFIX);
+    let noise = "ocf: monitor: running\n".repeat(2_000);
+    let new = format!(
+        "{}monitor: it went away\nocf: instance ended\n",
+        instance::REASON_PREFIX
+    );
+    fs::write(&log, format!("{old}{noise}{new}")).unwrap();
+    assert_eq!(
+        instance::read_last_reason(&log).as_deref(),
+        Some("monitor: it went away")
+    );
+    // Beyond the end it searches, an earlier reason is not found.
+    fs::write(&log, format!("{old}{noise}")).unwrap();
+    assert_eq!(instance::read_last_reason(&log), None);
+    let long = format!("{}{}\n", instance::REASON_PREFIX, "é".repeat(1_000));
+    let cut = instance::last_reason(&long).unwrap();
+    assert!(
+        cut.len() <= 300 + '…'.len_utf8() && cut.ends_with('…'),
+        "{cut}"
+    );
 }

@@ -91,8 +91,9 @@ fn an_ocf_hard_error_moves_the_workload_off_the_host() {
     assert_eq!(moved.restarts, 0, "no restart in place after a hard error");
     let said = events(&c, &c.host("h1").address());
     assert!(
-        said.iter().any(|e| e.message.contains("cannot run here")),
-        "the hard error is in the events: {:?}",
+        said.iter().any(|e| e.message.contains("cannot run here")
+            && e.message.contains("monitor: this host is marked bad")),
+        "the hard error is in the events, with the agent's reason: {:?}",
         said.iter().map(|e| &e.message).collect::<Vec<_>>()
     );
     assert_eq!(instances_of(&c, "svc").len(), 1);

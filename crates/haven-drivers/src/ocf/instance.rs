@@ -104,19 +104,53 @@ pub struct InstanceConfig {
 /// and the parameters' variable are the instance's).
 pub const ACTION_SUBCOMMAND: &str = "ocf-action";
 
+/// How an instance ended, and why when it failed: the agent's
+/// `ocf-exit-reason:`, else what failed and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub end: Ended,
+    pub reason: Option<String>,
+}
+
+impl From<Ended> for Finished {
+    fn from(end: Ended) -> Finished {
+        Finished { end, reason: None }
+    }
+}
+
 /// Run the instance until it fails or is asked to stop; returns how it
-/// ended. Prints one line per action whose outcome changed (its log).
-pub async fn run(cfg: &InstanceConfig) -> Ended {
+/// ended. First the agent's `validate-all` (an agent without one, exit 3,
+/// passes): a configuration it refuses ends the instance before `start`
+/// runs. Prints one line per action whose outcome changed (its log).
+pub async fn run(cfg: &InstanceConfig) -> Finished {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
             println!("ocf: cannot catch SIGTERM: {e}");
-            return Ended::Unusable;
+            return Finished {
+                end: Ended::Unusable,
+                reason: Some(format!("cannot catch SIGTERM: {e}")),
+            };
         }
     };
+    let validated = tokio::select! {
+        r = action(cfg, OcfAction::ValidateAll, cfg.start_timeout_ms) => r,
+        _ = term.recv() => return Ended::Stopped.into(),
+    };
+    let unimplemented = matches!(&validated, Ok(o) if o.exit == super::OcfExit::Unimplemented);
+    if !unimplemented {
+        if let Some((recovery, reason)) = failure(OcfAction::ValidateAll, &validated) {
+            // Nothing was started: nothing to stop.
+            say(OcfAction::ValidateAll, &validated);
+            return Finished {
+                end: ended_by(recovery),
+                reason: Some(reason),
+            };
+        }
+    }
     let started = tokio::select! {
         r = action(cfg, OcfAction::Start, cfg.start_timeout_ms) => r,
-        _ = term.recv() => return stop(cfg, "asked to stop while starting").await,
+        _ = term.recv() => return stop(cfg, "asked to stop while starting").await.into(),
     };
     if let Some(end) = failed(cfg, OcfAction::Start, started).await {
         return end;
@@ -128,7 +162,7 @@ pub async fn run(cfg: &InstanceConfig) -> Ended {
     loop {
         let checked = tokio::select! {
             r = action(cfg, monitor, cfg.monitor_timeout_ms) => r,
-            _ = term.recv() => return stop(cfg, "asked to stop").await,
+            _ = term.recv() => return stop(cfg, "asked to stop").await.into(),
         };
         if let Some(end) = failed(cfg, monitor, checked).await {
             return end;
@@ -139,7 +173,7 @@ pub async fn run(cfg: &InstanceConfig) -> Ended {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(cfg.monitor_interval_ms)) => {}
-            _ = term.recv() => return stop(cfg, "asked to stop").await,
+            _ = term.recv() => return stop(cfg, "asked to stop").await.into(),
         }
     }
 }
@@ -187,28 +221,87 @@ fn passed_env() -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `None` when the action succeeded; else the stop that follows a failure
-/// and how the instance ends.
-async fn failed(cfg: &InstanceConfig, what: OcfAction, outcome: Outcome) -> Option<Ended> {
-    let recovery = match &outcome {
-        Ok(o) => o.exit.severity(what)?,
+/// `None` when `what` succeeded; else the recovery it calls for and why:
+/// the agent's own reason, else the action and its exit.
+fn failure(what: OcfAction, outcome: &Outcome) -> Option<(Recovery, String)> {
+    match outcome {
+        Ok(o) => {
+            let recovery = o.exit.severity(what)?;
+            let reason = match &o.exit_reason {
+                Some(r) => format!("{}: {r}", what.as_str()),
+                None => format!("{}: {}", what.as_str(), o.exit),
+            };
+            Some((recovery, reason))
+        }
         // Could not run the agent at all (it is gone, or not executable):
         // this host cannot run it.
-        Err(_) => Recovery::Hard,
-    };
-    say(what, &outcome);
-    let end = match recovery {
+        Err(e) => Some((Recovery::Hard, format!("{}: {e}", what.as_str()))),
+    }
+}
+
+fn ended_by(recovery: Recovery) -> Ended {
+    match recovery {
         Recovery::Soft => Ended::Soft,
         Recovery::Hard => Ended::Hard,
         Recovery::Fatal => Ended::Fatal,
         Recovery::Fence => Ended::StopFailed,
-    };
+    }
+}
+
+/// `None` when the action succeeded; else the stop that follows a failure
+/// and how the instance ends.
+async fn failed(cfg: &InstanceConfig, what: OcfAction, outcome: Outcome) -> Option<Finished> {
+    let (recovery, reason) = failure(what, &outcome)?;
+    say(what, &outcome);
     // A failed resource may be partly active: stopped before anything
     // starts it again, here or elsewhere.
-    match stop(cfg, "after the failure").await {
-        Ended::Stopped => Some(end),
-        stop_failed => Some(stop_failed),
+    let end = match stop(cfg, "after the failure").await {
+        Ended::Stopped => ended_by(recovery),
+        stop_failed => stop_failed,
+    };
+    Some(Finished {
+        end,
+        reason: Some(reason),
+    })
+}
+
+/// The line an instance prints last when it fails, for its agent to read
+/// back from the log (an exit code carries no reason).
+pub const REASON_PREFIX: &str = "haven-ocf-reason: ";
+/// How much of the log's end is searched for it, and its longest reason.
+const REASON_SEARCH_BYTES: u64 = 16 * 1024;
+const REASON_BYTES_MAX: usize = 300;
+
+/// The reason the last failed instance printed in `log` (its end), cut
+/// to its bound.
+pub fn last_reason(log: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(REASON_PREFIX))?;
+    let mut reason = line.trim().to_owned();
+    if reason.len() > REASON_BYTES_MAX {
+        let mut cut = REASON_BYTES_MAX;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
     }
+    (!reason.is_empty()).then_some(reason)
+}
+
+/// [`last_reason`] of the log file at `path` (blocking: a bounded read of
+/// its end).
+pub fn read_last_reason(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(REASON_SEARCH_BYTES)))
+        .ok()?;
+    let mut buf = Vec::new();
+    f.take(REASON_SEARCH_BYTES).read_to_end(&mut buf).ok()?;
+    last_reason(&String::from_utf8_lossy(&buf))
 }
 
 async fn stop(cfg: &InstanceConfig, why: &str) -> Ended {
@@ -421,6 +514,7 @@ pub fn main(args: &[String]) -> ! {
         Ok(c) => c,
         Err(e) => {
             println!("ocf: {e}");
+            println!("{REASON_PREFIX}{e}");
             std::process::exit(Ended::Unusable as i32);
         }
     };
@@ -428,13 +522,17 @@ pub fn main(args: &[String]) -> ! {
         .worker_threads(1)
         .enable_all()
         .build();
-    let end = match rt {
+    let finished = match rt {
         Ok(rt) => rt.block_on(run(&cfg)),
-        Err(e) => {
-            println!("ocf: cannot start a runtime: {e}");
-            Ended::Unusable
-        }
+        Err(e) => Finished {
+            end: Ended::Unusable,
+            reason: Some(format!("cannot start a runtime: {e}")),
+        },
     };
-    println!("ocf: instance ended: {}", end.meaning());
-    std::process::exit(end as i32)
+    if let Some(reason) = &finished.reason {
+        let one_line: String = reason.chars().filter(|c| !c.is_control()).collect();
+        println!("{REASON_PREFIX}{one_line}");
+    }
+    println!("ocf: instance ended: {}", finished.end.meaning());
+    std::process::exit(finished.end as i32)
 }
