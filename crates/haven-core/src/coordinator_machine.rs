@@ -760,6 +760,17 @@ impl Coordinator {
         let mut effects = vec![];
         let lease_ms = state.settings.timing.lease_ms;
         let host = hb.host.clone();
+        // Sent only when the host's bundle differs (a CA rotation step):
+        // decided before its TLS report is kept.
+        let ca_bundle_pem = state
+            .ca
+            .as_ref()
+            .filter(|_| {
+                hb.cluster_bundle_sha256
+                    .as_ref()
+                    .is_some_and(|h| *h != hb.tls.bundle_sha256)
+            })
+            .map(|ca| ca.bundle_pem.clone());
         put(&mut self.keepers, &host, hb.keeper);
         put(&mut self.tls, &host, std::mem::take(&mut hb.tls));
         if let Some(now) = self.on_problems(&host, std::mem::take(&mut hb.problems)) {
@@ -864,16 +875,6 @@ impl Coordinator {
         };
         // Left out when the host holds exactly this content.
         let desired = (hb.desired_version != Some(version)).then_some(desired);
-        // Sent only when the host's differs (a CA rotation step).
-        let ca_bundle_pem = state
-            .ca
-            .as_ref()
-            .filter(|_| {
-                hb.cluster_bundle_sha256
-                    .as_ref()
-                    .is_some_and(|h| *h != hb.tls.bundle_sha256)
-            })
-            .map(|ca| ca.bundle_pem.clone());
         effects.push(CoordinatorEffect::Answer(HeartbeatAnswer::Ack(Ack {
             lease_ms,
             term: self.term,

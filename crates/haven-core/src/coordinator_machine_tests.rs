@@ -1046,6 +1046,34 @@ fn a_heartbeat_is_answered_with_the_lease_and_what_should_run_there() {
     assert_eq!(ack.ca_bundle_pem, None);
 }
 
+/// The cluster's CA bundle goes with an answer only to a host whose
+/// bundle differs (a CA rotation step), not with every heartbeat.
+#[test]
+fn the_ca_bundle_is_sent_only_to_a_host_whose_bundle_differs() {
+    let mut sim = Sim::new(&["h1", "h2"], false, vec![spec("w")], "h2");
+    sim.s.ca = Some(crate::state::ClusterCa {
+        bundle_pem: "the cluster's bundle".into(),
+        key_pem: "its key".into(),
+        next: None,
+    });
+    let beat = |sim: &mut Sim, holds: &str, now_ms: u64| {
+        let mut hb = sim.heartbeat_of("h1");
+        hb.cluster_bundle_sha256 = Some("current".into());
+        hb.tls.bundle_sha256 = holds.into();
+        match sim.send(hb, now_ms).0 {
+            HeartbeatAnswer::Ack(ack) => ack.ca_bundle_pem,
+            refused => panic!("{refused:?}"),
+        }
+    };
+    assert_eq!(beat(&mut sim, "current", 100), None);
+    assert_eq!(beat(&mut sim, "current", 200), None);
+    assert_eq!(
+        beat(&mut sim, "older", 300).as_deref(),
+        Some("the cluster's bundle")
+    );
+    assert_eq!(beat(&mut sim, "current", 400), None);
+}
+
 /// Apply `names` (the last one new) and place the new one on `host`.
 fn add_and_place(sim: &mut Sim, names: &[&str], host: &str, at_ms: u64) {
     let new = *names.last().expect("a workload");
