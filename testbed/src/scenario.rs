@@ -187,6 +187,7 @@ pub fn plan(s: &Scenario) -> Result<Vec<(u64, Action)>, String> {
             Action::Loss(..) => Some("loss"),
             Action::DelaySpike(..) => Some("delay"),
             Action::CrashLoop(..) => Some("crash-loop"),
+            Action::ProbeFails(..) => Some("probe-fails"),
             _ => None,
         };
         if let Some(step) = refused {

@@ -65,8 +65,8 @@ struct Args {
     #[arg(long)]
     trace: bool,
     /// Replay a seed found before later kinds of fault were added: 0
-    /// without graceful agent restarts and slow Raft storage, 1 without
-    /// slow Raft storage.
+    /// without graceful agent restarts, slow Raft storage and probe
+    /// faults, 1 without the last two, 2 without probe faults.
     #[arg(long, value_name = "K", default_value_t = haven_sim::world::LATER_FAULTS_ALL)]
     later_faults: u8,
     /// Run every scenario directory under DIR (each with its own seed).

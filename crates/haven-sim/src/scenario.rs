@@ -211,6 +211,13 @@ enum Step {
         host: Option<String>,
         for_ms: Option<u64>,
     },
+    /// Every probe check of the workload (on `host` only, if given) fails:
+    /// the application stops answering while its process keeps running.
+    ProbeFails {
+        workload: String,
+        host: Option<String>,
+        for_ms: Option<u64>,
+    },
     /// Everything back: power, network, frozen hosts and agents.
     Heal,
 }
@@ -528,6 +535,14 @@ fn action(
         } => {
             let on = host.as_deref().map(index).transpose()?;
             Action::CrashLoop(workload, on, span(for_ms))
+        }
+        Step::ProbeFails {
+            workload,
+            host,
+            for_ms,
+        } => {
+            let on = host.as_deref().map(index).transpose()?;
+            Action::ProbeFails(workload, on, span(for_ms))
         }
         Step::Heal => Action::Heal,
     })

@@ -67,8 +67,10 @@ const FEATURES_STREAM: u64 = 0x6665_6174_7572_6573;
 const LATER_FAULTS_STREAM: u64 = 0x6c61_7465_725f_6661;
 /// Slow Raft storage's own stream.
 const SLOW_STORAGE_STREAM: u64 = 0x736c_6f77_5f72_6166;
+/// Probe faults' own stream.
+const PROBE_FAULTS_STREAM: u64 = 0x7072_6f62_655f_6661;
 /// Every kind of fault added later (`SimConfig::later_faults`).
-pub const LATER_FAULTS_ALL: u8 = 2;
+pub const LATER_FAULTS_ALL: u8 = 3;
 /// The coordinator's tick: the cluster's heartbeat interval (default).
 const COORDINATOR_TICK_MS: u64 = 100;
 /// How often the lease invariant is checked.
@@ -90,7 +92,8 @@ pub struct SimConfig {
     /// Random faults and operator actions from the seed.
     pub chaos: bool,
     /// With `chaos`: how many of the kinds of fault added later run too
-    /// (1: graceful agent restarts, 2: and slow Raft storage), each drawn
+    /// (1: graceful agent restarts, 2: and slow Raft storage, 3: and
+    /// applications that stop answering their probes), each drawn
     /// from a stream of its own. Fewer, a seed runs as it did before the
     /// others were added (regression seeds replay so).
     pub later_faults: u8,
@@ -304,6 +307,9 @@ pub enum Action {
     /// For this long, every instance of the workload that starts (on this
     /// host only, if one is named) exits shortly after.
     CrashLoop(String, Option<usize>, u64),
+    /// For this long, every probe check of the workload (on this host
+    /// only, if one is named) fails while its instance keeps running.
+    ProbeFails(String, Option<usize>, u64),
 }
 
 impl Action {
@@ -327,7 +333,8 @@ impl Action {
             | Action::DatastoreStallAll(s)
             | Action::DatastoreSlow(_, s)
             | Action::DatastoreSlowReads(_, s)
-            | Action::CrashLoop(_, _, s) => *s,
+            | Action::CrashLoop(_, _, s)
+            | Action::ProbeFails(_, _, s) => *s,
             _ => 0,
         }
     }
@@ -699,6 +706,8 @@ pub struct World {
     happened: Vec<HappenedAt>,
     /// Crash loops: workload, host (any if `None`), until (real ms).
     crash_loops: Vec<(String, Option<usize>, u64)>,
+    /// Probe faults under way: workload, host (`None`: every host), until.
+    probe_faults: Vec<(String, Option<usize>, u64)>,
     /// Restart-grace proposals awaited: entry id → (asking host, its
     /// incarnation, the attempt).
     grace_waits: BTreeMap<u64, (usize, u64, u32)>,
@@ -996,6 +1005,7 @@ impl World {
             healed: false,
             happened: vec![],
             crash_loops: vec![],
+            probe_faults: vec![],
             grace_waits: BTreeMap::new(),
         };
         // Node 0 leads term 1 from the start.
@@ -1031,6 +1041,9 @@ impl World {
             }
             if w.cfg.later_faults >= 2 {
                 w.plan_slow_raft_storage();
+            }
+            if w.cfg.later_faults >= 3 {
+                w.plan_probe_faults();
             }
         }
         let end = w.cfg.duration_ms;
@@ -1170,6 +1183,32 @@ impl World {
             let extra_ms = rng.range(20, 3_000);
             let span = rng.range(500, 8_000);
             self.schedule(t, Ev::Do(Action::RaftStorageSlow(target, extra_ms, span)));
+        }
+    }
+
+    /// Applications that stop answering their probes, from their own
+    /// stream: every 15 s or so, one workload's checks fail for 1-20 s, on
+    /// one host or (one in four) on every host: restarts in place,
+    /// relocations and escalation to `failed` all come into play.
+    fn plan_probe_faults(&mut self) {
+        let mut rng = Rng::new(self.cfg.seed ^ PROBE_FAULTS_STREAM);
+        let names: Vec<String> = self.catalog.keys().cloned().collect();
+        if names.is_empty() {
+            return;
+        }
+        let mut t = 2_000;
+        loop {
+            t += rng.range(5_000, 25_000);
+            if t >= self.chaos_until {
+                break;
+            }
+            let workload = names[rng.index(names.len())].clone();
+            let on = match rng.index(4) {
+                0 => None,
+                _ => Some(rng.index(self.hosts.len())),
+            };
+            let span = rng.range(1_000, 20_000);
+            self.schedule(t, Ev::Do(Action::ProbeFails(workload, on, span)));
         }
     }
 
@@ -1616,16 +1655,20 @@ impl World {
                     ..
                 } => {
                     // A simulated workload answers while its instance is
-                    // there (no workload of this world has probes yet).
+                    // there, unless a probe fault says it stopped answering.
                     let there = self.hosts[h]
                         .instances
                         .contains_key(&(workload.clone(), generation));
-                    let outcome = if there {
-                        haven_core::probe::CheckOutcome::Pass
-                    } else {
+                    let outcome = if !there {
                         haven_core::probe::CheckOutcome::Fail {
                             reason: "no instance".into(),
                         }
+                    } else if self.probe_failing(&workload, h) {
+                        haven_core::probe::CheckOutcome::Fail {
+                            reason: "the application stopped answering".into(),
+                        }
+                    } else {
+                        haven_core::probe::CheckOutcome::Pass
                     };
                     let result = HostInput::ProbeResult {
                         workload,
@@ -1896,6 +1939,13 @@ impl World {
                 how: text,
             },
         );
+    }
+
+    /// Is a probe fault of `w` on host `h` under way?
+    fn probe_failing(&self, w: &str, h: usize) -> bool {
+        self.probe_faults
+            .iter()
+            .any(|(x, on, until)| x == w && on.is_none_or(|on| on == h) && self.now < *until)
     }
 
     /// Is a crash loop of `w` on host `h` under way?
@@ -3185,10 +3235,13 @@ impl World {
             | Action::CleanupNamed(_)
             | Action::Settings(_)
             | Action::Exit(_)
-            | Action::CrashLoop(..) => self.act_named(a),
+            | Action::CrashLoop(..)
+            | Action::ProbeFails(..) => self.act_named(a),
             Action::Heal => {
                 self.healed = true;
                 self.net.heal();
+                // Applications answer again.
+                self.probe_faults.clear();
                 self.raft.heal_storage();
                 if let Some(ds) = self.datastore.as_mut() {
                     ds.stalled.clear();
@@ -3293,6 +3346,10 @@ impl World {
                     }
                 }
                 self.crash_loops.push((w, on, until));
+            }
+            Action::ProbeFails(w, on, span) => {
+                let until = self.now.saturating_add(span);
+                self.probe_faults.push((w, on, until));
             }
             _ => {}
         }
