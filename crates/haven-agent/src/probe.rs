@@ -210,4 +210,98 @@ mod tests {
             "the check's background sleep ({pid}) still runs"
         );
     }
+
+    /// A one-route HTTP server on loopback answering every request with
+    /// `status` and `body`; returns its port.
+    async fn serve(status: u16, body: &'static str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut request = [0u8; 1024];
+                let _ = conn.read(&mut request).await;
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    fn http(port: u16, expect_status: u32, body_contains: Option<&str>) -> ProbeCheck {
+        ProbeCheck::Http {
+            port: u32::from(port),
+            path: "/health".into(),
+            expect_status,
+            body_contains: body_contains.map(str::to_owned),
+            https: false,
+        }
+    }
+
+    fn reason(outcome: CheckOutcome) -> String {
+        match outcome {
+            CheckOutcome::Fail { reason } => reason,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    /// An HTTP check passes on the expected status, and on a body that
+    /// holds the text when one is asked for; else it fails, saying what
+    /// it got.
+    #[tokio::test]
+    async fn an_http_check_wants_its_status_and_its_text() {
+        let client = http_client();
+        let ok = serve(200, "status: ok").await;
+        let down = serve(503, "status: ok").await;
+        let check = |c: ProbeCheck| {
+            let client = client.clone();
+            async move { run(&c, 2_000, &client, None).await }
+        };
+        assert_eq!(check(http(ok, 200, None)).await, CheckOutcome::Pass);
+        assert_eq!(check(http(ok, 200, Some("ok"))).await, CheckOutcome::Pass);
+        let why = reason(check(http(down, 200, Some("ok"))).await);
+        assert!(why.contains("status 503, expected 200"), "{why}");
+        assert_eq!(check(http(down, 503, None)).await, CheckOutcome::Pass);
+        let why = reason(check(http(ok, 200, Some("healthy"))).await);
+        assert!(why.contains("does not contain \"healthy\""), "{why}");
+    }
+
+    /// A TCP check passes when something listens, and an exec check when
+    /// its command exits 0; otherwise each fails, naming what it tried.
+    #[tokio::test]
+    async fn tcp_and_exec_checks_pass_and_fail() {
+        let client = http_client();
+        let listening = serve(200, "").await;
+        let tcp = |port: u16| ProbeCheck::Tcp {
+            port: u32::from(port),
+            host: None,
+        };
+        assert_eq!(
+            run(&tcp(listening), 2_000, &client, None).await,
+            CheckOutcome::Pass
+        );
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let why = reason(run(&tcp(closed), 2_000, &client, None).await);
+        assert!(why.contains(&format!("127.0.0.1:{closed}")), "{why}");
+        let exec = |program: &str| ProbeCheck::Exec {
+            command: vec![program.into()],
+            in_guest: false,
+        };
+        assert_eq!(
+            run(&exec("/bin/true"), 2_000, &client, None).await,
+            CheckOutcome::Pass
+        );
+        assert!(matches!(
+            run(&exec("/bin/false"), 2_000, &client, None).await,
+            CheckOutcome::Fail { .. }
+        ));
+        let why = reason(run(&exec("/nonexistent/check"), 2_000, &client, None).await);
+        assert!(why.contains("/nonexistent/check"), "{why}");
+    }
 }
