@@ -741,15 +741,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 step: step.into(),
                 force,
             };
-            let resp: haven_agent::api::RotateResponse = rpc::post(
-                &r.http(30_000)?,
-                &r.server,
-                "/v1/ca/rotate",
-                &req,
-                false,
-                None,
-            )
-            .await?;
+            let resp: haven_agent::api::RotateResponse =
+                post(&r.http(30_000)?, &r.server, "/v1/ca/rotate", &req).await?;
             println!(
                 "{}\nsigning CA SHA-256: {}",
                 resp.message, resp.signing_ca_sha256
@@ -857,15 +850,7 @@ async fn settings(r: &Remote, action: Option<SettingsAction>) -> Result<()> {
                 })?;
                 set.push((k.trim().to_owned(), v.trim().to_owned()));
             }
-            rpc::post(
-                &http,
-                &r.server,
-                "/v1/settings",
-                &SettingsRequest { set },
-                false,
-                None,
-            )
-            .await?
+            post(&http, &r.server, "/v1/settings", &SettingsRequest { set }).await?
         }
     };
     let width = r.settings.iter().map(|s| s.key.len()).max().unwrap_or(0);
@@ -912,7 +897,7 @@ async fn apply(r: &Remote, file: &PathBuf, wait_s: Option<u64>) -> Result<()> {
         Some(_) => Some(fetch_status(r).await?),
         None => None,
     };
-    let resp: ApplyResponse = rpc::post(
+    let resp: ApplyResponse = post(
         &http,
         &r.server,
         "/v1/apply",
@@ -920,8 +905,6 @@ async fn apply(r: &Remote, file: &PathBuf, wait_s: Option<u64>) -> Result<()> {
             source,
             specs: specs.iter().map(ToWire::to_wire).collect(),
         },
-        false,
-        None,
     )
     .await?;
     for (label, names) in [
@@ -969,15 +952,13 @@ async fn apply(r: &Remote, file: &PathBuf, wait_s: Option<u64>) -> Result<()> {
 
 async fn delete(r: &Remote, name: &str, wait_s: Option<u64>) -> Result<()> {
     let http = r.http(30_000)?;
-    let resp: DeleteResponse = rpc::post(
+    let resp: DeleteResponse = post(
         &http,
         &r.server,
         "/v1/delete",
         &DeleteRequest {
             name: name.to_owned(),
         },
-        false,
-        None,
     )
     .await?;
     match &resp.stopping {
@@ -1024,15 +1005,13 @@ const WAIT_POLL_MS: u64 = 200;
 async fn cleanup(r: &Remote, name: &str) -> Result<()> {
     haven_core::spec::check_name(name).map_err(|m| anyhow!("workload name: {m}"))?;
     let http = r.http(30_000)?;
-    let resp: haven_api::v1::CleanupResponse = rpc::post(
+    let resp: haven_api::v1::CleanupResponse = post(
         &http,
         &r.server,
         "/v1/cleanup",
         &haven_api::v1::CleanupRequest {
             name: name.to_owned(),
         },
-        false,
-        None,
     )
     .await?;
     let mut said = vec![];
@@ -1328,4 +1307,107 @@ fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// How long an operator's request that was refused with 421 is sent
+/// again, and how often: an election moved the coordinator between the
+/// host the CLI reached and the leader that host forwarded to (a few
+/// hundred ms). A 421 is answered before anything is done, so sending
+/// the request again is safe for every request.
+const MISDIRECTED_RETRY_MS: u64 = 10_000;
+const MISDIRECTED_BACKOFF_MS: u64 = 250;
+
+/// `rpc::post` to the CLI's server, sent again while it is refused with
+/// 421 (see `MISDIRECTED_RETRY_MS`).
+async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    server: &str,
+    path: &str,
+    body: &Req,
+) -> Result<Resp, rpc::RpcError> {
+    retry_misdirected(
+        Duration::from_millis(MISDIRECTED_RETRY_MS),
+        Duration::from_millis(MISDIRECTED_BACKOFF_MS),
+        || rpc::post(http, server, path, body, false, None),
+    )
+    .await
+}
+
+/// `send` until it is answered other than 421, or `budget` has passed
+/// (then its last answer).
+async fn retry_misdirected<T, F, Fut>(
+    budget: Duration,
+    backoff: Duration,
+    mut send: F,
+) -> Result<T, rpc::RpcError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, rpc::RpcError>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match send().await {
+            Err(e) if e.status() == Some(421) && started.elapsed() + backoff < budget => {
+                tokio::time::sleep(backoff).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16) -> rpc::RpcError {
+        rpc::RpcError::Refused {
+            address: "h1:7440".into(),
+            status,
+            message: "h1 is not the coordinator".into(),
+            leader: None,
+        }
+    }
+
+    /// A request refused with 421 during an election is sent again until
+    /// the new coordinator answers; any other refusal, and a 421 that
+    /// outlasts the budget, is the answer.
+    #[tokio::test]
+    async fn a_request_refused_during_an_election_is_sent_again() {
+        let ms = Duration::from_millis;
+        let mut sent = 0;
+        let answer = retry_misdirected(ms(5_000), ms(1), || {
+            sent += 1;
+            let n = sent;
+            async move {
+                if n < 3 {
+                    Err(refused(421))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(answer.unwrap(), 3);
+
+        let mut sent = 0;
+        let answer: Result<u32, _> = retry_misdirected(ms(5_000), ms(1), || {
+            sent += 1;
+            async { Err(refused(400)) }
+        })
+        .await;
+        assert_eq!(answer.unwrap_err().status(), Some(400));
+        assert_eq!(sent, 1, "a refusal other than 421 is not sent again");
+
+        let mut sent = 0;
+        let answer: Result<u32, _> = retry_misdirected(ms(50), ms(10), || {
+            sent += 1;
+            async { Err(refused(421)) }
+        })
+        .await;
+        assert_eq!(answer.unwrap_err().status(), Some(421));
+        assert!(
+            (2..=5).contains(&sent),
+            "sent {sent} times within the budget"
+        );
+    }
 }
