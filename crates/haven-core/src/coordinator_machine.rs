@@ -1325,6 +1325,16 @@ impl Coordinator {
         Vec<(String, Generation, String)>,
     ) {
         let timing = state.settings.timing;
+        // What is remembered per workload stays within the workloads that
+        // exist: deleted ones are forgotten once there are more entries
+        // than workloads (a check of two lengths per tick).
+        if self.restarts_seen.len() > state.workloads.len() {
+            self.restarts_seen
+                .retain(|w, _| state.workloads.contains_key(w));
+        }
+        if self.placed.len() > state.workloads.len() {
+            self.placed.retain(|w, _| state.workloads.contains_key(w));
+        }
         let mut fresh_locks = BTreeSet::new();
         let online = |h: &str| {
             hosts

@@ -1345,6 +1345,41 @@ fn starts_restarts_and_stop_steps_are_said_once() {
     );
 }
 
+/// What the office remembers per workload (restarts seen, placements
+/// not yet started) does not outlive the workloads: a cluster that applies
+/// and deletes workloads for months keeps no trace of the deleted ones.
+#[test]
+fn deleted_workloads_are_forgotten_by_the_office() {
+    let names: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
+    let mut sim = Sim::new(
+        &["h1", "h2"],
+        false,
+        names.iter().map(|n| spec(n)).collect(),
+        "h2",
+    );
+    sim.beat(&["h1", "h2"], 0);
+    sim.tick(50);
+    sim.beat(&["h1", "h2"], 100);
+    sim.tick(150);
+    assert!(sim.c.restarts_seen.len() >= 5, "the running ones were seen");
+    for (i, n) in names.iter().enumerate() {
+        sim.s.apply(&Command::DeleteWorkload {
+            name: n.clone(),
+            at_ms: 200 + i as u64,
+        });
+    }
+    sim.beat(&["h1", "h2"], 300);
+    sim.tick(350);
+    sim.tick(400);
+    assert!(sim.s.workloads.is_empty());
+    assert!(
+        sim.c.restarts_seen.is_empty() && sim.c.placed.is_empty(),
+        "{:?} {:?}",
+        sim.c.restarts_seen,
+        sim.c.placed
+    );
+}
+
 #[test]
 fn took_office_is_said_once_in_the_first_tick() {
     let mut sim = Sim::new(&["h1"], false, vec![], "h1");
