@@ -42,13 +42,19 @@ async fn check_once(
         }
         ProbeCheck::Http {
             port,
+            host,
             path,
             expect_status,
             body_contains,
             https,
         } => {
             let scheme = if *https { "https" } else { "http" };
-            let url = format!("{scheme}://127.0.0.1:{port}{path}");
+            let host = match host.as_deref().unwrap_or("127.0.0.1") {
+                // An IPv6 address is bracketed in a URL.
+                h if h.contains(':') => format!("[{h}]"),
+                h => h.to_owned(),
+            };
+            let url = format!("{scheme}://{host}:{port}{path}");
             http_check(
                 http,
                 &url,
@@ -234,6 +240,7 @@ mod tests {
     fn http(port: u16, expect_status: u32, body_contains: Option<&str>) -> ProbeCheck {
         ProbeCheck::Http {
             port: u32::from(port),
+            host: None,
             path: "/health".into(),
             expect_status,
             body_contains: body_contains.map(str::to_owned),
@@ -261,6 +268,15 @@ mod tests {
             async move { run(&c, 2_000, &client, None).await }
         };
         assert_eq!(check(http(ok, 200, None)).await, CheckOutcome::Pass);
+        let named = ProbeCheck::Http {
+            port: u32::from(ok),
+            host: Some("127.0.0.1".into()),
+            path: "/".into(),
+            expect_status: 200,
+            body_contains: None,
+            https: false,
+        };
+        assert_eq!(check(named).await, CheckOutcome::Pass);
         assert_eq!(check(http(ok, 200, Some("ok"))).await, CheckOutcome::Pass);
         let why = reason(check(http(down, 200, Some("ok"))).await);
         assert!(why.contains("status 503, expected 200"), "{why}");

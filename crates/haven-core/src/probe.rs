@@ -98,16 +98,20 @@ impl fmt::Display for ProbeRole {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ProbeCheck {
-    /// A TCP connection is accepted. `host`: default the instance's own
-    /// address (loopback for a process, the guest's for a VM).
+    /// A TCP connection is accepted. `host`: default 127.0.0.1 on the
+    /// instance's host (a VM's service through a forwarded port; name its
+    /// address on a bridge to reach it there).
     Tcp {
         port: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host: Option<String>,
     },
     /// A GET answered with `expect_status` (and `body_contains`, if given).
+    /// `host`: as for `Tcp`, a host name or IP address.
     Http {
         port: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
         #[serde(default = "default_http_path")]
         path: String,
         #[serde(default = "default_expect_status")]
@@ -149,10 +153,15 @@ impl fmt::Display for ProbeCheck {
                 )
             }
             ProbeCheck::Http {
-                port, path, https, ..
+                port,
+                host,
+                path,
+                https,
+                ..
             } => {
                 let scheme = if *https { "https" } else { "http" };
-                write!(f, "{scheme} :{port}{}", shorten(path, 64))
+                let host = shorten(host.as_deref().unwrap_or(""), 64);
+                write!(f, "{scheme} {host}:{port}{}", shorten(path, 64))
             }
             ProbeCheck::Exec { command, in_guest } => {
                 let program = command.first().map(String::as_str).unwrap_or("");
@@ -377,12 +386,16 @@ fn check_check(check: &ProbeCheck, has_guest: bool, at: &mut At) {
         }
         ProbeCheck::Http {
             port,
+            host,
             path,
             expect_status,
             body_contains,
             https: _,
         } => {
             at.bounds("port", PORT, *port);
+            if let Some(h) = host {
+                check_url_host(h, at);
+            }
             check_http_path(path, at);
             at.bounds("expect_status", HTTP_STATUS, *expect_status);
             if let Some(b) = body_contains {
@@ -401,6 +414,25 @@ fn check_host(host: &str, at: &mut At) {
             "host",
             format!(
                 "must be a host name or address of 1-{TCP_HOST_LEN_MAX} bytes without spaces, e.g. \"127.0.0.1\"; got {:?}: fix it, or remove it to probe the instance's own address",
+                shorten(host, 80)
+            ),
+        );
+    }
+}
+
+/// An HTTP probe's host goes into a URL: a name of letters, digits, dots
+/// and dashes, or an IP address, and nothing that could change the URL.
+fn check_url_host(host: &str, at: &mut At) {
+    let name = !host.is_empty()
+        && host.len() <= TCP_HOST_LEN_MAX
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if !name && host.parse::<std::net::IpAddr>().is_err() {
+        at.push(
+            "host",
+            format!(
+                "must be a host name (letters, digits, '.', '-') or an IP address, e.g. \"192.168.122.10\"; got {:?}: fix it, or remove it to probe 127.0.0.1",
                 shorten(host, 80)
             ),
         );

@@ -599,12 +599,14 @@ fn probe_to_wire(p: &haven_core::probe::ProbeSpec) -> v1::ProbeSpec {
             C::Tcp { port, host } => v1::ProbeCheck::Tcp { port, host },
             C::Http {
                 port,
+                host,
                 path,
                 expect_status,
                 body_contains,
                 https,
             } => v1::ProbeCheck::Http {
                 port,
+                host,
                 path,
                 expect_status,
                 body_contains,
@@ -633,12 +635,14 @@ fn probe_from_wire(p: v1::ProbeSpec) -> haven_core::probe::ProbeSpec {
             v1::ProbeCheck::Tcp { port, host } => C::Tcp { port, host },
             v1::ProbeCheck::Http {
                 port,
+                host,
                 path,
                 expect_status,
                 body_contains,
                 https,
             } => C::Http {
                 port,
+                host,
                 path,
                 expect_status,
                 body_contains,

@@ -98,6 +98,8 @@ pub enum ProbeCheck {
     },
     Http {
         port: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
         path: String,
         expect_status: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,6 +13,7 @@ fn tcp() -> ProbeCheck {
 fn http() -> ProbeCheck {
     ProbeCheck::Http {
         port: 8080,
+        host: None,
         path: "/healthz".into(),
         expect_status: 200,
         body_contains: None,
@@ -192,18 +193,36 @@ fn a_timeout_longer_than_the_interval_is_refused_with_the_fix() {
 fn an_http_path_must_start_with_a_slash_and_an_empty_body_text_is_refused() {
     let bad = ProbeCheck::Http {
         port: 80,
+        host: Some("db.example/admin?".into()),
         path: "healthz".into(),
         expect_status: 700,
         body_contains: Some(String::new()),
         https: true,
     };
     let got = problems(&[ProbeSpec::new(ProbeRole::Readiness, bad)], false);
-    assert_eq!(got.len(), 3, "{got:?}");
-    assert!(got[0].starts_with("field \"probes[0].path\": must start with '/'"));
-    assert!(got[0].contains("got \"healthz\""), "{got:?}");
-    assert!(got[1]
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got[0].starts_with("field \"probes[0].host\": must be a host name"));
+    assert!(got[0].contains("got \"db.example/admin?\""), "{got:?}");
+    assert!(got[1].starts_with("field \"probes[0].path\": must start with '/'"));
+    assert!(got[1].contains("got \"healthz\""), "{got:?}");
+    assert!(got[2]
         .starts_with("field \"probes[0].expect_status\": must be between 100 and 599; got 700"));
-    assert!(got[2].starts_with("field \"probes[0].body_contains\": is empty"));
+    assert!(got[3].starts_with("field \"probes[0].body_contains\": is empty"));
+    // A name, an IPv4 and an IPv6 address are hosts a URL can hold.
+    for host in ["db-1.example", "192.168.122.10", "fe80::1"] {
+        let ok = ProbeCheck::Http {
+            port: 80,
+            host: Some(host.into()),
+            path: "/".into(),
+            expect_status: 200,
+            body_contains: None,
+            https: false,
+        };
+        assert!(
+            problems(&[ProbeSpec::new(ProbeRole::Readiness, ok)], false).is_empty(),
+            "{host}"
+        );
+    }
 }
 
 #[test]
