@@ -4,6 +4,13 @@
 use clap::Parser;
 use haven::cli;
 
+/// jemalloc, not glibc's malloc: the leader serves ten thousand small
+/// requests a second at 1,000 hosts, each a handful of short-lived
+/// allocations, and glibc's per-thread arenas keep what a snapshot or a
+/// large apply freed (ARCHITECTURE.md, "Memory").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     // Whatever started us may have blocked signals (a test bed or a
     // supervisor blocking SIGTERM for itself): the agent's shutdown and
