@@ -11,7 +11,12 @@ pub enum RpcError {
     #[error(
         "cannot reach {address}: {detail}; check the address and that a haven agent runs there"
     )]
-    Unreachable { address: String, detail: String },
+    Unreachable {
+        address: String,
+        detail: String,
+        /// No connection was made: the request was never sent.
+        not_sent: bool,
+    },
     #[error("{address} answered {status}: {message}")]
     Refused {
         address: String,
@@ -30,6 +35,12 @@ impl RpcError {
             RpcError::Refused { status, .. } => Some(*status),
             _ => None,
         }
+    }
+
+    /// The request never reached the server (no connection was made), so
+    /// nothing it asked for was done.
+    pub fn never_sent(&self) -> bool {
+        matches!(self, RpcError::Unreachable { not_sent: true, .. })
     }
 }
 
@@ -154,11 +165,13 @@ async fn finish<Resp: DeserializeOwned>(
     let resp = sent.map_err(|e| RpcError::Unreachable {
         address: address.to_owned(),
         detail: describe(&e),
+        not_sent: e.is_connect(),
     })?;
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(|e| RpcError::Unreachable {
         address: address.to_owned(),
         detail: describe(&e),
+        not_sent: false,
     })?;
     if !status.is_success() {
         let (message, leader) = match serde_json::from_slice::<NotLeaderBody>(&bytes) {

@@ -1309,16 +1309,18 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// How long an operator's request that was refused with 421 is sent
-/// again, and how often: an election moved the coordinator between the
-/// host the CLI reached and the leader that host forwarded to (a few
-/// hundred ms). A 421 is answered before anything is done, so sending
-/// the request again is safe for every request.
+/// How long an operator's request that was refused with 421, or that
+/// could not connect, is sent again, and how often: an election moved the
+/// coordinator between the host the CLI reached and the leader that host
+/// forwarded to (a few hundred ms), or the host was too busy to accept
+/// the connection within its timeout. A 421 is answered before anything
+/// is done, and a request that never connected was never sent, so sending
+/// it again is safe for every request.
 const MISDIRECTED_RETRY_MS: u64 = 10_000;
 const MISDIRECTED_BACKOFF_MS: u64 = 250;
 
 /// `rpc::post` to the CLI's server, sent again while it is refused with
-/// 421 (see `MISDIRECTED_RETRY_MS`).
+/// 421 or cannot connect (see `MISDIRECTED_RETRY_MS`).
 async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     server: &str,
@@ -1333,8 +1335,8 @@ async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
     .await
 }
 
-/// `send` until it is answered other than 421, or `budget` has passed
-/// (then its last answer).
+/// `send` until it is answered other than 421 and connects, or `budget`
+/// has passed (then its last answer).
 async fn retry_misdirected<T, F, Fut>(
     budget: Duration,
     backoff: Duration,
@@ -1347,7 +1349,10 @@ where
     let started = std::time::Instant::now();
     loop {
         match send().await {
-            Err(e) if e.status() == Some(421) && started.elapsed() + backoff < budget => {
+            Err(e)
+                if (e.status() == Some(421) || e.never_sent())
+                    && started.elapsed() + backoff < budget =>
+            {
                 tokio::time::sleep(backoff).await;
             }
             answer => return answer,
@@ -1388,6 +1393,41 @@ mod tests {
         })
         .await;
         assert_eq!(answer.unwrap(), 3);
+
+        // A connection not made: the request was never sent.
+        let mut sent = 0;
+        let answer = retry_misdirected(ms(5_000), ms(1), || {
+            sent += 1;
+            let n = sent;
+            async move {
+                if n < 2 {
+                    Err(rpc::RpcError::Unreachable {
+                        address: "h1:7440".into(),
+                        detail: "connection failed".into(),
+                        not_sent: true,
+                    })
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(answer.unwrap(), 2);
+        // A timeout after sending may have done the work: not sent again.
+        let mut sent = 0;
+        let answer: Result<u32, _> = retry_misdirected(ms(5_000), ms(1), || {
+            sent += 1;
+            async {
+                Err(rpc::RpcError::Unreachable {
+                    address: "h1:7440".into(),
+                    detail: "timed out".into(),
+                    not_sent: false,
+                })
+            }
+        })
+        .await;
+        assert!(answer.is_err());
+        assert_eq!(sent, 1, "an answer that may have been acted on is final");
 
         let mut sent = 0;
         let answer: Result<u32, _> = retry_misdirected(ms(5_000), ms(1), || {
