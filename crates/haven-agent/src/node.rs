@@ -138,6 +138,16 @@ pub struct Node {
 }
 
 impl Node {
+    /// Pet the watchdog, if there is one (the caller asked the host
+    /// machine's `may_pet_watchdog`).
+    pub fn pet_watchdog(&self) {
+        if let Some(w) = self.watchdog.lock().unwrap().as_mut() {
+            if let Err(e) = w.pet() {
+                tracing::error!("{e}");
+            }
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.consensus.as_ref().is_some_and(|c| c.is_leader())
     }
@@ -661,6 +671,13 @@ pub async fn run(
         },
         clock.clone(),
     )?;
+    let keeper = haven_keeper::KeeperClient::new(datadir.path())
+        .map_err(|e| anyhow!("lease keeper socket: {e}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let logs = crate::logs::LogService::new(datadir.logs_dir(), stop_rx.clone(), &tls)?;
+    let tls_listener = crate::serve::TlsListener::new(listener, tls.clone())?;
+    // The watchdog last: once it is armed, nothing may fail without
+    // disarming it, or the host is reset for an agent that merely exited.
     let watchdog = match cfg.watchdog_mode {
         WatchdogMode::Off => None,
         WatchdogMode::Required => Some(
@@ -678,10 +695,7 @@ pub async fn run(
         },
     };
     let watchdog_timeout_ms = watchdog.as_ref().map_or(0, |w| w.timeout_ms);
-    let keeper = haven_keeper::KeeperClient::new(datadir.path())
-        .map_err(|e| anyhow!("lease keeper socket: {e}"))?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let gate = Arc::new(crate::auth::Gate::new(
         identity.cluster_id.clone(),
         Box::new(consensus.clone()),
@@ -689,7 +703,7 @@ pub async fn run(
     ));
     let node = Arc::new(Node {
         gate,
-        logs: crate::logs::LogService::new(datadir.logs_dir(), stop_rx.clone(), &tls)?,
+        logs,
         address: address.clone(),
         capacity,
         consensus: consensus.clone(),
@@ -720,22 +734,53 @@ pub async fn run(
 
     let app = crate::server::router(node.clone());
     let server = tokio::spawn(crate::serve::serve_until_stopped(
-        crate::serve::TlsListener::new(listener, tls)?,
+        tls_listener,
         app,
         stop_rx.clone(),
     ));
 
-    if let Some(c) = &consensus {
-        if let (Some(ca), true) = (
-            new_ca,
-            fresh && existing.is_none() && matches!(node.cfg.mode, StartMode::Bootstrap),
-        ) {
-            bootstrap(&node, c, ca).await?;
-        } else if !c.is_initialized() {
-            promote(&node).await?;
+    // Until the supervisor loop runs, the watchdog is petted here: a
+    // joining manager may wait up to `PROMOTE_DEADLINE_MS` to be made a
+    // voter. A stop asked for meanwhile ends that wait (the data dir holds
+    // the join; the next start finishes it); a bootstrap, bounded, is
+    // finished first.
+    let mut shutdown = Box::pin(shutdown);
+    let started = match &consensus {
+        Some(c) => {
+            let creates =
+                fresh && existing.is_none() && matches!(node.cfg.mode, StartMode::Bootstrap);
+            match new_ca.filter(|_| creates) {
+                Some(ca) => Some(petting_watchdog(&node, bootstrap(&node, c, ca)).await),
+                None if !c.is_initialized() => tokio::select! {
+                    r = petting_watchdog(&node, promote(&node)) => Some(r),
+                    _ = &mut shutdown => None,
+                },
+                None => Some(Ok(())),
+            }
         }
+        None => Some(Ok(())),
     }
-    record_store(&node)?;
+    .map(|r| r.and_then(|()| record_store(&node)));
+    if !matches!(started, Some(Ok(()))) {
+        if let Some(w) = node.watchdog.lock().unwrap().take() {
+            w.disarm();
+        }
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        if let Some(c) = &consensus {
+            c.shutdown().await;
+        }
+        return match started {
+            Some(r) => r,
+            None => {
+                eprintln!(
+                    "haven agent {} stopped before it finished joining cluster {}; start it again with the same --data-dir to finish",
+                    node.identity.name, node.identity.cluster_id
+                );
+                Ok(())
+            }
+        };
+    }
     if adopted > 0 {
         tracing::info!("re-adopted {adopted} running workload instance(s)");
     }
@@ -760,7 +805,7 @@ pub async fn run(
         tokio::spawn(crate::logs::run_sweep(node.clone())),
     ];
     let refused = tokio::select! {
-        _ = shutdown => None,
+        _ = &mut shutdown => None,
         r = &mut heartbeats => Some(r.unwrap_or_else(|e| format!("heartbeat task ended: {e}"))),
     };
     heartbeats.abort();
@@ -909,6 +954,27 @@ async fn bootstrap(node: &Arc<Node>, c: &Consensus, ca: crate::pki::CaMaterial) 
         node.address
     );
     Ok(())
+}
+
+/// Run `work` (a bootstrap or a promotion), petting the watchdog meanwhile
+/// as the supervisor loop does once it runs, when the host machine allows
+/// it (with nothing running yet, it does).
+async fn petting_watchdog<T>(node: &Node, work: impl std::future::Future<Output = T>) -> T {
+    if node.watchdog.lock().unwrap().is_none() {
+        return work.await;
+    }
+    let every = Duration::from_millis((node.watchdog_timeout_ms / 4).clamp(10, 1_000));
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = tokio::time::sleep(every) => {
+                if node.supervisor.machine().may_pet_watchdog() {
+                    node.pet_watchdog();
+                }
+            }
+        }
+    }
 }
 
 /// Second step of a manager's join: ask the leader to make us a voter now

@@ -111,6 +111,12 @@ impl HostMachine {
         self.state.lock().unwrap()
     }
 
+    /// Whether the machine lets the watchdog be petted now.
+    pub fn may_pet_watchdog(&self) -> bool {
+        let now_ms = self.clock.now_ms();
+        self.lock().machine.may_pet_watchdog(now_ms)
+    }
+
     /// Hand the machine one input, at the monotonic time read under its
     /// lock (inputs from several tasks never go back in time). Returns the
     /// lease keeper's new deadline if the input moved it.
@@ -1384,11 +1390,7 @@ pub async fn run(node: Arc<Node>) {
             node.keeper_renew(expiry_ms.unwrap_or(now));
         }
         if pet {
-            if let Some(w) = node.watchdog.lock().unwrap().as_mut() {
-                if let Err(e) = w.pet() {
-                    tracing::error!("{e}");
-                }
-            }
+            node.pet_watchdog();
         }
     }
 }

@@ -872,12 +872,18 @@ fn init_logging() {
         .try_init();
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT, both caught from this call on: the agent polls the
+/// future only later (while it joins, say), and a signal before that must
+/// not end the process with the watchdog armed.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
