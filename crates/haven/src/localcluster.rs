@@ -336,10 +336,35 @@ impl LocalCluster {
                 }
             }
             if Instant::now() > deadline {
-                bail!("timed out after {timeout:?} waiting for {what}; last status:\n{last}");
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}; last status:\n{last}\n{}",
+                    self.agents_report()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Each agent's state and last log lines, for a wait that timed out.
+    fn agents_report(&mut self) -> String {
+        let mut out = String::new();
+        for h in &mut self.hosts {
+            let state = match h.child.as_mut().map(|c| c.try_wait()) {
+                None => "not started or stopped by the test".to_string(),
+                Some(Ok(None)) => "running".to_string(),
+                Some(Ok(Some(status))) => format!("exited ({status})"),
+                Some(Err(e)) => format!("unknown ({e})"),
+            };
+            let log = fs::read_to_string(&h.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(8)..].join("\n  ");
+            out.push_str(&format!(
+                "agent {} {state}; last lines of {}:\n  {tail}\n",
+                h.name,
+                h.log.display()
+            ));
+        }
+        out
     }
 
     /// Kill every agent and every workload, remove cgroups and files.
