@@ -50,13 +50,26 @@ pub async fn join_exchange(
     let key = crate::pki::new_host_key()?;
     req.csr_pem = crate::pki::csr(&key, &req.name)?;
     let http = rpc::client_builder(Some(JOIN_TIMEOUT_MS), Some(&pinned))?.build()?;
-    let resp: JoinResponse = rpc::post(
-        &http,
-        target,
-        "/v1/join",
-        &req,
-        false,
-        Some(Duration::from_millis(JOIN_TIMEOUT_MS)),
+    // Asked again while the answer says nothing was done or it may be
+    // done twice: not the coordinator (421), the coordinator unreachable
+    // through the target (502), its change not committed yet (503), no
+    // connection made. Registering the same host again is harmless.
+    let busy = |e: &rpc::RpcError| matches!(e.status(), Some(421 | 502 | 503)) || e.never_sent();
+    let resp: JoinResponse = rpc::retry(
+        Duration::from_millis(JOIN_RETRY_BUDGET_MS),
+        Duration::from_millis(JOIN_RETRY_BACKOFF_MS),
+        busy,
+        |e| tracing::warn!("join {target}: {e}; asking again in {JOIN_RETRY_BACKOFF_MS} ms"),
+        || {
+            rpc::post(
+                &http,
+                target,
+                "/v1/join",
+                &req,
+                false,
+                Some(Duration::from_millis(JOIN_TIMEOUT_MS)),
+            )
+        },
     )
     .await
     .map_err(|e| anyhow!("join {target}: {e}"))?;
@@ -72,6 +85,10 @@ pub async fn join_exchange(
 
 /// Bound on each request of a join.
 const JOIN_TIMEOUT_MS: u64 = 15_000;
+/// How long a join is asked again while the cluster is busy (an election,
+/// a membership change, a slow commit), and how often.
+const JOIN_RETRY_BUDGET_MS: u64 = 60_000;
+const JOIN_RETRY_BACKOFF_MS: u64 = 1_000;
 
 /// The IP address of `address` (`IP:PORT`), for the host certificate.
 pub fn ips_of(address: &str) -> Vec<std::net::IpAddr> {

@@ -44,6 +44,32 @@ impl RpcError {
     }
 }
 
+/// `send` again, after `backoff`, while its error is one `again` accepts
+/// and `budget` has not passed; then its last answer. `on_retry` hears
+/// each error that is sent again.
+pub async fn retry<T, F, Fut>(
+    budget: Duration,
+    backoff: Duration,
+    again: impl Fn(&RpcError) -> bool,
+    mut on_retry: impl FnMut(&RpcError),
+    mut send: F,
+) -> Result<T, RpcError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RpcError>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match send().await {
+            Err(e) if again(&e) && started.elapsed() + backoff < budget => {
+                on_retry(&e);
+                tokio::time::sleep(backoff).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// A not-leader answer carries the leader's address when known.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct NotLeaderBody {

@@ -1346,24 +1346,14 @@ async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
 async fn retry_misdirected<T, F, Fut>(
     budget: Duration,
     backoff: Duration,
-    mut send: F,
+    send: F,
 ) -> Result<T, rpc::RpcError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, rpc::RpcError>>,
 {
-    let started = std::time::Instant::now();
-    loop {
-        match send().await {
-            Err(e)
-                if (e.status() == Some(421) || e.never_sent())
-                    && started.elapsed() + backoff < budget =>
-            {
-                tokio::time::sleep(backoff).await;
-            }
-            answer => return answer,
-        }
-    }
+    let misdirected = |e: &rpc::RpcError| e.status() == Some(421) || e.never_sent();
+    rpc::retry(budget, backoff, misdirected, |_| {}, send).await
 }
 
 #[cfg(test)]

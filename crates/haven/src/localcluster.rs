@@ -21,6 +21,8 @@ pub struct LocalHost {
     pub log: PathBuf,
     pub child: Option<Child>,
     pub extra_args: Vec<String>,
+    /// Extra environment of its agent (e.g. `HAVEN_TEST_HOOKS=1`).
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl LocalHost {
@@ -112,6 +114,7 @@ impl LocalCluster {
             log: self.dir.join(format!("{name}.log")),
             child: None,
             extra_args: vec![],
+            extra_env: vec![],
         });
         Ok(())
     }
@@ -135,6 +138,7 @@ impl LocalCluster {
             .args(["--capacity", "vcpus=4,memory_mib=4096"])
             .args(&self.agent_args)
             .args(&h.extra_args)
+            .envs(h.extra_env.iter().map(|(k, v)| (k, v)))
             .args(mode_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

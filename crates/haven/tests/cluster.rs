@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use haven::localcluster::LocalCluster;
 use haven_api::v1::{EventKind, Generation};
 use std::time::Duration;
 
@@ -338,4 +339,34 @@ fn logs_to_a_file_are_plain_and_a_closed_pipe_ends_the_cli_quietly() {
     let out = pipeline.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A join the coordinator cannot commit yet (its Raft log stalled here;
+/// in CI, a membership change in progress) is answered 503 after the
+/// propose timeout. The joining agent asks again instead of exiting: an
+/// operator's `haven agent --join` during a busy moment still joins.
+#[test]
+fn a_join_the_coordinator_cannot_commit_yet_is_asked_again() {
+    let mut c = LocalCluster::new(&exe(), "join-retry").unwrap();
+    c.define("h1", true).unwrap();
+    c.define("h2", false).unwrap();
+    c.hosts[0].extra_env = vec![("HAVEN_TEST_HOOKS".into(), "1".into())];
+    c.bootstrap("h1").unwrap();
+    let stall = c.host("h1").data_dir.join("test-stall-raft-log");
+    std::fs::write(&stall, "").unwrap();
+    c.join("h2", "h1").unwrap();
+    // Past the coordinator's 5 s propose timeout: the first answer was 503.
+    std::thread::sleep(Duration::from_millis(6_500));
+    let alive = c.check_alive("h2");
+    std::fs::remove_file(&stall).unwrap();
+    alive.unwrap();
+    c.wait_for("h2 online", WAIT, |s| {
+        s.hosts
+            .iter()
+            .any(|h| h.name == "h2" && h.state == "online")
+    })
+    .unwrap();
+    let log = std::fs::read_to_string(&c.host("h2").log).unwrap();
+    assert!(log.contains("asking again"), "{log}");
+    c.cleanup();
 }
