@@ -52,8 +52,8 @@ struct Sample {
     holders: Vec<String>,
 }
 
-/// A client outside every host connecting to FLOAT every 50 ms, and who
-/// holds it, until stopped.
+/// A client outside every host connecting to `ip`:PORT every 50 ms, and
+/// who holds `ip`, until stopped.
 struct ClientLoop {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
@@ -61,20 +61,20 @@ struct ClientLoop {
 }
 
 impl ClientLoop {
-    fn start(bed: &Arc<RwLock<Testbed>>) -> ClientLoop {
+    fn start(bed: &Arc<RwLock<Testbed>>, ip: &'static str) -> ClientLoop {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(vec![]));
         let bed = bed.clone();
         let (s, out) = (stop.clone(), samples.clone());
         let thread = std::thread::spawn(move || {
-            let target: SocketAddr = format!("{FLOAT}:{PORT}").parse().unwrap();
+            let target: SocketAddr = format!("{ip}:{PORT}").parse().unwrap();
             while !s.load(Ordering::Relaxed) {
                 let sample = {
                     let bed = bed.read().unwrap();
                     let holders = bed
                         .host_names()
                         .into_iter()
-                        .filter(|h| bed.addresses(h).iter().any(|a| a.starts_with(FLOAT)))
+                        .filter(|h| bed.addresses(h).iter().any(|a| a == &format!("{ip}/24")))
                         .collect();
                     Sample {
                         at: Instant::now(),
@@ -142,10 +142,29 @@ fn never_two_holders(samples: &[Sample]) {
     for s in samples {
         assert!(
             s.holders.len() <= 1,
-            "{FLOAT} held by {:?} at once",
+            "the address held by {:?} at once",
             s.holders
         );
     }
+}
+
+/// The client's one gap across a crash at `crashed_at`: it answered until
+/// then, and once it answers again it keeps answering.
+fn one_gap(samples: &[Sample], crashed_at: Instant) -> Duration {
+    assert!(samples
+        .iter()
+        .take_while(|s| s.at < crashed_at)
+        .all(|s| s.answered));
+    let first_miss = samples.iter().position(|s| !s.answered);
+    let back = first_miss.and_then(|i| samples[i..].iter().position(|s| s.answered).map(|j| i + j));
+    let (Some(miss), Some(back)) = (first_miss, back) else {
+        panic!("the client never lost, or never regained, the address: {samples:?}")
+    };
+    assert!(
+        samples[back..].iter().all(|s| s.answered),
+        "one gap only: {samples:?}"
+    );
+    samples[back].at - samples[miss].at
 }
 
 #[test]
@@ -153,7 +172,7 @@ fn the_floating_address_follows_the_active_member_when_its_host_crashes() {
     let bed = Arc::new(RwLock::new(start(3, |_| {})));
     let active = group_running(&bed);
     assert_ne!(active, "h1", "members prefer h2 and h3");
-    let client = ClientLoop::start(&bed);
+    let client = ClientLoop::start(&bed, FLOAT);
     std::thread::sleep(Duration::from_millis(1_000));
     let crashed_at = Instant::now();
     bed.write().unwrap().crash(&active);
@@ -164,22 +183,7 @@ fn the_floating_address_follows_the_active_member_when_its_host_crashes() {
     std::thread::sleep(Duration::from_millis(2_000));
     let samples = client.finish();
     never_two_holders(&samples);
-    assert!(samples
-        .iter()
-        .take_while(|s| s.at < crashed_at)
-        .all(|s| s.answered));
-    // One gap: from the first unanswered sample on, once it answers again
-    // it keeps answering.
-    let first_miss = samples.iter().position(|s| !s.answered);
-    let back = first_miss.and_then(|i| samples[i..].iter().position(|s| s.answered).map(|j| i + j));
-    let (Some(miss), Some(back)) = (first_miss, back) else {
-        panic!("the client never lost, or never regained, the address: {samples:?}")
-    };
-    assert!(
-        samples[back..].iter().all(|s| s.answered),
-        "one gap only: {samples:?}"
-    );
-    let gap = samples[back].at - samples[miss].at;
+    let gap = one_gap(&samples, crashed_at);
     println!(
         "client gap across the failover: {gap:?}, failover {failover:?} (address now on {now_on})"
     );
@@ -211,7 +215,7 @@ fn the_address_moves_once_off(
 ) {
     let bed = Arc::new(RwLock::new(start(3, |_| {})));
     let active = group_running(&bed);
-    let client = ClientLoop::start(&bed);
+    let client = ClientLoop::start(&bed, FLOAT);
     std::thread::sleep(Duration::from_millis(500));
     fault(&mut bed.write().unwrap(), &active);
     let now_on = role_moved_off(&bed, &active);
@@ -288,4 +292,97 @@ fn a_role_killed_while_its_agent_hangs_leaves_no_address_behind() {
         Testbed::resume_agent,
         "hung (its role killed)",
     );
+}
+
+/// Where IPaddr2's address goes in the group test below: in the bed's /24,
+/// apart from FLOAT and the OCF tests' address.
+const VIP: &str = "10.199.0.202";
+
+/// Pacemaker's way, unchanged agents: an active-standby group of two
+/// witness members serving HTTP, with no address of its own, and
+/// `ocf:heartbeat:IPaddr2` placed with the group's role (`after` and a
+/// strict `affinity`). The active member's host loses power: IPaddr2's
+/// address comes up again with the new active, a client in the bridge's
+/// namespace sees one gap no longer than that failover (give or take the
+/// agent's start and the client's sampling), no two hosts ever hold the
+/// address, and no member ever ran twice (the witness).
+#[test]
+fn ipaddr2_placed_with_a_group_follows_its_active_member_when_the_host_crashes() {
+    for agent in ["IPaddr2", "send_arp"] {
+        let found = [
+            "/usr/lib/ocf/resource.d/heartbeat",
+            "/usr/libexec/heartbeat",
+        ]
+        .iter()
+        .any(|d| std::path::Path::new(d).join(agent).is_file());
+        assert!(
+            found,
+            "{agent} missing: install resource-agents (scripts/install-deps.sh does)"
+        );
+    }
+    let bed = Arc::new(RwLock::new(start(3, |_| {})));
+    let text = {
+        let b = bed.read().unwrap();
+        let member = |name: &str, host: &str| {
+            format!(
+                "[[workload]]\nname = \"{name}\"\nkind = \"process\"\ncommand = [\"{}\", \"--dir\", \"{}\", \"--interval-ms\", \"{TICK_MS}\", \"--http-port\", \"{PORT}\", \"--http-address\", \"0.0.0.0\"]\nvcpus = 1\nmemory_mib = 64\npriority = \"high\"\npreferred_hosts = [\"{host}\"]\n\n",
+                witness_exe().display(),
+                b.witness_dir().display()
+            )
+        };
+        format!(
+            "{}{}[[group]]\nname = \"web\"\nmode = \"active-standby\"\nmembers = [\"web-a\", \"web-b\"]\npriority = \"highest\"\n\n[[workload]]\nname = \"vip\"\nkind = \"ocf\"\nagent = \"heartbeat:IPaddr2\"\nparams = {{ ip = \"{VIP}\", cidr_netmask = \"24\", nic = \"eth0\" }}\nmonitor_interval_ms = 1000\nafter = [\"web\"]\naffinity = [\"web\"]\naffinity_strict = true\npriority = \"highest\"\nvcpus = 1\nmemory_mib = 64\n",
+            member("web-a", "h2"),
+            member("web-b", "h3")
+        )
+    };
+    let holders = |b: &Testbed| -> Vec<String> {
+        b.host_names()
+            .into_iter()
+            .filter(|h| b.addresses(h).iter().any(|a| a == &format!("{VIP}/24")))
+            .collect()
+    };
+    let active = {
+        let b = bed.read().unwrap();
+        apply_toml(&b, "ipaddr2-group.toml", &text);
+        let s = wait_or_diagnose(&b, "members, role and vip running", |s| running(s) == 4);
+        let active = host_of(&s, "web").expect("the role runs");
+        assert_eq!(host_of(&s, "vip").as_deref(), Some(active.as_str()), "{s}");
+        assert!(
+            eventually(Duration::from_secs(10), || holders(&b) == [active.clone()]),
+            "{VIP} on {active} only: {:?}",
+            holders(&b)
+        );
+        active
+    };
+    let client = ClientLoop::start(&bed, VIP);
+    std::thread::sleep(Duration::from_millis(1_000));
+    let crashed_at = Instant::now();
+    bed.write().unwrap().crash(&active);
+    let now_on = {
+        let b = bed.read().unwrap();
+        let s = wait_or_diagnose(&b, "vip running with the new active", |s| {
+            host_of(s, "vip").is_some_and(|h| h != active) && host_of(s, "vip") == host_of(s, "web")
+        });
+        host_of(&s, "vip").unwrap()
+    };
+    let failover = crashed_at.elapsed();
+    std::thread::sleep(Duration::from_millis(2_000));
+    let samples = client.finish();
+    never_two_holders(&samples);
+    let gap = one_gap(&samples, crashed_at);
+    println!(
+        "client gap across the failover: {gap:?}, failover {failover:?} ({VIP} now on {now_on})"
+    );
+    assert!(
+        gap <= failover + ADDRESS_SLACK,
+        "gap {gap:?}, failover {failover:?}"
+    );
+    let b = bed.read().unwrap();
+    assert_eq!(
+        holders(&b),
+        [now_on],
+        "the address with the role, only there"
+    );
+    never_twice(&b);
 }

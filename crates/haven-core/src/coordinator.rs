@@ -694,7 +694,9 @@ pub fn holds(
             continue;
         }
         let since = &mut memo.dependencies_ready_since;
-        if let Some(why) = waiting_for_dependencies(state, reports, at_ms, w, since, &mut until_ms)
+        let none = BTreeSet::new();
+        if let Some(why) =
+            waiting_for_dependencies(state, reports, at_ms, w, &none, since, &mut until_ms)
         {
             out.insert(name.to_owned(), why);
         }
@@ -704,12 +706,15 @@ pub fn holds(
 
 /// Why `w` may not be placed (or started) yet because of its `after`
 /// list (`None`: it may). `since` keeps when its dependencies were first
-/// seen all ready.
+/// seen all ready. A dependency in `leaving` (freed by this tick: its host
+/// failed, or it is moved) is not ready, whatever its old host last said:
+/// it is ready again once it runs where it goes.
 fn waiting_for_dependencies(
     state: &ClusterState,
     reports: &HostMap<HostReport>,
     at_ms: u64,
     w: &WorkloadRecord,
+    leaving: &BTreeSet<&str>,
     since: &mut BTreeMap<String, u64>,
     until_ms: &mut Option<u64>,
 ) -> Option<String> {
@@ -724,13 +729,15 @@ fn waiting_for_dependencies(
             // A spread group runs nothing itself: ready once a member is.
             if let WorkloadKind::Group(g) = &dep.spec.kind {
                 if g.mode == GroupMode::Spread {
-                    let none = BTreeSet::new();
                     let any = g
                         .members
                         .iter()
-                        .any(|m| ready_member_host(state, reports, &none, m).is_some());
+                        .any(|m| ready_member_host(state, reports, leaving, m).is_some());
                     return (!any).then(|| format!("{d} (no member ready)"));
                 }
+            }
+            if leaving.contains(d.as_str()) {
+                return Some(format!("{d} (moving)"));
             }
             let Some(a) = &dep.assignment else {
                 // Given up on: nothing changes until an operator acts.
@@ -827,6 +834,7 @@ fn place<'a>(
             input.reports,
             input.at_ms,
             w,
+            freed_names,
             dependencies_ready_since,
             &mut until_ms,
         );
@@ -842,6 +850,43 @@ fn place<'a>(
         .unassigned()
         .chain(freed.iter().copied())
         .filter(|w| placeable(w))
+        .collect();
+    // A strict `affinity` a workload declares waits for the other to be
+    // placed, or placed in this plan: placed first, it would stay apart
+    // (nothing moves a running workload to keep a rule). The other side
+    // goes first, so no two wait on each other.
+    let in_plan: BTreeSet<&str> = candidates.iter().map(|w| w.spec.name.as_str()).collect();
+    let candidates: Vec<&WorkloadRecord> = candidates
+        .into_iter()
+        .filter(|w| {
+            if !w.spec.affinity_strict {
+                return true;
+            }
+            let unplaced: Vec<&str> = w
+                .spec
+                .affinity
+                .iter()
+                .map(String::as_str)
+                .filter(|o| {
+                    !in_plan.contains(o)
+                        && state
+                            .workloads
+                            .get(*o)
+                            .is_some_and(|r| r.assignment.is_none() || freed_names.contains(o))
+                })
+                .collect();
+            if unplaced.is_empty() {
+                return true;
+            }
+            waiting.push((
+                w.spec.name.as_str(),
+                format!(
+                    "waiting for {} to be placed (affinity, strict)",
+                    unplaced.join(", ")
+                ),
+            ));
+            false
+        })
         .collect();
     let candidates: Vec<(&WorkloadRecord, Vec<String>)> = candidates
         .into_iter()
@@ -1815,6 +1860,145 @@ mod tests {
         w.report(&b, &[("db-b", gb), ("db", w.generation_of("db").unwrap())]);
         w.run();
         assert!(w.cmds().is_empty(), "settled: {:?}", w.cmds());
+    }
+
+    /// Found on the test bed (IPaddr2 placed with a group): a workload
+    /// placed `after` another that leaves a failed host with it must wait
+    /// for it to be ready where it goes, not count it ready on the failed
+    /// host's last report; so it lands with it (its strict affinity), and
+    /// its `after` order holds across the failover.
+    #[test]
+    fn a_workload_after_one_moved_with_it_from_a_failed_host_waits_for_it_there() {
+        let text = "[[group]]\nname = \"web\"\nmode = \"active-standby\"\nmembers = [\"web-a\", \"web-b\"]\npriority = \"highest\"\n";
+        let group = crate::spec::parse_workloads("g.toml", text)
+            .unwrap()
+            .remove(0);
+        let member = |name: &str, host: &str| WorkloadSpec {
+            preferred_hosts: vec![host.into()],
+            ..spec(name, Priority::High)
+        };
+        let vip = WorkloadSpec {
+            after: vec!["web".into()],
+            affinity: vec!["web".into()],
+            affinity_strict: true,
+            ..spec("vip", Priority::Highest)
+        };
+        let mut w = World::with_hosts(
+            vec![member("web-a", "h2"), member("web-b", "h3"), group, vip],
+            &["h1", "h2", "h3"],
+        );
+        for h in ["h1", "h2", "h3"] {
+            w.hosts.insert(h.into(), online());
+        }
+        w.run();
+        let (ga, gb) = (
+            w.generation_of("web-a").unwrap(),
+            w.generation_of("web-b").unwrap(),
+        );
+        w.report("h2", &[("web-a", ga)]);
+        w.report("h3", &[("web-b", gb)]);
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h2"));
+        let gweb = w.generation_of("web").unwrap();
+        w.report("h2", &[("web-a", ga), ("web", gweb)]);
+        w.run();
+        assert_eq!(w.host_of("vip").as_deref(), Some("h2"), "with the role");
+        let gvip = w.generation_of("vip").unwrap();
+        w.report("h2", &[("web-a", ga), ("web", gweb), ("vip", gvip)]);
+        w.run();
+        // h2 fails; its last report (everything running and ready) stays.
+        w.hosts.insert("h2".into(), silent(60_000));
+        w.run();
+        assert_eq!(
+            w.host_of("vip"),
+            None,
+            "vip waits for the role to be ready where it goes"
+        );
+        assert!(
+            w.pending_reason("vip").contains("waiting for web"),
+            "{}",
+            w.pending_reason("vip")
+        );
+        // The role runs with web-b on h3 once placed there, then vip follows.
+        for _ in 0..3 {
+            let mut on_h3 = vec![("web-b", gb)];
+            if let (Some("h3"), Some(g)) = (w.host_of("web").as_deref(), w.generation_of("web")) {
+                on_h3.push(("web", g));
+            }
+            w.report("h3", &on_h3);
+            w.run();
+        }
+        assert_eq!(
+            w.host_of("web").as_deref(),
+            Some("h3"),
+            "the role with web-b"
+        );
+        assert_eq!(w.host_of("vip").as_deref(), Some("h3"), "vip with the role");
+    }
+
+    /// Found on the test bed: a workload with a strict `affinity` to an
+    /// active-standby group (IPaddr2 with the group's role) was placed
+    /// before the role (the role waited for a ready member) and then in the
+    /// same plan as the role, before it: either way apart from it, for
+    /// good. It waits for the role to be placed, is planned after it, and
+    /// moves with it when their host fails.
+    #[test]
+    fn a_strict_affinity_with_a_group_waits_for_its_role_and_moves_with_it() {
+        let text = "[[group]]\nname = \"web\"\nmode = \"active-standby\"\nmembers = [\"web-a\", \"web-b\"]\npriority = \"highest\"\n";
+        let group = crate::spec::parse_workloads("g.toml", text)
+            .unwrap()
+            .remove(0);
+        let member = |name: &str, host: &str| WorkloadSpec {
+            preferred_hosts: vec![host.into()],
+            ..spec(name, Priority::High)
+        };
+        let vip = WorkloadSpec {
+            affinity: vec!["web".into()],
+            affinity_strict: true,
+            ..spec("vip", Priority::Highest)
+        };
+        let mut w = World::with_hosts(
+            vec![member("web-a", "h2"), member("web-b", "h3"), group, vip],
+            &["h1", "h2", "h3"],
+        );
+        for h in ["h1", "h2", "h3"] {
+            w.hosts.insert(h.into(), online());
+        }
+        w.run();
+        assert_eq!(w.host_of("vip"), None, "not before the role");
+        assert!(
+            w.pending_reason("vip")
+                .contains("waiting for web to be placed (affinity, strict)"),
+            "{}",
+            w.pending_reason("vip")
+        );
+        let (ga, gb) = (
+            w.generation_of("web-a").unwrap(),
+            w.generation_of("web-b").unwrap(),
+        );
+        w.report("h2", &[("web-a", ga)]);
+        w.report("h3", &[("web-b", gb)]);
+        w.run();
+        assert_eq!(w.host_of("web").as_deref(), Some("h2"));
+        assert_eq!(
+            w.host_of("vip").as_deref(),
+            Some("h2"),
+            "in one plan, after the role"
+        );
+        let (gweb, gvip) = (
+            w.generation_of("web").unwrap(),
+            w.generation_of("vip").unwrap(),
+        );
+        w.report("h2", &[("web-a", ga), ("web", gweb), ("vip", gvip)]);
+        w.run();
+        w.hosts.insert("h2".into(), silent(60_000));
+        w.run();
+        assert_eq!(
+            w.host_of("web").as_deref(),
+            Some("h3"),
+            "the role with web-b"
+        );
+        assert_eq!(w.host_of("vip").as_deref(), Some("h3"), "vip with the role");
     }
 
     /// A spread group runs nothing itself: a workload placed `after` it

@@ -174,6 +174,44 @@ pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
     plan_with(hosts, unplaced, &BTreeMap::new())
 }
 
+/// `order`, except that a workload goes right after a workload of this
+/// plan it goes with, when that one's rules do not name it back: placed
+/// first, it would not know where the other goes. (Affinity rules hold
+/// both ways, so this is an active-standby group's role, which goes with
+/// its member and nothing else, and what goes with the role.) O(n log n).
+fn partners_first<'a, 'u>(order: Vec<&'a Unplaced<'u>>) -> Vec<&'a Unplaced<'u>> {
+    let by_name: BTreeMap<&str, &Unplaced> =
+        order.iter().map(|u| (u.spec.name.as_str(), *u)).collect();
+    let names_back = |p: &Unplaced, u: &str| p.rules.iter().any(|r| r.together && r.workload == u);
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    let mut after: BTreeMap<&str, Vec<&'a Unplaced<'u>>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(order.len());
+    let mut queue: std::collections::VecDeque<&'a Unplaced<'u>> = order.into();
+    while let Some(u) = queue.pop_front() {
+        let name = u.spec.name.as_str();
+        let waits_for = u.rules.iter().find_map(|r| {
+            let p = *by_name.get(r.workload.as_str())?;
+            (r.together && !done.contains(r.workload.as_str()) && !names_back(p, name))
+                .then_some(r.workload.as_str())
+        });
+        if let Some(p) = waits_for {
+            after.entry(p).or_default().push(u);
+            continue;
+        }
+        done.insert(name);
+        out.push(u);
+        if let Some(next) = after.remove(name) {
+            for w in next.into_iter().rev() {
+                queue.push_front(w);
+            }
+        }
+    }
+    // (Nothing is left: a workload waits only for one that does not name
+    // it, and that one is placed or waits in turn for another.)
+    out.extend(after.into_values().flatten());
+    out
+}
+
 /// The plan. `placed`: where the workloads the rules name run now
 /// (workload → host); what this plan places counts too, as it goes.
 pub fn plan_with(
@@ -197,6 +235,7 @@ pub fn plan_with(
     let mut ranked: BTreeSet<Rank> = online.iter().map(|i| rank(hosts, *i, &free[*i])).collect();
     let mut order: Vec<&Unplaced> = unplaced.iter().collect();
     order.sort_by(|a, b| (a.spec.priority, &a.spec.name).cmp(&(b.spec.priority, &b.spec.name)));
+    let order = partners_first(order);
     let mut out = Plan::default();
     for u in order {
         let demand = u.spec.demand();

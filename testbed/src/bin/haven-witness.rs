@@ -45,6 +45,11 @@ struct Args {
     /// ok` to every request, for a workload's probes.
     #[arg(long)]
     http_port: Option<u16>,
+    /// With --http-port: the address to serve on instead of 127.0.0.1
+    /// (0.0.0.0: also on the host's network, e.g. behind a floating
+    /// address).
+    #[arg(long, default_value = "127.0.0.1", requires = "http_port")]
+    http_address: std::net::IpAddr,
     /// With --http-port: answer nothing (hold each request) while the file
     /// `DIR/hang-<host>` exists: an application that hangs on one host.
     #[arg(long, requires = "http_port")]
@@ -57,10 +62,14 @@ struct Args {
 
 /// The service of --http-port, on its own thread: one request at a time
 /// (a held one holds the others, as a hung server does).
-fn serve(port: u16, hang_mark: Option<PathBuf>, ready_after: Duration) -> Result<()> {
+fn serve(
+    address: std::net::SocketAddr,
+    hang_mark: Option<PathBuf>,
+    ready_after: Duration,
+) -> Result<()> {
     std::thread::sleep(ready_after);
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
-        .with_context(|| format!("listening on 127.0.0.1:{port}"))?;
+    let listener =
+        std::net::TcpListener::bind(address).with_context(|| format!("listening on {address}"))?;
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
@@ -128,9 +137,10 @@ fn main() -> Result<()> {
             .as_ref()
             .map(|d| d.join(format!("hang-{host}")));
         let ready_after = Duration::from_millis(args.ready_after_ms);
+        let address = std::net::SocketAddr::new(args.http_address, port);
         // Ticks start now; the service when it is ready.
         std::thread::spawn(move || {
-            if let Err(e) = serve(port, mark, ready_after) {
+            if let Err(e) = serve(address, mark, ready_after) {
                 eprintln!("haven-witness: {e:#}");
                 std::process::exit(1);
             }
