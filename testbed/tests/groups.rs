@@ -1,5 +1,6 @@
 //! Redundancy groups on the real test bed (issue 11): an active-standby
-//! group with a floating address in the bed's network. A client loop
+//! group with a floating address in the bed's network, its members
+//! witnesses (never twice, checked at the end of each test). A client loop
 //! outside every host (the bridge's namespace) keeps connecting to the address while the
 //! active member's host crashes (one gap, no longer than the failover) or
 //! is cut off; at every sample at most one host holds the address. Run
@@ -21,18 +22,23 @@ const PORT: u16 = 8080;
 /// address after it starts, and the client samples every 50 ms.
 const ADDRESS_SLACK: Duration = Duration::from_millis(1_500);
 
+/// A member: a witness (never twice, checked at the end) serving HTTP on
+/// PORT on its host's network, preferring `host`.
+fn member(b: &Testbed, name: &str, host: &str) -> String {
+    format!(
+        "[[workload]]\nname = \"{name}\"\nkind = \"process\"\ncommand = [\"{}\", \"--dir\", \"{}\", \"--interval-ms\", \"{TICK_MS}\", \"--http-port\", \"{PORT}\", \"--http-address\", \"0.0.0.0\"]\nvcpus = 1\nmemory_mib = 64\npriority = \"high\"\npreferred_hosts = [\"{host}\"]\n\n",
+        witness_exe().display(),
+        b.witness_dir().display()
+    )
+}
+
 /// db-a prefers h2, db-b h3 (h1 bootstraps and leads, and holds no
 /// member); the group `db` floats FLOAT.
-fn group_file() -> String {
-    let member = |name: &str, host: &str| {
-        format!(
-            "[[workload]]\nname = \"{name}\"\nkind = \"process\"\ncommand = [\"/usr/bin/python3\", \"-m\", \"http.server\", \"{PORT}\", \"--bind\", \"0.0.0.0\", \"--directory\", \"/\"]\nvcpus = 1\nmemory_mib = 64\npriority = \"high\"\npreferred_hosts = [\"{host}\"]\n\n"
-        )
-    };
+fn group_file(b: &Testbed) -> String {
     format!(
         "{}{}[[group]]\nname = \"db\"\nmode = \"active-standby\"\nmembers = [\"db-a\", \"db-b\"]\naddress = \"{FLOAT}/24\"\npriority = \"highest\"\n",
-        member("db-a", "h2"),
-        member("db-b", "h3")
+        member(b, "db-a", "h2"),
+        member(b, "db-b", "h3")
     )
 }
 
@@ -106,7 +112,7 @@ impl ClientLoop {
 fn group_running(bed: &Arc<RwLock<Testbed>>) -> String {
     let b = bed.read().unwrap();
     let file = b.dir().join("group.toml");
-    std::fs::write(&file, group_file()).unwrap();
+    std::fs::write(&file, group_file(&b)).unwrap();
     b.cli("h1", &["apply", "-f", &file.display().to_string()])
         .unwrap_or_else(|e| panic!("{e:#}"));
     let s = b
@@ -136,6 +142,17 @@ fn role_moved_off(bed: &Arc<RwLock<Testbed>>, active: &str) -> String {
             panic!("{e:#}")
         });
     host_of(&s, "db").expect("the role runs")
+}
+
+/// The witness: no member ran twice at once, and each did run.
+fn members_never_twice(b: &Testbed, members: &[&str]) {
+    let report = never_twice(b);
+    for m in members {
+        assert!(
+            report.instances_of(m).next().is_some(),
+            "{m} never ticked: the witness saw nothing"
+        );
+    }
 }
 
 fn never_two_holders(samples: &[Sample]) {
@@ -202,6 +219,7 @@ fn the_floating_address_follows_the_active_member_when_its_host_crashes() {
         [now_on],
         "the address where the role runs, only there"
     );
+    members_never_twice(&b, &["db-a", "db-b"]);
 }
 
 /// The active member's host is cut off (`fault`) and later healed
@@ -239,6 +257,7 @@ fn the_address_moves_once_off(
         "answering from {now_on} once the {what} host is back: {:?}",
         samples.last()
     );
+    members_never_twice(&bed.read().unwrap(), &["db-a", "db-b"]);
 }
 
 /// Cut off, the host's agent loses its lease and stops the role, which
@@ -323,17 +342,10 @@ fn ipaddr2_placed_with_a_group_follows_its_active_member_when_the_host_crashes()
     let bed = Arc::new(RwLock::new(start(3, |_| {})));
     let text = {
         let b = bed.read().unwrap();
-        let member = |name: &str, host: &str| {
-            format!(
-                "[[workload]]\nname = \"{name}\"\nkind = \"process\"\ncommand = [\"{}\", \"--dir\", \"{}\", \"--interval-ms\", \"{TICK_MS}\", \"--http-port\", \"{PORT}\", \"--http-address\", \"0.0.0.0\"]\nvcpus = 1\nmemory_mib = 64\npriority = \"high\"\npreferred_hosts = [\"{host}\"]\n\n",
-                witness_exe().display(),
-                b.witness_dir().display()
-            )
-        };
         format!(
             "{}{}[[group]]\nname = \"web\"\nmode = \"active-standby\"\nmembers = [\"web-a\", \"web-b\"]\npriority = \"highest\"\n\n[[workload]]\nname = \"vip\"\nkind = \"ocf\"\nagent = \"heartbeat:IPaddr2\"\nparams = {{ ip = \"{VIP}\", cidr_netmask = \"24\", nic = \"eth0\" }}\nmonitor_interval_ms = 1000\nafter = [\"web\"]\naffinity = [\"web\"]\naffinity_strict = true\npriority = \"highest\"\nvcpus = 1\nmemory_mib = 64\n",
-            member("web-a", "h2"),
-            member("web-b", "h3")
+            member(&b, "web-a", "h2"),
+            member(&b, "web-b", "h3")
         )
     };
     let holders = |b: &Testbed| -> Vec<String> {
@@ -384,5 +396,5 @@ fn ipaddr2_placed_with_a_group_follows_its_active_member_when_the_host_crashes()
         [now_on],
         "the address with the role, only there"
     );
-    never_twice(&b);
+    members_never_twice(&b, &["web-a", "web-b"]);
 }
