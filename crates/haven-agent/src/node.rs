@@ -779,14 +779,7 @@ pub async fn run(
     }
     .map(|r| r.and_then(|()| record_store(&node)));
     if !matches!(started, Some(Ok(()))) {
-        if let Some(w) = node.watchdog.lock().unwrap().take() {
-            w.disarm();
-        }
-        let _ = stop_tx.send(true);
-        let _ = server.await;
-        if let Some(c) = &consensus {
-            c.shutdown().await;
-        }
+        wind_down(&node, &stop_tx, server).await;
         return match started {
             Some(r) => r,
             None => {
@@ -832,19 +825,28 @@ pub async fn run(
     if refused.is_none() {
         ask_restart_grace(&node).await;
     }
-    if let Some(w) = node.watchdog.lock().unwrap().take() {
-        w.disarm();
-    }
-    // Open requests and streams end now; the server is gone within
-    // `serve::SERVER_DRAIN_MS_MAX`.
-    let _ = stop_tx.send(true);
-    let _ = server.await;
-    if let Some(c) = &consensus {
-        c.shutdown().await;
-    }
+    wind_down(&node, &stop_tx, server).await;
     match refused {
         Some(why) => Err(anyhow!("{why}")),
         None => Ok(()),
+    }
+}
+
+/// The end of a run, however it ends: the watchdog disarmed, then open
+/// requests and streams ended (the server is gone within
+/// `serve::SERVER_DRAIN_MS_MAX`), then the Raft core stopped.
+async fn wind_down(
+    node: &Node,
+    stop_tx: &tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+) {
+    if let Some(w) = node.watchdog.lock().unwrap().take() {
+        w.disarm();
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    if let Some(c) = &node.consensus {
+        c.shutdown().await;
     }
 }
 
