@@ -869,10 +869,18 @@ fn place<'a>(
                 .map(String::as_str)
                 .filter(|o| {
                     !in_plan.contains(o)
-                        && state
-                            .workloads
-                            .get(*o)
-                            .is_some_and(|r| r.assignment.is_none() || freed_names.contains(o))
+                        && state.workloads.get(*o).is_some_and(|r| {
+                            // (A spread group is never placed: its rule
+                            // constrains nothing, as before it is placed.)
+                            let spread = matches!(&r.spec.kind,
+                                WorkloadKind::Group(g) if g.mode == GroupMode::Spread);
+                            // (One placed `after` this workload waits for
+                            // it: this one goes first, the other follows.)
+                            let follows = r.spec.after.contains(&w.spec.name);
+                            !spread
+                                && !follows
+                                && (r.assignment.is_none() || freed_names.contains(o))
+                        })
                 })
                 .collect();
             if unplaced.is_empty() {
@@ -1862,13 +1870,10 @@ mod tests {
         assert!(w.cmds().is_empty(), "settled: {:?}", w.cmds());
     }
 
-    /// Found on the test bed (IPaddr2 placed with a group): a workload
-    /// placed `after` another that leaves a failed host with it must wait
-    /// for it to be ready where it goes, not count it ready on the failed
-    /// host's last report; so it lands with it (its strict affinity), and
-    /// its `after` order holds across the failover.
-    #[test]
-    fn a_workload_after_one_moved_with_it_from_a_failed_host_waits_for_it_there() {
+    /// h1..h3 online; an active-standby group `web` of web-a (prefers h2)
+    /// and web-b (h3); `vip` with a strict affinity to the group, placed
+    /// `after` the workloads given.
+    fn group_and_vip(after: &[&str]) -> World {
         let text = "[[group]]\nname = \"web\"\nmode = \"active-standby\"\nmembers = [\"web-a\", \"web-b\"]\npriority = \"highest\"\n";
         let group = crate::spec::parse_workloads("g.toml", text)
             .unwrap()
@@ -1878,7 +1883,7 @@ mod tests {
             ..spec(name, Priority::High)
         };
         let vip = WorkloadSpec {
-            after: vec!["web".into()],
+            after: after.iter().map(|a| a.to_string()).collect(),
             affinity: vec!["web".into()],
             affinity_strict: true,
             ..spec("vip", Priority::Highest)
@@ -1890,6 +1895,17 @@ mod tests {
         for h in ["h1", "h2", "h3"] {
             w.hosts.insert(h.into(), online());
         }
+        w
+    }
+
+    /// Found on the test bed (IPaddr2 placed with a group): a workload
+    /// placed `after` another that leaves a failed host with it must wait
+    /// for it to be ready where it goes, not count it ready on the failed
+    /// host's last report; so it lands with it (its strict affinity), and
+    /// its `after` order holds across the failover.
+    #[test]
+    fn a_workload_after_one_moved_with_it_from_a_failed_host_waits_for_it_there() {
+        let mut w = group_and_vip(&["web"]);
         w.run();
         let (ga, gb) = (
             w.generation_of("web-a").unwrap(),
@@ -1944,26 +1960,7 @@ mod tests {
     /// moves with it when their host fails.
     #[test]
     fn a_strict_affinity_with_a_group_waits_for_its_role_and_moves_with_it() {
-        let text = "[[group]]\nname = \"web\"\nmode = \"active-standby\"\nmembers = [\"web-a\", \"web-b\"]\npriority = \"highest\"\n";
-        let group = crate::spec::parse_workloads("g.toml", text)
-            .unwrap()
-            .remove(0);
-        let member = |name: &str, host: &str| WorkloadSpec {
-            preferred_hosts: vec![host.into()],
-            ..spec(name, Priority::High)
-        };
-        let vip = WorkloadSpec {
-            affinity: vec!["web".into()],
-            affinity_strict: true,
-            ..spec("vip", Priority::Highest)
-        };
-        let mut w = World::with_hosts(
-            vec![member("web-a", "h2"), member("web-b", "h3"), group, vip],
-            &["h1", "h2", "h3"],
-        );
-        for h in ["h1", "h2", "h3"] {
-            w.hosts.insert(h.into(), online());
-        }
+        let mut w = group_and_vip(&[]);
         w.run();
         assert_eq!(w.host_of("vip"), None, "not before the role");
         assert!(
@@ -1999,6 +1996,60 @@ mod tests {
             "the role with web-b"
         );
         assert_eq!(w.host_of("vip").as_deref(), Some("h3"), "vip with the role");
+    }
+
+    /// A spread group is never placed, so a strict affinity to one would
+    /// wait for good: it constrains nothing, as it did before strict
+    /// affinities waited for their workload to be placed.
+    #[test]
+    fn a_strict_affinity_with_a_spread_group_holds_nothing() {
+        let text =
+            "[[group]]\nname = \"web\"\nmode = \"spread\"\nmembers = [\"web-1\", \"web-2\"]\n";
+        let group = crate::spec::parse_workloads("g.toml", text)
+            .unwrap()
+            .remove(0);
+        let near = WorkloadSpec {
+            affinity: vec!["web".into()],
+            affinity_strict: true,
+            ..spec("near", Priority::Low)
+        };
+        let mut w = World::new(vec![
+            spec("web-1", Priority::High),
+            spec("web-2", Priority::High),
+            group,
+            near,
+        ]);
+        w.hosts.insert("h1".into(), online());
+        w.hosts.insert("h2".into(), online());
+        w.run();
+        assert!(w.host_of("near").is_some(), "{}", w.pending_reason("near"));
+    }
+
+    /// A strict affinity to a workload placed `after` this one does not
+    /// wait for it (each would wait for the other): this one goes first,
+    /// and the other follows it once it is ready.
+    #[test]
+    fn a_strict_affinity_to_a_workload_placed_after_it_goes_first() {
+        let cache = WorkloadSpec {
+            affinity: vec!["web".into()],
+            affinity_strict: true,
+            ..spec("cache", Priority::Low)
+        };
+        let web = WorkloadSpec {
+            after: vec!["cache".into()],
+            ..spec("web", Priority::High)
+        };
+        let mut w = World::new(vec![cache, web]);
+        w.hosts.insert("h1".into(), online());
+        w.hosts.insert("h2".into(), online());
+        w.run();
+        let on = w
+            .host_of("cache")
+            .unwrap_or_else(|| panic!("cache goes first: {}", w.pending_reason("cache")));
+        assert_eq!(w.host_of("web"), None, "web waits for cache");
+        w.report_running(&on, "cache", true);
+        w.run();
+        assert_eq!(w.host_of("web"), Some(on), "with cache");
     }
 
     /// A spread group runs nothing itself: a workload placed `after` it
