@@ -854,12 +854,18 @@ fn place<'a>(
     // A strict `affinity` a workload declares waits for the other to be
     // placed, or placed in this plan: placed first, it would stay apart
     // (nothing moves a running workload to keep a rule). The other side
-    // goes first, so no two wait on each other.
-    let in_plan: BTreeSet<&str> = candidates.iter().map(|w| w.spec.name.as_str()).collect();
+    // goes first, so no two wait on each other. (Usually no candidate has
+    // one: then nothing is built.)
+    let strict = |w: &&WorkloadRecord| w.spec.affinity_strict && !w.spec.affinity.is_empty();
+    let in_plan: BTreeSet<&str> = if candidates.iter().any(strict) {
+        candidates.iter().map(|w| w.spec.name.as_str()).collect()
+    } else {
+        BTreeSet::new()
+    };
     let candidates: Vec<&WorkloadRecord> = candidates
         .into_iter()
         .filter(|w| {
-            if !w.spec.affinity_strict {
+            if !strict(w) {
                 return true;
             }
             let unplaced: Vec<&str> = w

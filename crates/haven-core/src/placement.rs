@@ -180,6 +180,10 @@ pub fn plan(hosts: &[HostView], unplaced: &[Unplaced<'_>]) -> Plan {
 /// both ways, so this is an active-standby group's role, which goes with
 /// its member and nothing else, and what goes with the role.) O(n log n).
 fn partners_first<'a, 'u>(order: Vec<&'a Unplaced<'u>>) -> Vec<&'a Unplaced<'u>> {
+    // (Usually no workload of the plan goes with another: nothing to do.)
+    if !order.iter().any(|u| u.rules.iter().any(|r| r.together)) {
+        return order;
+    }
     let by_name: BTreeMap<&str, &Unplaced> =
         order.iter().map(|u| (u.spec.name.as_str(), *u)).collect();
     let names_back = |p: &Unplaced, u: &str| p.rules.iter().any(|r| r.together && r.workload == u);
