@@ -1,8 +1,8 @@
 //! haven-consensus: the managers' Raft group that replicates `ClusterState`.
 //!
-//! Built on openraft 0.9 (storage v2). The log, the vote and the state
-//! machine live in one redb file per host (`<data_dir>/raft.redb`, see
-//! [`store`]); peers talk JSON over HTTP (an axum router served by the agent,
+//! Built on openraft 0.9 (storage v2). The log and the vote live in one
+//! redb file per host (`<data_dir>/raft-log.redb`), the state machine and
+//! the snapshot in another (`<data_dir>/raft.redb`, see [`store`]); peers talk JSON over HTTP (an axum router served by the agent,
 //! a reqwest client, see [`network`]). [`Consensus`] is the small interface the
 //! agent uses: open, bootstrap, propose, read, membership and leadership.
 
@@ -29,8 +29,13 @@ use haven_core::model::NodeId;
 use haven_core::state::{Command, CommandResult};
 use std::io::Cursor;
 
-/// File name of the Raft database inside a host's data dir.
+/// File name of the Raft database inside a host's data dir: the state
+/// machine's records and the snapshot.
 pub const RAFT_DB_FILE: &str = "raft.redb";
+/// File name of the Raft log's database inside a host's data dir: the log,
+/// the vote and the log ids (a file of its own, so that a log append, which
+/// the Raft core waits for, never waits for a write of the state).
+pub const RAFT_LOG_FILE: &str = "raft-log.redb";
 
 openraft::declare_raft_types!(
     /// Openraft type configuration of Haven: log entries carry

@@ -1,18 +1,29 @@
-//! Raft log, vote and state machine, persisted together in one redb file.
+//! Raft log and vote in one redb file, the state machine in another.
 //!
-//! Layout of `<data_dir>/raft.redb`:
+//! Layout of `<data_dir>/raft-log.redb` (the log's file, version 1):
 //! - table `raft_log`: log index (u64) → JSON of `openraft::Entry`;
-//! - table `raft_meta`: small records, all JSON: the format version, the vote,
-//!   the committed log id, the last purged log id, the rest of the state
-//!   machine (`state_rest`: [`StateMachineData`], i.e. `ClusterState` + last
-//!   applied log id + last membership, without the keyed collections below)
-//!   and the current snapshot (meta and data under two keys);
+//! - table `raft_log_meta`: its format version, the vote, the committed log
+//!   id and the last purged log id, all JSON.
+//!
+//! Layout of `<data_dir>/raft.redb` (version 3):
+//! - table `raft_meta`: small records, all JSON: the format version, the
+//!   rest of the state machine (`state_rest`: [`StateMachineData`], i.e.
+//!   `ClusterState` + last applied log id + last membership, without the
+//!   keyed collections below) and the current snapshot (meta and data under
+//!   two keys);
 //! - the keyed collections of the state, one JSON record per key:
 //!   `state_hosts` and `state_workloads` (by name), `state_staged` (by
 //!   apply id), `state_cluster_events` and `state_workload_events` (by
 //!   sequence number). A write of the state writes the records that changed
 //!   since the last one (`haven_core::changes`) and the rest record, in one
 //!   transaction: it costs what changed, not what exists.
+//!
+//! Two files because redb has one writer at a time per file: a log append
+//! (which the Raft core waits for) must never queue behind a write of the
+//! state's records. Layouts 1 and 2 of `raft.redb` held the log, the vote
+//! and the log ids too: opening one copies them to `raft-log.redb` (whole,
+//! durably), then drops them from `raft.redb` in the transaction that says
+//! layout 3; a crash in between copies again at the next open.
 //!
 //! Durability: everything openraft must find on disk after a crash is
 //! committed with redb's `Durability::Immediate` (fsync) before the call
@@ -31,7 +42,7 @@
 //! fsync and must not stall the async workers that carry heartbeats.
 
 use crate::error::ConsensusError;
-use crate::{TypeConfig, RAFT_DB_FILE};
+use crate::{TypeConfig, RAFT_DB_FILE, RAFT_LOG_FILE};
 use haven_core::changes::{records, Changes, Record};
 use haven_core::model::HostRecord;
 use haven_core::model::NodeId;
@@ -44,7 +55,8 @@ use openraft::{
 };
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use redb::{
-    Database, Durability, ReadableTable, TableDefinition, TableError, TableHandle, WriteTransaction,
+    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
+    TableHandle, WriteTransaction,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -61,7 +73,12 @@ use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
+/// In `raft-log.redb` (in `raft.redb` up to layout 2).
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// `raft-log.redb`'s small records: its format version, the vote, the
+/// committed and the last purged log ids.
+const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
+/// `raft.redb`'s small records.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("state_hosts");
 const WORKLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("state_workloads");
@@ -83,8 +100,11 @@ const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
 
 /// Version of the layout above; bump on incompatible changes so that an old
-/// binary refuses a newer file instead of misreading it.
-const FORMAT_VERSION: u64 = 2;
+/// binary refuses a newer file instead of misreading it. Layout 3 moved the
+/// log, the vote and the log ids to `raft-log.redb`.
+const FORMAT_VERSION: u64 = 3;
+/// Version of `raft-log.redb`'s layout.
+const LOG_FORMAT_VERSION: u64 = 1;
 
 /// redb's page cache. The default (1 GiB) is sized for big databases; ours
 /// holds a bounded log and a few records.
@@ -119,8 +139,8 @@ impl SharedState {
     }
 }
 
-/// An opened `raft.redb`: the two halves openraft drives, and a way to learn
-/// when the file is closed again.
+/// An opened store (`raft.redb` and `raft-log.redb`): the two halves
+/// openraft drives, and a way to learn when the files are closed again.
 pub struct Store {
     pub log: LogStore,
     pub state_machine: StateMachineStore,
@@ -133,7 +153,7 @@ struct DbHandle {
     // strictly before the sender, whose drop is the "closed" signal.
     // Watching the `Arc`'s strong count instead would race with the drop.
     db: Database,
-    _closed: watch::Sender<()>,
+    _closed: Arc<watch::Sender<()>>,
 }
 
 impl Deref for DbHandle {
@@ -143,7 +163,7 @@ impl Deref for DbHandle {
     }
 }
 
-/// Resolves once every handle on the database is gone and the file is
+/// Resolves once every handle on both databases is gone and the files are
 /// closed (and unlocked), e.g. after openraft's tasks ended.
 #[derive(Clone)]
 pub struct DbClosed(watch::Receiver<()>);
@@ -160,7 +180,8 @@ impl DbClosed {
 }
 
 impl Store {
-    /// Open (or create) `<data_dir>/raft.redb` and load the state machine.
+    /// Open (or create) `<data_dir>/raft.redb` and `<data_dir>/raft-log.redb`
+    /// and load the state machine.
     ///
     /// Fails with [`ConsensusError::DataDirInUse`] if another process (or
     /// another `Store` in this one) holds the file, and with
@@ -178,29 +199,7 @@ impl Store {
             file: file.clone(),
             detail,
         };
-        let db = Database::builder()
-            .set_cache_size(DB_CACHE_BYTES)
-            .create(&file)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => ConsensusError::DataDirInUse {
-                    data_dir: data_dir.to_path_buf(),
-                },
-                redb::DatabaseError::Storage(redb::StorageError::Io(io))
-                    if io.kind() == std::io::ErrorKind::InvalidData =>
-                {
-                    corrupt("not a redb database (bad file header)".into())
-                }
-                redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
-                    corrupt(detail)
-                }
-                redb::DatabaseError::UpgradeRequired(version) => corrupt(format!(
-                    "redb file format version {version} is not supported by this build"
-                )),
-                other => ConsensusError::Database {
-                    file: file.clone(),
-                    source: other.into(),
-                },
-            })?;
+        let db = open_db(data_dir, &file)?;
         let db_err = |source: redb::Error| match source {
             redb::Error::Corrupted(detail) => corrupt(detail),
             source => ConsensusError::Database {
@@ -221,6 +220,9 @@ impl Store {
         // Write the state whole before use: it is not (or not only) in the
         // keyed tables.
         let mut rewrite = false;
+        // Layouts 1 and 2 kept the log, the vote and the log ids in this
+        // file: moved to `raft-log.redb` below.
+        let mut legacy_log = false;
         if let Some(meta) = &meta {
             let version: Option<u64> = get_json(meta, KEY_FORMAT_VERSION).map_err(corrupt)?;
             match version {
@@ -231,21 +233,23 @@ impl Store {
                         state = sm;
                     }
                     rewrite = true;
+                    legacy_log = true;
                 }
-                Some(FORMAT_VERSION) => {
+                Some(2) | Some(FORMAT_VERSION) => {
                     if let Some(sm) = load_state(&txn).map_err(corrupt)? {
                         state = sm;
                     }
+                    legacy_log = version == Some(2);
                 }
                 _ => {
                     return Err(corrupt(format!(
-                    "layout version {version:?}, this build reads versions 1 and {FORMAT_VERSION}"
+                    "layout version {version:?}, this build reads versions 1 to {FORMAT_VERSION}"
                 )))
                 }
             }
-            get_json::<Vote<NodeId>>(meta, KEY_VOTE).map_err(corrupt)?;
-            get_json::<Option<LogId<NodeId>>>(meta, KEY_COMMITTED).map_err(corrupt)?;
-            get_json::<LogId<NodeId>>(meta, KEY_LAST_PURGED).map_err(corrupt)?;
+            if legacy_log {
+                check_log_records(meta).map_err(corrupt)?;
+            }
             let snapshot: Option<SnapshotMeta<NodeId, BasicNode>> =
                 get_json(meta, KEY_SNAPSHOT_META).map_err(corrupt)?;
             let snapshot_data: Option<StateMachineData> =
@@ -267,36 +271,110 @@ impl Store {
                 _ => return Err(corrupt("snapshot meta and data do not match".into())),
             }
         }
-        match txn.open_table(LOG) {
-            Ok(log) => {
-                if let Some((index, value)) = log.last().map_err(|e| db_err(e.into()))? {
-                    serde_json::from_slice::<Entry<TypeConfig>>(value.value()).map_err(|e| {
-                        corrupt(format!("log entry {} is unreadable: {e}", index.value()))
-                    })?;
-                }
-            }
-            Err(TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(db_err(e.into())),
+        if legacy_log {
+            check_last_entry(&txn).map_err(corrupt)?;
         }
         let fresh = meta.is_none();
         drop(meta);
         drop(txn);
 
-        if fresh {
-            let version = serde_json::to_vec(&FORMAT_VERSION).expect("u64 serializes");
-            write_txn(&db, Durability::Immediate, |txn| {
-                txn.open_table(LOG)?;
-                txn.open_table(META)?
-                    .insert(KEY_FORMAT_VERSION, version.as_slice())?;
+        // The log's file. It must be there once this file has layout 3:
+        // without it the vote and the log are lost.
+        let log_file = data_dir.join(RAFT_LOG_FILE);
+        let log_corrupt = |detail: String| ConsensusError::Corrupt {
+            file: log_file.clone(),
+            detail,
+        };
+        if !fresh && !legacy_log && !log_file.exists() {
+            return Err(log_corrupt(format!(
+                "it is missing, but {} (layout {FORMAT_VERSION}) keeps its vote and log there; nothing was changed",
+                file.display()
+            )));
+        }
+        let log_db = open_db(data_dir, &log_file)?;
+        let log_db_err = |source: redb::Error| match source {
+            redb::Error::Corrupted(detail) => log_corrupt(detail),
+            source => ConsensusError::Database {
+                file: log_file.clone(),
+                source,
+            },
+        };
+        let log_txn = log_db.begin_read().map_err(|e| log_db_err(e.into()))?;
+        // Whether it holds a vote, a purge point or an entry.
+        let log_held = match log_txn.open_table(LOG_META) {
+            Ok(log_meta) => {
+                let version: Option<u64> =
+                    get_json(&log_meta, KEY_FORMAT_VERSION).map_err(log_corrupt)?;
+                if version != Some(LOG_FORMAT_VERSION) {
+                    return Err(log_corrupt(format!(
+                        "layout version {version:?}, this build reads version {LOG_FORMAT_VERSION}"
+                    )));
+                }
+                check_log_records(&log_meta).map_err(log_corrupt)?;
+                check_last_entry(&log_txn).map_err(log_corrupt)?;
+                let entries = match log_txn.open_table(LOG) {
+                    Ok(log) => !log.is_empty().map_err(|e| log_db_err(e.into()))?,
+                    Err(TableError::TableDoesNotExist(_)) => false,
+                    Err(e) => return Err(log_db_err(e.into())),
+                };
+                let record = |key| log_meta.get(key).map(|v| v.is_some());
+                entries
+                    || record(KEY_VOTE).map_err(|e| log_db_err(e.into()))?
+                    || record(KEY_LAST_PURGED).map_err(|e| log_db_err(e.into()))?
+            }
+            Err(TableError::TableDoesNotExist(_)) => false,
+            Err(e) => return Err(log_db_err(e.into())),
+        };
+        drop(log_txn);
+        if fresh && log_held {
+            return Err(corrupt(format!(
+                "it is new, but {} holds a vote and log: the state they belong to is lost; nothing was changed",
+                log_file.display()
+            )));
+        }
+
+        if fresh || legacy_log {
+            // The log first, whole and durable; then this file says layout
+            // 3 and drops its copy. A crash in between leaves layout 2 (or
+            // 1), and the next open copies again.
+            let legacy = legacy_log
+                .then(|| db.begin_read())
+                .transpose()
+                .map_err(|e| db_err(e.into()))?;
+            let version = serde_json::to_vec(&LOG_FORMAT_VERSION).expect("u64 serializes");
+            write_txn(&log_db, Durability::Immediate, |txn| {
+                let mut log = txn.open_table(LOG)?;
+                let mut log_meta = txn.open_table(LOG_META)?;
+                log.retain(|_, _| false)?;
+                log_meta.retain(|_, _| false)?;
+                if let Some(old) = &legacy {
+                    copy_legacy_log(old, &mut log, &mut log_meta)?;
+                }
+                log_meta.insert(KEY_FORMAT_VERSION, version.as_slice())?;
                 Ok(())
             })
-            .map_err(db_err)?;
+            .map_err(log_db_err)?;
+            drop(legacy);
         }
-        if rewrite {
-            let writes = StateWrites::of(&mut state, true).map_err(|e| corrupt(e.to_string()))?;
+        if fresh || legacy_log || rewrite {
+            // One transaction: the layout version never says 3 before the
+            // state is in the keyed tables and the log is gone from here.
+            let writes = rewrite
+                .then(|| StateWrites::of(&mut state, true))
+                .transpose()
+                .map_err(|e| corrupt(e.to_string()))?;
             let version = serde_json::to_vec(&FORMAT_VERSION).expect("u64 serializes");
             write_txn(&db, Durability::Immediate, |txn| {
-                writes.write(txn)?;
+                if legacy_log {
+                    txn.delete_table(LOG)?;
+                    let mut meta = txn.open_table(META)?;
+                    for key in [KEY_VOTE, KEY_COMMITTED, KEY_LAST_PURGED] {
+                        meta.remove(key)?;
+                    }
+                }
+                if let Some(writes) = &writes {
+                    writes.write(txn)?;
+                }
                 txn.open_table(META)?
                     .insert(KEY_FORMAT_VERSION, version.as_slice())?;
                 Ok(())
@@ -306,15 +384,20 @@ impl Store {
         state.state.mark_stored();
 
         let (closed_tx, closed_rx) = watch::channel(());
+        let closed_tx = Arc::new(closed_tx);
         let db = Arc::new(DbHandle {
             db,
+            _closed: closed_tx.clone(),
+        });
+        let log_db = Arc::new(DbHandle {
+            db: log_db,
             _closed: closed_tx,
         });
         Ok(Store {
             closed: DbClosed(closed_rx),
             log: LogStore {
-                db: db.clone(),
-                file: Arc::new(file.clone()),
+                db: log_db,
+                file: Arc::new(log_file),
                 batch_bytes_max,
                 stall_file: (std::env::var(TEST_HOOKS_ENV).as_deref() == Ok("1"))
                     .then(|| Arc::new(data_dir.join(TEST_STALL_LOG_FILE))),
@@ -329,6 +412,89 @@ impl Store {
             },
         })
     }
+}
+
+/// Open (or create) one of the store's redb files.
+fn open_db(data_dir: &Path, file: &Path) -> Result<Database, ConsensusError> {
+    let corrupt = |detail: String| ConsensusError::Corrupt {
+        file: file.to_path_buf(),
+        detail,
+    };
+    Database::builder()
+        .set_cache_size(DB_CACHE_BYTES)
+        .create(file)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => ConsensusError::DataDirInUse {
+                data_dir: data_dir.to_path_buf(),
+            },
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                corrupt("not a redb database (bad file header)".into())
+            }
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => corrupt(detail),
+            redb::DatabaseError::UpgradeRequired(version) => corrupt(format!(
+                "redb file format version {version} is not supported by this build"
+            )),
+            other => ConsensusError::Database {
+                file: file.to_path_buf(),
+                source: other.into(),
+            },
+        })
+}
+
+/// The vote and log ids in `meta` decode.
+fn check_log_records(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<(), String> {
+    get_json::<Vote<NodeId>>(meta, KEY_VOTE)?;
+    get_json::<Option<LogId<NodeId>>>(meta, KEY_COMMITTED)?;
+    get_json::<LogId<NodeId>>(meta, KEY_LAST_PURGED)?;
+    Ok(())
+}
+
+/// The last log entry, if any, decodes.
+fn check_last_entry(txn: &redb::ReadTransaction) -> Result<(), String> {
+    match txn.open_table(LOG) {
+        Ok(log) => {
+            if let Some((index, value)) = log.last().map_err(|e| e.to_string())? {
+                serde_json::from_slice::<Entry<TypeConfig>>(value.value())
+                    .map_err(|e| format!("log entry {} is unreadable: {e}", index.value()))?;
+            }
+            Ok(())
+        }
+        Err(TableError::TableDoesNotExist(_)) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Copy the log, the vote and the log ids of a layout 1 or 2 `raft.redb`
+/// into `raft-log.redb`'s tables, as they are.
+fn copy_legacy_log(
+    old: &redb::ReadTransaction,
+    log: &mut redb::Table<u64, &[u8]>,
+    log_meta: &mut redb::Table<&str, &[u8]>,
+) -> Result<(), redb::Error> {
+    match old.open_table(LOG) {
+        Ok(entries) => {
+            for item in entries.iter()? {
+                let (index, value) = item?;
+                log.insert(index.value(), value.value())?;
+            }
+        }
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match old.open_table(META) {
+        Ok(meta) => {
+            for key in [KEY_VOTE, KEY_COMMITTED, KEY_LAST_PURGED] {
+                if let Some(value) = meta.get(key)? {
+                    log_meta.insert(key, value.value())?;
+                }
+            }
+        }
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// Decode the JSON record under `key`, if any.
@@ -670,7 +836,7 @@ impl LogStore {
                 StorageIOError::new(subject.clone(), ErrorVerb::Read, in_file(&file, e))
             };
             let txn = db.begin_read().map_err(|e| err(e.to_string()))?;
-            let table = txn.open_table(META).map_err(|e| err(e.to_string()))?;
+            let table = txn.open_table(LOG_META).map_err(|e| err(e.to_string()))?;
             Ok(get_json(&table, key).map_err(err)?)
         })
         .await
@@ -689,7 +855,7 @@ impl LogStore {
         })?;
         blocking(move || {
             write_txn(&db, durability, |txn| {
-                txn.open_table(META)?.insert(key, bytes.as_slice())?;
+                txn.open_table(LOG_META)?.insert(key, bytes.as_slice())?;
                 Ok(())
             })
             .map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, in_file(&file, e)).into())
@@ -767,7 +933,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let err = |e: String| StorageIOError::read_logs(in_file(&file, e));
             let txn = db.begin_read().map_err(|e| err(e.to_string()))?;
             let log = txn.open_table(LOG).map_err(|e| err(e.to_string()))?;
-            let meta = txn.open_table(META).map_err(|e| err(e.to_string()))?;
+            let meta = txn.open_table(LOG_META).map_err(|e| err(e.to_string()))?;
             let last_purged_log_id: Option<LogId<NodeId>> =
                 get_json(&meta, KEY_LAST_PURGED).map_err(err)?;
             let last_in_log = match log.last().map_err(|e| err(e.to_string()))? {
@@ -834,14 +1000,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             while stall.as_ref().is_some_and(|f| f.exists()) {
                 std::thread::sleep(Duration::from_millis(STALL_POLL_MS));
             }
-            write_txn(&db, Durability::Immediate, |txn| {
+            let t0 = std::time::Instant::now();
+            let r = write_txn(&db, Durability::Immediate, |txn| {
+                tracing::debug!(
+                    wait_ms = t0.elapsed().as_millis() as u64,
+                    "log append began"
+                );
                 let mut table = txn.open_table(LOG)?;
                 for (index, bytes) in &rows {
                     table.insert(index, bytes.as_slice())?;
                 }
                 Ok(())
             })
-            .map_err(|e| StorageIOError::write_logs(in_file(&file, e)).into())
+            .map_err(|e| StorageIOError::write_logs(in_file(&file, e)).into());
+            tracing::debug!(
+                total_ms = t0.elapsed().as_millis() as u64,
+                "log append done"
+            );
+            r
         })
         .await;
         // The entries are durable only now: tell openraft, which may then
@@ -874,7 +1050,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // One transaction: the purge point and the deletion are never
             // seen apart, so the log always continues after `last_purged`.
             write_txn(&db, Durability::Immediate, |txn| {
-                txn.open_table(META)?
+                txn.open_table(LOG_META)?
                     .insert(KEY_LAST_PURGED, purged.as_slice())?;
                 txn.open_table(LOG)?
                     .retain_in(..=log_id.index, |_, _| false)?;
@@ -1476,7 +1652,7 @@ mod tests {
         assert_eq!(read_record(dir.path(), KEY_STATE_MACHINE), None);
         assert_eq!(
             read_record(dir.path(), KEY_FORMAT_VERSION).as_deref(),
-            Some(&b"2"[..])
+            Some(&b"3"[..])
         );
         let store = reopen(dir.path()).await;
         assert_eq!(*store.state_machine.shared_state().read(), old);
@@ -1516,13 +1692,111 @@ mod tests {
         assert_eq!(*store.state_machine.shared_state().read(), state);
     }
 
+    /// A layout 2 file (the log, the vote and the log ids beside the
+    /// state) opens with all of them moved to `raft-log.redb`, nothing
+    /// lost, and none of them left in `raft.redb`.
+    #[tokio::test]
+    async fn a_layout_2_file_moves_its_log_and_vote_to_the_log_file_with_nothing_lost() {
+        let dir = TempDir::new().unwrap();
+        let entries = vec![
+            entry(1, 3, EntryPayload::Blank),
+            entry(
+                1,
+                4,
+                EntryPayload::Normal(Command::InitCluster {
+                    cluster_id: "c1".into(),
+                    at_ms: 5,
+                }),
+            ),
+        ];
+        let vote = Vote::new(2, 1);
+        {
+            let db = Database::create(dir.path().join(RAFT_DB_FILE)).unwrap();
+            write_txn(&db, Durability::Immediate, |txn| {
+                let mut log = txn.open_table(LOG)?;
+                for e in &entries {
+                    log.insert(e.log_id.index, serde_json::to_vec(e).unwrap().as_slice())?;
+                }
+                let mut meta = txn.open_table(META)?;
+                meta.insert(KEY_FORMAT_VERSION, &b"2"[..])?;
+                meta.insert(KEY_VOTE, serde_json::to_vec(&vote).unwrap().as_slice())?;
+                let purged = serde_json::to_vec(&log_id(1, 2)).unwrap();
+                meta.insert(KEY_LAST_PURGED, purged.as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        }
+        let Store { mut log, .. } = Store::open(dir.path(), BATCH).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 4)));
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries);
+        drop(log);
+        assert_eq!(read_record(dir.path(), KEY_VOTE), None);
+        assert_eq!(read_record(dir.path(), KEY_LAST_PURGED), None);
+        assert_eq!(
+            read_record(dir.path(), KEY_FORMAT_VERSION).as_deref(),
+            Some(&b"3"[..])
+        );
+        let db = Database::create(dir.path().join(RAFT_DB_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert!(matches!(
+            txn.open_table(LOG),
+            Err(TableError::TableDoesNotExist(_))
+        ));
+        drop((txn, db));
+        // Opened again, it is read as layout 3 and still holds everything.
+        let Store { mut log, .. } = reopen(dir.path()).await;
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries);
+    }
+
+    /// A layout 3 `raft.redb` whose log file is gone is refused, naming
+    /// it, and nothing is created in its place: the vote is lost.
+    #[test]
+    fn a_missing_log_file_is_refused_and_not_recreated() {
+        let dir = TempDir::new().unwrap();
+        drop(Store::open(dir.path(), BATCH).unwrap());
+        let log_file = dir.path().join(RAFT_LOG_FILE);
+        std::fs::remove_file(&log_file).unwrap();
+        let err = Store::open(dir.path(), BATCH).err().expect("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(RAFT_LOG_FILE) && msg.contains("missing"),
+            "{msg}"
+        );
+        assert!(!log_file.exists());
+    }
+
+    /// A new `raft.redb` beside a log file that holds a vote is refused:
+    /// the state that log belongs to is lost.
+    #[tokio::test]
+    async fn a_log_file_with_a_vote_beside_a_new_state_file_is_refused() {
+        let dir = TempDir::new().unwrap();
+        let Store { mut log, .. } = Store::open(dir.path(), BATCH).unwrap();
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        drop(log);
+        let _ = reopen(dir.path()).await;
+        std::fs::remove_file(dir.path().join(RAFT_DB_FILE)).unwrap();
+        let err = Store::open(dir.path(), BATCH).err().expect("refused");
+        assert!(err.to_string().contains("holds a vote and log"), "{err}");
+        assert!(
+            !dir.path().join(RAFT_DB_FILE).exists() || {
+                let db = Database::create(dir.path().join(RAFT_DB_FILE)).unwrap();
+                let txn = db.begin_read().unwrap();
+                matches!(txn.open_table(META), Err(TableError::TableDoesNotExist(_)))
+            }
+        );
+    }
+
     #[test]
     fn a_newer_layout_version_is_refused() {
         let dir = TempDir::new().unwrap();
         drop(Store::open(dir.path(), BATCH).unwrap());
-        overwrite_record(dir.path(), KEY_FORMAT_VERSION, b"3");
+        overwrite_record(dir.path(), KEY_FORMAT_VERSION, b"4");
         let err = Store::open(dir.path(), BATCH).err().expect("refused");
-        assert!(err.to_string().contains("layout version Some(3)"), "{err}");
+        assert!(err.to_string().contains("layout version Some(4)"), "{err}");
     }
 
     /// Apply an init-cluster command at (1, 1) and a blank entry at (1, 2).
@@ -1751,6 +2025,44 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    /// A log append, which the Raft core waits for, does not wait for a
+    /// write of the state's records: at 50,000 workloads one took up to
+    /// 260 ms, and appends queued behind it held up the core, so the
+    /// leadership rounds the lease gate needs missed their window and
+    /// heartbeats were refused (issue 10). The log has a file of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_append_does_not_wait_for_a_write_of_the_state() {
+        let dir = TempDir::new().unwrap();
+        let Store {
+            mut log,
+            state_machine: sm,
+            ..
+        } = Store::open(dir.path(), BATCH).unwrap();
+        // A write of the state in progress holds its file's one write
+        // transaction until released.
+        let db = sm.db.clone();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let txn = db.begin_write().unwrap();
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+            txn.abort().unwrap();
+        });
+        held_rx.recv().unwrap();
+        let appended = tokio::time::timeout(
+            Duration::from_secs(5),
+            log.blocking_append(vec![entry(1, 1, EntryPayload::Blank)]),
+        )
+        .await;
+        release_tx.send(()).unwrap();
+        writer.join().unwrap();
+        assert!(
+            matches!(appended, Ok(Ok(()))),
+            "the log append waited for the state's write transaction: {appended:?}"
+        );
     }
 
     #[tokio::test]
