@@ -65,37 +65,83 @@ pub fn leadership_confirmed(node: &Node, term: u64, now_ms: u64) -> bool {
         .is_some_and(|o| o.may_grant_leases(now_ms, margin_ms))
 }
 
-/// While this host leads: every heartbeat interval, confirm leadership with
-/// a majority through the Raft core (openraft's read-index round, which
-/// also waits until everything committed before it is applied here). A
-/// core stuck on storage or cut off from the majority confirms nothing, so
-/// leases stop being extended within the margin.
+/// While this host leads: confirm leadership with a majority through the
+/// Raft core (openraft's read-index round, which also waits until
+/// everything committed before it is applied here), in rounds started by
+/// `confirmation_rounds`. A core stuck on storage or cut off from the
+/// majority confirms nothing, so leases stop being extended within the
+/// margin.
 pub async fn confirm_leadership(node: Arc<Node>) {
     let Some(c) = node.consensus.clone() else {
         return;
     };
+    let every = {
+        let c = c.clone();
+        move || {
+            let hb_ms = c.read(|s| s.settings.timing.heartbeat_interval_ms);
+            Duration::from_millis((hb_ms / 2).max(1))
+        }
+    };
+    confirmation_rounds(every, move || {
+        let (node, c) = (node.clone(), c.clone());
+        async move {
+            let Some(term) = c.leader_term() else {
+                return;
+            };
+            let margin_ms = c.read(|s| s.settings.timing.margin_ms);
+            let sent_ms = node.clock.now_ms();
+            if c.confirm_leadership(Duration::from_millis(margin_ms))
+                .await
+                .is_ok()
+            {
+                let mut slot = node.office.lock().unwrap();
+                office_for(&mut slot, &node, term, sent_ms);
+                drop(slot);
+                feed(
+                    &node,
+                    term,
+                    CoordinatorInput::LeadershipConfirmed { sent_ms },
+                );
+            }
+        }
+    })
+    .await
+}
+
+/// Confirmation rounds in flight at once, at most: a round gives up after
+/// the margin (250 ms at the defaults), so a stuck core holds this many.
+const CONFIRMATION_ROUNDS_IN_FLIGHT_MAX: usize = 4;
+
+/// Run `round` forever, a new one every `every()` whether or not earlier
+/// ones have ended (up to `CONFIRMATION_ROUNDS_IN_FLIGHT_MAX` at once): the
+/// newest answered round is then at most one period plus one round's
+/// answer old. One round after another, with a pause between, let two
+/// slow answers and the pause add up past the window leases may be
+/// extended in (`margin / 2`).
+async fn confirmation_rounds<F, Fut>(every: impl Fn() -> Duration, mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut in_flight = FuturesUnordered::new();
+    let mut period = every();
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (hb_ms, margin_ms) = c.read(|s| {
-            let t = s.settings.timing;
-            (t.heartbeat_interval_ms, t.margin_ms)
-        });
-        tokio::time::sleep(Duration::from_millis(hb_ms / 2)).await;
-        let Some(term) = c.leader_term() else {
-            continue;
-        };
-        let sent_ms = node.clock.now_ms();
-        if c.confirm_leadership(Duration::from_millis(margin_ms))
-            .await
-            .is_ok()
-        {
-            let mut slot = node.office.lock().unwrap();
-            office_for(&mut slot, &node, term, sent_ms);
-            drop(slot);
-            feed(
-                &node,
-                term,
-                CoordinatorInput::LeadershipConfirmed { sent_ms },
-            );
+        tokio::select! {
+            _ = ticker.tick() => {
+                if in_flight.len() < CONFIRMATION_ROUNDS_IN_FLIGHT_MAX {
+                    in_flight.push(round());
+                }
+                let now = every();
+                if now != period {
+                    period = now;
+                    ticker = tokio::time::interval(period);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+            }
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
         }
     }
 }
@@ -426,5 +472,62 @@ async fn fence(
         for entry in entries {
             let _ = c.propose(entry).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    /// Leases may be extended within `margin / 2` (125 ms at the defaults)
+    /// of the send time of the newest round a majority answered. Rounds
+    /// that each take 60 ms to be answered (a Raft core busy with a large
+    /// entry, say) must still leave no instant when the newest answered
+    /// round was sent longer ago than that: a round waiting for its answer
+    /// does not hold up the next. At 50,000 workloads, one round after
+    /// another with a pause between left gaps, and heartbeats were refused
+    /// (issue 10).
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_confirmation_round_does_not_hold_up_the_next() {
+        const ANSWER_MS: u64 = 60;
+        const WINDOW_MS: u64 = 125;
+        let t0 = Instant::now();
+        let confirmed: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let rounds = {
+            let confirmed = confirmed.clone();
+            confirmation_rounds(
+                || Duration::from_millis(50),
+                move || {
+                    let confirmed = confirmed.clone();
+                    async move {
+                        let sent = Instant::now();
+                        tokio::time::sleep(Duration::from_millis(ANSWER_MS)).await;
+                        let mut c = confirmed.lock().unwrap();
+                        *c = Some(c.map_or(sent, |t| t.max(sent)));
+                    }
+                },
+            )
+        };
+        let watch = async {
+            let mut worst_ms = 0;
+            // From the first answer on, every millisecond for 3 s.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while t0.elapsed() < Duration::from_secs(3) {
+                let sent = confirmed.lock().unwrap().expect("a round was answered");
+                worst_ms = worst_ms.max(sent.elapsed().as_millis() as u64);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            worst_ms
+        };
+        let worst_ms = tokio::select! {
+            w = watch => w,
+            _ = rounds => unreachable!("the rounds run forever"),
+        };
+        assert!(
+            worst_ms <= WINDOW_MS,
+            "the newest answered round was sent {worst_ms} ms before, past the {WINDOW_MS} ms window"
+        );
     }
 }

@@ -441,7 +441,26 @@ impl Consensus {
     pub async fn confirm_leadership(&self, timeout: Duration) -> Result<(), ConsensusError> {
         let term = self.leader_term();
         let sent = std::time::Instant::now();
-        match tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable()).await {
+        // openraft's `ensure_linearizable`, its two steps timed apart (the
+        // round, then the wait for the apply), for
+        // `HAVEN_LOG=haven_consensus=debug`.
+        let round = async {
+            let (read_log_id, _) = self.inner.raft.get_read_log_id().await?;
+            let answered = sent.elapsed();
+            self.inner
+                .raft
+                .wait(None)
+                .applied_index_at_least(read_log_id.map(|l| l.index), "confirm_leadership")
+                .await
+                .map_err(|_| RaftError::Fatal(openraft::error::Fatal::Stopped))?;
+            tracing::debug!(
+                round_ms = answered.as_millis() as u64,
+                applied_ms = (sent.elapsed() - answered).as_millis() as u64,
+                "leadership round"
+            );
+            Ok::<_, RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, BasicNode>>>(())
+        };
+        match tokio::time::timeout(timeout, round).await {
             // Still leading in the same term once the round is answered,
             // and no vote granted since it was sent (a vote ends the
             // term): only then does the round count, for leases and for
@@ -466,10 +485,16 @@ impl Consensus {
                 node_id: self.inner.node_id,
                 detail: format!("leadership not confirmed: {e}"),
             }),
-            Err(_) => Err(ConsensusError::Timeout {
-                what: "confirming leadership with a majority".into(),
-                timeout_ms: timeout.as_millis() as u64,
-            }),
+            Err(_) => {
+                tracing::debug!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "leadership round timed out"
+                );
+                Err(ConsensusError::Timeout {
+                    what: "confirming leadership with a majority".into(),
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+            }
         }
     }
 
