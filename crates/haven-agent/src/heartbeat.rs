@@ -23,7 +23,7 @@ use crate::rpc::{self, RpcError};
 
 const LEASE_FILE: &str = "lease-expiry";
 /// Managers tried per heartbeat tick when the leader does not answer.
-const ATTEMPTS_PER_TICK_MAX: usize = 4;
+pub const ATTEMPTS_PER_TICK_MAX: usize = 4;
 /// Heartbeats waiting for an answer at once, at most.
 const IN_FLIGHT_MAX: usize = 3;
 
@@ -96,9 +96,15 @@ pub async fn run(node: Arc<Node>) -> String {
             continue;
         };
         attempts += 1;
-        let attempt_timeout = Duration::from_millis((hb_ms * 3).max(300));
+        let attempt_timeout = attempt_timeout(hb_ms);
         in_flight.push(send_one(&node, target, attempt_timeout).boxed());
     }
+}
+
+/// How long one heartbeat waits for its answer: three intervals, and at
+/// least 300 ms.
+pub fn attempt_timeout(heartbeat_interval_ms: u64) -> Duration {
+    Duration::from_millis((heartbeat_interval_ms * 3).max(300))
 }
 
 /// Send one heartbeat to `target`, carrying the machine's report now.

@@ -4,7 +4,9 @@
 //! transport: each joins with its own key and certificate (a real CSR, a
 //! real join token) and heartbeats the coordinator over mutual TLS every
 //! heartbeat interval, reporting as running whatever the coordinator last
-//! told it to run. Then:
+//! told it to run; a heartbeat not acknowledged goes again at once to the
+//! manager a 421 names or else the next one, as the agent's (up to its
+//! attempts per tick, with its attempt timeout). Then:
 //!
 //! - the coordinator's CPU and RSS with every host heartbeating, idle;
 //! - applying `--workloads` workloads (files of at most
@@ -13,7 +15,12 @@
 //! - the coordinator's CPU and RSS with all of them placed;
 //! - `haven status` (the CLI, end to end);
 //! - `--failures` times: one played host goes silent; the time until every
-//!   workload it held is told to another host.
+//!   workload it held is told to another host, with where it went: when
+//!   its last answered heartbeat was sent, when the first workload was
+//!   told elsewhere, and, from the cluster's events, when the coordinator
+//!   declared it failed and in how many entries it placed its workloads;
+//! - for each phase, the heartbeats' round trips as the players saw them,
+//!   and how many went unanswered, by why.
 //!
 //! The players run in this process, on the same machine: their cost (TLS,
 //! JSON) competes with the managers for the CPU, so the figures are an
@@ -57,6 +64,48 @@ pub struct ScaleArgs {
 struct Told {
     /// workload → (host, generation) as last told.
     placed: BTreeMap<String, (String, u64)>,
+    /// Round trips of the heartbeats answered since the last `rtt_summary`.
+    rtt_us: Vec<u64>,
+    /// Heartbeats not answered since then, by why (status, or no answer).
+    unanswered: BTreeMap<String, u64>,
+}
+
+impl Told {
+    fn note_unanswered(&mut self, e: &haven_agent::rpc::RpcError) {
+        let why = match e {
+            haven_agent::rpc::RpcError::Refused { status, .. } => status.to_string(),
+            haven_agent::rpc::RpcError::Unreachable { .. } => "no answer".into(),
+            haven_agent::rpc::RpcError::BadAnswer { .. } => "bad answer".into(),
+        };
+        *self.unanswered.entry(why).or_default() += 1;
+    }
+
+    /// The heartbeats' round trips since the last call, said in a line.
+    fn rtt_summary(&mut self) -> String {
+        let mut v = std::mem::take(&mut self.rtt_us);
+        let unanswered = std::mem::take(&mut self.unanswered);
+        v.sort_unstable();
+        let at = |q: f64| {
+            v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+                .map_or(f64::NAN, |us| *us as f64 / 1_000.0)
+        };
+        let unanswered = if unanswered.is_empty() {
+            "none".to_string()
+        } else {
+            unanswered
+                .iter()
+                .map(|(why, n)| format!("{n} {why}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "heartbeat round trip (as the players saw it): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} answered; unanswered: {unanswered}",
+            at(0.5),
+            at(0.99),
+            at(1.0),
+            v.len()
+        )
+    }
 }
 
 struct Player {
@@ -67,6 +116,10 @@ struct Player {
     client: reqwest::Client,
     tls: haven_agent::api::TlsReport,
     silent: AtomicBool,
+    /// When the newest heartbeat that was answered was sent: a silent
+    /// host's failover is timed from it too (the coordinator counts the
+    /// silence from the last heartbeat it heard).
+    last_answered_sent: Mutex<Option<Instant>>,
 }
 
 fn mono_ms(t0: Instant) -> u64 {
@@ -292,7 +345,9 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
         args.hosts + 3,
         t.elapsed().as_secs_f64()
     );
+    told.lock().unwrap().rtt_summary();
     let (idle_cpu, idle_rss) = sample(leader_pid, args.idle_s).await?;
+    println!("idle: {}", told.lock().unwrap().rtt_summary());
     println!(
         "coordinator, {} hosts, no workloads: CPU {:.1} % of a core, RSS {} MiB",
         args.hosts + 3,
@@ -340,7 +395,9 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
         "apply {} workloads: accepted in {applied_s:.1} s, all placed and told to their hosts in {placed_s:.1} s",
         args.workloads
     );
+    println!("applying: {}", told.lock().unwrap().rtt_summary());
     let (busy_cpu, busy_rss) = sample(leader_pid, args.idle_s).await?;
+    println!("busy: {}", told.lock().unwrap().rtt_summary());
     println!(
         "coordinator, {} hosts, {} workloads running: CPU {:.1} % of a core, RSS {} MiB",
         args.hosts + 3,
@@ -364,6 +421,8 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
 
     // Host failures: a played host goes silent.
     let mut recover_ms = vec![];
+    let mut victims: Vec<(String, u64)> = vec![];
+    let mut held_by: BTreeMap<String, String> = BTreeMap::new();
     let timing = &settings.timing;
     for k in 0..args.failures {
         let victim = &players[(k * 7919 + 13) % players.len()];
@@ -384,6 +443,13 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
         }
         let crash = Instant::now();
         victim.silent.store(true, Ordering::SeqCst);
+        let crash_wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        victims.push((victim.name.clone(), crash_wall_ms));
+        for w in &held {
+            held_by.insert(w.clone(), victim.name.clone());
+        }
         eprintln!(
             "{} silent from {}",
             victim.name,
@@ -394,6 +460,7 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
             )
         );
         let deadline = crash + Duration::from_secs(30);
+        let mut first_moved_ms = None;
         loop {
             let moved = {
                 let g = told.lock().unwrap();
@@ -401,6 +468,9 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
                     .filter(|w| g.placed.get(*w).is_some_and(|(h, _)| *h != victim.name))
                     .count()
             };
+            if moved > 0 && first_moved_ms.is_none() {
+                first_moved_ms = Some(crash.elapsed().as_secs_f64() * 1_000.0);
+            }
             if moved == held.len() {
                 break;
             }
@@ -422,13 +492,27 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let ms = crash.elapsed().as_secs_f64() * 1_000.0;
+        // Where the time went: the coordinator counts the silence from the
+        // last heartbeat it answered; the first workload told elsewhere
+        // marks its decision (plus one heartbeat of its new host at most).
+        let last_sent_ms = victim
+            .last_answered_sent
+            .lock()
+            .unwrap()
+            .map_or(f64::NAN, |t| {
+                crash.saturating_duration_since(t).as_secs_f64() * 1_000.0
+            });
         println!(
-            "failure {k}: {} went silent; its {} workloads placed elsewhere {ms:.0} ms later",
+            "failure {k}: {} went silent; its {} workloads placed elsewhere {ms:.0} ms later \
+             (its last answered heartbeat sent {last_sent_ms:.0} ms before; first one told at {:.0} ms)",
             victim.name,
-            held.len()
+            held.len(),
+            first_moved_ms.unwrap_or(ms)
         );
         recover_ms.push(ms);
     }
+    println!("failures: {}", told.lock().unwrap().rtt_summary());
+    decisions(c, &leader, &victims, &held_by);
     println!(
         "host failure → its workloads placed elsewhere: median {:.0} ms over {} (lease {} + margin {} ms)",
         median(recover_ms.clone()),
@@ -451,6 +535,68 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
         let _ = l.await;
     }
     Ok(())
+}
+
+/// When the coordinator declared each victim failed (its event's time,
+/// from the cluster's events), after the victim went silent: the rest of
+/// the failover is the commit and the new hosts' next heartbeats.
+fn decisions(
+    c: &LocalCluster,
+    leader: &str,
+    victims: &[(String, u64)],
+    held_by: &BTreeMap<String, String>,
+) {
+    if victims.is_empty() {
+        return;
+    }
+    let out = match tokio::task::block_in_place(|| c.cli(leader, &["events", "-o", "json"])) {
+        Ok(o) => o,
+        Err(e) => {
+            println!("the coordinator's decision times are unknown: haven events: {e:#}");
+            return;
+        }
+    };
+    let events: Vec<haven_api::v1::Event> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for (name, silent_ms) in victims {
+        let failed = events.iter().find(|e| {
+            e.at_ms >= *silent_ms
+                && matches!(&e.kind, haven_api::v1::EventKind::HostStateChanged { host, state, .. }
+                    if host == name && *state == haven_api::v1::HostState::Failed)
+        });
+        match failed {
+            Some(e) => println!(
+                "{name}: declared failed {} ms after it went silent (event at {})",
+                e.at_ms as i64 - *silent_ms as i64,
+                crate::timefmt::rfc3339_ms(e.at_ms)
+            ),
+            None => println!("{name}: no event says it failed"),
+        }
+        // The placements of its workloads: over how many ticks (revisions).
+        let placed: Vec<&haven_api::v1::Event> = events
+            .iter()
+            .filter(|e| {
+                e.at_ms >= *silent_ms
+                    && held_by.get(e.workload.as_deref().unwrap_or("")) == Some(name)
+            })
+            .filter(|e| matches!(e.kind, haven_api::v1::EventKind::Placed { .. }))
+            .collect();
+        let revisions: BTreeSet<u64> = placed.iter().map(|e| e.revision).collect();
+        if let (Some(first), Some(last)) = (
+            placed.iter().map(|e| e.at_ms).min(),
+            placed.iter().map(|e| e.at_ms).max(),
+        ) {
+            println!(
+                "{name}: {} placements decided from {} to {} ms after it went silent, in {} revisions",
+                placed.len(),
+                first as i64 - *silent_ms as i64,
+                last as i64 - *silent_ms as i64,
+                revisions.len()
+            );
+        }
+    }
 }
 
 async fn wait_status(
@@ -522,6 +668,7 @@ async fn join_one(
         client: haven_agent::rpc::host_client(Some(5_000), &tls)?,
         tls: tls.report(),
         silent: AtomicBool::new(false),
+        last_answered_sent: Mutex::new(None),
     };
     Ok((player, resp.settings))
 }
@@ -555,11 +702,20 @@ async fn heartbeat_loop(
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0usize;
+    // As the agent: a heartbeat not acknowledged is sent again at once to
+    // the manager a 421 names, or else to the next manager, up to
+    // `ATTEMPTS_PER_TICK_MAX` per tick.
+    let mut attempts = 0;
+    let mut next = 0usize;
     while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
+        if attempts == 0 || attempts >= haven_agent::heartbeat::ATTEMPTS_PER_TICK_MAX {
+            tick.tick().await;
+            attempts = 0;
+        }
         if p.silent.load(Ordering::Relaxed) {
             continue;
         }
+        attempts += 1;
         let observed = observed_sender.next(
             running
                 .iter()
@@ -598,27 +754,46 @@ async fn heartbeat_loop(
             observed_seq: Some(observed.seq),
             desired_version: version,
         };
+        let sent_at = Instant::now();
         let sent = haven_agent::rpc::post::<_, HeartbeatResponse>(
             &p.client,
             &leader,
             "/v1/heartbeat",
             &req,
             false,
-            Some(Duration::from_millis(1_000)),
+            Some(haven_agent::heartbeat::attempt_timeout(interval_ms)),
         )
         .await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
+                told.lock().unwrap().note_unanswered(&e);
                 if failures < 3 {
                     eprintln!("{}: heartbeat to {leader}: {e}", p.name);
                 }
                 failures += 1;
-                leader = managers[failures % managers.len()].clone();
+                stopped = req.stopped;
+                match e {
+                    haven_agent::rpc::RpcError::Refused {
+                        status: 421,
+                        leader: Some(hint),
+                        ..
+                    } if hint != leader => leader = hint,
+                    _ => {
+                        next += 1;
+                        leader = managers[next % managers.len()].clone();
+                    }
+                }
                 continue;
             }
         };
+        attempts = 0;
         observed_sender.acked(resp.observed_seq);
+        *p.last_answered_sent.lock().unwrap() = Some(sent_at);
+        told.lock()
+            .unwrap()
+            .rtt_us
+            .push(sent_at.elapsed().as_micros() as u64);
         if !resp.leader.is_empty() && resp.leader != leader {
             leader = resp.leader.clone();
         }
