@@ -296,7 +296,8 @@ impl Consensus {
         let closed = store.closed.clone();
         let state = store.state_machine.shared_state();
         let sticky = Arc::new(network::Stickiness::new(leader_lease));
-        let network = HttpNetwork::new(sticky.clone(), tls).map_err(|e| {
+        let backoff = Duration::from_millis(config.heartbeat_interval_ms);
+        let network = HttpNetwork::new(sticky.clone(), tls, backoff).map_err(|e| {
             ConsensusError::Config(format!("cannot build the Raft HTTP client: {e}"))
         })?;
         let threads = RaftThreads::new(node_id).map_err(|source| ConsensusError::Io {
