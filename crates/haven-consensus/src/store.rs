@@ -106,9 +106,13 @@ const FORMAT_VERSION: u64 = 3;
 /// Version of `raft-log.redb`'s layout.
 const LOG_FORMAT_VERSION: u64 = 1;
 
-/// redb's page cache. The default (1 GiB) is sized for big databases; ours
-/// holds a bounded log and a few records.
-const DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// redb's page cache of `raft.redb`. The default (1 GiB) is sized for big
+/// databases; ours holds a few records per host and workload, read once at
+/// open and then only written.
+const DB_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// redb's page cache of `raft-log.redb`: a bounded log whose recent entries
+/// are read back for replication.
+const LOG_DB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -199,7 +203,7 @@ impl Store {
             file: file.clone(),
             detail,
         };
-        let db = open_db(data_dir, &file)?;
+        let db = open_db(data_dir, &file, DB_CACHE_BYTES)?;
         let db_err = |source: redb::Error| match source {
             redb::Error::Corrupted(detail) => corrupt(detail),
             source => ConsensusError::Database {
@@ -291,7 +295,7 @@ impl Store {
                 file.display()
             )));
         }
-        let log_db = open_db(data_dir, &log_file)?;
+        let log_db = open_db(data_dir, &log_file, LOG_DB_CACHE_BYTES)?;
         let log_db_err = |source: redb::Error| match source {
             redb::Error::Corrupted(detail) => log_corrupt(detail),
             source => ConsensusError::Database {
@@ -415,13 +419,13 @@ impl Store {
 }
 
 /// Open (or create) one of the store's redb files.
-fn open_db(data_dir: &Path, file: &Path) -> Result<Database, ConsensusError> {
+fn open_db(data_dir: &Path, file: &Path, cache_bytes: usize) -> Result<Database, ConsensusError> {
     let corrupt = |detail: String| ConsensusError::Corrupt {
         file: file.to_path_buf(),
         detail,
     };
     Database::builder()
-        .set_cache_size(DB_CACHE_BYTES)
+        .set_cache_size(cache_bytes)
         .create(file)
         .map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => ConsensusError::DataDirInUse {

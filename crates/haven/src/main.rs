@@ -11,6 +11,14 @@ use haven::cli;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read when it starts: a background thread returns
+/// freed pages to the system a second after they were last used, rather
+/// than only when this process next allocates and after ten seconds (the
+/// leader's RSS at 50,000 workloads, ARCHITECTURE.md "Memory").
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000\0";
+
 fn main() {
     // Whatever started us may have blocked signals (a test bed or a
     // supervisor blocking SIGTERM for itself): the agent's shutdown and
