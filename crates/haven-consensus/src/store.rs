@@ -199,18 +199,8 @@ impl Store {
             source,
         })?;
         let file = data_dir.join(RAFT_DB_FILE);
-        let corrupt = |detail: String| ConsensusError::Corrupt {
-            file: file.clone(),
-            detail,
-        };
+        let (corrupt, db_err) = (corrupt_in(&file), db_error_in(&file));
         let db = open_db(data_dir, &file, DB_CACHE_BYTES)?;
-        let db_err = |source: redb::Error| match source {
-            redb::Error::Corrupted(detail) => corrupt(detail),
-            source => ConsensusError::Database {
-                file: file.clone(),
-                source,
-            },
-        };
 
         // Validate every record before writing anything, so that a file we
         // cannot understand is reported and left as it was.
@@ -285,10 +275,7 @@ impl Store {
         // The log's file. It must be there once this file has layout 3:
         // without it the vote and the log are lost.
         let log_file = data_dir.join(RAFT_LOG_FILE);
-        let log_corrupt = |detail: String| ConsensusError::Corrupt {
-            file: log_file.clone(),
-            detail,
-        };
+        let (log_corrupt, log_db_err) = (corrupt_in(&log_file), db_error_in(&log_file));
         if !fresh && !legacy_log && !log_file.exists() {
             return Err(log_corrupt(format!(
                 "it is missing, but {} (layout {FORMAT_VERSION}) keeps its vote and log there; nothing was changed",
@@ -296,13 +283,6 @@ impl Store {
             )));
         }
         let log_db = open_db(data_dir, &log_file, LOG_DB_CACHE_BYTES)?;
-        let log_db_err = |source: redb::Error| match source {
-            redb::Error::Corrupted(detail) => log_corrupt(detail),
-            source => ConsensusError::Database {
-                file: log_file.clone(),
-                source,
-            },
-        };
         let log_txn = log_db.begin_read().map_err(|e| log_db_err(e.into()))?;
         // Whether it holds a vote, a purge point or an entry.
         let log_held = match log_txn.open_table(LOG_META) {
@@ -418,12 +398,28 @@ impl Store {
     }
 }
 
-/// Open (or create) one of the store's redb files.
-fn open_db(data_dir: &Path, file: &Path, cache_bytes: usize) -> Result<Database, ConsensusError> {
-    let corrupt = |detail: String| ConsensusError::Corrupt {
+/// `file` is not a readable database of ours, for this reason.
+fn corrupt_in(file: &Path) -> impl Fn(String) -> ConsensusError + Copy + '_ {
+    move |detail| ConsensusError::Corrupt {
         file: file.to_path_buf(),
         detail,
-    };
+    }
+}
+
+/// A redb error on `file`: corruption said as such, anything else as it is.
+fn db_error_in(file: &Path) -> impl Fn(redb::Error) -> ConsensusError + Copy + '_ {
+    move |source| match source {
+        redb::Error::Corrupted(detail) => corrupt_in(file)(detail),
+        source => ConsensusError::Database {
+            file: file.to_path_buf(),
+            source,
+        },
+    }
+}
+
+/// Open (or create) one of the store's redb files.
+fn open_db(data_dir: &Path, file: &Path, cache_bytes: usize) -> Result<Database, ConsensusError> {
+    let corrupt = corrupt_in(file);
     Database::builder()
         .set_cache_size(cache_bytes)
         .create(file)
