@@ -1,5 +1,6 @@
 //! The host's data directory: identity (`node.json`), the join token, the
-//! Raft store (`raft.redb`, owned by haven-consensus) and workload logs.
+//! Raft store (`raft.redb` and `raft-log.redb`, owned by haven-consensus)
+//! and workload logs.
 //!
 //! A lock file keeps two agents off one directory. Files are replaced
 //! atomically (write, fsync, rename), and a corrupt file is reported, never
