@@ -1465,6 +1465,46 @@ mod tests {
         assert_eq!(std::fs::read(&file).unwrap(), garbage);
     }
 
+    /// The same for the log's file, and for a record in it that cannot be
+    /// read: refused naming the file, nothing in either file rewritten.
+    #[tokio::test]
+    async fn a_bad_log_file_is_refused_and_left_untouched() {
+        let dir = TempDir::new().unwrap();
+        drop(Store::open(dir.path(), BATCH).unwrap());
+        let log_file = dir.path().join(RAFT_LOG_FILE);
+        let state_before = std::fs::read(dir.path().join(RAFT_DB_FILE)).unwrap();
+        let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&log_file, &garbage).unwrap();
+        let err = Store::open(dir.path(), BATCH).err().expect("refused");
+        assert!(matches!(err, ConsensusError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains(RAFT_LOG_FILE), "{err}");
+        assert_eq!(std::fs::read(&log_file).unwrap(), garbage);
+
+        std::fs::remove_file(&log_file).unwrap();
+        {
+            let db = Database::create(&log_file).unwrap();
+            write_txn(&db, Durability::Immediate, |txn| {
+                let mut meta = txn.open_table(LOG_META)?;
+                meta.insert(KEY_FORMAT_VERSION, &b"1"[..])?;
+                meta.insert(KEY_VOTE, &b"{not json"[..])?;
+                Ok(())
+            })
+            .unwrap();
+        }
+        let log_before = std::fs::read(&log_file).unwrap();
+        let err = Store::open(dir.path(), BATCH).err().expect("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(RAFT_LOG_FILE) && msg.contains(KEY_VOTE),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(&log_file).unwrap(), log_before);
+        assert_eq!(
+            std::fs::read(dir.path().join(RAFT_DB_FILE)).unwrap(),
+            state_before
+        );
+    }
+
     #[test]
     fn an_unreadable_record_is_refused_and_not_rewritten() {
         let dir = TempDir::new().unwrap();
