@@ -266,14 +266,12 @@ pub fn tick_remembering(input: &TickInput<'_>, memo: &mut PlacementMemo) -> Vec<
     // hosts not online are looked into.
     let freed = unassign_from_gone_hosts(input, &mut cmds);
 
-    // 3. Place everything without a host on online hosts heard from.
+    // 3. Place everything without a host on hosts heard from and online
+    // (or silent only while this office refused them).
     let eligible: Vec<bool> = state
         .hosts
         .keys()
-        .map(|h| {
-            let o = obs(h);
-            o.heard && o.state(input.timing) == HostState::Online
-        })
+        .map(|h| obs(h).may_take_workloads(input.timing))
         .collect();
     // Pending reasons are stable (`placement::Unplaceable`): one is
     // committed only when it differs from the workload's current one. A

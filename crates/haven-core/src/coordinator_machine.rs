@@ -22,7 +22,7 @@ use crate::model::{
 use crate::state::{ClusterState, Command, CommandResult, EventKind, WorkloadRecord};
 use crate::HostMap;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// How many other hosts give a second opinion before a fence.
@@ -34,6 +34,9 @@ pub const SECOND_OPINIONS: usize = 2;
 pub const FAILED_ROUNDS_TO_FENCE: u32 = 3;
 /// How many problems a host may report, and how long each may be.
 const PROBLEMS_MAX: usize = 8;
+/// Lease-gate closures an office keeps, the newest: forgetting older ones
+/// can only count less of a host's silence as refused.
+const GATE_CLOSURES_KEPT: usize = 16;
 const PROBLEM_TEXT_MAX: usize = 300;
 /// Most recent stops taken from one report, and the longest account of one
 /// kept (it ends up in an event): a peer's report is bounded before use.
@@ -293,6 +296,10 @@ pub struct Coordinator {
     /// Send time of the newest leadership confirmation round a majority
     /// answered in this term.
     confirmed_at_ms: Option<u64>,
+    /// The newest times (monotonic, from, until) the lease gate was closed
+    /// in this term, at most `GATE_CLOSURES_KEPT`: every heartbeat was
+    /// refused then (`HostObservation::refused_ms`).
+    gate_closed: VecDeque<(u64, u64)>,
     /// What each host looked like at the last tick.
     last_obs: BTreeMap<String, HostObservation>,
     last_state: BTreeMap<String, HostState>,
@@ -561,6 +568,7 @@ impl Coordinator {
             tls: HostMap::default(),
             shutdown_timeout: (state.settings.shutdown_timeout_ms, state.revision),
             confirmed_at_ms: None,
+            gate_closed: VecDeque::new(),
             last_obs: BTreeMap::new(),
             last_state: BTreeMap::new(),
             last_tick: None,
@@ -621,8 +629,7 @@ impl Coordinator {
                 vec![]
             }
             CoordinatorInput::LeadershipConfirmed { sent_ms } => {
-                self.confirmed_at_ms =
-                    Some(self.confirmed_at_ms.map_or(sent_ms, |t| t.max(sent_ms)));
+                self.on_leadership_confirmed(sent_ms, state, now_ms);
                 vec![]
             }
             CoordinatorInput::FenceResult { host, outcome } => {
@@ -673,6 +680,34 @@ impl Coordinator {
             })
             .collect();
         (answer.expect("a heartbeat is always answered"), effects)
+    }
+
+    /// A round sent at `sent_ms` was answered by a majority at `now_ms`.
+    /// If that opens a gate closed since the window of the round before,
+    /// the closure is kept (the first round of the term opens a gate that
+    /// was never open: hosts not heard yet are not eligible anyway).
+    fn on_leadership_confirmed(&mut self, sent_ms: u64, state: &ClusterState, now_ms: u64) {
+        let window_ms = confirmation_window_ms(state.settings.timing.margin_ms);
+        if let Some(prev) = self.confirmed_at_ms {
+            let closed_from = prev.saturating_add(window_ms);
+            let opens = sent_ms.max(prev).saturating_add(window_ms) >= now_ms;
+            if opens && now_ms > closed_from {
+                if self.gate_closed.len() == GATE_CLOSURES_KEPT {
+                    self.gate_closed.pop_front();
+                }
+                self.gate_closed.push_back((closed_from, now_ms));
+            }
+        }
+        self.confirmed_at_ms = Some(self.confirmed_at_ms.map_or(sent_ms, |t| t.max(sent_ms)));
+    }
+
+    /// How much of the time from `since_ms` to now the lease gate was
+    /// closed.
+    fn refused_since_ms(&self, since_ms: u64) -> u64 {
+        self.gate_closed
+            .iter()
+            .map(|&(from, until)| until.saturating_sub(from.max(since_ms)))
+            .sum()
     }
 
     /// May this leader extend leases at `now_ms`? Only while a majority
@@ -1159,6 +1194,7 @@ impl Coordinator {
         let grace = h.restart_grace.as_ref();
         let mut o = HostObservation {
             silence_ms,
+            refused_ms: self.refused_since_ms(now_ms.saturating_sub(silence_ms)),
             heard: self.detector.heard_from(name),
             fenced: self.fenced.contains(name),
             datastore_alive: false,

@@ -97,6 +97,9 @@ impl HostState {
 pub struct HostObservation {
     /// Since the coordinator last acknowledged it (or took office).
     pub silence_ms: u64,
+    /// Of that silence, how long this coordinator refused every heartbeat
+    /// (its lease gate closed: its leadership not confirmed in time).
+    pub refused_ms: u64,
     /// Heard from during this term of office.
     pub heard: bool,
     /// Confirmed off by its fence device during this silence.
@@ -137,6 +140,25 @@ impl HostObservation {
         // its workloads: fence it only once its grace ran out.
         let after_ms = fence_after_ms.max(self.restart_grace_ms);
         self.heard && !self.fenced && self.silence_ms >= after_ms
+    }
+
+    /// May it take workloads? Heard from, and online, or suspect only
+    /// because this coordinator refused its heartbeats: silent less than
+    /// `suspect_after_ms` besides the time its lease gate was closed. A
+    /// leader that could not confirm its leadership for a moment refused
+    /// every host alike; when it places again, a host silent for that
+    /// reason is as good as one heard first (else one placement fills the
+    /// few heard first). Neither failed nor fenced: a host past
+    /// `failed_after_ms` is given up on, however its silence came about.
+    pub fn may_take_workloads(&self, timing: &Timing) -> bool {
+        self.heard
+            && match self.state(timing) {
+                HostState::Online => true,
+                HostState::Suspect => {
+                    self.silence_ms.saturating_sub(self.refused_ms) < timing.suspect_after_ms
+                }
+                _ => false,
+            }
     }
 
     pub fn state(&self, timing: &Timing) -> HostState {

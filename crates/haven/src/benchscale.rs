@@ -396,6 +396,32 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
         args.workloads
     );
     println!("applying: {}", told.lock().unwrap().rtt_summary());
+    // How evenly the apply spread them over the played hosts (the three
+    // managers take their share too).
+    let spread = {
+        let t = told.lock().unwrap();
+        let mut per_host: BTreeMap<&str, u64> =
+            players.iter().map(|p| (p.name.as_str(), 0)).collect();
+        for (h, _) in t.placed.values() {
+            if let Some(n) = per_host.get_mut(h.as_str()) {
+                *n += 1;
+            }
+        }
+        let mut counts: Vec<u64> = per_host.into_values().collect();
+        counts.sort_unstable();
+        (
+            counts.first().copied().unwrap_or(0),
+            counts.get(counts.len() / 2).copied().unwrap_or(0),
+            counts.last().copied().unwrap_or(0),
+        )
+    };
+    println!(
+        "workloads per played host after the apply: min {}, median {}, max {} (an even share is about {})",
+        spread.0,
+        spread.1,
+        spread.2,
+        args.workloads / (args.hosts + 3)
+    );
     let (busy_cpu, busy_rss) = sample(leader_pid, args.idle_s).await?;
     println!("busy: {}", told.lock().unwrap().rtt_summary());
     println!(
@@ -521,13 +547,14 @@ async fn scale(c: &mut LocalCluster, args: &ScaleArgs) -> Result<()> {
         timing.margin_ms
     );
     println!(
-        "summary: hosts={} workloads={} heartbeat_ms={} idle_cpu={:.1}% busy_cpu={:.1}% rss_mib={} apply_s={placed_s:.1} status_ms={:.0}",
+        "summary: hosts={} workloads={} heartbeat_ms={} idle_cpu={:.1}% busy_cpu={:.1}% rss_mib={} apply_s={placed_s:.1} per_host_max={} status_ms={:.0}",
         args.hosts + 3,
         args.workloads,
         timing.heartbeat_interval_ms,
         idle_cpu * 100.0,
         busy_cpu * 100.0,
         busy_rss.max(idle_rss) / 1024,
+        spread.2,
         median(status_ms)
     );
     stop.store(true, Ordering::SeqCst);
