@@ -34,10 +34,10 @@ pub const SECOND_OPINIONS: usize = 2;
 pub const FAILED_ROUNDS_TO_FENCE: u32 = 3;
 /// How many problems a host may report, and how long each may be.
 const PROBLEMS_MAX: usize = 8;
+const PROBLEM_TEXT_MAX: usize = 300;
 /// Lease-gate closures an office keeps, the newest: forgetting older ones
 /// can only count less of a host's silence as refused.
 const GATE_CLOSURES_KEPT: usize = 16;
-const PROBLEM_TEXT_MAX: usize = 300;
 /// Most recent stops taken from one report, and the longest account of one
 /// kept (it ends up in an event): a peer's report is bounded before use.
 const STOPS_REPORTED_MAX: usize = 32;
